@@ -1,0 +1,180 @@
+// bindings.cpp — the only file that sees Python. Glue: converts types, maps the
+// core's exceptions to Python's, releases the GIL around native work.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+
+#include "common.h"
+#include "runtime.h"
+#include "tensor.h"
+
+namespace py = pybind11;
+using namespace pyllama;
+
+namespace {
+
+// ------------------------------------------------------------------ numpy <-> Tensor
+
+py::dtype numpy_dtype(DType dt) {
+  switch (dt) {
+    case DType::float32: return py::dtype::of<float>();
+    case DType::bfloat16: return py::dtype::of<uint16_t>();  // raw bf16 bits; numpy has no bfloat16
+    case DType::int32: return py::dtype::of<int32_t>();
+    case DType::uint16: return py::dtype::of<uint16_t>();
+    case DType::uint32: return py::dtype::of<uint32_t>();
+    case DType::int64: return py::dtype::of<int64_t>();
+  }
+  throw ValueError("unknown dtype");
+}
+
+DType dtype_of_numpy(const py::array& a) {
+  py::dtype d = a.dtype();
+  if (d.is(py::dtype::of<float>()) || d.equal(py::dtype::of<float>())) return DType::float32;
+  if (d.equal(py::dtype::of<int32_t>())) return DType::int32;
+  if (d.equal(py::dtype::of<uint16_t>())) return DType::uint16;
+  if (d.equal(py::dtype::of<uint32_t>())) return DType::uint32;
+  if (d.equal(py::dtype::of<int64_t>())) return DType::int64;
+  throw TypeError("unsupported numpy dtype '" + std::string(py::str(d)) +
+                  "': expected float32, int32, int64, uint16 or uint32");
+}
+
+// A numpy array that views the tensor's storage; the array keeps the tensor alive.
+py::array tensor_to_numpy(const Tensor& t) {
+  PYLLAMA_CHECK(t.device() == Device::cpu, ValueError,
+                "cannot view a " << device_name(t.device()) << " tensor as numpy: call .to('cpu') first");
+  std::vector<py::ssize_t> shape(t.shape().begin(), t.shape().end());
+  std::vector<py::ssize_t> strides(shape.size());
+  py::ssize_t s = static_cast<py::ssize_t>(dtype_size(t.dtype()));
+  for (int i = static_cast<int>(shape.size()) - 1; i >= 0; i--) {
+    strides[i] = s;
+    s *= shape[i];
+  }
+  auto* holder = new Tensor(t);
+  py::capsule owner(holder, [](void* p) { delete static_cast<Tensor*>(p); });
+  return py::array(numpy_dtype(t.dtype()), shape, strides, t.raw(), owner);
+}
+
+// A tensor over the numpy array's memory, without a copy. The array must be
+// C-contiguous and aligned; `as_bf16` reinterprets a uint16 array as bfloat16.
+Tensor numpy_to_tensor(const py::array& a, bool as_bf16 = false) {
+  PYLLAMA_CHECK(a.flags() & py::array::c_style, ValueError,
+                "array is not C-contiguous (row-major): pass np.ascontiguousarray(x)");
+  PYLLAMA_CHECK((a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_), ValueError, "array is not aligned: pass a copy (x.copy())");
+  DType dt = dtype_of_numpy(a);
+  if (as_bf16) {
+    PYLLAMA_CHECK(dt == DType::uint16, TypeError, "bfloat16 tensors are built from uint16 arrays holding the bits");
+    dt = DType::bfloat16;
+  }
+  std::vector<int64_t> shape(a.shape(), a.shape() + a.ndim());
+  auto* keep = new py::object(a);
+  std::shared_ptr<void> keepalive(keep, [](void* p) {
+    py::gil_scoped_acquire gil;
+    delete static_cast<py::object*>(p);
+  });
+  return Tensor::wrap(const_cast<void*>(a.data()), shape, dt, keepalive);
+}
+
+void bind_tensor(py::module_& m) {
+  py::class_<Tensor>(m, "Tensor", py::buffer_protocol(), R"doc(
+A core tensor: dtype, shape, device and row-major contiguous storage.
+
+>>> import numpy as np, pyllama
+>>> t = pyllama.Tensor.from_numpy(np.arange(6, dtype=np.float32).reshape(2, 3))  # no copy
+>>> t.shape, t.dtype
+((2, 3), 'float32')
+>>> t.numpy()[1, 2]   # a view of the same memory
+5.0
+)doc")
+      .def_buffer([](Tensor& t) -> py::buffer_info {
+        PYLLAMA_CHECK(t.device() == Device::cpu, ValueError, "cannot expose a cuda tensor as a buffer");
+        std::vector<py::ssize_t> shape(t.shape().begin(), t.shape().end());
+        std::vector<py::ssize_t> strides(shape.size());
+        py::ssize_t s = static_cast<py::ssize_t>(dtype_size(t.dtype()));
+        for (int i = static_cast<int>(shape.size()) - 1; i >= 0; i--) {
+          strides[i] = s;
+          s *= shape[i];
+        }
+        std::string fmt = t.dtype() == DType::float32 ? py::format_descriptor<float>::format()
+                          : t.dtype() == DType::int32 ? py::format_descriptor<int32_t>::format()
+                          : t.dtype() == DType::uint32 ? py::format_descriptor<uint32_t>::format()
+                          : t.dtype() == DType::int64 ? py::format_descriptor<int64_t>::format()
+                                                      : py::format_descriptor<uint16_t>::format();
+        return py::buffer_info(t.raw(), static_cast<py::ssize_t>(dtype_size(t.dtype())), fmt,
+                               static_cast<py::ssize_t>(shape.size()), shape, strides);
+      })
+      .def(py::init([](std::vector<int64_t> shape, const std::string& dtype, const std::string& device) {
+             return Tensor::zeros(shape, dtype_from_name(dtype), device_from_name(device));
+           }),
+           py::arg("shape"), py::arg("dtype") = "float32", py::arg("device") = "cpu",
+           "A zero-filled tensor. >>> pyllama.Tensor([2, 3], 'float32').shape -> (2, 3)")
+      .def_static("from_numpy", &numpy_to_tensor, py::arg("array"), py::arg("bfloat16") = false,
+                  "A tensor over a C-contiguous numpy array's memory (no copy). Pass bfloat16=True "
+                  "with a uint16 array that holds bfloat16 bits.")
+      .def("numpy", &tensor_to_numpy, "A numpy view of the tensor's memory (no copy). bfloat16 shows as uint16 bits.")
+      .def_property_readonly("shape", [](const Tensor& t) { return py::tuple(py::cast(t.shape())); })
+      .def_property_readonly("dtype", [](const Tensor& t) { return std::string(dtype_name(t.dtype())); })
+      .def_property_readonly("device", [](const Tensor& t) { return std::string(device_name(t.device())); })
+      .def_property_readonly("ndim", &Tensor::ndim)
+      .def_property_readonly("nbytes", &Tensor::nbytes)
+      .def("numel", &Tensor::numel)
+      .def("view", &Tensor::view, py::arg("shape"))
+      .def("clone", &Tensor::clone)
+      .def("to", [](const Tensor& t, const std::string& what) {
+             if (what == "cpu") return t.device() == Device::cpu ? t : throw ValueError("cuda -> cpu copies need the CUDA backend");
+             if (what == "cuda" || what == "cuda:0")
+               throw ValueError(cuda_device_count() == 0
+                                    ? "no CUDA device is available (pyllama.build_info()['cuda_available'] is False)"
+                                    : "moving tensors to cuda is not implemented yet");
+             return t.to_dtype(dtype_from_name(what));
+           }, py::arg("device_or_dtype"),
+           "A copy on another device ('cpu', 'cuda') or in another dtype ('float32', 'bfloat16').")
+      .def("__repr__", &Tensor::repr);
+}
+
+// ------------------------------------------------------------------ runtime
+
+void bind_runtime(py::module_& m) {
+  m.def("build_info", []() {
+    BuildInfo b = build_info();
+    py::dict d;
+    d["version"] = b.version;
+    d["cuda"] = b.cuda;
+    d["cuda_archs"] = b.cuda_archs;
+    d["cuda_available"] = b.cuda_available;
+    d["simd"] = b.simd;
+    d["openmp"] = b.openmp;
+    d["threads"] = b.threads;
+    return d;
+  });
+  m.def("num_threads", &num_threads);
+  m.def("set_num_threads", &set_num_threads, py::arg("n"));
+}
+
+// ------------------------------------------------------------------ model (lead)
+
+void bind_model(py::module_& m) {}
+
+// ------------------------------------------------------------------ optimizer (training)
+
+void bind_optim(py::module_& m) {}
+
+// ------------------------------------------------------------------ tokenizer
+
+void bind_tokenizer(py::module_& m) {}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "pyllama's native core (C++17). Use the pyllama package, not this module directly.";
+  py::register_exception<TypeError>(m, "CoreTypeError", PyExc_TypeError);
+  py::register_exception<IOError>(m, "CoreIOError", PyExc_OSError);
+  py::register_exception<ValueError>(m, "CoreValueError", PyExc_ValueError);
+  py::register_exception<IndexError>(m, "CoreIndexError", PyExc_IndexError);
+  bind_tensor(m);
+  bind_runtime(m);
+  bind_model(m);
+  bind_optim(m);
+  bind_tokenizer(m);
+}

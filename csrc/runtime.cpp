@@ -1,0 +1,81 @@
+#include "runtime.h"
+
+#include <cstdlib>
+
+#include "common.h"
+#ifdef PYLLAMA_HAVE_OPENMP
+#include <omp.h>
+#endif
+
+namespace pyllama {
+
+#ifdef PYLLAMA_HAVE_CUDA
+int cuda_runtime_device_count();  // cuda/device.cu
+#endif
+
+int cuda_device_count() {
+#ifdef PYLLAMA_HAVE_CUDA
+  return cuda_runtime_device_count();
+#else
+  return 0;
+#endif
+}
+
+static int detect_simd() {
+  const char* env = std::getenv("PYLLAMA_SIMD");  // force a lower level for testing: generic|avx2|avx512
+  int best = 0;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = 1;
+  if (best == 1 && __builtin_cpu_supports("avx512f")) best = 2;
+#endif
+  if (env) {
+    std::string s(env);
+    int want = s == "generic" ? 0 : s == "avx2" ? 1 : s == "avx512" ? 2 : best;
+    if (want < best) best = want;
+  }
+  return best;
+}
+
+int simd_level() {
+  static int level = detect_simd();
+  return level;
+}
+
+int num_threads() {
+#ifdef PYLLAMA_HAVE_OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+void set_num_threads(int n) {
+  PYLLAMA_CHECK(n >= 1, ValueError, "set_num_threads: n must be >= 1, got " << n);
+#ifdef PYLLAMA_HAVE_OPENMP
+  omp_set_num_threads(n);
+#endif
+}
+
+BuildInfo build_info() {
+  BuildInfo b;
+#ifdef PYLLAMA_VERSION
+  b.version = PYLLAMA_VERSION;
+#endif
+#ifdef PYLLAMA_HAVE_CUDA
+  b.cuda = true;
+#ifdef PYLLAMA_CUDA_ARCHS
+  b.cuda_archs = PYLLAMA_CUDA_ARCHS;
+#endif
+#endif
+  b.cuda_available = cuda_device_count() > 0;
+  static const char* names[] = {"generic", "avx2", "avx512"};
+  b.simd = names[simd_level()];
+#ifdef PYLLAMA_HAVE_OPENMP
+  b.openmp = true;
+#endif
+  b.threads = num_threads();
+  return b;
+}
+
+}  // namespace pyllama

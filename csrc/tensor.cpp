@@ -1,0 +1,173 @@
+#include "tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+
+namespace pyllama {
+
+size_t dtype_size(DType dt) {
+  switch (dt) {
+    case DType::float32: return 4;
+    case DType::bfloat16: return 2;
+    case DType::int32: return 4;
+    case DType::uint16: return 2;
+    case DType::uint32: return 4;
+    case DType::int64: return 8;
+  }
+  throw ValueError("unknown dtype");
+}
+
+const char* dtype_name(DType dt) {
+  switch (dt) {
+    case DType::float32: return "float32";
+    case DType::bfloat16: return "bfloat16";
+    case DType::int32: return "int32";
+    case DType::uint16: return "uint16";
+    case DType::uint32: return "uint32";
+    case DType::int64: return "int64";
+  }
+  return "?";
+}
+
+DType dtype_from_name(const std::string& n) {
+  if (n == "float32" || n == "f32") return DType::float32;
+  if (n == "bfloat16" || n == "bf16") return DType::bfloat16;
+  if (n == "int32" || n == "i32") return DType::int32;
+  if (n == "uint16") return DType::uint16;
+  if (n == "uint32") return DType::uint32;
+  if (n == "int64") return DType::int64;
+  throw ValueError("unknown dtype '" + n +
+                   "': expected one of float32, bfloat16, int32, uint16, uint32, int64");
+}
+
+const char* device_name(Device d) { return d == Device::cpu ? "cpu" : "cuda"; }
+
+Device device_from_name(const std::string& n) {
+  if (n == "cpu") return Device::cpu;
+  if (n == "cuda" || n == "cuda:0") return Device::cuda;
+  throw ValueError("unknown device '" + n + "': expected 'cpu' or 'cuda'");
+}
+
+int64_t Tensor::size(int dim) const {
+  int nd = ndim();
+  if (dim < 0) dim += nd;
+  PYLLAMA_CHECK(dim >= 0 && dim < nd, IndexError, "dimension " << dim << " out of range for a " << nd << "-d tensor");
+  return shape_[dim];
+}
+
+int64_t Tensor::numel() const {
+  int64_t n = 1;
+  for (int64_t s : shape_) n *= s;
+  return n;
+}
+
+static int64_t checked_numel(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t s : shape) {
+    PYLLAMA_CHECK(s >= 0, ValueError, "negative dimension " << s << " in tensor shape");
+    n *= s;
+  }
+  return n;
+}
+
+Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device device) {
+  PYLLAMA_CHECK(device == Device::cpu, ValueError,
+                "Tensor::empty on device 'cuda' needs the CUDA backend; use Device::cpu");
+  Tensor t;
+  t.dtype_ = dtype;
+  t.device_ = device;
+  t.shape_ = shape;
+  size_t bytes = static_cast<size_t>(checked_numel(shape)) * dtype_size(dtype);
+  size_t alloc = ((bytes + 63) / 64) * 64;
+  if (alloc == 0) alloc = 64;
+  void* p = std::aligned_alloc(64, alloc);
+  if (!p) throw std::bad_alloc();
+  t.storage_ = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+  t.data_ = p;
+  return t;
+}
+
+Tensor Tensor::zeros(const std::vector<int64_t>& shape, DType dtype, Device device) {
+  Tensor t = empty(shape, dtype, device);
+  std::memset(t.data_, 0, t.nbytes());
+  return t;
+}
+
+Tensor Tensor::wrap(void* data, const std::vector<int64_t>& shape, DType dtype,
+                    std::shared_ptr<void> keepalive, Device device) {
+  Tensor t;
+  checked_numel(shape);
+  t.dtype_ = dtype;
+  t.device_ = device;
+  t.shape_ = shape;
+  t.storage_ = std::move(keepalive);
+  t.data_ = data;
+  return t;
+}
+
+Tensor Tensor::view(const std::vector<int64_t>& shape) const {
+  int64_t n = checked_numel(shape);
+  PYLLAMA_CHECK(n == numel(), ValueError,
+                "cannot view a tensor of " << numel() << " elements as one of " << n << " elements");
+  Tensor t = *this;
+  t.shape_ = shape;
+  return t;
+}
+
+Tensor Tensor::clone() const {
+  Tensor t = empty(shape_, dtype_, device_);
+  if (nbytes()) std::memcpy(t.data_, data_, nbytes());
+  return t;
+}
+
+uint16_t float_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // NaN stays NaN
+  uint32_t rounding = 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>((u + rounding) >> 16);
+}
+
+float bf16_to_float(uint16_t h) {
+  uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+Tensor Tensor::to_dtype(DType dt) const {
+  if (dt == dtype_) return clone();
+  Tensor out = empty(shape_, dt, device_);
+  int64_t n = numel();
+  if (dtype_ == DType::float32 && dt == DType::bfloat16) {
+    const float* s = data<float>();
+    uint16_t* d = out.data<uint16_t>();
+    for (int64_t i = 0; i < n; i++) d[i] = float_to_bf16(s[i]);
+  } else if (dtype_ == DType::bfloat16 && dt == DType::float32) {
+    const uint16_t* s = data<uint16_t>();
+    float* d = out.data<float>();
+    for (int64_t i = 0; i < n; i++) d[i] = bf16_to_float(s[i]);
+  } else {
+    throw ValueError(std::string("conversion from ") + dtype_name(dtype_) + " to " + dtype_name(dt) +
+                     " is not supported (only float32 <-> bfloat16)");
+  }
+  return out;
+}
+
+std::string Tensor::repr() const {
+  std::ostringstream ss;
+  ss << "Tensor(shape=(";
+  for (size_t i = 0; i < shape_.size(); i++) ss << (i ? ", " : "") << shape_[i];
+  if (shape_.size() == 1) ss << ",";
+  ss << "), dtype=" << dtype_name(dtype_) << ", device=" << device_name(device_) << ")";
+  return ss.str();
+}
+
+void Tensor::check(DType dt, int nd, const char* what) const {
+  PYLLAMA_CHECK(dtype_ == dt, TypeError,
+                what << ": expected dtype " << dtype_name(dt) << ", got " << dtype_name(dtype_));
+  PYLLAMA_CHECK(nd < 0 || ndim() == nd, ValueError,
+                what << ": expected a " << nd << "-d tensor, got " << ndim() << "-d " << repr());
+}
+
+}  // namespace pyllama

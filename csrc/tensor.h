@@ -1,0 +1,78 @@
+// tensor.h — the core's n-dimensional array.
+//
+// A Tensor is a dtype, a shape, a device tag and a pointer to row-major,
+// contiguous storage. Storage is reference-counted and may be owned by the
+// tensor (Tensor::empty) or borrowed from someone else (Tensor::wrap, used for
+// zero-copy numpy interop; the keep-alive handle keeps the owner alive).
+//
+//   pyllama::Tensor x = pyllama::Tensor::empty({2, 3}, pyllama::DType::float32);
+//   float* p = x.data<float>();            // 6 floats, row-major
+//   pyllama::Tensor v = x.view({3, 2});    // same storage, new shape
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common.h"
+
+namespace pyllama {
+
+enum class DType : int { float32 = 0, bfloat16 = 1, int32 = 2, uint16 = 3, uint32 = 4, int64 = 5 };
+enum class Device : int { cpu = 0, cuda = 1 };
+
+size_t dtype_size(DType dt);
+const char* dtype_name(DType dt);
+DType dtype_from_name(const std::string& name);  // throws ValueError on unknown names
+const char* device_name(Device d);
+Device device_from_name(const std::string& name);  // "cpu", "cuda", "cuda:0"
+
+class Tensor {
+ public:
+  Tensor() = default;
+  // A new tensor with uninitialised storage owned by the tensor.
+  static Tensor empty(const std::vector<int64_t>& shape, DType dtype, Device device = Device::cpu);
+  static Tensor zeros(const std::vector<int64_t>& shape, DType dtype, Device device = Device::cpu);
+  // A tensor over memory owned by someone else; `keepalive` is held as long as
+  // any tensor shares the storage.
+  static Tensor wrap(void* data, const std::vector<int64_t>& shape, DType dtype,
+                     std::shared_ptr<void> keepalive, Device device = Device::cpu);
+
+  DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
+  const std::vector<int64_t>& shape() const { return shape_; }
+  int ndim() const { return static_cast<int>(shape_.size()); }
+  int64_t size(int dim) const;
+  int64_t numel() const;
+  size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype_); }
+  bool defined() const { return data_ != nullptr || numel() == 0; }
+
+  void* raw() const { return data_; }
+  template <typename T>
+  T* data() const { return static_cast<T*>(data_); }
+
+  // Same storage, new shape with the same number of elements.
+  Tensor view(const std::vector<int64_t>& shape) const;
+  // A copy with its own storage.
+  Tensor clone() const;
+  // Conversions between float32 and bfloat16 (round to nearest even); other pairs throw.
+  Tensor to_dtype(DType dt) const;
+  std::string repr() const;
+
+  // Throws ValueError / TypeError naming `what` when the tensor does not match.
+  void check(DType dt, int ndim, const char* what) const;
+
+ private:
+  DType dtype_ = DType::float32;
+  Device device_ = Device::cpu;
+  std::vector<int64_t> shape_;
+  std::shared_ptr<void> storage_;
+  void* data_ = nullptr;
+};
+
+// bfloat16 helpers (storage is uint16_t).
+uint16_t float_to_bf16(float f);
+float bf16_to_float(uint16_t h);
+
+}  // namespace pyllama

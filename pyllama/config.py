@@ -1,0 +1,124 @@
+"""Model configuration with Hugging Face ``LlamaConfig`` field names."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass
+class LlamaConfig:
+    """The blueprint of a LLaMA model (field names as in ``transformers.LlamaConfig``).
+
+    >>> cfg = LlamaConfig(vocab_size=4096, hidden_size=288, intermediate_size=768,
+    ...                   num_hidden_layers=6, num_attention_heads=6)
+    >>> cfg.head_dim, cfg.num_key_value_heads
+    (48, 6)
+    """
+
+    vocab_size: int = 32000  # V: number of token ids
+    hidden_size: int = 4096  # C: width of the residual stream
+    intermediate_size: int = 11008  # I: width of the SwiGLU feed-forward
+    num_hidden_layers: int = 32  # L: transformer blocks
+    num_attention_heads: int = 32  # NH: query heads
+    num_key_value_heads: Optional[int] = None  # NKV: key/value heads (GQA); None means NH
+    max_position_embeddings: int = 2048  # longest sequence the model accepts
+    rms_norm_eps: float = 1e-6  # epsilon inside RMSNorm's square root
+    rope_theta: float = 10000.0  # RoPE base
+    tie_word_embeddings: bool = False  # output head shares the embedding matrix
+    bos_token_id: Optional[int] = None
+    eos_token_id: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        self.validate()
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def validate(self) -> None:
+        def positive(name: str) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"LlamaConfig.{name} must be a positive int, got {v!r}")
+
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
+            positive(name)
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"LlamaConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"LlamaConfig: head_dim = hidden_size / num_attention_heads = {self.head_dim} "
+                             "must be even for rotary embeddings")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"LlamaConfig.num_key_value_heads ({self.num_key_value_heads}) must divide "
+                f"num_attention_heads ({self.num_attention_heads})")
+        if not self.rms_norm_eps > 0:
+            raise ValueError(f"LlamaConfig.rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
+        if not self.rope_theta > 0:
+            raise ValueError(f"LlamaConfig.rope_theta must be > 0, got {self.rope_theta!r}")
+
+    # ---------------------------------------------------------------- Hugging Face config.json
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["head_dim"] = self.head_dim
+        d["architectures"] = ["LlamaForCausalLM"]
+        d["model_type"] = "llama"
+        d["hidden_act"] = "silu"
+        d["attention_bias"] = False
+        d["mlp_bias"] = False
+        d["torch_dtype"] = "float32"
+        d["rope_scaling"] = None
+        return {k: v for k, v in d.items() if v is not None or k == "rope_scaling"}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LlamaConfig":
+        if d.get("model_type", "llama") != "llama":
+            raise ValueError(f"config.json has model_type={d.get('model_type')!r}; pyllama loads 'llama' models")
+        if d.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"config.json has hidden_act={d.get('hidden_act')!r}; pyllama supports 'silu'")
+        if d.get("rope_scaling"):
+            raise ValueError("config.json sets rope_scaling, which pyllama does not support yet")
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in names}
+        # newer transformers may keep rope_theta inside rope_parameters
+        rp = d.get("rope_parameters")
+        if "rope_theta" not in kwargs and isinstance(rp, dict) and "rope_theta" in rp:
+            kwargs["rope_theta"] = rp["rope_theta"]
+        missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                               "num_attention_heads") if k not in kwargs]
+        if missing:
+            raise ValueError(f"config.json lacks required fields: {', '.join(missing)}")
+        cfg = cls(**kwargs)
+        hd = d.get("head_dim")
+        if hd is not None and hd != cfg.head_dim:
+            raise ValueError(f"config.json has head_dim={hd} but hidden_size/num_attention_heads = {cfg.head_dim}; "
+                             "pyllama needs head_dim = hidden_size / num_attention_heads")
+        return cfg
+
+    def to_json(self, path: PathLike) -> None:
+        """Write a Hugging Face ``config.json`` (atomically)."""
+        from ._io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_json(cls, path: PathLike) -> "LlamaConfig":
+        """Read a Hugging Face ``config.json``."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no config file at {os.fspath(path)!r}")
+        with open(path, "r", encoding="utf-8") as f:
+            try:
+                d = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{os.fspath(path)!r} is not valid JSON: {e}") from None
+        return cls.from_dict(d)
