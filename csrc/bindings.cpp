@@ -413,6 +413,17 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
              g.moments_from_host(mp, vp);
            }, py::arg("exp_avg"), py::arg("exp_avg_sq"))
       .def("synchronize", &LlamaModelCuda::synchronize, py::call_guard<py::gil_scoped_release>());
+  m.def("cuda_check_ops", [](unsigned seed) {
+          std::vector<std::pair<std::string, double>> r;
+          {
+            py::gil_scoped_release nogil;
+            r = cuda_check_ops(seed);
+          }
+          py::dict d;
+          for (auto& kv : r) d[py::str(kv.first)] = kv.second;
+          return d;
+        }, py::arg("seed") = 1234,
+        "Every CUDA kernel against its CPU twin on random float32 inputs: name -> max |gpu - cpu| / max |cpu|.");
 #else
   (void)m;  // built without the CUDA backend: nothing to bind (build_info()['cuda'] is False)
 #endif

@@ -31,6 +31,9 @@
 #include <cstdint>
 #include <memory>
 #include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "model.h"
 #include "tensor.h"
@@ -43,6 +46,10 @@ struct CudaError : std::runtime_error {
 };
 
 int cuda_runtime_device_count();  // device.cu: 0 when no usable GPU
+
+// Every CUDA launcher against its CPU twin on random float32 inputs (cuda/ops_check.cu):
+// (check name, max |gpu - cpu| / max |cpu|) pairs. Throws CudaError without a GPU.
+std::vector<std::pair<std::string, double>> cuda_check_ops(unsigned seed = 1234);
 
 class LlamaModelCuda {
  public:

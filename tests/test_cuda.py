@@ -101,6 +101,26 @@ def test_build_info_reports_cuda_build():
         assert info["cuda_archs"]  # e.g. "80,90"
 
 
+# ------------------------------------------------------------------ each kernel against its CPU twin
+
+@gpu
+def test_each_kernel_matches_its_cpu_op():
+    """cuda/ops_check.cu: every launcher vs csrc/ops.h on random inputs (localises a failure)."""
+    errors = pyllama._core.cuda_check_ops(1234)
+    assert len(errors) > 30
+    bad = {k: v for k, v in errors.items() if not v <= TOL}
+    assert not bad, f"kernels differing from the CPU (relative error): {bad}"
+
+
+@gpu
+def test_each_kernel_tiled_matmul(monkeypatch):
+    monkeypatch.setenv("PYLLAMA_CUDA_MATMUL", "tiled")
+    errors = pyllama._core.cuda_check_ops(99)
+    assert any(k.startswith("matmul.tiled") for k in errors)
+    bad = {k: v for k, v in errors.items() if not v <= TOL}
+    assert not bad, bad
+
+
 # ------------------------------------------------------------------ float32: exact against the CPU
 
 @gpu
