@@ -50,6 +50,10 @@ grep -E "pyllama: CUDA backend|cuBLAS" "$OUT/build.log" | tail -2 | tee -a "$OUT
 
 cd "$OUT"  # test the installed package, not the source folder
 "$PY" -c "import pyllama, json; print(json.dumps(pyllama.build_info()))" 2>&1 | tee -a "$OUT/summary.txt"
+if ! "$PY" -c "import pyllama, sys; sys.exit(0 if pyllama.build_info()['cuda_available'] else 1)"; then
+  summary "NO USABLE GPU: build_info()['cuda_available'] is False, so every GPU test will skip (see env.log)"
+  status=1
+fi
 
 echo "== CUDA tests" | tee "$OUT/tests.log"
 if "$PY" -c "import pytest" 2>/dev/null; then
