@@ -23,8 +23,11 @@ static inline int thread_id() {
 
 // ---------------------------------------------------------------- RMSNorm
 
+// Parallel regions only pay off above this many elements; decoding steps stay on one thread.
+constexpr long kParallelMin = 1 << 15;
+
 void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int N, int C, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((long)N * C > kParallelMin)
   for (int n = 0; n < N; n++) {
     const float* x = inp + (size_t)n * C;
     float* o = out + (size_t)n * C;
@@ -41,7 +44,7 @@ void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, 
 void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w,
                       const float* rstd, int N, int C) {
   // dinp: rows are independent.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((long)N * C > kParallelMin)
   for (int n = 0; n < N; n++) {
     const float* x = inp + (size_t)n * C;
     const float* dy = dout + (size_t)n * C;
@@ -103,7 +106,7 @@ void rope_apply(float* x, int ld, const int32_t* pos, const float* cos_t, const 
                 int HS, bool inverse) {
   int half = HS / 2;
   float sgn = inverse ? -1.f : 1.f;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((long)N * nheads * HS > kParallelMin)
   for (int n = 0; n < N; n++) {
     const float* c = cos_t + (size_t)pos[n] * half;
     const float* s = sin_t + (size_t)pos[n] * half;
@@ -211,7 +214,7 @@ void attention_backward(float* dqkv, float* scratch, const float* dout, const fl
 // ---------------------------------------------------------------- SwiGLU
 
 void swiglu_forward(float* h, const float* gu, int N, int I) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((long)N * I > kParallelMin)
   for (int n = 0; n < N; n++) {
     const float* g = gu + (size_t)n * 2 * I;
     const float* u = g + I;
@@ -242,7 +245,7 @@ void swiglu_backward(float* dgu, const float* dh, const float* gu, int N, int I)
 // ---------------------------------------------------------------- embedding
 
 void embedding_forward(float* out, const int32_t* tokens, const float* wte, int N, int C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((long)N * C > kParallelMin)
   for (int n = 0; n < N; n++) std::memcpy(out + (size_t)n * C, wte + (size_t)tokens[n] * C, sizeof(float) * C);
 }
 
@@ -308,7 +311,7 @@ void crossentropy_backward(float* dlogits, const float* logits, const float* lse
 }
 
 void residual_forward(float* out, const float* a, const float* b, long n) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n > kParallelMin)
   for (long i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 

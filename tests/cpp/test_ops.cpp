@@ -43,7 +43,7 @@ static Vec numgrad(Vec& x, const std::function<double()>& f, float h = 1e-2f) {
 }
 
 static void test_matmul() {
-  int shapes[][3] = {{1, 1, 1}, {7, 13, 5}, {37, 50, 300}, {150, 70, 33}, {6, 16, 256}, {145, 1030, 17}};
+  int shapes[][3] = {{1, 1, 1}, {7, 13, 5}, {37, 50, 300}, {150, 70, 33}, {6, 16, 256}, {145, 1030, 17}, {1, 300, 77}, {3, 130, 300}, {4, 64, 16}};
   for (auto& s : shapes) {
     int M = s[0], N = s[1], K = s[2];
     for (int ta = 0; ta < 2; ta++)
