@@ -19,7 +19,7 @@ if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
 
 from ._version import __version__  # noqa: E402
 from . import _core  # noqa: E402
-from ._core import Tensor  # noqa: E402, num_threads, set_num_threads
+from ._core import Tensor, num_threads, set_num_threads  # noqa: E402
 from .config import LlamaConfig  # noqa: E402
 from .model import CausalLMOutput, Llama  # noqa: E402
 
