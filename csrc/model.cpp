@@ -202,7 +202,7 @@ size_t carve_acts(Acts* a, float* base, int B, int T, int C, int QKVD, int NH, i
   a->datty = take(N * C);
   a->dgu = take(N * 2 * I);
   a->dh = take(N * I);
-  a->att_scratch = take((size_t)nthreads * T);
+  a->att_scratch = take((size_t)nthreads * T * T);
   return off;
 }
 }  // namespace
