@@ -134,6 +134,70 @@ void check_attention(Rand& r, Results& out, int B, int T, int NH, int NKV, int H
   out.push_back({"attention_backward.dqkv" + tag, rel_err(ddq.host(), dqkv)});
 }
 
+// The KV-cache pieces: store the k/v of a prefill into shuffled slots, attend from the
+// cache, compare with the training attention; then gather slots.
+void check_kv(Rand& r, Results& out) {
+  const int B = 3, T = 41, NH = 4, NKV = 2, HS = 64, S = 5, L = 2, maxlen = 48;
+  const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD;
+  const size_t N = (size_t)B * T;
+  auto qkv = r.normal(N * QKVD);
+  std::vector<float> y(N * C), att((size_t)B * NH * T * T);
+  attention_forward(y.data(), att.data(), qkv.data(), B, T, NH, NKV, HS);
+  std::vector<int32_t> slots = {4, 0, 2}, pos(N);
+  for (size_t n = 0; n < N; n++) pos[n] = (int32_t)(n % T);
+  const size_t slot_elems = (size_t)NKV * maxlen * HS, layer = (size_t)S * slot_elems;
+  Dev<float> dq(qkv), dkc(zeros<float>(L * layer)), dvc(zeros<float>(L * layer)), dout(zeros<float>(N * C)),
+      dscores(zeros<float>(N * NH * maxlen));
+  Dev<int32_t> dslots(slots), dpos(pos);
+  // layer 1 of the caches, as the model addresses it
+  gpu::kv_store<float>(dkc.get() + layer, dvc.get() + layer, dq.get(), dslots.get(), dpos.get(), B, T, NH, NKV, HS,
+                       maxlen, 0);
+  gpu::attention_kv_forward<float>(dout.get(), dscores.get(), dq.get(), dkc.get() + layer, dvc.get() + layer,
+                                   dslots.get(), dpos.get(), B, T, NH, NKV, HS, maxlen, 0);
+  out.push_back({"attention_kv_forward(prefill)", rel_err(dout.host(), y)});
+  // the cache holds k and v at (slot, head, position)
+  auto kc = dkc.host();
+  std::vector<float> got, ref;
+  for (int b = 0; b < B; b++)
+    for (int t = 0; t < T; t++)
+      for (int kh = 0; kh < NKV; kh++)
+        for (int i = 0; i < HS; i++) {
+          got.push_back(kc[layer + slots[b] * slot_elems + ((size_t)kh * maxlen + t) * HS + i]);
+          ref.push_back(qkv[((size_t)b * T + t) * QKVD + C + kh * HS + i]);
+        }
+  out.push_back({"kv_store.k", rel_err(got, ref)});
+  // gather: slot i takes slot src[i], in every layer
+  std::vector<int32_t> src = {2, 2, 4, 0, 1};
+  Dev<float> dtmp(zeros<float>(L * layer));
+  Dev<int32_t> dsrc(src);
+  gpu::kv_gather<float>(dtmp.get(), dkc.get(), dsrc.get(), L, S, (long long)slot_elems, 0);
+  auto gathered = dtmp.host();
+  std::vector<float> expect(L * layer);
+  for (int l = 0; l < L; l++)
+    for (int i = 0; i < S; i++)
+      std::copy(kc.begin() + (l * S + src[i]) * slot_elems, kc.begin() + (l * S + src[i] + 1) * slot_elems,
+                expect.begin() + (l * S + i) * slot_elems);
+  out.push_back({"kv_gather", rel_err(gathered, expect)});
+  // one decode step for sequence 1 (slot 0) at position T: q from a new row, keys 0..T
+  auto row = r.normal(QKVD);
+  std::vector<float> q1(row);
+  std::vector<int32_t> s1 = {0}, p1 = {T};
+  Dev<float> drow(q1), dout1(zeros<float>(C)), dsc1(zeros<float>(NH * maxlen));
+  Dev<int32_t> ds1(s1), dp1(p1);
+  gpu::kv_store<float>(dkc.get() + layer, dvc.get() + layer, drow.get(), ds1.get(), dp1.get(), 1, 1, NH, NKV, HS,
+                       maxlen, 0);
+  gpu::attention_kv_forward<float>(dout1.get(), dsc1.get(), drow.get(), dkc.get() + layer, dvc.get() + layer,
+                                   ds1.get(), dp1.get(), 1, 1, NH, NKV, HS, maxlen, 0);
+  // reference: sequence 1's T rows plus the new row, through the training attention
+  std::vector<float> seq((size_t)(T + 1) * QKVD);
+  std::copy(qkv.begin() + (size_t)T * QKVD, qkv.begin() + (size_t)2 * T * QKVD, seq.begin());
+  std::copy(row.begin(), row.end(), seq.begin() + (size_t)T * QKVD);
+  std::vector<float> y1((size_t)(T + 1) * C), att1((size_t)NH * (T + 1) * (T + 1));
+  attention_forward(y1.data(), att1.data(), seq.data(), 1, T + 1, NH, NKV, HS);
+  std::vector<float> last(y1.begin() + (size_t)T * C, y1.end());
+  out.push_back({"attention_kv_forward(decode step)", rel_err(dout1.host(), last)});
+}
+
 void check_swiglu(Rand& r, Results& out) {
   const int N = 37, I = 50;
   auto gu = r.normal((size_t)N * 2 * I, 2.f), dh = r.normal((size_t)N * I);
@@ -288,6 +352,7 @@ std::vector<std::pair<std::string, double>> cuda_check_ops(unsigned seed) {
   check_attention(r, out, 2, 37, 4, 2, 12);
   check_attention(r, out, 1, 70, 2, 1, 64);
   check_attention(r, out, 2, 9, 2, 2, 128);
+  check_kv(r, out);
   check_swiglu(r, out);
   check_embedding(r, out);
   check_crossentropy(r, out);
