@@ -15,7 +15,7 @@
 #include <sstream>
 #include <string>
 
-#include "model_cuda.h"  // CudaError
+#include "cuda_device.h"  // CudaError
 
 #ifdef PYLLAMA_HAVE_CUBLAS
 #include <cublas_v2.h>

@@ -35,17 +35,12 @@
 #include <utility>
 #include <vector>
 
+#include "cuda_device.h"  // CudaError, cuda_runtime_device_count
 #include "model.h"
 #include "tensor.h"
 
 namespace pyllama {
 
-// A failed CUDA runtime or cuBLAS call: the message names the call, the error, the file and the line.
-struct CudaError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-int cuda_runtime_device_count();  // device.cu: 0 when no usable GPU
 
 // Every CUDA launcher against its CPU twin on random float32 inputs (cuda/ops_check.cu):
 // (check name, max |gpu - cpu| / max |cpu|) pairs. Throws CudaError without a GPU.
