@@ -13,6 +13,7 @@ from . import _core
 from ._core import Tensor, num_threads, set_num_threads
 from .config import LlamaConfig
 from .model import CausalLMOutput, Llama
+from .generation import GenerationConfig
 
 __all__ = [
     "__version__",
@@ -20,6 +21,7 @@ __all__ = [
     "LlamaConfig",
     "Llama",
     "CausalLMOutput",
+    "GenerationConfig",
     "build_info",
     "num_threads",
     "set_num_threads",

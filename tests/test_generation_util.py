@@ -146,6 +146,9 @@ def hf_generate(hf_model, prompt, **kw):
 
     ids = torch.tensor([list(prompt)], dtype=torch.long)
     eos = kw.get("eos_token_id")
+    if eos == []:
+        kw = {k: v for k, v in kw.items() if k != "eos_token_id"}
+        eos = None
     with torch.no_grad():
         out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), return_dict_in_generate=True,
                                 output_scores=True, pad_token_id=(eos if isinstance(eos, int) else (eos or [0])[0]) if eos is not None else 0,
