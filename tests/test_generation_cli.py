@@ -1,0 +1,76 @@
+"""``pyllama generate`` on a saved checkpoint."""
+import os
+
+import numpy as np
+import pytest
+
+import pyllama
+from pyllama.cli import main
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    cfg = pyllama.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = pyllama.Llama(cfg, seed=3)
+    d = tmp_path_factory.mktemp("run") / "step-5"
+    model.save_pretrained(d)
+    return d, model
+
+
+def _ids(text):
+    return [int(t) for t in text.split()]
+
+
+def test_cli_prompt_ids_greedy_streams_the_generate_tokens(ckpt, capsys):
+    d, model = ckpt
+    assert main(["generate", "--checkpoint", str(d), "--prompt-ids", "1,2,3", "--max-new-tokens", "7"]) == 0
+    out, err = capsys.readouterr()
+    assert _ids(out) == [1, 2, 3] + model.generate([[1, 2, 3]], max_new_tokens=7)[0]
+    assert "stopped: max_new_tokens" in err and "tokens/s" in err
+
+
+def test_cli_follows_run_folder_and_takes_every_option(ckpt, capsys):
+    d, model = ckpt
+    kw = dict(max_new_tokens=6, do_sample=True, temperature=0.9, top_k=20, top_p=0.9, min_p=0.01,
+              repetition_penalty=1.2, presence_penalty=0.1, frequency_penalty=0.2, no_repeat_ngram_size=3, seed=4)
+    ref = model.generate([[5, 6]], **kw)[0]
+    argv = ["generate", "--checkpoint", str(d.parent), "--prompt-ids", "5 6", "--quiet", "--max-new-tokens", "6",
+            "--do-sample", "--temperature", "0.9", "--top-k", "20", "--top-p", "0.9", "--min-p", "0.01",
+            "--repetition-penalty", "1.2", "--presence-penalty", "0.1", "--frequency-penalty", "0.2",
+            "--no-repeat-ngram-size", "3", "--seed", "4"]
+    assert main(argv) == 0
+    assert _ids(capsys.readouterr().out) == ref
+
+
+def test_cli_beam_search_prints_each_sequence(ckpt, capsys):
+    d, model = ckpt
+    ref = model.generate([[7, 8, 9]], num_beams=3, num_return_sequences=2, max_new_tokens=5, length_penalty=0.6,
+                         early_stopping=True, eos_token_id=[])
+    argv = ["generate", "--checkpoint", str(d), "--prompt-ids", "7 8 9", "--num-beams", "3", "--max-new-tokens",
+            "5", "--num-return-sequences", "2", "--length-penalty", "0.6", "--early-stopping", "true",
+            "--eos-token-id", "--quiet"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [_ids(x) for x in lines] == list(ref)
+
+
+def test_cli_errors_are_clear(ckpt, capsys, tmp_path):
+    d, _ = ckpt
+    assert main(["generate", "--checkpoint", str(d), "--prompt-ids", "1", "--top-p", "0"]) == 1
+    assert "top_p" in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", str(tmp_path / "nope"), "--prompt-ids", "1"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", str(d), "--prompt", "hello"]) == 1
+    assert "tokenizer" in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", str(d), "--prompt-ids", " ".join(["1"] * 65)]) == 1
+    assert "context" in capsys.readouterr().err
+
+
+def test_cli_reports_max_context(ckpt, capsys):
+    d, _ = ckpt
+    assert main(["generate", "--checkpoint", str(d), "--prompt-ids", " ".join(["1"] * 60),
+                 "--max-new-tokens", "10"]) == 0
+    out, err = capsys.readouterr()
+    assert len(_ids(out)) == 64
+    assert "maximum context" in err and "stopped: max_context" in err
