@@ -376,3 +376,10 @@ def test_stream_holds_back_incomplete_utf8():
     evs = list(G.stream(m, [[0]], max_new_tokens=3, tokenizer=Tok()))
     assert [e.token_id for e in evs] == [1, 2, 1]
     assert [e.text for e in evs] == ["é", "€", "é\ufffd"]  # the dangling byte is flushed at the end
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    res = doctest.testmod(G, optionflags=doctest.ELLIPSIS)
+    assert res.attempted > 20 and res.failed == 0
