@@ -62,6 +62,7 @@ STOP_MAX_NEW_TOKENS = "max_new_tokens"  # it reached max_new_tokens
 STOP_MAX_CONTEXT = "max_context"        # prompt + new tokens filled max_position_embeddings
 
 _BEAM_NEG = np.float32(-1.0e9)  # Hugging Face's "not a candidate" score in beam search
+_TOP_P_HEADS = (256, 4096)  # top-p sorts only this many tokens when they hold more than top_p
 
 
 # ============================================================================ config
@@ -328,15 +329,26 @@ def apply_top_p(logits: np.ndarray, top_p: float, min_tokens_to_keep: int = 1) -
     """
     if top_p >= 1.0:
         return logits
-    for i in range(logits.shape[0]):  # rows: a few sequences; sort only finite entries
+    for i in range(logits.shape[0]):  # rows: a few sequences; sort only what can matter
         row = logits[i]
         cand = np.flatnonzero(row > -np.inf)
         if cand.size <= min_tokens_to_keep:
             continue
-        vals = row[cand]
-        order = np.argsort(vals, kind="stable")  # ascending
-        probs = _softmax64(vals[order][None, :])[0]
-        remove = np.cumsum(probs) <= 1.0 - top_p
+        probs = _softmax64(row[cand][None, :])[0]
+        below = 0.0  # probability mass of the candidates left out of the sort
+        for head_size in _TOP_P_HEADS:
+            # fast path: when the largest head_size tokens already hold more than top_p,
+            # every other token has cumulative (ascending) mass <= 1 - top_p: all removed
+            if cand.size <= 4 * head_size or head_size < min_tokens_to_keep:
+                break
+            head = np.argpartition(-probs, head_size - 1)[:head_size]
+            rest = 1.0 - float(probs[head].sum())
+            if rest < 1.0 - top_p - 1e-9:
+                row[np.delete(cand, head)] = -np.inf
+                cand, probs, below = cand[head], probs[head], rest
+                break
+        order = np.argsort(probs, kind="stable")  # ascending
+        remove = below + np.cumsum(probs[order]) <= 1.0 - top_p
         remove[-min_tokens_to_keep:] = False
         row[cand[order[remove]]] = -np.inf
     return logits

@@ -153,6 +153,16 @@ def test_top_p_equals_hf(fixed_logits, p):
     np.testing.assert_array_equal(G.apply_top_p(lk.copy(), p), ref)
 
 
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 0.999])
+@pytest.mark.parametrize("scale", [0.5, 3.0, 8.0])
+def test_top_p_large_vocab_equals_hf(p, scale):
+    # a 32000-token vocabulary exercises the partial-sort fast path (and its fallback)
+    lp = _hf()
+    lg = (np.random.default_rng(1).normal(size=(2, 32000)) * scale).astype(np.float32)
+    ref = lp.TopPLogitsWarper(top_p=p)(_t(np.zeros((2, 1), np.int64)), _t(lg)).numpy()
+    np.testing.assert_array_equal(G.apply_top_p(lg.copy(), p), ref)
+
+
 @pytest.mark.parametrize("mp", [0.0, 0.01, 0.1, 0.5, 1.0])
 def test_min_p_equals_hf(fixed_logits, mp):
     lp = _hf()
