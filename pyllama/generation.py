@@ -631,6 +631,22 @@ def _prefill(model: Any, prompts: List[np.ndarray], slots: List[int]) -> np.ndar
     return out
 
 
+def _claim_cache(model: Any) -> object:
+    """Mark the model's KV cache as this generation's (a model has one cache)."""
+    owner = object()
+    try:
+        model._generation_owner = owner
+    except AttributeError:  # a model that takes no attributes: no check
+        pass
+    return owner
+
+
+def _check_cache(model: Any, owner: object) -> None:
+    if getattr(model, "_generation_owner", owner) is not owner:
+        raise RuntimeError("another generate()/stream() on this model reset its KV cache while this stream "
+                           "was running; a model runs one generation at a time (finish or close the stream first)")
+
+
 def _warn_context(max_pos: int) -> None:
     warnings.warn(f"generation reached the model's maximum context ({max_pos} tokens) and stopped early "
                   f"(stop_reason '{STOP_MAX_CONTEXT}')", RuntimeWarning, stacklevel=4)
@@ -649,6 +665,7 @@ def _decode_steps(model: Any, prompts: List[np.ndarray], cfg: GenerationConfig, 
     limit = np.minimum(cfg.max_new_tokens, max_pos - plen)  # new tokens each may get
     max_total = int((plen + limit).max())
 
+    owner = _claim_cache(model)
     model._kv_reset(N, max(max_total - 1, int(plen.max())))
     first = _prefill(model, prompts, [i * r for i in range(n)])
     rows_of_prompt = [k // r for k in range(N)]
@@ -704,6 +721,7 @@ def _decode_steps(model: Any, prompts: List[np.ndarray], cfg: GenerationConfig, 
             yield k, t, reason
         live, toks = live[keep], toks[keep]
         if live.size:
+            _check_cache(model, owner)
             out = model._kv_forward(toks[:, None], live.astype(np.int32),
                                     (state.length[live] - 1).astype(np.int32), True)
             logits = np.array(out, np.float32, copy=True)
@@ -746,6 +764,7 @@ def _beam_search(model: Any, prompts: List[np.ndarray], cfg: GenerationConfig, e
     live = np.flatnonzero(limit > 0)
     hit_context = bool((limit <= 0).any())
     if live.size:
+        _claim_cache(model)
         model._kv_reset(N, max(max_total - 1, int(plen.max())))
         first = _prefill(model, [prompts[i] for i in live], [int(i) * nb for i in live])
         logits = np.repeat(first, nb, axis=0)  # [n_live * nb, V]
@@ -949,6 +968,12 @@ def stream(model: Any, input_ids: Any, generation_config: Optional[GenerationCon
     cfg, prompts, eos_ids, stopper = _setup(model, input_ids, generation_config, tokenizer, kwargs)
     if cfg.num_beams > 1:
         raise ValueError("GenerationConfig.num_beams > 1 cannot stream; use generate() for beam search")
+    # checks above run now; the tokens come lazily
+    return _stream_tokens(model, prompts, cfg, eos_ids, stopper, tokenizer)
+
+
+def _stream_tokens(model: Any, prompts: List[np.ndarray], cfg: GenerationConfig, eos_ids: List[int],
+                   stopper: Optional[_StopStrings], tokenizer: Any) -> Iterator[StreamToken]:
     token_bytes = _TokenBytes(tokenizer) if tokenizer is not None else None
     decoders: Dict[int, Any] = {}
     for k, t, reason in _decode_steps(model, prompts, cfg, eos_ids, stopper):

@@ -393,3 +393,41 @@ def test_docstring_examples_run():
 
     res = doctest.testmod(G, optionflags=doctest.ELLIPSIS)
     assert res.attempted > 20 and res.failed == 0
+
+
+def test_stream_checks_eagerly_and_detects_a_second_generation():
+    m = FakeKVModel(vocab_size=30)
+    with pytest.raises(ValueError, match="top_p"):
+        G.stream(m, [[1, 2]], do_sample=True, top_p=0)  # raised at the call, not at the first next()
+    s = G.stream(m, [[1, 2]], max_new_tokens=5)
+    next(s)
+    G.generate(m, [[3]], max_new_tokens=2)  # resets the model's one KV cache
+    with pytest.raises(RuntimeError, match="one generation at a time"):
+        list(s)
+
+
+def test_beam_search_protocol_on_stand_in():
+    # the stand-in asserts that every step reads only cache positions written for its slot
+    m = FakeKVModel(vocab_size=30, seed=8)
+    prompts = [[1, 2, 3], [4], [5, 6]]
+    base = G.generate(m, prompts, max_new_tokens=8, eos_token_id=[])
+    eos = [base[0][1], base[2][3]]
+    for kw in (dict(), dict(early_stopping=True, length_penalty=0.5), dict(early_stopping="never"),
+               dict(no_repeat_ngram_size=2, repetition_penalty=1.3, presence_penalty=0.5, min_new_tokens=2)):
+        out = G.generate(m, prompts, max_new_tokens=8, num_beams=4, num_return_sequences=3, eos_token_id=eos, **kw)
+        assert len(out) == 9 and len(out.scores) == 9
+        for i in range(3):
+            sc = out.scores[3 * i: 3 * i + 3]
+            assert sc == sorted(sc, reverse=True)
+        for s, why in zip(out, out.stop_reasons):
+            assert (why == "eos") == (s[-1] in eos) and len(s) <= 8
+        if "min_new_tokens" in kw:
+            assert all(len(s) >= 2 for s in out)
+
+
+def test_beam_sampling_is_seeded():
+    m = FakeKVModel(vocab_size=30, seed=9)
+    kw = dict(max_new_tokens=6, num_beams=3, num_return_sequences=2, do_sample=True, temperature=1.5, top_k=0)
+    a = G.generate(m, [[1, 2], [3]], seed=1, **kw)
+    assert G.generate(m, [[1, 2], [3]], seed=1, **kw) == a
+    assert any(G.generate(m, [[1, 2], [3]], seed=s, **kw) != a for s in (2, 3, 4))
