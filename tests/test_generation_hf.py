@@ -111,7 +111,16 @@ def test_beam_search_equals_hf(pair, length_penalty, early_stopping):
         assert ours.scores[2 * i] >= ours.scores[2 * i + 1]
 
 
+def test_early_stopping_settings_change_the_result(pair):
+    # so the equality tests above and below can tell the three rules apart
+    _, model, common = pair
+    kw = dict(num_beams=4, num_return_sequences=2, max_new_tokens=10, eos_token_id=common[:2])
+    out = {es: list(model.generate(PROMPTS, early_stopping=es, **kw)) for es in (True, False, "never")}
+    assert out[True] != out[False] != out["never"]
+
+
 @pytest.mark.parametrize("kw", [
+    dict(num_beams=4, num_return_sequences=2, early_stopping="never", length_penalty=1.0),
     dict(num_beams=3, early_stopping="never", length_penalty=2.0),
     dict(num_beams=3, early_stopping="never", length_penalty=-0.5),
     dict(num_beams=3, repetition_penalty=1.4, no_repeat_ngram_size=2, min_new_tokens=4),
@@ -119,7 +128,8 @@ def test_beam_search_equals_hf(pair, length_penalty, early_stopping):
 ])
 def test_more_options_equal_hf(pair, kw):
     hf, model, common = pair
-    kw = dict(kw, max_new_tokens=9, eos_token_id=common[0])
+    kw = dict(kw, max_new_tokens=10 if kw.get("num_beams") == 4 else 9,
+              eos_token_id=common[:2] if kw.get("num_beams") == 4 else common[0])
     assert list(model.generate(PROMPTS, **kw)) == reference(hf, **kw)
 
 
