@@ -74,3 +74,43 @@ def test_cli_reports_max_context(ckpt, capsys):
     out, err = capsys.readouterr()
     assert len(_ids(out)) == 64
     assert "maximum context" in err and "stopped: max_context" in err
+
+
+@pytest.fixture(scope="module")
+def text_ckpt(tmp_path_factory):
+    if not hasattr(pyllama, "Tokenizer"):
+        pytest.skip("pyllama.Tokenizer is not in this build yet")
+    text = open(os.path.join(os.path.dirname(pyllama.__file__), "data", "shakespeare.txt"), encoding="utf-8").read()
+    tok = pyllama.Tokenizer.train([text[:20000]], vocab_size=320)
+    cfg = pyllama.LlamaConfig(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = pyllama.Llama(cfg, seed=5)
+    d = tmp_path_factory.mktemp("textrun") / "step-10"
+    model.save_pretrained(d)
+    tok.save(os.path.join(d, "tokenizer.json"))  # as the Trainer saves it in each checkpoint
+    return d, model, tok
+
+
+def test_cli_prompt_text_streams_decoded_text(text_ckpt, capsys):
+    d, model, tok = text_ckpt
+    ids = tok.encode("ROMEO:")
+    new = model.generate([ids], max_new_tokens=12, do_sample=True, seed=2)[0]
+    argv = ["generate", "--checkpoint", str(d), "--prompt", "ROMEO:", "--max-new-tokens", "12", "--do-sample",
+            "--seed", "2"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out == "ROMEO:" + tok.decode(new) + "\n"
+    assert "12 tokens" in err
+
+
+def test_cli_stop_string_with_the_checkpoint_tokenizer(text_ckpt, capsys):
+    d, model, tok = text_ckpt
+    ids = tok.encode("ROMEO:")
+    full = tok.decode(model.generate([ids], max_new_tokens=30, eos_token_id=[])[0])
+    stop = full[5:7]
+    assert main(["generate", "--checkpoint", str(d), "--prompt", "ROMEO:", "--max-new-tokens", "30",
+                 "--eos-token-id", "--stop-string", stop]) == 0
+    out, err = capsys.readouterr()
+    gen = out[len("ROMEO:"):-1]
+    assert stop in gen and full.startswith(gen)  # the same tokens, cut once the stop string appeared
+    assert "stopped: stop_string" in err

@@ -149,10 +149,10 @@ def hf_generate(hf_model, prompt, **kw):
     if eos == []:
         kw = {k: v for k, v in kw.items() if k != "eos_token_id"}
         eos = None
+    pad = 0 if eos is None else (eos if isinstance(eos, int) else eos[0])
     with torch.no_grad():
         out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), return_dict_in_generate=True,
-                                output_scores=True, pad_token_id=(eos if isinstance(eos, int) else (eos or [0])[0]) if eos is not None else 0,
-                                **kw)
+                                output_scores=True, pad_token_id=pad, **kw)
     seqs = out.sequences[:, len(prompt):].tolist()
     if getattr(out, "beam_indices", None) is not None:
         lens = (out.beam_indices != -1).sum(dim=1).tolist()
