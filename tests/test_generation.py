@@ -431,3 +431,32 @@ def test_beam_sampling_is_seeded():
     a = G.generate(m, [[1, 2], [3]], seed=1, **kw)
     assert G.generate(m, [[1, 2], [3]], seed=1, **kw) == a
     assert any(G.generate(m, [[1, 2], [3]], seed=s, **kw) != a for s in (2, 3, 4))
+
+
+def test_processors_equal_hf_on_random_cases():
+    hyp = pytest.importorskip("hypothesis", reason="hypothesis is a test extra")
+    st = pytest.importorskip("hypothesis.strategies")
+    lp = _hf()
+
+    @hyp.settings(max_examples=60, deadline=None, derandomize=True)
+    @hyp.given(seqs=st.lists(st.lists(st.integers(0, 5), min_size=1, max_size=14), min_size=1, max_size=3),
+               n=st.integers(1, 5), penalty=st.floats(0.3, 3.0), k=st.integers(1, 8), p=st.floats(0.01, 1.0),
+               mp=st.floats(0.0, 1.0), keep=st.integers(1, 3), seed=st.integers(0, 2**31))
+    def check(seqs, n, penalty, k, p, mp, keep, seed):
+        L = min(len(s) for s in seqs)
+        ids = np.array([s[:L] for s in seqs])
+        lg = (np.random.default_rng(seed).normal(size=(len(seqs), 8)) * 2).astype(np.float32)
+        ref = lp.NoRepeatNGramLogitsProcessor(n)(_t(ids), _t(lg)).numpy()
+        np.testing.assert_array_equal(G.apply_no_repeat_ngram(lg.copy(), list(ids), n), ref)
+        seen = np.zeros(lg.shape, bool)
+        np.put_along_axis(seen, ids, True, axis=1)
+        ref = lp.RepetitionPenaltyLogitsProcessor(penalty)(_t(ids), _t(lg)).numpy()
+        np.testing.assert_array_equal(G.apply_repetition_penalty(lg.copy(), seen, penalty), ref)
+        ref = lp.TopKLogitsWarper(top_k=k, min_tokens_to_keep=keep)(_t(ids), _t(lg)).numpy()
+        np.testing.assert_array_equal(G.apply_top_k(lg.copy(), k, keep), ref)
+        ref = lp.TopPLogitsWarper(top_p=p, min_tokens_to_keep=keep)(_t(ids), _t(lg)).numpy()
+        np.testing.assert_array_equal(G.apply_top_p(lg.copy(), p, keep), ref)
+        ref = lp.MinPLogitsWarper(min_p=mp, min_tokens_to_keep=keep)(_t(ids), _t(lg)).numpy()
+        np.testing.assert_array_equal(G.apply_min_p(lg.copy(), mp, keep), ref)
+
+    check()
