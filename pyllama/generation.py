@@ -396,16 +396,18 @@ def sample_from_logits(logits: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     >>> sample_from_logits(np.log(np.array([[0.25, 0.25, 0.5]], np.float32)), np.array([0.6]))
     array([2])
     """
-    probs = _softmax64(logits)
-    cdf = np.cumsum(probs, axis=-1)
-    target = np.asarray(uniforms, np.float64)[:, None] * cdf[:, -1:]
-    idx = (cdf <= target).sum(axis=-1)
-    # float round-off could step past the last possible token: take the last one with p > 0
-    over = idx >= logits.shape[-1]
-    if over.any():
-        for i in np.flatnonzero(over):
-            idx[i] = np.flatnonzero(probs[i] > 0)[-1]
-    return idx
+    out = np.empty(logits.shape[0], np.int64)
+    for i in range(logits.shape[0]):  # rows: a few sequences; work on the tokens still allowed
+        row = logits[i]
+        cand = np.flatnonzero(row > -np.inf)
+        w = row[cand].astype(np.float64)
+        np.exp(w - w.max(), out=w)
+        cdf = np.cumsum(w)
+        j = int(np.searchsorted(cdf, float(uniforms[i]) * cdf[-1], side="right"))
+        if j >= cand.size:  # u * total rounded up to total: the last token with p > 0
+            j = int(np.flatnonzero(w)[-1])
+        out[i] = cand[j]
+    return out
 
 
 # ============================================================================ per-sequence state
