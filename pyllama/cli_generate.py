@@ -7,7 +7,8 @@
 
 The checkpoint folder holds the Hugging Face model files (``config.json`` +
 ``model.safetensors``) and the tokenizer saved by ``Tokenizer.save``
-(``tokenizer.json``, or a ``.tiktoken`` file). A run folder or a ``latest`` link
+(``tokenizer.tiktoken`` or ``tokenizer.json``, each with its ``.json`` sidecar;
+or a bare ``.tiktoken`` file). A run folder or a ``latest`` link
 or pointer file is followed to its newest checkpoint. Every ``GenerationConfig``
 field has a flag of the same name.
 """
@@ -96,23 +97,40 @@ def resolve_model_dir(path: str) -> str:
     raise FileNotFoundError(f"{path!r} has no config.json: not a model folder or training run")
 
 
+def find_tokenizer(model_dir: str) -> Optional[str]:
+    """The tokenizer file in a checkpoint folder: ``Tokenizer.save`` writes ``NAME`` (the
+    ``.tiktoken`` ranks) and ``NAME.json`` (pattern and special tokens); NAME is
+    ``tokenizer.tiktoken`` (``save(folder)``) or ``tokenizer.json`` (the Trainer's name).
+    A bare ``.tiktoken`` file also counts."""
+    names = list(TOKENIZER_NAMES) + sorted(n for n in os.listdir(model_dir) if n.endswith(".tiktoken"))
+    for n in names:
+        p = os.path.join(model_dir, n)
+        if os.path.isfile(p) and (os.path.isfile(p + ".json") or n.endswith(".tiktoken")):
+            return p
+    return None
+
+
 def load_tokenizer(model_dir: str, path: Optional[str]):
-    """The tokenizer at ``path``, else the one saved in the checkpoint folder."""
+    """The tokenizer at ``path`` (a file written by ``Tokenizer.save``, a folder holding
+    one, or a bare ``.tiktoken``), else the one saved in the checkpoint folder."""
     if path is None:
-        found = [os.path.join(model_dir, n) for n in TOKENIZER_NAMES if os.path.isfile(os.path.join(model_dir, n))]
-        if not found:
-            found = sorted(os.path.join(model_dir, n) for n in os.listdir(model_dir) if n.endswith(".tiktoken"))
-        if not found:
-            raise FileNotFoundError(f"no tokenizer in {model_dir!r} (looked for {', '.join(TOKENIZER_NAMES)}); "
-                                    "pass --tokenizer FILE, or --prompt-ids to work with token ids")
-        path = found[0]
+        path = find_tokenizer(model_dir)
+        if path is None:
+            raise FileNotFoundError(f"no tokenizer in {model_dir!r} (looked for {', '.join(TOKENIZER_NAMES)} "
+                                    "with its .json, or a .tiktoken file); pass --tokenizer FILE, or --prompt-ids "
+                                    "to work with token ids")
+    elif os.path.isdir(path):
+        found = find_tokenizer(path)
+        if found is None:
+            raise FileNotFoundError(f"no tokenizer in folder {path!r}")
+        path = found
     elif not os.path.isfile(path):
         raise FileNotFoundError(f"no tokenizer file at {path!r}")
     try:
         from . import Tokenizer
     except ImportError:
         raise ValueError("pyllama.Tokenizer is not available in this build; use --prompt-ids") from None
-    if path.endswith(".tiktoken") and not os.path.isfile(path[: -len(".tiktoken")] + ".json"):
+    if not os.path.isfile(path + ".json") and path.endswith(".tiktoken"):
         return Tokenizer.from_tiktoken(path)
     return Tokenizer.load(path)
 
