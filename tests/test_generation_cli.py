@@ -107,10 +107,39 @@ def test_cli_stop_string_with_the_checkpoint_tokenizer(text_ckpt, capsys):
     d, model, tok = text_ckpt
     ids = tok.encode("ROMEO:")
     full = tok.decode(model.generate([ids], max_new_tokens=30, eos_token_id=[])[0])
-    stop = full[5:7]
+    i = next(i for i in range(4, len(full) - 1) if full[i: i + 2].isascii())
+    stop = full[i: i + 2]
     assert main(["generate", "--checkpoint", str(d), "--prompt", "ROMEO:", "--max-new-tokens", "30",
                  "--eos-token-id", "--stop-string", stop]) == 0
     out, err = capsys.readouterr()
     gen = out[len("ROMEO:"):-1]
     assert stop in gen and full.startswith(gen)  # the same tokens, cut once the stop string appeared
     assert "stopped: stop_string" in err
+
+
+def test_cli_finds_a_tokenizer_saved_into_the_folder(text_ckpt, tmp_path, capsys):
+    d, model, tok = text_ckpt
+    model.save_pretrained(tmp_path)
+    tok.save(tmp_path)  # Tokenizer.save(folder): tokenizer.tiktoken + tokenizer.tiktoken.json
+    assert main(["generate", "--checkpoint", str(tmp_path), "--prompt", "JULIET:", "--max-new-tokens", "5",
+                 "--quiet"]) == 0
+    new = model.generate([tok.encode("JULIET:")], max_new_tokens=5)[0]
+    assert capsys.readouterr().out == tok.decode(new) + "\n"
+
+
+def test_stream_text_and_stop_strings_with_the_real_tokenizer(text_ckpt):
+    _, model, tok = text_ckpt
+    ids = tok.encode("ROMEO:")
+    new = model.generate([ids], max_new_tokens=20, do_sample=True, seed=9, eos_token_id=[])[0]
+    evs = list(model.stream("ROMEO:", tokenizer=tok, max_new_tokens=20, do_sample=True, seed=9, eos_token_id=[]))
+    assert [e.token_id for e in evs] == new
+    assert "".join(e.text for e in evs) == tok.decode(new)
+    text = tok.decode(new)
+    i = next(i for i in range(4, len(text) - 1) if text[i: i + 2].isascii())  # (random weights: some bytes are not UTF-8)
+    stop = text[i: i + 2]
+    out = model.generate([ids], max_new_tokens=20, do_sample=True, seed=9, eos_token_id=[], stop_strings=[stop],
+                         tokenizer=tok)
+    got = tok.decode(out[0])
+    assert out.stop_reasons == ["stop_string"] and stop in got
+    assert stop not in tok.decode(out[0][:-1])  # cut where it first appeared
+    assert new[: len(out[0])] == out[0]
