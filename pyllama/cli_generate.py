@@ -165,9 +165,13 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     err = sys.stderr
 
+    last = [""]
+
     def show(text: str) -> None:
-        out.write(text)
-        out.flush()
+        if text:
+            out.write(text)
+            out.flush()
+            last[0] = text[-1]
 
     t0 = time.perf_counter()
     n_tokens = 0
@@ -183,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
                     show(ev.text if (tok is not None and args.prompt is not None) else f" {ev.token_id}")
                 if ev.stop_reason is not None:
                     reasons.append(ev.stop_reason)
-            show("\n")
+            if last[0] != "\n":
+                show("\n")
         else:
             res = model.generate([ids], cfg, tokenizer=tok)
             reasons = list(res.stop_reasons)
