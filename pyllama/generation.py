@@ -179,10 +179,20 @@ class GenerationConfig:
         return dataclasses.replace(self, **kwargs)
 
     def to_dict(self) -> Dict[str, Any]:
+        """The fields as a plain dict (JSON-ready).
+
+        >>> GenerationConfig(num_beams=2).to_dict()["num_beams"]
+        2
+        """
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "GenerationConfig":
+        """A config from a dict of fields (unknown keys raise ``TypeError``).
+
+        >>> GenerationConfig.from_dict({"do_sample": True, "top_p": 0.9}).top_p
+        0.9
+        """
         return cls().replace(**d)
 
     def eos_ids(self, model_config: Any = None) -> List[int]:
@@ -590,7 +600,12 @@ class GenerateOutput(list):
     """What ``generate`` returns: a list (prompt-major, best first) of new-token lists,
     with ``stop_reasons`` (one per entry: ``"eos"``, ``"stop_string"``,
     ``"max_new_tokens"`` or ``"max_context"``) and, for beam search, ``scores``
-    (length-penalised sums of log-probs)."""
+    (length-penalised sums of log-probs).
+
+    >>> out = GenerateOutput([[5, 2], [7]], ["eos", "max_new_tokens"])
+    >>> out == [[5, 2], [7]], out.stop_reasons[0]
+    (True, 'eos')
+    """
 
     def __init__(self, seqs: List[List[int]], stop_reasons: List[str], scores: Optional[List[float]] = None):
         super().__init__(seqs)
