@@ -840,20 +840,19 @@ def _beam_search(model: Any, prompts: List[np.ndarray], cfg: GenerationConfig, e
         for a, i in enumerate(live.tolist()):
             merged = np.concatenate([fin_scores[i], cand[a]])
             top = np.argsort(-merged, kind="stable")[:nb]
-            old_seqs, old_reason, old_done = fin_seqs[i], fin_reason[i], fin_done[i].copy()
-            seqs, reasons, done = [], [], []
+            kept = []  # (tokens, reason, finished) of the new best nb
             for j in top.tolist():
-                if j < nb:
-                    seqs.append(old_seqs[j]); reasons.append(old_reason[j]); done.append(old_done[j])
-                else:
+                if j < nb:  # an old finished hypothesis
+                    kept.append((fin_seqs[i][j], fin_reason[i][j], bool(fin_done[i, j])))
+                else:  # candidate c: its source beam's new tokens + its token
                     c = j - nb
                     src_row = i * nb + int(cbeam[a, c])
-                    L0 = int(plen[i])
-                    toks = state.tokens[src_row, L0: state.length[src_row]].tolist() + [int(ctok[a, c])]
-                    seqs.append(toks); reasons.append(reason[a, c] or None); done.append(bool(entered[a, c]))
+                    toks = state.tokens[src_row, plen[i]: state.length[src_row]].tolist() + [int(ctok[a, c])]
+                    kept.append((toks, reason[a, c] or None, bool(entered[a, c])))
             fin_scores[i] = merged[top]
-            fin_seqs[i], fin_reason[i] = seqs, reasons
-            fin_done[i] = done
+            fin_seqs[i] = [k[0] for k in kept]
+            fin_reason[i] = [k[1] for k in kept]
+            fin_done[i] = [k[2] for k in kept]
         if (reason == STOP_MAX_CONTEXT).any():
             hit_context = True
 
@@ -864,8 +863,6 @@ def _beam_search(model: Any, prompts: List[np.ndarray], cfg: GenerationConfig, e
         new_toks = np.take_along_axis(ctok, nxt, axis=-1).reshape(-1)
         state.append(rows, new_toks)
         if stopper is not None:
-            old = tails
-            tails = list(old)
             for a in range(nl):
                 for b in range(nb):
                     tails[live[a] * nb + b] = new_tails[(a, int(nxt[a, b]))]

@@ -460,3 +460,20 @@ def test_processors_equal_hf_on_random_cases():
         np.testing.assert_array_equal(G.apply_min_p(lg.copy(), mp, keep), ref)
 
     check()
+
+
+def test_beam_search_with_stop_strings():
+    tok = _Latin1(ByteTokenizer())
+    m = FakeKVModel(vocab_size=300, seed=10)
+    base = G.generate(m, [[104, 105]], max_new_tokens=10, eos_token_id=[], num_beams=3, num_return_sequences=3)
+    text = ByteTokenizer().decode_bytes(base[0])
+    stop = text[2:4].decode("latin-1")
+    out = G.generate(m, [[104, 105]], max_new_tokens=10, eos_token_id=[], num_beams=3, num_return_sequences=3,
+                     stop_strings=stop, tokenizer=tok)
+    assert "stop_string" in out.stop_reasons
+    for s, why in zip(out, out.stop_reasons):
+        full = tok.decode_bytes([104, 105] + s)
+        if why == "stop_string":
+            assert stop.encode() in full and stop.encode() not in tok.decode_bytes([104, 105] + s[:-1])
+        else:
+            assert stop.encode() not in full and len(s) == 10
