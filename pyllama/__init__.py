@@ -22,6 +22,7 @@ from . import _core  # noqa: E402
 from ._core import Tensor, num_threads, set_num_threads  # noqa: E402
 from .config import LlamaConfig  # noqa: E402
 from .model import CausalLMOutput, Llama  # noqa: E402
+from .generation import GenerationConfig  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -29,6 +30,7 @@ __all__ = [
     "LlamaConfig",
     "Llama",
     "CausalLMOutput",
+    "GenerationConfig",
     "build_info",
     "num_threads",
     "set_num_threads",
