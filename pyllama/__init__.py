@@ -12,11 +12,13 @@ from ._version import __version__
 from . import _core
 from ._core import Tensor, num_threads, set_num_threads
 from .config import LlamaConfig
+from .tokenizer import Tokenizer
 
 __all__ = [
     "__version__",
     "Tensor",
     "LlamaConfig",
+    "Tokenizer",
     "build_info",
     "num_threads",
     "set_num_threads",
