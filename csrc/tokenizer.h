@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "common.h"
 #include "pretokenize.h"
 
 namespace pyllama {

@@ -354,3 +354,15 @@ def test_malformed_vocabulary_files(tmp_path):
         pyllama.Tokenizer.from_tiktoken(_write(tmp_path, "ok2", good), "gpt2", {"<|x|>": 5})
     with pytest.raises(FileNotFoundError):
         pyllama.Tokenizer.from_tiktoken(str(tmp_path / "missing.tiktoken"))
+
+
+@pytest.mark.parametrize("name", ["cl100k", "o200k"])
+def test_hf_export_of_real_vocabulary(pairs, name, tmp_path):
+    tokenizers = pytest.importorskip("tokenizers", reason="loads the exported tokenizer.json")
+    ours, ref = pairs[name]
+    ours.save_hf(str(tmp_path / "tokenizer.json"))
+    hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    text = open(SHAKESPEARE, encoding="utf-8").read()
+    assert hf.encode(text, add_special_tokens=False).ids == ref.encode_ordinary(text)
+    t = "x<|endoftext|>y don't WE'LL 12345"
+    assert hf.encode(t, add_special_tokens=False).ids == ref.encode(t, allowed_special="all")
