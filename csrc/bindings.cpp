@@ -294,6 +294,23 @@ void bind_tokenizer(py::module_& m) {
         if (hit.first == std::string_view::npos) return py::none();
         return py::int_(hit.second);
       })
+      .def("find_special_batch", [utf8](const Tokenizer& t, const py::list& texts, const std::vector<uint32_t>& ids) -> py::object {
+        // (index of the first text holding one of the special tokens `ids`, that token's id) or None
+        std::vector<std::string_view> v;
+        v.reserve(texts.size());
+        for (py::handle p : texts) v.push_back(utf8(p));
+        size_t index = v.size();
+        uint32_t id = 0;
+        {
+          py::gil_scoped_release nogil;
+          for (size_t i = 0; i < v.size() && index == v.size(); i++) {
+            auto hit = t.find_special(v[i], ids);
+            if (hit.first != std::string_view::npos) index = i, id = hit.second;
+          }
+        }
+        if (index == v.size()) return py::none();
+        return py::make_tuple(index, id);
+      })
       .def("decode_bytes", [](const Tokenizer& t, const std::vector<int64_t>& ids) {
         std::string out;
         {

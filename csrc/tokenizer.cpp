@@ -395,7 +395,9 @@ std::vector<std::vector<uint32_t>> Tokenizer::encode_batch(const std::vector<std
   std::vector<std::vector<uint32_t>> out(texts.size());
   if (threads <= 0) threads = int(std::max(1u, std::thread::hardware_concurrency()));
   threads = int(std::min<size_t>(size_t(threads), texts.size()));
-  if (threads <= 1) {
+  size_t total = 0;
+  for (std::string_view t : texts) total += t.size();
+  if (threads <= 1 || total < (1u << 16)) {  // small batches: threads cost more than they save
     for (size_t i = 0; i < texts.size(); i++) out[i] = encode(texts[i], allowed);
     return out;
   }
@@ -411,10 +413,16 @@ std::vector<std::vector<uint32_t>> Tokenizer::encode_batch(const std::vector<std
       next = texts.size();
     }
   };
+#ifdef PYLLAMA_HAVE_OPENMP
+  // OpenMP keeps its threads between calls, so their piece caches stay warm.
+#pragma omp parallel num_threads(threads)
+  work();
+#else
   std::vector<std::thread> pool;
   for (int t = 1; t < threads; t++) pool.emplace_back(work);
   work();
   for (std::thread& t : pool) t.join();
+#endif
   if (err) std::rethrow_exception(err);
   return out;
 }

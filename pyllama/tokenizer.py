@@ -345,42 +345,52 @@ class Tokenizer:
             raise TypeError("allowed_special must be 'all' or a set of strings, not a str")
         return [self._special[t] for t in allowed_special if t in self._special]
 
-    def _check_disallowed(self, text: str, allowed_special, disallowed_special) -> None:
+    def _disallowed(self, allowed_special, disallowed_special) -> frozenset:
         if disallowed_special == "all":
             if not self._special:
-                return
-            allowed = self._special_set if allowed_special == "all" else frozenset(allowed_special or ())
-            disallowed = self._special_set - allowed
-        elif not disallowed_special:
-            return
-        elif isinstance(disallowed_special, str):
+                return frozenset()
+            if allowed_special == "all":
+                return frozenset()
+            return self._special_set - frozenset(allowed_special or ())
+        if not disallowed_special:
+            return frozenset()
+        if isinstance(disallowed_special, str):
             raise TypeError("disallowed_special must be 'all' or a collection of strings, not a str")
-        else:
-            disallowed = frozenset(disallowed_special)
+        return frozenset(disallowed_special)
+
+    def _check_disallowed(self, texts: List[str], allowed_special, disallowed_special) -> None:
+        disallowed = self._disallowed(allowed_special, disallowed_special)
         if not disallowed:
             return
         ids = [self._special[t] for t in disallowed if t in self._special]
-        hit = None
+        others = [t for t in disallowed if t not in self._special and t]  # strings that are not special tokens
+        first, special_hit = len(texts), None
         if ids:
             try:
-                found = self._core.find_special(text, ids)
+                found = self._core.find_special_batch(texts, ids)
             except UnicodeEncodeError:
-                found = self._core.find_special(_fix_surrogates(text), ids)
+                found = self._core.find_special_batch([_fix_surrogates_if_needed(t) for t in texts], ids)
             if found is not None:
-                hit = next(t for t, i in self._special.items() if i == found)
-        others = [t for t in disallowed if t not in self._special and t and t in text]
+                first = found[0]
+                special_hit = next(t for t, i in self._special.items() if i == found[1])
         if others:
-            first = min(others, key=text.find)
-            if hit is None or text.find(first) < text.find(hit):
-                hit = first
-        if hit is not None:
-            raise ValueError(
-                f"Encountered text corresponding to disallowed special token {hit!r}.\n"
-                f"If you want this text to be encoded as a special token, pass it to `allowed_special`, "
-                f"e.g. `allowed_special={{{hit!r}, ...}}`.\n"
-                f"If you want this text to be encoded as normal text, disable the check for this token by "
-                f"passing `disallowed_special=(tok.special_tokens_set - {{{hit!r}}})`.\n"
-                f"To disable this check for all special tokens, pass `disallowed_special=()`.\n")
+            scan = range(min(first + 1, len(texts)))
+        else:
+            scan = [first] if special_hit is not None else []
+        for i in scan:
+            text = texts[i]
+            cands = [(text.find(o), o) for o in others if o in text]
+            if i == first:
+                cands.append((text.find(special_hit), special_hit))
+            if cands:
+                hit = min(cands)[1]
+                raise ValueError(
+                    f"Encountered text corresponding to disallowed special token {hit!r}.\n"
+                    f"If you want this text to be encoded as a special token, pass it to `allowed_special`, "
+                    f"e.g. `allowed_special={{{hit!r}, ...}}`.\n"
+                    f"If you want this text to be encoded as normal text, disable the check for this token by "
+                    f"passing `disallowed_special=(tok.special_tokens_set - {{{hit!r}}})`.\n"
+                    f"To disable this check for all special tokens, pass `disallowed_special=()`.\n")
 
     def _encode_custom(self, text: str, allowed_ids: List[int]) -> List[int]:
         out: List[int] = []
@@ -413,7 +423,7 @@ class Tokenizer:
         ValueError: Encountered text corresponding to disallowed special token '<|eot|>'...
         """
         text = self._check_text(text)
-        self._check_disallowed(text, allowed_special, disallowed_special)
+        self._check_disallowed([text], allowed_special, disallowed_special)
         allowed = self._allowed_ids(allowed_special)
         if self._custom is not None:
             return self._encode_custom(_fix_surrogates_if_needed(text), allowed)
@@ -450,8 +460,9 @@ class Tokenizer:
         """
         texts = list(texts)
         for t in texts:
-            self._check_text(t)
-            self._check_disallowed(t, allowed_special, disallowed_special)
+            if not isinstance(t, str):
+                self._check_text(t)
+        self._check_disallowed(texts, allowed_special, disallowed_special)
         allowed = self._allowed_ids(allowed_special)
         if self._custom is not None:
             return [self._encode_custom(_fix_surrogates_if_needed(t), allowed) for t in texts]
@@ -570,8 +581,12 @@ class Tokenizer:
         names = [name(r) for r in range(self._core.n_ranks)]
         vocab = {n: r for r, n in enumerate(names)}
         merges = [f"{names[a]} {names[b]}" for a, b, _ in self._core.hf_merges()]
-        added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-                  "normalized": False, "special": True} for t, i in sorted(self._special.items(), key=lambda x: x[1])]
+        # `tokenizers` numbers added tokens consecutively after the model's vocabulary, so ids
+        # that no token has (cl100k has none at 100256) get placeholder tokens.
+        by_id = {i: t for t, i in self._special.items()}
+        added = [{"id": i, "content": by_id.get(i, f"<|pyllama_unused_{i}|>"), "single_word": False,
+                  "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+                 for i in range(self._core.n_ranks, self.n_vocab)]
         return {
             "version": "1.0",
             "truncation": None,
