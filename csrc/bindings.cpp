@@ -259,6 +259,20 @@ void bind_tokenizer(py::module_& m) {
         }
         return ids_to_list(ids);
       })
+      .def("encode_checked", [utf8, ids_to_list](const Tokenizer& t, py::handle text, const std::vector<uint32_t>& allowed,
+                                                const std::vector<uint32_t>& disallowed) -> py::object {
+        // The ids, or (when the text holds a special token in `disallowed`) that token's id as an int.
+        std::string_view s = utf8(text);
+        std::vector<uint32_t> ids;
+        std::pair<size_t, uint32_t> hit{std::string_view::npos, 0};
+        {
+          py::gil_scoped_release nogil;
+          if (!disallowed.empty()) hit = t.find_special(s, disallowed);
+          if (hit.first == std::string_view::npos) ids = allowed.empty() ? t.encode_ordinary(s) : t.encode(s, allowed);
+        }
+        if (hit.first != std::string_view::npos) return py::int_(hit.second);
+        return ids_to_list(ids);
+      })
       .def("encode_pieces", [utf8, ids_to_list](const Tokenizer& t, const py::list& pieces) {
         std::vector<std::string_view> v;
         v.reserve(pieces.size());

@@ -422,15 +422,29 @@ class Tokenizer:
           ...
         ValueError: Encountered text corresponding to disallowed special token '<|eot|>'...
         """
-        text = self._check_text(text)
+        if not isinstance(text, str):
+            self._check_text(text)
+        if self._custom is None:
+            # One core call checks for disallowed special tokens and encodes.
+            if not allowed_special and disallowed_special == "all":
+                allowed, disallowed = [], self._all_special_ids
+            else:
+                allowed = self._allowed_ids(allowed_special)
+                names = self._disallowed(allowed_special, disallowed_special)
+                if any(t not in self._special for t in names):  # plain strings: checked in Python
+                    self._check_disallowed([text], allowed_special, disallowed_special)
+                    names = ()
+                disallowed = [self._special[t] for t in names]
+            try:
+                out = self._core.encode_checked(text, allowed, disallowed)
+            except UnicodeEncodeError:
+                out = self._core.encode_checked(_fix_surrogates(text), allowed, disallowed)
+            if isinstance(out, int):
+                self._check_disallowed([text], allowed_special, disallowed_special)  # raises with the message
+                raise AssertionError("unreachable")  # pragma: no cover
+            return out
         self._check_disallowed([text], allowed_special, disallowed_special)
-        allowed = self._allowed_ids(allowed_special)
-        if self._custom is not None:
-            return self._encode_custom(_fix_surrogates_if_needed(text), allowed)
-        try:
-            return self._core.encode(text, allowed) if allowed else self._core.encode_ordinary(text)
-        except UnicodeEncodeError:
-            return self._core.encode(_fix_surrogates(text), allowed)
+        return self._encode_custom(_fix_surrogates_if_needed(text), self._allowed_ids(allowed_special))
 
     def encode_ordinary(self, text: str) -> List[int]:
         """Token ids of ``text``; special-token text is encoded as ordinary text.
@@ -629,9 +643,20 @@ class Tokenizer:
             path = os.path.join(path, "tokenizer.json")
         atomic_write_text(path, json.dumps(self.to_hf_json(), ensure_ascii=False) + "\n")
 
+    def __reduce__(self):
+        # Pickles (e.g. for DataLoader workers) carry the vocabulary in .tiktoken form.
+        return (_unpickle, (self._core.to_tiktoken(), self._pattern, dict(self._special)))
+
     def __repr__(self) -> str:
         pat = self._pattern if self._custom is None else "custom regex"
         return f"Tokenizer(n_vocab={self.n_vocab}, pattern={pat!r}, special_tokens={len(self._special)})"
+
+
+def _unpickle(vocab: bytes, pattern: str, special: Dict[str, int]) -> Tokenizer:
+    pat = _canonical_pattern(pattern)
+    core = _core.CoreTokenizer.from_tiktoken(vocab, pat if _core.tokenizer_is_preset(pat) else None,
+                                             list(special.items()))
+    return Tokenizer(core, pat)
 
 
 def _fix_surrogates(text: str) -> str:

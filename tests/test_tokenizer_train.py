@@ -198,3 +198,11 @@ def test_cli_train_and_encode(tmp_path, capsys):
     assert int(capsys.readouterr().out) == len(tok.encode_ordinary(src.read_text(encoding="utf-8")))
     assert main(["tokenizer", "encode", "--tokenizer", str(tmp_path / "none.tiktoken"), "--text", "x"]) == 1
     assert main(["tokenizer", "train", str(src), "--vocab-size", "512", "--pattern", "nope", "--out", str(out)]) == 1
+
+
+def test_pickle_roundtrip(trained, text):
+    import pickle
+
+    back = pickle.loads(pickle.dumps(trained))
+    assert back.special_tokens == trained.special_tokens and back.pattern == trained.pattern
+    assert back.encode(text[:20_000]) == trained.encode(text[:20_000])
