@@ -197,6 +197,32 @@ def test_random_unicode_hypothesis(pairs):
     run()
 
 
+def test_random_text_with_special_tokens_hypothesis(pairs):
+    pytest.importorskip("hypothesis", reason="property-based tests (pip install hypothesis)")
+    from hypothesis import given, settings, HealthCheck, strategies as st
+
+    parts = st.sampled_from(["<|endoftext|>", "<|fim_prefix|>", "<|endofprompt|>", "<|endoftext", "|>", " ", "\n",
+                             "  ", "a", "B", "1", "'s", "\t", "中"])
+    texts = st.lists(st.one_of(parts, st.text(max_size=3)), max_size=15).map("".join)
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(texts, st.sampled_from(["all", {"<|endoftext|>"}, set()]))
+    def run(t, allowed):
+        for name in ("cl100k", "gpt2"):
+            ours, ref = pairs[name]
+            assert ours.encode(t, allowed_special=allowed, disallowed_special=()) == \
+                ref.encode(t, allowed_special=allowed, disallowed_special=())
+            try:
+                want = ref.encode(t, allowed_special=allowed)
+            except ValueError:
+                with pytest.raises(ValueError, match="disallowed special token"):
+                    ours.encode(t, allowed_special=allowed)
+            else:
+                assert ours.encode(t, allowed_special=allowed) == want
+
+    run()
+
+
 def test_lone_surrogates_as_tiktoken(pairs):
     ours, ref = pairs["cl100k"]
     for t in ["\ud800", "a\udfffb", "\ud83d\ude00"]:
