@@ -366,13 +366,12 @@ void bind_tokenizer(py::module_& m) {
       })
       .def_property_readonly("n_unique_pieces", &BpeTrainer::n_unique_pieces)
       .def("train", [](BpeTrainer& tr, size_t n_tokens, const py::object& progress) {
-        std::function<void(size_t, size_t)> cb;
-        if (!progress.is_none()) {
-          cb = [&progress](size_t done, size_t total) {
-            py::gil_scoped_acquire gil;
-            progress(done, total);
-          };
-        }
+        // Reports progress and lets Ctrl-C stop a long run (the exception unwinds train()).
+        std::function<void(size_t, size_t)> cb = [&progress](size_t done, size_t total) {
+          py::gil_scoped_acquire gil;
+          if (!progress.is_none()) progress(done, total);
+          if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+        };
         std::vector<std::string> toks;
         {
           py::gil_scoped_release nogil;

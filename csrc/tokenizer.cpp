@@ -96,49 +96,56 @@ struct PieceCache {
 };
 thread_local PieceCache t_cache;
 
+}  // namespace
+
 // ---------------------------------------------------------------- special-token search
 
+// Finds the first occurrence of any of a set of special tokens: candidate offsets are
+// those whose byte can start a token (memchr when only one byte can); at a candidate,
+// one hash lookup per distinct token length, longest first.
 struct SpecialMatcher {
-  std::vector<const SpecialToken*> list;  // longest first
+  ByteMap<uint32_t> ids;          // token text -> id
+  std::vector<size_t> lengths;    // distinct token lengths, longest first
   bool first[256] = {};
   int distinct_first = 0;
   uint8_t only_first = 0;
 
-  SpecialMatcher(const std::vector<SpecialToken>& specials, const std::vector<uint32_t>& ids) {
-    for (const SpecialToken& s : specials)
-      if (std::find(ids.begin(), ids.end(), s.id) != ids.end()) list.push_back(&s);
-    std::stable_sort(list.begin(), list.end(),
-                     [](const SpecialToken* a, const SpecialToken* b) { return a->text.size() > b->text.size(); });
-    for (const SpecialToken* s : list) {
-      uint8_t c = s->text[0];
+  SpecialMatcher(const std::vector<SpecialToken>& specials, const std::vector<uint32_t>& want) {
+    for (const SpecialToken& s : specials) {
+      if (std::find(want.begin(), want.end(), s.id) == want.end()) continue;
+      ids.insert(s.text.data(), s.text.size(), s.id);
+      if (std::find(lengths.begin(), lengths.end(), s.text.size()) == lengths.end()) lengths.push_back(s.text.size());
+      uint8_t c = s.text[0];
       if (!first[c]) distinct_first++, only_first = c;
       first[c] = true;
     }
+    std::sort(lengths.begin(), lengths.end(), std::greater<size_t>());
   }
-  // (offset, token) of the first match at or after `from`, or (npos, nullptr).
-  std::pair<size_t, const SpecialToken*> find(std::string_view text, size_t from) const {
-    if (list.empty()) return {std::string_view::npos, nullptr};
+  // (offset, id, length) of the first match at or after `from`; offset npos when none.
+  struct Hit {
+    size_t pos;
+    uint32_t id;
+    size_t len;
+  };
+  Hit find(std::string_view text, size_t from) const {
     const char* s = text.data();
     size_t n = text.size();
-    size_t i = from;
-    while (i < n) {
+    if (ids.size() == 0) return {std::string_view::npos, 0, 0};
+    for (size_t i = from; i < n; i++) {
       if (distinct_first == 1) {
         const void* hit = std::memchr(s + i, only_first, n - i);
         if (!hit) break;
         i = static_cast<const char*>(hit) - s;
       } else if (!first[(uint8_t)s[i]]) {
-        i++;
         continue;
       }
-      for (const SpecialToken* t : list)
-        if (t->text.size() <= n - i && std::memcmp(s + i, t->text.data(), t->text.size()) == 0) return {i, t};
-      i++;
+      for (size_t len : lengths)
+        if (len <= n - i)
+          if (const uint32_t* id = ids.find(s + i, len)) return {i, *id, len};
     }
-    return {std::string_view::npos, nullptr};
+    return {std::string_view::npos, 0, 0};
   }
 };
-
-}  // namespace
 
 // ---------------------------------------------------------------- .tiktoken files
 
@@ -231,7 +238,10 @@ Tokenizer::Tokenizer(std::vector<std::string> tokens, std::optional<Pattern> pat
       PYLLAMA_CHECK(specials_[j].text != s.text, ValueError, "special token '" << s.text << "' is listed twice");
     dec_[s.id] = {static_cast<uint32_t>(dec_arena_.size()), static_cast<uint32_t>(s.text.size())};
     dec_arena_ += s.text;
+    all_special_ids_.push_back(s.id);
   }
+  std::sort(all_special_ids_.begin(), all_special_ids_.end());
+  all_specials_ = std::make_shared<const SpecialMatcher>(specials_, all_special_ids_);
 }
 
 std::string_view Tokenizer::token_bytes(uint32_t id) const {
@@ -367,19 +377,24 @@ std::vector<uint32_t> Tokenizer::encode_ordinary(std::string_view text) const {
   return out;
 }
 
+std::shared_ptr<const SpecialMatcher> Tokenizer::matcher(const std::vector<uint32_t>& ids) const {
+  if (ids == all_special_ids_) return all_specials_;
+  return std::make_shared<const SpecialMatcher>(specials_, ids);
+}
+
 std::vector<uint32_t> Tokenizer::encode(std::string_view text, const std::vector<uint32_t>& allowed) const {
   if (allowed.empty()) return encode_ordinary(text);
-  SpecialMatcher m(specials_, allowed);
+  std::shared_ptr<const SpecialMatcher> m = matcher(allowed);
   std::vector<uint32_t> out;
   out.reserve(text.size() / 3 + 4);
   size_t pos = 0;
   for (;;) {
-    auto hit = m.find(text, pos);
-    size_t end = hit.second ? hit.first : text.size();
+    SpecialMatcher::Hit hit = m->find(text, pos);
+    size_t end = hit.pos == std::string_view::npos ? text.size() : hit.pos;
     encode_ordinary_into(text.substr(pos, end - pos), out);
-    if (!hit.second) break;
-    out.push_back(hit.second->id);
-    pos = hit.first + hit.second->text.size();
+    if (hit.pos == std::string_view::npos) break;
+    out.push_back(hit.id);
+    pos = hit.pos + hit.len;
   }
   return out;
 }
@@ -428,10 +443,8 @@ std::vector<std::vector<uint32_t>> Tokenizer::encode_batch(const std::vector<std
 }
 
 std::pair<size_t, uint32_t> Tokenizer::find_special(std::string_view text, const std::vector<uint32_t>& ids) const {
-  SpecialMatcher m(specials_, ids);
-  auto hit = m.find(text, 0);
-  if (!hit.second) return {std::string_view::npos, 0};
-  return {hit.first, hit.second->id};
+  SpecialMatcher::Hit hit = matcher(ids)->find(text, 0);
+  return {hit.pos, hit.id};
 }
 
 std::string Tokenizer::decode_bytes(const uint32_t* ids, size_t n) const {

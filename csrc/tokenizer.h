@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -124,6 +125,8 @@ class ByteMap {
   std::string arena_;
 };
 
+struct SpecialMatcher;  // tokenizer.cpp
+
 struct SpecialToken {
   std::string text;
   uint32_t id;
@@ -187,12 +190,17 @@ class Tokenizer {
     return r ? *r : 0xFFFFFFFFu;
   }
 
+  // A matcher for `ids` (the cached one when ids are all special ids, ascending).
+  std::shared_ptr<const SpecialMatcher> matcher(const std::vector<uint32_t>& ids) const;
+
   std::optional<Pattern> pattern_;
   size_t n_ranks_ = 0;
   ByteMap<uint32_t> ranks_;              // bytes -> rank
   std::vector<SpecialToken> specials_;
   std::string dec_arena_;                // bytes of every id, concatenated
   std::vector<std::pair<uint32_t, uint32_t>> dec_;  // id -> (offset, length); length kHole = no such id
+  std::vector<uint32_t> all_special_ids_;               // ascending
+  std::shared_ptr<const SpecialMatcher> all_specials_;  // matcher for all of them
   uint64_t uid_;                         // tells the thread-local piece caches apart
 };
 
