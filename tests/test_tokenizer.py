@@ -392,3 +392,21 @@ def test_hf_export_of_real_vocabulary(pairs, name, tmp_path):
     assert hf.encode(text, add_special_tokens=False).ids == ref.encode_ordinary(text)
     t = "x<|endoftext|>y don't WE'LL 12345"
     assert hf.encode(t, add_special_tokens=False).ids == ref.encode(t, allowed_special="all")
+
+
+def test_many_special_tokens_like_o200k_harmony(pairs, vocab_paths):
+    import tiktoken
+
+    _, ref0 = pairs["o200k"]
+    special = {**O200K_SPECIAL, "<|start|>": 200006, "<|end|>": 200007, "<|message|>": 200008}
+    special.update({f"<|reserved_{i}|>": i for i in range(200019, 201088)})  # harmony also reuses 200018
+    ref = tiktoken.Encoding("harmony", pat_str=O200K_PAT, mergeable_ranks=ref0._mergeable_ranks, special_tokens=special)
+    ours = pyllama.Tokenizer.from_tiktoken(vocab_paths["o200k_base"], "o200k", special)
+    assert ours.n_vocab == ref.n_vocab
+    t = "<|start|>user<|message|>Hi <b>there</b> <|reserved_200500|><|reserved_2005|><|end|> a<|endoftext|>"
+    for allowed in ("all", {"<|start|>", "<|end|>"}, set()):
+        assert ours.encode(t, allowed_special=allowed, disallowed_special=()) == \
+            ref.encode(t, allowed_special=allowed, disallowed_special=())
+    with pytest.raises(ValueError, match="'<\\|start\\|>'"):
+        ours.encode(t)
+    assert ours.decode(ours.encode(t, allowed_special="all")) == t
