@@ -284,11 +284,22 @@ def test_custom_regex_falls_back_to_python(pairs):
     assert custom.encode_batch(texts[:3]) == ours.encode_batch(texts[:3])
 
 
+GPT2_ORIGINAL_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
 def test_split_matches_regex_module():
+    # Python's `regex` module as a second reference (its Unicode tables are newer than
+    # tiktoken's, so only text without recently assigned characters). gpt2 is also
+    # checked against GPT-2's original regex.
     regex = pytest.importorskip("regex", reason="the reference split")
-    tok = pyllama.Tokenizer.from_ranks([bytes([b]) for b in range(256)], "o200k")
-    for t in SCRIPTS:
-        assert tok.split(t) == regex.findall(O200K_PAT, t)
+    alphabet = list(" \t\n\r\u00a0'sStTlLdDmMvVeErR1٣!?/.aAǅʰ中\u0301é👍🏽")
+    rng = random.Random(2)
+    texts = SCRIPTS + ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30))) for _ in range(3000)]
+    for preset, pats in (("gpt2", [R50K_PAT, GPT2_ORIGINAL_PAT]), ("cl100k", [CL100K_PAT]), ("o200k", [O200K_PAT])):
+        tok = pyllama.Tokenizer.from_ranks([bytes([b]) for b in range(256)], preset)
+        for pat in pats:
+            for t in texts:
+                assert tok.split(t) == regex.findall(pat, t), (preset, pat, t)
 
 
 # ---------------------------------------------------------------- decoding
