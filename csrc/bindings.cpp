@@ -174,11 +174,31 @@ void bind_tokenizer(py::module_& m) {
     if (!p) throw py::error_already_set();
     return std::string_view(p, static_cast<size_t>(n));
   };
+  // Lists of ids reuse one int object per id below 2^20 (created on first use, kept for the
+  // life of the process, like Python's small-int cache): allocating a fresh int per token
+  // would cost about as much as encoding. Called with the GIL held.
   auto ids_to_list = [](const std::vector<uint32_t>& ids) {
+    static std::vector<PyObject*>* ints = new std::vector<PyObject*>();  // never freed on purpose
+    constexpr uint32_t kCached = 1u << 20;
     py::list out(ids.size());
     for (size_t i = 0; i < ids.size(); i++) {
-      PyObject* v = PyLong_FromUnsignedLong(ids[i]);
-      if (!v) throw py::error_already_set();
+      uint32_t id = ids[i];
+      PyObject* v;
+      if (id < kCached) {
+        if (id >= ints->size()) {
+          size_t want = std::min<size_t>(kCached, std::max<size_t>(size_t(id) + 1, ints->size() * 2));
+          while (ints->size() < want) {
+            PyObject* o = PyLong_FromUnsignedLong(static_cast<unsigned long>(ints->size()));
+            if (!o) throw py::error_already_set();
+            ints->push_back(o);
+          }
+        }
+        v = (*ints)[id];
+        Py_INCREF(v);
+      } else {
+        v = PyLong_FromUnsignedLong(id);
+        if (!v) throw py::error_already_set();
+      }
       PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), v);
     }
     return out;
@@ -295,7 +315,10 @@ void bind_tokenizer(py::module_& m) {
           ids = t.encode_batch(v, allowed, threads);
         }
         py::list out(ids.size());
-        for (size_t i = 0; i < ids.size(); i++) out[i] = ids_to_list(ids[i]);
+        for (size_t i = 0; i < ids.size(); i++) {
+          PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), ids_to_list(ids[i]).release().ptr());
+          std::vector<uint32_t>().swap(ids[i]);  // free as we go
+        }
         return out;
       })
       .def("find_special", [utf8](const Tokenizer& t, py::handle text, const std::vector<uint32_t>& ids) -> py::object {

@@ -9,10 +9,20 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <functional>
 #include <exception>
 #include <mutex>
 #include <queue>
 #include <thread>
+
+#ifdef _WIN32
+#include <process.h>
+#define getpid _getpid
+using pid_t = int;
+#else
+#include <unistd.h>
+#endif
 
 #include "common.h"
 
@@ -95,6 +105,66 @@ struct PieceCache {
   std::vector<uint32_t> toks;
 };
 thread_local PieceCache t_cache;
+
+// Worker threads for encode_batch, kept between calls so their piece caches stay warm,
+// waiting on a condition variable (no spinning) between batches. One batch runs at a
+// time; a call that finds the pool busy encodes on its own thread. Never destroyed
+// (the threads are detached and simply end with the process); a child process after
+// fork() gets a fresh pool, since the parent's threads do not exist there.
+class BatchPool {
+ public:
+  static BatchPool& get() {
+    static std::mutex mu;
+    static BatchPool* pool = nullptr;
+    std::lock_guard<std::mutex> g(mu);
+    if (!pool || pool->pid_ != getpid()) pool = new BatchPool();
+    return *pool;
+  }
+  // Runs fn on n threads (the caller is one); false (nothing run) when the pool is busy.
+  bool run(int n, const std::function<void()>& fn) {
+    std::unique_lock<std::mutex> busy(run_mu_, std::try_to_lock);
+    if (!busy.owns_lock()) return false;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      while (int(n_threads_) < n - 1) {
+        std::thread(&BatchPool::loop, this, n_threads_++).detach();
+      }
+      job_ = &fn;
+      want_ = n - 1;
+      done_ = 0;
+      gen_++;
+    }
+    cv_.notify_all();
+    fn();
+    std::unique_lock<std::mutex> g(mu_);
+    done_cv_.wait(g, [&] { return done_ == want_; });
+    job_ = nullptr;
+    return true;
+  }
+
+ private:
+  BatchPool() : pid_(getpid()) {}
+  void loop(int index) {
+    uint64_t seen = 0;
+    std::unique_lock<std::mutex> g(mu_);
+    for (;;) {
+      cv_.wait(g, [&] { return gen_ != seen; });
+      seen = gen_;
+      if (index >= want_) continue;  // not needed for this batch
+      const std::function<void()>* job = job_;
+      g.unlock();
+      (*job)();
+      g.lock();
+      if (++done_ == want_) done_cv_.notify_all();
+    }
+  }
+  pid_t pid_;
+  std::mutex run_mu_, mu_;
+  std::condition_variable cv_, done_cv_;
+  int n_threads_ = 0, want_ = 0, done_ = 0;
+  uint64_t gen_ = 0;
+  const std::function<void()>* job_ = nullptr;
+};
 
 }  // namespace
 
@@ -428,16 +498,8 @@ std::vector<std::vector<uint32_t>> Tokenizer::encode_batch(const std::vector<std
       next = texts.size();
     }
   };
-#ifdef PYLLAMA_HAVE_OPENMP
-  // OpenMP keeps its threads between calls, so their piece caches stay warm.
-#pragma omp parallel num_threads(threads)
-  work();
-#else
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; t++) pool.emplace_back(work);
-  work();
-  for (std::thread& t : pool) t.join();
-#endif
+  std::function<void()> job = work;
+  if (!BatchPool::get().run(threads, job)) work();
   if (err) std::rethrow_exception(err);
   return out;
 }

@@ -206,3 +206,32 @@ def test_pickle_roundtrip(trained, text):
     back = pickle.loads(pickle.dumps(trained))
     assert back.special_tokens == trained.special_tokens and back.pattern == trained.pattern
     assert back.encode(text[:20_000]) == trained.encode(text[:20_000])
+
+
+def _batch_in_child(tok, docs, q):
+    q.put(tok.encode_batch(docs, num_threads=2))
+
+
+def test_encode_batch_after_fork_and_from_many_threads(trained, text):
+    import multiprocessing as mp
+    import sys
+    import threading
+
+    docs = [text[i:i + 30_000] for i in range(0, 300_000, 30_000)]
+    want = [trained.encode(d) for d in docs]
+    assert trained.encode_batch(docs, num_threads=2) == want  # the worker pool exists now
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(trained.encode_batch(docs, num_threads=2) == want))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True] * 4
+    if sys.platform.startswith("linux"):
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=_batch_in_child, args=(trained, docs, q))
+        p.start()
+        assert q.get(timeout=60) == want
+        p.join(timeout=60)
