@@ -73,18 +73,24 @@ def bench_encode(text: str, vocab: str, repeat: int, threads: int, tmp: str) -> 
     ours_cold = best_of(lambda: fresh.pop().encode_ordinary(text), repeat)
     ref_1 = best_of(lambda: ref.encode_ordinary(text), repeat)
 
-    docs = [d for d in text.split("\n\n") if d]
-    assert ours.encode_batch(docs, num_threads=threads) == ref.encode_ordinary_batch(docs, num_threads=threads)
-    fresh = [pyllama.Tokenizer.from_tiktoken(path, vocab, special) for _ in range(repeat)]
-    ours_bcold = best_of(lambda: fresh.pop().encode_batch(docs, num_threads=threads), repeat)
-    ours_b = best_of(lambda: ours.encode_batch(docs, num_threads=threads), repeat)
-    ref_b = best_of(lambda: ref.encode_ordinary_batch(docs, num_threads=threads), repeat)
-
     print(f"encode {vocab}, {mb:.2f} MB, {len(want)} tokens (ids identical to tiktoken)")
     print(f"  1 thread : pyllama {mb / ours_1:7.1f} MB/s (first pass, empty cache: {mb / ours_cold:6.1f})"
           f"   tiktoken {mb / ref_1:7.1f} MB/s   ratio {ref_1 / ours_1:.2f}x (first pass {ref_1 / ours_cold:.2f}x)")
-    print(f"  batch of {len(docs)} docs, {threads} threads: pyllama {mb / ours_b:7.1f} MB/s (first pass {mb / ours_bcold:6.1f})"
-          f"   tiktoken {mb / ref_b:7.1f} MB/s   ratio {ref_b / ours_b:.2f}x (first pass {ref_b / ours_bcold:.2f}x)")
+
+    # Many small documents (paragraphs), then 64 large ones (tiktoken's per-text overhead matters less).
+    paragraphs = [d for d in text.split("\n\n") if d]
+    step = len(paragraphs) // 64 + 1
+    chunks = ["\n\n".join(paragraphs[i:i + step]) for i in range(0, len(paragraphs), step)]
+    for docs in (paragraphs, chunks):
+        mb = sum(len(d.encode()) for d in docs) / 1e6
+        assert ours.encode_batch(docs, num_threads=threads) == ref.encode_ordinary_batch(docs, num_threads=threads)
+        fresh = [pyllama.Tokenizer.from_tiktoken(path, vocab, special) for _ in range(repeat)]
+        ours_bcold = best_of(lambda: fresh.pop().encode_batch(docs, num_threads=threads), repeat)
+        ours_b = best_of(lambda: ours.encode_batch(docs, num_threads=threads), repeat)
+        ref_b = best_of(lambda: ref.encode_ordinary_batch(docs, num_threads=threads), repeat)
+        print(f"  batch of {len(docs):5d} docs, {threads} threads: pyllama {mb / ours_b:7.1f} MB/s "
+              f"(first pass {mb / ours_bcold:6.1f})   tiktoken {mb / ref_b:7.1f} MB/s   "
+              f"ratio {ref_b / ours_b:.2f}x (first pass {ref_b / ours_bcold:.2f}x)")
 
 
 def bench_train(text: str, sizes, repeat: int) -> None:
