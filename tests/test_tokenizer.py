@@ -189,7 +189,7 @@ def test_random_unicode_hypothesis(pairs):
     text_st = st.one_of(st.text(max_size=60), st.text(tricky, max_size=60),
                         st.lists(st.one_of(st.text(max_size=4), tricky), max_size=20).map("".join))
 
-    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(text_st)
     def run(t):
         check_same(pairs, [t])
@@ -205,7 +205,7 @@ def test_random_text_with_special_tokens_hypothesis(pairs):
                              "  ", "a", "B", "1", "'s", "\t", "中"])
     texts = st.lists(st.one_of(parts, st.text(max_size=3)), max_size=15).map("".join)
 
-    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(texts, st.sampled_from(["all", {"<|endoftext|>"}, set()]))
     def run(t, allowed):
         for name in ("cl100k", "gpt2"):
