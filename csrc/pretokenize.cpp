@@ -62,7 +62,8 @@ inline bool is_other(const Ch& c) { return !(c.f & (kLetter | kNumber | kSpace))
 
 #define AT(i) char_at(s_, n_, (i))
 
-// Consume characters with any of `mask`'s flags from i; returns the end.
+// The end of the run of characters from `start` for which `cond` holds (it sees the
+// current character as `c`).
 #define RUN_WHILE(start, cond)          \
   [&]() {                               \
     size_t e_ = (start);                \
