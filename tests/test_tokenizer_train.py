@@ -235,3 +235,20 @@ def test_encode_batch_after_fork_and_from_many_threads(trained, text):
         p.start()
         assert q.get(timeout=60) == want
         p.join(timeout=60)
+
+
+def test_works_with_generate_and_stream(text):
+    if not hasattr(pyllama, "Llama"):
+        pytest.skip("pyllama.Llama is not built in this tree")
+    tok = pyllama.Tokenizer.train([text[:100_000]], 512, "cl100k", ["<|endoftext|>"], progress=False)
+    cfg = pyllama.LlamaConfig(vocab_size=tok.n_vocab, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2)
+    model = pyllama.Llama(cfg, seed=0)
+    out = model.generate("ROMEO:", tokenizer=tok, max_new_tokens=8)
+    assert len(out) == 1 and len(out[0]) == 8
+    pieces = [s.text for s in model.stream("ROMEO:", tokenizer=tok, max_new_tokens=8)]
+    raw = tok.decode_bytes(out[0])
+    try:
+        assert "".join(pieces) == raw.decode("utf-8")
+    except UnicodeDecodeError:  # the stream holds back an incomplete character at the end
+        assert raw.decode("utf-8", "ignore").startswith("".join(pieces).rstrip("\ufffd"))
