@@ -247,8 +247,6 @@ def test_works_with_generate_and_stream(text):
     out = model.generate("ROMEO:", tokenizer=tok, max_new_tokens=8)
     assert len(out) == 1 and len(out[0]) == 8
     pieces = [s.text for s in model.stream("ROMEO:", tokenizer=tok, max_new_tokens=8)]
-    raw = tok.decode_bytes(out[0])
-    try:
-        assert "".join(pieces) == raw.decode("utf-8")
-    except UnicodeDecodeError:  # the stream holds back an incomplete character at the end
-        assert raw.decode("utf-8", "ignore").startswith("".join(pieces).rstrip("\ufffd"))
+    # (The stream may hold back an incomplete character at the very end.)
+    joined, full = "".join(pieces), tok.decode(out[0])
+    assert full.startswith(joined) and len(full) - len(joined) <= 1
