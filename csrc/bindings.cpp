@@ -8,6 +8,7 @@
 
 #include "adamw.h"
 #include "common.h"
+#include "model.h"
 #include "runtime.h"
 #include "tensor.h"
 
@@ -155,7 +156,104 @@ void bind_runtime(py::module_& m) {
 
 // ------------------------------------------------------------------ model (lead)
 
-void bind_model(py::module_& m) {}
+void bind_model(py::module_& m) {
+  py::class_<LlamaConfig>(m, "LlamaConfigCore")
+      .def(py::init<>())
+      .def_readwrite("vocab_size", &LlamaConfig::vocab_size)
+      .def_readwrite("hidden_size", &LlamaConfig::hidden_size)
+      .def_readwrite("intermediate_size", &LlamaConfig::intermediate_size)
+      .def_readwrite("num_hidden_layers", &LlamaConfig::num_hidden_layers)
+      .def_readwrite("num_attention_heads", &LlamaConfig::num_attention_heads)
+      .def_readwrite("num_key_value_heads", &LlamaConfig::num_key_value_heads)
+      .def_readwrite("max_position_embeddings", &LlamaConfig::max_position_embeddings)
+      .def_readwrite("rms_norm_eps", &LlamaConfig::rms_norm_eps)
+      .def_readwrite("rope_theta", &LlamaConfig::rope_theta)
+      .def_readwrite("tie_word_embeddings", &LlamaConfig::tie_word_embeddings);
+
+  // int32 (B, T) view of an int array, converting only when needed.
+  auto as_tokens = [](py::handle obj, const char* what) {
+    auto a = py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(obj);
+    PYLLAMA_CHECK(a, TypeError, what << " must be an integer array of shape (batch, seq_len)");
+    PYLLAMA_CHECK(a.ndim() == 2, ValueError, what << " must be 2-D (batch, seq_len), got " << a.ndim() << "-D");
+    return a;
+  };
+
+  py::class_<LlamaModel>(m, "LlamaModel")
+      .def(py::init<const LlamaConfig&>(), py::arg("config"))
+      .def("init_weights", &LlamaModel::init_weights, py::arg("seed"), py::call_guard<py::gil_scoped_release>())
+      .def("num_parameters", &LlamaModel::num_parameters)
+      .def("param_infos", [](const LlamaModel& mdl) {
+        py::list out;
+        for (const auto& p : mdl.param_infos())
+          out.append(py::make_tuple(p.name, p.offset, p.numel, py::tuple(py::cast(p.shape))));
+        return out;
+      })
+      .def("params", [](py::object self) {
+        auto& mdl = self.cast<LlamaModel&>();
+        return py::array_t<float>({(py::ssize_t)mdl.num_parameters()}, {sizeof(float)}, mdl.params(), self);
+      })
+      .def("grads", [](py::object self) {
+        auto& mdl = self.cast<LlamaModel&>();
+        return py::array_t<float>({(py::ssize_t)mdl.num_parameters()}, {sizeof(float)}, mdl.grads(), self);
+      })
+      .def("forward", [as_tokens](LlamaModel& mdl, py::handle tokens, py::handle labels) {
+             auto t = as_tokens(tokens, "input_ids");
+             py::array_t<int32_t, py::array::c_style | py::array::forcecast> lab;
+             const int32_t* lp = nullptr;
+             if (!labels.is_none()) {
+               lab = as_tokens(labels, "labels");
+               PYLLAMA_CHECK(lab.shape(0) == t.shape(0) && lab.shape(1) == t.shape(1), ValueError,
+                             "labels shape (" << lab.shape(0) << ", " << lab.shape(1) << ") != input_ids shape ("
+                                              << t.shape(0) << ", " << t.shape(1) << ")");
+               lp = lab.data();
+             }
+             int B = (int)t.shape(0), T = (int)t.shape(1);
+             const int32_t* tp = t.data();
+             float loss;
+             {
+               py::gil_scoped_release nogil;
+               loss = mdl.forward(tp, lp, B, T);
+             }
+             return loss;
+           }, py::arg("input_ids"), py::arg("labels") = py::none())
+      .def("logits", [](py::object self) {
+        auto& mdl = self.cast<LlamaModel&>();
+        PYLLAMA_CHECK(mdl.logits(), ValueError, "no logits: run forward first (backward overwrites them)");
+        return py::array_t<float>({(py::ssize_t)mdl.last_B(), (py::ssize_t)mdl.last_T(),
+                                   (py::ssize_t)mdl.config().vocab_size},
+                                  mdl.logits(), self);
+      })
+      .def("backward", &LlamaModel::backward, py::arg("scale") = 1.0f, py::call_guard<py::gil_scoped_release>())
+      .def("zero_grad", &LlamaModel::zero_grad, py::call_guard<py::gil_scoped_release>())
+      .def("kv_reset", &LlamaModel::kv_reset, py::arg("n_slots"), py::arg("max_len"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("kv_forward", [as_tokens](py::object self, py::handle tokens, py::handle slots, py::handle start_pos,
+                                     bool last_only) {
+             auto& mdl = self.cast<LlamaModel&>();
+             auto t = as_tokens(tokens, "tokens");
+             auto s = py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(slots);
+             auto p = py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(start_pos);
+             int B = (int)t.shape(0), T = (int)t.shape(1);
+             PYLLAMA_CHECK(s && s.ndim() == 1 && s.shape(0) == B, ValueError, "slots must be 1-D with one entry per row");
+             PYLLAMA_CHECK(p && p.ndim() == 1 && p.shape(0) == B, ValueError,
+                           "start_pos must be 1-D with one entry per row");
+             const float* out;
+             {
+               py::gil_scoped_release nogil;
+               out = mdl.kv_forward(t.data(), B, T, s.data(), p.data(), last_only);
+             }
+             py::ssize_t V = mdl.config().vocab_size;
+             if (last_only) return py::array_t<float>({(py::ssize_t)B, V}, out, self);
+             return py::array_t<float>({(py::ssize_t)B, (py::ssize_t)T, V}, out, self);
+           }, py::arg("tokens"), py::arg("slots"), py::arg("start_pos"), py::arg("last_only") = true)
+      .def("kv_reorder", [](LlamaModel& mdl, py::handle src) {
+             auto s = py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(src);
+             PYLLAMA_CHECK(s && s.ndim() == 1, ValueError, "kv_reorder expects a 1-D int array");
+             py::gil_scoped_release nogil;
+             mdl.kv_reorder(s.data(), (int)s.shape(0));
+           }, py::arg("src"))
+      .def("flops_per_token", &LlamaModel::flops_per_token, py::arg("T"));
+}
 
 // ------------------------------------------------------------------ optimizer (training)
 

@@ -12,11 +12,14 @@ from ._version import __version__
 from . import _core
 from ._core import Tensor, num_threads, set_num_threads
 from .config import LlamaConfig
+from .model import CausalLMOutput, Llama
 
 __all__ = [
     "__version__",
     "Tensor",
     "LlamaConfig",
+    "Llama",
+    "CausalLMOutput",
     "build_info",
     "num_threads",
     "set_num_threads",

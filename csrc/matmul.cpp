@@ -1,0 +1,241 @@
+// matmul.cpp — see matmul.h. Blocking: C is cut into MC x NC tiles that threads
+// take independently; for each KC slice a thread packs its A block into MR-row
+// strips and its B block into NR-column strips (zero-padded), then runs the
+// MR x NR micro-kernel over every strip pair.
+#include "matmul.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "common.h"
+#include "runtime.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define PYLLAMA_X86 1
+#endif
+
+namespace pyllama {
+
+namespace {
+
+constexpr int MR = 6;
+constexpr int MC = 144;  // multiple of MR
+constexpr int KC = 256;
+constexpr int NC_MAX = 1024;
+
+// ---------------------------------------------------------------- packing
+// A block (mc x kc) -> strips of MR rows: strip s holds, for each p, MR values a(s*MR + i, p).
+void pack_a(bool trans, const float* A, int lda, int m0, int k0, int mc, int kc, float* out) {
+  for (int s = 0; s < mc; s += MR) {
+    int rows = std::min(MR, mc - s);
+    for (int p = 0; p < kc; p++) {
+      for (int i = 0; i < rows; i++) {
+        int m = m0 + s + i, k = k0 + p;
+        out[p * MR + i] = trans ? A[(size_t)k * lda + m] : A[(size_t)m * lda + k];
+      }
+      for (int i = rows; i < MR; i++) out[p * MR + i] = 0.f;
+    }
+    out += (size_t)kc * MR;
+  }
+}
+
+// B block (kc x nc) -> strips of NR columns: strip s holds, for each p, NR values b(p, s*NR + j).
+template <int NR>
+void pack_b(bool trans, const float* B, int ldb, int k0, int n0, int kc, int nc, float* out) {
+  for (int s = 0; s < nc; s += NR) {
+    int cols = std::min(NR, nc - s);
+    if (!trans) {
+      for (int p = 0; p < kc; p++) {
+        const float* src = B + (size_t)(k0 + p) * ldb + n0 + s;
+        float* dst = out + p * NR;
+        std::memcpy(dst, src, sizeof(float) * cols);
+        for (int j = cols; j < NR; j++) dst[j] = 0.f;
+      }
+    } else {
+      for (int j = 0; j < cols; j++) {
+        const float* src = B + (size_t)(n0 + s + j) * ldb + k0;
+        for (int p = 0; p < kc; p++) out[p * NR + j] = src[p];
+      }
+      for (int j = cols; j < NR; j++)
+        for (int p = 0; p < kc; p++) out[p * NR + j] = 0.f;
+    }
+    out += (size_t)kc * NR;
+  }
+}
+
+// ---------------------------------------------------------------- micro-kernels
+// c (MR x NR, row stride ldc) = (accumulate ? c : 0) + a_strip * b_strip
+template <int NR>
+void kernel_generic(int kc, const float* a, const float* b, float* c, int ldc, bool accumulate) {
+  float acc[MR][NR] = {};
+  for (int p = 0; p < kc; p++) {
+    for (int i = 0; i < MR; i++) {
+      float ai = a[p * MR + i];
+      for (int j = 0; j < NR; j++) acc[i][j] += ai * b[p * NR + j];
+    }
+  }
+  for (int i = 0; i < MR; i++)
+    for (int j = 0; j < NR; j++) c[i * ldc + j] = (accumulate ? c[i * ldc + j] : 0.f) + acc[i][j];
+}
+
+#ifdef PYLLAMA_X86
+__attribute__((target("avx2,fma"))) void kernel_avx2(int kc, const float* a, const float* b, float* c, int ldc,
+                                                      bool accumulate) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(),
+         c11 = _mm256_setzero_ps(), c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps(),
+         c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps(), c40 = _mm256_setzero_ps(),
+         c41 = _mm256_setzero_ps(), c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  for (int p = 0; p < kc; p++) {
+    __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+    __m256 t;
+    t = _mm256_broadcast_ss(a + 0); c00 = _mm256_fmadd_ps(t, b0, c00); c01 = _mm256_fmadd_ps(t, b1, c01);
+    t = _mm256_broadcast_ss(a + 1); c10 = _mm256_fmadd_ps(t, b0, c10); c11 = _mm256_fmadd_ps(t, b1, c11);
+    t = _mm256_broadcast_ss(a + 2); c20 = _mm256_fmadd_ps(t, b0, c20); c21 = _mm256_fmadd_ps(t, b1, c21);
+    t = _mm256_broadcast_ss(a + 3); c30 = _mm256_fmadd_ps(t, b0, c30); c31 = _mm256_fmadd_ps(t, b1, c31);
+    t = _mm256_broadcast_ss(a + 4); c40 = _mm256_fmadd_ps(t, b0, c40); c41 = _mm256_fmadd_ps(t, b1, c41);
+    t = _mm256_broadcast_ss(a + 5); c50 = _mm256_fmadd_ps(t, b0, c50); c51 = _mm256_fmadd_ps(t, b1, c51);
+    a += MR;
+    b += 16;
+  }
+  __m256 r[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  for (int i = 0; i < MR; i++) {
+    float* ci = c + (size_t)i * ldc;
+    if (accumulate) {
+      r[i][0] = _mm256_add_ps(r[i][0], _mm256_loadu_ps(ci));
+      r[i][1] = _mm256_add_ps(r[i][1], _mm256_loadu_ps(ci + 8));
+    }
+    _mm256_storeu_ps(ci, r[i][0]);
+    _mm256_storeu_ps(ci + 8, r[i][1]);
+  }
+}
+
+__attribute__((target("avx512f"))) void kernel_avx512(int kc, const float* a, const float* b, float* c, int ldc,
+                                                       bool accumulate) {
+  __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps(), c10 = _mm512_setzero_ps(),
+         c11 = _mm512_setzero_ps(), c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps(),
+         c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps(), c40 = _mm512_setzero_ps(),
+         c41 = _mm512_setzero_ps(), c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps();
+  for (int p = 0; p < kc; p++) {
+    __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+    __m512 t;
+    t = _mm512_set1_ps(a[0]); c00 = _mm512_fmadd_ps(t, b0, c00); c01 = _mm512_fmadd_ps(t, b1, c01);
+    t = _mm512_set1_ps(a[1]); c10 = _mm512_fmadd_ps(t, b0, c10); c11 = _mm512_fmadd_ps(t, b1, c11);
+    t = _mm512_set1_ps(a[2]); c20 = _mm512_fmadd_ps(t, b0, c20); c21 = _mm512_fmadd_ps(t, b1, c21);
+    t = _mm512_set1_ps(a[3]); c30 = _mm512_fmadd_ps(t, b0, c30); c31 = _mm512_fmadd_ps(t, b1, c31);
+    t = _mm512_set1_ps(a[4]); c40 = _mm512_fmadd_ps(t, b0, c40); c41 = _mm512_fmadd_ps(t, b1, c41);
+    t = _mm512_set1_ps(a[5]); c50 = _mm512_fmadd_ps(t, b0, c50); c51 = _mm512_fmadd_ps(t, b1, c51);
+    a += MR;
+    b += 32;
+  }
+  __m512 r[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  for (int i = 0; i < MR; i++) {
+    float* ci = c + (size_t)i * ldc;
+    if (accumulate) {
+      r[i][0] = _mm512_add_ps(r[i][0], _mm512_loadu_ps(ci));
+      r[i][1] = _mm512_add_ps(r[i][1], _mm512_loadu_ps(ci + 16));
+    }
+    _mm512_storeu_ps(ci, r[i][0]);
+    _mm512_storeu_ps(ci + 16, r[i][1]);
+  }
+}
+#endif
+
+using Kernel = void (*)(int, const float*, const float*, float*, int, bool);
+
+struct alignas(64) PackBuffers {
+  std::vector<float> a, b;
+};
+
+// Per-thread pack buffers, allocated on a thread's first multiply and reused.
+PackBuffers& thread_buffers() {
+  thread_local PackBuffers buf;
+  return buf;
+}
+
+float* aligned_ptr(std::vector<float>& v, size_t n) {
+  if (v.size() < n + 16) v.resize(n + 16);
+  uintptr_t p = reinterpret_cast<uintptr_t>(v.data());
+  return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
+}
+
+template <int NR>
+void sgemm_impl(Kernel kernel, bool transA, bool transB, int M, int N, int K, const float* A, int lda,
+                const float* B, int ldb, float beta, float* C, int ldc) {
+  const int NC = std::min(NC_MAX, ((N + NR - 1) / NR) * NR);
+  const int tiles_m = (M + MC - 1) / MC, tiles_n = (N + NC - 1) / NC;
+  const int ntiles = tiles_m * tiles_n;
+#pragma omp parallel for schedule(dynamic, 1) if (ntiles > 1 && (double)M * N * K > 2e5)
+  for (int tile = 0; tile < ntiles; tile++) {
+    const int m0 = (tile / tiles_n) * MC, n0 = (tile % tiles_n) * NC;
+    const int mc = std::min(MC, M - m0), nc = std::min(NC, N - n0);
+    PackBuffers& buf = thread_buffers();
+    float* pa = aligned_ptr(buf.a, (size_t)MC * KC);
+    float* pb = aligned_ptr(buf.b, (size_t)KC * NC_MAX);
+    alignas(64) float edge[MR * NR];
+    if (K == 0) {
+      for (int i = 0; i < mc; i++)
+        for (int j = 0; j < nc; j++) {
+          float& c = C[(size_t)(m0 + i) * ldc + n0 + j];
+          c = beta == 0.f ? 0.f : c;
+        }
+      continue;
+    }
+    for (int k0 = 0; k0 < K; k0 += KC) {
+      const int kc = std::min(KC, K - k0);
+      const bool accumulate = k0 > 0 || beta != 0.f;
+      pack_b<NR>(transB, B, ldb, k0, n0, kc, nc, pb);
+      pack_a(transA, A, lda, m0, k0, mc, kc, pa);
+      for (int js = 0; js < nc; js += NR) {
+        const int cols = std::min(NR, nc - js);
+        const float* bs = pb + (size_t)(js / NR) * kc * NR;
+        for (int is = 0; is < mc; is += MR) {
+          const int rows = std::min(MR, mc - is);
+          const float* as = pa + (size_t)(is / MR) * kc * MR;
+          float* c = C + (size_t)(m0 + is) * ldc + n0 + js;
+          if (rows == MR && cols == NR) {
+            kernel(kc, as, bs, c, ldc, accumulate);
+          } else {
+            kernel(kc, as, bs, edge, NR, false);
+            for (int i = 0; i < rows; i++)
+              for (int j = 0; j < cols; j++)
+                c[(size_t)i * ldc + j] = (accumulate ? c[(size_t)i * ldc + j] : 0.f) + edge[i * NR + j];
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void sgemm(bool transA, bool transB, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
+           float beta, float* C, int ldc) {
+  PYLLAMA_CHECK(beta == 0.f || beta == 1.f, ValueError, "sgemm: beta must be 0 or 1, got " << beta);
+  PYLLAMA_CHECK(M >= 0 && N >= 0 && K >= 0, ValueError, "sgemm: negative size");
+  if (M == 0 || N == 0) return;
+#ifdef PYLLAMA_X86
+  int level = simd_level();
+  if (level == 2) return sgemm_impl<32>(kernel_avx512, transA, transB, M, N, K, A, lda, B, ldb, beta, C, ldc);
+  if (level == 1) return sgemm_impl<16>(kernel_avx2, transA, transB, M, N, K, A, lda, B, ldb, beta, C, ldc);
+#endif
+  sgemm_impl<16>(kernel_generic<16>, transA, transB, M, N, K, A, lda, B, ldb, beta, C, ldc);
+}
+
+void sgemm_reference(bool transA, bool transB, int M, int N, int K, const float* A, int lda, const float* B,
+                     int ldb, float beta, float* C, int ldc) {
+  for (int m = 0; m < M; m++)
+    for (int n = 0; n < N; n++) {
+      double acc = beta == 0.f ? 0.0 : C[(size_t)m * ldc + n];
+      for (int k = 0; k < K; k++) {
+        double a = transA ? A[(size_t)k * lda + m] : A[(size_t)m * lda + k];
+        double b = transB ? B[(size_t)n * ldb + k] : B[(size_t)k * ldb + n];
+        acc += a * b;
+      }
+      C[(size_t)m * ldc + n] = (float)acc;
+    }
+}
+
+}  // namespace pyllama

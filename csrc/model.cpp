@@ -1,0 +1,483 @@
+// model.cpp — LLaMA forward/backward on the CPU and KV-cache inference.
+#include "model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "matmul.h"
+#include "ops.h"
+#include "runtime.h"
+#ifdef PYLLAMA_HAVE_OPENMP
+#include <omp.h>
+#endif
+
+namespace pyllama {
+
+void LlamaConfig::validate() const {
+  auto positive = [](int v, const char* name) {
+    PYLLAMA_CHECK(v > 0, ValueError, "LlamaConfig." << name << " must be positive, got " << v);
+  };
+  positive(vocab_size, "vocab_size");
+  positive(hidden_size, "hidden_size");
+  positive(intermediate_size, "intermediate_size");
+  positive(num_hidden_layers, "num_hidden_layers");
+  positive(num_attention_heads, "num_attention_heads");
+  positive(num_key_value_heads, "num_key_value_heads");
+  positive(max_position_embeddings, "max_position_embeddings");
+  PYLLAMA_CHECK(hidden_size % num_attention_heads == 0, ValueError,
+                "LlamaConfig.hidden_size (" << hidden_size << ") must be divisible by num_attention_heads ("
+                                            << num_attention_heads << ")");
+  PYLLAMA_CHECK(head_dim() % 2 == 0, ValueError, "LlamaConfig: head_dim " << head_dim() << " must be even for RoPE");
+  PYLLAMA_CHECK(num_attention_heads % num_key_value_heads == 0, ValueError,
+                "LlamaConfig.num_key_value_heads (" << num_key_value_heads << ") must divide num_attention_heads ("
+                                                    << num_attention_heads << ")");
+  PYLLAMA_CHECK(rms_norm_eps > 0, ValueError, "LlamaConfig.rms_norm_eps must be > 0");
+  PYLLAMA_CHECK(rope_theta > 0, ValueError, "LlamaConfig.rope_theta must be > 0");
+}
+
+LlamaModel::LlamaModel(const LlamaConfig& cfg) : cfg_(cfg) {
+  cfg_.validate();
+  C_ = cfg.hidden_size;
+  NH_ = cfg.num_attention_heads;
+  NKV_ = cfg.num_key_value_heads;
+  HS_ = cfg.head_dim();
+  KVD_ = NKV_ * HS_;
+  QKVD_ = C_ + 2 * KVD_;
+  I_ = cfg.intermediate_size;
+  V_ = cfg.vocab_size;
+  L_ = cfg.num_hidden_layers;
+
+  size_t off = 0;
+  auto add = (
+      [&](const std::string& name, std::vector<int64_t> shape) {
+        ParamInfo p;
+        p.name = name;
+        p.shape = shape;
+        p.offset = off;
+        p.numel = 1;
+        for (auto s : shape) p.numel *= (size_t)s;
+        off += p.numel;
+        infos_.push_back(p);
+      });
+  add("model.embed_tokens.weight", {V_, C_});
+  layer_off_ = off;
+  for (int l = 0; l < L_; l++) {
+    std::string pre = "model.layers." + std::to_string(l) + ".";
+    add(pre + "input_layernorm.weight", {C_});
+    add(pre + "self_attn.q_proj.weight", {C_, C_});
+    add(pre + "self_attn.k_proj.weight", {KVD_, C_});
+    add(pre + "self_attn.v_proj.weight", {KVD_, C_});
+    add(pre + "self_attn.o_proj.weight", {C_, C_});
+    add(pre + "post_attention_layernorm.weight", {C_});
+    add(pre + "mlp.gate_proj.weight", {I_, C_});
+    add(pre + "mlp.up_proj.weight", {I_, C_});
+    add(pre + "mlp.down_proj.weight", {C_, I_});
+    if (l == 0) layer_size_ = off - layer_off_;
+  }
+  lnf_off_ = off;
+  add("model.norm.weight", {C_});
+  if (!cfg.tie_word_embeddings) {
+    wout_off_ = off;
+    add("lm_head.weight", {V_, C_});
+  } else {
+    wout_off_ = 0;  // the embedding
+  }
+  params_.assign(off, 0.f);
+  grads_.assign(off, 0.f);
+
+  int half = HS_ / 2;
+  rope_cos_.resize((size_t)cfg.max_position_embeddings * half);
+  rope_sin_.resize((size_t)cfg.max_position_embeddings * half);
+  rope_table(rope_cos_.data(), rope_sin_.data(), cfg.max_position_embeddings, HS_, cfg.rope_theta);
+}
+
+const ParamInfo& LlamaModel::param_info(const std::string& name) const {
+  for (const auto& p : infos_)
+    if (p.name == name) return p;
+  throw ValueError("unknown parameter name '" + name + "'");
+}
+
+LlamaModel::LayerPtrs LlamaModel::layer(float* base, int l) const {
+  float* p = base + layer_off_ + (size_t)l * layer_size_;
+  LayerPtrs w;
+  w.ln1 = p;
+  p += C_;
+  w.wqkv = p;
+  p += (size_t)QKVD_ * C_;
+  w.wo = p;
+  p += (size_t)C_ * C_;
+  w.ln2 = p;
+  p += C_;
+  w.wgu = p;
+  p += (size_t)2 * I_ * C_;
+  w.wd = p;
+  return w;
+}
+
+// ---------------------------------------------------------------- initialisation
+
+namespace {
+struct Rng {  // splitmix64 + Box-Muller: the same numbers on every platform
+  uint64_t s;
+  uint64_t next() {
+    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  double uniform() { return ((next() >> 11) + 0.5) * (1.0 / 9007199254740992.0); }  // (0, 1)
+  void normal(float* out, size_t n, double std) {
+    for (size_t i = 0; i < n; i += 2) {
+      double u1 = uniform(), u2 = uniform();
+      double r = std::sqrt(-2.0 * std::log(u1));
+      out[i] = (float)(std * r * std::cos(2 * M_PI * u2));
+      if (i + 1 < n) out[i + 1] = (float)(std * r * std::sin(2 * M_PI * u2));
+    }
+  }
+};
+}  // namespace
+
+void LlamaModel::init_weights(uint64_t seed) {
+  Rng rng{seed * 0x2545F4914F6CDD1Dull + 1};
+  const double std = 0.02, proj_std = 0.02 / std::sqrt(2.0 * L_);
+  for (const auto& p : infos_) {
+    float* w = params_.data() + p.offset;
+    if (p.shape.size() == 1) {
+      std::fill(w, w + p.numel, 1.0f);
+    } else {
+      bool proj = p.name.find("o_proj") != std::string::npos || p.name.find("down_proj") != std::string::npos;
+      rng.normal(w, p.numel, proj ? proj_std : std);
+    }
+  }
+}
+
+void LlamaModel::zero_grad() { std::fill(grads_.begin(), grads_.end(), 0.f); }
+
+// ---------------------------------------------------------------- activations
+
+namespace {
+// Training activations, carved out of one buffer. N = B*T.
+struct Acts {
+  float* x0;  // (N, C) embedding output
+  struct Layer {
+    float *ln1, *rstd1, *qkv, *att, *atty, *res1, *ln2, *rstd2, *gu, *h, *res2;
+  };
+  std::vector<Layer> layers;
+  float *lnf, *rstdf, *logits, *lse;
+  // backward scratch
+  float *dres, *dln, *dqkv, *datty, *dgu, *dh, *att_scratch;
+};
+
+size_t carve_acts(Acts* a, float* base, int B, int T, int C, int QKVD, int NH, int I, int V, int L, int nthreads) {
+  size_t off = 0, N = (size_t)B * T;
+  auto take = [&](size_t n) {
+    float* p = base ? base + off : nullptr;
+    off += (n + 15) & ~size_t(15);  // keep every array 64-byte aligned
+    return p;
+  };
+  a->x0 = take(N * C);
+  a->layers.resize(L);
+  for (int l = 0; l < L; l++) {
+    auto& y = a->layers[l];
+    y.ln1 = take(N * C);
+    y.rstd1 = take(N);
+    y.qkv = take(N * QKVD);
+    y.att = take((size_t)B * NH * T * T);
+    y.atty = take(N * C);
+    y.res1 = take(N * C);
+    y.ln2 = take(N * C);
+    y.rstd2 = take(N);
+    y.gu = take(N * 2 * I);
+    y.h = take(N * I);
+    y.res2 = take(N * C);
+  }
+  a->lnf = take(N * C);
+  a->rstdf = take(N);
+  a->logits = take(N * V);
+  a->lse = take(N);
+  a->dres = take(N * C);
+  a->dln = take(N * C);
+  a->dqkv = take(N * QKVD);
+  a->datty = take(N * C);
+  a->dgu = take(N * 2 * I);
+  a->dh = take(N * I);
+  a->att_scratch = take((size_t)nthreads * T);
+  return off;
+}
+}  // namespace
+
+void LlamaModel::ensure_acts(int B, int T) {
+  Acts a;
+  size_t need = carve_acts(&a, nullptr, B, T, C_, QKVD_, NH_, I_, V_, L_, std::max(num_threads(), 1));
+  if (need > acts_capacity_) {
+    acts_.clear();
+    acts_.shrink_to_fit();
+    acts_.resize(need + 16);
+    acts_capacity_ = need;
+  }
+  size_t n = (size_t)B * T;
+  if (tokens_.size() < n) {
+    tokens_.resize(n);
+    targets_.resize(n);
+    pos_.resize(n);
+  }
+}
+
+static float* aligned64(std::vector<float>& v) {
+  uintptr_t p = reinterpret_cast<uintptr_t>(v.data());
+  return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
+}
+
+void LlamaModel::check_tokens(const int32_t* tokens, long n, const char* what) const {
+  for (long i = 0; i < n; i++)
+    PYLLAMA_CHECK(tokens[i] >= 0 && tokens[i] < V_, ValueError,
+                  what << " id " << tokens[i] << " at flat position " << i << " is out of range [0, " << V_
+                       << "): the model's vocab_size is " << V_);
+}
+
+// ---------------------------------------------------------------- forward
+
+float LlamaModel::forward(const int32_t* tokens, const int32_t* labels, int B, int T) {
+  PYLLAMA_CHECK(B >= 1 && T >= 1, ValueError, "forward: batch and sequence length must be >= 1, got B=" << B << " T=" << T);
+  PYLLAMA_CHECK(T <= cfg_.max_position_embeddings, ValueError,
+                "sequence length " << T << " exceeds max_position_embeddings=" << cfg_.max_position_embeddings);
+  const long N = (long)B * T;
+  check_tokens(tokens, N, "input token");
+  if (labels)
+    for (long i = 0; i < N; i++)
+      PYLLAMA_CHECK(labels[i] == -100 || (labels[i] >= 0 && labels[i] < V_), ValueError,
+                    "label " << labels[i] << " at flat position " << i << " is out of range: use ids in [0, " << V_
+                             << ") or -100 to ignore a position");
+  ensure_acts(B, T);
+  B_ = B;
+  T_ = T;
+  Acts a;
+  carve_acts(&a, aligned64(acts_), B, T, C_, QKVD_, NH_, I_, V_, L_, std::max(num_threads(), 1));
+  std::memcpy(tokens_.data(), tokens, sizeof(int32_t) * N);
+  for (int b = 0; b < B; b++)
+    for (int t = 0; t < T; t++) {
+      pos_[(size_t)b * T + t] = t;
+      targets_[(size_t)b * T + t] = (labels && t + 1 < T) ? labels[(size_t)b * T + t + 1] : -100;
+    }
+  have_targets_ = labels != nullptr;
+  float* P = params_.data();
+
+  embedding_forward(a.x0, tokens_.data(), wte(P), N, C_);
+  const float* x = a.x0;
+  for (int l = 0; l < L_; l++) {
+    LayerPtrs w = layer(P, l);
+    auto& y = a.layers[l];
+    rmsnorm_forward(y.ln1, y.rstd1, x, w.ln1, N, C_, cfg_.rms_norm_eps);
+    linear_forward(y.qkv, y.ln1, w.wqkv, N, C_, QKVD_);
+    rope_apply(y.qkv, QKVD_, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, NH_, HS_, false);
+    rope_apply(y.qkv + C_, QKVD_, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, NKV_, HS_, false);
+    attention_forward(y.atty, y.att, y.qkv, B, T, NH_, NKV_, HS_);
+    linear_forward(y.res1, y.atty, w.wo, N, C_, C_);
+    residual_forward(y.res1, y.res1, x, N * C_);
+    rmsnorm_forward(y.ln2, y.rstd2, y.res1, w.ln2, N, C_, cfg_.rms_norm_eps);
+    linear_forward(y.gu, y.ln2, w.wgu, N, C_, 2 * I_);
+    swiglu_forward(y.h, y.gu, N, I_);
+    linear_forward(y.res2, y.h, w.wd, N, I_, C_);
+    residual_forward(y.res2, y.res2, y.res1, N * C_);
+    x = y.res2;
+  }
+  rmsnorm_forward(a.lnf, a.rstdf, x, lnf(P), N, C_, cfg_.rms_norm_eps);
+  linear_forward(a.logits, a.lnf, wout(P), N, C_, V_);
+  logits_ptr_ = a.logits;
+  int count = 0;
+  double total = crossentropy_forward(a.lse, a.logits, targets_.data(), N, V_, &count);
+  count_ = count;
+  loss_ = (have_targets_ && count > 0) ? (float)(total / count) : NAN;
+  return loss_;
+}
+
+// ---------------------------------------------------------------- backward
+
+void LlamaModel::backward(float scale) {
+  PYLLAMA_CHECK(B_ > 0 && logits_ptr_, ValueError, "backward() needs a forward pass with labels first");
+  PYLLAMA_CHECK(have_targets_, ValueError, "backward() needs the last forward pass to have labels");
+  const int B = B_, T = T_;
+  const long N = (long)B * T;
+  Acts a;
+  carve_acts(&a, aligned64(acts_), B, T, C_, QKVD_, NH_, I_, V_, L_, std::max(num_threads(), 1));
+  if (count_ == 0) return;  // no counted targets: the loss does not depend on the parameters
+  float* P = params_.data();
+  float* G = grads_.data();
+
+  // logits -> dlogits in place (the caller already has its copy of the logits)
+  crossentropy_backward(a.logits, a.logits, a.lse, targets_.data(), scale / count_, N, V_);
+  logits_ptr_ = nullptr;  // overwritten
+  linear_backward(a.dln, wout(G), a.logits, a.lnf, wout(P), N, C_, V_);
+  std::memset(a.dres, 0, sizeof(float) * N * C_);
+  const float* xL = L_ > 0 ? a.layers[L_ - 1].res2 : a.x0;
+  rmsnorm_backward(a.dres, lnf(G), a.dln, xL, lnf(P), a.rstdf, N, C_);
+
+  for (int l = L_ - 1; l >= 0; l--) {
+    LayerPtrs w = layer(P, l), g = layer(G, l);
+    auto& y = a.layers[l];
+    const float* x = l > 0 ? a.layers[l - 1].res2 : a.x0;
+    // feed-forward: res2 = res1 + down(swiglu(gate_up(ln2)))
+    linear_backward(a.dh, g.wd, a.dres, y.h, w.wd, N, I_, C_);
+    swiglu_backward(a.dgu, a.dh, y.gu, N, I_);
+    linear_backward(a.dln, g.wgu, a.dgu, y.ln2, w.wgu, N, C_, 2 * I_);
+    rmsnorm_backward(a.dres, g.ln2, a.dln, y.res1, w.ln2, y.rstd2, N, C_);
+    // attention: res1 = x + o(attn(rope(qkv(ln1))))
+    linear_backward(a.datty, g.wo, a.dres, y.atty, w.wo, N, C_, C_);
+    attention_backward(a.dqkv, a.att_scratch, a.datty, y.qkv, y.att, B, T, NH_, NKV_, HS_);
+    rope_apply(a.dqkv, QKVD_, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, NH_, HS_, true);
+    rope_apply(a.dqkv + C_, QKVD_, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, NKV_, HS_, true);
+    // qkv must be un-rotated for the weight gradient: dW = dqkv^T ln1 uses ln1, not q/k, so no change needed
+    linear_backward(a.dln, g.wqkv, a.dqkv, y.ln1, w.wqkv, N, C_, QKVD_);
+    rmsnorm_backward(a.dres, g.ln1, a.dln, x, w.ln1, y.rstd1, N, C_);
+  }
+  embedding_backward(wte(G), a.dres, tokens_.data(), N, C_, V_);
+}
+
+// ---------------------------------------------------------------- KV cache
+
+void LlamaModel::kv_reset(int n_slots, int max_len) {
+  PYLLAMA_CHECK(n_slots >= 1, ValueError, "kv cache needs at least one slot, got " << n_slots);
+  PYLLAMA_CHECK(max_len >= 1 && max_len <= cfg_.max_position_embeddings, ValueError,
+                "kv cache length " << max_len << " must be in [1, max_position_embeddings="
+                                   << cfg_.max_position_embeddings << "]");
+  size_t n = (size_t)L_ * n_slots * NKV_ * max_len * HS_;
+  kcache_.assign(n, 0.f);
+  vcache_.assign(n, 0.f);
+  kv_tmp_.clear();
+  kv_slots_ = n_slots;
+  kv_len_ = max_len;
+}
+
+const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const int32_t* slots,
+                                    const int32_t* start_pos, bool last_only) {
+  PYLLAMA_CHECK(kv_slots_ > 0, ValueError, "kv_forward: call kv_reset(n_slots, max_len) first");
+  PYLLAMA_CHECK(B >= 1 && T >= 1, ValueError, "kv_forward: B and T must be >= 1");
+  const long N = (long)B * T;
+  check_tokens(tokens, N, "input token");
+  for (int b = 0; b < B; b++) {
+    PYLLAMA_CHECK(slots[b] >= 0 && slots[b] < kv_slots_, ValueError,
+                  "kv_forward: slot " << slots[b] << " out of range [0, " << kv_slots_ << ")");
+    PYLLAMA_CHECK(start_pos[b] >= 0 && start_pos[b] + T <= kv_len_, ValueError,
+                  "kv_forward: positions " << start_pos[b] << ".." << start_pos[b] + T - 1
+                                           << " do not fit the cache length " << kv_len_);
+  }
+  const int R = last_only ? B : (int)N;  // rows that get logits
+  const int nth = std::max(num_threads(), 1);
+  // scratch: x, ln, rstd, qkv, atty, tmp, gu, h, logits, att
+  size_t need = N * (size_t)(4 * C_ + 1 + QKVD_ + 3 * I_) + (size_t)R * V_ + (size_t)nth * kv_len_ + 64 * 12;
+  if (inf_.size() < need) inf_.resize(need);
+  if (inf_pos_.size() < (size_t)N) inf_pos_.resize(N);
+  float* base = aligned64(inf_);
+  size_t off = 0;
+  auto take = [&](size_t n) {
+    float* p = base + off;
+    off += (n + 15) & ~size_t(15);
+    return p;
+  };
+  float *x = take(N * C_), *ln = take(N * C_), *rstd = take(N), *qkv = take(N * QKVD_), *atty = take(N * C_),
+        *tmp = take(N * C_), *gu = take(N * 2 * I_), *h = take(N * I_), *logits = take((size_t)R * V_),
+        *attbuf = take((size_t)nth * kv_len_);
+  int32_t* pos = inf_pos_.data();
+  for (int b = 0; b < B; b++)
+    for (int t = 0; t < T; t++) pos[(size_t)b * T + t] = start_pos[b] + t;
+
+  float* P = params_.data();
+  const size_t slot_stride = (size_t)NKV_ * kv_len_ * HS_, layer_stride = (size_t)kv_slots_ * slot_stride;
+  const int group = NH_ / NKV_;
+  const float scale = 1.0f / std::sqrt((float)HS_);
+  embedding_forward(x, tokens, wte(P), N, C_);
+  for (int l = 0; l < L_; l++) {
+    LayerPtrs w = layer(P, l);
+    rmsnorm_forward(ln, rstd, x, w.ln1, N, C_, cfg_.rms_norm_eps);
+    linear_forward(qkv, ln, w.wqkv, N, C_, QKVD_);
+    rope_apply(qkv, QKVD_, pos, rope_cos_.data(), rope_sin_.data(), N, NH_, HS_, false);
+    rope_apply(qkv + C_, QKVD_, pos, rope_cos_.data(), rope_sin_.data(), N, NKV_, HS_, false);
+    float* kc = kcache_.data() + (size_t)l * layer_stride;
+    float* vc = vcache_.data() + (size_t)l * layer_stride;
+    for (long n = 0; n < N; n++) {
+      int b = (int)(n / T);
+      for (int kh = 0; kh < NKV_; kh++) {
+        size_t dst = (size_t)slots[b] * slot_stride + ((size_t)kh * kv_len_ + pos[n]) * HS_;
+        std::memcpy(kc + dst, qkv + (size_t)n * QKVD_ + C_ + kh * HS_, sizeof(float) * HS_);
+        std::memcpy(vc + dst, qkv + (size_t)n * QKVD_ + C_ + KVD_ + kh * HS_, sizeof(float) * HS_);
+      }
+    }
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (long n = 0; n < N; n++)
+      for (int hh = 0; hh < NH_; hh++) {
+        int b = (int)(n / T), kh = hh / group, p = pos[n];
+        const float* q = qkv + (size_t)n * QKVD_ + hh * HS_;
+        const float* kbase = kc + (size_t)slots[b] * slot_stride + (size_t)kh * kv_len_ * HS_;
+        const float* vbase = vc + (size_t)slots[b] * slot_stride + (size_t)kh * kv_len_ * HS_;
+#ifdef PYLLAMA_HAVE_OPENMP
+        float* sc = attbuf + (size_t)omp_get_thread_num() * kv_len_;
+#else
+        float* sc = attbuf;
+#endif
+        float mx = -INFINITY;
+        for (int s = 0; s <= p; s++) {
+          const float* k = kbase + (size_t)s * HS_;
+          float d = 0.f;
+#pragma omp simd reduction(+ : d)
+          for (int i = 0; i < HS_; i++) d += q[i] * k[i];
+          d *= scale;
+          sc[s] = d;
+          mx = d > mx ? d : mx;
+        }
+        float sum = 0.f;
+        for (int s = 0; s <= p; s++) {
+          sc[s] = std::exp(sc[s] - mx);
+          sum += sc[s];
+        }
+        float inv = 1.f / sum;
+        float* o = atty + (size_t)n * C_ + hh * HS_;
+        for (int i = 0; i < HS_; i++) o[i] = 0.f;
+        for (int s = 0; s <= p; s++) {
+          const float* v = vbase + (size_t)s * HS_;
+          float ps = sc[s] * inv;
+#pragma omp simd
+          for (int i = 0; i < HS_; i++) o[i] += ps * v[i];
+        }
+      }
+    linear_forward(tmp, atty, w.wo, N, C_, C_);
+    residual_forward(x, x, tmp, N * C_);
+    rmsnorm_forward(ln, rstd, x, w.ln2, N, C_, cfg_.rms_norm_eps);
+    linear_forward(gu, ln, w.wgu, N, C_, 2 * I_);
+    swiglu_forward(h, gu, N, I_);
+    linear_forward(tmp, h, w.wd, N, I_, C_);
+    residual_forward(x, x, tmp, N * C_);
+  }
+  if (last_only) {
+    for (int b = 0; b < B; b++) std::memcpy(tmp + (size_t)b * C_, x + ((size_t)b * T + T - 1) * C_, sizeof(float) * C_);
+    x = tmp;
+  }
+  rmsnorm_forward(ln, rstd, x, lnf(P), R, C_, cfg_.rms_norm_eps);
+  linear_forward(logits, ln, wout(P), R, C_, V_);
+  return logits;
+}
+
+void LlamaModel::kv_reorder(const int32_t* src, int n) {
+  PYLLAMA_CHECK(n == kv_slots_, ValueError, "kv_reorder: expected " << kv_slots_ << " source slots, got " << n);
+  for (int i = 0; i < n; i++)
+    PYLLAMA_CHECK(src[i] >= 0 && src[i] < kv_slots_, ValueError, "kv_reorder: source slot " << src[i] << " out of range");
+  const size_t slot = (size_t)NKV_ * kv_len_ * HS_;
+  if (kv_tmp_.size() != kcache_.size()) kv_tmp_.resize(kcache_.size());
+  for (std::vector<float>* cache : {&kcache_, &vcache_}) {
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int l = 0; l < L_; l++)
+      for (int i = 0; i < n; i++)
+        std::memcpy(kv_tmp_.data() + ((size_t)l * n + i) * slot, cache->data() + ((size_t)l * n + src[i]) * slot,
+                    sizeof(float) * slot);
+    cache->swap(kv_tmp_);
+  }
+}
+
+double LlamaModel::flops_per_token(int T) const {
+  // 6 flops per matmul weight per token (forward 2, backward 4); attention QK^T and PV
+  // (causal: about T/2 keys per query on average), 6 * 2 * L * C * T/2 forward+backward.
+  double matmul_params = (double)L_ * ((double)QKVD_ * C_ + (double)C_ * C_ + 3.0 * I_ * C_) + (double)V_ * C_;
+  return 6.0 * matmul_params + 6.0 * L_ * C_ * (double)T;
+}
+
+}  // namespace pyllama

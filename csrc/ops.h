@@ -1,0 +1,61 @@
+// ops.h — the LLaMA layers on the CPU, each a forward/backward pair of free
+// functions. Arguments: outputs first, then inputs, then sizes. What a backward
+// pass needs from its forward pass is an explicit output (e.g. rstd).
+// Parameter gradients accumulate (+=); activation gradients are assigned,
+// except dinp of rmsnorm_backward, which adds into the residual stream.
+//
+// Size letters: B batch, T time, N = B*T rows, C channels, NH query heads,
+// NKV key/value heads, HS head size, I feed-forward width, V vocabulary.
+// Weights are stored (out, in), row-major, as in PyTorch / Hugging Face.
+#pragma once
+#include <cstdint>
+
+namespace pyllama {
+
+// out (N, C) = inp * rstd * w;  rstd (N) = 1 / sqrt(mean(inp^2) + eps)
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int N, int C, float eps);
+// dinp (N, C) += ...;  dw (C) += ...
+void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w,
+                      const float* rstd, int N, int C);
+
+// y (N, OUT) = x (N, IN) W^T (OUT, IN)
+void linear_forward(float* y, const float* x, const float* w, int N, int IN, int OUT);
+// dx (N, IN) = dy W (assigned);  dw (OUT, IN) += dy^T x
+void linear_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int N, int IN, int OUT);
+
+// RoPE table: cos/sin (max_T, HS/2) as Hugging Face computes them in float32.
+void rope_table(float* cos_t, float* sin_t, int max_T, int HS, float theta);
+// Rotates, in place, the first `nheads` heads of each row of x (row stride ld):
+// rotate-half pairing, dimension i with i + HS/2; row r sits at position pos[r].
+// inverse = true rotates by -angle (the backward pass).
+void rope_apply(float* x, int ld, const int32_t* pos, const float* cos_t, const float* sin_t, int N, int nheads,
+                int HS, bool inverse);
+
+// Causal grouped-query attention over qkv (B, T, (NH + 2 NKV) HS) rows (q | k | v).
+// out (B, T, NH*HS); att (B, NH, T, T) softmax probabilities (upper triangle unused).
+void attention_forward(float* out, float* att, const float* qkv, int B, int T, int NH, int NKV, int HS);
+// dqkv (B, T, (NH+2NKV) HS) assigned; scratch: num_threads() * T floats.
+void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv, const float* att, int B,
+                        int T, int NH, int NKV, int HS);
+
+// gu (N, 2I) = [gate | up] rows;  h (N, I) = silu(gate) * up
+void swiglu_forward(float* h, const float* gu, int N, int I);
+// dgu (N, 2I) assigned
+void swiglu_backward(float* dgu, const float* dh, const float* gu, int N, int I);
+
+// out (N, C) = wte[tokens]
+void embedding_forward(float* out, const int32_t* tokens, const float* wte, int N, int C);
+// dwte (V, C) += scatter of dout rows
+void embedding_backward(float* dwte, const float* dout, const int32_t* tokens, int N, int C, int V);
+
+// Cross-entropy of logits (N, V) against targets (N; -100 = ignored).
+// lse (N) = logsumexp per row; returns the summed loss over counted rows and sets *count.
+double crossentropy_forward(float* lse, const float* logits, const int32_t* targets, int N, int V, int* count);
+// dlogits (N, V) = dloss * (softmax - onehot) for counted rows, 0 for ignored; may alias logits.
+void crossentropy_backward(float* dlogits, const float* logits, const float* lse, const int32_t* targets, float dloss,
+                           int N, int V);
+
+// out (N, C) = a + b (may alias a)
+void residual_forward(float* out, const float* a, const float* b, long n);
+
+}  // namespace pyllama

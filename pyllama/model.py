@@ -1,0 +1,297 @@
+"""The LLaMA model: a thin Python driver over the core's ``LlamaModel``.
+
+>>> import numpy as np, pyllama
+>>> cfg = pyllama.LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64,
+...                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+>>> model = pyllama.Llama(cfg, seed=0)
+>>> ids = np.array([[1, 5, 9, 3]])
+>>> out = model(ids, labels=ids)
+>>> out.logits.shape, round(out.loss, 1)
+((1, 4, 128), 4.9)
+>>> model.backward()          # gradients of the loss, added into model.named_grads()
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _core
+from ._io import atomic_write
+from .config import LlamaConfig
+
+ArrayLike = Union[np.ndarray, Sequence[Sequence[int]]]
+
+
+@dataclass
+class CausalLMOutput:
+    """What ``model(input_ids, labels)`` returns."""
+
+    logits: Optional[np.ndarray]  # float32 [B, T, V], the caller's own array
+    loss: Optional[float]  # mean cross-entropy over counted labels, or None without labels
+
+
+def _as_ids(x: ArrayLike, what: str) -> np.ndarray:
+    """A C-contiguous int32 [B, T] array from an int array or a list of lists."""
+    if isinstance(x, np.ndarray):
+        a = x
+    else:
+        try:
+            a = np.asarray(x)
+        except ValueError as e:  # ragged lists
+            raise ValueError(f"{what} must be rectangular [batch, seq_len]; pad ragged rows or call one at a time") from e
+    if a.ndim == 1:
+        a = a[None, :]
+    if a.ndim != 2:
+        raise ValueError(f"{what} must be 2-D [batch, seq_len], got shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{what} is empty (shape {a.shape}): pass at least one token")
+    if not np.issubdtype(a.dtype, np.integer):
+        raise TypeError(f"{what} must hold integer token ids, got dtype {a.dtype}")
+    if a.dtype != np.int32:
+        if a.min() < np.iinfo(np.int32).min or a.max() > np.iinfo(np.int32).max:
+            raise ValueError(f"{what} holds ids outside the int32 range")
+        a = a.astype(np.int32)
+    return np.ascontiguousarray(a)
+
+
+def _core_config(cfg: LlamaConfig) -> "_core.LlamaConfigCore":
+    c = _core.LlamaConfigCore()
+    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_theta",
+                 "tie_word_embeddings"):
+        setattr(c, name, getattr(cfg, name))
+    return c
+
+
+class Llama:
+    """A LLaMA causal language model with fresh weights (normal, std 0.02; output
+    projections scaled by 1/sqrt(2L); norms 1), seeded and reproducible.
+
+    Parameters and gradients each live in one flat float32 buffer in the core;
+    ``named_parameters()`` gives numpy views of it under Hugging Face names.
+
+    >>> import pyllama
+    >>> cfg = pyllama.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+    ...                           num_hidden_layers=1, num_attention_heads=2)
+    >>> m = pyllama.Llama(cfg, seed=1)
+    >>> m.num_parameters()
+    3136
+    >>> sorted(m.named_parameters())[0]
+    'lm_head.weight'
+    """
+
+    def __init__(self, config: LlamaConfig, seed: int = 0):
+        if not isinstance(config, LlamaConfig):
+            raise TypeError(f"config must be a pyllama.LlamaConfig, got {type(config).__name__}")
+        config.validate()
+        self.config = config
+        self.device = "cpu"
+        self._core = _core.LlamaModel(_core_config(config))
+        self._infos = self._core.param_infos()  # (name, offset, numel, shape)
+        self._params = self._core.params()
+        self._grads = self._core.grads()
+        self._named_params = {n: self._params[o:o + k].reshape(s) for n, o, k, s in self._infos}
+        self._named_grads = {n: self._grads[o:o + k].reshape(s) for n, o, k, s in self._infos}
+        self._have_loss = False
+        if seed is not None:
+            self._core.init_weights(int(seed))
+
+    # ---------------------------------------------------------------- parameters
+    def named_parameters(self) -> Dict[str, np.ndarray]:
+        """Name → numpy view (no copy) of each parameter, with Hugging Face names."""
+        return dict(self._named_params)
+
+    def named_grads(self) -> Dict[str, np.ndarray]:
+        """Name → numpy view of each parameter's gradient (same layout as the parameters)."""
+        return dict(self._named_grads)
+
+    def flat_params(self) -> np.ndarray:
+        """The whole flat parameter buffer as a 1-D float32 view (no copy)."""
+        return self._params
+
+    def flat_grads(self) -> np.ndarray:
+        """The whole flat gradient buffer as a 1-D float32 view (no copy)."""
+        return self._grads
+
+    def param_segments(self) -> List[Tuple[str, int, int, Tuple[int, ...]]]:
+        """``(name, offset, numel, shape)`` of each parameter in flat-buffer order.
+        2-D shapes are weight matrices, 1-D shapes norm weights."""
+        return [(n, o, k, tuple(s)) for n, o, k, s in self._infos]
+
+    def num_parameters(self) -> int:
+        """Number of parameters (a tied output head is counted once)."""
+        return int(self._core.num_parameters())
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Forward+backward FLOPs per token at sequence length ``seq_len`` (for MFU)."""
+        return float(self._core.flops_per_token(int(seq_len)))
+
+    def zero_grad(self) -> None:
+        """Set every gradient to zero."""
+        self._core.zero_grad()
+
+    def to(self, device: str) -> "Llama":
+        """Move the model to ``device``. Only ``"cpu"`` is usable in this build; ``"cuda"``
+        raises a clear error until the CUDA backend lands."""
+        if device == "cpu":
+            return self
+        if device in ("cuda", "cuda:0"):
+            info = _core.build_info()
+            if not info["cuda"]:
+                raise RuntimeError("this pyllama build has no CUDA backend (build_info()['cuda'] is False); "
+                                   "reinstall with nvcc available and PYLLAMA_CUDA=ON")
+            if not info["cuda_available"]:
+                raise RuntimeError("no CUDA device is available (build_info()['cuda_available'] is False)")
+            raise NotImplementedError("model.to('cuda') is not implemented yet: the CUDA model kernels are pending")
+        raise ValueError(f"unknown device {device!r}: expected 'cpu' or 'cuda'")
+
+    # ---------------------------------------------------------------- forward / backward
+    def __call__(self, input_ids: ArrayLike, labels: Optional[ArrayLike] = None,
+                 return_logits: bool = True) -> CausalLMOutput:
+        """Run the model on ``input_ids`` [B, T] (ints).
+
+        ``labels`` are aligned with ``input_ids`` (Hugging Face convention: the model
+        shifts them, so position t is trained to predict ``labels[:, t+1]``); ``-100``
+        marks positions to ignore. Returns ``CausalLMOutput(logits, loss)``: ``logits``
+        is a new float32 array [B, T, V] (``None`` when ``return_logits=False``).
+        """
+        ids = _as_ids(input_ids, "input_ids")
+        lab = None
+        if labels is not None:
+            lab = _as_ids(labels, "labels")
+            if lab.shape != ids.shape:
+                raise ValueError(f"labels shape {lab.shape} must equal input_ids shape {ids.shape}")
+        loss = self._core.forward(ids, lab)
+        self._have_loss = lab is not None
+        logits = np.array(self._core.logits(), copy=True) if return_logits else None
+        return CausalLMOutput(logits=logits, loss=float(loss) if lab is not None else None)
+
+    forward = __call__
+
+    def backward(self, scale: float = 1.0) -> None:
+        """Add the gradients of ``scale × last loss`` into every parameter's grad.
+
+        Accumulates like PyTorch; call ``zero_grad()`` to clear. Needs the last call
+        to have had labels."""
+        if not self._have_loss:
+            raise RuntimeError("backward() needs a forward call with labels first")
+        self._core.backward(float(scale))
+        self._have_loss = False
+
+    # ---------------------------------------------------------------- KV cache (used by generation)
+    def _kv_reset(self, n_slots: int, max_len: int) -> None:
+        self._core.kv_reset(int(n_slots), int(max_len))
+
+    def _kv_forward(self, tokens: np.ndarray, slots: np.ndarray, start_pos: np.ndarray,
+                    last_only: bool = True) -> np.ndarray:
+        return self._core.kv_forward(tokens, slots, start_pos, bool(last_only))
+
+    def _kv_reorder(self, src: np.ndarray) -> None:
+        self._core.kv_reorder(src)
+
+    # ---------------------------------------------------------------- Hugging Face files
+    def save_pretrained(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (Hugging Face format, float32)
+        into the folder ``path``; each file is written atomically.
+
+        >>> model.save_pretrained("my-model")            # doctest: +SKIP
+        >>> transformers.LlamaForCausalLM.from_pretrained("my-model")  # doctest: +SKIP
+        """
+        from safetensors.numpy import save_file
+
+        path = os.fspath(path)
+        os.makedirs(path, exist_ok=True)
+        tensors = {n: np.ascontiguousarray(v) for n, v in self._named_params.items()}
+        atomic_write(os.path.join(path, "model.safetensors"),
+                     lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        self.config.to_json(os.path.join(path, "config.json"))
+
+    @classmethod
+    def from_pretrained(cls, path: Union[str, "os.PathLike[str]"]) -> "Llama":
+        """Load a Hugging Face–format folder (``config.json`` + ``model.safetensors``).
+
+        Tensors may be float32, float16 or bfloat16; they are converted to float32.
+        Missing tensors, unexpected shapes or an unreadable file raise ``ValueError``.
+        """
+        from safetensors import safe_open
+
+        path = os.fspath(path)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"checkpoint folder {path!r} does not exist")
+        cfg_path = os.path.join(path, "config.json")
+        if not os.path.isfile(cfg_path):
+            raise FileNotFoundError(f"{path!r} has no config.json: is it a Hugging Face model folder?")
+        config = LlamaConfig.from_json(cfg_path)
+        files = _safetensors_files(path)
+        model = cls(config, seed=None)
+        named = model._named_params
+        seen = set()
+        for f in files:
+            try:
+                handle = safe_open(f, framework="numpy")
+            except Exception as e:  # safetensors raises its own error types
+                raise ValueError(f"cannot read {f!r}: {e}") from None
+            with handle as st:
+                for key in st.keys():
+                    name = key
+                    if name not in named:
+                        if name == "lm_head.weight" and config.tie_word_embeddings:
+                            continue
+                        if name.endswith("rotary_emb.inv_freq"):
+                            continue
+                        raise ValueError(f"{f!r} holds an unexpected tensor {name!r} for this config")
+                    arr = _load_tensor(st, key)
+                    if tuple(arr.shape) != named[name].shape:
+                        raise ValueError(f"tensor {name!r} in {f!r} has shape {tuple(arr.shape)}, "
+                                         f"expected {named[name].shape} from config.json")
+                    named[name][...] = arr
+                    seen.add(name)
+        missing = [n for n in named if n not in seen]
+        if missing:
+            raise ValueError(f"checkpoint {path!r} lacks {len(missing)} tensor(s), e.g. {missing[:3]}")
+        return model
+
+    # ---------------------------------------------------------------- generation
+    def generate(self, input_ids, generation_config=None, **kwargs):
+        """Generate new tokens for each prompt; see ``pyllama.GenerationConfig``."""
+        from .generation import generate
+
+        return generate(self, input_ids, generation_config, **kwargs)
+
+    def stream(self, input_ids, generation_config=None, tokenizer=None, **kwargs) -> Iterator:
+        """Yield tokens as they are chosen; see ``pyllama.generation.stream``."""
+        from .generation import stream
+
+        return stream(self, input_ids, generation_config, tokenizer=tokenizer, **kwargs)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Llama(layers={c.num_hidden_layers}, hidden={c.hidden_size}, heads={c.num_attention_heads}/"
+                f"{c.num_key_value_heads}, vocab={c.vocab_size}, params={self.num_parameters():,})")
+
+
+def _safetensors_files(path: str) -> List[str]:
+    single = os.path.join(path, "model.safetensors")
+    if os.path.isfile(single):
+        return [single]
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index, "r", encoding="utf-8") as f:
+            weight_map = json.load(f).get("weight_map", {})
+        return [os.path.join(path, n) for n in sorted(set(weight_map.values()))]
+    raise FileNotFoundError(f"{path!r} has no model.safetensors (nor a sharded index)")
+
+
+def _load_tensor(st, key: str) -> np.ndarray:
+    try:
+        return np.asarray(st.get_tensor(key), dtype=np.float32)
+    except (TypeError, ValueError):
+        # bfloat16 has no numpy dtype: read the raw slice as uint16 bits
+        sl = st.get_slice(key)
+        if sl.get_dtype() not in ("BF16", "bf16", "bfloat16"):
+            raise
+        raise ValueError(f"tensor {key!r} is bfloat16; convert the checkpoint to float32 first")
