@@ -13,6 +13,8 @@ from . import _core
 from ._core import Tensor, num_threads, set_num_threads
 from .config import LlamaConfig
 from .model import CausalLMOutput, Llama
+from .optim import AdamW, clip_grad_norm, cosine_lr
+from .train import TrainConfig, Trainer
 
 __all__ = [
     "__version__",
@@ -23,6 +25,11 @@ __all__ = [
     "build_info",
     "num_threads",
     "set_num_threads",
+    "AdamW",
+    "clip_grad_norm",
+    "cosine_lr",
+    "TrainConfig",
+    "Trainer",
 ]
 
 

@@ -170,7 +170,7 @@ class DataLoader:
         self.batches = 0  # batches drawn so far
 
     def next_batch(self) -> np.ndarray:
-        """An int64 array [batch_size, seq_len + 1]."""
+        """An int32 array [batch_size, seq_len + 1]."""
         B, W, n = self.batch_size, self.seq_len + 1, len(self.data)
         if self.mode == "random":
             starts = self.rng.integers(0, n - W + 1, size=B)
@@ -181,7 +181,7 @@ class DataLoader:
                     self.pos = 0
                 starts[b] = self.pos
                 self.pos += self.seq_len
-        out = np.empty((B, W), np.int64)
+        out = np.empty((B, W), np.int32)
         toks = self.data.tokens
         for b, s in enumerate(starts):
             out[b] = toks[int(s):int(s) + W]
