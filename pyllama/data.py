@@ -243,8 +243,9 @@ def _safe_cut(buf: bytes, lo: int) -> int:
         i = j + 1
 
 
-def _text_pieces(path: str, start: int, end: int, chunk: int = _CHUNK_BYTES) -> Iterator[str]:
+def _text_pieces(path: str, start: int, end: int, chunk: Optional[int] = None) -> Iterator[str]:
     """The bytes [start, end) of a UTF-8 file as text pieces cut at safe newlines."""
+    chunk = chunk or _CHUNK_BYTES
     with open(path, "rb") as f:
         f.seek(start)
         left = end - start
