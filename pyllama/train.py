@@ -403,6 +403,7 @@ class Trainer:
         c = self.config
         end = c.max_steps if steps is None else min(c.max_steps, self.step + int(steps))
         self._stop = False
+        self._truncate_metrics()  # metrics.jsonl holds this run's history only
         handler_installed = False
         if threading.current_thread() is threading.main_thread():
             prev = signal.signal(signal.SIGINT, self._on_sigint)
