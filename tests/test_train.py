@@ -34,11 +34,12 @@ def make_config(tmp_path=None, **kw):
     return pyllama.TrainConfig(**args)
 
 
-def test_twenty_steps_match_transformers_and_torch_adamw():
+@pytest.mark.parametrize("tie", [False, True])
+def test_twenty_steps_match_transformers_and_torch_adamw(tie):
     torch = pytest.importorskip("torch", reason="PyTorch is the reference training loop")
     pytest.importorskip("transformers", reason="transformers.LlamaForCausalLM is the reference model")
     data = corpus()
-    model = pyllama.Llama(tiny_config(), seed=0)
+    model = pyllama.Llama(tiny_config(tie_word_embeddings=tie), seed=0)
     hf = hf_model_from(model).train()  # same weights, before any step
     tc = make_config()
     trainer = pyllama.Trainer(model, tc, data, progress=False)
