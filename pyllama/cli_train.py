@@ -232,17 +232,22 @@ def run_train(args) -> int:
 def _run_resume(args) -> int:
     import pyllama
 
-    model_f, train_f, data_f = assemble(args) if args.config else ({}, {}, {})
+    from_file = read_config_file(args.config) if args.config else {"model": {}, "train": {}, "data": {}}
+    train_f, data_f = from_file["train"], from_file["data"]
     flags = _flag_values(args)
+    changed = sorted(set(flags["model"]) | set(from_file["model"]))
+    if changed:
+        raise ValueError(f"--resume continues the checkpoint's model; these model options cannot change: "
+                         f"{', '.join(changed)}")
     where = args.resume if isinstance(args.resume, str) else (flags["train"].get("out_dir") or DEFAULT_OUT)
     ckpt = resolve_checkpoint(where)
     state = load_trainer_state(ckpt)
     tc_fields = dict(state["train_config"])
-    tc_fields.update(train_f if args.config else {})
+    tc_fields.update(train_f)
+    betas = flags["train"].pop("betas", None)
     tc_fields.update(flags["train"])
-    if "betas" in flags["train"]:
-        b = flags["train"]["betas"]
-        tc_fields["betas"] = tuple(tc_fields["betas"][i] if b[i] is None else b[i] for i in range(2))
+    if betas is not None:
+        tc_fields["betas"] = tuple(tc_fields["betas"][i] if betas[i] is None else betas[i] for i in range(2))
     tc = TrainConfig.from_dict(tc_fields)
     model = pyllama.Llama(LlamaConfig.from_dict(state["model_config"]), seed=None)
     data_dir = flags["data"].get("data") or data_f.get("data")

@@ -75,7 +75,7 @@ class TokenData:
     @classmethod
     def open(cls, path: PathLike) -> "TokenData":
         """Open ``<split>.bin`` (or its ``.json`` sidecar) written by :func:`prepare` as a memmap."""
-        path = os.fspath(path)
+        path = os.path.abspath(os.fspath(path))
         base = path[:-5] if path.endswith(".json") else path[:-4] if path.endswith(".bin") else path
         bin_path, meta_path = base + ".bin", base + ".json"
         if not os.path.isfile(meta_path):

@@ -296,8 +296,11 @@ class Trainer:
             raise ValueError(f"TrainConfig.seq_len ({config.seq_len}) exceeds the model's "
                              f"max_position_embeddings ({mc.max_position_embeddings})")
         if config.device != "cpu":
-            model.to(config.device)  # raises a clear error where CUDA is unavailable
-            raise ValueError(f"TrainConfig.device={config.device!r}: only CPU training is implemented")
+            from . import build_info
+
+            why = ("no CUDA device is available" if not build_info()["cuda_available"]
+                   else "the CUDA training path is not implemented yet")
+            raise ValueError(f"TrainConfig.device={config.device!r} cannot be used: {why}; use device='cpu'")
         self.train_data = as_token_data(train_data)
         self.val_data = as_token_data(val_data) if val_data is not None else None
         for what, d in (("train_data", self.train_data), ("val_data", self.val_data)):
