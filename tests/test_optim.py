@@ -162,3 +162,23 @@ def test_cosine_lr_formula():
         kw.update(bad)
         with pytest.raises(ValueError):
             pyllama.cosine_lr(**kw)
+
+
+def test_cosine_lr_properties():
+    hypothesis = pytest.importorskip("hypothesis", reason="property test")
+    st = hypothesis.strategies
+
+    @hypothesis.given(st.integers(0, 5000), st.floats(1e-6, 1.0), st.integers(0, 200), st.integers(0, 2000),
+                      st.floats(0.0, 1.0))
+    @hypothesis.settings(max_examples=150, deadline=None)
+    def check(step, max_lr, warmup, extra, ratio):
+        total = warmup + extra
+        lr = pyllama.cosine_lr(step, max_lr, warmup, total, ratio)
+        lo = min(ratio * max_lr, max_lr / max(warmup, 1))
+        assert lo * (1 - 1e-12) <= lr <= max_lr * (1 + 1e-12)
+        if step >= total and step >= warmup:
+            assert lr == pytest.approx(ratio * max_lr)
+        if warmup <= step < total:  # decay never increases
+            assert pyllama.cosine_lr(step + 1, max_lr, warmup, total, ratio) <= lr * (1 + 1e-12)
+
+    check()
