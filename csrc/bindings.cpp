@@ -8,6 +8,7 @@
 
 #include "adamw.h"
 #include "common.h"
+#include "matmul.h"
 #include "model.h"
 #include "runtime.h"
 #include "tensor.h"
@@ -152,6 +153,24 @@ void bind_runtime(py::module_& m) {
   });
   m.def("num_threads", &num_threads);
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  // The core's matrix multiply, for tests and benchmarks: op(A) @ op(B) as a new float32 array.
+  m.def("matmul", [](py::array_t<float, py::array::c_style | py::array::forcecast> a,
+                     py::array_t<float, py::array::c_style | py::array::forcecast> b, bool trans_a, bool trans_b) {
+        PYLLAMA_CHECK(a.ndim() == 2 && b.ndim() == 2, ValueError, "matmul expects 2-D arrays");
+        int M = (int)(trans_a ? a.shape(1) : a.shape(0)), K = (int)(trans_a ? a.shape(0) : a.shape(1));
+        int Kb = (int)(trans_b ? b.shape(1) : b.shape(0)), N = (int)(trans_b ? b.shape(0) : b.shape(1));
+        PYLLAMA_CHECK(K == Kb, ValueError, "matmul: inner dimensions differ (" << K << " vs " << Kb << ")");
+        py::array_t<float> c({(py::ssize_t)M, (py::ssize_t)N});
+        const float* pa = a.data();
+        const float* pb = b.data();
+        float* pc = c.mutable_data();
+        int lda = (int)a.shape(1), ldb = (int)b.shape(1);
+        {
+          py::gil_scoped_release nogil;
+          sgemm(trans_a, trans_b, M, N, K, pa, lda, pb, ldb, 0.f, pc, N);
+        }
+        return c;
+      }, py::arg("a"), py::arg("b"), py::arg("trans_a") = false, py::arg("trans_b") = false);
 }
 
 // ------------------------------------------------------------------ model (lead)

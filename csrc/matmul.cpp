@@ -209,6 +209,96 @@ void sgemm_impl(Kernel kernel, bool transA, bool transB, int M, int N, int K, co
   }
 }
 
+
+// ---------------------------------------------------------------- skinny products (decoding)
+// C (M x N) = beta*C + A (M x K) B^T with B stored (N, K) and M small: every row of B is
+// streamed once and dotted with the M rows of A; no packing (the weights are read once).
+constexpr int SKINNY_M = 4;
+
+template <int LEVEL>
+float dot_row(const float* a, const float* b, int K);
+
+template <>
+float dot_row<0>(const float* a, const float* b, int K) {
+  float s = 0.f;
+#pragma omp simd reduction(+ : s)
+  for (int k = 0; k < K; k++) s += a[k] * b[k];
+  return s;
+}
+
+#ifdef PYLLAMA_X86
+__attribute__((target("avx2,fma"))) void skinny_avx2(int M, int n0, int n1, int K, const float* A, int lda,
+                                                      const float* B, int ldb, float beta, float* C, int ldc) {
+  for (int n = n0; n < n1; n++) {
+    const float* b = B + (size_t)n * ldb;
+    for (int m = 0; m < M; m++) {
+      const float* a = A + (size_t)m * lda;
+      __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+      int k = 0;
+      for (; k + 16 <= K; k += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(b + k + 8), acc1);
+      }
+      acc0 = _mm256_add_ps(acc0, acc1);
+      __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc0), _mm256_extractf128_ps(acc0, 1));
+      h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+      float s = _mm_cvtss_f32(h);
+      for (; k < K; k++) s += a[k] * b[k];
+      float& c = C[(size_t)m * ldc + n];
+      c = (beta == 0.f ? 0.f : c) + s;
+    }
+  }
+}
+
+__attribute__((target("avx512f"))) void skinny_avx512(int M, int n0, int n1, int K, const float* A, int lda,
+                                                       const float* B, int ldb, float beta, float* C, int ldc) {
+  for (int n = n0; n < n1; n++) {
+    const float* b = B + (size_t)n * ldb;
+    for (int m = 0; m < M; m++) {
+      const float* a = A + (size_t)m * lda;
+      __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+      int k = 0;
+      for (; k + 32 <= K; k += 32) {
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + k), _mm512_loadu_ps(b + k), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + k + 16), _mm512_loadu_ps(b + k + 16), acc1);
+      }
+      if (k + 16 <= K) {
+        acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + k), _mm512_loadu_ps(b + k), acc0);
+        k += 16;
+      }
+      float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+      for (; k < K; k++) s += a[k] * b[k];
+      float& c = C[(size_t)m * ldc + n];
+      c = (beta == 0.f ? 0.f : c) + s;
+    }
+  }
+}
+#endif
+
+void skinny_generic(int M, int n0, int n1, int K, const float* A, int lda, const float* B, int ldb, float beta,
+                    float* C, int ldc) {
+  for (int n = n0; n < n1; n++)
+    for (int m = 0; m < M; m++) {
+      float s = dot_row<0>(A + (size_t)m * lda, B + (size_t)n * ldb, K);
+      float& c = C[(size_t)m * ldc + n];
+      c = (beta == 0.f ? 0.f : c) + s;
+    }
+}
+
+void sgemm_skinny(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float beta, float* C,
+                  int ldc) {
+  auto fn = skinny_generic;
+#ifdef PYLLAMA_X86
+  if (simd_level() == 2) fn = skinny_avx512;
+  else if (simd_level() == 1) fn = skinny_avx2;
+#endif
+  const int chunk = 64;
+  const int nchunks = (N + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) if ((double)N * K > 1e5)
+  for (int c = 0; c < nchunks; c++) fn(M, c * chunk, std::min(N, (c + 1) * chunk), K, A, lda, B, ldb, beta, C, ldc);
+}
+
 }  // namespace
 
 void sgemm(bool transA, bool transB, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
@@ -216,6 +306,7 @@ void sgemm(bool transA, bool transB, int M, int N, int K, const float* A, int ld
   PYLLAMA_CHECK(beta == 0.f || beta == 1.f, ValueError, "sgemm: beta must be 0 or 1, got " << beta);
   PYLLAMA_CHECK(M >= 0 && N >= 0 && K >= 0, ValueError, "sgemm: negative size");
   if (M == 0 || N == 0) return;
+  if (M <= SKINNY_M && !transA && transB && K > 0) return sgemm_skinny(M, N, K, A, lda, B, ldb, beta, C, ldc);
 #ifdef PYLLAMA_X86
   int level = simd_level();
   if (level == 2) return sgemm_impl<32>(kernel_avx512, transA, transB, M, N, K, A, lda, B, ldb, beta, C, ldc);

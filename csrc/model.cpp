@@ -202,7 +202,7 @@ size_t carve_acts(Acts* a, float* base, int B, int T, int C, int QKVD, int NH, i
   a->datty = take(N * C);
   a->dgu = take(N * 2 * I);
   a->dh = take(N * I);
-  a->att_scratch = take((size_t)nthreads * T);
+  a->att_scratch = take((size_t)nthreads * T * T);
   return off;
 }
 }  // namespace
@@ -403,7 +403,7 @@ const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const i
         std::memcpy(vc + dst, qkv + (size_t)n * QKVD_ + C_ + KVD_ + kh * HS_, sizeof(float) * HS_);
       }
     }
-#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if ((long)N * NH_ * (pos[N - 1] + 1) * HS_ > (1 << 16))
     for (long n = 0; n < N; n++)
       for (int hh = 0; hh < NH_; hh++) {
         int b = (int)(n / T), kh = hh / group, p = pos[n];

@@ -34,7 +34,7 @@ void rope_apply(float* x, int ld, const int32_t* pos, const float* cos_t, const 
 // Causal grouped-query attention over qkv (B, T, (NH + 2 NKV) HS) rows (q | k | v).
 // out (B, T, NH*HS); att (B, NH, T, T) softmax probabilities (upper triangle unused).
 void attention_forward(float* out, float* att, const float* qkv, int B, int T, int NH, int NKV, int HS);
-// dqkv (B, T, (NH+2NKV) HS) assigned; scratch: num_threads() * T floats.
+// dqkv (B, T, (NH+2NKV) HS) assigned; scratch: num_threads() * T * T floats.
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv, const float* att, int B,
                         int T, int NH, int NKV, int HS);
 

@@ -8,13 +8,22 @@
 >>> out.logits.shape
 (1, 3, 256)
 """
-from ._version import __version__
-from . import _core
-from ._core import Tensor, num_threads, set_num_threads
-from .config import LlamaConfig
-from .model import CausalLMOutput, Llama
-from .optim import AdamW, clip_grad_norm, cosine_lr
-from .train import TrainConfig, Trainer
+import os as _os
+
+# OpenMP threads that spin while waiting collapse throughput on a busy machine (a spinning
+# thread holds a core that its partner needs); sleeping waits cost microseconds per
+# parallel region instead. Set before the core (and its OpenMP runtime) loads; users
+# who set OMP_WAIT_POLICY or GOMP_SPINCOUNT themselves keep their choice.
+if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
+    _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+from ._version import __version__  # noqa: E402
+from . import _core  # noqa: E402
+from ._core import Tensor, num_threads, set_num_threads  # noqa: E402
+from .config import LlamaConfig  # noqa: E402
+from .model import CausalLMOutput, Llama  # noqa: E402
+from .optim import AdamW, clip_grad_norm, cosine_lr  # noqa: E402
+from .train import TrainConfig, Trainer  # noqa: E402
 
 __all__ = [
     "__version__",

@@ -43,7 +43,7 @@ static Vec numgrad(Vec& x, const std::function<double()>& f, float h = 1e-2f) {
 }
 
 static void test_matmul() {
-  int shapes[][3] = {{1, 1, 1}, {7, 13, 5}, {37, 50, 300}, {150, 70, 33}, {6, 16, 256}, {145, 1030, 17}};
+  int shapes[][3] = {{1, 1, 1}, {7, 13, 5}, {37, 50, 300}, {150, 70, 33}, {6, 16, 256}, {145, 1030, 17}, {1, 300, 77}, {3, 130, 300}, {4, 64, 16}};
   for (auto& s : shapes) {
     int M = s[0], N = s[1], K = s[2];
     for (int ta = 0; ta < 2; ta++)
@@ -122,7 +122,7 @@ static void test_rope() {
 }
 
 static void test_attention() {
-  int B = 2, T = 5, NH = 4, NKV = 2, HS = 4, QKVD = (NH + 2 * NKV) * HS;
+  int B = 1, T = 70, NH = 2, NKV = 1, HS = 4, QKVD = (NH + 2 * NKV) * HS;
   Vec qkv = randn((size_t)B * T * QKVD), out((size_t)B * T * NH * HS), att((size_t)B * NH * T * T);
   Vec r = randn(out.size());
   auto f = [&] {
@@ -151,7 +151,7 @@ static void test_attention() {
           CHECK(std::fabs(out[(b * T + t) * NH * HS + h * HS + i] - o) < 1e-5);
         }
       }
-  Vec dqkv(qkv.size()), scratch(64 * T);
+  Vec dqkv(qkv.size()), scratch(64 * T * T);
   attention_backward(dqkv.data(), scratch.data(), r.data(), qkv.data(), att.data(), B, T, NH, NKV, HS);
   Vec n = numgrad(qkv, f);
   allclose(dqkv.data(), n.data(), (long)qkv.size(), 5e-3f, 1e-2f, "attention dqkv");

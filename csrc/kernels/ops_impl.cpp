@@ -1,7 +1,11 @@
-// ops.cpp — CPU kernels for the LLaMA layers (see ops.h for shapes and rules).
+// ops_impl.cpp — CPU kernels for the LLaMA layers (see ops.h for shapes and rules).
+// This file is compiled once per instruction set (generic, AVX2+FMA, AVX-512), each
+// time into its own namespace PYLLAMA_OPS_NS; ops_dispatch.cpp picks one at run time.
 #include "ops.h"
+#include "ops_variants.h"
 
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -12,6 +16,22 @@
 #endif
 
 namespace pyllama {
+namespace PYLLAMA_OPS_NS {
+
+// exp(x) for the softmax, cross-entropy and SiLU loops: Cody-Waite range reduction and a
+// degree-6 polynomial (relative error ~2e-7), written so that `omp simd` loops vectorise it.
+static inline float fast_expf(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  float t = x * 1.4426950408889634f;
+  int n = (int)(t + (t >= 0.f ? 0.5f : -0.5f));
+  float fn = (float)n;
+  float f = x - fn * 0.693145751953125f - fn * 1.428606765330187e-06f;
+  float p = 1.f + f * (1.f + f * (0.5f + f * (0.16666667f + f * (0.041666668f + f * (0.008333334f + f * 0.0013888889f)))));
+  int32_t bits = (n + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
 
 static inline int thread_id() {
 #ifdef PYLLAMA_HAVE_OPENMP
@@ -23,8 +43,11 @@ static inline int thread_id() {
 
 // ---------------------------------------------------------------- RMSNorm
 
+// Parallel regions only pay off above this many elements; decoding steps stay on one thread.
+constexpr long kParallelMin = 1 << 15;
+
 void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int N, int C, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((long)N * C > kParallelMin)
   for (int n = 0; n < N; n++) {
     const float* x = inp + (size_t)n * C;
     float* o = out + (size_t)n * C;
@@ -41,7 +64,7 @@ void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, 
 void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w,
                       const float* rstd, int N, int C) {
   // dinp: rows are independent.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((long)N * C > kParallelMin)
   for (int n = 0; n < N; n++) {
     const float* x = inp + (size_t)n * C;
     const float* dy = dout + (size_t)n * C;
@@ -75,35 +98,13 @@ void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* in
 
 // ---------------------------------------------------------------- linear
 
-void linear_forward(float* y, const float* x, const float* w, int N, int IN, int OUT) {
-  sgemm(false, true, N, OUT, IN, x, IN, w, IN, 0.f, y, OUT);
-}
-
-void linear_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int N, int IN, int OUT) {
-  if (dx) sgemm(false, false, N, IN, OUT, dy, OUT, w, IN, 0.f, dx, IN);
-  sgemm(true, false, OUT, IN, N, dy, OUT, x, IN, 1.f, dw, IN);
-}
-
 // ---------------------------------------------------------------- RoPE
-
-void rope_table(float* cos_t, float* sin_t, int max_T, int HS, float theta) {
-  int half = HS / 2;
-  for (int i = 0; i < half; i++) {
-    // as transformers: inv_freq = 1 / theta^(2i/HS) in float32, angle = pos * inv_freq in float32
-    float inv_freq = 1.0f / std::pow(theta, (float)(2 * i) / (float)HS);
-    for (int p = 0; p < max_T; p++) {
-      float ang = (float)p * inv_freq;
-      cos_t[(size_t)p * half + i] = std::cos(ang);
-      sin_t[(size_t)p * half + i] = std::sin(ang);
-    }
-  }
-}
 
 void rope_apply(float* x, int ld, const int32_t* pos, const float* cos_t, const float* sin_t, int N, int nheads,
                 int HS, bool inverse) {
   int half = HS / 2;
   float sgn = inverse ? -1.f : 1.f;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((long)N * nheads * HS > kParallelMin)
   for (int n = 0; n < N; n++) {
     const float* c = cos_t + (size_t)pos[n] * half;
     const float* s = sin_t + (size_t)pos[n] * half;
@@ -122,42 +123,47 @@ void rope_apply(float* x, int ld, const int32_t* pos, const float* cos_t, const 
 
 // ---------------------------------------------------------------- attention
 
+// Attention runs per (batch, head) with the blocked sgemm: rows are taken in blocks
+// of kAttnRows queries, and each block only multiplies the keys it can see (0 .. end
+// of the block), so the causal upper triangle costs at most one block's worth.
+constexpr int kAttnRows = 64;
+
 void attention_forward(float* out, float* att, const float* qkv, int B, int T, int NH, int NKV, int HS) {
   const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, group = NH / NKV;
   const float scale = 1.0f / std::sqrt((float)HS);
-#pragma omp parallel for collapse(3) schedule(dynamic, 8)
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
   for (int b = 0; b < B; b++)
-    for (int h = 0; h < NH; h++)
-      for (int t = 0; t < T; t++) {
-        const int kvh = h / group;
-        const float* q = qkv + (size_t)(b * T + t) * QKVD + h * HS;
-        float* p = att + ((size_t)(b * NH + h) * T + t) * T;
-        float mx = -INFINITY;
-        for (int s = 0; s <= t; s++) {
-          const float* k = qkv + (size_t)(b * T + s) * QKVD + C + kvh * HS;
-          float d = 0.f;
-#pragma omp simd reduction(+ : d)
-          for (int i = 0; i < HS; i++) d += q[i] * k[i];
-          d *= scale;
-          p[s] = d;
-          mx = d > mx ? d : mx;
+    for (int h = 0; h < NH; h++) {
+      const int kvh = h / group;
+      const float* Q = qkv + (size_t)b * T * QKVD + h * HS;
+      const float* K = qkv + (size_t)b * T * QKVD + C + kvh * HS;
+      const float* Vv = qkv + (size_t)b * T * QKVD + C + KVD + kvh * HS;
+      float* P = att + (size_t)(b * NH + h) * T * T;  // (T, T), row stride T
+      float* O = out + (size_t)b * T * C + h * HS;
+      for (int r0 = 0; r0 < T; r0 += kAttnRows) {
+        const int r1 = std::min(T, r0 + kAttnRows), rows = r1 - r0;
+        // scores (rows, r1) = Q[r0:r1] K[0:r1]^T
+        sgemm(false, true, rows, r1, HS, Q + (size_t)r0 * QKVD, QKVD, K, QKVD, 0.f, P + (size_t)r0 * T, T);
+        for (int t = r0; t < r1; t++) {
+          float* p = P + (size_t)t * T;
+          float mx = -INFINITY;
+          for (int s2 = 0; s2 <= t; s2++) {
+            p[s2] *= scale;
+            mx = p[s2] > mx ? p[s2] : mx;
+          }
+          float sum = 0.f;
+          for (int s2 = 0; s2 <= t; s2++) {
+            p[s2] = fast_expf(p[s2] - mx);
+            sum += p[s2];
+          }
+          float inv = 1.f / sum;
+          for (int s2 = 0; s2 <= t; s2++) p[s2] *= inv;
+          for (int s2 = t + 1; s2 < r1; s2++) p[s2] = 0.f;  // masked keys inside the block
         }
-        float sum = 0.f;
-        for (int s = 0; s <= t; s++) {
-          p[s] = std::exp(p[s] - mx);
-          sum += p[s];
-        }
-        float inv = 1.f / sum;
-        for (int s = 0; s <= t; s++) p[s] *= inv;
-        float* o = out + (size_t)(b * T + t) * C + h * HS;
-        for (int i = 0; i < HS; i++) o[i] = 0.f;
-        for (int s = 0; s <= t; s++) {
-          const float* v = qkv + (size_t)(b * T + s) * QKVD + C + KVD + kvh * HS;
-          float ps = p[s];
-#pragma omp simd
-          for (int i = 0; i < HS; i++) o[i] += ps * v[i];
-        }
+        // out[r0:r1] = P[r0:r1, 0:r1] V[0:r1]
+        sgemm(false, false, rows, HS, r1, P + (size_t)r0 * T, T, Vv, QKVD, 0.f, O + (size_t)r0 * C, C);
       }
+    }
 }
 
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv, const float* att, int B,
@@ -168,56 +174,52 @@ void attention_backward(float* dqkv, float* scratch, const float* dout, const fl
 #pragma omp parallel for collapse(2) schedule(dynamic, 1)
   for (int b = 0; b < B; b++)
     for (int kvh = 0; kvh < NKV; kvh++) {
-      float* dp = scratch + (size_t)thread_id() * T;
-      for (int t = 0; t < T; t++) {
-        float* dk = dqkv + (size_t)(b * T + t) * QKVD + C + kvh * HS;
-        float* dv = dk + KVD;
-        for (int i = 0; i < HS; i++) dk[i] = dv[i] = 0.f;
-      }
-      for (int h = kvh * group; h < (kvh + 1) * group; h++)
-        for (int t = 0; t < T; t++) {
-          const float* p = att + ((size_t)(b * NH + h) * T + t) * T;
-          const float* dy = dout + (size_t)(b * T + t) * C + h * HS;
-          const float* q = qkv + (size_t)(b * T + t) * QKVD + h * HS;
-          float* dq = dqkv + (size_t)(b * T + t) * QKVD + h * HS;
-          float dot = 0.f;
-          for (int s = 0; s <= t; s++) {
-            const float* v = qkv + (size_t)(b * T + s) * QKVD + C + KVD + kvh * HS;
-            float* dv = dqkv + (size_t)(b * T + s) * QKVD + C + KVD + kvh * HS;
-            float d = 0.f, ps = p[s];
-#pragma omp simd reduction(+ : d)
-            for (int i = 0; i < HS; i++) {
-              d += dy[i] * v[i];
-              dv[i] += ps * dy[i];
-            }
-            dp[s] = d;
-            dot += ps * d;
+      float* dS = scratch + (size_t)thread_id() * T * T;  // (T, T) per thread
+      const float* K = qkv + (size_t)b * T * QKVD + C + kvh * HS;
+      const float* Vv = K + KVD;
+      float* dK = dqkv + (size_t)b * T * QKVD + C + kvh * HS;
+      float* dV = dK + KVD;
+      for (int t = 0; t < T; t++)
+        for (int i = 0; i < HS; i++) dK[(size_t)t * QKVD + i] = dV[(size_t)t * QKVD + i] = 0.f;
+      for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+        const float* P = att + (size_t)(b * NH + h) * T * T;
+        const float* dY = dout + (size_t)b * T * C + h * HS;
+        const float* Q = qkv + (size_t)b * T * QKVD + h * HS;
+        float* dQ = dqkv + (size_t)b * T * QKVD + h * HS;
+        for (int r0 = 0; r0 < T; r0 += kAttnRows) {
+          const int r1 = std::min(T, r0 + kAttnRows), rows = r1 - r0;
+          float* dSb = dS + (size_t)r0 * T;
+          const float* Pb = P + (size_t)r0 * T;
+          // dP (rows, r1) = dY[r0:r1] V[0:r1]^T
+          sgemm(false, true, rows, r1, HS, dY + (size_t)r0 * C, C, Vv, QKVD, 0.f, dSb, T);
+          // dS = P * (dP - sum_s P dP) * scale   (zero above the diagonal since P is)
+          for (int t = r0; t < r1; t++) {
+            const float* p = P + (size_t)t * T;
+            float* d = dS + (size_t)t * T;
+            float dot = 0.f;
+            for (int s2 = 0; s2 <= t; s2++) dot += p[s2] * d[s2];
+            for (int s2 = 0; s2 <= t; s2++) d[s2] = p[s2] * (d[s2] - dot) * scale;
+            for (int s2 = t + 1; s2 < r1; s2++) d[s2] = 0.f;
           }
-          for (int i = 0; i < HS; i++) dq[i] = 0.f;
-          for (int s = 0; s <= t; s++) {
-            float ds = p[s] * (dp[s] - dot) * scale;
-            const float* k = qkv + (size_t)(b * T + s) * QKVD + C + kvh * HS;
-            float* dk = dqkv + (size_t)(b * T + s) * QKVD + C + kvh * HS;
-#pragma omp simd
-            for (int i = 0; i < HS; i++) {
-              dq[i] += ds * k[i];
-              dk[i] += ds * q[i];
-            }
-          }
+          // dQ[r0:r1] = dS K[0:r1];  dK[0:r1] += dS^T Q[r0:r1];  dV[0:r1] += P^T dY[r0:r1]
+          sgemm(false, false, rows, HS, r1, dSb, T, K, QKVD, 0.f, dQ + (size_t)r0 * QKVD, QKVD);
+          sgemm(true, false, r1, HS, rows, dSb, T, Q + (size_t)r0 * QKVD, QKVD, 1.f, dK, QKVD);
+          sgemm(true, false, r1, HS, rows, Pb, T, dY + (size_t)r0 * C, C, 1.f, dV, QKVD);
         }
+      }
     }
 }
 
 // ---------------------------------------------------------------- SwiGLU
 
 void swiglu_forward(float* h, const float* gu, int N, int I) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((long)N * I > kParallelMin)
   for (int n = 0; n < N; n++) {
     const float* g = gu + (size_t)n * 2 * I;
     const float* u = g + I;
     float* o = h + (size_t)n * I;
 #pragma omp simd
-    for (int i = 0; i < I; i++) o[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+    for (int i = 0; i < I; i++) o[i] = g[i] / (1.f + fast_expf(-g[i])) * u[i];
   }
 }
 
@@ -231,7 +233,7 @@ void swiglu_backward(float* dgu, const float* dh, const float* gu, int N, int I)
     float* du = dg + I;
 #pragma omp simd
     for (int i = 0; i < I; i++) {
-      float sig = 1.f / (1.f + std::exp(-g[i]));
+      float sig = 1.f / (1.f + fast_expf(-g[i]));
       float silu = g[i] * sig;
       du[i] = d[i] * silu;
       dg[i] = d[i] * u[i] * sig * (1.f + g[i] * (1.f - sig));
@@ -242,7 +244,7 @@ void swiglu_backward(float* dgu, const float* dh, const float* gu, int N, int I)
 // ---------------------------------------------------------------- embedding
 
 void embedding_forward(float* out, const int32_t* tokens, const float* wte, int N, int C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((long)N * C > kParallelMin)
   for (int n = 0; n < N; n++) std::memcpy(out + (size_t)n * C, wte + (size_t)tokens[n] * C, sizeof(float) * C);
 }
 
@@ -276,7 +278,7 @@ double crossentropy_forward(float* lse, const float* logits, const int32_t* targ
     for (int i = 0; i < V; i++) mx = x[i] > mx ? x[i] : mx;
     float s = 0.f;
 #pragma omp simd reduction(+ : s)
-    for (int i = 0; i < V; i++) s += std::exp(x[i] - mx);
+    for (int i = 0; i < V; i++) s += fast_expf(x[i] - mx);
     float l = mx + std::log(s);
     lse[n] = l;
     int tgt = targets ? targets[n] : -100;
@@ -302,14 +304,15 @@ void crossentropy_backward(float* dlogits, const float* logits, const float* lse
     }
     float l = lse[n];
 #pragma omp simd
-    for (int i = 0; i < V; i++) d[i] = std::exp(x[i] - l) * dloss;
+    for (int i = 0; i < V; i++) d[i] = fast_expf(x[i] - l) * dloss;
     d[tgt] -= dloss;
   }
 }
 
 void residual_forward(float* out, const float* a, const float* b, long n) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n > kParallelMin)
   for (long i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
+}  // namespace PYLLAMA_OPS_NS
 }  // namespace pyllama
