@@ -199,6 +199,18 @@ def _fsync_tree(path: str) -> None:
         _fsync_dir(root)
 
 
+def _make_readable(path: str) -> None:
+    """Give a folder built from temporary files (mode 0600/0700) the usual umask-based modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
+    for root, dirs, files in os.walk(path):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~umask)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~umask)
+
+
 def _step_dirs(run_dir: str) -> List[Tuple[int, str]]:
     out = []
     if os.path.isdir(run_dir):
@@ -509,6 +521,7 @@ class Trainer:
             with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
                 json.dump(self.state(), f, indent=2)
                 f.write("\n")
+            _make_readable(tmp)
             _fsync_tree(tmp)
             if os.path.lexists(path):  # re-saving the same step: swap the old folder out
                 old = tempfile.mkdtemp(prefix=f".old-{os.path.basename(path)}-", dir=parent)
@@ -657,6 +670,12 @@ def plot_metrics(metrics_path, png_path) -> str:
     fig.tight_layout()
     from ._io import atomic_write
 
-    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"))
+    def write(tmp: str) -> None:
+        fig.savefig(tmp, format="png")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+
+    atomic_write(png_path, write)
     plt.close(fig)
     return os.fspath(png_path)
