@@ -138,6 +138,9 @@ def assemble(args) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
         model.update(layer["model"])
         train.update(layer["train"])
         data.update(layer["data"])
+    explicit = set().union(*(layer["train"] for layer in layers))
+    if "warmup_steps" not in explicit and train["warmup_steps"] > train["max_steps"]:
+        train["warmup_steps"] = train["max_steps"] // 10  # the preset's warm-up, scaled to a short run
     return model, train, data
 
 
