@@ -86,3 +86,48 @@ def test_prepare_command_with_a_trained_tokenizer(tmp_path, capsys):
     assert main(["prepare", str(tmp_path / "c.txt"), "--tokenizer", str(tmp_path / "d" / "tokenizer.json"),
                  "--out", str(tmp_path / "e"), "--no-progress"]) == 0
     assert np.array_equal(TokenData.open(tmp_path / "e" / "train.bin").tokens, train.tokens)
+
+
+class FakeTokenizer:
+    """The pyllama.Tokenizer API on bytes (for the CLI path that trains a tokenizer)."""
+
+    trained = 0
+
+    def __init__(self, n_vocab=256):
+        self.n_vocab = n_vocab
+
+    @classmethod
+    def train(cls, texts_or_path, vocab_size, pattern="cl100k"):
+        cls.trained += 1
+        return cls(vocab_size)
+
+    @classmethod
+    def load(cls, path):
+        with open(path) as f:
+            return cls(json.load(f)["n_vocab"])
+
+    def save(self, path):
+        with open(path, "w") as f:
+            json.dump({"n_vocab": self.n_vocab}, f)
+
+    def encode_ordinary(self, text):
+        return list(text.encode("utf-8"))
+
+
+def test_corpus_run_trains_tokenizer_once_and_saves_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(pyllama, "Tokenizer", FakeTokenizer, raising=False)
+    FakeTokenizer.trained = 0
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("".join(f"Now is the winter of our discontent {i}.\n" for i in range(300)))
+    out = str(tmp_path / "run")
+    args = ["train", "--corpus", str(corpus), "--tokenizer-vocab-size", "300", "--out-dir", out,
+            "--max-steps", "3", *TINY]
+    assert main(args) == 0
+    assert FakeTokenizer.trained == 1
+    assert json.load(open(os.path.join(out, "latest", "config.json")))["vocab_size"] == 300
+    assert os.path.isfile(os.path.join(out, "latest", "tokenizer.json"))
+    state = json.load(open(os.path.join(out, "latest", "trainer_state.json")))
+    assert state["tokenizer"].endswith(os.path.join("data", "tokenizer.json"))
+    assert main(args + ["--overwrite"]) == 0  # prepared data reused
+    assert FakeTokenizer.trained == 1
+    assert "using prepared data" in capsys.readouterr().err
