@@ -109,7 +109,7 @@ class TrainConfig:
             ok = isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
             ok = ok and (v > lo if lo_open else v >= lo) and v <= hi
             if not ok:
-                rng = (f"> {lo}" if lo_open else f">= {lo}") + ("" if hi == math.inf else f" and <= {hi}")
+                rng = (f"> {lo:g}" if lo_open else f">= {lo:g}") + ("" if hi == math.inf else f" and <= {hi:g}")
                 raise ValueError(f"TrainConfig.{name} must be a finite number {rng}, got {v!r}")
 
         for name in ("batch_size", "seq_len", "grad_accum_steps", "max_steps", "eval_steps"):
