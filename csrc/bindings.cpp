@@ -12,6 +12,9 @@
 #include "model.h"
 #include "runtime.h"
 #include "tensor.h"
+#ifdef PYLLAMA_HAVE_CUDA
+#include "model_cuda.h"
+#endif
 
 namespace py = pybind11;
 using namespace pyllama;
@@ -342,6 +345,170 @@ void bind_optim(py::module_& m) {
 
 void bind_tokenizer(py::module_& m) {}
 
+// ------------------------------------------------------------------ CUDA backend (cuda/)
+
+void bind_cuda(py::module_& m) {
+#ifdef PYLLAMA_HAVE_CUDA
+  py::register_exception<CudaError>(m, "CudaError", PyExc_RuntimeError);
+  // A float32, 1-D, contiguous array of n elements (writable when the core writes into it).
+  auto flat = [](py::array& a, size_t n, const char* what, bool writable) -> float* {
+    PYLLAMA_CHECK(a.dtype().equal(py::dtype::of<float>()), TypeError,
+                  what << " must be a float32 array, got " << std::string(py::str(a.dtype())));
+    PYLLAMA_CHECK(a.ndim() == 1 && (size_t)a.shape(0) == n, ValueError,
+                  what << " must be 1-D with " << n << " elements (the flat parameter layout)");
+    PYLLAMA_CHECK(a.flags() & py::array::c_style, ValueError, what << " must be contiguous");
+    PYLLAMA_CHECK(!writable || a.writeable(), ValueError, what << " must be writable");
+    return static_cast<float*>(a.mutable_data());
+  };
+  using IntArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+  auto as_tokens = [](py::handle obj, const char* what) {
+    auto a = IntArray::ensure(obj);
+    PYLLAMA_CHECK(a, TypeError, what << " must be an integer array of shape (batch, seq_len)");
+    PYLLAMA_CHECK(a.ndim() == 2, ValueError, what << " must be 2-D (batch, seq_len), got " << a.ndim() << "-D");
+    return a;
+  };
+
+  py::class_<LlamaModelCuda>(m, "LlamaModelCuda", R"doc(
+The model on an NVIDIA GPU: a copy of a CPU LlamaModel's parameters and gradients,
+with the same flat layouts. dtype 'float32' (matches the CPU) or 'bfloat16' (bf16
+weights and activations for compute, float32 master weights, gradients and AdamW
+moments). Use pyllama.Llama.to('cuda') instead of this class.
+)doc")
+      .def(py::init([](LlamaModel& cpu, const std::string& dtype, int device) {
+             DType dt = dtype_from_name(dtype);
+             std::unique_ptr<LlamaModelCuda> p;
+             {
+               py::gil_scoped_release nogil;
+               p = std::make_unique<LlamaModelCuda>(cpu, dt, device);
+             }
+             return p;
+           }),
+           py::arg("cpu_model"), py::arg("dtype") = "float32", py::arg("device") = 0)
+      .def_property_readonly("dtype", [](const LlamaModelCuda& g) { return std::string(dtype_name(g.dtype())); })
+      .def_property_readonly("device", &LlamaModelCuda::device)
+      .def_property_readonly("uses_cublas", &LlamaModelCuda::uses_cublas)
+      .def("num_parameters", &LlamaModelCuda::num_parameters)
+      .def("forward", [as_tokens](LlamaModelCuda& g, py::handle tokens, py::handle labels) {
+             auto t = as_tokens(tokens, "input_ids");
+             IntArray lab;
+             const int32_t* lp = nullptr;
+             if (!labels.is_none()) {
+               lab = as_tokens(labels, "labels");
+               PYLLAMA_CHECK(lab.shape(0) == t.shape(0) && lab.shape(1) == t.shape(1), ValueError,
+                             "labels shape (" << lab.shape(0) << ", " << lab.shape(1) << ") != input_ids shape ("
+                                              << t.shape(0) << ", " << t.shape(1) << ")");
+               lp = lab.data();
+             }
+             const int B = (int)t.shape(0), T = (int)t.shape(1);
+             const int32_t* tp = t.data();
+             py::gil_scoped_release nogil;
+             return g.forward(tp, lp, B, T);
+           }, py::arg("input_ids"), py::arg("labels") = py::none(),
+           "Training forward; returns the loss (NaN without labels). Logits stay on the GPU: see logits().")
+      .def("logits", [](LlamaModelCuda& g) {
+             PYLLAMA_CHECK(g.has_logits(), ValueError, "no logits: run forward first (backward overwrites them)");
+             py::array_t<float> out({(py::ssize_t)g.last_B(), (py::ssize_t)g.last_T(),
+                                     (py::ssize_t)g.config().vocab_size});
+             float* dst = out.mutable_data();
+             {
+               py::gil_scoped_release nogil;
+               g.logits_to_host(dst);
+             }
+             return out;
+           }, "A new float32 host array (B, T, V) holding the last forward's logits.")
+      .def("backward", &LlamaModelCuda::backward, py::arg("scale") = 1.0f, py::call_guard<py::gil_scoped_release>())
+      .def("zero_grad", &LlamaModelCuda::zero_grad, py::call_guard<py::gil_scoped_release>())
+      .def("kv_reset", &LlamaModelCuda::kv_reset, py::arg("n_slots"), py::arg("max_len"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("kv_forward", [as_tokens](LlamaModelCuda& g, py::handle tokens, py::handle slots, py::handle start_pos,
+                                     bool last_only) {
+             auto t = as_tokens(tokens, "tokens");
+             auto s = IntArray::ensure(slots);
+             auto p = IntArray::ensure(start_pos);
+             const int B = (int)t.shape(0), T = (int)t.shape(1);
+             PYLLAMA_CHECK(s && s.ndim() == 1 && s.shape(0) == B, ValueError, "slots must be 1-D with one entry per row");
+             PYLLAMA_CHECK(p && p.ndim() == 1 && p.shape(0) == B, ValueError,
+                           "start_pos must be 1-D with one entry per row");
+             const float* out;
+             {
+               py::gil_scoped_release nogil;
+               out = g.kv_forward(t.data(), B, T, s.data(), p.data(), last_only);
+             }
+             const py::ssize_t V = g.config().vocab_size;
+             if (last_only) return py::array_t<float>({(py::ssize_t)B, V}, out);  // copies
+             return py::array_t<float>({(py::ssize_t)B, (py::ssize_t)T, V}, out);
+           }, py::arg("tokens"), py::arg("slots"), py::arg("start_pos"), py::arg("last_only") = true,
+           "One KV-cache step; returns new float32 host logits (B, V) or (B, T, V).")
+      .def("kv_reorder", [](LlamaModelCuda& g, py::handle src) {
+             auto s = IntArray::ensure(src);
+             PYLLAMA_CHECK(s && s.ndim() == 1, ValueError, "kv_reorder expects a 1-D int array");
+             py::gil_scoped_release nogil;
+             g.kv_reorder(s.data(), (int)s.shape(0));
+           }, py::arg("src"))
+      .def("adamw_step", [](LlamaModelCuda& g, py::array_t<int64_t, py::array::c_style | py::array::forcecast> segments,
+                            float lr, float beta1, float beta2, float eps, float weight_decay, int64_t step) {
+             PYLLAMA_CHECK(segments.ndim() == 2 && segments.shape(1) == 3, ValueError,
+                           "adamw_step: segments must be an int64 array of shape (S, 3): offset, numel, decay");
+             const int64_t* sp = segments.data();
+             const int ns = (int)segments.shape(0);
+             py::gil_scoped_release nogil;
+             g.adamw_step(sp, ns, lr, beta1, beta2, eps, weight_decay, step);
+           }, py::arg("segments"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+           py::arg("weight_decay"), py::arg("step"),
+           "One fused AdamW update on the GPU (moments live there). segments: (S, 3) int64 rows of "
+           "(offset, numel, decay), as pyllama's CPU optimizer passes them; step is 1-based.")
+      .def("grad_norm", &LlamaModelCuda::grad_norm, py::call_guard<py::gil_scoped_release>())
+      .def("clip_grad_norm", &LlamaModelCuda::clip_grad_norm, py::arg("max_norm"),
+           py::call_guard<py::gil_scoped_release>(), "As torch's clip_grad_norm_; returns the norm before clipping.")
+      .def("params_to_host", [flat](LlamaModelCuda& g, py::array dst) {
+             float* d = flat(dst, g.num_parameters(), "dst", true);
+             py::gil_scoped_release nogil;
+             g.params_to_host(d);
+           }, py::arg("dst"))
+      .def("grads_to_host", [flat](LlamaModelCuda& g, py::array dst) {
+             float* d = flat(dst, g.num_parameters(), "dst", true);
+             py::gil_scoped_release nogil;
+             g.grads_to_host(d);
+           }, py::arg("dst"))
+      .def("params_from_host", [flat](LlamaModelCuda& g, py::array src) {
+             const float* s = flat(src, g.num_parameters(), "src", false);
+             py::gil_scoped_release nogil;
+             g.params_from_host(s);
+           }, py::arg("src"))
+      .def("grads_from_host", [flat](LlamaModelCuda& g, py::array src) {
+             const float* s = flat(src, g.num_parameters(), "src", false);
+             py::gil_scoped_release nogil;
+             g.grads_from_host(s);
+           }, py::arg("src"))
+      .def("moments_to_host", [flat](LlamaModelCuda& g, py::array m_, py::array v_) {
+             float* mp = flat(m_, g.num_parameters(), "exp_avg", true);
+             float* vp = flat(v_, g.num_parameters(), "exp_avg_sq", true);
+             py::gil_scoped_release nogil;
+             g.moments_to_host(mp, vp);
+           }, py::arg("exp_avg"), py::arg("exp_avg_sq"))
+      .def("moments_from_host", [flat](LlamaModelCuda& g, py::array m_, py::array v_) {
+             const float* mp = flat(m_, g.num_parameters(), "exp_avg", false);
+             const float* vp = flat(v_, g.num_parameters(), "exp_avg_sq", false);
+             py::gil_scoped_release nogil;
+             g.moments_from_host(mp, vp);
+           }, py::arg("exp_avg"), py::arg("exp_avg_sq"))
+      .def("synchronize", &LlamaModelCuda::synchronize, py::call_guard<py::gil_scoped_release>());
+  m.def("cuda_check_ops", [](unsigned seed) {
+          std::vector<std::pair<std::string, double>> r;
+          {
+            py::gil_scoped_release nogil;
+            r = cuda_check_ops(seed);
+          }
+          py::dict d;
+          for (auto& kv : r) d[py::str(kv.first)] = kv.second;
+          return d;
+        }, py::arg("seed") = 1234,
+        "Every CUDA kernel against its CPU twin on random float32 inputs: name -> max |gpu - cpu| / max |cpu|.");
+#else
+  (void)m;  // built without the CUDA backend: nothing to bind (build_info()['cuda'] is False)
+#endif
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -355,4 +522,5 @@ PYBIND11_MODULE(_core, m) {
   bind_model(m);
   bind_optim(m);
   bind_tokenizer(m);
+  bind_cuda(m);
 }

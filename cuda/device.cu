@@ -1,6 +1,7 @@
-// device.cu — CUDA runtime queries. Every CUDA call is checked; a failing
-// query means "no usable GPU", never an abort.
-#include <cuda_runtime.h>
+// device.cu — CUDA runtime queries and device memory (see cuda_device.h). Every CUDA
+// call is checked; a failing device query means "no usable GPU", never an abort.
+#include "common.cuh"
+#include "cuda_device.h"
 
 namespace pyllama {
 
@@ -12,6 +13,23 @@ int cuda_runtime_device_count() {
     return 0;
   }
   return n;
+}
+
+void* cuda_malloc(size_t bytes) {
+  void* p = nullptr;
+  CUDA_CHECK(cudaMalloc(&p, bytes ? bytes : 1));
+  return p;
+}
+
+void cuda_free(void* p) noexcept {
+  if (p) cudaFree(p);
+}
+
+void cuda_copy(void* dst, const void* src, size_t bytes, CudaCopy kind) {
+  const cudaMemcpyKind k = kind == CudaCopy::host_to_device   ? cudaMemcpyHostToDevice
+                           : kind == CudaCopy::device_to_host ? cudaMemcpyDeviceToHost
+                                                              : cudaMemcpyDeviceToDevice;
+  if (bytes) CUDA_CHECK(cudaMemcpy(dst, src, bytes, k));
 }
 
 }  // namespace pyllama

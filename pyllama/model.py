@@ -102,19 +102,31 @@ class Llama:
 
     # ---------------------------------------------------------------- parameters
     def named_parameters(self) -> Dict[str, np.ndarray]:
-        """Name → numpy view (no copy) of each parameter, with Hugging Face names."""
+        """Name → numpy view (no copy) of each parameter, with Hugging Face names.
+        On a cuda model: read-only host copies (see ``to``)."""
+        if isinstance(self._core, _CudaCore):
+            return self._core.named_host_copies("params")
         return dict(self._named_params)
 
     def named_grads(self) -> Dict[str, np.ndarray]:
-        """Name → numpy view of each parameter's gradient (same layout as the parameters)."""
+        """Name → numpy view of each parameter's gradient (same layout as the parameters).
+        On a cuda model: read-only host copies (see ``to``)."""
+        if isinstance(self._core, _CudaCore):
+            return self._core.named_host_copies("grads")
         return dict(self._named_grads)
 
     def flat_params(self) -> np.ndarray:
-        """The whole flat parameter buffer as a 1-D float32 view (no copy)."""
+        """The whole flat parameter buffer as a 1-D float32 view (no copy); a read-only
+        host copy on a cuda model."""
+        if isinstance(self._core, _CudaCore):
+            return self._core.flat_host_copy("params")
         return self._params
 
     def flat_grads(self) -> np.ndarray:
-        """The whole flat gradient buffer as a 1-D float32 view (no copy)."""
+        """The whole flat gradient buffer as a 1-D float32 view (no copy); a read-only
+        host copy on a cuda model."""
+        if isinstance(self._core, _CudaCore):
+            return self._core.flat_host_copy("grads")
         return self._grads
 
     def param_segments(self) -> List[Tuple[str, int, int, Tuple[int, ...]]]:
@@ -134,10 +146,34 @@ class Llama:
         """Set every gradient to zero."""
         self._core.zero_grad()
 
-    def to(self, device: str) -> "Llama":
-        """Move the model to ``device``. Only ``"cpu"`` is usable in this build; ``"cuda"``
-        raises a clear error until the CUDA backend lands."""
+    def to(self, device: str, dtype: Optional[str] = None) -> "Llama":
+        """Move the model to ``device`` (``"cpu"``, ``"cuda"`` or ``"cuda:0"``); returns ``self``.
+
+        ``to("cuda")`` copies the parameters and gradients to the GPU; ``model(...)``,
+        ``backward``, ``zero_grad`` and the KV-cache steps then run there and return host
+        numpy arrays as on the CPU. ``dtype`` picks the GPU compute type: ``"float32"``
+        (default; matches the CPU) or ``"bfloat16"`` (bf16 weights and activations, float32
+        master weights, gradients and optimizer moments). On a cuda model,
+        ``named_parameters()``, ``named_grads()``, ``flat_params()`` and ``flat_grads()``
+        return read-only host *copies* taken at the call (writes would not reach the GPU);
+        train with ``model._core.gpu.adamw_step`` / ``clip_grad_norm`` (see docs/CUDA.md).
+        ``to("cpu")`` copies parameters and gradients back. Without a usable GPU
+        ``to("cuda")`` raises ``RuntimeError``.
+
+        >>> model.to("cuda", dtype="bfloat16")   # doctest: +SKIP
+        >>> model.to("cpu")                       # doctest: +SKIP
+        """
+        if not isinstance(device, str):
+            raise TypeError(f"device must be a string ('cpu' or 'cuda'), got {type(device).__name__}")
+        if dtype is not None and dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"unknown dtype {dtype!r}: expected 'float32' or 'bfloat16'")
+        on_gpu = isinstance(self._core, _CudaCore)
         if device == "cpu":
+            if dtype not in (None, "float32"):
+                raise ValueError(f"the CPU model is float32; dtype={dtype!r} applies to 'cuda' only")
+            if on_gpu:
+                self._core = self._core.to_cpu()
+                self.device = "cpu"
             return self
         if device in ("cuda", "cuda:0"):
             info = _core.build_info()
@@ -146,7 +182,14 @@ class Llama:
                                    "reinstall with nvcc available and PYLLAMA_CUDA=ON")
             if not info["cuda_available"]:
                 raise RuntimeError("no CUDA device is available (build_info()['cuda_available'] is False)")
-            raise NotImplementedError("model.to('cuda') is not implemented yet: the CUDA model kernels are pending")
+            want = dtype or (self._core.dtype if on_gpu else "float32")
+            if on_gpu:
+                if self._core.dtype == want:
+                    return self
+                self._core = self._core.to_cpu()  # change dtype through the float32 master copy
+            self._core = _CudaCore(self._core, want)
+            self.device = "cuda"
+            return self
         raise ValueError(f"unknown device {device!r}: expected 'cpu' or 'cuda'")
 
     # ---------------------------------------------------------------- forward / backward
@@ -205,6 +248,8 @@ class Llama:
 
         path = os.fspath(path)
         os.makedirs(path, exist_ok=True)
+        if isinstance(self._core, _CudaCore):
+            self._core.pull("params")  # the host buffer behind _named_params gets the GPU's values
         tensors = {n: np.ascontiguousarray(v) for n, v in self._named_params.items()}
         atomic_write(os.path.join(path, "model.safetensors"),
                      lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
@@ -272,6 +317,69 @@ class Llama:
         c = self.config
         return (f"Llama(layers={c.num_hidden_layers}, hidden={c.hidden_size}, heads={c.num_attention_heads}/"
                 f"{c.num_key_value_heads}, vocab={c.vocab_size}, params={self.num_parameters():,})")
+
+
+class _CudaCore:
+    """The CPU core's interface (``forward``, ``logits``, ``backward``, ``zero_grad``,
+    ``kv_*``, ...) over a ``_core.LlamaModelCuda``. ``Llama.to("cuda")`` puts one in
+    place of ``Llama._core``; the CPU core stays behind it as the host copy (``cpu``)
+    and gets the GPU's parameters and gradients back on ``to("cpu")``."""
+
+    def __init__(self, cpu_core, dtype: str):
+        self.cpu = cpu_core
+        self.dtype = dtype
+        self.gpu = _core.LlamaModelCuda(cpu_core, dtype)
+
+    def forward(self, ids, labels):
+        return self.gpu.forward(ids, labels)
+
+    def logits(self):
+        return self.gpu.logits()  # a new host array
+
+    def backward(self, scale):
+        self.gpu.backward(scale)
+
+    def zero_grad(self):
+        self.gpu.zero_grad()
+
+    def kv_reset(self, n_slots, max_len):
+        self.gpu.kv_reset(n_slots, max_len)
+
+    def kv_forward(self, tokens, slots, start_pos, last_only=True):
+        return self.gpu.kv_forward(tokens, slots, start_pos, last_only)  # new host logits
+
+    def kv_reorder(self, src):
+        self.gpu.kv_reorder(src)
+
+    def num_parameters(self):
+        return self.cpu.num_parameters()
+
+    def flops_per_token(self, seq_len):
+        return self.cpu.flops_per_token(seq_len)
+
+    def param_infos(self):
+        return self.cpu.param_infos()
+
+    # ---- host copies
+    def pull(self, which: str) -> np.ndarray:
+        """Copy the GPU's ``params`` or ``grads`` into the CPU core's buffer; return that buffer."""
+        buf = self.cpu.params() if which == "params" else self.cpu.grads()
+        (self.gpu.params_to_host if which == "params" else self.gpu.grads_to_host)(buf)
+        return buf
+
+    def flat_host_copy(self, which: str) -> np.ndarray:
+        out = self.pull(which).copy()
+        out.flags.writeable = False
+        return out
+
+    def named_host_copies(self, which: str) -> Dict[str, np.ndarray]:
+        flat = self.flat_host_copy(which)
+        return {n: flat[o:o + k].reshape(s) for n, o, k, s in self.cpu.param_infos()}
+
+    def to_cpu(self):
+        self.pull("params")
+        self.pull("grads")
+        return self.cpu
 
 
 def _safetensors_files(path: str) -> List[str]:

@@ -1,0 +1,93 @@
+// crossentropy.cu — softmax + cross-entropy over the vocabulary (see
+// crossentropy_* in csrc/ops.h). One block per row for the log-sum-exp; the
+// loss is summed in double by one block in a fixed order (deterministic).
+#include "kernels.cuh"
+
+namespace pyllama {
+namespace gpu {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T>
+__global__ void crossentropy_forward_kernel(float* lse, double* row_loss, const T* logits, const int32_t* targets,
+                                            int N, int V) {
+  __shared__ float sh[32];
+  for (int n = blockIdx.x; n < N; n += gridDim.x) {  // uniform across the block
+    const T* x = logits + (long long)n * V;
+    float mx = -INFINITY;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, to_f(x[i]));
+    mx = block_max(mx, sh);
+    float s = 0.f;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) s += expf(to_f(x[i]) - mx);
+    s = block_sum(s, sh);
+    if (threadIdx.x == 0) {
+      const float l = mx + logf(s);
+      lse[n] = l;
+      const int tgt = targets[n];
+      row_loss[n] = tgt != -100 ? (double)l - (double)to_f(x[tgt]) : 0.0;
+    }
+  }
+}
+
+// One block of 1024 threads: total = sum(row_loss).
+__global__ void sum_rows_kernel(double* total, const double* row_loss, int N) {
+  __shared__ double sh[32];
+  double acc = 0.0;
+  for (int n = threadIdx.x; n < N; n += blockDim.x) acc += row_loss[n];
+  acc = block_sum(acc, sh);
+  if (threadIdx.x == 0) *total = acc;
+}
+
+template <typename T>
+__global__ void crossentropy_backward_kernel(T* dlogits, const T* logits, const float* lse, const int32_t* targets,
+                                             float dloss, int N, int V) {
+  const long long total = (long long)N * V;
+  for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
+       idx += (long long)gridDim.x * blockDim.x) {
+    const long long n = idx / V;
+    const int i = (int)(idx % V);
+    const int tgt = targets[n];
+    float d = 0.f;
+    if (tgt != -100) {
+      d = expf(to_f(logits[idx]) - lse[n]) * dloss;
+      if (i == tgt) d -= dloss;
+    }
+    dlogits[idx] = from_f<T>(d);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void crossentropy_forward(float* lse, double* row_loss, double* total, const T* logits, const int32_t* targets, int N,
+                          int V, cudaStream_t stream) {
+  if (N <= 0) return;
+  const unsigned blocks = (unsigned)(N < 65535 * 16 ? N : 65535 * 16);
+  crossentropy_forward_kernel<T><<<blocks, kThreads, 0, stream>>>(lse, row_loss, logits, targets, N, V);
+  CUDA_CHECK_LAUNCH();
+  sum_rows_kernel<<<1, 1024, 0, stream>>>(total, row_loss, N);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+void crossentropy_backward(T* dlogits, const T* logits, const float* lse, const int32_t* targets, float dloss, int N,
+                           int V, cudaStream_t stream) {
+  const long long total = (long long)N * V;
+  if (total <= 0) return;
+  crossentropy_backward_kernel<T><<<grid_for(total, 256), 256, 0, stream>>>(dlogits, logits, lse, targets, dloss, N, V);
+  CUDA_CHECK_LAUNCH();
+}
+
+template void crossentropy_forward<float>(float*, double*, double*, const float*, const int32_t*, int, int,
+                                          cudaStream_t);
+template void crossentropy_forward<bf16>(float*, double*, double*, const bf16*, const int32_t*, int, int,
+                                         cudaStream_t);
+template void crossentropy_backward<float>(float*, const float*, const float*, const int32_t*, float, int, int,
+                                           cudaStream_t);
+template void crossentropy_backward<bf16>(bf16*, const bf16*, const float*, const int32_t*, float, int, int,
+                                          cudaStream_t);
+
+}  // namespace gpu
+}  // namespace pyllama

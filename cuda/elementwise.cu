@@ -1,0 +1,61 @@
+// elementwise.cu — residual add, dtype conversion, last-row gather.
+#include "kernels.cuh"
+
+namespace pyllama {
+namespace gpu {
+
+namespace {
+
+template <typename T>
+__global__ void residual_kernel(T* out, const T* a, const T* b, long long n) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+    out[i] = from_f<T>(to_f(a[i]) + to_f(b[i]));
+}
+
+template <typename TD, typename TS>
+__global__ void convert_kernel(TD* dst, const TS* src, long long n) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+    dst[i] = from_f<TD>(to_f(src[i]));
+}
+
+template <typename T>
+__global__ void gather_last_kernel(T* rows, const T* x, int B, int T_, int C) {
+  const long long n = (long long)B * C;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+    const long long b = i / C, c = i % C;
+    rows[i] = x[(b * T_ + (T_ - 1)) * C + c];
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void residual_forward(T* out, const T* a, const T* b, long long n, cudaStream_t stream) {
+  if (n <= 0) return;
+  residual_kernel<T><<<grid_for(n, 256), 256, 0, stream>>>(out, a, b, n);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <typename TD, typename TS>
+void convert(TD* dst, const TS* src, long long n, cudaStream_t stream) {
+  if (n <= 0) return;
+  convert_kernel<TD, TS><<<grid_for(n, 256), 256, 0, stream>>>(dst, src, n);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+void gather_last_rows(T* rows, const T* x, int B, int T_, int C, cudaStream_t stream) {
+  gather_last_kernel<T><<<grid_for((long long)B * C, 256), 256, 0, stream>>>(rows, x, B, T_, C);
+  CUDA_CHECK_LAUNCH();
+}
+
+template void residual_forward<float>(float*, const float*, const float*, long long, cudaStream_t);
+template void residual_forward<bf16>(bf16*, const bf16*, const bf16*, long long, cudaStream_t);
+template void convert<float, bf16>(float*, const bf16*, long long, cudaStream_t);
+template void convert<bf16, float>(bf16*, const float*, long long, cudaStream_t);
+template void convert<float, float>(float*, const float*, long long, cudaStream_t);
+template void gather_last_rows<float>(float*, const float*, int, int, int, cudaStream_t);
+template void gather_last_rows<bf16>(bf16*, const bf16*, int, int, int, cudaStream_t);
+
+}  // namespace gpu
+}  // namespace pyllama

@@ -1,0 +1,161 @@
+// kernels.cuh — the CUDA launchers, one family per file (norm.cu, rope.cu, ...).
+// Each mirrors its CPU twin in csrc/ops.h: same arguments (outputs, inputs,
+// sizes), same layouts, same gradient rule (parameter gradients accumulate,
+// activation gradients are assigned, except dinp of rmsnorm_backward, which adds
+// into the residual stream), plus the stream it is queued on. Nothing here
+// synchronises with the host.
+//
+// T is the activation/weight element type: float (exact against the CPU) or
+// bf16 (__nv_bfloat16). Arithmetic is float; parameter gradients, RMSNorm rstd,
+// log-sum-exps and attention probabilities are always float.
+//
+// Size letters as in ops.h: N = B*T rows, C channels, NH query heads, NKV
+// key/value heads, HS head size (<= kMaxHeadSize), I feed-forward width, V vocabulary.
+#pragma once
+#include <cstdint>
+
+#include "common.cuh"
+
+namespace pyllama {
+namespace gpu {
+
+constexpr int kMaxHeadSize = 256;  // attention kernels keep HS/32 accumulators per lane
+
+// ---------------------------------------------------------------- elementwise.cu
+// out (n) = a + b (out may alias a or b)
+template <typename T>
+void residual_forward(T* out, const T* a, const T* b, long long n, cudaStream_t stream);
+// dst (n) = src converted (float <-> bf16, or a plain copy)
+template <typename TD, typename TS>
+void convert(TD* dst, const TS* src, long long n, cudaStream_t stream);
+// rows (B, C) = x[b, T-1, :] for x (B, T, C): the last position of each sequence
+template <typename T>
+void gather_last_rows(T* rows, const T* x, int B, int T_, int C, cudaStream_t stream);
+
+// ---------------------------------------------------------------- norm.cu
+// out (N, C) = inp * rstd * w;  rstd (N) = 1 / sqrt(mean(inp^2) + eps)
+template <typename T>
+void rmsnorm_forward(T* out, float* rstd, const T* inp, const T* w, int N, int C, float eps, cudaStream_t stream);
+// dinp (N, C) += ...;  dw (C) += ... (float)
+template <typename T>
+void rmsnorm_backward(T* dinp, float* dw, const T* dout, const T* inp, const T* w, const float* rstd, int N, int C,
+                      cudaStream_t stream);
+
+// ---------------------------------------------------------------- rope.cu
+// In place, the first `nheads` heads of each row of x (row stride ld); rotate-half
+// pairing (i with i + HS/2); row r at position pos[r]; inverse rotates by -angle.
+// cos_t/sin_t (max_T, HS/2) float, as rope_table in ops.h computes them.
+template <typename T>
+void rope_apply(T* x, int ld, const int32_t* pos, const float* cos_t, const float* sin_t, int N, int nheads, int HS,
+                bool inverse, cudaStream_t stream);
+
+// ---------------------------------------------------------------- attention.cu
+// Causal grouped-query attention for the training layout: qkv (B, T, QKVD) rows
+// (q | k | v), QKVD = (NH + 2 NKV) HS. out (B, T, NH*HS); att (B, NH, T, T) float
+// probabilities (entries above the diagonal are not written).
+template <typename T>
+void attention_forward(T* out, float* att, const T* qkv, int B, int T_, int NH, int NKV, int HS, cudaStream_t stream);
+// dqkv (B, T, QKVD) assigned; datt (B, NH, T, T) float scratch.
+template <typename T>
+void attention_backward(T* dqkv, float* datt, const T* dout, const T* qkv, const float* att, int B, int T_, int NH,
+                        int NKV, int HS, cudaStream_t stream);
+// The KV-cache step: rows n = b*T + t of qkv (B*T, QKVD) hold q (and the new k, v,
+// already written into the caches by kv_store). Row n attends to cache positions
+// 0..pos[n] of slot slots[b]. Caches (S, NKV, max_len, HS) for one layer.
+// out (B*T, NH*HS); scores: float scratch (B*T, NH, max_len).
+template <typename T>
+void attention_kv_forward(T* out, float* scores, const T* qkv, const T* kcache, const T* vcache,
+                          const int32_t* slots, const int32_t* pos, int B, int T_, int NH, int NKV, int HS,
+                          int max_len, cudaStream_t stream);
+// Writes the k and v parts of qkv rows into the caches at (slots[b], pos[n]).
+template <typename T>
+void kv_store(T* kcache, T* vcache, const T* qkv, const int32_t* slots, const int32_t* pos, int B, int T_, int NH,
+              int NKV, int HS, int max_len, cudaStream_t stream);
+// dst slot i = src slot src_slots[i], for `layers` layers of n_slots slots of slot_elems each.
+template <typename T>
+void kv_gather(T* dst, const T* src, const int32_t* src_slots, int layers, int n_slots, long long slot_elems,
+               cudaStream_t stream);
+
+// ---------------------------------------------------------------- swiglu.cu
+// gu (N, 2I) = [gate | up];  h (N, I) = silu(gate) * up
+template <typename T>
+void swiglu_forward(T* h, const T* gu, int N, int I, cudaStream_t stream);
+// dgu (N, 2I) assigned
+template <typename T>
+void swiglu_backward(T* dgu, const T* dh, const T* gu, int N, int I, cudaStream_t stream);
+
+// ---------------------------------------------------------------- embedding.cu
+// out (N, C) = wte[tokens]
+template <typename T>
+void embedding_forward(T* out, const int32_t* tokens, const T* wte, int N, int C, cudaStream_t stream);
+// dwte (V, C) += scatter of dout rows (float atomics: repeated tokens add up)
+template <typename T>
+void embedding_backward(float* dwte, const T* dout, const int32_t* tokens, int N, int C, cudaStream_t stream);
+
+// ---------------------------------------------------------------- crossentropy.cu
+// lse (N) = logsumexp of each row of logits (N, V); row_loss (N) = lse - logit[target]
+// in double for counted rows, 0 for ignored ones (target -100); total (1) = sum of row_loss
+// (fixed order: deterministic). Read *total on the host after a sync.
+template <typename T>
+void crossentropy_forward(float* lse, double* row_loss, double* total, const T* logits, const int32_t* targets, int N,
+                          int V, cudaStream_t stream);
+// dlogits (N, V) = dloss * (softmax - onehot) for counted rows, 0 for ignored; may alias logits.
+template <typename T>
+void crossentropy_backward(T* dlogits, const T* logits, const float* lse, const int32_t* targets, float dloss, int N,
+                           int V, cudaStream_t stream);
+
+// ---------------------------------------------------------------- adamw.cu
+// One fused AdamW pass (torch.optim.AdamW semantics, see csrc adamw): run r covers
+// [run_start[r], run_start[r+1]) and decays when run_decay[r] != 0 (n_runs + 1 starts,
+// the last one == n). When wc is not null it receives the updated parameters converted
+// to T (the bf16 compute copy). Scalars (bias corrections) are computed on the host.
+struct AdamWScalars {
+  float step_size;     // lr / (1 - beta1^t)
+  float inv_bc2_sqrt;  // 1 / sqrt(1 - beta2^t)
+  float one_minus_b1, one_minus_b2, beta2, eps;
+  float decay_factor;  // 1 - lr * weight_decay
+};
+template <typename T>
+void adamw_update(float* params, float* m, float* v, const float* grads, T* wc, long long n, const int64_t* run_start,
+                  const int32_t* run_decay, int n_runs, const AdamWScalars& s, cudaStream_t stream);
+// norm (1, double) = sqrt(sum of squares of g) with fixed-order (deterministic) partial sums;
+// partials: kNormBlocks doubles of scratch.
+constexpr int kNormBlocks = 1024;
+void global_norm(double* norm, double* partials, const float* g, long long n, cudaStream_t stream);
+// As torch's clip_grad_norm_: g *= max_norm / (norm + 1e-6) when that is < 1 or the norm is not
+// finite; reads the norm from device memory (no host round trip).
+void clip_by_norm(float* g, const double* norm, double max_norm, long long n, cudaStream_t stream);
+
+// ---------------------------------------------------------------- matmul.cu
+// A cuBLAS handle when cuBLAS was found at build time, else the portable tiled kernel.
+// PYLLAMA_CUDA_MATMUL=tiled in the environment forces the tiled kernel (for testing it).
+class Gemm {
+ public:
+  Gemm();
+  ~Gemm();
+  Gemm(const Gemm&) = delete;
+  Gemm& operator=(const Gemm&) = delete;
+  bool uses_cublas() const { return use_cublas_; }
+  // C (M x N, row-major, ldc) = beta * C + op(A) op(B); op as in csrc/matmul.h; beta 0 or 1.
+  // Accumulates in float. TA = type of A and B; TC = type of C.
+  template <typename TA, typename TC>
+  void run(bool transA, bool transB, int M, int N, int K, const TA* A, int lda, const TA* B, int ldb, float beta,
+           TC* C, int ldc, cudaStream_t stream);
+
+ private:
+  bool use_cublas_ = false;
+#ifdef PYLLAMA_HAVE_CUBLAS
+  cublasHandle_t handle_ = nullptr;
+#endif
+};
+
+// y (N, OUT) = x (N, IN) W^T (W is (OUT, IN))
+template <typename T>
+void linear_forward(Gemm& g, T* y, const T* x, const T* w, int N, int IN, int OUT, cudaStream_t stream);
+// dx (N, IN) = dy W (assigned; skipped when dx is null);  dw (OUT, IN) += dy^T x (float)
+template <typename T>
+void linear_backward(Gemm& g, T* dx, float* dw, const T* dy, const T* x, const T* w, int N, int IN, int OUT,
+                     cudaStream_t stream);
+
+}  // namespace gpu
+}  // namespace pyllama

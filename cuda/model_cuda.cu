@@ -1,0 +1,786 @@
+// model_cuda.cu — LlamaModelCuda: the CPU model's forward/backward, KV cache and
+// optimizer, step for step, on the GPU (see model_cuda.h). The training and
+// KV-cache passes below read as their CPU twins in csrc/model.cpp, with each CPU
+// op replaced by its launcher from kernels.cuh, all queued on one stream.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "kernels.cuh"
+#include "model_cuda.h"
+#include "ops.h"  // rope_table: the same float32 table as the CPU
+
+namespace pyllama {
+
+using gpu::bf16;
+
+namespace {
+
+// One device allocation, freed on destruction.
+struct DevBuf {
+  void* p = nullptr;
+  size_t bytes = 0;
+  DevBuf() = default;
+  ~DevBuf() {
+    if (p) cudaFree(p);  // no throwing from a destructor
+  }
+  DevBuf(const DevBuf&) = delete;
+  DevBuf& operator=(const DevBuf&) = delete;
+  // At least n bytes; the old content is dropped when it has to grow.
+  void reserve(size_t n) {
+    if (p && n <= bytes) return;
+    release();
+    CUDA_CHECK(cudaMalloc(&p, n ? n : 1));
+    bytes = n;
+  }
+  void release() {
+    if (p) {
+      void* q = p;
+      p = nullptr;
+      bytes = 0;
+      CUDA_CHECK(cudaFree(q));
+    }
+  }
+  void swap(DevBuf& o) {
+    std::swap(p, o.p);
+    std::swap(bytes, o.bytes);
+  }
+  template <typename U>
+  U* as() const {
+    return static_cast<U*>(p);
+  }
+};
+
+// Carves typed arrays out of one byte buffer (nullptr base: only measures).
+struct Carver {
+  char* base;
+  size_t off = 0;
+  template <typename U>
+  U* take(size_t n) {
+    U* r = base ? reinterpret_cast<U*>(base + off) : nullptr;
+    off += (n * sizeof(U) + 255) & ~size_t(255);  // 256-byte aligned arrays
+    return r;
+  }
+};
+
+// Training activations, as carve_acts in model.cpp; T arrays in the compute dtype.
+template <typename T>
+struct Acts {
+  T* x0;  // (N, C)
+  struct Layer {
+    T *ln1, *qkv, *atty, *res1, *ln2, *gu, *h, *res2;
+    float *rstd1, *rstd2, *att;  // att (B, NH, T, T)
+  };
+  std::vector<Layer> layers;
+  T *lnf, *logits;  // logits (N, V): turned into dlogits in place by backward
+  float *rstdf, *lse;
+  double* row_loss;  // (N)
+  // backward scratch
+  T *dres, *dln, *dqkv, *datty, *dgu, *dh;
+  float* datt;  // (B, NH, T, T)
+};
+
+template <typename T>
+size_t carve_acts(Acts<T>* a, char* base, int B, int T_, int C, int QKVD, int NH, int I, int V, int L) {
+  Carver cv{base};
+  const size_t N = (size_t)B * T_, ATT = (size_t)B * NH * T_ * T_;
+  a->x0 = cv.take<T>(N * C);
+  a->layers.resize(L);
+  for (int l = 0; l < L; l++) {
+    auto& y = a->layers[l];
+    y.ln1 = cv.take<T>(N * C);
+    y.rstd1 = cv.take<float>(N);
+    y.qkv = cv.take<T>(N * QKVD);
+    y.att = cv.take<float>(ATT);
+    y.atty = cv.take<T>(N * C);
+    y.res1 = cv.take<T>(N * C);
+    y.ln2 = cv.take<T>(N * C);
+    y.rstd2 = cv.take<float>(N);
+    y.gu = cv.take<T>(N * 2 * I);
+    y.h = cv.take<T>(N * I);
+    y.res2 = cv.take<T>(N * C);
+  }
+  a->lnf = cv.take<T>(N * C);
+  a->rstdf = cv.take<float>(N);
+  a->logits = cv.take<T>(N * V);
+  a->lse = cv.take<float>(N);
+  a->row_loss = cv.take<double>(N);
+  a->dres = cv.take<T>(N * C);
+  a->dln = cv.take<T>(N * C);
+  a->dqkv = cv.take<T>(N * QKVD);
+  a->datty = cv.take<T>(N * C);
+  a->dgu = cv.take<T>(N * 2 * I);
+  a->dh = cv.take<T>(N * I);
+  a->datt = cv.take<float>(ATT);
+  return cv.off;
+}
+
+}  // namespace
+
+struct LlamaModelCuda::Impl {
+  LlamaConfig cfg;
+  DType dtype = DType::float32;
+  int dev = 0;
+  int C = 0, NH = 0, NKV = 0, HS = 0, KVD = 0, QKVD = 0, I = 0, V = 0, L = 0;
+  size_t P = 0;  // parameters
+  struct LayerOff {
+    size_t ln1, wqkv, wo, ln2, wgu, wd;  // float offsets into the flat buffers
+  };
+  std::vector<LayerOff> layer_off;
+  size_t lnf_off = 0, wout_off = 0;
+
+  cudaStream_t stream = nullptr;
+  double* pinned = nullptr;  // 2 doubles of page-locked host memory (loss total, norm)
+  std::unique_ptr<gpu::Gemm> gemm;
+
+  DevBuf params, grads, m, v;  // float32 (P)
+  DevBuf wc;                   // bf16 compute copy of params (P), bfloat16 mode only
+  bool have_moments = false;
+  DevBuf rope_cos, rope_sin;  // (max_pos, HS/2) float
+  DevBuf scalars;             // doubles: [0] loss total, [1] norm, [2 ..] norm partials
+
+  // training state
+  DevBuf acts, tokens_d, targets_d, pos_d;
+  size_t io_cap = 0;  // int32 elements in tokens_d / targets_d / pos_d
+  int B_ = 0, T_ = 0, count = 0;
+  bool have_targets = false, logits_valid = false, have_forward = false;
+  std::vector<int32_t> targets_h, pos_h;
+
+  // AdamW runs of equal decay, cached from the last segment table
+  DevBuf run_start_d, run_decay_d;
+  std::vector<int64_t> seg_cache;
+  std::vector<int64_t> run_start_h;
+  std::vector<int32_t> run_decay_h;
+
+  // KV cache (L, S, NKV, len, HS) in the compute dtype
+  int kv_slots = 0, kv_len = 0;
+  DevBuf kcache, vcache, kvtmp, inf, inf_io, reorder_src;
+  std::vector<float> host_logits;
+  std::vector<int32_t> inf_pos_h;
+
+  ~Impl() {
+    if (stream) cudaStreamSynchronize(stream);
+    gemm.reset();
+    if (pinned) cudaFreeHost(pinned);
+    if (stream) cudaStreamDestroy(stream);
+  }
+
+  void use() const { CUDA_CHECK(cudaSetDevice(dev)); }
+  size_t elem() const { return dtype == DType::bfloat16 ? sizeof(bf16) : sizeof(float); }
+
+  template <typename T>
+  const T* W() const {  // compute weights
+    if constexpr (std::is_same<T, float>::value)
+      return params.as<float>();
+    else
+      return wc.as<bf16>();
+  }
+
+  void refresh_compute_copy() {
+    if (dtype == DType::bfloat16) gpu::convert<bf16, float>(wc.as<bf16>(), params.as<float>(), (long long)P, stream);
+  }
+
+  void sync() const { CUDA_CHECK(cudaStreamSynchronize(stream)); }
+
+  // ------------------------------------------------------------ construction
+  void init(LlamaModel& cpu, DType dt, int device) {
+    cfg = cpu.config();
+    PYLLAMA_CHECK(dt == DType::float32 || dt == DType::bfloat16, ValueError,
+                  "LlamaModelCuda: dtype must be float32 or bfloat16, got " << dtype_name(dt));
+    dtype = dt;
+    const int ndev = cuda_runtime_device_count();
+    if (ndev == 0)
+      throw CudaError("no CUDA device is available (pyllama.build_info()['cuda_available'] is False)");
+    PYLLAMA_CHECK(device >= 0 && device < ndev, ValueError,
+                  "CUDA device " << device << " does not exist: this machine has " << ndev);
+    dev = device;
+    C = cfg.hidden_size;
+    NH = cfg.num_attention_heads;
+    NKV = cfg.num_key_value_heads;
+    HS = cfg.head_dim();
+    KVD = NKV * HS;
+    QKVD = C + 2 * KVD;
+    I = cfg.intermediate_size;
+    V = cfg.vocab_size;
+    L = cfg.num_hidden_layers;
+    PYLLAMA_CHECK(HS <= gpu::kMaxHeadSize, ValueError,
+                  "the CUDA backend supports head_dim <= " << gpu::kMaxHeadSize << ", got " << HS);
+    P = cpu.num_parameters();
+
+    // Offsets from the CPU model's own table, so both always agree.
+    auto off = [&](const std::string& name) { return cpu.param_info(name).offset; };
+    for (int l = 0; l < L; l++) {
+      const std::string pre = "model.layers." + std::to_string(l) + ".";
+      LayerOff o;
+      o.ln1 = off(pre + "input_layernorm.weight");
+      o.wqkv = off(pre + "self_attn.q_proj.weight");
+      o.wo = off(pre + "self_attn.o_proj.weight");
+      o.ln2 = off(pre + "post_attention_layernorm.weight");
+      o.wgu = off(pre + "mlp.gate_proj.weight");
+      o.wd = off(pre + "mlp.down_proj.weight");
+      PYLLAMA_CHECK(off(pre + "self_attn.k_proj.weight") == o.wqkv + (size_t)C * C &&
+                        off(pre + "self_attn.v_proj.weight") == o.wqkv + (size_t)(C + KVD) * C &&
+                        off(pre + "mlp.up_proj.weight") == o.wgu + (size_t)I * C,
+                    ValueError, "LlamaModelCuda: unexpected parameter layout (q|k|v and gate|up must be adjacent)");
+      layer_off.push_back(o);
+    }
+    lnf_off = off("model.norm.weight");
+    wout_off = cfg.tie_word_embeddings ? 0 : off("lm_head.weight");
+
+    use();
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&pinned), 2 * sizeof(double)));
+    gemm = std::make_unique<gpu::Gemm>();
+
+    params.reserve(P * sizeof(float));
+    grads.reserve(P * sizeof(float));
+    CUDA_CHECK(cudaMemcpyAsync(params.p, cpu.params(), P * sizeof(float), cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaMemcpyAsync(grads.p, cpu.grads(), P * sizeof(float), cudaMemcpyHostToDevice, stream));
+    if (dtype == DType::bfloat16) {
+      wc.reserve(P * sizeof(bf16));
+      refresh_compute_copy();
+    }
+    const int half = HS / 2, maxpos = cfg.max_position_embeddings;
+    std::vector<float> cs((size_t)maxpos * half), sn((size_t)maxpos * half);
+    rope_table(cs.data(), sn.data(), maxpos, HS, cfg.rope_theta);
+    rope_cos.reserve(cs.size() * sizeof(float));
+    rope_sin.reserve(sn.size() * sizeof(float));
+    CUDA_CHECK(cudaMemcpyAsync(rope_cos.p, cs.data(), cs.size() * sizeof(float), cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaMemcpyAsync(rope_sin.p, sn.data(), sn.size() * sizeof(float), cudaMemcpyHostToDevice, stream));
+    scalars.reserve((2 + gpu::kNormBlocks) * sizeof(double));
+    sync();  // the host vectors above go out of scope
+  }
+
+  void check_tokens(const int32_t* tokens, long long n, const char* what) const {
+    for (long long i = 0; i < n; i++)
+      PYLLAMA_CHECK(tokens[i] >= 0 && tokens[i] < V, ValueError,
+                    what << " id " << tokens[i] << " at flat position " << i << " is out of range [0, " << V
+                         << "): the model's vocab_size is " << V);
+  }
+
+  // ------------------------------------------------------------ training forward
+  float forward(const int32_t* tokens, const int32_t* labels, int B, int T) {
+    PYLLAMA_CHECK(B >= 1 && T >= 1, ValueError,
+                  "forward: batch and sequence length must be >= 1, got B=" << B << " T=" << T);
+    PYLLAMA_CHECK(T <= cfg.max_position_embeddings, ValueError,
+                  "sequence length " << T << " exceeds max_position_embeddings=" << cfg.max_position_embeddings);
+    const long long N = (long long)B * T;
+    check_tokens(tokens, N, "input token");
+    if (labels)
+      for (long long i = 0; i < N; i++)
+        PYLLAMA_CHECK(labels[i] == -100 || (labels[i] >= 0 && labels[i] < V), ValueError,
+                      "label " << labels[i] << " at flat position " << i << " is out of range: use ids in [0, " << V
+                               << ") or -100 to ignore a position");
+    use();
+    // device buffers sized for (B, T); they only grow
+    size_t need = dtype == DType::bfloat16 ? measure<bf16>(B, T) : measure<float>(B, T);
+    if (need > acts.bytes) {
+      sync();  // the old buffer may still be in use by queued work
+      acts.release();
+      acts.reserve(need);
+    }
+    if ((size_t)N > io_cap) {
+      sync();
+      tokens_d.release();
+      targets_d.release();
+      pos_d.release();
+      tokens_d.reserve(N * sizeof(int32_t));
+      targets_d.reserve(N * sizeof(int32_t));
+      pos_d.reserve(N * sizeof(int32_t));
+      io_cap = (size_t)N;
+    }
+    // positions and shifted targets on the host (the counted-target count stays on the host)
+    targets_h.resize(N);
+    pos_h.resize(N);
+    int cnt = 0;
+    for (int b = 0; b < B; b++)
+      for (int t = 0; t < T; t++) {
+        const size_t i = (size_t)b * T + t;
+        pos_h[i] = t;
+        targets_h[i] = (labels && t + 1 < T) ? labels[i + 1] : -100;
+        cnt += targets_h[i] != -100;
+      }
+    // pageable host -> device copies are staged before cudaMemcpyAsync returns
+    CUDA_CHECK(cudaMemcpyAsync(tokens_d.p, tokens, N * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaMemcpyAsync(targets_d.p, targets_h.data(), N * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaMemcpyAsync(pos_d.p, pos_h.data(), N * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
+    B_ = B;
+    T_ = T;
+    count = cnt;
+    have_targets = labels != nullptr;
+    have_forward = true;
+    logits_valid = false;
+    const bool want_loss = have_targets && cnt > 0;
+    if (dtype == DType::bfloat16)
+      forward_t<bf16>(want_loss);
+    else
+      forward_t<float>(want_loss);
+    logits_valid = true;
+    if (!want_loss) return NAN;
+    CUDA_CHECK(cudaMemcpyAsync(pinned, scalars.p, sizeof(double), cudaMemcpyDeviceToHost, stream));
+    sync();  // the one sync of a training step: the loss
+    return (float)(pinned[0] / cnt);
+  }
+
+  template <typename T>
+  size_t measure(int B, int T_) const {
+    Acts<T> a;
+    return carve_acts<T>(&a, nullptr, B, T_, C, QKVD, NH, I, V, L);
+  }
+
+  template <typename T>
+  void forward_t(bool want_loss) {
+    const int B = B_, Tn = T_, N = B * Tn;
+    const float eps = cfg.rms_norm_eps;
+    Acts<T> a;
+    carve_acts<T>(&a, acts.as<char>(), B, Tn, C, QKVD, NH, I, V, L);
+    const T* Wp = W<T>();
+    const int32_t* tok = tokens_d.as<int32_t>();
+    const int32_t* pos = pos_d.as<int32_t>();
+    const float *cs = rope_cos.as<float>(), *sn = rope_sin.as<float>();
+    cudaStream_t s = stream;
+
+    gpu::embedding_forward<T>(a.x0, tok, Wp, N, C, s);
+    const T* x = a.x0;
+    for (int l = 0; l < L; l++) {
+      const LayerOff& o = layer_off[l];
+      auto& y = a.layers[l];
+      gpu::rmsnorm_forward<T>(y.ln1, y.rstd1, x, Wp + o.ln1, N, C, eps, s);
+      gpu::linear_forward<T>(*gemm, y.qkv, y.ln1, Wp + o.wqkv, N, C, QKVD, s);
+      gpu::rope_apply<T>(y.qkv, QKVD, pos, cs, sn, N, NH, HS, false, s);
+      gpu::rope_apply<T>(y.qkv + C, QKVD, pos, cs, sn, N, NKV, HS, false, s);
+      gpu::attention_forward<T>(y.atty, y.att, y.qkv, B, Tn, NH, NKV, HS, s);
+      gpu::linear_forward<T>(*gemm, y.res1, y.atty, Wp + o.wo, N, C, C, s);
+      gpu::residual_forward<T>(y.res1, y.res1, x, (long long)N * C, s);
+      gpu::rmsnorm_forward<T>(y.ln2, y.rstd2, y.res1, Wp + o.ln2, N, C, eps, s);
+      gpu::linear_forward<T>(*gemm, y.gu, y.ln2, Wp + o.wgu, N, C, 2 * I, s);
+      gpu::swiglu_forward<T>(y.h, y.gu, N, I, s);
+      gpu::linear_forward<T>(*gemm, y.res2, y.h, Wp + o.wd, N, I, C, s);
+      gpu::residual_forward<T>(y.res2, y.res2, y.res1, (long long)N * C, s);
+      x = y.res2;
+    }
+    gpu::rmsnorm_forward<T>(a.lnf, a.rstdf, x, Wp + lnf_off, N, C, eps, s);
+    gpu::linear_forward<T>(*gemm, a.logits, a.lnf, Wp + wout_off, N, C, V, s);
+    if (want_loss)
+      gpu::crossentropy_forward<T>(a.lse, a.row_loss, scalars.as<double>(), a.logits, targets_d.as<int32_t>(), N, V,
+                                   s);
+  }
+
+  void logits_to_host(float* dst) const {
+    PYLLAMA_CHECK(logits_valid, ValueError, "no logits: run forward first (backward overwrites them)");
+    use();
+    const size_t n = (size_t)B_ * T_ * V;
+    if (dtype == DType::bfloat16) {
+      Acts<bf16> a;
+      carve_acts<bf16>(&a, acts.as<char>(), B_, T_, C, QKVD, NH, I, V, L);
+      std::vector<uint16_t> tmp(n);
+      CUDA_CHECK(cudaMemcpyAsync(tmp.data(), a.logits, n * sizeof(bf16), cudaMemcpyDeviceToHost, stream));
+      sync();
+      for (size_t i = 0; i < n; i++) dst[i] = bf16_to_float(tmp[i]);
+    } else {
+      Acts<float> a;
+      carve_acts<float>(&a, acts.as<char>(), B_, T_, C, QKVD, NH, I, V, L);
+      CUDA_CHECK(cudaMemcpyAsync(dst, a.logits, n * sizeof(float), cudaMemcpyDeviceToHost, stream));
+      sync();
+    }
+  }
+
+  // ------------------------------------------------------------ training backward
+  void backward(float scale) {
+    PYLLAMA_CHECK(have_forward && B_ > 0, ValueError, "backward() needs a forward pass with labels first");
+    PYLLAMA_CHECK(have_targets, ValueError, "backward() needs the last forward pass to have labels");
+    PYLLAMA_CHECK(logits_valid, ValueError, "backward() needs a new forward pass: the last one was already used");
+    if (count == 0) return;  // no counted targets: the loss does not depend on the parameters
+    use();
+    logits_valid = false;  // turned into dlogits in place
+    if (dtype == DType::bfloat16)
+      backward_t<bf16>(scale);
+    else
+      backward_t<float>(scale);
+  }
+
+  template <typename T>
+  void backward_t(float scale) {
+    const int B = B_, Tn = T_, N = B * Tn;
+    Acts<T> a;
+    carve_acts<T>(&a, acts.as<char>(), B, Tn, C, QKVD, NH, I, V, L);
+    const T* Wp = W<T>();
+    float* G = grads.as<float>();
+    const int32_t* tok = tokens_d.as<int32_t>();
+    const int32_t* pos = pos_d.as<int32_t>();
+    const float *cs = rope_cos.as<float>(), *sn = rope_sin.as<float>();
+    cudaStream_t s = stream;
+
+    gpu::crossentropy_backward<T>(a.logits, a.logits, a.lse, targets_d.as<int32_t>(), scale / count, N, V, s);
+    gpu::linear_backward<T>(*gemm, a.dln, G + wout_off, a.logits, a.lnf, Wp + wout_off, N, C, V, s);
+    CUDA_CHECK(cudaMemsetAsync(a.dres, 0, sizeof(T) * (size_t)N * C, s));
+    const T* xL = L > 0 ? a.layers[L - 1].res2 : a.x0;
+    gpu::rmsnorm_backward<T>(a.dres, G + lnf_off, a.dln, xL, Wp + lnf_off, a.rstdf, N, C, s);
+
+    for (int l = L - 1; l >= 0; l--) {
+      const LayerOff& o = layer_off[l];
+      auto& y = a.layers[l];
+      const T* x = l > 0 ? a.layers[l - 1].res2 : a.x0;
+      // feed-forward: res2 = res1 + down(swiglu(gate_up(ln2)))
+      gpu::linear_backward<T>(*gemm, a.dh, G + o.wd, a.dres, y.h, Wp + o.wd, N, I, C, s);
+      gpu::swiglu_backward<T>(a.dgu, a.dh, y.gu, N, I, s);
+      gpu::linear_backward<T>(*gemm, a.dln, G + o.wgu, a.dgu, y.ln2, Wp + o.wgu, N, C, 2 * I, s);
+      gpu::rmsnorm_backward<T>(a.dres, G + o.ln2, a.dln, y.res1, Wp + o.ln2, y.rstd2, N, C, s);
+      // attention: res1 = x + o(attn(rope(qkv(ln1))))
+      gpu::linear_backward<T>(*gemm, a.datty, G + o.wo, a.dres, y.atty, Wp + o.wo, N, C, C, s);
+      gpu::attention_backward<T>(a.dqkv, a.datt, a.datty, y.qkv, y.att, B, Tn, NH, NKV, HS, s);
+      gpu::rope_apply<T>(a.dqkv, QKVD, pos, cs, sn, N, NH, HS, true, s);
+      gpu::rope_apply<T>(a.dqkv + C, QKVD, pos, cs, sn, N, NKV, HS, true, s);
+      gpu::linear_backward<T>(*gemm, a.dln, G + o.wqkv, a.dqkv, y.ln1, Wp + o.wqkv, N, C, QKVD, s);
+      gpu::rmsnorm_backward<T>(a.dres, G + o.ln1, a.dln, x, Wp + o.ln1, y.rstd1, N, C, s);
+    }
+    gpu::embedding_backward<T>(G, a.dres, tok, N, C, s);
+  }
+
+  // ------------------------------------------------------------ KV cache
+  void kv_reset(int n_slots, int max_len) {
+    PYLLAMA_CHECK(n_slots >= 1, ValueError, "kv cache needs at least one slot, got " << n_slots);
+    PYLLAMA_CHECK(max_len >= 1 && max_len <= cfg.max_position_embeddings, ValueError,
+                  "kv cache length " << max_len << " must be in [1, max_position_embeddings="
+                                     << cfg.max_position_embeddings << "]");
+    use();
+    sync();
+    const size_t bytes = (size_t)L * n_slots * NKV * max_len * HS * elem();
+    kcache.release();
+    vcache.release();
+    kvtmp.release();
+    kcache.reserve(bytes);
+    vcache.reserve(bytes);
+    CUDA_CHECK(cudaMemsetAsync(kcache.p, 0, bytes, stream));
+    CUDA_CHECK(cudaMemsetAsync(vcache.p, 0, bytes, stream));
+    kv_slots = n_slots;
+    kv_len = max_len;
+  }
+
+  const float* kv_forward(const int32_t* tokens, int B, int T, const int32_t* slots, const int32_t* start_pos,
+                          bool last_only) {
+    PYLLAMA_CHECK(kv_slots > 0, ValueError, "kv_forward: call kv_reset(n_slots, max_len) first");
+    PYLLAMA_CHECK(B >= 1 && T >= 1, ValueError, "kv_forward: B and T must be >= 1");
+    const long long N = (long long)B * T;
+    check_tokens(tokens, N, "input token");
+    for (int b = 0; b < B; b++) {
+      PYLLAMA_CHECK(slots[b] >= 0 && slots[b] < kv_slots, ValueError,
+                    "kv_forward: slot " << slots[b] << " out of range [0, " << kv_slots << ")");
+      PYLLAMA_CHECK(start_pos[b] >= 0 && start_pos[b] + T <= kv_len, ValueError,
+                    "kv_forward: positions " << start_pos[b] << ".." << start_pos[b] + T - 1
+                                             << " do not fit the cache length " << kv_len);
+    }
+    use();
+    const int R = last_only ? B : (int)N;
+    inf_pos_h.resize(N);
+    for (int b = 0; b < B; b++)
+      for (int t = 0; t < T; t++) inf_pos_h[(size_t)b * T + t] = start_pos[b] + t;
+    host_logits.resize((size_t)R * V);
+    if (dtype == DType::bfloat16)
+      kv_forward_t<bf16>(tokens, B, T, slots, R, last_only);
+    else
+      kv_forward_t<float>(tokens, B, T, slots, R, last_only);
+    return host_logits.data();
+  }
+
+  template <typename T>
+  void kv_forward_t(const int32_t* tokens, int B, int T_, const int32_t* slots, int R, bool last_only) {
+    const int N = B * T_;
+    const float eps = cfg.rms_norm_eps;
+    // scratch
+    auto carve = [&](char* base, T** x, T** ln, float** rstd, T** qkv, T** atty, T** tmp, T** gu, T** h, T** logits,
+                     float** logits_f, float** scores) {
+      Carver cv{base};
+      *x = cv.take<T>((size_t)N * C);
+      *ln = cv.take<T>((size_t)N * C);
+      *rstd = cv.take<float>(N);
+      *qkv = cv.take<T>((size_t)N * QKVD);
+      *atty = cv.take<T>((size_t)N * C);
+      *tmp = cv.take<T>((size_t)N * C);
+      *gu = cv.take<T>((size_t)N * 2 * I);
+      *h = cv.take<T>((size_t)N * I);
+      *logits = cv.take<T>((size_t)R * V);
+      *logits_f = cv.take<float>((size_t)R * V);
+      *scores = cv.take<float>((size_t)N * NH * kv_len);
+      return cv.off;
+    };
+    T *x, *ln, *qkv, *atty, *tmp, *gu, *h, *logits;
+    float *rstd, *logits_f, *scores;
+    const size_t need = carve(nullptr, &x, &ln, &rstd, &qkv, &atty, &tmp, &gu, &h, &logits, &logits_f, &scores);
+    const size_t io_need = (2 * (size_t)N + B) * sizeof(int32_t);
+    if (need > inf.bytes || io_need > inf_io.bytes) {
+      sync();
+      if (need > inf.bytes) {
+        inf.release();
+        inf.reserve(need);
+      }
+      if (io_need > inf_io.bytes) {
+        inf_io.release();
+        inf_io.reserve(io_need);
+      }
+    }
+    carve(inf.as<char>(), &x, &ln, &rstd, &qkv, &atty, &tmp, &gu, &h, &logits, &logits_f, &scores);
+    int32_t* tok_d = inf_io.as<int32_t>();
+    int32_t* kpos = tok_d + N;
+    int32_t* slots_d = kpos + N;
+    cudaStream_t s = stream;
+    CUDA_CHECK(cudaMemcpyAsync(tok_d, tokens, (size_t)N * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+    CUDA_CHECK(cudaMemcpyAsync(kpos, inf_pos_h.data(), (size_t)N * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+    CUDA_CHECK(cudaMemcpyAsync(slots_d, slots, (size_t)B * sizeof(int32_t), cudaMemcpyHostToDevice, s));
+
+    const T* Wp = W<T>();
+    const float *cs = rope_cos.as<float>(), *sn = rope_sin.as<float>();
+    const size_t layer_stride = (size_t)kv_slots * NKV * kv_len * HS;
+    gpu::embedding_forward<T>(x, tok_d, Wp, N, C, s);
+    for (int l = 0; l < L; l++) {
+      const LayerOff& o = layer_off[l];
+      T* kc = kcache.as<T>() + l * layer_stride;
+      T* vc = vcache.as<T>() + l * layer_stride;
+      gpu::rmsnorm_forward<T>(ln, rstd, x, Wp + o.ln1, N, C, eps, s);
+      gpu::linear_forward<T>(*gemm, qkv, ln, Wp + o.wqkv, N, C, QKVD, s);
+      gpu::rope_apply<T>(qkv, QKVD, kpos, cs, sn, N, NH, HS, false, s);
+      gpu::rope_apply<T>(qkv + C, QKVD, kpos, cs, sn, N, NKV, HS, false, s);
+      gpu::kv_store<T>(kc, vc, qkv, slots_d, kpos, B, T_, NH, NKV, HS, kv_len, s);
+      gpu::attention_kv_forward<T>(atty, scores, qkv, kc, vc, slots_d, kpos, B, T_, NH, NKV, HS, kv_len, s);
+      gpu::linear_forward<T>(*gemm, tmp, atty, Wp + o.wo, N, C, C, s);
+      gpu::residual_forward<T>(x, x, tmp, (long long)N * C, s);
+      gpu::rmsnorm_forward<T>(ln, rstd, x, Wp + o.ln2, N, C, eps, s);
+      gpu::linear_forward<T>(*gemm, gu, ln, Wp + o.wgu, N, C, 2 * I, s);
+      gpu::swiglu_forward<T>(h, gu, N, I, s);
+      gpu::linear_forward<T>(*gemm, tmp, h, Wp + o.wd, N, I, C, s);
+      gpu::residual_forward<T>(x, x, tmp, (long long)N * C, s);
+    }
+    const T* xf = x;
+    if (last_only) {
+      gpu::gather_last_rows<T>(tmp, x, B, T_, C, s);
+      xf = tmp;
+    }
+    gpu::rmsnorm_forward<T>(ln, rstd, xf, Wp + lnf_off, R, C, eps, s);
+    gpu::linear_forward<T>(*gemm, logits, ln, Wp + wout_off, R, C, V, s);
+    const float* out = reinterpret_cast<const float*>(logits);
+    if constexpr (!std::is_same<T, float>::value) {
+      gpu::convert<float, T>(logits_f, logits, (long long)R * V, s);
+      out = logits_f;
+    }
+    CUDA_CHECK(cudaMemcpyAsync(host_logits.data(), out, (size_t)R * V * sizeof(float), cudaMemcpyDeviceToHost, s));
+    sync();
+  }
+
+  void kv_reorder(const int32_t* src, int n) {
+    PYLLAMA_CHECK(n == kv_slots, ValueError, "kv_reorder: expected " << kv_slots << " source slots, got " << n);
+    for (int i = 0; i < n; i++)
+      PYLLAMA_CHECK(src[i] >= 0 && src[i] < kv_slots, ValueError,
+                    "kv_reorder: source slot " << src[i] << " out of range");
+    use();
+    if (!kvtmp.p || kvtmp.bytes < kcache.bytes) {
+      sync();
+      kvtmp.release();
+      kvtmp.reserve(kcache.bytes);
+    }
+    if (reorder_src.bytes < n * sizeof(int32_t)) {
+      sync();
+      reorder_src.release();
+      reorder_src.reserve(n * sizeof(int32_t));
+    }
+    CUDA_CHECK(cudaMemcpyAsync(reorder_src.p, src, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
+    const long long slot_elems = (long long)NKV * kv_len * HS;
+    for (DevBuf* cache : {&kcache, &vcache}) {
+      if (dtype == DType::bfloat16)
+        gpu::kv_gather<bf16>(kvtmp.as<bf16>(), cache->as<bf16>(), reorder_src.as<int32_t>(), L, n, slot_elems, stream);
+      else
+        gpu::kv_gather<float>(kvtmp.as<float>(), cache->as<float>(), reorder_src.as<int32_t>(), L, n, slot_elems,
+                              stream);
+      cache->swap(kvtmp);  // kvtmp now holds the old cache: the next gather's destination
+    }
+  }
+
+  // ------------------------------------------------------------ optimizer
+  void ensure_moments() {
+    if (have_moments) return;
+    m.reserve(P * sizeof(float));
+    v.reserve(P * sizeof(float));
+    CUDA_CHECK(cudaMemsetAsync(m.p, 0, P * sizeof(float), stream));
+    CUDA_CHECK(cudaMemsetAsync(v.p, 0, P * sizeof(float), stream));
+    have_moments = true;
+  }
+
+  void adamw_step(const int64_t* segs, int nseg, float lr, float beta1, float beta2, float eps, float wd,
+                  int64_t step) {
+    PYLLAMA_CHECK(std::isfinite(lr) && lr >= 0.f, ValueError, "AdamW: lr must be a finite number >= 0, got " << lr);
+    PYLLAMA_CHECK(beta1 >= 0.f && beta1 < 1.f, ValueError, "AdamW: beta1 must be in [0, 1), got " << beta1);
+    PYLLAMA_CHECK(beta2 >= 0.f && beta2 < 1.f, ValueError, "AdamW: beta2 must be in [0, 1), got " << beta2);
+    PYLLAMA_CHECK(std::isfinite(eps) && eps >= 0.f, ValueError, "AdamW: eps must be >= 0, got " << eps);
+    PYLLAMA_CHECK(std::isfinite(wd) && wd >= 0.f, ValueError, "AdamW: weight_decay must be >= 0, got " << wd);
+    PYLLAMA_CHECK(step >= 1, ValueError,
+                  "AdamW: step count must be >= 1 (1-based, for bias correction), got " << step);
+    PYLLAMA_CHECK(nseg >= 0, ValueError, "AdamW: negative segment count");
+    use();
+    std::vector<int64_t> table(segs, segs + 3 * (size_t)nseg);
+    if (table != seg_cache) {
+      int64_t expect = 0;
+      std::vector<int64_t> starts;
+      std::vector<int32_t> decays;
+      for (int i = 0; i < nseg; i++) {
+        const int64_t o = segs[3 * i], k = segs[3 * i + 1];
+        const int32_t d = segs[3 * i + 2] != 0;
+        PYLLAMA_CHECK(o == expect, ValueError,
+                      "AdamW: segment " << i << " starts at " << o << ", expected " << expect
+                                        << " (segments must tile the flat buffer in order)");
+        PYLLAMA_CHECK(k >= 0, ValueError, "AdamW: segment " << i << " has negative size " << k);
+        expect += k;
+        if (k == 0) continue;
+        if (decays.empty() || decays.back() != d) {  // merge neighbours of equal decay
+          starts.push_back(o);
+          decays.push_back(d);
+        }
+      }
+      PYLLAMA_CHECK(expect == (int64_t)P, ValueError,
+                    "AdamW: segments cover " << expect << " elements but the buffers hold " << P);
+      sync();  // the old run tables may still be read by a queued update
+      run_start_h = starts;
+      run_decay_h = decays;
+      run_start_d.reserve(std::max<size_t>(1, starts.size()) * sizeof(int64_t));
+      run_decay_d.reserve(std::max<size_t>(1, decays.size()) * sizeof(int32_t));
+      if (!starts.empty()) {
+        CUDA_CHECK(cudaMemcpyAsync(run_start_d.p, run_start_h.data(), starts.size() * sizeof(int64_t),
+                                   cudaMemcpyHostToDevice, stream));
+        CUDA_CHECK(cudaMemcpyAsync(run_decay_d.p, run_decay_h.data(), decays.size() * sizeof(int32_t),
+                                   cudaMemcpyHostToDevice, stream));
+      }
+      seg_cache = table;
+    }
+    ensure_moments();
+    // scalars in double, as the CPU optimizer (and torch) computes them
+    const double bc1 = 1.0 - std::pow((double)beta1, (double)step);
+    const double bc2 = 1.0 - std::pow((double)beta2, (double)step);
+    gpu::AdamWScalars sc;
+    sc.step_size = (float)((double)lr / bc1);
+    sc.inv_bc2_sqrt = (float)(1.0 / std::sqrt(bc2));
+    sc.one_minus_b1 = 1.f - beta1;
+    sc.one_minus_b2 = 1.f - beta2;
+    sc.beta2 = beta2;
+    sc.eps = eps;
+    sc.decay_factor = (float)(1.0 - (double)lr * wd);
+    const int n_runs = (int)run_start_h.size();
+    if (dtype == DType::bfloat16)
+      gpu::adamw_update<bf16>(params.as<float>(), m.as<float>(), v.as<float>(), grads.as<float>(), wc.as<bf16>(),
+                              (long long)P, run_start_d.as<int64_t>(), run_decay_d.as<int32_t>(), n_runs, sc, stream);
+    else
+      gpu::adamw_update<float>(params.as<float>(), m.as<float>(), v.as<float>(), grads.as<float>(), nullptr,
+                               (long long)P, run_start_d.as<int64_t>(), run_decay_d.as<int32_t>(), n_runs, sc,
+                               stream);
+  }
+
+  double grad_norm() {
+    use();
+    double* sd = scalars.as<double>();
+    gpu::global_norm(sd + 1, sd + 2, grads.as<float>(), (long long)P, stream);
+    CUDA_CHECK(cudaMemcpyAsync(pinned + 1, sd + 1, sizeof(double), cudaMemcpyDeviceToHost, stream));
+    sync();
+    return pinned[1];
+  }
+
+  double clip_grad_norm(double max_norm) {
+    PYLLAMA_CHECK(max_norm > 0.0, ValueError, "clip_grad_norm: max_norm must be > 0, got " << max_norm);
+    use();
+    double* sd = scalars.as<double>();
+    gpu::global_norm(sd + 1, sd + 2, grads.as<float>(), (long long)P, stream);
+    gpu::clip_by_norm(grads.as<float>(), sd + 1, max_norm, (long long)P, stream);
+    CUDA_CHECK(cudaMemcpyAsync(pinned + 1, sd + 1, sizeof(double), cudaMemcpyDeviceToHost, stream));
+    sync();
+    return pinned[1];
+  }
+
+  // ------------------------------------------------------------ host copies
+  void to_host(float* dst, const DevBuf& src) const {
+    use();
+    CUDA_CHECK(cudaMemcpyAsync(dst, src.p, P * sizeof(float), cudaMemcpyDeviceToHost, stream));
+    sync();
+  }
+  void from_host(DevBuf& dst, const float* src) {
+    use();
+    CUDA_CHECK(cudaMemcpyAsync(dst.p, src, P * sizeof(float), cudaMemcpyHostToDevice, stream));
+  }
+};
+
+// ---------------------------------------------------------------- public interface
+
+LlamaModelCuda::LlamaModelCuda(LlamaModel& cpu, DType dtype, int device) : impl_(new Impl) {
+  impl_->init(cpu, dtype, device);  // on a throw, impl_ (a complete member) frees what init made
+}
+LlamaModelCuda::~LlamaModelCuda() = default;
+
+const LlamaConfig& LlamaModelCuda::config() const { return impl_->cfg; }
+DType LlamaModelCuda::dtype() const { return impl_->dtype; }
+int LlamaModelCuda::device() const { return impl_->dev; }
+size_t LlamaModelCuda::num_parameters() const { return impl_->P; }
+bool LlamaModelCuda::uses_cublas() const { return impl_->gemm->uses_cublas(); }
+
+float LlamaModelCuda::forward(const int32_t* tokens, const int32_t* labels, int B, int T) {
+  return impl_->forward(tokens, labels, B, T);
+}
+int LlamaModelCuda::last_B() const { return impl_->B_; }
+int LlamaModelCuda::last_T() const { return impl_->T_; }
+bool LlamaModelCuda::has_logits() const { return impl_->logits_valid; }
+void LlamaModelCuda::logits_to_host(float* dst) const { impl_->logits_to_host(dst); }
+void LlamaModelCuda::backward(float scale) { impl_->backward(scale); }
+void LlamaModelCuda::zero_grad() {
+  impl_->use();
+  CUDA_CHECK(cudaMemsetAsync(impl_->grads.p, 0, impl_->P * sizeof(float), impl_->stream));
+}
+
+void LlamaModelCuda::kv_reset(int n_slots, int max_len) { impl_->kv_reset(n_slots, max_len); }
+const float* LlamaModelCuda::kv_forward(const int32_t* tokens, int B, int T, const int32_t* slots,
+                                        const int32_t* start_pos, bool last_only) {
+  return impl_->kv_forward(tokens, B, T, slots, start_pos, last_only);
+}
+void LlamaModelCuda::kv_reorder(const int32_t* src, int n) { impl_->kv_reorder(src, n); }
+int LlamaModelCuda::kv_slots() const { return impl_->kv_slots; }
+int LlamaModelCuda::kv_max_len() const { return impl_->kv_len; }
+
+void LlamaModelCuda::adamw_step(const int64_t* segments, int n_segments, float lr, float beta1, float beta2, float eps,
+                                float weight_decay, int64_t step) {
+  impl_->adamw_step(segments, n_segments, lr, beta1, beta2, eps, weight_decay, step);
+}
+double LlamaModelCuda::grad_norm() { return impl_->grad_norm(); }
+double LlamaModelCuda::clip_grad_norm(double max_norm) { return impl_->clip_grad_norm(max_norm); }
+
+void LlamaModelCuda::params_to_host(float* dst) const { impl_->to_host(dst, impl_->params); }
+void LlamaModelCuda::grads_to_host(float* dst) const { impl_->to_host(dst, impl_->grads); }
+void LlamaModelCuda::params_from_host(const float* src) {
+  impl_->from_host(impl_->params, src);
+  impl_->refresh_compute_copy();
+  impl_->sync();  // the caller may free or reuse src
+}
+void LlamaModelCuda::grads_from_host(const float* src) {
+  impl_->from_host(impl_->grads, src);
+  impl_->sync();
+}
+void LlamaModelCuda::moments_to_host(float* m, float* v) const {
+  if (!impl_->have_moments) {
+    std::fill(m, m + impl_->P, 0.f);
+    std::fill(v, v + impl_->P, 0.f);
+    return;
+  }
+  impl_->to_host(m, impl_->m);
+  impl_->to_host(v, impl_->v);
+}
+void LlamaModelCuda::moments_from_host(const float* m, const float* v) {
+  impl_->use();
+  impl_->ensure_moments();
+  impl_->from_host(impl_->m, m);
+  impl_->from_host(impl_->v, v);
+  impl_->sync();
+}
+
+void LlamaModelCuda::synchronize() const {
+  impl_->use();
+  impl_->sync();
+}
+void* LlamaModelCuda::stream() const { return impl_->stream; }
+
+}  // namespace pyllama

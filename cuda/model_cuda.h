@@ -1,0 +1,107 @@
+// model_cuda.h — the LLaMA model on an NVIDIA GPU. Plain C++ (no CUDA headers),
+// so the binding file and C++ programs can include it.
+//
+//   pyllama::LlamaModel cpu(cfg);  cpu.init_weights(0);
+//   pyllama::LlamaModelCuda gpu(cpu, pyllama::DType::float32);   // copies params and grads
+//   float loss = gpu.forward(tokens, labels, B, T);                // syncs once, for the loss
+//   gpu.backward(1.0f);                                            // grads += d loss / d params
+//   double norm = gpu.clip_grad_norm(1.0);
+//   gpu.adamw_step(segments, n_segments, lr, 0.9f, 0.95f, 1e-8f, 0.1f, /*step=*/1);
+//   gpu.params_to_host(cpu.params());                              // copy back
+//
+// Layouts are the CPU model's (model.h): parameters, gradients and the AdamW
+// moments are float32 flat buffers in the same order, so offsets from
+// LlamaModel::param_infos() address all of them. Activations and the KV cache
+// have the CPU layouts too, in the compute dtype.
+//
+// dtype float32: everything float32, matmuls in float32 (no TF32): matches the CPU
+// core to rounding. dtype bfloat16: weights and activations in bf16 for compute
+// (a bf16 copy of the float32 master weights, refreshed by every adamw_step and
+// params_from_host), float accumulation everywhere; gradients, moments and master
+// weights stay float32. Attention probabilities, RMSNorm rstd and log-sum-exps are
+// float32 in both modes.
+//
+// Every method runs on the model's own CUDA stream and returns without waiting for
+// the GPU, except those that hand a value to the host: forward with labels (the
+// loss), logits_to_host, kv_forward (logits), the *_to_host copies, grad_norm,
+// clip_grad_norm. Errors throw: ValueError for bad arguments (as the CPU model),
+// CudaError (a std::runtime_error) for CUDA/cuBLAS failures, with file and line.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cuda_device.h"  // CudaError, cuda_runtime_device_count
+#include "model.h"
+#include "tensor.h"
+
+namespace pyllama {
+
+
+// Every CUDA launcher against its CPU twin on random float32 inputs (cuda/ops_check.cu):
+// (check name, max |gpu - cpu| / max |cpu|) pairs. Throws CudaError without a GPU.
+std::vector<std::pair<std::string, double>> cuda_check_ops(unsigned seed = 1234);
+
+class LlamaModelCuda {
+ public:
+  // Copies cpu's configuration, parameters and gradients to GPU `device`.
+  // dtype: DType::float32 or DType::bfloat16 (compute dtype; master weights stay float32).
+  explicit LlamaModelCuda(LlamaModel& cpu, DType dtype = DType::float32, int device = 0);
+  ~LlamaModelCuda();
+  LlamaModelCuda(const LlamaModelCuda&) = delete;
+  LlamaModelCuda& operator=(const LlamaModelCuda&) = delete;
+
+  const LlamaConfig& config() const;
+  DType dtype() const;
+  int device() const;
+  size_t num_parameters() const;
+  bool uses_cublas() const;  // false: the tiled fallback matmul
+
+  // As LlamaModel::forward (host token/label arrays). Returns the loss (one sync), or NaN
+  // without labels (no sync).
+  float forward(const int32_t* tokens, const int32_t* labels, int B, int T);
+  int last_B() const;
+  int last_T() const;
+  bool has_logits() const;                // false before a forward and after backward
+  void logits_to_host(float* dst) const;  // (B, T, V) float32 of the last forward
+  void backward(float scale);             // grads += scale * d(last loss)/d(params)
+  void zero_grad();
+
+  // KV cache, as LlamaModel. kv_forward returns host float32 logits, (B, V) or (B, T, V),
+  // valid until the next kv_forward.
+  void kv_reset(int n_slots, int max_len);
+  const float* kv_forward(const int32_t* tokens, int B, int T, const int32_t* slots, const int32_t* start_pos,
+                          bool last_only);
+  void kv_reorder(const int32_t* src, int n);
+  int kv_slots() const;
+  int kv_max_len() const;
+
+  // AdamW over the flat buffers (moments allocated, zeroed, on first use). segments:
+  // (n_segments, 3) int64 rows (offset, numel, decay) tiling [0, num_parameters()).
+  // step is 1-based. Same semantics as the CPU optimizer (torch.optim.AdamW).
+  void adamw_step(const int64_t* segments, int n_segments, float lr, float beta1, float beta2, float eps,
+                  float weight_decay, int64_t step);
+  double grad_norm();                       // global L2 norm of the gradients (double accumulation)
+  double clip_grad_norm(double max_norm);   // as torch.nn.utils.clip_grad_norm_; returns the norm before
+
+  // Host copies (num_parameters() floats each).
+  void params_to_host(float* dst) const;
+  void grads_to_host(float* dst) const;
+  void params_from_host(const float* src);
+  void grads_from_host(const float* src);
+  void moments_to_host(float* m, float* v) const;  // zeros before the first adamw_step
+  void moments_from_host(const float* m, const float* v);
+
+  void synchronize() const;  // wait for the model's stream
+  void* stream() const;      // the cudaStream_t every launch of this model is queued on
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace pyllama

@@ -1,0 +1,33 @@
+// test_cuda_ops.cpp — every CUDA kernel against its CPU twin (cuda/ops_check.cu).
+// Skips (returns 0 with a message) when the CUDA backend is not built or no GPU is usable.
+#include <cstdio>
+
+#include "runtime.h"
+#ifdef PYLLAMA_HAVE_CUDA
+#include "model_cuda.h"
+#endif
+
+int main() {
+#ifndef PYLLAMA_HAVE_CUDA
+  std::printf("SKIP: built without the CUDA backend (PYLLAMA_CUDA=OFF or no nvcc)\n");
+  return 0;
+#else
+  if (pyllama::cuda_device_count() == 0) {
+    std::printf("SKIP: no usable CUDA device\n");
+    return 0;
+  }
+  int failures = 0;
+  try {
+    for (const auto& r : pyllama::cuda_check_ops(1234)) {
+      const bool ok = r.second <= 1e-4;
+      std::printf("%s %-48s rel err %.3e\n", ok ? "ok  " : "FAIL", r.first.c_str(), r.second);
+      failures += !ok;
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "FAIL: %s\n", e.what());
+    return 1;
+  }
+  std::printf("%s\n", failures ? "FAILED" : "all CUDA kernels match the CPU");
+  return failures ? 1 : 0;
+#endif
+}

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# One-shot GPU check for the CUDA backend (about 5 minutes on an H100/H200, 16 cores,
+# no network): build the package in place, run the CUDA tests and the GPU benchmark,
+# and keep every log in OUTDIR.
+#
+#   tests/gpu/run.sh OUTDIR
+#
+# Needs: nvcc + cuBLAS (CUDA toolkit at /usr/local/cuda), Python with scikit-build-core,
+# pybind11, cmake, ninja, numpy, torch, transformers (and pytest for the test step;
+# without it the pytest-free `bench/gpu.py --check` runs instead).
+# Logs: OUTDIR/{env,build,tests,check,bench,sanitizer}.log, OUTDIR/junit.xml, OUTDIR/bench.json,
+# OUTDIR/summary.txt. Exit status: non-zero when the build, the tests or the check fail.
+# Set PYLLAMA_GPU_ARCHS to change the architectures built (default: 90, the machine's own).
+set -uo pipefail
+if [ $# -ne 1 ]; then
+  echo "usage: $0 OUTDIR" >&2
+  exit 2
+fi
+OUT=$(mkdir -p "$1" && cd "$1" && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+PY=${PYTHON:-python3}
+export PATH="/usr/local/cuda/bin:$PATH"
+export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16}
+ARCHS=${PYLLAMA_GPU_ARCHS:-90}
+status=0
+summary() { echo "$*" | tee -a "$OUT/summary.txt"; }
+: > "$OUT/summary.txt"
+START=$(date +%s)
+
+echo "== environment" | tee "$OUT/env.log"
+{
+  date -u
+  nvidia-smi || true
+  nvcc --version || true
+  "$PY" --version
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())" || true
+  ls /usr/local/cuda/lib64 | grep -i cublas || echo "no cuBLAS in /usr/local/cuda/lib64"
+} 2>&1 | tee -a "$OUT/env.log"
+
+echo "== build (pip install --no-build-isolation -e ., CUDA archs $ARCHS)" | tee "$OUT/build.log"
+cd "$ROOT"
+if timeout 420 env PYLLAMA_CUDA=ON "$PY" -m pip install --no-build-isolation --no-deps --no-index -v -e . \
+    -Cbuild-dir=build/gpu -Ccmake.define.CMAKE_CUDA_ARCHITECTURES="$ARCHS" 2>&1 | tee -a "$OUT/build.log"; then
+  summary "build: ok ($(( $(date +%s) - START ))s)"
+else
+  summary "build: FAILED (see build.log)"
+  exit 1
+fi
+grep -E "pyllama: CUDA backend|cuBLAS" "$OUT/build.log" | tail -2 | tee -a "$OUT/summary.txt"
+
+cd "$OUT"  # test the installed package, not the source folder
+"$PY" -c "import pyllama, json; print(json.dumps(pyllama.build_info()))" 2>&1 | tee -a "$OUT/summary.txt"
+if ! "$PY" -c "import pyllama, sys; sys.exit(0 if pyllama.build_info()['cuda_available'] else 1)"; then
+  summary "NO USABLE GPU: build_info()['cuda_available'] is False, so every GPU test will skip (see env.log)"
+  status=1
+fi
+
+echo "== CUDA tests" | tee "$OUT/tests.log"
+if "$PY" -c "import pytest" 2>/dev/null; then
+  if timeout 240 "$PY" -m pytest "$ROOT/tests/test_cuda.py" -v -rs --durations=10 --junitxml="$OUT/junit.xml" \
+      2>&1 | tee -a "$OUT/tests.log"; then
+    summary "tests: ok ($(grep -E '^=+ .*(passed|failed)' "$OUT/tests.log" | tail -1))"
+  else
+    summary "tests: FAILED ($(grep -E '^=+ .*(passed|failed|error)' "$OUT/tests.log" | tail -1))"
+    grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | tee -a "$OUT/summary.txt"
+    status=1
+  fi
+else
+  summary "tests: pytest is not installed here; running bench/gpu.py --check instead"
+fi
+
+echo "== pytest-free check" | tee "$OUT/check.log"
+if timeout 120 "$PY" "$ROOT/bench/gpu.py" --check 2>&1 | tee -a "$OUT/check.log"; then
+  summary "check: ok"
+else
+  summary "check: FAILED (see check.log)"
+  status=1
+fi
+
+echo "== benchmark" | tee "$OUT/bench.log"
+if timeout 150 "$PY" "$ROOT/bench/gpu.py" --json "$OUT/bench.json" 2>&1 | tee -a "$OUT/bench.log"; then
+  summary "bench: ok"
+else
+  summary "bench: FAILED or timed out (see bench.log; not counted as a test failure)"
+fi
+grep -E '^# train|"greedy_decode"' "$OUT/bench.log" | tee -a "$OUT/summary.txt"
+
+# Out-of-bounds / race check of every kernel on a small model, while time allows.
+ELAPSED=$(( $(date +%s) - START ))
+if command -v compute-sanitizer >/dev/null && [ "$ELAPSED" -lt 420 ]; then
+  echo "== compute-sanitizer memcheck (bench/gpu.py --check)" | tee "$OUT/sanitizer.log"
+  if timeout $(( 560 - ELAPSED )) compute-sanitizer --tool memcheck --error-exitcode 3 \
+      "$PY" "$ROOT/bench/gpu.py" --check 2>&1 | tail -60 | tee -a "$OUT/sanitizer.log"; then
+    summary "memcheck: ok"
+  else
+    summary "memcheck: FAILED or timed out (see sanitizer.log)"
+    status=1
+  fi
+else
+  summary "memcheck: skipped (no compute-sanitizer or out of time, ${ELAPSED}s elapsed)"
+fi
+
+summary "total: $(( $(date +%s) - START ))s, status $status"
+exit $status
