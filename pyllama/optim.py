@@ -37,6 +37,16 @@ def _flat(model, which: str) -> np.ndarray:
     return a
 
 
+def _gpu(model):
+    """The model's ``_core.LlamaModelCuda`` when it lives on the GPU, else None."""
+    if getattr(model, "device", "cpu") != "cuda":
+        return None
+    gpu = getattr(getattr(model, "_core", None), "gpu", None)
+    if gpu is None:
+        raise TypeError("model.device is 'cuda' but it has no GPU core (model._core.gpu)")
+    return gpu
+
+
 def param_segments(model, decay_embeddings: bool = True):
     """The model's flat-buffer segments as ``(name, offset, numel, shape, decay)``.
 
@@ -61,6 +71,8 @@ class AdamW:
     ``weight_decay``, norm weights with none. ``step(lr=None)`` uses ``lr`` when
     given (e.g. from :func:`cosine_lr`), else the constructor's ``lr``. It reads
     the gradients as they are: call :func:`clip_grad_norm` first if you clip.
+    On a cuda model (create the optimizer after ``model.to("cuda")``) the moments
+    and the update live on the GPU; :meth:`state_dict` copies the moments to the host.
 
     >>> opt = AdamW(model, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)  # doctest: +SKIP
     >>> opt.step()             # doctest: +SKIP
@@ -78,14 +90,25 @@ class AdamW:
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
         self.decay_embeddings = bool(decay_embeddings)
-        self._params = _flat(model, "flat_params")
-        self._grads = _flat(model, "flat_grads")
-        if self._grads.shape != self._params.shape:
-            raise ValueError("model.flat_grads() and model.flat_params() differ in length")
+        if not hasattr(model, "param_segments"):
+            raise TypeError(f"expected a pyllama model (with .param_segments()), got {type(model).__name__}")
+        self.device = getattr(model, "device", "cpu")  # the moments live where the model lives
         self.segments = param_segments(model, decay_embeddings)
         self._seg_array = np.array([(o, n, int(d)) for _, o, n, _, d in self.segments], dtype=np.int64).reshape(-1, 3)
-        self.exp_avg = np.zeros_like(self._params)  # first moment, same layout as the parameters
-        self.exp_avg_sq = np.zeros_like(self._params)  # second moment
+        n = int(sum(k for _, _, k, _, _ in self.segments))
+        gpu = _gpu(model)
+        if gpu is None:
+            self._params = _flat(model, "flat_params")
+            self._grads = _flat(model, "flat_grads")
+            if not (self._params.shape == self._grads.shape == (n,)):
+                raise ValueError("model.flat_params(), model.flat_grads() and model.param_segments() disagree "
+                                 "on the number of parameters")
+        # first and second moments, same layout as the parameters (on a cuda model: host
+        # copies, filled by state_dict(); the GPU holds the live ones)
+        self.exp_avg = np.zeros(n, np.float32)
+        self.exp_avg_sq = np.zeros(n, np.float32)
+        if gpu is not None:
+            gpu.moments_from_host(self.exp_avg, self.exp_avg_sq)
         self.step_count = 0  # completed steps; the next step uses t = step_count + 1
 
     def step(self, lr: Optional[float] = None) -> None:
@@ -93,11 +116,20 @@ class AdamW:
         lr = self.lr if lr is None else float(lr)
         if not (math.isfinite(lr) and lr >= 0):
             raise ValueError(f"AdamW.step: lr must be a finite number >= 0, got {lr!r}")
-        # The model may have re-created its buffers (e.g. after loading); follow them.
-        self._params = _flat(self.model, "flat_params")
-        self._grads = _flat(self.model, "flat_grads")
-        _core.adamw_step(self._params, self._grads, self.exp_avg, self.exp_avg_sq, self._seg_array, lr,
-                         self.betas[0], self.betas[1], self.eps, self.weight_decay, self.step_count + 1)
+        device = getattr(self.model, "device", "cpu")
+        if device != self.device:
+            raise RuntimeError(f"the model moved from {self.device!r} to {device!r} after AdamW was created; "
+                               "create the optimizer after model.to(...)")
+        gpu = _gpu(self.model)
+        if gpu is not None:  # one fused pass on the GPU (docs/CUDA.md)
+            gpu.adamw_step(self._seg_array, lr, self.betas[0], self.betas[1], self.eps, self.weight_decay,
+                           self.step_count + 1)
+        else:
+            # The model may have re-created its buffers (e.g. after loading); follow them.
+            self._params = _flat(self.model, "flat_params")
+            self._grads = _flat(self.model, "flat_grads")
+            _core.adamw_step(self._params, self._grads, self.exp_avg, self.exp_avg_sq, self._seg_array, lr,
+                             self.betas[0], self.betas[1], self.eps, self.weight_decay, self.step_count + 1)
         self.step_count += 1
 
     # ------------------------------------------------------------------ state
@@ -108,6 +140,10 @@ class AdamW:
         >>> sorted(sd)              # doctest: +SKIP
         ['exp_avg', 'exp_avg_sq', 'hyper', 'step']
         """
+        gpu = _gpu(self.model)
+        if gpu is not None:
+            gpu.moments_to_host(self.exp_avg, self.exp_avg_sq)
+
         def split(buf):
             return {name: buf[o:o + n].reshape(shape) for name, o, n, shape, _ in self.segments}
 
@@ -136,6 +172,9 @@ class AdamW:
                     raise ValueError(f"optimizer state {key}[{name!r}] has shape {a.shape} {a.dtype}, "
                                      f"expected {shape} float32")
                 buf[o:o + n] = a.reshape(-1)
+        gpu = _gpu(self.model)
+        if gpu is not None:
+            gpu.moments_from_host(self.exp_avg, self.exp_avg_sq)
         self.step_count = int(step)
 
 
@@ -166,12 +205,20 @@ def clip_grad_norm(model, max_norm: float) -> float:
     """
     if not (isinstance(max_norm, (int, float)) and max_norm > 0):
         raise ValueError(f"clip_grad_norm: max_norm must be > 0, got {max_norm!r}")
+    if not isinstance(model, np.ndarray):
+        gpu = _gpu(model)
+        if gpu is not None:
+            return float(gpu.clip_grad_norm(float(max_norm)))
     grads = model if isinstance(model, np.ndarray) else _flat(model, "flat_grads")
     return float(_core.clip_grad_norm(grads, float(max_norm)))
 
 
 def grad_norm(model) -> float:
     """Global L2 norm of the gradients, without clipping."""
+    if not isinstance(model, np.ndarray):
+        gpu = _gpu(model)
+        if gpu is not None:
+            return float(gpu.grad_norm())
     grads = model if isinstance(model, np.ndarray) else _flat(model, "flat_grads")
     return float(_core.grad_global_norm(grads))
 

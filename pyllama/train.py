@@ -37,7 +37,7 @@ import numpy as np
 
 from ._io import atomic_write_text
 from .data import TOKENIZER_FILE, DataLoader, TokenData, as_token_data
-from .optim import AdamW, clip_grad_norm, cosine_lr, grad_norm
+from .optim import AdamW, _gpu, clip_grad_norm, cosine_lr, grad_norm
 
 __all__ = ["TrainConfig", "Trainer", "resolve_checkpoint", "load_trainer_state", "plot_metrics",
            "STATE_FILE", "OPTIMIZER_FILE"]
@@ -85,7 +85,8 @@ class TrainConfig:
     keep_last: int = 3  # checkpoints kept in out_dir; 0 keeps all
     seed: int = 0  # seeds the data order
     out_dir: Optional[str] = "runs/train"  # metrics, checkpoints and plot; None writes nothing
-    device: str = "cpu"  # "cpu" (the CUDA training path is not implemented yet)
+    device: str = "cpu"  # "cpu" or "cuda" (the model is moved there; needs a GPU build and device)
+    dtype: str = "float32"  # compute type on "cuda": "float32" or "bfloat16" (float32 master weights)
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):
@@ -133,6 +134,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.out_dir must be a path or None, got {self.out_dir!r}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"TrainConfig.device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"TrainConfig.dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.dtype == "bfloat16" and self.device != "cuda":
+            raise ValueError("TrainConfig.dtype='bfloat16' needs device='cuda' (the CPU trains in float32)")
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -154,8 +159,9 @@ class TrainConfig:
 
 # ---------------------------------------------------------------------- helpers
 
-def _peak_flops() -> float:
-    """Nominal fp32 peak of this CPU (for MFU): threads × FLOPs/cycle × clock.
+def _peak_flops(device: str = "cpu", dtype: str = "float32") -> float:
+    """Nominal peak FLOP/s (for MFU). CPU: threads × FP32 FLOPs/cycle × clock; CUDA:
+    the dense H100/H200 SXM figure for the dtype (989 TFLOP/s bf16, 67 TFLOP/s fp32).
 
     ``PYLLAMA_PEAK_FLOPS`` overrides it. The clock comes from /proc/cpuinfo
     (3 GHz when unknown); FLOPs/cycle from the SIMD path (2 FMA units).
@@ -163,6 +169,8 @@ def _peak_flops() -> float:
     env = os.environ.get("PYLLAMA_PEAK_FLOPS")
     if env:
         return float(env)
+    if device == "cuda":  # nominal dense H100/H200 SXM figures
+        return 989.4e12 if dtype == "bfloat16" else 66.9e12
     from . import build_info
 
     info = build_info()
@@ -307,12 +315,13 @@ class Trainer:
         if config.seq_len > mc.max_position_embeddings:
             raise ValueError(f"TrainConfig.seq_len ({config.seq_len}) exceeds the model's "
                              f"max_position_embeddings ({mc.max_position_embeddings})")
-        if config.device != "cpu":
-            from . import build_info
-
-            why = ("no CUDA device is available" if not build_info()["cuda_available"]
-                   else "the CUDA training path is not implemented yet")
-            raise ValueError(f"TrainConfig.device={config.device!r} cannot be used: {why}; use device='cpu'")
+        if config.device == "cuda":
+            try:
+                model.to("cuda", dtype=config.dtype)
+            except (RuntimeError, NotImplementedError) as e:
+                raise ValueError(f"TrainConfig.device='cuda' cannot be used: {e}; use device='cpu'") from None
+        elif getattr(model, "device", "cpu") != "cpu":
+            model.to("cpu")
         self.train_data = as_token_data(train_data)
         self.val_data = as_token_data(val_data) if val_data is not None else None
         for what, d in (("train_data", self.train_data), ("val_data", self.val_data)):
@@ -337,7 +346,7 @@ class Trainer:
         self.last_checkpoint: Optional[str] = None
         self._stop = False
         self._flops_per_token = self._compute_flops_per_token()
-        self._peak = _peak_flops()
+        self._peak = _peak_flops(config.device, config.dtype)
 
     # ------------------------------------------------------------------ one step
     def _compute_flops_per_token(self) -> float:
@@ -591,8 +600,15 @@ class Trainer:
             if kind in ("exp_avg", "exp_avg_sq"):
                 opt_state[kind][name] = a
         # everything read and checked: now change this trainer
-        for name, view in named.items():
-            view[...] = weights[name]
+        gpu = _gpu(self.model)
+        if gpu is None:
+            for name, view in named.items():
+                view[...] = weights[name]
+        else:  # named_parameters() are host copies on a cuda model: write the flat buffer
+            flat = np.array(self.model.flat_params(), dtype=np.float32)
+            for name, o, n, _ in self.model.param_segments():
+                flat[o:o + n] = weights[name].reshape(-1)
+            gpu.params_from_host(flat)
         self.optimizer.load_state_dict(opt_state)
         self.loader.load_state_dict(state["data"])
         self.step = int(state["step"])
