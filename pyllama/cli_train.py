@@ -32,7 +32,8 @@ PRESET_MODEL: Dict[str, Any] = dict(hidden_size=192, intermediate_size=512, num_
 PRESET_TRAIN: Dict[str, Any] = dict(batch_size=16, seq_len=128, grad_accum_steps=1, max_steps=500, lr=3e-3,
                                     warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.1, betas=(0.9, 0.95),
                                     eps=1e-8, grad_clip=1.0, decay_embeddings=True, eval_interval=50,
-                                    eval_steps=8, checkpoint_interval=100, keep_last=2, seed=0, out_dir=DEFAULT_OUT, device="cpu")
+                                    eval_steps=8, checkpoint_interval=100, keep_last=2, seed=0, out_dir=DEFAULT_OUT, device="cpu",
+                                    dtype="float32")
 
 _MODEL_FIELDS = {f.name for f in dataclasses.fields(LlamaConfig)}
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -45,7 +46,7 @@ _MODEL_FLAGS = {"vocab_size": int, "hidden_size": int, "intermediate_size": int,
 _TRAIN_FLAGS = {"batch_size": int, "seq_len": int, "grad_accum_steps": int, "max_steps": int, "lr": float,
                 "warmup_steps": int, "min_lr_ratio": float, "weight_decay": float, "eps": float,
                 "grad_clip": float, "eval_interval": int, "eval_steps": int, "checkpoint_interval": int,
-                "keep_last": int, "seed": int, "out_dir": str, "device": str}
+                "keep_last": int, "seed": int, "out_dir": str, "device": str, "dtype": str}
 
 
 def _load_tokenizer(path: str):
