@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "adamw.h"
+#include "tokenizer.h"  // bind_tokenizer
 #include "common.h"
 #include "matmul.h"
 #include "model.h"
@@ -343,7 +344,248 @@ void bind_optim(py::module_& m) {
 
 // ------------------------------------------------------------------ tokenizer
 
-void bind_tokenizer(py::module_& m) {}
+void bind_tokenizer(py::module_& m) {
+  // A str's UTF-8 bytes, without a copy (the str caches them; the caller keeps it alive).
+  // A str holding lone surrogates raises UnicodeEncodeError (the Python layer repairs it).
+  auto utf8 = [](py::handle s) -> std::string_view {
+    if (!PyUnicode_Check(s.ptr()))
+      throw TypeError(std::string("expected str, got ") + Py_TYPE(s.ptr())->tp_name);
+    Py_ssize_t n = 0;
+    const char* p = PyUnicode_AsUTF8AndSize(s.ptr(), &n);
+    if (!p) throw py::error_already_set();
+    return std::string_view(p, static_cast<size_t>(n));
+  };
+  // Lists of ids reuse one int object per id below 2^20 (created on first use, kept for the
+  // life of the process, like Python's small-int cache): allocating a fresh int per token
+  // would cost about as much as encoding. Called with the GIL held.
+  auto ids_to_list = [](const std::vector<uint32_t>& ids) {
+    static std::vector<PyObject*>* ints = new std::vector<PyObject*>();  // never freed on purpose
+    constexpr uint32_t kCached = 1u << 20;
+    py::list out(ids.size());
+    for (size_t i = 0; i < ids.size(); i++) {
+      uint32_t id = ids[i];
+      PyObject* v;
+      if (id < kCached) {
+        if (id >= ints->size()) {
+          size_t want = std::min<size_t>(kCached, std::max<size_t>(size_t(id) + 1, ints->size() * 2));
+          while (ints->size() < want) {
+            PyObject* o = PyLong_FromUnsignedLong(static_cast<unsigned long>(ints->size()));
+            if (!o) throw py::error_already_set();
+            ints->push_back(o);
+          }
+        }
+        v = (*ints)[id];
+        Py_INCREF(v);
+      } else {
+        v = PyLong_FromUnsignedLong(id);
+        if (!v) throw py::error_already_set();
+      }
+      PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), v);
+    }
+    return out;
+  };
+  auto pattern_opt = [](const py::object& p) -> std::optional<Pattern> {
+    if (p.is_none()) return std::nullopt;
+    return pattern_from_name(p.cast<std::string>());
+  };
+  auto make_specials = [](const std::vector<std::pair<std::string, uint32_t>>& sp) {
+    std::vector<SpecialToken> out;
+    for (auto& [t, id] : sp) out.push_back({t, id});
+    return out;
+  };
+
+  m.def("tokenizer_pattern_regex", [](const std::string& name) { return std::string(pattern_regex(pattern_from_name(name))); },
+        py::arg("name"), "The regular expression a preset's scanner implements.");
+  m.def("tokenizer_is_preset", &is_pattern_name, py::arg("name"));
+  m.def("tokenizer_pretokenize", [utf8](const std::string& name, py::handle text) {
+    Pattern p = pattern_from_name(name);
+    std::string_view t = utf8(text);
+    std::vector<std::string_view> pieces;
+    {
+      py::gil_scoped_release nogil;
+      PieceScanner sc(p, t);
+      std::string_view piece;
+      while (sc.next(piece)) pieces.push_back(piece);
+    }
+    py::list out(pieces.size());
+    for (size_t i = 0; i < pieces.size(); i++) {
+      PyObject* s = PyUnicode_DecodeUTF8(pieces[i].data(), static_cast<Py_ssize_t>(pieces[i].size()), "strict");
+      if (!s) throw py::error_already_set();
+      PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), s);
+    }
+    return out;
+  }, py::arg("pattern"), py::arg("text"), "Split text as the preset's regex would (list of str).");
+
+  py::class_<Tokenizer, std::shared_ptr<Tokenizer>>(m, "CoreTokenizer", "Byte-level BPE core; use pyllama.Tokenizer.")
+      .def(py::init([pattern_opt, make_specials](const std::vector<py::bytes>& tokens, const py::object& pattern,
+                                                 const std::vector<std::pair<std::string, uint32_t>>& specials) {
+             std::vector<std::string> toks;
+             toks.reserve(tokens.size());
+             for (const py::bytes& b : tokens) toks.push_back(std::string(b));
+             return std::make_shared<Tokenizer>(std::move(toks), pattern_opt(pattern), make_specials(specials));
+           }),
+           py::arg("tokens"), py::arg("pattern"), py::arg("specials"))
+      .def_static("from_tiktoken", [pattern_opt, make_specials](const py::bytes& contents, const py::object& pattern,
+                                                               const std::vector<std::pair<std::string, uint32_t>>& specials) {
+             std::string_view c = contents;
+             std::optional<Pattern> p = pattern_opt(pattern);
+             std::vector<SpecialToken> sp = make_specials(specials);
+             py::gil_scoped_release nogil;
+             return std::make_shared<Tokenizer>(parse_tiktoken(c), p, std::move(sp));
+           }, py::arg("contents"), py::arg("pattern"), py::arg("specials"))
+      .def_property_readonly("n_vocab", &Tokenizer::n_vocab)
+      .def_property_readonly("n_ranks", &Tokenizer::n_ranks)
+      .def_property_readonly("specials", [](const Tokenizer& t) {
+        std::vector<std::pair<std::string, uint32_t>> out;
+        for (const SpecialToken& s : t.specials()) out.emplace_back(s.text, s.id);
+        return out;
+      })
+      .def("token_bytes", [](const Tokenizer& t, uint32_t id) { return py::bytes(std::string(t.token_bytes(id))); })
+      .def("rank_of", [](const Tokenizer& t, const py::bytes& b) { return t.rank_of(std::string_view(b)); })
+      .def("encode_ordinary", [utf8, ids_to_list](const Tokenizer& t, py::handle text) {
+        std::string_view s = utf8(text);
+        std::vector<uint32_t> ids;
+        {
+          py::gil_scoped_release nogil;
+          ids = t.encode_ordinary(s);
+        }
+        return ids_to_list(ids);
+      })
+      .def("encode", [utf8, ids_to_list](const Tokenizer& t, py::handle text, const std::vector<uint32_t>& allowed) {
+        std::string_view s = utf8(text);
+        std::vector<uint32_t> ids;
+        {
+          py::gil_scoped_release nogil;
+          ids = t.encode(s, allowed);
+        }
+        return ids_to_list(ids);
+      })
+      .def("encode_checked", [utf8, ids_to_list](const Tokenizer& t, py::handle text, const std::vector<uint32_t>& allowed,
+                                                const std::vector<uint32_t>& disallowed) -> py::object {
+        // The ids, or (when the text holds a special token in `disallowed`) that token's id as an int.
+        std::string_view s = utf8(text);
+        std::vector<uint32_t> ids;
+        std::pair<size_t, uint32_t> hit{std::string_view::npos, 0};
+        {
+          py::gil_scoped_release nogil;
+          if (!disallowed.empty()) hit = t.find_special(s, disallowed);
+          if (hit.first == std::string_view::npos) ids = allowed.empty() ? t.encode_ordinary(s) : t.encode(s, allowed);
+        }
+        if (hit.first != std::string_view::npos) return py::int_(hit.second);
+        return ids_to_list(ids);
+      })
+      .def("encode_pieces", [utf8, ids_to_list](const Tokenizer& t, const py::list& pieces) {
+        std::vector<std::string_view> v;
+        v.reserve(pieces.size());
+        for (py::handle p : pieces) v.push_back(utf8(p));
+        std::vector<uint32_t> ids;
+        {
+          py::gil_scoped_release nogil;
+          ids = t.encode_pieces(v);
+        }
+        return ids_to_list(ids);
+      })
+      .def("encode_batch", [utf8, ids_to_list](const Tokenizer& t, const py::list& texts, const std::vector<uint32_t>& allowed,
+                                              int threads) {
+        std::vector<std::string_view> v;
+        v.reserve(texts.size());
+        for (py::handle p : texts) v.push_back(utf8(p));
+        std::vector<std::vector<uint32_t>> ids;
+        {
+          py::gil_scoped_release nogil;
+          ids = t.encode_batch(v, allowed, threads);
+        }
+        py::list out(ids.size());
+        for (size_t i = 0; i < ids.size(); i++) {
+          PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), ids_to_list(ids[i]).release().ptr());
+          std::vector<uint32_t>().swap(ids[i]);  // free as we go
+        }
+        return out;
+      })
+      .def("find_special", [utf8](const Tokenizer& t, py::handle text, const std::vector<uint32_t>& ids) -> py::object {
+        std::string_view s = utf8(text);
+        std::pair<size_t, uint32_t> hit;
+        {
+          py::gil_scoped_release nogil;
+          hit = t.find_special(s, ids);
+        }
+        if (hit.first == std::string_view::npos) return py::none();
+        return py::int_(hit.second);
+      })
+      .def("find_special_batch", [utf8](const Tokenizer& t, const py::list& texts, const std::vector<uint32_t>& ids) -> py::object {
+        // (index of the first text holding one of the special tokens `ids`, that token's id) or None
+        std::vector<std::string_view> v;
+        v.reserve(texts.size());
+        for (py::handle p : texts) v.push_back(utf8(p));
+        size_t index = v.size();
+        uint32_t id = 0;
+        {
+          py::gil_scoped_release nogil;
+          for (size_t i = 0; i < v.size() && index == v.size(); i++) {
+            auto hit = t.find_special(v[i], ids);
+            if (hit.first != std::string_view::npos) index = i, id = hit.second;
+          }
+        }
+        if (index == v.size()) return py::none();
+        return py::make_tuple(index, id);
+      })
+      .def("decode_bytes", [](const Tokenizer& t, const std::vector<int64_t>& ids) {
+        std::string out;
+        {
+          py::gil_scoped_release nogil;
+          out = t.decode_bytes(ids.data(), ids.size());
+        }
+        return py::bytes(out);
+      })
+      .def("decode_bytes_array", [](const Tokenizer& t, py::array_t<int64_t, py::array::c_style> ids) {
+        std::string out;
+        const int64_t* p = ids.data();
+        size_t n = static_cast<size_t>(ids.size());
+        {
+          py::gil_scoped_release nogil;
+          out = t.decode_bytes(p, n);
+        }
+        return py::bytes(out);
+      })
+      .def("to_tiktoken", [](const Tokenizer& t) { return py::bytes(t.to_tiktoken()); })
+      .def("hf_merges", [](const Tokenizer& t) {
+        auto merges = t.hf_merges();
+        py::list out(merges.size());
+        for (size_t i = 0; i < merges.size(); i++) out[i] = py::make_tuple(merges[i][0], merges[i][1], merges[i][2]);
+        return out;
+      });
+
+  py::class_<BpeTrainer>(m, "CoreBpeTrainer", "Byte-level BPE training core; use pyllama.Tokenizer.train.")
+      .def(py::init([pattern_opt](const py::object& pattern, std::vector<std::string> specials) {
+             return new BpeTrainer(pattern_opt(pattern), std::move(specials));
+           }),
+           py::arg("pattern"), py::arg("specials"))
+      .def("add_text", [utf8](BpeTrainer& tr, py::handle text) {
+        std::string_view s = utf8(text);
+        py::gil_scoped_release nogil;
+        tr.add_text(s);
+      })
+      .def("add_pieces", [utf8](BpeTrainer& tr, const py::dict& counts) {
+        for (auto item : counts) tr.add_piece(utf8(item.first), item.second.cast<uint64_t>());
+      })
+      .def_property_readonly("n_unique_pieces", &BpeTrainer::n_unique_pieces)
+      .def("train", [](BpeTrainer& tr, size_t n_tokens, const py::object& progress) {
+        // Reports progress and lets Ctrl-C stop a long run (the exception unwinds train()).
+        std::function<void(size_t, size_t)> cb = [&progress](size_t done, size_t total) {
+          py::gil_scoped_acquire gil;
+          if (!progress.is_none()) progress(done, total);
+          if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+        };
+        std::vector<std::string> toks;
+        {
+          py::gil_scoped_release nogil;
+          toks = tr.train(n_tokens, cb);
+        }
+        py::list out(toks.size());
+        for (size_t i = 0; i < toks.size(); i++) out[i] = py::bytes(toks[i]);
+        return out;
+      }, py::arg("n_tokens"), py::arg("progress") = py::none());
+}
 
 // ------------------------------------------------------------------ CUDA backend (cuda/)
 

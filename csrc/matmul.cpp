@@ -11,6 +11,9 @@
 
 #include "common.h"
 #include "runtime.h"
+#ifdef PYLLAMA_HAVE_OPENMP
+#include <omp.h>
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -22,9 +25,9 @@ namespace pyllama {
 namespace {
 
 constexpr int MR = 6;
-constexpr int MC = 144;  // multiple of MR
-constexpr int KC = 256;
-constexpr int NC_MAX = 1024;
+constexpr int MC_MAX = 144;  // rows of A per block (multiple of MR)
+constexpr int KC_MAX = 384;  // depth per block (multiple of 8)
+constexpr int NC_MAX = 1024; // columns of B per panel
 
 // ---------------------------------------------------------------- packing
 // A block (mc x kc) -> strips of MR rows: strip s holds, for each p, MR values a(s*MR + i, p).
@@ -44,8 +47,9 @@ void pack_a(bool trans, const float* A, int lda, int m0, int k0, int mc, int kc,
 
 // B block (kc x nc) -> strips of NR columns: strip s holds, for each p, NR values b(p, s*NR + j).
 template <int NR>
-void pack_b(bool trans, const float* B, int ldb, int k0, int n0, int kc, int nc, float* out) {
-  for (int s = 0; s < nc; s += NR) {
+void pack_b(bool trans, const float* B, int ldb, int k0, int n0, int kc, int nc, float* out, int s_begin, int s_end) {
+  out += (size_t)s_begin * kc * NR;
+  for (int s = s_begin * NR; s < nc && s < s_end * NR; s += NR) {
     int cols = std::min(NR, nc - s);
     if (!trans) {
       for (int p = 0; p < kc; p++) {
@@ -161,54 +165,77 @@ float* aligned_ptr(std::vector<float>& v, size_t n) {
   return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
 }
 
+inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+inline int round_up(int a, int b) { return ceil_div(a, b) * b; }
+
+// GotoBLAS loop order: for each NC-column panel and KC-deep slice of B, the team packs
+// the B panel once (shared), then threads take MC-row blocks of A (packed privately)
+// and run the micro-kernel over every MR x NR tile of the block. Blocks are sized so
+// every thread gets the same number. Called from inside a parallel region (attention
+// runs one sgemm per head on each thread) it runs on the calling thread alone.
 template <int NR>
 void sgemm_impl(Kernel kernel, bool transA, bool transB, int M, int N, int K, const float* A, int lda,
                 const float* B, int ldb, float beta, float* C, int ldc) {
-  const int NC = std::min(NC_MAX, ((N + NR - 1) / NR) * NR);
-  const int tiles_m = (M + MC - 1) / MC, tiles_n = (N + NC - 1) / NC;
-  const int ntiles = tiles_m * tiles_n;
-#pragma omp parallel for schedule(dynamic, 1) if (ntiles > 1 && (double)M * N * K > 2e5)
-  for (int tile = 0; tile < ntiles; tile++) {
-    const int m0 = (tile / tiles_n) * MC, n0 = (tile % tiles_n) * NC;
-    const int mc = std::min(MC, M - m0), nc = std::min(NC, N - n0);
-    PackBuffers& buf = thread_buffers();
-    float* pa = aligned_ptr(buf.a, (size_t)MC * KC);
-    float* pb = aligned_ptr(buf.b, (size_t)KC * NC_MAX);
+  if (K == 0) {
+    for (int i = 0; i < M; i++)
+      for (int j = 0; j < N; j++) {
+        float& c = C[(size_t)i * ldc + j];
+        c = beta == 0.f ? 0.f : c;
+      }
+    return;
+  }
+  int nth = 1;
+#ifdef PYLLAMA_HAVE_OPENMP
+  if (!omp_in_parallel() && (double)M * N * K > 2e5) nth = omp_get_max_threads();
+#endif
+  const int nk = ceil_div(K, KC_MAX);
+  const int KC = std::min(KC_MAX, round_up(ceil_div(K, nk), 8));
+  const int NC = std::min(NC_MAX, round_up(N, NR));
+  const int mblocks = round_up(ceil_div(M, MC_MAX), nth);
+  const int MC = std::min(MC_MAX, round_up(ceil_div(M, mblocks), MR));
+  const int nmb = ceil_div(M, MC);
+  float* pb = aligned_ptr(thread_buffers().b, (size_t)KC_MAX * NC_MAX);  // the caller's; shared by the team
+
+#pragma omp parallel num_threads(nth) if (nth > 1)
+  {
+    float* pa = aligned_ptr(thread_buffers().a, (size_t)MC_MAX * KC_MAX);
     alignas(64) float edge[MR * NR];
-    if (K == 0) {
-      for (int i = 0; i < mc; i++)
-        for (int j = 0; j < nc; j++) {
-          float& c = C[(size_t)(m0 + i) * ldc + n0 + j];
-          c = beta == 0.f ? 0.f : c;
-        }
-      continue;
-    }
-    for (int k0 = 0; k0 < K; k0 += KC) {
-      const int kc = std::min(KC, K - k0);
-      const bool accumulate = k0 > 0 || beta != 0.f;
-      pack_b<NR>(transB, B, ldb, k0, n0, kc, nc, pb);
-      pack_a(transA, A, lda, m0, k0, mc, kc, pa);
-      for (int js = 0; js < nc; js += NR) {
-        const int cols = std::min(NR, nc - js);
-        const float* bs = pb + (size_t)(js / NR) * kc * NR;
-        for (int is = 0; is < mc; is += MR) {
-          const int rows = std::min(MR, mc - is);
-          const float* as = pa + (size_t)(is / MR) * kc * MR;
-          float* c = C + (size_t)(m0 + is) * ldc + n0 + js;
-          if (rows == MR && cols == NR) {
-            kernel(kc, as, bs, c, ldc, accumulate);
-          } else {
-            kernel(kc, as, bs, edge, NR, false);
-            for (int i = 0; i < rows; i++)
-              for (int j = 0; j < cols; j++)
-                c[(size_t)i * ldc + j] = (accumulate ? c[(size_t)i * ldc + j] : 0.f) + edge[i * NR + j];
+    for (int n0 = 0; n0 < N; n0 += NC) {
+      const int nc = std::min(NC, N - n0);
+      const int nstrips = ceil_div(nc, NR);
+      for (int k0 = 0; k0 < K; k0 += KC) {
+        const int kc = std::min(KC, K - k0);
+        const bool accumulate = k0 > 0 || beta != 0.f;
+#pragma omp for schedule(static)
+        for (int st = 0; st < nstrips; st += 4) pack_b<NR>(transB, B, ldb, k0, n0, kc, nc, pb, st, std::min(st + 4, nstrips));
+        // implicit barrier: the panel is complete
+#pragma omp for schedule(dynamic, 1)
+        for (int mb = 0; mb < nmb; mb++) {
+          const int m0 = mb * MC, mc = std::min(MC, M - m0);
+          pack_a(transA, A, lda, m0, k0, mc, kc, pa);
+          for (int js = 0; js < nc; js += NR) {
+            const int cols = std::min(NR, nc - js);
+            const float* bs = pb + (size_t)(js / NR) * kc * NR;
+            for (int is = 0; is < mc; is += MR) {
+              const int rows = std::min(MR, mc - is);
+              const float* as = pa + (size_t)(is / MR) * kc * MR;
+              float* c = C + (size_t)(m0 + is) * ldc + n0 + js;
+              if (rows == MR && cols == NR) {
+                kernel(kc, as, bs, c, ldc, accumulate);
+              } else {
+                kernel(kc, as, bs, edge, NR, false);
+                for (int i = 0; i < rows; i++)
+                  for (int j = 0; j < cols; j++)
+                    c[(size_t)i * ldc + j] = (accumulate ? c[(size_t)i * ldc + j] : 0.f) + edge[i * NR + j];
+              }
+            }
           }
         }
+        // implicit barrier: nobody still reads the panel when it is repacked
       }
     }
   }
 }
-
 
 // ---------------------------------------------------------------- skinny products (decoding)
 // C (M x N) = beta*C + A (M x K) B^T with B stored (N, K) and M small: every row of B is

@@ -23,6 +23,7 @@ from ._core import Tensor, num_threads, set_num_threads  # noqa: E402
 from .config import LlamaConfig  # noqa: E402
 from .model import CausalLMOutput, Llama  # noqa: E402
 from .generation import GenerationConfig  # noqa: E402
+from .tokenizer import Tokenizer  # noqa: E402
 from .optim import AdamW, clip_grad_norm, cosine_lr  # noqa: E402
 from .train import TrainConfig, Trainer  # noqa: E402
 
@@ -33,6 +34,7 @@ __all__ = [
     "Llama",
     "CausalLMOutput",
     "GenerationConfig",
+    "Tokenizer",
     "build_info",
     "num_threads",
     "set_num_threads",
