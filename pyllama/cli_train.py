@@ -56,8 +56,8 @@ def _load_tokenizer(path: str):
         raise ValueError("pyllama.Tokenizer is not available in this build") from None
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no tokenizer file at {path!r}")
-    if path.endswith(".tiktoken"):
-        return Tokenizer.from_tiktoken(path)
+    if path.endswith(".tiktoken") and not os.path.isfile(path + ".json"):
+        return Tokenizer.from_tiktoken(path)  # a bare .tiktoken file (cl100k pattern)
     return Tokenizer.load(path)
 
 
@@ -332,7 +332,7 @@ def register(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     d = p.add_argument_group("data")
     d.add_argument("--corpus", help="text file or folder to train on (default: the bundled shakespeare.txt)")
-    d.add_argument("--data", help="folder written by `pyllama prepare` (train.bin, val.bin, tokenizer.json)")
+    d.add_argument("--data", help="folder written by `pyllama prepare` (train.bin, val.bin, tokenizer.tiktoken)")
     d.add_argument("--tokenizer", help="tokenizer file for --corpus (default: train one)")
     d.add_argument("--tokenizer-vocab-size", type=int, help=f"vocabulary of a trained tokenizer [{DEFAULT_TOKENIZER_VOCAB}]")
     d.add_argument("--val-fraction", type=float, help="share of the corpus held out for validation [0.1]")
@@ -356,7 +356,7 @@ def register(sub) -> None:
     q = sub.add_parser("prepare", help="tokenize a text file or folder into train/val token files",
                        description="Tokenize INPUT (a UTF-8 text file, or every file in a folder) into OUT/train.bin "
                                    "and OUT/val.bin (uint16 when the vocabulary fits, else uint32) with JSON sidecars; "
-                                   "the tokenizer is saved as OUT/tokenizer.json.",
+                                   "the tokenizer is saved there too (tokenizer.tiktoken + .json, and a Hugging Face tokenizer.json).",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     q.add_argument("input", help="text file or folder")
     q.add_argument("--tokenizer", help="tokenizer file (Tokenizer.save or .tiktoken); default: train one on INPUT")

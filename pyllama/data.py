@@ -23,11 +23,14 @@ import numpy as np
 
 from ._io import atomic_write_text
 
-__all__ = ["TokenData", "DataLoader", "prepare", "token_dtype", "TOKENIZER_FILE"]
+__all__ = ["TokenData", "DataLoader", "prepare", "token_dtype", "save_tokenizer", "TOKENIZER_FILE"]
 
 FORMAT = "pyllama.tokens"
 VERSION = 1
-TOKENIZER_FILE = "tokenizer.json"  # name of the tokenizer saved next to data and checkpoints
+# The tokenizer saved next to token data and in checkpoints: Tokenizer.save writes
+# tokenizer.tiktoken (+ tokenizer.tiktoken.json); save_hf adds a Hugging Face tokenizer.json.
+TOKENIZER_FILE = "tokenizer.tiktoken"
+HF_TOKENIZER_FILE = "tokenizer.json"
 _CHUNK_BYTES = 1 << 20
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -212,6 +215,18 @@ class DataLoader:
 
 # ---------------------------------------------------------------------- prepare
 
+def save_tokenizer(tokenizer, folder: str) -> Optional[str]:
+    """Save ``tokenizer`` into ``folder`` as ``tokenizer.tiktoken`` (+ its ``.json``, via
+    ``Tokenizer.save``) and, when it can, a Hugging Face ``tokenizer.json``. Returns the
+    file name to load it from (``Tokenizer.load``), or None without a ``save`` method."""
+    if not hasattr(tokenizer, "save"):
+        return None
+    tokenizer.save(os.path.join(folder, TOKENIZER_FILE))
+    if hasattr(tokenizer, "save_hf"):
+        tokenizer.save_hf(os.path.join(folder, HF_TOKENIZER_FILE))
+    return TOKENIZER_FILE
+
+
 def _input_files(path: str) -> List[str]:
     if os.path.isfile(path):
         return [path]
@@ -321,7 +336,7 @@ def prepare(input_path: PathLike, tokenizer, out_dir: PathLike, *, val_fraction:
     The last ``val_fraction`` of each file (cut at a line boundary) goes to
     ``val``, the rest to ``train``. Text is read and encoded in ~1 MB pieces,
     so the input may be larger than memory. The tokenizer is saved next to the
-    data as ``tokenizer.json``. Returns the two sidecars.
+    data (:func:`save_tokenizer`). Returns the two sidecars.
 
     >>> tok = Tokenizer.train("corpus.txt", vocab_size=1024)     # doctest: +SKIP
     >>> meta = prepare("corpus.txt", tok, "data/corpus")          # doctest: +SKIP
@@ -337,10 +352,9 @@ def prepare(input_path: PathLike, tokenizer, out_dir: PathLike, *, val_fraction:
     n_vocab = int(tokenizer.n_vocab)
     dtype = token_dtype(n_vocab)
     os.makedirs(out_dir, exist_ok=True)
-    if hasattr(tokenizer, "save"):
-        tokenizer.save(os.path.join(out_dir, TOKENIZER_FILE))
-        if tokenizer_ref is None:
-            tokenizer_ref = TOKENIZER_FILE
+    saved = save_tokenizer(tokenizer, out_dir)
+    if tokenizer_ref is None:
+        tokenizer_ref = saved
     writers = {s: _TokenWriter(os.path.join(out_dir, s + ".bin"), dtype) for s in ("train", "val")}
     bar = None
     if progress:

@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ._io import atomic_write_text
-from .data import TOKENIZER_FILE, DataLoader, TokenData, as_token_data
+from .data import TOKENIZER_FILE, DataLoader, TokenData, as_token_data, save_tokenizer
 from .optim import AdamW, _gpu, clip_grad_norm, cosine_lr, grad_norm
 
 __all__ = ["TrainConfig", "Trainer", "resolve_checkpoint", "load_trainer_state", "plot_metrics",
@@ -295,8 +295,9 @@ class Trainer:
 
     ``train_data`` / ``val_data``: a :class:`pyllama.data.TokenData`, a path
     written by ``pyllama prepare`` (``.../train.bin``), or an array of ids.
-    ``tokenizer`` (optional) is saved into every checkpoint as
-    ``tokenizer.json``; ``tokenizer_ref`` is recorded in ``trainer_state.json``.
+    ``tokenizer`` (optional) is saved into every checkpoint (``tokenizer.tiktoken``
+    and its ``.json``, plus a Hugging Face ``tokenizer.json``); ``tokenizer_ref`` is
+    recorded in ``trainer_state.json``.
 
     >>> trainer = Trainer(model, TrainConfig(max_steps=100, out_dir="runs/x"),
     ...                   "data/train.bin", "data/val.bin")          # doctest: +SKIP
@@ -526,7 +527,7 @@ class Trainer:
                       metadata={"format": "pyllama.adamw", "step": str(sd["step"]),
                                 "hyper": json.dumps(sd["hyper"])})
             if self.tokenizer is not None:
-                self.tokenizer.save(os.path.join(tmp, TOKENIZER_FILE))
+                save_tokenizer(self.tokenizer, tmp)
             with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
                 json.dump(self.state(), f, indent=2)
                 f.write("\n")

@@ -42,7 +42,7 @@ def test_prepare_round_trip_and_split(tmp_path):
     assert 0.08 < len(val) / len(whole) < 0.12
     assert bytes(val.tokens[:1].astype(np.uint8)) not in (b" ", b"\n")  # cut at a line start
     assert metas["train"]["count"] == len(train) and metas["val"]["max_id"] == int(val.tokens.max())
-    assert metas["train"]["tokenizer"] == "tokenizer.json" and os.path.isfile(tmp_path / "out" / "tokenizer.json")
+    assert metas["train"]["tokenizer"] == "tokenizer.tiktoken" and os.path.isfile(tmp_path / "out" / "tokenizer.tiktoken")
     assert train.max_id == int(train.tokens.max())
 
 

@@ -77,13 +77,13 @@ def test_prepare_command_with_a_trained_tokenizer(tmp_path, capsys):
     (tmp_path / "c.txt").write_text(text)
     assert main(["prepare", str(tmp_path / "c.txt"), "--vocab-size", "300", "--out", str(tmp_path / "d"),
                  "--no-progress"]) == 0
-    tok = pyllama.Tokenizer.load(str(tmp_path / "d" / "tokenizer.json"))
+    tok = pyllama.Tokenizer.load(str(tmp_path / "d" / "tokenizer.tiktoken"))
     from pyllama.data import TokenData
 
     train, val = TokenData.open(tmp_path / "d" / "train.bin"), TokenData.open(tmp_path / "d" / "val.bin")
     ids = np.concatenate([train.tokens, val.tokens]).tolist()
     assert ids == tok.encode_ordinary(text)  # pieces encode exactly like the whole text
-    assert main(["prepare", str(tmp_path / "c.txt"), "--tokenizer", str(tmp_path / "d" / "tokenizer.json"),
+    assert main(["prepare", str(tmp_path / "c.txt"), "--tokenizer", str(tmp_path / "d" / "tokenizer.tiktoken"),
                  "--out", str(tmp_path / "e"), "--no-progress"]) == 0
     assert np.array_equal(TokenData.open(tmp_path / "e" / "train.bin").tokens, train.tokens)
 
@@ -106,8 +106,10 @@ class FakeTokenizer:
         with open(path) as f:
             return cls(json.load(f)["n_vocab"])
 
-    def save(self, path):
+    def save(self, path):  # as Tokenizer.save: the vocabulary at path, metadata at path + ".json"
         with open(path, "w") as f:
+            json.dump({"n_vocab": self.n_vocab}, f)
+        with open(path + ".json", "w") as f:
             json.dump({"n_vocab": self.n_vocab}, f)
 
     def encode_ordinary(self, text):
@@ -125,9 +127,9 @@ def test_corpus_run_trains_tokenizer_once_and_saves_it(tmp_path, monkeypatch, ca
     assert main(args) == 0
     assert FakeTokenizer.trained == 1
     assert json.load(open(os.path.join(out, "latest", "config.json")))["vocab_size"] == 300
-    assert os.path.isfile(os.path.join(out, "latest", "tokenizer.json"))
+    assert os.path.isfile(os.path.join(out, "latest", "tokenizer.tiktoken"))
     state = json.load(open(os.path.join(out, "latest", "trainer_state.json")))
-    assert state["tokenizer"].endswith(os.path.join("data", "tokenizer.json"))
+    assert state["tokenizer"].endswith(os.path.join("data", "tokenizer.tiktoken"))
     assert main(args + ["--overwrite"]) == 0  # prepared data reused
     assert FakeTokenizer.trained == 1
     assert "using prepared data" in capsys.readouterr().err
