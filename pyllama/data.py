@@ -241,19 +241,46 @@ def _input_files(path: str) -> List[str]:
     raise FileNotFoundError(f"no text file or folder at {path!r}")
 
 
-def _safe_cut(buf: bytes, lo: int) -> int:
-    """First position >= lo just after a newline that is followed by a non-space byte.
+def _char_before(buf: bytes, j: int) -> str:
+    """The character that ends at byte j (exclusive), or '' when it cannot be decoded."""
+    for k in range(1, 5):
+        if j - k < 0:
+            return ""
+        try:
+            return buf[j - k:j].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return ""
 
-    No pre-tokenizer pattern (gpt2, cl100k, o200k, llama3) joins such a newline
-    with the next character, so encoding the pieces separately gives the same ids
-    as encoding the whole text. Returns -1 when there is none.
+
+def _char_at(buf: bytes, j: int) -> str:
+    """The character that starts at byte j, or '' when it cannot be decoded."""
+    for k in range(1, 5):
+        try:
+            return buf[j:j + k].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return ""
+
+
+def _safe_cut(buf: bytes, lo: int) -> int:
+    r"""First position >= lo just after a newline that sits between two non-space
+    characters (``x
+y``); -1 when there is none.
+
+    Every pre-tokenizer preset (gpt2, cl100k, o200k, llama3) ends a piece at such a
+    newline and starts the next at ``y``, whether or not the text goes on, so
+    encoding the parts separately gives the same ids as encoding the whole text.
+    (After a longer whitespace run, gpt2's ``\s+(?!\S)`` would split the run
+    differently at the end of a part.)
     """
-    i = lo
+    i = max(lo, 1)
     while True:
         j = buf.find(b"\n", i)
         if j < 0 or j + 1 >= len(buf):
             return -1
-        if buf[j + 1:j + 2] not in (b" ", b"\t", b"\n", b"\r", b"\x0b", b"\x0c"):
+        before, after = _char_before(buf, j), _char_at(buf, j + 1)
+        if before and after and not before.isspace() and not after.isspace():
             return j + 1
         i = j + 1
 

@@ -26,7 +26,8 @@ class ByteTokenizer:
             json.dump({"byte_tokenizer": self.offset}, f)
 
 
-TEXT = "".join(f"Line {i}: the quick brown fox — jumps {i * 7 % 13} times.\n  indented {i}\n\n" for i in range(400))
+TEXT = "".join(f"Line {i}: the quick brown fox — jumps {i * 7 % 13} times.\nThen {i}\n  indented {i}\n\n"
+               for i in range(400))
 
 
 def test_prepare_round_trip_and_split(tmp_path):
@@ -139,3 +140,22 @@ def test_loader_over_memmap_larger_than_a_window(tmp_path):
     assert d.max_id == 59999
     w = DataLoader(d, 8, 64, seed=0).next_batch()
     assert np.array_equal((w[:, 1:] - w[:, :-1]) % 60000, np.ones((8, 64)))
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "cl100k", "o200k"])
+def test_prepare_in_small_pieces_equals_whole_text_encoding(tmp_path, monkeypatch, pattern):
+    import pyllama
+
+    if not hasattr(pyllama, "Tokenizer"):
+        pytest.skip("needs pyllama.Tokenizer")
+    corpus = os.path.join(os.path.dirname(pyllama.__file__), "data", "shakespeare.txt")
+    with open(corpus, encoding="utf-8") as f:
+        text = f.read()[:200_000]
+    (tmp_path / "c.txt").write_text(text, encoding="utf-8")
+    tok = pyllama.Tokenizer.train([text], vocab_size=600, pattern=pattern)
+    monkeypatch.setattr(data_mod, "_CHUNK_BYTES", 2048)  # ~100 pieces
+    prepare(tmp_path / "c.txt", tok, tmp_path / "out", val_fraction=0.1)
+    train, val = TokenData.open(tmp_path / "out" / "train.bin"), TokenData.open(tmp_path / "out" / "val.bin")
+    assert np.concatenate([train.tokens, val.tokens]).tolist() == tok.encode_ordinary(text)
+    assert pyllama.Tokenizer.load(str(tmp_path / "out" / "tokenizer.tiktoken")).encode_ordinary(text[:500]) == \
+        tok.encode_ordinary(text[:500])

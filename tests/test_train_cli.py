@@ -133,3 +133,20 @@ def test_corpus_run_trains_tokenizer_once_and_saves_it(tmp_path, monkeypatch, ca
     assert main(args + ["--overwrite"]) == 0  # prepared data reused
     assert FakeTokenizer.trained == 1
     assert "using prepared data" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(pyllama, "Tokenizer"), reason="needs pyllama.Tokenizer")
+def test_default_run_on_the_bundled_corpus(tmp_path, capsys):
+    # `pyllama train` with the preset, cut to two small steps
+    out = str(tmp_path / "shakespeare")
+    assert main(["train", "--out-dir", out, "--max-steps", "2", "--batch-size", "2", "--eval-steps", "1",
+                 "--no-progress"]) == 0
+    ck = os.path.join(out, "latest")
+    assert {"config.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json",
+            "tokenizer.tiktoken", "tokenizer.tiktoken.json", "tokenizer.json"} <= set(os.listdir(ck))
+    tok = pyllama.Tokenizer.load(os.path.join(ck, "tokenizer.tiktoken"))
+    cfg = json.load(open(os.path.join(ck, "config.json")))
+    assert cfg["vocab_size"] == tok.n_vocab == 1024 and cfg["hidden_size"] == 192
+    assert "pyllama generate --checkpoint" in capsys.readouterr().out
+    # the checkpoint generates text through the generate command
+    assert main(["generate", "--checkpoint", ck, "--prompt", "ROMEO:", "--max-new-tokens", "5"]) == 0
