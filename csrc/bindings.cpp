@@ -6,6 +6,7 @@
 
 #include <cstring>
 
+#include "adamw.h"
 #include "tokenizer.h"  // bind_tokenizer
 #include "common.h"
 #include "matmul.h"
@@ -279,7 +280,67 @@ void bind_model(py::module_& m) {
 
 // ------------------------------------------------------------------ optimizer (training)
 
-void bind_optim(py::module_& m) {}
+void bind_optim(py::module_& m) {
+  // In-place kernels must see the caller's memory: refuse anything that would need a copy.
+  auto flat_f32 = [](py::array& a, const char* what, bool writable) -> float* {
+    PYLLAMA_CHECK(a.dtype().equal(py::dtype::of<float>()), TypeError,
+                  what << " must be a float32 array, got " << std::string(py::str(a.dtype())));
+    PYLLAMA_CHECK(a.ndim() == 1, ValueError, what << " must be 1-D (a flat buffer), got " << a.ndim() << "-D");
+    PYLLAMA_CHECK(a.flags() & py::array::c_style, ValueError, what << " must be contiguous");
+    PYLLAMA_CHECK(!writable || a.writeable(), ValueError, what << " must be writable");
+    return static_cast<float*>(a.mutable_data());
+  };
+  m.def(
+      "adamw_step",
+      [flat_f32](py::array params, py::array grads, py::array exp_avg, py::array exp_avg_sq,
+                 py::array_t<int64_t, py::array::c_style | py::array::forcecast> segments, float lr, float beta1,
+                 float beta2, float eps, float weight_decay, int64_t step) {
+        float* p = flat_f32(params, "params", true);
+        float* g = flat_f32(grads, "grads", false);
+        float* mm = flat_f32(exp_avg, "exp_avg", true);
+        float* vv = flat_f32(exp_avg_sq, "exp_avg_sq", true);
+        const int64_t n = params.shape(0);
+        PYLLAMA_CHECK(grads.shape(0) == n && exp_avg.shape(0) == n && exp_avg_sq.shape(0) == n, ValueError,
+                      "adamw_step: params, grads, exp_avg and exp_avg_sq must have the same length");
+        PYLLAMA_CHECK(segments.ndim() == 2 && segments.shape(1) == 3, ValueError,
+                      "adamw_step: segments must be an int64 array of shape (S, 3): offset, numel, decay");
+        std::vector<AdamWSegment> segs(static_cast<size_t>(segments.shape(0)));
+        auto sv = segments.unchecked<2>();
+        for (size_t i = 0; i < segs.size(); i++) segs[i] = {sv(i, 0), sv(i, 1), sv(i, 2) != 0};
+        AdamWHyper h;
+        h.lr = lr;
+        h.beta1 = beta1;
+        h.beta2 = beta2;
+        h.eps = eps;
+        h.weight_decay = weight_decay;
+        py::gil_scoped_release nogil;
+        adamw_step(p, mm, vv, g, n, segs.data(), segs.size(), h, step);
+      },
+      py::arg("params"), py::arg("grads"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("segments"),
+      py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("step"),
+      "One fused AdamW update over flat float32 buffers (in place). segments: (S, 3) int64 rows of "
+      "(offset, numel, decay) tiling the buffers. step is 1-based. Use pyllama.AdamW instead.");
+  m.def(
+      "clip_grad_norm",
+      [flat_f32](py::array grads, double max_norm) {
+        float* g = flat_f32(grads, "grads", true);
+        const int64_t n = grads.shape(0);
+        py::gil_scoped_release nogil;
+        return clip_grad_norm(g, n, max_norm);
+      },
+      py::arg("grads"), py::arg("max_norm"),
+      "Scale a flat float32 gradient buffer in place so its L2 norm is at most max_norm; returns the norm "
+      "before clipping. Use pyllama.clip_grad_norm instead.");
+  m.def(
+      "grad_global_norm",
+      [flat_f32](py::array grads) {
+        const float* g = flat_f32(grads, "grads", false);
+        const int64_t n = grads.shape(0);
+        py::gil_scoped_release nogil;
+        return grad_global_norm(g, n);
+      },
+      py::arg("grads"), "L2 norm of a flat float32 buffer, accumulated in double.");
+}
 
 // ------------------------------------------------------------------ tokenizer
 

@@ -34,12 +34,19 @@ constexpr int NC_MAX = 1024; // columns of B per panel
 void pack_a(bool trans, const float* A, int lda, int m0, int k0, int mc, int kc, float* out) {
   for (int s = 0; s < mc; s += MR) {
     int rows = std::min(MR, mc - s);
-    for (int p = 0; p < kc; p++) {
-      for (int i = 0; i < rows; i++) {
-        int m = m0 + s + i, k = k0 + p;
-        out[p * MR + i] = trans ? A[(size_t)k * lda + m] : A[(size_t)m * lda + k];
+    if (trans) {  // column m of A^T is contiguous over m: read MR neighbours per p
+      for (int p = 0; p < kc; p++) {
+        const float* src = A + (size_t)(k0 + p) * lda + m0 + s;
+        for (int i = 0; i < rows; i++) out[p * MR + i] = src[i];
+        for (int i = rows; i < MR; i++) out[p * MR + i] = 0.f;
       }
-      for (int i = rows; i < MR; i++) out[p * MR + i] = 0.f;
+    } else {  // rows of A are contiguous over k: stream each row once
+      for (int i = 0; i < rows; i++) {
+        const float* src = A + (size_t)(m0 + s + i) * lda + k0;
+        for (int p = 0; p < kc; p++) out[p * MR + i] = src[p];
+      }
+      for (int i = rows; i < MR; i++)
+        for (int p = 0; p < kc; p++) out[p * MR + i] = 0.f;
     }
     out += (size_t)kc * MR;
   }

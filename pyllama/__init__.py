@@ -24,6 +24,8 @@ from .config import LlamaConfig  # noqa: E402
 from .model import CausalLMOutput, Llama  # noqa: E402
 from .generation import GenerationConfig  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
+from .optim import AdamW, clip_grad_norm, cosine_lr  # noqa: E402
+from .train import TrainConfig, Trainer  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -36,6 +38,11 @@ __all__ = [
     "build_info",
     "num_threads",
     "set_num_threads",
+    "AdamW",
+    "clip_grad_norm",
+    "cosine_lr",
+    "TrainConfig",
+    "Trainer",
 ]
 
 

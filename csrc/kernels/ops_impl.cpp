@@ -21,13 +21,13 @@ namespace PYLLAMA_OPS_NS {
 // exp(x) for the softmax, cross-entropy and SiLU loops: Cody-Waite range reduction and a
 // degree-6 polynomial (relative error ~2e-7), written so that `omp simd` loops vectorise it.
 static inline float fast_expf(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  float t = x * 1.4426950408889634f;
-  int n = (int)(t + (t >= 0.f ? 0.5f : -0.5f));
-  float fn = (float)n;
-  float f = x - fn * 0.693145751953125f - fn * 1.428606765330187e-06f;
-  float p = 1.f + f * (1.f + f * (0.5f + f * (0.16666667f + f * (0.041666668f + f * (0.008333334f + f * 0.0013888889f)))));
-  int32_t bits = (n + 127) << 23;
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float t = x * 1.4426950408889634f;
+  const float fn = (t + 12582912.0f) - 12582912.0f;  // round to nearest (1.5 * 2^23 trick)
+  const float f = x - fn * 0.693145751953125f - fn * 1.428606765330187e-06f;
+  const float p =
+      1.f + f * (1.f + f * (0.5f + f * (0.16666667f + f * (0.041666668f + f * (0.008333334f + f * 0.0013888889f)))));
+  const int32_t bits = ((int32_t)fn + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return p * scale;

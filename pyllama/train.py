@@ -1,0 +1,698 @@
+"""The training loop: ``TrainConfig``, ``Trainer`` and checkpoints.
+
+A step runs forward+backward over ``grad_accum_steps`` micro-batches (each
+``batch_size`` windows of ``seq_len`` tokens), clips the global gradient norm,
+sets the learning rate from :func:`pyllama.cosine_lr` and applies
+:class:`pyllama.AdamW`. Every step appends one JSON line to
+``out_dir/metrics.jsonl``; checkpoints are folders ``out_dir/step-N/``.
+
+>>> import numpy as np, pyllama
+>>> cfg = pyllama.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+...                           num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=64)
+>>> data = np.random.default_rng(0).integers(0, 64, 5000)
+>>> tc = pyllama.TrainConfig(batch_size=2, seq_len=16, max_steps=3, warmup_steps=1, out_dir=None,
+...                          eval_interval=0)
+>>> trainer = pyllama.Trainer(pyllama.Llama(cfg), tc, data, progress=False)
+>>> result = trainer.train()
+>>> result["step"]
+3
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ._io import atomic_write_text
+from .data import TOKENIZER_FILE, DataLoader, TokenData, as_token_data, save_tokenizer
+from .optim import AdamW, _gpu, clip_grad_norm, cosine_lr, grad_norm
+
+__all__ = ["TrainConfig", "Trainer", "resolve_checkpoint", "load_trainer_state", "plot_metrics",
+           "STATE_FILE", "OPTIMIZER_FILE"]
+
+STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+METRICS_FILE = "metrics.jsonl"
+STATE_FORMAT = "pyllama.trainer_state"
+STATE_VERSION = 1
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+_KW_ONLY = {"kw_only": True} if sys.version_info >= (3, 10) else {}
+
+
+@dataclass(**_KW_ONLY)
+class TrainConfig:
+    """How to train (the model's shape lives in ``LlamaConfig``).
+
+    Keyword-only; every field is checked when the config is built, and an
+    error names the field and the allowed values.
+
+    >>> TrainConfig(batch_size=8, seq_len=128, max_steps=500, lr=1e-3).tokens_per_step
+    1024
+    >>> TrainConfig(lr=-1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: TrainConfig.lr must be a finite number > 0, got -1.0
+    """
+
+    batch_size: int = 16  # B: sequences per micro-batch
+    seq_len: int = 128  # T: tokens per sequence (at most the model's max_position_embeddings)
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    max_steps: int = 500  # optimizer steps in the whole run (the schedule's total_steps)
+    lr: float = 3e-3  # peak learning rate
+    warmup_steps: int = 50  # linear warm-up steps
+    min_lr_ratio: float = 0.1  # final lr = min_lr_ratio * lr
+    weight_decay: float = 0.1  # decoupled decay on 2-D weight matrices
+    betas: Tuple[float, float] = (0.9, 0.95)  # AdamW moment decay rates
+    eps: float = 1e-8  # AdamW epsilon
+    grad_clip: float = 1.0  # max global gradient L2 norm; 0 disables clipping
+    decay_embeddings: bool = True  # whether the token embedding decays like other matrices
+    eval_interval: int = 100  # evaluate every N steps and at the end; 0 disables evaluation
+    eval_steps: int = 20  # validation batches per evaluation
+    checkpoint_interval: int = 0  # checkpoint every N steps; 0: only at the end (and on Ctrl-C)
+    keep_last: int = 3  # checkpoints kept in out_dir; 0 keeps all
+    seed: int = 0  # seeds the data order
+    out_dir: Optional[str] = "runs/train"  # metrics, checkpoints and plot; None writes nothing
+    device: str = "cpu"  # "cpu" or "cuda" (the model is moved there; needs a GPU build and device)
+    dtype: str = "float32"  # compute type on "cuda": "float32" or "bfloat16" (float32 master weights)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.betas, list):
+            self.betas = tuple(self.betas)
+        if self.out_dir is not None:
+            self.out_dir = os.fspath(self.out_dir)
+        self.validate()
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len * self.grad_accum_steps
+
+    def validate(self) -> None:
+        def intf(name: str, lo: int) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise ValueError(f"TrainConfig.{name} must be an int >= {lo}, got {v!r}")
+
+        def num(name: str, lo: float, hi: float = math.inf, lo_open: bool = False) -> None:
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+            ok = ok and (v > lo if lo_open else v >= lo) and v <= hi
+            if not ok:
+                rng = (f"> {lo:g}" if lo_open else f">= {lo:g}") + ("" if hi == math.inf else f" and <= {hi:g}")
+                raise ValueError(f"TrainConfig.{name} must be a finite number {rng}, got {v!r}")
+
+        for name in ("batch_size", "seq_len", "grad_accum_steps", "max_steps", "eval_steps"):
+            intf(name, 1)
+        for name in ("warmup_steps", "eval_interval", "checkpoint_interval", "keep_last", "seed"):
+            intf(name, 0)
+        num("lr", 0.0, lo_open=True)
+        num("min_lr_ratio", 0.0, 1.0)
+        num("weight_decay", 0.0)
+        num("eps", 0.0)
+        num("grad_clip", 0.0)
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(f"TrainConfig.warmup_steps ({self.warmup_steps}) must be <= max_steps ({self.max_steps})")
+        b = self.betas
+        if not (isinstance(b, tuple) and len(b) == 2 and all(isinstance(x, (int, float)) and 0.0 <= x < 1.0
+                                                              for x in b)):
+            raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {b!r}")
+        if not isinstance(self.decay_embeddings, bool):
+            raise ValueError(f"TrainConfig.decay_embeddings must be True or False, got {self.decay_embeddings!r}")
+        if self.out_dir is not None and not isinstance(self.out_dir, str):
+            raise ValueError(f"TrainConfig.out_dir must be a path or None, got {self.out_dir!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"TrainConfig.device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"TrainConfig.dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.dtype == "bfloat16" and self.device != "cuda":
+            raise ValueError("TrainConfig.dtype='bfloat16' needs device='cuda' (the CPU trains in float32)")
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+        """Build from a dict (e.g. JSON); unknown keys are an error that lists them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        return cls(**d)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# ---------------------------------------------------------------------- helpers
+
+def _peak_flops(device: str = "cpu", dtype: str = "float32") -> float:
+    """Nominal peak FLOP/s (for MFU). CPU: threads × FP32 FLOPs/cycle × clock; CUDA:
+    the dense H100/H200 SXM figure for the dtype (989 TFLOP/s bf16, 67 TFLOP/s fp32).
+
+    ``PYLLAMA_PEAK_FLOPS`` overrides it. The clock comes from /proc/cpuinfo
+    (3 GHz when unknown); FLOPs/cycle from the SIMD path (2 FMA units).
+    """
+    env = os.environ.get("PYLLAMA_PEAK_FLOPS")
+    if env:
+        return float(env)
+    if device == "cuda":  # nominal dense H100/H200 SXM figures
+        return 989.4e12 if dtype == "bfloat16" else 66.9e12
+    from . import build_info
+
+    info = build_info()
+    per_cycle = {"avx512": 64, "avx2": 32}.get(info.get("simd"), 8)
+    ghz = 3.0
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            mhz = [float(line.split(":")[1]) for line in f if line.startswith("cpu MHz")]
+        if mhz:
+            ghz = max(mhz) / 1000.0
+    except (OSError, ValueError):
+        pass
+    return float(info.get("threads", 1)) * per_cycle * ghz * 1e9
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: str) -> None:
+    for root, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(root)
+
+
+def _make_readable(path: str) -> None:
+    """Give a folder built from temporary files (mode 0600/0700) the usual umask-based modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
+    for root, dirs, files in os.walk(path):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~umask)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~umask)
+
+
+def _step_dirs(run_dir: str) -> List[Tuple[int, str]]:
+    out = []
+    if os.path.isdir(run_dir):
+        for name in os.listdir(run_dir):
+            m = _STEP_DIR.match(name)
+            if m and os.path.isdir(os.path.join(run_dir, name)) and not os.path.islink(os.path.join(run_dir, name)):
+                out.append((int(m.group(1)), os.path.join(run_dir, name)))
+    return sorted(out)
+
+
+def resolve_checkpoint(path) -> str:
+    """The checkpoint folder that ``path`` names: a ``step-N`` folder, a ``latest``
+    link, or a run folder (its ``latest``, else its highest ``step-N``).
+
+    Raises ``FileNotFoundError`` with what was expected when there is none.
+    """
+    path = os.fspath(path)
+    if os.path.islink(path):
+        path = os.path.realpath(path)
+    if os.path.isfile(path) and os.path.basename(path) == "latest":  # pointer file (no symlinks)
+        with open(path, encoding="utf-8") as f:
+            path = os.path.join(os.path.dirname(path), f.read().strip())
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint {path!r} is not a folder")
+    if os.path.isfile(os.path.join(path, STATE_FILE)):
+        return path
+    latest = os.path.join(path, "latest")
+    if os.path.exists(latest):
+        return resolve_checkpoint(os.path.realpath(latest) if os.path.islink(latest) else latest)
+    steps = _step_dirs(path)
+    if steps:
+        return steps[-1][1]
+    raise FileNotFoundError(f"{path!r} is not a checkpoint: it has no {STATE_FILE} and no step-N folders")
+
+
+def load_trainer_state(ckpt: str) -> Dict[str, Any]:
+    """Read and check ``trainer_state.json`` of a checkpoint folder."""
+    p = os.path.join(ckpt, STATE_FILE)
+    if not os.path.isfile(p):
+        raise FileNotFoundError(f"{ckpt!r} is not a checkpoint: {STATE_FILE} is missing")
+    try:
+        with open(p, encoding="utf-8") as f:
+            state = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"checkpoint {ckpt!r} is corrupt: {STATE_FILE} is not valid JSON ({e})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"checkpoint {ckpt!r} is corrupt: {STATE_FILE} is not a pyllama trainer state")
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(f"checkpoint {ckpt!r} has trainer-state version {state.get('version')!r}; "
+                         f"this pyllama reads version {STATE_VERSION}")
+    for key in ("step", "tokens_seen", "data", "train_config", "model_config"):
+        if key not in state:
+            raise ValueError(f"checkpoint {ckpt!r} is corrupt: {STATE_FILE} lacks {key!r}")
+    return state
+
+
+def _load_safetensors(path: str, what: str) -> Dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file {path!r} ({what}) is missing")
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises its own error types
+        raise ValueError(f"checkpoint file {path!r} ({what}) is corrupt: {e}") from None
+
+
+# ---------------------------------------------------------------------- Trainer
+
+class Trainer:
+    """Trains ``model`` on token data with AdamW, clipping and a cosine schedule.
+
+    ``train_data`` / ``val_data``: a :class:`pyllama.data.TokenData`, a path
+    written by ``pyllama prepare`` (``.../train.bin``), or an array of ids.
+    ``tokenizer`` (optional) is saved into every checkpoint (``tokenizer.tiktoken``
+    and its ``.json``, plus a Hugging Face ``tokenizer.json``); ``tokenizer_ref`` is
+    recorded in ``trainer_state.json``.
+
+    >>> trainer = Trainer(model, TrainConfig(max_steps=100, out_dir="runs/x"),
+    ...                   "data/train.bin", "data/val.bin")          # doctest: +SKIP
+    >>> trainer.train()                                             # doctest: +SKIP
+    >>> trainer.resume("runs/x/latest"); trainer.train()            # doctest: +SKIP
+    """
+
+    def __init__(self, model, config: TrainConfig, train_data, val_data=None, *, tokenizer=None,
+                 tokenizer_ref: Optional[str] = None, progress: Optional[bool] = None) -> None:
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a pyllama.TrainConfig, got {type(config).__name__}")
+        config.validate()
+        self.model = model
+        self.config = config
+        mc = model.config
+        if config.seq_len > mc.max_position_embeddings:
+            raise ValueError(f"TrainConfig.seq_len ({config.seq_len}) exceeds the model's "
+                             f"max_position_embeddings ({mc.max_position_embeddings})")
+        if config.device == "cuda":
+            try:
+                model.to("cuda", dtype=config.dtype)
+            except (RuntimeError, NotImplementedError) as e:
+                raise ValueError(f"TrainConfig.device='cuda' cannot be used: {e}; use device='cpu'") from None
+        elif getattr(model, "device", "cpu") != "cpu":
+            model.to("cpu")
+        self.train_data = as_token_data(train_data)
+        self.val_data = as_token_data(val_data) if val_data is not None else None
+        for what, d in (("train_data", self.train_data), ("val_data", self.val_data)):
+            if d is None:
+                continue
+            if len(d) and d.max_id >= mc.vocab_size:
+                raise ValueError(f"LlamaConfig.vocab_size ({mc.vocab_size}) is smaller than {what}'s largest "
+                                 f"token id + 1 ({d.max_id + 1}): use a model with a larger vocab_size or the "
+                                 "tokenizer the data was prepared with")
+            if len(d) < config.seq_len + 1:
+                raise ValueError(f"{what} has {len(d)} tokens, fewer than TrainConfig.seq_len + 1 "
+                                 f"({config.seq_len + 1})")
+        self.tokenizer = tokenizer
+        self.tokenizer_ref = tokenizer_ref
+        self.progress = sys.stderr.isatty() if progress is None else bool(progress)
+        self.loader = DataLoader(self.train_data, config.batch_size, config.seq_len, seed=config.seed)
+        self.optimizer = AdamW(model, lr=config.lr, betas=config.betas, eps=config.eps,
+                               weight_decay=config.weight_decay, decay_embeddings=config.decay_embeddings)
+        self.step = 0  # completed optimizer steps
+        self.tokens_seen = 0
+        self.last_metrics: Dict[str, Any] = {}
+        self.last_checkpoint: Optional[str] = None
+        self._stop = False
+        self._flops_per_token = self._compute_flops_per_token()
+        self._peak = _peak_flops(config.device, config.dtype)
+
+    # ------------------------------------------------------------------ one step
+    def _compute_flops_per_token(self) -> float:
+        fn = getattr(self.model, "flops_per_token", None)
+        if fn is not None:
+            return float(fn(self.config.seq_len))
+        c = self.model.config
+        return 6.0 * self.model.num_parameters() + 12.0 * c.num_hidden_layers * c.hidden_size * self.config.seq_len
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step ``step`` (0-based)."""
+        c = self.config
+        return cosine_lr(step, c.lr, c.warmup_steps, c.max_steps, c.min_lr_ratio)
+
+    def train_step(self) -> Dict[str, Any]:
+        """One optimizer step; returns its metrics (loss is the mean over micro-batches)."""
+        c = self.config
+        t0 = time.perf_counter()
+        lr = self.lr_at(self.step)
+        self.model.zero_grad()
+        loss_sum = 0.0
+        for _ in range(c.grad_accum_steps):
+            window = self.loader.next_batch()
+            ids = np.ascontiguousarray(window[:, :c.seq_len])
+            # labels are aligned with input_ids (the model shifts them), as in Hugging Face
+            out = self.model(ids, labels=ids, return_logits=False)
+            self.model.backward(1.0 / c.grad_accum_steps)
+            loss_sum += out.loss
+        loss = loss_sum / c.grad_accum_steps
+        norm = clip_grad_norm(self.model, c.grad_clip) if c.grad_clip > 0 else grad_norm(self.model)
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            raise FloatingPointError(f"step {self.step + 1}: loss={loss} grad_norm={norm} is not finite; "
+                                     f"lower TrainConfig.lr (now {c.lr}) or check the data")
+        self.optimizer.step(lr=lr)
+        self.step += 1
+        tokens = c.batch_size * c.seq_len * c.grad_accum_steps
+        self.tokens_seen += tokens
+        dt = time.perf_counter() - t0
+        tps = tokens / dt if dt > 0 else float("inf")
+        return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_s": tps,
+                "mfu": self._flops_per_token * tps / self._peak, "tokens": self.tokens_seen}
+
+    def evaluate(self, eval_steps: Optional[int] = None) -> float:
+        """Mean loss over the first ``eval_steps`` batches of the validation data
+        (the same batches every time, so evaluations compare)."""
+        if self.val_data is None:
+            raise ValueError("Trainer has no val_data to evaluate on")
+        c = self.config
+        loader = DataLoader(self.val_data, c.batch_size, c.seq_len, mode="sequential")
+        total = 0.0
+        n = eval_steps or c.eval_steps
+        for _ in range(n):
+            ids = np.ascontiguousarray(loader.next_batch()[:, :c.seq_len])
+            total += self.model(ids, labels=ids, return_logits=False).loss
+        return total / n
+
+    # ------------------------------------------------------------------ the loop
+    def _on_sigint(self, signum, frame) -> None:
+        if self._stop:  # second Ctrl-C: stop now, without a checkpoint
+            raise KeyboardInterrupt
+        self._stop = True
+        print("\ninterrupt: finishing this step, then saving a checkpoint (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
+
+    def _log(self, metrics: Dict[str, Any]) -> None:
+        self.last_metrics = metrics
+        if self.config.out_dir is None:
+            return
+        os.makedirs(self.config.out_dir, exist_ok=True)
+        with open(os.path.join(self.config.out_dir, METRICS_FILE), "a", encoding="utf-8") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+    def train(self, steps: Optional[int] = None) -> Dict[str, Any]:
+        """Train until ``max_steps`` (or for at most ``steps`` more steps), then
+        save a checkpoint (when ``out_dir`` is set) and plot the loss curve.
+        Ctrl-C finishes the current step, saves a checkpoint and returns.
+        Returns ``{"step", "loss", "val_loss", "checkpoint", "interrupted", "seconds"}``."""
+        c = self.config
+        end = c.max_steps if steps is None else min(c.max_steps, self.step + int(steps))
+        self._stop = False
+        self._truncate_metrics()  # metrics.jsonl holds this run's history only
+        handler_installed = False
+        if threading.current_thread() is threading.main_thread():
+            prev = signal.signal(signal.SIGINT, self._on_sigint)
+            handler_installed = True
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=c.max_steps, initial=self.step, unit="step", dynamic_ncols=True)
+        t_start = time.perf_counter()
+        val_loss = None
+        saved_at = None
+        try:
+            while self.step < end and not self._stop:
+                m = self.train_step()
+                last = self.step == c.max_steps
+                if self.val_data is not None and c.eval_interval > 0 and (self.step % c.eval_interval == 0 or last):
+                    val_loss = self.evaluate()
+                    m["val_loss"] = val_loss
+                self._log(m)
+                if bar is not None:
+                    post = {"loss": f"{m['loss']:.4f}", "lr": f"{m['lr']:.2e}", "tok/s": f"{m['tokens_per_s']:.0f}"}
+                    if "val_loss" in m:
+                        post["val"] = f"{m['val_loss']:.4f}"
+                    bar.set_postfix(post, refresh=False)
+                    bar.update(1)
+                if c.out_dir is not None and c.checkpoint_interval > 0 and self.step % c.checkpoint_interval == 0:
+                    self.save_checkpoint()
+                    saved_at = self.step
+        finally:
+            if bar is not None:
+                bar.close()
+            if handler_installed:
+                signal.signal(signal.SIGINT, prev)
+        if c.out_dir is not None and saved_at != self.step and self.step > 0:
+            self.save_checkpoint()
+        if c.out_dir is not None:
+            try:
+                plot_metrics(os.path.join(c.out_dir, METRICS_FILE), os.path.join(c.out_dir, "loss.png"))
+            except ImportError:
+                pass
+        return {"step": self.step, "loss": self.last_metrics.get("loss"), "val_loss": val_loss,
+                "checkpoint": self.last_checkpoint, "interrupted": self._stop,
+                "seconds": time.perf_counter() - t_start}
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> Dict[str, Any]:
+        """What ``trainer_state.json`` holds."""
+        from ._version import __version__
+
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "pyllama_version": __version__,
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "data": self.loader.state_dict(),  # position and RNG state of the training batches
+            "optimizer": {"file": OPTIMIZER_FILE, "step": self.optimizer.step_count},
+            "train_config": self.config.to_dict(),
+            "model_config": self.model.config.to_dict(),
+            "tokenizer": self.tokenizer_ref if self.tokenizer_ref is not None else
+            (TOKENIZER_FILE if self.tokenizer is not None else None),
+            "train_data": self.train_data.describe(),
+            "val_data": self.val_data.describe() if self.val_data is not None else None,
+            "metrics": self.last_metrics,
+        }
+
+    def save_checkpoint(self, path: Optional[str] = None) -> str:
+        """Write ``out_dir/step-N/`` (or ``path``): Hugging Face model files,
+        ``optimizer.safetensors``, ``trainer_state.json`` and the tokenizer.
+
+        The folder is written under a temporary name and renamed when complete,
+        so a crash or a full disk leaves earlier checkpoints as they were. Then
+        ``out_dir/latest`` points at it and all but the last ``keep_last``
+        ``step-N`` folders are removed. Returns the folder.
+        """
+        from safetensors.numpy import save_file
+
+        c = self.config
+        if path is None:
+            if c.out_dir is None:
+                raise ValueError("TrainConfig.out_dir is None: pass a path to save_checkpoint")
+            path = os.path.join(c.out_dir, f"step-{self.step}")
+        path = os.path.abspath(os.fspath(path))
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(path)}-", dir=parent)
+        try:
+            self.model.save_pretrained(tmp)
+            sd = self.optimizer.state_dict()
+            tensors = {}
+            for key in ("exp_avg", "exp_avg_sq"):
+                for name, a in sd[key].items():
+                    tensors[f"{key}.{name}"] = np.ascontiguousarray(a)
+            save_file(tensors, os.path.join(tmp, OPTIMIZER_FILE),
+                      metadata={"format": "pyllama.adamw", "step": str(sd["step"]),
+                                "hyper": json.dumps(sd["hyper"])})
+            if self.tokenizer is not None:
+                save_tokenizer(self.tokenizer, tmp)
+            with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
+                json.dump(self.state(), f, indent=2)
+                f.write("\n")
+            _make_readable(tmp)
+            _fsync_tree(tmp)
+            if os.path.lexists(path):  # re-saving the same step: swap the old folder out
+                old = tempfile.mkdtemp(prefix=f".old-{os.path.basename(path)}-", dir=parent)
+                os.rename(path, os.path.join(old, "x"))
+                os.rename(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, path)
+            _fsync_dir(parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.last_checkpoint = path
+        if c.out_dir is not None and os.path.abspath(c.out_dir) == parent:
+            _point_latest(parent, os.path.basename(path))
+            self._prune(parent)
+        return path
+
+    def _prune(self, run_dir: str) -> None:
+        k = self.config.keep_last
+        if k <= 0:
+            return
+        steps = _step_dirs(run_dir)
+        for _, p in steps[:-k]:
+            if p != self.last_checkpoint:
+                shutil.rmtree(p, ignore_errors=True)
+
+    def resume(self, path) -> str:
+        """Continue from a checkpoint (``step-N`` folder, ``latest`` or run folder):
+        loads the weights, optimizer moments, step, tokens seen and the data
+        position/RNG, so the following steps equal an uninterrupted run's.
+        Returns the checkpoint folder used."""
+        ckpt = resolve_checkpoint(path)
+        state = load_trainer_state(ckpt)
+        # the model must have the checkpoint's shape
+        from .config import LlamaConfig
+
+        try:
+            saved_cfg = LlamaConfig.from_dict(state["model_config"])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"checkpoint {ckpt!r} is corrupt: bad model_config ({e})") from None
+        mine = self.model.config
+        diff = [f.name for f in dataclasses.fields(LlamaConfig)
+                if f.name not in ("bos_token_id", "eos_token_id") and getattr(saved_cfg, f.name) != getattr(mine, f.name)]
+        if diff:
+            raise ValueError(f"checkpoint {ckpt!r} was trained with a different model: LlamaConfig "
+                             + ", ".join(f"{n}={getattr(saved_cfg, n)!r} (this model: {getattr(mine, n)!r})" for n in diff))
+        saved_tc = state["train_config"]
+        for name in ("batch_size", "seq_len", "grad_accum_steps", "seed"):
+            if saved_tc.get(name) != getattr(self.config, name):
+                raise ValueError(f"cannot resume exactly: checkpoint has TrainConfig.{name}={saved_tc.get(name)!r}, "
+                                 f"this trainer has {getattr(self.config, name)!r}")
+        # weights
+        weights = _load_safetensors(os.path.join(ckpt, "model.safetensors"), "model weights")
+        named = self.model.named_parameters()
+        for name, view in named.items():
+            if name not in weights:
+                raise ValueError(f"checkpoint {ckpt!r} is corrupt: model.safetensors lacks {name!r}")
+            if weights[name].shape != view.shape:
+                raise ValueError(f"checkpoint {ckpt!r}: {name!r} has shape {weights[name].shape}, "
+                                 f"expected {view.shape}")
+        # optimizer moments
+        moments = _load_safetensors(os.path.join(ckpt, OPTIMIZER_FILE), "optimizer moments")
+        opt_state = {"step": int(state.get("optimizer", {}).get("step", state["step"])), "exp_avg": {}, "exp_avg_sq": {}}
+        for key, a in moments.items():
+            kind, _, name = key.partition(".")
+            if kind in ("exp_avg", "exp_avg_sq"):
+                opt_state[kind][name] = a
+        # everything read and checked: now change this trainer
+        gpu = _gpu(self.model)
+        if gpu is None:
+            for name, view in named.items():
+                view[...] = weights[name]
+        else:  # named_parameters() are host copies on a cuda model: write the flat buffer
+            flat = np.array(self.model.flat_params(), dtype=np.float32)
+            for name, o, n, _ in self.model.param_segments():
+                flat[o:o + n] = weights[name].reshape(-1)
+            gpu.params_from_host(flat)
+        self.optimizer.load_state_dict(opt_state)
+        self.loader.load_state_dict(state["data"])
+        self.step = int(state["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.last_metrics = dict(state.get("metrics") or {})
+        self.last_checkpoint = os.path.abspath(ckpt)
+        self._truncate_metrics()
+        return ckpt
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric lines past the resumed step (from a run that went on after its last checkpoint)."""
+        if self.config.out_dir is None:
+            return
+        p = os.path.join(self.config.out_dir, METRICS_FILE)
+        if not os.path.isfile(p):
+            return
+        keep = []
+        with open(p, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    if json.loads(line).get("step", 0) <= self.step:
+                        keep.append(line if line.endswith("\n") else line + "\n")
+                except json.JSONDecodeError:
+                    continue
+        atomic_write_text(p, "".join(keep))
+
+
+def _point_latest(run_dir: str, target: str) -> None:
+    """Make ``run_dir/latest`` a symlink to ``target`` (atomically); a text file where symlinks fail."""
+    link = os.path.join(run_dir, "latest")
+    tmp = os.path.join(run_dir, f".tmp-latest-{os.getpid()}")
+    try:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(target, tmp, target_is_directory=True)
+        if os.path.isdir(link) and not os.path.islink(link):
+            shutil.rmtree(link)
+        os.replace(tmp, link)
+    except OSError:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        atomic_write_text(link, target + "\n")
+
+
+# ---------------------------------------------------------------------- plot
+
+def read_metrics(path) -> List[Dict[str, Any]]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                out.append(json.loads(line))
+    return out
+
+
+def plot_metrics(metrics_path, png_path) -> str:
+    """Plot training (and validation) loss against step into a PNG. Needs matplotlib
+    (``ImportError`` otherwise)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1, label="train loss")
+    ev = [r for r in rows if "val_loss" in r]
+    if ev:
+        ax.plot([r["step"] for r in ev], [r["val_loss"] for r in ev], "o-", ms=3, label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    from ._io import atomic_write
+
+    def write(tmp: str) -> None:
+        fig.savefig(tmp, format="png")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+
+    atomic_write(png_path, write)
+    plt.close(fig)
+    return os.fspath(png_path)
