@@ -110,7 +110,9 @@ class Communicator:
         """``root``'s ``obj`` (picklable), returned on every rank."""
         raise NotImplementedError
 
-    def barrier(self, *, what: str = "barrier", step: Optional[int] = None) -> None:
+    def barrier(self, *, what: str = "barrier", step: Optional[int] = None,
+                timeout_s: Optional[float] = None) -> None:
+        """Wait until every rank is here (``timeout_s`` overrides the communicator's deadline)."""
         raise NotImplementedError
 
     def allgather_object(self, obj: Any, *, what: str = "all-gather", step: Optional[int] = None) -> List[Any]:
@@ -120,6 +122,11 @@ class Communicator:
     def abort(self, code: int = 1) -> None:
         """End every rank now (last resort)."""
         os._exit(code)
+
+    def mark_failed(self, reason: str) -> None:
+        """Record that this rank left the collective sequence (an exception):
+        the other ranks would wait for it, so the job is aborted when this
+        process exits. A no-op on one process."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, world_size={self.world_size})"
@@ -138,7 +145,7 @@ class SingleProcess(Communicator):
             raise ValueError(f"broadcast root {root} does not exist: world_size is 1")
         return obj
 
-    def barrier(self, *, what="barrier", step=None):
+    def barrier(self, *, what="barrier", step=None, timeout_s=None):
         return None
 
     def allgather_object(self, obj, *, what="all-gather", step=None):
@@ -186,20 +193,21 @@ class MPICommunicator(Communicator):
         atexit.register(self._abort_if_broken)
 
     # -------------------------------------------------------------- waiting
-    def _wait(self, reqs, what: str, step: Optional[int]) -> None:
+    def _wait(self, reqs, what: str, step: Optional[int], timeout_s: Optional[float] = None) -> None:
         """Poll ``reqs`` until all are complete or the deadline passes."""
         t0 = time.perf_counter()
+        timeout = self.timeout_s if timeout_s is None else timeout_s
         try:
-            if self.timeout_s is None:
+            if timeout is None:
                 self.MPI.Request.Waitall(reqs)
                 return
-            deadline = t0 + self.timeout_s
+            deadline = t0 + timeout
             spins = 0
             while not self.MPI.Request.Testall(reqs):
                 spins += 1
                 if spins > 200:  # after a short busy poll, yield the core: ranks share CPUs
                     if time.perf_counter() > deadline:
-                        self._fail(what, step, f"did not complete within {self.timeout_s:g} s "
+                        self._fail(what, step, f"did not complete within {timeout:g} s "
                                                "(TrainConfig.dist_timeout_s): another rank died, hangs or is "
                                                "much slower")
                     time.sleep(0.0002 if spins < 5000 else 0.002)
@@ -244,10 +252,10 @@ class MPICommunicator(Communicator):
         reqs = [self.comm.Iallreduce(self.MPI.IN_PLACE, b, op=self.MPI.SUM) for b in bufs]
         self._wait(reqs, what, step)
 
-    def barrier(self, *, what="barrier", step=None):
+    def barrier(self, *, what="barrier", step=None, timeout_s=None):
         self._check(what)
         if self.world_size > 1:
-            self._wait([self.comm.Ibarrier()], what, step)
+            self._wait([self.comm.Ibarrier()], what, step, timeout_s)
 
     def broadcast(self, obj=None, root=0, *, what="broadcast", step=None):
         self._check(what)
@@ -273,6 +281,10 @@ class MPICommunicator(Communicator):
         displs = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         self._wait([self.comm.Iallgatherv(data, [out, sizes.tolist(), displs.tolist(), self.MPI.BYTE])], what, step)
         return [pickle.loads(out[d:d + s].tobytes()) for d, s in zip(displs.tolist(), sizes.tolist())]
+
+    def mark_failed(self, reason: str) -> None:
+        if self.broken is None and self.world_size > 1:
+            self.broken = reason
 
     def abort(self, code: int = 1) -> None:
         print(f"pyllama.distributed: rank {self.rank}: calling MPI_Abort({code})", file=sys.stderr, flush=True)
@@ -413,6 +425,24 @@ def default_threads_per_rank(comm: Communicator, cpus: Optional[int] = None) -> 
         except (AttributeError, OSError):
             cpus = os.cpu_count() or 1
     return max(1, int(cpus) // max(1, int(comm.local_size)))
+
+
+def _test_fault(rank: int, step: int) -> None:
+    """Tests only: ``_PYLLAMA_TEST_FAULT="die:R:S"`` makes rank R exit at once
+    (``os._exit(1)``, no clean-up, as a crash) after step S; ``"hang:R:S"`` makes
+    it stop responding there (sleep)."""
+    spec = os.environ.get("_PYLLAMA_TEST_FAULT")
+    if not spec:
+        return
+    kind, r, s = spec.split(":")
+    if int(r) != rank or int(s) != step:
+        return
+    print(f"pyllama.distributed: test fault: rank {rank} {kind} after step {step}", file=sys.stderr, flush=True)
+    if kind == "die":
+        os._exit(1)
+    if kind == "hang":
+        time.sleep(3600)
+    raise ValueError(f"_PYLLAMA_TEST_FAULT: unknown kind {kind!r} (die or hang)")
 
 
 # ---------------------------------------------------------------------- consistency
