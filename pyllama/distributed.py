@@ -465,16 +465,23 @@ def fingerprint(obj: Any) -> str:
 
 def check_consistent(comm: Communicator, items: Dict[str, Any], *, what: str = "start-up check",
                      step: Optional[int] = None) -> None:
-    """All-gather ``{name: fingerprint}`` and raise :class:`DistributedError`
-    naming every item on which some rank differs from rank 0."""
-    mine = {k: (v if isinstance(v, str) else fingerprint(v)) for k, v in items.items()}
+    """All-gather ``items`` and raise :class:`DistributedError` naming every item
+    on which some rank differs from rank 0. Dicts travel as they are (so the
+    error names the differing fields and values); anything else as a
+    :func:`fingerprint`."""
+    mine = {k: (v if isinstance(v, (str, dict)) else fingerprint(v)) for k, v in items.items()}
     every = comm.allgather_object(mine, what=what, step=step)
     bad = []
     for name in mine:
         ranks = [r for r, d in enumerate(every) if d.get(name) != every[0].get(name)]
-        if ranks:
-            bad.append(f"{name} (rank 0 differs from rank{'s' if len(ranks) > 1 else ''} "
-                       f"{', '.join(map(str, ranks))})")
+        if not ranks:
+            continue
+        desc = f"{name} (rank 0 differs from rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
+        first, other = every[0].get(name), every[ranks[0]].get(name)
+        if isinstance(first, dict) and isinstance(other, dict):
+            keys = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
+            desc += ": " + ", ".join(f"{k}={first.get(k)!r} vs {other.get(k)!r}" for k in keys[:8])
+        bad.append(desc + ")")
     extra = sorted(set().union(*every) ^ set(mine))
     if extra:
         bad.append("the set of checked items (" + ", ".join(extra) + ")")
