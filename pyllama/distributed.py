@@ -430,7 +430,7 @@ def default_threads_per_rank(comm: Communicator, cpus: Optional[int] = None) -> 
 def _test_fault(rank: int, step: int) -> None:
     """Tests only: ``_PYLLAMA_TEST_FAULT="die:R:S"`` makes rank R exit at once
     (``os._exit(1)``, no clean-up, as a crash) after step S; ``"hang:R:S"`` makes
-    it stop responding there (sleep)."""
+    it stop responding there (sleep); ``"sigint:R:S"`` sends it SIGINT (Ctrl-C)."""
     spec = os.environ.get("_PYLLAMA_TEST_FAULT")
     if not spec:
         return
@@ -442,7 +442,12 @@ def _test_fault(rank: int, step: int) -> None:
         os._exit(1)
     if kind == "hang":
         time.sleep(3600)
-    raise ValueError(f"_PYLLAMA_TEST_FAULT: unknown kind {kind!r} (die or hang)")
+    if kind == "sigint":  # as if Ctrl-C reached this rank only
+        import signal
+
+        os.kill(os.getpid(), signal.SIGINT)
+        return
+    raise ValueError(f"_PYLLAMA_TEST_FAULT: unknown kind {kind!r} (die, hang or sigint)")
 
 
 # ---------------------------------------------------------------------- consistency

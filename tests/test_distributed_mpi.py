@@ -124,6 +124,15 @@ def test_a_hung_rank_trips_the_watchdog(tmp_path, data):
     assert "finished at step" not in p.stdout
 
 
+def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(tmp_path, data):
+    out = str(tmp_path / "run")
+    p, _ = _mpi(2, ["--data", data, *TINY, "--out-dir", out], env=_env(_PYLLAMA_TEST_FAULT="sigint:1:2"))
+    _ok(p)
+    assert "stopped at step 3" in p.stdout  # the vote rides on step 3's all-reduce
+    assert os.path.isdir(os.path.join(out, "step-3")) and not os.path.exists(os.path.join(out, "step-6"))
+    assert sorted(_losses(out)) == [1, 2, 3]
+
+
 @pytest.mark.parametrize("differ, message", [
     (["--lr", "0.002"], "disagree on TrainConfig"),
     (["--model-seed", "1"], "disagree on weights"),
