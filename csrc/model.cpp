@@ -161,7 +161,7 @@ namespace {
 struct Acts {
   float* x0;  // (N, C) embedding output
   struct Layer {
-    float *ln1, *rstd1, *qkv, *att, *atty, *res1, *ln2, *rstd2, *gu, *h, *res2;
+    float *ln1, *rstd1, *qkv, *lse, *atty, *res1, *ln2, *rstd2, *gu, *h, *res2;
   };
   std::vector<Layer> layers;
   float *lnf, *rstdf, *logits, *lse;
@@ -183,7 +183,7 @@ size_t carve_acts(Acts* a, float* base, int B, int T, int C, int QKVD, int NH, i
     y.ln1 = take(N * C);
     y.rstd1 = take(N);
     y.qkv = take(N * QKVD);
-    y.att = take((size_t)B * NH * T * T);
+    y.lse = take((size_t)B * NH * T);  // attention row log-sum-exps
     y.atty = take(N * C);
     y.res1 = take(N * C);
     y.ln2 = take(N * C);
@@ -202,7 +202,7 @@ size_t carve_acts(Acts* a, float* base, int B, int T, int C, int QKVD, int NH, i
   a->datty = take(N * C);
   a->dgu = take(N * 2 * I);
   a->dh = take(N * I);
-  a->att_scratch = take((size_t)nthreads * T * T);
+  a->att_scratch = take((size_t)attention_scratch_floats(T));
   return off;
 }
 }  // namespace
@@ -272,7 +272,7 @@ float LlamaModel::forward(const int32_t* tokens, const int32_t* labels, int B, i
     linear_forward(y.qkv, y.ln1, w.wqkv, N, C_, QKVD_);
     rope_apply(y.qkv, QKVD_, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, NH_, HS_, false);
     rope_apply(y.qkv + C_, QKVD_, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, NKV_, HS_, false);
-    attention_forward(y.atty, y.att, y.qkv, B, T, NH_, NKV_, HS_);
+    attention_forward_flash(y.atty, y.lse, a.att_scratch, y.qkv, B, T, NH_, NKV_, HS_);
     linear_forward(y.res1, y.atty, w.wo, N, C_, C_);
     residual_forward(y.res1, y.res1, x, N * C_);
     rmsnorm_forward(y.ln2, y.rstd2, y.res1, w.ln2, N, C_, cfg_.rms_norm_eps);
@@ -324,7 +324,7 @@ void LlamaModel::backward(float scale) {
     rmsnorm_backward(a.dres, g.ln2, a.dln, y.res1, w.ln2, y.rstd2, N, C_);
     // attention: res1 = x + o(attn(rope(qkv(ln1))))
     linear_backward(a.datty, g.wo, a.dres, y.atty, w.wo, N, C_, C_);
-    attention_backward(a.dqkv, a.att_scratch, a.datty, y.qkv, y.att, B, T, NH_, NKV_, HS_);
+    attention_backward_flash(a.dqkv, a.att_scratch, a.datty, y.qkv, y.lse, B, T, NH_, NKV_, HS_);
     rope_apply(a.dqkv, QKVD_, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, NH_, HS_, true);
     rope_apply(a.dqkv + C_, QKVD_, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, NKV_, HS_, true);
     // qkv must be un-rotated for the weight gradient: dW = dqkv^T ln1 uses ln1, not q/k, so no change needed

@@ -155,6 +155,13 @@ static void test_attention() {
   attention_backward(dqkv.data(), scratch.data(), r.data(), qkv.data(), att.data(), B, T, NH, NKV, HS);
   Vec n = numgrad(qkv, f);
   allclose(dqkv.data(), n.data(), (long)qkv.size(), 5e-3f, 1e-2f, "attention dqkv");
+  // the flash variant (lse only, probabilities recomputed) equals the dense one
+  Vec out2(out.size()), lse((size_t)B * NH * T), dqkv2(qkv.size()), scr2((size_t)attention_scratch_floats(T));
+  attention_forward(out.data(), att.data(), qkv.data(), B, T, NH, NKV, HS);
+  attention_forward_flash(out2.data(), lse.data(), scr2.data(), qkv.data(), B, T, NH, NKV, HS);
+  allclose(out2.data(), out.data(), (long)out.size(), 1e-6f, 1e-5f, "flash attention out");
+  attention_backward_flash(dqkv2.data(), scr2.data(), r.data(), qkv.data(), lse.data(), B, T, NH, NKV, HS);
+  allclose(dqkv2.data(), dqkv.data(), (long)dqkv.size(), 1e-6f, 1e-4f, "flash attention dqkv");
 }
 
 static void test_crossentropy() {
