@@ -35,7 +35,7 @@ PRESET_TRAIN: Dict[str, Any] = dict(batch_size=16, seq_len=128, grad_accum_steps
                                     warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.1, betas=(0.9, 0.95),
                                     eps=1e-8, grad_clip=1.0, decay_embeddings=True, eval_interval=50,
                                     eval_steps=8, checkpoint_interval=100, keep_last=2, seed=0, out_dir=DEFAULT_OUT, device="cpu",
-                                    dtype="float32", dist_timeout_s=300.0)
+                                    dtype="float32", dist_timeout_s=300.0, zero1=False)
 
 _MODEL_FIELDS = {f.name for f in dataclasses.fields(LlamaConfig)}
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -120,6 +120,8 @@ def _flag_values(args) -> Dict[str, Dict[str, Any]]:
         out["train"]["betas"] = (args.beta1, args.beta2)  # completed below
     if args.no_decay_embeddings:
         out["train"]["decay_embeddings"] = False
+    if getattr(args, "zero1", None):
+        out["train"]["zero1"] = True
     for name in _DATA_FIELDS:
         v = getattr(args, name, None)
         if v is not None:
@@ -399,6 +401,8 @@ def register(sub) -> None:
         t.add_argument("--" + name.replace("_", "-"), dest=name, type=typ,
                        metavar={int: "N", float: "X"}.get(typ, "DIR" if name == "out_dir" else "NAME"), help=f"[{PRESET_TRAIN[name]}]")
     t.add_argument("--no-decay-embeddings", action="store_true", help="no weight decay on the token embedding")
+    t.add_argument("--zero1", action="store_true", default=None,
+                   help="data parallel (mpiexec): shard the AdamW moments over the ranks (ZeRO-1)")
     t.add_argument("--beta1", type=float, help=f"[{PRESET_TRAIN['betas'][0]}]")
     t.add_argument("--beta2", type=float, help=f"[{PRESET_TRAIN['betas'][1]}]")
     p.set_defaults(func=run_train)

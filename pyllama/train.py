@@ -89,6 +89,7 @@ class TrainConfig:
     device: str = "cpu"  # "cpu" or "cuda" (the model is moved there; needs a GPU build and device)
     dtype: str = "float32"  # compute type on "cuda": "float32" or "bfloat16" (float32 master weights)
     dist_timeout_s: float = 300.0  # data-parallel runs: a collective waiting longer raises (a rank died or hangs); 0: wait for ever
+    zero1: bool = False  # data-parallel runs: shard the AdamW moments over the ranks (ZeRO stage 1)
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):
@@ -131,6 +132,8 @@ class TrainConfig:
         if not (isinstance(b, tuple) and len(b) == 2 and all(isinstance(x, (int, float)) and 0.0 <= x < 1.0
                                                               for x in b)):
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {b!r}")
+        if not isinstance(self.zero1, bool):
+            raise ValueError(f"TrainConfig.zero1 must be True or False, got {self.zero1!r}")
         if not isinstance(self.decay_embeddings, bool):
             raise ValueError(f"TrainConfig.decay_embeddings must be True or False, got {self.decay_embeddings!r}")
         if self.out_dir is not None and not isinstance(self.out_dir, str):
@@ -373,8 +376,16 @@ class Trainer:
         self.tokenizer_ref = tokenizer_ref
         self.progress = (sys.stderr.isatty() if progress is None else bool(progress)) and self.rank == 0
         self.loader = DataLoader(self.train_data, config.batch_size, config.seq_len, seed=config.seed)
-        self.optimizer = AdamW(model, lr=config.lr, betas=config.betas, eps=config.eps,
-                               weight_decay=config.weight_decay, decay_embeddings=config.decay_embeddings)
+        self._zero = self.world_size > 1 and config.zero1
+        if self._zero:
+            if not hasattr(comm, "reduce_scatter_sum"):
+                raise ValueError(f"TrainConfig.zero1 needs the MPI communicator, got {type(comm).__name__}")
+            self.optimizer = _dist.ShardedAdamW(model, comm, lr=config.lr, betas=config.betas, eps=config.eps,
+                                                weight_decay=config.weight_decay,
+                                                decay_embeddings=config.decay_embeddings)
+        else:
+            self.optimizer = AdamW(model, lr=config.lr, betas=config.betas, eps=config.eps,
+                                   weight_decay=config.weight_decay, decay_embeddings=config.decay_embeddings)
         self.step = 0  # completed optimizer steps
         self.tokens_seen = 0
         self.last_metrics: Dict[str, Any] = {}
@@ -390,6 +401,12 @@ class Trainer:
             self.check_ranks("start-up check")
 
     # ------------------------------------------------------------------ ranks
+    def _before_checkpoint(self) -> None:
+        """Every rank: check the ranks agree; with ZeRO-1, gather the moments on rank 0."""
+        self.check_ranks("checkpoint check")
+        if self._zero:
+            self.optimizer.gather_moments(step=self.step)
+
     def check_ranks(self, what: str = "consistency check") -> None:
         """Data parallel: all-gather fingerprints of the configs, the data, the
         step, the data position and the weights, and raise
@@ -446,13 +463,25 @@ class Trainer:
             loss_sum += out.loss
         loss = loss_sum / A
         comm_s = None
-        if W > 1:
-            loss, comm_s = self._allreduce_grads(loss)
-        norm = clip_grad_norm(self.model, c.grad_clip) if c.grad_clip > 0 else grad_norm(self.model)
+        if self._zero:  # reduce-scatter, norm from the blocks, clip the own block
+            t1 = time.perf_counter()
+            self._fill_small(loss)
+            self.optimizer.reduce_scatter_grads(also_sum=[self._small], step=self.step + 1)
+            loss = self._read_small()
+            norm = self.optimizer.clip_(c.grad_clip, step=self.step + 1)
+            comm_s = time.perf_counter() - t1
+        else:
+            if W > 1:
+                loss, comm_s = self._allreduce_grads(loss)
+            norm = clip_grad_norm(self.model, c.grad_clip) if c.grad_clip > 0 else grad_norm(self.model)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise FloatingPointError(f"step {self.step + 1}: loss={loss} grad_norm={norm} is not finite; "
                                      f"lower TrainConfig.lr (now {c.lr}) or check the data")
         self.optimizer.step(lr=lr)
+        if self._zero:
+            t1 = time.perf_counter()
+            self.optimizer.allgather_params(step=self.step + 1)
+            comm_s += time.perf_counter() - t1
         self.step += 1
         tokens = c.batch_size * c.seq_len * c.grad_accum_steps * W
         self.tokens_seen += tokens
@@ -471,20 +500,26 @@ class Trainer:
         and the step, which must agree). Returns (mean loss, seconds spent)."""
         W = self.world_size
         grads = self.model.flat_grads()
-        small = self._small
-        small[:] = (local_loss, 1.0 if self._stop_request else 0.0, float(self.step), float(self.step) ** 2)
+        self._fill_small(local_loss)
         t0 = time.perf_counter()
-        step = self.step + 1
-        self.comm.allreduce_many_sum_([grads, small], what="gradient all-reduce", step=step)
+        self.comm.allreduce_many_sum_([grads, self._small], what="gradient all-reduce", step=self.step + 1)
         grads *= np.float32(1.0 / W)
         dt = time.perf_counter() - t0
+        return self._read_small(), dt
+
+    def _fill_small(self, local_loss: float) -> None:
+        self._small[:] = (local_loss, 1.0 if self._stop_request else 0.0, float(self.step), float(self.step) ** 2)
+
+    def _read_small(self) -> float:
+        """After the sum over ranks: check the steps agree, take the Ctrl-C votes; the mean loss."""
+        W, small = self.world_size, self._small
         if small[2] != W * self.step or small[3] != W * float(self.step) ** 2:
-            raise _dist.DistributedError(f"rank {self.rank}: gradient all-reduce at step {step}: the ranks are at "
-                                         "different steps (they were started from different checkpoints or one "
-                                         "skipped a step)")
+            raise _dist.DistributedError(f"rank {self.rank}: gradient all-reduce at step {self.step + 1}: the ranks "
+                                         "are at different steps (they were started from different checkpoints or "
+                                         "one skipped a step)")
         if small[1] > 0:
             self._stop = True  # some rank saw Ctrl-C: every rank stops after this step
-        return float(small[0] / W), dt
+        return float(small[0] / W)
 
     def evaluate(self, eval_steps: Optional[int] = None) -> float:
         """Mean loss over the first ``eval_steps`` batches of the validation data
@@ -573,7 +608,7 @@ class Trainer:
                     bar.set_postfix(post, refresh=False)
                     bar.update(1)
                 if c.out_dir is not None and c.checkpoint_interval > 0 and self.step % c.checkpoint_interval == 0:
-                    self.check_ranks("checkpoint check")
+                    self._before_checkpoint()
                     self.save_checkpoint()
                     saved_at = self.step
         finally:
@@ -582,7 +617,7 @@ class Trainer:
             if handler_installed:
                 signal.signal(signal.SIGINT, prev)
         if c.out_dir is not None and saved_at != self.step and self.step > 0:
-            self.check_ranks("checkpoint check")
+            self._before_checkpoint()
             self.save_checkpoint()
         if c.out_dir is not None and main:
             try:
