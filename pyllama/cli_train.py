@@ -318,7 +318,9 @@ def _run_resume(args, comm) -> int:
 def _train_and_report(trainer: Trainer, model, train_data, val_data) -> int:
     tc = trainer.config
     comm = trainer.comm
-    ranks = (f" on {comm.world_size} ranks (MPI, {pyllama_threads()} threads each)" if comm.world_size > 1 else "")
+    nt = pyllama_threads()
+    ranks = (f" on {comm.world_size} ranks (MPI, {nt} thread{'s' if nt != 1 else ''} each)" if comm.world_size > 1
+             else "")
     _say(comm, f"model: {model!r}\ndata: {len(train_data):,} training tokens"
          + (f", {len(val_data):,} validation tokens" if val_data is not None else "")
          + f"\ntraining: {tc.max_steps} steps x {tc.tokens_per_step * comm.world_size:,} tokens{ranks} -> {tc.out_dir}",

@@ -103,6 +103,38 @@ def test_two_ranks_equal_one_rank_with_grad_accum_and_resume_across_rank_counts(
             assert abs(c[s]["loss"] - a[s]["loss"]) < 1e-5, (run, s)
 
 
+TRAINER_SCRIPT = """
+import json, sys, numpy as np, pyllama
+cfg = pyllama.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=2, max_position_embeddings=64)
+data = np.random.default_rng(0).integers(0, 64, 5000)
+tc = pyllama.TrainConfig(batch_size=2, seq_len=16, grad_accum_steps=int(sys.argv[1]), max_steps=4, warmup_steps=1,
+                         eval_interval=0, out_dir=None, dist_timeout_s=60)
+t = pyllama.Trainer(pyllama.Llama(cfg, seed=0), tc, data, progress=False)
+losses = [t.train_step()["loss"] for _ in range(4)]
+with open(f"{sys.argv[2]}.{t.rank}.json", "w") as f:
+    json.dump({"rank": t.rank, "world": t.world_size, "losses": losses,
+               "threads": pyllama.num_threads(), "w": float(t.model.flat_params().sum())}, f)
+"""
+
+
+def test_trainer_api_under_mpiexec_finds_the_ranks(tmp_path):
+    env = _env()
+    env.pop("OMP_NUM_THREADS")  # each rank caps its threads at cores // ranks on the node
+    p, _ = _run([sys.executable, "-c", TRAINER_SCRIPT, "2", str(tmp_path / "one")], env=env)
+    _ok(p)
+    ref = json.load(open(tmp_path / "one.0.json"))
+    p, _ = _run([MPIEXEC, "-n", "2", sys.executable, "-c", TRAINER_SCRIPT, "1", str(tmp_path / "two")], env=env)
+    _ok(p)
+    rows = [json.load(open(tmp_path / f"two.{r}.json")) for r in (0, 1)]
+    assert [(r["rank"], r["world"]) for r in rows] == [(0, 2), (1, 2)]
+    cores = len(os.sched_getaffinity(0))
+    assert all(r["threads"] <= max(1, cores // 2) for r in rows)
+    assert rows[0]["w"] == rows[1]["w"]  # the same weights on every rank
+    for r in rows:
+        assert np.allclose(r["losses"], ref["losses"], rtol=0, atol=1e-5), (r["losses"], ref["losses"])
+
+
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_zero1_shards_the_moments_and_matches_one_rank(tmp_path, data, ranks):
     from safetensors.numpy import load_file
