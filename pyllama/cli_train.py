@@ -223,7 +223,13 @@ def run_train(args) -> int:
         return _run_train(args, comm)
     except dist.DistributedError as e:
         print(f"pyllama train: error: {e}", file=sys.stderr, flush=True)
+        comm.mark_failed(str(e))
         return 1
+    except BaseException as e:
+        # an error on some ranks only would leave the others waiting in a collective: after the
+        # message is printed, the job is aborted when this process exits (MPI_Abort)
+        comm.mark_failed(f"{type(e).__name__}: {e}")
+        raise
 
 
 def _run_train(args, comm) -> int:
