@@ -365,7 +365,13 @@ const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const i
   const int R = last_only ? B : (int)N;  // rows that get logits
   const int nth = std::max(num_threads(), 1);
   // scratch: x, ln, rstd, qkv, atty, tmp, gu, h, logits, att
-  size_t need = N * (size_t)(4 * C_ + 1 + QKVD_ + 3 * I_) + (size_t)R * V_ + (size_t)nth * kv_len_ + 64 * 12;
+  // A prefill from position 0 is plain causal self-attention over the new tokens: it takes
+  // the blocked (flash) kernel instead of the per-query loop over the cache.
+  bool fresh = T > 1;
+  for (int b = 0; b < B; b++) fresh = fresh && start_pos[b] == 0;
+  const size_t flash_floats = fresh ? (size_t)B * NH_ * T + (size_t)attention_scratch_floats(T) + 32 : 0;
+  size_t need = N * (size_t)(4 * C_ + 1 + QKVD_ + 3 * I_) + (size_t)R * V_ + (size_t)nth * kv_len_ + flash_floats +
+                64 * 12;
   if (inf_.size() < need) inf_.resize(need);
   if (inf_pos_.size() < (size_t)N) inf_pos_.resize(N);
   float* base = aligned64(inf_);
@@ -378,6 +384,8 @@ const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const i
   float *x = take(N * C_), *ln = take(N * C_), *rstd = take(N), *qkv = take(N * QKVD_), *atty = take(N * C_),
         *tmp = take(N * C_), *gu = take(N * 2 * I_), *h = take(N * I_), *logits = take((size_t)R * V_),
         *attbuf = take((size_t)nth * kv_len_);
+  float* flash_lse = fresh ? take((size_t)B * NH_ * T) : nullptr;
+  float* flash_scratch = fresh ? take((size_t)attention_scratch_floats(T)) : nullptr;
   int32_t* pos = inf_pos_.data();
   for (int b = 0; b < B; b++)
     for (int t = 0; t < T; t++) pos[(size_t)b * T + t] = start_pos[b] + t;
@@ -403,6 +411,9 @@ const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const i
         std::memcpy(vc + dst, qkv + (size_t)n * QKVD_ + C_ + KVD_ + kh * HS_, sizeof(float) * HS_);
       }
     }
+    if (fresh) {
+      attention_forward_flash(atty, flash_lse, flash_scratch, qkv, B, T, NH_, NKV_, HS_);
+    } else {
 #pragma omp parallel for collapse(2) schedule(dynamic, 1) if ((long)N * NH_ * (pos[N - 1] + 1) * HS_ > (1 << 16))
     for (long n = 0; n < N; n++)
       for (int hh = 0; hh < NH_; hh++) {
@@ -440,6 +451,7 @@ const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const i
           for (int i = 0; i < HS_; i++) o[i] += ps * v[i];
         }
       }
+    }
     linear_forward(tmp, atty, w.wo, N, C_, C_);
     residual_forward(x, x, tmp, N * C_);
     rmsnorm_forward(ln, rstd, x, w.ln2, N, C_, cfg_.rms_norm_eps);
