@@ -231,3 +231,9 @@ def test_data_parallel_on_cuda_is_not_implemented(tmp_path):
 def test_dist_timeout_is_validated():
     with pytest.raises(ValueError, match="dist_timeout_s"):
         pyllama.TrainConfig(dist_timeout_s=-1)
+
+
+def test_docstring_examples():
+    import doctest
+
+    assert doctest.testmod(dist, optionflags=doctest.ELLIPSIS).failed == 0
