@@ -8,6 +8,7 @@
 #include "matmul.h"
 #include "ops.h"
 #include "runtime.h"
+#include "tensor.h"
 #ifdef PYLLAMA_HAVE_OPENMP
 #include <omp.h>
 #endif
@@ -347,6 +348,26 @@ void LlamaModel::kv_reset(int n_slots, int max_len) {
   kv_tmp_.clear();
   kv_slots_ = n_slots;
   kv_len_ = max_len;
+  if (infer_bf16_) {
+    params_bf16_.resize(params_.size());
+    const float* src = params_.data();
+    uint16_t* dst = params_bf16_.data();
+    const long n = (long)params_.size();
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) dst[i] = float_to_bf16(src[i]);
+  } else {
+    params_bf16_.clear();
+    params_bf16_.shrink_to_fit();
+  }
+}
+
+void LlamaModel::infer_linear(float* y, const float* x, const float* w, int N, int IN, int OUT) {
+  if (infer_bf16_ && !params_bf16_.empty() && N <= 4) {
+    const uint16_t* wb = params_bf16_.data() + (w - params_.data());
+    sgemm_bf16_nt(N, OUT, IN, x, IN, wb, IN, y, OUT);
+  } else {
+    linear_forward(y, x, w, N, IN, OUT);
+  }
 }
 
 const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const int32_t* slots,
@@ -398,7 +419,7 @@ const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const i
   for (int l = 0; l < L_; l++) {
     LayerPtrs w = layer(P, l);
     rmsnorm_forward(ln, rstd, x, w.ln1, N, C_, cfg_.rms_norm_eps);
-    linear_forward(qkv, ln, w.wqkv, N, C_, QKVD_);
+    infer_linear(qkv, ln, w.wqkv, N, C_, QKVD_);
     rope_apply(qkv, QKVD_, pos, rope_cos_.data(), rope_sin_.data(), N, NH_, HS_, false);
     rope_apply(qkv + C_, QKVD_, pos, rope_cos_.data(), rope_sin_.data(), N, NKV_, HS_, false);
     float* kc = kcache_.data() + (size_t)l * layer_stride;
@@ -452,12 +473,12 @@ const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const i
         }
       }
     }
-    linear_forward(tmp, atty, w.wo, N, C_, C_);
+    infer_linear(tmp, atty, w.wo, N, C_, C_);
     residual_forward(x, x, tmp, N * C_);
     rmsnorm_forward(ln, rstd, x, w.ln2, N, C_, cfg_.rms_norm_eps);
-    linear_forward(gu, ln, w.wgu, N, C_, 2 * I_);
+    infer_linear(gu, ln, w.wgu, N, C_, 2 * I_);
     swiglu_forward(h, gu, N, I_);
-    linear_forward(tmp, h, w.wd, N, I_, C_);
+    infer_linear(tmp, h, w.wd, N, I_, C_);
     residual_forward(x, x, tmp, N * C_);
   }
   if (last_only) {
@@ -465,7 +486,7 @@ const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const i
     x = tmp;
   }
   rmsnorm_forward(ln, rstd, x, lnf(P), R, C_, cfg_.rms_norm_eps);
-  linear_forward(logits, ln, wout(P), R, C_, V_);
+  infer_linear(logits, ln, wout(P), R, C_, V_);
   return logits;
 }
 

@@ -9,6 +9,7 @@
 #include "matmul.h"
 #include "model.h"
 #include "ops.h"
+#include "tensor.h"
 #include "test_util.h"
 
 using namespace pyllama;
@@ -60,6 +61,19 @@ static void test_matmul() {
         }
   }
   CHECK_THROWS(sgemm(false, false, 1, 1, 1, nullptr, 1, nullptr, 1, 0.5f, nullptr, 1), ValueError);
+  // bf16 weights: the product equals the float32 product of the rounded weights
+  for (int M : {1, 3}) {
+    int N = 77, K = 133;
+    Vec A = randn((size_t)M * K), W = randn((size_t)N * K), C((size_t)M * N), R((size_t)M * N);
+    std::vector<uint16_t> Wb(W.size());
+    for (size_t i = 0; i < W.size(); i++) {
+      Wb[i] = float_to_bf16(W[i]);
+      W[i] = bf16_to_float(Wb[i]);
+    }
+    sgemm_bf16_nt(M, N, K, A.data(), K, Wb.data(), K, C.data(), N);
+    sgemm_reference(false, true, M, N, K, A.data(), K, W.data(), K, 0.f, R.data(), N);
+    allclose(C.data(), R.data(), (long)C.size(), 1e-4f, 1e-4f, "sgemm_bf16_nt");
+  }
 }
 
 static void test_rmsnorm() {
