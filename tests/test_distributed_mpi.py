@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import sys
 import time
 
@@ -40,7 +41,10 @@ def _env(**extra):
 
 def _run(cmd, env=None, timeout=TIMEOUT):
     t0 = time.monotonic()
-    p = subprocess.run(cmd, env=env or _env(), capture_output=True, text=True, timeout=timeout)
+    # cwd outside the source tree: `python -m` puts the cwd on sys.path, and the source
+    # folder's pyllama/ (no compiled _core) must not shadow the installed package.
+    p = subprocess.run(cmd, env=env or _env(), capture_output=True, text=True, timeout=timeout,
+                       cwd=tempfile.gettempdir())
     return p, time.monotonic() - t0
 
 
