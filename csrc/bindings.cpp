@@ -275,6 +275,14 @@ void bind_model(py::module_& m) {
              py::gil_scoped_release nogil;
              mdl.kv_reorder(s.data(), (int)s.shape(0));
            }, py::arg("src"))
+      .def("set_inference_dtype", [](LlamaModel& mdl, const std::string& dt) {
+             PYLLAMA_CHECK(dt == "float32" || dt == "bfloat16", ValueError,
+                           "inference dtype must be 'float32' or 'bfloat16', got '" << dt << "'");
+             mdl.set_inference_dtype(dt == "bfloat16");
+           }, py::arg("dtype"))
+      .def("inference_dtype", [](const LlamaModel& mdl) {
+             return std::string(mdl.inference_bf16() ? "bfloat16" : "float32");
+           })
       .def("flops_per_token", &LlamaModel::flops_per_token, py::arg("T"));
 }
 

@@ -349,6 +349,87 @@ void sgemm(bool transA, bool transB, int M, int N, int K, const float* A, int ld
   sgemm_impl<16>(kernel_generic<16>, transA, transB, M, N, K, A, lda, B, ldb, beta, C, ldc);
 }
 
+// ---------------------------------------------------------------- bf16 weights (decoding)
+namespace {
+inline float bf16_bits_to_float(uint16_t h) {
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+void bf16_rows_generic(int M, int n0, int n1, int K, const float* A, int lda, const uint16_t* B, int ldb, float* C,
+                       int ldc) {
+  for (int n = n0; n < n1; n++) {
+    const uint16_t* b = B + (size_t)n * ldb;
+    for (int m = 0; m < M; m++) {
+      const float* a = A + (size_t)m * lda;
+      float s = 0.f;
+      for (int k = 0; k < K; k++) s += a[k] * bf16_bits_to_float(b[k]);
+      C[(size_t)m * ldc + n] = s;
+    }
+  }
+}
+
+#ifdef PYLLAMA_X86
+__attribute__((target("avx2,fma"))) void bf16_rows_avx2(int M, int n0, int n1, int K, const float* A, int lda,
+                                                         const uint16_t* B, int ldb, float* C, int ldc) {
+  for (int n = n0; n < n1; n++) {
+    const uint16_t* b = B + (size_t)n * ldb;
+    for (int m = 0; m < M; m++) {
+      const float* a = A + (size_t)m * lda;
+      __m256 acc = _mm256_setzero_ps();
+      int k = 0;
+      for (; k + 8 <= K; k += 8) {
+        __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + k));
+        __m256 w = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), w, acc);
+      }
+      __m128 q = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+      q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+      q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
+      float s = _mm_cvtss_f32(q);
+      for (; k < K; k++) s += a[k] * bf16_bits_to_float(b[k]);
+      C[(size_t)m * ldc + n] = s;
+    }
+  }
+}
+
+__attribute__((target("avx512f"))) void bf16_rows_avx512(int M, int n0, int n1, int K, const float* A, int lda,
+                                                          const uint16_t* B, int ldb, float* C, int ldc) {
+  for (int n = n0; n < n1; n++) {
+    const uint16_t* b = B + (size_t)n * ldb;
+    for (int m = 0; m < M; m++) {
+      const float* a = A + (size_t)m * lda;
+      __m512 acc = _mm512_setzero_ps();
+      int k = 0;
+      for (; k + 16 <= K; k += 16) {
+        __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + k));
+        __m512 w = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + k), w, acc);
+      }
+      float s = _mm512_reduce_add_ps(acc);
+      for (; k < K; k++) s += a[k] * bf16_bits_to_float(b[k]);
+      C[(size_t)m * ldc + n] = s;
+    }
+  }
+}
+#endif
+}  // namespace
+
+void sgemm_bf16_nt(int M, int N, int K, const float* A, int lda, const uint16_t* B, int ldb, float* C, int ldc) {
+  PYLLAMA_CHECK(M >= 0 && N >= 0 && K >= 0, ValueError, "sgemm_bf16_nt: negative size");
+  auto fn = bf16_rows_generic;
+#ifdef PYLLAMA_X86
+  if (simd_level() == 2) fn = bf16_rows_avx512;
+  else if (simd_level() == 1) fn = bf16_rows_avx2;
+#endif
+  const int chunk = 64;
+  const int nchunks = (N + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) if ((double)N * K > 1e5)
+  for (int c = 0; c < nchunks; c++) fn(M, c * chunk, std::min(N, (c + 1) * chunk), K, A, lda, B, ldb, C, ldc);
+}
+
 void sgemm_reference(bool transA, bool transB, int M, int N, int K, const float* A, int lda, const float* B,
                      int ldb, float beta, float* C, int ldc) {
   for (int m = 0; m < M; m++)

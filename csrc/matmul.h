@@ -9,11 +9,16 @@
 // A linear layer y = x W^T with W stored (out, in):
 //   sgemm(false, true, BT, OUT, IN, x, IN, W, IN, 0.f, y, OUT);
 #pragma once
+#include <cstdint>
 
 namespace pyllama {
 
 void sgemm(bool transA, bool transB, int M, int N, int K, const float* A, int lda, const float* B, int ldb,
            float beta, float* C, int ldc);
+
+// C (M x N) = A (M x K) B^T with B stored (N, K) as bfloat16 bits (uint16) and M small
+// (decoding with bf16 weights: half the bytes streamed per token). Accumulates in float32.
+void sgemm_bf16_nt(int M, int N, int K, const float* A, int lda, const uint16_t* B, int ldb, float* C, int ldc);
 
 // Plain triple loop (double accumulation) for tests.
 void sgemm_reference(bool transA, bool transB, int M, int N, int K, const float* A, int lda, const float* B,

@@ -8,6 +8,7 @@
 #include "matmul.h"
 #include "ops.h"
 #include "runtime.h"
+#include "tensor.h"
 #ifdef PYLLAMA_HAVE_OPENMP
 #include <omp.h>
 #endif
@@ -161,7 +162,7 @@ namespace {
 struct Acts {
   float* x0;  // (N, C) embedding output
   struct Layer {
-    float *ln1, *rstd1, *qkv, *att, *atty, *res1, *ln2, *rstd2, *gu, *h, *res2;
+    float *ln1, *rstd1, *qkv, *lse, *atty, *res1, *ln2, *rstd2, *gu, *h, *res2;
   };
   std::vector<Layer> layers;
   float *lnf, *rstdf, *logits, *lse;
@@ -183,7 +184,7 @@ size_t carve_acts(Acts* a, float* base, int B, int T, int C, int QKVD, int NH, i
     y.ln1 = take(N * C);
     y.rstd1 = take(N);
     y.qkv = take(N * QKVD);
-    y.att = take((size_t)B * NH * T * T);
+    y.lse = take((size_t)B * NH * T);  // attention row log-sum-exps
     y.atty = take(N * C);
     y.res1 = take(N * C);
     y.ln2 = take(N * C);
@@ -202,7 +203,7 @@ size_t carve_acts(Acts* a, float* base, int B, int T, int C, int QKVD, int NH, i
   a->datty = take(N * C);
   a->dgu = take(N * 2 * I);
   a->dh = take(N * I);
-  a->att_scratch = take((size_t)nthreads * T * T);
+  a->att_scratch = take((size_t)attention_scratch_floats(T));
   return off;
 }
 }  // namespace
@@ -272,7 +273,7 @@ float LlamaModel::forward(const int32_t* tokens, const int32_t* labels, int B, i
     linear_forward(y.qkv, y.ln1, w.wqkv, N, C_, QKVD_);
     rope_apply(y.qkv, QKVD_, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, NH_, HS_, false);
     rope_apply(y.qkv + C_, QKVD_, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, NKV_, HS_, false);
-    attention_forward(y.atty, y.att, y.qkv, B, T, NH_, NKV_, HS_);
+    attention_forward_flash(y.atty, y.lse, a.att_scratch, y.qkv, B, T, NH_, NKV_, HS_);
     linear_forward(y.res1, y.atty, w.wo, N, C_, C_);
     residual_forward(y.res1, y.res1, x, N * C_);
     rmsnorm_forward(y.ln2, y.rstd2, y.res1, w.ln2, N, C_, cfg_.rms_norm_eps);
@@ -324,7 +325,7 @@ void LlamaModel::backward(float scale) {
     rmsnorm_backward(a.dres, g.ln2, a.dln, y.res1, w.ln2, y.rstd2, N, C_);
     // attention: res1 = x + o(attn(rope(qkv(ln1))))
     linear_backward(a.datty, g.wo, a.dres, y.atty, w.wo, N, C_, C_);
-    attention_backward(a.dqkv, a.att_scratch, a.datty, y.qkv, y.att, B, T, NH_, NKV_, HS_);
+    attention_backward_flash(a.dqkv, a.att_scratch, a.datty, y.qkv, y.lse, B, T, NH_, NKV_, HS_);
     rope_apply(a.dqkv, QKVD_, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, NH_, HS_, true);
     rope_apply(a.dqkv + C_, QKVD_, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, NKV_, HS_, true);
     // qkv must be un-rotated for the weight gradient: dW = dqkv^T ln1 uses ln1, not q/k, so no change needed
@@ -347,6 +348,26 @@ void LlamaModel::kv_reset(int n_slots, int max_len) {
   kv_tmp_.clear();
   kv_slots_ = n_slots;
   kv_len_ = max_len;
+  if (infer_bf16_) {
+    params_bf16_.resize(params_.size());
+    const float* src = params_.data();
+    uint16_t* dst = params_bf16_.data();
+    const long n = (long)params_.size();
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) dst[i] = float_to_bf16(src[i]);
+  } else {
+    params_bf16_.clear();
+    params_bf16_.shrink_to_fit();
+  }
+}
+
+void LlamaModel::infer_linear(float* y, const float* x, const float* w, int N, int IN, int OUT) {
+  if (infer_bf16_ && !params_bf16_.empty() && N <= 4) {
+    const uint16_t* wb = params_bf16_.data() + (w - params_.data());
+    sgemm_bf16_nt(N, OUT, IN, x, IN, wb, IN, y, OUT);
+  } else {
+    linear_forward(y, x, w, N, IN, OUT);
+  }
 }
 
 const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const int32_t* slots,
@@ -365,7 +386,13 @@ const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const i
   const int R = last_only ? B : (int)N;  // rows that get logits
   const int nth = std::max(num_threads(), 1);
   // scratch: x, ln, rstd, qkv, atty, tmp, gu, h, logits, att
-  size_t need = N * (size_t)(4 * C_ + 1 + QKVD_ + 3 * I_) + (size_t)R * V_ + (size_t)nth * kv_len_ + 64 * 12;
+  // A prefill from position 0 is plain causal self-attention over the new tokens: it takes
+  // the blocked (flash) kernel instead of the per-query loop over the cache.
+  bool fresh = T > 1;
+  for (int b = 0; b < B; b++) fresh = fresh && start_pos[b] == 0;
+  const size_t flash_floats = fresh ? (size_t)B * NH_ * T + (size_t)attention_scratch_floats(T) + 32 : 0;
+  size_t need = N * (size_t)(4 * C_ + 1 + QKVD_ + 3 * I_) + (size_t)R * V_ + (size_t)nth * kv_len_ + flash_floats +
+                64 * 12;
   if (inf_.size() < need) inf_.resize(need);
   if (inf_pos_.size() < (size_t)N) inf_pos_.resize(N);
   float* base = aligned64(inf_);
@@ -378,6 +405,8 @@ const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const i
   float *x = take(N * C_), *ln = take(N * C_), *rstd = take(N), *qkv = take(N * QKVD_), *atty = take(N * C_),
         *tmp = take(N * C_), *gu = take(N * 2 * I_), *h = take(N * I_), *logits = take((size_t)R * V_),
         *attbuf = take((size_t)nth * kv_len_);
+  float* flash_lse = fresh ? take((size_t)B * NH_ * T) : nullptr;
+  float* flash_scratch = fresh ? take((size_t)attention_scratch_floats(T)) : nullptr;
   int32_t* pos = inf_pos_.data();
   for (int b = 0; b < B; b++)
     for (int t = 0; t < T; t++) pos[(size_t)b * T + t] = start_pos[b] + t;
@@ -390,7 +419,7 @@ const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const i
   for (int l = 0; l < L_; l++) {
     LayerPtrs w = layer(P, l);
     rmsnorm_forward(ln, rstd, x, w.ln1, N, C_, cfg_.rms_norm_eps);
-    linear_forward(qkv, ln, w.wqkv, N, C_, QKVD_);
+    infer_linear(qkv, ln, w.wqkv, N, C_, QKVD_);
     rope_apply(qkv, QKVD_, pos, rope_cos_.data(), rope_sin_.data(), N, NH_, HS_, false);
     rope_apply(qkv + C_, QKVD_, pos, rope_cos_.data(), rope_sin_.data(), N, NKV_, HS_, false);
     float* kc = kcache_.data() + (size_t)l * layer_stride;
@@ -403,6 +432,9 @@ const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const i
         std::memcpy(vc + dst, qkv + (size_t)n * QKVD_ + C_ + KVD_ + kh * HS_, sizeof(float) * HS_);
       }
     }
+    if (fresh) {
+      attention_forward_flash(atty, flash_lse, flash_scratch, qkv, B, T, NH_, NKV_, HS_);
+    } else {
 #pragma omp parallel for collapse(2) schedule(dynamic, 1) if ((long)N * NH_ * (pos[N - 1] + 1) * HS_ > (1 << 16))
     for (long n = 0; n < N; n++)
       for (int hh = 0; hh < NH_; hh++) {
@@ -440,12 +472,13 @@ const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const i
           for (int i = 0; i < HS_; i++) o[i] += ps * v[i];
         }
       }
-    linear_forward(tmp, atty, w.wo, N, C_, C_);
+    }
+    infer_linear(tmp, atty, w.wo, N, C_, C_);
     residual_forward(x, x, tmp, N * C_);
     rmsnorm_forward(ln, rstd, x, w.ln2, N, C_, cfg_.rms_norm_eps);
-    linear_forward(gu, ln, w.wgu, N, C_, 2 * I_);
+    infer_linear(gu, ln, w.wgu, N, C_, 2 * I_);
     swiglu_forward(h, gu, N, I_);
-    linear_forward(tmp, h, w.wd, N, I_, C_);
+    infer_linear(tmp, h, w.wd, N, I_, C_);
     residual_forward(x, x, tmp, N * C_);
   }
   if (last_only) {
@@ -453,7 +486,7 @@ const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const i
     x = tmp;
   }
   rmsnorm_forward(ln, rstd, x, lnf(P), R, C_, cfg_.rms_norm_eps);
-  linear_forward(logits, ln, wout(P), R, C_, V_);
+  infer_linear(logits, ln, wout(P), R, C_, V_);
   return logits;
 }
 

@@ -80,6 +80,11 @@ class LlamaModel {
 
   // ---- inference over a KV cache (see DESIGN: ragged batches)
   void kv_reset(int n_slots, int max_len);
+  // Weights the KV-cache steps read: float32 (default) or bfloat16. With bfloat16, kv_reset
+  // takes a bf16 copy of the weight matrices (so it always reflects the current weights)
+  // and single-token steps (B <= 4 rows) stream those, half the bytes; prefill stays float32.
+  void set_inference_dtype(bool bfloat16) { infer_bf16_ = bfloat16; }
+  bool inference_bf16() const { return infer_bf16_; }
   // T new tokens for each of B sequences; sequence b lives in cache slot slots[b]
   // at positions start_pos[b] .. start_pos[b]+T-1. Returns logits (B, V) when
   // last_only, else (B, T, V); valid until the next call.
@@ -126,6 +131,10 @@ class LlamaModel {
   std::vector<float> kcache_, vcache_, kv_tmp_;  // (L, S, NKV, len, HS)
   std::vector<float> inf_;                      // inference scratch
   std::vector<int32_t> inf_pos_;
+  bool infer_bf16_ = false;
+  std::vector<uint16_t> params_bf16_;  // same layout as params_, filled by kv_reset when infer_bf16_
+  // y (N, OUT) = x W^T in the KV-cache path: bf16 weights for small N when enabled.
+  void infer_linear(float* y, const float* x, const float* w, int N, int IN, int OUT);
 };
 
 }  // namespace pyllama

@@ -32,11 +32,21 @@ void rope_apply(float* x, int ld, const int32_t* pos, const float* cos_t, const 
                 int HS, bool inverse);
 
 // Causal grouped-query attention over qkv (B, T, (NH + 2 NKV) HS) rows (q | k | v).
-// out (B, T, NH*HS); att (B, NH, T, T) softmax probabilities (upper triangle unused).
+// Scratch for every attention function: attention_scratch_floats(T) floats.
+int64_t attention_scratch_floats(int T);
+// Dense (reference) variant: out (B, T, NH*HS); att (B, NH, T, T) softmax probabilities
+// (upper triangle zero within the computed blocks, unused beyond).
 void attention_forward(float* out, float* att, const float* qkv, int B, int T, int NH, int NKV, int HS);
-// dqkv (B, T, (NH+2NKV) HS) assigned; scratch: num_threads() * T * T floats.
+// dqkv (B, T, (NH+2NKV) HS) assigned.
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv, const float* att, int B,
                         int T, int NH, int NKV, int HS);
+// Flash variant (what the model uses): keeps only lse (B, NH, T), the log-sum-exp of each
+// scaled score row, and recomputes the probabilities block by block in the backward pass,
+// so memory grows as T, not T^2.
+void attention_forward_flash(float* out, float* lse, float* scratch, const float* qkv, int B, int T, int NH, int NKV,
+                             int HS);
+void attention_backward_flash(float* dqkv, float* scratch, const float* dout, const float* qkv, const float* lse, int B,
+                              int T, int NH, int NKV, int HS);
 
 // gu (N, 2I) = [gate | up] rows;  h (N, I) = silu(gate) * up
 void swiglu_forward(float* h, const float* gu, int N, int I);

@@ -1,5 +1,6 @@
 // ops_dispatch.cpp — the public op functions of ops.h: each forwards to the variant of
 // ops_impl.cpp compiled for the best instruction set this CPU has (runtime.h simd_level()).
+#include <algorithm>
 #include <cmath>
 
 #include "matmul.h"
@@ -38,6 +39,18 @@ void attention_forward(float* out, float* att, const float* qkv, int B, int T, i
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv, const float* att, int B,
                         int T, int NH, int NKV, int HS) {
   PYLLAMA_DISPATCH(attention_backward, dqkv, scratch, dout, qkv, att, B, T, NH, NKV, HS);
+}
+void attention_forward_flash(float* out, float* lse, float* scratch, const float* qkv, int B, int T, int NH, int NKV,
+                             int HS) {
+  PYLLAMA_DISPATCH(attention_forward_flash, out, lse, scratch, qkv, B, T, NH, NKV, HS);
+}
+void attention_backward_flash(float* dqkv, float* scratch, const float* dout, const float* qkv, const float* lse, int B,
+                              int T, int NH, int NKV, int HS) {
+  PYLLAMA_DISPATCH(attention_backward_flash, dqkv, scratch, dout, qkv, lse, B, T, NH, NKV, HS);
+}
+int64_t attention_scratch_floats(int T) {
+  // two (64, T) blocks per thread (kAttnRows = 64 in kernels/ops_impl.cpp)
+  return (int64_t)std::max(num_threads(), 1) * 2 * 64 * T;
 }
 void swiglu_forward(float* h, const float* gu, int N, int I) { PYLLAMA_DISPATCH(swiglu_forward, h, gu, N, I); }
 void swiglu_backward(float* dgu, const float* dh, const float* gu, int N, int I) {

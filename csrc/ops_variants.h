@@ -12,6 +12,10 @@
   void attention_forward(float* out, float* att, const float* qkv, int B, int T, int NH, int NKV, int HS); \
   void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv, const float* att, int B, \
                           int T, int NH, int NKV, int HS); \
+  void attention_forward_flash(float* out, float* lse, float* scratch, const float* qkv, int B, int T, int NH, \
+                               int NKV, int HS); \
+  void attention_backward_flash(float* dqkv, float* scratch, const float* dout, const float* qkv, const float* lse, \
+                                int B, int T, int NH, int NKV, int HS); \
   void swiglu_forward(float* h, const float* gu, int N, int I); \
   void swiglu_backward(float* dgu, const float* dh, const float* gu, int N, int I); \
   void embedding_forward(float* out, const int32_t* tokens, const float* wte, int N, int C); \

@@ -4,6 +4,7 @@
     pyllama train --max-steps 2000 --hidden-size 256 --out-dir runs/big
     pyllama train --config run.json                 # any field of LlamaConfig / TrainConfig
     pyllama train --resume runs/shakespeare         # continue exactly where it stopped
+    mpiexec -n 2 pyllama train ...                  # data parallel over 2 processes (pip install 'pyllama[dist]')
     pyllama prepare corpus.txt --tokenizer tok.json --out data/corpus
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import shutil
 import sys
 from typing import Any, Dict, Optional, Tuple
 
+from . import distributed as dist
 from .config import LlamaConfig
 from .data import TOKENIZER_FILE, TokenData, prepare
 from .train import TrainConfig, Trainer, load_trainer_state, resolve_checkpoint, _step_dirs
@@ -33,7 +35,7 @@ PRESET_TRAIN: Dict[str, Any] = dict(batch_size=16, seq_len=128, grad_accum_steps
                                     warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.1, betas=(0.9, 0.95),
                                     eps=1e-8, grad_clip=1.0, decay_embeddings=True, eval_interval=50,
                                     eval_steps=8, checkpoint_interval=100, keep_last=2, seed=0, out_dir=DEFAULT_OUT, device="cpu",
-                                    dtype="float32")
+                                    dtype="float32", dist_timeout_s=300.0, zero1=False)
 
 _MODEL_FIELDS = {f.name for f in dataclasses.fields(LlamaConfig)}
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -46,7 +48,7 @@ _MODEL_FLAGS = {"vocab_size": int, "hidden_size": int, "intermediate_size": int,
 _TRAIN_FLAGS = {"batch_size": int, "seq_len": int, "grad_accum_steps": int, "max_steps": int, "lr": float,
                 "warmup_steps": int, "min_lr_ratio": float, "weight_decay": float, "eps": float,
                 "grad_clip": float, "eval_interval": int, "eval_steps": int, "checkpoint_interval": int,
-                "keep_last": int, "seed": int, "out_dir": str, "device": str, "dtype": str}
+                "keep_last": int, "seed": int, "out_dir": str, "device": str, "dtype": str, "dist_timeout_s": float}
 
 
 def _load_tokenizer(path: str):
@@ -118,6 +120,8 @@ def _flag_values(args) -> Dict[str, Dict[str, Any]]:
         out["train"]["betas"] = (args.beta1, args.beta2)  # completed below
     if args.no_decay_embeddings:
         out["train"]["decay_embeddings"] = False
+    if getattr(args, "zero1", None):
+        out["train"]["zero1"] = True
     for name in _DATA_FIELDS:
         v = getattr(args, name, None)
         if v is not None:
@@ -198,25 +202,58 @@ def _clear_run(out_dir: str) -> None:
             os.unlink(p)
 
 
+def _say(comm, *a, **kw) -> None:
+    """print() on rank 0 only (data parallel: one copy of every message)."""
+    if comm.rank == 0:
+        print(*a, **kw)
+
+
+def _set_timeout(comm, tc: TrainConfig) -> None:
+    if isinstance(comm, dist.MPICommunicator):
+        comm.timeout_s = tc.dist_timeout_s or None
+
+
 def run_train(args) -> int:
     import pyllama
 
     if args.threads:
         pyllama.set_num_threads(args.threads)
+    comm = dist.init("auto")  # mpiexec -n N: the MPI communicator; else one process
+    try:
+        return _run_train(args, comm)
+    except dist.DistributedError as e:
+        print(f"pyllama train: error: {e}", file=sys.stderr, flush=True)
+        comm.mark_failed(str(e))
+        return 1
+    except BaseException as e:
+        # an error on some ranks only would leave the others waiting in a collective: after the
+        # message is printed, the job is aborted when this process exits (MPI_Abort)
+        comm.mark_failed(f"{type(e).__name__}: {e}")
+        raise
+
+
+def _run_train(args, comm) -> int:
+    import pyllama
+
     if args.resume is not None:
-        return _run_resume(args)
+        return _run_resume(args, comm)
     model_f, train_f, data_f = assemble(args)
     out_dir = train_f["out_dir"]
     if _step_dirs(out_dir) and not args.overwrite:
         raise ValueError(f"{out_dir!r} already holds a run ({os.path.basename(_step_dirs(out_dir)[-1][1])}): pass "
                          "--resume to continue it, --overwrite to start over, or another --out-dir")
     tc = TrainConfig.from_dict(train_f)  # validated before any work
+    _set_timeout(comm, tc)
     if data_f.get("data"):
         train_data, val_data, tok = _prepared_dir(data_f["data"])
         tok_ref = os.path.abspath(os.path.join(data_f["data"], TOKENIZER_FILE)) if tok is not None else None
     else:
         corpus = data_f.get("corpus") or BUNDLED_CORPUS
-        train_data, val_data, tok = _data_from_corpus(corpus, data_f, out_dir)
+        if comm.rank == 0:  # one rank trains the tokenizer and tokenizes; the others wait, then open the files
+            train_data, val_data, tok = _data_from_corpus(corpus, data_f, out_dir)
+        comm.barrier(what="waiting for rank 0 to prepare the data", timeout_s=24 * 3600.0)
+        if comm.rank != 0:
+            train_data, val_data, tok = _prepared_dir(os.path.join(out_dir, "data"))
         tok_ref = os.path.abspath(os.path.join(out_dir, "data", TOKENIZER_FILE))
     if data_f.get("init_from"):
         model = pyllama.Llama.from_pretrained(data_f["init_from"])
@@ -227,14 +264,14 @@ def run_train(args) -> int:
                 raise ValueError("cannot tell the vocabulary size: pass --vocab-size")
             model_f["vocab_size"] = int(n_vocab)
         model = pyllama.Llama(LlamaConfig(**model_f), seed=data_f["model_seed"])
-    if args.overwrite:
+    if args.overwrite and comm.rank == 0:
         _clear_run(out_dir)
     trainer = Trainer(model, tc, train_data, val_data, tokenizer=tok, tokenizer_ref=tok_ref,
-                      progress=False if args.no_progress else None)
+                      progress=False if args.no_progress else None, comm=comm)
     return _train_and_report(trainer, model, train_data, val_data)
 
 
-def _run_resume(args) -> int:
+def _run_resume(args, comm) -> int:
     import pyllama
 
     from_file = read_config_file(args.config) if args.config else {"model": {}, "train": {}, "data": {}}
@@ -253,7 +290,17 @@ def _run_resume(args) -> int:
     tc_fields.update(flags["train"])
     if betas is not None:
         tc_fields["betas"] = tuple(tc_fields["betas"][i] if betas[i] is None else betas[i] for i in range(2))
+    # Another number of ranks: keep the micro-batches per step (ranks x grad_accum_steps), so the
+    # run continues exactly, unless grad_accum_steps was given.
+    saved_w = int(state.get("world_size", 1))
+    if saved_w != comm.world_size and "grad_accum_steps" not in train_f and "grad_accum_steps" not in flags["train"]:
+        total = int(tc_fields.get("grad_accum_steps", 1)) * saved_w
+        if total % comm.world_size == 0:
+            tc_fields["grad_accum_steps"] = total // comm.world_size
+            _say(comm, f"checkpoint trained on {saved_w} rank(s); {comm.world_size} rank(s) now: grad_accum_steps="
+                       f"{tc_fields['grad_accum_steps']} keeps {total} micro-batches per step", file=sys.stderr)
     tc = TrainConfig.from_dict(tc_fields)
+    _set_timeout(comm, tc)
     model = pyllama.Llama(LlamaConfig.from_dict(state["model_config"]), seed=None)
     data_dir = flags["data"].get("data") or data_f.get("data")
     if data_dir:
@@ -268,18 +315,25 @@ def _run_resume(args) -> int:
     tok_path = os.path.join(ckpt, TOKENIZER_FILE)
     tok = _load_tokenizer(tok_path) if os.path.isfile(tok_path) else None
     trainer = Trainer(model, tc, train_data, val_data, tokenizer=tok, tokenizer_ref=state.get("tokenizer"),
-                      progress=False if args.no_progress else None)
+                      progress=False if args.no_progress else None, comm=comm)
     trainer.resume(ckpt)
-    print(f"resumed from {ckpt} at step {trainer.step}", file=sys.stderr)
+    _say(comm, f"resumed from {ckpt} at step {trainer.step}", file=sys.stderr)
     return _train_and_report(trainer, model, train_data, val_data)
 
 
 def _train_and_report(trainer: Trainer, model, train_data, val_data) -> int:
     tc = trainer.config
-    print(f"model: {model!r}\ndata: {len(train_data):,} training tokens"
-          + (f", {len(val_data):,} validation tokens" if val_data is not None else "")
-          + f"\ntraining: {tc.max_steps} steps x {tc.tokens_per_step:,} tokens -> {tc.out_dir}", file=sys.stderr)
+    comm = trainer.comm
+    nt = pyllama_threads()
+    ranks = (f" on {comm.world_size} ranks (MPI, {nt} thread{'s' if nt != 1 else ''} each)" if comm.world_size > 1
+             else "")
+    _say(comm, f"model: {model!r}\ndata: {len(train_data):,} training tokens"
+         + (f", {len(val_data):,} validation tokens" if val_data is not None else "")
+         + f"\ntraining: {tc.max_steps} steps x {tc.tokens_per_step * comm.world_size:,} tokens{ranks} -> {tc.out_dir}",
+         file=sys.stderr)
     r = trainer.train()
+    if comm.rank != 0:
+        return 0
     out = tc.out_dir
     lines = [f"{'stopped' if r['interrupted'] else 'finished'} at step {r['step']} in {r['seconds']:.1f}s"
              + (f": loss {r['loss']:.4f}" if r["loss"] is not None else "")
@@ -296,6 +350,12 @@ def _train_and_report(trainer: Trainer, model, train_data, val_data) -> int:
         lines.append(f"continue:   pyllama train --resume {out}")
     print("\n".join(lines))
     return 0
+
+
+def pyllama_threads() -> int:
+    from . import num_threads
+
+    return int(num_threads())
 
 
 def run_prepare(args) -> int:
@@ -349,6 +409,8 @@ def register(sub) -> None:
         t.add_argument("--" + name.replace("_", "-"), dest=name, type=typ,
                        metavar={int: "N", float: "X"}.get(typ, "DIR" if name == "out_dir" else "NAME"), help=f"[{PRESET_TRAIN[name]}]")
     t.add_argument("--no-decay-embeddings", action="store_true", help="no weight decay on the token embedding")
+    t.add_argument("--zero1", action="store_true", default=None,
+                   help="data parallel (mpiexec): shard the AdamW moments over the ranks (ZeRO-1)")
     t.add_argument("--beta1", type=float, help=f"[{PRESET_TRAIN['betas'][0]}]")
     t.add_argument("--beta2", type=float, help=f"[{PRESET_TRAIN['betas'][1]}]")
     p.set_defaults(func=run_train)

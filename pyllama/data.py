@@ -125,6 +125,27 @@ class TokenData:
             self._max_id = m
         return int(self._max_id)
 
+    def fingerprint(self, samples: int = 64, chunk: int = 4096) -> str:
+        """A hash of the dtype, the length and ``samples`` evenly spaced slices of
+        ``chunk`` tokens (all of them when the data is smaller): cheap on a large
+        memmap, and it tells apart the data files that data-parallel ranks open.
+
+        >>> TokenData.from_array([1, 2, 3]).fingerprint() == TokenData.from_array([1, 2, 4]).fingerprint()
+        False
+        """
+        import hashlib
+
+        t = self.tokens
+        n = len(t)
+        h = hashlib.blake2b(digest_size=12)
+        h.update(f"{t.dtype.str}:{n}".encode())
+        if n <= samples * chunk:
+            h.update(np.ascontiguousarray(t).tobytes())
+        else:
+            for s in np.linspace(0, n - chunk, samples).astype(np.int64):
+                h.update(np.ascontiguousarray(t[int(s):int(s) + chunk]).tobytes())
+        return h.hexdigest()
+
     def describe(self) -> dict:
         return {"path": self.path, "count": len(self), "dtype": str(self.tokens.dtype),
                 "tokenizer": self.meta.get("tokenizer"), "n_vocab": self.n_vocab}
@@ -172,8 +193,8 @@ class DataLoader:
         self.pos = 0  # next window start (sequential mode)
         self.batches = 0  # batches drawn so far
 
-    def next_batch(self) -> np.ndarray:
-        """An int32 array [batch_size, seq_len + 1]."""
+    def _next_starts(self) -> np.ndarray:
+        """Advance the stream by one batch: its window start positions."""
         B, W, n = self.batch_size, self.seq_len + 1, len(self.data)
         if self.mode == "random":
             starts = self.rng.integers(0, n - W + 1, size=B)
@@ -184,11 +205,29 @@ class DataLoader:
                     self.pos = 0
                 starts[b] = self.pos
                 self.pos += self.seq_len
+        self.batches += 1
+        return starts
+
+    def skip_batch(self) -> None:
+        """Advance past one batch without reading it: the stream stays where
+        :meth:`next_batch` would have left it. Data-parallel ranks draw the same
+        stream and each reads only its own micro-batches.
+
+        >>> import numpy as np
+        >>> a, b = (DataLoader(TokenData.from_array(np.arange(50)), 2, 4, seed=1) for _ in range(2))
+        >>> a.skip_batch(); bool((a.next_batch() == (b.next_batch(), b.next_batch())[1]).all())
+        True
+        """
+        self._next_starts()
+
+    def next_batch(self) -> np.ndarray:
+        """An int32 array [batch_size, seq_len + 1]."""
+        starts = self._next_starts()
+        B, W = self.batch_size, self.seq_len + 1
         out = np.empty((B, W), np.int32)
         toks = self.data.tokens
         for b, s in enumerate(starts):
             out[b] = toks[int(s):int(s) + W]
-        self.batches += 1
         return out
 
     def __iter__(self) -> Iterator[np.ndarray]:

@@ -38,6 +38,7 @@ import numpy as np
 from ._io import atomic_write_text
 from .data import TOKENIZER_FILE, DataLoader, TokenData, as_token_data, save_tokenizer
 from .optim import AdamW, _gpu, clip_grad_norm, cosine_lr, grad_norm
+from . import distributed as _dist
 
 __all__ = ["TrainConfig", "Trainer", "resolve_checkpoint", "load_trainer_state", "plot_metrics",
            "STATE_FILE", "OPTIMIZER_FILE"]
@@ -87,6 +88,8 @@ class TrainConfig:
     out_dir: Optional[str] = "runs/train"  # metrics, checkpoints and plot; None writes nothing
     device: str = "cpu"  # "cpu" or "cuda" (the model is moved there; needs a GPU build and device)
     dtype: str = "float32"  # compute type on "cuda": "float32" or "bfloat16" (float32 master weights)
+    dist_timeout_s: float = 300.0  # data-parallel runs: a collective waiting longer raises (a rank died or hangs); 0: wait for ever
+    zero1: bool = False  # data-parallel runs: shard the AdamW moments over the ranks (ZeRO stage 1)
 
     def __post_init__(self) -> None:
         if isinstance(self.betas, list):
@@ -122,12 +125,15 @@ class TrainConfig:
         num("weight_decay", 0.0)
         num("eps", 0.0)
         num("grad_clip", 0.0)
+        num("dist_timeout_s", 0.0)
         if self.warmup_steps > self.max_steps:
             raise ValueError(f"TrainConfig.warmup_steps ({self.warmup_steps}) must be <= max_steps ({self.max_steps})")
         b = self.betas
         if not (isinstance(b, tuple) and len(b) == 2 and all(isinstance(x, (int, float)) and 0.0 <= x < 1.0
                                                               for x in b)):
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {b!r}")
+        if not isinstance(self.zero1, bool):
+            raise ValueError(f"TrainConfig.zero1 must be True or False, got {self.zero1!r}")
         if not isinstance(self.decay_embeddings, bool):
             raise ValueError(f"TrainConfig.decay_embeddings must be True or False, got {self.decay_embeddings!r}")
         if self.out_dir is not None and not isinstance(self.out_dir, str):
@@ -184,6 +190,18 @@ def _peak_flops(device: str = "cpu", dtype: str = "float32") -> float:
     except (OSError, ValueError):
         pass
     return float(info.get("threads", 1)) * per_cycle * ghz * 1e9
+
+
+def _cap_threads(comm) -> None:
+    """Data parallel: the ranks on one node share its cores; cap each rank's
+    threads at cores // ranks-on-this-node unless OMP_NUM_THREADS was set."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    from . import num_threads, set_num_threads
+
+    cap = _dist.default_threads_per_rank(comm)
+    if num_threads() > cap:
+        set_num_threads(cap)
 
 
 def _fsync_dir(path: str) -> None:
@@ -299,6 +317,16 @@ class Trainer:
     and its ``.json``, plus a Hugging Face ``tokenizer.json``); ``tokenizer_ref`` is
     recorded in ``trainer_state.json``.
 
+    Data parallel: started as N ranks (``mpiexec -n N python train.py``), the
+    trainer finds the MPI communicator itself (``comm`` passes one explicitly,
+    see :mod:`pyllama.distributed`). Each step then covers ``N × grad_accum_steps``
+    micro-batches of one global stream: rank r runs micro-batches
+    ``r·grad_accum_steps … (r+1)·grad_accum_steps − 1`` of it, the gradients are
+    averaged in one all-reduce over the flat gradient buffer, and every rank
+    applies the same AdamW step; so N ranks give the losses of one rank with
+    ``N × grad_accum_steps``. Only rank 0 logs, evaluates and writes checkpoints.
+    Every rank must build the Trainer (and call ``train``/``resume``) alike.
+
     >>> trainer = Trainer(model, TrainConfig(max_steps=100, out_dir="runs/x"),
     ...                   "data/train.bin", "data/val.bin")          # doctest: +SKIP
     >>> trainer.train()                                             # doctest: +SKIP
@@ -306,10 +334,19 @@ class Trainer:
     """
 
     def __init__(self, model, config: TrainConfig, train_data, val_data=None, *, tokenizer=None,
-                 tokenizer_ref: Optional[str] = None, progress: Optional[bool] = None) -> None:
+                 tokenizer_ref: Optional[str] = None, progress: Optional[bool] = None,
+                 comm: Optional["_dist.Communicator"] = None) -> None:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a pyllama.TrainConfig, got {type(config).__name__}")
         config.validate()
+        if comm is None:
+            comm = _dist.init("auto", timeout_s=config.dist_timeout_s)
+        self.comm = comm
+        self.rank, self.world_size = int(comm.rank), int(comm.world_size)
+        if self.world_size > 1 and config.device != "cpu":
+            raise NotImplementedError(f"data-parallel training on {config.device!r} needs the NCCL backend, which is "
+                                      "not implemented yet (docs/DISTRIBUTED.md); use TrainConfig.device='cpu' "
+                                      "with mpiexec, or one process")
         self.model = model
         self.config = config
         mc = model.config
@@ -337,17 +374,59 @@ class Trainer:
                                  f"({config.seq_len + 1})")
         self.tokenizer = tokenizer
         self.tokenizer_ref = tokenizer_ref
-        self.progress = sys.stderr.isatty() if progress is None else bool(progress)
+        self.progress = (sys.stderr.isatty() if progress is None else bool(progress)) and self.rank == 0
         self.loader = DataLoader(self.train_data, config.batch_size, config.seq_len, seed=config.seed)
-        self.optimizer = AdamW(model, lr=config.lr, betas=config.betas, eps=config.eps,
-                               weight_decay=config.weight_decay, decay_embeddings=config.decay_embeddings)
+        self._zero = self.world_size > 1 and config.zero1
+        if self._zero:
+            if not hasattr(comm, "reduce_scatter_sum"):
+                raise ValueError(f"TrainConfig.zero1 needs the MPI communicator, got {type(comm).__name__}")
+            self.optimizer = _dist.ShardedAdamW(model, comm, lr=config.lr, betas=config.betas, eps=config.eps,
+                                                weight_decay=config.weight_decay,
+                                                decay_embeddings=config.decay_embeddings)
+        else:
+            self.optimizer = AdamW(model, lr=config.lr, betas=config.betas, eps=config.eps,
+                                   weight_decay=config.weight_decay, decay_embeddings=config.decay_embeddings)
         self.step = 0  # completed optimizer steps
         self.tokens_seen = 0
         self.last_metrics: Dict[str, Any] = {}
         self.last_checkpoint: Optional[str] = None
-        self._stop = False
+        self._stop = False  # the loop stops (every rank agrees on it)
+        self._stop_request = False  # Ctrl-C seen by this process
         self._flops_per_token = self._compute_flops_per_token()
         self._peak = _peak_flops(config.device, config.dtype)
+        if self.world_size > 1:
+            self._peak *= self.world_size
+            self._small = np.zeros(4, np.float64)  # loss, stop votes, step, step² (all-reduced with the grads)
+            _cap_threads(comm)
+            self.check_ranks("start-up check")
+
+    # ------------------------------------------------------------------ ranks
+    def _before_checkpoint(self) -> None:
+        """Every rank: check the ranks agree; with ZeRO-1, gather the moments on rank 0."""
+        self.check_ranks("checkpoint check")
+        if self._zero:
+            self.optimizer.gather_moments(step=self.step)
+
+    def check_ranks(self, what: str = "consistency check") -> None:
+        """Data parallel: all-gather fingerprints of the configs, the data, the
+        step, the data position and the weights, and raise
+        :class:`pyllama.distributed.DistributedError` naming whatever differs
+        between ranks. A no-op on one rank. Every rank must call it."""
+        if self.world_size == 1:
+            return
+        from ._version import __version__
+
+        items = {
+            "pyllama version": __version__,
+            "TrainConfig": self.config.to_dict(),
+            "LlamaConfig": self.model.config.to_dict(),
+            "training data": self.train_data.fingerprint(),
+            "validation data": self.val_data.fingerprint() if self.val_data is not None else None,
+            "step": [self.step, self.optimizer.step_count, self.tokens_seen],
+            "data position": self.loader.state_dict(),
+            "weights": _dist.fingerprint(self.model.flat_params()),
+        }
+        _dist.check_consistent(self.comm, items, what=what, step=self.step)
 
     # ------------------------------------------------------------------ one step
     def _compute_flops_per_token(self) -> float:
@@ -369,26 +448,78 @@ class Trainer:
         lr = self.lr_at(self.step)
         self.model.zero_grad()
         loss_sum = 0.0
-        for _ in range(c.grad_accum_steps):
+        A, W = c.grad_accum_steps, self.world_size
+        # The step's W*A micro-batches come from one stream that every rank draws;
+        # rank r runs micro-batches r*A .. r*A+A-1 and skips the others.
+        for j in range(W * A):
+            if j // A != self.rank:
+                self.loader.skip_batch()
+                continue
             window = self.loader.next_batch()
             ids = np.ascontiguousarray(window[:, :c.seq_len])
             # labels are aligned with input_ids (the model shifts them), as in Hugging Face
             out = self.model(ids, labels=ids, return_logits=False)
-            self.model.backward(1.0 / c.grad_accum_steps)
+            self.model.backward(1.0 / A)
             loss_sum += out.loss
-        loss = loss_sum / c.grad_accum_steps
-        norm = clip_grad_norm(self.model, c.grad_clip) if c.grad_clip > 0 else grad_norm(self.model)
+        loss = loss_sum / A
+        comm_s = None
+        if self._zero:  # reduce-scatter, norm from the blocks, clip the own block
+            t1 = time.perf_counter()
+            self._fill_small(loss)
+            self.optimizer.reduce_scatter_grads(also_sum=[self._small], step=self.step + 1)
+            loss = self._read_small()
+            norm = self.optimizer.clip_(c.grad_clip, step=self.step + 1)
+            comm_s = time.perf_counter() - t1
+        else:
+            if W > 1:
+                loss, comm_s = self._allreduce_grads(loss)
+            norm = clip_grad_norm(self.model, c.grad_clip) if c.grad_clip > 0 else grad_norm(self.model)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise FloatingPointError(f"step {self.step + 1}: loss={loss} grad_norm={norm} is not finite; "
                                      f"lower TrainConfig.lr (now {c.lr}) or check the data")
         self.optimizer.step(lr=lr)
+        if self._zero:
+            t1 = time.perf_counter()
+            self.optimizer.allgather_params(step=self.step + 1)
+            comm_s += time.perf_counter() - t1
         self.step += 1
-        tokens = c.batch_size * c.seq_len * c.grad_accum_steps
+        tokens = c.batch_size * c.seq_len * c.grad_accum_steps * W
         self.tokens_seen += tokens
         dt = time.perf_counter() - t0
         tps = tokens / dt if dt > 0 else float("inf")
-        return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_s": tps,
-                "mfu": self._flops_per_token * tps / self._peak, "tokens": self.tokens_seen}
+        m = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_s": tps,
+             "mfu": self._flops_per_token * tps / self._peak, "tokens": self.tokens_seen}
+        if comm_s is not None:
+            m["world_size"] = W
+            m["comm_s"] = comm_s
+        return m
+
+    def _allreduce_grads(self, local_loss: float) -> Tuple[float, float]:
+        """Average the gradients over the ranks in place (one all-reduce over the
+        flat buffer; a 4-number all-reduce rides along: the loss, the Ctrl-C votes
+        and the step, which must agree). Returns (mean loss, seconds spent)."""
+        W = self.world_size
+        grads = self.model.flat_grads()
+        self._fill_small(local_loss)
+        t0 = time.perf_counter()
+        self.comm.allreduce_many_sum_([grads, self._small], what="gradient all-reduce", step=self.step + 1)
+        grads *= np.float32(1.0 / W)
+        dt = time.perf_counter() - t0
+        return self._read_small(), dt
+
+    def _fill_small(self, local_loss: float) -> None:
+        self._small[:] = (local_loss, 1.0 if self._stop_request else 0.0, float(self.step), float(self.step) ** 2)
+
+    def _read_small(self) -> float:
+        """After the sum over ranks: check the steps agree, take the Ctrl-C votes; the mean loss."""
+        W, small = self.world_size, self._small
+        if small[2] != W * self.step or small[3] != W * float(self.step) ** 2:
+            raise _dist.DistributedError(f"rank {self.rank}: gradient all-reduce at step {self.step + 1}: the ranks "
+                                         "are at different steps (they were started from different checkpoints or "
+                                         "one skipped a step)")
+        if small[1] > 0:
+            self._stop = True  # some rank saw Ctrl-C: every rank stops after this step
+        return float(small[0] / W)
 
     def evaluate(self, eval_steps: Optional[int] = None) -> float:
         """Mean loss over the first ``eval_steps`` batches of the validation data
@@ -406,15 +537,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _on_sigint(self, signum, frame) -> None:
-        if self._stop:  # second Ctrl-C: stop now, without a checkpoint
+        if self._stop_request:  # second Ctrl-C: stop now, without a checkpoint
             raise KeyboardInterrupt
-        self._stop = True
+        self._stop_request = True
+        if self.world_size == 1:  # data parallel: the ranks agree on stopping in the next all-reduce
+            self._stop = True
         print("\ninterrupt: finishing this step, then saving a checkpoint (Ctrl-C again to abort)",
               file=sys.stderr, flush=True)
 
     def _log(self, metrics: Dict[str, Any]) -> None:
         self.last_metrics = metrics
-        if self.config.out_dir is None:
+        if self.config.out_dir is None or self.rank != 0:
             return
         os.makedirs(self.config.out_dir, exist_ok=True)
         with open(os.path.join(self.config.out_dir, METRICS_FILE), "a", encoding="utf-8") as f:
@@ -424,10 +557,27 @@ class Trainer:
         """Train until ``max_steps`` (or for at most ``steps`` more steps), then
         save a checkpoint (when ``out_dir`` is set) and plot the loss curve.
         Ctrl-C finishes the current step, saves a checkpoint and returns.
-        Returns ``{"step", "loss", "val_loss", "checkpoint", "interrupted", "seconds"}``."""
+        Returns ``{"step", "loss", "val_loss", "checkpoint", "interrupted", "seconds"}``.
+
+        Data parallel: every rank calls it; rank 0 evaluates (``val_loss`` is
+        None on the others), logs and checkpoints, and all ranks return after
+        the last checkpoint is written. An exception on one rank makes the job
+        abort (``MPI_Abort``) when that process exits, so the others cannot hang."""
+        try:
+            return self._train(steps)
+        except BaseException as e:
+            if self.world_size > 1:
+                mark = getattr(self.comm, "mark_failed", None)
+                if mark is not None:
+                    mark(f"{type(e).__name__} during training at step {self.step}: {e}")
+            raise
+
+    def _train(self, steps: Optional[int]) -> Dict[str, Any]:
         c = self.config
+        main = self.rank == 0
         end = c.max_steps if steps is None else min(c.max_steps, self.step + int(steps))
         self._stop = False
+        self._stop_request = False
         self._truncate_metrics()  # metrics.jsonl holds this run's history only
         handler_installed = False
         if threading.current_thread() is threading.main_thread():
@@ -444,8 +594,10 @@ class Trainer:
         try:
             while self.step < end and not self._stop:
                 m = self.train_step()
+                if self.world_size > 1:
+                    _dist._test_fault(self.rank, self.step)
                 last = self.step == c.max_steps
-                if self.val_data is not None and c.eval_interval > 0 and (self.step % c.eval_interval == 0 or last):
+                if main and self.val_data is not None and c.eval_interval > 0 and (self.step % c.eval_interval == 0 or last):
                     val_loss = self.evaluate()
                     m["val_loss"] = val_loss
                 self._log(m)
@@ -456,6 +608,7 @@ class Trainer:
                     bar.set_postfix(post, refresh=False)
                     bar.update(1)
                 if c.out_dir is not None and c.checkpoint_interval > 0 and self.step % c.checkpoint_interval == 0:
+                    self._before_checkpoint()
                     self.save_checkpoint()
                     saved_at = self.step
         finally:
@@ -464,12 +617,14 @@ class Trainer:
             if handler_installed:
                 signal.signal(signal.SIGINT, prev)
         if c.out_dir is not None and saved_at != self.step and self.step > 0:
+            self._before_checkpoint()
             self.save_checkpoint()
-        if c.out_dir is not None:
+        if c.out_dir is not None and main:
             try:
                 plot_metrics(os.path.join(c.out_dir, METRICS_FILE), os.path.join(c.out_dir, "loss.png"))
             except ImportError:
                 pass
+        self.comm.barrier(what="end-of-training barrier", step=self.step)
         return {"step": self.step, "loss": self.last_metrics.get("loss"), "val_loss": val_loss,
                 "checkpoint": self.last_checkpoint, "interrupted": self._stop,
                 "seconds": time.perf_counter() - t_start}
@@ -487,6 +642,7 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "data": self.loader.state_dict(),  # position and RNG state of the training batches
             "optimizer": {"file": OPTIMIZER_FILE, "step": self.optimizer.step_count},
+            "world_size": self.world_size,  # ranks that trained it (the data stream is global: any count resumes)
             "train_config": self.config.to_dict(),
             "model_config": self.model.config.to_dict(),
             "tokenizer": self.tokenizer_ref if self.tokenizer_ref is not None else
@@ -504,6 +660,9 @@ class Trainer:
         so a crash or a full disk leaves earlier checkpoints as they were. Then
         ``out_dir/latest`` points at it and all but the last ``keep_last``
         ``step-N`` folders are removed. Returns the folder.
+
+        Data parallel: only rank 0 writes; the other ranks return the path
+        without writing (every rank holds the same weights and moments).
         """
         from safetensors.numpy import save_file
 
@@ -513,6 +672,9 @@ class Trainer:
                 raise ValueError("TrainConfig.out_dir is None: pass a path to save_checkpoint")
             path = os.path.join(c.out_dir, f"step-{self.step}")
         path = os.path.abspath(os.fspath(path))
+        if self.rank != 0:
+            self.last_checkpoint = path
+            return path
         parent = os.path.dirname(path)
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(path)}-", dir=parent)
@@ -580,10 +742,24 @@ class Trainer:
             raise ValueError(f"checkpoint {ckpt!r} was trained with a different model: LlamaConfig "
                              + ", ".join(f"{n}={getattr(saved_cfg, n)!r} (this model: {getattr(mine, n)!r})" for n in diff))
         saved_tc = state["train_config"]
-        for name in ("batch_size", "seq_len", "grad_accum_steps", "seed"):
+        for name in ("batch_size", "seq_len", "seed"):
             if saved_tc.get(name) != getattr(self.config, name):
                 raise ValueError(f"cannot resume exactly: checkpoint has TrainConfig.{name}={saved_tc.get(name)!r}, "
                                  f"this trainer has {getattr(self.config, name)!r}")
+        # The data stream is global: any number of ranks resumes exactly when the
+        # micro-batches per step (ranks × grad_accum_steps) stay the same.
+        saved_w = int(state.get("world_size", 1))
+        saved_a = saved_tc.get("grad_accum_steps")
+        if not isinstance(saved_a, int) or saved_a * saved_w != self.config.grad_accum_steps * self.world_size:
+            if saved_w == 1 and self.world_size == 1:
+                raise ValueError(f"cannot resume exactly: checkpoint has TrainConfig.grad_accum_steps={saved_a!r}, "
+                                 f"this trainer has {self.config.grad_accum_steps!r}")
+            total = saved_a * saved_w if isinstance(saved_a, int) else None
+            hint = (f"; use grad_accum_steps={total // self.world_size}" if total and total % self.world_size == 0
+                    else "")
+            raise ValueError(f"cannot resume exactly: checkpoint {ckpt!r} ran {saved_w} rank(s) x grad_accum_steps="
+                             f"{saved_a} micro-batches per step, this run has {self.world_size} rank(s) x "
+                             f"grad_accum_steps={self.config.grad_accum_steps}{hint}")
         # weights
         weights = _load_safetensors(os.path.join(ckpt, "model.safetensors"), "model weights")
         named = self.model.named_parameters()
@@ -617,11 +793,12 @@ class Trainer:
         self.last_metrics = dict(state.get("metrics") or {})
         self.last_checkpoint = os.path.abspath(ckpt)
         self._truncate_metrics()
+        self.check_ranks("resume check")
         return ckpt
 
     def _truncate_metrics(self) -> None:
         """Drop metric lines past the resumed step (from a run that went on after its last checkpoint)."""
-        if self.config.out_dir is None:
+        if self.config.out_dir is None or self.rank != 0:
             return
         p = os.path.join(self.config.out_dir, METRICS_FILE)
         if not os.path.isfile(p):

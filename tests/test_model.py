@@ -180,3 +180,27 @@ def test_bad_input_raises_clear_errors(tmp_path):
         pyllama.Llama.from_pretrained(tmp_path / "n")
     with pytest.raises(RuntimeError, match="CUDA|cuda"):
         model.to("cuda")
+
+
+def test_bfloat16_inference_weights_track_float32(rng):
+    cfg = tiny_config(vocab_size=301, hidden_size=64, intermediate_size=128)
+    model = pyllama.Llama(cfg, seed=4)
+    ids = rng.integers(0, cfg.vocab_size, (1, 12))
+    ref = model(ids).logits[0]
+    assert model.inference_dtype == "float32"
+    model.set_inference_dtype("bfloat16")
+    assert model.inference_dtype == "bfloat16"
+    model._kv_reset(1, 16)
+    model._kv_forward(ids[:, :4], np.array([0]), np.array([0]))  # prefill stays float32
+    for p in range(4, 12):
+        step = model._kv_forward(ids[:, p:p + 1], np.array([0]), np.array([p]))[0]
+        err = np.abs(step - ref[p]).max()
+        assert 0 < err <= 2e-2 * np.abs(ref[p]).max(), err  # bf16 weights: close, not identical
+    # the bf16 copy is taken at kv_reset, so later weight changes are seen by the next generation
+    model.named_parameters()["lm_head.weight"][:] = 0
+    model._kv_reset(1, 16)
+    model._kv_forward(ids[:, :4], np.array([0]), np.array([0]))
+    assert not model._kv_forward(ids[:, 4:5], np.array([0]), np.array([4])).any()
+    model.set_inference_dtype("float32")
+    with pytest.raises(ValueError, match="bfloat16"):
+        model.set_inference_dtype("int4")

@@ -126,9 +126,73 @@ void rope_apply(float* x, int ld, const int32_t* pos, const float* cos_t, const 
 // Attention runs per (batch, head) with the blocked sgemm: rows are taken in blocks
 // of kAttnRows queries, and each block only multiplies the keys it can see (0 .. end
 // of the block), so the causal upper triangle costs at most one block's worth.
-constexpr int kAttnRows = 64;
+// Two variants share the block helpers below:
+//   dense: keeps the probabilities P (B, NH, T, T) for the backward pass (reference path);
+//   flash: keeps only the row log-sum-exps (B, NH, T) and recomputes P block by block in
+//          the backward pass, so no T x T array ever exists (what the model uses).
 
-void attention_forward(float* out, float* att, const float* qkv, int B, int T, int NH, int NKV, int HS) {
+constexpr int kAttnRows = 64;  // query rows per block (attention_scratch_floats assumes 64)
+
+// Causal softmax of the score rows t = r0..r1-1 held in Pb (row t at Pb + (t-r0)*ldp):
+// P = softmax(scale * S) over keys 0..t, zero for keys t+1..r1-1; lse[t] = log sum exp.
+static void softmax_block(float* Pb, int ldp, int r0, int r1, float scale, float* lse) {
+  for (int t = r0; t < r1; t++) {
+    float* p = Pb + (size_t)(t - r0) * ldp;
+    float mx = -INFINITY;
+    for (int s2 = 0; s2 <= t; s2++) {
+      p[s2] *= scale;
+      mx = p[s2] > mx ? p[s2] : mx;
+    }
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int s2 = 0; s2 <= t; s2++) {
+      p[s2] = fast_expf(p[s2] - mx);
+      sum += p[s2];
+    }
+    float inv = 1.f / sum;
+#pragma omp simd
+    for (int s2 = 0; s2 <= t; s2++) p[s2] *= inv;
+    for (int s2 = t + 1; s2 < r1; s2++) p[s2] = 0.f;
+    if (lse) lse[t] = mx + std::log(sum);
+  }
+}
+
+// P = exp(scale * S - lse) for the block's rows, from the raw scores S in Pb.
+static void recompute_block(float* Pb, int ldp, int r0, int r1, float scale, const float* lse) {
+  for (int t = r0; t < r1; t++) {
+    float* p = Pb + (size_t)(t - r0) * ldp;
+    const float l = lse[t];
+#pragma omp simd
+    for (int s2 = 0; s2 <= t; s2++) p[s2] = fast_expf(p[s2] * scale - l);
+    for (int s2 = t + 1; s2 < r1; s2++) p[s2] = 0.f;
+  }
+}
+
+// Gradients of one row block given its probabilities Pb: dP = dY V^T into dSb, then
+// dS = P (dP - sum_s P dP) scale, dQ = dS K (assigned), dK += dS^T Q, dV += P^T dY.
+static void backward_block(float* dSb, const float* Pb, int ldp, int r0, int r1, float scale, const float* dY, int ldy,
+                           const float* Q, const float* K, const float* Vv, int QKVD, int HS, float* dQ, float* dK,
+                           float* dV) {
+  const int rows = r1 - r0;
+  sgemm(false, true, rows, r1, HS, dY + (size_t)r0 * ldy, ldy, Vv, QKVD, 0.f, dSb, ldp);
+  for (int t = r0; t < r1; t++) {
+    const float* p = Pb + (size_t)(t - r0) * ldp;
+    float* d = dSb + (size_t)(t - r0) * ldp;
+    float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+    for (int s2 = 0; s2 <= t; s2++) dot += p[s2] * d[s2];
+#pragma omp simd
+    for (int s2 = 0; s2 <= t; s2++) d[s2] = p[s2] * (d[s2] - dot) * scale;
+    for (int s2 = t + 1; s2 < r1; s2++) d[s2] = 0.f;
+  }
+  sgemm(false, false, rows, HS, r1, dSb, ldp, K, QKVD, 0.f, dQ + (size_t)r0 * QKVD, QKVD);
+  sgemm(true, false, r1, HS, rows, dSb, ldp, Q + (size_t)r0 * QKVD, QKVD, 1.f, dK, QKVD);
+  sgemm(true, false, r1, HS, rows, Pb, ldp, dY + (size_t)r0 * ldy, ldy, 1.f, dV, QKVD);
+}
+
+// Shared driver of both forward variants: att (dense P) or lse (flash) is non-null.
+static void attention_forward_impl(float* out, float* att, float* lse, float* scratch, const float* qkv, int B, int T,
+                                   int NH, int NKV, int HS) {
   const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, group = NH / NKV;
   const float scale = 1.0f / std::sqrt((float)HS);
 #pragma omp parallel for collapse(2) schedule(dynamic, 1)
@@ -138,43 +202,29 @@ void attention_forward(float* out, float* att, const float* qkv, int B, int T, i
       const float* Q = qkv + (size_t)b * T * QKVD + h * HS;
       const float* K = qkv + (size_t)b * T * QKVD + C + kvh * HS;
       const float* Vv = qkv + (size_t)b * T * QKVD + C + KVD + kvh * HS;
-      float* P = att + (size_t)(b * NH + h) * T * T;  // (T, T), row stride T
       float* O = out + (size_t)b * T * C + h * HS;
+      float* L = lse ? lse + (size_t)(b * NH + h) * T : nullptr;
       for (int r0 = 0; r0 < T; r0 += kAttnRows) {
         const int r1 = std::min(T, r0 + kAttnRows), rows = r1 - r0;
-        // scores (rows, r1) = Q[r0:r1] K[0:r1]^T
-        sgemm(false, true, rows, r1, HS, Q + (size_t)r0 * QKVD, QKVD, K, QKVD, 0.f, P + (size_t)r0 * T, T);
-        for (int t = r0; t < r1; t++) {
-          float* p = P + (size_t)t * T;
-          float mx = -INFINITY;
-          for (int s2 = 0; s2 <= t; s2++) {
-            p[s2] *= scale;
-            mx = p[s2] > mx ? p[s2] : mx;
-          }
-          float sum = 0.f;
-          for (int s2 = 0; s2 <= t; s2++) {
-            p[s2] = fast_expf(p[s2] - mx);
-            sum += p[s2];
-          }
-          float inv = 1.f / sum;
-          for (int s2 = 0; s2 <= t; s2++) p[s2] *= inv;
-          for (int s2 = t + 1; s2 < r1; s2++) p[s2] = 0.f;  // masked keys inside the block
-        }
-        // out[r0:r1] = P[r0:r1, 0:r1] V[0:r1]
-        sgemm(false, false, rows, HS, r1, P + (size_t)r0 * T, T, Vv, QKVD, 0.f, O + (size_t)r0 * C, C);
+        float* Pb = att ? att + ((size_t)(b * NH + h) * T + r0) * T
+                        : scratch + (size_t)thread_id() * 2 * kAttnRows * T;
+        sgemm(false, true, rows, r1, HS, Q + (size_t)r0 * QKVD, QKVD, K, QKVD, 0.f, Pb, T);
+        softmax_block(Pb, T, r0, r1, scale, L);
+        sgemm(false, false, rows, HS, r1, Pb, T, Vv, QKVD, 0.f, O + (size_t)r0 * C, C);
       }
     }
 }
 
-void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv, const float* att, int B,
-                        int T, int NH, int NKV, int HS) {
+static void attention_backward_impl(float* dqkv, float* scratch, const float* dout, const float* qkv, const float* att,
+                                    const float* lse, int B, int T, int NH, int NKV, int HS) {
   const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, group = NH / NKV;
   const float scale = 1.0f / std::sqrt((float)HS);
   // q, k and v gradients of one (b, kv head) are written by one thread only.
 #pragma omp parallel for collapse(2) schedule(dynamic, 1)
   for (int b = 0; b < B; b++)
     for (int kvh = 0; kvh < NKV; kvh++) {
-      float* dS = scratch + (size_t)thread_id() * T * T;  // (T, T) per thread
+      float* dSb = scratch + (size_t)thread_id() * 2 * kAttnRows * T;  // (kAttnRows, T)
+      float* Pscratch = dSb + (size_t)kAttnRows * T;                    // (kAttnRows, T), flash only
       const float* K = qkv + (size_t)b * T * QKVD + C + kvh * HS;
       const float* Vv = K + KVD;
       float* dK = dqkv + (size_t)b * T * QKVD + C + kvh * HS;
@@ -182,32 +232,42 @@ void attention_backward(float* dqkv, float* scratch, const float* dout, const fl
       for (int t = 0; t < T; t++)
         for (int i = 0; i < HS; i++) dK[(size_t)t * QKVD + i] = dV[(size_t)t * QKVD + i] = 0.f;
       for (int h = kvh * group; h < (kvh + 1) * group; h++) {
-        const float* P = att + (size_t)(b * NH + h) * T * T;
         const float* dY = dout + (size_t)b * T * C + h * HS;
         const float* Q = qkv + (size_t)b * T * QKVD + h * HS;
         float* dQ = dqkv + (size_t)b * T * QKVD + h * HS;
         for (int r0 = 0; r0 < T; r0 += kAttnRows) {
           const int r1 = std::min(T, r0 + kAttnRows), rows = r1 - r0;
-          float* dSb = dS + (size_t)r0 * T;
-          const float* Pb = P + (size_t)r0 * T;
-          // dP (rows, r1) = dY[r0:r1] V[0:r1]^T
-          sgemm(false, true, rows, r1, HS, dY + (size_t)r0 * C, C, Vv, QKVD, 0.f, dSb, T);
-          // dS = P * (dP - sum_s P dP) * scale   (zero above the diagonal since P is)
-          for (int t = r0; t < r1; t++) {
-            const float* p = P + (size_t)t * T;
-            float* d = dS + (size_t)t * T;
-            float dot = 0.f;
-            for (int s2 = 0; s2 <= t; s2++) dot += p[s2] * d[s2];
-            for (int s2 = 0; s2 <= t; s2++) d[s2] = p[s2] * (d[s2] - dot) * scale;
-            for (int s2 = t + 1; s2 < r1; s2++) d[s2] = 0.f;
+          const float* Pb;
+          if (att) {
+            Pb = att + ((size_t)(b * NH + h) * T + r0) * T;
+          } else {
+            sgemm(false, true, rows, r1, HS, Q + (size_t)r0 * QKVD, QKVD, K, QKVD, 0.f, Pscratch, T);
+            recompute_block(Pscratch, T, r0, r1, scale, lse + (size_t)(b * NH + h) * T);
+            Pb = Pscratch;
           }
-          // dQ[r0:r1] = dS K[0:r1];  dK[0:r1] += dS^T Q[r0:r1];  dV[0:r1] += P^T dY[r0:r1]
-          sgemm(false, false, rows, HS, r1, dSb, T, K, QKVD, 0.f, dQ + (size_t)r0 * QKVD, QKVD);
-          sgemm(true, false, r1, HS, rows, dSb, T, Q + (size_t)r0 * QKVD, QKVD, 1.f, dK, QKVD);
-          sgemm(true, false, r1, HS, rows, Pb, T, dY + (size_t)r0 * C, C, 1.f, dV, QKVD);
+          backward_block(dSb, Pb, T, r0, r1, scale, dY, C, Q, K, Vv, QKVD, HS, dQ, dK, dV);
         }
       }
     }
+}
+
+void attention_forward(float* out, float* att, const float* qkv, int B, int T, int NH, int NKV, int HS) {
+  attention_forward_impl(out, att, nullptr, nullptr, qkv, B, T, NH, NKV, HS);
+}
+
+void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv, const float* att, int B,
+                        int T, int NH, int NKV, int HS) {
+  attention_backward_impl(dqkv, scratch, dout, qkv, att, nullptr, B, T, NH, NKV, HS);
+}
+
+void attention_forward_flash(float* out, float* lse, float* scratch, const float* qkv, int B, int T, int NH, int NKV,
+                             int HS) {
+  attention_forward_impl(out, nullptr, lse, scratch, qkv, B, T, NH, NKV, HS);
+}
+
+void attention_backward_flash(float* dqkv, float* scratch, const float* dout, const float* qkv, const float* lse, int B,
+                              int T, int NH, int NKV, int HS) {
+  attention_backward_impl(dqkv, scratch, dout, qkv, nullptr, lse, B, T, NH, NKV, HS);
 }
 
 // ---------------------------------------------------------------- SwiGLU

@@ -9,6 +9,7 @@
 #include "matmul.h"
 #include "model.h"
 #include "ops.h"
+#include "tensor.h"
 #include "test_util.h"
 
 using namespace pyllama;
@@ -60,6 +61,19 @@ static void test_matmul() {
         }
   }
   CHECK_THROWS(sgemm(false, false, 1, 1, 1, nullptr, 1, nullptr, 1, 0.5f, nullptr, 1), ValueError);
+  // bf16 weights: the product equals the float32 product of the rounded weights
+  for (int M : {1, 3}) {
+    int N = 77, K = 133;
+    Vec A = randn((size_t)M * K), W = randn((size_t)N * K), C((size_t)M * N), R((size_t)M * N);
+    std::vector<uint16_t> Wb(W.size());
+    for (size_t i = 0; i < W.size(); i++) {
+      Wb[i] = float_to_bf16(W[i]);
+      W[i] = bf16_to_float(Wb[i]);
+    }
+    sgemm_bf16_nt(M, N, K, A.data(), K, Wb.data(), K, C.data(), N);
+    sgemm_reference(false, true, M, N, K, A.data(), K, W.data(), K, 0.f, R.data(), N);
+    allclose(C.data(), R.data(), (long)C.size(), 1e-4f, 1e-4f, "sgemm_bf16_nt");
+  }
 }
 
 static void test_rmsnorm() {
@@ -155,6 +169,13 @@ static void test_attention() {
   attention_backward(dqkv.data(), scratch.data(), r.data(), qkv.data(), att.data(), B, T, NH, NKV, HS);
   Vec n = numgrad(qkv, f);
   allclose(dqkv.data(), n.data(), (long)qkv.size(), 5e-3f, 1e-2f, "attention dqkv");
+  // the flash variant (lse only, probabilities recomputed) equals the dense one
+  Vec out2(out.size()), lse((size_t)B * NH * T), dqkv2(qkv.size()), scr2((size_t)attention_scratch_floats(T));
+  attention_forward(out.data(), att.data(), qkv.data(), B, T, NH, NKV, HS);
+  attention_forward_flash(out2.data(), lse.data(), scr2.data(), qkv.data(), B, T, NH, NKV, HS);
+  allclose(out2.data(), out.data(), (long)out.size(), 1e-6f, 1e-5f, "flash attention out");
+  attention_backward_flash(dqkv2.data(), scr2.data(), r.data(), qkv.data(), lse.data(), B, T, NH, NKV, HS);
+  allclose(dqkv2.data(), dqkv.data(), (long)dqkv.size(), 1e-6f, 1e-4f, "flash attention dqkv");
 }
 
 static void test_crossentropy() {
