@@ -83,6 +83,38 @@ Tensor numpy_to_tensor(const py::array& a, bool as_bf16 = false) {
   return Tensor::wrap(const_cast<void*>(a.data()), shape, dt, keepalive);
 }
 
+using IntArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+// int32 (B, T) view of an int array, converting only when needed.
+IntArray as_tokens(py::handle obj, const char* what) {
+  auto a = IntArray::ensure(obj);
+  PYLLAMA_CHECK(a, TypeError, what << " must be an integer array of shape (batch, seq_len)");
+  PYLLAMA_CHECK(a.ndim() == 2, ValueError, what << " must be 2-D (batch, seq_len), got " << a.ndim() << "-D");
+  return a;
+}
+
+// input_ids (B, T) and optional labels of the same shape, for the forward bindings.
+struct TokenBatch {
+  IntArray ids, labels;
+  const int32_t* label_ptr = nullptr;
+  int B = 0, T = 0;
+};
+
+TokenBatch token_batch(py::handle tokens, py::handle labels) {
+  TokenBatch tb;
+  tb.ids = as_tokens(tokens, "input_ids");
+  if (!labels.is_none()) {
+    tb.labels = as_tokens(labels, "labels");
+    PYLLAMA_CHECK(tb.labels.shape(0) == tb.ids.shape(0) && tb.labels.shape(1) == tb.ids.shape(1), ValueError,
+                  "labels shape (" << tb.labels.shape(0) << ", " << tb.labels.shape(1) << ") != input_ids shape ("
+                                   << tb.ids.shape(0) << ", " << tb.ids.shape(1) << ")");
+    tb.label_ptr = tb.labels.data();
+  }
+  tb.B = (int)tb.ids.shape(0);
+  tb.T = (int)tb.ids.shape(1);
+  return tb;
+}
+
 void bind_tensor(py::module_& m) {
   py::class_<Tensor>(m, "Tensor", py::buffer_protocol(), R"doc(
 A core tensor: dtype, shape, device and row-major contiguous storage.
@@ -193,13 +225,6 @@ void bind_model(py::module_& m) {
       .def_readwrite("rope_theta", &LlamaConfig::rope_theta)
       .def_readwrite("tie_word_embeddings", &LlamaConfig::tie_word_embeddings);
 
-  // int32 (B, T) view of an int array, converting only when needed.
-  auto as_tokens = [](py::handle obj, const char* what) {
-    auto a = py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(obj);
-    PYLLAMA_CHECK(a, TypeError, what << " must be an integer array of shape (batch, seq_len)");
-    PYLLAMA_CHECK(a.ndim() == 2, ValueError, what << " must be 2-D (batch, seq_len), got " << a.ndim() << "-D");
-    return a;
-  };
 
   py::class_<LlamaModel>(m, "LlamaModel")
       .def(py::init<const LlamaConfig&>(), py::arg("config"))
@@ -219,25 +244,11 @@ void bind_model(py::module_& m) {
         auto& mdl = self.cast<LlamaModel&>();
         return py::array_t<float>({(py::ssize_t)mdl.num_parameters()}, {sizeof(float)}, mdl.grads(), self);
       })
-      .def("forward", [as_tokens](LlamaModel& mdl, py::handle tokens, py::handle labels) {
-             auto t = as_tokens(tokens, "input_ids");
-             py::array_t<int32_t, py::array::c_style | py::array::forcecast> lab;
-             const int32_t* lp = nullptr;
-             if (!labels.is_none()) {
-               lab = as_tokens(labels, "labels");
-               PYLLAMA_CHECK(lab.shape(0) == t.shape(0) && lab.shape(1) == t.shape(1), ValueError,
-                             "labels shape (" << lab.shape(0) << ", " << lab.shape(1) << ") != input_ids shape ("
-                                              << t.shape(0) << ", " << t.shape(1) << ")");
-               lp = lab.data();
-             }
-             int B = (int)t.shape(0), T = (int)t.shape(1);
-             const int32_t* tp = t.data();
-             float loss;
-             {
-               py::gil_scoped_release nogil;
-               loss = mdl.forward(tp, lp, B, T);
-             }
-             return loss;
+      .def("forward", [](LlamaModel& mdl, py::handle tokens, py::handle labels) {
+             TokenBatch tb = token_batch(tokens, labels);
+             const int32_t* tp = tb.ids.data();
+             py::gil_scoped_release nogil;
+             return mdl.forward(tp, tb.label_ptr, tb.B, tb.T);
            }, py::arg("input_ids"), py::arg("labels") = py::none())
       .def("logits", [](py::object self) {
         auto& mdl = self.cast<LlamaModel&>();
@@ -250,12 +261,12 @@ void bind_model(py::module_& m) {
       .def("zero_grad", &LlamaModel::zero_grad, py::call_guard<py::gil_scoped_release>())
       .def("kv_reset", &LlamaModel::kv_reset, py::arg("n_slots"), py::arg("max_len"),
            py::call_guard<py::gil_scoped_release>())
-      .def("kv_forward", [as_tokens](py::object self, py::handle tokens, py::handle slots, py::handle start_pos,
+      .def("kv_forward", [](py::object self, py::handle tokens, py::handle slots, py::handle start_pos,
                                      bool last_only) {
              auto& mdl = self.cast<LlamaModel&>();
              auto t = as_tokens(tokens, "tokens");
-             auto s = py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(slots);
-             auto p = py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(start_pos);
+             auto s = IntArray::ensure(slots);
+             auto p = IntArray::ensure(start_pos);
              int B = (int)t.shape(0), T = (int)t.shape(1);
              PYLLAMA_CHECK(s && s.ndim() == 1 && s.shape(0) == B, ValueError, "slots must be 1-D with one entry per row");
              PYLLAMA_CHECK(p && p.ndim() == 1 && p.shape(0) == B, ValueError,
@@ -270,7 +281,7 @@ void bind_model(py::module_& m) {
              return py::array_t<float>({(py::ssize_t)B, (py::ssize_t)T, V}, out, self);
            }, py::arg("tokens"), py::arg("slots"), py::arg("start_pos"), py::arg("last_only") = true)
       .def("kv_reorder", [](LlamaModel& mdl, py::handle src) {
-             auto s = py::array_t<int32_t, py::array::c_style | py::array::forcecast>::ensure(src);
+             auto s = IntArray::ensure(src);
              PYLLAMA_CHECK(s && s.ndim() == 1, ValueError, "kv_reorder expects a 1-D int array");
              py::gil_scoped_release nogil;
              mdl.kv_reorder(s.data(), (int)s.shape(0));
@@ -610,13 +621,6 @@ void bind_cuda(py::module_& m) {
     PYLLAMA_CHECK(!writable || a.writeable(), ValueError, what << " must be writable");
     return static_cast<float*>(a.mutable_data());
   };
-  using IntArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
-  auto as_tokens = [](py::handle obj, const char* what) {
-    auto a = IntArray::ensure(obj);
-    PYLLAMA_CHECK(a, TypeError, what << " must be an integer array of shape (batch, seq_len)");
-    PYLLAMA_CHECK(a.ndim() == 2, ValueError, what << " must be 2-D (batch, seq_len), got " << a.ndim() << "-D");
-    return a;
-  };
 
   py::class_<LlamaModelCuda>(m, "LlamaModelCuda", R"doc(
 The model on an NVIDIA GPU: a copy of a CPU LlamaModel's parameters and gradients,
@@ -638,21 +642,11 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
       .def_property_readonly("device", &LlamaModelCuda::device)
       .def_property_readonly("uses_cublas", &LlamaModelCuda::uses_cublas)
       .def("num_parameters", &LlamaModelCuda::num_parameters)
-      .def("forward", [as_tokens](LlamaModelCuda& g, py::handle tokens, py::handle labels) {
-             auto t = as_tokens(tokens, "input_ids");
-             IntArray lab;
-             const int32_t* lp = nullptr;
-             if (!labels.is_none()) {
-               lab = as_tokens(labels, "labels");
-               PYLLAMA_CHECK(lab.shape(0) == t.shape(0) && lab.shape(1) == t.shape(1), ValueError,
-                             "labels shape (" << lab.shape(0) << ", " << lab.shape(1) << ") != input_ids shape ("
-                                              << t.shape(0) << ", " << t.shape(1) << ")");
-               lp = lab.data();
-             }
-             const int B = (int)t.shape(0), T = (int)t.shape(1);
-             const int32_t* tp = t.data();
+      .def("forward", [](LlamaModelCuda& g, py::handle tokens, py::handle labels) {
+             TokenBatch tb = token_batch(tokens, labels);
+             const int32_t* tp = tb.ids.data();
              py::gil_scoped_release nogil;
-             return g.forward(tp, lp, B, T);
+             return g.forward(tp, tb.label_ptr, tb.B, tb.T);
            }, py::arg("input_ids"), py::arg("labels") = py::none(),
            "Training forward; returns the loss (NaN without labels). Logits stay on the GPU: see logits().")
       .def("logits", [](LlamaModelCuda& g) {
@@ -670,7 +664,7 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
       .def("zero_grad", &LlamaModelCuda::zero_grad, py::call_guard<py::gil_scoped_release>())
       .def("kv_reset", &LlamaModelCuda::kv_reset, py::arg("n_slots"), py::arg("max_len"),
            py::call_guard<py::gil_scoped_release>())
-      .def("kv_forward", [as_tokens](LlamaModelCuda& g, py::handle tokens, py::handle slots, py::handle start_pos,
+      .def("kv_forward", [](LlamaModelCuda& g, py::handle tokens, py::handle slots, py::handle start_pos,
                                      bool last_only) {
              auto t = as_tokens(tokens, "tokens");
              auto s = IntArray::ensure(slots);
