@@ -97,7 +97,7 @@ IntArray as_tokens(py::handle obj, const char* what) {
 struct TokenBatch {
   IntArray ids, labels;
   const int32_t* label_ptr = nullptr;
-  int B = 0, T = 0;
+  int B = 0, T = 0, labels_T = -1;
 };
 
 TokenBatch token_batch(py::handle tokens, py::handle labels) {
@@ -105,10 +105,13 @@ TokenBatch token_batch(py::handle tokens, py::handle labels) {
   tb.ids = as_tokens(tokens, "input_ids");
   if (!labels.is_none()) {
     tb.labels = as_tokens(labels, "labels");
-    PYLLAMA_CHECK(tb.labels.shape(0) == tb.ids.shape(0) && tb.labels.shape(1) == tb.ids.shape(1), ValueError,
-                  "labels shape (" << tb.labels.shape(0) << ", " << tb.labels.shape(1) << ") != input_ids shape ("
-                                   << tb.ids.shape(0) << ", " << tb.ids.shape(1) << ")");
+    PYLLAMA_CHECK(tb.labels.shape(0) == tb.ids.shape(0) &&
+                      (tb.labels.shape(1) == tb.ids.shape(1) || tb.labels.shape(1) == tb.ids.shape(1) + 1),
+                  ValueError,
+                  "labels shape (" << tb.labels.shape(0) << ", " << tb.labels.shape(1) << ") must be input_ids shape ("
+                                   << tb.ids.shape(0) << ", " << tb.ids.shape(1) << ") or have one more column");
     tb.label_ptr = tb.labels.data();
+    tb.labels_T = (int)tb.labels.shape(1);
   }
   tb.B = (int)tb.ids.shape(0);
   tb.T = (int)tb.ids.shape(1);
@@ -248,7 +251,7 @@ void bind_model(py::module_& m) {
              TokenBatch tb = token_batch(tokens, labels);
              const int32_t* tp = tb.ids.data();
              py::gil_scoped_release nogil;
-             return mdl.forward(tp, tb.label_ptr, tb.B, tb.T);
+             return mdl.forward(tp, tb.label_ptr, tb.B, tb.T, tb.labels_T);
            }, py::arg("input_ids"), py::arg("labels") = py::none())
       .def("logits", [](py::object self) {
         auto& mdl = self.cast<LlamaModel&>();
@@ -646,7 +649,7 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
              TokenBatch tb = token_batch(tokens, labels);
              const int32_t* tp = tb.ids.data();
              py::gil_scoped_release nogil;
-             return g.forward(tp, tb.label_ptr, tb.B, tb.T);
+             return g.forward(tp, tb.label_ptr, tb.B, tb.T, tb.labels_T);
            }, py::arg("input_ids"), py::arg("labels") = py::none(),
            "Training forward; returns the loss (NaN without labels). Logits stay on the GPU: see logits().")
       .def("logits", [](LlamaModelCuda& g) {

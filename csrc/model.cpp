@@ -239,14 +239,17 @@ void LlamaModel::check_tokens(const int32_t* tokens, long n, const char* what) c
 
 // ---------------------------------------------------------------- forward
 
-float LlamaModel::forward(const int32_t* tokens, const int32_t* labels, int B, int T) {
+float LlamaModel::forward(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T) {
+  const int LT = labels_T < 0 ? T : labels_T;
+  PYLLAMA_CHECK(LT == T || LT == T + 1, ValueError,
+                "labels must have seq_len (" << T << ") or seq_len + 1 columns, got " << LT);
   PYLLAMA_CHECK(B >= 1 && T >= 1, ValueError, "forward: batch and sequence length must be >= 1, got B=" << B << " T=" << T);
   PYLLAMA_CHECK(T <= cfg_.max_position_embeddings, ValueError,
                 "sequence length " << T << " exceeds max_position_embeddings=" << cfg_.max_position_embeddings);
   const long N = (long)B * T;
   check_tokens(tokens, N, "input token");
   if (labels)
-    for (long i = 0; i < N; i++)
+    for (long i = 0; i < (long)B * LT; i++)
       PYLLAMA_CHECK(labels[i] == -100 || (labels[i] >= 0 && labels[i] < V_), ValueError,
                     "label " << labels[i] << " at flat position " << i << " is out of range: use ids in [0, " << V_
                              << ") or -100 to ignore a position");
@@ -259,7 +262,7 @@ float LlamaModel::forward(const int32_t* tokens, const int32_t* labels, int B, i
   for (int b = 0; b < B; b++)
     for (int t = 0; t < T; t++) {
       pos_[(size_t)b * T + t] = t;
-      targets_[(size_t)b * T + t] = (labels && t + 1 < T) ? labels[(size_t)b * T + t + 1] : -100;
+      targets_[(size_t)b * T + t] = (labels && t + 1 < LT) ? labels[(size_t)b * LT + t + 1] : -100;
     }
   have_targets_ = labels != nullptr;
   float* P = params_.data();

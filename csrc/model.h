@@ -67,10 +67,12 @@ class LlamaModel {
   // Normal(0, 0.02) for matrices, o_proj and down_proj scaled by 1/sqrt(2L), norms 1.
   void init_weights(uint64_t seed);
 
-  // Training forward over tokens (B, T). labels (B, T) are aligned with tokens
-  // (position t is trained to predict labels[t+1]; -100 ignored) or nullptr.
+  // Training forward over tokens (B, T). labels (B, LT) are aligned with tokens
+  // (position t is trained to predict labels[t+1]; -100 ignored) or nullptr. LT is T
+  // (Hugging Face's convention: the last position has no target) or T+1 (a window of
+  // T+1 tokens: every position has one); labels_T < 0 means T.
   // Returns the mean loss over counted targets (NaN without labels or with none counted).
-  float forward(const int32_t* tokens, const int32_t* labels, int B, int T);
+  float forward(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T = -1);
   const float* logits() const { return logits_ptr_; }  // (B, T, V) of the last forward
   int last_B() const { return B_; }
   int last_T() const { return T_; }

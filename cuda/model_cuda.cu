@@ -263,7 +263,10 @@ struct LlamaModelCuda::Impl {
   }
 
   // ------------------------------------------------------------ training forward
-  float forward(const int32_t* tokens, const int32_t* labels, int B, int T) {
+  float forward(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T) {
+    const int LT = labels_T < 0 ? T : labels_T;
+    PYLLAMA_CHECK(LT == T || LT == T + 1, ValueError,
+                  "labels must have seq_len (" << T << ") or seq_len + 1 columns, got " << LT);
     PYLLAMA_CHECK(B >= 1 && T >= 1, ValueError,
                   "forward: batch and sequence length must be >= 1, got B=" << B << " T=" << T);
     PYLLAMA_CHECK(T <= cfg.max_position_embeddings, ValueError,
@@ -271,7 +274,7 @@ struct LlamaModelCuda::Impl {
     const long long N = (long long)B * T;
     check_tokens(tokens, N, "input token");
     if (labels)
-      for (long long i = 0; i < N; i++)
+      for (long long i = 0; i < (long long)B * LT; i++)
         PYLLAMA_CHECK(labels[i] == -100 || (labels[i] >= 0 && labels[i] < V), ValueError,
                       "label " << labels[i] << " at flat position " << i << " is out of range: use ids in [0, " << V
                                << ") or -100 to ignore a position");
@@ -301,7 +304,7 @@ struct LlamaModelCuda::Impl {
       for (int t = 0; t < T; t++) {
         const size_t i = (size_t)b * T + t;
         pos_h[i] = t;
-        targets_h[i] = (labels && t + 1 < T) ? labels[i + 1] : -100;
+        targets_h[i] = (labels && t + 1 < LT) ? labels[(size_t)b * LT + t + 1] : -100;
         cnt += targets_h[i] != -100;
       }
     // pageable host -> device copies are staged before cudaMemcpyAsync returns
@@ -720,8 +723,8 @@ int LlamaModelCuda::device() const { return impl_->dev; }
 size_t LlamaModelCuda::num_parameters() const { return impl_->P; }
 bool LlamaModelCuda::uses_cublas() const { return impl_->gemm->uses_cublas(); }
 
-float LlamaModelCuda::forward(const int32_t* tokens, const int32_t* labels, int B, int T) {
-  return impl_->forward(tokens, labels, B, T);
+float LlamaModelCuda::forward(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T) {
+  return impl_->forward(tokens, labels, B, T, labels_T);
 }
 int LlamaModelCuda::last_B() const { return impl_->B_; }
 int LlamaModelCuda::last_T() const { return impl_->T_; }

@@ -63,7 +63,7 @@ class LlamaModelCuda {
 
   // As LlamaModel::forward (host token/label arrays). Returns the loss (one sync), or NaN
   // without labels (no sync).
-  float forward(const int32_t* tokens, const int32_t* labels, int B, int T);
+  float forward(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T = -1);
   int last_B() const;
   int last_T() const;
   bool has_logits() const;                // false before a forward and after backward

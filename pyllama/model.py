@@ -199,15 +199,18 @@ class Llama:
 
         ``labels`` are aligned with ``input_ids`` (Hugging Face convention: the model
         shifts them, so position t is trained to predict ``labels[:, t+1]``); ``-100``
-        marks positions to ignore. Returns ``CausalLMOutput(logits, loss)``: ``logits``
-        is a new float32 array [B, T, V] (``None`` when ``return_logits=False``).
+        marks positions to ignore. ``labels`` may also have one more column than
+        ``input_ids`` — a window of T+1 tokens, ``model(window[:, :-1], labels=window)`` —
+        so that the last position is trained too. Returns ``CausalLMOutput(logits, loss)``:
+        ``logits`` is a new float32 array [B, T, V] (``None`` when ``return_logits=False``).
         """
         ids = _as_ids(input_ids, "input_ids")
         lab = None
         if labels is not None:
             lab = _as_ids(labels, "labels")
-            if lab.shape != ids.shape:
-                raise ValueError(f"labels shape {lab.shape} must equal input_ids shape {ids.shape}")
+            if lab.shape[0] != ids.shape[0] or lab.shape[1] not in (ids.shape[1], ids.shape[1] + 1):
+                raise ValueError(f"labels shape {lab.shape} must equal input_ids shape {ids.shape} "
+                                 "or have one more column (a window of seq_len + 1 tokens)")
         loss = self._core.forward(ids, lab)
         self._have_loss = lab is not None
         logits = np.array(self._core.logits(), copy=True) if return_logits else None

@@ -457,8 +457,9 @@ class Trainer:
                 continue
             window = self.loader.next_batch()
             ids = np.ascontiguousarray(window[:, :c.seq_len])
-            # labels are aligned with input_ids (the model shifts them), as in Hugging Face
-            out = self.model(ids, labels=ids, return_logits=False)
+            # the whole window of seq_len + 1 tokens as labels: the model shifts them, so
+            # every one of the seq_len positions has a target (the last one too)
+            out = self.model(ids, labels=window, return_logits=False)
             self.model.backward(1.0 / A)
             loss_sum += out.loss
         loss = loss_sum / A
@@ -531,8 +532,9 @@ class Trainer:
         total = 0.0
         n = eval_steps or c.eval_steps
         for _ in range(n):
-            ids = np.ascontiguousarray(loader.next_batch()[:, :c.seq_len])
-            total += self.model(ids, labels=ids, return_logits=False).loss
+            window = loader.next_batch()
+            ids = np.ascontiguousarray(window[:, :c.seq_len])
+            total += self.model(ids, labels=window, return_logits=False).loss
         return total / n
 
     # ------------------------------------------------------------------ the loop

@@ -174,7 +174,7 @@ def test_rank_r_runs_micro_batches_r_of_the_global_stream(tmp_path):
     windows = [one.loader.next_batch() for _ in range(2)]
     m = pyllama.Llama(cfg, seed=0)
     ids = np.ascontiguousarray(windows[1][:, :16])
-    want = m(ids, labels=ids, return_logits=False).loss
+    want = m(ids, labels=windows[1], return_logits=False).loss  # the whole window as labels, as the Trainer
     comm = Mirror(1, 2)
     t = pyllama.Trainer(pyllama.Llama(cfg, seed=0), _tc(tmp_path / "b"), _data(), progress=False, comm=comm)
     r = t.train_step()

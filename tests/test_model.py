@@ -204,3 +204,27 @@ def test_bfloat16_inference_weights_track_float32(rng):
     model.set_inference_dtype("float32")
     with pytest.raises(ValueError, match="bfloat16"):
         model.set_inference_dtype("int4")
+
+
+def test_window_labels_train_every_position(rng):
+    """labels with one more column (a window of T+1 tokens) give every position a target,
+    equal to PyTorch's cross-entropy of the logits against window[:, 1:]."""
+    cfg = tiny_config()
+    model = pyllama.Llama(cfg, seed=6)
+    hf = hf_model_from(model)
+    window = rng.integers(0, cfg.vocab_size, (2, 17))
+    labels = window.copy()
+    labels[1, 9] = -100  # an ignored target
+    out = model(window[:, :-1], labels=labels)
+    model.zero_grad()
+    model.backward()
+    logits = hf(input_ids=torch.from_numpy(window[:, :-1])).logits
+    ref = torch.nn.functional.cross_entropy(logits.reshape(-1, cfg.vocab_size),
+                                            torch.from_numpy(labels[:, 1:]).reshape(-1), ignore_index=-100)
+    ref.backward()
+    assert abs(out.loss - ref.item()) <= 1e-5 * max(1.0, ref.item())
+    for n, p in hf.named_parameters():
+        g = model.named_grads()[n]
+        assert np.abs(g - p.grad.numpy()).max() <= 1e-4 * np.abs(p.grad.numpy()).max() + 1e-6, n
+    with pytest.raises(ValueError, match="one more column"):
+        model(window[:, :-3], labels=window)

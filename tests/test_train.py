@@ -57,8 +57,10 @@ def test_twenty_steps_match_transformers_and_torch_adamw(tie):
         opt.zero_grad()
         total = 0.0
         for _ in range(tc.grad_accum_steps):
-            ids = torch.from_numpy(loader.next_batch()[:, :tc.seq_len].astype(np.int64))
-            loss = hf(input_ids=ids, labels=ids).loss
+            window = torch.from_numpy(loader.next_batch().astype(np.int64))
+            # every position of the seq_len inputs predicts the next token of the window
+            logits = hf(input_ids=window[:, :tc.seq_len]).logits
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), window[:, 1:].reshape(-1))
             (loss / tc.grad_accum_steps).backward()
             total += loss.item()
         norm = torch.nn.utils.clip_grad_norm_(hf.parameters(), tc.grad_clip).item()
