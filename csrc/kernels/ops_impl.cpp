@@ -33,6 +33,18 @@ static inline float fast_expf(float x) {
   return p * scale;
 }
 
+// The calling thread's share [*c0, *c1) of n columns, inside a parallel region
+// (for column-parallel accumulations that must not race).
+static inline void thread_slice(int n, int* c0, int* c1) {
+#ifdef PYLLAMA_HAVE_OPENMP
+  const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+#else
+  const int nt = 1, id = 0;
+#endif
+  *c0 = (int)((long)n * id / nt);
+  *c1 = (int)((long)n * (id + 1) / nt);
+}
+
 static inline int thread_id() {
 #ifdef PYLLAMA_HAVE_OPENMP
   return omp_get_thread_num();
@@ -80,12 +92,8 @@ void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* in
   // dw: columns are independent; each thread owns a slice of channels.
 #pragma omp parallel
   {
-#ifdef PYLLAMA_HAVE_OPENMP
-    int nt = omp_get_num_threads(), id = omp_get_thread_num();
-#else
-    int nt = 1, id = 0;
-#endif
-    int c0 = (int)((long)C * id / nt), c1 = (int)((long)C * (id + 1) / nt);
+    int c0, c1;
+    thread_slice(C, &c0, &c1);
     for (int n = 0; n < N; n++) {
       const float* x = inp + (size_t)n * C;
       const float* dy = dout + (size_t)n * C;
@@ -311,12 +319,8 @@ void embedding_forward(float* out, const int32_t* tokens, const float* wte, int 
 void embedding_backward(float* dwte, const float* dout, const int32_t* tokens, int N, int C, int V) {
 #pragma omp parallel
   {
-#ifdef PYLLAMA_HAVE_OPENMP
-    int nt = omp_get_num_threads(), id = omp_get_thread_num();
-#else
-    int nt = 1, id = 0;
-#endif
-    int c0 = (int)((long)C * id / nt), c1 = (int)((long)C * (id + 1) / nt);
+    int c0, c1;
+    thread_slice(C, &c0, &c1);
     for (int n = 0; n < N; n++) {
       float* d = dwte + (size_t)tokens[n] * C;
       const float* g = dout + (size_t)n * C;
