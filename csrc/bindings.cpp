@@ -15,6 +15,7 @@
 #include "tensor.h"
 #ifdef PYLLAMA_HAVE_CUDA
 #include "model_cuda.h"
+#include "nccl.h"
 #endif
 
 namespace py = pybind11;
@@ -756,6 +757,105 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
 #endif
 }
 
+// ------------------------------------------------------------------ NCCL (cuda/nccl.h)
+
+void bind_nccl(py::module_& m) {
+#ifdef PYLLAMA_HAVE_CUDA
+  py::register_exception<NcclError>(m, "NcclError", PyExc_RuntimeError);
+  auto op_of = [](const std::string& op) {
+    if (op == "sum") return NcclOp::sum;
+    if (op == "avg") return NcclOp::avg;
+    throw ValueError("NCCL reduction op must be 'sum' or 'avg', got '" + op + "'");
+  };
+  m.def("nccl_load", [](const std::vector<std::string>& candidates) {
+          py::gil_scoped_release nogil;
+          return nccl_load(candidates);
+        }, py::arg("candidates"),
+        "Load libnccl (dlopen) from the first candidate path that works; returns it. Raises NcclError "
+        "listing every candidate and why it failed. Use pyllama.distributed.load_nccl().");
+  m.def("nccl_loaded", &nccl_loaded);
+  m.def("nccl_loaded_path", &nccl_loaded_path);
+  m.def("nccl_version", &nccl_version, "NCCL_VERSION_CODE of the loaded library (e.g. 23203 for 2.32.3).");
+  m.def("nccl_unique_id", []() {
+          std::string id;
+          {
+            py::gil_scoped_release nogil;
+            id = nccl_unique_id();
+          }
+          return py::bytes(id);
+        }, "A new NCCL unique id (128 bytes): rank 0 creates it, every rank passes it to NcclComm.");
+  py::class_<NcclComm>(m, "NcclComm", R"doc(
+An NCCL communicator on one GPU (cuda/nccl.h). Every operation waits for its result
+with a deadline (timeout_s; 0: none): past it, or on an NCCL error, the communicator
+is aborted and NcclError is raised. Use pyllama.distributed.NCCLCommunicator.
+)doc")
+      .def(py::init([](py::bytes unique_id, int rank, int world_size, int device, double timeout_s) {
+             std::string id = unique_id;
+             std::unique_ptr<NcclComm> c;
+             {
+               py::gil_scoped_release nogil;
+               c = std::make_unique<NcclComm>(id, rank, world_size, device, timeout_s);
+             }
+             return c;
+           }),
+           py::arg("unique_id"), py::arg("rank"), py::arg("world_size"), py::arg("device"),
+           py::arg("timeout_s") = 300.0)
+      .def_property_readonly("rank", &NcclComm::rank)
+      .def_property_readonly("world_size", &NcclComm::world_size)
+      .def_property_readonly("device", &NcclComm::device)
+      .def_property("timeout_s", &NcclComm::timeout_s, &NcclComm::set_timeout_s)
+      .def_property_readonly("usable", &NcclComm::usable)
+      .def_property_readonly("failure", &NcclComm::failure)
+      .def("allreduce_grads", [op_of](NcclComm& c, LlamaModelCuda& g, const std::string& op, py::object extra,
+                                      const std::string& what) {
+             double* xp = nullptr;
+             int nx = 0;
+             py::array x;
+             if (!extra.is_none()) {
+               PYLLAMA_CHECK(py::isinstance<py::array>(extra), TypeError, what << ": extra must be a numpy array");
+               x = py::reinterpret_borrow<py::array>(extra);
+               PYLLAMA_CHECK(x.dtype().equal(py::dtype::of<double>()) && x.ndim() == 1 &&
+                                 (x.flags() & py::array::c_style) && x.writeable(),
+                             TypeError, what << ": extra must be a writable contiguous 1-D float64 array");
+               xp = static_cast<double*>(x.mutable_data());
+               nx = (int)x.shape(0);
+             }
+             NcclOp o = op_of(op);
+             py::gil_scoped_release nogil;
+             c.allreduce_grads(g, o, xp, nx, what);
+           }, py::arg("model"), py::arg("op") = "avg", py::arg("extra") = py::none(),
+           py::arg("what") = "gradient all-reduce",
+           "In place over the model's GPU gradients (op 'sum' or 'avg'); the float64 array extra is summed "
+           "over the ranks in the same NCCL group.")
+      .def("broadcast_params", [](NcclComm& c, LlamaModelCuda& g, int root, const std::string& what) {
+             py::gil_scoped_release nogil;
+             c.broadcast_params(g, root, what);
+           }, py::arg("model"), py::arg("root") = 0, py::arg("what") = "weight broadcast")
+      .def("allreduce_host", [op_of](NcclComm& c, py::array a, const std::string& op, const std::string& what) {
+             NcclType t;
+             if (a.dtype().equal(py::dtype::of<float>()))
+               t = NcclType::float32;
+             else if (a.dtype().equal(py::dtype::of<double>()))
+               t = NcclType::float64;
+             else
+               throw TypeError(what + ": allreduce_host takes float32 or float64 arrays, got " +
+                               std::string(py::str(a.dtype())));
+             PYLLAMA_CHECK(a.ndim() == 1 && (a.flags() & py::array::c_style) && a.writeable(), TypeError,
+                           what << ": expected a writable contiguous 1-D numpy array");
+             void* p = a.mutable_data();
+             size_t n = (size_t)a.shape(0);
+             NcclOp o = op_of(op);
+             py::gil_scoped_release nogil;
+             c.allreduce_host(p, n, t, o, what);
+           }, py::arg("array"), py::arg("op") = "sum", py::arg("what") = "all-reduce",
+           "In place over a host float32/float64 array (staged through the GPU).")
+      .def("abort", &NcclComm::abort, py::call_guard<py::gil_scoped_release>())
+      .def("destroy", &NcclComm::destroy, py::call_guard<py::gil_scoped_release>());
+#else
+  (void)m;  // no CUDA backend: no NCCL either
+#endif
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -770,4 +870,5 @@ PYBIND11_MODULE(_core, m) {
   bind_optim(m);
   bind_tokenizer(m);
   bind_cuda(m);
+  bind_nccl(m);
 }

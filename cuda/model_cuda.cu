@@ -785,5 +785,11 @@ void LlamaModelCuda::synchronize() const {
   impl_->sync();
 }
 void* LlamaModelCuda::stream() const { return impl_->stream; }
+float* LlamaModelCuda::params_device() { return impl_->params.as<float>(); }
+float* LlamaModelCuda::grads_device() { return impl_->grads.as<float>(); }
+void LlamaModelCuda::params_written() {
+  impl_->use();
+  impl_->refresh_compute_copy();
+}
 
 }  // namespace pyllama

@@ -99,6 +99,14 @@ class LlamaModelCuda {
   void synchronize() const;  // wait for the model's stream
   void* stream() const;      // the cudaStream_t every launch of this model is queued on
 
+  // Device addresses of the float32 flat parameter and gradient buffers
+  // (num_parameters() floats each), for collectives queued on stream() (cuda/nccl.cu).
+  // After writing the parameters through params_device(), call params_written()
+  // (refreshes the bf16 compute copy; queued on stream(), returns at once).
+  float* params_device();
+  float* grads_device();
+  void params_written();
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;

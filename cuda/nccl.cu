@@ -1,0 +1,497 @@
+// nccl.cu — NCCL loaded at run time, and the communicator the data-parallel trainer
+// uses (see nccl.h). No NCCL header is included: the handful of types and enum values
+// below are declared here, with the values of NCCL's nccl.h (2.32; unchanged since 2.10,
+// which added ncclAvg).
+#include <dlfcn.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "common.cuh"
+#include "model_cuda.h"
+#include "nccl.h"
+
+namespace pyllama {
+namespace {
+
+// ------------------------------------------------------------------ NCCL's ABI (the part used)
+using nccl_result = int;  // ncclResult_t
+constexpr nccl_result kSuccess = 0, kUnhandledCudaError = 1, kInProgress = 7;
+constexpr size_t kUniqueIdBytes = 128;  // NCCL_UNIQUE_ID_BYTES
+struct UniqueId {
+  char internal[kUniqueIdBytes];
+};
+using nccl_comm = struct ncclComm*;  // opaque (ncclComm_t)
+constexpr int kMinVersion = 21000;   // 2.10: ncclAvg
+
+const char* result_name(nccl_result r) {
+  static const char* names[] = {"ncclSuccess",       "ncclUnhandledCudaError", "ncclSystemError",
+                                "ncclInternalError", "ncclInvalidArgument",    "ncclInvalidUsage",
+                                "ncclRemoteError",   "ncclInProgress",         "ncclTimeout"};
+  return r >= 0 && r < 9 ? names[r] : "unknown ncclResult_t";
+}
+
+struct Api {
+  void* handle = nullptr;
+  std::string path;
+  nccl_result (*GetVersion)(int*) = nullptr;
+  nccl_result (*GetUniqueId)(UniqueId*) = nullptr;
+  nccl_result (*CommInitRank)(nccl_comm*, int, UniqueId, int) = nullptr;
+  nccl_result (*CommDestroy)(nccl_comm) = nullptr;
+  nccl_result (*CommAbort)(nccl_comm) = nullptr;
+  nccl_result (*CommGetAsyncError)(nccl_comm, nccl_result*) = nullptr;
+  const char* (*GetErrorString)(nccl_result) = nullptr;
+  const char* (*GetLastError)(nccl_comm) = nullptr;  // optional (2.13+)
+  nccl_result (*AllReduce)(const void*, void*, size_t, int, int, nccl_comm, cudaStream_t) = nullptr;
+  nccl_result (*Broadcast)(const void*, void*, size_t, int, int, nccl_comm, cudaStream_t) = nullptr;
+  nccl_result (*GroupStart)() = nullptr;
+  nccl_result (*GroupEnd)() = nullptr;
+  int version = 0;
+};
+
+std::mutex g_load_mu;
+Api g_api;                          // written once under g_load_mu, then read-only
+std::atomic<bool> g_loaded{false};  // published after g_api is complete
+
+const Api& api() {
+  if (!g_loaded.load(std::memory_order_acquire))
+    throw NcclError("NCCL is not loaded: call pyllama.distributed.load_nccl() first (it finds libnccl.so.2; "
+                    "pip install nvidia-nccl-cu13, or set PYLLAMA_NCCL_LIBRARY to its path)");
+  return g_api;
+}
+
+std::string describe(nccl_result r, nccl_comm comm = nullptr) {
+  std::ostringstream ss;
+  ss << result_name(r) << " (" << (g_api.GetErrorString ? g_api.GetErrorString(r) : "?");
+  if (comm && g_api.GetLastError) {
+    const char* last = g_api.GetLastError(comm);
+    if (last && *last) ss << "; " << last;
+  }
+  ss << ")";
+  return ss.str();
+}
+
+[[noreturn]] void nccl_throw(nccl_result r, nccl_comm comm, const char* expr, const char* file, int line) {
+  std::ostringstream ss;
+  ss << "NCCL error " << describe(r, comm) << " in " << expr << " at " << file << ":" << line;
+  throw NcclError(ss.str());
+}
+
+// A synchronous NCCL call must return ncclSuccess (ncclInProgress only on non-blocking communicators,
+// which this file does not create).
+#define NCCL_CHECK(comm, expr)                                                    \
+  do {                                                                            \
+    nccl_result pyllama_nccl_r_ = (expr);                                         \
+    if (pyllama_nccl_r_ != kSuccess) nccl_throw(pyllama_nccl_r_, comm, #expr, __FILE__, __LINE__); \
+  } while (0)
+
+template <typename F>
+bool resolve(void* h, const char* name, F& fn, std::string& missing) {
+  dlerror();
+  void* p = dlsym(h, name);
+  if (!p) {
+    if (!missing.empty()) missing += ", ";
+    missing += name;
+    return false;
+  }
+  fn = reinterpret_cast<F>(p);
+  return true;
+}
+
+// Grow-only page-locked host buffer and device buffer (for staging host data).
+struct Staging {
+  void* host = nullptr;
+  void* dev = nullptr;
+  size_t bytes = 0;
+  void reserve(size_t n) {
+    if (n <= bytes) return;
+    release();
+    CUDA_CHECK(cudaMallocHost(&host, n));
+    CUDA_CHECK(cudaMalloc(&dev, n));
+    bytes = n;
+  }
+  void release() noexcept {
+    if (host) cudaFreeHost(host);
+    if (dev) cudaFree(dev);
+    host = dev = nullptr;
+    bytes = 0;
+  }
+};
+
+size_t type_size(NcclType t) {
+  switch (t) {
+    case NcclType::float32: return 4;
+    case NcclType::float64: return 8;
+    case NcclType::bfloat16: return 2;
+  }
+  throw ValueError("NCCL: unknown data type");
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ loading
+
+std::string nccl_load(const std::vector<std::string>& candidates) {
+  std::lock_guard<std::mutex> lock(g_load_mu);
+  if (g_loaded.load()) return g_api.path;
+  if (candidates.empty())
+    throw NcclError("nccl_load: no candidate paths for libnccl.so.2 (pip install nvidia-nccl-cu13, or set "
+                    "PYLLAMA_NCCL_LIBRARY)");
+  std::ostringstream why;
+  for (const std::string& path : candidates) {
+    dlerror();
+    void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+      const char* e = dlerror();
+      why << "\n  " << path << ": " << (e ? e : "dlopen failed");
+      continue;
+    }
+    Api a;
+    std::string missing;
+    resolve(h, "ncclGetVersion", a.GetVersion, missing);
+    resolve(h, "ncclGetUniqueId", a.GetUniqueId, missing);
+    resolve(h, "ncclCommInitRank", a.CommInitRank, missing);
+    resolve(h, "ncclCommDestroy", a.CommDestroy, missing);
+    resolve(h, "ncclCommAbort", a.CommAbort, missing);
+    resolve(h, "ncclCommGetAsyncError", a.CommGetAsyncError, missing);
+    resolve(h, "ncclGetErrorString", a.GetErrorString, missing);
+    resolve(h, "ncclAllReduce", a.AllReduce, missing);
+    resolve(h, "ncclBroadcast", a.Broadcast, missing);
+    resolve(h, "ncclGroupStart", a.GroupStart, missing);
+    resolve(h, "ncclGroupEnd", a.GroupEnd, missing);
+    if (!missing.empty()) {
+      why << "\n  " << path << ": loaded, but it does not export " << missing << " (not an NCCL library?)";
+      dlclose(h);
+      continue;
+    }
+    std::string unused;
+    resolve(h, "ncclGetLastError", a.GetLastError, unused);
+    int v = 0;
+    if (a.GetVersion(&v) != kSuccess || v < kMinVersion) {
+      why << "\n  " << path << ": NCCL version " << v << " is too old (pyllama needs 2.10 or newer)";
+      dlclose(h);
+      continue;
+    }
+    a.handle = h;  // never closed: communicators and NCCL's own threads use it until exit
+    a.path = path;
+    a.version = v;
+    g_api = a;
+    g_loaded.store(true, std::memory_order_release);
+    return path;
+  }
+  throw NcclError("could not load the NCCL library; tried:" + why.str() +
+                  "\nInstall it with `pip install nvidia-nccl-cu13` (CUDA 13), or set PYLLAMA_NCCL_LIBRARY to the "
+                  "full path of libnccl.so.2");
+}
+
+bool nccl_loaded() { return g_loaded.load(std::memory_order_acquire); }
+std::string nccl_loaded_path() { return nccl_loaded() ? g_api.path : std::string(); }
+int nccl_version() { return api().version; }
+
+std::string nccl_unique_id() {
+  const Api& a = api();
+  UniqueId id;
+  std::memset(&id, 0, sizeof id);
+  NCCL_CHECK(nullptr, a.GetUniqueId(&id));
+  return std::string(id.internal, kUniqueIdBytes);
+}
+
+// ------------------------------------------------------------------ the communicator
+
+struct NcclComm::Impl {
+  nccl_comm comm = nullptr;
+  int rank = 0, world = 1, dev = 0;
+  double timeout_s = 0;
+  std::string failure;  // non-empty: aborted/destroyed/failed
+  cudaEvent_t done = nullptr;
+  cudaStream_t own_stream = nullptr;  // for host-data collectives
+  Staging staging;
+  std::mutex mu;  // one operation at a time
+
+  void use() const { CUDA_CHECK(cudaSetDevice(dev)); }
+
+  void check_usable(const std::string& what) const {
+    if (!failure.empty()) throw NcclError(what + ": the NCCL communicator is no longer usable (" + failure + ")");
+  }
+
+  void abort_now(const std::string& why) {
+    if (failure.empty()) failure = why;
+    if (comm) {
+      nccl_comm c = comm;
+      comm = nullptr;
+      g_api.CommAbort(c);  // result ignored: we are already failing
+    }
+  }
+
+  [[noreturn]] void fail(const std::string& what, const std::string& why) {
+    std::ostringstream ss;
+    ss << what << " (NCCL, rank " << rank << " of " << world << ", GPU " << dev << ") " << why
+       << "; the communicator was aborted";
+    abort_now(ss.str());
+    throw NcclError(ss.str());
+  }
+
+  // A non-success result of an enqueueing call: abort and throw with NCCL's text.
+  void enqueue_check(nccl_result r, const std::string& what, const char* expr, int line) {
+    if (r == kSuccess || r == kInProgress) return;
+    std::ostringstream ss;
+    ss << "failed: NCCL error " << describe(r, comm) << " in " << expr << " at " << __FILE__ << ":" << line;
+    fail(what, ss.str());
+  }
+
+  // Poll until everything queued on `stream` before this call is done, an asynchronous
+  // NCCL error shows up, or the deadline passes.
+  void wait(cudaStream_t stream, const std::string& what) {
+    CUDA_CHECK(cudaEventRecord(done, stream));
+    const auto t0 = std::chrono::steady_clock::now();
+    for (long spins = 0;; spins++) {
+      cudaError_t e = cudaEventQuery(done);
+      if (e == cudaSuccess) return;
+      if (e != cudaErrorNotReady) {
+        cudaGetLastError();
+        std::ostringstream ss;
+        ss << "failed: CUDA error " << cudaGetErrorName(e) << " (" << cudaGetErrorString(e)
+           << ") while waiting, at " << __FILE__ << ":" << __LINE__;
+        fail(what, ss.str());
+      }
+      nccl_result async = kSuccess;
+      nccl_result r = g_api.CommGetAsyncError(comm, &async);
+      if (r != kSuccess) async = r;
+      if (async != kSuccess && async != kInProgress) {
+        std::ostringstream ss;
+        ss << "failed: NCCL asynchronous error " << describe(async, comm) << " (a peer died or the network "
+           << "failed), detected at " << __FILE__ << ":" << __LINE__;
+        fail(what, ss.str());
+      }
+      const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (timeout_s > 0 && waited > timeout_s) {
+        std::ostringstream ss;
+        ss << "did not complete within " << timeout_s << " s (TrainConfig.dist_timeout_s): another rank died, "
+           << "hangs or is much slower";
+        fail(what, ss.str());
+      }
+      if (spins < 200)
+        std::this_thread::yield();
+      else
+        std::this_thread::sleep_for(std::chrono::microseconds(spins < 5000 ? 100 : 1000));
+    }
+  }
+};
+
+namespace {
+// Shared between the constructor and its helper thread.
+struct InitState {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false, abandoned = false;
+  nccl_result result = kSuccess;
+  std::string cuda_error;
+  nccl_comm comm = nullptr;
+};
+}  // namespace
+
+NcclComm::NcclComm(const std::string& unique_id, int rank, int world_size, int device, double timeout_s)
+    : impl_(std::make_unique<Impl>()) {
+  const Api& a = api();
+  PYLLAMA_CHECK(unique_id.size() == kUniqueIdBytes, ValueError,
+                "NCCL unique id must be " << kUniqueIdBytes << " bytes (from nccl_unique_id() on rank 0), got "
+                                          << unique_id.size());
+  PYLLAMA_CHECK(world_size >= 1, ValueError, "NCCL world_size must be >= 1, got " << world_size);
+  PYLLAMA_CHECK(rank >= 0 && rank < world_size, ValueError,
+                "NCCL rank must be in [0, " << world_size << "), got " << rank);
+  PYLLAMA_CHECK(timeout_s >= 0, ValueError, "NCCL timeout_s must be >= 0 (0: no deadline), got " << timeout_s);
+  const int ndev = cuda_runtime_device_count();
+  if (ndev == 0) throw NcclError("NCCL needs a CUDA GPU, and none is usable in this process");
+  PYLLAMA_CHECK(device >= 0 && device < ndev, ValueError,
+                "NCCL device " << device << " does not exist: " << ndev << " GPU(s) visible (the device is "
+                               << "LOCAL_RANK; start at most one rank per visible GPU on each node)");
+  Impl& m = *impl_;
+  m.rank = rank;
+  m.world = world_size;
+  m.dev = device;
+  m.timeout_s = timeout_s;
+  m.use();
+
+  UniqueId id;
+  std::memcpy(id.internal, unique_id.data(), kUniqueIdBytes);
+  auto st = std::make_shared<InitState>();
+  std::thread([st, id, rank, world_size, device, &a]() {
+    nccl_comm c = nullptr;
+    nccl_result r = kUnhandledCudaError;
+    std::string cuda_err;
+    cudaError_t ce = cudaSetDevice(device);  // NCCL binds the communicator to the calling thread's device
+    if (ce == cudaSuccess)
+      r = a.CommInitRank(&c, world_size, id, rank);
+    else
+      cuda_err = std::string(cudaGetErrorName(ce)) + " (" + cudaGetErrorString(ce) + ") in cudaSetDevice";
+    bool abandoned;
+    {
+      std::lock_guard<std::mutex> lock(st->mu);
+      st->done = true;
+      st->result = r;
+      st->comm = c;
+      st->cuda_error = cuda_err;
+      abandoned = st->abandoned;
+    }
+    st->cv.notify_all();
+    if (abandoned && c) a.CommAbort(c);  // the constructor gave up: nobody will use it
+  }).detach();
+
+  std::unique_lock<std::mutex> lock(st->mu);
+  auto ready = [&] { return st->done; };
+  if (timeout_s > 0) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+    if (!st->cv.wait_until(lock, deadline, ready)) {
+      st->abandoned = true;
+      std::ostringstream ss;
+      ss << "NCCL communicator creation (ncclCommInitRank, rank " << rank << " of " << world_size << ", GPU "
+         << device << ") did not complete within " << timeout_s << " s: another rank did not join (it died, "
+         << "hangs, or got a different unique id), or the ranks cannot reach each other over the network "
+         << "(see NCCL_SOCKET_IFNAME, NCCL_DEBUG=INFO)";
+      throw NcclError(ss.str());
+    }
+  } else {
+    st->cv.wait(lock, ready);
+  }
+  if (!st->cuda_error.empty())
+    throw NcclError("NCCL communicator creation on GPU " + std::to_string(device) + " failed: CUDA error " +
+                    st->cuda_error);
+  if (st->result != kSuccess) {
+    std::ostringstream ss;
+    ss << "NCCL communicator creation (ncclCommInitRank, rank " << rank << " of " << world_size << ", GPU "
+       << device << ") failed: NCCL error " << describe(st->result) << " at " << __FILE__ << ":" << __LINE__;
+    throw NcclError(ss.str());
+  }
+  m.comm = st->comm;
+  lock.unlock();
+  try {
+    CUDA_CHECK(cudaEventCreateWithFlags(&m.done, cudaEventDisableTiming));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&m.own_stream, cudaStreamNonBlocking));
+  } catch (...) {
+    m.abort_now("set-up failed");
+    if (m.done) cudaEventDestroy(m.done);
+    throw;
+  }
+}
+
+NcclComm::~NcclComm() {
+  try {
+    destroy();
+  } catch (...) {
+  }
+  Impl& m = *impl_;
+  if (cudaSetDevice(m.dev) == cudaSuccess) {
+    if (m.done) cudaEventDestroy(m.done);
+    if (m.own_stream) cudaStreamDestroy(m.own_stream);
+    m.staging.release();
+  }
+}
+
+int NcclComm::rank() const { return impl_->rank; }
+int NcclComm::world_size() const { return impl_->world; }
+int NcclComm::device() const { return impl_->dev; }
+double NcclComm::timeout_s() const { return impl_->timeout_s; }
+void NcclComm::set_timeout_s(double t) {
+  PYLLAMA_CHECK(t >= 0, ValueError, "NCCL timeout_s must be >= 0 (0: no deadline), got " << t);
+  impl_->timeout_s = t;
+}
+bool NcclComm::usable() const { return impl_->failure.empty(); }
+std::string NcclComm::failure() const { return impl_->failure; }
+
+void NcclComm::allreduce_grads(LlamaModelCuda& model, NcclOp op, double* extra, int n_extra,
+                               const std::string& what) {
+  Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mu);
+  m.check_usable(what);
+  PYLLAMA_CHECK(model.device() == m.dev, ValueError,
+                what << ": the model is on GPU " << model.device() << ", the NCCL communicator on GPU " << m.dev);
+  PYLLAMA_CHECK(n_extra >= 0 && (n_extra == 0 || extra != nullptr), ValueError, what << ": bad extra values");
+  PYLLAMA_CHECK(op == NcclOp::sum || op == NcclOp::avg, ValueError, what << ": op must be sum or avg");
+  m.use();
+  cudaStream_t s = static_cast<cudaStream_t>(model.stream());
+  const size_t xbytes = (size_t)n_extra * sizeof(double);
+  if (n_extra) {
+    m.staging.reserve(xbytes);
+    std::memcpy(m.staging.host, extra, xbytes);
+    CUDA_CHECK(cudaMemcpyAsync(m.staging.dev, m.staging.host, xbytes, cudaMemcpyHostToDevice, s));
+  }
+  float* g = model.grads_device();
+  const size_t n = model.num_parameters();
+  m.enqueue_check(g_api.GroupStart(), what, "ncclGroupStart()", __LINE__);
+  m.enqueue_check(g_api.AllReduce(g, g, n, (int)NcclType::float32, (int)op, m.comm, s), what,
+                  "ncclAllReduce(grads, float32)", __LINE__);
+  if (n_extra)
+    m.enqueue_check(g_api.AllReduce(m.staging.dev, m.staging.dev, (size_t)n_extra, (int)NcclType::float64,
+                                    (int)NcclOp::sum, m.comm, s),
+                    what, "ncclAllReduce(extra, float64)", __LINE__);
+  m.enqueue_check(g_api.GroupEnd(), what, "ncclGroupEnd()", __LINE__);
+  if (n_extra) CUDA_CHECK(cudaMemcpyAsync(m.staging.host, m.staging.dev, xbytes, cudaMemcpyDeviceToHost, s));
+  m.wait(s, what);
+  if (n_extra) std::memcpy(extra, m.staging.host, xbytes);
+}
+
+void NcclComm::broadcast_params(LlamaModelCuda& model, int root, const std::string& what) {
+  Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mu);
+  m.check_usable(what);
+  PYLLAMA_CHECK(root >= 0 && root < m.world, ValueError,
+                what << ": broadcast root " << root << " does not exist (world size " << m.world << ")");
+  PYLLAMA_CHECK(model.device() == m.dev, ValueError,
+                what << ": the model is on GPU " << model.device() << ", the NCCL communicator on GPU " << m.dev);
+  m.use();
+  cudaStream_t s = static_cast<cudaStream_t>(model.stream());
+  float* p = model.params_device();
+  m.enqueue_check(g_api.Broadcast(p, p, model.num_parameters(), (int)NcclType::float32, root, m.comm, s), what,
+                  "ncclBroadcast(params, float32)", __LINE__);
+  model.params_written();
+  m.wait(s, what);
+}
+
+void NcclComm::allreduce_host(void* data, size_t count, NcclType type, NcclOp op, const std::string& what) {
+  Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mu);
+  m.check_usable(what);
+  PYLLAMA_CHECK(op == NcclOp::sum || op == NcclOp::avg, ValueError, what << ": op must be sum or avg");
+  const size_t bytes = count * type_size(type);
+  if (count == 0) return;
+  PYLLAMA_CHECK(data != nullptr, ValueError, what << ": null data");
+  m.use();
+  cudaStream_t s = m.own_stream;
+  m.staging.reserve(bytes);
+  std::memcpy(m.staging.host, data, bytes);
+  CUDA_CHECK(cudaMemcpyAsync(m.staging.dev, m.staging.host, bytes, cudaMemcpyHostToDevice, s));
+  m.enqueue_check(g_api.AllReduce(m.staging.dev, m.staging.dev, count, (int)type, (int)op, m.comm, s), what,
+                  "ncclAllReduce(host data)", __LINE__);
+  CUDA_CHECK(cudaMemcpyAsync(m.staging.host, m.staging.dev, bytes, cudaMemcpyDeviceToHost, s));
+  m.wait(s, what);
+  std::memcpy(data, m.staging.host, bytes);
+}
+
+void NcclComm::abort() {
+  Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mu);
+  m.abort_now("aborted (NcclComm.abort)");
+}
+
+void NcclComm::destroy() {
+  Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.mu);
+  if (!m.comm) return;
+  nccl_comm c = m.comm;
+  m.comm = nullptr;
+  if (m.failure.empty()) m.failure = "destroyed (NcclComm.destroy)";
+  if (cudaSetDevice(m.dev) != cudaSuccess) {
+    cudaGetLastError();
+    g_api.CommAbort(c);
+    return;
+  }
+  // Every collective of this class was waited for, so nothing is pending.
+  NCCL_CHECK(nullptr, g_api.CommDestroy(c));
+}
+
+}  // namespace pyllama
