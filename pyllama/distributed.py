@@ -24,13 +24,15 @@ Backends:
     waiting for ever, and :meth:`MPICommunicator.abort` (``MPI_Abort``) is
     called at interpreter exit when a collective failed, after the error was
     printed, so that ``MPI_Finalize`` cannot hang.
-``nccl``
-    GPUs: **not implemented**. It needs a collective in the CUDA core over the
-    device gradient buffer; :func:`bootstrap_from_env` parses the launcher's
-    variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
-    ``MASTER_PORT``, as torchrun sets them) that the NCCL backend will use.
-    :func:`init` raises ``NotImplementedError`` for it with what is missing
-    (docs/DISTRIBUTED.md).
+``NCCLCommunicator`` (``init("nccl")``, or a Trainer with ``device="cuda"`` on several ranks)
+    GPUs: the gradients are averaged by one ``ncclAllReduce`` over the CUDA
+    model's flat gradient buffer on its stream (NCCL is loaded at run time:
+    ``pip install nvidia-nccl-cu13``, or ``PYLLAMA_NCCL_LIBRARY``). The small
+    host-side operations go through MPI (ranks started by ``mpiexec``) or a
+    :class:`TCPRendezvous` at ``MASTER_ADDR:MASTER_PORT`` (ranks started with
+    torchrun-style variables, parsed by :func:`bootstrap_from_env`). Every wait
+    has a deadline; a timeout aborts the NCCL communicator and raises
+    :class:`DistributedError` (docs/DISTRIBUTED.md).
 
 >>> comm = init()            # a plain python process: the single-process backend
 >>> comm.rank, comm.world_size
@@ -46,6 +48,8 @@ import atexit
 import hashlib
 import os
 import pickle
+import socket
+import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -53,9 +57,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Communicator", "SingleProcess", "MPICommunicator", "DistributedError", "Bootstrap", "ShardedAdamW",
+__all__ = ["Communicator", "SingleProcess", "MPICommunicator", "TCPRendezvous", "NCCLCommunicator",
+           "DistributedError", "Bootstrap", "ShardedAdamW", "load_nccl", "nccl_library_candidates",
            "init", "launched_world_size", "bootstrap_from_env", "default_threads_per_rank",
-           "fingerprint", "check_consistent", "DEFAULT_TIMEOUT_S"]
+           "fingerprint", "check_consistent", "DEFAULT_TIMEOUT_S", "init_nccl"]
 
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -321,6 +326,572 @@ class MPICommunicator(Communicator):
                 f"timeout_s={self.timeout_s})")
 
 
+# ---------------------------------------------------------------------- TCP rendezvous (torchrun-style launches)
+
+_RDV_MAGIC = b"PYLLAMA-RDV1"
+_RDV_HELLO = struct.Struct("!12sii")  # magic, rank, world_size
+_RDV_LEN = struct.Struct("!Q")
+
+
+class TCPRendezvous(Communicator):
+    """Host-side collectives over TCP for ranks started with torchrun-style
+    variables (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``).
+
+    Rank 0 listens on ``addr:port``; every other rank connects to it (retrying
+    until ``timeout_s`` while rank 0 is not up yet). Each collective is a round
+    through rank 0 (a star): every rank sends its part, rank 0 checks that all
+    ranks called the same collective, combines the parts and sends the result
+    back. It carries the small host-side traffic of a GPU run: the NCCL unique
+    id, the trainer's consistency checks, barriers, a few numbers; not
+    gradients (those go through NCCL).
+
+    Every wait has a deadline (``timeout_s``; ``None`` or ``0``: none): a rank
+    that is missing, died or hangs makes the others raise
+    :class:`DistributedError` naming the rank, the operation and the step. A
+    failure closes this rank's connections, so the other ranks learn of it at
+    once instead of at their own deadline. A world of 1 opens no socket.
+
+    The protocol is unauthenticated and carries pickles between the ranks, as
+    torchrun's store does: ``MASTER_PORT`` must not be reachable from untrusted
+    hosts.
+    """
+
+    backend = "tcp"
+
+    def __init__(self, rank: int, world_size: int, addr: Optional[str] = None, port: Optional[int] = None, *,
+                 timeout_s: Optional[float] = DEFAULT_TIMEOUT_S, local_rank: Optional[int] = None,
+                 local_size: Optional[int] = None) -> None:
+        for name, v in (("rank", rank), ("world_size", world_size)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"TCPRendezvous: {name} must be an int, got {v!r}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"TCPRendezvous: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.local_rank = self.rank if local_rank is None else int(local_rank)
+        self.local_size = self.world_size if local_size is None else int(local_size)
+        self.timeout_s = float(timeout_s) if timeout_s else None
+        self.addr, self.port = addr, port
+        self.broken: Optional[str] = None
+        self.comm_seconds = 0.0
+        self._seq = 0
+        self._peers: Dict[int, socket.socket] = {}  # rank 0: rank -> connection
+        self._sock: Optional[socket.socket] = None  # other ranks: the connection to rank 0
+        if self.world_size == 1:
+            return
+        if not addr or port is None:
+            raise ValueError(f"TCPRendezvous: world_size={world_size} needs rank 0's address and port "
+                             "(MASTER_ADDR and MASTER_PORT)")
+        if isinstance(port, bool) or not isinstance(port, (int, np.integer)) or not 1 <= int(port) <= 65535:
+            raise ValueError(f"TCPRendezvous: port must be an int in [1, 65535] (MASTER_PORT), got {port!r}")
+        self.port = int(port)
+        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        try:
+            if self.rank == 0:
+                self._serve(deadline)
+            else:
+                self._connect(deadline)
+        except BaseException:
+            self.close()
+            raise
+
+    # -------------------------------------------------------------- set-up
+    def _where(self) -> str:
+        return f"{self.addr}:{self.port}"
+
+    def _resolve(self):
+        try:
+            infos = socket.getaddrinfo(self.addr, self.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            raise DistributedError(f"rank {self.rank}: MASTER_ADDR {self.addr!r} cannot be resolved ({e}); set it "
+                                   "to rank 0's host name or IP address") from None
+        return infos[0]
+
+    def _serve(self, deadline: Optional[float]) -> None:
+        family, stype, proto, _, sockaddr = self._resolve()
+        srv = socket.socket(family, stype, proto)
+        try:
+            srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                srv.bind(sockaddr)
+                srv.listen(self.world_size)
+            except OSError as e:
+                raise DistributedError(f"rank 0 cannot listen on {self._where()} ({e.strerror or e}): MASTER_ADDR must "
+                                       "be an address of rank 0's host and MASTER_PORT a free port (>= 1024 "
+                                       "unless run as root)") from None
+            while len(self._peers) < self.world_size - 1:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    missing = [r for r in range(1, self.world_size) if r not in self._peers]
+                    raise DistributedError(
+                        f"rank 0: rendezvous at {self._where()}: rank(s) {', '.join(map(str, missing))} of "
+                        f"{self.world_size} did not connect within {self.timeout_s:g} s (they were not started, "
+                        "died, or use another MASTER_ADDR/MASTER_PORT)")
+                srv.settimeout(left)
+                try:
+                    conn, _ = srv.accept()
+                except socket.timeout:
+                    continue
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                try:
+                    conn.settimeout(5.0 if left is None else max(0.1, min(5.0, left)))
+                    magic, r, w = _RDV_HELLO.unpack(self._recv_exact(conn, _RDV_HELLO.size))
+                except (OSError, struct.error, DistributedError):
+                    conn.close()  # not one of ours (a port scanner, a stale client): keep waiting
+                    continue
+                if magic != _RDV_MAGIC:
+                    conn.close()
+                    continue
+                problem = None
+                if w != self.world_size:
+                    problem = f"rank {r} has WORLD_SIZE={w}, rank 0 has {self.world_size}"
+                elif not 1 <= r < self.world_size:
+                    problem = f"a rank connected with RANK={r}, outside 1..{self.world_size - 1}"
+                elif r in self._peers:
+                    problem = f"two processes connected as rank {r}"
+                if problem is not None:
+                    msg = f"rendezvous at {self._where()}: {problem}; every rank needs its own RANK and the same WORLD_SIZE"
+                    try:
+                        self._send(conn, pickle.dumps((-1, "error", msg)))
+                    except OSError:
+                        pass
+                    conn.close()
+                    raise DistributedError(f"rank 0: {msg}")
+                self._peers[r] = conn
+            for r, conn in self._peers.items():
+                self._send(conn, pickle.dumps((0, "ok", b"")))
+        finally:
+            srv.close()
+
+    def _connect(self, deadline: Optional[float]) -> None:
+        family, stype, proto, _, sockaddr = self._resolve()
+        last = None
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise DistributedError(
+                    f"rank {self.rank}: could not connect to rank 0 at {self._where()} within {self.timeout_s:g} s "
+                    f"(last error: {last}): is rank 0 running, and do all ranks have the same MASTER_ADDR and "
+                    "MASTER_PORT?")
+            s = socket.socket(family, stype, proto)
+            s.settimeout(2.0 if left is None else max(0.05, min(2.0, left)))
+            try:
+                s.connect(sockaddr)
+            except OSError as e:
+                s.close()
+                last = e.strerror or str(e) or type(e).__name__
+                time.sleep(0.05 if left is None else min(0.2, max(0.0, left)))
+                continue
+            break
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock = s
+        self._send(s, _RDV_HELLO.pack(_RDV_MAGIC, self.rank, self.world_size), raw=True)
+        _, status, payload = self._recv_msg(s, deadline, "rendezvous", None, peer=0)
+        if status != "ok":
+            raise DistributedError(f"rank {self.rank}: {payload}")
+
+    # -------------------------------------------------------------- framing
+    @staticmethod
+    def _send(sock: socket.socket, data: bytes, raw: bool = False) -> None:
+        sock.sendall(data if raw else _RDV_LEN.pack(len(data)) + data)
+
+    @staticmethod
+    def _recv_exact(sock: socket.socket, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = sock.recv(min(n - len(buf), 1 << 20))
+            if not chunk:
+                raise DistributedError("connection closed")
+            buf += chunk
+        return bytes(buf)
+
+    def _recv_msg(self, sock: socket.socket, deadline: Optional[float], what: str, step: Optional[int], *,
+                  peer: int):
+        """One framed pickle from ``peer``, before ``deadline``."""
+        def timed(n: int) -> bytes:
+            buf = bytearray()
+            while len(buf) < n:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise socket.timeout()
+                sock.settimeout(left)
+                chunk = sock.recv(min(n - len(buf), 1 << 20))
+                if not chunk:
+                    raise ConnectionResetError("closed")
+                buf += chunk
+            return bytes(buf)
+
+        try:
+            (n,) = _RDV_LEN.unpack(timed(_RDV_LEN.size))
+            return pickle.loads(timed(n))
+        except socket.timeout:
+            who = "rank 0" if peer == 0 else f"rank {peer}"
+            self._fail(what, step, f"did not complete within {self.timeout_s:g} s (TrainConfig.dist_timeout_s): "
+                                   f"{who} did not take part (it died, hangs or is much slower)")
+        except (ConnectionError, OSError, EOFError) as e:
+            who = "rank 0" if peer == 0 else f"rank {peer}"
+            self._fail(what, step, f"failed: {who} closed its connection ({type(e).__name__}: it exited, crashed "
+                                   "or failed)")
+
+    def _fail(self, what: str, step: Optional[int], why: str):
+        at = f" at step {step}" if step is not None else ""
+        msg = f"rank {self.rank}/{self.world_size}: {what}{at} {why}"
+        if self.broken is None:
+            self.broken = msg
+        self.close()
+        raise DistributedError(msg)
+
+    def _check(self, what: str) -> None:
+        if self.broken is not None:
+            raise DistributedError(f"rank {self.rank}: {what} after an earlier failure ({self.broken})")
+
+    def close(self) -> None:
+        """Close the connections (the other ranks then fail at once in their next collective)."""
+        for s in list(self._peers.values()) + ([self._sock] if self._sock is not None else []):
+            try:
+                s.close()
+            except OSError:
+                pass
+        self._peers = {}
+        self._sock = None
+        if self.broken is None and self.world_size > 1:
+            self.broken = "the rendezvous was closed"
+
+    # -------------------------------------------------------------- one round through rank 0
+    def _round(self, op: str, payload: bytes, combine, what: str, step: Optional[int],
+               timeout_s: Optional[float] = None) -> bytes:
+        """Every rank sends ``payload``; rank 0 checks every rank called ``op`` as its
+        ``seq``-th collective, computes ``combine(payloads by rank)`` and sends it to all."""
+        self._check(what)
+        timeout = self.timeout_s if timeout_s is None else (float(timeout_s) or None)
+        t0 = time.monotonic()
+        deadline = None if timeout is None else t0 + timeout
+        self._seq += 1
+        seq = self._seq
+        try:
+            if self.rank != 0:
+                try:
+                    self._send(self._sock, pickle.dumps((seq, op, payload), protocol=pickle.HIGHEST_PROTOCOL))
+                except OSError as e:
+                    self._fail(what, step, f"failed: rank 0 closed its connection ({e.strerror or e})")
+                _, status, result = self._recv_msg(self._sock, deadline, what, step, peer=0)
+                if status != "ok":
+                    self._fail(what, step, f"failed: {result}")
+                return result
+            parts = [payload]
+            for r in range(1, self.world_size):
+                rseq, rop, rpay = self._recv_msg(self._peers[r], deadline, what, step, peer=r)
+                if (rseq, rop) != (seq, op):
+                    msg = (f"the ranks called different collectives: rank 0 is in {op!r} (#{seq}), rank {r} in "
+                           f"{rop!r} (#{rseq}); every rank must make the same calls in the same order")
+                    self._tell_all("error", msg)
+                    self._fail(what, step, f"failed: {msg}")
+                parts.append(rpay)
+            try:
+                result = combine(parts)
+            except Exception as e:  # bad input on some rank (e.g. arrays of different shapes)
+                msg = f"{type(e).__name__}: {e}"
+                self._tell_all("error", msg)
+                self._fail(what, step, f"failed: {msg}")
+            self._tell_all("ok", result, what=what, step=step)
+            return result
+        finally:
+            self.comm_seconds += time.monotonic() - t0
+
+    def _tell_all(self, status: str, result, *, what: str = "", step: Optional[int] = None) -> None:
+        data = pickle.dumps((self._seq, status, result), protocol=pickle.HIGHEST_PROTOCOL)
+        for r, conn in list(self._peers.items()):
+            try:
+                self._send(conn, data)
+            except OSError as e:
+                if status == "ok":
+                    self._fail(what, step, f"failed: rank {r} closed its connection ({e.strerror or e})")
+
+    # -------------------------------------------------------------- collectives
+    def barrier(self, *, what="barrier", step=None, timeout_s=None):
+        if self.world_size > 1:
+            self._round("barrier", b"", lambda parts: b"", what, step, timeout_s)
+
+    def broadcast(self, obj=None, root=0, *, what="broadcast", step=None):
+        if not 0 <= root < self.world_size:
+            raise ValueError(f"broadcast root {root} does not exist: world_size is {self.world_size}")
+        self._check(what)
+        if self.world_size == 1:
+            return obj
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL) if self.rank == root else b""
+        out = self._round(f"broadcast from {root}", data, lambda parts: parts[root], what, step)
+        return obj if self.rank == root else pickle.loads(out)
+
+    def allgather_object(self, obj, *, what="all-gather", step=None):
+        self._check(what)
+        if self.world_size == 1:
+            return [obj]
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        out = self._round("allgather_object", data, lambda parts: parts, what, step)
+        return [pickle.loads(p) for p in out]
+
+    def allreduce_sum_(self, buf, *, what="all-reduce", step=None):
+        """Sum a (small) numpy array over the ranks, in rank order on rank 0; in place."""
+        if not (isinstance(buf, np.ndarray) and buf.ndim == 1 and buf.flags.c_contiguous and buf.flags.writeable):
+            raise TypeError(f"{what}: expected a writable contiguous 1-D numpy array")
+        self._check(what)
+        if self.world_size == 1:
+            return buf
+
+        def total(parts):
+            shapes = {(p[0], p[1]) for p in parts}
+            if len(shapes) != 1:
+                raise ValueError(f"the ranks passed arrays of different dtypes/lengths: {sorted(shapes)}")
+            acc = np.zeros(parts[0][1], dtype=np.dtype(parts[0][0]))
+            for _, _, raw in parts:
+                acc += np.frombuffer(raw, dtype=acc.dtype)
+            return acc.tobytes()
+
+        out = self._round("allreduce_sum", (buf.dtype.str, buf.size, buf.tobytes()), total, what, step)
+        buf[...] = np.frombuffer(out, dtype=buf.dtype)
+        return buf
+
+    def mark_failed(self, reason: str) -> None:
+        if self.world_size > 1:
+            if self.broken is None:
+                self.broken = reason
+            self.close()
+
+    def abort(self, code: int = 1) -> None:
+        self.close()
+        os._exit(code)
+
+    def __repr__(self) -> str:
+        return (f"TCPRendezvous(rank={self.rank}, world_size={self.world_size}, master={self.addr}:{self.port}, "
+                f"timeout_s={self.timeout_s})")
+
+
+# ---------------------------------------------------------------------- NCCL (GPUs)
+
+def nccl_library_candidates(environ=None) -> List[str]:
+    """Where :func:`load_nccl` looks for libnccl, in order: ``$PYLLAMA_NCCL_LIBRARY``
+    alone when set; else the ``nvidia-nccl-cu13`` wheel's ``nvidia/nccl/lib/libnccl.so.2``
+    (when the ``nvidia.nccl`` package is importable), then plain ``libnccl.so.2``
+    (the dynamic loader's search path)."""
+    env = os.environ if environ is None else environ
+    forced = env.get("PYLLAMA_NCCL_LIBRARY")
+    if forced:
+        return [forced]
+    out = []
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("nvidia.nccl")
+    except (ImportError, ValueError):
+        spec = None
+    for base in (list(spec.submodule_search_locations or []) if spec is not None else []):
+        p = os.path.join(base, "lib", "libnccl.so.2")
+        if os.path.isfile(p):
+            out.append(p)
+    out.append("libnccl.so.2")
+    return out
+
+
+def load_nccl() -> str:
+    """Load the NCCL library (once per process; see :func:`nccl_library_candidates`);
+    returns its path. Raises ``RuntimeError`` naming every path tried and what to
+    install (``pip install nvidia-nccl-cu13``) or set (``PYLLAMA_NCCL_LIBRARY``)."""
+    from . import _core
+
+    if not hasattr(_core, "nccl_load"):
+        raise RuntimeError("this pyllama build has no CUDA backend, so no NCCL support (build_info()['cuda'] is "
+                           "False): reinstall with nvcc available (docs/CUDA.md)")
+    if _core.nccl_loaded():
+        return _core.nccl_loaded_path()
+    candidates = nccl_library_candidates()
+    try:
+        return _core.nccl_load(candidates)
+    except _core.NcclError as e:
+        hint = (" (PYLLAMA_NCCL_LIBRARY is set, so only that path was tried)"
+                if os.environ.get("PYLLAMA_NCCL_LIBRARY") else "")
+        raise RuntimeError(f"{e}{hint}") from None
+
+
+def _require_gpu(what: str) -> None:
+    from . import _core
+
+    info = _core.build_info()
+    if not info["cuda"]:
+        raise RuntimeError(f"{what} needs the CUDA backend, and this pyllama build has none (build_info()['cuda'] "
+                           "is False); reinstall with nvcc available, or train on CPUs with mpiexec (backend 'mpi')")
+    if not info["cuda_available"]:
+        raise RuntimeError(f"{what} needs a CUDA GPU, and none is usable in this process "
+                           "(build_info()['cuda_available'] is False); train on CPUs with mpiexec -n N "
+                           "(backend 'mpi') instead")
+
+
+class NCCLCommunicator(Communicator):
+    """Data parallel on GPUs: NCCL for the gradients, a host communicator for the rest.
+
+    ``host`` carries the small host-side operations (the NCCL unique id, the
+    trainer's consistency checks, barriers, object broadcasts): a
+    :class:`TCPRendezvous` (torchrun-style variables), an :class:`MPICommunicator`
+    (``mpiexec``) or :class:`SingleProcess`. Rank 0 creates the NCCL unique id and
+    ``host`` broadcasts it; every rank then creates its NCCL communicator on GPU
+    ``device`` (default: ``host.local_rank``). The trainer calls
+    :meth:`allreduce_grads_` once per step: one ``ncclAllReduce`` (average) over the
+    model's flat float32 gradient buffer on the model's CUDA stream, with a few
+    float64 numbers summed in the same NCCL group.
+
+    Every NCCL wait has the deadline ``timeout_s`` (``None``/``0``: none); past it,
+    or on an NCCL error, the NCCL communicator is aborted and
+    :class:`DistributedError` is raised. Host arrays passed to
+    :meth:`allreduce_sum_` (float32/float64) are staged through the GPU.
+    """
+
+    backend = "nccl"
+
+    def __init__(self, host: Optional[Communicator] = None, device: Optional[int] = None,
+                 timeout_s: Optional[float] = DEFAULT_TIMEOUT_S) -> None:
+        from . import _core
+
+        self.host = SingleProcess() if host is None else host
+        self.rank, self.world_size = int(self.host.rank), int(self.host.world_size)
+        self.local_rank, self.local_size = int(self.host.local_rank), int(self.host.local_size)
+        self.device = self.local_rank if device is None else int(device)
+        self.timeout_s = float(timeout_s) if timeout_s else None
+        self.broken: Optional[str] = None
+        self.comm_seconds = 0.0
+        self.nccl = None
+        _require_gpu("the NCCL backend")
+        try:  # rank 0's outcome travels with the id, so a failure there fails every rank at once
+            if self.rank == 0:
+                try:
+                    self.library = load_nccl()
+                    msg = ("ok", _core.nccl_unique_id())
+                except (RuntimeError, OSError) as e:
+                    msg = ("error", str(e))
+            else:
+                msg = None
+            msg = self.host.broadcast(msg, what="NCCL unique-id broadcast")
+            if msg[0] != "ok":
+                raise DistributedError(f"rank {self.rank}: rank 0 could not start NCCL: {msg[1]}")
+            if self.rank != 0:
+                self.library = load_nccl()
+            self.nccl = _core.NcclComm(msg[1], self.rank, self.world_size, self.device, self.timeout_s or 0.0)
+        except _core.NcclError as e:
+            self.mark_failed(str(e))
+            raise DistributedError(f"rank {self.rank}/{self.world_size}: {e}") from None
+        except BaseException as e:
+            self.mark_failed(f"{type(e).__name__}: {e}")
+            raise
+        atexit.register(self.close)
+
+    # -------------------------------------------------------------- helpers
+    def _nccl_call(self, fn, what: str, step: Optional[int], *args):
+        from . import _core
+
+        if self.broken is not None:
+            raise DistributedError(f"rank {self.rank}: {what} after an earlier failure ({self.broken})")
+        if self.nccl is None:
+            raise DistributedError(f"rank {self.rank}: {what}: the NCCL communicator is closed")
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        except _core.NcclError as e:
+            at = f" at step {step}" if step is not None else ""
+            msg = f"rank {self.rank}/{self.world_size}: {what}{at}: {e}"
+            print(f"pyllama.distributed: {msg}", file=sys.stderr, flush=True)
+            self.mark_failed(msg)
+            raise DistributedError(msg) from None
+        finally:
+            self.comm_seconds += time.perf_counter() - t0
+
+    @staticmethod
+    def _gpu_core(model):
+        gpu = getattr(getattr(model, "_core", None), "gpu", None)
+        if getattr(model, "device", "cpu") != "cuda" or gpu is None:
+            raise ValueError("the NCCL backend works on cuda models: move the model with model.to('cuda') "
+                             "(TrainConfig.device='cuda') first")
+        return gpu
+
+    # -------------------------------------------------------------- GPU collectives
+    def allreduce_grads_(self, model, *, extra: Optional[np.ndarray] = None, average: bool = True,
+                         what: str = "gradient all-reduce", step: Optional[int] = None) -> None:
+        """Average (or sum) ``model``'s GPU gradients over the ranks, in place, in one
+        NCCL all-reduce on the model's stream; ``extra`` (a float64 1-D array) is
+        summed over the ranks in the same NCCL group."""
+        gpu = self._gpu_core(model)
+        self._nccl_call(self.nccl.allreduce_grads, what, step, gpu, "avg" if average else "sum", extra, what)
+
+    def broadcast_params_(self, model, root: int = 0, *, what: str = "weight broadcast",
+                          step: Optional[int] = None) -> None:
+        """Copy rank ``root``'s GPU weights to every rank (in place)."""
+        if not 0 <= root < self.world_size:
+            raise ValueError(f"broadcast root {root} does not exist: world_size is {self.world_size}")
+        gpu = self._gpu_core(model)
+        self._nccl_call(self.nccl.broadcast_params, what, step, gpu, int(root), what)
+
+    def allreduce_sum_(self, buf, *, what="all-reduce", step=None):
+        if not (isinstance(buf, np.ndarray) and buf.ndim == 1 and buf.flags.c_contiguous and buf.flags.writeable):
+            raise TypeError(f"{what}: expected a writable contiguous 1-D numpy array")
+        if buf.dtype in (np.float32, np.float64):
+            self._nccl_call(self.nccl.allreduce_host, what, step, buf, "sum", what)
+        else:
+            self.host.allreduce_sum_(buf, what=what, step=step)
+        return buf
+
+    # -------------------------------------------------------------- host-side operations
+    def broadcast(self, obj=None, root=0, *, what="broadcast", step=None):
+        return self.host.broadcast(obj, root, what=what, step=step)
+
+    def barrier(self, *, what="barrier", step=None, timeout_s=None):
+        return self.host.barrier(what=what, step=step, timeout_s=timeout_s)
+
+    def allgather_object(self, obj, *, what="all-gather", step=None):
+        return self.host.allgather_object(obj, what=what, step=step)
+
+    def set_timeout(self, timeout_s: Optional[float]) -> None:
+        """Change the deadline of every wait (NCCL and host side); ``None``/``0``: none."""
+        self.timeout_s = float(timeout_s) if timeout_s else None
+        if self.nccl is not None:
+            self.nccl.timeout_s = self.timeout_s or 0.0
+        if hasattr(self.host, "timeout_s"):
+            self.host.timeout_s = self.timeout_s
+
+    def mark_failed(self, reason: str) -> None:
+        """Abort the NCCL communicator (pending collectives end) and tell the host side."""
+        if self.broken is None:
+            self.broken = reason
+        if self.nccl is not None:
+            try:
+                self.nccl.abort()
+            except Exception:  # noqa: BLE001 - already failing
+                pass
+        if self.world_size > 1 or isinstance(self.host, TCPRendezvous):
+            self.host.mark_failed(reason)
+
+    def close(self) -> None:
+        """Destroy the NCCL communicator (abort it after a failure) and close the host side."""
+        if self.nccl is not None:
+            try:
+                if self.broken is None:
+                    self.nccl.destroy()
+                else:
+                    self.nccl.abort()
+            except Exception:  # noqa: BLE001 - at exit nothing more can be done
+                pass
+            self.nccl = None
+        if isinstance(self.host, TCPRendezvous):
+            self.host.close()
+
+    def abort(self, code: int = 1) -> None:
+        if self.nccl is not None:
+            try:
+                self.nccl.abort()
+            except Exception:  # noqa: BLE001
+                pass
+        self.host.abort(code)
+
+    def __repr__(self) -> str:
+        return (f"NCCLCommunicator(rank={self.rank}, world_size={self.world_size}, device={self.device}, "
+                f"host={self.host!r})")
+
+
 # ---------------------------------------------------------------------- ZeRO-1
 
 class ShardedAdamW:
@@ -540,7 +1111,7 @@ def init(backend: str = "auto", timeout_s: Optional[float] = DEFAULT_TIMEOUT_S) 
     ``backend="auto"``: MPI when an MPI launcher started more than one rank
     (``mpiexec -n N``), else the single-process backend. ``"mpi"`` insists on
     MPI (a world of 1 is fine); ``"single"`` never communicates; ``"nccl"``
-    raises ``NotImplementedError`` (see the module docstring).
+    is :func:`init_nccl` (GPUs; a world of 1 is fine).
 
     Errors are explicit: a job launched with N > 1 ranks but without mpi4py,
     or a torchrun-style launch (``WORLD_SIZE`` > 1) on the CPU, raises
@@ -549,13 +1120,7 @@ def init(backend: str = "auto", timeout_s: Optional[float] = DEFAULT_TIMEOUT_S) 
     if backend not in ("auto", "mpi", "single", "nccl"):
         raise ValueError(f"distributed backend must be 'auto', 'mpi', 'single' or 'nccl', got {backend!r}")
     if backend == "nccl":
-        boot = bootstrap_from_env()
-        where = (f" (bootstrap from the environment: rank {boot.rank} of {boot.world_size}, "
-                 f"master {boot.master_addr}:{boot.master_port})" if boot else "")
-        raise NotImplementedError(
-            "the NCCL backend is not implemented yet" + where + ": it needs an all-reduce over the CUDA core's "
-            "device gradient buffer (ncclAllReduce) in the C++ core, built against NCCL (the nvidia-nccl-cu13 wheel "
-            "or the toolkit). Train on CPUs with mpiexec -n N (backend 'mpi'); see docs/DISTRIBUTED.md")
+        return init_nccl(timeout_s=timeout_s)
     if backend == "single":
         return SingleProcess()
     if backend == "mpi":
@@ -571,9 +1136,42 @@ def init(backend: str = "auto", timeout_s: Optional[float] = DEFAULT_TIMEOUT_S) 
     if boot is not None and boot.world_size > 1:
         raise RuntimeError(f"WORLD_SIZE={boot.world_size} is set (a torchrun-style launch), but pyllama trains on "
                            "several CPU processes only through MPI: launch with mpiexec -n N pyllama train ... "
-                           "(pip install 'pyllama[dist]'); the env-var bootstrap is for the NCCL backend, which "
-                           "is not implemented yet (docs/DISTRIBUTED.md)")
+                           "(pip install 'pyllama[dist]'); the env-var bootstrap is for GPUs: TrainConfig.device="
+                           "'cuda' or backend 'nccl' (docs/DISTRIBUTED.md)")
     return SingleProcess()
+
+
+def init_nccl(timeout_s: Optional[float] = DEFAULT_TIMEOUT_S, environ=None) -> "NCCLCommunicator":
+    """The NCCL communicator for this process (GPU ``LOCAL_RANK``).
+
+    Ranks started by an MPI launcher (``mpiexec -n N``) exchange the NCCL unique id
+    and run the host-side operations through MPI (mpi4py); ranks started with
+    torchrun-style variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+    ``MASTER_ADDR``, ``MASTER_PORT``) through a :class:`TCPRendezvous` at
+    ``MASTER_ADDR:MASTER_PORT``; a plain process is a world of 1. Raises
+    ``RuntimeError`` without a GPU or without the NCCL library, naming what is
+    missing, and :class:`DistributedError` when the ranks cannot meet.
+    """
+    env = os.environ if environ is None else environ
+    _require_gpu("the NCCL backend")
+    if _launched_by_mpi(env):
+        try:
+            host: Communicator = MPICommunicator(timeout_s=timeout_s)
+        except ImportError as e:
+            raise RuntimeError(f"this process was launched as one of {launched_world_size(env)} MPI ranks, but {e}; "
+                               "or launch with torchrun-style variables instead") from None
+    else:
+        boot = bootstrap_from_env(env)
+        if boot is None:
+            host = SingleProcess()
+        else:
+            local_size = None
+            raw = env.get("LOCAL_WORLD_SIZE")
+            if raw and raw.strip().isdigit():
+                local_size = int(raw)
+            host = TCPRendezvous(boot.rank, boot.world_size, boot.master_addr, boot.master_port,
+                                 timeout_s=timeout_s, local_rank=boot.local_rank, local_size=local_size)
+    return NCCLCommunicator(host, device=host.local_rank, timeout_s=timeout_s)
 
 
 def default_threads_per_rank(comm: Communicator, cpus: Optional[int] = None) -> int:

@@ -1,0 +1,445 @@
+"""The NCCL backend and its TCP rendezvous.
+
+Without a GPU (runs everywhere): the TCP rendezvous with 2-3 real processes
+(broadcast, barrier, all-gather, all-reduce of small arrays, the NCCL unique-id
+exchange with fake bytes, the trainer's consistency check through it), a missing
+rank, a rank that dies, mismatched collectives, bad addresses and ports; the
+NCCL library search and its errors; ``init("nccl")`` without a GPU.
+
+With a GPU (marked ``cuda``, skipped with the reason elsewhere): NCCL all-reduce of
+known buffers with a world of 1 (sum and average), the parameter broadcast, and a
+1-rank NCCL run of the Trainer (env bootstrap, WORLD_SIZE=1) against the
+non-distributed cuda run. The multi-GPU path is not tested here (one GPU).
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import pyllama
+from pyllama import distributed as dist
+
+from helpers import tiny_config
+
+INFO = pyllama.build_info()
+requires_gpu = pytest.mark.skipif(
+    not INFO["cuda_available"],
+    reason=("no usable CUDA GPU (build_info()['cuda_available'] is False)" if INFO["cuda"]
+            else "pyllama was built without the CUDA backend (build_info()['cuda'] is False)"))
+
+
+def gpu(fn):
+    return pytest.mark.cuda(requires_gpu(fn))
+
+
+LAUNCH_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_NTASKS",
+               "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# A rank of a rendezvous test: runs SCENARIO, prints one JSON line (or the error).
+WORKER = textwrap.dedent(r"""
+    import json, os, sys, time
+    import numpy as np
+    from pyllama import distributed as dist
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    scenario = os.environ["SCENARIO"]
+    out = {"rank": rank}
+    try:
+        t0 = time.monotonic()
+        c = dist.TCPRendezvous(rank, world, os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                               timeout_s=float(os.environ["TIMEOUT"]))
+        if scenario == "ops":
+            out["bcast"] = c.broadcast({"from": rank, "x": [1, 2]} if rank == 0 else None)
+            out["bcast_last"] = c.broadcast(f"r{rank}", root=world - 1)
+            c.barrier()
+            out["gather"] = c.allgather_object({"rank": rank, "sq": rank * rank})
+            a = np.array([rank + 1.0, 10.0 * rank], np.float64)
+            c.allreduce_sum_(a)
+            out["sum"] = a.tolist()
+            b = np.full(3, rank + 1, np.float32)
+            c.allreduce_mean_(b)
+            out["mean"] = b.tolist()
+            # the NCCL unique-id exchange: 128 bytes from rank 0, as NCCLCommunicator sends them
+            uid = bytes(range(128)) if rank == 0 else None
+            msg = c.broadcast(("ok", uid) if rank == 0 else None, what="NCCL unique-id broadcast")
+            out["uid_ok"] = msg[0] == "ok" and msg[1] == bytes(range(128))
+            # the trainer's consistency check, through the rendezvous
+            dist.check_consistent(c, {"cfg": {"lr": 0.1}, "w": np.ones(3)})
+            try:
+                dist.check_consistent(c, {"cfg": {"lr": 0.1 * (1 + rank)}})
+                out["mismatch"] = None
+            except dist.DistributedError as e:
+                out["mismatch"] = str(e)
+            c.barrier()
+        elif scenario == "die":  # rank 1 leaves without a word after the first barrier
+            c.barrier()
+            if rank == 1:
+                os._exit(3)
+            c.barrier(what="second barrier", step=7)
+        elif scenario == "hang":  # rank 1 stops responding
+            c.barrier()
+            if rank == 1:
+                time.sleep(60)
+            c.barrier(what="second barrier", step=7)
+        elif scenario == "mismatch":  # rank 1 calls another collective
+            if rank == 1:
+                c.allgather_object(1)
+            else:
+                c.barrier()
+        out["ok"] = True
+    except Exception as e:
+        out["error"] = f"{type(e).__name__}: {e}"
+    out["seconds"] = time.monotonic() - t0
+    print(json.dumps(out), flush=True)
+""")
+
+
+def run_ranks(tmp_path, scenario, world, timeout=10.0, ranks=None, port=None, addr="127.0.0.1", wait=60):
+    """Start the given ranks (default all) as processes; returns their JSON results by rank."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    port = free_port() if port is None else port
+    procs = {}
+    for r in (range(world) if ranks is None else ranks):
+        env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+        env.update(RANK=str(r), WORLD_SIZE=str(world), MASTER_ADDR=addr, MASTER_PORT=str(port),
+                   SCENARIO=scenario, TIMEOUT=str(timeout), OMP_NUM_THREADS="1")
+        procs[r] = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+    results = {}
+    try:
+        for r, p in procs.items():
+            out, err = p.communicate(timeout=wait)
+            lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+            results[r] = json.loads(lines[-1]) if lines else {"exit": p.returncode, "stderr": err}
+            results[r]["exit"] = p.returncode
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return results
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_rendezvous_collectives(tmp_path, world):
+    res = run_ranks(tmp_path, "ops", world)
+    for r in range(world):
+        o = res[r]
+        assert o.get("ok"), o
+        assert o["bcast"] == {"from": 0, "x": [1, 2]}
+        assert o["bcast_last"] == f"r{world - 1}"
+        assert o["gather"] == [{"rank": i, "sq": i * i} for i in range(world)]
+        assert o["sum"] == [sum(i + 1.0 for i in range(world)), sum(10.0 * i for i in range(world))]
+        assert o["mean"] == pytest.approx([sum(i + 1 for i in range(world)) / world] * 3)
+        assert o["uid_ok"] is True
+        assert o["mismatch"] is not None and "disagree on cfg" in o["mismatch"] and "lr=0.1 vs 0.2" in o["mismatch"]
+
+
+def test_rendezvous_missing_rank_times_out_clearly(tmp_path):
+    """Ranks 0 and 1 of 3 start, rank 2 never does: both fail within the deadline, naming the missing rank."""
+    t0 = time.monotonic()
+    res = run_ranks(tmp_path, "ops", 3, timeout=2.0, ranks=[0, 1], wait=30)
+    assert time.monotonic() - t0 < 25
+    assert "rank(s) 2 of 3 did not connect within 2 s" in res[0]["error"], res[0]
+    assert res[0]["seconds"] < 10
+    # rank 1 hears of it when rank 0 gives up (its connection closes), or at its own deadline
+    assert "DistributedError" in res[1]["error"] and "rank 0" in res[1]["error"], res[1]
+    assert res[1]["seconds"] < 10
+
+
+def test_rendezvous_rank0_absent(tmp_path):
+    res = run_ranks(tmp_path, "ops", 2, timeout=1.5, ranks=[1], wait=30)
+    e = res[1]["error"]
+    assert "could not connect to rank 0 at 127.0.0.1:" in e and "within 1.5 s" in e and "MASTER_PORT" in e, e
+    assert res[1]["seconds"] < 8
+
+
+def test_rendezvous_dead_rank_fails_the_others_at_once(tmp_path):
+    res = run_ranks(tmp_path, "die", 3, timeout=30.0)
+    assert res[1]["exit"] == 3
+    for r in (0, 2):
+        e = res[r]["error"]
+        assert "second barrier at step 7" in e and "closed its connection" in e, e
+        assert res[r]["seconds"] < 15  # not the 30 s deadline: the closed socket is noticed
+
+
+def test_rendezvous_hung_rank_times_out(tmp_path):
+    res = run_ranks(tmp_path, "hang", 2, timeout=2.0, wait=90)
+    e = res[0]["error"]
+    assert "second barrier at step 7 did not complete within 2 s" in e and "rank 1 did not take part" in e, e
+    assert res[0]["seconds"] < 10
+
+
+def test_rendezvous_mismatched_collectives(tmp_path):
+    res = run_ranks(tmp_path, "mismatch", 2, timeout=10.0)
+    for r in (0, 1):
+        assert "different collectives" in res[r]["error"], res[r]
+
+
+def test_rendezvous_bad_address_and_port():
+    with pytest.raises(dist.DistributedError, match="MASTER_ADDR 'no-such-host.invalid' cannot be resolved"):
+        dist.TCPRendezvous(0, 2, "no-such-host.invalid", 29500, timeout_s=2)
+    with pytest.raises(dist.DistributedError, match="cannot be resolved"):
+        dist.TCPRendezvous(1, 2, "no-such-host.invalid", 29500, timeout_s=2)
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    try:  # the port is taken (without SO_REUSEADDR on both sides a second listen fails)
+        with pytest.raises(dist.DistributedError, match=rf"rank 0 cannot listen on 127.0.0.1:{port}.*free port"):
+            dist.TCPRendezvous(0, 2, "127.0.0.1", port, timeout_s=2)
+    finally:
+        busy.close()
+    # an address that is not this host's
+    with pytest.raises(dist.DistributedError, match="cannot listen on 192.0.2.1"):
+        dist.TCPRendezvous(0, 2, "192.0.2.1", free_port(), timeout_s=2)
+    for port in (0, 70000, "29500"):
+        with pytest.raises(ValueError, match="port must be an int"):
+            dist.TCPRendezvous(0, 2, "127.0.0.1", port, timeout_s=2)
+    with pytest.raises(ValueError, match="MASTER_ADDR and MASTER_PORT"):
+        dist.TCPRendezvous(1, 2, None, None)
+    with pytest.raises(ValueError, match="0 <= rank < world_size"):
+        dist.TCPRendezvous(2, 2, "127.0.0.1", 29500)
+
+
+def test_rendezvous_world_of_one_opens_no_socket():
+    c = dist.TCPRendezvous(0, 1, None, None, timeout_s=1)
+    assert c.broadcast(5) == 5 and c.allgather_object("a") == ["a"] and c.barrier() is None
+    a = np.ones(2)
+    assert c.allreduce_sum_(a) is a and a.tolist() == [1, 1]
+
+
+def test_rendezvous_ignores_strangers_and_rejects_a_duplicate_rank(tmp_path):
+    """A connection that does not speak the protocol is dropped; a second rank 1 is an error."""
+    import threading
+
+    port = free_port()
+    result = {}
+
+    def rank0():
+        try:
+            dist.TCPRendezvous(0, 2, "127.0.0.1", port, timeout_s=5)
+            result["r0"] = "ok"
+        except dist.DistributedError as e:
+            result["r0"] = str(e)
+
+    t = threading.Thread(target=rank0)
+    t.start()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            junk = socket.create_connection(("127.0.0.1", port), timeout=1)
+            break
+        except OSError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    junk.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    junk.close()
+    c1 = dist.TCPRendezvous(1, 2, "127.0.0.1", port, timeout_s=5)  # the real rank 1 still gets in
+    t.join(10)
+    assert result["r0"] == "ok"
+    c1.close()
+
+    # two processes claim rank 1: rank 0 refuses clearly
+    port = free_port()
+    script_env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    procs = []
+    for r in (0, 1, 1):
+        env = dict(script_env, RANK=str(r), WORLD_SIZE="3", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), SCENARIO="ops", TIMEOUT="5")
+        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outs = [json.loads(p.communicate(timeout=30)[0].strip().splitlines()[-1]) for p in procs]
+    assert "two processes connected as rank 1" in outs[0]["error"], outs[0]
+    assert any("two processes connected as rank 1" in o.get("error", "") for o in outs[1:]), outs
+
+
+def test_rendezvous_world_size_mismatch(tmp_path):
+    port = free_port()
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    base = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    procs = [subprocess.Popen([sys.executable, str(script)], text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=dict(base, RANK=str(r), WORLD_SIZE=str(w), MASTER_ADDR="127.0.0.1",
+                                       MASTER_PORT=str(port), SCENARIO="ops", TIMEOUT="5"))
+             for r, w in ((0, 2), (1, 3))]
+    outs = [json.loads(p.communicate(timeout=30)[0].strip().splitlines()[-1]) for p in procs]
+    assert "rank 1 has WORLD_SIZE=3, rank 0 has 2" in outs[0]["error"], outs[0]
+    assert "WORLD_SIZE=3" in outs[1]["error"], outs[1]
+
+
+# ---------------------------------------------------------------------- the NCCL library
+
+def test_nccl_library_candidates(monkeypatch):
+    monkeypatch.setenv("PYLLAMA_NCCL_LIBRARY", "/opt/x/libnccl.so.2")
+    assert dist.nccl_library_candidates() == ["/opt/x/libnccl.so.2"]
+    monkeypatch.delenv("PYLLAMA_NCCL_LIBRARY")
+    c = dist.nccl_library_candidates()
+    assert c[-1] == "libnccl.so.2"
+    assert all(p.endswith("libnccl.so.2") for p in c)
+
+
+@pytest.mark.skipif(not INFO["cuda"], reason="built without the CUDA backend (no NCCL support to load)")
+def test_nccl_library_not_found_is_a_clear_error(tmp_path):
+    """In a fresh process (a library, once loaded, stays loaded)."""
+    code = textwrap.dedent("""
+        from pyllama import distributed as dist
+        try:
+            dist.load_nccl()
+            print("LOADED")
+        except RuntimeError as e:
+            print(e)
+    """)
+    for target, expect in (("/nonexistent/libnccl.so.2", "cannot open shared object file"),
+                           ("/lib/x86_64-linux-gnu/libc.so.6" if os.path.exists("/lib/x86_64-linux-gnu/libc.so.6")
+                            else None, "does not export ncclGetVersion")):
+        if target is None:
+            continue
+        env = dict(os.environ, PYLLAMA_NCCL_LIBRARY=target)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        msg = out.stdout
+        assert "LOADED" not in msg, msg
+        assert target in msg and expect in msg, msg
+        assert "pip install nvidia-nccl-cu13" in msg and "PYLLAMA_NCCL_LIBRARY" in msg, msg
+        assert "only that path was tried" in msg, msg
+
+
+@pytest.mark.skipif(INFO["cuda_available"], reason="a GPU is usable here: the no-GPU error cannot be seen")
+def test_init_nccl_without_gpu_is_a_clear_error(monkeypatch):
+    for var in LAUNCH_VARS:
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(RuntimeError, match="NCCL backend needs (a CUDA GPU|the CUDA backend)"):
+        dist.init("nccl")
+    with pytest.raises(RuntimeError, match="NCCL backend needs"):
+        dist.NCCLCommunicator()
+    # the trainer: device='cuda' under a 2-rank torchrun-style launch gives the same message at once,
+    # before any rendezvous (nothing listens on the port)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    cfg = tiny_config()
+    tc = pyllama.TrainConfig(batch_size=2, seq_len=8, max_steps=1, warmup_steps=0, out_dir=None, eval_interval=0,
+                             device="cuda")
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="NCCL backend needs"):
+        pyllama.Trainer(pyllama.Llama(cfg), tc, np.arange(200) % cfg.vocab_size, progress=False)
+    assert time.monotonic() - t0 < 10
+
+
+# ---------------------------------------------------------------------- on a GPU
+
+@gpu
+def test_nccl_allreduce_world_of_one():
+    comm = dist.NCCLCommunicator(dist.SingleProcess(), device=0, timeout_s=60)
+    try:
+        assert comm.world_size == 1 and comm.backend == "nccl" and comm.library.endswith("libnccl.so.2")
+        a = np.arange(1000, dtype=np.float32) * 0.5
+        ref = a.copy()
+        assert comm.allreduce_sum_(a) is a
+        np.testing.assert_array_equal(a, ref)
+        d = np.linspace(-1, 1, 17)
+        comm.allreduce_mean_(d)
+        np.testing.assert_array_equal(d, np.linspace(-1, 1, 17))
+        # a model's gradient buffer: sum and average of one rank are the identity; extra numbers ride along
+        cfg = tiny_config()
+        model = pyllama.Llama(cfg, seed=0).to("cuda")
+        rng = np.random.default_rng(0)
+        g = rng.standard_normal(model.num_parameters()).astype(np.float32)
+        model._core.gpu.grads_from_host(g)
+        extra = np.array([1.5, -2.0, 3.0])
+        comm.allreduce_grads_(model, extra=extra, average=False)
+        np.testing.assert_array_equal(model.flat_grads(), g)
+        np.testing.assert_array_equal(extra, [1.5, -2.0, 3.0])
+        comm.allreduce_grads_(model, average=True)
+        np.testing.assert_array_equal(model.flat_grads(), g)
+        p0 = np.array(model.flat_params())
+        comm.broadcast_params_(model, 0)
+        np.testing.assert_array_equal(model.flat_params(), p0)
+        with pytest.raises(ValueError, match="root 1"):
+            comm.broadcast_params_(model, 1)
+        with pytest.raises(ValueError, match="cuda models"):
+            comm.allreduce_grads_(pyllama.Llama(cfg, seed=0))
+        with pytest.raises(TypeError, match="float64"):
+            comm.nccl.allreduce_grads(model._core.gpu, "avg", np.ones(3, np.float32), "x")
+        with pytest.raises(ValueError, match="'sum' or 'avg'"):
+            comm.nccl.allreduce_host(a, "max", "x")
+    finally:
+        comm.close()
+    with pytest.raises(dist.DistributedError, match="closed"):
+        comm.allreduce_sum_(np.ones(2, np.float32))
+
+
+@gpu
+def test_nccl_bad_unique_id_and_device():
+    from pyllama import _core
+
+    dist.load_nccl()
+    with pytest.raises(ValueError, match="128 bytes"):
+        _core.NcclComm(b"short", 0, 1, 0, 10)
+    with pytest.raises(ValueError, match="device 99 does not exist"):
+        _core.NcclComm(_core.nccl_unique_id(), 0, 1, 99, 10)
+    with pytest.raises(ValueError, match="rank must be"):
+        _core.NcclComm(_core.nccl_unique_id(), 1, 1, 0, 10)
+
+
+@gpu
+def test_nccl_init_timeout_when_a_rank_is_missing():
+    """World of 2 with only rank 0 present: creation gives up at the deadline instead of hanging."""
+    from pyllama import _core
+
+    dist.load_nccl()
+    t0 = time.monotonic()
+    with pytest.raises(_core.NcclError, match="did not complete within 3 s"):
+        _core.NcclComm(_core.nccl_unique_id(), 0, 2, 0, 3.0)
+    assert time.monotonic() - t0 < 20
+
+
+def _train_losses(tmp_path, comm, steps=5, dtype="float32"):
+    cfg = tiny_config()
+    data = np.random.default_rng(1).integers(0, cfg.vocab_size, 6000)
+    tc = pyllama.TrainConfig(batch_size=2, seq_len=16, max_steps=steps, warmup_steps=1, eval_interval=0,
+                             out_dir=None, device="cuda", dtype=dtype, lr=3e-3)
+    trainer = pyllama.Trainer(pyllama.Llama(cfg, seed=0), tc, data, progress=False, comm=comm)
+    losses = []
+    for _ in range(steps):
+        m = trainer.train_step()
+        losses.append((m["loss"], m["grad_norm"]))
+    return losses, trainer
+
+
+@gpu
+def test_trainer_one_rank_nccl_equals_plain_cuda(tmp_path, monkeypatch):
+    for var in LAUNCH_VARS:
+        monkeypatch.delenv(var, raising=False)
+    ref, _ = _train_losses(tmp_path, dist.SingleProcess())
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    comm = dist.init("nccl", timeout_s=60)
+    assert isinstance(comm, dist.NCCLCommunicator) and isinstance(comm.host, dist.TCPRendezvous)
+    try:
+        got, trainer = _train_losses(tmp_path, comm)
+        np.testing.assert_allclose(np.array(got), np.array(ref), rtol=0, atol=1e-6)
+        m = trainer.train_step()
+        assert m["world_size"] == 1 and m["comm_s"] >= 0
+    finally:
+        comm.close()
