@@ -209,7 +209,7 @@ def _say(comm, *a, **kw) -> None:
 
 
 def _set_timeout(comm, tc: TrainConfig) -> None:
-    if isinstance(comm, dist.MPICommunicator):
+    if isinstance(comm, (dist.MPICommunicator, dist.TCPRendezvous)):
         comm.timeout_s = tc.dist_timeout_s or None
 
 
@@ -218,7 +218,10 @@ def run_train(args) -> int:
 
     if args.threads:
         pyllama.set_num_threads(args.threads)
-    comm = dist.init("auto")  # mpiexec -n N: the MPI communicator; else one process
+    # mpiexec -n N: the MPI communicator; torchrun-style variables: the TCP rendezvous (GPUs only: the
+    # Trainer adds NCCL for device='cuda' and refuses the CPU); else one process
+    torchrun = dist.launched_world_size() > 1 and not dist._launched_by_mpi()
+    comm = dist.init_host() if torchrun else dist.init("auto")
     try:
         return _run_train(args, comm)
     except dist.DistributedError as e:
@@ -325,8 +328,11 @@ def _train_and_report(trainer: Trainer, model, train_data, val_data) -> int:
     tc = trainer.config
     comm = trainer.comm
     nt = pyllama_threads()
-    ranks = (f" on {comm.world_size} ranks (MPI, {nt} thread{'s' if nt != 1 else ''} each)" if comm.world_size > 1
-             else "")
+    if getattr(comm, "backend", "") == "nccl":
+        ranks = f" on {comm.world_size} rank(s) (NCCL, one GPU each)"
+    else:
+        ranks = (f" on {comm.world_size} ranks (MPI, {nt} thread{'s' if nt != 1 else ''} each)"
+                 if comm.world_size > 1 else "")
     _say(comm, f"model: {model!r}\ndata: {len(train_data):,} training tokens"
          + (f", {len(val_data):,} validation tokens" if val_data is not None else "")
          + f"\ntraining: {tc.max_steps} steps x {tc.tokens_per_step * comm.world_size:,} tokens{ranks} -> {tc.out_dir}",

@@ -60,7 +60,7 @@ import numpy as np
 __all__ = ["Communicator", "SingleProcess", "MPICommunicator", "TCPRendezvous", "NCCLCommunicator",
            "DistributedError", "Bootstrap", "ShardedAdamW", "load_nccl", "nccl_library_candidates",
            "init", "launched_world_size", "bootstrap_from_env", "default_threads_per_rank",
-           "fingerprint", "check_consistent", "DEFAULT_TIMEOUT_S", "init_nccl"]
+           "fingerprint", "check_consistent", "DEFAULT_TIMEOUT_S", "init_nccl", "init_host"]
 
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -1152,26 +1152,33 @@ def init_nccl(timeout_s: Optional[float] = DEFAULT_TIMEOUT_S, environ=None) -> "
     ``RuntimeError`` without a GPU or without the NCCL library, naming what is
     missing, and :class:`DistributedError` when the ranks cannot meet.
     """
-    env = os.environ if environ is None else environ
     _require_gpu("the NCCL backend")
+    host = init_host(timeout_s=timeout_s, environ=environ)
+    return NCCLCommunicator(host, device=host.local_rank, timeout_s=timeout_s)
+
+
+def init_host(timeout_s: Optional[float] = DEFAULT_TIMEOUT_S, environ=None) -> Communicator:
+    """The host-side communicator of a GPU job: :class:`MPICommunicator` for ranks
+    started by an MPI launcher, :class:`TCPRendezvous` for torchrun-style variables
+    (``WORLD_SIZE`` set), else :class:`SingleProcess`. The Trainer with
+    ``device="cuda"`` wraps it in an :class:`NCCLCommunicator` when there are
+    several ranks."""
+    env = os.environ if environ is None else environ
     if _launched_by_mpi(env):
         try:
-            host: Communicator = MPICommunicator(timeout_s=timeout_s)
+            return MPICommunicator(timeout_s=timeout_s)
         except ImportError as e:
             raise RuntimeError(f"this process was launched as one of {launched_world_size(env)} MPI ranks, but {e}; "
                                "or launch with torchrun-style variables instead") from None
-    else:
-        boot = bootstrap_from_env(env)
-        if boot is None:
-            host = SingleProcess()
-        else:
-            local_size = None
-            raw = env.get("LOCAL_WORLD_SIZE")
-            if raw and raw.strip().isdigit():
-                local_size = int(raw)
-            host = TCPRendezvous(boot.rank, boot.world_size, boot.master_addr, boot.master_port,
-                                 timeout_s=timeout_s, local_rank=boot.local_rank, local_size=local_size)
-    return NCCLCommunicator(host, device=host.local_rank, timeout_s=timeout_s)
+    boot = bootstrap_from_env(env)
+    if boot is None:
+        return SingleProcess()
+    local_size = None
+    raw = env.get("LOCAL_WORLD_SIZE")
+    if raw and raw.strip().isdigit():
+        local_size = int(raw)
+    return TCPRendezvous(boot.rank, boot.world_size, boot.master_addr, boot.master_port,
+                         timeout_s=timeout_s, local_rank=boot.local_rank, local_size=local_size)
 
 
 def default_threads_per_rank(comm: Communicator, cpus: Optional[int] = None) -> int:

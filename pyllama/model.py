@@ -147,7 +147,7 @@ class Llama:
         self._core.zero_grad()
 
     def to(self, device: str, dtype: Optional[str] = None) -> "Llama":
-        """Move the model to ``device`` (``"cpu"``, ``"cuda"`` or ``"cuda:0"``); returns ``self``.
+        """Move the model to ``device`` (``"cpu"``, ``"cuda"`` or ``"cuda:N"``, GPU N); returns ``self``.
 
         ``to("cuda")`` copies the parameters and gradients to the GPU; ``model(...)``,
         ``backward``, ``zero_grad`` and the KV-cache steps then run there and return host
@@ -175,7 +175,10 @@ class Llama:
                 self._core = self._core.to_cpu()
                 self.device = "cpu"
             return self
-        if device in ("cuda", "cuda:0"):
+        index = _cuda_index(device)
+        if index is not None:
+            if device == "cuda" and on_gpu:  # plain "cuda": stay on the model's GPU
+                index = self._core.gpu.device
             info = _core.build_info()
             if not info["cuda"]:
                 raise RuntimeError("this pyllama build has no CUDA backend (build_info()['cuda'] is False); "
@@ -184,13 +187,13 @@ class Llama:
                 raise RuntimeError("no CUDA device is available (build_info()['cuda_available'] is False)")
             want = dtype or (self._core.dtype if on_gpu else "float32")
             if on_gpu:
-                if self._core.dtype == want:
+                if self._core.dtype == want and self._core.gpu.device == index:
                     return self
-                self._core = self._core.to_cpu()  # change dtype through the float32 master copy
-            self._core = _CudaCore(self._core, want)
+                self._core = self._core.to_cpu()  # change dtype or GPU through the float32 master copy
+            self._core = _CudaCore(self._core, want, index)
             self.device = "cuda"
             return self
-        raise ValueError(f"unknown device {device!r}: expected 'cpu' or 'cuda'")
+        raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
 
     # ---------------------------------------------------------------- forward / backward
     def __call__(self, input_ids: ArrayLike, labels: Optional[ArrayLike] = None,
@@ -344,16 +347,25 @@ class Llama:
                 f"{c.num_key_value_heads}, vocab={c.vocab_size}, params={self.num_parameters():,})")
 
 
+def _cuda_index(device: str) -> Optional[int]:
+    """The GPU index that ``"cuda"`` (0) / ``"cuda:N"`` names (None for other strings)."""
+    if device == "cuda":
+        return 0
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return int(device[5:])
+    return None
+
+
 class _CudaCore:
     """The CPU core's interface (``forward``, ``logits``, ``backward``, ``zero_grad``,
     ``kv_*``, ...) over a ``_core.LlamaModelCuda``. ``Llama.to("cuda")`` puts one in
     place of ``Llama._core``; the CPU core stays behind it as the host copy (``cpu``)
     and gets the GPU's parameters and gradients back on ``to("cpu")``."""
 
-    def __init__(self, cpu_core, dtype: str):
+    def __init__(self, cpu_core, dtype: str, device: int = 0):
         self.cpu = cpu_core
         self.dtype = dtype
-        self.gpu = _core.LlamaModelCuda(cpu_core, dtype)
+        self.gpu = _core.LlamaModelCuda(cpu_core, dtype, device)
 
     def forward(self, ids, labels):
         return self.gpu.forward(ids, labels)

@@ -340,13 +340,25 @@ class Trainer:
             raise TypeError(f"config must be a pyllama.TrainConfig, got {type(config).__name__}")
         config.validate()
         if comm is None:
-            comm = _dist.init("auto", timeout_s=config.dist_timeout_s)
+            if config.device == "cuda":  # mpiexec or torchrun-style ranks on GPUs: NCCL; one process: none
+                if _dist.launched_world_size() > 1:
+                    _dist._require_gpu("the NCCL backend")  # before any rendezvous: fail at once, not at a deadline
+                comm = _dist.init_host(timeout_s=config.dist_timeout_s)
+            else:
+                comm = _dist.init("auto", timeout_s=config.dist_timeout_s)
+        if config.zero1 and int(comm.world_size) > 1 and config.device == "cuda":
+            raise NotImplementedError("TrainConfig.zero1 is not implemented on GPUs (the NCCL backend): train "
+                                      "with zero1=False, or on CPUs with mpiexec (docs/DISTRIBUTED.md)")
+        if config.device == "cuda" and int(comm.world_size) > 1 and getattr(comm, "backend", "") != "nccl":
+            # a host-side communicator (MPI or the TCP rendezvous): the gradients go through NCCL
+            comm = _dist.NCCLCommunicator(comm, timeout_s=config.dist_timeout_s)
+        backend = getattr(comm, "backend", "")
+        if config.device != "cuda" and (backend == "nccl" or (backend == "tcp" and int(comm.world_size) > 1)):
+            raise ValueError(f"a {type(comm).__name__} communicator trains on GPUs: set TrainConfig.device='cuda', "
+                             "or train on CPUs with mpiexec -n N (the MPI backend)")
         self.comm = comm
         self.rank, self.world_size = int(comm.rank), int(comm.world_size)
-        if self.world_size > 1 and config.device != "cpu":
-            raise NotImplementedError(f"data-parallel training on {config.device!r} needs the NCCL backend, which is "
-                                      "not implemented yet (docs/DISTRIBUTED.md); use TrainConfig.device='cpu' "
-                                      "with mpiexec, or one process")
+        self._nccl = backend == "nccl"  # gradients all-reduced on the GPU (also with one rank)
         self.model = model
         self.config = config
         mc = model.config
@@ -354,8 +366,8 @@ class Trainer:
             raise ValueError(f"TrainConfig.seq_len ({config.seq_len}) exceeds the model's "
                              f"max_position_embeddings ({mc.max_position_embeddings})")
         if config.device == "cuda":
-            try:
-                model.to("cuda", dtype=config.dtype)
+            try:  # NCCL: the communicator's GPU (LOCAL_RANK)
+                model.to(f"cuda:{comm.device}" if self._nccl else "cuda", dtype=config.dtype)
             except (RuntimeError, NotImplementedError) as e:
                 raise ValueError(f"TrainConfig.device='cuda' cannot be used: {e}; use device='cpu'") from None
         elif getattr(model, "device", "cpu") != "cpu":
@@ -394,9 +406,10 @@ class Trainer:
         self._stop_request = False  # Ctrl-C seen by this process
         self._flops_per_token = self._compute_flops_per_token()
         self._peak = _peak_flops(config.device, config.dtype)
+        if self.world_size > 1 or self._nccl:
+            self._small = np.zeros(4, np.float64)  # loss, stop votes, step, step² (all-reduced with the grads)
         if self.world_size > 1:
             self._peak *= self.world_size
-            self._small = np.zeros(4, np.float64)  # loss, stop votes, step, step² (all-reduced with the grads)
             _cap_threads(comm)
             self.check_ranks("start-up check")
 
@@ -472,7 +485,7 @@ class Trainer:
             norm = self.optimizer.clip_(c.grad_clip, step=self.step + 1)
             comm_s = time.perf_counter() - t1
         else:
-            if W > 1:
+            if W > 1 or self._nccl:
                 loss, comm_s = self._allreduce_grads(loss)
             norm = clip_grad_norm(self.model, c.grad_clip) if c.grad_clip > 0 else grad_norm(self.model)
         if not (math.isfinite(loss) and math.isfinite(norm)):
@@ -500,6 +513,11 @@ class Trainer:
         flat buffer; a 4-number all-reduce rides along: the loss, the Ctrl-C votes
         and the step, which must agree). Returns (mean loss, seconds spent)."""
         W = self.world_size
+        if self._nccl:  # one NCCL all-reduce (average) over the GPU gradient buffer, the 4 numbers in its group
+            self._fill_small(local_loss)
+            t0 = time.perf_counter()
+            self.comm.allreduce_grads_(self.model, extra=self._small, what="gradient all-reduce", step=self.step + 1)
+            return self._read_small(), time.perf_counter() - t0
         grads = self.model.flat_grads()
         self._fill_small(local_loss)
         t0 = time.perf_counter()

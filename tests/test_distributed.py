@@ -57,8 +57,9 @@ def test_torchrun_style_launch_on_cpu_is_refused(monkeypatch):
     monkeypatch.setenv("MASTER_PORT", "29500")
     with pytest.raises(RuntimeError, match="mpiexec"):
         dist.init()
-    with pytest.raises(NotImplementedError, match=r"NCCL.*rank 1 of 2"):
-        dist.init("nccl")
+    if not pyllama.build_info()["cuda_available"]:  # GPU machines: tests/test_distributed_nccl.py
+        with pytest.raises(RuntimeError, match=r"NCCL backend needs"):
+            dist.init("nccl")
 
 
 def test_bootstrap_from_env_parses_and_names_bad_variables():
@@ -222,9 +223,17 @@ def test_resume_needs_the_same_micro_batches_per_step(tmp_path):
         bad.resume(ckpt)
 
 
-def test_data_parallel_on_cuda_is_not_implemented(tmp_path):
+def test_zero1_on_cuda_is_not_implemented(tmp_path):
     cfg = tiny_config(vocab_size=64, num_hidden_layers=1)
-    with pytest.raises(NotImplementedError, match="NCCL"):
+    with pytest.raises(NotImplementedError, match="zero1 is not implemented on GPUs"):
+        pyllama.Trainer(pyllama.Llama(cfg), _tc(tmp_path, device="cuda", zero1=True), _data(), comm=Mirror(0, 2))
+
+
+@pytest.mark.skipif(pyllama.build_info()["cuda_available"], reason="a GPU is usable: NCCL would really start")
+def test_data_parallel_on_cuda_without_gpu_is_a_clear_error(tmp_path):
+    """A host communicator with 2 ranks and device='cuda': the trainer wraps it in NCCL, which needs a GPU."""
+    cfg = tiny_config(vocab_size=64, num_hidden_layers=1)
+    with pytest.raises(RuntimeError, match="NCCL backend needs"):
         pyllama.Trainer(pyllama.Llama(cfg), _tc(tmp_path, device="cuda"), _data(), comm=Mirror(0, 2))
 
 

@@ -94,7 +94,7 @@ WORKER = textwrap.dedent(r"""
         elif scenario == "hang":  # rank 1 stops responding
             c.barrier()
             if rank == 1:
-                time.sleep(60)
+                time.sleep(6)  # past rank 0's 2 s deadline
             c.barrier(what="second barrier", step=7)
         elif scenario == "mismatch":  # rank 1 calls another collective
             if rank == 1:
@@ -443,3 +443,68 @@ def test_trainer_one_rank_nccl_equals_plain_cuda(tmp_path, monkeypatch):
         assert m["world_size"] == 1 and m["comm_s"] >= 0
     finally:
         comm.close()
+
+
+# ---------------------------------------------------------------------- the trainer's NCCL path, on a stand-in GPU
+
+class FakeNccl(dist.Communicator):
+    """NCCLCommunicator's surface for the trainer: rank ``rank`` of ``world``, every other
+    rank mirroring this one (so the average of the gradients is this rank's), on the
+    stand-in GPU core of tests/test_train_device.py."""
+
+    backend = "nccl"
+
+    def __init__(self, rank=0, world=1):
+        self.rank, self.world_size, self.device = rank, world, 0
+        self.calls = []
+
+    def allreduce_grads_(self, model, *, extra=None, average=True, what="", step=None):
+        gpu = model._core.gpu
+        assert gpu.grads.dtype == np.float32 and average
+        self.calls.append((what, step, None if extra is None else extra.size))
+        if extra is not None:
+            extra *= self.world_size
+
+    def allreduce_sum_(self, buf, *, what="", step=None):
+        buf *= self.world_size
+        return buf
+
+    def broadcast(self, obj=None, root=0, *, what="", step=None):
+        return obj
+
+    def barrier(self, *, what="", step=None, timeout_s=None):
+        self.calls.append((what, step, None))
+
+    def allgather_object(self, obj, *, what="", step=None):
+        return [obj] * self.world_size
+
+
+def _fake_cuda_model(seed):
+    import test_train_device as ttd
+
+    model = ttd.fake_cuda_model(seed)
+    base_to = model.to
+    model.to = lambda device, dtype=None: base_to("cuda" if device == "cuda:0" else device, dtype)
+    return model
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_trainer_nccl_path_one_grad_allreduce_per_step(tmp_path, world):
+    """Through a stand-in NCCL communicator: one all-reduce of the GPU gradients per
+    optimizer step (with the 4 numbers), the losses of the plain run (1 rank), and the
+    metrics of a data-parallel run."""
+    from test_train import corpus, make_config
+
+    data = corpus()
+    plain = pyllama.Trainer(_fake_cuda_model(0), make_config(device="cuda"), data, progress=False)
+    want = [plain.train_step()["loss"] for _ in range(4)]
+    comm = FakeNccl(0, world)
+    t = pyllama.Trainer(_fake_cuda_model(0), make_config(device="cuda"), data, progress=False, comm=comm)
+    got = [t.train_step() for _ in range(4)]
+    assert [c for c in comm.calls if c[0] == "gradient all-reduce"] == [("gradient all-reduce", s, 4)
+                                                                       for s in range(1, 5)]
+    assert all(m["world_size"] == world and m["comm_s"] >= 0 for m in got)
+    if world == 1:
+        assert [m["loss"] for m in got] == want
+    with pytest.raises(ValueError, match="trains on GPUs"):
+        pyllama.Trainer(pyllama.Llama(tiny_config()), make_config(), data, progress=False, comm=FakeNccl())
