@@ -401,18 +401,6 @@ def test_nccl_bad_unique_id_and_device():
         _core.NcclComm(_core.nccl_unique_id(), 1, 1, 0, 10)
 
 
-@gpu
-def test_nccl_init_timeout_when_a_rank_is_missing():
-    """World of 2 with only rank 0 present: creation gives up at the deadline instead of hanging."""
-    from pyllama import _core
-
-    dist.load_nccl()
-    t0 = time.monotonic()
-    with pytest.raises(_core.NcclError, match="did not complete within 3 s"):
-        _core.NcclComm(_core.nccl_unique_id(), 0, 2, 0, 3.0)
-    assert time.monotonic() - t0 < 20
-
-
 def _train_losses(tmp_path, comm, steps=5, dtype="float32"):
     cfg = tiny_config()
     data = np.random.default_rng(1).integers(0, cfg.vocab_size, 6000)
@@ -443,6 +431,58 @@ def test_trainer_one_rank_nccl_equals_plain_cuda(tmp_path, monkeypatch):
         assert m["world_size"] == 1 and m["comm_s"] >= 0
     finally:
         comm.close()
+
+
+NCCL_WORKER = textwrap.dedent(r"""
+    import json, os, time
+    import numpy as np
+    from pyllama import distributed as dist
+    out = {"rank": int(os.environ["RANK"])}
+    t0 = time.monotonic()
+    try:
+        comm = dist.init("nccl", timeout_s=30)
+        a = np.array([comm.rank + 1.0, 2.0], np.float64)
+        comm.allreduce_sum_(a)
+        out["sum"] = a.tolist()
+        comm.close()
+        out["ok"] = True
+    except Exception as e:
+        out["error"] = f"{type(e).__name__}: {e}"
+    out["seconds"] = time.monotonic() - t0
+    print(json.dumps(out), flush=True)
+""")
+
+
+@gpu
+def test_two_processes_env_bootstrap_on_one_gpu(tmp_path):
+    """Two ranks (torchrun-style variables) on the one GPU: the TCP rendezvous, the unique-id
+    exchange and ncclCommInitRank across processes. NCCL normally refuses two ranks on one
+    GPU (ncclInvalidUsage); then both ranks must fail with a clear DistributedError in
+    bounded time; if it accepts them, the all-reduce must be right."""
+    script = tmp_path / "nccl_worker.py"
+    script.write_text(NCCL_WORKER)
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    procs = [subprocess.Popen([sys.executable, str(script)], text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=dict(base, RANK=str(r), WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                                       MASTER_PORT=str(port)))
+             for r in (0, 1)]
+    outs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0, (p.returncode, err[-2000:])
+            outs.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for o in outs:
+        assert o["seconds"] < 60, o
+        if o.get("ok"):
+            assert o["sum"] == [3.0, 4.0], o
+        else:
+            assert o["error"].startswith("DistributedError") and "NCCL" in o["error"], o
 
 
 # ---------------------------------------------------------------------- the trainer's NCCL path, on a stand-in GPU
@@ -508,3 +548,16 @@ def test_trainer_nccl_path_one_grad_allreduce_per_step(tmp_path, world):
         assert [m["loss"] for m in got] == want
     with pytest.raises(ValueError, match="trains on GPUs"):
         pyllama.Trainer(pyllama.Llama(tiny_config()), make_config(), data, progress=False, comm=FakeNccl())
+
+
+@gpu
+def test_nccl_init_timeout_when_a_rank_is_missing():
+    """World of 2 with only rank 0 present: creation gives up at the deadline instead of hanging.
+    Last in this file: the abandoned ncclCommInitRank thread stays blocked in this process."""
+    from pyllama import _core
+
+    dist.load_nccl()
+    t0 = time.monotonic()
+    with pytest.raises(_core.NcclError, match="did not complete within 3 s"):
+        _core.NcclComm(_core.nccl_unique_id(), 0, 2, 0, 3.0)
+    assert time.monotonic() - t0 < 20
