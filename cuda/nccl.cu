@@ -380,11 +380,10 @@ NcclComm::NcclComm(const std::string& unique_id, int rank, int world_size, int d
 }
 
 NcclComm::~NcclComm() {
-  try {
-    destroy();
-  } catch (...) {
-  }
   Impl& m = *impl_;
+  // ncclCommAbort, not ncclCommDestroy: every collective was waited for, so it only frees
+  // resources, and it cannot block on peers that are gone (at interpreter exit, say).
+  m.abort_now("destroyed");
   if (cudaSetDevice(m.dev) == cudaSuccess) {
     if (m.done) cudaEventDestroy(m.done);
     if (m.own_stream) cudaStreamDestroy(m.own_stream);

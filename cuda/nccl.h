@@ -54,7 +54,7 @@ class NcclComm {
  public:
   // ncclCommInitRank on GPU `device`, waited for at most timeout_s seconds (0: no deadline).
   NcclComm(const std::string& unique_id, int rank, int world_size, int device, double timeout_s);
-  ~NcclComm();  // destroys the communicator (aborts it when it is broken)
+  ~NcclComm();  // ncclCommAbort (frees it without waiting for peers)
   NcclComm(const NcclComm&) = delete;
   NcclComm& operator=(const NcclComm&) = delete;
 
@@ -77,7 +77,7 @@ class NcclComm {
   void allreduce_host(void* data, size_t count, NcclType type, NcclOp op, const std::string& what);
 
   void abort();    // ncclCommAbort (cancels pending collectives); idempotent
-  void destroy();  // ncclCommDestroy; idempotent; after abort() a no-op
+  void destroy();  // ncclCommDestroy (may wait for the peers); idempotent; after abort() a no-op
 
  private:
   struct Impl;

@@ -866,13 +866,12 @@ class NCCLCommunicator(Communicator):
             self.host.mark_failed(reason)
 
     def close(self) -> None:
-        """Destroy the NCCL communicator (abort it after a failure) and close the host side."""
+        """Free the NCCL communicator and close the host side (also at interpreter exit).
+        ``ncclCommAbort``: every collective was waited for, so it only frees resources,
+        and unlike ``ncclCommDestroy`` it cannot wait on ranks that already exited."""
         if self.nccl is not None:
             try:
-                if self.broken is None:
-                    self.nccl.destroy()
-                else:
-                    self.nccl.abort()
+                self.nccl.abort()
             except Exception:  # noqa: BLE001 - at exit nothing more can be done
                 pass
             self.nccl = None

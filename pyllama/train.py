@@ -326,6 +326,9 @@ class Trainer:
     applies the same AdamW step; so N ranks give the losses of one rank with
     ``N × grad_accum_steps``. Only rank 0 logs, evaluates and writes checkpoints.
     Every rank must build the Trainer (and call ``train``/``resume``) alike.
+    With ``device="cuda"`` the ranks (``mpiexec`` or torchrun-style variables) use
+    NCCL: one all-reduce of the GPU gradient buffer per step, GPU ``LOCAL_RANK``
+    (``comm=pyllama.distributed.init("nccl")`` also on one rank; docs/DISTRIBUTED.md).
 
     >>> trainer = Trainer(model, TrainConfig(max_steps=100, out_dir="runs/x"),
     ...                   "data/train.bin", "data/val.bin")          # doctest: +SKIP
