@@ -789,17 +789,19 @@ An NCCL communicator on one GPU (cuda/nccl.h). Every operation waits for its res
 with a deadline (timeout_s; 0: none): past it, or on an NCCL error, the communicator
 is aborted and NcclError is raised. Use pyllama.distributed.NCCLCommunicator.
 )doc")
-      .def(py::init([](py::bytes unique_id, int rank, int world_size, int device, double timeout_s) {
+      .def(py::init([](py::bytes unique_id, int rank, int world_size, int device, double timeout_s,
+                       bool blocking) {
              std::string id = unique_id;
              std::unique_ptr<NcclComm> c;
              {
                py::gil_scoped_release nogil;
-               c = std::make_unique<NcclComm>(id, rank, world_size, device, timeout_s);
+               c = std::make_unique<NcclComm>(id, rank, world_size, device, timeout_s, blocking);
              }
              return c;
            }),
            py::arg("unique_id"), py::arg("rank"), py::arg("world_size"), py::arg("device"),
-           py::arg("timeout_s") = 300.0)
+           py::arg("timeout_s") = 300.0, py::arg("blocking") = false)
+      .def_property_readonly("blocking", &NcclComm::blocking)
       .def_property_readonly("rank", &NcclComm::rank)
       .def_property_readonly("world_size", &NcclComm::world_size)
       .def_property_readonly("device", &NcclComm::device)

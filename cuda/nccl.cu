@@ -5,6 +5,7 @@
 #include <dlfcn.h>
 
 #include <atomic>
+#include <climits>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -27,7 +28,23 @@ struct UniqueId {
   char internal[kUniqueIdBytes];
 };
 using nccl_comm = struct ncclComm*;  // opaque (ncclComm_t)
-constexpr int kMinVersion = 21000;   // 2.10: ncclAvg
+constexpr int kMinVersion = 21400;   // 2.14: non-blocking communicators (ncclAvg: 2.10)
+
+// ncclConfig_t as NCCL 2.14 defined it (NCCL copies `size` bytes of it over its defaults and
+// reads only the fields that existed in `version`; later fields keep their defaults).
+constexpr int kConfigUndefInt = INT_MIN;  // NCCL_CONFIG_UNDEF_INT
+struct Config214 {
+  size_t size;
+  unsigned int magic;    // NCCL_API_MAGIC
+  unsigned int version;  // NCCL_VERSION(2, 14, 0)
+  int blocking;
+  int cgaClusterSize;
+  int minCTAs;
+  int maxCTAs;
+  const char* netName;
+};
+constexpr unsigned int kApiMagic = 0xcafebeef;
+constexpr unsigned int kConfigVersion = 21400;
 
 const char* result_name(nccl_result r) {
   static const char* names[] = {"ncclSuccess",       "ncclUnhandledCudaError", "ncclSystemError",
@@ -42,6 +59,7 @@ struct Api {
   nccl_result (*GetVersion)(int*) = nullptr;
   nccl_result (*GetUniqueId)(UniqueId*) = nullptr;
   nccl_result (*CommInitRank)(nccl_comm*, int, UniqueId, int) = nullptr;
+  nccl_result (*CommInitRankConfig)(nccl_comm*, int, UniqueId, int, Config214*) = nullptr;
   nccl_result (*CommDestroy)(nccl_comm) = nullptr;
   nccl_result (*CommAbort)(nccl_comm) = nullptr;
   nccl_result (*CommGetAsyncError)(nccl_comm, nccl_result*) = nullptr;
@@ -156,6 +174,7 @@ std::string nccl_load(const std::vector<std::string>& candidates) {
     resolve(h, "ncclGetVersion", a.GetVersion, missing);
     resolve(h, "ncclGetUniqueId", a.GetUniqueId, missing);
     resolve(h, "ncclCommInitRank", a.CommInitRank, missing);
+    resolve(h, "ncclCommInitRankConfig", a.CommInitRankConfig, missing);
     resolve(h, "ncclCommDestroy", a.CommDestroy, missing);
     resolve(h, "ncclCommAbort", a.CommAbort, missing);
     resolve(h, "ncclCommGetAsyncError", a.CommGetAsyncError, missing);
@@ -173,7 +192,7 @@ std::string nccl_load(const std::vector<std::string>& candidates) {
     resolve(h, "ncclGetLastError", a.GetLastError, unused);
     int v = 0;
     if (a.GetVersion(&v) != kSuccess || v < kMinVersion) {
-      why << "\n  " << path << ": NCCL version " << v << " is too old (pyllama needs 2.10 or newer)";
+      why << "\n  " << path << ": NCCL version " << v << " is too old (pyllama needs 2.14 or newer)";
       dlclose(h);
       continue;
     }
@@ -206,6 +225,7 @@ std::string nccl_unique_id() {
 struct NcclComm::Impl {
   nccl_comm comm = nullptr;
   int rank = 0, world = 1, dev = 0;
+  bool blocking = false;  // false: NCCL calls return ncclInProgress instead of blocking (see settle)
   double timeout_s = 0;
   std::string failure;  // non-empty: aborted/destroyed/failed
   cudaEvent_t done = nullptr;
@@ -244,11 +264,49 @@ struct NcclComm::Impl {
     fail(what, ss.str());
   }
 
-  // Poll until everything queued on `stream` before this call is done, an asynchronous
-  // NCCL error shows up, or the deadline passes.
-  void wait(cudaStream_t stream, const std::string& what) {
+  using Clock = std::chrono::steady_clock;
+
+  [[noreturn]] void timed_out(const std::string& what) {
+    std::ostringstream ss;
+    ss << "did not complete within " << timeout_s << " s (TrainConfig.dist_timeout_s): another rank died, "
+       << "hangs or is much slower";
+    fail(what, ss.str());
+  }
+
+  // Between polls: spin briefly, then sleep (ranks may share CPU cores); the deadline.
+  void pause(long spins, Clock::time_point t0, const std::string& what) {
+    if (timeout_s > 0 && std::chrono::duration<double>(Clock::now() - t0).count() > timeout_s) timed_out(what);
+    if (spins < 200)
+      std::this_thread::yield();
+    else
+      std::this_thread::sleep_for(std::chrono::microseconds(spins < 5000 ? 100 : 1000));
+  }
+
+  // The communicator's state: ncclSuccess, ncclInProgress, or an error (then abort and throw).
+  nccl_result state(const std::string& what) {
+    nccl_result st = kSuccess;
+    nccl_result r = g_api.CommGetAsyncError(comm, &st);
+    if (r != kSuccess) st = r;
+    if (st != kSuccess && st != kInProgress) {
+      std::ostringstream ss;
+      ss << "failed: NCCL asynchronous error " << describe(st, comm) << " (a peer died, the network failed, or "
+         << "the ranks' calls do not match), detected at " << __FILE__ << ":" << __LINE__;
+      fail(what, ss.str());
+    }
+    return st;
+  }
+
+  // Non-blocking communicators: an NCCL call may return ncclInProgress before its work is
+  // queued on the stream; poll until it is (nothing may be queued or recorded after it before).
+  void settle(Clock::time_point t0, const std::string& what) {
+    if (blocking) return;
+    for (long spins = 0; state(what) == kInProgress; spins++) pause(spins, t0, what);
+  }
+
+  // Poll until everything queued on `stream` so far is done, an asynchronous NCCL error
+  // shows up, or the deadline (counted from t0) passes.
+  void wait(cudaStream_t stream, Clock::time_point t0, const std::string& what) {
     CUDA_CHECK(cudaEventRecord(done, stream));
-    const auto t0 = std::chrono::steady_clock::now();
     for (long spins = 0;; spins++) {
       cudaError_t e = cudaEventQuery(done);
       if (e == cudaSuccess) return;
@@ -259,43 +317,41 @@ struct NcclComm::Impl {
            << ") while waiting, at " << __FILE__ << ":" << __LINE__;
         fail(what, ss.str());
       }
-      nccl_result async = kSuccess;
-      nccl_result r = g_api.CommGetAsyncError(comm, &async);
-      if (r != kSuccess) async = r;
-      if (async != kSuccess && async != kInProgress) {
-        std::ostringstream ss;
-        ss << "failed: NCCL asynchronous error " << describe(async, comm) << " (a peer died or the network "
-           << "failed), detected at " << __FILE__ << ":" << __LINE__;
-        fail(what, ss.str());
-      }
-      const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (timeout_s > 0 && waited > timeout_s) {
-        std::ostringstream ss;
-        ss << "did not complete within " << timeout_s << " s (TrainConfig.dist_timeout_s): another rank died, "
-           << "hangs or is much slower";
-        fail(what, ss.str());
-      }
-      if (spins < 200)
-        std::this_thread::yield();
-      else
-        std::this_thread::sleep_for(std::chrono::microseconds(spins < 5000 ? 100 : 1000));
+      state(what);
+      pause(spins, t0, what);
     }
   }
 };
 
 namespace {
-// Shared between the constructor and its helper thread.
+// Blocking creation: shared between the constructor and its helper thread.
 struct InitState {
   std::mutex mu;
   std::condition_variable cv;
   bool done = false, abandoned = false;
   nccl_result result = kSuccess;
-  std::string cuda_error;
+  std::string error;  // CUDA error, or NCCL's last-error text (thread-local in NCCL: read on that thread)
   nccl_comm comm = nullptr;
 };
+
+std::string init_name(int rank, int world, int device, bool blocking) {
+  std::ostringstream ss;
+  ss << "NCCL communicator creation (" << (blocking ? "ncclCommInitRank" : "ncclCommInitRankConfig, non-blocking")
+     << ", rank " << rank << " of " << world << ", GPU " << device << ")";
+  return ss.str();
+}
+
+std::string init_timeout_text(double timeout_s) {
+  std::ostringstream ss;
+  ss << " did not complete within " << timeout_s << " s: another rank did not join (it died, hangs, or got a "
+     << "different unique id), or the ranks cannot reach each other over the network (see NCCL_SOCKET_IFNAME, "
+     << "NCCL_DEBUG=INFO)";
+  return ss.str();
+}
 }  // namespace
 
-NcclComm::NcclComm(const std::string& unique_id, int rank, int world_size, int device, double timeout_s)
+NcclComm::NcclComm(const std::string& unique_id, int rank, int world_size, int device, double timeout_s,
+                   bool blocking)
     : impl_(std::make_unique<Impl>()) {
   const Api& a = api();
   PYLLAMA_CHECK(unique_id.size() == kUniqueIdBytes, ValueError,
@@ -315,60 +371,98 @@ NcclComm::NcclComm(const std::string& unique_id, int rank, int world_size, int d
   m.world = world_size;
   m.dev = device;
   m.timeout_s = timeout_s;
-  m.use();
+  m.blocking = blocking;
+  m.use();  // NCCL binds the communicator to the calling thread's current device
+  const std::string name = init_name(rank, world_size, device, blocking);
 
   UniqueId id;
   std::memcpy(id.internal, unique_id.data(), kUniqueIdBytes);
-  auto st = std::make_shared<InitState>();
-  std::thread([st, id, rank, world_size, device, &a]() {
+  if (!blocking) {
+    // Returns at once; the state reads ncclInProgress until every rank has joined, and the
+    // communicator can be aborted meanwhile (nothing is left behind at the deadline).
+    Config214 cfg{sizeof(Config214), kApiMagic, kConfigVersion, /*blocking=*/0, kConfigUndefInt, kConfigUndefInt,
+                  kConfigUndefInt, nullptr};
     nccl_comm c = nullptr;
-    nccl_result r = kUnhandledCudaError;
-    std::string cuda_err;
-    cudaError_t ce = cudaSetDevice(device);  // NCCL binds the communicator to the calling thread's device
-    if (ce == cudaSuccess)
-      r = a.CommInitRank(&c, world_size, id, rank);
-    else
-      cuda_err = std::string(cudaGetErrorName(ce)) + " (" + cudaGetErrorString(ce) + ") in cudaSetDevice";
-    bool abandoned;
-    {
-      std::lock_guard<std::mutex> lock(st->mu);
-      st->done = true;
-      st->result = r;
-      st->comm = c;
-      st->cuda_error = cuda_err;
-      abandoned = st->abandoned;
-    }
-    st->cv.notify_all();
-    if (abandoned && c) a.CommAbort(c);  // the constructor gave up: nobody will use it
-  }).detach();
-
-  std::unique_lock<std::mutex> lock(st->mu);
-  auto ready = [&] { return st->done; };
-  if (timeout_s > 0) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
-    if (!st->cv.wait_until(lock, deadline, ready)) {
-      st->abandoned = true;
+    nccl_result r = a.CommInitRankConfig(&c, world_size, id, rank, &cfg);
+    if (r != kSuccess && r != kInProgress) {
       std::ostringstream ss;
-      ss << "NCCL communicator creation (ncclCommInitRank, rank " << rank << " of " << world_size << ", GPU "
-         << device << ") did not complete within " << timeout_s << " s: another rank did not join (it died, "
-         << "hangs, or got a different unique id), or the ranks cannot reach each other over the network "
-         << "(see NCCL_SOCKET_IFNAME, NCCL_DEBUG=INFO)";
+      ss << name << " failed: NCCL error " << describe(r, c) << " at " << __FILE__ << ":" << __LINE__;
+      if (c) a.CommAbort(c);
       throw NcclError(ss.str());
     }
+    if (!c) throw NcclError(name + " failed: NCCL returned no communicator");
+    m.comm = c;
+    const auto t0 = Impl::Clock::now();
+    for (long spins = 0;; spins++) {
+      nccl_result st = kSuccess;
+      nccl_result q = a.CommGetAsyncError(c, &st);
+      if (q != kSuccess) st = q;
+      if (st == kSuccess) break;
+      if (st != kInProgress) {
+        std::ostringstream ss;
+        ss << name << " failed: NCCL error " << describe(st, c) << " at " << __FILE__ << ":" << __LINE__;
+        m.abort_now(ss.str());
+        throw NcclError(ss.str());
+      }
+      if (timeout_s > 0 && std::chrono::duration<double>(Impl::Clock::now() - t0).count() > timeout_s) {
+        const std::string msg = name + init_timeout_text(timeout_s) + "; the communicator was aborted";
+        m.abort_now(msg);
+        throw NcclError(msg);
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(spins < 1000 ? 200 : 2000));
+    }
   } else {
-    st->cv.wait(lock, ready);
+    // ncclCommInitRank blocks until every rank joined: run it on a helper thread and give up
+    // at the deadline (the thread is then left blocked in NCCL until the process exits).
+    auto st = std::make_shared<InitState>();
+    std::thread([st, id, rank, world_size, device, &a]() {
+      nccl_comm c = nullptr;
+      nccl_result r = kUnhandledCudaError;
+      std::string err;
+      cudaError_t ce = cudaSetDevice(device);
+      if (ce == cudaSuccess) {
+        r = a.CommInitRank(&c, world_size, id, rank);
+        const char* last = (r != kSuccess && a.GetLastError) ? a.GetLastError(nullptr) : nullptr;
+        if (last) err = last;
+      } else {
+        err = std::string("CUDA error ") + cudaGetErrorName(ce) + " (" + cudaGetErrorString(ce) +
+              ") in cudaSetDevice";
+      }
+      bool abandoned;
+      {
+        std::lock_guard<std::mutex> lock(st->mu);
+        st->done = true;
+        st->result = r;
+        st->comm = c;
+        st->error = err;
+        abandoned = st->abandoned;
+      }
+      st->cv.notify_all();
+      if (abandoned && c) a.CommAbort(c);  // the constructor gave up: nobody will use it
+    }).detach();
+
+    std::unique_lock<std::mutex> lock(st->mu);
+    auto ready = [&] { return st->done; };
+    if (timeout_s > 0) {
+      auto deadline = Impl::Clock::now() + std::chrono::duration<double>(timeout_s);
+      if (!st->cv.wait_until(lock, deadline, ready)) {
+        st->abandoned = true;
+        throw NcclError(name + init_timeout_text(timeout_s));
+      }
+    } else {
+      st->cv.wait(lock, ready);
+    }
+    if (st->result != kSuccess) {
+      std::ostringstream ss;
+      ss << name << " failed: NCCL error " << result_name(st->result) << " ("
+         << (g_api.GetErrorString ? g_api.GetErrorString(st->result) : "?");
+      if (!st->error.empty()) ss << "; " << st->error;
+      ss << ") at " << __FILE__ << ":" << __LINE__;
+      if (st->comm) a.CommAbort(st->comm);
+      throw NcclError(ss.str());
+    }
+    m.comm = st->comm;
   }
-  if (!st->cuda_error.empty())
-    throw NcclError("NCCL communicator creation on GPU " + std::to_string(device) + " failed: CUDA error " +
-                    st->cuda_error);
-  if (st->result != kSuccess) {
-    std::ostringstream ss;
-    ss << "NCCL communicator creation (ncclCommInitRank, rank " << rank << " of " << world_size << ", GPU "
-       << device << ") failed: NCCL error " << describe(st->result) << " at " << __FILE__ << ":" << __LINE__;
-    throw NcclError(ss.str());
-  }
-  m.comm = st->comm;
-  lock.unlock();
   try {
     CUDA_CHECK(cudaEventCreateWithFlags(&m.done, cudaEventDisableTiming));
     CUDA_CHECK(cudaStreamCreateWithFlags(&m.own_stream, cudaStreamNonBlocking));
@@ -400,6 +494,7 @@ void NcclComm::set_timeout_s(double t) {
   impl_->timeout_s = t;
 }
 bool NcclComm::usable() const { return impl_->failure.empty(); }
+bool NcclComm::blocking() const { return impl_->blocking; }
 std::string NcclComm::failure() const { return impl_->failure; }
 
 void NcclComm::allreduce_grads(LlamaModelCuda& model, NcclOp op, double* extra, int n_extra,
@@ -412,6 +507,7 @@ void NcclComm::allreduce_grads(LlamaModelCuda& model, NcclOp op, double* extra, 
   PYLLAMA_CHECK(n_extra >= 0 && (n_extra == 0 || extra != nullptr), ValueError, what << ": bad extra values");
   PYLLAMA_CHECK(op == NcclOp::sum || op == NcclOp::avg, ValueError, what << ": op must be sum or avg");
   m.use();
+  const auto t0 = Impl::Clock::now();
   cudaStream_t s = static_cast<cudaStream_t>(model.stream());
   const size_t xbytes = (size_t)n_extra * sizeof(double);
   if (n_extra) {
@@ -429,8 +525,9 @@ void NcclComm::allreduce_grads(LlamaModelCuda& model, NcclOp op, double* extra, 
                                     (int)NcclOp::sum, m.comm, s),
                     what, "ncclAllReduce(extra, float64)", __LINE__);
   m.enqueue_check(g_api.GroupEnd(), what, "ncclGroupEnd()", __LINE__);
+  m.settle(t0, what);
   if (n_extra) CUDA_CHECK(cudaMemcpyAsync(m.staging.host, m.staging.dev, xbytes, cudaMemcpyDeviceToHost, s));
-  m.wait(s, what);
+  m.wait(s, t0, what);
   if (n_extra) std::memcpy(extra, m.staging.host, xbytes);
 }
 
@@ -443,12 +540,14 @@ void NcclComm::broadcast_params(LlamaModelCuda& model, int root, const std::stri
   PYLLAMA_CHECK(model.device() == m.dev, ValueError,
                 what << ": the model is on GPU " << model.device() << ", the NCCL communicator on GPU " << m.dev);
   m.use();
+  const auto t0 = Impl::Clock::now();
   cudaStream_t s = static_cast<cudaStream_t>(model.stream());
   float* p = model.params_device();
   m.enqueue_check(g_api.Broadcast(p, p, model.num_parameters(), (int)NcclType::float32, root, m.comm, s), what,
                   "ncclBroadcast(params, float32)", __LINE__);
+  m.settle(t0, what);
   model.params_written();
-  m.wait(s, what);
+  m.wait(s, t0, what);
 }
 
 void NcclComm::allreduce_host(void* data, size_t count, NcclType type, NcclOp op, const std::string& what) {
@@ -460,14 +559,16 @@ void NcclComm::allreduce_host(void* data, size_t count, NcclType type, NcclOp op
   if (count == 0) return;
   PYLLAMA_CHECK(data != nullptr, ValueError, what << ": null data");
   m.use();
+  const auto t0 = Impl::Clock::now();
   cudaStream_t s = m.own_stream;
   m.staging.reserve(bytes);
   std::memcpy(m.staging.host, data, bytes);
   CUDA_CHECK(cudaMemcpyAsync(m.staging.dev, m.staging.host, bytes, cudaMemcpyHostToDevice, s));
   m.enqueue_check(g_api.AllReduce(m.staging.dev, m.staging.dev, count, (int)type, (int)op, m.comm, s), what,
                   "ncclAllReduce(host data)", __LINE__);
+  m.settle(t0, what);
   CUDA_CHECK(cudaMemcpyAsync(m.staging.host, m.staging.dev, bytes, cudaMemcpyDeviceToHost, s));
-  m.wait(s, what);
+  m.wait(s, t0, what);
   std::memcpy(data, m.staging.host, bytes);
 }
 

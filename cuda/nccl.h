@@ -14,12 +14,12 @@
 //   comm.allreduce_grads(model, pyllama::NcclOp::avg, extra, 4, "gradient all-reduce");
 //
 // Every collective is queued on the model's own stream (LlamaModelCuda::stream()) and
-// then waited for by polling (cudaEventQuery + ncclCommGetAsyncError) against the
-// communicator's deadline; past it, or on an asynchronous NCCL error, the communicator
-// is aborted (ncclCommAbort) and NcclError is thrown. Communicator creation
-// (ncclCommInitRank) runs on a helper thread under the same deadline. Nothing here
-// exits or aborts the process. Errors name the NCCL call, NCCL's error string, the
-// file and the line.
+// then waited for by polling (ncclCommGetAsyncError until the call is queued, then
+// cudaEventQuery) against the communicator's deadline; past it, or on an asynchronous
+// NCCL error, the communicator is aborted (ncclCommAbort) and NcclError is thrown.
+// Communicators are non-blocking (NCCL 2.14+) unless asked otherwise, so creation is
+// polled under the same deadline. Nothing here exits or aborts the process. Errors name
+// the NCCL call, NCCL's error string, the file and the line.
 #pragma once
 #include <cstddef>
 #include <memory>
@@ -52,8 +52,13 @@ enum class NcclType : int { float32 = 7, float64 = 8, bfloat16 = 9 };  // ncclDa
 
 class NcclComm {
  public:
-  // ncclCommInitRank on GPU `device`, waited for at most timeout_s seconds (0: no deadline).
-  NcclComm(const std::string& unique_id, int rank, int world_size, int device, double timeout_s);
+  // A communicator on GPU `device`, created within timeout_s seconds (0: no deadline).
+  // blocking=false (default): a non-blocking communicator (ncclCommInitRankConfig with
+  // blocking=0): creation and every call return at once and are polled, so a missing rank
+  // ends in ncclCommAbort at the deadline. blocking=true: ncclCommInitRank on a helper
+  // thread that is abandoned at the deadline, and blocking collectives (a fallback).
+  NcclComm(const std::string& unique_id, int rank, int world_size, int device, double timeout_s,
+           bool blocking = false);
   ~NcclComm();  // ncclCommAbort (frees it without waiting for peers)
   NcclComm(const NcclComm&) = delete;
   NcclComm& operator=(const NcclComm&) = delete;
@@ -64,6 +69,7 @@ class NcclComm {
   double timeout_s() const;
   void set_timeout_s(double timeout_s);  // 0: no deadline
   bool usable() const;                   // false after abort(), destroy() or a failed collective
+  bool blocking() const;
   std::string failure() const;           // why it is not usable ("" while usable)
 
   // In place over the model's flat float32 gradient buffer (sum or average over the

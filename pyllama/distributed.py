@@ -739,15 +739,22 @@ class NCCLCommunicator(Communicator):
 
     Every NCCL wait has the deadline ``timeout_s`` (``None``/``0``: none); past it,
     or on an NCCL error, the NCCL communicator is aborted and
-    :class:`DistributedError` is raised. Host arrays passed to
+    :class:`DistributedError` is raised. The NCCL communicator is non-blocking
+    (creation and calls are polled, so even a rank missing at creation ends in an
+    abort at the deadline); ``blocking=True`` (or ``PYLLAMA_NCCL_BLOCKING=1``) uses
+    blocking NCCL calls instead, with creation on a helper thread that is abandoned
+    at the deadline. Host arrays passed to
     :meth:`allreduce_sum_` (float32/float64) are staged through the GPU.
     """
 
     backend = "nccl"
 
     def __init__(self, host: Optional[Communicator] = None, device: Optional[int] = None,
-                 timeout_s: Optional[float] = DEFAULT_TIMEOUT_S) -> None:
+                 timeout_s: Optional[float] = DEFAULT_TIMEOUT_S, *, blocking: Optional[bool] = None) -> None:
         from . import _core
+
+        if blocking is None:  # PYLLAMA_NCCL_BLOCKING=1: the blocking fallback (see _core.NcclComm)
+            blocking = os.environ.get("PYLLAMA_NCCL_BLOCKING", "0").strip().lower() in ("1", "true", "yes")
 
         self.host = SingleProcess() if host is None else host
         self.rank, self.world_size = int(self.host.rank), int(self.host.world_size)
@@ -772,7 +779,8 @@ class NCCLCommunicator(Communicator):
                 raise DistributedError(f"rank {self.rank}: rank 0 could not start NCCL: {msg[1]}")
             if self.rank != 0:
                 self.library = load_nccl()
-            self.nccl = _core.NcclComm(msg[1], self.rank, self.world_size, self.device, self.timeout_s or 0.0)
+            self.nccl = _core.NcclComm(msg[1], self.rank, self.world_size, self.device, self.timeout_s or 0.0,
+                                       bool(blocking))
         except _core.NcclError as e:
             self.mark_failed(str(e))
             raise DistributedError(f"rank {self.rank}/{self.world_size}: {e}") from None

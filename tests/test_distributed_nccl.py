@@ -348,10 +348,12 @@ def test_init_nccl_without_gpu_is_a_clear_error(monkeypatch):
 # ---------------------------------------------------------------------- on a GPU
 
 @gpu
-def test_nccl_allreduce_world_of_one():
-    comm = dist.NCCLCommunicator(dist.SingleProcess(), device=0, timeout_s=60)
+@pytest.mark.parametrize("blocking", [False, True])
+def test_nccl_allreduce_world_of_one(blocking):
+    comm = dist.NCCLCommunicator(dist.SingleProcess(), device=0, timeout_s=60, blocking=blocking)
     try:
         assert comm.world_size == 1 and comm.backend == "nccl" and comm.library.endswith("libnccl.so.2")
+        assert comm.nccl.blocking is blocking
         a = np.arange(1000, dtype=np.float32) * 0.5
         ref = a.copy()
         assert comm.allreduce_sum_(a) is a
@@ -551,13 +553,15 @@ def test_trainer_nccl_path_one_grad_allreduce_per_step(tmp_path, world):
 
 
 @gpu
-def test_nccl_init_timeout_when_a_rank_is_missing():
-    """World of 2 with only rank 0 present: creation gives up at the deadline instead of hanging.
-    Last in this file: the abandoned ncclCommInitRank thread stays blocked in this process."""
+@pytest.mark.parametrize("blocking", [False, True])
+def test_nccl_init_timeout_when_a_rank_is_missing(blocking):
+    """World of 2 with only rank 0 present: creation gives up at the deadline instead of hanging
+    (non-blocking: the communicator is aborted). Last in this file: with blocking=True the
+    abandoned ncclCommInitRank thread stays blocked in this process."""
     from pyllama import _core
 
     dist.load_nccl()
     t0 = time.monotonic()
     with pytest.raises(_core.NcclError, match="did not complete within 3 s"):
-        _core.NcclComm(_core.nccl_unique_id(), 0, 2, 0, 3.0)
+        _core.NcclComm(_core.nccl_unique_id(), 0, 2, 0, 3.0, blocking)
     assert time.monotonic() - t0 < 20
