@@ -83,12 +83,12 @@ const Api& api() {
   return g_api;
 }
 
-std::string describe(nccl_result r, nccl_comm comm = nullptr) {
+std::string describe(nccl_result r, nccl_comm comm = nullptr) {  // name (string; NCCL's last error)
   std::ostringstream ss;
   ss << result_name(r) << " (" << (g_api.GetErrorString ? g_api.GetErrorString(r) : "?");
-  if (comm && g_api.GetLastError) {
+  if (g_api.GetLastError) {  // its argument is unused by NCCL; NULL is allowed
     const char* last = g_api.GetLastError(comm);
-    if (last && *last) ss << "; " << last;
+    if (last && *last) ss << "; NCCL's last error: " << last;
   }
   ss << ")";
   return ss.str();
