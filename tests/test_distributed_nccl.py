@@ -96,6 +96,8 @@ WORKER = textwrap.dedent(r"""
             if rank == 1:
                 time.sleep(6)  # past rank 0's 2 s deadline
             c.barrier(what="second barrier", step=7)
+        elif scenario == "shapes":  # the ranks pass arrays of different lengths to a sum
+            c.allreduce_sum_(np.zeros(2 + rank))
         elif scenario == "mismatch":  # rank 1 calls another collective
             if rank == 1:
                 c.allgather_object(1)
@@ -190,6 +192,23 @@ def test_rendezvous_mismatched_collectives(tmp_path):
     res = run_ranks(tmp_path, "mismatch", 2, timeout=10.0)
     for r in (0, 1):
         assert "different collectives" in res[r]["error"], res[r]
+
+
+def test_rendezvous_sum_of_different_shapes(tmp_path):
+    res = run_ranks(tmp_path, "shapes", 2, timeout=10.0)
+    for r in (0, 1):
+        assert "different dtypes/lengths" in res[r]["error"], res[r]
+
+
+def test_trainer_refuses_a_torchrun_style_cpu_run(tmp_path):
+    """Torchrun-style ranks (the TCP rendezvous) train on GPUs only; the CPU gets a pointer to mpiexec."""
+    from test_train import corpus, make_config
+
+    class TwoRanks(dist.SingleProcess):
+        backend, world_size = "tcp", 2
+
+    with pytest.raises(ValueError, match="trains on GPUs.*mpiexec"):
+        pyllama.Trainer(pyllama.Llama(tiny_config()), make_config(), corpus(), progress=False, comm=TwoRanks())
 
 
 def test_rendezvous_bad_address_and_port():
