@@ -451,14 +451,18 @@ class TCPRendezvous(Communicator):
                 if problem is not None:
                     msg = f"rendezvous at {self._where()}: {problem}; every rank needs its own RANK and the same WORLD_SIZE"
                     try:
-                        self._send(conn, pickle.dumps((-1, "error", msg)))
+                        self._send(conn, pickle.dumps((-1, "error", msg)), deadline=time.monotonic() + 2.0)
                     except OSError:
                         pass
                     conn.close()
                     raise DistributedError(f"rank 0: {msg}")
                 self._peers[r] = conn
             for r, conn in self._peers.items():
-                self._send(conn, pickle.dumps((0, "ok", b"")))
+                try:
+                    self._send(conn, pickle.dumps((0, "ok", b"")), deadline=deadline)
+                except OSError as e:
+                    raise DistributedError(f"rank 0: rendezvous at {self._where()}: rank {r} dropped its connection "
+                                           f"({e.strerror or e})") from None
         finally:
             srv.close()
 
@@ -484,14 +488,20 @@ class TCPRendezvous(Communicator):
             break
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = s
-        self._send(s, _RDV_HELLO.pack(_RDV_MAGIC, self.rank, self.world_size), raw=True)
+        try:
+            self._send(s, _RDV_HELLO.pack(_RDV_MAGIC, self.rank, self.world_size), raw=True, deadline=deadline)
+        except OSError as e:
+            raise DistributedError(f"rank {self.rank}: rendezvous at {self._where()}: rank 0 dropped the connection "
+                                   f"({e.strerror or e})") from None
         _, status, payload = self._recv_msg(s, deadline, "rendezvous", None, peer=0)
         if status != "ok":
             raise DistributedError(f"rank {self.rank}: {payload}")
 
     # -------------------------------------------------------------- framing
     @staticmethod
-    def _send(sock: socket.socket, data: bytes, raw: bool = False) -> None:
+    def _send(sock: socket.socket, data: bytes, raw: bool = False, deadline: Optional[float] = None) -> None:
+        """Send a frame (or ``raw`` bytes) before ``deadline`` (``socket.timeout`` past it)."""
+        sock.settimeout(None if deadline is None else max(0.001, deadline - time.monotonic()))
         sock.sendall(data if raw else _RDV_LEN.pack(len(data)) + data)
 
     @staticmethod
@@ -570,7 +580,11 @@ class TCPRendezvous(Communicator):
         try:
             if self.rank != 0:
                 try:
-                    self._send(self._sock, pickle.dumps((seq, op, payload), protocol=pickle.HIGHEST_PROTOCOL))
+                    self._send(self._sock, pickle.dumps((seq, op, payload), protocol=pickle.HIGHEST_PROTOCOL),
+                               deadline=deadline)
+                except socket.timeout:
+                    self._fail(what, step, f"did not complete within {timeout:g} s (TrainConfig.dist_timeout_s): "
+                                           "rank 0 did not take part (it died, hangs or is much slower)")
                 except OSError as e:
                     self._fail(what, step, f"failed: rank 0 closed its connection ({e.strerror or e})")
                 _, status, result = self._recv_msg(self._sock, deadline, what, step, peer=0)
@@ -583,25 +597,33 @@ class TCPRendezvous(Communicator):
                 if (rseq, rop) != (seq, op):
                     msg = (f"the ranks called different collectives: rank 0 is in {op!r} (#{seq}), rank {r} in "
                            f"{rop!r} (#{rseq}); every rank must make the same calls in the same order")
-                    self._tell_all("error", msg)
+                    self._tell_all("error", msg, deadline)
                     self._fail(what, step, f"failed: {msg}")
                 parts.append(rpay)
             try:
                 result = combine(parts)
             except Exception as e:  # bad input on some rank (e.g. arrays of different shapes)
                 msg = f"{type(e).__name__}: {e}"
-                self._tell_all("error", msg)
+                self._tell_all("error", msg, deadline)
                 self._fail(what, step, f"failed: {msg}")
-            self._tell_all("ok", result, what=what, step=step)
+            self._tell_all("ok", result, deadline, what=what, step=step, timeout=timeout)
             return result
         finally:
             self.comm_seconds += time.monotonic() - t0
 
-    def _tell_all(self, status: str, result, *, what: str = "", step: Optional[int] = None) -> None:
+    def _tell_all(self, status: str, result, deadline: Optional[float], *, what: str = "",
+                  step: Optional[int] = None, timeout: Optional[float] = None) -> None:
+        """Rank 0: send the outcome of a round to every other rank (errors: best effort)."""
         data = pickle.dumps((self._seq, status, result), protocol=pickle.HIGHEST_PROTOCOL)
+        if status != "ok" and deadline is not None:
+            deadline = min(deadline, time.monotonic() + 5.0)  # we are failing anyway: do not linger
         for r, conn in list(self._peers.items()):
             try:
-                self._send(conn, data)
+                self._send(conn, data, deadline=deadline)
+            except socket.timeout:
+                if status == "ok":
+                    self._fail(what, step, f"did not complete within {timeout:g} s (TrainConfig.dist_timeout_s): "
+                                           f"rank {r} does not read (it hangs or is much slower)")
             except OSError as e:
                 if status == "ok":
                     self._fail(what, step, f"failed: rank {r} closed its connection ({e.strerror or e})")
