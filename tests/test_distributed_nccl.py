@@ -78,6 +78,9 @@ WORKER = textwrap.dedent(r"""
             uid = bytes(range(128)) if rank == 0 else None
             msg = c.broadcast(("ok", uid) if rank == 0 else None, what="NCCL unique-id broadcast")
             out["uid_ok"] = msg[0] == "ok" and msg[1] == bytes(range(128))
+            # payloads of many TCP segments (16 MB) in both directions
+            big = c.allgather_object(np.full(2_000_000, rank, np.float64))
+            out["big_ok"] = [float(b.sum()) for b in big] == [2e6 * r for r in range(world)]
             # the trainer's consistency check, through the rendezvous
             dist.check_consistent(c, {"cfg": {"lr": 0.1}, "w": np.ones(3)})
             try:
@@ -149,7 +152,7 @@ def test_rendezvous_collectives(tmp_path, world):
         assert o["gather"] == [{"rank": i, "sq": i * i} for i in range(world)]
         assert o["sum"] == [sum(i + 1.0 for i in range(world)), sum(10.0 * i for i in range(world))]
         assert o["mean"] == pytest.approx([sum(i + 1 for i in range(world)) / world] * 3)
-        assert o["uid_ok"] is True
+        assert o["uid_ok"] is True and o["big_ok"] is True
         assert o["mismatch"] is not None and "disagree on cfg" in o["mismatch"] and "lr=0.1 vs 0.2" in o["mismatch"]
 
 
