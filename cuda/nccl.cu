@@ -11,6 +11,7 @@
 #include <cstring>
 #include <mutex>
 #include <sstream>
+#include <system_error>
 #include <thread>
 
 #include "common.cuh"
@@ -141,6 +142,34 @@ struct Staging {
   }
 };
 
+// ncclCommAbort on a helper thread, waited for at most `limit_s` seconds: some NCCL
+// versions have been seen to hang in it (NVIDIA/nccl#829), and nothing here may hang.
+// Returns false when it did not return in time (the thread is left running).
+bool abort_bounded(nccl_comm c, double limit_s) {
+  struct State {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+  };
+  auto st = std::make_shared<State>();
+  try {
+    std::thread([st, c]() {
+      g_api.CommAbort(c);  // result ignored: the communicator is being given up
+      {
+        std::lock_guard<std::mutex> lock(st->mu);
+        st->done = true;
+      }
+      st->cv.notify_all();
+    }).detach();
+  } catch (const std::system_error&) {  // no thread: abort here
+    g_api.CommAbort(c);
+    return true;
+  }
+  std::unique_lock<std::mutex> lock(st->mu);
+  return st->cv.wait_for(lock, std::chrono::duration<double>(limit_s), [&] { return st->done; });
+}
+constexpr double kAbortLimitS = 15.0;
+
 size_t type_size(NcclType t) {
   switch (t) {
     case NcclType::float32: return 4;
@@ -239,21 +268,25 @@ struct NcclComm::Impl {
     if (!failure.empty()) throw NcclError(what + ": the NCCL communicator is no longer usable (" + failure + ")");
   }
 
-  void abort_now(const std::string& why) {
+  // ncclCommAbort (bounded); returns a note when it did not return in time.
+  std::string abort_now(const std::string& why) {
     if (failure.empty()) failure = why;
-    if (comm) {
-      nccl_comm c = comm;
-      comm = nullptr;
-      g_api.CommAbort(c);  // result ignored: we are already failing
-    }
+    if (!comm) return "";
+    nccl_comm c = comm;
+    comm = nullptr;
+    if (abort_bounded(c, kAbortLimitS)) return "";
+    std::ostringstream ss;
+    ss << " (ncclCommAbort did not return within " << kAbortLimitS << " s; it was left running)";
+    failure += ss.str();
+    return ss.str();
   }
 
   [[noreturn]] void fail(const std::string& what, const std::string& why) {
     std::ostringstream ss;
     ss << what << " (NCCL, rank " << rank << " of " << world << ", GPU " << dev << ") " << why
        << "; the communicator was aborted";
-    abort_now(ss.str());
-    throw NcclError(ss.str());
+    const std::string msg = ss.str();
+    throw NcclError(msg + abort_now(msg));
   }
 
   // A non-success result of an enqueueing call: abort and throw with NCCL's text.
@@ -387,7 +420,7 @@ NcclComm::NcclComm(const std::string& unique_id, int rank, int world_size, int d
     if (r != kSuccess && r != kInProgress) {
       std::ostringstream ss;
       ss << name << " failed: NCCL error " << describe(r, c) << " at " << __FILE__ << ":" << __LINE__;
-      if (c) a.CommAbort(c);
+      if (c) abort_bounded(c, kAbortLimitS);
       throw NcclError(ss.str());
     }
     if (!c) throw NcclError(name + " failed: NCCL returned no communicator");
@@ -401,13 +434,12 @@ NcclComm::NcclComm(const std::string& unique_id, int rank, int world_size, int d
       if (st != kInProgress) {
         std::ostringstream ss;
         ss << name << " failed: NCCL error " << describe(st, c) << " at " << __FILE__ << ":" << __LINE__;
-        m.abort_now(ss.str());
-        throw NcclError(ss.str());
+        const std::string msg = ss.str();
+        throw NcclError(msg + m.abort_now(msg));
       }
       if (timeout_s > 0 && std::chrono::duration<double>(Impl::Clock::now() - t0).count() > timeout_s) {
         const std::string msg = name + init_timeout_text(timeout_s) + "; the communicator was aborted";
-        m.abort_now(msg);
-        throw NcclError(msg);
+        throw NcclError(msg + m.abort_now(msg));
       }
       std::this_thread::sleep_for(std::chrono::microseconds(spins < 1000 ? 200 : 2000));
     }
@@ -458,7 +490,7 @@ NcclComm::NcclComm(const std::string& unique_id, int rank, int world_size, int d
          << (g_api.GetErrorString ? g_api.GetErrorString(st->result) : "?");
       if (!st->error.empty()) ss << "; " << st->error;
       ss << ") at " << __FILE__ << ":" << __LINE__;
-      if (st->comm) a.CommAbort(st->comm);
+      if (st->comm) abort_bounded(st->comm, kAbortLimitS);
       throw NcclError(ss.str());
     }
     m.comm = st->comm;
@@ -587,11 +619,12 @@ void NcclComm::destroy() {
   if (m.failure.empty()) m.failure = "destroyed (NcclComm.destroy)";
   if (cudaSetDevice(m.dev) != cudaSuccess) {
     cudaGetLastError();
-    g_api.CommAbort(c);
+    abort_bounded(c, kAbortLimitS);
     return;
   }
   // Every collective of this class was waited for, so nothing is pending.
-  NCCL_CHECK(nullptr, g_api.CommDestroy(c));
+  nccl_result r = g_api.CommDestroy(c);
+  if (r != kSuccess && r != kInProgress) nccl_throw(r, nullptr, "ncclCommDestroy(comm)", __FILE__, __LINE__);
 }
 
 }  // namespace pyllama
