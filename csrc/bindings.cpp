@@ -773,6 +773,7 @@ void bind_nccl(py::module_& m) {
         }, py::arg("candidates"),
         "Load libnccl (dlopen) from the first candidate path that works; returns it. Raises NcclError "
         "listing every candidate and why it failed. Use pyllama.distributed.load_nccl().");
+  m.def("cuda_device_count", &cuda_device_count, "Usable CUDA GPUs (0 when none).");
   m.def("nccl_loaded", &nccl_loaded);
   m.def("nccl_loaded_path", &nccl_loaded_path);
   m.def("nccl_version", &nccl_version, "NCCL_VERSION_CODE of the loaded library (e.g. 23203 for 2.32.3).");

@@ -786,23 +786,30 @@ class NCCLCommunicator(Communicator):
         self.broken: Optional[str] = None
         self.comm_seconds = 0.0
         self.nccl = None
-        _require_gpu("the NCCL backend")
-        try:  # rank 0's outcome travels with the id, so a failure there fails every rank at once
-            if self.rank == 0:
-                try:
-                    self.library = load_nccl()
-                    msg = ("ok", _core.nccl_unique_id())
-                except (RuntimeError, OSError) as e:
-                    msg = ("error", str(e))
-            else:
-                msg = None
-            msg = self.host.broadcast(msg, what="NCCL unique-id broadcast")
-            if msg[0] != "ok":
-                raise DistributedError(f"rank {self.rank}: rank 0 could not start NCCL: {msg[1]}")
-            if self.rank != 0:
+        self.library = None
+        if self.world_size == 1:
+            _require_gpu("the NCCL backend")
+        try:
+            # Every rank checks its GPU and loads NCCL, rank 0 makes the unique id; the outcomes
+            # are all-gathered, so a rank that cannot start fails every rank at once (instead of
+            # leaving the others in ncclCommInitRank until the deadline).
+            try:
+                _require_gpu("the NCCL backend")
+                ndev = int(_core.cuda_device_count())
+                if not 0 <= self.device < ndev:
+                    raise RuntimeError(f"GPU {self.device} (LOCAL_RANK) does not exist: {ndev} GPU(s) visible; "
+                                       "start at most one rank per GPU on each node")
                 self.library = load_nccl()
-            self.nccl = _core.NcclComm(msg[1], self.rank, self.world_size, self.device, self.timeout_s or 0.0,
-                                       bool(blocking))
+                mine = ("ok", _core.nccl_unique_id() if self.rank == 0 else None)
+            except (RuntimeError, OSError) as e:
+                mine = ("error", str(e))
+            every = self.host.allgather_object(mine, what="NCCL start-up (library, GPU and unique id)")
+            bad = [(r, m[1]) for r, m in enumerate(every) if m[0] != "ok"]
+            if bad:
+                raise DistributedError(f"rank {self.rank}/{self.world_size}: NCCL cannot start: "
+                                       + "; ".join(f"rank {r}: {why}" for r, why in bad))
+            self.nccl = _core.NcclComm(every[0][1], self.rank, self.world_size, self.device,
+                                       self.timeout_s or 0.0, bool(blocking))
         except _core.NcclError as e:
             self.mark_failed(str(e))
             raise DistributedError(f"rank {self.rank}/{self.world_size}: {e}") from None

@@ -99,6 +99,12 @@ WORKER = textwrap.dedent(r"""
             if rank == 1:
                 time.sleep(6)  # past rank 0's 2 s deadline
             c.barrier(what="second barrier", step=7)
+        elif scenario == "nccl":  # the NCCL communicator over this rendezvous (GPU LOCAL_RANK = rank)
+            n = dist.NCCLCommunicator(c, timeout_s=float(os.environ["TIMEOUT"]))
+            a = np.array([rank + 1.0])
+            n.allreduce_sum_(a)
+            out["sum"] = a.tolist()
+            n.close()
         elif scenario == "shapes":  # the ranks pass arrays of different lengths to a sum
             c.allreduce_sum_(np.zeros(2 + rank))
         elif scenario == "mismatch":  # rank 1 calls another collective
@@ -195,6 +201,24 @@ def test_rendezvous_mismatched_collectives(tmp_path):
     res = run_ranks(tmp_path, "mismatch", 2, timeout=10.0)
     for r in (0, 1):
         assert "different collectives" in res[r]["error"], res[r]
+
+
+def test_nccl_start_failure_reaches_every_rank(tmp_path):
+    """NCCLCommunicator over a 2-rank rendezvous: a rank that cannot start NCCL (no GPU here;
+    on a one-GPU machine rank 1's GPU 1 does not exist) fails every rank at once, each naming
+    the ranks and why; with two GPUs it starts and sums."""
+    t0 = time.monotonic()
+    res = run_ranks(tmp_path, "nccl", 2, timeout=20.0)
+    assert time.monotonic() - t0 < 20
+    for r in (0, 1):
+        o = res[r]
+        if o.get("ok"):
+            assert o["sum"] == [3.0], o
+            continue
+        e = o["error"]
+        assert e.startswith("DistributedError") and "NCCL cannot start" in e and "rank 1: " in e, o
+        if not INFO["cuda_available"]:
+            assert "rank 0: " in e and "needs" in e, o
 
 
 def test_rendezvous_sum_of_different_shapes(tmp_path):
