@@ -368,6 +368,78 @@ def test_nccl_library_not_found_is_a_clear_error(tmp_path):
         assert "only that path was tried" in msg, msg
 
 
+# A stand-in libnccl: the functions pyllama resolves, with a version and an id it can check.
+FAKE_NCCL = r"""
+typedef struct { char internal[128]; } Id;
+int ncclGetVersion(int* v) { *v = VERSION; return 0; }
+int ncclGetUniqueId(Id* id) { for (int i = 0; i < 128; i++) id->internal[i] = (char)(255 - i); return 0; }
+int ncclCommInitRank(void** c, int n, Id id, int r) { return 5; }
+int ncclCommInitRankConfig(void** c, int n, Id id, int r, void* cfg) { return 5; }
+int ncclCommDestroy(void* c) { return 0; }
+int ncclCommAbort(void* c) { return 0; }
+int ncclCommGetAsyncError(void* c, int* e) { *e = 0; return 0; }
+const char* ncclGetErrorString(int r) { return "fake"; }
+int ncclAllReduce(const void* s, void* d, unsigned long n, int t, int op, void* c, void* st) { return 5; }
+int ncclBroadcast(const void* s, void* d, unsigned long n, int t, int root, void* c, void* st) { return 5; }
+int ncclGroupStart(void) { return 0; }
+int ncclGroupEnd(void) { return 0; }
+"""
+
+
+def _fake_nccl(tmp_path, version):
+    import shutil
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the stand-in libnccl")
+    src = tmp_path / "fake_nccl.c"
+    src.write_text(FAKE_NCCL)
+    lib = tmp_path / f"libnccl-fake-{version}.so"
+    subprocess.run([cc, "-shared", "-fPIC", f"-DVERSION={version}", "-o", str(lib), str(src)], check=True,
+                   capture_output=True, timeout=60)
+    return str(lib)
+
+
+@pytest.mark.skipif(not INFO["cuda"], reason="built without the CUDA backend (no NCCL support to load)")
+def test_nccl_loader_with_a_stand_in_library(tmp_path):
+    """The loader's success path and version check, without a GPU: a stand-in libnccl
+    built here. In fresh processes (a library, once loaded, stays loaded)."""
+    code = textwrap.dedent("""
+        import json
+        from pyllama import _core, distributed as dist
+        out = {}
+        try:
+            out["path"] = dist.load_nccl()
+            out["version"] = _core.nccl_version()
+            out["again"] = dist.load_nccl()
+            uid = _core.nccl_unique_id()
+            out["uid_ok"] = uid == bytes(255 - i for i in range(128))
+            try:
+                _core.NcclComm(uid, 0, 1, 0, 5.0)
+            except Exception as e:
+                out["comm_error"] = f"{type(e).__name__}: {e}"
+        except Exception as e:
+            out["error"] = f"{type(e).__name__}: {e}"
+        print(json.dumps(out))
+    """)
+
+    def run(lib):
+        env = dict(os.environ, PYLLAMA_NCCL_LIBRARY=lib)
+        p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+    good = _fake_nccl(tmp_path, 22905)
+    o = run(good)
+    assert o["path"] == good and o["again"] == good and o["version"] == 22905 and o["uid_ok"] is True, o
+    if not INFO["cuda_available"]:
+        assert o["comm_error"] == "NcclError: NCCL needs a CUDA GPU, and none is usable in this process", o
+    else:  # the stand-in refuses to create communicators (ncclInvalidUsage), with its text
+        assert "ncclInvalidUsage" in o["comm_error"] and "fake" in o["comm_error"], o
+    old = _fake_nccl(tmp_path, 21306)
+    o = run(old)
+    assert "version 21306 is too old" in o["error"] and "2.14 or newer" in o["error"], o
+
+
 @pytest.mark.skipif(INFO["cuda_available"], reason="a GPU is usable here: the no-GPU error cannot be seen")
 def test_init_nccl_without_gpu_is_a_clear_error(monkeypatch):
     for var in LAUNCH_VARS:
