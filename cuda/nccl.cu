@@ -1,7 +1,6 @@
 // nccl.cu — NCCL loaded at run time, and the communicator the data-parallel trainer
-// uses (see nccl.h). No NCCL header is included: the handful of types and enum values
-// below are declared here, with the values of NCCL's nccl.h (2.32; unchanged since 2.10,
-// which added ncclAvg).
+// uses (see nccl.h). No NCCL header is included: the handful of types, enum values and
+// the config prefix used below are declared here, checked against NCCL's nccl.h (2.32).
 #include <dlfcn.h>
 
 #include <atomic>
