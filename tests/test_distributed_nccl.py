@@ -605,6 +605,116 @@ def test_two_processes_env_bootstrap_on_one_gpu(tmp_path):
             assert o["error"].startswith("DistributedError") and "NCCL" in o["error"], o
 
 
+# Two real NCCL ranks on the one GPU: NCCL refuses two ranks on one GPU of one host, but ranks
+# that claim different hosts (NCCL_HOSTID) talk over sockets on the loopback interface.
+TWO_RANKS_ONE_GPU = {"NCCL_HOSTID": None, "NCCL_P2P_DISABLE": "1", "NCCL_SHM_DISABLE": "1", "NCCL_NET": "Socket",
+                     "NCCL_SOCKET_IFNAME": "lo", "NCCL_IB_DISABLE": "1", "NCCL_NVLS_ENABLE": "0",
+                     "NCCL_MNNVL_ENABLE": "0"}
+
+TRAIN_WORKER = textwrap.dedent(r"""
+    import json, os, sys
+    import numpy as np
+    import pyllama
+    from pyllama import distributed as dist
+    sys.path.insert(0, os.environ["TESTS_DIR"])
+    from helpers import tiny_config
+
+    out = {"rank": int(os.environ.get("RANK", "0"))}
+    try:
+        cfg = tiny_config()
+        data = np.random.default_rng(1).integers(0, cfg.vocab_size, 6000)
+        tc = pyllama.TrainConfig(batch_size=2, seq_len=16, max_steps=int(os.environ["STEPS"]), warmup_steps=1,
+                                 eval_interval=0, out_dir=None, device="cuda", lr=3e-3,
+                                 grad_accum_steps=int(os.environ["ACCUM"]),
+                                 dist_timeout_s=float(os.environ["TIMEOUT"]))
+        t = pyllama.Trainer(pyllama.Llama(cfg, seed=0), tc, data, progress=False)
+        out["backend"] = getattr(t.comm, "backend", None)
+        out["losses"] = []
+        for _ in range(tc.max_steps):
+            out["losses"].append(t.train_step()["loss"])
+            if t.world_size > 1:
+                dist._test_fault(t.rank, t.step)
+        out["ok"] = True
+    except Exception as e:
+        out["error"] = f"{type(e).__name__}: {e}"
+    print(json.dumps(out), flush=True)
+""")
+
+
+def _run_train_ranks(tmp_path, world, accum, steps, timeout, extra_env=None, wait=180):
+    script = tmp_path / "train_worker.py"
+    script.write_text(TRAIN_WORKER)
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    base.update(TESTS_DIR=os.path.dirname(os.path.abspath(__file__)), STEPS=str(steps), ACCUM=str(accum),
+                TIMEOUT=str(timeout), OMP_NUM_THREADS="1")
+    procs = []
+    for r in range(world):
+        env = dict(base, **(extra_env or {}))
+        if world > 1:
+            env.update({k: v for k, v in TWO_RANKS_ONE_GPU.items() if v is not None},
+                       NCCL_HOSTID=f"pyllama-test-host-{r}", RANK=str(r), WORLD_SIZE=str(world), LOCAL_RANK="0",
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, text=True, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE))
+    outs = []
+    try:
+        for p in procs:
+            try:
+                out, err = p.communicate(timeout=wait)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                out, err = p.communicate()
+                outs.append({"timed_out": True, "stderr": err[-3000:]})
+                continue
+            lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+            o = json.loads(lines[-1]) if lines else {}
+            o.update(exit=p.returncode, stderr=err[-3000:])
+            outs.append(o)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return outs
+
+
+def _skip_if_two_ranks_unsupported(outs):
+    errs = [o.get("error", "") for o in outs]
+    if all("NCCL communicator creation" in e and "failed" in e for e in errs if e) and any(errs) \
+            and not any(o.get("ok") for o in outs):
+        pytest.skip("this NCCL does not run two ranks on one GPU even with distinct NCCL_HOSTIDs: " + errs[0][:300])
+
+
+@gpu
+def test_two_nccl_ranks_equal_one_rank_with_accumulation(tmp_path):
+    """2 ranks x grad_accum 1 (real NCCL all-reduce, torchrun-style bootstrap, the Trainer's own
+    NCCLCommunicator) give the losses of 1 rank x grad_accum 2, on every rank."""
+    ref = _run_train_ranks(tmp_path, 1, 2, 5, 60)[0]
+    assert ref.get("ok") and ref["backend"] == "single", ref
+    outs = _run_train_ranks(tmp_path, 2, 1, 5, 60)
+    _skip_if_two_ranks_unsupported(outs)
+    for o in outs:
+        assert o.get("ok") and o["backend"] == "nccl" and o["exit"] == 0, o
+        np.testing.assert_allclose(o["losses"], ref["losses"], rtol=0, atol=2e-5)
+
+
+@gpu
+def test_two_nccl_ranks_hung_peer_times_out(tmp_path):
+    """Rank 1 stops responding after step 2: rank 0's NCCL all-reduce of step 3 hits the 5 s
+    deadline, the communicator is aborted (its kernel waiting on the live peer must end) and
+    a DistributedError names the step; the process exits normally."""
+    t0 = time.monotonic()
+    outs = _run_train_ranks(tmp_path, 2, 1, 6, 5, extra_env={"_PYLLAMA_TEST_FAULT": "hang:1:2"}, wait=90)
+    _skip_if_two_ranks_unsupported(outs[:1])
+    o = outs[0]
+    assert "error" in o, o
+    assert "DistributedError" in o["error"] and "gradient all-reduce at step 3" in o["error"], o
+    assert "did not complete within 5 s" in o["error"], o
+    assert o["exit"] == 0 and len(o["losses"]) == 2, o
+    assert time.monotonic() - t0 < 90
+
+
 # ---------------------------------------------------------------------- the trainer's NCCL path, on a stand-in GPU
 
 class FakeNccl(dist.Communicator):
