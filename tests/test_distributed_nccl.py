@@ -629,6 +629,8 @@ TRAIN_WORKER = textwrap.dedent(r"""
                                  dist_timeout_s=float(os.environ["TIMEOUT"]))
         t = pyllama.Trainer(pyllama.Llama(cfg, seed=0), tc, data, progress=False)
         out["backend"] = getattr(t.comm, "backend", None)
+        if os.environ.get("STEP_TIMEOUT"):  # a short deadline for the steps only (start-up takes longer)
+            t.comm.set_timeout(float(os.environ["STEP_TIMEOUT"]))
         out["losses"] = []
         for _ in range(tc.max_steps):
             out["losses"].append(t.train_step()["loss"])
@@ -705,7 +707,8 @@ def test_two_nccl_ranks_hung_peer_times_out(tmp_path):
     deadline, the communicator is aborted (its kernel waiting on the live peer must end) and
     a DistributedError names the step; the process exits normally."""
     t0 = time.monotonic()
-    outs = _run_train_ranks(tmp_path, 2, 1, 6, 5, extra_env={"_PYLLAMA_TEST_FAULT": "hang:1:2"}, wait=90)
+    outs = _run_train_ranks(tmp_path, 2, 1, 6, 60, extra_env={"_PYLLAMA_TEST_FAULT": "hang:1:2", "STEP_TIMEOUT": "5"},
+                            wait=90)
     _skip_if_two_ranks_unsupported(outs[:1])
     o = outs[0]
     assert "error" in o, o
