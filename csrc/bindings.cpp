@@ -164,14 +164,60 @@ A core tensor: dtype, shape, device and row-major contiguous storage.
       .def("view", &Tensor::view, py::arg("shape"))
       .def("clone", &Tensor::clone)
       .def("to", [](const Tensor& t, const std::string& what) {
-             if (what == "cpu") return t.device() == Device::cpu ? t : throw ValueError("cuda -> cpu copies need the CUDA backend");
-             if (what == "cuda" || what == "cuda:0")
-               throw ValueError(cuda_device_count() == 0
-                                    ? "no CUDA device is available (pyllama.build_info()['cuda_available'] is False)"
-                                    : "moving tensors to cuda is not implemented yet");
+             if (what == "cpu" || what == "cuda" || what == "cuda:0") {
+               const Device d = device_from_name(what);
+               if (d == t.device() && d == Device::cpu) return t;  // already there: no copy, as torch
+               py::gil_scoped_release nogil;
+               return t.to(d);
+             }
+             if (what.rfind("cuda:", 0) == 0)
+               throw ValueError("device '" + what + "': pyllama uses one GPU per process, 'cuda' (= 'cuda:0'); "
+                                "pick the GPU with CUDA_VISIBLE_DEVICES");
              return t.to_dtype(dtype_from_name(what));
-           }, py::arg("device_or_dtype"),
-           "A copy on another device ('cpu', 'cuda') or in another dtype ('float32', 'bfloat16').")
+           }, py::arg("device_or_dtype"), R"doc(
+A copy on another device ('cpu', 'cuda') or in another dtype ('float32', 'bfloat16').
+Moving to the device the tensor is already on returns it unchanged on the CPU and a
+copy on the GPU. Without a CUDA build or a GPU, 'cuda' raises ValueError.
+
+>>> import numpy as np, pyllama
+>>> t = pyllama.Tensor.from_numpy(np.ones((2, 3), np.float32))
+>>> t.to('bfloat16').dtype
+'bfloat16'
+>>> # g = t.to('cuda'); g.device -> 'cuda'; g.to('cpu').numpy() equals t.numpy()
+)doc")
+      .def("cpu", [](const Tensor& t) {
+             if (t.device() == Device::cpu) return t;
+             py::gil_scoped_release nogil;
+             return t.to(Device::cpu);
+           }, "The tensor on the CPU (itself when it is there already, else a copy).")
+      .def("cuda", [](const Tensor& t) {
+             py::gil_scoped_release nogil;
+             return t.to(Device::cuda);
+           }, "A copy in GPU memory (same as .to('cuda')).")
+      .def_property_readonly("data_ptr", [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()); },
+                             "The address of the first element (device memory for a cuda tensor).")
+      .def_property_readonly("__cuda_array_interface__", [](const Tensor& t) {
+             // Lets torch.as_tensor / cupy.asarray view a cuda tensor without a copy.
+             if (t.device() != Device::cuda)
+               throw py::attribute_error("__cuda_array_interface__ exists only on cuda tensors");
+             const char* typestr = t.dtype() == DType::float32  ? "<f4"
+                                   : t.dtype() == DType::int32  ? "<i4"
+                                   : t.dtype() == DType::int64  ? "<i8"
+                                   : t.dtype() == DType::uint16 ? "<u2"
+                                   : t.dtype() == DType::uint32 ? "<u4"
+                                                                : nullptr;
+             if (!typestr)
+               throw py::attribute_error("bfloat16 has no __cuda_array_interface__ type code: convert with "
+                                         ".to('float32') first");
+             py::dict d;
+             d["shape"] = py::tuple(py::cast(t.shape()));
+             d["typestr"] = typestr;
+             d["data"] = py::make_tuple(reinterpret_cast<uintptr_t>(t.raw()), false);
+             d["strides"] = py::none();
+             d["version"] = 3;
+             d["stream"] = py::none();  // tensor copies are synchronous: nothing to wait for
+             return d;
+           })
       .def("__repr__", &Tensor::repr);
 }
 

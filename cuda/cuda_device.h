@@ -24,5 +24,7 @@ void* cuda_malloc(size_t bytes);      // on the current device; throws CudaError
 void cuda_free(void* p) noexcept;     // nullptr is fine; errors are ignored (for deleters)
 // Synchronous copy (waits for the device); throws CudaError.
 void cuda_copy(void* dst, const void* src, size_t bytes, CudaCopy kind);
+// Synchronous fill of device memory with zero bytes; throws CudaError.
+void cuda_zero(void* p, size_t bytes);
 
 }  // namespace pyllama

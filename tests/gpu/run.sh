@@ -55,9 +55,9 @@ if ! "$PY" -c "import pyllama, sys; sys.exit(0 if pyllama.build_info()['cuda_ava
   status=1
 fi
 
-echo "== CUDA tests" | tee "$OUT/tests.log"
+echo "== CUDA tests (every test marked cuda)" | tee "$OUT/tests.log"
 if "$PY" -c "import pytest" 2>/dev/null; then
-  if timeout 240 "$PY" -m pytest "$ROOT/tests/test_cuda.py" -v -rs --durations=10 --junitxml="$OUT/junit.xml" \
+  if timeout 240 "$PY" -m pytest "$ROOT/tests" -m cuda -v -rs --durations=10 --junitxml="$OUT/junit.xml" \
       2>&1 | tee -a "$OUT/tests.log"; then
     summary "tests: ok ($(grep -E '^=+ .*(passed|failed)' "$OUT/tests.log" | tail -1))"
   else
