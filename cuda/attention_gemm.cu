@@ -1,14 +1,15 @@
 // attention_gemm.cu — causal grouped-query attention for training through batched
 // GEMMs on the tensor cores (cuBLAS; the tiled kernel without it), one sequence at a
-// time: S = scale Q K^T per head into a float scratch, a causal softmax that keeps the
-// log-sum-exp per row, O = P V. Backward recomputes S and P from the saved lse (so
+// time: S = scale Q K^T per head into a scratch of the compute type (float, or bf16 as
+// PyTorch's math attention keeps it: half the memory traffic), a causal softmax in float
+// that keeps the log-sum-exp per row, O = P V. Backward recomputes S and P from the saved lse (so
 // only (B, NH, T) floats are kept per layer, as the flash kernels keep) and runs five
 // GEMMs: dV = P^T dO, dP = dO V^T, dS = scale P (dP - rowsum(P dP)), dQ = dS K,
 // dK = dS^T Q. The products cover the whole T x T square (the causal half above the
 // diagonal is zero in P and dS), which costs 2x the attention flops but runs at
 // tensor-core speed. Grouped-query heads: query head h = g * G + r uses kv head g; each
 // GEMM is batched over g for one r, and dK, dV add the G members in a fixed order
-// (deterministic). Scratch: NH * T * T floats + NH * T * T elements of T (one sequence).
+// (deterministic). Scratch: 2 * NH * T * T elements of T (one sequence).
 #include "common.h"  // PYLLAMA_CHECK, ValueError
 #include "kernels.cuh"
 
@@ -22,48 +23,48 @@ constexpr int kRowThreads = 256;
 // One block per row (h, i) of one sequence: P[h, i, :] = exp(S - lse) for j <= i, 0 after;
 // lse[h * lse_stride + i] = log sum_j<=i exp(S[h, i, j]). S is already scaled.
 template <typename T>
-__global__ void causal_softmax_kernel(T* P, float* lse, const float* S, int T_, long long lse_stride) {
+__global__ void causal_softmax_kernel(T* P, float* lse, const T* S, int T_, long long lse_stride) {
   __shared__ float sh[32];
   const int row = blockIdx.x;  // h * T + i
   const int h = row / T_, i = row % T_;
-  const float* s = S + (long long)row * T_;
+  const T* s = S + (long long)row * T_;
   T* p = P + (long long)row * T_;
   float mx = -INFINITY;
-  for (int j = threadIdx.x; j <= i; j += blockDim.x) mx = fmaxf(mx, s[j]);
+  for (int j = threadIdx.x; j <= i; j += blockDim.x) mx = fmaxf(mx, to_f(s[j]));
   mx = block_max(mx, sh);
   float sum = 0.f;
-  for (int j = threadIdx.x; j <= i; j += blockDim.x) sum += expf(s[j] - mx);
+  for (int j = threadIdx.x; j <= i; j += blockDim.x) sum += expf(to_f(s[j]) - mx);
   sum = block_sum(sum, sh);
   const float l = mx + logf(sum);
   if (threadIdx.x == 0) lse[h * lse_stride + i] = l;
-  for (int j = threadIdx.x; j < T_; j += blockDim.x) p[j] = from_f<T>(j <= i ? expf(s[j] - l) : 0.f);
+  for (int j = threadIdx.x; j < T_; j += blockDim.x) p[j] = from_f<T>(j <= i ? expf(to_f(s[j]) - l) : 0.f);
 }
 
 // P recomputed from the saved lse (backward): one block per row.
 template <typename T>
-__global__ void causal_probs_kernel(T* P, const float* lse, const float* S, int T_, long long lse_stride) {
+__global__ void causal_probs_kernel(T* P, const float* lse, const T* S, int T_, long long lse_stride) {
   const int row = blockIdx.x;
   const int h = row / T_, i = row % T_;
   const float l = lse[h * lse_stride + i];
-  const float* s = S + (long long)row * T_;
+  const T* s = S + (long long)row * T_;
   T* p = P + (long long)row * T_;
-  for (int j = threadIdx.x; j < T_; j += blockDim.x) p[j] = from_f<T>(j <= i ? expf(s[j] - l) : 0.f);
+  for (int j = threadIdx.x; j < T_; j += blockDim.x) p[j] = from_f<T>(j <= i ? expf(to_f(s[j]) - l) : 0.f);
 }
 
 // dS = scale * P * (dP - sum_j P dP), in place over P (each thread rewrites only the
 // entries it read); zero above the diagonal. One block per row.
 template <typename T>
-__global__ void causal_softmax_backward_kernel(T* P, const float* dP, int T_, float scale) {
+__global__ void causal_softmax_backward_kernel(T* P, const T* dP, int T_, float scale) {
   __shared__ float sh[32];
   const int row = blockIdx.x;
   const int i = row % T_;
   T* p = P + (long long)row * T_;
-  const float* dp = dP + (long long)row * T_;
+  const T* dp = dP + (long long)row * T_;
   float dot = 0.f;
-  for (int j = threadIdx.x; j <= i; j += blockDim.x) dot += to_f(p[j]) * dp[j];
+  for (int j = threadIdx.x; j <= i; j += blockDim.x) dot += to_f(p[j]) * to_f(dp[j]);
   dot = block_sum(dot, sh);
   for (int j = threadIdx.x; j < T_; j += blockDim.x)
-    p[j] = from_f<T>(j <= i ? scale * to_f(p[j]) * (dp[j] - dot) : 0.f);
+    p[j] = from_f<T>(j <= i ? scale * to_f(p[j]) * (to_f(dp[j]) - dot) : 0.f);
 }
 
 void check_shapes(int B, int T_, int NH, int NKV, int HS) {
@@ -76,8 +77,7 @@ void check_shapes(int B, int T_, int NH, int NKV, int HS) {
 }  // namespace
 
 size_t attention_gemm_scratch_bytes(int T_, int NH, size_t elem) {
-  const size_t sq = (size_t)NH * T_ * T_;
-  return sq * sizeof(float) + ((sq * elem + 255) / 256) * 256;
+  return 2 * (((size_t)NH * T_ * T_ * elem + 255) / 256) * 256;
 }
 
 template <typename T>
@@ -86,14 +86,14 @@ void attention_forward_gemm(Gemm& g, T* out, float* lse, const T* qkv, void* scr
   check_shapes(B, T_, NH, NKV, HS);
   const int G = NH / NKV, C = NH * HS, QKVD = (NH + 2 * NKV) * HS;
   const long long TT = (long long)T_ * T_;
-  float* S = static_cast<float*>(scratch);
-  T* P = reinterpret_cast<T*>(S + NH * TT);
+  T* S = static_cast<T*>(scratch);
+  T* P = reinterpret_cast<T*>(static_cast<char*>(scratch) + attention_gemm_scratch_bytes(T_, NH, sizeof(T)) / 2);
   const float scale = 1.0f / sqrtf((float)HS);
   for (int b = 0; b < B; b++) {
     const T* qb = qkv + (long long)b * T_ * QKVD;
     T* ob = out + (long long)b * T_ * C;
     for (int r = 0; r < G; r++)  // S[h] = scale Q_h K_g^T, h = g G + r
-      g.run_batched<T, float>(false, true, T_, T_, HS, scale, qb + r * HS, QKVD, (long long)G * HS,
+      g.run_batched<T, T>(false, true, T_, T_, HS, scale, qb + r * HS, QKVD, (long long)G * HS,
                               qb + NH * HS, QKVD, HS, 0.f, S + r * TT, T_, G * TT, NKV, stream);
     causal_softmax_kernel<T><<<NH * T_, kRowThreads, 0, stream>>>(P, lse + (long long)b * NH * T_, S, T_, T_);
     CUDA_CHECK_LAUNCH();
@@ -109,8 +109,8 @@ void attention_backward_gemm(Gemm& g, T* dqkv, const T* dout, const T* qkv, cons
   check_shapes(B, T_, NH, NKV, HS);
   const int G = NH / NKV, C = NH * HS, QKVD = (NH + 2 * NKV) * HS;
   const long long TT = (long long)T_ * T_;
-  float* S = static_cast<float*>(scratch);  // S, then dP
-  T* P = reinterpret_cast<T*>(S + NH * TT);  // P, then dS
+  T* S = static_cast<T*>(scratch);  // S, then dP
+  T* P = reinterpret_cast<T*>(static_cast<char*>(scratch) + attention_gemm_scratch_bytes(T_, NH, sizeof(T)) / 2);
   const float scale = 1.0f / sqrtf((float)HS);
   for (int b = 0; b < B; b++) {
     const T* qb = qkv + (long long)b * T_ * QKVD;
@@ -119,7 +119,7 @@ void attention_backward_gemm(Gemm& g, T* dqkv, const T* dout, const T* qkv, cons
     const T* K0 = qb + NH * HS;
     const T* V0 = qb + (NH + NKV) * HS;
     for (int r = 0; r < G; r++)
-      g.run_batched<T, float>(false, true, T_, T_, HS, scale, qb + r * HS, QKVD, (long long)G * HS, K0, QKVD, HS,
+      g.run_batched<T, T>(false, true, T_, T_, HS, scale, qb + r * HS, QKVD, (long long)G * HS, K0, QKVD, HS,
                               0.f, S + r * TT, T_, G * TT, NKV, stream);
     causal_probs_kernel<T><<<NH * T_, kRowThreads, 0, stream>>>(P, lse + (long long)b * NH * T_, S, T_, T_);
     CUDA_CHECK_LAUNCH();
@@ -127,7 +127,7 @@ void attention_backward_gemm(Gemm& g, T* dqkv, const T* dout, const T* qkv, cons
       g.run_batched<T, T>(true, false, T_, HS, T_, 1.f, P + r * TT, T_, G * TT, dob + r * HS, C, (long long)G * HS,
                           r ? 1.f : 0.f, db + (NH + NKV) * HS, QKVD, HS, NKV, stream);
     for (int r = 0; r < G; r++)  // dP_h = dO_h V_g^T (into S)
-      g.run_batched<T, float>(false, true, T_, T_, HS, 1.f, dob + r * HS, C, (long long)G * HS, V0, QKVD, HS, 0.f,
+      g.run_batched<T, T>(false, true, T_, T_, HS, 1.f, dob + r * HS, C, (long long)G * HS, V0, QKVD, HS, 0.f,
                               S + r * TT, T_, G * TT, NKV, stream);
     causal_softmax_backward_kernel<T><<<NH * T_, kRowThreads, 0, stream>>>(P, S, T_, scale);
     CUDA_CHECK_LAUNCH();

@@ -158,7 +158,8 @@ class Gemm {
 // ---------------------------------------------------------------- attention_gemm.cu
 // Training attention through batched GEMMs (tensor cores), one sequence at a time; the
 // layouts of attention_forward/backward, but only lse (B, NH, T) float is kept for
-// backward (P is recomputed). scratch: attention_gemm_scratch_bytes(T, NH, sizeof(T)).
+// backward (P is recomputed). S and P in T (bf16 scores in the bf16 model, as PyTorch's
+// math attention). scratch: attention_gemm_scratch_bytes(T, NH, sizeof(T)).
 size_t attention_gemm_scratch_bytes(int T_, int NH, size_t elem);
 template <typename T>
 void attention_forward_gemm(Gemm& g, T* out, float* lse, const T* qkv, void* scratch, int B, int T_, int NH, int NKV,
