@@ -122,6 +122,7 @@ void Gemm::run(bool transA, bool transB, int M, int N, int K, const TA* A, int l
   if (use_cublas_) {
     const float alpha = 1.f;
     CUBLAS_CHECK(cublasSetStream(handle_, stream));
+    if (ws_) CUBLAS_CHECK(cublasSetWorkspace(handle_, ws_, ws_bytes_));
     CUBLAS_CHECK(cublasGemmEx(handle_, transB ? CUBLAS_OP_T : CUBLAS_OP_N, transA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K,
                               &alpha, B, CudaType<TA>::value, ldb, A, CudaType<TA>::value, lda, &beta, C,
                               CudaType<TC>::value, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
