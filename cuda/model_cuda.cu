@@ -540,9 +540,9 @@ struct LlamaModelCuda::Impl : AllocAccount {
     vcache.reserve(bytes);
     CUDA_CHECK(cudaMemsetAsync(kcache.p, 0, bytes, stream));
     CUDA_CHECK(cudaMemsetAsync(vcache.p, 0, bytes, stream));
+    if (n_slots != kv_slots || max_len != kv_len) drop_graphs();  // they bake in the cache shape, not its address
     kv_slots = n_slots;
     kv_len = max_len;
-    drop_graphs();  // they bake in the cache shape
     publish_kv_ptrs();
     if (dec_fast) ensure_decode(n_slots);  // the usual decode batch: no regrowth mid-generation
   }
