@@ -250,6 +250,32 @@ __global__ void decode_merge_kernel(T* out, const float* scratch, int NH, int HS
   }
 }
 
+// ---------------------------------------------------------------- residual + RMSNorm
+// Block per row: x = x + add (rounded to T, as residual_forward), then out = rmsnorm(x) * w
+// with the arithmetic of rmsnorm_forward_kernel (norm.cu) on the rounded x.
+constexpr int kNormThreads = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(kNormThreads)
+    residual_rmsnorm_kernel(T* x, const T* add, T* out, float* rstd, const T* w, int C, float eps) {
+  __shared__ float red[32];
+  const long long row = blockIdx.x;
+  T* xr = x + row * C;
+  const T* ar = add + row * C;
+  T* o = out + row * C;
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) {
+    const T v = from_f<T>(to_f(xr[i]) + to_f(ar[i]));
+    xr[i] = v;  // read back below by this same thread only
+    const float f = to_f(v);
+    ss += f * f;
+  }
+  ss = block_sum(ss, red);
+  const float r = 1.0f / sqrtf(ss / C + eps);
+  if (threadIdx.x == 0) rstd[row] = r;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = from_f<T>(to_f(w[i]) * (to_f(xr[i]) * r));
+}
+
 // ---------------------------------------------------------------- argmax
 // numpy's order: NaN above everything (first NaN wins), then larger values, then smaller indices.
 __device__ __forceinline__ bool arg_better(float v, int i, float bv, int bi) {
@@ -315,10 +341,20 @@ void decode_rope_store(T* qkv, void* const* kvp, long long layer_off, const int3
   CUDA_CHECK_LAUNCH();
 }
 
+template <typename T>
+void decode_residual_rmsnorm(T* x, const T* add, T* out, float* rstd, const T* w, int B, int C, float eps,
+                             cudaStream_t stream) {
+  if (B <= 0) return;
+  residual_rmsnorm_kernel<T><<<(unsigned)B, kNormThreads, 0, stream>>>(x, add, out, rstd, w, C, eps);
+  CUDA_CHECK_LAUNCH();
+}
+
 int decode_attention_splits(int B, int NH, int max_len, int num_sms) {
   const long long rows = std::max(1LL, (long long)B * NH);
   const long long want = (2LL * std::max(num_sms, 1) + rows - 1) / rows;  // about two blocks per SM
-  const long long cap = std::min(64LL, ((long long)max_len + 63) / 64);    // at least 64 keys per split
+  // at least kMinKeys keys per split: short caches need no merge kernel (one graph node less per layer)
+  constexpr long long kMinKeys = 256;
+  const long long cap = std::min(64LL, ((long long)max_len + kMinKeys - 1) / kMinKeys);
   return (int)std::max(1LL, std::min(want, cap));
 }
 
@@ -364,7 +400,8 @@ void argmax_rows(int32_t* out, const float* x, int R, int V, cudaStream_t stream
   template void decode_rope_store<T>(T*, void* const*, long long, const int32_t*, const int32_t*, const float*,   \
                                      const float*, int, int, int, int, int, cudaStream_t);                         \
   template void decode_attention<T>(T*, float*, const T*, void* const*, long long, const int32_t*, const int32_t*, \
-                                    int, int, int, int, int, int, cudaStream_t);
+                                    int, int, int, int, int, int, cudaStream_t);                                 \
+  template void decode_residual_rmsnorm<T>(T*, const T*, T*, float*, const T*, int, int, float, cudaStream_t);
 PYLLAMA_DECODE_INSTANTIATE(float)
 PYLLAMA_DECODE_INSTANTIATE(bf16)
 

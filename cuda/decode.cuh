@@ -38,6 +38,12 @@ void decode_attention(T* out, float* scratch, const T* qkv, void* const* kvp, lo
                       const int32_t* slots, const int32_t* pos, int B, int NH, int NKV, int HS, int max_len,
                       int splits, cudaStream_t stream);
 
+// x (B, C) += add (rounded to T); out (B, C) = rmsnorm(x) * w; rstd (B): residual_forward
+// followed by rmsnorm_forward in one kernel (block per row).
+template <typename T>
+void decode_residual_rmsnorm(T* x, const T* add, T* out, float* rstd, const T* w, int B, int C, float eps,
+                             cudaStream_t stream);
+
 // out[r] = index of the largest x[r, :] (R rows of V), numpy argmax semantics: the first
 // index among equal maxima, and the first NaN when a row has one.
 void argmax_rows(int32_t* out, const float* x, int R, int V, cudaStream_t stream);

@@ -754,23 +754,23 @@ struct LlamaModelCuda::Impl : AllocAccount {
     const float eps = cfg.rms_norm_eps;
     const long long layer_stride = (long long)kv_slots * NKV * kv_len * HS;
     cudaStream_t s = stream;
+    // each residual add is fused with the RMSNorm after it (ln2, the next layer's ln1, the final norm)
     gpu::embedding_forward<T>(d.x, tok, Wp, B, C, s);
+    gpu::rmsnorm_forward<T>(d.ln, d.rstd, d.x, Wp + (L > 0 ? layer_off[0].ln1 : lnf_off), B, C, eps, s);
     for (int l = 0; l < L; l++) {
       const LayerOff& o = layer_off[l];
-      gpu::rmsnorm_forward<T>(d.ln, d.rstd, d.x, Wp + o.ln1, B, C, eps, s);
       gpu::linear_forward<T>(*gemm, d.qkv, d.ln, Wp + o.wqkv, B, C, QKVD, s);
       gpu::decode_rope_store<T>(d.qkv, kvp, l * layer_stride, slt, pos, cs, sn, B, NH, NKV, HS, kv_len, s);
       gpu::decode_attention<T>(d.atty, d.part, d.qkv, kvp, l * layer_stride, slt, pos, B, NH, NKV, HS, kv_len,
                                splits, s);
       gpu::linear_forward<T>(*gemm, d.tmp, d.atty, Wp + o.wo, B, C, C, s);
-      gpu::residual_forward<T>(d.x, d.x, d.tmp, (long long)B * C, s);
-      gpu::rmsnorm_forward<T>(d.ln, d.rstd, d.x, Wp + o.ln2, B, C, eps, s);
+      gpu::decode_residual_rmsnorm<T>(d.x, d.tmp, d.ln, d.rstd, Wp + o.ln2, B, C, eps, s);
       gpu::linear_forward<T>(*gemm, d.gu, d.ln, Wp + o.wgu, B, C, 2 * I, s);
       gpu::swiglu_forward<T>(d.h, d.gu, B, I, s);
       gpu::linear_forward<T>(*gemm, d.tmp, d.h, Wp + o.wd, B, I, C, s);
-      gpu::residual_forward<T>(d.x, d.x, d.tmp, (long long)B * C, s);
+      const size_t next_norm = l + 1 < L ? layer_off[l + 1].ln1 : lnf_off;
+      gpu::decode_residual_rmsnorm<T>(d.x, d.tmp, d.ln, d.rstd, Wp + next_norm, B, C, eps, s);
     }
-    gpu::rmsnorm_forward<T>(d.ln, d.rstd, d.x, Wp + lnf_off, B, C, eps, s);
     gpu::linear_forward<T>(*gemm, d.logits, d.ln, Wp + wout_off, B, C, V, s);
     const float* lf = reinterpret_cast<const float*>(d.logits);
     if constexpr (!std::is_same<T, float>::value) {

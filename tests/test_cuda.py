@@ -543,7 +543,7 @@ def test_decode_graph_eager_general_agree_with_cpu(name):
         if mode == "eager":
             assert st["eager_steps"] >= n_new and st["replays"] == 0, st
     for a, b in zip(got["graphs"], got["eager"]):  # the same kernels: equal up to rounding noise
-        assert_close(a, b, tol=1e-6, what="graphs vs eager")
+        assert_close(a, b, tol=1e-5, what="graphs vs eager")
 
 
 @gpu
