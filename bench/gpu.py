@@ -262,7 +262,7 @@ def check():
     gradient, greedy decoding (graph, eager and general decode paths, device argmax), a few
     AdamW steps; bf16 loss within 0.05. Exit 1 on a failure."""
     cfg = pyllama.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
     failures = []
 
     def close(name, got, ref, tol=1e-4):
@@ -294,18 +294,21 @@ def check():
     for k, g in cpu.named_grads().items():
         close(f"grad {k}", gd[k], g)
 
-    # greedy decoding over the KV cache: 2 sequences, 150 steps (several attention splits)
-    def decode(m, n=150, mode=None, device_argmax=False):
+    # greedy decoding over the KV cache: 2 sequences of a 300-token prompt, 100 steps, cache 600
+    # (3 attention splits of 200 keys: full, partial and empty ones, and the merge)
+    prompt = np.random.default_rng(5).integers(0, cfg.vocab_size, (2, 300)).astype(np.int32)
+
+    def decode(m, n=100, mode=None, device_argmax=False):
         if mode is not None:
             m._core.gpu.set_decode_options(fast_path=mode[0], cuda_graphs=mode[1])
-        m._kv_reset(2, 200)
+        m._kv_reset(2, 600)
         slots = np.arange(2, dtype=np.int32)
-        lg = m._kv_forward(np.array([[5, 6, 7, 8], [9, 10, 11, 12]], np.int32), slots, np.zeros(2, np.int32))
+        lg = m._kv_forward(prompt, slots, np.zeros(2, np.int32))
         tok = lg.argmax(-1).astype(np.int32)
         out, logits = [], []
         for i in range(n):
             out.append(tok.tolist())
-            step = (tok[:, None], slots, np.full(2, 4 + i, np.int32))
+            step = (tok[:, None], slots, np.full(2, prompt.shape[1] + i, np.int32))
             if device_argmax:
                 tok = np.asarray(m._kv_forward_greedy(*step), np.int32)
             else:

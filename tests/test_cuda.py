@@ -522,7 +522,7 @@ def _set_mode(model, mode):
 @pytest.mark.parametrize("name", ["tiny_gqa", "mha_tied", "mqa_hs32", "hs128"])
 def test_decode_graph_eager_general_agree_with_cpu(name):
     """Graph replay, eager fast path and general path: the CPU's logits (float32) and tokens,
-    over cache lengths that cut the attention into several splits, with a kv_reorder."""
+    over ~90 steps of ragged sequences, with a kv_reorder."""
     cfg, cpu, dev = pair(name, seed=21)
     rng = np.random.default_rng(4)
     n_new = min(90, cfg.max_position_embeddings - 45)
@@ -544,6 +544,25 @@ def test_decode_graph_eager_general_agree_with_cpu(name):
             assert st["eager_steps"] >= n_new and st["replays"] == 0, st
     for a, b in zip(got["graphs"], got["eager"]):  # the same kernels: equal up to rounding noise
         assert_close(a, b, tol=1e-5, what="graphs vs eager")
+
+
+@gpu
+@pytest.mark.parametrize("name", ["tiny_gqa", "mqa_hs32"])
+def test_decode_long_cache_split_attention(name):
+    """A cache long enough for several attention splits (at least 256 keys each): splits
+    that hold keys, splits past the sequence's end, and the merge kernel, against the CPU."""
+    cfg = tiny_config(**dict(CONFIGS[name], max_position_embeddings=1024))
+    cpu = pyllama.Llama(cfg, seed=31)
+    dev = pyllama.Llama(cfg, seed=31).to("cuda")
+    rng = np.random.default_rng(8)
+    prompts = [rng.integers(0, cfg.vocab_size, size=n).tolist() for n in (600, 7)]
+    ref_tokens, ref_logits = _greedy(cpu, prompts, 40)  # cache length 641: 3 splits
+    for mode in ("graphs", "eager"):
+        _set_mode(dev, mode)
+        tokens, logits = _greedy(dev, prompts, 40)
+        for i, (a, b) in enumerate(zip(logits, ref_logits)):
+            assert_close(a, b, what=f"{mode} step {i}")
+        assert tokens == ref_tokens, mode
 
 
 @gpu
