@@ -24,7 +24,8 @@ allocation counter (pyllama._core.cuda_memory_stats, the backend's cudaMalloc'd 
 and torch.cuda.max_memory_allocated.
 
 Decoding, greedy, bf16 weights, the same 32-token prompts and 128 new tokens (eos off):
-pyllama's model.generate (on-device argmax, CUDA graphs; also without graphs) against
+pyllama's model.generate (on-device argmax, CUDA graphs; also without graphs, and at batch
+1 with cuBLAS instead of the 128-bit-load matmul kernel) against
 Hugging Face generate (bf16 weights, sdpa), at batch 1 and 16. Targets: >= 2,000 tok/s
 at batch 1, >= 10,000 tok/s at batch 16.
 """
@@ -210,8 +211,11 @@ def bench_decode(cfg, Bs, prompt_len, n_new, results, hf):
         kw = dict(max_new_tokens=n_new, do_sample=False, eos_token_id=[])
         row = {"what": "greedy_decode", "impl": "pyllama", "dtype": "bfloat16", "B": B, "prompt": prompt_len,
                "new_tokens": n_new}
-        for graphs in (True, False):
-            g.set_decode_options(fast_path=True, cuda_graphs=graphs)
+        variants = [("tok_s", True, True), ("tok_s_no_graphs", False, True)]
+        if B <= 4:  # the 128-bit-load matmul kernel only takes <= 4 rows
+            variants.append(("tok_s_cublas", True, False))
+        for key, graphs, gemv in variants:
+            g.set_decode_options(fast_path=True, cuda_graphs=graphs, skinny_gemv=gemv)
             model.generate(prompts, max_new_tokens=8, do_sample=False, eos_token_id=[])  # warm-up
             before = g.decode_stats()
             t0 = time.perf_counter()
@@ -219,16 +223,17 @@ def bench_decode(cfg, Bs, prompt_len, n_new, results, hf):
             t = time.perf_counter() - t0
             after = g.decode_stats()
             assert len(out) == B and all(len(x) == n_new for x in out)
-            key = "tok_s" if graphs else "tok_s_no_graphs"
             row[key] = B * n_new / t
-            if graphs:
+            if key == "tok_s":
                 row["s"] = t
                 row["replays"] = after["replays"] - before["replays"]
                 row["graph_error"] = after["graph_error"]
         row["target_tok_s"] = TARGET.get(B)
-        g.set_decode_options(fast_path=True, cuda_graphs=True)
+        g.set_decode_options(fast_path=True, cuda_graphs=True, skinny_gemv=True)
         emit(row, results)
         out_rows[B] = row
+        alt = f"no graphs {row['tok_s_no_graphs']:.0f}" + (f", cuBLAS matmuls {row['tok_s_cublas']:.0f}"
+                                                            if "tok_s_cublas" in row else "")
         if hf is not None:
             import torch
 
@@ -246,11 +251,11 @@ def bench_decode(cfg, Bs, prompt_len, n_new, results, hf):
             ref = {"what": "greedy_decode", "impl": "hf generate", "dtype": "bfloat16", "B": B,
                    "prompt": prompt_len, "new_tokens": n_new, "s": t, "tok_s": B * n_new / t}
             emit(ref, results)
-            print(f"# decode bf16 B={B}: pyllama {row['tok_s']:.0f} tok/s (no graphs {row['tok_s_no_graphs']:.0f}), "
+            print(f"# decode bf16 B={B}: pyllama {row['tok_s']:.0f} tok/s ({alt}), "
                   f"hf generate {ref['tok_s']:.0f} tok/s, ratio {row['tok_s'] / ref['tok_s']:.2f}; "
                   f"target {TARGET.get(B, 0):.0f}", flush=True)
         else:
-            print(f"# decode bf16 B={B}: pyllama {row['tok_s']:.0f} tok/s (no graphs {row['tok_s_no_graphs']:.0f}); "
+            print(f"# decode bf16 B={B}: pyllama {row['tok_s']:.0f} tok/s ({alt}); "
                   f"target {TARGET.get(B, 0):.0f}", flush=True)
     del model, g
     return out_rows
@@ -300,7 +305,7 @@ def check():
 
     def decode(m, n=100, mode=None, device_argmax=False):
         if mode is not None:
-            m._core.gpu.set_decode_options(fast_path=mode[0], cuda_graphs=mode[1])
+            m._core.gpu.set_decode_options(fast_path=mode[0], cuda_graphs=mode[1], skinny_gemv=mode[2])
         m._kv_reset(2, 600)
         slots = np.arange(2, dtype=np.int32)
         lg = m._kv_forward(prompt, slots, np.zeros(2, np.int32))
@@ -318,11 +323,12 @@ def check():
         return out, logits
 
     ref_tokens, ref_logits = decode(cpu)
-    for mode_name, mode in (("graphs", (True, True)), ("eager", (True, False)), ("general", (False, False))):
+    for mode_name, mode in (("graphs", (True, True, True)), ("eager", (True, False, True)),
+                            ("graphs, cuBLAS", (True, True, False)), ("general", (False, False, False))):
         toks, logits = decode(dev, mode=mode)
         close(f"decode logits ({mode_name})", np.stack(logits), np.stack(ref_logits))
         verdict(f"decode tokens ({mode_name})", toks == ref_tokens)
-    toks, _ = decode(dev, mode=(True, True), device_argmax=True)
+    toks, _ = decode(dev, mode=(True, True, True), device_argmax=True)
     st = dev._core.gpu.decode_stats()
     verdict("device argmax tokens (graphs)", toks == ref_tokens, json.dumps(st))
     verdict("graphs replayed", st["replays"] > 0 and st["graph_error"] == "", json.dumps(st))

@@ -250,6 +250,42 @@ __global__ void decode_merge_kernel(T* out, const float* scratch, int NH, int HS
   }
 }
 
+// ---------------------------------------------------------------- skinny matmul
+// y (NB, OUT) = x (NB, IN) W^T for a handful of rows: one warp per output feature streams
+// that row of W once with 128-bit loads (8 bf16 / 4 float per lane and load) and keeps NB
+// float accumulators; x (tiny) is re-read from L1/L2. Bandwidth-bound, as decoding is.
+constexpr int kGemvThreads = 256;
+
+template <typename T, int NB>
+__global__ void __launch_bounds__(kGemvThreads) skinny_gemv_kernel(T* y, const T* x, const T* W, int IN, int OUT) {
+  constexpr int VEC = 16 / (int)sizeof(T);
+  const long long row = ((long long)blockIdx.x * kGemvThreads + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (row >= OUT) return;  // whole warp
+  const T* w = W + row * IN;
+  float acc[NB];
+#pragma unroll
+  for (int b = 0; b < NB; b++) acc[b] = 0.f;
+#pragma unroll 4
+  for (int k = lane * VEC; k < IN; k += 32 * VEC) {
+    float wv[VEC];
+    load_vec<VEC>(w + k, wv);
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+      float xv[VEC];
+      load_vec<VEC>(x + (long long)b * IN + k, xv);
+#pragma unroll
+      for (int e = 0; e < VEC; e++) acc[b] += wv[e] * xv[e];
+    }
+  }
+#pragma unroll
+  for (int b = 0; b < NB; b++) acc[b] = warp_sum(acc[b]);
+  if (lane == 0) {
+#pragma unroll
+    for (int b = 0; b < NB; b++) y[(long long)b * OUT + row] = from_f<T>(acc[b]);
+  }
+}
+
 // ---------------------------------------------------------------- residual + RMSNorm
 // Block per row: x = x + add (rounded to T, as residual_forward), then out = rmsnorm(x) * w
 // with the arithmetic of rmsnorm_forward_kernel (norm.cu) on the rounded x.
@@ -349,6 +385,28 @@ void decode_residual_rmsnorm(T* x, const T* add, T* out, float* rstd, const T* w
   CUDA_CHECK_LAUNCH();
 }
 
+bool skinny_gemv_fits(const void* x, const void* w, int B, int IN, int elem_bytes) {
+  const int vec = 16 / elem_bytes;
+  return B >= 1 && B <= kSkinnyMaxRows && IN % vec == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(w) % 16 == 0;
+}
+
+template <typename T>
+void decode_linear(Gemm& g, bool skinny, T* y, const T* x, const T* w, int B, int IN, int OUT, cudaStream_t stream) {
+  if (!skinny || !skinny_gemv_fits(x, w, B, IN, (int)sizeof(T))) {
+    linear_forward<T>(g, y, x, w, B, IN, OUT, stream);
+    return;
+  }
+  const unsigned blocks = (unsigned)(((long long)OUT * 32 + kGemvThreads - 1) / kGemvThreads);
+  switch (B) {
+    case 1: skinny_gemv_kernel<T, 1><<<blocks, kGemvThreads, 0, stream>>>(y, x, w, IN, OUT); break;
+    case 2: skinny_gemv_kernel<T, 2><<<blocks, kGemvThreads, 0, stream>>>(y, x, w, IN, OUT); break;
+    case 3: skinny_gemv_kernel<T, 3><<<blocks, kGemvThreads, 0, stream>>>(y, x, w, IN, OUT); break;
+    default: skinny_gemv_kernel<T, 4><<<blocks, kGemvThreads, 0, stream>>>(y, x, w, IN, OUT); break;
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
 int decode_attention_splits(int B, int NH, int max_len, int num_sms) {
   const long long rows = std::max(1LL, (long long)B * NH);
   const long long want = (2LL * std::max(num_sms, 1) + rows - 1) / rows;  // about two blocks per SM
@@ -401,7 +459,8 @@ void argmax_rows(int32_t* out, const float* x, int R, int V, cudaStream_t stream
                                      const float*, int, int, int, int, int, cudaStream_t);                         \
   template void decode_attention<T>(T*, float*, const T*, void* const*, long long, const int32_t*, const int32_t*, \
                                     int, int, int, int, int, int, cudaStream_t);                                 \
-  template void decode_residual_rmsnorm<T>(T*, const T*, T*, float*, const T*, int, int, float, cudaStream_t);
+  template void decode_residual_rmsnorm<T>(T*, const T*, T*, float*, const T*, int, int, float, cudaStream_t);  \
+  template void decode_linear<T>(Gemm&, bool, T*, const T*, const T*, int, int, int, cudaStream_t);
 PYLLAMA_DECODE_INSTANTIATE(float)
 PYLLAMA_DECODE_INSTANTIATE(bf16)
 

@@ -10,7 +10,7 @@
 #pragma once
 #include <cstdint>
 
-#include "common.cuh"
+#include "kernels.cuh"  // Gemm, linear_forward
 
 namespace pyllama {
 namespace gpu {
@@ -37,6 +37,14 @@ template <typename T>
 void decode_attention(T* out, float* scratch, const T* qkv, void* const* kvp, long long layer_off,
                       const int32_t* slots, const int32_t* pos, int B, int NH, int NKV, int HS, int max_len,
                       int splits, cudaStream_t stream);
+
+// y (B, OUT) = x (B, IN) W^T (W (OUT, IN)): with `skinny` and B <= kSkinnyMaxRows (and 16-byte
+// aligned x, W, IN a multiple of 16 bytes), a warp-per-output kernel streaming W with 128-bit
+// loads; otherwise linear_forward (cuBLAS or the tiled kernel).
+constexpr int kSkinnyMaxRows = 4;
+bool skinny_gemv_fits(const void* x, const void* w, int B, int IN, int elem_bytes);
+template <typename T>
+void decode_linear(Gemm& g, bool skinny, T* y, const T* x, const T* w, int B, int IN, int OUT, cudaStream_t stream);
 
 // x (B, C) += add (rounded to T); out (B, C) = rmsnorm(x) * w; rstd (B): residual_forward
 // followed by rmsnorm_forward in one kernel (block per row).

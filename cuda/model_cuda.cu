@@ -212,6 +212,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
   // CUDA graph per B (valid until kv_reset or a buffer regrowth). See docs/CUDA.md.
   bool dec_fast = true;    // PYLLAMA_CUDA_DECODE=0: T = 1 steps take the general kv_forward path
   bool dec_graphs = true;  // PYLLAMA_CUDA_GRAPHS=0: the fast path without graphs
+  bool dec_gemv = true;    // PYLLAMA_CUDA_DECODE_GEMV=0: cuBLAS for B <= 4 rows too
   int num_sms = 1;
   DevBuf kvptr_d;  // {kcache.p, vcache.p}: decode kernels read the cache bases here (kv_reorder swaps them)
   DevBuf cublas_ws;
@@ -328,6 +329,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
     CUDA_CHECK(cudaMemsetAsync(kvptr_d.p, 0, 2 * sizeof(void*), stream));
     dec_fast = !env_off("PYLLAMA_CUDA_DECODE");
     dec_graphs = !env_off("PYLLAMA_CUDA_GRAPHS");
+    dec_gemv = !env_off("PYLLAMA_CUDA_DECODE_GEMV");
     if (gemm->uses_cublas()) {
       cublas_ws.reserve(kCublasWorkspace);
       gemm->set_workspace(cublas_ws.p, cublas_ws.bytes);
@@ -754,24 +756,27 @@ struct LlamaModelCuda::Impl : AllocAccount {
     const float eps = cfg.rms_norm_eps;
     const long long layer_stride = (long long)kv_slots * NKV * kv_len * HS;
     cudaStream_t s = stream;
+    auto lin = [&](T* y, const T* x, const T* w, int in, int out) {
+      gpu::decode_linear<T>(*gemm, dec_gemv, y, x, w, B, in, out, s);
+    };
     // each residual add is fused with the RMSNorm after it (ln2, the next layer's ln1, the final norm)
     gpu::embedding_forward<T>(d.x, tok, Wp, B, C, s);
     gpu::rmsnorm_forward<T>(d.ln, d.rstd, d.x, Wp + (L > 0 ? layer_off[0].ln1 : lnf_off), B, C, eps, s);
     for (int l = 0; l < L; l++) {
       const LayerOff& o = layer_off[l];
-      gpu::linear_forward<T>(*gemm, d.qkv, d.ln, Wp + o.wqkv, B, C, QKVD, s);
+      lin(d.qkv, d.ln, Wp + o.wqkv, C, QKVD);
       gpu::decode_rope_store<T>(d.qkv, kvp, l * layer_stride, slt, pos, cs, sn, B, NH, NKV, HS, kv_len, s);
       gpu::decode_attention<T>(d.atty, d.part, d.qkv, kvp, l * layer_stride, slt, pos, B, NH, NKV, HS, kv_len,
                                splits, s);
-      gpu::linear_forward<T>(*gemm, d.tmp, d.atty, Wp + o.wo, B, C, C, s);
+      lin(d.tmp, d.atty, Wp + o.wo, C, C);
       gpu::decode_residual_rmsnorm<T>(d.x, d.tmp, d.ln, d.rstd, Wp + o.ln2, B, C, eps, s);
-      gpu::linear_forward<T>(*gemm, d.gu, d.ln, Wp + o.wgu, B, C, 2 * I, s);
+      lin(d.gu, d.ln, Wp + o.wgu, C, 2 * I);
       gpu::swiglu_forward<T>(d.h, d.gu, B, I, s);
-      gpu::linear_forward<T>(*gemm, d.tmp, d.h, Wp + o.wd, B, I, C, s);
+      lin(d.tmp, d.h, Wp + o.wd, I, C);
       const size_t next_norm = l + 1 < L ? layer_off[l + 1].ln1 : lnf_off;
       gpu::decode_residual_rmsnorm<T>(d.x, d.tmp, d.ln, d.rstd, Wp + next_norm, B, C, eps, s);
     }
-    gpu::linear_forward<T>(*gemm, d.logits, d.ln, Wp + wout_off, B, C, V, s);
+    lin(d.logits, d.ln, Wp + wout_off, C, V);
     const float* lf = reinterpret_cast<const float*>(d.logits);
     if constexpr (!std::is_same<T, float>::value) {
       gpu::convert<float, T>(d.logits_f, d.logits, (long long)B * V, s);
@@ -884,12 +889,13 @@ struct LlamaModelCuda::Impl : AllocAccount {
     return greedy_h.data();
   }
 
-  void set_decode(bool fast, bool graphs) {
+  void set_decode(bool fast, bool graphs, bool gemv) {
     use();
     sync();
     drop_graphs();
     dec_fast = fast;
     dec_graphs = graphs;
+    dec_gemv = gemv;
     graph_error.clear();
   }
 
@@ -1067,12 +1073,13 @@ const int32_t* LlamaModelCuda::kv_forward_greedy(const int32_t* tokens, int B, i
                                                  const int32_t* start_pos) {
   return impl_->kv_forward_greedy(tokens, B, T, slots, start_pos);
 }
-void LlamaModelCuda::set_decode_options(bool fast_path, bool cuda_graphs) {
-  impl_->set_decode(fast_path, cuda_graphs);
+void LlamaModelCuda::set_decode_options(bool fast_path, bool cuda_graphs, bool skinny_gemv) {
+  impl_->set_decode(fast_path, cuda_graphs, skinny_gemv);
 }
 LlamaModelCuda::DecodeStats LlamaModelCuda::decode_stats() const {
   const Impl& m = *impl_;
-  return DecodeStats{m.dec_fast, m.dec_graphs, m.n_captures, m.n_replays, m.n_eager, m.n_general, m.graph_error};
+  return DecodeStats{m.dec_fast, m.dec_graphs, m.dec_gemv, m.n_captures, m.n_replays, m.n_eager, m.n_general,
+                     m.graph_error};
 }
 size_t LlamaModelCuda::bytes_allocated() const { return (size_t)impl_->model_bytes; }
 

@@ -506,16 +506,17 @@ def test_generate_greedy_beam_and_sampling_match_cpu():
 
 # ------------------------------------------------------------------ the T = 1 decode fast path
 
-DECODE_MODES = {  # (fast_path, cuda_graphs)
-    "general": (False, False),  # the general kv_forward path (as before the fast path)
-    "eager": (True, False),     # fixed buffers + split attention, launched one by one
-    "graphs": (True, True),     # the same step replayed from a CUDA graph
+DECODE_MODES = {  # (fast_path, cuda_graphs, skinny_gemv)
+    "general": (False, False, False),      # the general kv_forward path (as before the fast path)
+    "eager": (True, False, True),          # fixed buffers + split attention, launched one by one
+    "graphs_cublas": (True, True, False),  # replayed from a CUDA graph, every matmul through cuBLAS
+    "graphs": (True, True, True),          # the default: graphs, 128-bit-load kernel for <= 4 rows
 }
 
 
 def _set_mode(model, mode):
-    fast, graphs = DECODE_MODES[mode]
-    model._core.gpu.set_decode_options(fast_path=fast, cuda_graphs=graphs)
+    fast, graphs, gemv = DECODE_MODES[mode]
+    model._core.gpu.set_decode_options(fast_path=fast, cuda_graphs=graphs, skinny_gemv=gemv)
 
 
 @gpu
@@ -538,7 +539,7 @@ def test_decode_graph_eager_general_agree_with_cpu(name):
         got[mode] = logits
         st = dev._core.gpu.decode_stats()
         assert st["graph_error"] == "", st
-        if mode == "graphs":
+        if mode.startswith("graphs"):
             assert st["cuda_graphs"] and st["captures"] >= 1 and st["replays"] >= n_new - 2, st
         if mode == "eager":
             assert st["eager_steps"] >= n_new and st["replays"] == 0, st
@@ -557,7 +558,7 @@ def test_decode_long_cache_split_attention(name):
     rng = np.random.default_rng(8)
     prompts = [rng.integers(0, cfg.vocab_size, size=n).tolist() for n in (600, 7)]
     ref_tokens, ref_logits = _greedy(cpu, prompts, 40)  # cache length 641: 3 splits
-    for mode in ("graphs", "eager"):
+    for mode in ("graphs", "eager", "graphs_cublas"):
         _set_mode(dev, mode)
         tokens, logits = _greedy(dev, prompts, 40)
         for i, (a, b) in enumerate(zip(logits, ref_logits)):
