@@ -732,6 +732,53 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
              return py::array_t<float>({(py::ssize_t)B, (py::ssize_t)T, V}, out);
            }, py::arg("tokens"), py::arg("slots"), py::arg("start_pos"), py::arg("last_only") = true,
            "One KV-cache step; returns new float32 host logits (B, V) or (B, T, V).")
+      .def("kv_forward_greedy", [](LlamaModelCuda& g, py::handle tokens, py::handle slots, py::handle start_pos) {
+             auto t = as_tokens(tokens, "tokens");
+             auto s = IntArray::ensure(slots);
+             auto p = IntArray::ensure(start_pos);
+             const int B = (int)t.shape(0), T = (int)t.shape(1);
+             PYLLAMA_CHECK(s && s.ndim() == 1 && s.shape(0) == B, ValueError, "slots must be 1-D with one entry per row");
+             PYLLAMA_CHECK(p && p.ndim() == 1 && p.shape(0) == B, ValueError,
+                           "start_pos must be 1-D with one entry per row");
+             const int32_t* out;
+             {
+               py::gil_scoped_release nogil;
+               out = g.kv_forward_greedy(t.data(), B, T, s.data(), p.data());
+             }
+             return py::array_t<int32_t>({(py::ssize_t)B}, out);  // copies
+           }, py::arg("tokens"), py::arg("slots"), py::arg("start_pos"),
+           "As kv_forward(last_only=True) followed by argmax over the vocabulary (numpy semantics); "
+           "returns a new int32 array (B). T = 1 steps take the argmax on the GPU (only B int32s come back).")
+      .def("set_decode_options", [](LlamaModelCuda& g, py::object fast_path, py::object cuda_graphs,
+                                    py::object skinny_gemv) {
+             const auto st = g.decode_stats();
+             const bool f = fast_path.is_none() ? st.fast_path : fast_path.cast<bool>();
+             const bool c = cuda_graphs.is_none() ? st.cuda_graphs : cuda_graphs.cast<bool>();
+             const bool k = skinny_gemv.is_none() ? st.skinny_gemv : skinny_gemv.cast<bool>();
+             py::gil_scoped_release nogil;
+             g.set_decode_options(f, c, k);
+           }, py::arg("fast_path") = py::none(), py::arg("cuda_graphs") = py::none(),
+           py::arg("skinny_gemv") = py::none(),
+           "T = 1 decode step: fast_path (fixed buffers, pinned staging, device argmax; env PYLLAMA_CUDA_DECODE), "
+           "cuda_graphs (env PYLLAMA_CUDA_GRAPHS) and skinny_gemv (matmuls of <= 4 rows by a 128-bit-load "
+           "kernel instead of cuBLAS; env PYLLAMA_CUDA_DECODE_GEMV); None keeps the current setting. "
+           "Drops captured graphs.")
+      .def("decode_stats", [](const LlamaModelCuda& g) {
+             const auto st = g.decode_stats();
+             py::dict d;
+             d["fast_path"] = st.fast_path;
+             d["cuda_graphs"] = st.cuda_graphs;
+             d["skinny_gemv"] = st.skinny_gemv;
+             d["captures"] = st.captures;
+             d["replays"] = st.replays;
+             d["eager_steps"] = st.eager_steps;
+             d["general_steps"] = st.general_steps;
+             d["graph_error"] = st.graph_error;
+             return d;
+           }, "Counters of the decode paths (fast steps = replays + eager_steps; general_steps: kv_forward calls "
+              "that took the general path) and why graphs were switched off, if they were.")
+      .def("bytes_allocated", &LlamaModelCuda::bytes_allocated,
+           "Device bytes this model's buffers hold now (cuBLAS-internal memory not included).")
       .def("kv_reorder", [](LlamaModelCuda& g, py::handle src) {
              auto s = IntArray::ensure(src);
              PYLLAMA_CHECK(s && s.ndim() == 1, ValueError, "kv_reorder expects a 1-D int array");
@@ -786,6 +833,15 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
              g.moments_from_host(mp, vp);
            }, py::arg("exp_avg"), py::arg("exp_avg_sq"))
       .def("synchronize", &LlamaModelCuda::synchronize, py::call_guard<py::gil_scoped_release>());
+  m.def("cuda_memory_stats", []() {
+    py::dict d;
+    d["bytes_allocated"] = cuda_bytes_allocated();
+    d["peak_bytes_allocated"] = cuda_peak_bytes_allocated();
+    return d;
+  }, "Device bytes held by LlamaModelCuda buffers of this process: now, and the most since the last "
+     "cuda_reset_peak_memory() (cuBLAS-internal memory, CUDA graphs and pinned host memory not included).");
+  m.def("cuda_reset_peak_memory", []() { cuda_reset_peak_bytes_allocated(); },
+        "Set the peak of cuda_memory_stats() to the current bytes.");
   m.def("cuda_check_ops", [](unsigned seed) {
           std::vector<std::pair<std::string, double>> r;
           {

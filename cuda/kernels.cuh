@@ -136,6 +136,13 @@ class Gemm {
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
   bool uses_cublas() const { return use_cublas_; }
+  // A caller-owned cuBLAS workspace, applied after every cublasSetStream (which resets it to
+  // the default pool), so cuBLAS calls can be captured into a CUDA graph without allocating.
+  // Ignored by the tiled kernel. The buffer must outlive the Gemm's use.
+  void set_workspace(void* p, size_t bytes) {
+    ws_ = p;
+    ws_bytes_ = bytes;
+  }
   // C (M x N, row-major, ldc) = beta * C + op(A) op(B); op as in csrc/matmul.h; beta 0 or 1.
   // Accumulates in float. TA = type of A and B; TC = type of C.
   template <typename TA, typename TC>
@@ -150,6 +157,8 @@ class Gemm {
 
  private:
   bool use_cublas_ = false;
+  void* ws_ = nullptr;
+  size_t ws_bytes_ = 0;
 #ifdef PYLLAMA_HAVE_CUBLAS
   cublasHandle_t handle_ = nullptr;
 #endif

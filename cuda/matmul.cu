@@ -132,6 +132,7 @@ void Gemm::run_batched(bool transA, bool transB, int M, int N, int K, float alph
 #ifdef PYLLAMA_HAVE_CUBLAS
   if (use_cublas_) {
     CUBLAS_CHECK(cublasSetStream(handle_, stream));
+    if (ws_) CUBLAS_CHECK(cublasSetWorkspace(handle_, ws_, ws_bytes_));
     const cublasOperation_t opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N, opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
     if (batch == 1) {
       CUBLAS_CHECK(cublasGemmEx(handle_, opB, opA, N, M, K, &alpha, B, CudaType<TA>::value, ldb, A,

@@ -78,12 +78,14 @@ else
 fi
 
 echo "== benchmark" | tee "$OUT/bench.log"
-if timeout 150 "$PY" "$ROOT/bench/gpu.py" --json "$OUT/bench.json" 2>&1 | tee -a "$OUT/bench.log"; then
+# bench/gpu.py keeps to its --budget (140 s: optional rows, torch.compile last, are skipped or cut
+# off when it is spent); the timeout leaves 40 s for start-up and the last row's overrun.
+if timeout 180 "$PY" "$ROOT/bench/gpu.py" --budget 140 --json "$OUT/bench.json" 2>&1 | tee -a "$OUT/bench.log"; then
   summary "bench: ok"
 else
   summary "bench: FAILED or timed out (see bench.log; not counted as a test failure)"
 fi
-grep -E '^# train|"greedy_decode"' "$OUT/bench.log" | tee -a "$OUT/summary.txt"
+grep -E '^# (train|decode|total)|skipped|failed' "$OUT/bench.log" | tee -a "$OUT/summary.txt"
 
 # Out-of-bounds / race check of every kernel on a small model, while time allows.
 ELAPSED=$(( $(date +%s) - START ))
