@@ -1,18 +1,38 @@
-"""The CUDA backend side by side with PyTorch on the same GPU and weights.
+"""The CUDA backend side by side with PyTorch on the same GPU, in one run.
 
-    python bench/gpu.py                  # training step (fp32, bf16) + greedy decoding, 124M-class model
+    python bench/gpu.py                  # 124M-class model: training + decoding, about 2.5 minutes on an H200
+    python bench/gpu.py --no-compile     # without the torch.compile row (it compiles for about a minute)
     python bench/gpu.py --size small     # a quick 15M-class run
-    python bench/gpu.py --compile        # also torch.compile (adds about a minute)
     python bench/gpu.py --check          # no timing: a pytest-free correctness check against the CPU core
+    python bench/gpu.py --json out.json  # also write every row to a file
 
-Training: one step = forward + backward + clip + AdamW, tokens/s and the ratio to
-PyTorch eager (transformers.LlamaForCausalLM, sdpa attention, bf16 autocast for the
-bf16 row). Decoding: greedy tokens/s over the KV cache at batch 1 against Hugging Face
-generate, and the memory-bandwidth bound (weight bytes read per token). Prints one
-line per measurement and, with --json, writes them all to a file.
+Model (issue #8): hidden 768, intermediate 2048, 12 layers, 12 heads, 12 kv heads (MHA),
+vocab 32000, untied head, about 124M parameters.
+
+Training, one step = forward + backward + clip + AdamW, bf16 at batch 16 x 1024 (then
+float32 at 4 x 1024 while the time budget allows):
+- pyllama: bf16 weights/activations for compute, float32 master weights, gradients and moments;
+- torch eager: transformers.LlamaForCausalLM, sdpa attention, float32 weights under
+  torch.autocast(bfloat16) (the same mixed precision), fused torch AdamW, TF32 off;
+- torch.compile: the same model through torch.compile, in a subprocess with a timeout
+  (compilation time not counted; skipped with a note when the budget is spent).
+Printed: tokens/s, MFU = flops_per_token * tokens/s / peak, with flops_per_token =
+6 * (matmul weights, lm_head included, embedding excluded) + 6 * L * C * T (causal
+attention QK^T and PV, forward + backward), peak 989 TFLOP/s dense bf16 (H100/H200 SXM)
+or 67 TFLOP/s float32; the ratios; and the peak GPU memory of the run: pyllama's
+allocation counter (pyllama._core.cuda_memory_stats, the backend's cudaMalloc'd buffers)
+and torch.cuda.max_memory_allocated.
+
+Decoding, greedy, bf16 weights, the same 32-token prompts and 128 new tokens (eos off):
+pyllama's model.generate (on-device argmax, CUDA graphs; also without graphs, and at batch
+1 with cuBLAS instead of the 128-bit-load matmul kernel) against
+Hugging Face generate (bf16 weights, sdpa), at batch 1 and 16. Targets: >= 2,000 tok/s
+at batch 1, >= 10,000 tok/s at batch 16.
 """
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
 
@@ -22,32 +42,55 @@ import pyllama
 
 SIZES = {
     "small": dict(cfg=dict(vocab_size=4096, hidden_size=288, intermediate_size=768, num_hidden_layers=6,
-                           num_attention_heads=6, num_key_value_heads=6, max_position_embeddings=1024), B=8, T=256),
+                           num_attention_heads=6, num_key_value_heads=6, max_position_embeddings=1024),
+                  train_bf16=(8, 256), train_f32=(4, 256)),
     "124m": dict(cfg=dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-                          num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=1024), B=8, T=512),
+                          num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=1024),
+                 train_bf16=(16, 1024), train_f32=(4, 1024)),
 }
-H200_BW = 4.8e12  # bytes/s, HBM3e
-PEAK = {"float32": 67e12, "bfloat16": 989e12}  # H100/H200 SXM dense (fp32 without tensor cores)
+PEAK = {"float32": 67e12, "bfloat16": 989e12}  # H100/H200 SXM dense (float32 without tensor cores)
+TARGET = {1: 2000.0, 16: 10000.0}  # decode tokens/s (issue #8)
+T0 = time.perf_counter()
 
 
-def timed(fn, warmup, iters, sync):
+def elapsed():
+    return time.perf_counter() - T0
+
+
+def emit(row, results):
+    print(json.dumps(row), flush=True)
+    results.append(row)
+
+
+def timed(fn, sync, warmup=2, iters=10, budget_s=10.0):
+    """Median seconds per call: `warmup` untimed calls, then up to `iters` timed ones, stopping
+    early (after at least 2) once `budget_s` is spent."""
     for _ in range(warmup):
         fn()
     sync()
     times = []
-    for _ in range(iters):
+    start = time.perf_counter()
+    while len(times) < iters and (len(times) < 2 or time.perf_counter() - start < budget_s):
         t0 = time.perf_counter()
         fn()
         sync()
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return float(np.median(times)), len(times)
 
 
 def segments(model):
     return np.array([(o, k, int(len(s) >= 2)) for _, o, k, s in model.param_segments()], dtype=np.int64)
 
 
-def bench_train(cfg, B, T, dtype, iters, results):
+def gib(n):
+    return round(n / 2**30, 3)
+
+
+# ---------------------------------------------------------------------------- training
+def bench_train(cfg, B, T, dtype, results, budget_s):
+    core = pyllama._core
+    core.cuda_reset_peak_memory()
+    base = core.cuda_memory_stats()["bytes_allocated"]
     model = pyllama.Llama(cfg, seed=0).to("cuda", dtype=dtype)
     g = model._core.gpu
     segs = segments(model)
@@ -62,36 +105,51 @@ def bench_train(cfg, B, T, dtype, iters, results):
         state["step"] += 1
         g.adamw_step(segs, 3e-4, 0.9, 0.95, 1e-8, 0.1, state["step"])
 
-    t = timed(step, 2, iters, g.synchronize)
+    t, n = timed(step, g.synchronize, budget_s=budget_s)
     tok_s = B * T / t
-    mfu = model.flops_per_token(T) * tok_s / PEAK[dtype]
-    row = {"what": "train_step", "impl": "pyllama", "dtype": dtype, "B": B, "T": T, "s": t, "tok_s": tok_s,
-           "mfu": mfu, "cublas": g.uses_cublas}
-    print(json.dumps(row), flush=True)
-    results.append(row)
-    return model, tok_s
+    peak = core.cuda_memory_stats()["peak_bytes_allocated"] - base
+    row = {"what": "train_step", "impl": "pyllama", "dtype": dtype, "B": B, "T": T, "s": t, "iters": n,
+           "tok_s": tok_s, "mfu": model.flops_per_token(T) * tok_s / PEAK[dtype], "peak_mem_gib": gib(peak),
+           "cublas": g.uses_cublas}
+    emit(row, results)
+    flops = model.flops_per_token(T)
+    del model, g
+    return row, flops
 
 
-def bench_torch_train(model, B, T, dtype, iters, results, compile_=False):
+def torch_ok():
     try:
         import torch
-        from transformers import LlamaConfig, LlamaForCausalLM
+        import transformers  # noqa: F401
     except ImportError as e:
-        print(f"# torch reference skipped: {e}", flush=True)
-        return None
+        return f"torch/transformers not importable: {e}"
     if not torch.cuda.is_available():
-        print("# torch reference skipped: torch.cuda is not available", flush=True)
-        return None
-    c = model.config
+        return "torch.cuda is not available"
+    return None
+
+
+def hf_model(c, attn="sdpa"):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     hf_cfg = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
                          num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
                          num_key_value_heads=c.num_key_value_heads, max_position_embeddings=c.max_position_embeddings,
                          rms_norm_eps=c.rms_norm_eps, rope_theta=c.rope_theta,
-                         tie_word_embeddings=c.tie_word_embeddings, attn_implementation="sdpa")
+                         tie_word_embeddings=c.tie_word_embeddings, attn_implementation=attn)
+    return LlamaForCausalLM(hf_cfg)
+
+
+def bench_torch_train(cfg, B, T, dtype, results, budget_s, flops, compile_=False):
+    import torch
+
     torch.backends.cuda.matmul.allow_tf32 = False
-    hf = LlamaForCausalLM(hf_cfg).cuda()
+    torch.backends.cudnn.allow_tf32 = False
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    hf = hf_model(cfg).cuda()
     opt = torch.optim.AdamW(hf.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
-    ids = torch.randint(0, c.vocab_size, (B, T), device="cuda")
+    ids = torch.randint(0, cfg.vocab_size, (B, T), device="cuda")
     fwd = torch.compile(hf) if compile_ else hf
 
     def step():
@@ -102,70 +160,114 @@ def bench_torch_train(model, B, T, dtype, iters, results, compile_=False):
         torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
         opt.step()
 
-    t = timed(step, 3 if compile_ else 2, iters, torch.cuda.synchronize)
-    row = {"what": "train_step", "impl": "torch.compile" if compile_ else "torch eager", "dtype": dtype, "B": B,
-           "T": T, "s": t, "tok_s": B * T / t}
-    print(json.dumps(row), flush=True)
-    results.append(row)
-    del hf, opt
+    t, n = timed(step, torch.cuda.synchronize, warmup=3 if compile_ else 2, budget_s=budget_s)
+    tok_s = B * T / t
+    row = {"what": "train_step", "impl": "torch.compile" if compile_ else "torch eager", "dtype": dtype,
+           "precision": "float32 weights, bf16 autocast" if dtype == "bfloat16" else "float32, TF32 off",
+           "B": B, "T": T, "s": t, "iters": n, "tok_s": tok_s, "mfu": flops * tok_s / PEAK[dtype],
+           "peak_mem_gib": gib(torch.cuda.max_memory_allocated() - base)}
+    emit(row, results)
+    del hf, opt, fwd
     torch.cuda.empty_cache()
-    return B * T / t
+    return row
 
 
-def bench_decode(cfg, dtype, n_new, results):
-    model = pyllama.Llama(cfg, seed=0).to("cuda", dtype=dtype)
-    prompt = np.random.default_rng(1).integers(0, cfg.vocab_size, (1, 16)).astype(np.int32)
-    model._kv_reset(1, prompt.shape[1] + n_new + 1)
-    zero = np.zeros(1, np.int32)
-    t0 = time.perf_counter()
-    logits = model._kv_forward(prompt, zero, zero)
-    tok = np.array([[int(np.argmax(logits[0]))]], np.int32)
-    t1 = time.perf_counter()
-    for i in range(n_new):
-        logits = model._kv_forward(tok, zero, np.array([prompt.shape[1] + i], np.int32))
-        tok[0, 0] = int(np.argmax(logits[0]))
-    t2 = time.perf_counter()
-    tok_s = n_new / (t2 - t1)
-    weight_bytes = model.num_parameters() * (2 if dtype == "bfloat16" else 4)
-    row = {"what": "greedy_decode", "impl": "pyllama", "dtype": dtype, "prefill_s": t1 - t0, "tok_s": tok_s,
-           "bandwidth_bound_tok_s": H200_BW / weight_bytes, "fraction_of_bound": tok_s / (H200_BW / weight_bytes)}
-    print(json.dumps(row), flush=True)
-    results.append(row)
+def compile_child(args):
+    """Runs in a subprocess (see bench_compile): one torch.compile training row, printed as JSON."""
+    spec = SIZES[args.size]
+    cfg = pyllama.LlamaConfig(**spec["cfg"])
+    B, T = spec["train_bf16"]
+    bench_torch_train(cfg, B, T, "bfloat16", [], 8.0, args.flops, compile_=True)
+    return 0
+
+
+def bench_compile(args, flops, results, timeout_s):
+    """torch.compile in a subprocess, so that a slow compilation can be cut off at the budget."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--size", args.size, "--_compile-child", "--_flops", str(flops)]
     try:
-        import torch
-        from transformers import LlamaConfig, LlamaForCausalLM
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        print(f"# torch.compile skipped: not done within {timeout_s:.0f}s (compilation included)", flush=True)
+        return None
+    rows = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not rows:
+        tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
+        print(f"# torch.compile failed (exit {p.returncode}): {' | '.join(tail)}", flush=True)
+        return None
+    row = json.loads(rows[-1])
+    emit(row, results)
+    return row
 
-        if not torch.cuda.is_available():
-            return
-        c = cfg
-        hf = LlamaForCausalLM(LlamaConfig(
-            vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-            num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-            num_key_value_heads=c.num_key_value_heads, max_position_embeddings=c.max_position_embeddings,
-            tie_word_embeddings=c.tie_word_embeddings)).cuda().eval()
-        if dtype == "bfloat16":
-            hf = hf.to(torch.bfloat16)
-        ids = torch.from_numpy(prompt.astype(np.int64)).cuda()
-        with torch.no_grad():
-            hf.generate(ids, max_new_tokens=4, do_sample=False, min_new_tokens=4)
-            torch.cuda.synchronize()
+
+# ---------------------------------------------------------------------------- decoding
+def bench_decode(cfg, Bs, prompt_len, n_new, results, hf):
+    """Greedy decoding, bf16: pyllama's generate (graphs, then without) and HF generate."""
+    model = pyllama.Llama(cfg, seed=0).to("cuda", dtype="bfloat16")
+    g = model._core.gpu
+    rng = np.random.default_rng(1)
+    out_rows = {}
+    for B in Bs:
+        prompts = rng.integers(0, cfg.vocab_size, (B, prompt_len)).astype(np.int64)
+        kw = dict(max_new_tokens=n_new, do_sample=False, eos_token_id=[])
+        row = {"what": "greedy_decode", "impl": "pyllama", "dtype": "bfloat16", "B": B, "prompt": prompt_len,
+               "new_tokens": n_new}
+        variants = [("tok_s", True, True), ("tok_s_no_graphs", False, True)]
+        if B <= 4:  # the 128-bit-load matmul kernel only takes <= 4 rows
+            variants.append(("tok_s_cublas", True, False))
+        for key, graphs, gemv in variants:
+            g.set_decode_options(fast_path=True, cuda_graphs=graphs, skinny_gemv=gemv)
+            model.generate(prompts, max_new_tokens=8, do_sample=False, eos_token_id=[])  # warm-up
+            before = g.decode_stats()
             t0 = time.perf_counter()
-            hf.generate(ids, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False)
-            torch.cuda.synchronize()
+            out = model.generate(prompts, **kw)
             t = time.perf_counter() - t0
-        row = {"what": "greedy_decode", "impl": "hf generate", "dtype": dtype, "tok_s": n_new / t,
-               "ratio_pyllama_over_hf": tok_s / (n_new / t)}
-        print(json.dumps(row), flush=True)
-        results.append(row)
-    except Exception as e:  # the reference is optional
-        print(f"# hf generate reference skipped: {type(e).__name__}: {e}", flush=True)
+            after = g.decode_stats()
+            assert len(out) == B and all(len(x) == n_new for x in out)
+            row[key] = B * n_new / t
+            if key == "tok_s":
+                row["s"] = t
+                row["replays"] = after["replays"] - before["replays"]
+                row["graph_error"] = after["graph_error"]
+        row["target_tok_s"] = TARGET.get(B)
+        g.set_decode_options(fast_path=True, cuda_graphs=True, skinny_gemv=True)
+        emit(row, results)
+        out_rows[B] = row
+        alt = f"no graphs {row['tok_s_no_graphs']:.0f}" + (f", cuBLAS matmuls {row['tok_s_cublas']:.0f}"
+                                                            if "tok_s_cublas" in row else "")
+        if hf is not None:
+            import torch
+
+            ids = torch.from_numpy(prompts).cuda()
+            mask = torch.ones_like(ids)
+            gen = dict(do_sample=False, pad_token_id=0, attention_mask=mask)
+            with torch.no_grad():
+                hf.generate(ids, max_new_tokens=8, min_new_tokens=8, **gen)  # warm-up
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                o = hf.generate(ids, max_new_tokens=n_new, min_new_tokens=n_new, **gen)
+                torch.cuda.synchronize()
+                t = time.perf_counter() - t0
+            assert o.shape[1] == prompt_len + n_new
+            ref = {"what": "greedy_decode", "impl": "hf generate", "dtype": "bfloat16", "B": B,
+                   "prompt": prompt_len, "new_tokens": n_new, "s": t, "tok_s": B * n_new / t}
+            emit(ref, results)
+            print(f"# decode bf16 B={B}: pyllama {row['tok_s']:.0f} tok/s ({alt}), "
+                  f"hf generate {ref['tok_s']:.0f} tok/s, ratio {row['tok_s'] / ref['tok_s']:.2f}; "
+                  f"target {TARGET.get(B, 0):.0f}", flush=True)
+        else:
+            print(f"# decode bf16 B={B}: pyllama {row['tok_s']:.0f} tok/s ({alt}); "
+                  f"target {TARGET.get(B, 0):.0f}", flush=True)
+    del model, g
+    return out_rows
 
 
+# ---------------------------------------------------------------------------- check
 def check():
     """A correctness check without pytest: float32 GPU vs CPU core on logits, loss, every
-    gradient, a few AdamW steps and greedy decoding; bf16 loss within 0.05. Exit 1 on a failure."""
+    gradient, greedy decoding (graph, eager and general decode paths, device argmax), a few
+    AdamW steps; bf16 loss within 0.05. Exit 1 on a failure."""
     cfg = pyllama.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
     failures = []
 
     def close(name, got, ref, tol=1e-4):
@@ -174,6 +276,11 @@ def check():
         err = float(np.abs(got - ref).max())
         ok = bool(np.all(np.isfinite(got))) and err <= tol * scale
         print(f"{'ok  ' if ok else 'FAIL'} {name}: max err {err:.2e} (scale {scale:.2e})", flush=True)
+        if not ok:
+            failures.append(name)
+
+    def verdict(name, ok, detail=""):
+        print(f"{'ok  ' if ok else 'FAIL'} {name}{': ' + detail if detail else ''}", flush=True)
         if not ok:
             failures.append(name)
 
@@ -191,22 +298,41 @@ def check():
     gd = dev.named_grads()
     for k, g in cpu.named_grads().items():
         close(f"grad {k}", gd[k], g)
-    # greedy decoding over the KV cache
-    toks = {}
-    for name, m in (("cpu", cpu), ("gpu", dev)):
-        m._kv_reset(1, 64)
-        z = np.zeros(1, np.int32)
-        lg = m._kv_forward(np.array([[5, 6, 7, 8]], np.int32), z, z)
-        out = []
-        for i in range(20):
-            t = int(np.argmax(lg[0]))
-            out.append(t)
-            lg = m._kv_forward(np.array([[t]], np.int32), z, np.array([4 + i], np.int32))
-        toks[name] = out
-    ok = toks["cpu"] == toks["gpu"]
-    print(f"{'ok  ' if ok else 'FAIL'} greedy tokens: {toks['gpu']}", flush=True)
-    if not ok:
-        failures.append("greedy")
+
+    # greedy decoding over the KV cache: 2 sequences of a 300-token prompt, 100 steps, cache 600
+    # (3 attention splits of 200 keys: full, partial and empty ones, and the merge)
+    prompt = np.random.default_rng(5).integers(0, cfg.vocab_size, (2, 300)).astype(np.int32)
+
+    def decode(m, n=100, mode=None, device_argmax=False):
+        if mode is not None:
+            m._core.gpu.set_decode_options(fast_path=mode[0], cuda_graphs=mode[1], skinny_gemv=mode[2])
+        m._kv_reset(2, 600)
+        slots = np.arange(2, dtype=np.int32)
+        lg = m._kv_forward(prompt, slots, np.zeros(2, np.int32))
+        tok = lg.argmax(-1).astype(np.int32)
+        out, logits = [], []
+        for i in range(n):
+            out.append(tok.tolist())
+            step = (tok[:, None], slots, np.full(2, prompt.shape[1] + i, np.int32))
+            if device_argmax:
+                tok = np.asarray(m._kv_forward_greedy(*step), np.int32)
+            else:
+                lg = m._kv_forward(*step)
+                logits.append(np.array(lg))
+                tok = lg.argmax(-1).astype(np.int32)
+        return out, logits
+
+    ref_tokens, ref_logits = decode(cpu)
+    for mode_name, mode in (("graphs", (True, True, True)), ("eager", (True, False, True)),
+                            ("graphs, cuBLAS", (True, True, False)), ("general", (False, False, False))):
+        toks, logits = decode(dev, mode=mode)
+        close(f"decode logits ({mode_name})", np.stack(logits), np.stack(ref_logits))
+        verdict(f"decode tokens ({mode_name})", toks == ref_tokens)
+    toks, _ = decode(dev, mode=(True, True, True), device_argmax=True)
+    st = dev._core.gpu.decode_stats()
+    verdict("device argmax tokens (graphs)", toks == ref_tokens, json.dumps(st))
+    verdict("graphs replayed", st["replays"] > 0 and st["graph_error"] == "", json.dumps(st))
+
     # AdamW on the GPU: loss goes down; bf16 loss within 0.05 of float32
     segs = segments(dev)
     losses = []
@@ -216,53 +342,101 @@ def check():
         dev.backward()
         dev._core.gpu.clip_grad_norm(1.0)
         dev._core.gpu.adamw_step(segs, 1e-2, 0.9, 0.95, 1e-8, 0.1, s + 1)
-    ok = losses[-1] < losses[0]
-    print(f"{'ok  ' if ok else 'FAIL'} adamw losses {losses[0]:.4f} -> {losses[-1]:.4f}", flush=True)
-    if not ok:
-        failures.append("adamw")
+    verdict("adamw", losses[-1] < losses[0], f"losses {losses[0]:.4f} -> {losses[-1]:.4f}")
     f32 = pyllama.Llama(cfg, seed=0).to("cuda")
     b16 = pyllama.Llama(cfg, seed=0).to("cuda", dtype="bfloat16")
     l32, l16 = f32(ids, labels=labels).loss, b16(ids, labels=labels).loss
-    ok = abs(l32 - l16) <= 0.05
-    print(f"{'ok  ' if ok else 'FAIL'} bf16 loss {l16:.4f} vs float32 {l32:.4f}", flush=True)
-    if not ok:
-        failures.append("bf16")
+    verdict("bf16 loss", abs(l32 - l16) <= 0.05, f"{l16:.4f} vs float32 {l32:.4f}")
+    b16_tokens, _ = decode(b16, n=40, device_argmax=True)
+    verdict("bf16 greedy decode runs", len(b16_tokens) == 40)
+    mem = pyllama._core.cuda_memory_stats()
+    verdict("allocation counter", mem["peak_bytes_allocated"] >= mem["bytes_allocated"] > 0, json.dumps(mem))
     print("check:", "FAILED " + ", ".join(failures) if failures else "all ok", flush=True)
     return 1 if failures else 0
 
 
+# ---------------------------------------------------------------------------- main
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=sorted(SIZES), default="124m")
-    ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--decode-tokens", type=int, default=64)
-    ap.add_argument("--compile", action="store_true", help="also time torch.compile (slow to start)")
+    ap.add_argument("--budget", type=float, default=140.0,
+                    help="seconds for the whole run (optional rows are skipped when it is spent; default 140)")
+    ap.add_argument("--decode-tokens", type=int, default=128)
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--compile", action="store_true", help="(the default) time torch.compile too")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     ap.add_argument("--check", action="store_true", help="correctness check only (no pytest needed)")
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--_compile-child", dest="compile_child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--_flops", dest="flops", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.compile_child:
+        return compile_child(args)
     info = pyllama.build_info()
     print("# build_info:", json.dumps(info), flush=True)
+    if not info["cuda"]:
+        print("bench/gpu.py: this pyllama build has no CUDA backend (build_info()['cuda'] is False); "
+              "nothing to benchmark", file=sys.stderr)
+        return 2
     if not info["cuda_available"]:
-        print("no usable CUDA GPU: nothing to benchmark", file=sys.stderr)
+        print("bench/gpu.py: no usable CUDA GPU (build_info()['cuda_available'] is False); nothing to benchmark",
+              file=sys.stderr)
         return 2
     if args.check:
         return check()
     spec = SIZES[args.size]
     cfg = pyllama.LlamaConfig(**spec["cfg"])
-    B, T = spec["B"], spec["T"]
     results = []
-    for dtype in ("float32", "bfloat16"):
-        model, ours = bench_train(cfg, B, T, dtype, args.iters, results)
-        ref = bench_torch_train(model, B, T, dtype, args.iters, results)
-        if ref:
-            print(f"# train {dtype}: pyllama / torch eager = {ours / ref:.2f}", flush=True)
-        if args.compile and dtype == "bfloat16":
-            ref_c = bench_torch_train(model, B, T, dtype, args.iters, results, compile_=True)
-            if ref_c:
-                print(f"# train {dtype}: pyllama / torch.compile = {ours / ref_c:.2f}", flush=True)
-        del model
-    for dtype in ("float32", "bfloat16"):
-        bench_decode(cfg, dtype, args.decode_tokens, results)
+    why = torch_ok()
+    if why:
+        print(f"# torch references skipped: {why}", flush=True)
+    budget = args.budget
+
+    # 1. bf16 training: ours, torch eager
+    B, T = spec["train_bf16"]
+    ours, flops = bench_train(cfg, B, T, "bfloat16", results, budget_s=8.0)
+    eager = bench_torch_train(cfg, B, T, "bfloat16", results, 8.0, flops) if not why else None
+    # 2. decoding at batch 1 and 16
+    hf = None
+    if not why:
+        import torch
+
+        hf = hf_model(cfg).cuda().to(torch.bfloat16).eval()
+    bench_decode(cfg, (1, 16), args.prompt_len, args.decode_tokens, results, hf)
+    if hf is not None:
+        del hf
+        torch.cuda.empty_cache()
+    # 3. float32 training at a smaller batch, while the budget allows
+    Bf, Tf = spec["train_f32"]
+    f32 = f32_ref = None
+    if elapsed() < budget - 45:
+        f32, _ = bench_train(cfg, Bf, Tf, "float32", results, budget_s=5.0)
+        if not why:
+            f32_ref = bench_torch_train(cfg, Bf, Tf, "float32", results, 5.0, flops)
+    else:
+        print(f"# float32 training skipped: {elapsed():.0f}s of the {budget:.0f}s budget spent", flush=True)
+    # 4. torch.compile (bf16) with what is left
+    comp = None
+    if not why and not args.no_compile:
+        left = budget - elapsed()
+        if left >= 40:
+            comp = bench_compile(args, flops, results, left)
+        else:
+            print(f"# torch.compile skipped: {left:.0f}s of the budget left", flush=True)
+
+    # summary
+    def ratio(a, b):
+        return f"{a['tok_s'] / b['tok_s']:.2f}" if a and b else "n/a"
+
+    print(f"# train bfloat16 B={B} T={T}: pyllama {ours['tok_s']:.0f} tok/s (MFU {ours['mfu']:.1%}, peak "
+          f"{ours['peak_mem_gib']} GiB); / torch eager = {ratio(ours, eager)}"
+          + (f" (torch peak {eager['peak_mem_gib']} GiB)" if eager else "")
+          + f"; / torch.compile = {ratio(ours, comp)}"
+          + (f" (peak {comp['peak_mem_gib']} GiB)" if comp else ""), flush=True)
+    if f32:
+        print(f"# train float32 B={Bf} T={Tf}: pyllama {f32['tok_s']:.0f} tok/s (MFU {f32['mfu']:.1%}, peak "
+              f"{f32['peak_mem_gib']} GiB); / torch eager = {ratio(f32, f32_ref)}", flush=True)
+    print(f"# total {elapsed():.0f}s", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -165,14 +165,60 @@ A core tensor: dtype, shape, device and row-major contiguous storage.
       .def("view", &Tensor::view, py::arg("shape"))
       .def("clone", &Tensor::clone)
       .def("to", [](const Tensor& t, const std::string& what) {
-             if (what == "cpu") return t.device() == Device::cpu ? t : throw ValueError("cuda -> cpu copies need the CUDA backend");
-             if (what == "cuda" || what == "cuda:0")
-               throw ValueError(cuda_device_count() == 0
-                                    ? "no CUDA device is available (pyllama.build_info()['cuda_available'] is False)"
-                                    : "moving tensors to cuda is not implemented yet");
+             if (what == "cpu" || what == "cuda" || what == "cuda:0") {
+               const Device d = device_from_name(what);
+               if (d == t.device() && d == Device::cpu) return t;  // already there: no copy, as torch
+               py::gil_scoped_release nogil;
+               return t.to(d);
+             }
+             if (what.rfind("cuda:", 0) == 0)
+               throw ValueError("device '" + what + "': pyllama uses one GPU per process, 'cuda' (= 'cuda:0'); "
+                                "pick the GPU with CUDA_VISIBLE_DEVICES");
              return t.to_dtype(dtype_from_name(what));
-           }, py::arg("device_or_dtype"),
-           "A copy on another device ('cpu', 'cuda') or in another dtype ('float32', 'bfloat16').")
+           }, py::arg("device_or_dtype"), R"doc(
+A copy on another device ('cpu', 'cuda') or in another dtype ('float32', 'bfloat16').
+Moving to the device the tensor is already on returns it unchanged on the CPU and a
+copy on the GPU. Without a CUDA build or a GPU, 'cuda' raises ValueError.
+
+>>> import numpy as np, pyllama
+>>> t = pyllama.Tensor.from_numpy(np.ones((2, 3), np.float32))
+>>> t.to('bfloat16').dtype
+'bfloat16'
+>>> # g = t.to('cuda'); g.device -> 'cuda'; g.to('cpu').numpy() equals t.numpy()
+)doc")
+      .def("cpu", [](const Tensor& t) {
+             if (t.device() == Device::cpu) return t;
+             py::gil_scoped_release nogil;
+             return t.to(Device::cpu);
+           }, "The tensor on the CPU (itself when it is there already, else a copy).")
+      .def("cuda", [](const Tensor& t) {
+             py::gil_scoped_release nogil;
+             return t.to(Device::cuda);
+           }, "A copy in GPU memory (same as .to('cuda')).")
+      .def_property_readonly("data_ptr", [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()); },
+                             "The address of the first element (device memory for a cuda tensor).")
+      .def_property_readonly("__cuda_array_interface__", [](const Tensor& t) {
+             // Lets torch.as_tensor / cupy.asarray view a cuda tensor without a copy.
+             if (t.device() != Device::cuda)
+               throw py::attribute_error("__cuda_array_interface__ exists only on cuda tensors");
+             const char* typestr = t.dtype() == DType::float32  ? "<f4"
+                                   : t.dtype() == DType::int32  ? "<i4"
+                                   : t.dtype() == DType::int64  ? "<i8"
+                                   : t.dtype() == DType::uint16 ? "<u2"
+                                   : t.dtype() == DType::uint32 ? "<u4"
+                                                                : nullptr;
+             if (!typestr)
+               throw py::attribute_error("bfloat16 has no __cuda_array_interface__ type code: convert with "
+                                         ".to('float32') first");
+             py::dict d;
+             d["shape"] = py::tuple(py::cast(t.shape()));
+             d["typestr"] = typestr;
+             d["data"] = py::make_tuple(reinterpret_cast<uintptr_t>(t.raw()), false);
+             d["strides"] = py::none();
+             d["version"] = 3;
+             d["stream"] = py::none();  // tensor copies are synchronous: nothing to wait for
+             return d;
+           })
       .def("__repr__", &Tensor::repr);
 }
 
@@ -687,6 +733,53 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
              return py::array_t<float>({(py::ssize_t)B, (py::ssize_t)T, V}, out);
            }, py::arg("tokens"), py::arg("slots"), py::arg("start_pos"), py::arg("last_only") = true,
            "One KV-cache step; returns new float32 host logits (B, V) or (B, T, V).")
+      .def("kv_forward_greedy", [](LlamaModelCuda& g, py::handle tokens, py::handle slots, py::handle start_pos) {
+             auto t = as_tokens(tokens, "tokens");
+             auto s = IntArray::ensure(slots);
+             auto p = IntArray::ensure(start_pos);
+             const int B = (int)t.shape(0), T = (int)t.shape(1);
+             PYLLAMA_CHECK(s && s.ndim() == 1 && s.shape(0) == B, ValueError, "slots must be 1-D with one entry per row");
+             PYLLAMA_CHECK(p && p.ndim() == 1 && p.shape(0) == B, ValueError,
+                           "start_pos must be 1-D with one entry per row");
+             const int32_t* out;
+             {
+               py::gil_scoped_release nogil;
+               out = g.kv_forward_greedy(t.data(), B, T, s.data(), p.data());
+             }
+             return py::array_t<int32_t>({(py::ssize_t)B}, out);  // copies
+           }, py::arg("tokens"), py::arg("slots"), py::arg("start_pos"),
+           "As kv_forward(last_only=True) followed by argmax over the vocabulary (numpy semantics); "
+           "returns a new int32 array (B). T = 1 steps take the argmax on the GPU (only B int32s come back).")
+      .def("set_decode_options", [](LlamaModelCuda& g, py::object fast_path, py::object cuda_graphs,
+                                    py::object skinny_gemv) {
+             const auto st = g.decode_stats();
+             const bool f = fast_path.is_none() ? st.fast_path : fast_path.cast<bool>();
+             const bool c = cuda_graphs.is_none() ? st.cuda_graphs : cuda_graphs.cast<bool>();
+             const bool k = skinny_gemv.is_none() ? st.skinny_gemv : skinny_gemv.cast<bool>();
+             py::gil_scoped_release nogil;
+             g.set_decode_options(f, c, k);
+           }, py::arg("fast_path") = py::none(), py::arg("cuda_graphs") = py::none(),
+           py::arg("skinny_gemv") = py::none(),
+           "T = 1 decode step: fast_path (fixed buffers, pinned staging, device argmax; env PYLLAMA_CUDA_DECODE), "
+           "cuda_graphs (env PYLLAMA_CUDA_GRAPHS) and skinny_gemv (matmuls of <= 4 rows by a 128-bit-load "
+           "kernel instead of cuBLAS; env PYLLAMA_CUDA_DECODE_GEMV); None keeps the current setting. "
+           "Drops captured graphs.")
+      .def("decode_stats", [](const LlamaModelCuda& g) {
+             const auto st = g.decode_stats();
+             py::dict d;
+             d["fast_path"] = st.fast_path;
+             d["cuda_graphs"] = st.cuda_graphs;
+             d["skinny_gemv"] = st.skinny_gemv;
+             d["captures"] = st.captures;
+             d["replays"] = st.replays;
+             d["eager_steps"] = st.eager_steps;
+             d["general_steps"] = st.general_steps;
+             d["graph_error"] = st.graph_error;
+             return d;
+           }, "Counters of the decode paths (fast steps = replays + eager_steps; general_steps: kv_forward calls "
+              "that took the general path) and why graphs were switched off, if they were.")
+      .def("bytes_allocated", &LlamaModelCuda::bytes_allocated,
+           "Device bytes this model's buffers hold now (cuBLAS-internal memory not included).")
       .def("kv_reorder", [](LlamaModelCuda& g, py::handle src) {
              auto s = IntArray::ensure(src);
              PYLLAMA_CHECK(s && s.ndim() == 1, ValueError, "kv_reorder expects a 1-D int array");
@@ -741,6 +834,15 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
              g.moments_from_host(mp, vp);
            }, py::arg("exp_avg"), py::arg("exp_avg_sq"))
       .def("synchronize", &LlamaModelCuda::synchronize, py::call_guard<py::gil_scoped_release>());
+  m.def("cuda_memory_stats", []() {
+    py::dict d;
+    d["bytes_allocated"] = cuda_bytes_allocated();
+    d["peak_bytes_allocated"] = cuda_peak_bytes_allocated();
+    return d;
+  }, "Device bytes held by LlamaModelCuda buffers of this process: now, and the most since the last "
+     "cuda_reset_peak_memory() (cuBLAS-internal memory, CUDA graphs and pinned host memory not included).");
+  m.def("cuda_reset_peak_memory", []() { cuda_reset_peak_bytes_allocated(); },
+        "Set the peak of cuda_memory_stats() to the current bytes.");
   m.def("cuda_check_ops", [](unsigned seed) {
           std::vector<std::pair<std::string, double>> r;
           {

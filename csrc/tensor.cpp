@@ -3,6 +3,11 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "runtime.h"
+#ifdef PYLLAMA_HAVE_CUDA
+#include "cuda_device.h"
+#endif
+
 namespace pyllama {
 
 size_t dtype_size(DType dt) {
@@ -70,14 +75,34 @@ static int64_t checked_numel(const std::vector<int64_t>& shape) {
   return n;
 }
 
+// Throws unless device memory can be used: a CUDA build and a visible GPU.
+static void require_cuda(const char* what) {
+#ifdef PYLLAMA_HAVE_CUDA
+  PYLLAMA_CHECK(cuda_device_count() > 0, ValueError,
+                what << ": no CUDA device is available (pyllama.build_info()['cuda_available'] is False); "
+                        "keep the tensor on 'cpu'");
+#else
+  throw ValueError(std::string(what) +
+                   ": this build of pyllama has no CUDA backend (pyllama.build_info()['cuda'] is False); "
+                   "rebuild with nvcc on PATH (PYLLAMA_CUDA=ON) or keep the tensor on 'cpu'");
+#endif
+}
+
 Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device device) {
-  PYLLAMA_CHECK(device == Device::cpu, ValueError,
-                "Tensor::empty on device 'cuda' needs the CUDA backend; use Device::cpu");
   Tensor t;
   t.dtype_ = dtype;
   t.device_ = device;
   t.shape_ = shape;
   size_t bytes = static_cast<size_t>(checked_numel(shape)) * dtype_size(dtype);
+  if (device == Device::cuda) {
+    require_cuda("a cuda tensor");
+#ifdef PYLLAMA_HAVE_CUDA
+    void* p = cuda_malloc(bytes);
+    t.storage_ = std::shared_ptr<void>(p, [](void* q) { cuda_free(q); });
+    t.data_ = p;
+#endif
+    return t;
+  }
   size_t alloc = ((bytes + 63) / 64) * 64;
   if (alloc == 0) alloc = 64;
   void* p = std::aligned_alloc(64, alloc);
@@ -89,7 +114,36 @@ Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device devi
 
 Tensor Tensor::zeros(const std::vector<int64_t>& shape, DType dtype, Device device) {
   Tensor t = empty(shape, dtype, device);
+#ifdef PYLLAMA_HAVE_CUDA
+  if (device == Device::cuda) {
+    cuda_zero(t.data_, t.nbytes());
+    return t;
+  }
+#endif
   std::memset(t.data_, 0, t.nbytes());
+  return t;
+}
+
+// Copies nbytes between two storages on the given devices (synchronous).
+static void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size_t nbytes) {
+  if (nbytes == 0) return;
+  if (dst_dev == Device::cpu && src_dev == Device::cpu) {
+    std::memcpy(dst, src, nbytes);
+    return;
+  }
+#ifdef PYLLAMA_HAVE_CUDA
+  const CudaCopy kind = dst_dev == Device::cpu   ? CudaCopy::device_to_host
+                        : src_dev == Device::cpu ? CudaCopy::host_to_device
+                                                 : CudaCopy::device_to_device;
+  cuda_copy(dst, src, nbytes, kind);
+#else
+  throw ValueError("copying a cuda tensor needs the CUDA backend");
+#endif
+}
+
+Tensor Tensor::to(Device device) const {
+  Tensor t = empty(shape_, dtype_, device);
+  copy_bytes(t.data_, device, data_, device_, nbytes());
   return t;
 }
 
@@ -114,11 +168,7 @@ Tensor Tensor::view(const std::vector<int64_t>& shape) const {
   return t;
 }
 
-Tensor Tensor::clone() const {
-  Tensor t = empty(shape_, dtype_, device_);
-  if (nbytes()) std::memcpy(t.data_, data_, nbytes());
-  return t;
-}
+Tensor Tensor::clone() const { return to(device_); }
 
 uint16_t float_to_bf16(float f) {
   uint32_t u;
@@ -137,6 +187,7 @@ float bf16_to_float(uint16_t h) {
 
 Tensor Tensor::to_dtype(DType dt) const {
   if (dt == dtype_) return clone();
+  if (device_ != Device::cpu) return to(Device::cpu).to_dtype(dt).to(device_);  // through the host
   Tensor out = empty(shape_, dt, device_);
   int64_t n = numel();
   if (dtype_ == DType::float32 && dt == DType::bfloat16) {

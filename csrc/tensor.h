@@ -8,6 +8,7 @@
 //   pyllama::Tensor x = pyllama::Tensor::empty({2, 3}, pyllama::DType::float32);
 //   float* p = x.data<float>();            // 6 floats, row-major
 //   pyllama::Tensor v = x.view({3, 2});    // same storage, new shape
+//   pyllama::Tensor g = x.to(pyllama::Device::cuda);  // a copy in GPU memory (CUDA builds)
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -56,6 +57,9 @@ class Tensor {
   Tensor view(const std::vector<int64_t>& shape) const;
   // A copy with its own storage.
   Tensor clone() const;
+  // A copy on `device` (cpu <-> cuda, or a copy on the same device). Synchronous.
+  // Throws ValueError without the CUDA backend or without a GPU.
+  Tensor to(Device device) const;
   // Conversions between float32 and bfloat16 (round to nearest even); other pairs throw.
   Tensor to_dtype(DType dt) const;
   std::string repr() const;

@@ -10,17 +10,26 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// One pass over each row: every thread keeps a running (max, sum of exp(x - max)) over its
+// strided elements, then the block merges the pairs. Grid-stride over rows.
 template <typename T>
 __global__ void crossentropy_forward_kernel(float* lse, double* row_loss, const T* logits, const int32_t* targets,
                                             int N, int V) {
   __shared__ float sh[32];
   for (int n = blockIdx.x; n < N; n += gridDim.x) {  // uniform across the block
     const T* x = logits + (long long)n * V;
-    float mx = -INFINITY;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, to_f(x[i]));
-    mx = block_max(mx, sh);
-    float s = 0.f;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) s += expf(to_f(x[i]) - mx);
+    float m = -INFINITY, s = 0.f;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+      const float v = to_f(x[i]);
+      if (v > m) {
+        s = s * expf(m - v) + 1.f;  // expf(-inf) = 0 on the first element
+        m = v;
+      } else {
+        s += expf(v - m);
+      }
+    }
+    const float mx = block_max(m, sh);
+    s = m == -INFINITY ? 0.f : s * expf(m - mx);  // threads without elements add nothing
     s = block_sum(s, sh);
     if (threadIdx.x == 0) {
       const float l = mx + logf(s);
@@ -40,21 +49,22 @@ __global__ void sum_rows_kernel(double* total, const double* row_loss, int N) {
   if (threadIdx.x == 0) *total = acc;
 }
 
+// One block per row (grid-stride over rows): no 64-bit division per element.
 template <typename T>
 __global__ void crossentropy_backward_kernel(T* dlogits, const T* logits, const float* lse, const int32_t* targets,
                                              float dloss, int N, int V) {
-  const long long total = (long long)N * V;
-  for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
-       idx += (long long)gridDim.x * blockDim.x) {
-    const long long n = idx / V;
-    const int i = (int)(idx % V);
+  for (int n = blockIdx.x; n < N; n += gridDim.x) {
+    const long long base = (long long)n * V;
     const int tgt = targets[n];
-    float d = 0.f;
-    if (tgt != -100) {
-      d = expf(to_f(logits[idx]) - lse[n]) * dloss;
-      if (i == tgt) d -= dloss;
+    const float l = lse[n];
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+      float d = 0.f;
+      if (tgt != -100) {
+        d = expf(to_f(logits[base + i]) - l) * dloss;
+        if (i == tgt) d -= dloss;
+      }
+      dlogits[base + i] = from_f<T>(d);
     }
-    dlogits[idx] = from_f<T>(d);
   }
 }
 
@@ -76,7 +86,8 @@ void crossentropy_backward(T* dlogits, const T* logits, const float* lse, const 
                            int V, cudaStream_t stream) {
   const long long total = (long long)N * V;
   if (total <= 0) return;
-  crossentropy_backward_kernel<T><<<grid_for(total, 256), 256, 0, stream>>>(dlogits, logits, lse, targets, dloss, N, V);
+  const unsigned blocks = (unsigned)(N < 65535 * 16 ? N : 65535 * 16);
+  crossentropy_backward_kernel<T><<<blocks, kThreads, 0, stream>>>(dlogits, logits, lse, targets, dloss, N, V);
   CUDA_CHECK_LAUNCH();
 }
 

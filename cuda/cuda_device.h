@@ -24,5 +24,14 @@ void* cuda_malloc(size_t bytes);      // on the current device; throws CudaError
 void cuda_free(void* p) noexcept;     // nullptr is fine; errors are ignored (for deleters)
 // Synchronous copy (waits for the device); throws CudaError.
 void cuda_copy(void* dst, const void* src, size_t bytes, CudaCopy kind);
+// Synchronous fill of device memory with zero bytes; throws CudaError.
+void cuda_zero(void* p, size_t bytes);
+
+// Device memory held by LlamaModelCuda buffers (every model of the process; cuBLAS-internal
+// memory, CUDA graphs and pinned host buffers not included): now, and the most since the
+// last reset (a reset sets the peak to the current bytes).
+size_t cuda_bytes_allocated();
+size_t cuda_peak_bytes_allocated();
+void cuda_reset_peak_bytes_allocated();
 
 }  // namespace pyllama

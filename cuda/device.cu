@@ -32,4 +32,11 @@ void cuda_copy(void* dst, const void* src, size_t bytes, CudaCopy kind) {
   if (bytes) CUDA_CHECK(cudaMemcpy(dst, src, bytes, k));
 }
 
+void cuda_zero(void* p, size_t bytes) {
+  if (bytes) {
+    CUDA_CHECK(cudaMemset(p, 0, bytes));
+    CUDA_CHECK(cudaStreamSynchronize(0));  // the legacy stream, as cudaMemcpy uses
+  }
+}
+
 }  // namespace pyllama

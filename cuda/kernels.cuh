@@ -136,18 +136,47 @@ class Gemm {
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
   bool uses_cublas() const { return use_cublas_; }
+  // A caller-owned cuBLAS workspace, applied after every cublasSetStream (which resets it to
+  // the default pool), so cuBLAS calls can be captured into a CUDA graph without allocating.
+  // Ignored by the tiled kernel. The buffer must outlive the Gemm's use.
+  void set_workspace(void* p, size_t bytes) {
+    ws_ = p;
+    ws_bytes_ = bytes;
+  }
   // C (M x N, row-major, ldc) = beta * C + op(A) op(B); op as in csrc/matmul.h; beta 0 or 1.
   // Accumulates in float. TA = type of A and B; TC = type of C.
   template <typename TA, typename TC>
   void run(bool transA, bool transB, int M, int N, int K, const TA* A, int lda, const TA* B, int ldb, float beta,
            TC* C, int ldc, cudaStream_t stream);
+  // `batch` independent products: entry z reads A + z*strideA, B + z*strideB and writes
+  // C + z*strideC (element strides); C = beta * C + alpha * op(A) op(B).
+  template <typename TA, typename TC>
+  void run_batched(bool transA, bool transB, int M, int N, int K, float alpha, const TA* A, int lda,
+                   long long strideA, const TA* B, int ldb, long long strideB, float beta, TC* C, int ldc,
+                   long long strideC, int batch, cudaStream_t stream);
 
  private:
   bool use_cublas_ = false;
+  void* ws_ = nullptr;
+  size_t ws_bytes_ = 0;
 #ifdef PYLLAMA_HAVE_CUBLAS
   cublasHandle_t handle_ = nullptr;
 #endif
 };
+
+// ---------------------------------------------------------------- attention_gemm.cu
+// Training attention through batched GEMMs (tensor cores), one sequence at a time; the
+// layouts of attention_forward/backward, but only lse (B, NH, T) float is kept for
+// backward (P is recomputed). S and P in T (bf16 scores in the bf16 model, as PyTorch's
+// math attention). scratch: attention_gemm_scratch_bytes(T, NH, sizeof(T)).
+size_t attention_gemm_scratch_bytes(int T_, int NH, size_t elem);
+template <typename T>
+void attention_forward_gemm(Gemm& g, T* out, float* lse, const T* qkv, void* scratch, int B, int T_, int NH, int NKV,
+                            int HS, cudaStream_t stream);
+// dqkv (B, T, QKVD) assigned.
+template <typename T>
+void attention_backward_gemm(Gemm& g, T* dqkv, const T* dout, const T* qkv, const float* lse, void* scratch, int B,
+                             int T_, int NH, int NKV, int HS, cudaStream_t stream);
 
 // y (N, OUT) = x (N, IN) W^T (W is (OUT, IN))
 template <typename T>

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "common.h"  // PYLLAMA_CHECK, ValueError
 #include "kernels.cuh"
 
 namespace pyllama {
@@ -18,8 +19,11 @@ constexpr int kBM = 64, kBN = 64, kBK = 16, kThreads = 256;  // 16x16 threads, 4
 
 template <typename TA, typename TC>
 __global__ void __launch_bounds__(kThreads)
-    gemm_tiled_kernel(bool transA, bool transB, int M, int N, int K, const TA* A, int lda, const TA* B, int ldb,
-                      float beta, TC* C, int ldc) {
+    gemm_tiled_kernel(bool transA, bool transB, int M, int N, int K, float alpha, const TA* A, int lda, long long sA,
+                      const TA* B, int ldb, long long sB, float beta, TC* C, int ldc, long long sC) {
+  A += blockIdx.z * sA;  // batch entry z
+  B += blockIdx.z * sB;
+  C += blockIdx.z * sC;
   __shared__ float As[kBK][kBM + 1];  // As[k][m] = op(A)(m0 + m, k0 + k)
   __shared__ float Bs[kBK][kBN + 1];  // Bs[k][n] = op(B)(k0 + k, n0 + n)
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
@@ -71,7 +75,7 @@ __global__ void __launch_bounds__(kThreads)
       const int gm = m0 + ty + 16 * i, gn = n0 + tx + 16 * j;
       if (gm < M && gn < N) {
         const long long o = (long long)gm * ldc + gn;
-        float r = acc[i][j];
+        float r = alpha * acc[i][j];
         if (beta != 0.f) r += beta * to_f(C[o]);  // beta 0: C may hold garbage (even NaN)
         C[o] = from_f<TC>(r);
       }
@@ -117,28 +121,48 @@ Gemm::~Gemm() {
 template <typename TA, typename TC>
 void Gemm::run(bool transA, bool transB, int M, int N, int K, const TA* A, int lda, const TA* B, int ldb, float beta,
                TC* C, int ldc, cudaStream_t stream) {
-  if (M <= 0 || N <= 0) return;
+  run_batched<TA, TC>(transA, transB, M, N, K, 1.f, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1, stream);
+}
+
+template <typename TA, typename TC>
+void Gemm::run_batched(bool transA, bool transB, int M, int N, int K, float alpha, const TA* A, int lda,
+                       long long strideA, const TA* B, int ldb, long long strideB, float beta, TC* C, int ldc,
+                       long long strideC, int batch, cudaStream_t stream) {
+  if (M <= 0 || N <= 0 || batch <= 0) return;
 #ifdef PYLLAMA_HAVE_CUBLAS
   if (use_cublas_) {
-    const float alpha = 1.f;
     CUBLAS_CHECK(cublasSetStream(handle_, stream));
-    CUBLAS_CHECK(cublasGemmEx(handle_, transB ? CUBLAS_OP_T : CUBLAS_OP_N, transA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K,
-                              &alpha, B, CudaType<TA>::value, ldb, A, CudaType<TA>::value, lda, &beta, C,
-                              CudaType<TC>::value, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (ws_) CUBLAS_CHECK(cublasSetWorkspace(handle_, ws_, ws_bytes_));
+    const cublasOperation_t opB = transB ? CUBLAS_OP_T : CUBLAS_OP_N, opA = transA ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (batch == 1) {
+      CUBLAS_CHECK(cublasGemmEx(handle_, opB, opA, N, M, K, &alpha, B, CudaType<TA>::value, ldb, A,
+                                CudaType<TA>::value, lda, &beta, C, CudaType<TC>::value, ldc, CUBLAS_COMPUTE_32F,
+                                CUBLAS_GEMM_DEFAULT));
+    } else {
+      CUBLAS_CHECK(cublasGemmStridedBatchedEx(handle_, opB, opA, N, M, K, &alpha, B, CudaType<TA>::value, ldb,
+                                              strideB, A, CudaType<TA>::value, lda, strideA, &beta, C,
+                                              CudaType<TC>::value, ldc, strideC, batch, CUBLAS_COMPUTE_32F,
+                                              CUBLAS_GEMM_DEFAULT));
+    }
     return;
   }
 #endif
-  dim3 grid((N + kBN - 1) / kBN, (M + kBM - 1) / kBM);
-  gemm_tiled_kernel<TA, TC><<<grid, kThreads, 0, stream>>>(transA, transB, M, N, K, A, lda, B, ldb, beta, C, ldc);
+  PYLLAMA_CHECK(batch <= 65535, ValueError, "Gemm::run_batched: at most 65535 batch entries, got " << batch);
+  dim3 grid((N + kBN - 1) / kBN, (M + kBM - 1) / kBM, batch);
+  gemm_tiled_kernel<TA, TC><<<grid, kThreads, 0, stream>>>(transA, transB, M, N, K, alpha, A, lda, strideA, B, ldb,
+                                                           strideB, beta, C, ldc, strideC);
   CUDA_CHECK_LAUNCH();
 }
 
-template void Gemm::run<float, float>(bool, bool, int, int, int, const float*, int, const float*, int, float, float*,
-                                      int, cudaStream_t);
-template void Gemm::run<bf16, bf16>(bool, bool, int, int, int, const bf16*, int, const bf16*, int, float, bf16*, int,
-                                    cudaStream_t);
-template void Gemm::run<bf16, float>(bool, bool, int, int, int, const bf16*, int, const bf16*, int, float, float*, int,
-                                     cudaStream_t);
+#define PYLLAMA_GEMM_INSTANTIATE(TA, TC)                                                                          \
+  template void Gemm::run<TA, TC>(bool, bool, int, int, int, const TA*, int, const TA*, int, float, TC*, int,      \
+                                  cudaStream_t);                                                                  \
+  template void Gemm::run_batched<TA, TC>(bool, bool, int, int, int, float, const TA*, int, long long, const TA*, \
+                                          int, long long, float, TC*, int, long long, int, cudaStream_t);
+PYLLAMA_GEMM_INSTANTIATE(float, float)
+PYLLAMA_GEMM_INSTANTIATE(bf16, bf16)
+PYLLAMA_GEMM_INSTANTIATE(bf16, float)
+#undef PYLLAMA_GEMM_INSTANTIATE
 
 template <typename T>
 void linear_forward(Gemm& g, T* y, const T* x, const T* w, int N, int IN, int OUT, cudaStream_t stream) {

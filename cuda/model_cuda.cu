@@ -3,13 +3,16 @@
 // KV-cache passes below read as their CPU twins in csrc/model.cpp, with each CPU
 // op replaced by its launcher from kernels.cuh, all queued on one stream.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "decode.cuh"
 #include "kernels.cuh"
 #include "model_cuda.h"
 #include "ops.h"  // rope_table: the same float32 table as the CPU
@@ -20,13 +23,31 @@ using gpu::bf16;
 
 namespace {
 
+// Allocation accounting: every DevBuf adds its bytes to the process totals (current and
+// peak, cuda_bytes_allocated()) and to the model that owns it (the Impl under construction
+// when the DevBuf was constructed: AllocAccount, below, points t_model_bytes at it).
+std::atomic<long long> g_dev_bytes{0}, g_dev_peak{0};
+thread_local long long* t_model_bytes = nullptr;
+
+void account_bytes(long long* model, long long delta) {
+  const long long now = g_dev_bytes.fetch_add(delta) + delta;
+  long long peak = g_dev_peak.load();
+  while (now > peak && !g_dev_peak.compare_exchange_weak(peak, now)) {
+  }
+  if (model) *model += delta;
+}
+
 // One device allocation, freed on destruction.
 struct DevBuf {
   void* p = nullptr;
   size_t bytes = 0;
+  long long* acct = t_model_bytes;  // the owning model's byte count (or none)
   DevBuf() = default;
   ~DevBuf() {
-    if (p) cudaFree(p);  // no throwing from a destructor
+    if (p) {
+      account_bytes(acct, -(long long)bytes);
+      cudaFree(p);  // no throwing from a destructor
+    }
   }
   DevBuf(const DevBuf&) = delete;
   DevBuf& operator=(const DevBuf&) = delete;
@@ -36,10 +57,12 @@ struct DevBuf {
     release();
     CUDA_CHECK(cudaMalloc(&p, n ? n : 1));
     bytes = n;
+    account_bytes(acct, (long long)bytes);
   }
   void release() {
     if (p) {
       void* q = p;
+      account_bytes(acct, -(long long)bytes);
       p = nullptr;
       bytes = 0;
       CUDA_CHECK(cudaFree(q));
@@ -119,9 +142,31 @@ size_t carve_acts(Acts<T>* a, char* base, int B, int T_, int C, int QKVD, int NH
   return cv.off;
 }
 
+// First base of Impl: constructed before Impl's DevBuf members, so they count into it.
+struct AllocAccount {
+  long long model_bytes = 0;
+  AllocAccount() { t_model_bytes = &model_bytes; }
+};
+
+bool env_off(const char* name) {  // PYLLAMA_...=0/off/false
+  const char* v = std::getenv(name);
+  return v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0 || std::strcmp(v, "false") == 0 ||
+               std::strcmp(v, "OFF") == 0 || std::strcmp(v, "False") == 0);
+}
+
+constexpr size_t kCublasWorkspace = size_t(32) << 20;  // cuBLAS's recommendation for Hopper
+
+// The arrays of one T = 1 decode step of B rows (kv_decode), carved from one buffer.
+template <typename T>
+struct DecArrays {
+  T *x, *ln, *qkv, *atty, *tmp, *gu, *h, *logits;
+  float *rstd, *logits_f, *part;  // logits_f: float copy of bf16 logits; part: attention splits
+  int32_t* argmax;
+};
+
 }  // namespace
 
-struct LlamaModelCuda::Impl {
+struct LlamaModelCuda::Impl : AllocAccount {
   LlamaConfig cfg;
   DType dtype = DType::float32;
   int dev = 0;
@@ -161,11 +206,37 @@ struct LlamaModelCuda::Impl {
   DevBuf kcache, vcache, kvtmp, inf, inf_io, reorder_src;
   std::vector<float> host_logits;
   std::vector<int32_t> inf_pos_h;
+  std::vector<int32_t> greedy_h;
+
+  // T = 1 decode fast path (kv_decode): fixed device buffers, pinned host staging, one
+  // CUDA graph per B (valid until kv_reset or a buffer regrowth). See docs/CUDA.md.
+  bool dec_fast = true;    // PYLLAMA_CUDA_DECODE=0: T = 1 steps take the general kv_forward path
+  bool dec_graphs = true;  // PYLLAMA_CUDA_GRAPHS=0: the fast path without graphs
+  bool dec_gemv = true;    // PYLLAMA_CUDA_DECODE_GEMV=0: cuBLAS for B <= 4 rows too
+  int num_sms = 1;
+  DevBuf kvptr_d;  // {kcache.p, vcache.p}: decode kernels read the cache bases here (kv_reorder swaps them)
+  DevBuf cublas_ws;
+  DevBuf dec, dec_io;         // scratch for up to dec_rows rows; io: tokens | positions | slots (B each)
+  int dec_rows = 0, dec_len = 0;  // rows the buffers hold; cache length their attention scratch was sized for
+  int32_t* dec_in_h = nullptr;  // pinned, 3 * dec_rows int32
+  void* dec_out_h = nullptr;    // pinned, dec_rows * V floats (logits) or dec_rows int32 (argmax)
+  struct DecGraph {
+    int B;
+    cudaGraphExec_t exec;
+  };
+  std::vector<DecGraph> dec_graph;
+  std::vector<int> dec_seen;  // B values run once eagerly since the last reset (warm-up before a capture)
+  long long n_captures = 0, n_replays = 0, n_eager = 0, n_general = 0;
+  std::string graph_error;
 
   ~Impl() {
     if (stream) cudaStreamSynchronize(stream);
+    for (auto& g : dec_graph) cudaGraphExecDestroy(g.exec);
+    dec_graph.clear();
     gemm.reset();
     if (pinned) cudaFreeHost(pinned);
+    if (dec_in_h) cudaFreeHost(dec_in_h);
+    if (dec_out_h) cudaFreeHost(dec_out_h);
     if (stream) cudaStreamDestroy(stream);
   }
 
@@ -188,6 +259,7 @@ struct LlamaModelCuda::Impl {
 
   // ------------------------------------------------------------ construction
   void init(LlamaModel& cpu, DType dt, int device) {
+    t_model_bytes = nullptr;  // the members are constructed: later DevBufs belong to no model
     cfg = cpu.config();
     PYLLAMA_CHECK(dt == DType::float32 || dt == DType::bfloat16, ValueError,
                   "LlamaModelCuda: dtype must be float32 or bfloat16, got " << dtype_name(dt));
@@ -252,6 +324,16 @@ struct LlamaModelCuda::Impl {
     CUDA_CHECK(cudaMemcpyAsync(rope_cos.p, cs.data(), cs.size() * sizeof(float), cudaMemcpyHostToDevice, stream));
     CUDA_CHECK(cudaMemcpyAsync(rope_sin.p, sn.data(), sn.size() * sizeof(float), cudaMemcpyHostToDevice, stream));
     scalars.reserve((2 + gpu::kNormBlocks) * sizeof(double));
+    CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev));
+    kvptr_d.reserve(2 * sizeof(void*));
+    CUDA_CHECK(cudaMemsetAsync(kvptr_d.p, 0, 2 * sizeof(void*), stream));
+    dec_fast = !env_off("PYLLAMA_CUDA_DECODE");
+    dec_graphs = !env_off("PYLLAMA_CUDA_GRAPHS");
+    dec_gemv = !env_off("PYLLAMA_CUDA_DECODE_GEMV");
+    if (gemm->uses_cublas()) {
+      cublas_ws.reserve(kCublasWorkspace);
+      gemm->set_workspace(cublas_ws.p, cublas_ws.bytes);
+    }
     sync();  // the host vectors above go out of scope
   }
 
@@ -460,12 +542,21 @@ struct LlamaModelCuda::Impl {
     vcache.reserve(bytes);
     CUDA_CHECK(cudaMemsetAsync(kcache.p, 0, bytes, stream));
     CUDA_CHECK(cudaMemsetAsync(vcache.p, 0, bytes, stream));
+    if (n_slots != kv_slots || max_len != kv_len) drop_graphs();  // they bake in the cache shape, not its address
     kv_slots = n_slots;
     kv_len = max_len;
+    publish_kv_ptrs();
+    if (dec_fast) ensure_decode(n_slots);  // the usual decode batch: no regrowth mid-generation
   }
 
-  const float* kv_forward(const int32_t* tokens, int B, int T, const int32_t* slots, const int32_t* start_pos,
-                          bool last_only) {
+  // The decode kernels read the cache bases from kvptr_d, so kv_reorder's buffer swaps do not
+  // invalidate a captured graph. Pageable source: staged before cudaMemcpyAsync returns.
+  void publish_kv_ptrs() {
+    void* h[2] = {kcache.p, vcache.p};
+    CUDA_CHECK(cudaMemcpyAsync(kvptr_d.p, h, sizeof h, cudaMemcpyHostToDevice, stream));
+  }
+
+  void kv_check(const int32_t* tokens, int B, int T, const int32_t* slots, const int32_t* start_pos) const {
     PYLLAMA_CHECK(kv_slots > 0, ValueError, "kv_forward: call kv_reset(n_slots, max_len) first");
     PYLLAMA_CHECK(B >= 1 && T >= 1, ValueError, "kv_forward: B and T must be >= 1");
     const long long N = (long long)B * T;
@@ -477,6 +568,14 @@ struct LlamaModelCuda::Impl {
                     "kv_forward: positions " << start_pos[b] << ".." << start_pos[b] + T - 1
                                              << " do not fit the cache length " << kv_len);
     }
+  }
+
+  const float* kv_forward(const int32_t* tokens, int B, int T, const int32_t* slots, const int32_t* start_pos,
+                          bool last_only) {
+    kv_check(tokens, B, T, slots, start_pos);
+    if (T == 1 && dec_fast) return static_cast<const float*>(kv_decode(tokens, B, slots, start_pos, false));
+    n_general++;
+    const long long N = (long long)B * T;
     use();
     const int R = last_only ? B : (int)N;
     inf_pos_h.resize(N);
@@ -573,6 +672,233 @@ struct LlamaModelCuda::Impl {
     sync();
   }
 
+  // ------------------------------------------------------------ T = 1 decode fast path
+  // One step of B sequences, one token each: inputs staged in pinned memory and sent in one
+  // copy into fixed device buffers, the step replayed from a CUDA graph (captured on the
+  // second step of a given B, after an eager warm-up), then either B int32 argmaxes
+  // (greedy) or the (B, V) float32 logits copied into pinned memory; one sync. The returned
+  // pointer is valid until the next call.
+  int dec_splits(int B) const { return gpu::decode_attention_splits(B, NH, kv_len, num_sms); }
+
+  template <typename T>
+  size_t dec_carve(DecArrays<T>* d, char* base, int B) const {
+    Carver cv{base};
+    d->x = cv.take<T>((size_t)B * C);
+    d->ln = cv.take<T>((size_t)B * C);
+    d->rstd = cv.take<float>(B);
+    d->qkv = cv.take<T>((size_t)B * QKVD);
+    d->atty = cv.take<T>((size_t)B * C);
+    d->tmp = cv.take<T>((size_t)B * C);
+    d->gu = cv.take<T>((size_t)B * 2 * I);
+    d->h = cv.take<T>((size_t)B * I);
+    d->logits = cv.take<T>((size_t)B * V);
+    d->logits_f = cv.take<float>(std::is_same<T, float>::value ? 0 : (size_t)B * V);
+    d->part = cv.take<float>((size_t)gpu::decode_attention_scratch(B, NH, HS, dec_splits(B)));
+    d->argmax = cv.take<int32_t>(B);
+    return cv.off;
+  }
+  size_t dec_need(int B) const {
+    if (dtype == DType::bfloat16) {
+      DecArrays<bf16> d;
+      return dec_carve<bf16>(&d, nullptr, B);
+    }
+    DecArrays<float> d;
+    return dec_carve<float>(&d, nullptr, B);
+  }
+
+  void drop_graphs() {  // the caller has synchronised (or nothing of the graphs is queued)
+    for (auto& g : dec_graph) CUDA_CHECK(cudaGraphExecDestroy(g.exec));
+    dec_graph.clear();
+    dec_seen.clear();
+  }
+
+  // Buffers for up to B rows (every B' <= B fits the same buffers, so graphs of smaller
+  // batches stay valid); growing drops the graphs.
+  void ensure_decode(int B) {
+    if (B <= dec_rows && dec_len == kv_len && dec.p) return;
+    const int R = std::max(B, dec_rows);
+    size_t need = 0;
+    for (int b = 1; b <= R; b++) need = std::max(need, dec_need(b));  // attention splits shrink as B grows
+    if (R == dec_rows && need <= dec.bytes && dec.p) {  // a new cache length that still fits
+      dec_len = kv_len;
+      return;
+    }
+    sync();
+    drop_graphs();
+    dec.release();
+    dec_io.release();
+    if (dec_in_h) CUDA_CHECK(cudaFreeHost(dec_in_h));
+    dec_in_h = nullptr;
+    if (dec_out_h) CUDA_CHECK(cudaFreeHost(dec_out_h));
+    dec_out_h = nullptr;
+    dec_rows = 0;
+    dec.reserve(need);
+    dec_io.reserve(3 * (size_t)R * sizeof(int32_t));
+    CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&dec_in_h), 3 * (size_t)R * sizeof(int32_t)));
+    CUDA_CHECK(cudaMallocHost(&dec_out_h, (size_t)R * V * sizeof(float)));
+    dec_rows = R;
+    dec_len = kv_len;
+  }
+
+  // The step's kernels, all reading tokens/positions/slots and the cache bases from device
+  // memory: what a graph captures.
+  template <typename T>
+  void decode_kernels(int B) {
+    DecArrays<T> d;
+    dec_carve<T>(&d, dec.as<char>(), B);
+    const int splits = dec_splits(B);
+    const int32_t* tok = dec_io.as<int32_t>();
+    const int32_t* pos = tok + B;
+    const int32_t* slt = tok + 2 * B;
+    void* const* kvp = kvptr_d.as<void*>();
+    const T* Wp = W<T>();
+    const float *cs = rope_cos.as<float>(), *sn = rope_sin.as<float>();
+    const float eps = cfg.rms_norm_eps;
+    const long long layer_stride = (long long)kv_slots * NKV * kv_len * HS;
+    cudaStream_t s = stream;
+    auto lin = [&](T* y, const T* x, const T* w, int in, int out) {
+      gpu::decode_linear<T>(*gemm, dec_gemv, y, x, w, B, in, out, s);
+    };
+    // each residual add is fused with the RMSNorm after it (ln2, the next layer's ln1, the final norm)
+    gpu::embedding_forward<T>(d.x, tok, Wp, B, C, s);
+    gpu::rmsnorm_forward<T>(d.ln, d.rstd, d.x, Wp + (L > 0 ? layer_off[0].ln1 : lnf_off), B, C, eps, s);
+    for (int l = 0; l < L; l++) {
+      const LayerOff& o = layer_off[l];
+      lin(d.qkv, d.ln, Wp + o.wqkv, C, QKVD);
+      gpu::decode_rope_store<T>(d.qkv, kvp, l * layer_stride, slt, pos, cs, sn, B, NH, NKV, HS, kv_len, s);
+      gpu::decode_attention<T>(d.atty, d.part, d.qkv, kvp, l * layer_stride, slt, pos, B, NH, NKV, HS, kv_len,
+                               splits, s);
+      lin(d.tmp, d.atty, Wp + o.wo, C, C);
+      gpu::decode_residual_rmsnorm<T>(d.x, d.tmp, d.ln, d.rstd, Wp + o.ln2, B, C, eps, s);
+      lin(d.gu, d.ln, Wp + o.wgu, C, 2 * I);
+      gpu::swiglu_forward<T>(d.h, d.gu, B, I, s);
+      lin(d.tmp, d.h, Wp + o.wd, I, C);
+      const size_t next_norm = l + 1 < L ? layer_off[l + 1].ln1 : lnf_off;
+      gpu::decode_residual_rmsnorm<T>(d.x, d.tmp, d.ln, d.rstd, Wp + next_norm, B, C, eps, s);
+    }
+    lin(d.logits, d.ln, Wp + wout_off, C, V);
+    const float* lf = reinterpret_cast<const float*>(d.logits);
+    if constexpr (!std::is_same<T, float>::value) {
+      gpu::convert<float, T>(d.logits_f, d.logits, (long long)B * V, s);
+      lf = d.logits_f;
+    }
+    gpu::argmax_rows(d.argmax, lf, B, V, s);
+  }
+
+  void graph_failed(const std::string& why) {
+    dec_graphs = false;  // for this model; the eager path runs the same kernels
+    graph_error = why;
+  }
+
+  // Captures decode_kernels<T>(B) into an executable graph; nullptr (graphs off) on failure.
+  template <typename T>
+  cudaGraphExec_t capture(int B) {
+    cudaError_t err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal);
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();
+      graph_failed(std::string("cudaStreamBeginCapture: ") + cudaGetErrorString(err));
+      return nullptr;
+    }
+    std::string why;
+    try {
+      decode_kernels<T>(B);
+    } catch (const std::exception& e) {
+      why = e.what();
+    }
+    cudaGraph_t graph = nullptr;
+    err = cudaStreamEndCapture(stream, &graph);  // always: leaves capture mode
+    if (why.empty() && err != cudaSuccess) why = std::string("cudaStreamEndCapture: ") + cudaGetErrorString(err);
+    cudaGraphExec_t exec = nullptr;
+    if (why.empty()) {
+      err = cudaGraphInstantiate(&exec, graph, 0);
+      if (err != cudaSuccess) {
+        why = std::string("cudaGraphInstantiate: ") + cudaGetErrorString(err);
+        exec = nullptr;
+      }
+    }
+    if (graph) cudaGraphDestroy(graph);
+    if (!why.empty()) {
+      (void)cudaGetLastError();  // clear a non-sticky error left by the failed capture
+      graph_failed(why);
+      return nullptr;
+    }
+    dec_graph.push_back({B, exec});
+    n_captures++;
+    return exec;
+  }
+
+  template <typename T>
+  void run_decode(int B) {
+    if (dec_graphs) {
+      cudaGraphExec_t exec = nullptr;
+      for (auto& g : dec_graph)
+        if (g.B == B) exec = g.exec;
+      if (!exec && std::find(dec_seen.begin(), dec_seen.end(), B) != dec_seen.end()) exec = capture<T>(B);
+      if (exec) {
+        CUDA_CHECK(cudaGraphLaunch(exec, stream));
+        n_replays++;
+        return;
+      }
+      if (dec_graphs) dec_seen.push_back(B);  // first step of this B: eager, warms cuBLAS up
+    }
+    decode_kernels<T>(B);
+    n_eager++;
+  }
+
+  // tokens, slots, start_pos: B entries each, already checked (kv_check with T = 1).
+  const void* kv_decode(const int32_t* tokens, int B, const int32_t* slots, const int32_t* start_pos, bool greedy) {
+    use();
+    ensure_decode(B);
+    // the previous step synchronised, so no queued copy still reads dec_in_h
+    std::memcpy(dec_in_h, tokens, (size_t)B * sizeof(int32_t));
+    std::memcpy(dec_in_h + B, start_pos, (size_t)B * sizeof(int32_t));
+    std::memcpy(dec_in_h + 2 * B, slots, (size_t)B * sizeof(int32_t));
+    CUDA_CHECK(cudaMemcpyAsync(dec_io.p, dec_in_h, 3 * (size_t)B * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
+    const void* src;
+    if (dtype == DType::bfloat16) {
+      run_decode<bf16>(B);
+      DecArrays<bf16> d;
+      dec_carve<bf16>(&d, dec.as<char>(), B);
+      src = greedy ? static_cast<const void*>(d.argmax) : static_cast<const void*>(d.logits_f);
+    } else {
+      run_decode<float>(B);
+      DecArrays<float> d;
+      dec_carve<float>(&d, dec.as<char>(), B);
+      src = greedy ? static_cast<const void*>(d.argmax) : static_cast<const void*>(d.logits);
+    }
+    const size_t bytes = greedy ? (size_t)B * sizeof(int32_t) : (size_t)B * V * sizeof(float);
+    CUDA_CHECK(cudaMemcpyAsync(dec_out_h, src, bytes, cudaMemcpyDeviceToHost, stream));
+    sync();
+    return dec_out_h;
+  }
+
+  // Greedy choice of the last position of each row: B int32 (valid until the next call).
+  const int32_t* kv_forward_greedy(const int32_t* tokens, int B, int T, const int32_t* slots,
+                                   const int32_t* start_pos) {
+    kv_check(tokens, B, T, slots, start_pos);
+    if (T == 1 && dec_fast) return static_cast<const int32_t*>(kv_decode(tokens, B, slots, start_pos, true));
+    const float* lg = kv_forward(tokens, B, T, slots, start_pos, true);  // (B, V) host logits
+    greedy_h.resize(B);
+    for (int b = 0; b < B; b++) {  // numpy argmax: first maximum, first NaN
+      const float* r = lg + (size_t)b * V;
+      int best = 0;
+      for (int j = 1; j < V && !std::isnan(r[best]); j++)
+        if (std::isnan(r[j]) || r[j] > r[best]) best = j;
+      greedy_h[b] = best;
+    }
+    return greedy_h.data();
+  }
+
+  void set_decode(bool fast, bool graphs, bool gemv) {
+    use();
+    sync();
+    drop_graphs();
+    dec_fast = fast;
+    dec_graphs = graphs;
+    dec_gemv = gemv;
+    graph_error.clear();
+  }
+
   void kv_reorder(const int32_t* src, int n) {
     PYLLAMA_CHECK(n == kv_slots, ValueError, "kv_reorder: expected " << kv_slots << " source slots, got " << n);
     for (int i = 0; i < n; i++)
@@ -599,6 +925,7 @@ struct LlamaModelCuda::Impl {
                               stream);
       cache->swap(kvtmp);  // kvtmp now holds the old cache: the next gather's destination
     }
+    publish_kv_ptrs();
   }
 
   // ------------------------------------------------------------ optimizer
@@ -742,6 +1069,23 @@ const float* LlamaModelCuda::kv_forward(const int32_t* tokens, int B, int T, con
   return impl_->kv_forward(tokens, B, T, slots, start_pos, last_only);
 }
 void LlamaModelCuda::kv_reorder(const int32_t* src, int n) { impl_->kv_reorder(src, n); }
+const int32_t* LlamaModelCuda::kv_forward_greedy(const int32_t* tokens, int B, int T, const int32_t* slots,
+                                                 const int32_t* start_pos) {
+  return impl_->kv_forward_greedy(tokens, B, T, slots, start_pos);
+}
+void LlamaModelCuda::set_decode_options(bool fast_path, bool cuda_graphs, bool skinny_gemv) {
+  impl_->set_decode(fast_path, cuda_graphs, skinny_gemv);
+}
+LlamaModelCuda::DecodeStats LlamaModelCuda::decode_stats() const {
+  const Impl& m = *impl_;
+  return DecodeStats{m.dec_fast, m.dec_graphs, m.dec_gemv, m.n_captures, m.n_replays, m.n_eager, m.n_general,
+                     m.graph_error};
+}
+size_t LlamaModelCuda::bytes_allocated() const { return (size_t)impl_->model_bytes; }
+
+size_t cuda_bytes_allocated() { return (size_t)std::max(0LL, g_dev_bytes.load()); }
+size_t cuda_peak_bytes_allocated() { return (size_t)std::max(0LL, g_dev_peak.load()); }
+void cuda_reset_peak_bytes_allocated() { g_dev_peak.store(g_dev_bytes.load()); }
 int LlamaModelCuda::kv_slots() const { return impl_->kv_slots; }
 int LlamaModelCuda::kv_max_len() const { return impl_->kv_len; }
 

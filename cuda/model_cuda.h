@@ -79,6 +79,30 @@ class LlamaModelCuda {
   void kv_reorder(const int32_t* src, int n);
   int kv_slots() const;
   int kv_max_len() const;
+  // As kv_forward with last_only, but returns the greedy choice (argmax of each row's logits,
+  // numpy semantics) as B host int32s, valid until the next kv_* call. T = 1 steps compute it
+  // on the GPU, so only B int32s come back.
+  const int32_t* kv_forward_greedy(const int32_t* tokens, int B, int T, const int32_t* slots,
+                                   const int32_t* start_pos);
+
+  // The T = 1 decode step (docs/CUDA.md "Decoding"): fast_path (PYLLAMA_CUDA_DECODE, default on)
+  // runs it on fixed device buffers with pinned staging and an on-device argmax; cuda_graphs
+  // (PYLLAMA_CUDA_GRAPHS, default on) replays it from one CUDA graph per batch size;
+  // skinny_gemv (PYLLAMA_CUDA_DECODE_GEMV, default on) runs the matmuls of B <= 4 rows with
+  // a bandwidth-bound 128-bit-load kernel instead of cuBLAS. Off: the general kv_forward
+  // path / eager launches / cuBLAS. Setting drops captured graphs.
+  void set_decode_options(bool fast_path, bool cuda_graphs, bool skinny_gemv = true);
+  struct DecodeStats {
+    bool fast_path, cuda_graphs;  // cuda_graphs turns false when a capture failed (graph_error says why)
+    bool skinny_gemv;
+    long long captures, replays, eager_steps, general_steps;  // T = 1 fast steps: replays + eager_steps
+    std::string graph_error;
+  };
+  DecodeStats decode_stats() const;
+
+  // Device bytes this model's buffers hold (params, grads, moments, activations, KV cache,
+  // decode buffers, cuBLAS workspace); see also cuda_bytes_allocated() (cuda_device.h).
+  size_t bytes_allocated() const;
 
   // AdamW over the flat buffers (moments allocated, zeroed, on first use). segments:
   // (n_segments, 3) int64 rows (offset, numel, decay) tiling [0, num_parameters()).

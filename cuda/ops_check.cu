@@ -341,6 +341,53 @@ void check_elementwise(Rand& r, Results& out) {
   out.push_back({"convert.bf16_roundtrip(<=2^-8)", e <= 1.0 / 256 ? 0.0 : e});
 }
 
+// The batched-GEMM attention (attention_gemm.cu) against the CPU flash ops (out, lse,
+// dqkv), float and bf16 (bf16: inputs rounded to bf16 first, tolerance reported as is).
+void check_attention_gemm(Rand& r, Results& out, gpu::Gemm& gemm, int B, int T, int NH, int NKV, int HS) {
+  const int C = NH * HS, QKVD = C + 2 * NKV * HS;
+  const size_t N = (size_t)B * T;
+  auto qkv = r.normal(N * QKVD), dy = r.normal(N * C);
+  std::vector<float> y(N * C), lse((size_t)B * NH * T), dqkv(N * QKVD);
+  std::vector<float> scratch((size_t)std::max(num_threads(), 1) * attention_scratch_floats(T) + 64);
+  attention_forward_flash(y.data(), lse.data(), scratch.data(), qkv.data(), B, T, NH, NKV, HS);
+  attention_backward_flash(dqkv.data(), scratch.data(), dy.data(), qkv.data(), lse.data(), B, T, NH, NKV, HS);
+  const std::string tag = "(" + std::string(gemm.uses_cublas() ? "cublas" : "tiled") + ",B" + std::to_string(B) +
+                          ",T" + std::to_string(T) + ",NH" + std::to_string(NH) + ",NKV" + std::to_string(NKV) +
+                          ",HS" + std::to_string(HS) + ")";
+  {
+    Dev<float> dq(qkv), ddy(dy), dout(zeros<float>(N * C)), dlse(zeros<float>(lse.size())),
+        ddq(zeros<float>(N * QKVD));
+    Dev<char> work(std::vector<char>(gpu::attention_gemm_scratch_bytes(T, NH, sizeof(float))));
+    gpu::attention_forward_gemm<float>(gemm, dout.get(), dlse.get(), dq.get(), work.get(), B, T, NH, NKV, HS, 0);
+    gpu::attention_backward_gemm<float>(gemm, ddq.get(), ddy.get(), dq.get(), dlse.get(), work.get(), B, T, NH, NKV,
+                                        HS, 0);
+    out.push_back({"attention_gemm.out" + tag, rel_err(dout.host(), y)});
+    out.push_back({"attention_gemm.lse" + tag, rel_err(dlse.host(), lse)});
+    out.push_back({"attention_gemm.dqkv" + tag, rel_err(ddq.host(), dqkv)});
+  }
+  {  // bf16: report the error beyond a bf16-sized allowance (0 when within 2^-5 of the scale)
+    auto to_bf = [](const std::vector<float>& v) {
+      std::vector<bf16> h(v.size());
+      for (size_t i = 0; i < v.size(); i++) h[i] = __float2bfloat16_rn(v[i]);
+      return h;
+    };
+    auto to_fl = [](const std::vector<bf16>& v) {
+      std::vector<float> h(v.size());
+      for (size_t i = 0; i < v.size(); i++) h[i] = __bfloat162float(v[i]);
+      return h;
+    };
+    Dev<bf16> dq(to_bf(qkv)), ddy(to_bf(dy)), dout(zeros<bf16>(N * C)), ddq(zeros<bf16>(N * QKVD));
+    Dev<float> dlse(zeros<float>(lse.size()));
+    Dev<char> work(std::vector<char>(gpu::attention_gemm_scratch_bytes(T, NH, sizeof(bf16))));
+    gpu::attention_forward_gemm<bf16>(gemm, dout.get(), dlse.get(), dq.get(), work.get(), B, T, NH, NKV, HS, 0);
+    gpu::attention_backward_gemm<bf16>(gemm, ddq.get(), ddy.get(), dq.get(), dlse.get(), work.get(), B, T, NH, NKV,
+                                       HS, 0);
+    auto within = [](double e) { return e <= 1.0 / 32 ? 0.0 : e; };
+    out.push_back({"attention_gemm.bf16.out(<=2^-5)" + tag, within(rel_err(to_fl(dout.host()), y))});
+    out.push_back({"attention_gemm.bf16.dqkv(<=2^-5)" + tag, within(rel_err(to_fl(ddq.host()), dqkv))});
+  }
+}
+
 }  // namespace
 
 std::vector<std::pair<std::string, double>> cuda_check_ops(unsigned seed) {
@@ -359,6 +406,9 @@ std::vector<std::pair<std::string, double>> cuda_check_ops(unsigned seed) {
   {
     gpu::Gemm gemm;  // cuBLAS when built with it (unless PYLLAMA_CUDA_MATMUL=tiled)
     check_matmul(r, out, gemm, gemm.uses_cublas() ? "cublas" : "tiled");
+    check_attention_gemm(r, out, gemm, 2, 37, 4, 2, 12);
+    check_attention_gemm(r, out, gemm, 1, 70, 2, 1, 64);
+    check_attention_gemm(r, out, gemm, 2, 129, 3, 3, 128);
   }
   check_adamw_and_norm(r, out);
   check_elementwise(r, out);

@@ -7,7 +7,11 @@ The core gives three private steps on a model (see ``docs/GENERATION.md``):
   run ``T`` new tokens of each of ``B`` sequences, sequence ``b`` in cache slot
   ``slots[b]`` at positions ``start_pos[b] .. start_pos[b]+T-1``; returns logits;
 - ``model._kv_reorder(src[n_slots])``: slot ``i`` takes the old content of slot
-  ``src[i]`` (beam search).
+  ``src[i]`` (beam search);
+- optional, ``model._kv_greedy_on_device()`` and ``model._kv_forward_greedy(tokens,
+  slots, start_pos)`` (the argmax of the last positions' logits, int32 [B]): plain greedy
+  decoding (no logits processor active) uses them on a cuda model, so only B token ids
+  come back from the GPU per step.
 
 Everything else, every logits processor, the sampler and beam search, is here,
 on numpy arrays, with Hugging Face ``generate`` semantics.
@@ -708,12 +712,23 @@ def _decode_steps(model: Any, prompts: List[np.ndarray], cfg: GenerationConfig, 
         yield int(k), -1, STOP_MAX_CONTEXT
     live = live[limit > 0]
 
+    # Plain greedy (no processor changes the logits): the argmax can be taken where the logits
+    # are (the GPU), and only the token ids come back. min_new_tokens masks eos only while a
+    # sequence is short, so it is checked per step.
+    on_device = getattr(model, "_kv_greedy_on_device", None)
+    device_greedy = (not cfg.do_sample and state.seen is None and state.counts is None
+                     and cfg.no_repeat_ngram_size == 0 and on_device is not None and bool(on_device()))
+    next_toks: Optional[np.ndarray] = None
+
     while live.size:
-        lg = procs(logits, state, live)
-        if cfg.do_sample:
-            toks = sample_from_logits(lg, np.array([rngs[k].random() for k in live]))
+        if next_toks is not None:
+            toks = next_toks
         else:
-            toks = lg.argmax(axis=-1)
+            lg = procs(logits, state, live)
+            if cfg.do_sample:
+                toks = sample_from_logits(lg, np.array([rngs[k].random() for k in live]))
+            else:
+                toks = lg.argmax(axis=-1)
         toks = toks.astype(np.int32)
         state.append(live, toks)
         keep = np.ones(live.size, bool)
@@ -739,9 +754,14 @@ def _decode_steps(model: Any, prompts: List[np.ndarray], cfg: GenerationConfig, 
         live, toks = live[keep], toks[keep]
         if live.size:
             _check_cache(model, owner)
-            out = model._kv_forward(toks[:, None], live.astype(np.int32),
-                                    (state.length[live] - 1).astype(np.int32), True)
-            logits = np.array(out, np.float32, copy=True)
+            step_args = (toks[:, None], live.astype(np.int32), (state.length[live] - 1).astype(np.int32))
+            if device_greedy and (cfg.min_new_tokens == 0 or not eos_ids
+                                  or bool((state.n_generated(live) >= cfg.min_new_tokens).all())):
+                next_toks = np.asarray(model._kv_forward_greedy(*step_args), np.int32)
+            else:
+                next_toks = None
+                out = model._kv_forward(*step_args, True)
+                logits = np.array(out, np.float32, copy=True)
 
 
 # ============================================================================ beam search

@@ -264,6 +264,18 @@ class Llama:
     def _kv_reorder(self, src: np.ndarray) -> None:
         self._core.kv_reorder(src)
 
+    def _kv_greedy_on_device(self) -> bool:
+        """True when :meth:`_kv_forward_greedy` takes the argmax on the GPU (a cuda model,
+        unless ``PYLLAMA_CUDA_GREEDY=0``): plain greedy decoding then downloads B token ids
+        per step instead of the (B, V) logits."""
+        return self.device == "cuda" and os.environ.get("PYLLAMA_CUDA_GREEDY", "1").lower() not in ("0", "off", "false")
+
+    def _kv_forward_greedy(self, tokens: np.ndarray, slots: np.ndarray, start_pos: np.ndarray) -> np.ndarray:
+        """``_kv_forward(..., last_only=True).argmax(-1)`` as int32 [B] (first index on ties)."""
+        if self.device == "cuda":
+            return self._core.kv_forward_greedy(tokens, slots, start_pos)
+        return self._kv_forward(tokens, slots, start_pos, True).argmax(axis=-1).astype(np.int32)
+
     # ---------------------------------------------------------------- Hugging Face files
     def save_pretrained(self, path: Union[str, "os.PathLike[str]"]) -> None:
         """Write ``config.json`` and ``model.safetensors`` (Hugging Face format, float32)
@@ -387,6 +399,9 @@ class _CudaCore:
 
     def kv_reorder(self, src):
         self.gpu.kv_reorder(src)
+
+    def kv_forward_greedy(self, tokens, slots, start_pos):
+        return self.gpu.kv_forward_greedy(tokens, slots, start_pos)  # int32 [B]
 
     def num_parameters(self):
         return self.cpu.num_parameters()

@@ -502,3 +502,172 @@ def test_generate_greedy_beam_and_sampling_match_cpu():
     kw = dict(max_new_tokens=10, num_beams=3, num_return_sequences=2, do_sample=False, eos_token_id=[])
     best = lambda out: [list(x) for x in list(out)[::2]]  # prompt-major, best first
     assert best(dev.generate(prompts, **kw)) == best(cpu.generate(prompts, **kw))
+
+
+# ------------------------------------------------------------------ the T = 1 decode fast path
+
+DECODE_MODES = {  # (fast_path, cuda_graphs, skinny_gemv)
+    "general": (False, False, False),      # the general kv_forward path (as before the fast path)
+    "eager": (True, False, True),          # fixed buffers + split attention, launched one by one
+    "graphs_cublas": (True, True, False),  # replayed from a CUDA graph, every matmul through cuBLAS
+    "graphs": (True, True, True),          # the default: graphs, 128-bit-load kernel for <= 4 rows
+}
+
+
+def _set_mode(model, mode):
+    fast, graphs, gemv = DECODE_MODES[mode]
+    model._core.gpu.set_decode_options(fast_path=fast, cuda_graphs=graphs, skinny_gemv=gemv)
+
+
+@gpu
+@pytest.mark.parametrize("name", ["tiny_gqa", "mha_tied", "mqa_hs32", "hs128"])
+def test_decode_graph_eager_general_agree_with_cpu(name):
+    """Graph replay, eager fast path and general path: the CPU's logits (float32) and tokens,
+    over ~90 steps of ragged sequences, with a kv_reorder."""
+    cfg, cpu, dev = pair(name, seed=21)
+    rng = np.random.default_rng(4)
+    n_new = min(90, cfg.max_position_embeddings - 45)
+    prompts = [rng.integers(0, cfg.vocab_size, size=n).tolist() for n in (3, 40, 1)]
+    ref_tokens, ref_logits = _greedy(cpu, prompts, n_new, reorder=[1, 1, 0])
+    got = {}
+    for mode in DECODE_MODES:
+        _set_mode(dev, mode)
+        tokens, logits = _greedy(dev, prompts, n_new, reorder=[1, 1, 0])
+        for i, (a, b) in enumerate(zip(logits, ref_logits)):
+            assert_close(a, b, what=f"{mode} step {i}")
+        assert tokens == ref_tokens, mode
+        got[mode] = logits
+        st = dev._core.gpu.decode_stats()
+        assert st["graph_error"] == "", st
+        if mode.startswith("graphs"):
+            assert st["cuda_graphs"] and st["captures"] >= 1 and st["replays"] >= n_new - 2, st
+        if mode == "eager":
+            assert st["eager_steps"] >= n_new and st["replays"] == 0, st
+    for a, b in zip(got["graphs"], got["eager"]):  # the same kernels: equal up to rounding noise
+        assert_close(a, b, tol=1e-5, what="graphs vs eager")
+
+
+@gpu
+@pytest.mark.parametrize("name", ["tiny_gqa", "mqa_hs32"])
+def test_decode_long_cache_split_attention(name):
+    """A cache long enough for several attention splits (at least 256 keys each): splits
+    that hold keys, splits past the sequence's end, and the merge kernel, against the CPU."""
+    cfg = tiny_config(**dict(CONFIGS[name], max_position_embeddings=1024))
+    cpu = pyllama.Llama(cfg, seed=31)
+    dev = pyllama.Llama(cfg, seed=31).to("cuda")
+    rng = np.random.default_rng(8)
+    prompts = [rng.integers(0, cfg.vocab_size, size=n).tolist() for n in (600, 7)]
+    ref_tokens, ref_logits = _greedy(cpu, prompts, 40)  # cache length 641: 3 splits
+    for mode in ("graphs", "eager", "graphs_cublas"):
+        _set_mode(dev, mode)
+        tokens, logits = _greedy(dev, prompts, 40)
+        for i, (a, b) in enumerate(zip(logits, ref_logits)):
+            assert_close(a, b, what=f"{mode} step {i}")
+        assert tokens == ref_tokens, mode
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_greedy_on_device_equals_host_argmax(dtype):
+    cfg = tiny_config(**CONFIGS["wide_hs64"])
+    m = pyllama.Llama(cfg, seed=5).to("cuda", dtype=dtype)
+    g = m._core.gpu
+    B = 4
+    m._kv_reset(B, 100)
+    rng = np.random.default_rng(6)
+    prompt = rng.integers(0, cfg.vocab_size, size=(B, 7)).astype(np.int32)
+    slots = np.arange(B, dtype=np.int32)
+    zeros = np.zeros(B, np.int32)
+    # T > 1 (general path, host argmax) equals argmax of the logits; re-running a step rewrites the same cache rows
+    toks = m._kv_forward_greedy(prompt, slots, zeros)
+    np.testing.assert_array_equal(toks, m._kv_forward(prompt, slots, zeros).argmax(-1))
+    pos = np.full(B, 7, np.int32)
+    for _ in range(30):
+        step = toks.astype(np.int32)[:, None]
+        logits = m._kv_forward(step, slots, pos)
+        dev_toks = m._kv_forward_greedy(step, slots, pos)
+        assert dev_toks.dtype == np.int32 and dev_toks.shape == (B,)
+        np.testing.assert_array_equal(dev_toks, logits.argmax(-1))
+        toks, pos = dev_toks, pos + 1
+    assert g.decode_stats()["replays"] > 0
+
+
+@gpu
+def test_device_argmax_ties_take_the_first_index():
+    """All-zero output head: every logit is 0, numpy's argmax is 0 (the first index)."""
+    cfg = tiny_config(vocab_size=5000)
+    m = pyllama.Llama(cfg, seed=2)
+    m.named_parameters()["lm_head.weight"][...] = 0.0
+    m.to("cuda")
+    m._kv_reset(3, 20)
+    z = np.zeros(3, np.int32)
+    for pos in range(4):
+        toks = m._kv_forward_greedy(np.array([[7], [8], [9]], np.int32), np.arange(3, dtype=np.int32), z + pos)
+        np.testing.assert_array_equal(toks, [0, 0, 0])
+
+
+@gpu
+def test_generate_plain_greedy_uses_device_argmax():
+    cfg, cpu, dev = pair("tiny_gqa", seed=14)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9]]
+    g = dev._core.gpu
+    before = g.decode_stats()
+    kw = dict(max_new_tokens=20, do_sample=False, eos_token_id=[])
+    assert [list(x) for x in dev.generate(prompts, **kw)] == [list(x) for x in cpu.generate(prompts, **kw)]
+    after = g.decode_stats()
+    assert after["replays"] + after["eager_steps"] > before["replays"] + before["eager_steps"]
+    # processors that change the logits take the logits path, still equal to the CPU
+    for extra in (dict(repetition_penalty=1.3), dict(min_new_tokens=5, eos_token_id=[3, 4]),
+                  dict(no_repeat_ngram_size=2)):
+        kw2 = dict(kw, **extra)
+        assert [list(x) for x in dev.generate(prompts, **kw2)] == [list(x) for x in cpu.generate(prompts, **kw2)], extra
+
+
+@gpu
+def test_decode_env_switches(monkeypatch):
+    monkeypatch.setenv("PYLLAMA_CUDA_GRAPHS", "0")
+    cfg = tiny_config()
+    m = pyllama.Llama(cfg, seed=1).to("cuda")
+    st = m._core.gpu.decode_stats()
+    assert st["fast_path"] and not st["cuda_graphs"]
+    _greedy(m, [[1, 2, 3]], 6)
+    st = m._core.gpu.decode_stats()
+    assert st["replays"] == 0 and st["captures"] == 0 and st["eager_steps"] >= 5
+    monkeypatch.setenv("PYLLAMA_CUDA_DECODE", "0")
+    m2 = pyllama.Llama(cfg, seed=1).to("cuda")
+    _greedy(m2, [[1, 2, 3]], 6)
+    st2 = m2._core.gpu.decode_stats()
+    assert not st2["fast_path"] and st2["eager_steps"] == 0 and st2["general_steps"] >= 6
+
+
+@gpu
+def test_allocation_counter_is_sane():
+    import gc
+
+    core = pyllama._core
+    cfg = tiny_config(**CONFIGS["wide_hs64"])
+    gc.collect()  # models of earlier tests go now, not between the readings below
+    base = core.cuda_memory_stats()["bytes_allocated"]
+    m = pyllama.Llama(cfg, seed=0).to("cuda")
+    g = m._core.gpu
+    P = g.num_parameters()
+    own = g.bytes_allocated()
+    assert own >= 2 * 4 * P  # float32 params + grads at least
+    assert core.cuda_memory_stats()["bytes_allocated"] - base == own
+    ids = np.arange(2 * 33, dtype=np.int64).reshape(2, 33) % cfg.vocab_size
+    m(ids, labels=ids)
+    m.backward()
+    after_step = g.bytes_allocated()
+    assert after_step > own  # activations
+    m._kv_reset(4, 64)
+    kv = 2 * cfg.num_hidden_layers * 4 * cfg.num_key_value_heads * 64 * (cfg.hidden_size // cfg.num_attention_heads) * 4
+    assert g.bytes_allocated() >= after_step + kv
+    st = core.cuda_memory_stats()
+    assert st["peak_bytes_allocated"] >= st["bytes_allocated"] >= g.bytes_allocated()
+    core.cuda_reset_peak_memory()
+    st = core.cuda_memory_stats()
+    assert st["peak_bytes_allocated"] == st["bytes_allocated"]
+    held = g.bytes_allocated()
+    del g, m
+    gc.collect()
+    assert core.cuda_memory_stats()["bytes_allocated"] == st["bytes_allocated"] - held

@@ -35,7 +35,8 @@ requires_gpu = pytest.mark.skipif(
 
 
 def gpu(fn):
-    return pytest.mark.cuda(requires_gpu(fn))
+    """GPU tests: marked ``cuda`` and ``nccl`` (tests/gpu/run.sh runs them in their own step)."""
+    return pytest.mark.nccl(pytest.mark.cuda(requires_gpu(fn)))
 
 
 LAUNCH_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_NTASKS",

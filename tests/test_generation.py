@@ -477,3 +477,41 @@ def test_beam_search_with_stop_strings():
             assert stop.encode() in full and stop.encode() not in tok.decode_bytes([104, 105] + s[:-1])
         else:
             assert stop.encode() not in full and len(s) == 10
+
+
+class _DeviceGreedyModel(FakeKVModel):
+    """A FakeKVModel that offers the on-device greedy step (as a cuda Llama does)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.greedy_calls = 0
+
+    def _kv_greedy_on_device(self):
+        return True
+
+    def _kv_forward_greedy(self, tokens, slots, start_pos):
+        self.greedy_calls += 1
+        return self._kv_forward(tokens, slots, start_pos, True).argmax(-1).astype(np.int32)
+
+
+@pytest.mark.parametrize("extra", [dict(), dict(min_new_tokens=4), dict(repetition_penalty=1.4),
+                                   dict(presence_penalty=0.5), dict(no_repeat_ngram_size=2),
+                                   dict(do_sample=True, seed=3, top_k=5)])
+def test_plain_greedy_steps_use_the_device_argmax(extra):
+    """Plain greedy steps go through _kv_forward_greedy; any processor that changes the
+    logits (penalties, n-grams, min_new_tokens while it masks eos, sampling) keeps the logits
+    path. Either way the tokens equal a model without the greedy step."""
+    kw = dict(max_new_tokens=12, eos_token_id=[2, 5])
+    kw.update(extra)
+    prompts = [[1, 3, 4], [7], [8, 9, 10, 11]]
+    ref = FakeKVModel(vocab_size=30, seed=7)
+    m = _DeviceGreedyModel(vocab_size=30, seed=7)
+    want = G.generate(ref, prompts, **kw)
+    got = G.generate(m, prompts, **kw)
+    assert [list(x) for x in got] == [list(x) for x in want]
+    assert got.stop_reasons == want.stop_reasons
+    plain = not extra.get("do_sample") and not set(extra) & {"repetition_penalty", "presence_penalty",
+                                                             "no_repeat_ngram_size"}
+    assert (m.greedy_calls > 0) == plain, (extra, m.greedy_calls)
+    if "min_new_tokens" in extra and plain:  # the first steps (eos masked) read logits, later ones do not
+        assert 0 < m.greedy_calls < m.calls

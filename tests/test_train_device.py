@@ -129,3 +129,32 @@ def test_real_gpu_trains_close_to_the_cpu(tmp_path, dtype):
     got = np.concatenate([got, [again.train_step()["loss"] for _ in range(10)]])
     tol = 1e-4 if dtype == "float32" else 0.05
     np.testing.assert_allclose(got, want, atol=tol, rtol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not pyllama.build_info()["cuda_available"], reason="needs an NVIDIA GPU")
+def test_bfloat16_tracks_float32_over_200_shakespeare_steps():
+    """Issue #7's proof: 200 steps of the `pyllama train` preset on the bundled Shakespeare,
+    bf16 (fp32 masters) against fp32 on the GPU: the loss curves, averaged over 20-step
+    windows, stay within 2% of each other."""
+    from pyllama.cli_train import BUNDLED_CORPUS, PRESET_MODEL
+
+    with open(BUNDLED_CORPUS, encoding="utf-8") as f:
+        text = f.read()
+    tok = pyllama.Tokenizer.train([text], vocab_size=1024)
+    data = np.asarray(tok.encode(text), dtype=np.uint16)
+    model_cfg = dict(PRESET_MODEL, vocab_size=tok.n_vocab)
+    curves = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = pyllama.TrainConfig(batch_size=16, seq_len=128, max_steps=200, lr=3e-3, warmup_steps=20,
+                                  min_lr_ratio=0.1, weight_decay=0.1, grad_clip=1.0, eval_interval=0,
+                                  checkpoint_interval=0, seed=0, device="cuda", dtype=dtype)
+        trainer = pyllama.Trainer(pyllama.Llama(pyllama.LlamaConfig(**model_cfg), seed=0), cfg, data,
+                                  progress=False)
+        curves[dtype] = np.array([trainer.train_step()["loss"] for _ in range(200)])
+    f32 = curves["float32"].reshape(10, 20).mean(axis=1)
+    b16 = curves["bfloat16"].reshape(10, 20).mean(axis=1)
+    assert np.all(np.isfinite(b16))
+    assert f32[-1] < f32[0] - 1.0, f"float32 did not learn: {f32}"  # the run means something
+    rel = np.abs(b16 - f32) / f32
+    assert rel.max() <= 0.02, f"bf16 strays from fp32 by {rel.max():.2%} (windows fp32 {f32}, bf16 {b16})"

@@ -1,0 +1,468 @@
+// decode.cu — the kernels only the T = 1 decode step uses (see decode.cuh): RoPE fused
+// with the KV-cache store, flash-decoding attention over a long cache, and a row argmax
+// for greedy decoding on the device. Positions, slots and the cache base pointers are
+// read from device memory so a captured CUDA graph stays valid from step to step.
+#include <algorithm>
+#include <climits>
+
+#include "decode.cuh"
+#include "kernels.cuh"  // kMaxHeadSize
+
+namespace pyllama {
+namespace gpu {
+
+namespace {
+
+constexpr int kDecWarps = 4;
+constexpr int kDecThreads = 32 * kDecWarps;
+constexpr int kPerLane = kMaxHeadSize / 32;  // most head elements one lane holds (8)
+
+// ---------------------------------------------------------------- RoPE + cache store
+template <typename T>
+__global__ void rope_store_kernel(T* qkv, void* const* kvp, long long layer_off, const int32_t* slots,
+                                  const int32_t* pos, const float* cos_t, const float* sin_t, int B, int NH, int NKV,
+                                  int HS, int max_len) {
+  const int half = HS / 2, heads = NH + 2 * NKV, QKVD = heads * HS;
+  const long long total = (long long)B * heads * half;
+  T* kc = static_cast<T*>(kvp[0]) + layer_off;
+  T* vc = static_cast<T*>(kvp[1]) + layer_off;
+  for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
+       idx += (long long)gridDim.x * blockDim.x) {
+    const int i = (int)(idx % half);
+    const long long bh = idx / half;
+    const int hh = (int)(bh % heads);  // 0..NH-1 query, then NKV key, then NKV value heads
+    const int b = (int)(bh / heads);
+    const long long p = pos[b];
+    T* x = qkv + (long long)b * QKVD + (long long)hh * HS;
+    if (hh >= NH + NKV) {  // value: stored as is
+      T* dst = vc + (((long long)slots[b] * NKV + (hh - NH - NKV)) * max_len + p) * HS;
+      dst[i] = x[i];
+      dst[i + half] = x[i + half];
+      continue;
+    }
+    // the arithmetic of rope_kernel (rope.cu), so both paths round alike
+    const float c = cos_t[p * half + i];
+    const float si = sin_t[p * half + i];
+    const float a = to_f(x[i]), bb = to_f(x[i + half]);
+    const T r0 = from_f<T>(a * c - bb * si);
+    const T r1 = from_f<T>(bb * c + a * si);
+    if (hh < NH) {
+      x[i] = r0;
+      x[i + half] = r1;
+    } else {
+      T* dst = kc + (((long long)slots[b] * NKV + (hh - NH)) * max_len + p) * HS;
+      dst[i] = r0;
+      dst[i + half] = r1;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- attention
+// VEC consecutive elements as float; VEC == 16 / sizeof(T) is one 128-bit load (the
+// caller guarantees 16-byte alignment: HS is a multiple of VEC and rows start at
+// multiples of HS elements of 256-byte aligned buffers).
+template <int VEC>
+__device__ __forceinline__ void load_vec(const float* p, float* o) {
+  if constexpr (VEC == 4) {
+    const float4 t = *reinterpret_cast<const float4*>(p);
+    o[0] = t.x;
+    o[1] = t.y;
+    o[2] = t.z;
+    o[3] = t.w;
+  } else {
+#pragma unroll
+    for (int k = 0; k < VEC; k++) o[k] = p[k];
+  }
+}
+__device__ __forceinline__ void bf16x2_to_f(unsigned u, float* o) {  // little endian: element 0 is the low half
+  o[0] = __uint_as_float(u << 16);
+  o[1] = __uint_as_float(u & 0xffff0000u);
+}
+template <int VEC>
+__device__ __forceinline__ void load_vec(const bf16* p, float* o) {
+  if constexpr (VEC == 8) {
+    const uint4 t = *reinterpret_cast<const uint4*>(p);
+    bf16x2_to_f(t.x, o);
+    bf16x2_to_f(t.y, o + 2);
+    bf16x2_to_f(t.z, o + 4);
+    bf16x2_to_f(t.w, o + 6);
+  } else {
+#pragma unroll
+    for (int k = 0; k < VEC; k++) o[k] = __bfloat162float(p[k]);
+  }
+}
+
+// Block (split sp, head h, row b) covers keys [sp*chunk, min(nk, (sp+1)*chunk)). A group of
+// G lanes (a power of two) takes one key: lane g holds the VEC-wide chunks g, g+G, ... of the
+// head; a warp takes 32/G keys at a time, the block 4x that. Each group keeps an online
+// softmax (running max m, sum l, unnormalised output acc); the groups are merged through
+// shared memory; the block writes (m, l, acc[HS]) for the merge kernel, or, when it is the
+// only split, the normalised output directly.
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kDecThreads)
+    decode_attn_kernel(T* out, float* scratch, const T* qkv, void* const* kvp, long long layer_off,
+                       const int32_t* slots, const int32_t* pos, int NH, int NKV, int HS, int max_len, int chunk,
+                       int G, float scale) {
+  extern __shared__ float sm[];  // NG * HS acc, then NG m, NG l, NG weights
+  constexpr int MAXC = kPerLane / VEC;
+  const int splits = gridDim.x, sp = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int gpw = 32 / G, NG = kDecWarps * gpw;
+  const int g = lane % G, gid = warp * gpw + lane / G;
+  const int nchunks = HS / VEC;
+  const int kvh = h / (NH / NKV);
+  const int QKVD = (NH + 2 * NKV) * HS;
+  const int nk = pos[b] + 1;
+  const int s0 = sp * chunk, s1 = min(nk, s0 + chunk);
+
+  float q[MAXC * VEC], acc[MAXC * VEC];
+  const T* qr = qkv + (long long)b * QKVD + (long long)h * HS;
+#pragma unroll
+  for (int j = 0; j < MAXC; j++) {
+    const int c = g + j * G;
+    if (c < nchunks) {
+      load_vec<VEC>(qr + c * VEC, q + j * VEC);
+    } else {
+#pragma unroll
+      for (int k = 0; k < VEC; k++) q[j * VEC + k] = 0.f;
+    }
+#pragma unroll
+    for (int k = 0; k < VEC; k++) acc[j * VEC + k] = 0.f;
+  }
+  const long long head_off = layer_off + ((long long)slots[b] * NKV + kvh) * max_len * HS;
+  const T* kb = static_cast<const T*>(kvp[0]) + head_off;
+  const T* vb = static_cast<const T*>(kvp[1]) + head_off;
+
+  float m = -INFINITY, l = 0.f;
+  for (int base = s0 + warp * gpw; base < s1; base += NG) {  // warp-uniform trip count (shuffles below)
+    const int s = base + lane / G;
+    const bool valid = s < s1;
+    float d = 0.f;
+    if (valid) {
+      const T* kr = kb + (long long)s * HS;
+#pragma unroll
+      for (int j = 0; j < MAXC; j++) {
+        const int c = g + j * G;
+        if (c < nchunks) {
+          float kv[VEC];
+          load_vec<VEC>(kr + c * VEC, kv);
+#pragma unroll
+          for (int k = 0; k < VEC; k++) d += q[j * VEC + k] * kv[k];
+        }
+      }
+    }
+    for (int o = G >> 1; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);  // within the group
+    if (valid) {
+      d *= scale;
+      const float mn = fmaxf(m, d);
+      const float corr = expf(m - mn);  // 0 while m is -inf
+      const float e = expf(d - mn);
+      l = l * corr + e;
+      const T* vr = vb + (long long)s * HS;
+#pragma unroll
+      for (int j = 0; j < MAXC; j++) {
+        const int c = g + j * G;
+        if (c < nchunks) {
+          float vv[VEC];
+          load_vec<VEC>(vr + c * VEC, vv);
+#pragma unroll
+          for (int k = 0; k < VEC; k++) acc[j * VEC + k] = acc[j * VEC + k] * corr + e * vv[k];
+        }
+      }
+      m = mn;
+    }
+  }
+
+  float* sm_acc = sm;
+  float* sm_m = sm + (size_t)NG * HS;
+  float* sm_l = sm_m + NG;
+  float* sm_w = sm_l + NG;
+#pragma unroll
+  for (int j = 0; j < MAXC; j++) {
+    const int c = g + j * G;
+    if (c < nchunks) {
+#pragma unroll
+      for (int k = 0; k < VEC; k++) sm_acc[(size_t)gid * HS + c * VEC + k] = acc[j * VEC + k];
+    }
+  }
+  if (g == 0) {
+    sm_m[gid] = m;
+    sm_l[gid] = l;
+  }
+  __syncthreads();
+  float M = -INFINITY;
+  for (int j = 0; j < NG; j++) M = fmaxf(M, sm_m[j]);
+  float* part = scratch + (((long long)b * NH + h) * splits + sp) * (HS + 2);
+  if (M == -INFINITY) {  // no key in this range (a later split of a short sequence)
+    if (tid == 0) {
+      part[0] = -INFINITY;
+      part[1] = 0.f;
+    }
+    return;  // uniform over the block
+  }
+  if (tid < NG) sm_w[tid] = sm_m[tid] == -INFINITY ? 0.f : expf(sm_m[tid] - M);
+  __syncthreads();
+  float L = 0.f;
+  for (int j = 0; j < NG; j++) L += sm_w[j] * sm_l[j];
+  if (splits == 1) {
+    const float inv = 1.f / L;
+    T* o = out + (long long)b * NH * HS + (long long)h * HS;
+    for (int i = tid; i < HS; i += kDecThreads) {
+      float a = 0.f;
+      for (int j = 0; j < NG; j++) a += sm_w[j] * sm_acc[(size_t)j * HS + i];
+      o[i] = from_f<T>(a * inv);
+    }
+    return;
+  }
+  if (tid == 0) {
+    part[0] = M;
+    part[1] = L;
+  }
+  for (int i = tid; i < HS; i += kDecThreads) {
+    float a = 0.f;
+    for (int j = 0; j < NG; j++) a += sm_w[j] * sm_acc[(size_t)j * HS + i];
+    part[2 + i] = a;
+  }
+}
+
+// Merges the splits of (head h, row b): out = sum_s w_s acc_s / sum_s w_s l_s, w_s = exp(m_s - max m).
+template <typename T>
+__global__ void decode_merge_kernel(T* out, const float* scratch, int NH, int HS, int splits) {
+  const int h = blockIdx.x, b = blockIdx.y;
+  const long long stride = HS + 2;
+  const float* part = scratch + ((long long)b * NH + h) * splits * stride;
+  float M = -INFINITY;
+  for (int s = 0; s < splits; s++) M = fmaxf(M, part[s * stride]);
+  float L = 0.f;
+  for (int s = 0; s < splits; s++) {
+    const float ms = part[s * stride];
+    if (ms != -INFINITY) L += part[s * stride + 1] * expf(ms - M);
+  }
+  const float inv = 1.f / L;
+  T* o = out + (long long)b * NH * HS + (long long)h * HS;
+  for (int i = threadIdx.x; i < HS; i += blockDim.x) {
+    float a = 0.f;
+    for (int s = 0; s < splits; s++) {
+      const float ms = part[s * stride];
+      if (ms != -INFINITY) a += expf(ms - M) * part[s * stride + 2 + i];
+    }
+    o[i] = from_f<T>(a * inv);
+  }
+}
+
+// ---------------------------------------------------------------- skinny matmul
+// y (NB, OUT) = x (NB, IN) W^T for a handful of rows: one warp per output feature streams
+// that row of W once with 128-bit loads (8 bf16 / 4 float per lane and load) and keeps NB
+// float accumulators; x (tiny) is re-read from L1/L2. Bandwidth-bound, as decoding is.
+constexpr int kGemvThreads = 256;
+
+template <typename T, int NB>
+__global__ void __launch_bounds__(kGemvThreads) skinny_gemv_kernel(T* y, const T* x, const T* W, int IN, int OUT) {
+  constexpr int VEC = 16 / (int)sizeof(T);
+  const long long row = ((long long)blockIdx.x * kGemvThreads + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (row >= OUT) return;  // whole warp
+  const T* w = W + row * IN;
+  float acc[NB];
+#pragma unroll
+  for (int b = 0; b < NB; b++) acc[b] = 0.f;
+#pragma unroll 4
+  for (int k = lane * VEC; k < IN; k += 32 * VEC) {
+    float wv[VEC];
+    load_vec<VEC>(w + k, wv);
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+      float xv[VEC];
+      load_vec<VEC>(x + (long long)b * IN + k, xv);
+#pragma unroll
+      for (int e = 0; e < VEC; e++) acc[b] += wv[e] * xv[e];
+    }
+  }
+#pragma unroll
+  for (int b = 0; b < NB; b++) acc[b] = warp_sum(acc[b]);
+  if (lane == 0) {
+#pragma unroll
+    for (int b = 0; b < NB; b++) y[(long long)b * OUT + row] = from_f<T>(acc[b]);
+  }
+}
+
+// ---------------------------------------------------------------- residual + RMSNorm
+// Block per row: x = x + add (rounded to T, as residual_forward), then out = rmsnorm(x) * w
+// with the arithmetic of rmsnorm_forward_kernel (norm.cu) on the rounded x.
+constexpr int kNormThreads = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(kNormThreads)
+    residual_rmsnorm_kernel(T* x, const T* add, T* out, float* rstd, const T* w, int C, float eps) {
+  __shared__ float red[32];
+  const long long row = blockIdx.x;
+  T* xr = x + row * C;
+  const T* ar = add + row * C;
+  T* o = out + row * C;
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) {
+    const T v = from_f<T>(to_f(xr[i]) + to_f(ar[i]));
+    xr[i] = v;  // read back below by this same thread only
+    const float f = to_f(v);
+    ss += f * f;
+  }
+  ss = block_sum(ss, red);
+  const float r = 1.0f / sqrtf(ss / C + eps);
+  if (threadIdx.x == 0) rstd[row] = r;
+  for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = from_f<T>(to_f(w[i]) * (to_f(xr[i]) * r));
+}
+
+// ---------------------------------------------------------------- argmax
+// numpy's order: NaN above everything (first NaN wins), then larger values, then smaller indices.
+__device__ __forceinline__ bool arg_better(float v, int i, float bv, int bi) {
+  const bool vn = isnan(v), bn = isnan(bv);
+  if (vn || bn) return vn && (!bn || i < bi);
+  return v > bv || (v == bv && i < bi);
+}
+
+constexpr int kArgmaxThreads = 1024;
+
+__global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(int32_t* out, const float* x, int V) {
+  __shared__ float sv[32];
+  __shared__ int si[32];
+  const float* row = x + (long long)blockIdx.x * V;
+  float bv = -INFINITY;
+  int bi = INT_MAX;
+  for (int i = threadIdx.x; i < V; i += blockDim.x) {
+    const float v = row[i];
+    if (arg_better(v, i, bv, bi)) {
+      bv = v;
+      bi = i;
+    }
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (arg_better(ov, oi, bv, bi)) {
+      bv = ov;
+      bi = oi;
+    }
+  }
+  if (lane == 0) {
+    sv[warp] = bv;
+    si[warp] = bi;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    bv = lane < nwarps ? sv[lane] : -INFINITY;
+    bi = lane < nwarps ? si[lane] : INT_MAX;
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (arg_better(ov, oi, bv, bi)) {
+        bv = ov;
+        bi = oi;
+      }
+    }
+    if (lane == 0) out[blockIdx.x] = bi;
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void decode_rope_store(T* qkv, void* const* kvp, long long layer_off, const int32_t* slots, const int32_t* pos,
+                       const float* cos_t, const float* sin_t, int B, int NH, int NKV, int HS, int max_len,
+                       cudaStream_t stream) {
+  const long long total = (long long)B * (NH + 2 * NKV) * (HS / 2);
+  if (total <= 0) return;
+  rope_store_kernel<T><<<grid_for(total, 256), 256, 0, stream>>>(qkv, kvp, layer_off, slots, pos, cos_t, sin_t, B, NH,
+                                                                 NKV, HS, max_len);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+void decode_residual_rmsnorm(T* x, const T* add, T* out, float* rstd, const T* w, int B, int C, float eps,
+                             cudaStream_t stream) {
+  if (B <= 0) return;
+  residual_rmsnorm_kernel<T><<<(unsigned)B, kNormThreads, 0, stream>>>(x, add, out, rstd, w, C, eps);
+  CUDA_CHECK_LAUNCH();
+}
+
+bool skinny_gemv_fits(const void* x, const void* w, int B, int IN, int elem_bytes) {
+  const int vec = 16 / elem_bytes;
+  return B >= 1 && B <= kSkinnyMaxRows && IN % vec == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(w) % 16 == 0;
+}
+
+template <typename T>
+void decode_linear(Gemm& g, bool skinny, T* y, const T* x, const T* w, int B, int IN, int OUT, cudaStream_t stream) {
+  if (!skinny || !skinny_gemv_fits(x, w, B, IN, (int)sizeof(T))) {
+    linear_forward<T>(g, y, x, w, B, IN, OUT, stream);
+    return;
+  }
+  const unsigned blocks = (unsigned)(((long long)OUT * 32 + kGemvThreads - 1) / kGemvThreads);
+  switch (B) {
+    case 1: skinny_gemv_kernel<T, 1><<<blocks, kGemvThreads, 0, stream>>>(y, x, w, IN, OUT); break;
+    case 2: skinny_gemv_kernel<T, 2><<<blocks, kGemvThreads, 0, stream>>>(y, x, w, IN, OUT); break;
+    case 3: skinny_gemv_kernel<T, 3><<<blocks, kGemvThreads, 0, stream>>>(y, x, w, IN, OUT); break;
+    default: skinny_gemv_kernel<T, 4><<<blocks, kGemvThreads, 0, stream>>>(y, x, w, IN, OUT); break;
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+int decode_attention_splits(int B, int NH, int max_len, int num_sms) {
+  const long long rows = std::max(1LL, (long long)B * NH);
+  const long long want = (2LL * std::max(num_sms, 1) + rows - 1) / rows;  // about two blocks per SM
+  // at least kMinKeys keys per split: short caches need no merge kernel (one graph node less per layer)
+  constexpr long long kMinKeys = 256;
+  const long long cap = std::min(64LL, ((long long)max_len + kMinKeys - 1) / kMinKeys);
+  return (int)std::max(1LL, std::min(want, cap));
+}
+
+long long decode_attention_scratch(int B, int NH, int HS, int splits) {
+  return (long long)B * NH * splits * (HS + 2);
+}
+
+template <typename T>
+void decode_attention(T* out, float* scratch, const T* qkv, void* const* kvp, long long layer_off,
+                      const int32_t* slots, const int32_t* pos, int B, int NH, int NKV, int HS, int max_len,
+                      int splits, cudaStream_t stream) {
+  if (B <= 0 || NH <= 0) return;
+  constexpr int VW = 16 / (int)sizeof(T);  // elements per 128-bit load
+  const bool wide = HS % VW == 0;
+  const int nchunks = wide ? HS / VW : HS;
+  int G = 1;
+  while (G < nchunks && G < 32) G <<= 1;
+  const int NG = kDecWarps * (32 / G);
+  const size_t smem = sizeof(float) * (size_t)NG * (HS + 3);
+  const int chunk = (max_len + splits - 1) / splits;
+  const dim3 grid((unsigned)splits, (unsigned)NH, (unsigned)B);
+  const float scale = 1.0f / sqrtf((float)HS);
+  if (wide)
+    decode_attn_kernel<T, VW><<<grid, kDecThreads, smem, stream>>>(out, scratch, qkv, kvp, layer_off, slots, pos, NH,
+                                                                   NKV, HS, max_len, chunk, G, scale);
+  else
+    decode_attn_kernel<T, 1><<<grid, kDecThreads, smem, stream>>>(out, scratch, qkv, kvp, layer_off, slots, pos, NH,
+                                                                  NKV, HS, max_len, chunk, G, scale);
+  CUDA_CHECK_LAUNCH();
+  if (splits > 1) {
+    decode_merge_kernel<T><<<dim3((unsigned)NH, (unsigned)B), 128, 0, stream>>>(out, scratch, NH, HS, splits);
+    CUDA_CHECK_LAUNCH();
+  }
+}
+
+void argmax_rows(int32_t* out, const float* x, int R, int V, cudaStream_t stream) {
+  if (R <= 0) return;
+  argmax_kernel<<<(unsigned)R, kArgmaxThreads, 0, stream>>>(out, x, V);
+  CUDA_CHECK_LAUNCH();
+}
+
+#define PYLLAMA_DECODE_INSTANTIATE(T)                                                                              \
+  template void decode_rope_store<T>(T*, void* const*, long long, const int32_t*, const int32_t*, const float*,   \
+                                     const float*, int, int, int, int, int, cudaStream_t);                         \
+  template void decode_attention<T>(T*, float*, const T*, void* const*, long long, const int32_t*, const int32_t*, \
+                                    int, int, int, int, int, int, cudaStream_t);                                 \
+  template void decode_residual_rmsnorm<T>(T*, const T*, T*, float*, const T*, int, int, float, cudaStream_t);  \
+  template void decode_linear<T>(Gemm&, bool, T*, const T*, const T*, int, int, int, cudaStream_t);
+PYLLAMA_DECODE_INSTANTIATE(float)
+PYLLAMA_DECODE_INSTANTIATE(bf16)
+
+}  // namespace gpu
+}  // namespace pyllama

@@ -1,0 +1,60 @@
+// decode.cuh — kernels of the T = 1 decode step (LlamaModelCuda::kv_decode), written so
+// that one CUDA graph per (B, cache shape) can replay the step: everything that changes
+// from one step to the next (tokens, positions, slots, even the KV-cache base pointers,
+// which kv_reorder swaps) is read from device memory, never passed as a kernel argument.
+//
+//   kvp: device array {k cache base, v cache base} (void*); the caches are
+//        (L, S, NKV, max_len, HS) in T, layer l starting at l * layer_stride elements.
+//   slots (B), pos (B): row b is sequence b in slot slots[b] at position pos[b]; it
+//        attends to positions 0 .. pos[b] of its slot (its own key included).
+#pragma once
+#include <cstdint>
+
+#include "kernels.cuh"  // Gemm, linear_forward
+
+namespace pyllama {
+namespace gpu {
+
+// qkv (B, QKVD) rows (q | k | v): RoPE on q in place; the rotated k and the v written into
+// the caches of layer `layer` at (slots[b], pos[b]). Same arithmetic as rope_apply + kv_store.
+template <typename T>
+void decode_rope_store(T* qkv, void* const* kvp, long long layer_off, const int32_t* slots, const int32_t* pos,
+                       const float* cos_t, const float* sin_t, int B, int NH, int NKV, int HS, int max_len,
+                       cudaStream_t stream);
+
+// How many key ranges ("splits") one (row, head) of the decode attention is cut into, for a
+// cache of max_len positions on a GPU with num_sms multiprocessors (>= 1; fixed per shape).
+int decode_attention_splits(int B, int NH, int max_len, int num_sms);
+// Floats of scratch decode_attention needs: B * NH * splits * (HS + 2).
+long long decode_attention_scratch(int B, int NH, int HS, int splits);
+
+// out (B, NH*HS) = softmax(q k^T / sqrt(HS)) v of row b over cache positions 0..pos[b] of
+// slot slots[b] (q: the first NH*HS columns of qkv (B, QKVD)). Flash-decoding: the keys are
+// cut into `splits` ranges, one block each (4 warps, a group of lanes per key with 128-bit
+// loads when HS allows), online softmax; a second kernel merges the ranges (skipped when
+// splits == 1). scratch: decode_attention_scratch(...) floats.
+template <typename T>
+void decode_attention(T* out, float* scratch, const T* qkv, void* const* kvp, long long layer_off,
+                      const int32_t* slots, const int32_t* pos, int B, int NH, int NKV, int HS, int max_len,
+                      int splits, cudaStream_t stream);
+
+// y (B, OUT) = x (B, IN) W^T (W (OUT, IN)): with `skinny` and B <= kSkinnyMaxRows (and 16-byte
+// aligned x, W, IN a multiple of 16 bytes), a warp-per-output kernel streaming W with 128-bit
+// loads; otherwise linear_forward (cuBLAS or the tiled kernel).
+constexpr int kSkinnyMaxRows = 4;
+bool skinny_gemv_fits(const void* x, const void* w, int B, int IN, int elem_bytes);
+template <typename T>
+void decode_linear(Gemm& g, bool skinny, T* y, const T* x, const T* w, int B, int IN, int OUT, cudaStream_t stream);
+
+// x (B, C) += add (rounded to T); out (B, C) = rmsnorm(x) * w; rstd (B): residual_forward
+// followed by rmsnorm_forward in one kernel (block per row).
+template <typename T>
+void decode_residual_rmsnorm(T* x, const T* add, T* out, float* rstd, const T* w, int B, int C, float eps,
+                             cudaStream_t stream);
+
+// out[r] = index of the largest x[r, :] (R rows of V), numpy argmax semantics: the first
+// index among equal maxima, and the first NaN when a row has one.
+void argmax_rows(int32_t* out, const float* x, int R, int V, cudaStream_t stream);
+
+}  // namespace gpu
+}  // namespace pyllama

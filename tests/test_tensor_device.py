@@ -1,0 +1,94 @@
+"""Tensors between the CPU and the GPU: ``Tensor.to('cuda')``, ``.cpu()``, zeros on the
+device, clones, dtype conversion of device tensors, and ``__cuda_array_interface__``
+(zero-copy views from PyTorch). GPU tests carry the ``cuda`` marker and skip with the
+reason where no GPU is usable; the first tests run everywhere.
+"""
+import numpy as np
+import pytest
+
+import pyllama
+
+INFO = pyllama.build_info()
+requires_gpu = pytest.mark.skipif(
+    not INFO["cuda_available"],
+    reason=("no usable CUDA GPU (build_info()['cuda_available'] is False)" if INFO["cuda"]
+            else "pyllama was built without the CUDA backend (build_info()['cuda'] is False)"))
+
+
+def gpu(fn):
+    return pytest.mark.cuda(requires_gpu(fn))
+
+
+def test_to_cpu_shares_storage_and_dtype_conversion():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    t = pyllama.Tensor.from_numpy(a)
+    c = t.to("cpu")
+    assert c.device == "cpu" and c.data_ptr == t.data_ptr  # no copy on the same device
+    assert t.cpu().data_ptr == t.data_ptr
+    assert t.clone().data_ptr != t.data_ptr
+    np.testing.assert_array_equal(t.to("bfloat16").to("float32").numpy(), a)  # small ints are exact in bf16
+    with pytest.raises(AttributeError, match="only on cuda"):
+        t.__cuda_array_interface__
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
+        t.to("cuda:1")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        t.to("tpu")
+
+
+def test_cuda_without_gpu_raises_clearly():
+    if INFO["cuda_available"]:
+        pytest.skip("a GPU is available: this test covers machines without one")
+    t = pyllama.Tensor.from_numpy(np.ones(4, np.float32))
+    want = "no CUDA device" if INFO["cuda"] else "no CUDA backend"
+    for make in (lambda: t.to("cuda"), t.cuda, lambda: pyllama.Tensor([2, 2], "float32", "cuda")):
+        with pytest.raises(ValueError, match=want):
+            make()
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ["float32", "int32", "int64", "uint16", "uint32"])
+def test_round_trip_through_the_gpu(dtype):
+    rng = np.random.default_rng(0)
+    a = (rng.standard_normal((3, 5, 7)) * 100).astype(dtype)
+    t = pyllama.Tensor.from_numpy(a)
+    g = t.to("cuda")
+    assert g.device == "cuda" and g.shape == (3, 5, 7) and g.dtype == dtype
+    assert g.data_ptr != t.data_ptr
+    with pytest.raises(ValueError, match="to\\('cpu'\\)"):
+        g.numpy()
+    np.testing.assert_array_equal(g.to("cpu").numpy(), a)
+    np.testing.assert_array_equal(g.cpu().numpy(), a)
+    g2 = g.clone()  # a device-to-device copy
+    assert g2.device == "cuda" and g2.data_ptr != g.data_ptr
+    np.testing.assert_array_equal(g2.view([105]).cpu().numpy(), a.reshape(-1))
+    np.testing.assert_array_equal(g.cuda().cpu().numpy(), a)
+
+
+@gpu
+def test_zeros_and_dtype_conversion_on_the_gpu():
+    z = pyllama.Tensor([4, 3], "float32", "cuda")
+    assert z.device == "cuda"
+    np.testing.assert_array_equal(z.cpu().numpy(), np.zeros((4, 3), np.float32))
+    a = np.array([1.0, -2.5, 3.140625, 1e-3], np.float32)
+    b = pyllama.Tensor.from_numpy(a).cuda().to("bfloat16")
+    assert b.device == "cuda" and b.dtype == "bfloat16"
+    ref = pyllama.Tensor.from_numpy(a).to("bfloat16").numpy()
+    np.testing.assert_array_equal(b.cpu().numpy(), ref)
+    empty = pyllama.Tensor([0, 3], "float32", "cuda")
+    assert empty.cpu().numpy().shape == (0, 3)
+
+
+@gpu
+def test_cuda_array_interface_with_torch():
+    torch = pytest.importorskip("torch", reason="torch is a test extra (pip install -e '.[test]')")
+    if not torch.cuda.is_available():
+        pytest.skip("this torch build has no CUDA")
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    g = pyllama.Tensor.from_numpy(a).cuda()
+    iface = g.__cuda_array_interface__
+    assert iface["shape"] == (3, 4) and iface["typestr"] == "<f4" and iface["data"][0] == g.data_ptr
+    v = torch.as_tensor(g, device="cuda")  # a view, no copy
+    assert v.data_ptr() == g.data_ptr
+    np.testing.assert_array_equal(v.cpu().numpy(), a)
+    with pytest.raises(AttributeError, match="bfloat16"):
+        g.to("bfloat16").__cuda_array_interface__
