@@ -60,7 +60,8 @@ import numpy as np
 __all__ = ["Communicator", "SingleProcess", "MPICommunicator", "TCPRendezvous", "NCCLCommunicator",
            "DistributedError", "Bootstrap", "ShardedAdamW", "load_nccl", "nccl_library_candidates",
            "init", "launched_world_size", "bootstrap_from_env", "default_threads_per_rank",
-           "fingerprint", "check_consistent", "DEFAULT_TIMEOUT_S", "init_nccl", "init_host"]
+           "fingerprint", "check_consistent", "DEFAULT_TIMEOUT_S", "init_nccl", "init_host",
+           "rendezvous_port"]
 
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -416,8 +417,8 @@ class TCPRendezvous(Communicator):
                 srv.listen(self.world_size)
             except OSError as e:
                 raise DistributedError(f"rank 0 cannot listen on {self._where()} ({e.strerror or e}): MASTER_ADDR must "
-                                       "be an address of rank 0's host and MASTER_PORT a free port (>= 1024 "
-                                       "unless run as root)") from None
+                                       "be an address of rank 0's host and the port a free one (>= 1024 unless run "
+                                       "as root): MASTER_PORT, or PYLLAMA_RDV_PORT (the same on every rank)") from None
             while len(self._peers) < self.world_size - 1:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -1213,8 +1214,39 @@ def init_host(timeout_s: Optional[float] = DEFAULT_TIMEOUT_S, environ=None) -> C
     raw = env.get("LOCAL_WORLD_SIZE")
     if raw and raw.strip().isdigit():
         local_size = int(raw)
-    return TCPRendezvous(boot.rank, boot.world_size, boot.master_addr, boot.master_port,
+    return TCPRendezvous(boot.rank, boot.world_size, boot.master_addr, rendezvous_port(boot, env),
                          timeout_s=timeout_s, local_rank=boot.local_rank, local_size=local_size)
+
+
+def rendezvous_port(boot: Bootstrap, environ=None) -> Optional[int]:
+    """The port of the :class:`TCPRendezvous` for a torchrun-style launch.
+
+    ``$PYLLAMA_RDV_PORT`` when set; else ``MASTER_PORT + 1`` under torchrun's agent
+    store (``TORCHELASTIC_USE_AGENT_STORE=True``: torchrun's own store already listens
+    on ``MASTER_PORT``); else ``MASTER_PORT``. Every rank computes the same port.
+
+    >>> b = Bootstrap(0, 2, 0, "node0", 29500, "env")
+    >>> rendezvous_port(b, {}), rendezvous_port(b, {"TORCHELASTIC_USE_AGENT_STORE": "True"})
+    (29500, 29501)
+    >>> rendezvous_port(b, {"PYLLAMA_RDV_PORT": "31000", "TORCHELASTIC_USE_AGENT_STORE": "True"})
+    31000
+    """
+    env = os.environ if environ is None else environ
+    raw = env.get("PYLLAMA_RDV_PORT")
+    if raw:
+        try:
+            port = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"PYLLAMA_RDV_PORT must be an integer port, got {raw!r}") from None
+        if not 1 <= port <= 65535:
+            raise ValueError(f"PYLLAMA_RDV_PORT={port} is out of range: must be in [1, 65535]")
+        return port
+    if boot.master_port is not None and env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        if boot.master_port >= 65535:
+            raise ValueError(f"MASTER_PORT={boot.master_port}: under torchrun the rendezvous uses MASTER_PORT + 1, "
+                             "which does not exist; set PYLLAMA_RDV_PORT to a free port (the same on every rank)")
+        return boot.master_port + 1
+    return boot.master_port
 
 
 def default_threads_per_rank(comm: Communicator, cpus: Optional[int] = None) -> int:

@@ -62,8 +62,13 @@ WORKER = textwrap.dedent(r"""
     out = {"rank": rank}
     try:
         t0 = time.monotonic()
-        c = dist.TCPRendezvous(rank, world, os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
-                               timeout_s=float(os.environ["TIMEOUT"]))
+        if os.environ.get("VIA_INIT_HOST"):  # as the Trainer does under torchrun-style variables
+            c = dist.init_host(timeout_s=float(os.environ["TIMEOUT"]))
+            assert isinstance(c, dist.TCPRendezvous), c
+            out["port"] = c.port
+        else:
+            c = dist.TCPRendezvous(rank, world, os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                   timeout_s=float(os.environ["TIMEOUT"]))
         if scenario == "ops":
             out["bcast"] = c.broadcast({"from": rank, "x": [1, 2]} if rank == 0 else None)
             out["bcast_last"] = c.broadcast(f"r{rank}", root=world - 1)
@@ -121,7 +126,8 @@ WORKER = textwrap.dedent(r"""
 """)
 
 
-def run_ranks(tmp_path, scenario, world, timeout=10.0, ranks=None, port=None, addr="127.0.0.1", wait=60):
+def run_ranks(tmp_path, scenario, world, timeout=10.0, ranks=None, port=None, addr="127.0.0.1", wait=60,
+              extra_env=None):
     """Start the given ranks (default all) as processes; returns their JSON results by rank."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -130,7 +136,7 @@ def run_ranks(tmp_path, scenario, world, timeout=10.0, ranks=None, port=None, ad
     for r in (range(world) if ranks is None else ranks):
         env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
         env.update(RANK=str(r), WORLD_SIZE=str(world), MASTER_ADDR=addr, MASTER_PORT=str(port),
-                   SCENARIO=scenario, TIMEOUT=str(timeout), OMP_NUM_THREADS="1")
+                   SCENARIO=scenario, TIMEOUT=str(timeout), OMP_NUM_THREADS="1", **(extra_env or {}))
         procs[r] = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
     results = {}
@@ -161,6 +167,49 @@ def test_rendezvous_collectives(tmp_path, world):
         assert o["mean"] == pytest.approx([sum(i + 1 for i in range(world)) / world] * 3)
         assert o["uid_ok"] is True and o["big_ok"] is True
         assert o["mismatch"] is not None and "disagree on cfg" in o["mismatch"] and "lr=0.1 vs 0.2" in o["mismatch"]
+
+
+def _adjacent_free_ports():
+    """A socket bound to a free port p on 127.0.0.1 such that p + 1 is free too."""
+    for _ in range(50):
+        a = socket.socket()
+        a.bind(("127.0.0.1", 0))
+        p = a.getsockname()[1]
+        b = socket.socket()
+        try:
+            b.bind(("127.0.0.1", p + 1))
+            return a, p
+        except OSError:
+            a.close()
+        finally:
+            b.close()
+    pytest.skip("no two adjacent free ports on 127.0.0.1")
+
+
+def test_rendezvous_beside_torchruns_agent_store(tmp_path):
+    """Under torchrun (TORCHELASTIC_USE_AGENT_STORE=True) its own store holds MASTER_PORT: the
+    rendezvous takes MASTER_PORT + 1 (init_host, as the Trainer), or PYLLAMA_RDV_PORT."""
+    agent, p = _adjacent_free_ports()  # agent stands in for torchrun's store on MASTER_PORT = p
+    agent.listen(1)
+    try:
+        res = run_ranks(tmp_path, "ops", 2, port=p, extra_env={"VIA_INIT_HOST": "1",
+                                                             "TORCHELASTIC_USE_AGENT_STORE": "True"})
+        for r in (0, 1):
+            assert res[r].get("ok") and res[r]["port"] == p + 1, res[r]
+        # without the variable, rank 0 finds MASTER_PORT taken and says how to choose another port
+        res = run_ranks(tmp_path, "ops", 2, port=p, timeout=3.0, extra_env={"VIA_INIT_HOST": "1"})
+        assert "cannot listen on 127.0.0.1:" in res[0]["error"] and "PYLLAMA_RDV_PORT" in res[0]["error"], res[0]
+        q = free_port()
+        res = run_ranks(tmp_path, "ops", 2, port=p, extra_env={"VIA_INIT_HOST": "1", "PYLLAMA_RDV_PORT": str(q),
+                                                             "TORCHELASTIC_USE_AGENT_STORE": "True"})
+        for r in (0, 1):
+            assert res[r].get("ok") and res[r]["port"] == q, res[r]
+    finally:
+        agent.close()
+    with pytest.raises(ValueError, match="PYLLAMA_RDV_PORT must be an integer"):
+        dist.rendezvous_port(dist.Bootstrap(0, 2, 0, "h", 29500, "env"), {"PYLLAMA_RDV_PORT": "x"})
+    with pytest.raises(ValueError, match="MASTER_PORT \\+ 1"):
+        dist.rendezvous_port(dist.Bootstrap(0, 2, 0, "h", 65535, "env"), {"TORCHELASTIC_USE_AGENT_STORE": "True"})
 
 
 def test_rendezvous_missing_rank_times_out_clearly(tmp_path):
