@@ -1,15 +1,21 @@
-"""The NCCL backend and its TCP rendezvous.
+"""The NCCL backend and its TCP rendezvous (docs/DISTRIBUTED.md).
 
 Without a GPU (runs everywhere): the TCP rendezvous with 2-3 real processes
-(broadcast, barrier, all-gather, all-reduce of small arrays, the NCCL unique-id
-exchange with fake bytes, the trainer's consistency check through it), a missing
-rank, a rank that dies, mismatched collectives, bad addresses and ports; the
-NCCL library search and its errors; ``init("nccl")`` without a GPU.
+(broadcast, barrier, all-gather, sums, the NCCL unique-id exchange with fake bytes,
+the trainer's consistency check through it, 16 MB payloads, beside torchrun's store),
+a missing rank, rank 0 absent, a dead rank, a hung rank, mismatched collectives and
+shapes, strangers, duplicate ranks, bad addresses and ports; the NCCL library search
+and its errors, and the loader against a stand-in libnccl compiled here;
+``init("nccl")``, the Trainer and a 2-rank NCCLCommunicator without a GPU; the
+trainer's NCCL step through a stand-in communicator.
 
-With a GPU (marked ``cuda``, skipped with the reason elsewhere): NCCL all-reduce of
-known buffers with a world of 1 (sum and average), the parameter broadcast, and a
-1-rank NCCL run of the Trainer (env bootstrap, WORLD_SIZE=1) against the
-non-distributed cuda run. The multi-GPU path is not tested here (one GPU).
+With a GPU (marked ``cuda`` and ``nccl``, skipped with the reason elsewhere): NCCL
+all-reduce of known buffers and of a model's gradients with a world of 1 (sum and
+average, non-blocking and blocking communicators), the parameter broadcast, bad ids
+and devices, a 1-rank NCCL Trainer run (env bootstrap, WORLD_SIZE=1) against the plain
+cuda run, two ranks on the one GPU (refused by NCCL: clear errors; with distinct
+NCCL_HOSTIDs: the Trainer's 2 x 1 equals 1 x 2, and a hung peer is aborted at the
+deadline), and the creation deadline.
 """
 import json
 import os
@@ -40,7 +46,8 @@ def gpu(fn):
 
 
 LAUNCH_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_NTASKS",
-               "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+               "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+               "TORCHELASTIC_USE_AGENT_STORE", "PYLLAMA_RDV_PORT", "PYLLAMA_NCCL_BLOCKING")
 
 
 def free_port() -> int:
