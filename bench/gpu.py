@@ -66,7 +66,7 @@ def bench_train(cfg, B, T, dtype, iters, results):
     tok_s = B * T / t
     mfu = model.flops_per_token(T) * tok_s / PEAK[dtype]
     row = {"what": "train_step", "impl": "pyllama", "dtype": dtype, "B": B, "T": T, "s": t, "tok_s": tok_s,
-           "mfu": mfu, "cublas": g.uses_cublas}
+           "mfu": mfu, "cublas": g.uses_cublas, "flash": g.uses_flash_attention}
     print(json.dumps(row), flush=True)
     results.append(row)
     return model, tok_s
@@ -227,6 +227,12 @@ def check():
     print(f"{'ok  ' if ok else 'FAIL'} bf16 loss {l16:.4f} vs float32 {l32:.4f}", flush=True)
     if not ok:
         failures.append("bf16")
+    # the flash attention kernels on awkward shapes (head sizes 12..256, T = 1, T not a
+    # multiple of a block), against the CPU core: also what compute-sanitizer runs them on
+    bad = {k: v for k, v in pyllama._core.cuda_check_ops(7).items() if "flash" in k and not v <= 1e-4}
+    print(f"{'ok  ' if not bad else 'FAIL'} flash attention kernels vs CPU: {bad or 'all within 1e-4'}", flush=True)
+    if bad:
+        failures.append("flash attention kernels")
     print("check:", "FAILED " + ", ".join(failures) if failures else "all ok", flush=True)
     return 1 if failures else 0
 

@@ -59,6 +59,20 @@ void attention_forward(T* out, float* att, const T* qkv, int B, int T_, int NH, 
 template <typename T>
 void attention_backward(T* dqkv, float* datt, const T* dout, const T* qkv, const float* att, int B, int T_, int NH,
                         int NKV, int HS, cudaStream_t stream);
+// Flash attention (what the model trains with): the same inputs and out as
+// attention_forward, but only lse (B, NH, T) float, the log-sum-exp of each scaled score
+// row (the CPU's attention_forward_flash layout), is kept: no T x T array in global memory.
+template <typename T>
+void flash_attention_forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, int HS,
+                             cudaStream_t stream);
+// dqkv (B, T, QKVD) assigned, recomputing the probabilities from qkv and lse; out is the
+// forward's output; dsum (B, NH, T) float scratch (rowsum(dout * out)). Deterministic.
+template <typename T>
+void flash_attention_backward(T* dqkv, float* dsum, const T* dout, const T* out, const T* qkv, const float* lse,
+                              int B, int T_, int NH, int NKV, int HS, cudaStream_t stream);
+// PYLLAMA_CUDA_ATTENTION=naive in the environment (read when a model moves to the GPU):
+// train with attention_forward/backward above instead (for telling the two apart).
+bool attention_naive_forced();
 // The KV-cache step: rows n = b*T + t of qkv (B*T, QKVD) hold q (and the new k, v,
 // already written into the caches by kv_store). Row n attends to cache positions
 // 0..pos[n] of slot slots[b]. Caches (S, NKV, max_len, HS) for one layer.

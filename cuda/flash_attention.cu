@@ -1,0 +1,555 @@
+// flash_attention.cu — causal grouped-query attention for training without a T x T
+// array in global memory (issue #8). The CPU twin is attention_forward_flash /
+// attention_backward_flash in csrc/ops.h: same inputs, same outputs, same lse layout.
+//
+// Layouts: qkv (B, T, QKVD) rows (q | k | v), QKVD = (NH + 2 NKV) HS; out and dout
+// (B, T, NH*HS); lse and dsum (B, NH, T) float; dqkv (B, T, QKVD) assigned.
+//
+// All three kernels are plain SIMT (no tensor cores): tiles of q/k/v/dout are staged
+// in shared memory as float (rows padded by one float so that threads walking
+// different rows hit different banks), every product accumulates in float in
+// registers. 128 threads per block, seen as 16 x 8: thread (ty, tx) with tx = lane & 7
+// and ty = 4 * warp + lane / 8, so the 8 threads sharing a ty are 8 adjacent lanes of
+// one warp (row reductions are three __shfl_xor_sync). DMAX (64, 128 or 256) is the
+// head size rounded up; loops over head dims are guarded by d < HS.
+//
+// forward   block = (b, h, BR query rows); loops over the causal key blocks of kKeys
+//           keys: S = Q K^T (thread: rows ty + 16 i, keys tx + 8 k), online softmax
+//           (running max m and sum l per row), P to shared memory, O += P V (thread:
+//           rows ty + 16 i, dims tx + 8 j). Writes O / l and lse = m + log l.
+// backward  (FlashAttention-2) 1. dsum = rowsum(dout * out) per (row, head);
+//           2. dK, dV: block = (b, kv head, BCKV keys), loops over the query heads of
+//              the group and the query rows >= its first key, recomputing
+//              P = exp(scale S - lse) and dS = P (dP - dsum) scale; dK and dV stay in
+//              registers (thread: keys ty + 16 i, dims tx + 8 j), each written once;
+//           3. dQ: block = (b, h, BR query rows), loops over key blocks like the
+//              forward, dQ = dS K in registers, written once.
+//           No atomics: every output element has one owner, so results are
+//           deterministic (same order of additions on every run).
+#include <cstdlib>
+#include <cstring>
+
+#include "common.h"  // PYLLAMA_CHECK, ValueError
+#include "kernels.cuh"
+
+namespace pyllama {
+namespace gpu {
+
+namespace {
+
+constexpr int kThreads = 128;  // 16 x 8 threads, see above
+constexpr int kKeys = 32;      // keys per block in the forward and dq kernels (thread: keys tx + 8 k)
+constexpr int kKJ = kKeys / 8;
+constexpr int kRowsKV = 32;    // query rows per step of the dk/dv kernel (thread: rows ty + 16 i)
+constexpr int kRI_KV = kRowsKV / 16;
+
+template <int DMAX>
+struct FlashCfg {
+  static_assert(DMAX == 64 || DMAX == 128 || DMAX == 256, "DMAX");
+  static constexpr int R = DMAX >= 256 ? 2 : 4;  // query rows per thread (forward, dq)
+  static constexpr int BR = 16 * R;              // query rows per block (forward, dq)
+  static constexpr int DJ = DMAX / 8;            // head dims per thread: tx + 8 j
+  static constexpr int KC = DMAX >= 256 ? 1 : DMAX >= 128 ? 2 : 4;  // keys per thread (dk/dv)
+  static constexpr int BCKV = 16 * KC;                               // keys per block (dk/dv)
+  static constexpr int KKV = BCKV / 8;  // keys per thread in the dk/dv score tile: tx + 8 k
+};
+
+struct ThreadPos {
+  int tid, tx, ty;
+};
+__device__ __forceinline__ ThreadPos thread_pos() {
+  ThreadPos p;
+  p.tid = threadIdx.x;
+  const int lane = p.tid & 31;
+  p.tx = lane & 7;
+  p.ty = (p.tid >> 5) * 4 + (lane >> 3);
+  return p;
+}
+
+// Reductions over the 8 lanes that share a ty (adjacent lanes; every lane calls them).
+__device__ __forceinline__ float group8_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 4));
+  return v;
+}
+__device__ __forceinline__ float group8_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  v += __shfl_xor_sync(0xffffffffu, v, 2);
+  v += __shfl_xor_sync(0xffffffffu, v, 4);
+  return v;
+}
+
+// dst (nrows x HS, row stride ld, float) = rows r0 .. r0+nrows-1 of src (row stride
+// src_ld), zero for rows >= T_. Every thread of the block calls it.
+template <typename T>
+__device__ __forceinline__ void load_tile(float* dst, int ld, const T* src, long long src_ld, int r0, int nrows,
+                                          int T_, int HS) {
+  const int n = nrows * HS;
+  for (int e = threadIdx.x; e < n; e += kThreads) {
+    const int r = e / HS, d = e - r * HS;
+    const int t = r0 + r;
+    dst[r * ld + d] = t < T_ ? to_f(src[(long long)t * src_ld + d]) : 0.f;
+  }
+}
+
+// acc[i][k] = sum_{d < HS} A[(ra + 16 i) * lda + d] * Bm[(cb + 8 k) * ldb + d]
+template <int NI, int NK>
+__device__ __forceinline__ void dot_tile(float (&acc)[NI][NK], const float* A, int lda, int ra, const float* Bm,
+                                         int ldb, int cb, int HS) {
+#pragma unroll
+  for (int i = 0; i < NI; i++)
+#pragma unroll
+    for (int k = 0; k < NK; k++) acc[i][k] = 0.f;
+  const float* a0 = A + ra * lda;
+  const float* b0 = Bm + cb * ldb;
+#pragma unroll 2
+  for (int d = 0; d < HS; d++) {
+    float a[NI], b[NK];
+#pragma unroll
+    for (int i = 0; i < NI; i++) a[i] = a0[16 * i * lda + d];
+#pragma unroll
+    for (int k = 0; k < NK; k++) b[k] = b0[8 * k * ldb + d];
+#pragma unroll
+    for (int i = 0; i < NI; i++)
+#pragma unroll
+      for (int k = 0; k < NK; k++) acc[i][k] = fmaf(a[i], b[k], acc[i][k]);
+  }
+}
+
+// ------------------------------------------------------------------ forward
+template <int DMAX>
+size_t fwd_smem_floats(int HS) {
+  using Cf = FlashCfg<DMAX>;
+  return (size_t)Cf::BR * (HS + 1) + (size_t)kKeys * (HS + 1) + (size_t)kKeys * HS + (size_t)Cf::BR * (kKeys + 1);
+}
+
+// grid (B * NH, ceil(T / BR)); query block taken from the last (the longest) down.
+template <typename T, int DMAX>
+__global__ void __launch_bounds__(kThreads)
+    flash_fwd_kernel(T* out, float* lse, const T* qkv, int T_, int NH, int NKV, int HS, float scale) {
+  using Cf = FlashCfg<DMAX>;
+  constexpr int R = Cf::R, BR = Cf::BR, DJ = Cf::DJ;
+  extern __shared__ float smem[];
+  const int ldq = HS + 1, ldk = HS + 1, ldv = HS, ldp = kKeys + 1;
+  float* Qs = smem;                // BR x ldq
+  float* Ks = Qs + BR * ldq;       // kKeys x ldk
+  float* Vs = Ks + kKeys * ldk;    // kKeys x ldv
+  float* Ps = Vs + kKeys * ldv;    // BR x ldp
+  const ThreadPos tp = thread_pos();
+  const int h = blockIdx.x % NH, b = blockIdx.x / NH;
+  const int q0 = (gridDim.y - 1 - blockIdx.y) * BR;
+  const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, kvh = h / (NH / NKV);
+  const T* seq = qkv + (long long)b * T_ * QKVD;
+
+  load_tile(Qs, ldq, seq + (long long)h * HS, QKVD, q0, BR, T_, HS);
+  const int qend = min(q0 + BR, T_);
+  const int nkb = (qend + kKeys - 1) / kKeys;  // key blocks holding keys 0 .. qend-1
+
+  int row[R];  // the causal limit of each row; rows past T_ behave as row T_-1 (finite, never stored)
+  float m[R], l[R], o[R][DJ];
+#pragma unroll
+  for (int i = 0; i < R; i++) {
+    row[i] = min(q0 + tp.ty + 16 * i, T_ - 1);
+    m[i] = -INFINITY;
+    l[i] = 0.f;
+#pragma unroll
+    for (int j = 0; j < DJ; j++) o[i][j] = 0.f;
+  }
+
+  for (int kb = 0; kb < nkb; kb++) {  // nkb is the same for the whole block
+    const int k0 = kb * kKeys;
+    __syncthreads();  // the previous block's reads of Ks, Vs, Ps are done
+    load_tile(Ks, ldk, seq + C + (long long)kvh * HS, QKVD, k0, kKeys, T_, HS);
+    load_tile(Vs, ldv, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kKeys, T_, HS);
+    __syncthreads();  // Ks, Vs (and Qs on the first pass) are in place
+
+    float s[R][kKJ];
+    dot_tile<R, kKJ>(s, Qs, ldq, tp.ty, Ks, ldk, tp.tx, HS);
+#pragma unroll
+    for (int i = 0; i < R; i++) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int k = 0; k < kKJ; k++) {
+        const int c = k0 + tp.tx + 8 * k;
+        s[i][k] = c <= row[i] ? s[i][k] * scale : -INFINITY;
+        mx = fmaxf(mx, s[i][k]);
+      }
+      mx = group8_max(mx);
+      // finite: key 0 is visible to every row, and it is in the first key block
+      const float mnew = fmaxf(m[i], mx);
+      const float alpha = expf(m[i] - mnew);  // 0 on the first block (m = -inf)
+      float rs = 0.f;
+#pragma unroll
+      for (int k = 0; k < kKJ; k++) {
+        const float p = expf(s[i][k] - mnew);  // 0 for masked keys
+        Ps[(tp.ty + 16 * i) * ldp + tp.tx + 8 * k] = p;
+        rs += p;
+      }
+      rs = group8_sum(rs);
+      l[i] = l[i] * alpha + rs;
+      m[i] = mnew;
+#pragma unroll
+      for (int j = 0; j < DJ; j++) o[i][j] *= alpha;
+    }
+    __syncthreads();  // Ps complete
+
+#pragma unroll 4
+    for (int c = 0; c < kKeys; c++) {  // masked and padding keys have p = 0 and v = 0
+      float p[R], v[DJ];
+#pragma unroll
+      for (int i = 0; i < R; i++) p[i] = Ps[(tp.ty + 16 * i) * ldp + c];
+#pragma unroll
+      for (int j = 0; j < DJ; j++) {
+        const int d = tp.tx + 8 * j;
+        v[j] = d < HS ? Vs[c * ldv + d] : 0.f;
+      }
+#pragma unroll
+      for (int i = 0; i < R; i++)
+#pragma unroll
+        for (int j = 0; j < DJ; j++) o[i][j] = fmaf(p[i], v[j], o[i][j]);
+    }
+  }
+
+#pragma unroll
+  for (int i = 0; i < R; i++) {
+    const int t = q0 + tp.ty + 16 * i;
+    if (t >= T_) continue;
+    const float inv = 1.f / l[i];
+    T* orow = out + ((long long)b * T_ + t) * C + (long long)h * HS;
+#pragma unroll
+    for (int j = 0; j < DJ; j++) {
+      const int d = tp.tx + 8 * j;
+      if (d < HS) orow[d] = from_f<T>(o[i][j] * inv);
+    }
+    if (tp.tx == 0) lse[((long long)b * NH + h) * T_ + t] = m[i] + logf(l[i]);
+  }
+}
+
+// ------------------------------------------------------------------ backward
+// dsum (B, NH, T) = rowsum(dout * out) per (row, head): one warp per (n, h).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    flash_bwd_dsum_kernel(float* dsum, const T* dout, const T* out, int B, int T_, int NH, int HS) {
+  const int lane = threadIdx.x & 31;
+  const long long row = (long long)blockIdx.x * (kThreads / 32) + (threadIdx.x >> 5);  // n * NH + h
+  if (row >= (long long)B * T_ * NH) return;  // the whole warp leaves
+  const int h = (int)(row % NH);
+  const long long n = row / NH;
+  const long long off = n * NH * HS + (long long)h * HS;
+  float acc = 0.f;
+  for (int d = lane; d < HS; d += 32) acc += to_f(dout[off + d]) * to_f(out[off + d]);
+  acc = warp_sum(acc);
+  const int b = (int)(n / T_), t = (int)(n % T_);
+  if (lane == 0) dsum[((long long)b * NH + h) * T_ + t] = acc;
+}
+
+template <int DMAX>
+size_t dq_smem_floats(int HS) {
+  using Cf = FlashCfg<DMAX>;
+  return 2 * (size_t)Cf::BR * (HS + 1) + 2 * (size_t)kKeys * (HS + 1) + (size_t)Cf::BR * (kKeys + 1);
+}
+
+// grid (B * NH, ceil(T / BR)): dq of BR query rows of head h.
+template <typename T, int DMAX>
+__global__ void __launch_bounds__(kThreads)
+    flash_bwd_dq_kernel(T* dqkv, const T* dout, const T* qkv, const float* lse, const float* dsum, int T_, int NH,
+                        int NKV, int HS, float scale) {
+  using Cf = FlashCfg<DMAX>;
+  constexpr int R = Cf::R, BR = Cf::BR, DJ = Cf::DJ;
+  extern __shared__ float smem[];
+  const int ld = HS + 1, ldp = kKeys + 1;
+  float* Qs = smem;              // BR x ld
+  float* dOs = Qs + BR * ld;     // BR x ld
+  float* Ks = dOs + BR * ld;     // kKeys x ld
+  float* Vs = Ks + kKeys * ld;   // kKeys x ld
+  float* dSs = Vs + kKeys * ld;  // BR x ldp
+  const ThreadPos tp = thread_pos();
+  const int h = blockIdx.x % NH, b = blockIdx.x / NH;
+  const int q0 = (gridDim.y - 1 - blockIdx.y) * BR;
+  const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, kvh = h / (NH / NKV);
+  const T* seq = qkv + (long long)b * T_ * QKVD;
+  const long long lrow = ((long long)b * NH + h) * T_;  // lse / dsum of row t: [lrow + t]
+
+  load_tile(Qs, ld, seq + (long long)h * HS, QKVD, q0, BR, T_, HS);
+  load_tile(dOs, ld, dout + (long long)b * T_ * C + (long long)h * HS, C, q0, BR, T_, HS);
+  const int qend = min(q0 + BR, T_);
+  const int nkb = (qend + kKeys - 1) / kKeys;
+
+  int row[R];
+  float lr[R], dr[R], dq[R][DJ];
+#pragma unroll
+  for (int i = 0; i < R; i++) {
+    const int t = q0 + tp.ty + 16 * i;
+    row[i] = min(t, T_ - 1);
+    lr[i] = t < T_ ? lse[lrow + t] : 0.f;
+    dr[i] = t < T_ ? dsum[lrow + t] : 0.f;
+#pragma unroll
+    for (int j = 0; j < DJ; j++) dq[i][j] = 0.f;
+  }
+
+  for (int kb = 0; kb < nkb; kb++) {
+    const int k0 = kb * kKeys;
+    __syncthreads();  // the previous block's reads of Ks, dSs are done
+    load_tile(Ks, ld, seq + C + (long long)kvh * HS, QKVD, k0, kKeys, T_, HS);
+    load_tile(Vs, ld, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kKeys, T_, HS);
+    __syncthreads();
+
+    float s[R][kKJ], dp[R][kKJ];
+    dot_tile<R, kKJ>(s, Qs, ld, tp.ty, Ks, ld, tp.tx, HS);
+    dot_tile<R, kKJ>(dp, dOs, ld, tp.ty, Vs, ld, tp.tx, HS);
+#pragma unroll
+    for (int i = 0; i < R; i++)
+#pragma unroll
+      for (int k = 0; k < kKJ; k++) {
+        const int c = k0 + tp.tx + 8 * k;
+        const float p = c <= row[i] ? expf(s[i][k] * scale - lr[i]) : 0.f;
+        dSs[(tp.ty + 16 * i) * ldp + tp.tx + 8 * k] = p * (dp[i][k] - dr[i]) * scale;
+      }
+    __syncthreads();  // dSs complete
+
+#pragma unroll 4
+    for (int c = 0; c < kKeys; c++) {
+      float ds[R], kv[DJ];
+#pragma unroll
+      for (int i = 0; i < R; i++) ds[i] = dSs[(tp.ty + 16 * i) * ldp + c];
+#pragma unroll
+      for (int j = 0; j < DJ; j++) {
+        const int d = tp.tx + 8 * j;
+        kv[j] = d < HS ? Ks[c * ld + d] : 0.f;
+      }
+#pragma unroll
+      for (int i = 0; i < R; i++)
+#pragma unroll
+        for (int j = 0; j < DJ; j++) dq[i][j] = fmaf(ds[i], kv[j], dq[i][j]);
+    }
+  }
+
+#pragma unroll
+  for (int i = 0; i < R; i++) {
+    const int t = q0 + tp.ty + 16 * i;
+    if (t >= T_) continue;
+    T* dst = dqkv + ((long long)b * T_ + t) * QKVD + (long long)h * HS;
+#pragma unroll
+    for (int j = 0; j < DJ; j++) {
+      const int d = tp.tx + 8 * j;
+      if (d < HS) dst[d] = from_f<T>(dq[i][j]);
+    }
+  }
+}
+
+template <int DMAX>
+size_t dkv_smem_floats(int HS) {
+  using Cf = FlashCfg<DMAX>;
+  return 2 * (size_t)Cf::BCKV * (HS + 1) + 2 * (size_t)kRowsKV * (HS + 1) + 2 * (size_t)kRowsKV * (Cf::BCKV + 1) +
+         2 * (size_t)kRowsKV;
+}
+
+// grid (B * NKV, ceil(T / BCKV)): dk, dv of BCKV keys of kv head kvh, summed over the
+// query heads of its group and the query rows t >= the block's first key.
+template <typename T, int DMAX>
+__global__ void __launch_bounds__(kThreads)
+    flash_bwd_dkv_kernel(T* dqkv, const T* dout, const T* qkv, const float* lse, const float* dsum, int T_, int NH,
+                         int NKV, int HS, float scale) {
+  using Cf = FlashCfg<DMAX>;
+  constexpr int KC = Cf::KC, BC = Cf::BCKV, KK = Cf::KKV, DJ = Cf::DJ, RI = kRI_KV, BR = kRowsKV;
+  extern __shared__ float smem[];
+  const int ld = HS + 1, ldp = BC + 1;
+  float* Ks = smem;              // BC x ld
+  float* Vs = Ks + BC * ld;      // BC x ld
+  float* Qs = Vs + BC * ld;      // BR x ld
+  float* dOs = Qs + BR * ld;     // BR x ld
+  float* Ps = dOs + BR * ld;     // BR x ldp
+  float* dSs = Ps + BR * ldp;    // BR x ldp
+  float* Ls = dSs + BR * ldp;    // BR
+  float* Ds = Ls + BR;           // BR
+  const ThreadPos tp = thread_pos();
+  const int kvh = blockIdx.x % NKV, b = blockIdx.x / NKV;
+  const int k0 = blockIdx.y * BC;  // the first blocks (most query rows) are launched first
+  const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, group = NH / NKV;
+  const T* seq = qkv + (long long)b * T_ * QKVD;
+
+  load_tile(Ks, ld, seq + C + (long long)kvh * HS, QKVD, k0, BC, T_, HS);
+  load_tile(Vs, ld, seq + C + KVD + (long long)kvh * HS, QKVD, k0, BC, T_, HS);
+
+  float dk[KC][DJ], dv[KC][DJ];
+#pragma unroll
+  for (int i = 0; i < KC; i++)
+#pragma unroll
+    for (int j = 0; j < DJ; j++) dk[i][j] = dv[i][j] = 0.f;
+
+  for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+    const long long lrow = ((long long)b * NH + h) * T_;
+    for (int q0 = k0; q0 < T_; q0 += BR) {  // rows before k0 see none of these keys
+      __syncthreads();  // the previous step's reads of Qs, dOs, Ps, dSs, Ls, Ds are done
+      load_tile(Qs, ld, seq + (long long)h * HS, QKVD, q0, BR, T_, HS);
+      load_tile(dOs, ld, dout + (long long)b * T_ * C + (long long)h * HS, C, q0, BR, T_, HS);
+      if (tp.tid < BR) {
+        const int t = q0 + tp.tid;
+        Ls[tp.tid] = t < T_ ? lse[lrow + t] : 0.f;
+        Ds[tp.tid] = t < T_ ? dsum[lrow + t] : 0.f;
+      }
+      __syncthreads();  // Ks, Vs (first pass), Qs, dOs, Ls, Ds in place
+
+      float s[RI][KK], dp[RI][KK];
+      dot_tile<RI, KK>(s, Qs, ld, tp.ty, Ks, ld, tp.tx, HS);
+      dot_tile<RI, KK>(dp, dOs, ld, tp.ty, Vs, ld, tp.tx, HS);
+#pragma unroll
+      for (int i = 0; i < RI; i++) {
+        const int r = tp.ty + 16 * i, t = q0 + r;
+#pragma unroll
+        for (int k = 0; k < KK; k++) {
+          const int c = tp.tx + 8 * k;
+          // c <= t < T_: the key is visible to a real row (so also c < T_)
+          const float p = (t < T_ && k0 + c <= t) ? expf(s[i][k] * scale - Ls[r]) : 0.f;
+          Ps[r * ldp + c] = p;
+          dSs[r * ldp + c] = p * (dp[i][k] - Ds[r]) * scale;
+        }
+      }
+      __syncthreads();  // Ps, dSs complete
+
+#pragma unroll 2
+      for (int r = 0; r < BR; r++) {
+        float p[KC], ds[KC], qv[DJ], dov[DJ];
+#pragma unroll
+        for (int i = 0; i < KC; i++) {
+          p[i] = Ps[r * ldp + tp.ty + 16 * i];
+          ds[i] = dSs[r * ldp + tp.ty + 16 * i];
+        }
+#pragma unroll
+        for (int j = 0; j < DJ; j++) {
+          const int d = tp.tx + 8 * j;
+          qv[j] = d < HS ? Qs[r * ld + d] : 0.f;
+          dov[j] = d < HS ? dOs[r * ld + d] : 0.f;
+        }
+#pragma unroll
+        for (int i = 0; i < KC; i++)
+#pragma unroll
+          for (int j = 0; j < DJ; j++) {
+            dv[i][j] = fmaf(p[i], dov[j], dv[i][j]);
+            dk[i][j] = fmaf(ds[i], qv[j], dk[i][j]);
+          }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int i = 0; i < KC; i++) {
+    const int c = k0 + tp.ty + 16 * i;
+    if (c >= T_) continue;
+    T* dkr = dqkv + ((long long)b * T_ + c) * QKVD + C + (long long)kvh * HS;
+    T* dvr = dkr + KVD;
+#pragma unroll
+    for (int j = 0; j < DJ; j++) {
+      const int d = tp.tx + 8 * j;
+      if (d < HS) {
+        dkr[d] = from_f<T>(dk[i][j]);
+        dvr[d] = from_f<T>(dv[i][j]);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------ launchers
+void check_shape(int B, int T_, int NH, int NKV, int HS, const char* who) {
+  PYLLAMA_CHECK(B >= 0 && T_ >= 0, ValueError, who << ": negative batch " << B << " or length " << T_);
+  PYLLAMA_CHECK(NH >= 1 && NKV >= 1 && NH % NKV == 0, ValueError,
+                who << ": num heads " << NH << " must be a positive multiple of num kv heads " << NKV);
+  PYLLAMA_CHECK(HS >= 1 && HS <= kMaxHeadSize, ValueError,
+                who << ": head size " << HS << " must be in [1, " << kMaxHeadSize << "]");
+}
+
+// Opts the kernel in to `bytes` of dynamic shared memory (above the 48 KB default),
+// after checking the device allows it.
+template <typename K>
+void prepare_smem(K kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return;
+  int dev = 0, optin = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  PYLLAMA_CHECK(bytes <= (size_t)optin, CudaError,
+                "flash attention needs " << bytes << " bytes of shared memory per block; device " << dev
+                                         << " allows " << optin);
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+}
+
+dim3 grid2(long long x, long long y, const char* who) {
+  PYLLAMA_CHECK(x <= 0x7fffffffLL && y <= 65535, ValueError,
+                who << ": grid (" << x << ", " << y << ") too large (sequence length or batch x heads)");
+  return dim3((unsigned)x, (unsigned)y);
+}
+
+template <typename T, int DMAX>
+void launch_fwd(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, int HS, cudaStream_t stream) {
+  const size_t bytes = sizeof(float) * fwd_smem_floats<DMAX>(HS);
+  prepare_smem(flash_fwd_kernel<T, DMAX>, bytes);
+  const dim3 grid = grid2((long long)B * NH, (T_ + FlashCfg<DMAX>::BR - 1) / FlashCfg<DMAX>::BR, "flash attention");
+  flash_fwd_kernel<T, DMAX><<<grid, kThreads, bytes, stream>>>(out, lse, qkv, T_, NH, NKV, HS,
+                                                               1.0f / sqrtf((float)HS));
+  CUDA_CHECK_LAUNCH();
+}
+
+template <typename T, int DMAX>
+void launch_bwd(T* dqkv, const T* dout, const T* qkv, const float* lse, const float* dsum, int B, int T_, int NH,
+                int NKV, int HS, cudaStream_t stream) {
+  using Cf = FlashCfg<DMAX>;
+  const float scale = 1.0f / sqrtf((float)HS);
+  const size_t bkv = sizeof(float) * dkv_smem_floats<DMAX>(HS);
+  prepare_smem(flash_bwd_dkv_kernel<T, DMAX>, bkv);
+  const dim3 gkv = grid2((long long)B * NKV, (T_ + Cf::BCKV - 1) / Cf::BCKV, "flash attention backward");
+  flash_bwd_dkv_kernel<T, DMAX><<<gkv, kThreads, bkv, stream>>>(dqkv, dout, qkv, lse, dsum, T_, NH, NKV, HS, scale);
+  CUDA_CHECK_LAUNCH();
+  const size_t bq = sizeof(float) * dq_smem_floats<DMAX>(HS);
+  prepare_smem(flash_bwd_dq_kernel<T, DMAX>, bq);
+  const dim3 gq = grid2((long long)B * NH, (T_ + Cf::BR - 1) / Cf::BR, "flash attention backward");
+  flash_bwd_dq_kernel<T, DMAX><<<gq, kThreads, bq, stream>>>(dqkv, dout, qkv, lse, dsum, T_, NH, NKV, HS, scale);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+bool attention_naive_forced() {
+  const char* env = std::getenv("PYLLAMA_CUDA_ATTENTION");
+  return env && std::strcmp(env, "naive") == 0;
+}
+
+template <typename T>
+void flash_attention_forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, int HS,
+                             cudaStream_t stream) {
+  check_shape(B, T_, NH, NKV, HS, "flash_attention_forward");
+  if (B == 0 || T_ == 0) return;
+  if (HS <= 64)
+    launch_fwd<T, 64>(out, lse, qkv, B, T_, NH, NKV, HS, stream);
+  else if (HS <= 128)
+    launch_fwd<T, 128>(out, lse, qkv, B, T_, NH, NKV, HS, stream);
+  else
+    launch_fwd<T, 256>(out, lse, qkv, B, T_, NH, NKV, HS, stream);
+}
+
+template <typename T>
+void flash_attention_backward(T* dqkv, float* dsum, const T* dout, const T* out, const T* qkv, const float* lse,
+                              int B, int T_, int NH, int NKV, int HS, cudaStream_t stream) {
+  check_shape(B, T_, NH, NKV, HS, "flash_attention_backward");
+  if (B == 0 || T_ == 0) return;
+  const long long rows = (long long)B * T_ * NH;
+  const long long blocks = (rows + kThreads / 32 - 1) / (kThreads / 32);
+  PYLLAMA_CHECK(blocks <= 0x7fffffffLL, ValueError, "flash_attention_backward: too many rows " << rows);
+  flash_bwd_dsum_kernel<T><<<(unsigned)blocks, kThreads, 0, stream>>>(dsum, dout, out, B, T_, NH, HS);
+  CUDA_CHECK_LAUNCH();
+  if (HS <= 64)
+    launch_bwd<T, 64>(dqkv, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
+  else if (HS <= 128)
+    launch_bwd<T, 128>(dqkv, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
+  else
+    launch_bwd<T, 256>(dqkv, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
+}
+
+#define PYLLAMA_FLASH_INSTANTIATE(T)                                                                      \
+  template void flash_attention_forward<T>(T*, float*, const T*, int, int, int, int, int, cudaStream_t); \
+  template void flash_attention_backward<T>(T*, float*, const T*, const T*, const T*, const float*, int, int, int, \
+                                            int, int, cudaStream_t);
+PYLLAMA_FLASH_INSTANTIATE(float)
+PYLLAMA_FLASH_INSTANTIATE(bf16)
+
+}  // namespace gpu
+}  // namespace pyllama
