@@ -6,9 +6,9 @@
 // (B, T, NH*HS); lse and dsum (B, NH, T) float; dqkv (B, T, QKVD) assigned.
 //
 // All three kernels are plain SIMT (no tensor cores): tiles of q/k/v/dout are staged
-// in shared memory as float (rows padded by one float so that threads walking
-// different rows hit different banks), every product accumulates in float in
-// registers. 128 threads per block, seen as 16 x 8: thread (ty, tx) with tx = lane & 7
+// in shared memory as float (rows padded so that threads walking different rows hit
+// different banks; the tiles of the score products read as float4), every product
+// accumulates in float in registers. 128 threads per block, seen as 16 x 8: thread (ty, tx) with tx = lane & 7
 // and ty = 4 * warp + lane / 8, so the 8 threads sharing a ty are 8 adjacent lanes of
 // one warp (row reductions are three __shfl_xor_sync). DMAX (64, 128 or 256) is the
 // head size rounded up; loops over head dims are guarded by d < HS.
@@ -80,40 +80,55 @@ __device__ __forceinline__ float group8_sum(float v) {
   return v;
 }
 
-// dst (nrows x HS, row stride ld, float) = rows r0 .. r0+nrows-1 of src (row stride
-// src_ld), zero for rows >= T_. Every thread of the block calls it.
+// Tiles that dot_tile reads hold HSP = HS rounded up to a multiple of 4 columns (zero
+// past HS) with row stride ldp4(HS) = HSP + 4: rows start 16-byte aligned, and the 8
+// different rows that 8 lanes read at once fall in different 16-byte bank groups when
+// HSP / 4 is even (HS = 32, 64, 128, 256 ...).
+__host__ __device__ __forceinline__ int hs_pad4(int HS) { return (HS + 3) & ~3; }
+__host__ __device__ __forceinline__ int ldp4(int HS) { return hs_pad4(HS) + 4; }
+
+// dst (nrows x width, row stride ld, float) = columns 0 .. width-1 of rows r0 ..
+// r0+nrows-1 of src (row stride src_ld), zero for rows >= T_ and columns >= HS
+// (width >= HS). Every thread of the block calls it.
 template <typename T>
-__device__ __forceinline__ void load_tile(float* dst, int ld, const T* src, long long src_ld, int r0, int nrows,
-                                          int T_, int HS) {
-  const int n = nrows * HS;
+__device__ __forceinline__ void load_tile(float* dst, int ld, int width, const T* src, long long src_ld, int r0,
+                                          int nrows, int T_, int HS) {
+  const int n = nrows * width;
   for (int e = threadIdx.x; e < n; e += kThreads) {
-    const int r = e / HS, d = e - r * HS;
+    const int r = e / width, d = e - r * width;
     const int t = r0 + r;
-    dst[r * ld + d] = t < T_ ? to_f(src[(long long)t * src_ld + d]) : 0.f;
+    dst[r * ld + d] = (t < T_ && d < HS) ? to_f(src[(long long)t * src_ld + d]) : 0.f;
   }
 }
 
-// acc[i][k] = sum_{d < HS} A[(ra + 16 i) * lda + d] * Bm[(cb + 8 k) * ldb + d]
+// acc[i][k] = sum_{d < HSP} A[(ra + 16 i) * ld + d] * Bm[(cb + 8 k) * ld + d], both tiles
+// with row stride ld = ldp4(HS) and 16-byte aligned (float4 loads; d in increasing order).
 template <int NI, int NK>
-__device__ __forceinline__ void dot_tile(float (&acc)[NI][NK], const float* A, int lda, int ra, const float* Bm,
-                                         int ldb, int cb, int HS) {
+__device__ __forceinline__ void dot_tile(float (&acc)[NI][NK], const float* A, int ra, const float* Bm, int cb,
+                                         int HS) {
 #pragma unroll
   for (int i = 0; i < NI; i++)
 #pragma unroll
     for (int k = 0; k < NK; k++) acc[i][k] = 0.f;
-  const float* a0 = A + ra * lda;
-  const float* b0 = Bm + cb * ldb;
-#pragma unroll 2
-  for (int d = 0; d < HS; d++) {
-    float a[NI], b[NK];
+  const int ld4 = ldp4(HS) / 4, n4 = hs_pad4(HS) / 4;
+  const float4* a0 = reinterpret_cast<const float4*>(A) + ra * ld4;
+  const float4* b0 = reinterpret_cast<const float4*>(Bm) + cb * ld4;
+#pragma unroll 1
+  for (int d4 = 0; d4 < n4; d4++) {
+    float4 a[NI], b[NK];
 #pragma unroll
-    for (int i = 0; i < NI; i++) a[i] = a0[16 * i * lda + d];
+    for (int i = 0; i < NI; i++) a[i] = a0[16 * i * ld4 + d4];
 #pragma unroll
-    for (int k = 0; k < NK; k++) b[k] = b0[8 * k * ldb + d];
+    for (int k = 0; k < NK; k++) b[k] = b0[8 * k * ld4 + d4];
 #pragma unroll
     for (int i = 0; i < NI; i++)
 #pragma unroll
-      for (int k = 0; k < NK; k++) acc[i][k] = fmaf(a[i], b[k], acc[i][k]);
+      for (int k = 0; k < NK; k++) {
+        float x = fmaf(a[i].x, b[k].x, acc[i][k]);
+        x = fmaf(a[i].y, b[k].y, x);
+        x = fmaf(a[i].z, b[k].z, x);
+        acc[i][k] = fmaf(a[i].w, b[k].w, x);
+      }
   }
 }
 
@@ -121,7 +136,7 @@ __device__ __forceinline__ void dot_tile(float (&acc)[NI][NK], const float* A, i
 template <int DMAX>
 size_t fwd_smem_floats(int HS) {
   using Cf = FlashCfg<DMAX>;
-  return (size_t)Cf::BR * (HS + 1) + (size_t)kKeys * (HS + 1) + (size_t)kKeys * HS + (size_t)Cf::BR * (kKeys + 1);
+  return (size_t)Cf::BR * ldp4(HS) + (size_t)kKeys * ldp4(HS) + (size_t)kKeys * HS + (size_t)Cf::BR * (kKeys + 1);
 }
 
 // grid (B * NH, ceil(T / BR)); query block taken from the last (the longest) down.
@@ -130,19 +145,20 @@ __global__ void __launch_bounds__(kThreads)
     flash_fwd_kernel(T* out, float* lse, const T* qkv, int T_, int NH, int NKV, int HS, float scale) {
   using Cf = FlashCfg<DMAX>;
   constexpr int R = Cf::R, BR = Cf::BR, DJ = Cf::DJ;
-  extern __shared__ float smem[];
-  const int ldq = HS + 1, ldk = HS + 1, ldv = HS, ldp = kKeys + 1;
-  float* Qs = smem;                // BR x ldq
-  float* Ks = Qs + BR * ldq;       // kKeys x ldk
-  float* Vs = Ks + kKeys * ldk;    // kKeys x ldv
-  float* Ps = Vs + kKeys * ldv;    // BR x ldp
+  extern __shared__ float4 smem4[];  // float4: 16-byte aligned
+  float* smem = reinterpret_cast<float*>(smem4);
+  const int ld = ldp4(HS), ldv = HS, ldp = kKeys + 1;
+  float* Qs = smem;               // BR x ld
+  float* Ks = Qs + BR * ld;       // kKeys x ld
+  float* Vs = Ks + kKeys * ld;    // kKeys x ldv
+  float* Ps = Vs + kKeys * ldv;   // BR x ldp
   const ThreadPos tp = thread_pos();
   const int h = blockIdx.x % NH, b = blockIdx.x / NH;
   const int q0 = (gridDim.y - 1 - blockIdx.y) * BR;
   const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, kvh = h / (NH / NKV);
   const T* seq = qkv + (long long)b * T_ * QKVD;
 
-  load_tile(Qs, ldq, seq + (long long)h * HS, QKVD, q0, BR, T_, HS);
+  load_tile(Qs, ld, hs_pad4(HS), seq + (long long)h * HS, QKVD, q0, BR, T_, HS);
   const int qend = min(q0 + BR, T_);
   const int nkb = (qend + kKeys - 1) / kKeys;  // key blocks holding keys 0 .. qend-1
 
@@ -160,12 +176,12 @@ __global__ void __launch_bounds__(kThreads)
   for (int kb = 0; kb < nkb; kb++) {  // nkb is the same for the whole block
     const int k0 = kb * kKeys;
     __syncthreads();  // the previous block's reads of Ks, Vs, Ps are done
-    load_tile(Ks, ldk, seq + C + (long long)kvh * HS, QKVD, k0, kKeys, T_, HS);
-    load_tile(Vs, ldv, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kKeys, T_, HS);
+    load_tile(Ks, ld, hs_pad4(HS), seq + C + (long long)kvh * HS, QKVD, k0, kKeys, T_, HS);
+    load_tile(Vs, ldv, HS, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kKeys, T_, HS);
     __syncthreads();  // Ks, Vs (and Qs on the first pass) are in place
 
     float s[R][kKJ];
-    dot_tile<R, kKJ>(s, Qs, ldq, tp.ty, Ks, ldk, tp.tx, HS);
+    dot_tile<R, kKJ>(s, Qs, tp.ty, Ks, tp.tx, HS);
 #pragma unroll
     for (int i = 0; i < R; i++) {
       float mx = -INFINITY;
@@ -247,7 +263,7 @@ __global__ void __launch_bounds__(kThreads)
 template <int DMAX>
 size_t dq_smem_floats(int HS) {
   using Cf = FlashCfg<DMAX>;
-  return 2 * (size_t)Cf::BR * (HS + 1) + 2 * (size_t)kKeys * (HS + 1) + (size_t)Cf::BR * (kKeys + 1);
+  return 2 * (size_t)Cf::BR * ldp4(HS) + 2 * (size_t)kKeys * ldp4(HS) + (size_t)Cf::BR * (kKeys + 1);
 }
 
 // grid (B * NH, ceil(T / BR)): dq of BR query rows of head h.
@@ -257,8 +273,9 @@ __global__ void __launch_bounds__(kThreads)
                         int NKV, int HS, float scale) {
   using Cf = FlashCfg<DMAX>;
   constexpr int R = Cf::R, BR = Cf::BR, DJ = Cf::DJ;
-  extern __shared__ float smem[];
-  const int ld = HS + 1, ldp = kKeys + 1;
+  extern __shared__ float4 smem4[];
+  float* smem = reinterpret_cast<float*>(smem4);
+  const int ld = ldp4(HS), W = hs_pad4(HS), ldp = kKeys + 1;
   float* Qs = smem;              // BR x ld
   float* dOs = Qs + BR * ld;     // BR x ld
   float* Ks = dOs + BR * ld;     // kKeys x ld
@@ -271,8 +288,8 @@ __global__ void __launch_bounds__(kThreads)
   const T* seq = qkv + (long long)b * T_ * QKVD;
   const long long lrow = ((long long)b * NH + h) * T_;  // lse / dsum of row t: [lrow + t]
 
-  load_tile(Qs, ld, seq + (long long)h * HS, QKVD, q0, BR, T_, HS);
-  load_tile(dOs, ld, dout + (long long)b * T_ * C + (long long)h * HS, C, q0, BR, T_, HS);
+  load_tile(Qs, ld, W, seq + (long long)h * HS, QKVD, q0, BR, T_, HS);
+  load_tile(dOs, ld, W, dout + (long long)b * T_ * C + (long long)h * HS, C, q0, BR, T_, HS);
   const int qend = min(q0 + BR, T_);
   const int nkb = (qend + kKeys - 1) / kKeys;
 
@@ -291,13 +308,13 @@ __global__ void __launch_bounds__(kThreads)
   for (int kb = 0; kb < nkb; kb++) {
     const int k0 = kb * kKeys;
     __syncthreads();  // the previous block's reads of Ks, dSs are done
-    load_tile(Ks, ld, seq + C + (long long)kvh * HS, QKVD, k0, kKeys, T_, HS);
-    load_tile(Vs, ld, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kKeys, T_, HS);
+    load_tile(Ks, ld, W, seq + C + (long long)kvh * HS, QKVD, k0, kKeys, T_, HS);
+    load_tile(Vs, ld, W, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kKeys, T_, HS);
     __syncthreads();
 
     float s[R][kKJ], dp[R][kKJ];
-    dot_tile<R, kKJ>(s, Qs, ld, tp.ty, Ks, ld, tp.tx, HS);
-    dot_tile<R, kKJ>(dp, dOs, ld, tp.ty, Vs, ld, tp.tx, HS);
+    dot_tile<R, kKJ>(s, Qs, tp.ty, Ks, tp.tx, HS);
+    dot_tile<R, kKJ>(dp, dOs, tp.ty, Vs, tp.tx, HS);
 #pragma unroll
     for (int i = 0; i < R; i++)
 #pragma unroll
@@ -341,7 +358,7 @@ __global__ void __launch_bounds__(kThreads)
 template <int DMAX>
 size_t dkv_smem_floats(int HS) {
   using Cf = FlashCfg<DMAX>;
-  return 2 * (size_t)Cf::BCKV * (HS + 1) + 2 * (size_t)kRowsKV * (HS + 1) + 2 * (size_t)kRowsKV * (Cf::BCKV + 1) +
+  return 2 * (size_t)Cf::BCKV * ldp4(HS) + 2 * (size_t)kRowsKV * ldp4(HS) + 2 * (size_t)kRowsKV * (Cf::BCKV + 1) +
          2 * (size_t)kRowsKV;
 }
 
@@ -353,8 +370,9 @@ __global__ void __launch_bounds__(kThreads)
                          int NKV, int HS, float scale) {
   using Cf = FlashCfg<DMAX>;
   constexpr int KC = Cf::KC, BC = Cf::BCKV, KK = Cf::KKV, DJ = Cf::DJ, RI = kRI_KV, BR = kRowsKV;
-  extern __shared__ float smem[];
-  const int ld = HS + 1, ldp = BC + 1;
+  extern __shared__ float4 smem4[];
+  float* smem = reinterpret_cast<float*>(smem4);
+  const int ld = ldp4(HS), W = hs_pad4(HS), ldp = BC + 1;
   float* Ks = smem;              // BC x ld
   float* Vs = Ks + BC * ld;      // BC x ld
   float* Qs = Vs + BC * ld;      // BR x ld
@@ -369,8 +387,8 @@ __global__ void __launch_bounds__(kThreads)
   const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, group = NH / NKV;
   const T* seq = qkv + (long long)b * T_ * QKVD;
 
-  load_tile(Ks, ld, seq + C + (long long)kvh * HS, QKVD, k0, BC, T_, HS);
-  load_tile(Vs, ld, seq + C + KVD + (long long)kvh * HS, QKVD, k0, BC, T_, HS);
+  load_tile(Ks, ld, W, seq + C + (long long)kvh * HS, QKVD, k0, BC, T_, HS);
+  load_tile(Vs, ld, W, seq + C + KVD + (long long)kvh * HS, QKVD, k0, BC, T_, HS);
 
   float dk[KC][DJ], dv[KC][DJ];
 #pragma unroll
@@ -382,8 +400,8 @@ __global__ void __launch_bounds__(kThreads)
     const long long lrow = ((long long)b * NH + h) * T_;
     for (int q0 = k0; q0 < T_; q0 += BR) {  // rows before k0 see none of these keys
       __syncthreads();  // the previous step's reads of Qs, dOs, Ps, dSs, Ls, Ds are done
-      load_tile(Qs, ld, seq + (long long)h * HS, QKVD, q0, BR, T_, HS);
-      load_tile(dOs, ld, dout + (long long)b * T_ * C + (long long)h * HS, C, q0, BR, T_, HS);
+      load_tile(Qs, ld, W, seq + (long long)h * HS, QKVD, q0, BR, T_, HS);
+      load_tile(dOs, ld, W, dout + (long long)b * T_ * C + (long long)h * HS, C, q0, BR, T_, HS);
       if (tp.tid < BR) {
         const int t = q0 + tp.tid;
         Ls[tp.tid] = t < T_ ? lse[lrow + t] : 0.f;
@@ -392,8 +410,8 @@ __global__ void __launch_bounds__(kThreads)
       __syncthreads();  // Ks, Vs (first pass), Qs, dOs, Ls, Ds in place
 
       float s[RI][KK], dp[RI][KK];
-      dot_tile<RI, KK>(s, Qs, ld, tp.ty, Ks, ld, tp.tx, HS);
-      dot_tile<RI, KK>(dp, dOs, ld, tp.ty, Vs, ld, tp.tx, HS);
+      dot_tile<RI, KK>(s, Qs, tp.ty, Ks, tp.tx, HS);
+      dot_tile<RI, KK>(dp, dOs, tp.ty, Vs, tp.tx, HS);
 #pragma unroll
       for (int i = 0; i < RI; i++) {
         const int r = tp.ty + 16 * i, t = q0 + r;
