@@ -28,6 +28,7 @@
 //           deterministic (same order of additions on every run).
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "common.h"  // PYLLAMA_CHECK, ValueError
 #include "kernels.cuh"
@@ -468,6 +469,382 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// ------------------------------------------------------------------ tensor cores (bf16)
+// The bf16 instantiation with HS <= 128 on sm_80+: the same algorithm with the tile
+// products on tensor cores, mma.sync.m16n8k16 (bf16 inputs, float accumulation).
+// Each warp owns 16 query rows (forward, dq) or 16 keys (dk/dv). Fragment layout (PTX
+// ISA), g = lane / 4, q = lane % 4, registers of two bf16 (low half = lower index):
+//   A (16 x 16, row-major) reg i: row g + 8 (i & 1), cols 2q + 8 (i >> 1) + {0, 1}
+//   B (16 x 8, k x n)      reg i: k = 2q + 8 i + {0, 1}, n = g
+//   C (16 x 8, float)      c[0], c[1]: row g, cols 2q + {0, 1}; c[2], c[3]: row g + 8
+// so a C fragment pair (n-tiles 2j, 2j+1) is the A fragment of the next product, and
+// the probabilities never leave registers. Tiles sit in shared memory as bf16 with
+// HSP = HS rounded up to 16 columns (zero past HS) and rows padded by 8 elements, so
+// the 32-bit fragment loads of a warp hit 32 different banks when HSP is a multiple of 64.
+// P and dS are rounded to bf16 for their products (as FlashAttention does).
+#ifndef PYLLAMA_CUDA_SIM  // tools/cuda_sim emulates these two
+__device__ __forceinline__ uint16_t bf16_bits(bf16 x) { return __bfloat16_as_ushort(x); }
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  __trap();  // never launched below sm_80 (the launcher checks the device)
+#endif
+}
+#endif
+
+__host__ __device__ __forceinline__ int hs_pad16(int HS) { return (HS + 15) & ~15; }
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  return (uint32_t)bf16_bits(from_f<bf16>(lo)) | ((uint32_t)bf16_bits(from_f<bf16>(hi)) << 16);
+}
+// two adjacent bf16 of shared memory (even element index) as one register
+__device__ __forceinline__ uint32_t ld32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// Reductions over the 4 lanes of a quad (the threads holding one row of a C fragment).
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// dst (nrows x HSP bf16, row stride ld) = rows r0 .. of src (row stride src_ld), zero for
+// rows >= T_ and columns >= HS; transposed (dst[d * ld + r]) when `transpose`.
+__device__ __forceinline__ void load_tile_bf16(bf16* dst, int ld, bool transpose, const bf16* src, long long src_ld,
+                                               int r0, int nrows, int T_, int HS, int HSP) {
+  const int n = nrows * HSP;
+  const bf16 zero = from_f<bf16>(0.f);
+  for (int e = threadIdx.x; e < n; e += kThreads) {
+    const int r = e / HSP, d = e - r * HSP;
+    const int t = r0 + r;
+    const bf16 v = (t < T_ && d < HS) ? src[(long long)t * src_ld + d] : zero;
+    dst[transpose ? d * ld + r : r * ld + d] = v;
+  }
+}
+
+// acc[nt] (16 x 8 C fragments, nt < NT) = A (16 rows of a row-major tile, row stride lda,
+// columns 0..HSP-1) times B^T where B rows are the n index (row-major, stride ldb): both
+// operands contiguous along the HSP (k) dimension. Whole warp.
+template <int NT>
+__device__ __forceinline__ void mma_rows(float (&acc)[NT][4], const bf16* A, int lda, const bf16* Bm, int ldb, int HSP) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+  for (int kc = 0; kc < HSP; kc += 16) {
+    const bf16* pa = A + g * lda + kc + 2 * q;
+    const uint32_t a[4] = {ld32(pa), ld32(pa + 8 * lda), ld32(pa + 8), ld32(pa + 8 * lda + 8)};
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+      const bf16* pb = Bm + (nt * 8 + g) * ldb + kc + 2 * q;
+      mma16816(acc[nt], a, ld32(pb), ld32(pb + 8));
+    }
+  }
+}
+
+// acc[dt] += P (16 x 16*KT, C fragments p[2 kk], p[2 kk + 1] per 16-column chunk kk)
+// times Bt^T, Bt row-major (n = head dim, stride ldb; columns = the k index): for dt*8 < HSP.
+template <int KT, int DT>
+__device__ __forceinline__ void mma_frag(float (&acc)[DT][4], const float (&p)[2 * KT][4], const bf16* Bt, int ldb,
+                                         int HSP) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int kk = 0; kk < KT; kk++) {
+    const uint32_t a[4] = {pack_bf16x2(p[2 * kk][0], p[2 * kk][1]), pack_bf16x2(p[2 * kk][2], p[2 * kk][3]),
+                           pack_bf16x2(p[2 * kk + 1][0], p[2 * kk + 1][1]),
+                           pack_bf16x2(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++) {
+      if (dt * 8 >= HSP) break;  // the same for every lane
+      const bf16* pb = Bt + (dt * 8 + g) * ldb + kk * 16 + 2 * q;
+      mma16816(acc[dt], a, ld32(pb), ld32(pb + 8));
+    }
+  }
+}
+
+constexpr int kTcRows = 64;  // query rows per block: 4 warps x 16
+constexpr int kTcKeys = 64;  // keys per block
+
+size_t tc_fwd_smem_bytes(int HS) {
+  const int HSP = hs_pad16(HS), ld = HSP + 8;
+  return sizeof(bf16) * ((size_t)kTcRows * ld + (size_t)kTcKeys * ld + (size_t)HSP * (kTcKeys + 8));
+}
+
+// grid (B * NH, ceil(T / kTcRows)), last query block first.
+template <int DMAX>
+__global__ void __launch_bounds__(kThreads)
+    flash_fwd_tc_kernel(bf16* out, float* lse, const bf16* qkv, int T_, int NH, int NKV, int HS, float scale) {
+  constexpr int NT = kTcKeys / 8, DT = DMAX / 8;
+  extern __shared__ float4 smem4[];
+  bf16* sm = reinterpret_cast<bf16*>(smem4);
+  const int HSP = hs_pad16(HS), ld = HSP + 8, ldt = kTcKeys + 8;
+  bf16* Qs = sm;                 // kTcRows x ld
+  bf16* Ks = Qs + kTcRows * ld;  // kTcKeys x ld
+  bf16* Vt = Ks + kTcKeys * ld;  // HSP x ldt: Vt[d * ldt + key]
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
+  const int h = blockIdx.x % NH, b = blockIdx.x / NH;
+  const int q0 = (gridDim.y - 1 - blockIdx.y) * kTcRows;
+  const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, kvh = h / (NH / NKV);
+  const bf16* seq = qkv + (long long)b * T_ * QKVD;
+
+  load_tile_bf16(Qs, ld, false, seq + (long long)h * HS, QKVD, q0, kTcRows, T_, HS, HSP);
+  const int qend = min(q0 + kTcRows, T_);
+  const int nkb = (qend + kTcKeys - 1) / kTcKeys;
+  const int t0 = q0 + warp * 16 + g, t1 = t0 + 8;  // this thread's two rows
+  const int lim0 = min(t0, T_ - 1), lim1 = min(t1, T_ - 1);
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f, o[DT][4];
+#pragma unroll
+  for (int dt = 0; dt < DT; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
+
+  for (int kb = 0; kb < nkb; kb++) {
+    const int k0 = kb * kTcKeys;
+    __syncthreads();  // the previous block's reads of Ks, Vt are done
+    load_tile_bf16(Ks, ld, false, seq + C + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
+    load_tile_bf16(Vt, ldt, true, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
+    __syncthreads();
+
+    float s[NT][4];
+    mma_rows<NT>(s, Qs + warp * 16 * ld, ld, Ks, ld, HSP);
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        const int c = k0 + nt * 8 + 2 * q + e;
+        s[nt][e] = c <= lim0 ? s[nt][e] * scale : -INFINITY;
+        s[nt][2 + e] = c <= lim1 ? s[nt][2 + e] * scale : -INFINITY;
+        mx0 = fmaxf(mx0, s[nt][e]);
+        mx1 = fmaxf(mx1, s[nt][2 + e]);
+      }
+    mx0 = quad_max(mx0);
+    mx1 = quad_max(mx1);
+    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);  // finite: key 0 is in the first block
+    const float al0 = expf(m0 - mn0), al1 = expf(m1 - mn1);
+    float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        s[nt][e] = expf(s[nt][e] - mn0);
+        s[nt][2 + e] = expf(s[nt][2 + e] - mn1);
+        rs0 += s[nt][e];
+        rs1 += s[nt][2 + e];
+      }
+    rs0 = quad_sum(rs0);
+    rs1 = quad_sum(rs1);
+    l0 = l0 * al0 + rs0;
+    l1 = l1 * al1 + rs1;
+    m0 = mn0;
+    m1 = mn1;
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++) {
+      o[dt][0] *= al0;
+      o[dt][1] *= al0;
+      o[dt][2] *= al1;
+      o[dt][3] *= al1;
+    }
+    mma_frag<NT / 2, DT>(o, s, Vt, ldt, HSP);
+  }
+
+  const long long lrow = ((long long)b * NH + h) * T_;
+#pragma unroll
+  for (int half = 0; half < 2; half++) {
+    const int t = half ? t1 : t0;
+    if (t >= T_) continue;
+    const float inv = 1.f / (half ? l1 : l0);
+    bf16* orow = out + ((long long)b * T_ + t) * C + (long long)h * HS;
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++)
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        const int d = dt * 8 + 2 * q + e;
+        if (d < HS) orow[d] = from_f<bf16>(o[dt][2 * half + e] * inv);
+      }
+    if (q == 0) lse[lrow + t] = half ? m1 + logf(l1) : m0 + logf(l0);
+  }
+}
+
+size_t tc_dq_smem_bytes(int HS) {
+  const int HSP = hs_pad16(HS), ld = HSP + 8;
+  return sizeof(bf16) * (2 * (size_t)kTcRows * ld + 2 * (size_t)kTcKeys * ld + (size_t)HSP * (kTcKeys + 8));
+}
+
+// grid (B * NH, ceil(T / kTcRows)): dQ of 64 query rows (16 per warp) of head h.
+template <int DMAX>
+__global__ void __launch_bounds__(kThreads)
+    flash_bwd_dq_tc_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* dsum, int T_,
+                           int NH, int NKV, int HS, float scale) {
+  constexpr int NT = kTcKeys / 8, DT = DMAX / 8;
+  extern __shared__ float4 smem4[];
+  bf16* sm = reinterpret_cast<bf16*>(smem4);
+  const int HSP = hs_pad16(HS), ld = HSP + 8, ldt = kTcKeys + 8;
+  bf16* Qs = sm;                  // kTcRows x ld
+  bf16* dOs = Qs + kTcRows * ld;  // kTcRows x ld
+  bf16* Ks = dOs + kTcRows * ld;  // kTcKeys x ld
+  bf16* Vs = Ks + kTcKeys * ld;   // kTcKeys x ld
+  bf16* Kt = Vs + kTcKeys * ld;   // HSP x ldt: Kt[d * ldt + key]
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
+  const int h = blockIdx.x % NH, b = blockIdx.x / NH;
+  const int q0 = (gridDim.y - 1 - blockIdx.y) * kTcRows;
+  const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, kvh = h / (NH / NKV);
+  const bf16* seq = qkv + (long long)b * T_ * QKVD;
+  const long long lrow = ((long long)b * NH + h) * T_;
+
+  load_tile_bf16(Qs, ld, false, seq + (long long)h * HS, QKVD, q0, kTcRows, T_, HS, HSP);
+  load_tile_bf16(dOs, ld, false, dout + (long long)b * T_ * C + (long long)h * HS, C, q0, kTcRows, T_, HS, HSP);
+  const int qend = min(q0 + kTcRows, T_);
+  const int nkb = (qend + kTcKeys - 1) / kTcKeys;
+  const int t0 = q0 + warp * 16 + g, t1 = t0 + 8;
+  const int lim0 = min(t0, T_ - 1), lim1 = min(t1, T_ - 1);
+  const float L0 = t0 < T_ ? lse[lrow + t0] : 0.f, L1 = t1 < T_ ? lse[lrow + t1] : 0.f;
+  const float D0 = t0 < T_ ? dsum[lrow + t0] : 0.f, D1 = t1 < T_ ? dsum[lrow + t1] : 0.f;
+  float dq[DT][4];
+#pragma unroll
+  for (int dt = 0; dt < DT; dt++) dq[dt][0] = dq[dt][1] = dq[dt][2] = dq[dt][3] = 0.f;
+
+  for (int kb = 0; kb < nkb; kb++) {
+    const int k0 = kb * kTcKeys;
+    __syncthreads();  // the previous block's reads of Ks, Vs, Kt are done
+    load_tile_bf16(Ks, ld, false, seq + C + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
+    load_tile_bf16(Kt, ldt, true, seq + C + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
+    load_tile_bf16(Vs, ld, false, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
+    __syncthreads();
+
+    float s[NT][4], dp[NT][4];
+    mma_rows<NT>(s, Qs + warp * 16 * ld, ld, Ks, ld, HSP);
+    mma_rows<NT>(dp, dOs + warp * 16 * ld, ld, Vs, ld, HSP);
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        const int c = k0 + nt * 8 + 2 * q + e;
+        const float p0 = c <= lim0 ? expf(s[nt][e] * scale - L0) : 0.f;
+        const float p1 = c <= lim1 ? expf(s[nt][2 + e] * scale - L1) : 0.f;
+        s[nt][e] = p0 * (dp[nt][e] - D0) * scale;  // dS
+        s[nt][2 + e] = p1 * (dp[nt][2 + e] - D1) * scale;
+      }
+    mma_frag<NT / 2, DT>(dq, s, Kt, ldt, HSP);
+  }
+
+#pragma unroll
+  for (int half = 0; half < 2; half++) {
+    const int t = half ? t1 : t0;
+    if (t >= T_) continue;
+    bf16* dst = dqkv + ((long long)b * T_ + t) * QKVD + (long long)h * HS;
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++)
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        const int d = dt * 8 + 2 * q + e;
+        if (d < HS) dst[d] = from_f<bf16>(dq[dt][2 * half + e]);
+      }
+  }
+}
+
+template <int DMAX>
+struct TcKV {
+  static constexpr int QT = DMAX <= 64 ? 64 : 32;  // query rows per step (registers: dK, dV take DMAX)
+};
+
+template <int DMAX>
+size_t tc_dkv_smem_bytes(int HS) {
+  constexpr int QT = TcKV<DMAX>::QT;
+  const int HSP = hs_pad16(HS), ld = HSP + 8;
+  return sizeof(bf16) * (2 * (size_t)kTcKeys * ld + 2 * (size_t)QT * ld + 2 * (size_t)HSP * (QT + 8)) +
+         2 * sizeof(float) * QT;
+}
+
+// grid (B * NKV, ceil(T / kTcKeys)): dK, dV of 64 keys (16 per warp) of kv head kvh, summed
+// over the query heads of its group and the query rows >= the block's first key.
+template <int DMAX>
+__global__ void __launch_bounds__(kThreads)
+    flash_bwd_dkv_tc_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* dsum,
+                            int T_, int NH, int NKV, int HS, float scale) {
+  constexpr int QT = TcKV<DMAX>::QT, NT = QT / 8, DT = DMAX / 8;
+  extern __shared__ float4 smem4[];
+  const int HSP = hs_pad16(HS), ld = HSP + 8, ldt = QT + 8;
+  float* Ls = reinterpret_cast<float*>(smem4);  // QT
+  float* Ds = Ls + QT;                          // QT
+  bf16* Ks = reinterpret_cast<bf16*>(Ds + QT);  // kTcKeys x ld
+  bf16* Vs = Ks + kTcKeys * ld;                 // kTcKeys x ld
+  bf16* Qs = Vs + kTcKeys * ld;                 // QT x ld
+  bf16* dOs = Qs + QT * ld;                     // QT x ld
+  bf16* Qt = dOs + QT * ld;                     // HSP x ldt: Qt[d * ldt + row]
+  bf16* dOt = Qt + HSP * ldt;                   // HSP x ldt
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
+  const int kvh = blockIdx.x % NKV, b = blockIdx.x / NKV;
+  const int k0 = blockIdx.y * kTcKeys;
+  const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, group = NH / NKV;
+  const bf16* seq = qkv + (long long)b * T_ * QKVD;
+  const bf16* dseq = dout + (long long)b * T_ * C;
+
+  load_tile_bf16(Ks, ld, false, seq + C + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
+  load_tile_bf16(Vs, ld, false, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
+  const int key0 = k0 + warp * 16 + g, key1 = key0 + 8;  // this thread's two keys
+  float dk[DT][4], dv[DT][4];
+#pragma unroll
+  for (int dt = 0; dt < DT; dt++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) dk[dt][e] = dv[dt][e] = 0.f;
+
+  for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+    const long long lrow = ((long long)b * NH + h) * T_;
+    for (int q0 = k0; q0 < T_; q0 += QT) {  // rows before k0 see none of these keys
+      __syncthreads();  // the previous step's reads are done
+      load_tile_bf16(Qs, ld, false, seq + (long long)h * HS, QKVD, q0, QT, T_, HS, HSP);
+      load_tile_bf16(Qt, ldt, true, seq + (long long)h * HS, QKVD, q0, QT, T_, HS, HSP);
+      load_tile_bf16(dOs, ld, false, dseq + (long long)h * HS, C, q0, QT, T_, HS, HSP);
+      load_tile_bf16(dOt, ldt, true, dseq + (long long)h * HS, C, q0, QT, T_, HS, HSP);
+      if (threadIdx.x < QT) {
+        const int t = q0 + threadIdx.x;
+        Ls[threadIdx.x] = t < T_ ? lse[lrow + t] : 0.f;
+        Ds[threadIdx.x] = t < T_ ? dsum[lrow + t] : 0.f;
+      }
+      __syncthreads();
+
+      // transposed scores: rows = this warp's 16 keys, columns = the QT query rows
+      float st[NT][4], dpt[NT][4];
+      mma_rows<NT>(st, Ks + warp * 16 * ld, ld, Qs, ld, HSP);
+      mma_rows<NT>(dpt, Vs + warp * 16 * ld, ld, dOs, ld, HSP);
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int r = nt * 8 + 2 * q + (e & 1), t = q0 + r;
+          const int key = (e >> 1) ? key1 : key0;
+          const float p = (t < T_ && key <= t) ? expf(st[nt][e] * scale - Ls[r]) : 0.f;
+          dpt[nt][e] = p * (dpt[nt][e] - Ds[r]) * scale;  // dS^T
+          st[nt][e] = p;                                  // P^T
+        }
+      mma_frag<NT / 2, DT>(dv, st, dOt, ldt, HSP);
+      mma_frag<NT / 2, DT>(dk, dpt, Qt, ldt, HSP);
+    }
+  }
+
+#pragma unroll
+  for (int half = 0; half < 2; half++) {
+    const int c = half ? key1 : key0;
+    if (c >= T_) continue;
+    bf16* dkr = dqkv + ((long long)b * T_ + c) * QKVD + C + (long long)kvh * HS;
+    bf16* dvr = dkr + KVD;
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++)
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        const int d = dt * 8 + 2 * q + e;
+        if (d < HS) {
+          dkr[d] = from_f<bf16>(dk[dt][2 * half + e]);
+          dvr[d] = from_f<bf16>(dv[dt][2 * half + e]);
+        }
+      }
+  }
+}
+
 // ------------------------------------------------------------------ launchers
 void check_shape(int B, int T_, int NH, int NKV, int HS, const char* who) {
   PYLLAMA_CHECK(B >= 0 && T_ >= 0, ValueError, who << ": negative batch " << B << " or length " << T_);
@@ -507,6 +884,42 @@ void launch_fwd(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV
   CUDA_CHECK_LAUNCH();
 }
 
+template <int DMAX>
+void launch_fwd_tc(bf16* out, float* lse, const bf16* qkv, int B, int T_, int NH, int NKV, int HS,
+                   cudaStream_t stream) {
+  const size_t bytes = tc_fwd_smem_bytes(HS);
+  prepare_smem(flash_fwd_tc_kernel<DMAX>, bytes);
+  const dim3 grid = grid2((long long)B * NH, (T_ + kTcRows - 1) / kTcRows, "flash attention");
+  flash_fwd_tc_kernel<DMAX><<<grid, kThreads, bytes, stream>>>(out, lse, qkv, T_, NH, NKV, HS, 1.0f / sqrtf((float)HS));
+  CUDA_CHECK_LAUNCH();
+}
+
+template <int DMAX>
+void launch_bwd_tc(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* dsum, int B, int T_,
+                   int NH, int NKV, int HS, cudaStream_t stream) {
+  const float scale = 1.0f / sqrtf((float)HS);
+  const size_t bkv = tc_dkv_smem_bytes<DMAX>(HS);
+  prepare_smem(flash_bwd_dkv_tc_kernel<DMAX>, bkv);
+  const dim3 gkv = grid2((long long)B * NKV, (T_ + kTcKeys - 1) / kTcKeys, "flash attention backward");
+  flash_bwd_dkv_tc_kernel<DMAX><<<gkv, kThreads, bkv, stream>>>(dqkv, dout, qkv, lse, dsum, T_, NH, NKV, HS, scale);
+  CUDA_CHECK_LAUNCH();
+  const size_t bq = tc_dq_smem_bytes(HS);
+  prepare_smem(flash_bwd_dq_tc_kernel<DMAX>, bq);
+  const dim3 gq = grid2((long long)B * NH, (T_ + kTcRows - 1) / kTcRows, "flash attention backward");
+  flash_bwd_dq_tc_kernel<DMAX><<<gq, kThreads, bq, stream>>>(dqkv, dout, qkv, lse, dsum, T_, NH, NKV, HS, scale);
+  CUDA_CHECK_LAUNCH();
+}
+
+// Tensor cores: bf16, HS <= 128, asked for, and a device of compute capability >= 8.0.
+template <typename T>
+bool use_tensor_cores(int HS, bool allowed) {
+  if (!std::is_same<T, bf16>::value || !allowed || HS > 128) return false;
+  int dev = 0, major = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  return major >= 8;
+}
+
 template <typename T, int DMAX>
 void launch_bwd(T* dqkv, const T* dout, const T* qkv, const float* lse, const float* dsum, int B, int T_, int NH,
                 int NKV, int HS, cudaStream_t stream) {
@@ -531,11 +944,25 @@ bool attention_naive_forced() {
   return env && std::strcmp(env, "naive") == 0;
 }
 
+bool attention_simt_forced() {
+  const char* env = std::getenv("PYLLAMA_CUDA_ATTENTION");
+  return env && std::strcmp(env, "simt") == 0;
+}
+
 template <typename T>
 void flash_attention_forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, int HS,
-                             cudaStream_t stream) {
+                             cudaStream_t stream, bool tensor_cores) {
   check_shape(B, T_, NH, NKV, HS, "flash_attention_forward");
   if (B == 0 || T_ == 0) return;
+  if constexpr (std::is_same<T, bf16>::value) {
+    if (use_tensor_cores<T>(HS, tensor_cores)) {
+      if (HS <= 64)
+        launch_fwd_tc<64>(out, lse, qkv, B, T_, NH, NKV, HS, stream);
+      else
+        launch_fwd_tc<128>(out, lse, qkv, B, T_, NH, NKV, HS, stream);
+      return;
+    }
+  }
   if (HS <= 64)
     launch_fwd<T, 64>(out, lse, qkv, B, T_, NH, NKV, HS, stream);
   else if (HS <= 128)
@@ -546,7 +973,7 @@ void flash_attention_forward(T* out, float* lse, const T* qkv, int B, int T_, in
 
 template <typename T>
 void flash_attention_backward(T* dqkv, float* dsum, const T* dout, const T* out, const T* qkv, const float* lse,
-                              int B, int T_, int NH, int NKV, int HS, cudaStream_t stream) {
+                              int B, int T_, int NH, int NKV, int HS, cudaStream_t stream, bool tensor_cores) {
   check_shape(B, T_, NH, NKV, HS, "flash_attention_backward");
   if (B == 0 || T_ == 0) return;
   const long long rows = (long long)B * T_ * NH;
@@ -554,6 +981,15 @@ void flash_attention_backward(T* dqkv, float* dsum, const T* dout, const T* out,
   PYLLAMA_CHECK(blocks <= 0x7fffffffLL, ValueError, "flash_attention_backward: too many rows " << rows);
   flash_bwd_dsum_kernel<T><<<(unsigned)blocks, kThreads, 0, stream>>>(dsum, dout, out, B, T_, NH, HS);
   CUDA_CHECK_LAUNCH();
+  if constexpr (std::is_same<T, bf16>::value) {
+    if (use_tensor_cores<T>(HS, tensor_cores)) {
+      if (HS <= 64)
+        launch_bwd_tc<64>(dqkv, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
+      else
+        launch_bwd_tc<128>(dqkv, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
+      return;
+    }
+  }
   if (HS <= 64)
     launch_bwd<T, 64>(dqkv, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
   else if (HS <= 128)
@@ -563,9 +999,9 @@ void flash_attention_backward(T* dqkv, float* dsum, const T* dout, const T* out,
 }
 
 #define PYLLAMA_FLASH_INSTANTIATE(T)                                                                      \
-  template void flash_attention_forward<T>(T*, float*, const T*, int, int, int, int, int, cudaStream_t); \
+  template void flash_attention_forward<T>(T*, float*, const T*, int, int, int, int, int, cudaStream_t, bool); \
   template void flash_attention_backward<T>(T*, float*, const T*, const T*, const T*, const float*, int, int, int, \
-                                            int, int, cudaStream_t);
+                                            int, int, cudaStream_t, bool);
 PYLLAMA_FLASH_INSTANTIATE(float)
 PYLLAMA_FLASH_INSTANTIATE(bf16)
 

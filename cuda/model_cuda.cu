@@ -138,6 +138,7 @@ struct LlamaModelCuda::Impl {
   double* pinned = nullptr;  // 2 doubles of page-locked host memory (loss total, norm)
   std::unique_ptr<gpu::Gemm> gemm;
   bool attn_naive = false;  // PYLLAMA_CUDA_ATTENTION=naive: (B, NH, T, T) probabilities instead of flash
+  bool attn_tc = true;      // PYLLAMA_CUDA_ATTENTION=simt: flash without tensor cores (bf16)
 
   DevBuf params, grads, m, v;  // float32 (P)
   DevBuf wc;                   // bf16 compute copy of params (P), bfloat16 mode only
@@ -238,6 +239,7 @@ struct LlamaModelCuda::Impl {
     CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&pinned), 2 * sizeof(double)));
     gemm = std::make_unique<gpu::Gemm>();
     attn_naive = gpu::attention_naive_forced();
+    attn_tc = !gpu::attention_simt_forced();
 
     params.reserve(P * sizeof(float));
     grads.reserve(P * sizeof(float));
@@ -362,7 +364,7 @@ struct LlamaModelCuda::Impl {
       if (attn_naive)
         gpu::attention_forward<T>(y.atty, y.att, y.qkv, B, Tn, NH, NKV, HS, s);
       else
-        gpu::flash_attention_forward<T>(y.atty, y.att, y.qkv, B, Tn, NH, NKV, HS, s);
+        gpu::flash_attention_forward<T>(y.atty, y.att, y.qkv, B, Tn, NH, NKV, HS, s, attn_tc);
       gpu::linear_forward<T>(*gemm, y.res1, y.atty, Wp + o.wo, N, C, C, s);
       gpu::residual_forward<T>(y.res1, y.res1, x, (long long)N * C, s);
       gpu::rmsnorm_forward<T>(y.ln2, y.rstd2, y.res1, Wp + o.ln2, N, C, eps, s);
@@ -444,7 +446,8 @@ struct LlamaModelCuda::Impl {
       if (attn_naive)
         gpu::attention_backward<T>(a.dqkv, a.datt, a.datty, y.qkv, y.att, B, Tn, NH, NKV, HS, s);
       else
-        gpu::flash_attention_backward<T>(a.dqkv, a.datt, a.datty, y.atty, y.qkv, y.att, B, Tn, NH, NKV, HS, s);
+        gpu::flash_attention_backward<T>(a.dqkv, a.datt, a.datty, y.atty, y.qkv, y.att, B, Tn, NH, NKV, HS, s,
+                                         attn_tc);
       gpu::rope_apply<T>(a.dqkv, QKVD, pos, cs, sn, N, NH, HS, true, s);
       gpu::rope_apply<T>(a.dqkv + C, QKVD, pos, cs, sn, N, NKV, HS, true, s);
       gpu::linear_backward<T>(*gemm, a.dln, G + o.wqkv, a.dqkv, y.ln1, Wp + o.wqkv, N, C, QKVD, s);
