@@ -443,6 +443,34 @@ def test_bfloat16_loss_close_to_float32(name):
 
 
 @gpu
+@pytest.mark.parametrize("name", ["wide_hs64", "hs128"])
+def test_bfloat16_flash_tensor_cores_and_simt_agree(name, monkeypatch):
+    """bf16 flash attention on tensor cores (the default, head size <= 128) and without
+    (PYLLAMA_CUDA_ATTENTION=simt): both near float32, and near each other."""
+    cfg = tiny_config(**CONFIGS[name])
+    B, T = SHAPES[name]
+    ids, labels = make_batch(cfg, B, T)
+    f32 = pyllama.Llama(cfg, seed=6).to("cuda")
+    l32 = f32(ids, labels=labels).loss
+    f32.backward()
+    g32 = f32.flat_grads().astype(np.float64)
+    grads = {}
+    for mode in ("tc", "simt"):
+        if mode == "simt":
+            monkeypatch.setenv("PYLLAMA_CUDA_ATTENTION", "simt")
+        m = pyllama.Llama(cfg, seed=6).to("cuda", dtype="bfloat16")
+        assert m._core.gpu.uses_flash_attention
+        out = m(ids, labels=labels)
+        assert abs(out.loss - l32) <= 0.05, (mode, out.loss, l32)
+        m.backward()
+        grads[mode] = m.flat_grads().astype(np.float64)
+        assert np.all(np.isfinite(grads[mode])), mode
+    cos = lambda a, b: float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    assert cos(grads["tc"], g32) > 0.95 and cos(grads["simt"], g32) > 0.95
+    assert cos(grads["tc"], grads["simt"]) > 0.98
+
+
+@gpu
 def test_bfloat16_training_keeps_float32_masters():
     cfg = tiny_config()
     m = pyllama.Llama(cfg, seed=4).to("cuda", dtype="bfloat16")
