@@ -91,9 +91,37 @@ __host__ __device__ __forceinline__ int ldp4(int HS) { return hs_pad4(HS) + 4; }
 // dst (nrows x width, row stride ld, float) = columns 0 .. width-1 of rows r0 ..
 // r0+nrows-1 of src (row stride src_ld), zero for rows >= T_ and columns >= HS
 // (width >= HS). Every thread of the block calls it.
+// Rows of 16-byte vectors: HS and the row stride a multiple of 16 / sizeof(T), src aligned.
+// The same for the whole block (every thread takes the same branch).
+template <typename T>
+__device__ __forceinline__ bool vec16_ok(const T* src, long long src_ld, int HS) {
+  constexpr int VE = 16 / sizeof(T);
+  return HS % VE == 0 && src_ld % VE == 0 && (reinterpret_cast<uintptr_t>(src) & 15) == 0;
+}
+
 template <typename T>
 __device__ __forceinline__ void load_tile(float* dst, int ld, int width, const T* src, long long src_ld, int r0,
                                           int nrows, int T_, int HS) {
+  constexpr int VE = 16 / sizeof(T);
+  if (width % VE == 0 && vec16_ok(src, src_ld, HS)) {  // 16-byte loads; d < HS means d + VE <= HS
+    const int wv = width / VE, nv = nrows * wv;
+    for (int e = threadIdx.x; e < nv; e += kThreads) {
+      const int r = e / wv, d = (e - r * wv) * VE;
+      const int t = r0 + r;
+      float* o = dst + r * ld + d;
+      if (t < T_ && d < HS) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(src + (long long)t * src_ld + d);
+        T v[VE];
+        memcpy(v, &raw, 16);
+#pragma unroll
+        for (int i = 0; i < VE; i++) o[i] = to_f(v[i]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < VE; i++) o[i] = 0.f;
+      }
+    }
+    return;
+  }
   const int n = nrows * width;
   for (int e = threadIdx.x; e < n; e += kThreads) {
     const int r = e / width, d = e - r * width;
@@ -518,6 +546,24 @@ __device__ __forceinline__ float quad_sum(float v) {
 // rows >= T_ and columns >= HS; transposed (dst[d * ld + r]) when `transpose`.
 __device__ __forceinline__ void load_tile_bf16(bf16* dst, int ld, bool transpose, const bf16* src, long long src_ld,
                                                int r0, int nrows, int T_, int HS, int HSP) {
+  if (vec16_ok(src, src_ld, HS)) {  // 8 bf16 per load (ld and HSP are multiples of 8: aligned stores)
+    const int wv = HSP / 8, nv = nrows * wv;
+    for (int e = threadIdx.x; e < nv; e += kThreads) {
+      const int r = e / wv, d = (e - r * wv) * 8;
+      const int t = r0 + r;
+      uint4 raw = make_uint4(0u, 0u, 0u, 0u);
+      if (t < T_ && d < HS) raw = *reinterpret_cast<const uint4*>(src + (long long)t * src_ld + d);
+      if (!transpose) {
+        *reinterpret_cast<uint4*>(dst + r * ld + d) = raw;
+      } else {
+        bf16 v[8];
+        memcpy(v, &raw, 16);
+#pragma unroll
+        for (int i = 0; i < 8; i++) dst[(d + i) * ld + r] = v[i];
+      }
+    }
+    return;
+  }
   const int n = nrows * HSP;
   const bf16 zero = from_f<bf16>(0.f);
   for (int e = threadIdx.x; e < n; e += kThreads) {

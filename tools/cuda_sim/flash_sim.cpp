@@ -100,6 +100,8 @@ inline float warp_sum(float v) {
 }
 
 struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
 #define PYLLAMA_CUDA_SIM 1
 inline uint16_t bf16_bits(bf16 x) { return x.bits; }
 // mma.sync.m16n8k16.row.col f32.bf16.bf16.f32 as the PTX ISA lays the fragments out:
