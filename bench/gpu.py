@@ -4,6 +4,8 @@
     python bench/gpu.py --size small     # a quick 15M-class run
     python bench/gpu.py --compile        # also torch.compile (adds about a minute)
     python bench/gpu.py --check          # no timing: a pytest-free correctness check against the CPU core
+    python bench/gpu.py --attention naive   # train with the (B, NH, T, T) attention kernels (or simt: flash
+                                            # without tensor cores) to compare with the default flash attention
 
 Training: one step = forward + backward + clip + AdamW, tokens/s and the ratio to
 PyTorch eager (transformers.LlamaForCausalLM, sdpa attention, bf16 autocast for the
@@ -13,6 +15,7 @@ line per measurement and, with --json, writes them all to a file.
 """
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -66,7 +69,8 @@ def bench_train(cfg, B, T, dtype, iters, results):
     tok_s = B * T / t
     mfu = model.flops_per_token(T) * tok_s / PEAK[dtype]
     row = {"what": "train_step", "impl": "pyllama", "dtype": dtype, "B": B, "T": T, "s": t, "tok_s": tok_s,
-           "mfu": mfu, "cublas": g.uses_cublas, "flash": g.uses_flash_attention}
+           "mfu": mfu, "cublas": g.uses_cublas, "flash": g.uses_flash_attention,
+           "attention": os.environ.get("PYLLAMA_CUDA_ATTENTION", "flash")}
     print(json.dumps(row), flush=True)
     results.append(row)
     return model, tok_s
@@ -245,7 +249,14 @@ def main(argv=None):
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (slow to start)")
     ap.add_argument("--check", action="store_true", help="correctness check only (no pytest needed)")
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--attention", choices=["flash", "simt", "naive"], default=None,
+                    help="training attention kernels (sets PYLLAMA_CUDA_ATTENTION; default: flash, "
+                         "on tensor cores for bf16)")
     args = ap.parse_args(argv)
+    if args.attention == "flash":
+        os.environ.pop("PYLLAMA_CUDA_ATTENTION", None)
+    elif args.attention:
+        os.environ["PYLLAMA_CUDA_ATTENTION"] = args.attention
     info = pyllama.build_info()
     print("# build_info:", json.dumps(info), flush=True)
     if not info["cuda_available"]:
