@@ -26,6 +26,9 @@
 //              forward, dQ = dS K in registers, written once.
 //           No atomics: every output element has one owner, so results are
 //           deterministic (same order of additions on every run).
+// bf16 with HS <= 128 on sm_80+ (unless the caller passes tensor_cores = false) runs
+// the same three passes on tensor cores instead: see "tensor cores (bf16)" below.
+// tools/cuda_sim/run.sh runs every kernel here on the CPU (no GPU needed).
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -576,9 +579,11 @@ __device__ __forceinline__ void load_tile_bf16(bf16* dst, int ld, bool transpose
 
 // acc[nt] (16 x 8 C fragments, nt < NT) = A (16 rows of a row-major tile, row stride lda,
 // columns 0..HSP-1) times B^T where B rows are the n index (row-major, stride ldb): both
-// operands contiguous along the HSP (k) dimension. Whole warp.
+// operands contiguous along the HSP (k) dimension. Only n-tiles lo <= nt < hi are
+// computed (the others, wholly masked by causality, stay 0); lo, hi warp-uniform. Whole warp.
 template <int NT>
-__device__ __forceinline__ void mma_rows(float (&acc)[NT][4], const bf16* A, int lda, const bf16* Bm, int ldb, int HSP) {
+__device__ __forceinline__ void mma_rows(float (&acc)[NT][4], const bf16* A, int lda, const bf16* Bm, int ldb, int HSP,
+                                         int lo, int hi) {
   const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
 #pragma unroll
   for (int nt = 0; nt < NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
@@ -587,6 +592,7 @@ __device__ __forceinline__ void mma_rows(float (&acc)[NT][4], const bf16* A, int
     const uint32_t a[4] = {ld32(pa), ld32(pa + 8 * lda), ld32(pa + 8), ld32(pa + 8 * lda + 8)};
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
+      if (nt < lo || nt >= hi) continue;
       const bf16* pb = Bm + (nt * 8 + g) * ldb + kc + 2 * q;
       mma16816(acc[nt], a, ld32(pb), ld32(pb + 8));
     }
@@ -594,13 +600,15 @@ __device__ __forceinline__ void mma_rows(float (&acc)[NT][4], const bf16* A, int
 }
 
 // acc[dt] += P (16 x 16*KT, C fragments p[2 kk], p[2 kk + 1] per 16-column chunk kk)
-// times Bt^T, Bt row-major (n = head dim, stride ldb; columns = the k index): for dt*8 < HSP.
+// times Bt^T, Bt row-major (n = head dim, stride ldb; columns = the k index): for dt*8 < HSP
+// and the chunks lo <= kk < hi (the others are wholly zero); lo, hi warp-uniform.
 template <int KT, int DT>
 __device__ __forceinline__ void mma_frag(float (&acc)[DT][4], const float (&p)[2 * KT][4], const bf16* Bt, int ldb,
-                                         int HSP) {
+                                         int HSP, int lo, int hi) {
   const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
 #pragma unroll
   for (int kk = 0; kk < KT; kk++) {
+    if (kk < lo || kk >= hi) continue;
     const uint32_t a[4] = {pack_bf16x2(p[2 * kk][0], p[2 * kk][1]), pack_bf16x2(p[2 * kk][2], p[2 * kk][3]),
                            pack_bf16x2(p[2 * kk + 1][0], p[2 * kk + 1][1]),
                            pack_bf16x2(p[2 * kk + 1][2], p[2 * kk + 1][3])};
@@ -654,8 +662,10 @@ __global__ void __launch_bounds__(kThreads)
     load_tile_bf16(Vt, ldt, true, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
     __syncthreads();
 
+    // keys past kmax (relative to k0) are masked for all 16 rows of this warp
+    const int kmax = min(q0 + warp * 16 + 15, T_ - 1) - k0;  // >= 0: k0 <= q0
     float s[NT][4];
-    mma_rows<NT>(s, Qs + warp * 16 * ld, ld, Ks, ld, HSP);
+    mma_rows<NT>(s, Qs + warp * 16 * ld, ld, Ks, ld, HSP, 0, min(NT, kmax / 8 + 1));
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
@@ -694,7 +704,7 @@ __global__ void __launch_bounds__(kThreads)
       o[dt][2] *= al1;
       o[dt][3] *= al1;
     }
-    mma_frag<NT / 2, DT>(o, s, Vt, ldt, HSP);
+    mma_frag<NT / 2, DT>(o, s, Vt, ldt, HSP, 0, min(NT / 2, kmax / 16 + 1));
   }
 
   const long long lrow = ((long long)b * NH + h) * T_;
@@ -761,9 +771,11 @@ __global__ void __launch_bounds__(kThreads)
     load_tile_bf16(Vs, ld, false, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
     __syncthreads();
 
+    const int kmax = min(q0 + warp * 16 + 15, T_ - 1) - k0;  // as in the forward
+    const int nt_hi = min(NT, kmax / 8 + 1);
     float s[NT][4], dp[NT][4];
-    mma_rows<NT>(s, Qs + warp * 16 * ld, ld, Ks, ld, HSP);
-    mma_rows<NT>(dp, dOs + warp * 16 * ld, ld, Vs, ld, HSP);
+    mma_rows<NT>(s, Qs + warp * 16 * ld, ld, Ks, ld, HSP, 0, nt_hi);
+    mma_rows<NT>(dp, dOs + warp * 16 * ld, ld, Vs, ld, HSP, 0, nt_hi);
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
@@ -774,7 +786,7 @@ __global__ void __launch_bounds__(kThreads)
         s[nt][e] = p0 * (dp[nt][e] - D0) * scale;  // dS
         s[nt][2 + e] = p1 * (dp[nt][2 + e] - D1) * scale;
       }
-    mma_frag<NT / 2, DT>(dq, s, Kt, ldt, HSP);
+    mma_frag<NT / 2, DT>(dq, s, Kt, ldt, HSP, 0, min(NT / 2, kmax / 16 + 1));
   }
 
 #pragma unroll
@@ -854,9 +866,12 @@ __global__ void __launch_bounds__(kThreads)
       __syncthreads();
 
       // transposed scores: rows = this warp's 16 keys, columns = the QT query rows
+      // query columns before this warp's first key see none of its keys: n-tiles below
+      // nt_lo (8 queries each) are wholly masked
+      const int nt_lo = max(0, k0 + warp * 16 - q0) / 8;
       float st[NT][4], dpt[NT][4];
-      mma_rows<NT>(st, Ks + warp * 16 * ld, ld, Qs, ld, HSP);
-      mma_rows<NT>(dpt, Vs + warp * 16 * ld, ld, dOs, ld, HSP);
+      mma_rows<NT>(st, Ks + warp * 16 * ld, ld, Qs, ld, HSP, nt_lo, NT);
+      mma_rows<NT>(dpt, Vs + warp * 16 * ld, ld, dOs, ld, HSP, nt_lo, NT);
 #pragma unroll
       for (int nt = 0; nt < NT; nt++)
 #pragma unroll
@@ -867,8 +882,8 @@ __global__ void __launch_bounds__(kThreads)
           dpt[nt][e] = p * (dpt[nt][e] - Ds[r]) * scale;  // dS^T
           st[nt][e] = p;                                  // P^T
         }
-      mma_frag<NT / 2, DT>(dv, st, dOt, ldt, HSP);
-      mma_frag<NT / 2, DT>(dk, dpt, Qt, ldt, HSP);
+      mma_frag<NT / 2, DT>(dv, st, dOt, ldt, HSP, nt_lo / 2, NT / 2);
+      mma_frag<NT / 2, DT>(dk, dpt, Qt, ldt, HSP, nt_lo / 2, NT / 2);
     }
   }
 
