@@ -159,6 +159,14 @@ def test_long_sequence_flash_attention_matches_cpu():
     dev.backward()
     for k, g in cpu.named_grads().items():
         assert_close(dev.named_grads()[k], g, what=f"grad {k} (T=2048)")
+    # bf16 (tensor-core flash attention) on the same batch: near float32
+    b16 = pyllama.Llama(cfg, seed=4).to("cuda", dtype="bfloat16")
+    out16 = b16(ids, labels=labels)
+    assert abs(out16.loss - ref.loss) <= 0.05, (out16.loss, ref.loss)
+    b16.backward()
+    g32, g16 = cpu.flat_grads().astype(np.float64), b16.flat_grads().astype(np.float64)
+    assert np.all(np.isfinite(g16))
+    assert float(g32 @ g16 / (np.linalg.norm(g32) * np.linalg.norm(g16))) > 0.95
 
 
 @gpu
@@ -179,10 +187,11 @@ def test_naive_attention_fallback_matches_cpu(monkeypatch):
 
 
 @gpu
-def test_flash_attention_backward_is_deterministic():
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_flash_attention_backward_is_deterministic(dtype):
     """No atomics in the flash backward: two backward passes give bitwise equal gradients."""
     cfg = tiny_config(**CONFIGS["wide_hs64"])
-    dev = pyllama.Llama(cfg, seed=2).to("cuda")
+    dev = pyllama.Llama(cfg, seed=2).to("cuda", dtype=dtype)
     ids, labels = make_batch(cfg, 2, 45)
     grads = []
     for _ in range(2):
