@@ -971,14 +971,21 @@ void launch_bwd_tc(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* l
   CUDA_CHECK_LAUNCH();
 }
 
-// Tensor cores: bf16, HS <= 128, asked for, and a device of compute capability >= 8.0.
+// Tensor cores: bf16, HS <= 128, asked for, a device of compute capability >= 8.0, and
+// kernels compiled for it from sm_80+ code (a build for older architectures JIT-compiled
+// on a newer GPU would only hold the __trap() stub).
 template <typename T>
 bool use_tensor_cores(int HS, bool allowed) {
   if (!std::is_same<T, bf16>::value || !allowed || HS > 128) return false;
   int dev = 0, major = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  return major >= 8;
+  if (major < 8) return false;
+  cudaFuncAttributes fa;
+  CUDA_CHECK(cudaFuncGetAttributes(&fa, flash_fwd_tc_kernel<64>));
+  // the virtual architecture the code came from (0 when the binary holds no PTX: then
+  // the machine code's architecture, which nvcc compiles from the same virtual one)
+  return (fa.ptxVersion > 0 ? fa.ptxVersion : fa.binaryVersion) >= 80;
 }
 
 template <typename T, int DMAX>
