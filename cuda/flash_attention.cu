@@ -1012,6 +1012,8 @@ bool attention_naive_forced() {
   return env && std::strcmp(env, "naive") == 0;
 }
 
+bool flash_attention_uses_tensor_cores(int HS) { return use_tensor_cores<bf16>(HS, true); }
+
 bool attention_simt_forced() {
   const char* env = std::getenv("PYLLAMA_CUDA_ATTENTION");
   return env && std::strcmp(env, "simt") == 0;

@@ -77,6 +77,8 @@ void flash_attention_backward(T* dqkv, float* dsum, const T* dout, const T* out,
 // flash attention but without tensor cores.
 bool attention_naive_forced();
 bool attention_simt_forced();
+// Whether bf16 flash attention with this head size runs on tensor cores on the current device.
+bool flash_attention_uses_tensor_cores(int HS);
 // The KV-cache step: rows n = b*T + t of qkv (B*T, QKVD) hold q (and the new k, v,
 // already written into the caches by kv_store). Row n attends to cache positions
 // 0..pos[n] of slot slots[b]. Caches (S, NKV, max_len, HS) for one layer.

@@ -444,6 +444,10 @@ std::vector<std::pair<std::string, double>> cuda_check_ops(unsigned seed) {
   check_flash(r, out, 1, 100, 3, 3, 80, true);
   check_flash(r, out, 1, 77, 4, 2, 256, true);
   check_flash(r, out, 1, 300, 4, 2, 64, false);
+  // which bf16 path the ".tc" entries below took (the value is not an error)
+  out.push_back({std::string("flash_attention.bf16_tensor_cores_") +
+                     (gpu::flash_attention_uses_tensor_cores(64) ? "on" : "off"),
+                 0.0});
   for (int tc = 0; tc < 2; tc++) {  // tensor cores (HS <= 128, sm_80+) and SIMT
     check_flash_bf16(r, out, 2, 70, 4, 2, 64, tc != 0);
     check_flash_bf16(r, out, 1, 100, 2, 2, 128, tc != 0);
