@@ -512,7 +512,8 @@ __global__ void __launch_bounds__(kThreads)
 // the probabilities never leave registers. Tiles sit in shared memory as bf16 with
 // HSP = HS rounded up to 16 columns (zero past HS) and rows padded by 8 elements, so
 // the 32-bit fragment loads of a warp hit 32 different banks when HSP is a multiple of 64.
-// P and dS are rounded to bf16 for their products (as FlashAttention does).
+// P and dS are rounded to bf16 for their products (as FlashAttention does), and the
+// exponentials are exp2f of log2(e)-scaled scores (lse is stored in natural log).
 #ifndef PYLLAMA_CUDA_SIM  // tools/cuda_sim emulates these two
 __device__ __forceinline__ uint16_t bf16_bits(bf16 x) { return __bfloat16_as_ushort(x); }
 __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -621,6 +622,9 @@ __device__ __forceinline__ void mma_frag(float (&acc)[DT][4], const float (&p)[2
   }
 }
 
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
 constexpr int kTcRows = 64;  // query rows per block: 4 warps x 16
 constexpr int kTcKeys = 64;  // keys per block
 
@@ -651,6 +655,7 @@ __global__ void __launch_bounds__(kThreads)
   const int nkb = (qend + kTcKeys - 1) / kTcKeys;
   const int t0 = q0 + warp * 16 + g, t1 = t0 + 8;  // this thread's two rows
   const int lim0 = min(t0, T_ - 1), lim1 = min(t1, T_ - 1);
+  const float scale2 = scale * kLog2e;  // scores in log2 units: exp(x) = exp2(x log2 e)
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f, o[DT][4];
 #pragma unroll
   for (int dt = 0; dt < DT; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
@@ -672,22 +677,22 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int e = 0; e < 2; e++) {
         const int c = k0 + nt * 8 + 2 * q + e;
-        s[nt][e] = c <= lim0 ? s[nt][e] * scale : -INFINITY;
-        s[nt][2 + e] = c <= lim1 ? s[nt][2 + e] * scale : -INFINITY;
+        s[nt][e] = c <= lim0 ? s[nt][e] * scale2 : -INFINITY;
+        s[nt][2 + e] = c <= lim1 ? s[nt][2 + e] * scale2 : -INFINITY;
         mx0 = fmaxf(mx0, s[nt][e]);
         mx1 = fmaxf(mx1, s[nt][2 + e]);
       }
     mx0 = quad_max(mx0);
     mx1 = quad_max(mx1);
     const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);  // finite: key 0 is in the first block
-    const float al0 = expf(m0 - mn0), al1 = expf(m1 - mn1);
+    const float al0 = exp2f(m0 - mn0), al1 = exp2f(m1 - mn1);
     float rs0 = 0.f, rs1 = 0.f;
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
       for (int e = 0; e < 2; e++) {
-        s[nt][e] = expf(s[nt][e] - mn0);
-        s[nt][2 + e] = expf(s[nt][2 + e] - mn1);
+        s[nt][e] = exp2f(s[nt][e] - mn0);
+        s[nt][2 + e] = exp2f(s[nt][2 + e] - mn1);
         rs0 += s[nt][e];
         rs1 += s[nt][2 + e];
       }
@@ -721,7 +726,7 @@ __global__ void __launch_bounds__(kThreads)
         const int d = dt * 8 + 2 * q + e;
         if (d < HS) orow[d] = from_f<bf16>(o[dt][2 * half + e] * inv);
       }
-    if (q == 0) lse[lrow + t] = half ? m1 + logf(l1) : m0 + logf(l0);
+    if (q == 0) lse[lrow + t] = half ? (m1 + log2f(l1)) * kLn2 : (m0 + log2f(l0)) * kLn2;
   }
 }
 
@@ -757,7 +762,8 @@ __global__ void __launch_bounds__(kThreads)
   const int nkb = (qend + kTcKeys - 1) / kTcKeys;
   const int t0 = q0 + warp * 16 + g, t1 = t0 + 8;
   const int lim0 = min(t0, T_ - 1), lim1 = min(t1, T_ - 1);
-  const float L0 = t0 < T_ ? lse[lrow + t0] : 0.f, L1 = t1 < T_ ? lse[lrow + t1] : 0.f;
+  const float scale2 = scale * kLog2e;  // P = exp2(S scale log2 e - lse log2 e)
+  const float L0 = t0 < T_ ? lse[lrow + t0] * kLog2e : 0.f, L1 = t1 < T_ ? lse[lrow + t1] * kLog2e : 0.f;
   const float D0 = t0 < T_ ? dsum[lrow + t0] : 0.f, D1 = t1 < T_ ? dsum[lrow + t1] : 0.f;
   float dq[DT][4];
 #pragma unroll
@@ -781,8 +787,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int e = 0; e < 2; e++) {
         const int c = k0 + nt * 8 + 2 * q + e;
-        const float p0 = c <= lim0 ? expf(s[nt][e] * scale - L0) : 0.f;
-        const float p1 = c <= lim1 ? expf(s[nt][2 + e] * scale - L1) : 0.f;
+        const float p0 = c <= lim0 ? exp2f(s[nt][e] * scale2 - L0) : 0.f;
+        const float p1 = c <= lim1 ? exp2f(s[nt][2 + e] * scale2 - L1) : 0.f;
         s[nt][e] = p0 * (dp[nt][e] - D0) * scale;  // dS
         s[nt][2 + e] = p1 * (dp[nt][2 + e] - D1) * scale;
       }
@@ -844,6 +850,7 @@ __global__ void __launch_bounds__(kThreads)
   load_tile_bf16(Ks, ld, false, seq + C + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
   load_tile_bf16(Vs, ld, false, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
   const int key0 = k0 + warp * 16 + g, key1 = key0 + 8;  // this thread's two keys
+  const float scale2 = scale * kLog2e;
   float dk[DT][4], dv[DT][4];
 #pragma unroll
   for (int dt = 0; dt < DT; dt++)
@@ -860,7 +867,7 @@ __global__ void __launch_bounds__(kThreads)
       load_tile_bf16(dOt, ldt, true, dseq + (long long)h * HS, C, q0, QT, T_, HS, HSP);
       if (threadIdx.x < QT) {
         const int t = q0 + threadIdx.x;
-        Ls[threadIdx.x] = t < T_ ? lse[lrow + t] : 0.f;
+        Ls[threadIdx.x] = t < T_ ? lse[lrow + t] * kLog2e : 0.f;  // log2 units
         Ds[threadIdx.x] = t < T_ ? dsum[lrow + t] : 0.f;
       }
       __syncthreads();
@@ -878,7 +885,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int e = 0; e < 4; e++) {
           const int r = nt * 8 + 2 * q + (e & 1), t = q0 + r;
           const int key = (e >> 1) ? key1 : key0;
-          const float p = (t < T_ && key <= t) ? expf(st[nt][e] * scale - Ls[r]) : 0.f;
+          const float p = (t < T_ && key <= t) ? exp2f(st[nt][e] * scale2 - Ls[r]) : 0.f;
           dpt[nt][e] = p * (dpt[nt][e] - Ds[r]) * scale;  // dS^T
           st[nt][e] = p;                                  // P^T
         }
