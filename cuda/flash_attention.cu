@@ -553,7 +553,11 @@ __device__ __forceinline__ void load_tile_bf16(bf16* dst, int ld, bool transpose
   if (vec16_ok(src, src_ld, HS)) {  // 8 bf16 per load (ld and HSP are multiples of 8: aligned stores)
     const int wv = HSP / 8, nv = nrows * wv;
     for (int e = threadIdx.x; e < nv; e += kThreads) {
-      const int r = e / wv, d = (e - r * wv) * 8;
+      // row-major copies: lanes walk a row (coalesced); transposed copies: lanes walk 32
+      // consecutive rows, so the 16-bit stores of a warp fill consecutive words (no bank
+      // conflicts; nrows is a multiple of 32)
+      const int r = transpose ? e % nrows : e / wv;
+      const int d = (transpose ? e / nrows : e - r * wv) * 8;
       const int t = r0 + r;
       uint4 raw = make_uint4(0u, 0u, 0u, 0u);
       if (t < T_ && d < HS) raw = *reinterpret_cast<const uint4*>(src + (long long)t * src_ld + d);
