@@ -95,6 +95,7 @@ __host__ __device__ __forceinline__ int ldp4(int HS) { return hs_pad4(HS) + 4; }
 // r0+nrows-1 of src (row stride src_ld), zero for rows >= T_ and columns >= HS
 // (width >= HS). Every thread of the block calls it.
 // Rows of 16-byte vectors: HS and the row stride a multiple of 16 / sizeof(T), src aligned.
+// (Shared tiles filled this way need ld and their base 16-byte aligned: every tile here is.)
 // The same for the whole block (every thread takes the same branch).
 template <typename T>
 __device__ __forceinline__ bool vec16_ok(const T* src, long long src_ld, int HS) {
@@ -111,17 +112,20 @@ __device__ __forceinline__ void load_tile(float* dst, int ld, int width, const T
     for (int e = threadIdx.x; e < nv; e += kThreads) {
       const int r = e / wv, d = (e - r * wv) * VE;
       const int t = r0 + r;
-      float* o = dst + r * ld + d;
+      float4* o = reinterpret_cast<float4*>(dst + r * ld + d);  // ld, d multiples of 4: aligned
+      float f[VE];
       if (t < T_ && d < HS) {
         const uint4 raw = *reinterpret_cast<const uint4*>(src + (long long)t * src_ld + d);
         T v[VE];
         memcpy(v, &raw, 16);
 #pragma unroll
-        for (int i = 0; i < VE; i++) o[i] = to_f(v[i]);
+        for (int i = 0; i < VE; i++) f[i] = to_f(v[i]);
       } else {
 #pragma unroll
-        for (int i = 0; i < VE; i++) o[i] = 0.f;
+        for (int i = 0; i < VE; i++) f[i] = 0.f;
       }
+#pragma unroll
+      for (int i = 0; i < VE / 4; i++) o[i] = make_float4(f[4 * i], f[4 * i + 1], f[4 * i + 2], f[4 * i + 3]);
     }
     return;
   }

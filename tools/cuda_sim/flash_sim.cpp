@@ -101,6 +101,7 @@ inline float warp_sum(float v) {
 
 struct alignas(16) float4 { float x, y, z, w; };
 struct alignas(16) uint4 { unsigned x, y, z, w; };
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
 #define PYLLAMA_CUDA_SIM 1
 inline uint16_t bf16_bits(bf16 x) { return x.bits; }
