@@ -318,6 +318,8 @@ int main(int argc, char** argv) {
   ok &= run_case<float, 256>(1, 77, 4, 2, 256, 2e-6);
   ok &= run_case<float, 256>(1, 33, 2, 1, 130, 2e-6);
   ok &= run_case<float, 64>(2, 3, 3, 1, 5, 2e-6);
+  ok &= run_case<float, 64>(1, 64, 2, 1, 64, 2e-6);  // T a multiple of every block
+  ok &= run_case<bf16, 64>(1, 128, 2, 2, 64, 1e-2, true);
   ok &= run_case<bf16, 64>(2, 70, 4, 2, 64, 1e-2);
   ok &= run_case<bf16, 128>(1, 45, 2, 2, 128, 1e-2);
   ok &= run_case<bf16, 64>(2, 70, 4, 2, 64, 1e-2, true);
