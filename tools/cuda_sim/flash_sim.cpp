@@ -1,9 +1,12 @@
-// CPU emulation of cuda/flash_attention.cu's kernels (run: tools/cuda_sim/run.sh): every CUDA thread of a block is
-// an OS thread; __syncthreads is a block barrier that also checks every thread arrives
-// from the same line; __shfl_xor_sync exchanges through a per-warp buffer between two
-// warp barriers; shared memory is a malloc'd buffer of exactly the launch's size,
-// filled with NaN at each block start (reads of unwritten shared memory show up).
-// Built with -fsanitize=address: out-of-bounds global or shared accesses abort.
+// flash_sim.cpp — CPU emulation of the kernels of cuda/flash_attention.cu (build and run
+// with tools/cuda_sim/run.sh, which extracts the kernels into kernels_extracted.inc).
+// Every CUDA thread of a block is an OS thread; __syncthreads is a block barrier that
+// aborts when threads arrive from different lines; __shfl_xor_sync and
+// mma.sync.m16n8k16 (from the PTX ISA fragment layout) exchange through per-warp
+// buffers between warp barriers; shared memory is a malloc'd buffer of exactly the
+// launch's size, filled with NaN at each block start (reads of unwritten shared memory
+// show up); outputs start as NaN (every element must be written). Built with ASan and
+// UBSan: out-of-bounds global or shared accesses and misaligned vector loads abort.
 // Reference: plain double-precision causal GQA attention forward/backward.
 #include <cmath>
 #include <condition_variable>
