@@ -5,6 +5,8 @@
     python bench/gpu.py --size small     # a quick 15M-class run
     python bench/gpu.py --check          # no timing: a pytest-free correctness check against the CPU core
     python bench/gpu.py --json out.json  # also write every row to a file
+    python bench/gpu.py --attention naive   # train with the (B, NH, T, T) attention kernels (or simt: flash
+                                            # without tensor cores) to compare with the default flash attention
 
 Model (issue #8): hidden 768, intermediate 2048, 12 layers, 12 heads, 12 kv heads (MHA),
 vocab 32000, untied head, about 124M parameters.
@@ -110,7 +112,8 @@ def bench_train(cfg, B, T, dtype, results, budget_s):
     peak = core.cuda_memory_stats()["peak_bytes_allocated"] - base
     row = {"what": "train_step", "impl": "pyllama", "dtype": dtype, "B": B, "T": T, "s": t, "iters": n,
            "tok_s": tok_s, "mfu": model.flops_per_token(T) * tok_s / PEAK[dtype], "peak_mem_gib": gib(peak),
-           "cublas": g.uses_cublas}
+           "cublas": g.uses_cublas, "flash": g.uses_flash_attention,
+           "attention": os.environ.get("PYLLAMA_CUDA_ATTENTION", "flash")}
     emit(row, results)
     flops = model.flops_per_token(T)
     del model, g
@@ -351,6 +354,10 @@ def check():
     verdict("bf16 greedy decode runs", len(b16_tokens) == 40)
     mem = pyllama._core.cuda_memory_stats()
     verdict("allocation counter", mem["peak_bytes_allocated"] >= mem["bytes_allocated"] > 0, json.dumps(mem))
+    # the flash attention kernels on awkward shapes (head sizes 12..256, T = 1, T not a
+    # multiple of a block), against the CPU core: also what compute-sanitizer runs them on
+    bad = {k: v for k, v in pyllama._core.cuda_check_ops(7).items() if "flash" in k and not v <= 1e-4}
+    verdict("flash attention kernels vs CPU", not bad, str(bad or "all within 1e-4"))
     print("check:", "FAILED " + ", ".join(failures) if failures else "all ok", flush=True)
     return 1 if failures else 0
 
@@ -369,9 +376,16 @@ def main(argv=None):
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--_compile-child", dest="compile_child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_flops", dest="flops", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--attention", choices=["flash", "simt", "naive"], default=None,
+                    help="training attention kernels (sets PYLLAMA_CUDA_ATTENTION; default: flash, "
+                         "on tensor cores for bf16)")
     args = ap.parse_args(argv)
     if args.compile_child:
         return compile_child(args)
+    if args.attention == "flash":
+        os.environ.pop("PYLLAMA_CUDA_ATTENTION", None)
+    elif args.attention:
+        os.environ["PYLLAMA_CUDA_ATTENTION"] = args.attention
     info = pyllama.build_info()
     print("# build_info:", json.dumps(info), flush=True)
     if not info["cuda"]:

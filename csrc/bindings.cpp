@@ -691,6 +691,7 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
       .def_property_readonly("dtype", [](const LlamaModelCuda& g) { return std::string(dtype_name(g.dtype())); })
       .def_property_readonly("device", &LlamaModelCuda::device)
       .def_property_readonly("uses_cublas", &LlamaModelCuda::uses_cublas)
+      .def_property_readonly("uses_flash_attention", &LlamaModelCuda::uses_flash_attention)
       .def("num_parameters", &LlamaModelCuda::num_parameters)
       .def("forward", [](LlamaModelCuda& g, py::handle tokens, py::handle labels) {
              TokenBatch tb = token_batch(tokens, labels);

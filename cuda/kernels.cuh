@@ -59,6 +59,26 @@ void attention_forward(T* out, float* att, const T* qkv, int B, int T_, int NH, 
 template <typename T>
 void attention_backward(T* dqkv, float* datt, const T* dout, const T* qkv, const float* att, int B, int T_, int NH,
                         int NKV, int HS, cudaStream_t stream);
+// Flash attention (what the model trains with): the same inputs and out as
+// attention_forward, but only lse (B, NH, T) float, the log-sum-exp of each scaled score
+// row (the CPU's attention_forward_flash layout), is kept: no T x T array in global memory.
+template <typename T>
+void flash_attention_forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, int HS,
+                             cudaStream_t stream, bool tensor_cores = true);
+// dqkv (B, T, QKVD) assigned, recomputing the probabilities from qkv and lse; out is the
+// forward's output; dsum (B, NH, T) float scratch (rowsum(dout * out)). Deterministic.
+template <typename T>
+void flash_attention_backward(T* dqkv, float* dsum, const T* dout, const T* out, const T* qkv, const float* lse,
+                              int B, int T_, int NH, int NKV, int HS, cudaStream_t stream, bool tensor_cores = true);
+// tensor_cores: for bf16 with HS <= 128 on sm_80+, the tile products run on tensor cores
+// (mma.sync, P and dS rounded to bf16); false, or float, or larger heads: SIMT float.
+// PYLLAMA_CUDA_ATTENTION in the environment (read when a model moves to the GPU), to tell
+// the variants apart: "naive" trains with attention_forward/backward above; "simt" keeps
+// flash attention but without tensor cores.
+bool attention_naive_forced();
+bool attention_simt_forced();
+// Whether bf16 flash attention with this head size runs on tensor cores on the current device.
+bool flash_attention_uses_tensor_cores(int HS);
 // The KV-cache step: rows n = b*T + t of qkv (B*T, QKVD) hold q (and the new k, v,
 // already written into the caches by kv_store). Row n attends to cache positions
 // 0..pos[n] of slot slots[b]. Caches (S, NKV, max_len, HS) for one layer.

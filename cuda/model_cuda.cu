@@ -96,7 +96,7 @@ struct Acts {
   T* x0;  // (N, C)
   struct Layer {
     T *ln1, *qkv, *atty, *res1, *ln2, *gu, *h, *res2;
-    float *rstd1, *rstd2, *att;  // att (B, NH, T, T)
+    float *rstd1, *rstd2, *att;  // att: lse (B, NH, T) (flash); probabilities (B, NH, T, T) (naive)
   };
   std::vector<Layer> layers;
   T *lnf, *logits;  // logits (N, V): turned into dlogits in place by backward
@@ -104,13 +104,14 @@ struct Acts {
   double* row_loss;  // (N)
   // backward scratch
   T *dres, *dln, *dqkv, *datty, *dgu, *dh;
-  float* datt;  // (B, NH, T, T)
+  float* datt;  // flash: rowsum(dout * out) (B, NH, T); naive: (B, NH, T, T)
 };
 
 template <typename T>
-size_t carve_acts(Acts<T>* a, char* base, int B, int T_, int C, int QKVD, int NH, int I, int V, int L) {
+size_t carve_acts(Acts<T>* a, char* base, int B, int T_, int C, int QKVD, int NH, int I, int V, int L,
+                  bool dense_att) {
   Carver cv{base};
-  const size_t N = (size_t)B * T_, ATT = (size_t)B * NH * T_ * T_;
+  const size_t N = (size_t)B * T_, ATT = (size_t)B * NH * T_ * (dense_att ? T_ : 1);
   a->x0 = cv.take<T>(N * C);
   a->layers.resize(L);
   for (int l = 0; l < L; l++) {
@@ -181,6 +182,8 @@ struct LlamaModelCuda::Impl : AllocAccount {
   cudaStream_t stream = nullptr;
   double* pinned = nullptr;  // 2 doubles of page-locked host memory (loss total, norm)
   std::unique_ptr<gpu::Gemm> gemm;
+  bool attn_naive = false;  // PYLLAMA_CUDA_ATTENTION=naive: (B, NH, T, T) probabilities instead of flash
+  bool attn_tc = true;      // PYLLAMA_CUDA_ATTENTION=simt: flash without tensor cores (bf16)
 
   DevBuf params, grads, m, v;  // float32 (P)
   DevBuf wc;                   // bf16 compute copy of params (P), bfloat16 mode only
@@ -307,6 +310,8 @@ struct LlamaModelCuda::Impl : AllocAccount {
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&pinned), 2 * sizeof(double)));
     gemm = std::make_unique<gpu::Gemm>();
+    attn_naive = gpu::attention_naive_forced();
+    attn_tc = !gpu::attention_simt_forced();
 
     params.reserve(P * sizeof(float));
     grads.reserve(P * sizeof(float));
@@ -414,7 +419,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
   template <typename T>
   size_t measure(int B, int T_) const {
     Acts<T> a;
-    return carve_acts<T>(&a, nullptr, B, T_, C, QKVD, NH, I, V, L);
+    return carve_acts<T>(&a, nullptr, B, T_, C, QKVD, NH, I, V, L, attn_naive);
   }
 
   template <typename T>
@@ -422,7 +427,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
     const int B = B_, Tn = T_, N = B * Tn;
     const float eps = cfg.rms_norm_eps;
     Acts<T> a;
-    carve_acts<T>(&a, acts.as<char>(), B, Tn, C, QKVD, NH, I, V, L);
+    carve_acts<T>(&a, acts.as<char>(), B, Tn, C, QKVD, NH, I, V, L, attn_naive);
     const T* Wp = W<T>();
     const int32_t* tok = tokens_d.as<int32_t>();
     const int32_t* pos = pos_d.as<int32_t>();
@@ -438,7 +443,10 @@ struct LlamaModelCuda::Impl : AllocAccount {
       gpu::linear_forward<T>(*gemm, y.qkv, y.ln1, Wp + o.wqkv, N, C, QKVD, s);
       gpu::rope_apply<T>(y.qkv, QKVD, pos, cs, sn, N, NH, HS, false, s);
       gpu::rope_apply<T>(y.qkv + C, QKVD, pos, cs, sn, N, NKV, HS, false, s);
-      gpu::attention_forward<T>(y.atty, y.att, y.qkv, B, Tn, NH, NKV, HS, s);
+      if (attn_naive)
+        gpu::attention_forward<T>(y.atty, y.att, y.qkv, B, Tn, NH, NKV, HS, s);
+      else
+        gpu::flash_attention_forward<T>(y.atty, y.att, y.qkv, B, Tn, NH, NKV, HS, s, attn_tc);
       gpu::linear_forward<T>(*gemm, y.res1, y.atty, Wp + o.wo, N, C, C, s);
       gpu::residual_forward<T>(y.res1, y.res1, x, (long long)N * C, s);
       gpu::rmsnorm_forward<T>(y.ln2, y.rstd2, y.res1, Wp + o.ln2, N, C, eps, s);
@@ -461,14 +469,14 @@ struct LlamaModelCuda::Impl : AllocAccount {
     const size_t n = (size_t)B_ * T_ * V;
     if (dtype == DType::bfloat16) {
       Acts<bf16> a;
-      carve_acts<bf16>(&a, acts.as<char>(), B_, T_, C, QKVD, NH, I, V, L);
+      carve_acts<bf16>(&a, acts.as<char>(), B_, T_, C, QKVD, NH, I, V, L, attn_naive);
       std::vector<uint16_t> tmp(n);
       CUDA_CHECK(cudaMemcpyAsync(tmp.data(), a.logits, n * sizeof(bf16), cudaMemcpyDeviceToHost, stream));
       sync();
       for (size_t i = 0; i < n; i++) dst[i] = bf16_to_float(tmp[i]);
     } else {
       Acts<float> a;
-      carve_acts<float>(&a, acts.as<char>(), B_, T_, C, QKVD, NH, I, V, L);
+      carve_acts<float>(&a, acts.as<char>(), B_, T_, C, QKVD, NH, I, V, L, attn_naive);
       CUDA_CHECK(cudaMemcpyAsync(dst, a.logits, n * sizeof(float), cudaMemcpyDeviceToHost, stream));
       sync();
     }
@@ -492,7 +500,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
   void backward_t(float scale) {
     const int B = B_, Tn = T_, N = B * Tn;
     Acts<T> a;
-    carve_acts<T>(&a, acts.as<char>(), B, Tn, C, QKVD, NH, I, V, L);
+    carve_acts<T>(&a, acts.as<char>(), B, Tn, C, QKVD, NH, I, V, L, attn_naive);
     const T* Wp = W<T>();
     float* G = grads.as<float>();
     const int32_t* tok = tokens_d.as<int32_t>();
@@ -517,7 +525,11 @@ struct LlamaModelCuda::Impl : AllocAccount {
       gpu::rmsnorm_backward<T>(a.dres, G + o.ln2, a.dln, y.res1, Wp + o.ln2, y.rstd2, N, C, s);
       // attention: res1 = x + o(attn(rope(qkv(ln1))))
       gpu::linear_backward<T>(*gemm, a.datty, G + o.wo, a.dres, y.atty, Wp + o.wo, N, C, C, s);
-      gpu::attention_backward<T>(a.dqkv, a.datt, a.datty, y.qkv, y.att, B, Tn, NH, NKV, HS, s);
+      if (attn_naive)
+        gpu::attention_backward<T>(a.dqkv, a.datt, a.datty, y.qkv, y.att, B, Tn, NH, NKV, HS, s);
+      else
+        gpu::flash_attention_backward<T>(a.dqkv, a.datt, a.datty, y.atty, y.qkv, y.att, B, Tn, NH, NKV, HS, s,
+                                         attn_tc);
       gpu::rope_apply<T>(a.dqkv, QKVD, pos, cs, sn, N, NH, HS, true, s);
       gpu::rope_apply<T>(a.dqkv + C, QKVD, pos, cs, sn, N, NKV, HS, true, s);
       gpu::linear_backward<T>(*gemm, a.dln, G + o.wqkv, a.dqkv, y.ln1, Wp + o.wqkv, N, C, QKVD, s);
@@ -1049,6 +1061,7 @@ DType LlamaModelCuda::dtype() const { return impl_->dtype; }
 int LlamaModelCuda::device() const { return impl_->dev; }
 size_t LlamaModelCuda::num_parameters() const { return impl_->P; }
 bool LlamaModelCuda::uses_cublas() const { return impl_->gemm->uses_cublas(); }
+bool LlamaModelCuda::uses_flash_attention() const { return !impl_->attn_naive; }
 
 float LlamaModelCuda::forward(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T) {
   return impl_->forward(tokens, labels, B, T, labels_T);

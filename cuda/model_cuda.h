@@ -60,6 +60,7 @@ class LlamaModelCuda {
   int device() const;
   size_t num_parameters() const;
   bool uses_cublas() const;  // false: the tiled fallback matmul
+  bool uses_flash_attention() const;  // false: PYLLAMA_CUDA_ATTENTION=naive (T x T probabilities)
 
   // As LlamaModel::forward (host token/label arrays). Returns the loss (one sync), or NaN
   // without labels (no sync).

@@ -5,6 +5,7 @@
 // Called by tests/cpp/test_cuda_ops.cpp and pytest (pyllama._core.cuda_check_ops).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <string>
@@ -132,6 +133,86 @@ void check_attention(Rand& r, Results& out, int B, int T, int NH, int NKV, int H
   out.push_back({"attention_forward.out" + tag, rel_err(dy_.host(), y)});
   out.push_back({"attention_forward.att" + tag, rel_err(datt.host(), att, &lower)});
   out.push_back({"attention_backward.dqkv" + tag, rel_err(ddq.host(), dqkv)});
+}
+
+std::string shape_tag(int B, int T, int NH, int NKV, int HS) {
+  return "(B" + std::to_string(B) + ",T" + std::to_string(T) + ",NH" + std::to_string(NH) + ",NKV" +
+         std::to_string(NKV) + ",HS" + std::to_string(HS) + ")";
+}
+
+std::vector<float> bf16_to_float_vec(const std::vector<bf16>& x) {
+  std::vector<float> y(x.size());
+  for (size_t i = 0; i < x.size(); i++) y[i] = __bfloat162float(x[i]);
+  return y;
+}
+
+// The flash kernels (what the model trains with) against the CPU core's flash ops
+// (same lse layout) and, when `naive` is set, against the naive GPU kernels; twice in
+// a row to check the backward is deterministic (bitwise equal).
+void check_flash(Rand& r, Results& out, int B, int T, int NH, int NKV, int HS, bool naive) {
+  const int C = NH * HS, QKVD = C + 2 * NKV * HS;
+  const size_t N = (size_t)B * T, NL = (size_t)B * NH * T;
+  auto qkv = r.normal(N * QKVD), dy = r.normal(N * C);
+  std::vector<float> y(N * C), lse(NL), dqkv(N * QKVD), scratch((size_t)attention_scratch_floats(T));
+  attention_forward_flash(y.data(), lse.data(), scratch.data(), qkv.data(), B, T, NH, NKV, HS);
+  attention_backward_flash(dqkv.data(), scratch.data(), dy.data(), qkv.data(), lse.data(), B, T, NH, NKV, HS);
+  Dev<float> dq(qkv), ddy(dy), dout(zeros<float>(N * C)), dlse(zeros<float>(NL)), dsum(zeros<float>(NL)),
+      ddq(zeros<float>(N * QKVD));
+  gpu::flash_attention_forward<float>(dout.get(), dlse.get(), dq.get(), B, T, NH, NKV, HS, 0);
+  gpu::flash_attention_backward<float>(ddq.get(), dsum.get(), ddy.get(), dout.get(), dq.get(), dlse.get(), B, T, NH,
+                                       NKV, HS, 0);
+  const std::string tag = shape_tag(B, T, NH, NKV, HS);
+  const auto gout = dout.host(), gdq = ddq.host();
+  out.push_back({"flash_attention_forward.out" + tag, rel_err(gout, y)});
+  out.push_back({"flash_attention_forward.lse" + tag, rel_err(dlse.host(), lse)});
+  out.push_back({"flash_attention_backward.dqkv" + tag, rel_err(gdq, dqkv)});
+  {  // again, into a dirty buffer: assigned, and bitwise the same
+    Dev<float> ddq2(r.normal(N * QKVD));
+    gpu::flash_attention_backward<float>(ddq2.get(), dsum.get(), ddy.get(), dout.get(), dq.get(), dlse.get(), B, T,
+                                         NH, NKV, HS, 0);
+    const auto g2 = ddq2.host();
+    bool same = true;
+    for (size_t i = 0; i < g2.size(); i++) same = same && std::memcmp(&g2[i], &gdq[i], sizeof(float)) == 0;
+    out.push_back({"flash_attention_backward.bitwise_repeatable" + tag, same ? 0.0 : 1.0});
+  }
+  if (naive) {  // the naive GPU kernels on the same inputs
+    const size_t ATT = (size_t)B * NH * T * T;
+    Dev<float> nout(zeros<float>(N * C)), natt(zeros<float>(ATT)), ndatt(zeros<float>(ATT)),
+        ndq(zeros<float>(N * QKVD));
+    gpu::attention_forward<float>(nout.get(), natt.get(), dq.get(), B, T, NH, NKV, HS, 0);
+    gpu::attention_backward<float>(ndq.get(), ndatt.get(), ddy.get(), dq.get(), natt.get(), B, T, NH, NKV, HS, 0);
+    out.push_back({"flash_vs_naive.out" + tag, rel_err(gout, nout.host())});
+    out.push_back({"flash_vs_naive.dqkv" + tag, rel_err(gdq, ndq.host())});
+  }
+}
+
+// bf16 flash kernels against the CPU on the same (bf16-rounded) inputs: outputs are
+// rounded to bf16 and the backward's rowsum(dout * out) reads the rounded out, so
+// the bound is a few bf16 ulps of the largest value (reported as 0 within it).
+void check_flash_bf16(Rand& r, Results& out, int B, int T, int NH, int NKV, int HS, bool tensor_cores) {
+  const int C = NH * HS, QKVD = C + 2 * NKV * HS;
+  const size_t N = (size_t)B * T, NL = (size_t)B * NH * T;
+  auto qkv = r.normal(N * QKVD), dy = r.normal(N * C);
+  std::vector<bf16> qkv16(qkv.size()), dy16(dy.size());
+  for (size_t i = 0; i < qkv.size(); i++) qkv16[i] = __float2bfloat16(qkv[i]);
+  for (size_t i = 0; i < dy.size(); i++) dy16[i] = __float2bfloat16(dy[i]);
+  qkv = bf16_to_float_vec(qkv16);
+  dy = bf16_to_float_vec(dy16);
+  std::vector<float> y(N * C), lse(NL), dqkv(N * QKVD), scratch((size_t)attention_scratch_floats(T));
+  attention_forward_flash(y.data(), lse.data(), scratch.data(), qkv.data(), B, T, NH, NKV, HS);
+  attention_backward_flash(dqkv.data(), scratch.data(), dy.data(), qkv.data(), lse.data(), B, T, NH, NKV, HS);
+  Dev<bf16> dq(qkv16), ddy(dy16), dout(zeros<bf16>(N * C)), ddq(zeros<bf16>(N * QKVD));
+  Dev<float> dlse(zeros<float>(NL)), dsum(zeros<float>(NL));
+  gpu::flash_attention_forward<bf16>(dout.get(), dlse.get(), dq.get(), B, T, NH, NKV, HS, 0, tensor_cores);
+  gpu::flash_attention_backward<bf16>(ddq.get(), dsum.get(), ddy.get(), dout.get(), dq.get(), dlse.get(), B, T, NH,
+                                      NKV, HS, 0, tensor_cores);
+  const std::string tag = std::string(tensor_cores ? ".tc" : ".simt") + shape_tag(B, T, NH, NKV, HS);
+  auto within = [](double e, double bound) { return e <= bound ? 0.0 : e; };
+  out.push_back({"flash_attention_forward.bf16.out(<=2^-7)" + tag,
+                 within(rel_err(bf16_to_float_vec(dout.host()), y), 1.0 / 128)});
+  out.push_back({"flash_attention_forward.bf16.lse" + tag, rel_err(dlse.host(), lse)});
+  out.push_back({"flash_attention_backward.bf16.dqkv(<=2^-5)" + tag,
+                 within(rel_err(bf16_to_float_vec(ddq.host()), dqkv), 1.0 / 32)});
 }
 
 // The KV-cache pieces: store the k/v of a prefill into shuffled slots, attend from the
@@ -400,6 +481,27 @@ std::vector<std::pair<std::string, double>> cuda_check_ops(unsigned seed) {
   check_attention(r, out, 1, 70, 2, 1, 64);
   check_attention(r, out, 2, 9, 2, 2, 128);
   check_kv(r, out);
+  // flash: T not a multiple of the blocks (32/64 query rows, 16/32/64 keys), T = 1,
+  // GQA, MQA, MHA, head sizes 12/32/64/80/128/256 (all three kernel variants)
+  check_flash(r, out, 2, 37, 4, 2, 12, true);
+  check_flash(r, out, 1, 70, 2, 1, 64, true);
+  check_flash(r, out, 2, 9, 2, 2, 128, true);
+  check_flash(r, out, 3, 1, 4, 1, 64, true);
+  check_flash(r, out, 2, 130, 6, 2, 32, true);
+  check_flash(r, out, 1, 100, 3, 3, 80, true);
+  check_flash(r, out, 1, 77, 4, 2, 256, true);
+  check_flash(r, out, 1, 300, 4, 2, 64, false);
+  // which bf16 path the ".tc" entries below took (the value is not an error)
+  out.push_back({std::string("flash_attention.bf16_tensor_cores_") +
+                     (gpu::flash_attention_uses_tensor_cores(64) ? "on" : "off"),
+                 0.0});
+  for (int tc = 0; tc < 2; tc++) {  // tensor cores (HS <= 128, sm_80+) and SIMT
+    check_flash_bf16(r, out, 2, 70, 4, 2, 64, tc != 0);
+    check_flash_bf16(r, out, 1, 100, 2, 2, 128, tc != 0);
+    check_flash_bf16(r, out, 2, 130, 3, 1, 12, tc != 0);
+    check_flash_bf16(r, out, 1, 1, 2, 2, 80, tc != 0);
+    check_flash_bf16(r, out, 1, 200, 2, 1, 256, tc != 0);  // above 128: SIMT either way
+  }
   check_swiglu(r, out);
   check_embedding(r, out);
   check_crossentropy(r, out);

@@ -110,6 +110,8 @@ def test_each_kernel_matches_its_cpu_op():
     assert len(errors) > 30
     bad = {k: v for k, v in errors.items() if not v <= TOL}
     assert not bad, f"kernels differing from the CPU (relative error): {bad}"
+    # sm_80+ (what the build targets): bf16 flash attention takes the tensor-core path
+    assert "flash_attention.bf16_tensor_cores_on" in errors, [k for k in errors if "tensor_cores" in k]
 
 
 @gpu
@@ -140,6 +142,67 @@ def test_forward_backward_match_cpu(name):
     assert g_ref.keys() == g_dev.keys()
     for k in g_ref:
         assert_close(g_dev[k], g_ref[k], what=f"grad {k}")
+
+
+@gpu
+def test_long_sequence_flash_attention_matches_cpu():
+    """T = 2048 (many query and key blocks, no T x T buffer on the GPU): logits, loss and
+    every gradient against the CPU core's flash attention."""
+    cfg = tiny_config(vocab_size=211, hidden_size=256, intermediate_size=128, num_attention_heads=4,
+                      num_key_value_heads=2, num_hidden_layers=1, max_position_embeddings=2048)
+    cpu = pyllama.Llama(cfg, seed=4)
+    dev = pyllama.Llama(cfg, seed=4).to("cuda")
+    assert dev._core.gpu.uses_flash_attention
+    ids, labels = make_batch(cfg, 1, 2048, seed=11)
+    ref, out = cpu(ids, labels=labels), dev(ids, labels=labels)
+    assert_close(out.logits, ref.logits, what="logits (T=2048)")
+    assert abs(out.loss - ref.loss) <= TOL * max(1.0, abs(ref.loss)), (out.loss, ref.loss)
+    cpu.backward()
+    dev.backward()
+    for k, g in cpu.named_grads().items():
+        assert_close(dev.named_grads()[k], g, what=f"grad {k} (T=2048)")
+    # bf16 (tensor-core flash attention) on the same batch: near float32
+    b16 = pyllama.Llama(cfg, seed=4).to("cuda", dtype="bfloat16")
+    out16 = b16(ids, labels=labels)
+    assert abs(out16.loss - ref.loss) <= 0.05, (out16.loss, ref.loss)
+    b16.backward()
+    g32, g16 = cpu.flat_grads().astype(np.float64), b16.flat_grads().astype(np.float64)
+    assert np.all(np.isfinite(g16))
+    assert float(g32 @ g16 / (np.linalg.norm(g32) * np.linalg.norm(g16))) > 0.95
+
+
+@gpu
+def test_naive_attention_fallback_matches_cpu(monkeypatch):
+    """PYLLAMA_CUDA_ATTENTION=naive: the (B, NH, T, T) kernels, kept to tell a flash bug apart."""
+    monkeypatch.setenv("PYLLAMA_CUDA_ATTENTION", "naive")
+    cfg, cpu, dev = pair("tiny_gqa")
+    assert not dev._core.gpu.uses_flash_attention
+    ids, labels = make_batch(cfg, 2, 37)
+    ref, out = cpu(ids, labels=labels), dev(ids, labels=labels)
+    assert_close(out.logits, ref.logits, what="logits (naive attention)")
+    cpu.backward()
+    dev.backward()
+    for k, g in cpu.named_grads().items():
+        assert_close(dev.named_grads()[k], g, what=f"grad {k} (naive attention)")
+    monkeypatch.delenv("PYLLAMA_CUDA_ATTENTION")
+    assert pyllama.Llama(cfg, seed=0).to("cuda")._core.gpu.uses_flash_attention
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_flash_attention_backward_is_deterministic(dtype):
+    """No atomics in the flash backward: two backward passes give bitwise equal gradients."""
+    cfg = tiny_config(**CONFIGS["wide_hs64"])
+    dev = pyllama.Llama(cfg, seed=2).to("cuda", dtype=dtype)
+    ids, labels = make_batch(cfg, 2, 45)
+    grads = []
+    for _ in range(2):
+        dev.zero_grad()
+        dev(ids, labels=labels)
+        dev.backward()
+        grads.append({k: v for k, v in dev.named_grads().items() if "self_attn" in k})
+    for k in grads[0]:
+        assert np.array_equal(grads[0][k], grads[1][k]), k
 
 
 @gpu
@@ -388,6 +451,34 @@ def test_bfloat16_loss_close_to_float32(name):
     assert np.all(np.isfinite(g16))
     cos = float(g32 @ g16 / (np.linalg.norm(g32) * np.linalg.norm(g16)))
     assert cos > 0.95, f"bf16 gradient direction differs from float32: cosine {cos:.4f}"
+
+
+@gpu
+@pytest.mark.parametrize("name", ["wide_hs64", "hs128"])
+def test_bfloat16_flash_tensor_cores_and_simt_agree(name, monkeypatch):
+    """bf16 flash attention on tensor cores (the default, head size <= 128) and without
+    (PYLLAMA_CUDA_ATTENTION=simt): both near float32, and near each other."""
+    cfg = tiny_config(**CONFIGS[name])
+    B, T = SHAPES[name]
+    ids, labels = make_batch(cfg, B, T)
+    f32 = pyllama.Llama(cfg, seed=6).to("cuda")
+    l32 = f32(ids, labels=labels).loss
+    f32.backward()
+    g32 = f32.flat_grads().astype(np.float64)
+    grads = {}
+    for mode in ("tc", "simt"):
+        if mode == "simt":
+            monkeypatch.setenv("PYLLAMA_CUDA_ATTENTION", "simt")
+        m = pyllama.Llama(cfg, seed=6).to("cuda", dtype="bfloat16")
+        assert m._core.gpu.uses_flash_attention
+        out = m(ids, labels=labels)
+        assert abs(out.loss - l32) <= 0.05, (mode, out.loss, l32)
+        m.backward()
+        grads[mode] = m.flat_grads().astype(np.float64)
+        assert np.all(np.isfinite(grads[mode])), mode
+    cos = lambda a, b: float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    assert cos(grads["tc"], g32) > 0.95 and cos(grads["simt"], g32) > 0.95
+    assert cos(grads["tc"], grads["simt"]) > 0.98
 
 
 @gpu

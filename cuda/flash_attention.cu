@@ -1,0 +1,1094 @@
+// flash_attention.cu — causal grouped-query attention for training without a T x T
+// array in global memory (issue #8). The CPU twin is attention_forward_flash /
+// attention_backward_flash in csrc/ops.h: same inputs, same outputs, same lse layout.
+//
+// Layouts: qkv (B, T, QKVD) rows (q | k | v), QKVD = (NH + 2 NKV) HS; out and dout
+// (B, T, NH*HS); lse and dsum (B, NH, T) float; dqkv (B, T, QKVD) assigned.
+//
+// All three kernels are plain SIMT (no tensor cores): tiles of q/k/v/dout are staged
+// in shared memory as float (rows padded so that threads walking different rows hit
+// different banks; the tiles of the score products read as float4), every product
+// accumulates in float in registers. 128 threads per block, seen as 16 x 8: thread (ty, tx) with tx = lane & 7
+// and ty = 4 * warp + lane / 8, so the 8 threads sharing a ty are 8 adjacent lanes of
+// one warp (row reductions are three __shfl_xor_sync). DMAX (64, 128 or 256) is the
+// head size rounded up; loops over head dims are guarded by d < HS.
+//
+// forward   block = (b, h, BR query rows); loops over the causal key blocks of kKeys
+//           keys: S = Q K^T (thread: rows ty + 16 i, keys tx + 8 k), online softmax
+//           (running max m and sum l per row), P to shared memory, O += P V (thread:
+//           rows ty + 16 i, dims tx + 8 j). Writes O / l and lse = m + log l.
+// backward  (FlashAttention-2) 1. dsum = rowsum(dout * out) per (row, head);
+//           2. dK, dV: block = (b, kv head, BCKV keys), loops over the query heads of
+//              the group and the query rows >= its first key, recomputing
+//              P = exp(scale S - lse) and dS = P (dP - dsum) scale; dK and dV stay in
+//              registers (thread: keys ty + 16 i, dims tx + 8 j), each written once;
+//           3. dQ: block = (b, h, BR query rows), loops over key blocks like the
+//              forward, dQ = dS K in registers, written once.
+//           No atomics: every output element has one owner, so results are
+//           deterministic (same order of additions on every run).
+// bf16 with HS <= 128 on sm_80+ (unless the caller passes tensor_cores = false) runs
+// the same three passes on tensor cores instead: see "tensor cores (bf16)" below.
+// tools/cuda_sim/run.sh runs every kernel here on the CPU (no GPU needed).
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
+
+#include "common.h"  // PYLLAMA_CHECK, ValueError
+#include "kernels.cuh"
+
+namespace pyllama {
+namespace gpu {
+
+namespace {
+
+constexpr int kThreads = 128;  // 16 x 8 threads, see above
+constexpr int kKeys = 32;      // keys per block in the forward and dq kernels (thread: keys tx + 8 k)
+constexpr int kKJ = kKeys / 8;
+constexpr int kRowsKV = 32;    // query rows per step of the dk/dv kernel (thread: rows ty + 16 i)
+constexpr int kRI_KV = kRowsKV / 16;
+
+template <int DMAX>
+struct FlashCfg {
+  static_assert(DMAX == 64 || DMAX == 128 || DMAX == 256, "DMAX");
+  static constexpr int R = DMAX >= 256 ? 2 : 4;  // query rows per thread (forward, dq)
+  static constexpr int BR = 16 * R;              // query rows per block (forward, dq)
+  static constexpr int DJ = DMAX / 8;            // head dims per thread: tx + 8 j
+  static constexpr int KC = DMAX >= 256 ? 1 : DMAX >= 128 ? 2 : 4;  // keys per thread (dk/dv)
+  static constexpr int BCKV = 16 * KC;                               // keys per block (dk/dv)
+  static constexpr int KKV = BCKV / 8;  // keys per thread in the dk/dv score tile: tx + 8 k
+};
+
+struct ThreadPos {
+  int tid, tx, ty;
+};
+__device__ __forceinline__ ThreadPos thread_pos() {
+  ThreadPos p;
+  p.tid = threadIdx.x;
+  const int lane = p.tid & 31;
+  p.tx = lane & 7;
+  p.ty = (p.tid >> 5) * 4 + (lane >> 3);
+  return p;
+}
+
+// Reductions over the 8 lanes that share a ty (adjacent lanes; every lane calls them).
+__device__ __forceinline__ float group8_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 4));
+  return v;
+}
+__device__ __forceinline__ float group8_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  v += __shfl_xor_sync(0xffffffffu, v, 2);
+  v += __shfl_xor_sync(0xffffffffu, v, 4);
+  return v;
+}
+
+// Tiles that dot_tile reads hold HSP = HS rounded up to a multiple of 4 columns (zero
+// past HS) with row stride ldp4(HS) = HSP + 4: rows start 16-byte aligned, and the 8
+// different rows that 8 lanes read at once fall in different 16-byte bank groups when
+// HSP / 4 is even (HS = 32, 64, 128, 256 ...).
+__host__ __device__ __forceinline__ int hs_pad4(int HS) { return (HS + 3) & ~3; }
+__host__ __device__ __forceinline__ int ldp4(int HS) { return hs_pad4(HS) + 4; }
+
+// dst (nrows x width, row stride ld, float) = columns 0 .. width-1 of rows r0 ..
+// r0+nrows-1 of src (row stride src_ld), zero for rows >= T_ and columns >= HS
+// (width >= HS). Every thread of the block calls it.
+// Rows of 16-byte vectors: HS and the row stride a multiple of 16 / sizeof(T), src aligned.
+// (Shared tiles filled this way need ld and their base 16-byte aligned: every tile here is.)
+// The same for the whole block (every thread takes the same branch).
+template <typename T>
+__device__ __forceinline__ bool vec16_ok(const T* src, long long src_ld, int HS) {
+  constexpr int VE = 16 / sizeof(T);
+  return HS % VE == 0 && src_ld % VE == 0 && (reinterpret_cast<uintptr_t>(src) & 15) == 0;
+}
+
+template <typename T>
+__device__ __forceinline__ void load_tile(float* dst, int ld, int width, const T* src, long long src_ld, int r0,
+                                          int nrows, int T_, int HS) {
+  constexpr int VE = 16 / sizeof(T);
+  if (width % VE == 0 && vec16_ok(src, src_ld, HS)) {  // 16-byte loads; d < HS means d + VE <= HS
+    const int wv = width / VE, nv = nrows * wv;
+    for (int e = threadIdx.x; e < nv; e += kThreads) {
+      const int r = e / wv, d = (e - r * wv) * VE;
+      const int t = r0 + r;
+      float4* o = reinterpret_cast<float4*>(dst + r * ld + d);  // ld, d multiples of 4: aligned
+      float f[VE];
+      if (t < T_ && d < HS) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(src + (long long)t * src_ld + d);
+        T v[VE];
+        memcpy(v, &raw, 16);
+#pragma unroll
+        for (int i = 0; i < VE; i++) f[i] = to_f(v[i]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < VE; i++) f[i] = 0.f;
+      }
+#pragma unroll
+      for (int i = 0; i < VE / 4; i++) o[i] = make_float4(f[4 * i], f[4 * i + 1], f[4 * i + 2], f[4 * i + 3]);
+    }
+    return;
+  }
+  const int n = nrows * width;
+  for (int e = threadIdx.x; e < n; e += kThreads) {
+    const int r = e / width, d = e - r * width;
+    const int t = r0 + r;
+    dst[r * ld + d] = (t < T_ && d < HS) ? to_f(src[(long long)t * src_ld + d]) : 0.f;
+  }
+}
+
+// acc[i][k] = sum_{d < HSP} A[(ra + 16 i) * ld + d] * Bm[(cb + 8 k) * ld + d], both tiles
+// with row stride ld = ldp4(HS) and 16-byte aligned (float4 loads; d in increasing order).
+template <int NI, int NK>
+__device__ __forceinline__ void dot_tile(float (&acc)[NI][NK], const float* A, int ra, const float* Bm, int cb,
+                                         int HS) {
+#pragma unroll
+  for (int i = 0; i < NI; i++)
+#pragma unroll
+    for (int k = 0; k < NK; k++) acc[i][k] = 0.f;
+  const int ld4 = ldp4(HS) / 4, n4 = hs_pad4(HS) / 4;
+  const float4* a0 = reinterpret_cast<const float4*>(A) + ra * ld4;
+  const float4* b0 = reinterpret_cast<const float4*>(Bm) + cb * ld4;
+#pragma unroll 1
+  for (int d4 = 0; d4 < n4; d4++) {
+    float4 a[NI], b[NK];
+#pragma unroll
+    for (int i = 0; i < NI; i++) a[i] = a0[16 * i * ld4 + d4];
+#pragma unroll
+    for (int k = 0; k < NK; k++) b[k] = b0[8 * k * ld4 + d4];
+#pragma unroll
+    for (int i = 0; i < NI; i++)
+#pragma unroll
+      for (int k = 0; k < NK; k++) {
+        float x = fmaf(a[i].x, b[k].x, acc[i][k]);
+        x = fmaf(a[i].y, b[k].y, x);
+        x = fmaf(a[i].z, b[k].z, x);
+        acc[i][k] = fmaf(a[i].w, b[k].w, x);
+      }
+  }
+}
+
+// ------------------------------------------------------------------ forward
+template <int DMAX>
+size_t fwd_smem_floats(int HS) {
+  using Cf = FlashCfg<DMAX>;
+  return (size_t)Cf::BR * ldp4(HS) + (size_t)kKeys * ldp4(HS) + (size_t)kKeys * HS + (size_t)Cf::BR * (kKeys + 1);
+}
+
+// grid (B * NH, ceil(T / BR)); query block taken from the last (the longest) down.
+template <typename T, int DMAX>
+__global__ void __launch_bounds__(kThreads)
+    flash_fwd_kernel(T* out, float* lse, const T* qkv, int T_, int NH, int NKV, int HS, float scale) {
+  using Cf = FlashCfg<DMAX>;
+  constexpr int R = Cf::R, BR = Cf::BR, DJ = Cf::DJ;
+  extern __shared__ float4 smem4[];  // float4: 16-byte aligned
+  float* smem = reinterpret_cast<float*>(smem4);
+  const int ld = ldp4(HS), ldv = HS, ldp = kKeys + 1;
+  float* Qs = smem;               // BR x ld
+  float* Ks = Qs + BR * ld;       // kKeys x ld
+  float* Vs = Ks + kKeys * ld;    // kKeys x ldv
+  float* Ps = Vs + kKeys * ldv;   // BR x ldp
+  const ThreadPos tp = thread_pos();
+  const int h = blockIdx.x % NH, b = blockIdx.x / NH;
+  const int q0 = (gridDim.y - 1 - blockIdx.y) * BR;
+  const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, kvh = h / (NH / NKV);
+  const T* seq = qkv + (long long)b * T_ * QKVD;
+
+  load_tile(Qs, ld, hs_pad4(HS), seq + (long long)h * HS, QKVD, q0, BR, T_, HS);
+  const int qend = min(q0 + BR, T_);
+  const int nkb = (qend + kKeys - 1) / kKeys;  // key blocks holding keys 0 .. qend-1
+
+  int row[R];  // the causal limit of each row; rows past T_ behave as row T_-1 (finite, never stored)
+  float m[R], l[R], o[R][DJ];
+#pragma unroll
+  for (int i = 0; i < R; i++) {
+    row[i] = min(q0 + tp.ty + 16 * i, T_ - 1);
+    m[i] = -INFINITY;
+    l[i] = 0.f;
+#pragma unroll
+    for (int j = 0; j < DJ; j++) o[i][j] = 0.f;
+  }
+
+  for (int kb = 0; kb < nkb; kb++) {  // nkb is the same for the whole block
+    const int k0 = kb * kKeys;
+    __syncthreads();  // the previous block's reads of Ks, Vs, Ps are done
+    load_tile(Ks, ld, hs_pad4(HS), seq + C + (long long)kvh * HS, QKVD, k0, kKeys, T_, HS);
+    load_tile(Vs, ldv, HS, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kKeys, T_, HS);
+    __syncthreads();  // Ks, Vs (and Qs on the first pass) are in place
+
+    float s[R][kKJ];
+    dot_tile<R, kKJ>(s, Qs, tp.ty, Ks, tp.tx, HS);
+#pragma unroll
+    for (int i = 0; i < R; i++) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int k = 0; k < kKJ; k++) {
+        const int c = k0 + tp.tx + 8 * k;
+        s[i][k] = c <= row[i] ? s[i][k] * scale : -INFINITY;
+        mx = fmaxf(mx, s[i][k]);
+      }
+      mx = group8_max(mx);
+      // finite: key 0 is visible to every row, and it is in the first key block
+      const float mnew = fmaxf(m[i], mx);
+      const float alpha = expf(m[i] - mnew);  // 0 on the first block (m = -inf)
+      float rs = 0.f;
+#pragma unroll
+      for (int k = 0; k < kKJ; k++) {
+        const float p = expf(s[i][k] - mnew);  // 0 for masked keys
+        Ps[(tp.ty + 16 * i) * ldp + tp.tx + 8 * k] = p;
+        rs += p;
+      }
+      rs = group8_sum(rs);
+      l[i] = l[i] * alpha + rs;
+      m[i] = mnew;
+#pragma unroll
+      for (int j = 0; j < DJ; j++) o[i][j] *= alpha;
+    }
+    __syncthreads();  // Ps complete
+
+#pragma unroll 4
+    for (int c = 0; c < kKeys; c++) {  // masked and padding keys have p = 0 and v = 0
+      float p[R], v[DJ];
+#pragma unroll
+      for (int i = 0; i < R; i++) p[i] = Ps[(tp.ty + 16 * i) * ldp + c];
+#pragma unroll
+      for (int j = 0; j < DJ; j++) {
+        const int d = tp.tx + 8 * j;
+        v[j] = d < HS ? Vs[c * ldv + d] : 0.f;
+      }
+#pragma unroll
+      for (int i = 0; i < R; i++)
+#pragma unroll
+        for (int j = 0; j < DJ; j++) o[i][j] = fmaf(p[i], v[j], o[i][j]);
+    }
+  }
+
+#pragma unroll
+  for (int i = 0; i < R; i++) {
+    const int t = q0 + tp.ty + 16 * i;
+    if (t >= T_) continue;
+    const float inv = 1.f / l[i];
+    T* orow = out + ((long long)b * T_ + t) * C + (long long)h * HS;
+#pragma unroll
+    for (int j = 0; j < DJ; j++) {
+      const int d = tp.tx + 8 * j;
+      if (d < HS) orow[d] = from_f<T>(o[i][j] * inv);
+    }
+    if (tp.tx == 0) lse[((long long)b * NH + h) * T_ + t] = m[i] + logf(l[i]);
+  }
+}
+
+// ------------------------------------------------------------------ backward
+// dsum (B, NH, T) = rowsum(dout * out) per (row, head): one warp per (n, h).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    flash_bwd_dsum_kernel(float* dsum, const T* dout, const T* out, int B, int T_, int NH, int HS) {
+  const int lane = threadIdx.x & 31;
+  const long long row = (long long)blockIdx.x * (kThreads / 32) + (threadIdx.x >> 5);  // n * NH + h
+  if (row >= (long long)B * T_ * NH) return;  // the whole warp leaves
+  const int h = (int)(row % NH);
+  const long long n = row / NH;
+  const long long off = n * NH * HS + (long long)h * HS;
+  float acc = 0.f;
+  for (int d = lane; d < HS; d += 32) acc += to_f(dout[off + d]) * to_f(out[off + d]);
+  acc = warp_sum(acc);
+  const int b = (int)(n / T_), t = (int)(n % T_);
+  if (lane == 0) dsum[((long long)b * NH + h) * T_ + t] = acc;
+}
+
+template <int DMAX>
+size_t dq_smem_floats(int HS) {
+  using Cf = FlashCfg<DMAX>;
+  return 2 * (size_t)Cf::BR * ldp4(HS) + 2 * (size_t)kKeys * ldp4(HS) + (size_t)Cf::BR * (kKeys + 1);
+}
+
+// grid (B * NH, ceil(T / BR)): dq of BR query rows of head h.
+template <typename T, int DMAX>
+__global__ void __launch_bounds__(kThreads)
+    flash_bwd_dq_kernel(T* dqkv, const T* dout, const T* qkv, const float* lse, const float* dsum, int T_, int NH,
+                        int NKV, int HS, float scale) {
+  using Cf = FlashCfg<DMAX>;
+  constexpr int R = Cf::R, BR = Cf::BR, DJ = Cf::DJ;
+  extern __shared__ float4 smem4[];
+  float* smem = reinterpret_cast<float*>(smem4);
+  const int ld = ldp4(HS), W = hs_pad4(HS), ldp = kKeys + 1;
+  float* Qs = smem;              // BR x ld
+  float* dOs = Qs + BR * ld;     // BR x ld
+  float* Ks = dOs + BR * ld;     // kKeys x ld
+  float* Vs = Ks + kKeys * ld;   // kKeys x ld
+  float* dSs = Vs + kKeys * ld;  // BR x ldp
+  const ThreadPos tp = thread_pos();
+  const int h = blockIdx.x % NH, b = blockIdx.x / NH;
+  const int q0 = (gridDim.y - 1 - blockIdx.y) * BR;
+  const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, kvh = h / (NH / NKV);
+  const T* seq = qkv + (long long)b * T_ * QKVD;
+  const long long lrow = ((long long)b * NH + h) * T_;  // lse / dsum of row t: [lrow + t]
+
+  load_tile(Qs, ld, W, seq + (long long)h * HS, QKVD, q0, BR, T_, HS);
+  load_tile(dOs, ld, W, dout + (long long)b * T_ * C + (long long)h * HS, C, q0, BR, T_, HS);
+  const int qend = min(q0 + BR, T_);
+  const int nkb = (qend + kKeys - 1) / kKeys;
+
+  int row[R];
+  float lr[R], dr[R], dq[R][DJ];
+#pragma unroll
+  for (int i = 0; i < R; i++) {
+    const int t = q0 + tp.ty + 16 * i;
+    row[i] = min(t, T_ - 1);
+    lr[i] = t < T_ ? lse[lrow + t] : 0.f;
+    dr[i] = t < T_ ? dsum[lrow + t] : 0.f;
+#pragma unroll
+    for (int j = 0; j < DJ; j++) dq[i][j] = 0.f;
+  }
+
+  for (int kb = 0; kb < nkb; kb++) {
+    const int k0 = kb * kKeys;
+    __syncthreads();  // the previous block's reads of Ks, dSs are done
+    load_tile(Ks, ld, W, seq + C + (long long)kvh * HS, QKVD, k0, kKeys, T_, HS);
+    load_tile(Vs, ld, W, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kKeys, T_, HS);
+    __syncthreads();
+
+    float s[R][kKJ], dp[R][kKJ];
+    dot_tile<R, kKJ>(s, Qs, tp.ty, Ks, tp.tx, HS);
+    dot_tile<R, kKJ>(dp, dOs, tp.ty, Vs, tp.tx, HS);
+#pragma unroll
+    for (int i = 0; i < R; i++)
+#pragma unroll
+      for (int k = 0; k < kKJ; k++) {
+        const int c = k0 + tp.tx + 8 * k;
+        const float p = c <= row[i] ? expf(s[i][k] * scale - lr[i]) : 0.f;
+        dSs[(tp.ty + 16 * i) * ldp + tp.tx + 8 * k] = p * (dp[i][k] - dr[i]) * scale;
+      }
+    __syncthreads();  // dSs complete
+
+#pragma unroll 4
+    for (int c = 0; c < kKeys; c++) {
+      float ds[R], kv[DJ];
+#pragma unroll
+      for (int i = 0; i < R; i++) ds[i] = dSs[(tp.ty + 16 * i) * ldp + c];
+#pragma unroll
+      for (int j = 0; j < DJ; j++) {
+        const int d = tp.tx + 8 * j;
+        kv[j] = d < HS ? Ks[c * ld + d] : 0.f;
+      }
+#pragma unroll
+      for (int i = 0; i < R; i++)
+#pragma unroll
+        for (int j = 0; j < DJ; j++) dq[i][j] = fmaf(ds[i], kv[j], dq[i][j]);
+    }
+  }
+
+#pragma unroll
+  for (int i = 0; i < R; i++) {
+    const int t = q0 + tp.ty + 16 * i;
+    if (t >= T_) continue;
+    T* dst = dqkv + ((long long)b * T_ + t) * QKVD + (long long)h * HS;
+#pragma unroll
+    for (int j = 0; j < DJ; j++) {
+      const int d = tp.tx + 8 * j;
+      if (d < HS) dst[d] = from_f<T>(dq[i][j]);
+    }
+  }
+}
+
+template <int DMAX>
+size_t dkv_smem_floats(int HS) {
+  using Cf = FlashCfg<DMAX>;
+  return 2 * (size_t)Cf::BCKV * ldp4(HS) + 2 * (size_t)kRowsKV * ldp4(HS) + 2 * (size_t)kRowsKV * (Cf::BCKV + 1) +
+         2 * (size_t)kRowsKV;
+}
+
+// grid (B * NKV, ceil(T / BCKV)): dk, dv of BCKV keys of kv head kvh, summed over the
+// query heads of its group and the query rows t >= the block's first key.
+template <typename T, int DMAX>
+__global__ void __launch_bounds__(kThreads)
+    flash_bwd_dkv_kernel(T* dqkv, const T* dout, const T* qkv, const float* lse, const float* dsum, int T_, int NH,
+                         int NKV, int HS, float scale) {
+  using Cf = FlashCfg<DMAX>;
+  constexpr int KC = Cf::KC, BC = Cf::BCKV, KK = Cf::KKV, DJ = Cf::DJ, RI = kRI_KV, BR = kRowsKV;
+  extern __shared__ float4 smem4[];
+  float* smem = reinterpret_cast<float*>(smem4);
+  const int ld = ldp4(HS), W = hs_pad4(HS), ldp = BC + 1;
+  float* Ks = smem;              // BC x ld
+  float* Vs = Ks + BC * ld;      // BC x ld
+  float* Qs = Vs + BC * ld;      // BR x ld
+  float* dOs = Qs + BR * ld;     // BR x ld
+  float* Ps = dOs + BR * ld;     // BR x ldp
+  float* dSs = Ps + BR * ldp;    // BR x ldp
+  float* Ls = dSs + BR * ldp;    // BR
+  float* Ds = Ls + BR;           // BR
+  const ThreadPos tp = thread_pos();
+  const int kvh = blockIdx.x % NKV, b = blockIdx.x / NKV;
+  const int k0 = blockIdx.y * BC;  // the first blocks (most query rows) are launched first
+  const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, group = NH / NKV;
+  const T* seq = qkv + (long long)b * T_ * QKVD;
+
+  load_tile(Ks, ld, W, seq + C + (long long)kvh * HS, QKVD, k0, BC, T_, HS);
+  load_tile(Vs, ld, W, seq + C + KVD + (long long)kvh * HS, QKVD, k0, BC, T_, HS);
+
+  float dk[KC][DJ], dv[KC][DJ];
+#pragma unroll
+  for (int i = 0; i < KC; i++)
+#pragma unroll
+    for (int j = 0; j < DJ; j++) dk[i][j] = dv[i][j] = 0.f;
+
+  for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+    const long long lrow = ((long long)b * NH + h) * T_;
+    for (int q0 = k0; q0 < T_; q0 += BR) {  // rows before k0 see none of these keys
+      __syncthreads();  // the previous step's reads of Qs, dOs, Ps, dSs, Ls, Ds are done
+      load_tile(Qs, ld, W, seq + (long long)h * HS, QKVD, q0, BR, T_, HS);
+      load_tile(dOs, ld, W, dout + (long long)b * T_ * C + (long long)h * HS, C, q0, BR, T_, HS);
+      if (tp.tid < BR) {
+        const int t = q0 + tp.tid;
+        Ls[tp.tid] = t < T_ ? lse[lrow + t] : 0.f;
+        Ds[tp.tid] = t < T_ ? dsum[lrow + t] : 0.f;
+      }
+      __syncthreads();  // Ks, Vs (first pass), Qs, dOs, Ls, Ds in place
+
+      float s[RI][KK], dp[RI][KK];
+      dot_tile<RI, KK>(s, Qs, tp.ty, Ks, tp.tx, HS);
+      dot_tile<RI, KK>(dp, dOs, tp.ty, Vs, tp.tx, HS);
+#pragma unroll
+      for (int i = 0; i < RI; i++) {
+        const int r = tp.ty + 16 * i, t = q0 + r;
+#pragma unroll
+        for (int k = 0; k < KK; k++) {
+          const int c = tp.tx + 8 * k;
+          // c <= t < T_: the key is visible to a real row (so also c < T_)
+          const float p = (t < T_ && k0 + c <= t) ? expf(s[i][k] * scale - Ls[r]) : 0.f;
+          Ps[r * ldp + c] = p;
+          dSs[r * ldp + c] = p * (dp[i][k] - Ds[r]) * scale;
+        }
+      }
+      __syncthreads();  // Ps, dSs complete
+
+#pragma unroll 2
+      for (int r = 0; r < BR; r++) {
+        float p[KC], ds[KC], qv[DJ], dov[DJ];
+#pragma unroll
+        for (int i = 0; i < KC; i++) {
+          p[i] = Ps[r * ldp + tp.ty + 16 * i];
+          ds[i] = dSs[r * ldp + tp.ty + 16 * i];
+        }
+#pragma unroll
+        for (int j = 0; j < DJ; j++) {
+          const int d = tp.tx + 8 * j;
+          qv[j] = d < HS ? Qs[r * ld + d] : 0.f;
+          dov[j] = d < HS ? dOs[r * ld + d] : 0.f;
+        }
+#pragma unroll
+        for (int i = 0; i < KC; i++)
+#pragma unroll
+          for (int j = 0; j < DJ; j++) {
+            dv[i][j] = fmaf(p[i], dov[j], dv[i][j]);
+            dk[i][j] = fmaf(ds[i], qv[j], dk[i][j]);
+          }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int i = 0; i < KC; i++) {
+    const int c = k0 + tp.ty + 16 * i;
+    if (c >= T_) continue;
+    T* dkr = dqkv + ((long long)b * T_ + c) * QKVD + C + (long long)kvh * HS;
+    T* dvr = dkr + KVD;
+#pragma unroll
+    for (int j = 0; j < DJ; j++) {
+      const int d = tp.tx + 8 * j;
+      if (d < HS) {
+        dkr[d] = from_f<T>(dk[i][j]);
+        dvr[d] = from_f<T>(dv[i][j]);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------ tensor cores (bf16)
+// The bf16 instantiation with HS <= 128 on sm_80+: the same algorithm with the tile
+// products on tensor cores, mma.sync.m16n8k16 (bf16 inputs, float accumulation).
+// Each warp owns 16 query rows (forward, dq) or 16 keys (dk/dv). Fragment layout (PTX
+// ISA), g = lane / 4, q = lane % 4, registers of two bf16 (low half = lower index):
+//   A (16 x 16, row-major) reg i: row g + 8 (i & 1), cols 2q + 8 (i >> 1) + {0, 1}
+//   B (16 x 8, k x n)      reg i: k = 2q + 8 i + {0, 1}, n = g
+//   C (16 x 8, float)      c[0], c[1]: row g, cols 2q + {0, 1}; c[2], c[3]: row g + 8
+// so a C fragment pair (n-tiles 2j, 2j+1) is the A fragment of the next product, and
+// the probabilities never leave registers. Tiles sit in shared memory as bf16 with
+// HSP = HS rounded up to 16 columns (zero past HS) and rows padded by 8 elements, so
+// the 32-bit fragment loads of a warp hit 32 different banks when HSP is a multiple of 64.
+// P and dS are rounded to bf16 for their products (as FlashAttention does), and the
+// exponentials are exp2f of log2(e)-scaled scores (lse is stored in natural log).
+#ifndef PYLLAMA_CUDA_SIM  // tools/cuda_sim emulates these two
+__device__ __forceinline__ uint16_t bf16_bits(bf16 x) { return __bfloat16_as_ushort(x); }
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  __trap();  // never launched below sm_80 (the launcher checks the device)
+#endif
+}
+#endif
+
+__host__ __device__ __forceinline__ int hs_pad16(int HS) { return (HS + 15) & ~15; }
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  return (uint32_t)bf16_bits(from_f<bf16>(lo)) | ((uint32_t)bf16_bits(from_f<bf16>(hi)) << 16);
+}
+// two adjacent bf16 of shared memory (even element index) as one register
+__device__ __forceinline__ uint32_t ld32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// Reductions over the 4 lanes of a quad (the threads holding one row of a C fragment).
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// dst (nrows x HSP bf16, row stride ld) = rows r0 .. of src (row stride src_ld), zero for
+// rows >= T_ and columns >= HS; transposed (dst[d * ld + r]) when `transpose`.
+__device__ __forceinline__ void load_tile_bf16(bf16* dst, int ld, bool transpose, const bf16* src, long long src_ld,
+                                               int r0, int nrows, int T_, int HS, int HSP) {
+  if (vec16_ok(src, src_ld, HS)) {  // 8 bf16 per load (ld and HSP are multiples of 8: aligned stores)
+    const int wv = HSP / 8, nv = nrows * wv;
+    for (int e = threadIdx.x; e < nv; e += kThreads) {
+      // row-major copies: lanes walk a row (coalesced); transposed copies: lanes walk 32
+      // consecutive rows, so the 16-bit stores of a warp fill consecutive words (no bank
+      // conflicts; nrows is a multiple of 32)
+      const int r = transpose ? e % nrows : e / wv;
+      const int d = (transpose ? e / nrows : e - r * wv) * 8;
+      const int t = r0 + r;
+      uint4 raw = make_uint4(0u, 0u, 0u, 0u);
+      if (t < T_ && d < HS) raw = *reinterpret_cast<const uint4*>(src + (long long)t * src_ld + d);
+      if (!transpose) {
+        *reinterpret_cast<uint4*>(dst + r * ld + d) = raw;
+      } else {
+        bf16 v[8];
+        memcpy(v, &raw, 16);
+#pragma unroll
+        for (int i = 0; i < 8; i++) dst[(d + i) * ld + r] = v[i];
+      }
+    }
+    return;
+  }
+  const int n = nrows * HSP;
+  const bf16 zero = from_f<bf16>(0.f);
+  for (int e = threadIdx.x; e < n; e += kThreads) {
+    const int r = e / HSP, d = e - r * HSP;
+    const int t = r0 + r;
+    const bf16 v = (t < T_ && d < HS) ? src[(long long)t * src_ld + d] : zero;
+    dst[transpose ? d * ld + r : r * ld + d] = v;
+  }
+}
+
+// acc[nt] (16 x 8 C fragments, nt < NT) = A (16 rows of a row-major tile, row stride lda,
+// columns 0..HSP-1) times B^T where B rows are the n index (row-major, stride ldb): both
+// operands contiguous along the HSP (k) dimension. Only n-tiles lo <= nt < hi are
+// computed (the others, wholly masked by causality, stay 0); lo, hi warp-uniform. Whole warp.
+template <int NT>
+__device__ __forceinline__ void mma_rows(float (&acc)[NT][4], const bf16* A, int lda, const bf16* Bm, int ldb, int HSP,
+                                         int lo, int hi) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+  for (int kc = 0; kc < HSP; kc += 16) {
+    const bf16* pa = A + g * lda + kc + 2 * q;
+    const uint32_t a[4] = {ld32(pa), ld32(pa + 8 * lda), ld32(pa + 8), ld32(pa + 8 * lda + 8)};
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+      if (nt < lo || nt >= hi) continue;
+      const bf16* pb = Bm + (nt * 8 + g) * ldb + kc + 2 * q;
+      mma16816(acc[nt], a, ld32(pb), ld32(pb + 8));
+    }
+  }
+}
+
+// acc[dt] += P (16 x 16*KT, C fragments p[2 kk], p[2 kk + 1] per 16-column chunk kk)
+// times Bt^T, Bt row-major (n = head dim, stride ldb; columns = the k index): for dt*8 < HSP
+// and the chunks lo <= kk < hi (the others are wholly zero); lo, hi warp-uniform.
+template <int KT, int DT>
+__device__ __forceinline__ void mma_frag(float (&acc)[DT][4], const float (&p)[2 * KT][4], const bf16* Bt, int ldb,
+                                         int HSP, int lo, int hi) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int kk = 0; kk < KT; kk++) {
+    if (kk < lo || kk >= hi) continue;
+    const uint32_t a[4] = {pack_bf16x2(p[2 * kk][0], p[2 * kk][1]), pack_bf16x2(p[2 * kk][2], p[2 * kk][3]),
+                           pack_bf16x2(p[2 * kk + 1][0], p[2 * kk + 1][1]),
+                           pack_bf16x2(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++) {
+      if (dt * 8 >= HSP) break;  // the same for every lane
+      const bf16* pb = Bt + (dt * 8 + g) * ldb + kk * 16 + 2 * q;
+      mma16816(acc[dt], a, ld32(pb), ld32(pb + 8));
+    }
+  }
+}
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+constexpr int kTcRows = 64;  // query rows per block: 4 warps x 16
+constexpr int kTcKeys = 64;  // keys per block
+
+size_t tc_fwd_smem_bytes(int HS) {
+  const int HSP = hs_pad16(HS), ld = HSP + 8;
+  return sizeof(bf16) * ((size_t)kTcRows * ld + (size_t)kTcKeys * ld + (size_t)HSP * (kTcKeys + 8));
+}
+
+// grid (B * NH, ceil(T / kTcRows)), last query block first.
+template <int DMAX>
+__global__ void __launch_bounds__(kThreads)
+    flash_fwd_tc_kernel(bf16* out, float* lse, const bf16* qkv, int T_, int NH, int NKV, int HS, float scale) {
+  constexpr int NT = kTcKeys / 8, DT = DMAX / 8;
+  extern __shared__ float4 smem4[];
+  bf16* sm = reinterpret_cast<bf16*>(smem4);
+  const int HSP = hs_pad16(HS), ld = HSP + 8, ldt = kTcKeys + 8;
+  bf16* Qs = sm;                 // kTcRows x ld
+  bf16* Ks = Qs + kTcRows * ld;  // kTcKeys x ld
+  bf16* Vt = Ks + kTcKeys * ld;  // HSP x ldt: Vt[d * ldt + key]
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
+  const int h = blockIdx.x % NH, b = blockIdx.x / NH;
+  const int q0 = (gridDim.y - 1 - blockIdx.y) * kTcRows;
+  const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, kvh = h / (NH / NKV);
+  const bf16* seq = qkv + (long long)b * T_ * QKVD;
+
+  load_tile_bf16(Qs, ld, false, seq + (long long)h * HS, QKVD, q0, kTcRows, T_, HS, HSP);
+  const int qend = min(q0 + kTcRows, T_);
+  const int nkb = (qend + kTcKeys - 1) / kTcKeys;
+  const int t0 = q0 + warp * 16 + g, t1 = t0 + 8;  // this thread's two rows
+  const int lim0 = min(t0, T_ - 1), lim1 = min(t1, T_ - 1);
+  const float scale2 = scale * kLog2e;  // scores in log2 units: exp(x) = exp2(x log2 e)
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f, o[DT][4];
+#pragma unroll
+  for (int dt = 0; dt < DT; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
+
+  for (int kb = 0; kb < nkb; kb++) {
+    const int k0 = kb * kTcKeys;
+    __syncthreads();  // the previous block's reads of Ks, Vt are done
+    load_tile_bf16(Ks, ld, false, seq + C + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
+    load_tile_bf16(Vt, ldt, true, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
+    __syncthreads();
+
+    // keys past kmax (relative to k0) are masked for all 16 rows of this warp
+    const int kmax = min(q0 + warp * 16 + 15, T_ - 1) - k0;  // >= 0: k0 <= q0
+    float s[NT][4];
+    mma_rows<NT>(s, Qs + warp * 16 * ld, ld, Ks, ld, HSP, 0, min(NT, kmax / 8 + 1));
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        const int c = k0 + nt * 8 + 2 * q + e;
+        s[nt][e] = c <= lim0 ? s[nt][e] * scale2 : -INFINITY;
+        s[nt][2 + e] = c <= lim1 ? s[nt][2 + e] * scale2 : -INFINITY;
+        mx0 = fmaxf(mx0, s[nt][e]);
+        mx1 = fmaxf(mx1, s[nt][2 + e]);
+      }
+    mx0 = quad_max(mx0);
+    mx1 = quad_max(mx1);
+    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);  // finite: key 0 is in the first block
+    const float al0 = exp2f(m0 - mn0), al1 = exp2f(m1 - mn1);
+    float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        s[nt][e] = exp2f(s[nt][e] - mn0);
+        s[nt][2 + e] = exp2f(s[nt][2 + e] - mn1);
+        rs0 += s[nt][e];
+        rs1 += s[nt][2 + e];
+      }
+    rs0 = quad_sum(rs0);
+    rs1 = quad_sum(rs1);
+    l0 = l0 * al0 + rs0;
+    l1 = l1 * al1 + rs1;
+    m0 = mn0;
+    m1 = mn1;
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++) {
+      o[dt][0] *= al0;
+      o[dt][1] *= al0;
+      o[dt][2] *= al1;
+      o[dt][3] *= al1;
+    }
+    mma_frag<NT / 2, DT>(o, s, Vt, ldt, HSP, 0, min(NT / 2, kmax / 16 + 1));
+  }
+
+  const long long lrow = ((long long)b * NH + h) * T_;
+#pragma unroll
+  for (int half = 0; half < 2; half++) {
+    const int t = half ? t1 : t0;
+    if (t >= T_) continue;
+    const float inv = 1.f / (half ? l1 : l0);
+    bf16* orow = out + ((long long)b * T_ + t) * C + (long long)h * HS;
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++)
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        const int d = dt * 8 + 2 * q + e;
+        if (d < HS) orow[d] = from_f<bf16>(o[dt][2 * half + e] * inv);
+      }
+    if (q == 0) lse[lrow + t] = half ? (m1 + log2f(l1)) * kLn2 : (m0 + log2f(l0)) * kLn2;
+  }
+}
+
+size_t tc_dq_smem_bytes(int HS) {
+  const int HSP = hs_pad16(HS), ld = HSP + 8;
+  return sizeof(bf16) * (2 * (size_t)kTcRows * ld + 2 * (size_t)kTcKeys * ld + (size_t)HSP * (kTcKeys + 8));
+}
+
+// grid (B * NH, ceil(T / kTcRows)): dQ of 64 query rows (16 per warp) of head h.
+template <int DMAX>
+__global__ void __launch_bounds__(kThreads)
+    flash_bwd_dq_tc_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* dsum, int T_,
+                           int NH, int NKV, int HS, float scale) {
+  constexpr int NT = kTcKeys / 8, DT = DMAX / 8;
+  extern __shared__ float4 smem4[];
+  bf16* sm = reinterpret_cast<bf16*>(smem4);
+  const int HSP = hs_pad16(HS), ld = HSP + 8, ldt = kTcKeys + 8;
+  bf16* Qs = sm;                  // kTcRows x ld
+  bf16* dOs = Qs + kTcRows * ld;  // kTcRows x ld
+  bf16* Ks = dOs + kTcRows * ld;  // kTcKeys x ld
+  bf16* Vs = Ks + kTcKeys * ld;   // kTcKeys x ld
+  bf16* Kt = Vs + kTcKeys * ld;   // HSP x ldt: Kt[d * ldt + key]
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
+  const int h = blockIdx.x % NH, b = blockIdx.x / NH;
+  const int q0 = (gridDim.y - 1 - blockIdx.y) * kTcRows;
+  const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, kvh = h / (NH / NKV);
+  const bf16* seq = qkv + (long long)b * T_ * QKVD;
+  const long long lrow = ((long long)b * NH + h) * T_;
+
+  load_tile_bf16(Qs, ld, false, seq + (long long)h * HS, QKVD, q0, kTcRows, T_, HS, HSP);
+  load_tile_bf16(dOs, ld, false, dout + (long long)b * T_ * C + (long long)h * HS, C, q0, kTcRows, T_, HS, HSP);
+  const int qend = min(q0 + kTcRows, T_);
+  const int nkb = (qend + kTcKeys - 1) / kTcKeys;
+  const int t0 = q0 + warp * 16 + g, t1 = t0 + 8;
+  const int lim0 = min(t0, T_ - 1), lim1 = min(t1, T_ - 1);
+  const float scale2 = scale * kLog2e;  // P = exp2(S scale log2 e - lse log2 e)
+  const float L0 = t0 < T_ ? lse[lrow + t0] * kLog2e : 0.f, L1 = t1 < T_ ? lse[lrow + t1] * kLog2e : 0.f;
+  const float D0 = t0 < T_ ? dsum[lrow + t0] : 0.f, D1 = t1 < T_ ? dsum[lrow + t1] : 0.f;
+  float dq[DT][4];
+#pragma unroll
+  for (int dt = 0; dt < DT; dt++) dq[dt][0] = dq[dt][1] = dq[dt][2] = dq[dt][3] = 0.f;
+
+  for (int kb = 0; kb < nkb; kb++) {
+    const int k0 = kb * kTcKeys;
+    __syncthreads();  // the previous block's reads of Ks, Vs, Kt are done
+    load_tile_bf16(Ks, ld, false, seq + C + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
+    load_tile_bf16(Kt, ldt, true, seq + C + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
+    load_tile_bf16(Vs, ld, false, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
+    __syncthreads();
+
+    const int kmax = min(q0 + warp * 16 + 15, T_ - 1) - k0;  // as in the forward
+    const int nt_hi = min(NT, kmax / 8 + 1);
+    float s[NT][4], dp[NT][4];
+    mma_rows<NT>(s, Qs + warp * 16 * ld, ld, Ks, ld, HSP, 0, nt_hi);
+    mma_rows<NT>(dp, dOs + warp * 16 * ld, ld, Vs, ld, HSP, 0, nt_hi);
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        const int c = k0 + nt * 8 + 2 * q + e;
+        const float p0 = c <= lim0 ? exp2f(s[nt][e] * scale2 - L0) : 0.f;
+        const float p1 = c <= lim1 ? exp2f(s[nt][2 + e] * scale2 - L1) : 0.f;
+        s[nt][e] = p0 * (dp[nt][e] - D0) * scale;  // dS
+        s[nt][2 + e] = p1 * (dp[nt][2 + e] - D1) * scale;
+      }
+    mma_frag<NT / 2, DT>(dq, s, Kt, ldt, HSP, 0, min(NT / 2, kmax / 16 + 1));
+  }
+
+#pragma unroll
+  for (int half = 0; half < 2; half++) {
+    const int t = half ? t1 : t0;
+    if (t >= T_) continue;
+    bf16* dst = dqkv + ((long long)b * T_ + t) * QKVD + (long long)h * HS;
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++)
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        const int d = dt * 8 + 2 * q + e;
+        if (d < HS) dst[d] = from_f<bf16>(dq[dt][2 * half + e]);
+      }
+  }
+}
+
+template <int DMAX>
+struct TcKV {
+  static constexpr int QT = DMAX <= 64 ? 64 : 32;  // query rows per step (registers: dK, dV take DMAX)
+};
+
+template <int DMAX>
+size_t tc_dkv_smem_bytes(int HS) {
+  constexpr int QT = TcKV<DMAX>::QT;
+  const int HSP = hs_pad16(HS), ld = HSP + 8;
+  return sizeof(bf16) * (2 * (size_t)kTcKeys * ld + 2 * (size_t)QT * ld + 2 * (size_t)HSP * (QT + 8)) +
+         2 * sizeof(float) * QT;
+}
+
+// grid (B * NKV, ceil(T / kTcKeys)): dK, dV of 64 keys (16 per warp) of kv head kvh, summed
+// over the query heads of its group and the query rows >= the block's first key.
+template <int DMAX>
+__global__ void __launch_bounds__(kThreads)
+    flash_bwd_dkv_tc_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* dsum,
+                            int T_, int NH, int NKV, int HS, float scale) {
+  constexpr int QT = TcKV<DMAX>::QT, NT = QT / 8, DT = DMAX / 8;
+  extern __shared__ float4 smem4[];
+  const int HSP = hs_pad16(HS), ld = HSP + 8, ldt = QT + 8;
+  float* Ls = reinterpret_cast<float*>(smem4);  // QT
+  float* Ds = Ls + QT;                          // QT
+  bf16* Ks = reinterpret_cast<bf16*>(Ds + QT);  // kTcKeys x ld
+  bf16* Vs = Ks + kTcKeys * ld;                 // kTcKeys x ld
+  bf16* Qs = Vs + kTcKeys * ld;                 // QT x ld
+  bf16* dOs = Qs + QT * ld;                     // QT x ld
+  bf16* Qt = dOs + QT * ld;                     // HSP x ldt: Qt[d * ldt + row]
+  bf16* dOt = Qt + HSP * ldt;                   // HSP x ldt
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
+  const int kvh = blockIdx.x % NKV, b = blockIdx.x / NKV;
+  const int k0 = blockIdx.y * kTcKeys;
+  const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, group = NH / NKV;
+  const bf16* seq = qkv + (long long)b * T_ * QKVD;
+  const bf16* dseq = dout + (long long)b * T_ * C;
+
+  load_tile_bf16(Ks, ld, false, seq + C + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
+  load_tile_bf16(Vs, ld, false, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
+  const int key0 = k0 + warp * 16 + g, key1 = key0 + 8;  // this thread's two keys
+  const float scale2 = scale * kLog2e;
+  float dk[DT][4], dv[DT][4];
+#pragma unroll
+  for (int dt = 0; dt < DT; dt++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) dk[dt][e] = dv[dt][e] = 0.f;
+
+  for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+    const long long lrow = ((long long)b * NH + h) * T_;
+    for (int q0 = k0; q0 < T_; q0 += QT) {  // rows before k0 see none of these keys
+      __syncthreads();  // the previous step's reads are done
+      load_tile_bf16(Qs, ld, false, seq + (long long)h * HS, QKVD, q0, QT, T_, HS, HSP);
+      load_tile_bf16(Qt, ldt, true, seq + (long long)h * HS, QKVD, q0, QT, T_, HS, HSP);
+      load_tile_bf16(dOs, ld, false, dseq + (long long)h * HS, C, q0, QT, T_, HS, HSP);
+      load_tile_bf16(dOt, ldt, true, dseq + (long long)h * HS, C, q0, QT, T_, HS, HSP);
+      if (threadIdx.x < QT) {
+        const int t = q0 + threadIdx.x;
+        Ls[threadIdx.x] = t < T_ ? lse[lrow + t] * kLog2e : 0.f;  // log2 units
+        Ds[threadIdx.x] = t < T_ ? dsum[lrow + t] : 0.f;
+      }
+      __syncthreads();
+
+      // transposed scores: rows = this warp's 16 keys, columns = the QT query rows
+      // query columns before this warp's first key see none of its keys: n-tiles below
+      // nt_lo (8 queries each) are wholly masked
+      const int nt_lo = max(0, k0 + warp * 16 - q0) / 8;
+      float st[NT][4], dpt[NT][4];
+      mma_rows<NT>(st, Ks + warp * 16 * ld, ld, Qs, ld, HSP, nt_lo, NT);
+      mma_rows<NT>(dpt, Vs + warp * 16 * ld, ld, dOs, ld, HSP, nt_lo, NT);
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int r = nt * 8 + 2 * q + (e & 1), t = q0 + r;
+          const int key = (e >> 1) ? key1 : key0;
+          const float p = (t < T_ && key <= t) ? exp2f(st[nt][e] * scale2 - Ls[r]) : 0.f;
+          dpt[nt][e] = p * (dpt[nt][e] - Ds[r]) * scale;  // dS^T
+          st[nt][e] = p;                                  // P^T
+        }
+      mma_frag<NT / 2, DT>(dv, st, dOt, ldt, HSP, nt_lo / 2, NT / 2);
+      mma_frag<NT / 2, DT>(dk, dpt, Qt, ldt, HSP, nt_lo / 2, NT / 2);
+    }
+  }
+
+#pragma unroll
+  for (int half = 0; half < 2; half++) {
+    const int c = half ? key1 : key0;
+    if (c >= T_) continue;
+    bf16* dkr = dqkv + ((long long)b * T_ + c) * QKVD + C + (long long)kvh * HS;
+    bf16* dvr = dkr + KVD;
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++)
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        const int d = dt * 8 + 2 * q + e;
+        if (d < HS) {
+          dkr[d] = from_f<bf16>(dk[dt][2 * half + e]);
+          dvr[d] = from_f<bf16>(dv[dt][2 * half + e]);
+        }
+      }
+  }
+}
+
+// ------------------------------------------------------------------ launchers
+void check_shape(int B, int T_, int NH, int NKV, int HS, const char* who) {
+  PYLLAMA_CHECK(B >= 0 && T_ >= 0, ValueError, who << ": negative batch " << B << " or length " << T_);
+  PYLLAMA_CHECK(NH >= 1 && NKV >= 1 && NH % NKV == 0, ValueError,
+                who << ": num heads " << NH << " must be a positive multiple of num kv heads " << NKV);
+  PYLLAMA_CHECK(HS >= 1 && HS <= kMaxHeadSize, ValueError,
+                who << ": head size " << HS << " must be in [1, " << kMaxHeadSize << "]");
+}
+
+// Opts the kernel in to `bytes` of dynamic shared memory (above the 48 KB default),
+// after checking the device allows it.
+template <typename K>
+void prepare_smem(K kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return;
+  int dev = 0, optin = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  PYLLAMA_CHECK(bytes <= (size_t)optin, CudaError,
+                "flash attention needs " << bytes << " bytes of shared memory per block; device " << dev
+                                         << " allows " << optin);
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+}
+
+dim3 grid2(long long x, long long y, const char* who) {
+  PYLLAMA_CHECK(x <= 0x7fffffffLL && y <= 65535, ValueError,
+                who << ": grid (" << x << ", " << y << ") too large (sequence length or batch x heads)");
+  return dim3((unsigned)x, (unsigned)y);
+}
+
+template <typename T, int DMAX>
+void launch_fwd(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, int HS, cudaStream_t stream) {
+  const size_t bytes = sizeof(float) * fwd_smem_floats<DMAX>(HS);
+  prepare_smem(flash_fwd_kernel<T, DMAX>, bytes);
+  const dim3 grid = grid2((long long)B * NH, (T_ + FlashCfg<DMAX>::BR - 1) / FlashCfg<DMAX>::BR, "flash attention");
+  flash_fwd_kernel<T, DMAX><<<grid, kThreads, bytes, stream>>>(out, lse, qkv, T_, NH, NKV, HS,
+                                                               1.0f / sqrtf((float)HS));
+  CUDA_CHECK_LAUNCH();
+}
+
+template <int DMAX>
+void launch_fwd_tc(bf16* out, float* lse, const bf16* qkv, int B, int T_, int NH, int NKV, int HS,
+                   cudaStream_t stream) {
+  const size_t bytes = tc_fwd_smem_bytes(HS);
+  prepare_smem(flash_fwd_tc_kernel<DMAX>, bytes);
+  const dim3 grid = grid2((long long)B * NH, (T_ + kTcRows - 1) / kTcRows, "flash attention");
+  flash_fwd_tc_kernel<DMAX><<<grid, kThreads, bytes, stream>>>(out, lse, qkv, T_, NH, NKV, HS, 1.0f / sqrtf((float)HS));
+  CUDA_CHECK_LAUNCH();
+}
+
+template <int DMAX>
+void launch_bwd_tc(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* dsum, int B, int T_,
+                   int NH, int NKV, int HS, cudaStream_t stream) {
+  const float scale = 1.0f / sqrtf((float)HS);
+  const size_t bkv = tc_dkv_smem_bytes<DMAX>(HS);
+  prepare_smem(flash_bwd_dkv_tc_kernel<DMAX>, bkv);
+  const dim3 gkv = grid2((long long)B * NKV, (T_ + kTcKeys - 1) / kTcKeys, "flash attention backward");
+  flash_bwd_dkv_tc_kernel<DMAX><<<gkv, kThreads, bkv, stream>>>(dqkv, dout, qkv, lse, dsum, T_, NH, NKV, HS, scale);
+  CUDA_CHECK_LAUNCH();
+  const size_t bq = tc_dq_smem_bytes(HS);
+  prepare_smem(flash_bwd_dq_tc_kernel<DMAX>, bq);
+  const dim3 gq = grid2((long long)B * NH, (T_ + kTcRows - 1) / kTcRows, "flash attention backward");
+  flash_bwd_dq_tc_kernel<DMAX><<<gq, kThreads, bq, stream>>>(dqkv, dout, qkv, lse, dsum, T_, NH, NKV, HS, scale);
+  CUDA_CHECK_LAUNCH();
+}
+
+// Tensor cores: bf16, HS <= 128, asked for, a device of compute capability >= 8.0, and
+// kernels compiled for it from sm_80+ code (a build for older architectures JIT-compiled
+// on a newer GPU would only hold the __trap() stub).
+template <typename T>
+bool use_tensor_cores(int HS, bool allowed) {
+  if (!std::is_same<T, bf16>::value || !allowed || HS > 128) return false;
+  int dev = 0, major = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  if (major < 8) return false;
+  cudaFuncAttributes fa;
+  CUDA_CHECK(cudaFuncGetAttributes(&fa, flash_fwd_tc_kernel<64>));
+  // the virtual architecture the code came from (0 when the binary holds no PTX: then
+  // the machine code's architecture, which nvcc compiles from the same virtual one)
+  return (fa.ptxVersion > 0 ? fa.ptxVersion : fa.binaryVersion) >= 80;
+}
+
+template <typename T, int DMAX>
+void launch_bwd(T* dqkv, const T* dout, const T* qkv, const float* lse, const float* dsum, int B, int T_, int NH,
+                int NKV, int HS, cudaStream_t stream) {
+  using Cf = FlashCfg<DMAX>;
+  const float scale = 1.0f / sqrtf((float)HS);
+  const size_t bkv = sizeof(float) * dkv_smem_floats<DMAX>(HS);
+  prepare_smem(flash_bwd_dkv_kernel<T, DMAX>, bkv);
+  const dim3 gkv = grid2((long long)B * NKV, (T_ + Cf::BCKV - 1) / Cf::BCKV, "flash attention backward");
+  flash_bwd_dkv_kernel<T, DMAX><<<gkv, kThreads, bkv, stream>>>(dqkv, dout, qkv, lse, dsum, T_, NH, NKV, HS, scale);
+  CUDA_CHECK_LAUNCH();
+  const size_t bq = sizeof(float) * dq_smem_floats<DMAX>(HS);
+  prepare_smem(flash_bwd_dq_kernel<T, DMAX>, bq);
+  const dim3 gq = grid2((long long)B * NH, (T_ + Cf::BR - 1) / Cf::BR, "flash attention backward");
+  flash_bwd_dq_kernel<T, DMAX><<<gq, kThreads, bq, stream>>>(dqkv, dout, qkv, lse, dsum, T_, NH, NKV, HS, scale);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+bool attention_naive_forced() {
+  const char* env = std::getenv("PYLLAMA_CUDA_ATTENTION");
+  return env && std::strcmp(env, "naive") == 0;
+}
+
+bool flash_attention_uses_tensor_cores(int HS) { return use_tensor_cores<bf16>(HS, true); }
+
+bool attention_simt_forced() {
+  const char* env = std::getenv("PYLLAMA_CUDA_ATTENTION");
+  return env && std::strcmp(env, "simt") == 0;
+}
+
+template <typename T>
+void flash_attention_forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, int HS,
+                             cudaStream_t stream, bool tensor_cores) {
+  check_shape(B, T_, NH, NKV, HS, "flash_attention_forward");
+  if (B == 0 || T_ == 0) return;
+  if constexpr (std::is_same<T, bf16>::value) {
+    if (use_tensor_cores<T>(HS, tensor_cores)) {
+      if (HS <= 64)
+        launch_fwd_tc<64>(out, lse, qkv, B, T_, NH, NKV, HS, stream);
+      else
+        launch_fwd_tc<128>(out, lse, qkv, B, T_, NH, NKV, HS, stream);
+      return;
+    }
+  }
+  if (HS <= 64)
+    launch_fwd<T, 64>(out, lse, qkv, B, T_, NH, NKV, HS, stream);
+  else if (HS <= 128)
+    launch_fwd<T, 128>(out, lse, qkv, B, T_, NH, NKV, HS, stream);
+  else
+    launch_fwd<T, 256>(out, lse, qkv, B, T_, NH, NKV, HS, stream);
+}
+
+template <typename T>
+void flash_attention_backward(T* dqkv, float* dsum, const T* dout, const T* out, const T* qkv, const float* lse,
+                              int B, int T_, int NH, int NKV, int HS, cudaStream_t stream, bool tensor_cores) {
+  check_shape(B, T_, NH, NKV, HS, "flash_attention_backward");
+  if (B == 0 || T_ == 0) return;
+  const long long rows = (long long)B * T_ * NH;
+  const long long blocks = (rows + kThreads / 32 - 1) / (kThreads / 32);
+  PYLLAMA_CHECK(blocks <= 0x7fffffffLL, ValueError, "flash_attention_backward: too many rows " << rows);
+  flash_bwd_dsum_kernel<T><<<(unsigned)blocks, kThreads, 0, stream>>>(dsum, dout, out, B, T_, NH, HS);
+  CUDA_CHECK_LAUNCH();
+  if constexpr (std::is_same<T, bf16>::value) {
+    if (use_tensor_cores<T>(HS, tensor_cores)) {
+      if (HS <= 64)
+        launch_bwd_tc<64>(dqkv, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
+      else
+        launch_bwd_tc<128>(dqkv, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
+      return;
+    }
+  }
+  if (HS <= 64)
+    launch_bwd<T, 64>(dqkv, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
+  else if (HS <= 128)
+    launch_bwd<T, 128>(dqkv, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
+  else
+    launch_bwd<T, 256>(dqkv, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
+}
+
+#define PYLLAMA_FLASH_INSTANTIATE(T)                                                                      \
+  template void flash_attention_forward<T>(T*, float*, const T*, int, int, int, int, int, cudaStream_t, bool); \
+  template void flash_attention_backward<T>(T*, float*, const T*, const T*, const T*, const float*, int, int, int, \
+                                            int, int, cudaStream_t, bool);
+PYLLAMA_FLASH_INSTANTIATE(float)
+PYLLAMA_FLASH_INSTANTIATE(bf16)
+
+}  // namespace gpu
+}  // namespace pyllama
