@@ -113,7 +113,7 @@ def bench_train(cfg, B, T, dtype, results, budget_s):
     row = {"what": "train_step", "impl": "pyllama", "dtype": dtype, "B": B, "T": T, "s": t, "iters": n,
            "tok_s": tok_s, "mfu": model.flops_per_token(T) * tok_s / PEAK[dtype], "peak_mem_gib": gib(peak),
            "cublas": g.uses_cublas, "flash": g.uses_flash_attention,
-           "attention": os.environ.get("PYLLAMA_CUDA_ATTENTION", "flash")}
+           "attention": g.attention_kernels}
     emit(row, results)
     flops = model.flops_per_token(T)
     del model, g
@@ -376,7 +376,7 @@ def main(argv=None):
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--_compile-child", dest="compile_child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_flops", dest="flops", type=float, default=0.0, help=argparse.SUPPRESS)
-    ap.add_argument("--attention", choices=["flash", "simt", "naive"], default=None,
+    ap.add_argument("--attention", choices=["flash", "simt", "gemm", "naive"], default=None,
                     help="training attention kernels (sets PYLLAMA_CUDA_ATTENTION; default: flash, "
                          "on tensor cores for bf16)")
     args = ap.parse_args(argv)

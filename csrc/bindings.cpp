@@ -692,6 +692,8 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
       .def_property_readonly("device", &LlamaModelCuda::device)
       .def_property_readonly("uses_cublas", &LlamaModelCuda::uses_cublas)
       .def_property_readonly("uses_flash_attention", &LlamaModelCuda::uses_flash_attention)
+      .def_property_readonly("attention_kernels", &LlamaModelCuda::attention_kernels,
+                             "The training attention: 'flash', 'flash-simt', 'gemm' or 'naive' (PYLLAMA_CUDA_ATTENTION).")
       .def("num_parameters", &LlamaModelCuda::num_parameters)
       .def("forward", [](LlamaModelCuda& g, py::handle tokens, py::handle labels) {
              TokenBatch tb = token_batch(tokens, labels);

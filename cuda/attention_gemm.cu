@@ -10,6 +10,9 @@
 // tensor-core speed. Grouped-query heads: query head h = g * G + r uses kv head g; each
 // GEMM is batched over g for one r, and dK, dV add the G members in a fixed order
 // (deterministic). Scratch: 2 * NH * T * T elements of T (one sequence).
+#include <cstdlib>
+#include <cstring>
+
 #include "common.h"  // PYLLAMA_CHECK, ValueError
 #include "kernels.cuh"
 
@@ -75,6 +78,11 @@ void check_shapes(int B, int T_, int NH, int NKV, int HS) {
 }
 
 }  // namespace
+
+bool attention_gemm_forced() {
+  const char* env = std::getenv("PYLLAMA_CUDA_ATTENTION");
+  return env && std::strcmp(env, "gemm") == 0;
+}
 
 size_t attention_gemm_scratch_bytes(int T_, int NH, size_t elem) {
   return 2 * (((size_t)NH * T_ * T_ * elem + 255) / 256) * 256;

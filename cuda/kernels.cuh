@@ -77,6 +77,7 @@ void flash_attention_backward(T* dqkv, float* dsum, const T* dout, const T* out,
 // flash attention but without tensor cores.
 bool attention_naive_forced();
 bool attention_simt_forced();
+bool attention_gemm_forced();  // PYLLAMA_CUDA_ATTENTION=gemm: training attention through batched GEMMs
 // Whether bf16 flash attention with this head size runs on tensor cores on the current device.
 bool flash_attention_uses_tensor_cores(int HS);
 // The KV-cache step: rows n = b*T + t of qkv (B*T, QKVD) hold q (and the new k, v,

@@ -184,6 +184,8 @@ struct LlamaModelCuda::Impl : AllocAccount {
   std::unique_ptr<gpu::Gemm> gemm;
   bool attn_naive = false;  // PYLLAMA_CUDA_ATTENTION=naive: (B, NH, T, T) probabilities instead of flash
   bool attn_tc = true;      // PYLLAMA_CUDA_ATTENTION=simt: flash without tensor cores (bf16)
+  bool attn_gemm = false;   // PYLLAMA_CUDA_ATTENTION=gemm: batched GEMMs (attention_gemm.cu), lse kept as flash
+  DevBuf attn_scratch;      // gemm mode: one sequence's S and P
 
   DevBuf params, grads, m, v;  // float32 (P)
   DevBuf wc;                   // bf16 compute copy of params (P), bfloat16 mode only
@@ -312,6 +314,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
     gemm = std::make_unique<gpu::Gemm>();
     attn_naive = gpu::attention_naive_forced();
     attn_tc = !gpu::attention_simt_forced();
+    attn_gemm = gpu::attention_gemm_forced();
 
     params.reserve(P * sizeof(float));
     grads.reserve(P * sizeof(float));
@@ -372,6 +375,14 @@ struct LlamaModelCuda::Impl : AllocAccount {
       sync();  // the old buffer may still be in use by queued work
       acts.release();
       acts.reserve(need);
+    }
+    if (attn_gemm) {
+      const size_t sb = gpu::attention_gemm_scratch_bytes(T, NH, dtype == DType::bfloat16 ? 2 : 4);
+      if (sb > attn_scratch.bytes) {
+        sync();
+        attn_scratch.release();
+        attn_scratch.reserve(sb);
+      }
     }
     if ((size_t)N > io_cap) {
       sync();
@@ -445,6 +456,8 @@ struct LlamaModelCuda::Impl : AllocAccount {
       gpu::rope_apply<T>(y.qkv + C, QKVD, pos, cs, sn, N, NKV, HS, false, s);
       if (attn_naive)
         gpu::attention_forward<T>(y.atty, y.att, y.qkv, B, Tn, NH, NKV, HS, s);
+      else if (attn_gemm)
+        gpu::attention_forward_gemm<T>(*gemm, y.atty, y.att, y.qkv, attn_scratch.p, B, Tn, NH, NKV, HS, s);
       else
         gpu::flash_attention_forward<T>(y.atty, y.att, y.qkv, B, Tn, NH, NKV, HS, s, attn_tc);
       gpu::linear_forward<T>(*gemm, y.res1, y.atty, Wp + o.wo, N, C, C, s);
@@ -527,6 +540,8 @@ struct LlamaModelCuda::Impl : AllocAccount {
       gpu::linear_backward<T>(*gemm, a.datty, G + o.wo, a.dres, y.atty, Wp + o.wo, N, C, C, s);
       if (attn_naive)
         gpu::attention_backward<T>(a.dqkv, a.datt, a.datty, y.qkv, y.att, B, Tn, NH, NKV, HS, s);
+      else if (attn_gemm)
+        gpu::attention_backward_gemm<T>(*gemm, a.dqkv, a.datty, y.qkv, y.att, attn_scratch.p, B, Tn, NH, NKV, HS, s);
       else
         gpu::flash_attention_backward<T>(a.dqkv, a.datt, a.datty, y.atty, y.qkv, y.att, B, Tn, NH, NKV, HS, s,
                                          attn_tc);
@@ -1061,7 +1076,12 @@ DType LlamaModelCuda::dtype() const { return impl_->dtype; }
 int LlamaModelCuda::device() const { return impl_->dev; }
 size_t LlamaModelCuda::num_parameters() const { return impl_->P; }
 bool LlamaModelCuda::uses_cublas() const { return impl_->gemm->uses_cublas(); }
-bool LlamaModelCuda::uses_flash_attention() const { return !impl_->attn_naive; }
+bool LlamaModelCuda::uses_flash_attention() const { return !impl_->attn_naive && !impl_->attn_gemm; }
+std::string LlamaModelCuda::attention_kernels() const {
+  if (impl_->attn_naive) return "naive";
+  if (impl_->attn_gemm) return "gemm";
+  return impl_->attn_tc ? "flash" : "flash-simt";
+}
 
 float LlamaModelCuda::forward(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T) {
   return impl_->forward(tokens, labels, B, T, labels_T);

@@ -60,7 +60,10 @@ class LlamaModelCuda {
   int device() const;
   size_t num_parameters() const;
   bool uses_cublas() const;  // false: the tiled fallback matmul
-  bool uses_flash_attention() const;  // false: PYLLAMA_CUDA_ATTENTION=naive (T x T probabilities)
+  bool uses_flash_attention() const;  // false: PYLLAMA_CUDA_ATTENTION=naive (T x T probabilities) or gemm
+  // The training attention, from PYLLAMA_CUDA_ATTENTION: "flash" (default; tensor cores for bf16
+  // where they apply), "flash-simt", "gemm" (batched GEMMs, attention_gemm.cu) or "naive".
+  std::string attention_kernels() const;
 
   // As LlamaModel::forward (host token/label arrays). Returns the loss (one sync), or NaN
   // without labels (no sync).

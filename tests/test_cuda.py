@@ -454,6 +454,35 @@ def test_bfloat16_loss_close_to_float32(name):
 
 
 @gpu
+@pytest.mark.parametrize("name", ["tiny_gqa", "mqa_hs32", "hs128"])
+def test_gemm_attention_matches_cpu(name, monkeypatch):
+    """PYLLAMA_CUDA_ATTENTION=gemm: attention through batched cuBLAS GEMMs (attention_gemm.cu),
+    float32 within 1e-4 of the CPU core; bf16 near float32."""
+    monkeypatch.setenv("PYLLAMA_CUDA_ATTENTION", "gemm")
+    cfg, cpu, dev = pair(name)
+    assert dev._core.gpu.attention_kernels == "gemm" and not dev._core.gpu.uses_flash_attention
+    B, T = SHAPES[name]
+    ids, labels = make_batch(cfg, B, T)
+    ref, out = cpu(ids, labels=labels), dev(ids, labels=labels)
+    assert_close(out.logits, ref.logits, what="logits (gemm attention)")
+    assert abs(out.loss - ref.loss) <= TOL * max(1.0, abs(ref.loss))
+    cpu.backward()
+    dev.backward()
+    for k, g in cpu.named_grads().items():
+        assert_close(dev.named_grads()[k], g, what=f"grad {k} (gemm attention)")
+    b16 = pyllama.Llama(cfg, seed=0).to("cuda", dtype="bfloat16")
+    assert b16._core.gpu.attention_kernels == "gemm"
+    out16 = b16(ids, labels=labels)
+    assert abs(out16.loss - ref.loss) <= 0.05, (out16.loss, ref.loss)
+    b16.backward()
+    g32, g16 = cpu.flat_grads().astype(np.float64), b16.flat_grads().astype(np.float64)
+    assert np.all(np.isfinite(g16))
+    assert float(g32 @ g16 / (np.linalg.norm(g32) * np.linalg.norm(g16))) > 0.95
+    monkeypatch.delenv("PYLLAMA_CUDA_ATTENTION")
+    assert pyllama.Llama(cfg, seed=0).to("cuda")._core.gpu.attention_kernels == "flash"
+
+
+@gpu
 @pytest.mark.parametrize("name", ["wide_hs64", "hs128"])
 def test_bfloat16_flash_tensor_cores_and_simt_agree(name, monkeypatch):
     """bf16 flash attention on tensor cores (the default, head size <= 128) and without
