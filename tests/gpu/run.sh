@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU check for the CUDA backend (about 5 minutes on an H100/H200, 16 cores,
+# One-shot GPU check for the CUDA backend (under 10 minutes on an H100/H200, 16 cores,
 # no network): build the package in place, run the CUDA tests and the GPU benchmark,
 # and keep every log in OUTDIR.
 #
@@ -9,9 +9,11 @@
 # pybind11, cmake, ninja, numpy, torch, transformers (and pytest for the test step;
 # without it the pytest-free `bench/gpu.py --check` runs instead); nvidia-nccl-cu13 (or
 # PYLLAMA_NCCL_LIBRARY) for the NCCL step (about a minute).
-# Logs: OUTDIR/{env,build,tests,nccl,check,bench,sanitizer}.log, OUTDIR/junit.xml,
-# OUTDIR/junit-nccl.xml, OUTDIR/bench.json, OUTDIR/summary.txt. Exit status: non-zero when
-# the build, the tests or the check fail.
+# Logs (7 files: the device tool brings back at most 8): OUTDIR/summary.txt,
+# OUTDIR/{build,tests,nccl,bench,sanitizer}.log (build.log starts with the environment),
+# OUTDIR/bench.json. Exit status: non-zero when the build, the tests or memcheck fail.
+# The whole script keeps to PYLLAMA_GPU_TOTAL_S seconds (default 570): each step's
+# timeout is its cap or what is left, and later steps are skipped with a note.
 # Set PYLLAMA_GPU_ARCHS to change the architectures built (default: 90, the machine's own).
 set -uo pipefail
 if [ $# -ne 1 ]; then
@@ -26,10 +28,23 @@ export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16}
 ARCHS=${PYLLAMA_GPU_ARCHS:-90}
 status=0
 summary() { echo "$*" | tee -a "$OUT/summary.txt"; }
+# One deadline for the whole script (the device tool stops a command at 10 minutes):
+# every step's timeout is its own cap or what is left of TOTAL, whichever is smaller.
+TOTAL=${PYLLAMA_GPU_TOTAL_S:-570}
+cap() {  # cap SECONDS -> the timeout to use now (0 when the time is spent)
+  local left=$(( TOTAL - ($(date +%s) - START) ))
+  [ "$left" -lt 0 ] && left=0
+  if [ "$1" -lt "$left" ]; then echo "$1"; else echo "$left"; fi
+}
+run_step() {  # run_step NAME CAP cmd... : skips with a note when no time is left
+  local name=$1 c; c=$(cap "$2"); shift 2
+  if [ "$c" -lt 10 ]; then summary "$name: skipped (out of time)"; return 124; fi
+  timeout "$c" "$@"
+}
 : > "$OUT/summary.txt"
 START=$(date +%s)
 
-echo "== environment" | tee "$OUT/env.log"
+echo "== environment" | tee "$OUT/build.log"
 {
   date -u
   nvidia-smi || true
@@ -37,11 +52,11 @@ echo "== environment" | tee "$OUT/env.log"
   "$PY" --version
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())" || true
   ls /usr/local/cuda/lib64 | grep -i cublas || echo "no cuBLAS in /usr/local/cuda/lib64"
-} 2>&1 | tee -a "$OUT/env.log"
+} 2>&1 | tee -a "$OUT/build.log"
 
-echo "== build (pip install --no-build-isolation -e ., CUDA archs $ARCHS)" | tee "$OUT/build.log"
+echo "== build (pip install --no-build-isolation -e ., CUDA archs $ARCHS)" | tee -a "$OUT/build.log"
 cd "$ROOT"
-if timeout 420 env PYLLAMA_CUDA=ON "$PY" -m pip install --no-build-isolation --no-deps --no-index -v -e . \
+if timeout "$(cap 300)" env PYLLAMA_CUDA=ON "$PY" -m pip install --no-build-isolation --no-deps --no-index -v -e . \
     -Cbuild-dir=build/gpu -Ccmake.define.CMAKE_CUDA_ARCHITECTURES="$ARCHS" 2>&1 | tee -a "$OUT/build.log"; then
   summary "build: ok ($(( $(date +%s) - START ))s)"
 else
@@ -53,13 +68,13 @@ grep -E "pyllama: CUDA backend|cuBLAS" "$OUT/build.log" | tail -2 | tee -a "$OUT
 cd "$OUT"  # test the installed package, not the source folder
 "$PY" -c "import pyllama, json; print(json.dumps(pyllama.build_info()))" 2>&1 | tee -a "$OUT/summary.txt"
 if ! "$PY" -c "import pyllama, sys; sys.exit(0 if pyllama.build_info()['cuda_available'] else 1)"; then
-  summary "NO USABLE GPU: build_info()['cuda_available'] is False, so every GPU test will skip (see env.log)"
+  summary "NO USABLE GPU: build_info()['cuda_available'] is False, so every GPU test will skip (see build.log)"
   status=1
 fi
 
 echo "== CUDA tests (every test marked cuda, except the NCCL ones: next step)" | tee "$OUT/tests.log"
 if "$PY" -c "import pytest" 2>/dev/null; then
-  if timeout 240 "$PY" -m pytest "$ROOT/tests" -m "cuda and not nccl" -v -rs --durations=10 --junitxml="$OUT/junit.xml" \
+  if run_step tests 240 "$PY" -m pytest "$ROOT/tests" -m "cuda and not nccl" -v -rs --durations=10 \
       2>&1 | tee -a "$OUT/tests.log"; then
     summary "tests: ok ($(grep -E '^=+ .*(passed|failed)' "$OUT/tests.log" | tail -1))"
   else
@@ -69,15 +84,30 @@ if "$PY" -c "import pytest" 2>/dev/null; then
   fi
 else
   summary "tests: pytest is not installed here; running bench/gpu.py --check instead"
+  if run_step check 120 "$PY" "$ROOT/bench/gpu.py" --check 2>&1 | tee -a "$OUT/tests.log"; then
+    summary "check: ok"
+  else
+    summary "check: FAILED (see tests.log)"
+    status=1
+  fi
 fi
+
+echo "== benchmark" | tee "$OUT/bench.log"
+# bench/gpu.py keeps to its --budget (140 s: optional rows, torch.compile last, are skipped or cut
+# off when it is spent); the timeout leaves 40 s for start-up and the last row's overrun.
+if run_step bench 180 "$PY" "$ROOT/bench/gpu.py" --budget 140 --json "$OUT/bench.json" 2>&1 | tee -a "$OUT/bench.log"; then
+  summary "bench: ok"
+else
+  summary "bench: FAILED or timed out (see bench.log; not counted as a test failure)"
+fi
+grep -E '^# (train|decode|total)|skipped|failed' "$OUT/bench.log" | tee -a "$OUT/summary.txt"
 
 echo "== NCCL tests (the GPU tests of tests/test_distributed_nccl.py, marked nccl; its CPU tests run in CI)" \
   | tee "$OUT/nccl.log"
 "$PY" -c "from pyllama import distributed as d; print('NCCL library:', d.load_nccl())" 2>&1 | tee -a "$OUT/nccl.log" \
   | tail -1 | tee -a "$OUT/summary.txt"
 if "$PY" -c "import pytest" 2>/dev/null; then
-  if timeout 180 "$PY" -m pytest "$ROOT/tests/test_distributed_nccl.py" -m nccl -v -rs --durations=5 \
-      --junitxml="$OUT/junit-nccl.xml" 2>&1 | tee -a "$OUT/nccl.log"; then
+  if run_step "nccl tests" 150 "$PY" -m pytest "$ROOT/tests/test_distributed_nccl.py" -m nccl -v -rs --durations=5 2>&1 | tee -a "$OUT/nccl.log"; then
     summary "nccl tests: ok ($(grep -E '^=+ .*(passed|failed)' "$OUT/nccl.log" | tail -1))"
   else
     summary "nccl tests: FAILED ($(grep -E '^=+ .*(passed|failed|error)' "$OUT/nccl.log" | tail -1))"
@@ -88,29 +118,12 @@ else
   summary "nccl tests: skipped (no pytest)"
 fi
 
-echo "== pytest-free check" | tee "$OUT/check.log"
-if timeout 120 "$PY" "$ROOT/bench/gpu.py" --check 2>&1 | tee -a "$OUT/check.log"; then
-  summary "check: ok"
-else
-  summary "check: FAILED (see check.log)"
-  status=1
-fi
-
-echo "== benchmark" | tee "$OUT/bench.log"
-# bench/gpu.py keeps to its --budget (140 s: optional rows, torch.compile last, are skipped or cut
-# off when it is spent); the timeout leaves 40 s for start-up and the last row's overrun.
-if timeout 180 "$PY" "$ROOT/bench/gpu.py" --budget 140 --json "$OUT/bench.json" 2>&1 | tee -a "$OUT/bench.log"; then
-  summary "bench: ok"
-else
-  summary "bench: FAILED or timed out (see bench.log; not counted as a test failure)"
-fi
-grep -E '^# (train|decode|total)|skipped|failed' "$OUT/bench.log" | tee -a "$OUT/summary.txt"
-
-# Out-of-bounds / race check of every kernel on a small model, while time allows.
+# Out-of-bounds / race check of every kernel (bench/gpu.py --check: a small model, every
+# training attention and decode path, cuda_check_ops) with what time is left.
 ELAPSED=$(( $(date +%s) - START ))
-if command -v compute-sanitizer >/dev/null && [ "$ELAPSED" -lt 420 ]; then
+if command -v compute-sanitizer >/dev/null && [ $(( TOTAL - ELAPSED )) -ge 60 ]; then
   echo "== compute-sanitizer memcheck (bench/gpu.py --check)" | tee "$OUT/sanitizer.log"
-  if timeout $(( 560 - ELAPSED )) compute-sanitizer --tool memcheck --error-exitcode 3 \
+  if run_step memcheck 300 compute-sanitizer --tool memcheck --error-exitcode 3 \
       "$PY" "$ROOT/bench/gpu.py" --check 2>&1 | tail -60 | tee -a "$OUT/sanitizer.log"; then
     summary "memcheck: ok"
   else
