@@ -76,7 +76,7 @@ echo "== CUDA tests (every test marked cuda, except the NCCL ones: next step)" |
 if "$PY" -c "import pytest" 2>/dev/null; then
   if run_step tests 240 "$PY" -m pytest "$ROOT/tests" -m "cuda and not nccl" -v -rs --durations=10 \
       2>&1 | tee -a "$OUT/tests.log"; then
-    summary "tests: ok ($(grep -E '^=+ .*(passed|failed)' "$OUT/tests.log" | tail -1))"
+    summary "tests: ok ($(grep -E '^=+ .* in [0-9.]+s' "$OUT/tests.log" | tail -1))"
   else
     summary "tests: FAILED ($(grep -E '^=+ .*(passed|failed|error)' "$OUT/tests.log" | tail -1))"
     grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | tee -a "$OUT/summary.txt"
@@ -108,7 +108,7 @@ echo "== NCCL tests (the GPU tests of tests/test_distributed_nccl.py, marked ncc
   | tail -1 | tee -a "$OUT/summary.txt"
 if "$PY" -c "import pytest" 2>/dev/null; then
   if run_step "nccl tests" 150 "$PY" -m pytest "$ROOT/tests/test_distributed_nccl.py" -m nccl -v -rs --durations=5 2>&1 | tee -a "$OUT/nccl.log"; then
-    summary "nccl tests: ok ($(grep -E '^=+ .*(passed|failed)' "$OUT/nccl.log" | tail -1))"
+    summary "nccl tests: ok ($(grep -E '^=+ .* in [0-9.]+s' "$OUT/nccl.log" | tail -1))"
   else
     summary "nccl tests: FAILED ($(grep -E '^=+ .*(passed|failed|error)' "$OUT/nccl.log" | tail -1))"
     grep -E "^(FAILED|ERROR)" "$OUT/nccl.log" | tee -a "$OUT/summary.txt"
