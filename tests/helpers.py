@@ -3,6 +3,24 @@ import numpy as np
 import pytest
 
 
+def _gpu_skip():
+    import pyllama
+
+    info = pyllama.build_info()
+    return pytest.mark.skipif(
+        not info["cuda_available"],
+        reason=("no usable CUDA GPU (build_info()['cuda_available'] is False)" if info["cuda"]
+                else "pyllama was built without the CUDA backend (build_info()['cuda'] is False)"))
+
+
+requires_gpu = _gpu_skip()
+
+
+def gpu(fn):
+    """A GPU test: marked ``cuda`` (``pytest -m cuda``) and skipped, with the reason, without a usable GPU."""
+    return pytest.mark.cuda(requires_gpu(fn))
+
+
 def tiny_config(**overrides):
     import pyllama
 

@@ -13,19 +13,9 @@ import numpy as np
 import pytest
 
 import pyllama
-from helpers import tiny_config
+from helpers import gpu, tiny_config
 
 INFO = pyllama.build_info()
-requires_gpu = pytest.mark.skipif(
-    not INFO["cuda_available"],
-    reason=("no usable CUDA GPU (build_info()['cuda_available'] is False)" if INFO["cuda"]
-            else "pyllama was built without the CUDA backend (build_info()['cuda'] is False)"))
-
-
-def gpu(fn):
-    """Both marks every GPU test needs."""
-    return pytest.mark.cuda(requires_gpu(fn))
-
 
 TOL = 1e-4
 
@@ -63,6 +53,18 @@ def assert_close(got, ref, tol=TOL, what=""):
     scale = max(float(np.abs(ref).max()), 1e-30) if ref.size else 1.0
     err = float(np.abs(got - ref).max()) if ref.size else 0.0
     assert err <= tol * scale, f"{what}: max abs error {err:.3e} > {tol:g} x scale {scale:.3e}"
+
+
+def check_step_matches_cpu(cpu, dev, ids, labels, what):
+    """One forward + backward on both models: logits, loss and every gradient within TOL."""
+    ref, out = cpu(ids, labels=labels), dev(ids, labels=labels)
+    assert_close(out.logits, ref.logits, what=f"logits ({what})")
+    assert abs(out.loss - ref.loss) <= TOL * max(1.0, abs(ref.loss)), (what, out.loss, ref.loss)
+    cpu.backward()
+    dev.backward()
+    for k, g in cpu.named_grads().items():
+        assert_close(dev.named_grads()[k], g, what=f"grad {k} ({what})")
+    return ref, out
 
 
 def pair(name, seed=0):
@@ -154,13 +156,7 @@ def test_long_sequence_flash_attention_matches_cpu():
     dev = pyllama.Llama(cfg, seed=4).to("cuda")
     assert dev._core.gpu.uses_flash_attention
     ids, labels = make_batch(cfg, 1, 2048, seed=11)
-    ref, out = cpu(ids, labels=labels), dev(ids, labels=labels)
-    assert_close(out.logits, ref.logits, what="logits (T=2048)")
-    assert abs(out.loss - ref.loss) <= TOL * max(1.0, abs(ref.loss)), (out.loss, ref.loss)
-    cpu.backward()
-    dev.backward()
-    for k, g in cpu.named_grads().items():
-        assert_close(dev.named_grads()[k], g, what=f"grad {k} (T=2048)")
+    ref, out = check_step_matches_cpu(cpu, dev, ids, labels, "T=2048")
     # bf16 (tensor-core flash attention) on the same batch: near float32
     b16 = pyllama.Llama(cfg, seed=4).to("cuda", dtype="bfloat16")
     out16 = b16(ids, labels=labels)
@@ -178,12 +174,7 @@ def test_naive_attention_fallback_matches_cpu(monkeypatch):
     cfg, cpu, dev = pair("tiny_gqa")
     assert not dev._core.gpu.uses_flash_attention
     ids, labels = make_batch(cfg, 2, 37)
-    ref, out = cpu(ids, labels=labels), dev(ids, labels=labels)
-    assert_close(out.logits, ref.logits, what="logits (naive attention)")
-    cpu.backward()
-    dev.backward()
-    for k, g in cpu.named_grads().items():
-        assert_close(dev.named_grads()[k], g, what=f"grad {k} (naive attention)")
+    ref, out = check_step_matches_cpu(cpu, dev, ids, labels, "naive attention")
     monkeypatch.delenv("PYLLAMA_CUDA_ATTENTION")
     assert pyllama.Llama(cfg, seed=0).to("cuda")._core.gpu.uses_flash_attention
 
@@ -258,12 +249,7 @@ def test_tiled_matmul_fallback_matches_cpu(monkeypatch):
     dev = pyllama.Llama(cfg, seed=3).to("cuda")
     assert not dev._core.gpu.uses_cublas
     ids, labels = make_batch(cfg, 2, 45)
-    ref, out = cpu(ids, labels=labels), dev(ids, labels=labels)
-    assert_close(out.logits, ref.logits, what="logits (tiled)")
-    cpu.backward()
-    dev.backward()
-    for k, g in cpu.named_grads().items():
-        assert_close(dev.named_grads()[k], g, what=f"grad {k} (tiled)")
+    ref, out = check_step_matches_cpu(cpu, dev, ids, labels, "tiled")
 
 
 @gpu
@@ -463,13 +449,7 @@ def test_gemm_attention_matches_cpu(name, monkeypatch):
     assert dev._core.gpu.attention_kernels == "gemm" and not dev._core.gpu.uses_flash_attention
     B, T = SHAPES[name]
     ids, labels = make_batch(cfg, B, T)
-    ref, out = cpu(ids, labels=labels), dev(ids, labels=labels)
-    assert_close(out.logits, ref.logits, what="logits (gemm attention)")
-    assert abs(out.loss - ref.loss) <= TOL * max(1.0, abs(ref.loss))
-    cpu.backward()
-    dev.backward()
-    for k, g in cpu.named_grads().items():
-        assert_close(dev.named_grads()[k], g, what=f"grad {k} (gemm attention)")
+    ref, out = check_step_matches_cpu(cpu, dev, ids, labels, "gemm attention")
     b16 = pyllama.Llama(cfg, seed=0).to("cuda", dtype="bfloat16")
     assert b16._core.gpu.attention_kernels == "gemm"
     out16 = b16(ids, labels=labels)

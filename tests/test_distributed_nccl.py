@@ -31,13 +31,9 @@ import pytest
 import pyllama
 from pyllama import distributed as dist
 
-from helpers import tiny_config
+from helpers import requires_gpu, tiny_config
 
 INFO = pyllama.build_info()
-requires_gpu = pytest.mark.skipif(
-    not INFO["cuda_available"],
-    reason=("no usable CUDA GPU (build_info()['cuda_available'] is False)" if INFO["cuda"]
-            else "pyllama was built without the CUDA backend (build_info()['cuda'] is False)"))
 
 
 def gpu(fn):

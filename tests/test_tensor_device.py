@@ -7,18 +7,9 @@ import numpy as np
 import pytest
 
 import pyllama
+from helpers import gpu
 
 INFO = pyllama.build_info()
-requires_gpu = pytest.mark.skipif(
-    not INFO["cuda_available"],
-    reason=("no usable CUDA GPU (build_info()['cuda_available'] is False)" if INFO["cuda"]
-            else "pyllama was built without the CUDA backend (build_info()['cuda'] is False)"))
-
-
-def gpu(fn):
-    return pytest.mark.cuda(requires_gpu(fn))
-
-
 def test_to_cpu_shares_storage_and_dtype_conversion():
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     t = pyllama.Tensor.from_numpy(a)

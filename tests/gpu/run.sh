@@ -72,16 +72,23 @@ if ! "$PY" -c "import pyllama, sys; sys.exit(0 if pyllama.build_info()['cuda_ava
   status=1
 fi
 
-echo "== CUDA tests (every test marked cuda, except the NCCL ones: next step)" | tee "$OUT/tests.log"
-if "$PY" -c "import pytest" 2>/dev/null; then
-  if run_step tests 240 "$PY" -m pytest "$ROOT/tests" -m "cuda and not nccl" -v -rs --durations=10 \
-      2>&1 | tee -a "$OUT/tests.log"; then
-    summary "tests: ok ($(grep -E '^=+ .* in [0-9.]+s' "$OUT/tests.log" | tail -1))"
+HAVE_PYTEST=0
+"$PY" -c "import pytest" 2>/dev/null && HAVE_PYTEST=1
+# pytest_step NAME LOG CAP pytest-args... : runs pytest into LOG, reports in summary.txt
+pytest_step() {
+  local name=$1 log=$2 c=$3; shift 3
+  if run_step "$name" "$c" "$PY" -m pytest "$@" -v -rs 2>&1 | tee -a "$log"; then
+    summary "$name: ok ($(grep -E '^=+ .* in [0-9.]+s' "$log" | tail -1))"
   else
-    summary "tests: FAILED ($(grep -E '^=+ .*(passed|failed|error)' "$OUT/tests.log" | tail -1))"
-    grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | tee -a "$OUT/summary.txt"
+    summary "$name: FAILED ($(grep -E '^=+ .* in [0-9.]+s' "$log" | tail -1))"
+    grep -E "^(FAILED|ERROR)" "$log" | tee -a "$OUT/summary.txt"
     status=1
   fi
+}
+
+echo "== CUDA tests (every test marked cuda, except the NCCL ones: a later step)" | tee "$OUT/tests.log"
+if [ "$HAVE_PYTEST" = 1 ]; then
+  pytest_step tests "$OUT/tests.log" 240 "$ROOT/tests" -m "cuda and not nccl" --durations=10
 else
   summary "tests: pytest is not installed here; running bench/gpu.py --check instead"
   if run_step check 120 "$PY" "$ROOT/bench/gpu.py" --check 2>&1 | tee -a "$OUT/tests.log"; then
@@ -106,14 +113,8 @@ echo "== NCCL tests (the GPU tests of tests/test_distributed_nccl.py, marked ncc
   | tee "$OUT/nccl.log"
 "$PY" -c "from pyllama import distributed as d; print('NCCL library:', d.load_nccl())" 2>&1 | tee -a "$OUT/nccl.log" \
   | tail -1 | tee -a "$OUT/summary.txt"
-if "$PY" -c "import pytest" 2>/dev/null; then
-  if run_step "nccl tests" 150 "$PY" -m pytest "$ROOT/tests/test_distributed_nccl.py" -m nccl -v -rs --durations=5 2>&1 | tee -a "$OUT/nccl.log"; then
-    summary "nccl tests: ok ($(grep -E '^=+ .* in [0-9.]+s' "$OUT/nccl.log" | tail -1))"
-  else
-    summary "nccl tests: FAILED ($(grep -E '^=+ .*(passed|failed|error)' "$OUT/nccl.log" | tail -1))"
-    grep -E "^(FAILED|ERROR)" "$OUT/nccl.log" | tee -a "$OUT/summary.txt"
-    status=1
-  fi
+if [ "$HAVE_PYTEST" = 1 ]; then
+  pytest_step "nccl tests" "$OUT/nccl.log" 150 "$ROOT/tests/test_distributed_nccl.py" -m nccl --durations=5
 else
   summary "nccl tests: skipped (no pytest)"
 fi
