@@ -320,6 +320,10 @@ class MPICommunicator(Communicator):
 
     def abort(self, code: int = 1) -> None:
         print(f"pyllama.distributed: rank {self.rank}: calling MPI_Abort({code})", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # MPI_Abort makes the launcher kill every rank at once, and output this rank wrote
+        # just before (the reason for the abort) can be lost in its forwarding: give it a moment.
+        time.sleep(0.5)
         self.comm.Abort(code)
 
     def __repr__(self) -> str:

@@ -22,6 +22,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -413,7 +414,9 @@ def test_nccl_library_not_found_is_a_clear_error(tmp_path):
         if target is None:
             continue
         env = dict(os.environ, PYLLAMA_NCCL_LIBRARY=target)
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        # cwd: not the source tree, whose pyllama/ (no built _core) would shadow the installed one
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+                             cwd=str(tmp_path))
         msg = out.stdout
         assert "LOADED" not in msg, msg
         assert target in msg and expect in msg, msg
@@ -478,7 +481,8 @@ def test_nccl_loader_with_a_stand_in_library(tmp_path):
 
     def run(lib):
         env = dict(os.environ, PYLLAMA_NCCL_LIBRARY=lib)
-        p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+                           cwd=str(tmp_path))
         return json.loads(p.stdout.strip().splitlines()[-1])
 
     good = _fake_nccl(tmp_path, 22905)
@@ -858,7 +862,8 @@ def test_nccl_init_timeout_when_a_rank_is_missing(blocking):
         out["seconds"] = time.monotonic() - t0
         print(json.dumps(out), flush=True)
     """)
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90,
+                       cwd=tempfile.gettempdir())
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     assert lines, (p.returncode, p.stderr[-3000:])
     o = json.loads(lines[-1])
