@@ -1,5 +1,6 @@
 // main.cpp — runs the drivers' checks (all, or those whose name contains argv[1]) and
 // prints ALL OK when every one passed.
+#include <chrono>
 #include <cstdarg>
 #include <cstring>
 #include <utility>
@@ -28,11 +29,13 @@ int main(int argc, char** argv) {
     if (argc > 1 && !std::strstr(name, argv[1])) continue;
     std::printf("== %s\n", name);
     std::fflush(stdout);
+    const auto t0 = std::chrono::steady_clock::now();
     try {
       fn();
     } catch (const std::exception& e) {
       chk::report(std::string(name) + " threw: " + e.what(), INFINITY, 0);
     }
+    std::printf("   (%s: %.1f s)\n", name, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   std::printf("%d checks, %d failed\n", chk::checks, chk::failures);
   std::printf(chk::failures == 0 && chk::checks > 0 ? "ALL OK\n" : "SOME FAILED\n");

@@ -4,6 +4,7 @@
 // fiber can run, the scheduler releases every warp whose live lanes all wait at one warp
 // barrier, else the block barrier when every live thread waits there, else reports the
 // mismatch or deadlock and aborts.
+#include <dlfcn.h>
 #include <sanitizer/common_interface_defs.h>
 #include <ucontext.h>
 
@@ -47,6 +48,20 @@ void* fake_stack = nullptr;
 const void* sched_stack_bottom = nullptr;
 size_t sched_stack_size = 0;
 
+// libc's swapcontext, not AddressSanitizer's wrapper: that one clears the shadow of the
+// whole target stack at every switch (slow, and it drops the redzones of live frames);
+// the switches are announced to ASan with the fiber API instead.
+using SwapFn = int (*)(ucontext_t*, const ucontext_t*);
+SwapFn real_swap() {
+  static SwapFn fn = [] {
+    void* h = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    void* f = h ? dlsym(h, "swapcontext") : nullptr;
+    return f ? reinterpret_cast<SwapFn>(f) : &swapcontext;
+  }();
+  return fn;
+}
+#define swapcontext(a, b) real_swap()(a, b)
+
 // fiber <-> scheduler switches, announced to AddressSanitizer
 void to_sched() {
   Fiber& f = fibers[cur];
@@ -86,7 +101,8 @@ std::string where() {
 
 void dump_and_fail(const char* what) {
   std::fprintf(stderr, "SIM ERROR: %s in %s\n", what, where().c_str());
-  for (size_t i = 0; i < fibers.size(); i++) {
+  const size_t nt = (size_t)blockDim.x * blockDim.y * blockDim.z;
+  for (size_t i = 0; i < nt; i++) {
     const Fiber& f = fibers[i];
     const char* s = f.st == RUN ? "running" : f.st == WAIT_BLOCK ? "__syncthreads" : f.st == WAIT_WARP ? "warp barrier" : "exited";
     std::fprintf(stderr, "  thread (%u, %u, %u): %s line %d\n", f.tid.x, f.tid.y, f.tid.z, s,
@@ -105,20 +121,26 @@ void run_block(int nthreads) {
     Fiber& f = fibers[i];
     f.st = RUN;
     f.line = 0;
-    getcontext(&f.ctx);
     f.ctx.uc_stack.ss_sp = stacks[i].get();
     f.ctx.uc_stack.ss_size = kStack;
     f.ctx.uc_link = nullptr;
     makecontext(&f.ctx, fiber_main, 0);
   }
   const int nwarps = (nthreads + 31) / 32;
+  // Between two barriers the fibers run one after another, so a missing barrier shows up
+  // only when a thread reads what a later one writes: the direction alternates from one
+  // round to the next (and from block to block, and launch to launch).
+  int round = (int)(n_launches + blockIdx.x + blockIdx.y + blockIdx.z);
   for (;;) {
     bool ran = false;
-    for (int i = 0; i < nthreads; i++)
+    const bool rev = round++ & 1;
+    for (int k = 0; k < nthreads; k++) {
+      const int i = rev ? nthreads - 1 - k : k;
       if (fibers[i].st == RUN) {
         to_fiber(i);
         ran = true;
       }
+    }
     if (ran) continue;
     int live = 0, at_block = 0;
     for (int i = 0; i < nthreads; i++) {
@@ -257,21 +279,27 @@ void launch(const Cfg& c, const char* name, const void* fn, const std::function<
     for (auto& s : stacks)
       if (!s) s.reset(new char[kStack]);
   }
-  fibers.assign(n, Fiber{});
+  if ((int)fibers.size() < n) {
+    fibers.resize(n);  // moved: a ucontext_t points into itself, so initialise them all again
+    for (auto& f : fibers) getcontext(&f.ctx);  // makecontext reuses them block after block
+  }
   for (int i = 0; i < n; i++)
     fibers[i].tid = {(unsigned)(i % c.block.x), (unsigned)(i / c.block.x % c.block.y),
                      (unsigned)(i / (c.block.x * c.block.y))};
   dyn_bytes = c.smem;
   dyn = c.smem ? std::malloc(c.smem) : nullptr;
-  for (unsigned z = 0; z < c.grid.z; z++)
-    for (unsigned y = 0; y < c.grid.y; y++)
-      for (unsigned x = 0; x < c.grid.x; x++) {
-        blockIdx = {x, y, z};
-        if (dyn) std::memset(dyn, 0xff, c.smem);
-        run_block(n);
-        for (auto& kv : statics) std::free(kv.second);
-        statics.clear();
-      }
+  // blocks in order on even launches, in reverse order on odd ones (a kernel whose blocks
+  // depend on one another's writes then fails one way or the other)
+  const unsigned long long nblocks = (unsigned long long)c.grid.x * c.grid.y * c.grid.z;
+  for (unsigned long long k = 0; k < nblocks; k++) {
+    const unsigned long long b = (n_launches & 1) ? nblocks - 1 - k : k;
+    blockIdx = {(unsigned)(b % c.grid.x), (unsigned)(b / c.grid.x % c.grid.y),
+                (unsigned)(b / ((unsigned long long)c.grid.x * c.grid.y))};
+    if (dyn) std::memset(dyn, 0xff, c.smem);
+    run_block(n);
+    for (auto& kv : statics) std::free(kv.second);
+    statics.clear();
+  }
   std::free(dyn);
   dyn = nullptr;
   body_ = nullptr;
