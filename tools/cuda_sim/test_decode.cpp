@@ -216,6 +216,13 @@ SIM_TEST(decode_attention) {
   attention_case<bf16>(1, 2, 2, 256, 520, 0, {519});
   attention_case<float>(1, 1, 1, 256, 70, 3, {69});
   attention_case<float>(3, 6, 2, 12, 50, 5, {0, 49, 17});
+  // a lane (G = 1) or a few lanes per key
+  attention_case<float>(2, 2, 1, 4, 300, 2, {299, 130});
+  attention_case<bf16>(2, 2, 2, 8, 90, 1);
+  attention_case<float>(1, 3, 1, 1, 40, 1);
+  attention_case<bf16>(1, 2, 1, 6, 260, 0, {259});
+  attention_case<float>(1, 4, 2, 200, 100, 2, {99});
+  attention_case<bf16>(1, 2, 2, 252, 64, 1);
 }
 
 SIM_TEST(decode_linear) {
