@@ -28,7 +28,8 @@ FLAGS="$FLAGS -I$HERE/include -I$HERE -I$ROOT/csrc -I$ROOT/cuda"
 # the kernel files under test (each with its driver test_*.cpp)
 CU="flash_attention decode attention attention_gemm norm rope swiglu crossentropy embedding adamw elementwise matmul"
 JOBS=$(nproc 2>/dev/null || echo 2)
-for f in $CU; do python3 "$HERE/prep.py" "$ROOT/cuda/$f.cu" "$OUT/$f.cu.cpp"; done
+PY=${PYTHON:-python3}
+for f in $CU; do "$PY" "$HERE/prep.py" "$ROOT/cuda/$f.cu" "$OUT/$f.cu.cpp"; done
 {
   for f in $CU; do echo "$CXX $FLAGS -x c++ -c $OUT/$f.cu.cpp -o $OUT/$f.cu.o"; done
   for s in "$HERE"/sim_runtime.cpp "$HERE"/main.cpp "$HERE"/test_*.cpp; do
