@@ -45,5 +45,5 @@ objs=""
 for f in $CU; do objs="$objs $OUT/$f.cu.o"; done
 for s in "$HERE"/sim_runtime.cpp "$HERE"/main.cpp "$HERE"/test_*.cpp; do objs="$objs $OUT/$(basename "$s" .cpp).o"; done
 for s in $CORE; do objs="$objs $OUT/core_$(basename "$s").o"; done
-$CXX -fsanitize=address,undefined $objs -o "$OUT/cuda_sim"
+$CXX -fsanitize=address,undefined $objs -o "$OUT/cuda_sim" -ldl
 ASAN_OPTIONS=detect_leaks=0 "$OUT/cuda_sim" "$@"

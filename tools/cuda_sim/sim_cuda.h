@@ -151,6 +151,8 @@ void* dyn_smem();                          // the launch's dynamic shared memory
 void* static_shared(size_t bytes, int key);  // one object per __shared__ variable and block
 uint64_t* shfl_slot(int lane);             // lane's exchange slot in the current warp
 int lane_alive(int lane);                  // 1 when lane of the current warp is running
+int lane_id();                             // the linear thread index of the block, mod 32
+int warp_id();                             // and divided by 32
 [[noreturn]] void fail(const char* fmt, ...);
 
 template <typename T>
@@ -161,7 +163,7 @@ T& shared_var(int key) {
 template <typename T>
 T shfl_from(unsigned mask, T v, int src_lane, int line) {
   static_assert(sizeof(T) <= 8, "shuffle of more than 64 bits");
-  const int lane = threadIdx.x & 31;  // 1-D blocks only (as every kernel here)
+  const int lane = lane_id();
   if (mask != 0xffffffffu) fail("shuffle with a partial mask 0x%x (not emulated) at line %d", mask, line);
   uint64_t bits = 0;
   std::memcpy(&bits, &v, sizeof(T));
@@ -185,25 +187,25 @@ T shfl_from(unsigned mask, T v, int src_lane, int line) {
 namespace sim {
 template <typename T>
 T shfl_sync_(unsigned mask, T v, int src, int line, int width = 32) {
-  const int lane = threadIdx.x & 31;
+  const int lane = lane_id();
   return shfl_from(mask, v, (lane & ~(width - 1)) + (src & (width - 1)), line);
 }
 template <typename T>
 T shfl_xor_sync_(unsigned mask, T v, int o, int line, int width = 32) {
-  const int lane = threadIdx.x & 31;
+  const int lane = lane_id();
   const int src = lane ^ o;
   // a source outside the lane's width-segment reads the lane's own value
   return shfl_from(mask, v, (src & ~(width - 1)) == (lane & ~(width - 1)) ? src : lane, line);
 }
 template <typename T>
 T shfl_down_sync_(unsigned mask, T v, unsigned d, int line, int width = 32) {
-  const int lane = threadIdx.x & 31, seg = lane & ~(width - 1);
+  const int lane = lane_id(), seg = lane & ~(width - 1);
   const int src = lane + (int)d;
   return shfl_from(mask, v, src < seg + width ? src : lane, line);
 }
 template <typename T>
 T shfl_up_sync_(unsigned mask, T v, unsigned d, int line, int width = 32) {
-  const int lane = threadIdx.x & 31, seg = lane & ~(width - 1);
+  const int lane = lane_id(), seg = lane & ~(width - 1);
   const int src = lane - (int)d;
   return shfl_from(mask, v, src >= seg ? src : lane, line);
 }

@@ -222,6 +222,8 @@ void* static_shared(size_t bytes, int key) {
   }
   return p;
 }
+int lane_id() { return cur & 31; }
+int warp_id() { return cur >> 5; }
 uint64_t* shfl_slot(int lane) { return &shfl[cur >> 5][lane & 31]; }
 int lane_alive(int lane) {
   const int i = (cur & ~31) + lane;
@@ -320,7 +322,7 @@ float lo_bf(uint32_t r) { return __uint_as_float(r << 16); }
 float hi_bf(uint32_t r) { return __uint_as_float(r & 0xffff0000u); }
 }  // namespace
 void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  const int lane = ::sim::lane_id(), w = ::sim::warp_id();
   MmaPost& me = mma_post[w][lane];
   for (int i = 0; i < 4; i++) me.a[i] = a[i];
   me.b[0] = b0;
