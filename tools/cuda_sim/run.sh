@@ -13,7 +13,9 @@
 # and outputs start as NaN; built with AddressSanitizer and UBSan (out-of-bounds global or
 # shared accesses, misaligned vector loads abort). The drivers test_FILE.cpp call the
 # launchers of cuda/kernels.cuh and cuda/decode.cuh on awkward shapes and compare with
-# double-precision references. Needs g++ >= 10 and python3.
+# double-precision references, and (test_cpu_twin.cpp) the float kernels with the CPU
+# core's ops (csrc sources linked in). README.md lists what is covered and what is not.
+# Needs g++ >= 10 and python3 (or $PYTHON); about a minute on 2 cores.
 # It checks indexing, masking, barriers and the algorithms, not GPU timing, memory
 # ordering beyond the barriers, or races between blocks; the kernels still need
 # tests/gpu/run.sh on a GPU.
