@@ -39,7 +39,6 @@ const std::function<void()>* body_ = nullptr;
 const char* kernel_name = "";
 long long n_launches = 0;
 void* dyn = nullptr;
-size_t dyn_bytes = 0;
 std::map<std::pair<int, size_t>, void*> statics;
 uint64_t shfl[32][32];
 cudaError_t sticky = cudaSuccess;
@@ -288,7 +287,6 @@ void launch(const Cfg& c, const char* name, const void* fn, const std::function<
   for (int i = 0; i < n; i++)
     fibers[i].tid = {(unsigned)(i % c.block.x), (unsigned)(i / c.block.x % c.block.y),
                      (unsigned)(i / (c.block.x * c.block.y))};
-  dyn_bytes = c.smem;
   dyn = c.smem ? std::malloc(c.smem) : nullptr;
   // blocks in order on even launches, in reverse order on odd ones (a kernel whose blocks
   // depend on one another's writes then fails one way or the other)
