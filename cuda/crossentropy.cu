@@ -24,7 +24,7 @@ __global__ void crossentropy_forward_kernel(float* lse, double* row_loss, const 
       if (v > m) {
         s = s * expf(m - v) + 1.f;  // expf(-inf) = 0 on the first element
         m = v;
-      } else {
+      } else if (v != -INFINITY) {  // a -inf logit adds 0 (exp(-inf - -inf) would be NaN while m is -inf)
         s += expf(v - m);
       }
     }

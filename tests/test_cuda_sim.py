@@ -1,11 +1,13 @@
-"""The CUDA kernels run on the CPU emulator (tools/cuda_sim): every CUDA thread an OS
-thread, checked barriers, emulated shuffles and mma.sync, ASan/UBSan, against a
-double-precision reference. It needs no GPU and no CUDA toolkit, only g++ >= 10, so CI
-checks the kernels' indexing, masking and barriers on every change (not their speed)."""
+"""Every CUDA kernel of cuda/ runs on the CPU emulator (tools/cuda_sim): every CUDA thread
+a fiber, checked barriers, emulated shuffles and mma.sync, ASan/UBSan, against
+double-precision references. It needs no GPU and no CUDA toolkit, only g++ >= 10 and
+python3, so CI checks the kernels' indexing, masking and barriers on every change (not
+their speed)."""
 import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -25,7 +27,7 @@ def gxx_major():
 @pytest.mark.skipif(not os.path.isfile(SIM), reason="tools/cuda_sim is not in this checkout (installed package)")
 @pytest.mark.skipif(gxx_major() < 10, reason="the CUDA emulator needs g++ >= 10 with AddressSanitizer")
 def test_cuda_kernels_on_the_cpu_emulator(tmp_path):
-    env = dict(os.environ, TMPDIR=str(tmp_path))
+    env = dict(os.environ, TMPDIR=str(tmp_path), PYTHON=sys.executable)
     r = subprocess.run(["sh", SIM], capture_output=True, text=True, timeout=900, env=env)
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-4000:]

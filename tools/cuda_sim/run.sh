@@ -1,31 +1,51 @@
 #!/bin/sh
-# CPU emulation of the kernels of cuda/flash_attention.cu, for machines without a GPU:
+# CPU emulation of the hand-written CUDA kernels of cuda/, for machines without a GPU:
 #
-#   tools/cuda_sim/run.sh
+#   tools/cuda_sim/run.sh            # every check; prints ALL OK when all passed
+#   tools/cuda_sim/run.sh decode     # only the checks whose name contains "decode"
 #
-# Every CUDA thread of a block runs as an OS thread; __syncthreads is a block barrier
-# that aborts when threads arrive from different lines; __shfl_xor_sync and
-# mma.sync.m16n8k16 (emulated from the PTX ISA fragment layout) exchange through
-# per-warp buffers; shared memory is a buffer of exactly the launch's size, NaN-filled
-# at each block start; built with AddressSanitizer and UBSan (out-of-bounds global or
-# shared accesses, misaligned float4 / 32-bit loads abort). Results are compared with a
-# double-precision causal GQA attention (forward, lse, backward). Needs g++ >= 10.
-# It checks indexing, masking, barriers and the algorithm, not GPU timing or memory
-# ordering beyond the barriers; the kernels still need tests/gpu/run.sh on a GPU.
+# prep.py rewrites each cuda/FILE.cu for g++ (launches <<<...>>> become calls of
+# sim::launch, __shared__ variables become per-block objects); sim_cuda.h (with the
+# stand-ins include/cuda_runtime.h, include/cuda_bf16.h) supplies the CUDA built-ins and
+# sim_runtime.cpp runs them: the blocks of a launch one after another, the threads of a
+# block as fibers switched at barriers, __syncthreads and warp barriers (shuffles,
+# __syncwarp, mma.sync) checked for divergence, exited threads and deadlock; shared memory
+# and outputs start as NaN; built with AddressSanitizer and UBSan (out-of-bounds global or
+# shared accesses, misaligned vector loads abort). The drivers test_FILE.cpp call the
+# launchers of cuda/kernels.cuh and cuda/decode.cuh on awkward shapes and compare with
+# double-precision references, and (test_cpu_twin.cpp) the float kernels with the CPU
+# core's ops (csrc sources linked in). README.md lists what is covered and what is not.
+# Needs g++ >= 10 and python3 (or $PYTHON); about a minute on 2 cores.
+# It checks indexing, masking, barriers and the algorithms, not GPU timing, memory
+# ordering beyond the barriers, or races between blocks; the kernels still need
+# tests/gpu/run.sh on a GPU.
 set -e
 HERE=$(cd "$(dirname "$0")" && pwd)
-SRC=$HERE/../../cuda/flash_attention.cu
+ROOT=$(cd "$HERE/../.." && pwd)
 OUT=${TMPDIR:-/tmp}/pyllama_cuda_sim
 mkdir -p "$OUT"
-# the kernels: the anonymous namespace of flash_attention.cu, up to the launchers
-start=$(grep -n '^namespace {' "$SRC" | head -1 | cut -d: -f1)
-end=$(grep -n '^// -* launchers' "$SRC" | head -1 | cut -d: -f1)
+CXX=${CXX:-g++}
+FLAGS="-std=c++20 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -Wno-unknown-pragmas"
+FLAGS="$FLAGS -I$HERE/include -I$HERE -I$ROOT/csrc -I$ROOT/cuda"
+# the kernel files under test (each with its driver test_*.cpp)
+CU="flash_attention decode attention attention_gemm norm rope swiglu crossentropy embedding adamw elementwise matmul"
+CORE="kernels/ops_impl ops_dispatch matmul runtime adamw"
+JOBS=$(nproc 2>/dev/null || echo 2)
+PY=${PYTHON:-python3}
+for f in $CU; do "$PY" "$HERE/prep.py" "$ROOT/cuda/$f.cu" "$OUT/$f.cu.cpp"; done
 {
-  echo "namespace pyllama { namespace gpu {"
-  sed -n "$((start + 1)),$((end - 1))p" "$SRC" |
-    sed "s/extern __shared__ float4 smem4\[\];/float4* smem4 = reinterpret_cast<float4*>(sim_smem);/"
-  echo "}}"
-} > "$OUT/kernels_extracted.inc"
-g++ -std=c++20 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -pthread -Wno-unknown-pragmas \
-  -I"$OUT" "$HERE/flash_sim.cpp" -o "$OUT/flash_sim"
-"$OUT/flash_sim"
+  for f in $CU; do echo "$CXX $FLAGS -x c++ -c $OUT/$f.cu.cpp -o $OUT/$f.cu.o"; done
+  for s in "$HERE"/sim_runtime.cpp "$HERE"/main.cpp "$HERE"/test_*.cpp; do
+    echo "$CXX $FLAGS -c $s -o $OUT/$(basename "$s" .cpp).o"
+  done
+  # the CPU core's twins of the kernels (test_cpu_twin.cpp): generic variant, no OpenMP
+  for s in $CORE; do
+    echo "$CXX -std=c++17 -O1 -g -DPYLLAMA_OPS_NS=ops_generic -I$ROOT/csrc -c $ROOT/csrc/$s.cpp -o $OUT/core_$(basename "$s").o"
+  done
+} | xargs -P "$JOBS" -I{} sh -c '{}'
+objs=""
+for f in $CU; do objs="$objs $OUT/$f.cu.o"; done
+for s in "$HERE"/sim_runtime.cpp "$HERE"/main.cpp "$HERE"/test_*.cpp; do objs="$objs $OUT/$(basename "$s" .cpp).o"; done
+for s in $CORE; do objs="$objs $OUT/core_$(basename "$s").o"; done
+$CXX -fsanitize=address,undefined $objs -o "$OUT/cuda_sim" -ldl
+ASAN_OPTIONS=detect_leaks=0 "$OUT/cuda_sim" "$@"

@@ -1,0 +1,394 @@
+// sim_runtime.cpp — the scheduler and host runtime behind sim_cuda.h (see there and
+// run.sh). A launch runs its blocks in order; the threads of a block are ucontext fibers
+// on the calling OS thread. A fiber runs until it reaches a barrier or returns; when no
+// fiber can run, the scheduler releases every warp whose live lanes all wait at one warp
+// barrier, else the block barrier when every live thread waits there, else reports the
+// mismatch or deadlock and aborts.
+#include <dlfcn.h>
+#include <sanitizer/common_interface_defs.h>
+#include <ucontext.h>
+
+#include <cstdarg>
+#include <map>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "sim_cuda.h"
+
+uint3 threadIdx, blockIdx;
+dim3 blockDim, gridDim;
+
+namespace sim {
+namespace {
+
+enum State { RUN, WAIT_BLOCK, WAIT_WARP, DONE };
+struct Fiber {
+  ucontext_t ctx;
+  State st = RUN;
+  int line = 0;
+  uint3 tid;
+};
+
+constexpr size_t kStack = 256 * 1024;
+std::vector<Fiber> fibers;
+std::vector<std::unique_ptr<char[]>> stacks;
+ucontext_t sched_ctx;
+int cur = -1;
+const std::function<void()>* body_ = nullptr;
+const char* kernel_name = "";
+long long n_launches = 0;
+void* dyn = nullptr;
+std::map<std::pair<int, size_t>, void*> statics;
+uint64_t shfl[32][32];
+cudaError_t sticky = cudaSuccess;
+std::map<const void*, int> max_dyn_smem;
+void* fake_stack = nullptr;
+const void* sched_stack_bottom = nullptr;
+size_t sched_stack_size = 0;
+
+// libc's swapcontext, not AddressSanitizer's wrapper: that one clears the shadow of the
+// whole target stack at every switch (slow, and it drops the redzones of live frames);
+// the switches are announced to ASan with the fiber API instead.
+using SwapFn = int (*)(ucontext_t*, const ucontext_t*);
+SwapFn real_swap() {
+  static SwapFn fn = [] {
+    void* h = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    void* f = h ? dlsym(h, "swapcontext") : nullptr;
+    return f ? reinterpret_cast<SwapFn>(f) : &swapcontext;
+  }();
+  return fn;
+}
+#define swapcontext(a, b) real_swap()(a, b)
+
+// fiber <-> scheduler switches, announced to AddressSanitizer
+void to_sched() {
+  Fiber& f = fibers[cur];
+  void* fs = nullptr;
+  __sanitizer_start_switch_fiber(&fs, sched_stack_bottom, sched_stack_size);
+  swapcontext(&f.ctx, &sched_ctx);
+  __sanitizer_finish_switch_fiber(fs, nullptr, nullptr);
+}
+void fiber_main() {
+  __sanitizer_finish_switch_fiber(nullptr, &sched_stack_bottom, &sched_stack_size);
+  (*body_)();
+  fibers[cur].st = DONE;
+  __sanitizer_start_switch_fiber(nullptr, sched_stack_bottom, sched_stack_size);  // this stack dies
+  swapcontext(&fibers[cur].ctx, &sched_ctx);
+}
+void to_fiber(int i) {
+  cur = i;
+  threadIdx = fibers[i].tid;
+  __sanitizer_start_switch_fiber(&fake_stack, stacks[i].get(), kStack);
+  swapcontext(&sched_ctx, &fibers[i].ctx);
+  __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+  cur = -1;
+}
+
+void wait(State s, int line) {
+  Fiber& f = fibers[cur];
+  f.st = s;
+  f.line = line;
+  to_sched();
+}
+
+std::string where() {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "kernel %s, block (%u, %u, %u)", kernel_name, blockIdx.x, blockIdx.y, blockIdx.z);
+  return buf;
+}
+
+void dump_and_fail(const char* what) {
+  std::fprintf(stderr, "SIM ERROR: %s in %s\n", what, where().c_str());
+  const size_t nt = (size_t)blockDim.x * blockDim.y * blockDim.z;
+  for (size_t i = 0; i < nt; i++) {
+    const Fiber& f = fibers[i];
+    const char* s = f.st == RUN ? "running" : f.st == WAIT_BLOCK ? "__syncthreads" : f.st == WAIT_WARP ? "warp barrier" : "exited";
+    std::fprintf(stderr, "  thread (%u, %u, %u): %s line %d\n", f.tid.x, f.tid.y, f.tid.z, s,
+                 f.line % 1000000);
+    if (i > 64) {
+      std::fprintf(stderr, "  ...\n");
+      break;
+    }
+  }
+  std::fflush(stderr);
+  std::abort();
+}
+
+void run_block(int nthreads) {
+  for (int i = 0; i < nthreads; i++) {
+    Fiber& f = fibers[i];
+    f.st = RUN;
+    f.line = 0;
+    f.ctx.uc_stack.ss_sp = stacks[i].get();
+    f.ctx.uc_stack.ss_size = kStack;
+    f.ctx.uc_link = nullptr;
+    makecontext(&f.ctx, fiber_main, 0);
+  }
+  const int nwarps = (nthreads + 31) / 32;
+  // Between two barriers the fibers run one after another, so a missing barrier shows up
+  // only when a thread reads what a later one writes: the direction alternates from one
+  // round to the next (and from block to block, and launch to launch).
+  int round = (int)(n_launches + blockIdx.x + blockIdx.y + blockIdx.z);
+  for (;;) {
+    bool ran = false;
+    const bool rev = round++ & 1;
+    for (int k = 0; k < nthreads; k++) {
+      const int i = rev ? nthreads - 1 - k : k;
+      if (fibers[i].st == RUN) {
+        to_fiber(i);
+        ran = true;
+      }
+    }
+    if (ran) continue;
+    int live = 0, at_block = 0;
+    for (int i = 0; i < nthreads; i++) {
+      live += fibers[i].st != DONE;
+      at_block += fibers[i].st == WAIT_BLOCK;
+    }
+    if (live == 0) return;
+    bool released = false;
+    for (int w = 0; w < nwarps; w++) {
+      const int l0 = 32 * w, l1 = std::min(nthreads, l0 + 32);
+      int waiting = 0, alive = 0, line = -1;
+      bool same = true;
+      for (int i = l0; i < l1; i++) {
+        if (fibers[i].st == DONE) continue;
+        alive++;
+        if (fibers[i].st == WAIT_WARP) {
+          if (waiting++ == 0) line = fibers[i].line;
+          else if (fibers[i].line != line) same = false;
+        }
+      }
+      if (waiting == 0) continue;
+      if (!same) dump_and_fail("lanes of a warp wait at different warp barriers (divergent shuffle or __syncwarp)");
+      if (waiting == alive) {
+        for (int i = l0; i < l1; i++)
+          if (fibers[i].st == WAIT_WARP) fibers[i].st = RUN;
+        released = true;
+      }
+    }
+    if (released) continue;
+    if (at_block == live) {
+      const int line = [&] {
+        for (int i = 0; i < nthreads; i++)
+          if (fibers[i].st == WAIT_BLOCK) return fibers[i].line;
+        return -1;
+      }();
+      for (int i = 0; i < nthreads; i++)
+        if (fibers[i].st == WAIT_BLOCK && fibers[i].line != line)
+          dump_and_fail("threads wait at different __syncthreads");
+      if (live != nthreads) dump_and_fail("__syncthreads after some threads of the block exited");
+      for (int i = 0; i < nthreads; i++)
+        if (fibers[i].st == WAIT_BLOCK) fibers[i].st = RUN;
+      continue;
+    }
+    dump_and_fail("deadlock (threads wait at __syncthreads while others wait at a warp barrier)");
+  }
+}
+
+}  // namespace
+
+void fail(const char* fmt, ...) {
+  std::fprintf(stderr, "SIM ERROR in %s, thread (%u, %u, %u): ", where().c_str(), threadIdx.x, threadIdx.y,
+               threadIdx.z);
+  va_list ap;
+  va_start(ap, fmt);
+  std::vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  std::fprintf(stderr, "\n");
+  std::fflush(stderr);
+  std::abort();
+}
+
+void sync_block(int line) {
+  if (cur < 0) fail("__syncthreads outside a kernel");
+  wait(WAIT_BLOCK, line);
+}
+void sync_warp(int line) {
+  if (cur < 0) fail("warp barrier outside a kernel");
+  wait(WAIT_WARP, line);
+}
+void* dyn_smem() {
+  if (!dyn) fail("extern __shared__ used by a launch without dynamic shared memory");
+  return dyn;
+}
+void* static_shared(size_t bytes, int key) {
+  auto& p = statics[{key, bytes}];
+  if (!p) {
+    p = std::malloc(bytes);
+    std::memset(p, 0xff, bytes);
+  }
+  return p;
+}
+int lane_id() { return cur & 31; }
+int warp_id() { return cur >> 5; }
+uint64_t* shfl_slot(int lane) { return &shfl[cur >> 5][lane & 31]; }
+int lane_alive(int lane) {
+  const int i = (cur & ~31) + lane;
+  return lane >= 0 && lane < 32 && i < (int)fibers.size() && i < (int)(blockDim.x * blockDim.y * blockDim.z) &&
+         fibers[i].st != DONE;
+}
+
+long long launches() { return n_launches; }
+const char* last_kernel() { return kernel_name; }
+
+cudaError_t func_set_attribute(const void* f, int attr, int value) {
+  if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+    if (value > 232448) return cudaErrorInvalidValue;
+    max_dyn_smem[f] = value;
+  }
+  return cudaSuccess;
+}
+cudaError_t func_get_attributes(cudaFuncAttributes* fa, const void*) {
+  fa->maxThreadsPerBlock = 1024;
+  fa->numRegs = 64;
+  fa->ptxVersion = 90;
+  fa->binaryVersion = 90;
+  fa->sharedSizeBytes = 0;
+  fa->maxDynamicSharedSizeBytes = 48 * 1024;
+  return cudaSuccess;
+}
+
+void launch(const Cfg& c, const char* name, const void* fn, const std::function<void()>& body) {
+  kernel_name = name;
+  n_launches++;
+  const unsigned long long nthreads = (unsigned long long)c.block.x * c.block.y * c.block.z;
+  const bool bad = nthreads == 0 || nthreads > 1024 || c.block.z > 64 || c.grid.x == 0 || c.grid.y == 0 ||
+                   c.grid.z == 0 || c.grid.y > 65535 || c.grid.z > 65535 || c.grid.x > 0x7fffffffu;
+  if (bad) {
+    std::fprintf(stderr, "sim: bad launch configuration of %s: grid (%u, %u, %u), block (%u, %u, %u)\n", name,
+                 c.grid.x, c.grid.y, c.grid.z, c.block.x, c.block.y, c.block.z);
+    sticky = cudaErrorInvalidConfiguration;
+    return;
+  }
+  if (c.smem > 48 * 1024) {
+    auto it = max_dyn_smem.find(fn);
+    if (it == max_dyn_smem.end() || (size_t)it->second < c.smem) {
+      std::fprintf(stderr, "sim: %s launched with %zu bytes of dynamic shared memory without opting in\n", name,
+                   c.smem);
+      sticky = cudaErrorInvalidValue;
+      return;
+    }
+  }
+  gridDim = c.grid;
+  blockDim = c.block;
+  body_ = &body;
+  const int n = (int)nthreads;
+  if ((int)stacks.size() < n) {
+    stacks.resize(n);
+    for (auto& s : stacks)
+      if (!s) s.reset(new char[kStack]);
+  }
+  if ((int)fibers.size() < n) {
+    fibers.resize(n);  // moved: a ucontext_t points into itself, so initialise them all again
+    for (auto& f : fibers) getcontext(&f.ctx);  // makecontext reuses them block after block
+  }
+  for (int i = 0; i < n; i++)
+    fibers[i].tid = {(unsigned)(i % c.block.x), (unsigned)(i / c.block.x % c.block.y),
+                     (unsigned)(i / (c.block.x * c.block.y))};
+  dyn = c.smem ? std::malloc(c.smem) : nullptr;
+  // blocks in order on even launches, in reverse order on odd ones (a kernel whose blocks
+  // depend on one another's writes then fails one way or the other)
+  const unsigned long long nblocks = (unsigned long long)c.grid.x * c.grid.y * c.grid.z;
+  for (unsigned long long k = 0; k < nblocks; k++) {
+    const unsigned long long b = (n_launches & 1) ? nblocks - 1 - k : k;
+    blockIdx = {(unsigned)(b % c.grid.x), (unsigned)(b / c.grid.x % c.grid.y),
+                (unsigned)(b / ((unsigned long long)c.grid.x * c.grid.y))};
+    if (dyn) std::memset(dyn, 0xff, c.smem);
+    run_block(n);
+    for (auto& kv : statics) std::free(kv.second);
+    statics.clear();
+  }
+  std::free(dyn);
+  dyn = nullptr;
+  body_ = nullptr;
+}
+
+}  // namespace sim
+
+namespace pyllama {
+namespace gpu {
+// mma.sync.m16n8k16.row.col f32.bf16.bf16.f32 as the PTX ISA lays the fragments out: each
+// lane posts its registers, then computes its own C elements from the whole warp's.
+namespace {
+struct MmaPost {
+  uint32_t a[4], b[2];
+};
+MmaPost mma_post[32][32];
+float lo_bf(uint32_t r) { return __uint_as_float(r << 16); }
+float hi_bf(uint32_t r) { return __uint_as_float(r & 0xffff0000u); }
+}  // namespace
+void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  const int lane = ::sim::lane_id(), w = ::sim::warp_id();
+  MmaPost& me = mma_post[w][lane];
+  for (int i = 0; i < 4; i++) me.a[i] = a[i];
+  me.b[0] = b0;
+  me.b[1] = b1;
+  ::sim::sync_warp(3000000 + __LINE__);
+  for (int l = 0; l < 32; l++)
+    if (!::sim::lane_alive(l)) ::sim::fail("mma.sync with lane %d exited", l);
+  auto A = [&](int row, int col) {  // A (16 x 16)
+    const int g = row & 7, reg = (row >> 3) | ((col >> 3) << 1), q = (col & 7) >> 1;
+    const uint32_t r = mma_post[w][g * 4 + q].a[reg];
+    return (col & 1) ? hi_bf(r) : lo_bf(r);
+  };
+  auto B = [&](int k, int n) {  // B (16 x 8)
+    const int q = (k & 7) >> 1, reg = k >> 3;
+    const uint32_t r = mma_post[w][n * 4 + q].b[reg];
+    return (k & 1) ? hi_bf(r) : lo_bf(r);
+  };
+  const int g = lane >> 2, q = lane & 3;
+  float out[4];
+  for (int e = 0; e < 4; e++) {
+    const int row = g + 8 * (e >> 1), col = 2 * q + (e & 1);
+    double acc = c[e];
+    for (int k = 0; k < 16; k++) acc += (double)A(row, k) * B(k, col);
+    out[e] = (float)acc;
+  }
+  ::sim::sync_warp(4000000 + __LINE__);
+  for (int e = 0; e < 4; e++) c[e] = out[e];
+}
+}  // namespace gpu
+}  // namespace pyllama
+
+// ---------------------------------------------------------------- host runtime
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    default: return "cudaError";
+  }
+}
+const char* cudaGetErrorString(cudaError_t e) { return cudaGetErrorName(e); }
+cudaError_t cudaGetLastError() {
+  const cudaError_t e = sim::sticky;
+  sim::sticky = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError() { return sim::sticky; }
+cudaError_t cudaGetDevice(int* d) {
+  *d = 0;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
+  switch (a) {
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = 232448; break;  // H100 / H200
+    case cudaDevAttrComputeCapabilityMajor: *v = 9; break;
+    case cudaDevAttrComputeCapabilityMinor: *v = 0; break;
+    case cudaDevAttrMultiProcessorCount: *v = 132; break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) {
+  std::memset(p, v, n);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t) {
+  std::memmove(d, s, n);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }

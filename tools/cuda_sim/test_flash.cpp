@@ -1,0 +1,65 @@
+// test_flash.cpp — cuda/flash_attention.cu: flash_attention_forward / _backward (SIMT for
+// float and bf16, tensor cores for bf16 with HS <= 128) against a double-precision causal
+// GQA attention (out, lse, dqkv), through the public launchers (DMAX from HS).
+#include "check.h"
+#include "ref_attention.h"
+
+using namespace chk;
+
+namespace {
+
+// mis: qkv and dout start `mis` elements into their buffers (not 16-byte aligned: the
+// scalar load paths)
+template <typename T>
+void run_case(int B, int T_, int NH, int NKV, int HS, double tol, bool tc = false, int mis = 0) {
+  const int C = NH * HS, QKVD = C + 2 * NKV * HS;
+  const size_t N = (size_t)B * T_, NL = (size_t)B * NH * T_;
+  Rng r(B * 1000 + T_ * 10 + HS);
+  auto qkv0 = randn<T>(N * QKVD + mis, r), dy0 = randn<T>(N * C + mis, r);
+  const std::vector<T> qkv(qkv0.begin() + mis, qkv0.end()), dy(dy0.begin() + mis, dy0.end());
+  std::vector<double> rout, rlse, rdq;
+  reference(rout, rlse, rdq, to_d(qkv), to_d(dy), B, T_, NH, NKV, HS);
+  auto out = nans<T>(N * C), dq = nans<T>(N * QKVD);
+  auto lse = nans<float>(NL), dsum = nans<float>(NL);
+  using namespace pyllama::gpu;
+  const long long before = sim::launches();
+  flash_attention_forward<T>(out.data(), lse.data(), qkv0.data() + mis, B, T_, NH, NKV, HS, nullptr, tc);
+  CUDA_CHECK_LAUNCH();
+  flash_attention_backward<T>(dq.data(), dsum.data(), dy0.data() + mis, out.data(), qkv0.data() + mis, lse.data(), B, T_, NH, NKV,
+                              HS, nullptr, tc);
+  CUDA_CHECK_LAUNCH();
+  const std::string what = fmt("flash %s%s B=%d T=%d NH=%d NKV=%d HS=%d%s", tname<T>(), tc ? "-tc" : "", B, T_, NH,
+                               NKV, HS, mis ? " misaligned" : "");
+  report(what + " out", rel_err(out, rout), tol);
+  report(what + " lse", rel_err(lse, rlse), 1e-5);
+  report(what + " dqkv", rel_err(dq, rdq), tol * 4);
+  report_exact(what + " launches (4)", sim::launches() - before == 4);
+}
+
+}  // namespace
+
+SIM_TEST(flash_attention) {
+  run_case<float>(2, 37, 4, 2, 12, 2e-6);
+  run_case<float>(1, 70, 2, 1, 64, 2e-6);
+  run_case<float>(3, 1, 4, 1, 64, 2e-6);
+  run_case<float>(1, 65, 2, 2, 32, 2e-6);
+  run_case<float>(2, 9, 2, 2, 128, 2e-6);
+  run_case<float>(1, 100, 3, 3, 80, 2e-6);
+  run_case<float>(1, 77, 4, 2, 256, 2e-6);
+  run_case<float>(1, 33, 2, 1, 130, 2e-6);
+  run_case<float>(2, 3, 3, 1, 5, 2e-6);
+  run_case<float>(1, 64, 2, 1, 64, 2e-6);  // T a multiple of every block
+  run_case<bf16>(1, 128, 2, 2, 64, 1e-2, true);
+  run_case<bf16>(2, 70, 4, 2, 64, 1e-2);
+  run_case<bf16>(1, 45, 2, 2, 128, 1e-2);
+  run_case<bf16>(2, 70, 4, 2, 64, 1e-2, true);
+  run_case<bf16>(1, 130, 2, 1, 12, 1e-2, true);
+  run_case<bf16>(3, 1, 4, 1, 32, 1e-2, true);
+  run_case<bf16>(1, 45, 2, 2, 128, 1e-2, true);
+  run_case<bf16>(1, 100, 3, 3, 80, 1e-2, true);
+  run_case<bf16>(1, 200, 3, 1, 64, 1e-2, true);
+  run_case<bf16>(1, 7, 2, 1, 100, 1e-2, true);
+  run_case<float>(1, 40, 2, 1, 64, 2e-6, false, 1);
+  run_case<bf16>(1, 40, 2, 1, 64, 1e-2, true, 1);
+  run_case<bf16>(1, 40, 2, 1, 64, 1e-2, false, 3);
+}

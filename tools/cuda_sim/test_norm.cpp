@@ -1,0 +1,57 @@
+// test_norm.cpp — cuda/norm.cu: rmsnorm_forward (out, rstd) and rmsnorm_backward (dinp
+// added into, dw accumulated over row chunks with float atomics), double references.
+#include "check.h"
+
+using namespace chk;
+using namespace pyllama::gpu;
+
+namespace {
+
+template <typename T>
+void case_(int N, int C) {
+  Rng r(N * 5 + C);
+  const float eps = 1e-5f;
+  auto x = randn<T>((size_t)N * C, r), w = randn<T>(C, r), dy = randn<T>((size_t)N * C, r);
+  auto dinp = randn<T>((size_t)N * C, r);  // the residual stream's gradient: added into
+  std::vector<float> dw(C);
+  for (auto& v : dw) v = (float)r.normal();
+  std::vector<double> ro((size_t)N * C), rr(N), rdx = to_d(dinp), rdw = to_d(dw);
+  for (int n = 0; n < N; n++) {
+    double ss = 0;
+    for (int i = 0; i < C; i++) ss += f(x[(size_t)n * C + i]) * f(x[(size_t)n * C + i]);
+    const double rs = 1.0 / std::sqrt(ss / C + eps);
+    rr[n] = rs;
+    double dot = 0;
+    for (int i = 0; i < C; i++) {
+      const size_t k = (size_t)n * C + i;
+      ro[k] = f(x[k]) * rs * f(w[i]);
+      dot += f(w[i]) * f(dy[k]) * f(x[k]);
+    }
+    for (int i = 0; i < C; i++) {
+      const size_t k = (size_t)n * C + i;
+      rdx[k] += rs * f(w[i]) * f(dy[k]) - rs * rs * rs * dot / C * f(x[k]);
+      rdw[i] += f(dy[k]) * f(x[k]) * rs;
+    }
+  }
+  auto out = nans<T>((size_t)N * C);
+  auto rstd = nans<float>(N);
+  rmsnorm_forward<T>(out.data(), rstd.data(), x.data(), w.data(), N, C, eps, nullptr);
+  CUDA_CHECK_LAUNCH();
+  rmsnorm_backward<T>(dinp.data(), dw.data(), dy.data(), x.data(), w.data(), rstd.data(), N, C, nullptr);
+  CUDA_CHECK_LAUNCH();
+  const std::string wh = fmt("rmsnorm %s N=%d C=%d", tname<T>(), N, C);
+  report(wh + " out", rel_err(out, ro), tol_of<T>(2e-6));
+  report(wh + " rstd", rel_err(rstd, rr), 2e-6);
+  report(wh + " dinp", rel_err(dinp, rdx), tol_of<T>(1e-5));
+  report(wh + " dw", rel_err(dw, rdw), 1e-5);
+}
+
+}  // namespace
+
+SIM_TEST(norm) {
+  case_<float>(1, 1);
+  case_<float>(13, 70);
+  case_<float>(300, 33);  // two row chunks of the dw kernel
+  case_<bf16>(9, 256);
+  case_<bf16>(520, 5);
+}
