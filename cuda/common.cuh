@@ -113,6 +113,42 @@ __device__ __forceinline__ float block_max(float v, float* shared) {
   return warp_max(r);
 }
 
+// 128-bit packs: kPack<T> consecutive elements (4 float or 8 bf16) in one load or store,
+// converted to and from float. The caller guarantees 16-byte alignment (aligned16 on the
+// host for the base pointers, and row lengths that are multiples of kPack<T>).
+template <typename T>
+constexpr int kPack = 16 / (int)sizeof(T);
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+__device__ __forceinline__ void load_pack(const float* p, float* o) {
+  const float4 t = *reinterpret_cast<const float4*>(p);
+  o[0] = t.x;
+  o[1] = t.y;
+  o[2] = t.z;
+  o[3] = t.w;
+}
+__device__ __forceinline__ void load_pack(const bf16* p, float* o) {
+  const uint4 t = *reinterpret_cast<const uint4*>(p);
+  const unsigned u[4] = {t.x, t.y, t.z, t.w};
+#pragma unroll
+  for (int k = 0; k < 4; k++) {  // little endian: the lower half is the first element
+    o[2 * k] = __uint_as_float(u[k] << 16);
+    o[2 * k + 1] = __uint_as_float(u[k] & 0xffff0000u);
+  }
+}
+__device__ __forceinline__ void store_pack(float* p, const float* v) {
+  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ __forceinline__ void store_pack(bf16* p, const float* v) {
+  unsigned u[4];
+#pragma unroll
+  for (int k = 0; k < 4; k++)
+    u[k] = (unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(v[2 * k])) |
+           ((unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(v[2 * k + 1])) << 16);
+  *reinterpret_cast<uint4*>(p) = make_uint4(u[0], u[1], u[2], u[3]);
+}
+
 // Blocks for a 1-D grid over n items, at most `cap` blocks (grid-stride loops cover the rest).
 inline unsigned grid_for(long long n, int threads, long long cap = 65535LL * 16) {
   long long g = (n + threads - 1) / threads;

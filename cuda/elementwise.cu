@@ -12,6 +12,21 @@ __global__ void residual_kernel(T* out, const T* a, const T* b, long long n) {
     out[i] = from_f<T>(to_f(a[i]) + to_f(b[i]));
 }
 
+// np packs of kPack<T> elements (out may alias a or b: each pack is read before it is written).
+template <typename T>
+__global__ void residual_pack_kernel(T* out, const T* a, const T* b, long long np) {
+  constexpr int P = kPack<T>;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < np;
+       i += (long long)gridDim.x * blockDim.x) {
+    float x[P], y[P];
+    load_pack(a + i * P, x);
+    load_pack(b + i * P, y);
+#pragma unroll
+    for (int k = 0; k < P; k++) x[k] += y[k];
+    store_pack(out + i * P, x);
+  }
+}
+
 template <typename TD, typename TS>
 __global__ void convert_kernel(TD* dst, const TS* src, long long n) {
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
@@ -32,7 +47,12 @@ __global__ void gather_last_kernel(T* rows, const T* x, int B, int T_, int C) {
 template <typename T>
 void residual_forward(T* out, const T* a, const T* b, long long n, cudaStream_t stream) {
   if (n <= 0) return;
-  residual_kernel<T><<<grid_for(n, 256), 256, 0, stream>>>(out, a, b, n);
+  if (n % kPack<T> == 0 && aligned16(out) && aligned16(a) && aligned16(b)) {
+    const long long np = n / kPack<T>;
+    residual_pack_kernel<T><<<grid_for(np, 256), 256, 0, stream>>>(out, a, b, np);
+  } else {
+    residual_kernel<T><<<grid_for(n, 256), 256, 0, stream>>>(out, a, b, n);
+  }
   CUDA_CHECK_LAUNCH();
 }
 

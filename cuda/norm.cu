@@ -1,5 +1,5 @@
 // norm.cu — RMSNorm forward and backward (see rmsnorm_* in csrc/ops.h).
-// One warp per row for the row-wise parts; the weight gradient reduces columns
+// One warp per row for the row-wise parts (128-bit packs when the rows allow); the weight gradient reduces columns
 // over chunks of rows and adds each chunk's sum with one float atomic per column.
 #include "kernels.cuh"
 
@@ -10,7 +10,9 @@ namespace {
 
 constexpr int kRowsPerBlock = 8;  // warps per block in the row kernels
 
-template <typename T>
+// PACK: each lane moves 128-bit packs (C a multiple of kPack<T>, 16-byte aligned rows);
+// otherwise one element at a time.
+template <typename T, bool PACK>
 __global__ void rmsnorm_forward_kernel(T* out, float* rstd, const T* inp, const T* w, int N, int C, float eps) {
   const int lane = threadIdx.x & 31;
   const int n = blockIdx.x * kRowsPerBlock + (threadIdx.x >> 5);
@@ -18,17 +20,39 @@ __global__ void rmsnorm_forward_kernel(T* out, float* rstd, const T* inp, const 
   const T* x = inp + (long long)n * C;
   T* o = out + (long long)n * C;
   float ss = 0.f;
-  for (int i = lane; i < C; i += 32) {
-    float v = to_f(x[i]);
-    ss += v * v;
+  if constexpr (PACK) {
+    constexpr int P = kPack<T>;
+    for (int i = lane * P; i < C; i += 32 * P) {
+      float v[P];
+      load_pack(x + i, v);
+#pragma unroll
+      for (int k = 0; k < P; k++) ss += v[k] * v[k];
+    }
+  } else {
+    for (int i = lane; i < C; i += 32) {
+      float v = to_f(x[i]);
+      ss += v * v;
+    }
   }
   ss = warp_sum(ss);
   const float r = 1.0f / sqrtf(ss / C + eps);
   if (lane == 0) rstd[n] = r;
-  for (int i = lane; i < C; i += 32) o[i] = from_f<T>(to_f(w[i]) * (to_f(x[i]) * r));
+  if constexpr (PACK) {
+    constexpr int P = kPack<T>;
+    for (int i = lane * P; i < C; i += 32 * P) {
+      float v[P], wv[P];
+      load_pack(x + i, v);
+      load_pack(w + i, wv);
+#pragma unroll
+      for (int k = 0; k < P; k++) v[k] = wv[k] * (v[k] * r);
+      store_pack(o + i, v);
+    }
+  } else {
+    for (int i = lane; i < C; i += 32) o[i] = from_f<T>(to_f(w[i]) * (to_f(x[i]) * r));
+  }
 }
 
-template <typename T>
+template <typename T, bool PACK>
 __global__ void rmsnorm_backward_dinp_kernel(T* dinp, const T* dout, const T* inp, const T* w, const float* rstd, int N,
                                              int C) {
   const int lane = threadIdx.x & 31;
@@ -39,11 +63,37 @@ __global__ void rmsnorm_backward_dinp_kernel(T* dinp, const T* dout, const T* in
   T* dx = dinp + (long long)n * C;
   const float r = rstd[n];
   float dot = 0.f;  // sum_j w_j dy_j x_j
-  for (int i = lane; i < C; i += 32) dot += to_f(w[i]) * to_f(dy[i]) * to_f(x[i]);
+  if constexpr (PACK) {
+    constexpr int P = kPack<T>;
+    for (int i = lane * P; i < C; i += 32 * P) {
+      float wv[P], dv[P], xv[P];
+      load_pack(w + i, wv);
+      load_pack(dy + i, dv);
+      load_pack(x + i, xv);
+#pragma unroll
+      for (int k = 0; k < P; k++) dot += wv[k] * dv[k] * xv[k];
+    }
+  } else {
+    for (int i = lane; i < C; i += 32) dot += to_f(w[i]) * to_f(dy[i]) * to_f(x[i]);
+  }
   dot = warp_sum(dot);
-  const float k = r * r * r * dot / C;
-  for (int i = lane; i < C; i += 32)
-    dx[i] = from_f<T>(to_f(dx[i]) + (r * to_f(w[i]) * to_f(dy[i]) - k * to_f(x[i])));
+  const float k3 = r * r * r * dot / C;
+  if constexpr (PACK) {
+    constexpr int P = kPack<T>;
+    for (int i = lane * P; i < C; i += 32 * P) {
+      float wv[P], dv[P], xv[P], acc[P];
+      load_pack(w + i, wv);
+      load_pack(dy + i, dv);
+      load_pack(x + i, xv);
+      load_pack(dx + i, acc);
+#pragma unroll
+      for (int k = 0; k < P; k++) acc[k] = acc[k] + (r * wv[k] * dv[k] - k3 * xv[k]);
+      store_pack(dx + i, acc);
+    }
+  } else {
+    for (int i = lane; i < C; i += 32)
+      dx[i] = from_f<T>(to_f(dx[i]) + (r * to_f(w[i]) * to_f(dy[i]) - k3 * to_f(x[i])));
+  }
 }
 
 // grid (ceil(C/32), ceil(N/kChunk)), block (32, 8): column c = blockIdx.x*32 + threadIdx.x.
@@ -72,7 +122,10 @@ template <typename T>
 void rmsnorm_forward(T* out, float* rstd, const T* inp, const T* w, int N, int C, float eps, cudaStream_t stream) {
   if (N <= 0) return;
   const unsigned blocks = (N + kRowsPerBlock - 1) / kRowsPerBlock;
-  rmsnorm_forward_kernel<T><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(out, rstd, inp, w, N, C, eps);
+  if (C % kPack<T> == 0 && aligned16(out) && aligned16(inp) && aligned16(w))
+    rmsnorm_forward_kernel<T, true><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(out, rstd, inp, w, N, C, eps);
+  else
+    rmsnorm_forward_kernel<T, false><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(out, rstd, inp, w, N, C, eps);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -81,7 +134,11 @@ void rmsnorm_backward(T* dinp, float* dw, const T* dout, const T* inp, const T* 
                       cudaStream_t stream) {
   if (N <= 0) return;
   const unsigned blocks = (N + kRowsPerBlock - 1) / kRowsPerBlock;
-  rmsnorm_backward_dinp_kernel<T><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(dinp, dout, inp, w, rstd, N, C);
+  if (C % kPack<T> == 0 && aligned16(dinp) && aligned16(dout) && aligned16(inp) && aligned16(w))
+    rmsnorm_backward_dinp_kernel<T, true><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(dinp, dout, inp, w, rstd, N, C);
+  else
+    rmsnorm_backward_dinp_kernel<T, false><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(dinp, dout, inp, w, rstd, N,
+                                                                                     C);
   CUDA_CHECK_LAUNCH();
   dim3 grid((C + 31) / 32, (N + kChunk - 1) / kChunk), block(32, 8);
   rmsnorm_backward_dw_kernel<T><<<grid, block, 0, stream>>>(dw, dout, inp, rstd, N, C);

@@ -60,4 +60,6 @@ SIM_TEST(crossentropy) {
   case_<float>(1100, 3, false);  // more rows than the 1024 threads of the sum
   case_<float>(4, 300, false, true);
   case_<bf16>(3, 1000, true, true);
+  case_<bf16>(5, 2048, false);       // 128-bit packs, one pass per thread
+  case_<bf16>(2, 4104, true, true);  // packs, in place, masked, a partial last pass
 }

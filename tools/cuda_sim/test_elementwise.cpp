@@ -50,6 +50,9 @@ void gather_case(int B, int T_, int C) {
 SIM_TEST(elementwise) {
   residual_case<float>(1000, false);
   residual_case<bf16>(257, true);
+  residual_case<bf16>(264, true);   // 128-bit packs (n a multiple of 8), aliased
+  residual_case<bf16>(1024, false);
+  residual_case<float>(12, true);    // float packs
   convert_case<float, bf16>(300);
   convert_case<bf16, float>(1);
   convert_case<float, float>(513);

@@ -54,4 +54,6 @@ SIM_TEST(norm) {
   case_<float>(300, 33);  // two row chunks of the dw kernel
   case_<bf16>(9, 256);
   case_<bf16>(520, 5);
+  case_<float>(7, 96);    // 128-bit packs: 3 per lane-row pass, float
+  case_<bf16>(3, 264);    // bf16 packs, the last pass partly filled
 }

@@ -36,4 +36,6 @@ SIM_TEST(swiglu) {
   case_<float>(1, 1);
   case_<bf16>(5, 256);
   case_<bf16>(70, 7);
+  case_<bf16>(4, 2056);  // packs over more than one block of columns
+  case_<float>(2, 12);
 }
