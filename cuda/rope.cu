@@ -7,21 +7,20 @@ namespace gpu {
 
 namespace {
 
+// grid (pair blocks, row blocks): rows n stride over gridDim.y; x covers the nheads * HS/2
+// (head, pair) slots of a row with 32-bit index arithmetic (no 64-bit division per element).
 template <typename T>
 __global__ void rope_kernel(T* x, int ld, const int32_t* pos, const float* cos_t, const float* sin_t, int N, int nheads,
                             int HS, float sgn) {
   const int half = HS / 2;
-  const long long total = (long long)N * nheads * half;
-  for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
-       idx += (long long)gridDim.x * blockDim.x) {
-    const int i = (int)(idx % half);
-    const long long rh = idx / half;
-    const int h = (int)(rh % nheads);
-    const long long n = rh / nheads;
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= nheads * half) return;
+  const int h = j / half, i = j - h * half;
+  for (int n = blockIdx.y; n < N; n += gridDim.y) {
     const long long p = pos[n];
     const float c = cos_t[p * half + i];
     const float si = sgn * sin_t[p * half + i];
-    T* v = x + n * ld + (long long)h * HS;
+    T* v = x + (long long)n * ld + (long long)h * HS;
     const float a = to_f(v[i]), b = to_f(v[i + half]);
     v[i] = from_f<T>(a * c - b * si);
     v[i + half] = from_f<T>(b * c + a * si);
@@ -33,10 +32,10 @@ __global__ void rope_kernel(T* x, int ld, const int32_t* pos, const float* cos_t
 template <typename T>
 void rope_apply(T* x, int ld, const int32_t* pos, const float* cos_t, const float* sin_t, int N, int nheads, int HS,
                 bool inverse, cudaStream_t stream) {
-  const long long total = (long long)N * nheads * (HS / 2);
-  if (total <= 0) return;
-  rope_kernel<T><<<grid_for(total, 256), 256, 0, stream>>>(x, ld, pos, cos_t, sin_t, N, nheads, HS,
-                                                           inverse ? -1.f : 1.f);
+  const int slots = nheads * (HS / 2);
+  if (N <= 0 || slots <= 0) return;
+  const dim3 grid((unsigned)((slots + 255) / 256), (unsigned)(N < 65535 ? N : 65535));
+  rope_kernel<T><<<grid, 256, 0, stream>>>(x, ld, pos, cos_t, sin_t, N, nheads, HS, inverse ? -1.f : 1.f);
   CUDA_CHECK_LAUNCH();
 }
 
