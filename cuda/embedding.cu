@@ -7,25 +7,23 @@ namespace gpu {
 
 namespace {
 
+// grid (column blocks, row blocks): rows n stride over gridDim.y, columns c over x.
 template <typename T>
 __global__ void embedding_forward_kernel(T* out, const int32_t* tokens, const T* wte, int N, int C) {
-  const long long total = (long long)N * C;
-  for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
-       idx += (long long)gridDim.x * blockDim.x) {
-    const long long n = idx / C, c = idx % C;
-    out[idx] = wte[(long long)tokens[n] * C + c];
-  }
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  for (int n = blockIdx.y; n < N; n += gridDim.y) out[(long long)n * C + c] = wte[(long long)tokens[n] * C + c];
 }
 
 template <typename T>
 __global__ void embedding_backward_kernel(float* dwte, const T* dout, const int32_t* tokens, int N, int C) {
-  const long long total = (long long)N * C;
-  for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
-       idx += (long long)gridDim.x * blockDim.x) {
-    const long long n = idx / C, c = idx % C;
-    atomicAdd(dwte + (long long)tokens[n] * C + c, to_f(dout[idx]));
-  }
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  for (int n = blockIdx.y; n < N; n += gridDim.y)
+    atomicAdd(dwte + (long long)tokens[n] * C + c, to_f(dout[(long long)n * C + c]));
 }
+
+dim3 rows_grid(int N, int C) { return dim3((unsigned)((C + 255) / 256), (unsigned)(N < 65535 ? N : 65535)); }
 
 }  // namespace
 
@@ -33,7 +31,7 @@ template <typename T>
 void embedding_forward(T* out, const int32_t* tokens, const T* wte, int N, int C, cudaStream_t stream) {
   const long long total = (long long)N * C;
   if (total <= 0) return;
-  embedding_forward_kernel<T><<<grid_for(total, 256), 256, 0, stream>>>(out, tokens, wte, N, C);
+  embedding_forward_kernel<T><<<rows_grid(N, C), 256, 0, stream>>>(out, tokens, wte, N, C);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -41,7 +39,7 @@ template <typename T>
 void embedding_backward(float* dwte, const T* dout, const int32_t* tokens, int N, int C, cudaStream_t stream) {
   const long long total = (long long)N * C;
   if (total <= 0) return;
-  embedding_backward_kernel<T><<<grid_for(total, 256), 256, 0, stream>>>(dwte, dout, tokens, N, C);
+  embedding_backward_kernel<T><<<rows_grid(N, C), 256, 0, stream>>>(dwte, dout, tokens, N, C);
   CUDA_CHECK_LAUNCH();
 }
 
