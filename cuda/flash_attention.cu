@@ -518,8 +518,61 @@ __global__ void __launch_bounds__(kThreads)
 // the 32-bit fragment loads of a warp hit 32 different banks when HSP is a multiple of 64.
 // P and dS are rounded to bf16 for their products (as FlashAttention does), and the
 // exponentials are exp2f of log2(e)-scaled scores (lse is stored in natural log).
-#ifndef PYLLAMA_CUDA_SIM  // tools/cuda_sim emulates these two
+#ifndef PYLLAMA_CUDA_SIM  // tools/cuda_sim emulates these (sim_cuda.h)
 __device__ __forceinline__ uint16_t bf16_bits(bf16 x) { return __bfloat16_as_ushort(x); }
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+// ldmatrix.x4: four 8 x 8 b16 matrices, row j of matrix i at the shared address of lane
+// 8 i + j (16-byte aligned); lane l gets row l / 4, columns 2 (l % 4) + {0, 1} of matrix i
+// in r[i] (.trans: rows 2 (l % 4) + {0, 1} of column l / 4), i.e. mma fragments.
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+#else
+  __trap();
+#endif
+}
+// cp.async global -> shared, 16 bytes bypassing L1 (.cg) or 4 bytes (.ca); src-size 0
+// (valid false) zero-fills the destination without reading src. Completed, per thread,
+// by cp_async_wait<N>() (all but the N most recent committed groups); other threads see
+// the data only after a __syncthreads that follows their writers' waits.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 16 : 0)
+               : "memory");
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 4 : 0)
+               : "memory");
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
 __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile(
@@ -537,8 +590,6 @@ __host__ __device__ __forceinline__ int hs_pad16(int HS) { return (HS + 15) & ~1
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   return (uint32_t)bf16_bits(from_f<bf16>(lo)) | ((uint32_t)bf16_bits(from_f<bf16>(hi)) << 16);
 }
-// two adjacent bf16 of shared memory (even element index) as one register
-__device__ __forceinline__ uint32_t ld32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
 // Reductions over the 4 lanes of a quad (the threads holding one row of a C fragment).
 __device__ __forceinline__ float quad_max(float v) {
@@ -551,28 +602,19 @@ __device__ __forceinline__ float quad_sum(float v) {
 }
 
 // dst (nrows x HSP bf16, row stride ld) = rows r0 .. of src (row stride src_ld), zero for
-// rows >= T_ and columns >= HS; transposed (dst[d * ld + r]) when `transpose`.
-__device__ __forceinline__ void load_tile_bf16(bf16* dst, int ld, bool transpose, const bf16* src, long long src_ld,
-                                               int r0, int nrows, int T_, int HS, int HSP) {
-  if (vec16_ok(src, src_ld, HS)) {  // 8 bf16 per load (ld and HSP are multiples of 8: aligned stores)
+// rows >= T_ and columns >= HS. With 16-byte-aligned rows (vec16_ok): cp.async of 8 bf16
+// (zero-filled past T_ / HS; ld and HSP are multiples of 8), lanes walking a row
+// (coalesced); the caller commits the group and waits for it (cp_async_wait) before the
+// __syncthreads that publishes the tile. Otherwise plain loads and stores (the same
+// __syncthreads publishes them).
+__device__ __forceinline__ void load_tile_bf16(bf16* dst, int ld, const bf16* src, long long src_ld, int r0, int nrows,
+                                               int T_, int HS, int HSP) {
+  if (vec16_ok(src, src_ld, HS)) {
     const int wv = HSP / 8, nv = nrows * wv;
     for (int e = threadIdx.x; e < nv; e += kThreads) {
-      // row-major copies: lanes walk a row (coalesced); transposed copies: lanes walk 32
-      // consecutive rows, so the 16-bit stores of a warp fill consecutive words (no bank
-      // conflicts; nrows is a multiple of 32)
-      const int r = transpose ? e % nrows : e / wv;
-      const int d = (transpose ? e / nrows : e - r * wv) * 8;
-      const int t = r0 + r;
-      uint4 raw = make_uint4(0u, 0u, 0u, 0u);
-      if (t < T_ && d < HS) raw = *reinterpret_cast<const uint4*>(src + (long long)t * src_ld + d);
-      if (!transpose) {
-        *reinterpret_cast<uint4*>(dst + r * ld + d) = raw;
-      } else {
-        bf16 v[8];
-        memcpy(v, &raw, 16);
-#pragma unroll
-        for (int i = 0; i < 8; i++) dst[(d + i) * ld + r] = v[i];
-      }
+      const int r = e / wv, d = (e - r * wv) * 8, t = r0 + r;
+      const bool ok = t < T_ && d < HS;
+      cp_async16(dst + r * ld + d, ok ? src + (long long)t * src_ld + d : src, ok);
     }
     return;
   }
@@ -581,8 +623,7 @@ __device__ __forceinline__ void load_tile_bf16(bf16* dst, int ld, bool transpose
   for (int e = threadIdx.x; e < n; e += kThreads) {
     const int r = e / HSP, d = e - r * HSP;
     const int t = r0 + r;
-    const bf16 v = (t < T_ && d < HS) ? src[(long long)t * src_ld + d] : zero;
-    dst[transpose ? d * ld + r : r * ld + d] = v;
+    dst[r * ld + d] = (t < T_ && d < HS) ? src[(long long)t * src_ld + d] : zero;
   }
 }
 
@@ -590,31 +631,43 @@ __device__ __forceinline__ void load_tile_bf16(bf16* dst, int ld, bool transpose
 // columns 0..HSP-1) times B^T where B rows are the n index (row-major, stride ldb): both
 // operands contiguous along the HSP (k) dimension. Only n-tiles lo <= nt < hi are
 // computed (the others, wholly masked by causality, stay 0); lo, hi warp-uniform. Whole warp.
+// Fragments by ldmatrix.x4: A, lane l gives row l % 16 at column 8 (l / 16) (matrices =
+// a[0..3]); B, two n-tiles at once, lane l gives row n = 8 (l / 16) + l % 8 at column
+// 8 ((l / 8) % 2) (matrices = b0, b1 of n-tile 2 np, then of 2 np + 1).
 template <int NT>
 __device__ __forceinline__ void mma_rows(float (&acc)[NT][4], const bf16* A, int lda, const bf16* Bm, int ldb, int HSP,
                                          int lo, int hi) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  static_assert(NT % 2 == 0, "n-tiles go in pairs");
+  const int lane = threadIdx.x & 31;
+  const bf16* pa = A + (lane & 15) * lda + 8 * (lane >> 4);
+  const bf16* pb = Bm + (8 * (lane >> 4) + (lane & 7)) * ldb + 8 * ((lane >> 3) & 1);
 #pragma unroll
   for (int nt = 0; nt < NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
   for (int kc = 0; kc < HSP; kc += 16) {
-    const bf16* pa = A + g * lda + kc + 2 * q;
-    const uint32_t a[4] = {ld32(pa), ld32(pa + 8 * lda), ld32(pa + 8), ld32(pa + 8 * lda + 8)};
+    uint32_t a[4];
+    ldsm_x4(a, pa + kc);
 #pragma unroll
-    for (int nt = 0; nt < NT; nt++) {
-      if (nt < lo || nt >= hi) continue;
-      const bf16* pb = Bm + (nt * 8 + g) * ldb + kc + 2 * q;
-      mma16816(acc[nt], a, ld32(pb), ld32(pb + 8));
+    for (int np = 0; np < NT / 2; np++) {
+      if (2 * np + 1 < lo || 2 * np >= hi) continue;
+      uint32_t b[4];
+      ldsm_x4(b, pb + np * 16 * ldb + kc);
+      if (2 * np >= lo) mma16816(acc[2 * np], a, b[0], b[1]);
+      if (2 * np + 1 < hi) mma16816(acc[2 * np + 1], a, b[2], b[3]);
     }
   }
 }
 
 // acc[dt] += P (16 x 16*KT, C fragments p[2 kk], p[2 kk + 1] per 16-column chunk kk)
-// times Bt^T, Bt row-major (n = head dim, stride ldb; columns = the k index): for dt*8 < HSP
-// and the chunks lo <= kk < hi (the others are wholly zero); lo, hi warp-uniform.
+// times Bk, Bk row-major (rows = the k index, columns = n = head dim, stride ldb): for
+// dt*8 < HSP and the chunks lo <= kk < hi (the others are wholly zero); lo, hi
+// warp-uniform. B fragments by ldmatrix.x4.trans, two head-dim tiles at once: lane l
+// gives row k = l % 16 at column 8 (l / 16) (matrices = b0, b1 of dt = 2 dp, then 2 dp + 1).
 template <int KT, int DT>
-__device__ __forceinline__ void mma_frag(float (&acc)[DT][4], const float (&p)[2 * KT][4], const bf16* Bt, int ldb,
+__device__ __forceinline__ void mma_frag(float (&acc)[DT][4], const float (&p)[2 * KT][4], const bf16* Bk, int ldb,
                                          int HSP, int lo, int hi) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  static_assert(DT % 2 == 0, "head-dim tiles go in pairs");
+  const int lane = threadIdx.x & 31;
+  const bf16* pb = Bk + (lane & 15) * ldb + 8 * (lane >> 4);
 #pragma unroll
   for (int kk = 0; kk < KT; kk++) {
     if (kk < lo || kk >= hi) continue;
@@ -622,10 +675,12 @@ __device__ __forceinline__ void mma_frag(float (&acc)[DT][4], const float (&p)[2
                            pack_bf16x2(p[2 * kk + 1][0], p[2 * kk + 1][1]),
                            pack_bf16x2(p[2 * kk + 1][2], p[2 * kk + 1][3])};
 #pragma unroll
-    for (int dt = 0; dt < DT; dt++) {
-      if (dt * 8 >= HSP) break;  // the same for every lane
-      const bf16* pb = Bt + (dt * 8 + g) * ldb + kk * 16 + 2 * q;
-      mma16816(acc[dt], a, ld32(pb), ld32(pb + 8));
+    for (int dp = 0; dp < DT / 2; dp++) {
+      if (dp * 16 >= HSP) break;  // the same for every lane (HSP: a multiple of 16)
+      uint32_t b[4];
+      ldsm_x4_t(b, pb + kk * 16 * ldb + dp * 16);
+      mma16816(acc[2 * dp], a, b[0], b[1]);
+      mma16816(acc[2 * dp + 1], a, b[2], b[3]);
     }
   }
 }
@@ -638,7 +693,7 @@ constexpr int kTcKeys = 64;  // keys per block
 
 size_t tc_fwd_smem_bytes(int HS) {
   const int HSP = hs_pad16(HS), ld = HSP + 8;
-  return sizeof(bf16) * ((size_t)kTcRows * ld + (size_t)kTcKeys * ld + (size_t)HSP * (kTcKeys + 8));
+  return sizeof(bf16) * ((size_t)kTcRows * ld + 4 * (size_t)kTcKeys * ld);  // Q, 2 x (K, V)
 }
 
 // grid (B * NH, ceil(T / kTcRows)), last query block first.
@@ -648,17 +703,25 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int NT = kTcKeys / 8, DT = DMAX / 8;
   extern __shared__ float4 smem4[];
   bf16* sm = reinterpret_cast<bf16*>(smem4);
-  const int HSP = hs_pad16(HS), ld = HSP + 8, ldt = kTcKeys + 8;
+  const int HSP = hs_pad16(HS), ld = HSP + 8;
+  const int tile = kTcKeys * ld;
   bf16* Qs = sm;                 // kTcRows x ld
-  bf16* Ks = Qs + kTcRows * ld;  // kTcKeys x ld
-  bf16* Vt = Ks + kTcKeys * ld;  // HSP x ldt: Vt[d * ldt + key]
+  bf16* KVs = Qs + kTcRows * ld;  // buffer i: K at KVs + 2 i tile, V at KVs + (2 i + 1) tile (kTcKeys x ld)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
   const int h = blockIdx.x % NH, b = blockIdx.x / NH;
   const int q0 = (gridDim.y - 1 - blockIdx.y) * kTcRows;
   const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, kvh = h / (NH / NKV);
   const bf16* seq = qkv + (long long)b * T_ * QKVD;
+  const bf16* kseq = seq + C + (long long)kvh * HS;
+  auto load_kv = [&](int kb) {  // key block kb into buffer kb % 2 (cp.async, one group)
+    bf16* Kb = KVs + 2 * (kb & 1) * tile;
+    load_tile_bf16(Kb, ld, kseq, QKVD, kb * kTcKeys, kTcKeys, T_, HS, HSP);
+    load_tile_bf16(Kb + tile, ld, kseq + KVD, QKVD, kb * kTcKeys, kTcKeys, T_, HS, HSP);
+    cp_async_commit();
+  };
 
-  load_tile_bf16(Qs, ld, false, seq + (long long)h * HS, QKVD, q0, kTcRows, T_, HS, HSP);
+  load_tile_bf16(Qs, ld, seq + (long long)h * HS, QKVD, q0, kTcRows, T_, HS, HSP);
+  load_kv(0);  // one group with Q
   const int qend = min(q0 + kTcRows, T_);
   const int nkb = (qend + kTcKeys - 1) / kTcKeys;
   const int t0 = q0 + warp * 16 + g, t1 = t0 + 8;  // this thread's two rows
@@ -668,12 +731,14 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int dt = 0; dt < DT; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
 
+  // double-buffered K/V: block kb + 1 is copied (cp.async) while block kb is computed
   for (int kb = 0; kb < nkb; kb++) {
     const int k0 = kb * kTcKeys;
-    __syncthreads();  // the previous block's reads of Ks, Vt are done
-    load_tile_bf16(Ks, ld, false, seq + C + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
-    load_tile_bf16(Vt, ldt, true, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
-    __syncthreads();
+    cp_async_wait<0>();  // this thread's copies of block kb (and Q)
+    __syncthreads();     // everyone's; and block kb - 1 (the other buffer) is no longer read
+    if (kb + 1 < nkb) load_kv(kb + 1);
+    const bf16* Ks = KVs + 2 * (kb & 1) * tile;
+    const bf16* Vs = Ks + tile;
 
     // keys past kmax (relative to k0) are masked for all 16 rows of this warp
     const int kmax = min(q0 + warp * 16 + 15, T_ - 1) - k0;  // >= 0: k0 <= q0
@@ -717,7 +782,7 @@ __global__ void __launch_bounds__(kThreads)
       o[dt][2] *= al1;
       o[dt][3] *= al1;
     }
-    mma_frag<NT / 2, DT>(o, s, Vt, ldt, HSP, 0, min(NT / 2, kmax / 16 + 1));
+    mma_frag<NT / 2, DT>(o, s, Vs, ld, HSP, 0, min(NT / 2, kmax / 16 + 1));
   }
 
   const long long lrow = ((long long)b * NH + h) * T_;
@@ -740,7 +805,7 @@ __global__ void __launch_bounds__(kThreads)
 
 size_t tc_dq_smem_bytes(int HS) {
   const int HSP = hs_pad16(HS), ld = HSP + 8;
-  return sizeof(bf16) * (2 * (size_t)kTcRows * ld + 2 * (size_t)kTcKeys * ld + (size_t)HSP * (kTcKeys + 8));
+  return sizeof(bf16) * (2 * (size_t)kTcRows * ld + 4 * (size_t)kTcKeys * ld);  // Q, dO, 2 x (K, V)
 }
 
 // grid (B * NH, ceil(T / kTcRows)): dQ of 64 query rows (16 per warp) of head h.
@@ -751,21 +816,28 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int NT = kTcKeys / 8, DT = DMAX / 8;
   extern __shared__ float4 smem4[];
   bf16* sm = reinterpret_cast<bf16*>(smem4);
-  const int HSP = hs_pad16(HS), ld = HSP + 8, ldt = kTcKeys + 8;
-  bf16* Qs = sm;                  // kTcRows x ld
-  bf16* dOs = Qs + kTcRows * ld;  // kTcRows x ld
-  bf16* Ks = dOs + kTcRows * ld;  // kTcKeys x ld
-  bf16* Vs = Ks + kTcKeys * ld;   // kTcKeys x ld
-  bf16* Kt = Vs + kTcKeys * ld;   // HSP x ldt: Kt[d * ldt + key]
+  const int HSP = hs_pad16(HS), ld = HSP + 8;
+  const int tile = kTcKeys * ld;
+  bf16* Qs = sm;                   // kTcRows x ld
+  bf16* dOs = Qs + kTcRows * ld;   // kTcRows x ld
+  bf16* KVs = dOs + kTcRows * ld;  // buffer i: K at KVs + 2 i tile, V at KVs + (2 i + 1) tile
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
   const int h = blockIdx.x % NH, b = blockIdx.x / NH;
   const int q0 = (gridDim.y - 1 - blockIdx.y) * kTcRows;
   const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, kvh = h / (NH / NKV);
   const bf16* seq = qkv + (long long)b * T_ * QKVD;
+  const bf16* kseq = seq + C + (long long)kvh * HS;
   const long long lrow = ((long long)b * NH + h) * T_;
+  auto load_kv = [&](int kb) {  // key block kb into buffer kb % 2 (cp.async, one group)
+    bf16* Kb = KVs + 2 * (kb & 1) * tile;
+    load_tile_bf16(Kb, ld, kseq, QKVD, kb * kTcKeys, kTcKeys, T_, HS, HSP);
+    load_tile_bf16(Kb + tile, ld, kseq + KVD, QKVD, kb * kTcKeys, kTcKeys, T_, HS, HSP);
+    cp_async_commit();
+  };
 
-  load_tile_bf16(Qs, ld, false, seq + (long long)h * HS, QKVD, q0, kTcRows, T_, HS, HSP);
-  load_tile_bf16(dOs, ld, false, dout + (long long)b * T_ * C + (long long)h * HS, C, q0, kTcRows, T_, HS, HSP);
+  load_tile_bf16(Qs, ld, seq + (long long)h * HS, QKVD, q0, kTcRows, T_, HS, HSP);
+  load_tile_bf16(dOs, ld, dout + (long long)b * T_ * C + (long long)h * HS, C, q0, kTcRows, T_, HS, HSP);
+  load_kv(0);  // one group with Q, dO
   const int qend = min(q0 + kTcRows, T_);
   const int nkb = (qend + kTcKeys - 1) / kTcKeys;
   const int t0 = q0 + warp * 16 + g, t1 = t0 + 8;
@@ -777,13 +849,13 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int dt = 0; dt < DT; dt++) dq[dt][0] = dq[dt][1] = dq[dt][2] = dq[dt][3] = 0.f;
 
-  for (int kb = 0; kb < nkb; kb++) {
+  for (int kb = 0; kb < nkb; kb++) {  // double-buffered K/V as in the forward
     const int k0 = kb * kTcKeys;
-    __syncthreads();  // the previous block's reads of Ks, Vs, Kt are done
-    load_tile_bf16(Ks, ld, false, seq + C + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
-    load_tile_bf16(Kt, ldt, true, seq + C + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
-    load_tile_bf16(Vs, ld, false, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
+    cp_async_wait<0>();
     __syncthreads();
+    if (kb + 1 < nkb) load_kv(kb + 1);
+    const bf16* Ks = KVs + 2 * (kb & 1) * tile;
+    const bf16* Vs = Ks + tile;
 
     const int kmax = min(q0 + warp * 16 + 15, T_ - 1) - k0;  // as in the forward
     const int nt_hi = min(NT, kmax / 8 + 1);
@@ -800,7 +872,7 @@ __global__ void __launch_bounds__(kThreads)
         s[nt][e] = p0 * (dp[nt][e] - D0) * scale;  // dS
         s[nt][2 + e] = p1 * (dp[nt][2 + e] - D1) * scale;
       }
-    mma_frag<NT / 2, DT>(dq, s, Kt, ldt, HSP, 0, min(NT / 2, kmax / 16 + 1));
+    mma_frag<NT / 2, DT>(dq, s, Ks, ld, HSP, 0, min(NT / 2, kmax / 16 + 1));
   }
 
 #pragma unroll
@@ -827,8 +899,8 @@ template <int DMAX>
 size_t tc_dkv_smem_bytes(int HS) {
   constexpr int QT = TcKV<DMAX>::QT;
   const int HSP = hs_pad16(HS), ld = HSP + 8;
-  return sizeof(bf16) * (2 * (size_t)kTcKeys * ld + 2 * (size_t)QT * ld + 2 * (size_t)HSP * (QT + 8)) +
-         2 * sizeof(float) * QT;
+  // K, V, 2 x (Q, dO, lse, dsum)
+  return sizeof(bf16) * (2 * (size_t)kTcKeys * ld + 4 * (size_t)QT * ld) + 4 * sizeof(float) * QT;
 }
 
 // grid (B * NKV, ceil(T / kTcKeys)): dK, dV of 64 keys (16 per warp) of kv head kvh, summed
@@ -839,24 +911,40 @@ __global__ void __launch_bounds__(kThreads)
                             int T_, int NH, int NKV, int HS, float scale) {
   constexpr int QT = TcKV<DMAX>::QT, NT = QT / 8, DT = DMAX / 8;
   extern __shared__ float4 smem4[];
-  const int HSP = hs_pad16(HS), ld = HSP + 8, ldt = QT + 8;
-  float* Ls = reinterpret_cast<float*>(smem4);  // QT
-  float* Ds = Ls + QT;                          // QT
-  bf16* Ks = reinterpret_cast<bf16*>(Ds + QT);  // kTcKeys x ld
-  bf16* Vs = Ks + kTcKeys * ld;                 // kTcKeys x ld
-  bf16* Qs = Vs + kTcKeys * ld;                 // QT x ld
-  bf16* dOs = Qs + QT * ld;                     // QT x ld
-  bf16* Qt = dOs + QT * ld;                     // HSP x ldt: Qt[d * ldt + row]
-  bf16* dOt = Qt + HSP * ldt;                   // HSP x ldt
+  const int HSP = hs_pad16(HS), ld = HSP + 8;
+  const int qtile = QT * ld;
+  float* Ls = reinterpret_cast<float*>(smem4);  // 2 x QT: lse (natural log) of buffer i at Ls + i QT
+  float* Ds = Ls + 2 * QT;                      // 2 x QT: dsum
+  bf16* Ks = reinterpret_cast<bf16*>(Ds + 2 * QT);  // kTcKeys x ld
+  bf16* Vs = Ks + kTcKeys * ld;                     // kTcKeys x ld
+  bf16* QdOs = Vs + kTcKeys * ld;  // buffer i: Q at QdOs + 2 i qtile, dO at QdOs + (2 i + 1) qtile (QT x ld)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
   const int kvh = blockIdx.x % NKV, b = blockIdx.x / NKV;
   const int k0 = blockIdx.y * kTcKeys;
   const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, group = NH / NKV;
   const bf16* seq = qkv + (long long)b * T_ * QKVD;
   const bf16* dseq = dout + (long long)b * T_ * C;
+  // steps: (head h of the group, QT query rows from q0 >= k0: rows before k0 see none of
+  // these keys), step st = (h - kvh group) nq + (q0 - k0) / QT
+  const int nq = (T_ - k0 + QT - 1) / QT, nsteps = group * nq;
+  auto load_step = [&](int st) {  // Q, dO, lse, dsum of step st into buffer st % 2 (cp.async, one group)
+    const int h = kvh * group + st / nq, q0 = k0 + (st % nq) * QT, buf = st & 1;
+    const long long lrow = ((long long)b * NH + h) * T_;
+    bf16* Qb = QdOs + 2 * buf * qtile;
+    load_tile_bf16(Qb, ld, seq + (long long)h * HS, QKVD, q0, QT, T_, HS, HSP);
+    load_tile_bf16(Qb + qtile, ld, dseq + (long long)h * HS, C, q0, QT, T_, HS, HSP);
+    if (threadIdx.x < QT) {
+      const int t = q0 + threadIdx.x;
+      const bool ok = t < T_;  // else 0
+      cp_async4(Ls + buf * QT + threadIdx.x, lse + (ok ? lrow + t : 0), ok);
+      cp_async4(Ds + buf * QT + threadIdx.x, dsum + (ok ? lrow + t : 0), ok);
+    }
+    cp_async_commit();
+  };
 
-  load_tile_bf16(Ks, ld, false, seq + C + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
-  load_tile_bf16(Vs, ld, false, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
+  load_tile_bf16(Ks, ld, seq + C + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
+  load_tile_bf16(Vs, ld, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
+  load_step(0);  // one group with K, V
   const int key0 = k0 + warp * 16 + g, key1 = key0 + 8;  // this thread's two keys
   const float scale2 = scale * kLog2e;
   float dk[DT][4], dv[DT][4];
@@ -865,41 +953,36 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int e = 0; e < 4; e++) dk[dt][e] = dv[dt][e] = 0.f;
 
-  for (int h = kvh * group; h < (kvh + 1) * group; h++) {
-    const long long lrow = ((long long)b * NH + h) * T_;
-    for (int q0 = k0; q0 < T_; q0 += QT) {  // rows before k0 see none of these keys
-      __syncthreads();  // the previous step's reads are done
-      load_tile_bf16(Qs, ld, false, seq + (long long)h * HS, QKVD, q0, QT, T_, HS, HSP);
-      load_tile_bf16(Qt, ldt, true, seq + (long long)h * HS, QKVD, q0, QT, T_, HS, HSP);
-      load_tile_bf16(dOs, ld, false, dseq + (long long)h * HS, C, q0, QT, T_, HS, HSP);
-      load_tile_bf16(dOt, ldt, true, dseq + (long long)h * HS, C, q0, QT, T_, HS, HSP);
-      if (threadIdx.x < QT) {
-        const int t = q0 + threadIdx.x;
-        Ls[threadIdx.x] = t < T_ ? lse[lrow + t] * kLog2e : 0.f;  // log2 units
-        Ds[threadIdx.x] = t < T_ ? dsum[lrow + t] : 0.f;
-      }
-      __syncthreads();
+  // double-buffered: step + 1 is copied (cp.async) while step is computed
+  for (int step = 0; step < nsteps; step++) {
+    const int q0 = k0 + (step % nq) * QT, buf = step & 1;
+    cp_async_wait<0>();  // this thread's copies of this step (and K, V)
+    __syncthreads();     // everyone's; and the previous step (the other buffer) is no longer read
+    if (step + 1 < nsteps) load_step(step + 1);
+    const bf16* Qs = QdOs + 2 * buf * qtile;
+    const bf16* dOs = Qs + qtile;
+    const float* Lb = Ls + buf * QT;
+    const float* Db = Ds + buf * QT;
 
-      // transposed scores: rows = this warp's 16 keys, columns = the QT query rows
-      // query columns before this warp's first key see none of its keys: n-tiles below
-      // nt_lo (8 queries each) are wholly masked
-      const int nt_lo = max(0, k0 + warp * 16 - q0) / 8;
-      float st[NT][4], dpt[NT][4];
-      mma_rows<NT>(st, Ks + warp * 16 * ld, ld, Qs, ld, HSP, nt_lo, NT);
-      mma_rows<NT>(dpt, Vs + warp * 16 * ld, ld, dOs, ld, HSP, nt_lo, NT);
+    // transposed scores: rows = this warp's 16 keys, columns = the QT query rows
+    // query columns before this warp's first key see none of its keys: n-tiles below
+    // nt_lo (8 queries each) are wholly masked
+    const int nt_lo = max(0, k0 + warp * 16 - q0) / 8;
+    float st[NT][4], dpt[NT][4];
+    mma_rows<NT>(st, Ks + warp * 16 * ld, ld, Qs, ld, HSP, nt_lo, NT);
+    mma_rows<NT>(dpt, Vs + warp * 16 * ld, ld, dOs, ld, HSP, nt_lo, NT);
 #pragma unroll
-      for (int nt = 0; nt < NT; nt++)
+    for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-          const int r = nt * 8 + 2 * q + (e & 1), t = q0 + r;
-          const int key = (e >> 1) ? key1 : key0;
-          const float p = (t < T_ && key <= t) ? exp2f(st[nt][e] * scale2 - Ls[r]) : 0.f;
-          dpt[nt][e] = p * (dpt[nt][e] - Ds[r]) * scale;  // dS^T
-          st[nt][e] = p;                                  // P^T
-        }
-      mma_frag<NT / 2, DT>(dv, st, dOt, ldt, HSP, nt_lo / 2, NT / 2);
-      mma_frag<NT / 2, DT>(dk, dpt, Qt, ldt, HSP, nt_lo / 2, NT / 2);
-    }
+      for (int e = 0; e < 4; e++) {
+        const int r = nt * 8 + 2 * q + (e & 1), t = q0 + r;
+        const int key = (e >> 1) ? key1 : key0;
+        const float p = (t < T_ && key <= t) ? exp2f(st[nt][e] * scale2 - Lb[r] * kLog2e) : 0.f;
+        dpt[nt][e] = p * (dpt[nt][e] - Db[r]) * scale;  // dS^T
+        st[nt][e] = p;                                  // P^T
+      }
+    mma_frag<NT / 2, DT>(dv, st, dOs, ld, HSP, nt_lo / 2, NT / 2);
+    mma_frag<NT / 2, DT>(dk, dpt, Qs, ld, HSP, nt_lo / 2, NT / 2);
   }
 
 #pragma unroll
