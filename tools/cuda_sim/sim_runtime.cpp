@@ -144,6 +144,12 @@ void run_block(int nthreads) {
   // only when a thread reads what a later one writes: the direction alternates from one
   // round to the next (and from block to block, and launch to launch).
   int round = (int)(n_launches + blockIdx.x + blockIdx.y + blockIdx.z);
+  // Warp barriers (shuffles, mma, ldmatrix) release one warp at a time, the lowest
+  // waiting warp in one __syncthreads interval and the highest in the next: a warp runs
+  // ahead of the others up to the block barrier, so a warp that reads what another warp
+  // writes (or overwrites what another still reads, e.g. a cp.async prefetch issued before
+  // the barrier) without a __syncthreads sees the NaN fill one way or the other.
+  int interval = round;
   for (;;) {
     bool ran = false;
     const bool rev = round++ & 1;
@@ -162,7 +168,8 @@ void run_block(int nthreads) {
     }
     if (live == 0) return;
     bool released = false;
-    for (int w = 0; w < nwarps; w++) {
+    for (int k = 0; k < nwarps; k++) {
+      const int w = (interval & 1) ? nwarps - 1 - k : k;
       const int l0 = 32 * w, l1 = std::min(nthreads, l0 + 32);
       int waiting = 0, alive = 0, line = -1;
       bool same = true;
@@ -176,7 +183,7 @@ void run_block(int nthreads) {
       }
       if (waiting == 0) continue;
       if (!same) dump_and_fail("lanes of a warp wait at different warp barriers (divergent shuffle or __syncwarp)");
-      if (waiting == alive) {
+      if (waiting == alive && !released) {
         for (int i = l0; i < l1; i++)
           if (fibers[i].st == WAIT_WARP) fibers[i].st = RUN;
         released = true;
@@ -195,6 +202,7 @@ void run_block(int nthreads) {
       if (live != nthreads) dump_and_fail("__syncthreads after some threads of the block exited");
       for (int i = 0; i < nthreads; i++)
         if (fibers[i].st == WAIT_BLOCK) fibers[i].st = RUN;
+      interval++;
       continue;
     }
     dump_and_fail("deadlock (threads wait at __syncthreads while others wait at a warp barrier)");
