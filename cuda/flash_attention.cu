@@ -657,6 +657,41 @@ __device__ __forceinline__ void mma_rows(float (&acc)[NT][4], const bf16* A, int
   }
 }
 
+// The A fragments of 16 rows x HSP columns of a row-major tile (row stride lda), one
+// ldmatrix.x4 per 16 columns (kc < KC = DMAX / 16), to keep in registers across tiles.
+template <int KC>
+__device__ __forceinline__ void load_a_frags(uint32_t (&a)[KC][4], const bf16* A, int lda, int HSP) {
+  const int lane = threadIdx.x & 31;
+  const bf16* pa = A + (lane & 15) * lda + 8 * (lane >> 4);
+#pragma unroll
+  for (int kc = 0; kc < KC; kc++)
+    if (kc * 16 < HSP) ldsm_x4(a[kc], pa + kc * 16);
+}
+
+// mma_rows with the A fragments in registers (load_a_frags); the same products in the
+// same order.
+template <int NT, int KC>
+__device__ __forceinline__ void mma_rows_reg(float (&acc)[NT][4], const uint32_t (&a)[KC][4], const bf16* Bm, int ldb,
+                                             int HSP, int lo, int hi) {
+  static_assert(NT % 2 == 0, "n-tiles go in pairs");
+  const int lane = threadIdx.x & 31;
+  const bf16* pb = Bm + (8 * (lane >> 4) + (lane & 7)) * ldb + 8 * ((lane >> 3) & 1);
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+#pragma unroll
+  for (int kc = 0; kc < KC; kc++) {
+    if (kc * 16 >= HSP) break;  // the same for every lane
+#pragma unroll
+    for (int np = 0; np < NT / 2; np++) {
+      if (2 * np + 1 < lo || 2 * np >= hi) continue;
+      uint32_t b[4];
+      ldsm_x4(b, pb + np * 16 * ldb + kc * 16);
+      if (2 * np >= lo) mma16816(acc[2 * np], a[kc], b[0], b[1]);
+      if (2 * np + 1 < hi) mma16816(acc[2 * np + 1], a[kc], b[2], b[3]);
+    }
+  }
+}
+
 // acc[dt] += P (16 x 16*KT, C fragments p[2 kk], p[2 kk + 1] per 16-column chunk kk)
 // times Bk, Bk row-major (rows = the k index, columns = n = head dim, stride ldb): for
 // dt*8 < HSP and the chunks lo <= kk < hi (the others are wholly zero); lo, hi
@@ -728,6 +763,7 @@ __global__ void __launch_bounds__(kThreads)
   const int lim0 = min(t0, T_ - 1), lim1 = min(t1, T_ - 1);
   const float scale2 = scale * kLog2e;  // scores in log2 units: exp(x) = exp2(x log2 e)
   float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f, o[DT][4];
+  uint32_t qf[DMAX / 16][4];
 #pragma unroll
   for (int dt = 0; dt < DT; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
 
@@ -739,11 +775,12 @@ __global__ void __launch_bounds__(kThreads)
     if (kb + 1 < nkb) load_kv(kb + 1);
     const bf16* Ks = KVs + 2 * (kb & 1) * tile;
     const bf16* Vs = Ks + tile;
+    if (kb == 0) load_a_frags(qf, Qs + warp * 16 * ld, ld, HSP);  // this warp's Q rows, kept in registers
 
     // keys past kmax (relative to k0) are masked for all 16 rows of this warp
     const int kmax = min(q0 + warp * 16 + 15, T_ - 1) - k0;  // >= 0: k0 <= q0
     float s[NT][4];
-    mma_rows<NT>(s, Qs + warp * 16 * ld, ld, Ks, ld, HSP, 0, min(NT, kmax / 8 + 1));
+    mma_rows_reg<NT>(s, qf, Ks, ld, HSP, 0, min(NT, kmax / 8 + 1));
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
@@ -848,6 +885,9 @@ __global__ void __launch_bounds__(kThreads)
   float dq[DT][4];
 #pragma unroll
   for (int dt = 0; dt < DT; dt++) dq[dt][0] = dq[dt][1] = dq[dt][2] = dq[dt][3] = 0.f;
+  // HS <= 64: this warp's Q and dO rows stay in registers (HS 128 would spill)
+  constexpr bool kRegA = DMAX <= 64;
+  uint32_t qf[kRegA ? DMAX / 16 : 1][4], dof[kRegA ? DMAX / 16 : 1][4];
 
   for (int kb = 0; kb < nkb; kb++) {  // double-buffered K/V as in the forward
     const int k0 = kb * kTcKeys;
@@ -860,8 +900,17 @@ __global__ void __launch_bounds__(kThreads)
     const int kmax = min(q0 + warp * 16 + 15, T_ - 1) - k0;  // as in the forward
     const int nt_hi = min(NT, kmax / 8 + 1);
     float s[NT][4], dp[NT][4];
-    mma_rows<NT>(s, Qs + warp * 16 * ld, ld, Ks, ld, HSP, 0, nt_hi);
-    mma_rows<NT>(dp, dOs + warp * 16 * ld, ld, Vs, ld, HSP, 0, nt_hi);
+    if constexpr (kRegA) {
+      if (kb == 0) {
+        load_a_frags(qf, Qs + warp * 16 * ld, ld, HSP);
+        load_a_frags(dof, dOs + warp * 16 * ld, ld, HSP);
+      }
+      mma_rows_reg<NT>(s, qf, Ks, ld, HSP, 0, nt_hi);
+      mma_rows_reg<NT>(dp, dof, Vs, ld, HSP, 0, nt_hi);
+    } else {
+      mma_rows<NT>(s, Qs + warp * 16 * ld, ld, Ks, ld, HSP, 0, nt_hi);
+      mma_rows<NT>(dp, dOs + warp * 16 * ld, ld, Vs, ld, HSP, 0, nt_hi);
+    }
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
@@ -969,6 +1018,8 @@ __global__ void __launch_bounds__(kThreads)
     // nt_lo (8 queries each) are wholly masked
     const int nt_lo = max(0, k0 + warp * 16 - q0) / 8;
     float st[NT][4], dpt[NT][4];
+    // (K, V fragments kept in registers: 221 instead of 168 registers at HS 64, 2 blocks
+    // per SM instead of 3, for 8 of 72 ldmatrix per step: not done)
     mma_rows<NT>(st, Ks + warp * 16 * ld, ld, Qs, ld, HSP, nt_lo, NT);
     mma_rows<NT>(dpt, Vs + warp * 16 * ld, ld, dOs, ld, HSP, nt_lo, NT);
 #pragma unroll
