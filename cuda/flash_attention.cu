@@ -781,28 +781,30 @@ __global__ void __launch_bounds__(kThreads)
     const int kmax = min(q0 + warp * 16 + 15, T_ - 1) - k0;  // >= 0: k0 <= q0
     float s[NT][4];
     mma_rows_reg<NT>(s, qf, Ks, ld, HSP, 0, min(NT, kmax / 8 + 1));
+    // masking only where some key of the block is past some row's limit (the diagonal
+    // block, the last one); unscaled scores, the scale folded into the exponent's fma
+    const bool diag = k0 + kTcKeys - 1 > min(q0 + warp * 16, T_ - 1);  // the smallest row limit of this warp
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
       for (int e = 0; e < 2; e++) {
         const int c = k0 + nt * 8 + 2 * q + e;
-        s[nt][e] = c <= lim0 ? s[nt][e] * scale2 : -INFINITY;
-        s[nt][2 + e] = c <= lim1 ? s[nt][2 + e] * scale2 : -INFINITY;
+        if (diag && c > lim0) s[nt][e] = -INFINITY;
+        if (diag && c > lim1) s[nt][2 + e] = -INFINITY;
         mx0 = fmaxf(mx0, s[nt][e]);
         mx1 = fmaxf(mx1, s[nt][2 + e]);
       }
-    mx0 = quad_max(mx0);
-    mx1 = quad_max(mx1);
-    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);  // finite: key 0 is in the first block
+    // in log2 units; finite: every row sees the block's first key (k0 <= q0)
+    const float mn0 = fmaxf(m0, quad_max(mx0) * scale2), mn1 = fmaxf(m1, quad_max(mx1) * scale2);
     const float al0 = exp2f(m0 - mn0), al1 = exp2f(m1 - mn1);
     float rs0 = 0.f, rs1 = 0.f;
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
       for (int e = 0; e < 2; e++) {
-        s[nt][e] = exp2f(s[nt][e] - mn0);
-        s[nt][2 + e] = exp2f(s[nt][2 + e] - mn1);
+        s[nt][e] = exp2f(fmaf(s[nt][e], scale2, -mn0));
+        s[nt][2 + e] = exp2f(fmaf(s[nt][2 + e], scale2, -mn1));
         rs0 += s[nt][e];
         rs1 += s[nt][2 + e];
       }
@@ -914,13 +916,21 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-      for (int e = 0; e < 2; e++) {
-        const int c = k0 + nt * 8 + 2 * q + e;
-        const float p0 = c <= lim0 ? exp2f(s[nt][e] * scale2 - L0) : 0.f;
-        const float p1 = c <= lim1 ? exp2f(s[nt][2 + e] * scale2 - L1) : 0.f;
-        s[nt][e] = p0 * (dp[nt][e] - D0) * scale;  // dS
-        s[nt][2 + e] = p1 * (dp[nt][2 + e] - D1) * scale;
-      }
+      for (int e = 0; e < 4; e++) s[nt][e] = exp2f(fmaf(s[nt][e], scale2, -(e < 2 ? L0 : L1)));  // P
+    if (k0 + kTcKeys - 1 > min(q0 + warp * 16, T_ - 1)) {  // masking as in the forward
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+          const int c = k0 + nt * 8 + 2 * q + e;
+          if (c > lim0) s[nt][e] = 0.f;
+          if (c > lim1) s[nt][2 + e] = 0.f;
+        }
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) s[nt][e] = s[nt][e] * (dp[nt][e] - (e < 2 ? D0 : D1)) * scale;  // dS
     mma_frag<NT / 2, DT>(dq, s, Ks, ld, HSP, 0, min(NT / 2, kmax / 16 + 1));
   }
 
@@ -1025,12 +1035,24 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
+      for (int e = 0; e < 4; e++) st[nt][e] = exp2f(fmaf(st[nt][e], scale2, -Lb[nt * 8 + 2 * q + (e & 1)] * kLog2e));
+    // masking only where some query row of the step is before some key of this warp, or
+    // past T_
+    if (q0 < k0 + warp * 16 + 15 || q0 + QT > T_) {
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int t = q0 + nt * 8 + 2 * q + (e & 1);
+          if (t >= T_ || ((e >> 1) ? key1 : key0) > t) st[nt][e] = 0.f;
+        }
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
       for (int e = 0; e < 4; e++) {
-        const int r = nt * 8 + 2 * q + (e & 1), t = q0 + r;
-        const int key = (e >> 1) ? key1 : key0;
-        const float p = (t < T_ && key <= t) ? exp2f(st[nt][e] * scale2 - Lb[r] * kLog2e) : 0.f;
-        dpt[nt][e] = p * (dpt[nt][e] - Db[r]) * scale;  // dS^T
-        st[nt][e] = p;                                  // P^T
+        const float p = st[nt][e];                                                  // P^T
+        dpt[nt][e] = p * (dpt[nt][e] - Db[nt * 8 + 2 * q + (e & 1)]) * scale;  // dS^T
       }
     mma_frag<NT / 2, DT>(dv, st, dOs, ld, HSP, nt_lo / 2, NT / 2);
     mma_frag<NT / 2, DT>(dk, dpt, Qs, ld, HSP, nt_lo / 2, NT / 2);
