@@ -726,25 +726,34 @@ constexpr float kLn2 = 0.6931471805599453f;
 constexpr int kTcRows = 64;  // query rows per block: 4 warps x 16
 constexpr int kTcKeys = 64;  // keys per block
 
+// The forward's warps take MT m-tiles of 16 rows each (HS <= 64: two, so every K / V
+// fragment read from shared memory feeds two mma), at rows 64 mt + 16 warp of the block.
+template <int DMAX>
+struct TcFwd {
+  static constexpr int MT = DMAX <= 64 ? 2 : 1;
+  static constexpr int BR = 64 * MT;  // query rows per block
+};
+
+template <int DMAX>
 size_t tc_fwd_smem_bytes(int HS) {
   const int HSP = hs_pad16(HS), ld = HSP + 8;
-  return sizeof(bf16) * ((size_t)kTcRows * ld + 4 * (size_t)kTcKeys * ld);  // Q, 2 x (K, V)
+  return sizeof(bf16) * ((size_t)TcFwd<DMAX>::BR * ld + 4 * (size_t)kTcKeys * ld);  // Q, 2 x (K, V)
 }
 
-// grid (B * NH, ceil(T / kTcRows)), last query block first.
+// grid (B * NH, ceil(T / BR)), last query block first.
 template <int DMAX>
 __global__ void __launch_bounds__(kThreads)
     flash_fwd_tc_kernel(bf16* out, float* lse, const bf16* qkv, int T_, int NH, int NKV, int HS, float scale) {
-  constexpr int NT = kTcKeys / 8, DT = DMAX / 8;
+  constexpr int MT = TcFwd<DMAX>::MT, BR = TcFwd<DMAX>::BR, NT = kTcKeys / 8, DT = DMAX / 8, KC = DMAX / 16;
   extern __shared__ float4 smem4[];
   bf16* sm = reinterpret_cast<bf16*>(smem4);
   const int HSP = hs_pad16(HS), ld = HSP + 8;
   const int tile = kTcKeys * ld;
-  bf16* Qs = sm;                 // kTcRows x ld
-  bf16* KVs = Qs + kTcRows * ld;  // buffer i: K at KVs + 2 i tile, V at KVs + (2 i + 1) tile (kTcKeys x ld)
+  bf16* Qs = sm;             // BR x ld
+  bf16* KVs = Qs + BR * ld;  // buffer i: K at KVs + 2 i tile, V at KVs + (2 i + 1) tile (kTcKeys x ld)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
   const int h = blockIdx.x % NH, b = blockIdx.x / NH;
-  const int q0 = (gridDim.y - 1 - blockIdx.y) * kTcRows;
+  const int q0 = (gridDim.y - 1 - blockIdx.y) * BR;
   const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, kvh = h / (NH / NKV);
   const bf16* seq = qkv + (long long)b * T_ * QKVD;
   const bf16* kseq = seq + C + (long long)kvh * HS;
@@ -755,17 +764,28 @@ __global__ void __launch_bounds__(kThreads)
     cp_async_commit();
   };
 
-  load_tile_bf16(Qs, ld, seq + (long long)h * HS, QKVD, q0, kTcRows, T_, HS, HSP);
+  load_tile_bf16(Qs, ld, seq + (long long)h * HS, QKVD, q0, BR, T_, HS, HSP);
   load_kv(0);  // one group with Q
-  const int qend = min(q0 + kTcRows, T_);
+  const int qend = min(q0 + BR, T_);
   const int nkb = (qend + kTcKeys - 1) / kTcKeys;
-  const int t0 = q0 + warp * 16 + g, t1 = t0 + 8;  // this thread's two rows
-  const int lim0 = min(t0, T_ - 1), lim1 = min(t1, T_ - 1);
   const float scale2 = scale * kLog2e;  // scores in log2 units: exp(x) = exp2(x log2 e)
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f, o[DT][4];
-  uint32_t qf[DMAX / 16][4];
+  // m-tile mt: rows r0[mt] + g (row limit lim[mt][0]) and r0[mt] + g + 8 (lim[mt][1])
+  int r0[MT], lim[MT][2];
+  float m[MT][2], l[MT][2], o[MT][DT][4];
+  uint32_t qf[MT][KC][4];  // this warp's Q rows, kept in registers
 #pragma unroll
-  for (int dt = 0; dt < DT; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
+  for (int mt = 0; mt < MT; mt++) {
+    r0[mt] = q0 + 64 * mt + warp * 16;
+    lim[mt][0] = min(r0[mt] + g, T_ - 1);
+    lim[mt][1] = min(r0[mt] + g + 8, T_ - 1);
+    m[mt][0] = m[mt][1] = -INFINITY;
+    l[mt][0] = l[mt][1] = 0.f;
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++) o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.f;
+  }
+  // ldmatrix row offsets in a K / V tile (as in mma_rows and mma_frag)
+  const int offk = (8 * (lane >> 4) + (lane & 7)) * ld + 8 * ((lane >> 3) & 1);
+  const int offv = (lane & 15) * ld + 8 * (lane >> 4);
 
   // double-buffered K/V: block kb + 1 is copied (cp.async) while block kb is computed
   for (int kb = 0; kb < nkb; kb++) {
@@ -775,71 +795,130 @@ __global__ void __launch_bounds__(kThreads)
     if (kb + 1 < nkb) load_kv(kb + 1);
     const bf16* Ks = KVs + 2 * (kb & 1) * tile;
     const bf16* Vs = Ks + tile;
-    if (kb == 0) load_a_frags(qf, Qs + warp * 16 * ld, ld, HSP);  // this warp's Q rows, kept in registers
-
-    // keys past kmax (relative to k0) are masked for all 16 rows of this warp
-    const int kmax = min(q0 + warp * 16 + 15, T_ - 1) - k0;  // >= 0: k0 <= q0
-    float s[NT][4];
-    mma_rows_reg<NT>(s, qf, Ks, ld, HSP, 0, min(NT, kmax / 8 + 1));
-    // masking only where some key of the block is past some row's limit (the diagonal
-    // block, the last one); unscaled scores, the scale folded into the exponent's fma
-    const bool diag = k0 + kTcKeys - 1 > min(q0 + warp * 16, T_ - 1);  // the smallest row limit of this warp
-    float mx0 = -INFINITY, mx1 = -INFINITY;
+    if (kb == 0) {
 #pragma unroll
-    for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-      for (int e = 0; e < 2; e++) {
-        const int c = k0 + nt * 8 + 2 * q + e;
-        if (diag && c > lim0) s[nt][e] = -INFINITY;
-        if (diag && c > lim1) s[nt][2 + e] = -INFINITY;
-        mx0 = fmaxf(mx0, s[nt][e]);
-        mx1 = fmaxf(mx1, s[nt][2 + e]);
-      }
-    // in log2 units; finite: every row sees the block's first key (k0 <= q0)
-    const float mn0 = fmaxf(m0, quad_max(mx0) * scale2), mn1 = fmaxf(m1, quad_max(mx1) * scale2);
-    const float al0 = exp2f(m0 - mn0), al1 = exp2f(m1 - mn1);
-    float rs0 = 0.f, rs1 = 0.f;
-#pragma unroll
-    for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-      for (int e = 0; e < 2; e++) {
-        s[nt][e] = exp2f(fmaf(s[nt][e], scale2, -mn0));
-        s[nt][2 + e] = exp2f(fmaf(s[nt][2 + e], scale2, -mn1));
-        rs0 += s[nt][e];
-        rs1 += s[nt][2 + e];
-      }
-    rs0 = quad_sum(rs0);
-    rs1 = quad_sum(rs1);
-    l0 = l0 * al0 + rs0;
-    l1 = l1 * al1 + rs1;
-    m0 = mn0;
-    m1 = mn1;
-#pragma unroll
-    for (int dt = 0; dt < DT; dt++) {
-      o[dt][0] *= al0;
-      o[dt][1] *= al0;
-      o[dt][2] *= al1;
-      o[dt][3] *= al1;
+      for (int mt = 0; mt < MT; mt++) load_a_frags(qf[mt], Qs + (64 * mt + warp * 16) * ld, ld, HSP);
     }
-    mma_frag<NT / 2, DT>(o, s, Vs, ld, HSP, 0, min(NT / 2, kmax / 16 + 1));
+
+    // n-tiles (8 keys) with a key visible to some row of m-tile mt: nt < hi[mt]
+    // (non-decreasing in mt; 0 when the whole m-tile is before k0)
+    int hi[MT];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+      const int kmax = min(r0[mt] + 15, T_ - 1) - k0;
+      hi[mt] = kmax < 0 ? 0 : min(NT, kmax / 8 + 1);
+    }
+    // S = Q K^T: each pair of K fragments (ldmatrix.x4) serves every m-tile
+    float s[MT][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
+#pragma unroll
+    for (int kc = 0; kc < KC; kc++) {
+      if (kc * 16 >= HSP) break;  // the same for every lane
+#pragma unroll
+      for (int np = 0; np < NT / 2; np++) {
+        if (2 * np >= hi[MT - 1]) continue;
+        uint32_t bk[4];
+        ldsm_x4(bk, Ks + offk + np * 16 * ld + kc * 16);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          if (2 * np < hi[mt]) mma16816(s[mt][2 * np], qf[mt][kc], bk[0], bk[1]);
+          if (2 * np + 1 < hi[mt]) mma16816(s[mt][2 * np + 1], qf[mt][kc], bk[2], bk[3]);
+        }
+      }
+    }
+
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+      if (hi[mt] == 0) continue;  // wholly masked: m, l, o unchanged
+      // masking only where some key of the block is past some row's limit (the diagonal
+      // block); unscaled scores, the scale folded into the exponent's fma
+      const bool diag = k0 + kTcKeys - 1 > min(r0[mt], T_ - 1);  // the smallest row limit of the m-tile
+      float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+          const int c = k0 + nt * 8 + 2 * q + e;
+          if (diag && c > lim[mt][0]) s[mt][nt][e] = -INFINITY;
+          if (diag && c > lim[mt][1]) s[mt][nt][2 + e] = -INFINITY;
+          mx0 = fmaxf(mx0, s[mt][nt][e]);
+          mx1 = fmaxf(mx1, s[mt][nt][2 + e]);
+        }
+      // in log2 units; finite: every row sees key k0 of a block with hi > 0 (k0 <= r0)
+      const float mn0 = fmaxf(m[mt][0], quad_max(mx0) * scale2), mn1 = fmaxf(m[mt][1], quad_max(mx1) * scale2);
+      const float al0 = exp2f(m[mt][0] - mn0), al1 = exp2f(m[mt][1] - mn1);
+      float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+          s[mt][nt][e] = exp2f(fmaf(s[mt][nt][e], scale2, -mn0));
+          s[mt][nt][2 + e] = exp2f(fmaf(s[mt][nt][2 + e], scale2, -mn1));
+          rs0 += s[mt][nt][e];
+          rs1 += s[mt][nt][2 + e];
+        }
+      l[mt][0] = l[mt][0] * al0 + quad_sum(rs0);
+      l[mt][1] = l[mt][1] * al1 + quad_sum(rs1);
+      m[mt][0] = mn0;
+      m[mt][1] = mn1;
+#pragma unroll
+      for (int dt = 0; dt < DT; dt++) {
+        o[mt][dt][0] *= al0;
+        o[mt][dt][1] *= al0;
+        o[mt][dt][2] *= al1;
+        o[mt][dt][3] *= al1;
+      }
+    }
+
+    // O += P V: the probabilities are the A fragments (16 keys = C fragments 2 kk, 2 kk + 1);
+    // each pair of V fragments (ldmatrix.x4.trans) serves every m-tile with keys there
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; kk++) {
+      if (2 * kk >= hi[MT - 1]) continue;
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++) {
+        a[mt][0] = pack_bf16x2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        a[mt][1] = pack_bf16x2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        a[mt][2] = pack_bf16x2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        a[mt][3] = pack_bf16x2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int dp = 0; dp < DT / 2; dp++) {
+        if (dp * 16 >= HSP) break;  // the same for every lane (HSP: a multiple of 16)
+        uint32_t bv[4];
+        ldsm_x4_t(bv, Vs + offv + kk * 16 * ld + dp * 16);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          if (2 * kk >= hi[mt]) continue;
+          mma16816(o[mt][2 * dp], a[mt], bv[0], bv[1]);
+          mma16816(o[mt][2 * dp + 1], a[mt], bv[2], bv[3]);
+        }
+      }
+    }
   }
 
   const long long lrow = ((long long)b * NH + h) * T_;
 #pragma unroll
-  for (int half = 0; half < 2; half++) {
-    const int t = half ? t1 : t0;
-    if (t >= T_) continue;
-    const float inv = 1.f / (half ? l1 : l0);
-    bf16* orow = out + ((long long)b * T_ + t) * C + (long long)h * HS;
+  for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-    for (int dt = 0; dt < DT; dt++)
+    for (int half = 0; half < 2; half++) {
+      const int t = r0[mt] + g + 8 * half;
+      if (t >= T_) continue;
+      const float inv = 1.f / l[mt][half];
+      bf16* orow = out + ((long long)b * T_ + t) * C + (long long)h * HS;
 #pragma unroll
-      for (int e = 0; e < 2; e++) {
-        const int d = dt * 8 + 2 * q + e;
-        if (d < HS) orow[d] = from_f<bf16>(o[dt][2 * half + e] * inv);
-      }
-    if (q == 0) lse[lrow + t] = half ? (m1 + log2f(l1)) * kLn2 : (m0 + log2f(l0)) * kLn2;
-  }
+      for (int dt = 0; dt < DT; dt++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+          const int d = dt * 8 + 2 * q + e;
+          if (d < HS) orow[d] = from_f<bf16>(o[mt][dt][2 * half + e] * inv);
+        }
+      if (q == 0) lse[lrow + t] = (m[mt][half] + log2f(l[mt][half])) * kLn2;
+    }
 }
 
 size_t tc_dq_smem_bytes(int HS) {
@@ -1119,9 +1198,10 @@ void launch_fwd(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV
 template <int DMAX>
 void launch_fwd_tc(bf16* out, float* lse, const bf16* qkv, int B, int T_, int NH, int NKV, int HS,
                    cudaStream_t stream) {
-  const size_t bytes = tc_fwd_smem_bytes(HS);
+  const size_t bytes = tc_fwd_smem_bytes<DMAX>(HS);
   prepare_smem(flash_fwd_tc_kernel<DMAX>, bytes);
-  const dim3 grid = grid2((long long)B * NH, (T_ + kTcRows - 1) / kTcRows, "flash attention");
+  constexpr int BR = TcFwd<DMAX>::BR;
+  const dim3 grid = grid2((long long)B * NH, (T_ + BR - 1) / BR, "flash attention");
   flash_fwd_tc_kernel<DMAX><<<grid, kThreads, bytes, stream>>>(out, lse, qkv, T_, NH, NKV, HS, 1.0f / sqrtf((float)HS));
   CUDA_CHECK_LAUNCH();
 }
