@@ -507,17 +507,22 @@ __global__ void __launch_bounds__(kThreads)
 // ------------------------------------------------------------------ tensor cores (bf16)
 // The bf16 instantiation with HS <= 128 on sm_80+: the same algorithm with the tile
 // products on tensor cores, mma.sync.m16n8k16 (bf16 inputs, float accumulation).
-// Each warp owns 16 query rows (forward, dq) or 16 keys (dk/dv). Fragment layout (PTX
-// ISA), g = lane / 4, q = lane % 4, registers of two bf16 (low half = lower index):
+// Each warp owns 16 query rows (dq; the forward: 16 or, for HS <= 64, 2 x 16) or 16
+// keys (dk/dv). Fragment layout (PTX ISA), g = lane / 4, q = lane % 4, registers of two
+// bf16 (low half = lower index):
 //   A (16 x 16, row-major) reg i: row g + 8 (i & 1), cols 2q + 8 (i >> 1) + {0, 1}
 //   B (16 x 8, k x n)      reg i: k = 2q + 8 i + {0, 1}, n = g
 //   C (16 x 8, float)      c[0], c[1]: row g, cols 2q + {0, 1}; c[2], c[3]: row g + 8
 // so a C fragment pair (n-tiles 2j, 2j+1) is the A fragment of the next product, and
-// the probabilities never leave registers. Tiles sit in shared memory as bf16 with
-// HSP = HS rounded up to 16 columns (zero past HS) and rows padded by 8 elements, so
-// the 32-bit fragment loads of a warp hit 32 different banks when HSP is a multiple of 64.
-// P and dS are rounded to bf16 for their products (as FlashAttention does), and the
-// exponentials are exp2f of log2(e)-scaled scores (lse is stored in natural log).
+// the probabilities never leave registers. Tiles sit in shared memory as bf16, row-major
+// only, with HSP = HS rounded up to 16 columns (zero past HS) and rows padded by 8
+// elements (16 bytes), so the eight 16-byte rows of each ldmatrix phase hit different
+// banks. Fragments come from ldmatrix.x4: A and the B operand along the head dimension
+// (Q K^T, dO V^T) plain, the B operand along keys / queries (P V, dS K, P^T dO, dS^T Q)
+// with .trans from the same row-major tiles. Tiles stream in with cp.async into two
+// buffers (the next one is copied while the current one is computed; one __syncthreads
+// per tile). P and dS are rounded to bf16 for their products (as FlashAttention does),
+// and the exponentials are exp2f of log2(e)-scaled scores (lse is stored in natural log).
 #ifndef PYLLAMA_CUDA_SIM  // tools/cuda_sim emulates these (sim_cuda.h)
 __device__ __forceinline__ uint16_t bf16_bits(bf16 x) { return __bfloat16_as_ushort(x); }
 __device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
