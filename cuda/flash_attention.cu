@@ -507,19 +507,77 @@ __global__ void __launch_bounds__(kThreads)
 // ------------------------------------------------------------------ tensor cores (bf16)
 // The bf16 instantiation with HS <= 128 on sm_80+: the same algorithm with the tile
 // products on tensor cores, mma.sync.m16n8k16 (bf16 inputs, float accumulation).
-// Each warp owns 16 query rows (forward, dq) or 16 keys (dk/dv). Fragment layout (PTX
-// ISA), g = lane / 4, q = lane % 4, registers of two bf16 (low half = lower index):
+// Each warp owns 16 query rows (dq; the forward: 16 or, for HS <= 64, 2 x 16) or 16
+// keys (dk/dv). Fragment layout (PTX ISA), g = lane / 4, q = lane % 4, registers of two
+// bf16 (low half = lower index):
 //   A (16 x 16, row-major) reg i: row g + 8 (i & 1), cols 2q + 8 (i >> 1) + {0, 1}
 //   B (16 x 8, k x n)      reg i: k = 2q + 8 i + {0, 1}, n = g
 //   C (16 x 8, float)      c[0], c[1]: row g, cols 2q + {0, 1}; c[2], c[3]: row g + 8
 // so a C fragment pair (n-tiles 2j, 2j+1) is the A fragment of the next product, and
-// the probabilities never leave registers. Tiles sit in shared memory as bf16 with
-// HSP = HS rounded up to 16 columns (zero past HS) and rows padded by 8 elements, so
-// the 32-bit fragment loads of a warp hit 32 different banks when HSP is a multiple of 64.
-// P and dS are rounded to bf16 for their products (as FlashAttention does), and the
-// exponentials are exp2f of log2(e)-scaled scores (lse is stored in natural log).
-#ifndef PYLLAMA_CUDA_SIM  // tools/cuda_sim emulates these two
+// the probabilities never leave registers. Tiles sit in shared memory as bf16, row-major
+// only, with HSP = HS rounded up to 16 columns (zero past HS) and rows padded by 8
+// elements (16 bytes), so the eight 16-byte rows of each ldmatrix phase hit different
+// banks. Fragments come from ldmatrix.x4: A and the B operand along the head dimension
+// (Q K^T, dO V^T) plain, the B operand along keys / queries (P V, dS K, P^T dO, dS^T Q)
+// with .trans from the same row-major tiles. Tiles stream in with cp.async into two
+// buffers (the next one is copied while the current one is computed; one __syncthreads
+// per tile). P and dS are rounded to bf16 for their products (as FlashAttention does),
+// and the exponentials are exp2f of log2(e)-scaled scores (lse is stored in natural log).
+#ifndef PYLLAMA_CUDA_SIM  // tools/cuda_sim emulates these (sim_cuda.h)
 __device__ __forceinline__ uint16_t bf16_bits(bf16 x) { return __bfloat16_as_ushort(x); }
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+// ldmatrix.x4: four 8 x 8 b16 matrices, row j of matrix i at the shared address of lane
+// 8 i + j (16-byte aligned); lane l gets row l / 4, columns 2 (l % 4) + {0, 1} of matrix i
+// in r[i] (.trans: rows 2 (l % 4) + {0, 1} of column l / 4), i.e. mma fragments.
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+#else
+  __trap();
+#endif
+}
+// cp.async global -> shared, 16 bytes bypassing L1 (.cg) or 4 bytes (.ca); src-size 0
+// (valid false) zero-fills the destination without reading src. Completed, per thread,
+// by cp_async_wait<N>() (all but the N most recent committed groups); other threads see
+// the data only after a __syncthreads that follows their writers' waits.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 16 : 0)
+               : "memory");
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 4 : 0)
+               : "memory");
+#else
+  __trap();
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
 __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile(
@@ -537,8 +595,6 @@ __host__ __device__ __forceinline__ int hs_pad16(int HS) { return (HS + 15) & ~1
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   return (uint32_t)bf16_bits(from_f<bf16>(lo)) | ((uint32_t)bf16_bits(from_f<bf16>(hi)) << 16);
 }
-// two adjacent bf16 of shared memory (even element index) as one register
-__device__ __forceinline__ uint32_t ld32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
 // Reductions over the 4 lanes of a quad (the threads holding one row of a C fragment).
 __device__ __forceinline__ float quad_max(float v) {
@@ -551,28 +607,19 @@ __device__ __forceinline__ float quad_sum(float v) {
 }
 
 // dst (nrows x HSP bf16, row stride ld) = rows r0 .. of src (row stride src_ld), zero for
-// rows >= T_ and columns >= HS; transposed (dst[d * ld + r]) when `transpose`.
-__device__ __forceinline__ void load_tile_bf16(bf16* dst, int ld, bool transpose, const bf16* src, long long src_ld,
-                                               int r0, int nrows, int T_, int HS, int HSP) {
-  if (vec16_ok(src, src_ld, HS)) {  // 8 bf16 per load (ld and HSP are multiples of 8: aligned stores)
+// rows >= T_ and columns >= HS. With 16-byte-aligned rows (vec16_ok): cp.async of 8 bf16
+// (zero-filled past T_ / HS; ld and HSP are multiples of 8), lanes walking a row
+// (coalesced); the caller commits the group and waits for it (cp_async_wait) before the
+// __syncthreads that publishes the tile. Otherwise plain loads and stores (the same
+// __syncthreads publishes them).
+__device__ __forceinline__ void load_tile_bf16(bf16* dst, int ld, const bf16* src, long long src_ld, int r0, int nrows,
+                                               int T_, int HS, int HSP) {
+  if (vec16_ok(src, src_ld, HS)) {
     const int wv = HSP / 8, nv = nrows * wv;
     for (int e = threadIdx.x; e < nv; e += kThreads) {
-      // row-major copies: lanes walk a row (coalesced); transposed copies: lanes walk 32
-      // consecutive rows, so the 16-bit stores of a warp fill consecutive words (no bank
-      // conflicts; nrows is a multiple of 32)
-      const int r = transpose ? e % nrows : e / wv;
-      const int d = (transpose ? e / nrows : e - r * wv) * 8;
-      const int t = r0 + r;
-      uint4 raw = make_uint4(0u, 0u, 0u, 0u);
-      if (t < T_ && d < HS) raw = *reinterpret_cast<const uint4*>(src + (long long)t * src_ld + d);
-      if (!transpose) {
-        *reinterpret_cast<uint4*>(dst + r * ld + d) = raw;
-      } else {
-        bf16 v[8];
-        memcpy(v, &raw, 16);
-#pragma unroll
-        for (int i = 0; i < 8; i++) dst[(d + i) * ld + r] = v[i];
-      }
+      const int r = e / wv, d = (e - r * wv) * 8, t = r0 + r;
+      const bool ok = t < T_ && d < HS;
+      cp_async16(dst + r * ld + d, ok ? src + (long long)t * src_ld + d : src, ok);
     }
     return;
   }
@@ -581,8 +628,7 @@ __device__ __forceinline__ void load_tile_bf16(bf16* dst, int ld, bool transpose
   for (int e = threadIdx.x; e < n; e += kThreads) {
     const int r = e / HSP, d = e - r * HSP;
     const int t = r0 + r;
-    const bf16 v = (t < T_ && d < HS) ? src[(long long)t * src_ld + d] : zero;
-    dst[transpose ? d * ld + r : r * ld + d] = v;
+    dst[r * ld + d] = (t < T_ && d < HS) ? src[(long long)t * src_ld + d] : zero;
   }
 }
 
@@ -590,31 +636,78 @@ __device__ __forceinline__ void load_tile_bf16(bf16* dst, int ld, bool transpose
 // columns 0..HSP-1) times B^T where B rows are the n index (row-major, stride ldb): both
 // operands contiguous along the HSP (k) dimension. Only n-tiles lo <= nt < hi are
 // computed (the others, wholly masked by causality, stay 0); lo, hi warp-uniform. Whole warp.
+// Fragments by ldmatrix.x4: A, lane l gives row l % 16 at column 8 (l / 16) (matrices =
+// a[0..3]); B, two n-tiles at once, lane l gives row n = 8 (l / 16) + l % 8 at column
+// 8 ((l / 8) % 2) (matrices = b0, b1 of n-tile 2 np, then of 2 np + 1).
 template <int NT>
 __device__ __forceinline__ void mma_rows(float (&acc)[NT][4], const bf16* A, int lda, const bf16* Bm, int ldb, int HSP,
                                          int lo, int hi) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  static_assert(NT % 2 == 0, "n-tiles go in pairs");
+  const int lane = threadIdx.x & 31;
+  const bf16* pa = A + (lane & 15) * lda + 8 * (lane >> 4);
+  const bf16* pb = Bm + (8 * (lane >> 4) + (lane & 7)) * ldb + 8 * ((lane >> 3) & 1);
 #pragma unroll
   for (int nt = 0; nt < NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
   for (int kc = 0; kc < HSP; kc += 16) {
-    const bf16* pa = A + g * lda + kc + 2 * q;
-    const uint32_t a[4] = {ld32(pa), ld32(pa + 8 * lda), ld32(pa + 8), ld32(pa + 8 * lda + 8)};
+    uint32_t a[4];
+    ldsm_x4(a, pa + kc);
 #pragma unroll
-    for (int nt = 0; nt < NT; nt++) {
-      if (nt < lo || nt >= hi) continue;
-      const bf16* pb = Bm + (nt * 8 + g) * ldb + kc + 2 * q;
-      mma16816(acc[nt], a, ld32(pb), ld32(pb + 8));
+    for (int np = 0; np < NT / 2; np++) {
+      if (2 * np + 1 < lo || 2 * np >= hi) continue;
+      uint32_t b[4];
+      ldsm_x4(b, pb + np * 16 * ldb + kc);
+      if (2 * np >= lo) mma16816(acc[2 * np], a, b[0], b[1]);
+      if (2 * np + 1 < hi) mma16816(acc[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// The A fragments of 16 rows x HSP columns of a row-major tile (row stride lda), one
+// ldmatrix.x4 per 16 columns (kc < KC = DMAX / 16), to keep in registers across tiles.
+template <int KC>
+__device__ __forceinline__ void load_a_frags(uint32_t (&a)[KC][4], const bf16* A, int lda, int HSP) {
+  const int lane = threadIdx.x & 31;
+  const bf16* pa = A + (lane & 15) * lda + 8 * (lane >> 4);
+#pragma unroll
+  for (int kc = 0; kc < KC; kc++)
+    if (kc * 16 < HSP) ldsm_x4(a[kc], pa + kc * 16);
+}
+
+// mma_rows with the A fragments in registers (load_a_frags); the same products in the
+// same order.
+template <int NT, int KC>
+__device__ __forceinline__ void mma_rows_reg(float (&acc)[NT][4], const uint32_t (&a)[KC][4], const bf16* Bm, int ldb,
+                                             int HSP, int lo, int hi) {
+  static_assert(NT % 2 == 0, "n-tiles go in pairs");
+  const int lane = threadIdx.x & 31;
+  const bf16* pb = Bm + (8 * (lane >> 4) + (lane & 7)) * ldb + 8 * ((lane >> 3) & 1);
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+#pragma unroll
+  for (int kc = 0; kc < KC; kc++) {
+    if (kc * 16 >= HSP) break;  // the same for every lane
+#pragma unroll
+    for (int np = 0; np < NT / 2; np++) {
+      if (2 * np + 1 < lo || 2 * np >= hi) continue;
+      uint32_t b[4];
+      ldsm_x4(b, pb + np * 16 * ldb + kc * 16);
+      if (2 * np >= lo) mma16816(acc[2 * np], a[kc], b[0], b[1]);
+      if (2 * np + 1 < hi) mma16816(acc[2 * np + 1], a[kc], b[2], b[3]);
     }
   }
 }
 
 // acc[dt] += P (16 x 16*KT, C fragments p[2 kk], p[2 kk + 1] per 16-column chunk kk)
-// times Bt^T, Bt row-major (n = head dim, stride ldb; columns = the k index): for dt*8 < HSP
-// and the chunks lo <= kk < hi (the others are wholly zero); lo, hi warp-uniform.
+// times Bk, Bk row-major (rows = the k index, columns = n = head dim, stride ldb): for
+// dt*8 < HSP and the chunks lo <= kk < hi (the others are wholly zero); lo, hi
+// warp-uniform. B fragments by ldmatrix.x4.trans, two head-dim tiles at once: lane l
+// gives row k = l % 16 at column 8 (l / 16) (matrices = b0, b1 of dt = 2 dp, then 2 dp + 1).
 template <int KT, int DT>
-__device__ __forceinline__ void mma_frag(float (&acc)[DT][4], const float (&p)[2 * KT][4], const bf16* Bt, int ldb,
+__device__ __forceinline__ void mma_frag(float (&acc)[DT][4], const float (&p)[2 * KT][4], const bf16* Bk, int ldb,
                                          int HSP, int lo, int hi) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  static_assert(DT % 2 == 0, "head-dim tiles go in pairs");
+  const int lane = threadIdx.x & 31;
+  const bf16* pb = Bk + (lane & 15) * ldb + 8 * (lane >> 4);
 #pragma unroll
   for (int kk = 0; kk < KT; kk++) {
     if (kk < lo || kk >= hi) continue;
@@ -622,10 +715,12 @@ __device__ __forceinline__ void mma_frag(float (&acc)[DT][4], const float (&p)[2
                            pack_bf16x2(p[2 * kk + 1][0], p[2 * kk + 1][1]),
                            pack_bf16x2(p[2 * kk + 1][2], p[2 * kk + 1][3])};
 #pragma unroll
-    for (int dt = 0; dt < DT; dt++) {
-      if (dt * 8 >= HSP) break;  // the same for every lane
-      const bf16* pb = Bt + (dt * 8 + g) * ldb + kk * 16 + 2 * q;
-      mma16816(acc[dt], a, ld32(pb), ld32(pb + 8));
+    for (int dp = 0; dp < DT / 2; dp++) {
+      if (dp * 16 >= HSP) break;  // the same for every lane (HSP: a multiple of 16)
+      uint32_t b[4];
+      ldsm_x4_t(b, pb + kk * 16 * ldb + dp * 16);
+      mma16816(acc[2 * dp], a, b[0], b[1]);
+      mma16816(acc[2 * dp + 1], a, b[2], b[3]);
     }
   }
 }
@@ -636,111 +731,204 @@ constexpr float kLn2 = 0.6931471805599453f;
 constexpr int kTcRows = 64;  // query rows per block: 4 warps x 16
 constexpr int kTcKeys = 64;  // keys per block
 
+// The forward's warps take MT m-tiles of 16 rows each (HS <= 64: two, so every K / V
+// fragment read from shared memory feeds two mma), at rows 64 mt + 16 warp of the block.
+template <int DMAX>
+struct TcFwd {
+  static constexpr int MT = DMAX <= 64 ? 2 : 1;
+  static constexpr int BR = 64 * MT;  // query rows per block
+};
+
+template <int DMAX>
 size_t tc_fwd_smem_bytes(int HS) {
   const int HSP = hs_pad16(HS), ld = HSP + 8;
-  return sizeof(bf16) * ((size_t)kTcRows * ld + (size_t)kTcKeys * ld + (size_t)HSP * (kTcKeys + 8));
+  return sizeof(bf16) * ((size_t)TcFwd<DMAX>::BR * ld + 4 * (size_t)kTcKeys * ld);  // Q, 2 x (K, V)
 }
 
-// grid (B * NH, ceil(T / kTcRows)), last query block first.
+// grid (B * NH, ceil(T / BR)), last query block first.
 template <int DMAX>
 __global__ void __launch_bounds__(kThreads)
     flash_fwd_tc_kernel(bf16* out, float* lse, const bf16* qkv, int T_, int NH, int NKV, int HS, float scale) {
-  constexpr int NT = kTcKeys / 8, DT = DMAX / 8;
+  constexpr int MT = TcFwd<DMAX>::MT, BR = TcFwd<DMAX>::BR, NT = kTcKeys / 8, DT = DMAX / 8, KC = DMAX / 16;
   extern __shared__ float4 smem4[];
   bf16* sm = reinterpret_cast<bf16*>(smem4);
-  const int HSP = hs_pad16(HS), ld = HSP + 8, ldt = kTcKeys + 8;
-  bf16* Qs = sm;                 // kTcRows x ld
-  bf16* Ks = Qs + kTcRows * ld;  // kTcKeys x ld
-  bf16* Vt = Ks + kTcKeys * ld;  // HSP x ldt: Vt[d * ldt + key]
+  const int HSP = hs_pad16(HS), ld = HSP + 8;
+  const int tile = kTcKeys * ld;
+  bf16* Qs = sm;             // BR x ld
+  bf16* KVs = Qs + BR * ld;  // buffer i: K at KVs + 2 i tile, V at KVs + (2 i + 1) tile (kTcKeys x ld)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
   const int h = blockIdx.x % NH, b = blockIdx.x / NH;
-  const int q0 = (gridDim.y - 1 - blockIdx.y) * kTcRows;
+  const int q0 = (gridDim.y - 1 - blockIdx.y) * BR;
   const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, kvh = h / (NH / NKV);
   const bf16* seq = qkv + (long long)b * T_ * QKVD;
+  const bf16* kseq = seq + C + (long long)kvh * HS;
+  auto load_kv = [&](int kb) {  // key block kb into buffer kb % 2 (cp.async, one group)
+    bf16* Kb = KVs + 2 * (kb & 1) * tile;
+    load_tile_bf16(Kb, ld, kseq, QKVD, kb * kTcKeys, kTcKeys, T_, HS, HSP);
+    load_tile_bf16(Kb + tile, ld, kseq + KVD, QKVD, kb * kTcKeys, kTcKeys, T_, HS, HSP);
+    cp_async_commit();
+  };
 
-  load_tile_bf16(Qs, ld, false, seq + (long long)h * HS, QKVD, q0, kTcRows, T_, HS, HSP);
-  const int qend = min(q0 + kTcRows, T_);
+  load_tile_bf16(Qs, ld, seq + (long long)h * HS, QKVD, q0, BR, T_, HS, HSP);
+  load_kv(0);  // one group with Q
+  const int qend = min(q0 + BR, T_);
   const int nkb = (qend + kTcKeys - 1) / kTcKeys;
-  const int t0 = q0 + warp * 16 + g, t1 = t0 + 8;  // this thread's two rows
-  const int lim0 = min(t0, T_ - 1), lim1 = min(t1, T_ - 1);
   const float scale2 = scale * kLog2e;  // scores in log2 units: exp(x) = exp2(x log2 e)
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f, o[DT][4];
+  // m-tile mt: rows r0[mt] + g (row limit lim[mt][0]) and r0[mt] + g + 8 (lim[mt][1])
+  int r0[MT], lim[MT][2];
+  float m[MT][2], l[MT][2], o[MT][DT][4];
+  uint32_t qf[MT][KC][4];  // this warp's Q rows, kept in registers
 #pragma unroll
-  for (int dt = 0; dt < DT; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
+  for (int mt = 0; mt < MT; mt++) {
+    r0[mt] = q0 + 64 * mt + warp * 16;
+    lim[mt][0] = min(r0[mt] + g, T_ - 1);
+    lim[mt][1] = min(r0[mt] + g + 8, T_ - 1);
+    m[mt][0] = m[mt][1] = -INFINITY;
+    l[mt][0] = l[mt][1] = 0.f;
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++) o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.f;
+  }
+  // ldmatrix row offsets in a K / V tile (as in mma_rows and mma_frag)
+  const int offk = (8 * (lane >> 4) + (lane & 7)) * ld + 8 * ((lane >> 3) & 1);
+  const int offv = (lane & 15) * ld + 8 * (lane >> 4);
 
+  // double-buffered K/V: block kb + 1 is copied (cp.async) while block kb is computed
   for (int kb = 0; kb < nkb; kb++) {
     const int k0 = kb * kTcKeys;
-    __syncthreads();  // the previous block's reads of Ks, Vt are done
-    load_tile_bf16(Ks, ld, false, seq + C + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
-    load_tile_bf16(Vt, ldt, true, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
-    __syncthreads();
-
-    // keys past kmax (relative to k0) are masked for all 16 rows of this warp
-    const int kmax = min(q0 + warp * 16 + 15, T_ - 1) - k0;  // >= 0: k0 <= q0
-    float s[NT][4];
-    mma_rows<NT>(s, Qs + warp * 16 * ld, ld, Ks, ld, HSP, 0, min(NT, kmax / 8 + 1));
-    float mx0 = -INFINITY, mx1 = -INFINITY;
+    cp_async_wait<0>();  // this thread's copies of block kb (and Q)
+    __syncthreads();     // everyone's; and block kb - 1 (the other buffer) is no longer read
+    if (kb + 1 < nkb) load_kv(kb + 1);
+    const bf16* Ks = KVs + 2 * (kb & 1) * tile;
+    const bf16* Vs = Ks + tile;
+    if (kb == 0) {
 #pragma unroll
-    for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-      for (int e = 0; e < 2; e++) {
-        const int c = k0 + nt * 8 + 2 * q + e;
-        s[nt][e] = c <= lim0 ? s[nt][e] * scale2 : -INFINITY;
-        s[nt][2 + e] = c <= lim1 ? s[nt][2 + e] * scale2 : -INFINITY;
-        mx0 = fmaxf(mx0, s[nt][e]);
-        mx1 = fmaxf(mx1, s[nt][2 + e]);
-      }
-    mx0 = quad_max(mx0);
-    mx1 = quad_max(mx1);
-    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);  // finite: key 0 is in the first block
-    const float al0 = exp2f(m0 - mn0), al1 = exp2f(m1 - mn1);
-    float rs0 = 0.f, rs1 = 0.f;
-#pragma unroll
-    for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-      for (int e = 0; e < 2; e++) {
-        s[nt][e] = exp2f(s[nt][e] - mn0);
-        s[nt][2 + e] = exp2f(s[nt][2 + e] - mn1);
-        rs0 += s[nt][e];
-        rs1 += s[nt][2 + e];
-      }
-    rs0 = quad_sum(rs0);
-    rs1 = quad_sum(rs1);
-    l0 = l0 * al0 + rs0;
-    l1 = l1 * al1 + rs1;
-    m0 = mn0;
-    m1 = mn1;
-#pragma unroll
-    for (int dt = 0; dt < DT; dt++) {
-      o[dt][0] *= al0;
-      o[dt][1] *= al0;
-      o[dt][2] *= al1;
-      o[dt][3] *= al1;
+      for (int mt = 0; mt < MT; mt++) load_a_frags(qf[mt], Qs + (64 * mt + warp * 16) * ld, ld, HSP);
     }
-    mma_frag<NT / 2, DT>(o, s, Vt, ldt, HSP, 0, min(NT / 2, kmax / 16 + 1));
+
+    // n-tiles (8 keys) with a key visible to some row of m-tile mt: nt < hi[mt]
+    // (non-decreasing in mt; 0 when the whole m-tile is before k0)
+    int hi[MT];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+      const int kmax = min(r0[mt] + 15, T_ - 1) - k0;
+      hi[mt] = kmax < 0 ? 0 : min(NT, kmax / 8 + 1);
+    }
+    // S = Q K^T: each pair of K fragments (ldmatrix.x4) serves every m-tile
+    float s[MT][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
+#pragma unroll
+    for (int kc = 0; kc < KC; kc++) {
+      if (kc * 16 >= HSP) break;  // the same for every lane
+#pragma unroll
+      for (int np = 0; np < NT / 2; np++) {
+        if (2 * np >= hi[MT - 1]) continue;
+        uint32_t bk[4];
+        ldsm_x4(bk, Ks + offk + np * 16 * ld + kc * 16);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          if (2 * np < hi[mt]) mma16816(s[mt][2 * np], qf[mt][kc], bk[0], bk[1]);
+          if (2 * np + 1 < hi[mt]) mma16816(s[mt][2 * np + 1], qf[mt][kc], bk[2], bk[3]);
+        }
+      }
+    }
+
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+      if (hi[mt] == 0) continue;  // wholly masked: m, l, o unchanged
+      // masking only where some key of the block is past some row's limit (the diagonal
+      // block); unscaled scores, the scale folded into the exponent's fma
+      const bool diag = k0 + kTcKeys - 1 > min(r0[mt], T_ - 1);  // the smallest row limit of the m-tile
+      float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+          const int c = k0 + nt * 8 + 2 * q + e;
+          if (diag && c > lim[mt][0]) s[mt][nt][e] = -INFINITY;
+          if (diag && c > lim[mt][1]) s[mt][nt][2 + e] = -INFINITY;
+          mx0 = fmaxf(mx0, s[mt][nt][e]);
+          mx1 = fmaxf(mx1, s[mt][nt][2 + e]);
+        }
+      // in log2 units; finite: every row sees key k0 of a block with hi > 0 (k0 <= r0)
+      const float mn0 = fmaxf(m[mt][0], quad_max(mx0) * scale2), mn1 = fmaxf(m[mt][1], quad_max(mx1) * scale2);
+      const float al0 = exp2f(m[mt][0] - mn0), al1 = exp2f(m[mt][1] - mn1);
+      float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+          s[mt][nt][e] = exp2f(fmaf(s[mt][nt][e], scale2, -mn0));
+          s[mt][nt][2 + e] = exp2f(fmaf(s[mt][nt][2 + e], scale2, -mn1));
+          rs0 += s[mt][nt][e];
+          rs1 += s[mt][nt][2 + e];
+        }
+      l[mt][0] = l[mt][0] * al0 + quad_sum(rs0);
+      l[mt][1] = l[mt][1] * al1 + quad_sum(rs1);
+      m[mt][0] = mn0;
+      m[mt][1] = mn1;
+#pragma unroll
+      for (int dt = 0; dt < DT; dt++) {
+        o[mt][dt][0] *= al0;
+        o[mt][dt][1] *= al0;
+        o[mt][dt][2] *= al1;
+        o[mt][dt][3] *= al1;
+      }
+    }
+
+    // O += P V: the probabilities are the A fragments (16 keys = C fragments 2 kk, 2 kk + 1);
+    // each pair of V fragments (ldmatrix.x4.trans) serves every m-tile with keys there
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; kk++) {
+      if (2 * kk >= hi[MT - 1]) continue;
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++) {
+        a[mt][0] = pack_bf16x2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        a[mt][1] = pack_bf16x2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        a[mt][2] = pack_bf16x2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        a[mt][3] = pack_bf16x2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int dp = 0; dp < DT / 2; dp++) {
+        if (dp * 16 >= HSP) break;  // the same for every lane (HSP: a multiple of 16)
+        uint32_t bv[4];
+        ldsm_x4_t(bv, Vs + offv + kk * 16 * ld + dp * 16);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          if (2 * kk >= hi[mt]) continue;
+          mma16816(o[mt][2 * dp], a[mt], bv[0], bv[1]);
+          mma16816(o[mt][2 * dp + 1], a[mt], bv[2], bv[3]);
+        }
+      }
+    }
   }
 
   const long long lrow = ((long long)b * NH + h) * T_;
 #pragma unroll
-  for (int half = 0; half < 2; half++) {
-    const int t = half ? t1 : t0;
-    if (t >= T_) continue;
-    const float inv = 1.f / (half ? l1 : l0);
-    bf16* orow = out + ((long long)b * T_ + t) * C + (long long)h * HS;
+  for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-    for (int dt = 0; dt < DT; dt++)
+    for (int half = 0; half < 2; half++) {
+      const int t = r0[mt] + g + 8 * half;
+      if (t >= T_) continue;
+      const float inv = 1.f / l[mt][half];
+      bf16* orow = out + ((long long)b * T_ + t) * C + (long long)h * HS;
 #pragma unroll
-      for (int e = 0; e < 2; e++) {
-        const int d = dt * 8 + 2 * q + e;
-        if (d < HS) orow[d] = from_f<bf16>(o[dt][2 * half + e] * inv);
-      }
-    if (q == 0) lse[lrow + t] = half ? (m1 + log2f(l1)) * kLn2 : (m0 + log2f(l0)) * kLn2;
-  }
+      for (int dt = 0; dt < DT; dt++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+          const int d = dt * 8 + 2 * q + e;
+          if (d < HS) orow[d] = from_f<bf16>(o[mt][dt][2 * half + e] * inv);
+        }
+      if (q == 0) lse[lrow + t] = (m[mt][half] + log2f(l[mt][half])) * kLn2;
+    }
 }
 
 size_t tc_dq_smem_bytes(int HS) {
   const int HSP = hs_pad16(HS), ld = HSP + 8;
-  return sizeof(bf16) * (2 * (size_t)kTcRows * ld + 2 * (size_t)kTcKeys * ld + (size_t)HSP * (kTcKeys + 8));
+  return sizeof(bf16) * (2 * (size_t)kTcRows * ld + 4 * (size_t)kTcKeys * ld);  // Q, dO, 2 x (K, V)
 }
 
 // grid (B * NH, ceil(T / kTcRows)): dQ of 64 query rows (16 per warp) of head h.
@@ -751,21 +939,28 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int NT = kTcKeys / 8, DT = DMAX / 8;
   extern __shared__ float4 smem4[];
   bf16* sm = reinterpret_cast<bf16*>(smem4);
-  const int HSP = hs_pad16(HS), ld = HSP + 8, ldt = kTcKeys + 8;
-  bf16* Qs = sm;                  // kTcRows x ld
-  bf16* dOs = Qs + kTcRows * ld;  // kTcRows x ld
-  bf16* Ks = dOs + kTcRows * ld;  // kTcKeys x ld
-  bf16* Vs = Ks + kTcKeys * ld;   // kTcKeys x ld
-  bf16* Kt = Vs + kTcKeys * ld;   // HSP x ldt: Kt[d * ldt + key]
+  const int HSP = hs_pad16(HS), ld = HSP + 8;
+  const int tile = kTcKeys * ld;
+  bf16* Qs = sm;                   // kTcRows x ld
+  bf16* dOs = Qs + kTcRows * ld;   // kTcRows x ld
+  bf16* KVs = dOs + kTcRows * ld;  // buffer i: K at KVs + 2 i tile, V at KVs + (2 i + 1) tile
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
   const int h = blockIdx.x % NH, b = blockIdx.x / NH;
   const int q0 = (gridDim.y - 1 - blockIdx.y) * kTcRows;
   const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, kvh = h / (NH / NKV);
   const bf16* seq = qkv + (long long)b * T_ * QKVD;
+  const bf16* kseq = seq + C + (long long)kvh * HS;
   const long long lrow = ((long long)b * NH + h) * T_;
+  auto load_kv = [&](int kb) {  // key block kb into buffer kb % 2 (cp.async, one group)
+    bf16* Kb = KVs + 2 * (kb & 1) * tile;
+    load_tile_bf16(Kb, ld, kseq, QKVD, kb * kTcKeys, kTcKeys, T_, HS, HSP);
+    load_tile_bf16(Kb + tile, ld, kseq + KVD, QKVD, kb * kTcKeys, kTcKeys, T_, HS, HSP);
+    cp_async_commit();
+  };
 
-  load_tile_bf16(Qs, ld, false, seq + (long long)h * HS, QKVD, q0, kTcRows, T_, HS, HSP);
-  load_tile_bf16(dOs, ld, false, dout + (long long)b * T_ * C + (long long)h * HS, C, q0, kTcRows, T_, HS, HSP);
+  load_tile_bf16(Qs, ld, seq + (long long)h * HS, QKVD, q0, kTcRows, T_, HS, HSP);
+  load_tile_bf16(dOs, ld, dout + (long long)b * T_ * C + (long long)h * HS, C, q0, kTcRows, T_, HS, HSP);
+  load_kv(0);  // one group with Q, dO
   const int qend = min(q0 + kTcRows, T_);
   const int nkb = (qend + kTcKeys - 1) / kTcKeys;
   const int t0 = q0 + warp * 16 + g, t1 = t0 + 8;
@@ -776,31 +971,51 @@ __global__ void __launch_bounds__(kThreads)
   float dq[DT][4];
 #pragma unroll
   for (int dt = 0; dt < DT; dt++) dq[dt][0] = dq[dt][1] = dq[dt][2] = dq[dt][3] = 0.f;
+  // HS <= 64: this warp's Q and dO rows stay in registers (HS 128 would spill)
+  constexpr bool kRegA = DMAX <= 64;
+  uint32_t qf[kRegA ? DMAX / 16 : 1][4], dof[kRegA ? DMAX / 16 : 1][4];
 
-  for (int kb = 0; kb < nkb; kb++) {
+  for (int kb = 0; kb < nkb; kb++) {  // double-buffered K/V as in the forward
     const int k0 = kb * kTcKeys;
-    __syncthreads();  // the previous block's reads of Ks, Vs, Kt are done
-    load_tile_bf16(Ks, ld, false, seq + C + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
-    load_tile_bf16(Kt, ldt, true, seq + C + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
-    load_tile_bf16(Vs, ld, false, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
+    cp_async_wait<0>();
     __syncthreads();
+    if (kb + 1 < nkb) load_kv(kb + 1);
+    const bf16* Ks = KVs + 2 * (kb & 1) * tile;
+    const bf16* Vs = Ks + tile;
 
     const int kmax = min(q0 + warp * 16 + 15, T_ - 1) - k0;  // as in the forward
     const int nt_hi = min(NT, kmax / 8 + 1);
     float s[NT][4], dp[NT][4];
-    mma_rows<NT>(s, Qs + warp * 16 * ld, ld, Ks, ld, HSP, 0, nt_hi);
-    mma_rows<NT>(dp, dOs + warp * 16 * ld, ld, Vs, ld, HSP, 0, nt_hi);
+    if constexpr (kRegA) {
+      if (kb == 0) {
+        load_a_frags(qf, Qs + warp * 16 * ld, ld, HSP);
+        load_a_frags(dof, dOs + warp * 16 * ld, ld, HSP);
+      }
+      mma_rows_reg<NT>(s, qf, Ks, ld, HSP, 0, nt_hi);
+      mma_rows_reg<NT>(dp, dof, Vs, ld, HSP, 0, nt_hi);
+    } else {
+      mma_rows<NT>(s, Qs + warp * 16 * ld, ld, Ks, ld, HSP, 0, nt_hi);
+      mma_rows<NT>(dp, dOs + warp * 16 * ld, ld, Vs, ld, HSP, 0, nt_hi);
+    }
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-      for (int e = 0; e < 2; e++) {
-        const int c = k0 + nt * 8 + 2 * q + e;
-        const float p0 = c <= lim0 ? exp2f(s[nt][e] * scale2 - L0) : 0.f;
-        const float p1 = c <= lim1 ? exp2f(s[nt][2 + e] * scale2 - L1) : 0.f;
-        s[nt][e] = p0 * (dp[nt][e] - D0) * scale;  // dS
-        s[nt][2 + e] = p1 * (dp[nt][2 + e] - D1) * scale;
-      }
-    mma_frag<NT / 2, DT>(dq, s, Kt, ldt, HSP, 0, min(NT / 2, kmax / 16 + 1));
+      for (int e = 0; e < 4; e++) s[nt][e] = exp2f(fmaf(s[nt][e], scale2, -(e < 2 ? L0 : L1)));  // P
+    if (k0 + kTcKeys - 1 > min(q0 + warp * 16, T_ - 1)) {  // masking as in the forward
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+          const int c = k0 + nt * 8 + 2 * q + e;
+          if (c > lim0) s[nt][e] = 0.f;
+          if (c > lim1) s[nt][2 + e] = 0.f;
+        }
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) s[nt][e] = s[nt][e] * (dp[nt][e] - (e < 2 ? D0 : D1)) * scale;  // dS
+    mma_frag<NT / 2, DT>(dq, s, Ks, ld, HSP, 0, min(NT / 2, kmax / 16 + 1));
   }
 
 #pragma unroll
@@ -827,8 +1042,8 @@ template <int DMAX>
 size_t tc_dkv_smem_bytes(int HS) {
   constexpr int QT = TcKV<DMAX>::QT;
   const int HSP = hs_pad16(HS), ld = HSP + 8;
-  return sizeof(bf16) * (2 * (size_t)kTcKeys * ld + 2 * (size_t)QT * ld + 2 * (size_t)HSP * (QT + 8)) +
-         2 * sizeof(float) * QT;
+  // K, V, 2 x (Q, dO, lse, dsum)
+  return sizeof(bf16) * (2 * (size_t)kTcKeys * ld + 4 * (size_t)QT * ld) + 4 * sizeof(float) * QT;
 }
 
 // grid (B * NKV, ceil(T / kTcKeys)): dK, dV of 64 keys (16 per warp) of kv head kvh, summed
@@ -839,24 +1054,40 @@ __global__ void __launch_bounds__(kThreads)
                             int T_, int NH, int NKV, int HS, float scale) {
   constexpr int QT = TcKV<DMAX>::QT, NT = QT / 8, DT = DMAX / 8;
   extern __shared__ float4 smem4[];
-  const int HSP = hs_pad16(HS), ld = HSP + 8, ldt = QT + 8;
-  float* Ls = reinterpret_cast<float*>(smem4);  // QT
-  float* Ds = Ls + QT;                          // QT
-  bf16* Ks = reinterpret_cast<bf16*>(Ds + QT);  // kTcKeys x ld
-  bf16* Vs = Ks + kTcKeys * ld;                 // kTcKeys x ld
-  bf16* Qs = Vs + kTcKeys * ld;                 // QT x ld
-  bf16* dOs = Qs + QT * ld;                     // QT x ld
-  bf16* Qt = dOs + QT * ld;                     // HSP x ldt: Qt[d * ldt + row]
-  bf16* dOt = Qt + HSP * ldt;                   // HSP x ldt
+  const int HSP = hs_pad16(HS), ld = HSP + 8;
+  const int qtile = QT * ld;
+  float* Ls = reinterpret_cast<float*>(smem4);  // 2 x QT: lse (natural log) of buffer i at Ls + i QT
+  float* Ds = Ls + 2 * QT;                      // 2 x QT: dsum
+  bf16* Ks = reinterpret_cast<bf16*>(Ds + 2 * QT);  // kTcKeys x ld
+  bf16* Vs = Ks + kTcKeys * ld;                     // kTcKeys x ld
+  bf16* QdOs = Vs + kTcKeys * ld;  // buffer i: Q at QdOs + 2 i qtile, dO at QdOs + (2 i + 1) qtile (QT x ld)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
   const int kvh = blockIdx.x % NKV, b = blockIdx.x / NKV;
   const int k0 = blockIdx.y * kTcKeys;
   const int C = NH * HS, KVD = NKV * HS, QKVD = C + 2 * KVD, group = NH / NKV;
   const bf16* seq = qkv + (long long)b * T_ * QKVD;
   const bf16* dseq = dout + (long long)b * T_ * C;
+  // steps: (head h of the group, QT query rows from q0 >= k0: rows before k0 see none of
+  // these keys), step st = (h - kvh group) nq + (q0 - k0) / QT
+  const int nq = (T_ - k0 + QT - 1) / QT, nsteps = group * nq;
+  auto load_step = [&](int st) {  // Q, dO, lse, dsum of step st into buffer st % 2 (cp.async, one group)
+    const int h = kvh * group + st / nq, q0 = k0 + (st % nq) * QT, buf = st & 1;
+    const long long lrow = ((long long)b * NH + h) * T_;
+    bf16* Qb = QdOs + 2 * buf * qtile;
+    load_tile_bf16(Qb, ld, seq + (long long)h * HS, QKVD, q0, QT, T_, HS, HSP);
+    load_tile_bf16(Qb + qtile, ld, dseq + (long long)h * HS, C, q0, QT, T_, HS, HSP);
+    if (threadIdx.x < QT) {
+      const int t = q0 + threadIdx.x;
+      const bool ok = t < T_;  // else 0
+      cp_async4(Ls + buf * QT + threadIdx.x, lse + (ok ? lrow + t : 0), ok);
+      cp_async4(Ds + buf * QT + threadIdx.x, dsum + (ok ? lrow + t : 0), ok);
+    }
+    cp_async_commit();
+  };
 
-  load_tile_bf16(Ks, ld, false, seq + C + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
-  load_tile_bf16(Vs, ld, false, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
+  load_tile_bf16(Ks, ld, seq + C + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
+  load_tile_bf16(Vs, ld, seq + C + KVD + (long long)kvh * HS, QKVD, k0, kTcKeys, T_, HS, HSP);
+  load_step(0);  // one group with K, V
   const int key0 = k0 + warp * 16 + g, key1 = key0 + 8;  // this thread's two keys
   const float scale2 = scale * kLog2e;
   float dk[DT][4], dv[DT][4];
@@ -865,41 +1096,50 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int e = 0; e < 4; e++) dk[dt][e] = dv[dt][e] = 0.f;
 
-  for (int h = kvh * group; h < (kvh + 1) * group; h++) {
-    const long long lrow = ((long long)b * NH + h) * T_;
-    for (int q0 = k0; q0 < T_; q0 += QT) {  // rows before k0 see none of these keys
-      __syncthreads();  // the previous step's reads are done
-      load_tile_bf16(Qs, ld, false, seq + (long long)h * HS, QKVD, q0, QT, T_, HS, HSP);
-      load_tile_bf16(Qt, ldt, true, seq + (long long)h * HS, QKVD, q0, QT, T_, HS, HSP);
-      load_tile_bf16(dOs, ld, false, dseq + (long long)h * HS, C, q0, QT, T_, HS, HSP);
-      load_tile_bf16(dOt, ldt, true, dseq + (long long)h * HS, C, q0, QT, T_, HS, HSP);
-      if (threadIdx.x < QT) {
-        const int t = q0 + threadIdx.x;
-        Ls[threadIdx.x] = t < T_ ? lse[lrow + t] * kLog2e : 0.f;  // log2 units
-        Ds[threadIdx.x] = t < T_ ? dsum[lrow + t] : 0.f;
-      }
-      __syncthreads();
+  // double-buffered: step + 1 is copied (cp.async) while step is computed
+  for (int step = 0; step < nsteps; step++) {
+    const int q0 = k0 + (step % nq) * QT, buf = step & 1;
+    cp_async_wait<0>();  // this thread's copies of this step (and K, V)
+    __syncthreads();     // everyone's; and the previous step (the other buffer) is no longer read
+    if (step + 1 < nsteps) load_step(step + 1);
+    const bf16* Qs = QdOs + 2 * buf * qtile;
+    const bf16* dOs = Qs + qtile;
+    const float* Lb = Ls + buf * QT;
+    const float* Db = Ds + buf * QT;
 
-      // transposed scores: rows = this warp's 16 keys, columns = the QT query rows
-      // query columns before this warp's first key see none of its keys: n-tiles below
-      // nt_lo (8 queries each) are wholly masked
-      const int nt_lo = max(0, k0 + warp * 16 - q0) / 8;
-      float st[NT][4], dpt[NT][4];
-      mma_rows<NT>(st, Ks + warp * 16 * ld, ld, Qs, ld, HSP, nt_lo, NT);
-      mma_rows<NT>(dpt, Vs + warp * 16 * ld, ld, dOs, ld, HSP, nt_lo, NT);
+    // transposed scores: rows = this warp's 16 keys, columns = the QT query rows
+    // query columns before this warp's first key see none of its keys: n-tiles below
+    // nt_lo (8 queries each) are wholly masked
+    const int nt_lo = max(0, k0 + warp * 16 - q0) / 8;
+    float st[NT][4], dpt[NT][4];
+    // (K, V fragments kept in registers: 221 instead of 168 registers at HS 64, 2 blocks
+    // per SM instead of 3, for 8 of 72 ldmatrix per step: not done)
+    mma_rows<NT>(st, Ks + warp * 16 * ld, ld, Qs, ld, HSP, nt_lo, NT);
+    mma_rows<NT>(dpt, Vs + warp * 16 * ld, ld, dOs, ld, HSP, nt_lo, NT);
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) st[nt][e] = exp2f(fmaf(st[nt][e], scale2, -Lb[nt * 8 + 2 * q + (e & 1)] * kLog2e));
+    // masking only where some query row of the step is before some key of this warp, or
+    // past T_
+    if (q0 < k0 + warp * 16 + 15 || q0 + QT > T_) {
 #pragma unroll
       for (int nt = 0; nt < NT; nt++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-          const int r = nt * 8 + 2 * q + (e & 1), t = q0 + r;
-          const int key = (e >> 1) ? key1 : key0;
-          const float p = (t < T_ && key <= t) ? exp2f(st[nt][e] * scale2 - Ls[r]) : 0.f;
-          dpt[nt][e] = p * (dpt[nt][e] - Ds[r]) * scale;  // dS^T
-          st[nt][e] = p;                                  // P^T
+          const int t = q0 + nt * 8 + 2 * q + (e & 1);
+          if (t >= T_ || ((e >> 1) ? key1 : key0) > t) st[nt][e] = 0.f;
         }
-      mma_frag<NT / 2, DT>(dv, st, dOt, ldt, HSP, nt_lo / 2, NT / 2);
-      mma_frag<NT / 2, DT>(dk, dpt, Qt, ldt, HSP, nt_lo / 2, NT / 2);
     }
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const float p = st[nt][e];                                                  // P^T
+        dpt[nt][e] = p * (dpt[nt][e] - Db[nt * 8 + 2 * q + (e & 1)]) * scale;  // dS^T
+      }
+    mma_frag<NT / 2, DT>(dv, st, dOs, ld, HSP, nt_lo / 2, NT / 2);
+    mma_frag<NT / 2, DT>(dk, dpt, Qs, ld, HSP, nt_lo / 2, NT / 2);
   }
 
 #pragma unroll
@@ -963,9 +1203,10 @@ void launch_fwd(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV
 template <int DMAX>
 void launch_fwd_tc(bf16* out, float* lse, const bf16* qkv, int B, int T_, int NH, int NKV, int HS,
                    cudaStream_t stream) {
-  const size_t bytes = tc_fwd_smem_bytes(HS);
+  const size_t bytes = tc_fwd_smem_bytes<DMAX>(HS);
   prepare_smem(flash_fwd_tc_kernel<DMAX>, bytes);
-  const dim3 grid = grid2((long long)B * NH, (T_ + kTcRows - 1) / kTcRows, "flash attention");
+  constexpr int BR = TcFwd<DMAX>::BR;
+  const dim3 grid = grid2((long long)B * NH, (T_ + BR - 1) / BR, "flash attention");
   flash_fwd_tc_kernel<DMAX><<<grid, kThreads, bytes, stream>>>(out, lse, qkv, T_, NH, NKV, HS, 1.0f / sqrtf((float)HS));
   CUDA_CHECK_LAUNCH();
 }

@@ -1,5 +1,5 @@
 """Every CUDA kernel of cuda/ runs on the CPU emulator (tools/cuda_sim): every CUDA thread
-a fiber, checked barriers, emulated shuffles and mma.sync, ASan/UBSan, against
+a fiber, checked barriers, emulated shuffles, mma.sync, ldmatrix and cp.async, ASan/UBSan, against
 double-precision references. It needs no GPU and no CUDA toolkit, only g++ >= 10 and
 python3, so CI checks the kernels' indexing, masking and barriers on every change (not
 their speed)."""

@@ -9,8 +9,9 @@
 # stand-ins include/cuda_runtime.h, include/cuda_bf16.h) supplies the CUDA built-ins and
 # sim_runtime.cpp runs them: the blocks of a launch one after another, the threads of a
 # block as fibers switched at barriers, __syncthreads and warp barriers (shuffles,
-# __syncwarp, mma.sync) checked for divergence, exited threads and deadlock; shared memory
-# and outputs start as NaN; built with AddressSanitizer and UBSan (out-of-bounds global or
+# __syncwarp, mma.sync, ldmatrix; one warp released at a time) checked for divergence,
+# exited threads and deadlock; cp.async lands only at its wait_group (NaN before); shared
+# memory and outputs start as NaN; built with AddressSanitizer and UBSan (out-of-bounds global or
 # shared accesses, misaligned vector loads abort). The drivers test_FILE.cpp call the
 # launchers of cuda/kernels.cuh and cuda/decode.cuh on awkward shapes and compare with
 # double-precision references, and (test_cpu_twin.cpp) the float kernels with the CPU

@@ -242,6 +242,43 @@ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
 }  // namespace gpu
 }  // namespace pyllama
 
+// ldmatrix.sync.aligned.m8n8.{x1,x2,x4}[.trans].shared.b16 (PTX ISA): N 8 x 8 matrices of
+// 16-bit elements, row j of matrix i at the shared address given by lane 8 i + j (16-byte
+// aligned; the other lanes' addresses are ignored). Lane l receives in register i the
+// elements (row l / 4, columns 2 (l % 4) + {0, 1}) of matrix i, low half first; with
+// .trans the elements (rows 2 (l % 4) + {0, 1}, column l / 4). Whole warp.
+//
+// cp.async.{ca,cg}.shared.global [dst], [src], bytes, src_bytes (+ commit_group,
+// wait_group N): the copy is emulated at the wait that completes its group (src read at
+// issue), and the destination holds NaN (0xff bytes) in between, so reading it before
+// wait_group + __syncthreads shows; src_bytes < bytes zero-fills the rest. A thread that
+// exits with copies not waited for is an error.
+namespace sim {
+void ldmatrix(uint32_t* r, int n, bool trans, const void* p, int line);
+void cp_async(void* dst, const void* src, int bytes, int src_bytes, int line);
+void cp_async_commit();
+void cp_async_wait(int n);
+}  // namespace sim
+namespace pyllama {
+namespace gpu {
+#define PYLLAMA_SIM_LDSM(name, n, t) \
+  inline void name(uint32_t(&r)[n], const void* p) { ::sim::ldmatrix(r, n, t, p, __LINE__); }
+PYLLAMA_SIM_LDSM(ldsm_x1, 1, false)
+PYLLAMA_SIM_LDSM(ldsm_x2, 2, false)
+PYLLAMA_SIM_LDSM(ldsm_x4, 4, false)
+PYLLAMA_SIM_LDSM(ldsm_x1_t, 1, true)
+PYLLAMA_SIM_LDSM(ldsm_x2_t, 2, true)
+PYLLAMA_SIM_LDSM(ldsm_x4_t, 4, true)
+#undef PYLLAMA_SIM_LDSM
+// 16 bytes (.cg) / 4 bytes (.ca); zero-filled when !valid (src_bytes 0; src not read)
+inline void cp_async16(void* dst, const void* src, bool valid) { ::sim::cp_async(dst, src, 16, valid ? 16 : 0, 0); }
+inline void cp_async4(void* dst, const void* src, bool valid) { ::sim::cp_async(dst, src, 4, valid ? 4 : 0, 0); }
+inline void cp_async_commit() { ::sim::cp_async_commit(); }
+template <int N>
+inline void cp_async_wait() { ::sim::cp_async_wait(N); }
+}  // namespace gpu
+}  // namespace pyllama
+
 // ---------------------------------------------------------------- host runtime
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;

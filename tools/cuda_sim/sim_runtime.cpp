@@ -69,9 +69,21 @@ void to_sched() {
   swapcontext(&f.ctx, &sched_ctx);
   __sanitizer_finish_switch_fiber(fs, nullptr, nullptr);
 }
+// cp.async copies of each thread not yet completed by a wait_group (group 0: not committed)
+struct CpAsync {
+  char* dst;
+  unsigned char data[16];
+  int bytes, src_bytes;
+  long long group;
+};
+std::vector<std::vector<CpAsync>> cp_pending;
+std::vector<long long> cp_groups;  // groups committed so far, per thread
+bool in_shared(const void* p, size_t n);
+
 void fiber_main() {
   __sanitizer_finish_switch_fiber(nullptr, &sched_stack_bottom, &sched_stack_size);
   (*body_)();
+  if (!cp_pending[cur].empty()) fail("thread exits with %zu cp.async copies not waited for", cp_pending[cur].size());
   fibers[cur].st = DONE;
   __sanitizer_start_switch_fiber(nullptr, sched_stack_bottom, sched_stack_size);  // this stack dies
   swapcontext(&fibers[cur].ctx, &sched_ctx);
@@ -116,6 +128,8 @@ void dump_and_fail(const char* what) {
 }
 
 void run_block(int nthreads) {
+  cp_pending.assign(nthreads, {});
+  cp_groups.assign(nthreads, 0);
   for (int i = 0; i < nthreads; i++) {
     Fiber& f = fibers[i];
     f.st = RUN;
@@ -130,6 +144,12 @@ void run_block(int nthreads) {
   // only when a thread reads what a later one writes: the direction alternates from one
   // round to the next (and from block to block, and launch to launch).
   int round = (int)(n_launches + blockIdx.x + blockIdx.y + blockIdx.z);
+  // Warp barriers (shuffles, mma, ldmatrix) release one warp at a time, the lowest
+  // waiting warp in one __syncthreads interval and the highest in the next: a warp runs
+  // ahead of the others up to the block barrier, so a warp that reads what another warp
+  // writes (or overwrites what another still reads, e.g. a cp.async prefetch issued before
+  // the barrier) without a __syncthreads sees the NaN fill one way or the other.
+  int interval = round;
   for (;;) {
     bool ran = false;
     const bool rev = round++ & 1;
@@ -148,7 +168,8 @@ void run_block(int nthreads) {
     }
     if (live == 0) return;
     bool released = false;
-    for (int w = 0; w < nwarps; w++) {
+    for (int k = 0; k < nwarps; k++) {
+      const int w = (interval & 1) ? nwarps - 1 - k : k;
       const int l0 = 32 * w, l1 = std::min(nthreads, l0 + 32);
       int waiting = 0, alive = 0, line = -1;
       bool same = true;
@@ -162,7 +183,7 @@ void run_block(int nthreads) {
       }
       if (waiting == 0) continue;
       if (!same) dump_and_fail("lanes of a warp wait at different warp barriers (divergent shuffle or __syncwarp)");
-      if (waiting == alive) {
+      if (waiting == alive && !released) {
         for (int i = l0; i < l1; i++)
           if (fibers[i].st == WAIT_WARP) fibers[i].st = RUN;
         released = true;
@@ -181,6 +202,7 @@ void run_block(int nthreads) {
       if (live != nthreads) dump_and_fail("__syncthreads after some threads of the block exited");
       for (int i = 0; i < nthreads; i++)
         if (fibers[i].st == WAIT_BLOCK) fibers[i].st = RUN;
+      interval++;
       continue;
     }
     dump_and_fail("deadlock (threads wait at __syncthreads while others wait at a warp barrier)");
@@ -228,6 +250,80 @@ int lane_alive(int lane) {
   const int i = (cur & ~31) + lane;
   return lane >= 0 && lane < 32 && i < (int)fibers.size() && i < (int)(blockDim.x * blockDim.y * blockDim.z) &&
          fibers[i].st != DONE;
+}
+
+namespace {
+size_t dyn_bytes = 0;
+bool in_shared(const void* p, size_t n) {
+  const char* c = static_cast<const char*>(p);
+  if (dyn && c >= static_cast<const char*>(dyn) && c + n <= static_cast<const char*>(dyn) + dyn_bytes) return true;
+  for (auto& kv : statics)
+    if (c >= static_cast<const char*>(kv.second) && c + n <= static_cast<const char*>(kv.second) + kv.first.second)
+      return true;
+  return false;
+}
+const void* ldsm_post[32][32];
+}  // namespace
+
+void ldmatrix(uint32_t* r, int n, bool trans, const void* p, int line) {
+  if (cur < 0) fail("ldmatrix outside a kernel");
+  const int lane = cur & 31, w = cur >> 5;
+  ldsm_post[w][lane] = p;
+  sync_warp(5000000 + line);
+  for (int l = 0; l < 32; l++)
+    if (!lane_alive(l)) fail("ldmatrix (.aligned) at line %d with lane %d exited", line, l);
+  for (int l = 0; l < 8 * n; l++) {
+    const void* a = ldsm_post[w][l];
+    if ((reinterpret_cast<uintptr_t>(a) & 15) != 0)
+      fail("ldmatrix at line %d: lane %d's row address %p is not 16-byte aligned", line, l, a);
+    if (!in_shared(a, 16)) fail("ldmatrix at line %d: lane %d's row address %p is not in shared memory", line, l, a);
+  }
+  const int g = lane >> 2, q = lane & 3;
+  auto elem = [&](int m, int row, int col) {
+    uint16_t v;
+    std::memcpy(&v, static_cast<const char*>(ldsm_post[w][8 * m + row]) + 2 * col, 2);
+    return (uint32_t)v;
+  };
+  uint32_t out[4];
+  for (int m = 0; m < n; m++)
+    out[m] = trans ? elem(m, 2 * q, g) | elem(m, 2 * q + 1, g) << 16 : elem(m, g, 2 * q) | elem(m, g, 2 * q + 1) << 16;
+  sync_warp(6000000 + line);
+  for (int m = 0; m < n; m++) r[m] = out[m];
+}
+
+void cp_async(void* dst, const void* src, int bytes, int src_bytes, int line) {
+  if (cur < 0) fail("cp.async outside a kernel");
+  if (bytes != 4 && bytes != 8 && bytes != 16) fail("cp.async of %d bytes", bytes);
+  if (src_bytes < 0 || src_bytes > bytes) fail("cp.async src-size %d of %d bytes", src_bytes, bytes);
+  if ((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src)) & (uintptr_t)(bytes - 1))
+    fail("cp.async of %d bytes: %p <- %p not aligned", bytes, dst, src);
+  if (!in_shared(dst, bytes)) fail("cp.async destination %p is not in shared memory", dst);
+  CpAsync c{static_cast<char*>(dst), {}, bytes, src_bytes, 0};
+  std::memcpy(c.data, src, src_bytes);  // global memory read now (ASan checks it)
+  std::memset(dst, 0xff, bytes);         // NaN until waited for
+  cp_pending[cur].push_back(c);
+  (void)line;
+}
+void cp_async_commit() {
+  if (cur < 0) fail("cp.async.commit_group outside a kernel");
+  const long long gnum = ++cp_groups[cur];
+  for (auto& c : cp_pending[cur])
+    if (c.group == 0) c.group = gnum;
+}
+void cp_async_wait(int n) {
+  if (cur < 0) fail("cp.async.wait_group outside a kernel");
+  const long long done = cp_groups[cur] - n;  // groups <= done complete
+  auto& v = cp_pending[cur];
+  std::vector<CpAsync> keep;
+  for (auto& c : v) {
+    if (c.group != 0 && c.group <= done) {
+      std::memcpy(c.dst, c.data, c.src_bytes);
+      std::memset(c.dst + c.src_bytes, 0, c.bytes - c.src_bytes);
+    } else {
+      keep.push_back(c);
+    }
+  }
+  v.swap(keep);
 }
 
 long long launches() { return n_launches; }
@@ -288,6 +384,7 @@ void launch(const Cfg& c, const char* name, const void* fn, const std::function<
     fibers[i].tid = {(unsigned)(i % c.block.x), (unsigned)(i / c.block.x % c.block.y),
                      (unsigned)(i / (c.block.x * c.block.y))};
   dyn = c.smem ? std::malloc(c.smem) : nullptr;
+  dyn_bytes = c.smem;
   // blocks in order on even launches, in reverse order on odd ones (a kernel whose blocks
   // depend on one another's writes then fails one way or the other)
   const unsigned long long nblocks = (unsigned long long)c.grid.x * c.grid.y * c.grid.z;
