@@ -94,6 +94,26 @@ IntArray as_tokens(py::handle obj, const char* what) {
   return a;
 }
 
+// A KV-cache step's arguments: tokens (B, T), and slots and start_pos with one entry per row.
+struct KvStep {
+  IntArray tokens, slots, start_pos;
+  int B = 0, T = 0;
+};
+
+KvStep kv_step_args(py::handle tokens, py::handle slots, py::handle start_pos) {
+  KvStep k;
+  k.tokens = as_tokens(tokens, "tokens");
+  k.slots = IntArray::ensure(slots);
+  k.start_pos = IntArray::ensure(start_pos);
+  k.B = (int)k.tokens.shape(0);
+  k.T = (int)k.tokens.shape(1);
+  PYLLAMA_CHECK(k.slots && k.slots.ndim() == 1 && k.slots.shape(0) == k.B, ValueError,
+                "slots must be 1-D with one entry per row");
+  PYLLAMA_CHECK(k.start_pos && k.start_pos.ndim() == 1 && k.start_pos.shape(0) == k.B, ValueError,
+                "start_pos must be 1-D with one entry per row");
+  return k;
+}
+
 // input_ids (B, T) and optional labels of the same shape, for the forward bindings.
 struct TokenBatch {
   IntArray ids, labels;
@@ -314,17 +334,12 @@ void bind_model(py::module_& m) {
       .def("kv_forward", [](py::object self, py::handle tokens, py::handle slots, py::handle start_pos,
                                      bool last_only) {
              auto& mdl = self.cast<LlamaModel&>();
-             auto t = as_tokens(tokens, "tokens");
-             auto s = IntArray::ensure(slots);
-             auto p = IntArray::ensure(start_pos);
-             int B = (int)t.shape(0), T = (int)t.shape(1);
-             PYLLAMA_CHECK(s && s.ndim() == 1 && s.shape(0) == B, ValueError, "slots must be 1-D with one entry per row");
-             PYLLAMA_CHECK(p && p.ndim() == 1 && p.shape(0) == B, ValueError,
-                           "start_pos must be 1-D with one entry per row");
+             const KvStep k = kv_step_args(tokens, slots, start_pos);
+             const int B = k.B, T = k.T;
              const float* out;
              {
                py::gil_scoped_release nogil;
-               out = mdl.kv_forward(t.data(), B, T, s.data(), p.data(), last_only);
+               out = mdl.kv_forward(k.tokens.data(), B, T, k.slots.data(), k.start_pos.data(), last_only);
              }
              py::ssize_t V = mdl.config().vocab_size;
              if (last_only) return py::array_t<float>({(py::ssize_t)B, V}, out, self);
@@ -719,17 +734,12 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
            py::call_guard<py::gil_scoped_release>())
       .def("kv_forward", [](LlamaModelCuda& g, py::handle tokens, py::handle slots, py::handle start_pos,
                                      bool last_only) {
-             auto t = as_tokens(tokens, "tokens");
-             auto s = IntArray::ensure(slots);
-             auto p = IntArray::ensure(start_pos);
-             const int B = (int)t.shape(0), T = (int)t.shape(1);
-             PYLLAMA_CHECK(s && s.ndim() == 1 && s.shape(0) == B, ValueError, "slots must be 1-D with one entry per row");
-             PYLLAMA_CHECK(p && p.ndim() == 1 && p.shape(0) == B, ValueError,
-                           "start_pos must be 1-D with one entry per row");
+             const KvStep k = kv_step_args(tokens, slots, start_pos);
+             const int B = k.B, T = k.T;
              const float* out;
              {
                py::gil_scoped_release nogil;
-               out = g.kv_forward(t.data(), B, T, s.data(), p.data(), last_only);
+               out = g.kv_forward(k.tokens.data(), B, T, k.slots.data(), k.start_pos.data(), last_only);
              }
              const py::ssize_t V = g.config().vocab_size;
              if (last_only) return py::array_t<float>({(py::ssize_t)B, V}, out);  // copies
@@ -737,17 +747,12 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
            }, py::arg("tokens"), py::arg("slots"), py::arg("start_pos"), py::arg("last_only") = true,
            "One KV-cache step; returns new float32 host logits (B, V) or (B, T, V).")
       .def("kv_forward_greedy", [](LlamaModelCuda& g, py::handle tokens, py::handle slots, py::handle start_pos) {
-             auto t = as_tokens(tokens, "tokens");
-             auto s = IntArray::ensure(slots);
-             auto p = IntArray::ensure(start_pos);
-             const int B = (int)t.shape(0), T = (int)t.shape(1);
-             PYLLAMA_CHECK(s && s.ndim() == 1 && s.shape(0) == B, ValueError, "slots must be 1-D with one entry per row");
-             PYLLAMA_CHECK(p && p.ndim() == 1 && p.shape(0) == B, ValueError,
-                           "start_pos must be 1-D with one entry per row");
+             const KvStep k = kv_step_args(tokens, slots, start_pos);
+             const int B = k.B, T = k.T;
              const int32_t* out;
              {
                py::gil_scoped_release nogil;
-               out = g.kv_forward_greedy(t.data(), B, T, s.data(), p.data());
+               out = g.kv_forward_greedy(k.tokens.data(), B, T, k.slots.data(), k.start_pos.data());
              }
              return py::array_t<int32_t>({(py::ssize_t)B}, out);  // copies
            }, py::arg("tokens"), py::arg("slots"), py::arg("start_pos"),
