@@ -369,6 +369,10 @@ struct LlamaModelCuda::Impl : AllocAccount {
                       "label " << labels[i] << " at flat position " << i << " is out of range: use ids in [0, " << V
                                << ") or -100 to ignore a position");
     use();
+    // No usable forward until this one is queued: a throw below (an allocation failing while
+    // a buffer regrows) must not leave backward()/logits() reading released or resized buffers.
+    have_forward = false;
+    logits_valid = false;
     // device buffers sized for (B, T); they only grow
     size_t need = dtype == DType::bfloat16 ? measure<bf16>(B, T) : measure<float>(B, T);
     if (need > acts.bytes) {
@@ -386,6 +390,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
     }
     if ((size_t)N > io_cap) {
       sync();
+      io_cap = 0;  // until all three are reallocated
       tokens_d.release();
       targets_d.release();
       pos_d.release();
@@ -414,7 +419,6 @@ struct LlamaModelCuda::Impl : AllocAccount {
     count = cnt;
     have_targets = labels != nullptr;
     have_forward = true;
-    logits_valid = false;
     const bool want_loss = have_targets && cnt > 0;
     if (dtype == DType::bfloat16)
       forward_t<bf16>(want_loss);
