@@ -566,6 +566,11 @@ struct LlamaModelCuda::Impl : AllocAccount {
     use();
     sync();
     const size_t bytes = (size_t)L * n_slots * NKV * max_len * HS * elem();
+    if (n_slots != kv_slots || max_len != kv_len) drop_graphs();  // they bake in the cache shape, not its address
+    // No cache until the new one is complete: a failed allocation below must not leave kv_forward
+    // running on released (null) cache buffers with the old shape.
+    kv_slots = 0;
+    kv_len = 0;
     kcache.release();
     vcache.release();
     kvtmp.release();
@@ -573,7 +578,6 @@ struct LlamaModelCuda::Impl : AllocAccount {
     vcache.reserve(bytes);
     CUDA_CHECK(cudaMemsetAsync(kcache.p, 0, bytes, stream));
     CUDA_CHECK(cudaMemsetAsync(vcache.p, 0, bytes, stream));
-    if (n_slots != kv_slots || max_len != kv_len) drop_graphs();  // they bake in the cache shape, not its address
     kv_slots = n_slots;
     kv_len = max_len;
     publish_kv_ptrs();
@@ -935,6 +939,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
     for (int i = 0; i < n; i++)
       PYLLAMA_CHECK(src[i] >= 0 && src[i] < kv_slots, ValueError,
                     "kv_reorder: source slot " << src[i] << " out of range");
+    if (n == 0) return;  // no cache (as the CPU model: nothing to reorder)
     use();
     if (!kvtmp.p || kvtmp.bytes < kcache.bytes) {
       sync();
