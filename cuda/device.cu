@@ -29,7 +29,12 @@ void cuda_copy(void* dst, const void* src, size_t bytes, CudaCopy kind) {
   const cudaMemcpyKind k = kind == CudaCopy::host_to_device   ? cudaMemcpyHostToDevice
                            : kind == CudaCopy::device_to_host ? cudaMemcpyDeviceToHost
                                                               : cudaMemcpyDeviceToDevice;
-  if (bytes) CUDA_CHECK(cudaMemcpy(dst, src, bytes, k));
+  if (!bytes) return;
+  CUDA_CHECK(cudaMemcpy(dst, src, bytes, k));
+  // cudaMemcpy returns before a device-to-device copy, or the DMA of a pageable host-to-device
+  // copy, has finished; wait, so the copy is synchronous as documented (and a cuda tensor's
+  // __cuda_array_interface__ can say stream None: nothing left to wait for).
+  if (kind != CudaCopy::device_to_host) CUDA_CHECK(cudaStreamSynchronize(0));
 }
 
 void cuda_zero(void* p, size_t bytes) {
