@@ -190,6 +190,7 @@ class Llama:
                 if self._core.dtype == want and self._core.gpu.device == index:
                     return self
                 self._core = self._core.to_cpu()  # change dtype or GPU through the float32 master copy
+                self.device = "cpu"  # so a failing _CudaCore below leaves a consistent CPU model
             self._core = _CudaCore(self._core, want, index)
             self.device = "cuda"
             return self

@@ -104,6 +104,38 @@ def test_to_cuda_without_gpu_raises_clearly():
         m.to("tpu")
 
 
+def test_failed_dtype_change_leaves_a_consistent_cpu_model(monkeypatch):
+    """to("cuda", dtype=...) on a cuda model goes through the CPU copy; when the new GPU core
+    cannot be made, the model must be a CPU model (device and core agree), not a "cuda" model
+    holding the CPU core. Runs without a GPU: the GPU core is a stand-in."""
+    import pyllama.model as pm
+
+    class FakeCore(pm._CudaCore):
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("CUDA error: out of memory (stand-in)")
+
+    class FakeGpu:
+        device = 0
+
+        def params_to_host(self, buf):
+            pass
+
+        def grads_to_host(self, buf):
+            pass
+
+    m = pyllama.Llama(tiny_config(), seed=0)
+    fake = object.__new__(FakeCore)
+    fake.cpu, fake.dtype, fake.gpu = m._core, "float32", FakeGpu()
+    m._core, m.device = fake, "cuda"
+    monkeypatch.setattr(pm, "_CudaCore", FakeCore)
+    monkeypatch.setattr(pm._core, "build_info", lambda: {"cuda": True, "cuda_available": True})
+    with pytest.raises(RuntimeError, match="stand-in"):
+        m.to("cuda", dtype="bfloat16")
+    assert m.device == "cpu" and not isinstance(m._core, pm._CudaCore)
+    out = m([[1, 2, 3]], labels=[[1, 2, 3]])  # usable on the CPU
+    assert np.isfinite(out.loss)
+
+
 def test_build_info_reports_cuda_build():
     info = pyllama.build_info()
     assert isinstance(info["cuda"], bool) and isinstance(info["cuda_available"], bool)
