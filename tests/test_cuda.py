@@ -775,6 +775,35 @@ def test_decode_env_switches(monkeypatch):
 
 
 @gpu
+def test_failed_buffer_growth_leaves_the_model_usable():
+    """An allocation that fails while forward() or kv_reset() regrows a buffer (far more than
+    the GPU holds) raises, and leaves no stale forward or cache shape over released buffers:
+    backward()/kv_forward() then refuse with ValueError instead of running kernels on null
+    pointers (an illegal address would end the CUDA context), and small steps still match."""
+    cfg = tiny_config(vocab_size=100_000)
+    cpu = pyllama.Llama(cfg, seed=0)
+    dev = pyllama.Llama(cfg, seed=0).to("cuda")
+    ids, labels = make_batch(cfg, 2, 16)
+    dev(ids, labels=labels)
+    big = np.zeros((8192, 128), np.int64)  # logits alone: 8192 * 128 * 100000 * 4 bytes = 420 GB
+    with pytest.raises(RuntimeError, match="CUDA"):
+        dev(big, labels=big)
+    with pytest.raises(ValueError):
+        dev._core.gpu.backward(1.0)
+    with pytest.raises(ValueError):
+        dev._core.gpu.logits()
+    check_step_matches_cpu(cpu, dev, ids, labels, "after a failed regrowth")
+
+    dev._kv_reset(2, 32)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        dev._kv_reset(20_000_000, 128)  # 2 * 20e6 * 2 * 128 * 12 * 4 bytes per cache = 491 GB
+    with pytest.raises(ValueError, match="kv_reset"):
+        dev._kv_forward(np.array([[1]], np.int32), np.array([0], np.int32), np.array([0], np.int32))
+    prompts = [[1, 2, 3], [4, 5]]
+    assert _greedy(dev, prompts, 4)[0] == _greedy(cpu, prompts, 4)[0]
+
+
+@gpu
 def test_allocation_counter_is_sane():
     import gc
 
