@@ -109,6 +109,7 @@ class AdamW:
         self.exp_avg_sq = np.zeros(n, np.float32)
         if gpu is not None:
             gpu.moments_from_host(self.exp_avg, self.exp_avg_sq)
+        self._gpu_core = gpu  # the GPU core holding the live moments (None on the CPU)
         self.step_count = 0  # completed steps; the next step uses t = step_count + 1
 
     def step(self, lr: Optional[float] = None) -> None:
@@ -121,6 +122,12 @@ class AdamW:
             raise RuntimeError(f"the model moved from {self.device!r} to {device!r} after AdamW was created; "
                                "create the optimizer after model.to(...)")
         gpu = _gpu(self.model)
+        if gpu is not self._gpu_core:
+            # to("cpu") then to("cuda"), or to("cuda", dtype=...), made a new GPU core whose moments
+            # are zeros: stepping would silently restart Adam with a late bias correction.
+            raise RuntimeError("the model was moved (a new GPU core, without this optimizer's moments) after "
+                               "AdamW was created; create the optimizer after model.to(...), or carry the "
+                               "moments over with state_dict() / load_state_dict()")
         if gpu is not None:  # one fused pass on the GPU (docs/CUDA.md)
             gpu.adamw_step(self._seg_array, lr, self.betas[0], self.betas[1], self.eps, self.weight_decay,
                            self.step_count + 1)
@@ -175,6 +182,7 @@ class AdamW:
         gpu = _gpu(self.model)
         if gpu is not None:
             gpu.moments_from_host(self.exp_avg, self.exp_avg_sq)
+            self._gpu_core = gpu  # the moments now live on this core
         self.step_count = int(step)
 
 

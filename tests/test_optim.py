@@ -182,3 +182,41 @@ def test_cosine_lr_properties():
             assert pyllama.cosine_lr(step + 1, max_lr, warmup, total, ratio) <= lr * (1 + 1e-12)
 
     check()
+
+
+def test_gpu_optimizer_refuses_a_new_gpu_core():
+    """AdamW on a cuda model keeps its moments on the model's GPU core. When the model gets a
+    new core (to("cpu") then to("cuda"), or to("cuda", dtype=...)), that core's moments are
+    zeros: step() must raise instead of silently restarting Adam; load_state_dict() moves the
+    moments onto the new core and stepping works again. Stand-in cores: no GPU needed."""
+
+    class FakeGpu:
+        def __init__(self):
+            self.steps = 0
+
+        def moments_from_host(self, m, v):
+            pass
+
+        def moments_to_host(self, m, v):
+            pass
+
+        def adamw_step(self, *args):
+            self.steps += 1
+
+    class Core:
+        def __init__(self):
+            self.gpu = FakeGpu()
+
+    model = FlatModel([("w", (3, 4)), ("n", (4,))])
+    model.device, model._core = "cuda", Core()
+    opt = pyllama.AdamW(model, lr=1e-3)
+    opt.step()
+    assert model._core.gpu.steps == 1
+    state = opt.state_dict()
+    model._core = Core()  # what to("cpu") + to("cuda") does
+    with pytest.raises(RuntimeError, match="moved"):
+        opt.step()
+    assert model._core.gpu.steps == 0 and opt.step_count == 1
+    opt.load_state_dict(state)
+    opt.step()
+    assert model._core.gpu.steps == 1 and opt.step_count == 2
