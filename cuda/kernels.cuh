@@ -127,8 +127,8 @@ void crossentropy_backward(T* dlogits, const T* logits, const float* lse, const 
 
 // ---------------------------------------------------------------- adamw.cu
 // One fused AdamW pass (torch.optim.AdamW semantics, see csrc adamw): run r covers
-// [run_start[r], run_start[r+1]) and decays when run_decay[r] != 0 (n_runs + 1 starts,
-// the last one == n). When wc is not null it receives the updated parameters converted
+// [run_start[r], run_start[r+1]) (the last run ends at n) and decays when run_decay[r] != 0
+// (n_runs starts, ascending, the first 0). When wc is not null it receives the updated parameters converted
 // to T (the bf16 compute copy). Scalars (bias corrections) are computed on the host.
 struct AdamWScalars {
   float step_size;     // lr / (1 - beta1^t)
