@@ -97,6 +97,55 @@ inline size_t contraction_end(const uint8_t* s, size_t n, size_t j, bool ci) {
   return 0;
 }
 
+// Pieces the patterns share (free functions over the scanner's text s_[0, n_), so AT and
+// RUN_WHILE apply). \p{N}{1,3} from i (i itself a number):
+size_t digits_end(const uint8_t* s_, size_t n_, size_t i) {
+  size_t e = i;
+  for (int t = 0; t < 3 && e < n_; t++) {
+    Ch c = AT(e);
+    if (!(c.f & kNumber)) break;
+    e += c.len;
+  }
+  return e;
+}
+
+// ' ?[^\s\p{L}\p{N}]+' from i (c0 = the character at i), then the run of \r, \n (and '/'
+// when `slash`); 0 when no such run starts at i.
+size_t punct_end(const uint8_t* s_, size_t n_, size_t i, Ch c0, bool slash) {
+  size_t k = i;
+  Ch c = c0;
+  if (c0.cp == ' ' && i + 1 < n_) {
+    Ch c1 = AT(i + 1);
+    if (is_other(c1)) {
+      k = i + 1;
+      c = c1;
+    }
+  }
+  if (!is_other(c)) return 0;
+  size_t e = RUN_WHILE(k, is_other(c));
+  while (e < n_ && (s_[e] == '\r' || s_[e] == '\n' || (slash && s_[e] == '/'))) e++;
+  return e;
+}
+
+struct SpaceRun {
+  size_t end, last, last_nl;  // past the run, start of its last char, last \r/\n (or npos)
+  int count;                  // characters in the run
+};
+
+// The whitespace run from i.
+SpaceRun space_run(const uint8_t* s_, size_t n_, size_t i) {
+  SpaceRun r{i, i, npos, 0};
+  while (r.end < n_) {
+    Ch w = AT(r.end);
+    if (!(w.f & kSpace)) break;
+    if (is_nl(w.cp)) r.last_nl = r.end;
+    r.last = r.end;
+    r.end += w.len;
+    r.count++;
+  }
+  return r;
+}
+
 }  // namespace
 
 size_t PieceScanner::scan_gpt2(size_t i) const {
@@ -120,18 +169,10 @@ size_t PieceScanner::scan_gpt2(size_t i) const {
   if (c.f & kNumber) return RUN_WHILE(k, c.f & kNumber);
   if (is_other(c)) return RUN_WHILE(k, is_other(c));
   // Whitespace run starting at i.
-  size_t e = i, last = i;
-  int count = 0;
-  while (e < n_) {
-    Ch w = AT(e);
-    if (!(w.f & kSpace)) break;
-    last = e;
-    e += w.len;
-    count++;
-  }
-  if (e == n_) return e;           // \s+ up to the end: (?!\S) holds there
-  if (count >= 2) return last;     // \s+(?!\S): give back the last space
-  return e;                        // \s+ (one char)
+  const SpaceRun w = space_run(s_, n_, i);
+  if (w.end == n_) return w.end;       // \s+ up to the end: (?!\S) holds there
+  if (w.count >= 2) return w.last;     // \s+(?!\S): give back the last space
+  return w.end;                        // \s+ (one char)
 }
 
 size_t PieceScanner::scan_cl100k(size_t i) const {
@@ -148,47 +189,15 @@ size_t PieceScanner::scan_cl100k(size_t i) const {
     if (k < n_ && (AT(k).f & kLetter)) return RUN_WHILE(k, c.f & kLetter);
   }
   // \p{N}{1,3}+
-  if (c0.f & kNumber) {
-    size_t e = i;
-    for (int t = 0; t < 3 && e < n_; t++) {
-      Ch c = AT(e);
-      if (!(c.f & kNumber)) break;
-      e += c.len;
-    }
-    return e;
-  }
+  if (c0.f & kNumber) return digits_end(s_, n_, i);
   //  ?[^\s\p{L}\p{N}]++[\r\n]*+
-  {
-    size_t k = i;
-    Ch c = c0;
-    if (c0.cp == ' ' && i + 1 < n_) {
-      Ch c1 = AT(i + 1);
-      if (is_other(c1)) {
-        k = i + 1;
-        c = c1;
-      }
-    }
-    if (is_other(c)) {
-      size_t e = RUN_WHILE(k, is_other(c));
-      while (e < n_ && (s_[e] == '\r' || s_[e] == '\n')) e++;
-      return e;
-    }
-  }
+  if (size_t e = punct_end(s_, n_, i, c0, false)) return e;
   // c0 is whitespace. Scan its run, noting the last \r/\n and the last char's start.
-  size_t e = i, last = i, last_nl = npos;
-  int count = 0;
-  while (e < n_) {
-    Ch w = AT(e);
-    if (!(w.f & kSpace)) break;
-    if (is_nl(w.cp)) last_nl = e;
-    last = e;
-    e += w.len;
-    count++;
-  }
-  if (e == n_) return e;                    // \s++$
-  if (last_nl != npos) return last_nl + 1;  // \s*[\r\n]: backtracks to the last newline
-  if (count >= 2) return last;              // \s+(?!\S)
-  return i + c0.len;                        // \s
+  const SpaceRun w = space_run(s_, n_, i);
+  if (w.end == n_) return w.end;                // \s++$
+  if (w.last_nl != npos) return w.last_nl + 1;  // \s*[\r\n]: backtracks to the last newline
+  if (w.count >= 2) return w.last;              // \s+(?!\S)
+  return i + c0.len;                            // \s
 }
 
 size_t PieceScanner::scan_o200k(size_t i) const {
@@ -223,47 +232,15 @@ size_t PieceScanner::scan_o200k(size_t i) const {
     if (e > s) return suffix(RUN_WHILE(e, c.f & kLowerish));
   }
   // \p{N}{1,3}
-  if (c0.f & kNumber) {
-    size_t e = i;
-    for (int t = 0; t < 3 && e < n_; t++) {
-      Ch c = AT(e);
-      if (!(c.f & kNumber)) break;
-      e += c.len;
-    }
-    return e;
-  }
+  if (c0.f & kNumber) return digits_end(s_, n_, i);
   //  ?[^\s\p{L}\p{N}]+[\r\n/]*
-  {
-    size_t k = i;
-    Ch c = c0;
-    if (c0.cp == ' ' && i + 1 < n_) {
-      Ch c1 = AT(i + 1);
-      if (is_other(c1)) {
-        k = i + 1;
-        c = c1;
-      }
-    }
-    if (is_other(c)) {
-      size_t e = RUN_WHILE(k, is_other(c));
-      while (e < n_ && (s_[e] == '\r' || s_[e] == '\n' || s_[e] == '/')) e++;
-      return e;
-    }
-  }
+  if (size_t e = punct_end(s_, n_, i, c0, true)) return e;
   // Whitespace.
-  size_t e = i, last = i, last_nl = npos;
-  int count = 0;
-  while (e < n_) {
-    Ch w = AT(e);
-    if (!(w.f & kSpace)) break;
-    if (is_nl(w.cp)) last_nl = e;
-    last = e;
-    e += w.len;
-    count++;
-  }
-  if (last_nl != npos) return last_nl + 1;  // \s*[\r\n]+
-  if (e == n_) return e;                    // \s+(?!\S) at the end
-  if (count >= 2) return last;              // \s+(?!\S)
-  return e;                                 // \s+
+  const SpaceRun w = space_run(s_, n_, i);
+  if (w.last_nl != npos) return w.last_nl + 1;  // \s*[\r\n]+
+  if (w.end == n_) return w.end;                // \s+(?!\S) at the end
+  if (w.count >= 2) return w.last;              // \s+(?!\S)
+  return w.end;                                 // \s+
 }
 
 #undef RUN_WHILE
