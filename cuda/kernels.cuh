@@ -12,6 +12,7 @@
 // Size letters as in ops.h: N = B*T rows, C channels, NH query heads, NKV
 // key/value heads, HS head size (<= kMaxHeadSize), I feed-forward width, V vocabulary.
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #include "common.cuh"
@@ -135,6 +136,20 @@ struct AdamWScalars {
   float inv_bc2_sqrt;  // 1 / sqrt(1 - beta2^t)
   float one_minus_b1, one_minus_b2, beta2, eps;
   float decay_factor;  // 1 - lr * weight_decay
+  // For step `step` (1-based), the bias corrections in double as the CPU optimizer (and torch).
+  static AdamWScalars make(float lr, float beta1, float beta2, float eps, float weight_decay, long long step) {
+    const double bc1 = 1.0 - std::pow((double)beta1, (double)step);
+    const double bc2 = 1.0 - std::pow((double)beta2, (double)step);
+    AdamWScalars s;
+    s.step_size = (float)((double)lr / bc1);
+    s.inv_bc2_sqrt = (float)(1.0 / std::sqrt(bc2));
+    s.one_minus_b1 = 1.f - beta1;
+    s.one_minus_b2 = 1.f - beta2;
+    s.beta2 = beta2;
+    s.eps = eps;
+    s.decay_factor = (float)(1.0 - (double)lr * weight_decay);
+    return s;
+  }
 };
 template <typename T>
 void adamw_update(float* params, float* m, float* v, const float* grads, T* wc, long long n, const int64_t* run_start,

@@ -1020,17 +1020,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
       seg_cache = table;
     }
     ensure_moments();
-    // scalars in double, as the CPU optimizer (and torch) computes them
-    const double bc1 = 1.0 - std::pow((double)beta1, (double)step);
-    const double bc2 = 1.0 - std::pow((double)beta2, (double)step);
-    gpu::AdamWScalars sc;
-    sc.step_size = (float)((double)lr / bc1);
-    sc.inv_bc2_sqrt = (float)(1.0 / std::sqrt(bc2));
-    sc.one_minus_b1 = 1.f - beta1;
-    sc.one_minus_b2 = 1.f - beta2;
-    sc.beta2 = beta2;
-    sc.eps = eps;
-    sc.decay_factor = (float)(1.0 - (double)lr * wd);
+    const gpu::AdamWScalars sc = gpu::AdamWScalars::make(lr, beta1, beta2, eps, wd, step);
     const int n_runs = (int)run_start_h.size();
     if (dtype == DType::bfloat16)
       gpu::adamw_update<bf16>(params.as<float>(), m.as<float>(), v.as<float>(), grads.as<float>(), wc.as<bf16>(),

@@ -360,15 +360,7 @@ void check_adamw_and_norm(Rand& r, Results& out) {
   std::vector<int32_t> decay = {1, 0, 1};
   const float lr = 1e-2f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f;
   const int step = 3;
-  const double bc1 = 1.0 - std::pow((double)b1, step), bc2 = 1.0 - std::pow((double)b2, step);
-  gpu::AdamWScalars s;
-  s.step_size = (float)(lr / bc1);
-  s.inv_bc2_sqrt = (float)(1.0 / std::sqrt(bc2));
-  s.one_minus_b1 = 1.f - b1;
-  s.one_minus_b2 = 1.f - b2;
-  s.beta2 = b2;
-  s.eps = eps;
-  s.decay_factor = (float)(1.0 - (double)lr * wd);
+  const gpu::AdamWScalars s = gpu::AdamWScalars::make(lr, b1, b2, eps, wd, step);
   std::vector<float> pr = p, mr = m, vr = v;
   for (long long i = 0; i < n; i++) {  // torch.optim.AdamW, written out
     const bool d = i < 1200 || i >= 1300;
