@@ -41,6 +41,7 @@ import time
 import numpy as np
 
 import pyllama
+from pyllama.optim import segment_table
 
 SIZES = {
     "small": dict(cfg=dict(vocab_size=4096, hidden_size=288, intermediate_size=768, num_hidden_layers=6,
@@ -80,10 +81,6 @@ def timed(fn, sync, warmup=2, iters=10, budget_s=10.0):
     return float(np.median(times)), len(times)
 
 
-def segments(model):
-    return np.array([(o, k, int(len(s) >= 2)) for _, o, k, s in model.param_segments()], dtype=np.int64)
-
-
 def gib(n):
     return round(n / 2**30, 3)
 
@@ -95,7 +92,7 @@ def bench_train(cfg, B, T, dtype, results, budget_s):
     base = core.cuda_memory_stats()["bytes_allocated"]
     model = pyllama.Llama(cfg, seed=0).to("cuda", dtype=dtype)
     g = model._core.gpu
-    segs = segments(model)
+    segs = segment_table(model)
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (B, T)).astype(np.int32)
     state = {"step": 0}
 
@@ -337,7 +334,7 @@ def check():
     verdict("graphs replayed", st["replays"] > 0 and st["graph_error"] == "", json.dumps(st))
 
     # AdamW on the GPU: loss goes down; bf16 loss within 0.05 of float32
-    segs = segments(dev)
+    segs = segment_table(dev)
     losses = []
     for s in range(10):
         dev.zero_grad()

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["AdamW", "clip_grad_norm", "cosine_lr", "param_segments"]
+__all__ = ["AdamW", "clip_grad_norm", "cosine_lr", "param_segments", "segment_table"]
 
 
 def _flat(model, which: str) -> np.ndarray:
@@ -64,6 +64,20 @@ def param_segments(model, decay_embeddings: bool = True):
     return segs
 
 
+def segment_table(model, decay_embeddings: bool = True) -> np.ndarray:
+    """The ``(S, 3)`` int64 rows ``(offset, numel, decay)`` the core's AdamW takes (CPU and
+    GPU: ``model._core.gpu.adamw_step(table, ...)``).
+
+    >>> import pyllama
+    >>> m = pyllama.Llama(pyllama.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
+    ...                   num_hidden_layers=1, num_attention_heads=2), seed=0)
+    >>> segment_table(m)[:2].tolist()   # the embedding decays; the first norm weight does not
+    [[0, 512, 1], [512, 16, 0]]
+    """
+    rows = [(o, n, int(d)) for _, o, n, _, d in param_segments(model, decay_embeddings)]
+    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+
 class AdamW:
     """AdamW (decoupled weight decay) over a pyllama model's flat buffers.
 
@@ -94,7 +108,7 @@ class AdamW:
             raise TypeError(f"expected a pyllama model (with .param_segments()), got {type(model).__name__}")
         self.device = getattr(model, "device", "cpu")  # the moments live where the model lives
         self.segments = param_segments(model, decay_embeddings)
-        self._seg_array = np.array([(o, n, int(d)) for _, o, n, _, d in self.segments], dtype=np.int64).reshape(-1, 3)
+        self._seg_array = segment_table(model, decay_embeddings)
         n = int(sum(k for _, _, k, _, _ in self.segments))
         gpu = _gpu(model)
         if gpu is None:

@@ -14,6 +14,7 @@ import pytest
 
 import pyllama
 from helpers import gpu, tiny_config
+from pyllama.optim import segment_table
 
 INFO = pyllama.build_info()
 
@@ -322,10 +323,6 @@ def test_against_pytorch_cuda():
 
 # ------------------------------------------------------------------ optimizer
 
-def _segments(model):
-    return np.array([(o, k, int(len(s) >= 2)) for _, o, k, s in model.param_segments()], dtype=np.int64)
-
-
 @gpu
 def test_grad_norm_and_clip_match_numpy():
     cfg, cpu, dev = pair("tiny_gqa")
@@ -362,7 +359,7 @@ def test_adamw_20_steps_match_torch_on_cpu():
     no_decay = [p for k, p in params.items() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=lr, betas=betas, eps=eps, foreach=False)
-    segs = _segments(dev)
+    segs = segment_table(dev)
     batches = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(2, 2, 16))
     losses_ref, losses_dev = [], []
     for step in range(20):
@@ -399,7 +396,7 @@ def test_adamw_moments_roundtrip_and_bad_segments():
     g.moments_to_host(m, v)
     np.testing.assert_array_equal(m, m0)
     np.testing.assert_array_equal(v, v0)
-    segs = _segments(dev)
+    segs = segment_table(dev)
     with pytest.raises(ValueError, match="segments cover"):
         g.adamw_step(segs[:-1], 1e-3, 0.9, 0.95, 1e-8, 0.1, 1)
     with pytest.raises(ValueError, match="step"):
@@ -412,7 +409,7 @@ def test_round_trip_to_cpu_and_read_only_copies():
     ids, labels = make_batch(cfg, 2, 10)
     dev(ids, labels=labels)
     dev.backward()
-    dev._core.gpu.adamw_step(_segments(dev), 1e-2, 0.9, 0.95, 1e-8, 0.1, 1)
+    dev._core.gpu.adamw_step(segment_table(dev), 1e-2, 0.9, 0.95, 1e-8, 0.1, 1)
     p = dev.named_parameters()
     with pytest.raises(ValueError):
         p["model.norm.weight"][0] = 3.0  # read-only: writes would not reach the GPU
@@ -433,7 +430,7 @@ def test_save_pretrained_from_gpu(tmp_path):
     ids, labels = make_batch(cfg, 1, 6)
     dev(ids, labels=labels)
     dev.backward()
-    dev._core.gpu.adamw_step(_segments(dev), 1e-2, 0.9, 0.95, 1e-8, 0.1, 1)
+    dev._core.gpu.adamw_step(segment_table(dev), 1e-2, 0.9, 0.95, 1e-8, 0.1, 1)
     dev.save_pretrained(tmp_path / "m")
     back = pyllama.Llama.from_pretrained(tmp_path / "m")
     for k, v in dev.named_parameters().items():
@@ -528,7 +525,7 @@ def test_bfloat16_flash_tensor_cores_and_simt_agree(name, monkeypatch):
 def test_bfloat16_training_keeps_float32_masters():
     cfg = tiny_config()
     m = pyllama.Llama(cfg, seed=4).to("cuda", dtype="bfloat16")
-    segs = _segments(m)
+    segs = segment_table(m)
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(2, 16))
     losses = []
     for step in range(15):
