@@ -119,7 +119,7 @@ void check_attention(Rand& r, Results& out, int B, int T, int NH, int NKV, int H
   const int C = NH * HS, QKVD = C + 2 * NKV * HS;
   const size_t N = (size_t)B * T, ATT = (size_t)B * NH * T * T;
   auto qkv = r.normal(N * QKVD), dy = r.normal(N * C);
-  std::vector<float> y(N * C), att(ATT, 0.f), dqkv(N * QKVD), scratch((size_t)std::max(num_threads(), 1) * T * T);
+  std::vector<float> y(N * C), att(ATT, 0.f), dqkv(N * QKVD), scratch((size_t)attention_scratch_floats(T));
   attention_forward(y.data(), att.data(), qkv.data(), B, T, NH, NKV, HS);
   attention_backward(dqkv.data(), scratch.data(), dy.data(), qkv.data(), att.data(), B, T, NH, NKV, HS);
   Dev<float> dq(qkv), ddy(dy), dy_(zeros<float>(N * C)), datt(zeros<float>(ATT)),

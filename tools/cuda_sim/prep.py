@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """prep.py SRC OUT — rewrites a CUDA source for the CPU emulator (see run.sh):
 kernel<<<grid, block[, smem[, stream]]>>>(args);  ->  ::sim::launch(::sim::Cfg(grid, block, ...),
-"kernel", (const void*)&kernel, [&] { kernel(args); });  extern __shared__ T name[];  ->  a pointer
+"kernel", (const void*)&kernel, [sim_args = std::make_tuple(args)] { std::apply(kernel,
+sim_args); });  (arguments evaluated at the launch, as CUDA does: graphs and deferred streams)  extern __shared__ T name[];  ->  a pointer
 to the launch's dynamic shared memory;  __shared__ T name[..]..;  ->  a reference to a per-block
 object. Line numbers are kept (#line), so messages name the original file and line."""
 import re
@@ -59,8 +60,9 @@ def rewrite_launches(s):
         b = match_paren(s, a)
         args = s[a:b]
         out.append(s[pos:start])
-        out.append('::sim::launch(::sim::Cfg(%s), "%s", (const void*)&%s, [&] { %s%s; })'
-                   % (cfg, re.sub(r"\s+", " ", name), name, name, args))
+        out.append('::sim::launch(::sim::Cfg(%s), "%s", (const void*)&%s, '
+                   '[sim_args = std::make_tuple%s] { std::apply(%s, sim_args); })'
+                   % (cfg, re.sub(r"\s+", " ", name), name, args, name))
         pos = b
 
 

@@ -280,13 +280,41 @@ inline void cp_async_wait() { ::sim::cp_async_wait(N); }
 }  // namespace pyllama
 
 // ---------------------------------------------------------------- host runtime
+// sim_host.cpp: one emulated H200 (device 0). Device and pinned memory are host memory,
+// registered so that copies in the wrong direction, frees of unknown pointers and leaks
+// show. Work on a stream (launches, async copies and sets, cuBLAS calls) runs at once in
+// the kernel tests (immediate mode); in the PYLLAMA_CUDA=SIM extension (deferred mode,
+// sim::set_deferred) it waits in its stream's queue until the host synchronises with that
+// stream (cudaStreamSynchronize, cudaEventQuery of an event recorded there,
+// cudaDeviceSynchronize, cudaFree / cudaFreeHost, or a synchronous cudaMemcpy / cudaMemset,
+// which wait for the legacy stream 0 only), so a host that reads a result before waiting
+// for it reads stale memory, and work on two streams with no synchronisation between them
+// runs in the order that is worst for it. Stream capture records the work into a graph
+// (kernel arguments taken at capture, as CUDA does); synchronous calls during a capture
+// invalidate it.
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
+struct CUevent_st;
+using cudaEvent_t = CUevent_st*;
+struct CUgraph_st;
+using cudaGraph_t = CUgraph_st*;
+struct CUgraphExec_st;
+using cudaGraphExec_t = CUgraphExec_st*;
 enum cudaError_t {
   cudaSuccess = 0,
   cudaErrorInvalidValue = 1,
-  cudaErrorInvalidConfiguration = 9,
+  cudaErrorMemoryAllocation = 2,
   cudaErrorLaunchOutOfResources = 7,
+  cudaErrorInvalidConfiguration = 9,
+  cudaErrorInvalidDevicePointer = 17,
+  cudaErrorInvalidMemcpyDirection = 21,
+  cudaErrorNoDevice = 100,
+  cudaErrorInvalidDevice = 101,
+  cudaErrorInvalidResourceHandle = 400,
+  cudaErrorNotReady = 600,
+  cudaErrorStreamCaptureUnsupported = 900,
+  cudaErrorStreamCaptureInvalidated = 901,
+  cudaErrorStreamCaptureImplicit = 906,
 };
 enum cudaDeviceAttr {
   cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
@@ -296,6 +324,9 @@ enum cudaDeviceAttr {
 };
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice, cudaMemcpyDefault };
+enum cudaStreamCaptureMode { cudaStreamCaptureModeGlobal = 0, cudaStreamCaptureModeThreadLocal = 1, cudaStreamCaptureModeRelaxed = 2 };
+constexpr unsigned cudaStreamDefault = 0, cudaStreamNonBlocking = 1;
+constexpr unsigned cudaEventDefault = 0, cudaEventDisableTiming = 2;
 struct cudaFuncAttributes {
   int maxThreadsPerBlock, numRegs, ptxVersion, binaryVersion;
   size_t sharedSizeBytes, maxDynamicSharedSizeBytes;
@@ -304,15 +335,51 @@ const char* cudaGetErrorName(cudaError_t e);
 const char* cudaGetErrorString(cudaError_t e);
 cudaError_t cudaGetLastError();
 cudaError_t cudaPeekAtLastError();
+cudaError_t cudaGetDeviceCount(int* n);
 cudaError_t cudaGetDevice(int* d);
+cudaError_t cudaSetDevice(int d);
 cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int dev);
+cudaError_t cudaMalloc(void** p, size_t n);
+cudaError_t cudaFree(void* p);
+cudaError_t cudaMallocHost(void** p, size_t n);
+cudaError_t cudaFreeHost(void* p);
+template <typename T>
+cudaError_t cudaMalloc(T** p, size_t n) { return cudaMalloc(reinterpret_cast<void**>(p), n); }
+template <typename T>
+cudaError_t cudaMallocHost(T** p, size_t n) { return cudaMallocHost(reinterpret_cast<void**>(p), n); }
+cudaError_t cudaMemset(void* p, int v, size_t n);
+cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind k);
 cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t s = nullptr);
 cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k, cudaStream_t st = nullptr);
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags);
+cudaError_t cudaStreamCreate(cudaStream_t* s);
+cudaError_t cudaStreamDestroy(cudaStream_t s);
 cudaError_t cudaStreamSynchronize(cudaStream_t s);
 cudaError_t cudaDeviceSynchronize();
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned flags);
+cudaError_t cudaEventCreate(cudaEvent_t* e);
+cudaError_t cudaEventDestroy(cudaEvent_t e);
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr);
+cudaError_t cudaEventQuery(cudaEvent_t e);
+cudaError_t cudaEventSynchronize(cudaEvent_t e);
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* g);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* e, cudaGraph_t g, unsigned long long flags = 0);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s);
+cudaError_t cudaGraphDestroy(cudaGraph_t g);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e);
 namespace sim {
 cudaError_t func_set_attribute(const void* f, int attr, int value);
 cudaError_t func_get_attributes(cudaFuncAttributes* fa, const void* f);
+// Work on stream s: run now (immediate mode), queue it (deferred mode) or record it into
+// the capture of s. Returns the error of an enqueue a capture refuses.
+cudaError_t enqueue(cudaStream_t s, const char* what, std::function<void()> op);
+void set_deferred(bool on);  // off by default (the kernel tests read results at once)
+// whether [p, p + bytes) lies inside one device allocation
+bool is_device(const void* p, size_t bytes);
+// bytes of device memory allocated now, and the number of live allocations
+size_t device_bytes();
+size_t device_allocations();
 }  // namespace sim
 template <typename F>
 cudaError_t cudaFuncSetAttribute(F* f, cudaFuncAttribute a, int v) {
@@ -325,14 +392,19 @@ cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* fa, F* f) {
 
 // ---------------------------------------------------------------- launches
 // prep.py rewrites  kernel<<<grid, block, smem, stream>>>(args);  into
-//   ::sim::launch(::sim::Cfg(grid, block, smem, stream), "kernel", (const void*)&kernel, [&] { kernel(args); });
+//   ::sim::launch(::sim::Cfg(grid, block, smem, stream), "kernel", (const void*)&kernel,
+//                 [sim_args = std::make_tuple(args)] { std::apply(kernel, sim_args); });
+// the arguments are evaluated at the launch (as CUDA does), the kernel runs when its
+// stream's work runs (see above).
+#include <tuple>
 namespace sim {
 struct Cfg {
   dim3 grid, block;
   size_t smem;
-  Cfg(dim3 g, dim3 b, size_t s = 0, cudaStream_t = nullptr) : grid(g), block(b), smem(s) {}
+  cudaStream_t stream;
+  Cfg(dim3 g, dim3 b, size_t s = 0, cudaStream_t st = nullptr) : grid(g), block(b), smem(s), stream(st) {}
 };
-void launch(const Cfg& cfg, const char* name, const void* fn, const std::function<void()>& body);
+void launch(const Cfg& cfg, const char* name, const void* fn, std::function<void()> body);
 // counters for the drivers: launches so far, and the names of the last ones
 long long launches();
 const char* last_kernel();

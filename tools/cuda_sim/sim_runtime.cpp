@@ -5,7 +5,12 @@
 // barrier, else the block barrier when every live thread waits there, else reports the
 // mismatch or deadlock and aborts.
 #include <dlfcn.h>
+#if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/common_interface_defs.h>
+#else  // built without AddressSanitizer (the PYLLAMA_CUDA=SIM extension): nothing to announce
+#define __sanitizer_start_switch_fiber(a, b, c) ((void)(a), (void)(b), (void)(c))
+#define __sanitizer_finish_switch_fiber(a, b, c) ((void)(a), (void)(b), (void)(c))
+#endif
 #include <ucontext.h>
 
 #include <cstdarg>
@@ -20,6 +25,7 @@ uint3 threadIdx, blockIdx;
 dim3 blockDim, gridDim;
 
 namespace sim {
+extern cudaError_t sticky;  // sim_host.cpp: what the next cudaGetLastError returns
 namespace {
 
 enum State { RUN, WAIT_BLOCK, WAIT_WARP, DONE };
@@ -41,7 +47,6 @@ long long n_launches = 0;
 void* dyn = nullptr;
 std::map<std::pair<int, size_t>, void*> statics;
 uint64_t shfl[32][32];
-cudaError_t sticky = cudaSuccess;
 std::map<const void*, int> max_dyn_smem;
 void* fake_stack = nullptr;
 const void* sched_stack_bottom = nullptr;
@@ -346,9 +351,11 @@ cudaError_t func_get_attributes(cudaFuncAttributes* fa, const void*) {
   return cudaSuccess;
 }
 
-void launch(const Cfg& c, const char* name, const void* fn, const std::function<void()>& body) {
-  kernel_name = name;
-  n_launches++;
+void run_launch(const Cfg& c, const char* name, const std::function<void()>& body);
+
+void launch(const Cfg& c, const char* name, const void* fn, std::function<void()> body) {
+  // the configuration is checked at the launch (the next cudaGetLastError reports it); the
+  // kernel runs when its stream's work does (sim_host.cpp)
   const unsigned long long nthreads = (unsigned long long)c.block.x * c.block.y * c.block.z;
   const bool bad = nthreads == 0 || nthreads > 1024 || c.block.z > 64 || c.grid.x == 0 || c.grid.y == 0 ||
                    c.grid.z == 0 || c.grid.y > 65535 || c.grid.z > 65535 || c.grid.x > 0x7fffffffu;
@@ -367,6 +374,14 @@ void launch(const Cfg& c, const char* name, const void* fn, const std::function<
       return;
     }
   }
+  const cudaError_t e = enqueue(c.stream, name, [c, name, body = std::move(body)] { run_launch(c, name, body); });
+  if (e != cudaSuccess) sticky = e;
+}
+
+void run_launch(const Cfg& c, const char* name, const std::function<void()>& body) {
+  kernel_name = name;
+  n_launches++;
+  const unsigned long long nthreads = (unsigned long long)c.block.x * c.block.y * c.block.z;
   gridDim = c.grid;
   blockDim = c.block;
   body_ = &body;
@@ -449,43 +464,3 @@ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
 }  // namespace gpu
 }  // namespace pyllama
 
-// ---------------------------------------------------------------- host runtime
-const char* cudaGetErrorName(cudaError_t e) {
-  switch (e) {
-    case cudaSuccess: return "cudaSuccess";
-    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
-    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
-    default: return "cudaError";
-  }
-}
-const char* cudaGetErrorString(cudaError_t e) { return cudaGetErrorName(e); }
-cudaError_t cudaGetLastError() {
-  const cudaError_t e = sim::sticky;
-  sim::sticky = cudaSuccess;
-  return e;
-}
-cudaError_t cudaPeekAtLastError() { return sim::sticky; }
-cudaError_t cudaGetDevice(int* d) {
-  *d = 0;
-  return cudaSuccess;
-}
-cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
-  switch (a) {
-    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = 232448; break;  // H100 / H200
-    case cudaDevAttrComputeCapabilityMajor: *v = 9; break;
-    case cudaDevAttrComputeCapabilityMinor: *v = 0; break;
-    case cudaDevAttrMultiProcessorCount: *v = 132; break;
-    default: return cudaErrorInvalidValue;
-  }
-  return cudaSuccess;
-}
-cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) {
-  std::memset(p, v, n);
-  return cudaSuccess;
-}
-cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t) {
-  std::memmove(d, s, n);
-  return cudaSuccess;
-}
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
