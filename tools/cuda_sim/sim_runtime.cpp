@@ -6,8 +6,10 @@
 // mismatch or deadlock and aborts.
 #include <dlfcn.h>
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
-#else  // built without AddressSanitizer (the PYLLAMA_CUDA=SIM extension): nothing to announce
+#else
+#define ASAN_UNPOISON_MEMORY_REGION(p, n) ((void)(p), (void)(n))  // built without AddressSanitizer (the PYLLAMA_CUDA=SIM extension): nothing to announce
 #define __sanitizer_start_switch_fiber(a, b, c) ((void)(a), (void)(b), (void)(c))
 #define __sanitizer_finish_switch_fiber(a, b, c) ((void)(a), (void)(b), (void)(c))
 #endif
@@ -28,9 +30,80 @@ namespace sim {
 extern cudaError_t sticky;  // sim_host.cpp: what the next cudaGetLastError returns
 namespace {
 
+// Context switches. On x86-64 a minimal switch of the callee-saved registers and the stack
+// pointer (glibc's swapcontext makes a sigprocmask system call at every switch, which
+// was ~90% of the emulator's time); elsewhere libc's swapcontext, not AddressSanitizer's
+// wrapper: that one clears the shadow of the whole target stack at every switch (slow, and
+// it drops the redzones of live frames). Switches are announced to ASan with its fiber API.
+#if defined(__x86_64__) && !defined(PYLLAMA_SIM_UCONTEXT)
+}  // namespace
+}  // namespace sim
+extern "C" void pyllama_sim_switch(void** save_sp, void* to_sp);
+asm(R"(
+  .text
+  .globl pyllama_sim_switch
+  .hidden pyllama_sim_switch
+  .type pyllama_sim_switch, @function
+pyllama_sim_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size pyllama_sim_switch, .-pyllama_sim_switch
+)");
+namespace sim {
+namespace {
+struct Ctx {
+  void* sp = nullptr;
+};
+void ctx_init(Ctx&) {}
+// a fresh context that runs entry() (which never returns) on [stack, stack + size)
+void ctx_make(Ctx& c, char* stack, size_t size, void (*entry)()) {
+  void** sp = reinterpret_cast<void**>(reinterpret_cast<uintptr_t>(stack + size) & ~uintptr_t(15));
+  ASAN_UNPOISON_MEMORY_REGION(sp - 16, 16 * sizeof(void*));  // redzones left by the last fiber here
+  *--sp = nullptr;                                   // keeps entry's frame aligned as after a call
+  *--sp = reinterpret_cast<void*>(entry);            // where the first switch "returns" to
+  for (int i = 0; i < 6; i++) *--sp = nullptr;       // rbp, rbx, r12 .. r15
+  c.sp = sp;
+}
+void ctx_swap(Ctx& from, Ctx& to) { pyllama_sim_switch(&from.sp, to.sp); }
+#else
+struct Ctx {
+  ucontext_t uc;
+};
+using SwapFn = int (*)(ucontext_t*, const ucontext_t*);
+SwapFn real_swap() {
+  static SwapFn fn = [] {
+    void* h = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    void* f = h ? dlsym(h, "swapcontext") : nullptr;
+    return f ? reinterpret_cast<SwapFn>(f) : &swapcontext;
+  }();
+  return fn;
+}
+void ctx_init(Ctx& c) { getcontext(&c.uc); }
+void ctx_make(Ctx& c, char* stack, size_t size, void (*entry)()) {
+  c.uc.uc_stack.ss_sp = stack;
+  c.uc.uc_stack.ss_size = size;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+}
+void ctx_swap(Ctx& from, Ctx& to) { real_swap()(&from.uc, &to.uc); }
+#endif
+
 enum State { RUN, WAIT_BLOCK, WAIT_WARP, DONE };
 struct Fiber {
-  ucontext_t ctx;
+  Ctx ctx;
   State st = RUN;
   int line = 0;
   uint3 tid;
@@ -39,7 +112,7 @@ struct Fiber {
 constexpr size_t kStack = 256 * 1024;
 std::vector<Fiber> fibers;
 std::vector<std::unique_ptr<char[]>> stacks;
-ucontext_t sched_ctx;
+Ctx sched_ctx;
 int cur = -1;
 const std::function<void()>* body_ = nullptr;
 const char* kernel_name = "";
@@ -52,26 +125,13 @@ void* fake_stack = nullptr;
 const void* sched_stack_bottom = nullptr;
 size_t sched_stack_size = 0;
 
-// libc's swapcontext, not AddressSanitizer's wrapper: that one clears the shadow of the
-// whole target stack at every switch (slow, and it drops the redzones of live frames);
-// the switches are announced to ASan with the fiber API instead.
-using SwapFn = int (*)(ucontext_t*, const ucontext_t*);
-SwapFn real_swap() {
-  static SwapFn fn = [] {
-    void* h = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
-    void* f = h ? dlsym(h, "swapcontext") : nullptr;
-    return f ? reinterpret_cast<SwapFn>(f) : &swapcontext;
-  }();
-  return fn;
-}
-#define swapcontext(a, b) real_swap()(a, b)
 
 // fiber <-> scheduler switches, announced to AddressSanitizer
 void to_sched() {
   Fiber& f = fibers[cur];
   void* fs = nullptr;
   __sanitizer_start_switch_fiber(&fs, sched_stack_bottom, sched_stack_size);
-  swapcontext(&f.ctx, &sched_ctx);
+  ctx_swap(f.ctx, sched_ctx);
   __sanitizer_finish_switch_fiber(fs, nullptr, nullptr);
 }
 // cp.async copies of each thread not yet completed by a wait_group (group 0: not committed)
@@ -91,13 +151,13 @@ void fiber_main() {
   if (!cp_pending[cur].empty()) fail("thread exits with %zu cp.async copies not waited for", cp_pending[cur].size());
   fibers[cur].st = DONE;
   __sanitizer_start_switch_fiber(nullptr, sched_stack_bottom, sched_stack_size);  // this stack dies
-  swapcontext(&fibers[cur].ctx, &sched_ctx);
+  ctx_swap(fibers[cur].ctx, sched_ctx);
 }
 void to_fiber(int i) {
   cur = i;
   threadIdx = fibers[i].tid;
   __sanitizer_start_switch_fiber(&fake_stack, stacks[i].get(), kStack);
-  swapcontext(&sched_ctx, &fibers[i].ctx);
+  ctx_swap(sched_ctx, fibers[i].ctx);
   __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
   cur = -1;
 }
@@ -139,10 +199,7 @@ void run_block(int nthreads) {
     Fiber& f = fibers[i];
     f.st = RUN;
     f.line = 0;
-    f.ctx.uc_stack.ss_sp = stacks[i].get();
-    f.ctx.uc_stack.ss_size = kStack;
-    f.ctx.uc_link = nullptr;
-    makecontext(&f.ctx, fiber_main, 0);
+    ctx_make(f.ctx, stacks[i].get(), kStack, fiber_main);
   }
   const int nwarps = (nthreads + 31) / 32;
   // Between two barriers the fibers run one after another, so a missing barrier shows up
@@ -393,7 +450,7 @@ void run_launch(const Cfg& c, const char* name, const std::function<void()>& bod
   }
   if ((int)fibers.size() < n) {
     fibers.resize(n);  // moved: a ucontext_t points into itself, so initialise them all again
-    for (auto& f : fibers) getcontext(&f.ctx);  // makecontext reuses them block after block
+    for (auto& f : fibers) ctx_init(f.ctx);  // ctx_make reuses them block after block
   }
   for (int i = 0; i < n; i++)
     fibers[i].tid = {(unsigned)(i % c.block.x), (unsigned)(i / c.block.x % c.block.y),
