@@ -16,6 +16,24 @@ def _gpu_skip():
 requires_gpu = _gpu_skip()
 
 
+def _emulated():
+    import pyllama
+
+    return pyllama.build_info().get("cuda_archs") == "sim"
+
+
+# A PYLLAMA_CUDA=SIM build: the CUDA backend on the CPU emulator of tools/cuda_sim (a
+# "GPU" thousands of times slower than a real one; tools/cuda_sim/gpu_tests.sh).
+EMULATED_GPU = _emulated()
+
+
+def too_slow_for_the_emulator(fn):
+    """Skips a GPU test on the CPU emulator (it runs on a real GPU): only for tests whose
+    sizes are the point (long sequences, hundreds of steps), never to hide a failure."""
+    return pytest.mark.skipif(EMULATED_GPU, reason="too slow for the CPU emulator of the GPU "
+                              "(tools/cuda_sim); runs on a real GPU (tests/gpu/run.sh)")(fn)
+
+
 def gpu(fn):
     """A GPU test: marked ``cuda`` (``pytest -m cuda``) and skipped, with the reason, without a usable GPU."""
     return pytest.mark.cuda(requires_gpu(fn))

@@ -7,7 +7,7 @@ import pytest
 import pyllama
 from pyllama import _core
 
-from helpers import tiny_config
+from helpers import tiny_config, too_slow_for_the_emulator
 from test_train import corpus, make_config
 
 
@@ -133,6 +133,7 @@ def test_real_gpu_trains_close_to_the_cpu(tmp_path, dtype):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not pyllama.build_info()["cuda_available"], reason="needs an NVIDIA GPU")
+@too_slow_for_the_emulator
 def test_bfloat16_tracks_float32_over_200_shakespeare_steps():
     """Issue #7's proof: 200 steps of the `pyllama train` preset on the bundled Shakespeare,
     bf16 (fp32 masters) against fp32 on the GPU: the loss curves, averaged over 20-step
