@@ -36,7 +36,7 @@ PY=${PYTHON:-python3}
 for f in $CU; do "$PY" "$HERE/prep.py" "$ROOT/cuda/$f.cu" "$OUT/$f.cu.cpp"; done
 {
   for f in $CU; do echo "$CXX $FLAGS -x c++ -c $OUT/$f.cu.cpp -o $OUT/$f.cu.o"; done
-  for s in "$HERE"/sim_runtime.cpp "$HERE"/sim_host.cpp "$HERE"/main.cpp "$HERE"/test_*.cpp; do
+  for s in "$HERE"/sim_runtime.cpp "$HERE"/sim_host.cpp "$HERE"/sim_cublas.cpp "$HERE"/sim_nccl.cpp "$HERE"/main.cpp "$HERE"/test_*.cpp; do
     echo "$CXX $FLAGS -c $s -o $OUT/$(basename "$s" .cpp).o"
   done
   # the CPU core's twins of the kernels (test_cpu_twin.cpp): generic variant, no OpenMP
@@ -46,7 +46,7 @@ for f in $CU; do "$PY" "$HERE/prep.py" "$ROOT/cuda/$f.cu" "$OUT/$f.cu.cpp"; done
 } | xargs -P "$JOBS" -I{} sh -c '{}'
 objs=""
 for f in $CU; do objs="$objs $OUT/$f.cu.o"; done
-for s in "$HERE"/sim_runtime.cpp "$HERE"/sim_host.cpp "$HERE"/main.cpp "$HERE"/test_*.cpp; do objs="$objs $OUT/$(basename "$s" .cpp).o"; done
+for s in "$HERE"/sim_runtime.cpp "$HERE"/sim_host.cpp "$HERE"/sim_cublas.cpp "$HERE"/sim_nccl.cpp "$HERE"/main.cpp "$HERE"/test_*.cpp; do objs="$objs $OUT/$(basename "$s" .cpp).o"; done
 for s in $CORE; do objs="$objs $OUT/core_$(basename "$s").o"; done
 $CXX -fsanitize=address,undefined $objs -o "$OUT/cuda_sim" -ldl
 ASAN_OPTIONS=detect_leaks=0 "$OUT/cuda_sim" "$@"
