@@ -824,13 +824,15 @@ class NCCLCommunicator(Communicator):
         atexit.register(self.close)
 
     # -------------------------------------------------------------- helpers
-    def _nccl_call(self, fn, what: str, step: Optional[int], *args):
+    def _nccl_call(self, method: str, what: str, step: Optional[int], *args):
+        """self.nccl.<method>(*args), NcclError -> DistributedError (after a close: a clear error too)."""
         from . import _core
 
         if self.broken is not None:
             raise DistributedError(f"rank {self.rank}: {what} after an earlier failure ({self.broken})")
         if self.nccl is None:
             raise DistributedError(f"rank {self.rank}: {what}: the NCCL communicator is closed")
+        fn = getattr(self.nccl, method)
         t0 = time.perf_counter()
         try:
             return fn(*args)
@@ -858,7 +860,7 @@ class NCCLCommunicator(Communicator):
         NCCL all-reduce on the model's stream; ``extra`` (a float64 1-D array) is
         summed over the ranks in the same NCCL group."""
         gpu = self._gpu_core(model)
-        self._nccl_call(self.nccl.allreduce_grads, what, step, gpu, "avg" if average else "sum", extra, what)
+        self._nccl_call("allreduce_grads", what, step, gpu, "avg" if average else "sum", extra, what)
 
     def broadcast_params_(self, model, root: int = 0, *, what: str = "weight broadcast",
                           step: Optional[int] = None) -> None:
@@ -866,13 +868,13 @@ class NCCLCommunicator(Communicator):
         if not 0 <= root < self.world_size:
             raise ValueError(f"broadcast root {root} does not exist: world_size is {self.world_size}")
         gpu = self._gpu_core(model)
-        self._nccl_call(self.nccl.broadcast_params, what, step, gpu, int(root), what)
+        self._nccl_call("broadcast_params", what, step, gpu, int(root), what)
 
     def allreduce_sum_(self, buf, *, what="all-reduce", step=None):
         if not (isinstance(buf, np.ndarray) and buf.ndim == 1 and buf.flags.c_contiguous and buf.flags.writeable):
             raise TypeError(f"{what}: expected a writable contiguous 1-D numpy array")
         if buf.dtype in (np.float32, np.float64):
-            self._nccl_call(self.nccl.allreduce_host, what, step, buf, "sum", what)
+            self._nccl_call("allreduce_host", what, step, buf, "sum", what)
         else:
             self.host.allreduce_sum_(buf, what=what, step=step)
         return buf

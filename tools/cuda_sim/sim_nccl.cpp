@@ -1,19 +1,22 @@
 // sim_nccl.cpp — NCCL for the PYLLAMA_CUDA=SIM build: the functions cuda/nccl.cu resolves
 // with dlsym, exported from the extension itself, so that pointing PYLLAMA_NCCL_LIBRARY at
-// the extension's own file (pyllama._core.__file__) loads them. One rank only (the emulator
-// has one device): a communicator of one, whose all-reduce (sum or average) and broadcast
-// copy the send buffer to the receive buffer as work on the given stream, checked against
-// the registered device memory. Creation, the async error, abort and destroy behave as
-// NCCL's non-blocking communicators do when they finish at once.
+// the extension's own file (pyllama._core.__file__) loads them. The emulator has one device
+// and no peers: a communicator of one rank completes at once, and its all-reduce (sum or
+// average) and broadcast copy the send buffer to the receive buffer as work on the given
+// stream, checked against the registered device memory. A communicator of more ranks waits
+// for peers that never come, as NCCL does when a rank is missing: a non-blocking creation
+// stays ncclInProgress (until aborted), a blocking one never returns.
+#include <chrono>
 #include <cstring>
 #include <string>
+#include <thread>
 
 #include "sim_cuda.h"
 
 #define SIM_NCCL_API extern "C" __attribute__((visibility("default")))
 
 namespace {
-constexpr int kSuccess = 0, kInvalidArgument = 4, kInvalidUsage = 5;
+constexpr int kSuccess = 0, kInvalidArgument = 4, kInvalidUsage = 5, kInProgress = 7;
 constexpr int kFloat32 = 7, kFloat64 = 8, kBfloat16 = 9;  // ncclDataType_t
 constexpr int kSum = 0, kAvg = 4;                         // ncclRedOp_t
 struct Id {
@@ -39,8 +42,16 @@ int copy(const void* send, void* recv, size_t count, int type, cudaStream_t stre
 }  // namespace
 
 struct ncclComm {
-  int nranks = 1;
+  bool pending = false;  // waiting for peers (never completes)
 };
+
+namespace {
+struct Config {  // the head of ncclConfig_t (NCCL 2.14)
+  size_t size;
+  unsigned magic, version;
+  int blocking;
+};
+}  // namespace
 
 SIM_NCCL_API int ncclGetVersion(int* v) {
   *v = 23200;  // reports itself as 2.32.0
@@ -51,12 +62,19 @@ SIM_NCCL_API int ncclGetUniqueId(Id* id) {
   std::memcpy(id->internal, kMagic, sizeof kMagic);
   return kSuccess;
 }
-SIM_NCCL_API int ncclCommInitRankConfig(ncclComm** comm, int nranks, Id id, int rank, void*) {
+SIM_NCCL_API int ncclCommInitRankConfig(ncclComm** comm, int nranks, Id id, int rank, void* config) {
   if (std::memcmp(id.internal, kMagic, sizeof kMagic) != 0)
     return fail(kInvalidArgument, "the unique id does not come from this library's ncclGetUniqueId");
-  if (nranks != 1 || rank != 0)
-    return fail(kInvalidUsage, "the emulator's NCCL has one rank (one emulated device); got nranks " +
-                                   std::to_string(nranks) + ", rank " + std::to_string(rank));
+  if (nranks < 1 || rank < 0 || rank >= nranks)
+    return fail(kInvalidArgument, "rank " + std::to_string(rank) + " of " + std::to_string(nranks));
+  const bool blocking = !config || static_cast<const Config*>(config)->blocking != 0;
+  if (nranks > 1) {  // the other ranks cannot join an emulated device
+    last_error = "waiting for " + std::to_string(nranks - 1) + " peer rank(s) (the emulator has one device)";
+    if (blocking)
+      for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+    *comm = new ncclComm{true};
+    return kInProgress;
+  }
   *comm = new ncclComm;
   return kSuccess;
 }
@@ -71,8 +89,8 @@ SIM_NCCL_API int ncclCommAbort(ncclComm* c) {
   delete c;
   return kSuccess;
 }
-SIM_NCCL_API int ncclCommGetAsyncError(ncclComm*, int* e) {
-  *e = kSuccess;
+SIM_NCCL_API int ncclCommGetAsyncError(ncclComm* c, int* e) {
+  *e = c && c->pending ? kInProgress : kSuccess;
   return kSuccess;
 }
 SIM_NCCL_API const char* ncclGetErrorString(int r) {
@@ -86,13 +104,13 @@ SIM_NCCL_API const char* ncclGetErrorString(int r) {
 SIM_NCCL_API const char* ncclGetLastError(ncclComm*) { return last_error.c_str(); }
 SIM_NCCL_API int ncclAllReduce(const void* send, void* recv, size_t count, int type, int op, ncclComm* comm,
                                cudaStream_t stream) {
-  if (!comm) return fail(kInvalidArgument, "ncclAllReduce: null communicator");
+  if (!comm || comm->pending) return fail(kInvalidUsage, "ncclAllReduce: communicator not ready");
   if (op != kSum && op != kAvg) return fail(kInvalidArgument, "ncclAllReduce: the emulator knows sum and avg");
   return copy(send, recv, count, type, stream, "ncclAllReduce");  // the sum (or mean) over one rank
 }
 SIM_NCCL_API int ncclBroadcast(const void* send, void* recv, size_t count, int type, int root, ncclComm* comm,
                                cudaStream_t stream) {
-  if (!comm) return fail(kInvalidArgument, "ncclBroadcast: null communicator");
+  if (!comm || comm->pending) return fail(kInvalidUsage, "ncclBroadcast: communicator not ready");
   if (root != 0) return fail(kInvalidArgument, "ncclBroadcast: root must be 0 in a world of one");
   return copy(send, recv, count, type, stream, "ncclBroadcast");
 }

@@ -12,6 +12,9 @@ using namespace chk;
 
 extern "C" int ncclGetUniqueId(void*);
 extern "C" int ncclCommInitRank(void**, int, struct SimId, int);
+extern "C" int ncclCommInitRankConfig(void**, int, struct SimId, int, void*);
+extern "C" int ncclCommGetAsyncError(void*, int*);
+extern "C" int ncclCommAbort(void*);
 extern "C" int ncclAllReduce(const void*, void*, size_t, int, int, void*, cudaStream_t);
 
 namespace {
@@ -129,12 +132,19 @@ SIM_TEST(sim_runtime_deferred_streams) {
   void* comm = nullptr;
   void* comm2 = nullptr;
   bool ok6 = ncclGetUniqueId(&id) == 0 && ncclCommInitRank(&comm, 1, id, 0) == 0 && comm;
-  ok6 = ok6 && ncclCommInitRank(&comm2, 2, id, 0) == 5;
+  struct {
+    size_t size;
+    unsigned magic, version;
+    int blocking;
+  } cfg{sizeof cfg, 0xcafebeef, 21400, 0};
+  int async = -1;
+  ok6 = ok6 && ncclCommInitRankConfig(&comm2, 2, id, 0, &cfg) == 7 && ncclCommGetAsyncError(comm2, &async) == 0 &&
+        async == 7 && ncclAllReduce(A, C, 6, 7, 0, comm2, s) == 5 && ncclCommAbort(comm2) == 0;
   ok6 = ok6 && ncclAllReduce(A, C, 6, 7, 0, comm, s) == 0 && cudaStreamSynchronize(s) == cudaSuccess &&
         cudaMemcpy(hc.data(), C, 24, cudaMemcpyDeviceToHost) == cudaSuccess;
   for (int i = 0; i < 6; i++) ok6 = ok6 && hc[i] == ha[i];
   ok6 = ok6 && ncclAllReduce(A, hc.data(), 6, 7, 0, comm, s) == 4;  // host buffer
-  report_exact("sim NCCL: one rank all-reduce on the stream, two ranks and host buffers refused", ok6);
+  report_exact("sim NCCL: one rank all-reduce on the stream; two ranks stay in progress; host buffers refused", ok6);
   cudaFree(A);
   cudaFree(B);
   cudaFree(C);
