@@ -742,6 +742,11 @@ def _run_train_ranks(tmp_path, world, accum, steps, timeout, extra_env=None, wai
     return outs
 
 
+# the CPU emulator's NCCL (tools/cuda_sim/sim_nccl.cpp) has one rank: peers never join
+needs_two_real_ranks = pytest.mark.skipif(
+    EMULATED_GPU, reason="two NCCL ranks exchanging data: the CPU emulator's NCCL has one rank (real GPU only)")
+
+
 def _skip_if_two_ranks_unsupported(outs):
     errs = [o.get("error", "") for o in outs]
     if all("NCCL communicator creation" in e and "failed" in e for e in errs if e) and any(errs) \
@@ -750,6 +755,7 @@ def _skip_if_two_ranks_unsupported(outs):
 
 
 @gpu
+@needs_two_real_ranks
 def test_two_nccl_ranks_equal_one_rank_with_accumulation(tmp_path):
     """2 ranks x grad_accum 1 (real NCCL all-reduce, torchrun-style bootstrap, the Trainer's own
     NCCLCommunicator) give the losses of 1 rank x grad_accum 2, on every rank."""
@@ -763,6 +769,7 @@ def test_two_nccl_ranks_equal_one_rank_with_accumulation(tmp_path):
 
 
 @gpu
+@needs_two_real_ranks
 def test_two_nccl_ranks_hung_peer_times_out(tmp_path):
     """Rank 1 stops responding after step 2: rank 0's NCCL all-reduce of step 3 hits the 5 s
     deadline, the communicator is aborted (its kernel waiting on the live peer must end) and
