@@ -18,6 +18,13 @@
 #include "nccl.h"
 #endif
 
+#ifdef PYLLAMA_CUDA_SIM_BUILD
+namespace sim {  // tools/cuda_sim/sim_host.cpp
+long long counter(const char* name);
+const char* counter_name(int i);
+}  // namespace sim
+#endif
+
 namespace py = pybind11;
 using namespace pyllama;
 
@@ -809,6 +816,19 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
       .def("grad_norm", &LlamaModelCuda::grad_norm, py::call_guard<py::gil_scoped_release>())
       .def("clip_grad_norm", &LlamaModelCuda::clip_grad_norm, py::arg("max_norm"),
            py::call_guard<py::gil_scoped_release>(), "As torch's clip_grad_norm_; returns the norm before clipping.")
+      .def("set_defer_loss", &LlamaModelCuda::set_defer_loss, py::arg("on"),
+           "With True, forward() returns NaN and keeps its loss on the GPU (no host wait) until "
+           "norm_and_losses() reads it: the Trainer's one-wait step. True also drops losses not read.")
+      .def("norm_and_losses", [](LlamaModelCuda& g, double max_norm) {
+             std::pair<double, std::vector<double>> r;
+             {
+               py::gil_scoped_release nogil;
+               r = g.norm_and_losses(max_norm);
+             }
+             return py::make_tuple(r.first, py::cast(r.second));
+           }, py::arg("max_norm") = 0.0,
+           "(gradient norm, [losses of the deferred forwards]) with one host wait; clips the gradients to "
+           "max_norm first when max_norm > 0 (the returned norm is the one before clipping).")
       .def("params_to_host", [flat](LlamaModelCuda& g, py::array dst) {
              float* d = flat(dst, g.num_parameters(), "dst", true);
              py::gil_scoped_release nogil;
@@ -851,6 +871,15 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
      "cuda_reset_peak_memory() (cuBLAS-internal memory, CUDA graphs and pinned host memory not included).");
   m.def("cuda_reset_peak_memory", []() { cuda_reset_peak_bytes_allocated(); },
         "Set the peak of cuda_memory_stats() to the current bytes.");
+#ifdef PYLLAMA_CUDA_SIM_BUILD
+  m.def("cuda_sim_counters", []() {
+    py::dict d;
+    for (int i = 0; const char* name = sim::counter_name(i); i++) d[name] = sim::counter(name);
+    return d;
+  }, "PYLLAMA_CUDA=SIM builds only (tools/cuda_sim): what the host has asked of the emulated device so "
+     "far: kernel_launches and cublas_calls outside CUDA graphs, graph_launches, host_waits (calls that "
+     "return only after device work), copies by direction.");
+#endif
   m.def("cuda_check_ops", [](unsigned seed) {
           std::vector<std::pair<std::string, double>> r;
           {

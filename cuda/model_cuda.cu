@@ -191,7 +191,11 @@ struct LlamaModelCuda::Impl : AllocAccount {
   DevBuf wc;                   // bf16 compute copy of params (P), bfloat16 mode only
   bool have_moments = false;
   DevBuf rope_cos, rope_sin;  // (max_pos, HS/2) float
-  DevBuf scalars;             // doubles: [0] loss total, [1] norm, [2 ..] norm partials
+  DevBuf scalars;             // doubles: [0] loss total, [1] norm, [2 ..] norm partials, then deferred losses
+  static constexpr int kMaxDeferredLosses = 256;
+  bool defer_loss = false;           // set_defer_loss: forward keeps its loss on the GPU
+  std::vector<int> deferred_counts;  // counted targets of each deferred forward, in order
+  double* loss_slots() { return scalars.as<double>() + 2 + gpu::kNormBlocks; }
 
   // training state
   DevBuf acts, tokens_d, targets_d, pos_d;
@@ -310,7 +314,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
 
     use();
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-    CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&pinned), 2 * sizeof(double)));
+    CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&pinned), (2 + kMaxDeferredLosses) * sizeof(double)));
     gemm = std::make_unique<gpu::Gemm>();
     attn_naive = gpu::attention_naive_forced();
     attn_tc = !gpu::attention_simt_forced();
@@ -331,7 +335,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
     rope_sin.reserve(sn.size() * sizeof(float));
     CUDA_CHECK(cudaMemcpyAsync(rope_cos.p, cs.data(), cs.size() * sizeof(float), cudaMemcpyHostToDevice, stream));
     CUDA_CHECK(cudaMemcpyAsync(rope_sin.p, sn.data(), sn.size() * sizeof(float), cudaMemcpyHostToDevice, stream));
-    scalars.reserve((2 + gpu::kNormBlocks) * sizeof(double));
+    scalars.reserve((2 + gpu::kNormBlocks + kMaxDeferredLosses) * sizeof(double));
     CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev));
     kvptr_d.reserve(2 * sizeof(void*));
     CUDA_CHECK(cudaMemsetAsync(kvptr_d.p, 0, 2 * sizeof(void*), stream));
@@ -425,10 +429,43 @@ struct LlamaModelCuda::Impl : AllocAccount {
     else
       forward_t<float>(want_loss);
     logits_valid = true;
+    if (defer_loss) {  // the loss total stays on the GPU until norm_and_losses (no wait here)
+      PYLLAMA_CHECK(deferred_counts.size() < (size_t)kMaxDeferredLosses, ValueError,
+                    "LlamaModelCuda.forward: more than " << kMaxDeferredLosses
+                    << " deferred losses not read yet: call norm_and_losses() (or set_defer_loss(False))");
+      if (want_loss)
+        CUDA_CHECK(cudaMemcpyAsync(loss_slots() + deferred_counts.size(), scalars.p, sizeof(double),
+                                   cudaMemcpyDeviceToDevice, stream));
+      deferred_counts.push_back(want_loss ? cnt : 0);
+      return NAN;
+    }
     if (!want_loss) return NAN;
     CUDA_CHECK(cudaMemcpyAsync(pinned, scalars.p, sizeof(double), cudaMemcpyDeviceToHost, stream));
-    sync();  // the one sync of a training step: the loss
+    sync();  // the loss
     return (float)(pinned[0] / cnt);
+  }
+
+  void set_defer_loss(bool on) {
+    defer_loss = on;
+    if (on) deferred_counts.clear();
+  }
+
+  // The gradient norm (clipped to max_norm when > 0) and the deferred losses, read back
+  // with one wait: the training step's only one.
+  std::pair<double, std::vector<double>> norm_and_losses(double max_norm) {
+    use();
+    double* sd = scalars.as<double>();
+    gpu::global_norm(sd + 1, sd + 2, grads.as<float>(), (long long)P, stream);
+    if (max_norm > 0) gpu::clip_by_norm(grads.as<float>(), sd + 1, max_norm, (long long)P, stream);
+    const size_t k = deferred_counts.size();
+    CUDA_CHECK(cudaMemcpyAsync(pinned + 1, sd + 1, sizeof(double), cudaMemcpyDeviceToHost, stream));
+    if (k) CUDA_CHECK(cudaMemcpyAsync(pinned + 2, loss_slots(), k * sizeof(double), cudaMemcpyDeviceToHost, stream));
+    sync();
+    std::vector<double> losses(k);
+    for (size_t i = 0; i < k; i++)  // as forward returns them: float(total / count)
+      losses[i] = deferred_counts[i] ? (double)(float)(pinned[2 + i] / deferred_counts[i]) : NAN;
+    deferred_counts.clear();
+    return {pinned[1], losses};
   }
 
   template <typename T>
@@ -1127,6 +1164,10 @@ void LlamaModelCuda::adamw_step(const int64_t* segments, int n_segments, float l
 }
 double LlamaModelCuda::grad_norm() { return impl_->grad_norm(); }
 double LlamaModelCuda::clip_grad_norm(double max_norm) { return impl_->clip_grad_norm(max_norm); }
+void LlamaModelCuda::set_defer_loss(bool on) { impl_->set_defer_loss(on); }
+std::pair<double, std::vector<double>> LlamaModelCuda::norm_and_losses(double max_norm) {
+  return impl_->norm_and_losses(max_norm);
+}
 
 void LlamaModelCuda::params_to_host(float* dst) const { impl_->to_host(dst, impl_->params); }
 void LlamaModelCuda::grads_to_host(float* dst) const { impl_->to_host(dst, impl_->grads); }

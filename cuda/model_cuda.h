@@ -116,6 +116,14 @@ class LlamaModelCuda {
   double grad_norm();                       // global L2 norm of the gradients (double accumulation)
   double clip_grad_norm(double max_norm);   // as torch.nn.utils.clip_grad_norm_; returns the norm before
 
+  // The Trainer's step with one host wait: after set_defer_loss(true), forward returns NaN and
+  // keeps its loss on the GPU (no wait); norm_and_losses(max_norm) computes the gradient norm
+  // (clipping to max_norm when > 0, as clip_grad_norm), and reads it and the losses of the
+  // forwards since then (NaN for one without counted targets) back with one wait. At most 256
+  // forwards between two reads; set_defer_loss(true) drops losses not read.
+  void set_defer_loss(bool on);
+  std::pair<double, std::vector<double>> norm_and_losses(double max_norm);
+
   // Host copies (num_parameters() floats each).
   void params_to_host(float* dst) const;
   void grads_to_host(float* dst) const;

@@ -465,6 +465,11 @@ class Trainer:
         self.model.zero_grad()
         loss_sum = 0.0
         A, W = c.grad_accum_steps, self.world_size
+        # On one GPU the step waits for the device once: the losses stay there until the
+        # gradient norm is read (LlamaModelCuda.set_defer_loss / norm_and_losses).
+        gpu = self._one_wait_gpu()
+        if gpu is not None:
+            gpu.set_defer_loss(True)
         # The step's W*A micro-batches come from one stream that every rank draws;
         # rank r runs micro-batches r*A .. r*A+A-1 and skips the others.
         for j in range(W * A):
@@ -475,12 +480,21 @@ class Trainer:
             ids = np.ascontiguousarray(window[:, :c.seq_len])
             # the whole window of seq_len + 1 tokens as labels: the model shifts them, so
             # every one of the seq_len positions has a target (the last one too)
-            out = self.model(ids, labels=window, return_logits=False)
-            self.model.backward(1.0 / A)
+            try:
+                out = self.model(ids, labels=window, return_logits=False)
+                self.model.backward(1.0 / A)
+            except BaseException:
+                if gpu is not None:
+                    gpu.set_defer_loss(False)
+                raise
             loss_sum += out.loss
         loss = loss_sum / A
         comm_s = None
-        if self._zero:  # reduce-scatter, norm from the blocks, clip the own block
+        if gpu is not None:
+            gpu.set_defer_loss(False)
+            norm, losses = gpu.norm_and_losses(c.grad_clip if c.grad_clip > 0 else 0.0)
+            loss = float(sum(losses)) / A
+        elif self._zero:  # reduce-scatter, norm from the blocks, clip the own block
             t1 = time.perf_counter()
             self._fill_small(loss)
             self.optimizer.reduce_scatter_grads(also_sum=[self._small], step=self.step + 1)
@@ -510,6 +524,14 @@ class Trainer:
             m["world_size"] = W
             m["comm_s"] = comm_s
         return m
+
+    def _one_wait_gpu(self):
+        """The model's LlamaModelCuda when this step can keep its losses on the GPU until the
+        gradient norm is read (one GPU, no ZeRO or gradient exchange), else None."""
+        if self._zero or self.world_size > 1 or self._nccl:
+            return None
+        gpu = _gpu(self.model)
+        return gpu if gpu is not None and hasattr(gpu, "norm_and_losses") else None
 
     def _allreduce_grads(self, local_loss: float) -> Tuple[float, float]:
         """Average the gradients over the ranks in place (one all-reduce over the

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import pyllama
-from helpers import gpu, tiny_config
+from helpers import EMULATED_GPU, gpu, tiny_config
 from pyllama.optim import segment_table
 
 INFO = pyllama.build_info()
@@ -831,3 +831,46 @@ def test_allocation_counter_is_sane():
     del g, m
     gc.collect()
     assert core.cuda_memory_stats()["bytes_allocated"] == st["bytes_allocated"] - held
+
+
+@gpu
+@pytest.mark.skipif(not EMULATED_GPU, reason="counts the requests the emulated CUDA runtime sees (tools/cuda_sim)")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_train_step_waits_once_and_decode_steps_replay_graphs(dtype):
+    """Issue #8's 'no host-device synchronisation inside a step' and 'CUDA graphs for the
+    decode step', counted on the emulator: a Trainer step on one GPU waits for the device
+    once (losses and gradient norm read together), and each greedy decode step is one graph
+    replay with no kernel launched outside it and one wait."""
+    from pyllama import _core
+
+    def counts():
+        return dict(_core.cuda_sim_counters())
+
+    cfg = tiny_config()
+    data = np.random.default_rng(1).integers(0, cfg.vocab_size, 6000)
+    for accum in (1, 3):
+        tc = pyllama.TrainConfig(batch_size=2, seq_len=16, max_steps=5, warmup_steps=1, eval_interval=0,
+                                 out_dir=None, device="cuda", dtype=dtype, grad_accum_steps=accum)
+        tr = pyllama.Trainer(pyllama.Llama(cfg, seed=0), tc, data, progress=False)
+        tr.train_step()
+        a = counts()
+        m = tr.train_step()
+        b = counts()
+        assert np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])
+        assert b["host_waits"] - a["host_waits"] == 1, (accum, a, b)
+        assert b["graph_launches"] == a["graph_launches"]
+    model = pyllama.Llama(cfg, seed=0).to("cuda", dtype=dtype)
+    prompt = [[1, 2, 3, 4, 5]]
+    runs = {}
+    for n in (6, 16):
+        model.generate(prompt, max_new_tokens=n)  # warm-up: a graph captured for this cache size
+        a = counts()
+        model.generate(prompt, max_new_tokens=n)
+        b = counts()
+        runs[n] = {k: b[k] - a[k] for k in a}
+        # the prompt's forward, then one graph replay per further token
+        assert runs[n]["graph_launches"] == n - 1, (n, runs[n])
+    # ten more tokens: ten more replays and host waits, not one more kernel launched outside a graph
+    assert runs[16]["kernel_launches"] == runs[6]["kernel_launches"], runs
+    assert runs[16]["cublas_calls"] == runs[6]["cublas_calls"], runs
+    assert runs[16]["host_waits"] - runs[6]["host_waits"] == 10, runs

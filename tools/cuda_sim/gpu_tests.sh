@@ -42,7 +42,7 @@ rm -f "$PKG"/pyllama/_core*.so "$PKG"/pyllama/_core*.pyd
 cp "$BUILD"/_core*.so "$PKG/pyllama/"
 CORE=$(ls "$PKG"/pyllama/_core*.so)
 # an editable install of pyllama (its import hook comes before PYTHONPATH) would shadow it
-(cd / && PYTHONPATH="$PKG" "$PY" -c "import pyllama, sys; sys.exit(pyllama.build_info()['cuda_archs'] != 'sim')") || {
+(cd / && PYTHONPATH="$PKG" LD_PRELOAD="$PRELOAD" ASAN_OPTIONS=detect_leaks=0 "$PY" -c "import pyllama, sys; sys.exit(pyllama.build_info()['cuda_archs'] != 'sim')") || {
   echo "gpu_tests.sh: '$PY' does not import the emulated build from $PKG (an editable install of" >&2
   echo "pyllama in this environment shadows PYTHONPATH): run it with a Python without one (PYTHON=...)" >&2
   exit 1

@@ -380,6 +380,10 @@ bool is_device(const void* p, size_t bytes);
 // bytes of device memory allocated now, and the number of live allocations
 size_t device_bytes();
 size_t device_allocations();
+// counters of the host's requests (sim_host.cpp: kernel_launches, cublas_calls,
+// graph_launches, host_waits, copies_*); counter_name(i) lists them (nullptr past the end)
+long long counter(const char* name);
+const char* counter_name(int i);
 }  // namespace sim
 template <typename F>
 cudaError_t cudaFuncSetAttribute(F* f, cudaFuncAttribute a, int v) {

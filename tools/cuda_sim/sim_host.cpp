@@ -69,6 +69,16 @@ std::map<const char*, size_t> pinned_mem;
 size_t device_total = 0;
 CUstream_st* capturing = nullptr;  // the stream being captured (one at a time)
 
+// what the host asked of the device (sim_counters): kernel launches and cuBLAS calls
+// enqueued outside a capture, graph launches, host waits (any call that returns only after
+// device work: synchronisations, event queries, synchronous or pageable device-to-host
+// copies, frees), copies by direction
+enum Counter { kKernels, kCublas, kGraphs, kWaits, kD2H, kH2D, kD2D, kCounters };
+long long counters[kCounters] = {};
+const char* const counter_names[kCounters] = {"kernel_launches", "cublas_calls", "graph_launches", "host_waits",
+                                              "copies_device_to_host", "copies_host_to_device",
+                                              "copies_device_to_device"};
+
 cudaError_t report(cudaError_t e, const char* fmt, ...) {
   std::va_list ap;
   va_start(ap, fmt);
@@ -151,6 +161,8 @@ cudaError_t enqueue_locked(cudaStream_t st, const char* what, std::function<void
     }
     return cudaErrorStreamCaptureImplicit;
   }
+  if (std::strncmp(what, "cublas", 6) == 0) counters[kCublas]++;
+  else if (std::strncmp(what, "cuda", 4) != 0 && std::strncmp(what, "nccl", 4) != 0) counters[kKernels]++;
   if (!deferred) {
     fn();
     return cudaSuccess;
@@ -182,6 +194,8 @@ cudaError_t check_copy(void* d, const void* s, size_t n, cudaMemcpyKind& k) {
 cudaError_t copy_async(void* d, const void* s, size_t n, cudaMemcpyKind k, cudaStream_t st, const char* what) {
   if (cudaError_t e = check_copy(d, s, n, k)) return e;
   if (!n) return cudaSuccess;
+  if (!(capturing && resolve(st) == capturing))
+    counters[k == cudaMemcpyDeviceToHost ? kD2H : k == cudaMemcpyHostToDevice ? kH2D : kD2D]++;
   const bool pageable_src = k == cudaMemcpyHostToDevice && !find(pinned_mem, s, n);
   const bool pageable_dst = k == cudaMemcpyDeviceToHost && !find(pinned_mem, d, n);
   if ((pageable_src || pageable_dst) && capturing && resolve(st) == capturing) return refuse_in_capture(what);
@@ -192,6 +206,7 @@ cudaError_t copy_async(void* d, const void* s, size_t n, cudaMemcpyKind k, cudaS
   if (pageable_dst) {
     CUstream_st* q = resolve(st);
     if (!valid_stream(q)) return report(cudaErrorInvalidResourceHandle, "%s on a destroyed or unknown stream", what);
+    counters[kWaits]++;
     flush(q);
     std::memcpy(d, s, n);
     return cudaSuccess;
@@ -215,6 +230,13 @@ size_t device_bytes() {
   SIM_LOCK;
   return device_total;
 }
+long long counter(const char* name) {
+  SIM_LOCK;
+  for (int i = 0; i < kCounters; i++)
+    if (std::strcmp(name, counter_names[i]) == 0) return counters[i];
+  return -1;
+}
+const char* counter_name(int i) { return i >= 0 && i < kCounters ? counter_names[i] : nullptr; }
 size_t device_allocations() {
   SIM_LOCK;
   return device_mem.size();
@@ -299,6 +321,7 @@ cudaError_t release(std::map<const char*, size_t>& table, void* p, const char* c
   if (cudaError_t e = refuse_in_capture(call)) return e;
   auto it = table.find(static_cast<const char*>(p));
   if (it == table.end()) return report(cudaErrorInvalidDevicePointer, "%s of a pointer it did not allocate", call);
+  counters[kWaits]++;
   flush_all();  // frees wait for the device
   if (&table == &device_mem) device_total -= it->second;
   table.erase(it);
@@ -343,7 +366,10 @@ cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind k) {
   flush(&legacy);  // waits for the legacy stream (and the blocking streams) first
   if (cudaError_t e = check_copy(d, s, n, k)) return e;
   if (cudaError_t e = copy_async(d, s, n, k, nullptr, "cudaMemcpy")) return e;
-  if (k == cudaMemcpyDeviceToHost) flush(&legacy);  // returns when the copy to the host is done
+  if (k == cudaMemcpyDeviceToHost && find(pinned_mem, d, n)) {  // (pageable: copy_async waited)
+    counters[kWaits]++;
+    flush(&legacy);  // returns when the copy to the host is done
+  }
   return cudaSuccess;
 }
 
@@ -371,12 +397,14 @@ cudaError_t cudaStreamSynchronize(cudaStream_t st) {
   CUstream_st* s = resolve(st);
   if (!valid_stream(s)) return report(cudaErrorInvalidResourceHandle, "cudaStreamSynchronize of an unknown stream");
   if (cudaError_t e = refuse_in_capture("cudaStreamSynchronize")) return e;
+  counters[kWaits]++;
   flush(s);
   return cudaSuccess;
 }
 cudaError_t cudaDeviceSynchronize() {
   SIM_LOCK;
   if (cudaError_t e = refuse_in_capture("cudaDeviceSynchronize")) return e;
+  counters[kWaits]++;
   flush_all();
   return cudaSuccess;
 }
@@ -407,6 +435,7 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t st) {
 cudaError_t cudaEventQuery(cudaEvent_t e) {
   SIM_LOCK;
   if (!events.count(e)) return report(cudaErrorInvalidResourceHandle, "cudaEventQuery of an unknown event");
+  counters[kWaits]++;
   if (e->recorded && valid_stream(e->stream)) flush(e->stream, e->seq);  // the work before it completes now
   return cudaSuccess;
 }
@@ -447,8 +476,12 @@ cudaError_t cudaGraphInstantiate(cudaGraphExec_t* e, cudaGraph_t g, unsigned lon
 cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t st) {
   SIM_LOCK;
   if (!e) return cudaErrorInvalidValue;
+  if (!(capturing && resolve(st) == capturing)) counters[kGraphs]++;
+  const long long k0 = counters[kKernels], c0 = counters[kCublas];
   for (const Op& op : e->ops)
     if (cudaError_t err = enqueue_locked(st, op.what, op.fn)) return err;
+  counters[kKernels] = k0;  // the graph's kernels are one graph launch, not launches of their own
+  counters[kCublas] = c0;
   return cudaSuccess;
 }
 cudaError_t cudaGraphDestroy(cudaGraph_t g) {
