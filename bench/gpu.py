@@ -44,6 +44,10 @@ import pyllama
 from pyllama.optim import segment_table
 
 SIZES = {
+    # a smoke run of this script (tests/test_bench.py, e.g. on the CPU emulator of tools/cuda_sim)
+    "tiny": dict(cfg=dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
+                 train_bf16=(2, 32), train_f32=(2, 32)),
     "small": dict(cfg=dict(vocab_size=4096, hidden_size=288, intermediate_size=768, num_hidden_layers=6,
                            num_attention_heads=6, num_key_value_heads=6, max_position_embeddings=1024),
                   train_bf16=(8, 256), train_f32=(4, 256)),

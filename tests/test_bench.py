@@ -137,3 +137,26 @@ def test_decode_weight_bytes_counts_one_embedding_row():
                               num_attention_heads=2, tie_word_embeddings=False)
     model = pyllama.Llama(cfg, seed=0)
     assert bench.decode_weight_bytes(model) == 4 * (model.num_parameters() - 100 * 16 + 16)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GPU_BENCH = os.path.join(ROOT, "bench", "gpu.py")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not os.path.isfile(GPU_BENCH), reason="bench/ is not in this checkout (installed package)")
+@pytest.mark.skipif(not pyllama.build_info()["cuda_available"], reason="no usable CUDA GPU (or emulator build)")
+def test_gpu_bench_script_runs_end_to_end(tmp_path):
+    """bench/gpu.py at its tiny size, every row of pyllama's side (bf16 and float32 training,
+    the gemm-attention row, decoding at batch 1 and 16): the script the GPU session relies on
+    must not fail there (it runs here on the CPU emulator, tools/cuda_sim)."""
+    out = tmp_path / "gpu.json"
+    p = subprocess.run([sys.executable, GPU_BENCH, "--size", "tiny", "--decode-tokens", "6", "--prompt-len", "5",
+                        "--budget", "600", "--no-compile", "--json", str(out)],
+                       capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    text = json.dumps(rows)
+    assert "# train bfloat16" in p.stdout and "# train float32" in p.stdout, p.stdout[-3000:]
+    assert "gemm" in p.stdout, p.stdout[-3000:]
+    assert len(rows) >= 4 and all(r.get("tok_s", 1) > 0 for r in rows), text[:3000]
