@@ -18,7 +18,8 @@ SCRIPT = os.path.join(ROOT, "tools", "cuda_sim", "gpu_tests.sh")
 
 # one test of each host-side path: forward/backward and AdamW against the CPU, bf16,
 # greedy decoding through the graph / eager / general paths, beam search's cache reorder,
-# failed buffer growth, the memory counter, tensor copies, and the one-rank NCCL Trainer
+# failed buffer growth, the memory counter, tensor copies, the one-rank NCCL Trainer, one
+# host wait per training step, and bench/gpu.py end to end
 SELECTION = " or ".join([
     "test_forward_backward_match_cpu and tiny_gqa",
     "test_adamw_20_steps_match_torch_on_cpu",
@@ -31,6 +32,8 @@ SELECTION = " or ".join([
     "test_tensor_device",
     "test_nccl_allreduce_world_of_one",
     "test_trainer_one_rank_nccl_equals_plain_cuda",
+    "test_train_step_waits_once_and_decode_steps_replay_graphs and float32",
+    "test_gpu_bench_script_runs_end_to_end",
 ])
 
 
