@@ -306,8 +306,10 @@ cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
 
 // ---------------------------------------------------------------- memory
 namespace {
+constexpr size_t kDeviceMemory = 141ull << 30;  // an H200's 141 GiB: more fails as cudaMalloc does
 cudaError_t alloc(std::map<const char*, size_t>& table, void** p, size_t n, const char* call) {
   if (cudaError_t e = refuse_in_capture(call)) return e;
+  if (&table == &device_mem && n > kDeviceMemory - device_total) return cudaErrorMemoryAllocation;
   void* q = nullptr;
   if (posix_memalign(&q, 256, n ? n : 1) != 0) return cudaErrorMemoryAllocation;
   std::memset(q, 0xff, n);  // NaN: reading memory never written shows
