@@ -49,5 +49,5 @@ CORE=$(ls "$PKG"/pyllama/_core*.so)
 }
 cd "$ROOT/tests"
 # NCCL: the emulator's one-rank NCCL (sim_nccl.cpp) is exported by the extension itself
-PYLLAMA_NCCL_LIBRARY="$CORE" PYTHONPATH="$PKG" LD_PRELOAD="$PRELOAD" ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 PYLLAMA_CUDA_SIM=1 \
+PYLLAMA_NCCL_LIBRARY="$CORE" PYTHONPATH="$PKG" LD_PRELOAD="$PRELOAD" ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYLLAMA_CUDA_SIM=1 \
   "$PY" -m pytest -p no:cacheprovider -m cuda -rs "$@"
