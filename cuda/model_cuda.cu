@@ -450,22 +450,29 @@ struct LlamaModelCuda::Impl : AllocAccount {
     if (on) deferred_counts.clear();
   }
 
-  // The gradient norm (clipped to max_norm when > 0) and the deferred losses, read back
-  // with one wait: the training step's only one.
-  std::pair<double, std::vector<double>> norm_and_losses(double max_norm) {
+  // The gradient norm (clipped to max_norm when > 0), read back with one wait; with `losses`,
+  // the deferred losses in the same wait (the training step's only one), then dropped.
+  double read_norm(double max_norm, std::vector<double>* losses) {
     use();
     double* sd = scalars.as<double>();
     gpu::global_norm(sd + 1, sd + 2, grads.as<float>(), (long long)P, stream);
     if (max_norm > 0) gpu::clip_by_norm(grads.as<float>(), sd + 1, max_norm, (long long)P, stream);
-    const size_t k = deferred_counts.size();
+    const size_t k = losses ? deferred_counts.size() : 0;
     CUDA_CHECK(cudaMemcpyAsync(pinned + 1, sd + 1, sizeof(double), cudaMemcpyDeviceToHost, stream));
     if (k) CUDA_CHECK(cudaMemcpyAsync(pinned + 2, loss_slots(), k * sizeof(double), cudaMemcpyDeviceToHost, stream));
     sync();
-    std::vector<double> losses(k);
-    for (size_t i = 0; i < k; i++)  // as forward returns them: float(total / count)
-      losses[i] = deferred_counts[i] ? (double)(float)(pinned[2 + i] / deferred_counts[i]) : NAN;
-    deferred_counts.clear();
-    return {pinned[1], losses};
+    if (losses) {
+      losses->resize(k);
+      for (size_t i = 0; i < k; i++)  // as forward returns them: float(total / count)
+        (*losses)[i] = deferred_counts[i] ? (double)(float)(pinned[2 + i] / deferred_counts[i]) : NAN;
+      deferred_counts.clear();
+    }
+    return pinned[1];
+  }
+  std::pair<double, std::vector<double>> norm_and_losses(double max_norm) {
+    std::vector<double> losses;
+    const double norm = read_norm(max_norm, &losses);
+    return {norm, std::move(losses)};
   }
 
   template <typename T>
@@ -1068,24 +1075,11 @@ struct LlamaModelCuda::Impl : AllocAccount {
                                stream);
   }
 
-  double grad_norm() {
-    use();
-    double* sd = scalars.as<double>();
-    gpu::global_norm(sd + 1, sd + 2, grads.as<float>(), (long long)P, stream);
-    CUDA_CHECK(cudaMemcpyAsync(pinned + 1, sd + 1, sizeof(double), cudaMemcpyDeviceToHost, stream));
-    sync();
-    return pinned[1];
-  }
+  double grad_norm() { return read_norm(0.0, nullptr); }
 
   double clip_grad_norm(double max_norm) {
     PYLLAMA_CHECK(max_norm > 0.0, ValueError, "clip_grad_norm: max_norm must be > 0, got " << max_norm);
-    use();
-    double* sd = scalars.as<double>();
-    gpu::global_norm(sd + 1, sd + 2, grads.as<float>(), (long long)P, stream);
-    gpu::clip_by_norm(grads.as<float>(), sd + 1, max_norm, (long long)P, stream);
-    CUDA_CHECK(cudaMemcpyAsync(pinned + 1, sd + 1, sizeof(double), cudaMemcpyDeviceToHost, stream));
-    sync();
-    return pinned[1];
+    return read_norm(max_norm, nullptr);
   }
 
   // ------------------------------------------------------------ host copies

@@ -191,7 +191,8 @@ cudaError_t check_copy(void* d, const void* s, size_t n, cudaMemcpyKind& k) {
 
 // an async copy on stream st; pageable host memory is read at once (the driver stages
 // it) and written at once after waiting for the stream (as CUDA returns only then)
-cudaError_t copy_async(void* d, const void* s, size_t n, cudaMemcpyKind k, cudaStream_t st, const char* what) {
+// (k: cudaMemcpyDefault is resolved in place)
+cudaError_t copy_async(void* d, const void* s, size_t n, cudaMemcpyKind& k, cudaStream_t st, const char* what) {
   if (cudaError_t e = check_copy(d, s, n, k)) return e;
   if (!n) return cudaSuccess;
   if (!(capturing && resolve(st) == capturing))
@@ -366,7 +367,6 @@ cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind k) {
   SIM_LOCK;
   if (cudaError_t e = refuse_in_capture("cudaMemcpy")) return e;
   flush(&legacy);  // waits for the legacy stream (and the blocking streams) first
-  if (cudaError_t e = check_copy(d, s, n, k)) return e;
   if (cudaError_t e = copy_async(d, s, n, k, nullptr, "cudaMemcpy")) return e;
   if (k == cudaMemcpyDeviceToHost && find(pinned_mem, d, n)) {  // (pageable: copy_async waited)
     counters[kWaits]++;
