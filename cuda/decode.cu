@@ -92,6 +92,29 @@ __device__ __forceinline__ void load_vec(const bf16* p, float* o) {
   }
 }
 
+// Merges the splits of one (head, row): o = sum_s w_s acc_s / sum_s w_s l_s, w_s = exp(m_s -
+// max m), from part (splits x (m, l, acc[HS])) written by other blocks: read through L2 (__ldcg).
+template <typename T>
+__device__ void merge_splits(T* o, const float* part, int HS, int splits, int tid, int nthreads) {
+  const long long stride = HS + 2;
+  float M = -INFINITY;
+  for (int s = 0; s < splits; s++) M = fmaxf(M, __ldcg(part + s * stride));
+  float L = 0.f;
+  for (int s = 0; s < splits; s++) {
+    const float ms = __ldcg(part + s * stride);
+    if (ms != -INFINITY) L += __ldcg(part + s * stride + 1) * expf(ms - M);
+  }
+  const float inv = 1.f / L;
+  for (int i = tid; i < HS; i += nthreads) {
+    float a = 0.f;
+    for (int s = 0; s < splits; s++) {
+      const float ms = __ldcg(part + s * stride);
+      if (ms != -INFINITY) a += expf(ms - M) * __ldcg(part + s * stride + 2 + i);
+    }
+    o[i] = from_f<T>(a * inv);
+  }
+}
+
 // Block (split sp, head h, row b) covers keys [sp*chunk, min(nk, (sp+1)*chunk)). A group of
 // G lanes (a power of two) takes one key: lane g holds the VEC-wide chunks g, g+G, ... of the
 // head; a warp takes 32/G keys at a time, the block 4x that. Each group keeps an online
@@ -100,7 +123,7 @@ __device__ __forceinline__ void load_vec(const bf16* p, float* o) {
 // only split, the normalised output directly.
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kDecThreads)
-    decode_attn_kernel(T* out, float* scratch, const T* qkv, void* const* kvp, long long layer_off,
+    decode_attn_kernel(T* out, float* scratch, int* counters, const T* qkv, void* const* kvp, long long layer_off,
                        const int32_t* slots, const int32_t* pos, int NH, int NKV, int HS, int max_len, int chunk,
                        int G, float scale) {
   extern __shared__ float sm[];  // NG * HS acc, then NG m, NG l, NG weights
@@ -193,61 +216,47 @@ __global__ void __launch_bounds__(kDecThreads)
   float M = -INFINITY;
   for (int j = 0; j < NG; j++) M = fmaxf(M, sm_m[j]);
   float* part = scratch + (((long long)b * NH + h) * splits + sp) * (HS + 2);
-  if (M == -INFINITY) {  // no key in this range (a later split of a short sequence)
-    if (tid == 0) {
-      part[0] = -INFINITY;
-      part[1] = 0.f;
+  if (M != -INFINITY) {  // M == -inf: no key in this range (a later split of a short sequence)
+    if (tid < NG) sm_w[tid] = sm_m[tid] == -INFINITY ? 0.f : expf(sm_m[tid] - M);
+    __syncthreads();
+    float L = 0.f;
+    for (int j = 0; j < NG; j++) L += sm_w[j] * sm_l[j];
+    if (splits == 1) {
+      const float inv = 1.f / L;
+      T* o = out + (long long)b * NH * HS + (long long)h * HS;
+      for (int i = tid; i < HS; i += kDecThreads) {
+        float a = 0.f;
+        for (int j = 0; j < NG; j++) a += sm_w[j] * sm_acc[(size_t)j * HS + i];
+        o[i] = from_f<T>(a * inv);
+      }
+      return;  // uniform over the block (splits is)
     }
-    return;  // uniform over the block
-  }
-  if (tid < NG) sm_w[tid] = sm_m[tid] == -INFINITY ? 0.f : expf(sm_m[tid] - M);
-  __syncthreads();
-  float L = 0.f;
-  for (int j = 0; j < NG; j++) L += sm_w[j] * sm_l[j];
-  if (splits == 1) {
-    const float inv = 1.f / L;
-    T* o = out + (long long)b * NH * HS + (long long)h * HS;
+    if (tid == 0) {
+      part[0] = M;
+      part[1] = L;
+    }
     for (int i = tid; i < HS; i += kDecThreads) {
       float a = 0.f;
       for (int j = 0; j < NG; j++) a += sm_w[j] * sm_acc[(size_t)j * HS + i];
-      o[i] = from_f<T>(a * inv);
+      part[2 + i] = a;
     }
-    return;
+  } else if (tid == 0) {
+    part[0] = -INFINITY;
+    part[1] = 0.f;
   }
-  if (tid == 0) {
-    part[0] = M;
-    part[1] = L;
-  }
-  for (int i = tid; i < HS; i += kDecThreads) {
-    float a = 0.f;
-    for (int j = 0; j < NG; j++) a += sm_w[j] * sm_acc[(size_t)j * HS + i];
-    part[2 + i] = a;
-  }
-}
-
-// Merges the splits of (head h, row b): out = sum_s w_s acc_s / sum_s w_s l_s, w_s = exp(m_s - max m).
-template <typename T>
-__global__ void decode_merge_kernel(T* out, const float* scratch, int NH, int HS, int splits) {
-  const int h = blockIdx.x, b = blockIdx.y;
-  const long long stride = HS + 2;
-  const float* part = scratch + ((long long)b * NH + h) * splits * stride;
-  float M = -INFINITY;
-  for (int s = 0; s < splits; s++) M = fmaxf(M, part[s * stride]);
-  float L = 0.f;
-  for (int s = 0; s < splits; s++) {
-    const float ms = part[s * stride];
-    if (ms != -INFINITY) L += part[s * stride + 1] * expf(ms - M);
-  }
-  const float inv = 1.f / L;
-  T* o = out + (long long)b * NH * HS + (long long)h * HS;
-  for (int i = threadIdx.x; i < HS; i += blockDim.x) {
-    float a = 0.f;
-    for (int s = 0; s < splits; s++) {
-      const float ms = part[s * stride];
-      if (ms != -INFINITY) a += expf(ms - M) * part[s * stride + 2 + i];
-    }
-    o[i] = from_f<T>(a * inv);
-  }
+  if (splits == 1) return;  // a split of one range always has a key (position 0)
+  // The last block of (head h, row b) to finish merges the splits (no second kernel):
+  // publish this block's part, count it, and let the block that counts `splits` read all.
+  __shared__ int is_last;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) is_last = atomicAdd(&counters[b * NH + h], 1) == splits - 1;
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  merge_splits<T>(out + (long long)b * NH * HS + (long long)h * HS,
+                  scratch + ((long long)b * NH + h) * splits * (HS + 2), HS, splits, tid, kDecThreads);
+  if (tid == 0) counters[b * NH + h] = 0;  // ready for the next step (graph replays)
 }
 
 // ---------------------------------------------------------------- skinny matmul
@@ -286,6 +295,261 @@ __global__ void __launch_bounds__(kGemvThreads) skinny_gemv_kernel(T* y, const T
   }
 }
 
+// ---------------------------------------------------------------- fused layer matmuls
+// The skinny GEMV with its neighbours folded in (decode.cuh, FusedGemv): an RMSNorm of the
+// input in the prologue (every block normalises the NB input rows into shared memory, with
+// the arithmetic of residual_rmsnorm_kernel), and in the epilogue a plain store (with a
+// float copy and a partial argmax), a residual add, SwiGLU, or RoPE with the KV-cache store.
+// Each warp takes one work unit of R weight rows: the dot products use the accumulation
+// order of skinny_gemv_kernel, and each rounding to T happens where the unfused kernels
+// round, so both paths give the same bits.
+constexpr int kFusedThreads = 256;
+constexpr int kFusedWarps = kFusedThreads / 32;
+constexpr int kFusedPrefetch = 4;  // 128-bit weight loads per row and lane issued before the prologue
+
+template <typename T>
+__device__ __forceinline__ void raw_to_f(const uint4& r, float* o) {
+  if constexpr (sizeof(T) == 4) {
+    o[0] = __uint_as_float(r.x);
+    o[1] = __uint_as_float(r.y);
+    o[2] = __uint_as_float(r.z);
+    o[3] = __uint_as_float(r.w);
+  } else {
+    bf16x2_to_f(r.x, o);
+    bf16x2_to_f(r.y, o + 2);
+    bf16x2_to_f(r.z, o + 4);
+    bf16x2_to_f(r.w, o + 6);
+  }
+}
+
+// numpy's argmax order (arg_better below); declared here for the argmax epilogue
+__device__ __forceinline__ bool arg_better(float v, int i, float bv, int bi) {
+  const bool vn = isnan(v), bn = isnan(bv);
+  if (vn || bn) return vn && (!bn || i < bi);
+  return v > bv || (v == bv && i < bi);
+}
+// (bv, bi) = the better of the block's threads' pairs; every thread must call it and gets
+// the result. sv, si: 32 entries of shared memory each.
+__device__ __forceinline__ void block_argmax(float& bv, int& bi, float* sv, int* si) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (arg_better(ov, oi, bv, bi)) {
+      bv = ov;
+      bi = oi;
+    }
+  }
+  __syncthreads();  // sv/si may still be read by a previous call
+  if (lane == 0) {
+    sv[warp] = bv;
+    si[warp] = bi;
+  }
+  __syncthreads();
+  bv = lane < nwarps ? sv[lane] : -INFINITY;
+  bi = lane < nwarps ? si[lane] : INT_MAX;
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (arg_better(ov, oi, bv, bi)) {
+      bv = ov;
+      bi = oi;
+    }
+  }
+}
+
+template <typename T, int NB, bool NORM, int EPI>
+__global__ void __launch_bounds__(kFusedThreads) fused_gemv_kernel(FusedGemv<T> a) {
+  constexpr int VEC = 16 / (int)sizeof(T);
+  constexpr int R = (EPI == kEpiSwiGLU || EPI == kEpiRope) ? 2 : 1;
+  constexpr int PF = kFusedPrefetch;
+  __shared__ float red[32];
+  __shared__ int red_i[32];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int u = blockIdx.x * kFusedWarps + warp;
+  const bool active = u < a.units;  // no early return: the prologue and the argmax have barriers
+  const int IN = a.IN, nch = IN / VEC;
+  const int half = a.HS / 2;
+
+  long long row[R];
+  if constexpr (EPI == kEpiRope) {
+    const int hh = u / half, i = u - hh * half;
+    row[0] = (long long)hh * a.HS + i;
+    row[1] = row[0] + half;
+  } else {
+    row[0] = u;
+    if constexpr (R == 2) row[1] = (long long)a.OUT + u;  // SwiGLU: the up row after the I gate rows
+  }
+
+  // the first weight chunks go out before the prologue, so their latency overlaps it
+  uint4 pf[R][PF];
+  if (active) {
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+      for (int j = 0; j < PF; j++) {
+        const int c = lane + 32 * j;
+        if (c < nch) pf[r][j] = *reinterpret_cast<const uint4*>(a.W + row[r] * IN + (long long)c * VEC);
+      }
+  }
+
+  const T* xin = a.x;
+  if constexpr (NORM) {
+    extern __shared__ float4 fused_smem[];  // the NB normalised rows (T); float4: 16-byte aligned
+    T* xs = reinterpret_cast<T*>(fused_smem);
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+      const T* xr = a.x + (long long)b * IN;
+      float ss = 0.f;
+      for (int i = tid; i < IN; i += kFusedThreads) {
+        const float f = to_f(xr[i]);
+        ss += f * f;
+      }
+      ss = block_sum(ss, red);
+      const float rs = 1.0f / sqrtf(ss / IN + a.eps);
+      for (int i = tid; i < IN; i += kFusedThreads) xs[b * IN + i] = from_f<T>(to_f(a.nw[i]) * (to_f(xr[i]) * rs));
+    }
+    __syncthreads();
+    xin = xs;
+  }
+
+  float acc[R][NB];
+#pragma unroll
+  for (int r = 0; r < R; r++)
+#pragma unroll
+    for (int b = 0; b < NB; b++) acc[r][b] = 0.f;
+  if (active) {
+#pragma unroll
+    for (int j = 0; j < PF; j++) {
+      const int c = lane + 32 * j;
+      if (c < nch) {
+        float xv[NB][VEC];
+#pragma unroll
+        for (int b = 0; b < NB; b++) load_vec<VEC>(xin + (long long)b * IN + (long long)c * VEC, xv[b]);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+          float wv[VEC];
+          raw_to_f<T>(pf[r][j], wv);
+#pragma unroll
+          for (int b = 0; b < NB; b++)
+#pragma unroll
+            for (int e = 0; e < VEC; e++) acc[r][b] += wv[e] * xv[b][e];
+        }
+      }
+    }
+#pragma unroll 4
+    for (int c = lane + 32 * PF; c < nch; c += 32) {
+      float xv[NB][VEC];
+#pragma unroll
+      for (int b = 0; b < NB; b++) load_vec<VEC>(xin + (long long)b * IN + (long long)c * VEC, xv[b]);
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        float wv[VEC];
+        load_vec<VEC>(a.W + row[r] * IN + (long long)c * VEC, wv);
+#pragma unroll
+        for (int b = 0; b < NB; b++)
+#pragma unroll
+          for (int e = 0; e < VEC; e++) acc[r][b] += wv[e] * xv[b][e];
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+      for (int b = 0; b < NB; b++) acc[r][b] = warp_sum(acc[r][b]);
+  }
+
+  if constexpr (EPI == kEpiStore) {
+    if (active && lane == 0) {
+#pragma unroll
+      for (int b = 0; b < NB; b++) {
+        const T v = from_f<T>(acc[0][b]);
+        a.y[(long long)b * a.OUT + u] = v;
+        if (a.yf) a.yf[(long long)b * a.OUT + u] = to_f(v);
+      }
+    }
+    if (a.argmax) {
+      // per batch row: this block's best, then the last block to finish picks among the blocks'
+      float* part_v = a.part;
+      int* part_i = reinterpret_cast<int*>(a.part + (long long)gridDim.x * NB);
+#pragma unroll
+      for (int b = 0; b < NB; b++) {
+        float bv = active ? to_f(from_f<T>(acc[0][b])) : -INFINITY;
+        int bi = active ? u : INT_MAX;
+        block_argmax(bv, bi, red, red_i);
+        if (tid == 0) {
+          part_v[(long long)blockIdx.x * NB + b] = bv;
+          part_i[(long long)blockIdx.x * NB + b] = bi;
+        }
+      }
+      __shared__ int is_last;
+      __threadfence();
+      __syncthreads();
+      if (tid == 0) is_last = atomicAdd(a.counter, 1) == (int)gridDim.x - 1;
+      __syncthreads();
+      if (!is_last) return;
+      __threadfence();
+#pragma unroll
+      for (int b = 0; b < NB; b++) {
+        float bv = -INFINITY;
+        int bi = INT_MAX;
+        for (int k = tid; k < (int)gridDim.x; k += kFusedThreads) {
+          const float v = __ldcg(part_v + (long long)k * NB + b);
+          const int i = __ldcg(part_i + (long long)k * NB + b);
+          if (arg_better(v, i, bv, bi)) {
+            bv = v;
+            bi = i;
+          }
+        }
+        block_argmax(bv, bi, red, red_i);
+        if (tid == 0) a.argmax[b] = bi;
+      }
+      if (tid == 0) *a.counter = 0;  // ready for the next step (graph replays)
+    }
+  } else if constexpr (EPI == kEpiResidual) {
+    if (active && lane == 0) {
+#pragma unroll
+      for (int b = 0; b < NB; b++) {
+        T* xr = a.y + (long long)b * a.OUT + u;
+        *xr = from_f<T>(to_f(*xr) + to_f(from_f<T>(acc[0][b])));
+      }
+    }
+  } else if constexpr (EPI == kEpiSwiGLU) {
+    if (active && lane == 0) {
+#pragma unroll
+      for (int b = 0; b < NB; b++) {
+        const float g = to_f(from_f<T>(acc[0][b])), up = to_f(from_f<T>(acc[1][b]));
+        a.y[(long long)b * a.OUT + u] = from_f<T>(g / (1.f + expf(-g)) * up);
+      }
+    }
+  } else {  // kEpiRope: rows i and i + half of head hh; the arithmetic of rope_store_kernel
+    if (active && lane == 0) {
+      const int NH = a.NH, NKV = a.NKV, HS = a.HS;
+      const int hh = u / half, i = u - hh * half;
+      T* kc = static_cast<T*>(a.kvp[0]) + a.layer_off;
+      T* vc = static_cast<T*>(a.kvp[1]) + a.layer_off;
+#pragma unroll
+      for (int b = 0; b < NB; b++) {
+        const long long p = a.pos[b];
+        const T x0 = from_f<T>(acc[0][b]), x1 = from_f<T>(acc[1][b]);
+        if (hh >= NH + NKV) {
+          T* dst = vc + (((long long)a.slots[b] * NKV + (hh - NH - NKV)) * a.max_len + p) * HS;
+          dst[i] = x0;
+          dst[i + half] = x1;
+          continue;
+        }
+        const float c = a.cos_t[p * half + i], si = a.sin_t[p * half + i];
+        const float f0 = to_f(x0), f1 = to_f(x1);
+        const T r0 = from_f<T>(f0 * c - f1 * si);
+        const T r1 = from_f<T>(f1 * c + f0 * si);
+        T* dst = hh < NH ? a.y + (long long)b * a.OUT + (long long)hh * HS
+                         : kc + (((long long)a.slots[b] * NKV + (hh - NH)) * a.max_len + p) * HS;
+        dst[i] = r0;
+        dst[i + half] = r1;
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------- residual + RMSNorm
 // Block per row: x = x + add (rounded to T, as residual_forward), then out = rmsnorm(x) * w
 // with the arithmetic of rmsnorm_forward_kernel (norm.cu) on the rounded x.
@@ -313,12 +577,8 @@ __global__ void __launch_bounds__(kNormThreads)
 }
 
 // ---------------------------------------------------------------- argmax
-// numpy's order: NaN above everything (first NaN wins), then larger values, then smaller indices.
-__device__ __forceinline__ bool arg_better(float v, int i, float bv, int bi) {
-  const bool vn = isnan(v), bn = isnan(bv);
-  if (vn || bn) return vn && (!bn || i < bi);
-  return v > bv || (v == bv && i < bi);
-}
+// arg_better (above): numpy's order, NaN above everything (first NaN wins), then larger values, then
+// smaller indices.
 
 constexpr int kArgmaxThreads = 1024;
 
@@ -407,11 +667,59 @@ void decode_linear(Gemm& g, bool skinny, T* y, const T* x, const T* w, int B, in
   CUDA_CHECK_LAUNCH();
 }
 
+bool fused_gemv_fits(int B, int IN, int elem_bytes, bool norm) {
+  const int vec = 16 / elem_bytes;
+  return B >= 1 && B <= kSkinnyMaxRows && IN > 0 && IN % vec == 0 &&
+         (!norm || (size_t)B * IN * elem_bytes <= size_t(48) << 10);
+}
+
+int fused_argmax_blocks(int OUT) { return (OUT + kFusedWarps - 1) / kFusedWarps; }
+
+namespace {
+template <typename T, int NB>
+void fused_gemv_nb(int epi, const FusedGemv<T>& a, cudaStream_t stream) {
+  const unsigned blocks = (unsigned)((a.units + kFusedWarps - 1) / kFusedWarps);
+  const bool norm = a.nw != nullptr;
+  const size_t smem = norm ? (size_t)NB * a.IN * sizeof(T) : 0;
+#define PYLLAMA_FUSED_LAUNCH(NORM, EPI) \
+  fused_gemv_kernel<T, NB, NORM, EPI><<<blocks, kFusedThreads, smem, stream>>>(a)
+  if (norm) {
+    switch (epi) {
+      case kEpiStore: PYLLAMA_FUSED_LAUNCH(true, kEpiStore); break;
+      case kEpiResidual: PYLLAMA_FUSED_LAUNCH(true, kEpiResidual); break;
+      case kEpiSwiGLU: PYLLAMA_FUSED_LAUNCH(true, kEpiSwiGLU); break;
+      default: PYLLAMA_FUSED_LAUNCH(true, kEpiRope); break;
+    }
+  } else {
+    switch (epi) {
+      case kEpiStore: PYLLAMA_FUSED_LAUNCH(false, kEpiStore); break;
+      case kEpiResidual: PYLLAMA_FUSED_LAUNCH(false, kEpiResidual); break;
+      case kEpiSwiGLU: PYLLAMA_FUSED_LAUNCH(false, kEpiSwiGLU); break;
+      default: PYLLAMA_FUSED_LAUNCH(false, kEpiRope); break;
+    }
+  }
+#undef PYLLAMA_FUSED_LAUNCH
+  CUDA_CHECK_LAUNCH();
+}
+}  // namespace
+
+template <typename T>
+void fused_gemv(int epi, const FusedGemv<T>& a, int B, cudaStream_t stream) {
+  if (a.units <= 0) return;
+  switch (B) {
+    case 1: fused_gemv_nb<T, 1>(epi, a, stream); break;
+    case 2: fused_gemv_nb<T, 2>(epi, a, stream); break;
+    case 3: fused_gemv_nb<T, 3>(epi, a, stream); break;
+    default: fused_gemv_nb<T, 4>(epi, a, stream); break;
+  }
+}
+
 int decode_attention_splits(int B, int NH, int max_len, int num_sms) {
   const long long rows = std::max(1LL, (long long)B * NH);
   const long long want = (2LL * std::max(num_sms, 1) + rows - 1) / rows;  // about two blocks per SM
-  // at least kMinKeys keys per split: short caches need no merge kernel (one graph node less per layer)
-  constexpr long long kMinKeys = 256;
+  // at least kMinKeys keys per split (two passes of a block's 16 key groups at HS 64): the
+  // merge runs in the last block, so more splits cost no extra kernel
+  constexpr long long kMinKeys = 32;
   const long long cap = std::min(64LL, ((long long)max_len + kMinKeys - 1) / kMinKeys);
   return (int)std::max(1LL, std::min(want, cap));
 }
@@ -421,7 +729,7 @@ long long decode_attention_scratch(int B, int NH, int HS, int splits) {
 }
 
 template <typename T>
-void decode_attention(T* out, float* scratch, const T* qkv, void* const* kvp, long long layer_off,
+void decode_attention(T* out, float* scratch, int* counters, const T* qkv, void* const* kvp, long long layer_off,
                       const int32_t* slots, const int32_t* pos, int B, int NH, int NKV, int HS, int max_len,
                       int splits, cudaStream_t stream) {
   if (B <= 0 || NH <= 0) return;
@@ -436,16 +744,12 @@ void decode_attention(T* out, float* scratch, const T* qkv, void* const* kvp, lo
   const dim3 grid((unsigned)splits, (unsigned)NH, (unsigned)B);
   const float scale = 1.0f / sqrtf((float)HS);
   if (wide)
-    decode_attn_kernel<T, VW><<<grid, kDecThreads, smem, stream>>>(out, scratch, qkv, kvp, layer_off, slots, pos, NH,
-                                                                   NKV, HS, max_len, chunk, G, scale);
+    decode_attn_kernel<T, VW><<<grid, kDecThreads, smem, stream>>>(out, scratch, counters, qkv, kvp, layer_off, slots,
+                                                                   pos, NH, NKV, HS, max_len, chunk, G, scale);
   else
-    decode_attn_kernel<T, 1><<<grid, kDecThreads, smem, stream>>>(out, scratch, qkv, kvp, layer_off, slots, pos, NH,
-                                                                  NKV, HS, max_len, chunk, G, scale);
+    decode_attn_kernel<T, 1><<<grid, kDecThreads, smem, stream>>>(out, scratch, counters, qkv, kvp, layer_off, slots,
+                                                                  pos, NH, NKV, HS, max_len, chunk, G, scale);
   CUDA_CHECK_LAUNCH();
-  if (splits > 1) {
-    decode_merge_kernel<T><<<dim3((unsigned)NH, (unsigned)B), 128, 0, stream>>>(out, scratch, NH, HS, splits);
-    CUDA_CHECK_LAUNCH();
-  }
 }
 
 void argmax_rows(int32_t* out, const float* x, int R, int V, cudaStream_t stream) {
@@ -457,10 +761,11 @@ void argmax_rows(int32_t* out, const float* x, int R, int V, cudaStream_t stream
 #define PYLLAMA_DECODE_INSTANTIATE(T)                                                                              \
   template void decode_rope_store<T>(T*, void* const*, long long, const int32_t*, const int32_t*, const float*,   \
                                      const float*, int, int, int, int, int, cudaStream_t);                         \
-  template void decode_attention<T>(T*, float*, const T*, void* const*, long long, const int32_t*, const int32_t*, \
-                                    int, int, int, int, int, int, cudaStream_t);                                 \
+  template void decode_attention<T>(T*, float*, int*, const T*, void* const*, long long, const int32_t*,         \
+                                    const int32_t*, int, int, int, int, int, int, cudaStream_t);                 \
   template void decode_residual_rmsnorm<T>(T*, const T*, T*, float*, const T*, int, int, float, cudaStream_t);  \
-  template void decode_linear<T>(Gemm&, bool, T*, const T*, const T*, int, int, int, cudaStream_t);
+  template void decode_linear<T>(Gemm&, bool, T*, const T*, const T*, int, int, int, cudaStream_t);            \
+  template void fused_gemv<T>(int, const FusedGemv<T>&, int, cudaStream_t);
 PYLLAMA_DECODE_INSTANTIATE(float)
 PYLLAMA_DECODE_INSTANTIATE(bf16)
 

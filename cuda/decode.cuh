@@ -31,10 +31,11 @@ long long decode_attention_scratch(int B, int NH, int HS, int splits);
 // out (B, NH*HS) = softmax(q k^T / sqrt(HS)) v of row b over cache positions 0..pos[b] of
 // slot slots[b] (q: the first NH*HS columns of qkv (B, QKVD)). Flash-decoding: the keys are
 // cut into `splits` ranges, one block each (4 warps, a group of lanes per key with 128-bit
-// loads when HS allows), online softmax; a second kernel merges the ranges (skipped when
-// splits == 1). scratch: decode_attention_scratch(...) floats.
+// loads when HS allows), online softmax; with splits > 1 the last block of each (row, head)
+// to finish (counted in counters[b * NH + h], which must start at 0 and are left at 0)
+// merges the ranges, so one kernel does it all. scratch: decode_attention_scratch(...) floats.
 template <typename T>
-void decode_attention(T* out, float* scratch, const T* qkv, void* const* kvp, long long layer_off,
+void decode_attention(T* out, float* scratch, int* counters, const T* qkv, void* const* kvp, long long layer_off,
                       const int32_t* slots, const int32_t* pos, int B, int NH, int NKV, int HS, int max_len,
                       int splits, cudaStream_t stream);
 
@@ -45,6 +46,45 @@ constexpr int kSkinnyMaxRows = 4;
 bool skinny_gemv_fits(const void* x, const void* w, int B, int IN, int elem_bytes);
 template <typename T>
 void decode_linear(Gemm& g, bool skinny, T* y, const T* x, const T* w, int B, int IN, int OUT, cudaStream_t stream);
+
+// ---- fused decode matmuls (B <= kSkinnyMaxRows): the skinny GEMV with its neighbours folded
+// in, so a layer takes five kernels (QKV, attention, output projection, gate/up, down).
+// Epilogues: kEpiStore y = xW^T (and, when set, yf its float copy and argmax the index of
+// each row's largest entry, numpy semantics: part holds 2 * fused_argmax_blocks(OUT) * B
+// floats and counter one int that starts at 0 and is left at 0); kEpiResidual y += xW^T
+// (y is the residual stream, rounded to T as residual_forward); kEpiSwiGLU y = silu(g) * u
+// with g, u rows u and OUT + u of W (the [gate | up] matrix, OUT = I); kEpiRope: the QKV
+// rows, rotary pair (i, i + HS/2) of head h per unit, q rotated into y (B, OUT = QKVD), k
+// rotated and v stored into the caches of layer_off at (slots[b], pos[b]) (see
+// decode_rope_store). With nw set, the prologue replaces x by rmsnorm(x) * nw (rounded to
+// T). Every rounding happens where the unfused path rounds, so the results match it.
+constexpr int kEpiStore = 0, kEpiResidual = 1, kEpiSwiGLU = 2, kEpiRope = 3;
+template <typename T>
+struct FusedGemv {
+  const T* W = nullptr;   // weight rows of IN elements
+  const T* x = nullptr;   // (B, IN) input
+  const T* nw = nullptr;  // RMSNorm weight (IN), or nullptr (no norm)
+  float eps = 0.f;
+  int IN = 0;
+  int units = 0;  // warps of work: rows (store, residual), features (SwiGLU), rotary pairs (rope)
+  int OUT = 0;    // row length of y
+  T* y = nullptr;
+  float* yf = nullptr;         // store: float copy of y, or nullptr
+  int32_t* argmax = nullptr;   // store: (B) row argmaxes, or nullptr
+  float* part = nullptr;       // store with argmax: per-block partials
+  int* counter = nullptr;      // store with argmax: blocks finished
+  void* const* kvp = nullptr;  // rope: {k cache, v cache} bases
+  long long layer_off = 0;
+  const int32_t *slots = nullptr, *pos = nullptr;
+  const float *cos_t = nullptr, *sin_t = nullptr;
+  int NH = 0, NKV = 0, HS = 0, max_len = 0;
+};
+// Whether the fused kernels take B rows of IN inputs (16-byte aligned x and W checked by the
+// caller); with a norm, the B normalised rows must fit the 48 KiB of shared memory.
+bool fused_gemv_fits(int B, int IN, int elem_bytes, bool norm);
+int fused_argmax_blocks(int OUT);
+template <typename T>
+void fused_gemv(int epi, const FusedGemv<T>& a, int B, cudaStream_t stream);
 
 // x (B, C) += add (rounded to T); out (B, C) = rmsnorm(x) * w; rstd (B): residual_forward
 // followed by rmsnorm_forward in one kernel (block per row).

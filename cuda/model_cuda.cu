@@ -162,6 +162,7 @@ template <typename T>
 struct DecArrays {
   T *x, *ln, *qkv, *atty, *tmp, *gu, *h, *logits;
   float *rstd, *logits_f, *part;  // logits_f: float copy of bf16 logits; part: attention splits
+  float* part_am;                  // fused path: per-block argmax partials of the logits
   int32_t* argmax;
 };
 
@@ -222,10 +223,14 @@ struct LlamaModelCuda::Impl : AllocAccount {
   bool dec_fast = true;    // PYLLAMA_CUDA_DECODE=0: T = 1 steps take the general kv_forward path
   bool dec_graphs = true;  // PYLLAMA_CUDA_GRAPHS=0: the fast path without graphs
   bool dec_gemv = true;    // PYLLAMA_CUDA_DECODE_GEMV=0: cuBLAS for B <= 4 rows too
+  bool dec_fused = true;   // PYLLAMA_CUDA_DECODE_FUSED=0: the skinny GEMV and separate norm/RoPE/SwiGLU kernels
   int num_sms = 1;
   DevBuf kvptr_d;  // {kcache.p, vcache.p}: decode kernels read the cache bases here (kv_reorder swaps them)
   DevBuf cublas_ws;
-  DevBuf dec, dec_io;         // scratch for up to dec_rows rows; io: tokens | positions | slots (B each)
+  // dec: scratch for up to dec_rows rows. dec_io: tokens | positions | slots (B each), then at
+  // 3 * dec_rows the counters the one-kernel reductions keep (zeroed once, left at zero):
+  // dec_rows * NH for the attention splits, one for the logits argmax.
+  DevBuf dec, dec_io;
   int dec_rows = 0, dec_len = 0;  // rows the buffers hold; cache length their attention scratch was sized for
   int32_t* dec_in_h = nullptr;  // pinned, 3 * dec_rows int32
   void* dec_out_h = nullptr;    // pinned, dec_rows * V floats (logits) or dec_rows int32 (argmax)
@@ -342,6 +347,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
     dec_fast = !env_off("PYLLAMA_CUDA_DECODE");
     dec_graphs = !env_off("PYLLAMA_CUDA_GRAPHS");
     dec_gemv = !env_off("PYLLAMA_CUDA_DECODE_GEMV");
+    dec_fused = !env_off("PYLLAMA_CUDA_DECODE_FUSED");
     if (gemm->uses_cublas()) {
       cublas_ws.reserve(kCublasWorkspace);
       gemm->set_workspace(cublas_ws.p, cublas_ws.bytes);
@@ -773,6 +779,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
     d->logits = cv.take<T>((size_t)B * V);
     d->logits_f = cv.take<float>(std::is_same<T, float>::value ? 0 : (size_t)B * V);
     d->part = cv.take<float>((size_t)gpu::decode_attention_scratch(B, NH, HS, dec_splits(B)));
+    d->part_am = cv.take<float>(2 * (size_t)gpu::fused_argmax_blocks(V) * B);
     d->argmax = cv.take<int32_t>(B);
     return cv.off;
   }
@@ -812,7 +819,9 @@ struct LlamaModelCuda::Impl : AllocAccount {
     dec_out_h = nullptr;
     dec_rows = 0;
     dec.reserve(need);
-    dec_io.reserve(3 * (size_t)R * sizeof(int32_t));
+    const size_t io_bytes = (3 * (size_t)R + (size_t)R * NH + 1) * sizeof(int32_t);
+    dec_io.reserve(io_bytes);
+    CUDA_CHECK(cudaMemsetAsync(dec_io.p, 0, io_bytes, stream));  // the counters start at zero
     CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&dec_in_h), 3 * (size_t)R * sizeof(int32_t)));
     CUDA_CHECK(cudaMallocHost(&dec_out_h, (size_t)R * V * sizeof(float)));
     dec_rows = R;
@@ -838,6 +847,40 @@ struct LlamaModelCuda::Impl : AllocAccount {
     auto lin = [&](T* y, const T* x, const T* w, int in, int out) {
       gpu::decode_linear<T>(*gemm, dec_gemv, y, x, w, B, in, out, s);
     };
+    int* attn_cnt = reinterpret_cast<int*>(dec_io.as<int32_t>() + 3 * (size_t)dec_rows);
+    if (dec_fused && dec_gemv && fused_fits<T>(B)) {
+      // five kernels a layer: RMSNorm folded into the QKV and gate/up matmuls, RoPE and the
+      // cache store into the QKV one, SwiGLU into gate/up, the residual adds into the output
+      // and down projections, the attention merge into the attention kernel; the final norm,
+      // the float copy and the argmax into the logits matmul
+      gpu::embedding_forward<T>(d.x, tok, Wp, B, C, s);
+      for (int l = 0; l < L; l++) {
+        const LayerOff& o = layer_off[l];
+        gpu::FusedGemv<T> q;
+        q.W = Wp + o.wqkv, q.x = d.x, q.nw = Wp + o.ln1, q.eps = eps, q.IN = C, q.units = QKVD / 2, q.OUT = QKVD;
+        q.y = d.qkv, q.kvp = kvp, q.layer_off = l * layer_stride, q.slots = slt, q.pos = pos, q.cos_t = cs;
+        q.sin_t = sn, q.NH = NH, q.NKV = NKV, q.HS = HS, q.max_len = kv_len;
+        gpu::fused_gemv<T>(gpu::kEpiRope, q, B, s);
+        gpu::decode_attention<T>(d.atty, d.part, attn_cnt, d.qkv, kvp, l * layer_stride, slt, pos, B, NH, NKV, HS,
+                                 kv_len, splits, s);
+        gpu::FusedGemv<T> wo;
+        wo.W = Wp + o.wo, wo.x = d.atty, wo.IN = C, wo.units = C, wo.OUT = C, wo.y = d.x;
+        gpu::fused_gemv<T>(gpu::kEpiResidual, wo, B, s);
+        gpu::FusedGemv<T> gu;
+        gu.W = Wp + o.wgu, gu.x = d.x, gu.nw = Wp + o.ln2, gu.eps = eps, gu.IN = C, gu.units = I, gu.OUT = I;
+        gu.y = d.h;
+        gpu::fused_gemv<T>(gpu::kEpiSwiGLU, gu, B, s);
+        gpu::FusedGemv<T> dn;
+        dn.W = Wp + o.wd, dn.x = d.h, dn.IN = I, dn.units = C, dn.OUT = C, dn.y = d.x;
+        gpu::fused_gemv<T>(gpu::kEpiResidual, dn, B, s);
+      }
+      gpu::FusedGemv<T> hd;
+      hd.W = Wp + wout_off, hd.x = d.x, hd.nw = Wp + lnf_off, hd.eps = eps, hd.IN = C, hd.units = V, hd.OUT = V;
+      hd.y = d.logits, hd.argmax = d.argmax, hd.part = d.part_am, hd.counter = attn_cnt + (size_t)dec_rows * NH;
+      if constexpr (!std::is_same<T, float>::value) hd.yf = d.logits_f;
+      gpu::fused_gemv<T>(gpu::kEpiStore, hd, B, s);
+      return;
+    }
     // each residual add is fused with the RMSNorm after it (ln2, the next layer's ln1, the final norm)
     gpu::embedding_forward<T>(d.x, tok, Wp, B, C, s);
     gpu::rmsnorm_forward<T>(d.ln, d.rstd, d.x, Wp + (L > 0 ? layer_off[0].ln1 : lnf_off), B, C, eps, s);
@@ -845,8 +888,8 @@ struct LlamaModelCuda::Impl : AllocAccount {
       const LayerOff& o = layer_off[l];
       lin(d.qkv, d.ln, Wp + o.wqkv, C, QKVD);
       gpu::decode_rope_store<T>(d.qkv, kvp, l * layer_stride, slt, pos, cs, sn, B, NH, NKV, HS, kv_len, s);
-      gpu::decode_attention<T>(d.atty, d.part, d.qkv, kvp, l * layer_stride, slt, pos, B, NH, NKV, HS, kv_len,
-                               splits, s);
+      gpu::decode_attention<T>(d.atty, d.part, attn_cnt, d.qkv, kvp, l * layer_stride, slt, pos, B, NH, NKV, HS,
+                               kv_len, splits, s);
       lin(d.tmp, d.atty, Wp + o.wo, C, C);
       gpu::decode_residual_rmsnorm<T>(d.x, d.tmp, d.ln, d.rstd, Wp + o.ln2, B, C, eps, s);
       lin(d.gu, d.ln, Wp + o.wgu, C, 2 * I);
@@ -862,6 +905,19 @@ struct LlamaModelCuda::Impl : AllocAccount {
       lf = d.logits_f;
     }
     gpu::argmax_rows(d.argmax, lf, B, V, s);
+  }
+
+  // Whether the fused decode kernels take B rows: at most kSkinnyMaxRows, 128-bit-aligned
+  // rows (every matrix offset a multiple of 16 bytes), the normalised rows in shared memory.
+  template <typename T>
+  bool fused_fits(int B) const {
+    const size_t e = sizeof(T);
+    if (!gpu::fused_gemv_fits(B, C, (int)e, true) || !gpu::fused_gemv_fits(B, I, (int)e, false) || HS % 2) return false;
+    auto al = [&](size_t off) { return (off * e) % 16 == 0; };
+    if (!al(wout_off)) return false;
+    for (const LayerOff& o : layer_off)
+      if (!al(o.wqkv) || !al(o.wo) || !al(o.wgu) || !al(o.wd)) return false;
+    return true;
   }
 
   void graph_failed(const std::string& why) {
@@ -968,13 +1024,14 @@ struct LlamaModelCuda::Impl : AllocAccount {
     return greedy_h.data();
   }
 
-  void set_decode(bool fast, bool graphs, bool gemv) {
+  void set_decode(bool fast, bool graphs, bool gemv, bool fused) {
     use();
     sync();
     drop_graphs();
     dec_fast = fast;
     dec_graphs = graphs;
     dec_gemv = gemv;
+    dec_fused = fused;
     graph_error.clear();
   }
 
@@ -1136,12 +1193,12 @@ const int32_t* LlamaModelCuda::kv_forward_greedy(const int32_t* tokens, int B, i
                                                  const int32_t* start_pos) {
   return impl_->kv_forward_greedy(tokens, B, T, slots, start_pos);
 }
-void LlamaModelCuda::set_decode_options(bool fast_path, bool cuda_graphs, bool skinny_gemv) {
-  impl_->set_decode(fast_path, cuda_graphs, skinny_gemv);
+void LlamaModelCuda::set_decode_options(bool fast_path, bool cuda_graphs, bool skinny_gemv, bool fused) {
+  impl_->set_decode(fast_path, cuda_graphs, skinny_gemv, fused);
 }
 LlamaModelCuda::DecodeStats LlamaModelCuda::decode_stats() const {
   const Impl& m = *impl_;
-  return DecodeStats{m.dec_fast, m.dec_graphs, m.dec_gemv, m.n_captures, m.n_replays, m.n_eager, m.n_general,
+  return DecodeStats{m.dec_fast, m.dec_graphs, m.dec_gemv, m.dec_fused, m.n_captures, m.n_replays, m.n_eager, m.n_general,
                      m.graph_error};
 }
 size_t LlamaModelCuda::bytes_allocated() const { return (size_t)impl_->model_bytes; }

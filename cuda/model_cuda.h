@@ -93,12 +93,15 @@ class LlamaModelCuda {
   // runs it on fixed device buffers with pinned staging and an on-device argmax; cuda_graphs
   // (PYLLAMA_CUDA_GRAPHS, default on) replays it from one CUDA graph per batch size;
   // skinny_gemv (PYLLAMA_CUDA_DECODE_GEMV, default on) runs the matmuls of B <= 4 rows with
-  // a bandwidth-bound 128-bit-load kernel instead of cuBLAS. Off: the general kv_forward
-  // path / eager launches / cuBLAS. Setting drops captured graphs.
-  void set_decode_options(bool fast_path, bool cuda_graphs, bool skinny_gemv = true);
+  // a bandwidth-bound 128-bit-load kernel instead of cuBLAS; fused (PYLLAMA_CUDA_DECODE_FUSED,
+  // default on, with skinny_gemv) folds the RMSNorms, RoPE and the cache store, SwiGLU, the
+  // residual adds and the argmax into those matmul kernels (five kernels a layer). Off: the
+  // general kv_forward path / eager launches / cuBLAS / separate kernels. Setting drops
+  // captured graphs.
+  void set_decode_options(bool fast_path, bool cuda_graphs, bool skinny_gemv = true, bool fused = true);
   struct DecodeStats {
     bool fast_path, cuda_graphs;  // cuda_graphs turns false when a capture failed (graph_error says why)
-    bool skinny_gemv;
+    bool skinny_gemv, fused;
     long long captures, replays, eager_steps, general_steps;  // T = 1 fast steps: replays + eager_steps
     std::string graph_error;
   };

@@ -4,6 +4,8 @@
 // and tests/test_cuda_sim.py read. A driver registers its checks with SIM_TEST(name).
 #pragma once
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -56,6 +58,21 @@ std::vector<double> to_d(const std::vector<T>& v) {
   std::vector<double> d(v.size());
   for (size_t i = 0; i < v.size(); i++) d[i] = f(v[i]);
   return d;
+}
+
+// the bit pattern of an element (NaN compares equal to the same NaN)
+inline uint32_t bits_of(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return u;
+}
+inline uint32_t bits_of(bf16 x) { return x.__x; }
+template <typename T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); i++)
+    if (bits_of(a[i]) != bits_of(b[i])) return false;
+  return true;
 }
 
 // max |got - ref| / max |ref| (infinite when got has a non-finite element where ref is finite)

@@ -232,6 +232,14 @@ inline T atomicExch(T* p, T v) {
   return old;
 }
 
+// Blocks run one after another and memory is one array, so every write is visible to the
+// next block: a fence does nothing and an L2-only load is a plain load.
+inline void __threadfence() {}
+template <typename T>
+inline T __ldcg(const T* p) {
+  return *p;
+}
+
 // ---------------------------------------------------------------- tensor cores (bf16)
 // mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, emulated from the PTX ISA fragment
 // layout (flash_attention.cu leaves bf16_bits and mma16816 to the emulator).
