@@ -215,11 +215,11 @@ def bench_decode(cfg, Bs, prompt_len, n_new, results, hf):
         kw = dict(max_new_tokens=n_new, do_sample=False, eos_token_id=[])
         row = {"what": "greedy_decode", "impl": "pyllama", "dtype": "bfloat16", "B": B, "prompt": prompt_len,
                "new_tokens": n_new}
-        variants = [("tok_s", True, True), ("tok_s_no_graphs", False, True)]
-        if B <= 4:  # the 128-bit-load matmul kernel only takes <= 4 rows
-            variants.append(("tok_s_cublas", True, False))
-        for key, graphs, gemv in variants:
-            g.set_decode_options(fast_path=True, cuda_graphs=graphs, skinny_gemv=gemv)
+        variants = [("tok_s", True, True, True), ("tok_s_no_graphs", False, True, True)]
+        if B <= 4:  # the 128-bit-load (and fused) matmul kernels only take <= 4 rows
+            variants += [("tok_s_unfused", True, True, False), ("tok_s_cublas", True, False, False)]
+        for key, graphs, gemv, fused in variants:
+            g.set_decode_options(fast_path=True, cuda_graphs=graphs, skinny_gemv=gemv, fused=fused)
             model.generate(prompts, max_new_tokens=8, do_sample=False, eos_token_id=[])  # warm-up
             before = g.decode_stats()
             t0 = time.perf_counter()
@@ -233,11 +233,12 @@ def bench_decode(cfg, Bs, prompt_len, n_new, results, hf):
                 row["replays"] = after["replays"] - before["replays"]
                 row["graph_error"] = after["graph_error"]
         row["target_tok_s"] = TARGET.get(B)
-        g.set_decode_options(fast_path=True, cuda_graphs=True, skinny_gemv=True)
+        g.set_decode_options(fast_path=True, cuda_graphs=True, skinny_gemv=True, fused=True)
         emit(row, results)
         out_rows[B] = row
-        alt = f"no graphs {row['tok_s_no_graphs']:.0f}" + (f", cuBLAS matmuls {row['tok_s_cublas']:.0f}"
-                                                            if "tok_s_cublas" in row else "")
+        alt = f"no graphs {row['tok_s_no_graphs']:.0f}"
+        if "tok_s_cublas" in row:
+            alt += f", unfused {row['tok_s_unfused']:.0f}, cuBLAS matmuls {row['tok_s_cublas']:.0f}"
         if hf is not None:
             import torch
 
@@ -304,12 +305,13 @@ def check():
         close(f"grad {k}", gd[k], g)
 
     # greedy decoding over the KV cache: 2 sequences of a 300-token prompt, 100 steps, cache 600
-    # (3 attention splits of 200 keys: full, partial and empty ones, and the merge)
+    # (several attention splits: full, partial and empty ones, merged in the last block)
     prompt = np.random.default_rng(5).integers(0, cfg.vocab_size, (2, 300)).astype(np.int32)
 
     def decode(m, n=100, mode=None, device_argmax=False):
         if mode is not None:
-            m._core.gpu.set_decode_options(fast_path=mode[0], cuda_graphs=mode[1], skinny_gemv=mode[2])
+            m._core.gpu.set_decode_options(fast_path=mode[0], cuda_graphs=mode[1], skinny_gemv=mode[2],
+                                           fused=mode[3])
         m._kv_reset(2, 600)
         slots = np.arange(2, dtype=np.int32)
         lg = m._kv_forward(prompt, slots, np.zeros(2, np.int32))
@@ -327,12 +329,13 @@ def check():
         return out, logits
 
     ref_tokens, ref_logits = decode(cpu)
-    for mode_name, mode in (("graphs", (True, True, True)), ("eager", (True, False, True)),
-                            ("graphs, cuBLAS", (True, True, False)), ("general", (False, False, False))):
+    for mode_name, mode in (("graphs", (True, True, True, True)), ("eager", (True, False, True, True)),
+                            ("graphs, unfused", (True, True, True, False)),
+                            ("graphs, cuBLAS", (True, True, False, False)), ("general", (False, False, False, False))):
         toks, logits = decode(dev, mode=mode)
         close(f"decode logits ({mode_name})", np.stack(logits), np.stack(ref_logits))
         verdict(f"decode tokens ({mode_name})", toks == ref_tokens)
-    toks, _ = decode(dev, mode=(True, True, True), device_argmax=True)
+    toks, _ = decode(dev, mode=(True, True, True, True), device_argmax=True)
     st = dev._core.gpu.decode_stats()
     verdict("device argmax tokens (graphs)", toks == ref_tokens, json.dumps(st))
     verdict("graphs replayed", st["replays"] > 0 and st["graph_error"] == "", json.dumps(st))

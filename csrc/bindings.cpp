@@ -766,21 +766,24 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
            "As kv_forward(last_only=True) followed by argmax over the vocabulary (numpy semantics); "
            "returns a new int32 array (B). T = 1 steps take the argmax on the GPU (only B int32s come back).")
       .def("set_decode_options", [](LlamaModelCuda& g, py::object fast_path, py::object cuda_graphs,
-                                    py::object skinny_gemv, py::object fused) {
+                                    py::object skinny_gemv, py::object fused, py::object pdl) {
              const auto st = g.decode_stats();
              const bool f = fast_path.is_none() ? st.fast_path : fast_path.cast<bool>();
              const bool c = cuda_graphs.is_none() ? st.cuda_graphs : cuda_graphs.cast<bool>();
              const bool k = skinny_gemv.is_none() ? st.skinny_gemv : skinny_gemv.cast<bool>();
              const bool u = fused.is_none() ? st.fused : fused.cast<bool>();
+             const bool p = pdl.is_none() ? st.pdl : pdl.cast<bool>();
              py::gil_scoped_release nogil;
-             g.set_decode_options(f, c, k, u);
+             g.set_decode_options(f, c, k, u, p);
            }, py::arg("fast_path") = py::none(), py::arg("cuda_graphs") = py::none(),
-           py::arg("skinny_gemv") = py::none(), py::arg("fused") = py::none(),
+           py::arg("skinny_gemv") = py::none(), py::arg("fused") = py::none(), py::arg("pdl") = py::none(),
            "T = 1 decode step: fast_path (fixed buffers, pinned staging, device argmax; env PYLLAMA_CUDA_DECODE), "
            "cuda_graphs (env PYLLAMA_CUDA_GRAPHS), skinny_gemv (matmuls of <= 4 rows by a 128-bit-load "
            "kernel instead of cuBLAS; env PYLLAMA_CUDA_DECODE_GEMV) and fused (with skinny_gemv: RMSNorm, "
            "RoPE + cache store, SwiGLU, residual adds and the argmax folded into the matmul kernels, five "
-           "kernels a layer; env PYLLAMA_CUDA_DECODE_FUSED); None keeps the current setting. "
+           "kernels a layer; env PYLLAMA_CUDA_DECODE_FUSED) and pdl (the fused kernels as programmatic "
+           "dependent launches, each starting while the one before finishes; sm_90+ only, ignored before; "
+           "env PYLLAMA_CUDA_PDL); None keeps the current setting. "
            "Drops captured graphs.")
       .def("decode_stats", [](const LlamaModelCuda& g) {
              const auto st = g.decode_stats();
@@ -789,6 +792,7 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
              d["cuda_graphs"] = st.cuda_graphs;
              d["skinny_gemv"] = st.skinny_gemv;
              d["fused"] = st.fused;
+             d["pdl"] = st.pdl;
              d["captures"] = st.captures;
              d["replays"] = st.replays;
              d["eager_steps"] = st.eager_steps;

@@ -13,6 +13,40 @@ namespace gpu {
 
 namespace {
 
+// Programmatic dependent launch (sm_90 and later; decode.cuh): a kernel launched with
+// pdl may start while the kernel before it finishes; pdl_wait() blocks until that kernel
+// has completed and its writes are visible, so everything before it may only read what no
+// earlier kernel writes (the weights). pdl_launch_dependents() lets the next kernel start.
+// Both are no-ops for a kernel launched without the attribute, and on older GPUs.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+#ifndef PYLLAMA_CUDA_SIM
+template <typename... P, typename... A>
+void launch_pdl(bool pdl, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                A... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
+}
+#endif
+
 constexpr int kDecWarps = 4;
 constexpr int kDecThreads = 32 * kDecWarps;
 constexpr int kPerLane = kMaxHeadSize / 32;  // most head elements one lane holds (8)
@@ -135,6 +169,7 @@ __global__ void __launch_bounds__(kDecThreads)
   const int nchunks = HS / VEC;
   const int kvh = h / (NH / NKV);
   const int QKVD = (NH + 2 * NKV) * HS;
+  pdl_wait();  // q, the new key and value: written by the kernel before
   const int nk = pos[b] + 1;
   const int s0 = sp * chunk, s1 = min(nk, s0 + chunk);
 
@@ -195,6 +230,7 @@ __global__ void __launch_bounds__(kDecThreads)
       m = mn;
     }
   }
+  pdl_launch_dependents();
 
   float* sm_acc = sm;
   float* sm_m = sm + (size_t)NG * HS;
@@ -359,40 +395,48 @@ __device__ __forceinline__ void block_argmax(float& bv, int& bi, float* sv, int*
 }
 
 template <typename T, int NB, bool NORM, int EPI>
-__global__ void __launch_bounds__(kFusedThreads) fused_gemv_kernel(FusedGemv<T> a) {
+__global__ void __launch_bounds__(kFusedThreads, 2) fused_gemv_kernel(FusedGemv<T> a) {
   constexpr int VEC = 16 / (int)sizeof(T);
   constexpr int R = (EPI == kEpiSwiGLU || EPI == kEpiRope) ? 2 : 1;
   constexpr int PF = kFusedPrefetch;
   __shared__ float red[32];
   __shared__ int red_i[32];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int u = blockIdx.x * kFusedWarps + warp;
-  const bool active = u < a.units;  // no early return: the prologue and the argmax have barriers
   const int IN = a.IN, nch = IN / VEC;
   const int half = a.HS / 2;
+  const int u0 = blockIdx.x * kFusedWarps + warp;
+  const int ustride = gridDim.x * kFusedWarps;  // grid-stride over units: one prologue per block
 
-  long long row[R];
-  if constexpr (EPI == kEpiRope) {
-    const int hh = u / half, i = u - hh * half;
-    row[0] = (long long)hh * a.HS + i;
-    row[1] = row[0] + half;
-  } else {
-    row[0] = u;
-    if constexpr (R == 2) row[1] = (long long)a.OUT + u;  // SwiGLU: the up row after the I gate rows
-  }
+  auto rows_of = [&](int u, long long* row) {
+    if constexpr (EPI == kEpiRope) {
+      const int hh = u / half, i = u - hh * half;
+      row[0] = (long long)hh * a.HS + i;
+      row[R - 1] = row[0] + half;
+    } else {
+      row[0] = u;
+      if constexpr (R == 2) row[R - 1] = (long long)a.OUT + u;  // SwiGLU: the up row after the I gate rows
+    }
+  };
 
-  // the first weight chunks go out before the prologue, so their latency overlaps it
-  uint4 pf[R][PF];
-  if (active) {
+  // The first PF weight chunks of a unit are loaded one unit ahead: the first unit's before
+  // the wait and the prologue, so their latency overlaps them (and, launched with pdl, the
+  // previous kernel's tail); the next unit's while this one computes.
+  auto prefetch = [&](int u, uint4 (&dst)[R][PF]) {
+    if (u >= a.units) return;
+    long long row[R];
+    rows_of(u, row);
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
       for (int j = 0; j < PF; j++) {
         const int c = lane + 32 * j;
-        if (c < nch) pf[r][j] = *reinterpret_cast<const uint4*>(a.W + row[r] * IN + (long long)c * VEC);
+        if (c < nch) dst[r][j] = *reinterpret_cast<const uint4*>(a.W + row[r] * IN + (long long)c * VEC);
       }
-  }
+  };
+  uint4 pf[R][PF];
+  prefetch(u0, pf);
 
+  pdl_wait();  // x (and the caches, counters): written by earlier kernels
   const T* xin = a.x;
   if constexpr (NORM) {
     extern __shared__ float4 fused_smem[];  // the NB normalised rows (T); float4: 16-byte aligned
@@ -413,12 +457,24 @@ __global__ void __launch_bounds__(kFusedThreads) fused_gemv_kernel(FusedGemv<T> 
     xin = xs;
   }
 
-  float acc[R][NB];
+  float best_v[NB];  // store with argmax: this warp's best logit of each batch row so far
+  int best_i[NB];
 #pragma unroll
-  for (int r = 0; r < R; r++)
+  for (int b = 0; b < NB; b++) {
+    best_v[b] = -INFINITY;
+    best_i[b] = INT_MAX;
+  }
+
+  for (int u = u0; u < a.units; u += ustride) {  // warp-uniform: no block barrier inside
+    uint4 nx[R][PF];
+    prefetch(u + ustride, nx);
+    long long row[R];
+    rows_of(u, row);
+    float acc[R][NB];
 #pragma unroll
-    for (int b = 0; b < NB; b++) acc[r][b] = 0.f;
-  if (active) {
+    for (int r = 0; r < R; r++)
+#pragma unroll
+      for (int b = 0; b < NB; b++) acc[r][b] = 0.f;
 #pragma unroll
     for (int j = 0; j < PF; j++) {
       const int c = lane + 32 * j;
@@ -455,26 +511,80 @@ __global__ void __launch_bounds__(kFusedThreads) fused_gemv_kernel(FusedGemv<T> 
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
-      for (int b = 0; b < NB; b++) acc[r][b] = warp_sum(acc[r][b]);
-  }
+      for (int b = 0; b < NB; b++) acc[r][b] = warp_sum(acc[r][b]);  // every lane holds the sums
 
-  if constexpr (EPI == kEpiStore) {
-    if (active && lane == 0) {
+    if constexpr (EPI == kEpiStore) {
 #pragma unroll
       for (int b = 0; b < NB; b++) {
         const T v = from_f<T>(acc[0][b]);
-        a.y[(long long)b * a.OUT + u] = v;
-        if (a.yf) a.yf[(long long)b * a.OUT + u] = to_f(v);
+        if (lane == 0) {
+          a.y[(long long)b * a.OUT + u] = v;
+          if (a.yf) a.yf[(long long)b * a.OUT + u] = to_f(v);
+        }
+        if (arg_better(to_f(v), u, best_v[b], best_i[b])) {
+          best_v[b] = to_f(v);
+          best_i[b] = u;
+        }
+      }
+    } else if constexpr (EPI == kEpiResidual) {
+      if (lane == 0) {
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+          T* xr = a.y + (long long)b * a.OUT + u;
+          *xr = from_f<T>(to_f(*xr) + to_f(from_f<T>(acc[0][b])));
+        }
+      }
+    } else if constexpr (EPI == kEpiSwiGLU) {
+      if (lane == 0) {
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+          const float g = to_f(from_f<T>(acc[0][b])), up = to_f(from_f<T>(acc[R - 1][b]));
+          a.y[(long long)b * a.OUT + u] = from_f<T>(g / (1.f + expf(-g)) * up);
+        }
+      }
+    } else {  // kEpiRope: rows i and i + half of head hh; the arithmetic of rope_store_kernel
+      if (lane == 0) {
+        const int NH = a.NH, NKV = a.NKV, HS = a.HS;
+        const int hh = u / half, i = u - hh * half;
+        T* kc = static_cast<T*>(a.kvp[0]) + a.layer_off;
+        T* vc = static_cast<T*>(a.kvp[1]) + a.layer_off;
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+          const long long p = a.pos[b];
+          const T x0 = from_f<T>(acc[0][b]), x1 = from_f<T>(acc[R - 1][b]);
+          if (hh >= NH + NKV) {
+            T* dst = vc + (((long long)a.slots[b] * NKV + (hh - NH - NKV)) * a.max_len + p) * HS;
+            dst[i] = x0;
+            dst[i + half] = x1;
+            continue;
+          }
+          const float c = a.cos_t[p * half + i], si = a.sin_t[p * half + i];
+          const float f0 = to_f(x0), f1 = to_f(x1);
+          const T r0 = from_f<T>(f0 * c - f1 * si);
+          const T r1 = from_f<T>(f1 * c + f0 * si);
+          T* dst = hh < NH ? a.y + (long long)b * a.OUT + (long long)hh * HS
+                           : kc + (((long long)a.slots[b] * NKV + (hh - NH)) * a.max_len + p) * HS;
+          dst[i] = r0;
+          dst[i + half] = r1;
+        }
       }
     }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+      for (int j = 0; j < PF; j++) pf[r][j] = nx[r][j];
+  }
+  pdl_launch_dependents();
+
+  if constexpr (EPI == kEpiStore) {
     if (a.argmax) {
       // per batch row: this block's best, then the last block to finish picks among the blocks'
       float* part_v = a.part;
       int* part_i = reinterpret_cast<int*>(a.part + (long long)gridDim.x * NB);
 #pragma unroll
       for (int b = 0; b < NB; b++) {
-        float bv = active ? to_f(from_f<T>(acc[0][b])) : -INFINITY;
-        int bi = active ? u : INT_MAX;
+        float bv = best_v[b];
+        int bi = best_i[b];
         block_argmax(bv, bi, red, red_i);
         if (tid == 0) {
           part_v[(long long)blockIdx.x * NB + b] = bv;
@@ -504,48 +614,6 @@ __global__ void __launch_bounds__(kFusedThreads) fused_gemv_kernel(FusedGemv<T> 
         if (tid == 0) a.argmax[b] = bi;
       }
       if (tid == 0) *a.counter = 0;  // ready for the next step (graph replays)
-    }
-  } else if constexpr (EPI == kEpiResidual) {
-    if (active && lane == 0) {
-#pragma unroll
-      for (int b = 0; b < NB; b++) {
-        T* xr = a.y + (long long)b * a.OUT + u;
-        *xr = from_f<T>(to_f(*xr) + to_f(from_f<T>(acc[0][b])));
-      }
-    }
-  } else if constexpr (EPI == kEpiSwiGLU) {
-    if (active && lane == 0) {
-#pragma unroll
-      for (int b = 0; b < NB; b++) {
-        const float g = to_f(from_f<T>(acc[0][b])), up = to_f(from_f<T>(acc[1][b]));
-        a.y[(long long)b * a.OUT + u] = from_f<T>(g / (1.f + expf(-g)) * up);
-      }
-    }
-  } else {  // kEpiRope: rows i and i + half of head hh; the arithmetic of rope_store_kernel
-    if (active && lane == 0) {
-      const int NH = a.NH, NKV = a.NKV, HS = a.HS;
-      const int hh = u / half, i = u - hh * half;
-      T* kc = static_cast<T*>(a.kvp[0]) + a.layer_off;
-      T* vc = static_cast<T*>(a.kvp[1]) + a.layer_off;
-#pragma unroll
-      for (int b = 0; b < NB; b++) {
-        const long long p = a.pos[b];
-        const T x0 = from_f<T>(acc[0][b]), x1 = from_f<T>(acc[1][b]);
-        if (hh >= NH + NKV) {
-          T* dst = vc + (((long long)a.slots[b] * NKV + (hh - NH - NKV)) * a.max_len + p) * HS;
-          dst[i] = x0;
-          dst[i + half] = x1;
-          continue;
-        }
-        const float c = a.cos_t[p * half + i], si = a.sin_t[p * half + i];
-        const float f0 = to_f(x0), f1 = to_f(x1);
-        const T r0 = from_f<T>(f0 * c - f1 * si);
-        const T r1 = from_f<T>(f1 * c + f0 * si);
-        T* dst = hh < NH ? a.y + (long long)b * a.OUT + (long long)hh * HS
-                         : kc + (((long long)a.slots[b] * NKV + (hh - NH)) * a.max_len + p) * HS;
-        dst[i] = r0;
-        dst[i + half] = r1;
-      }
     }
   }
 }
@@ -673,16 +741,26 @@ bool fused_gemv_fits(int B, int IN, int elem_bytes, bool norm) {
          (!norm || (size_t)B * IN * elem_bytes <= size_t(48) << 10);
 }
 
-int fused_argmax_blocks(int OUT) { return (OUT + kFusedWarps - 1) / kFusedWarps; }
+int fused_argmax_blocks(int OUT, int max_blocks) {
+  const int b = (OUT + kFusedWarps - 1) / kFusedWarps;
+  return max_blocks > 0 ? std::min(b, max_blocks) : b;
+}
 
 namespace {
 template <typename T, int NB>
-void fused_gemv_nb(int epi, const FusedGemv<T>& a, cudaStream_t stream) {
-  const unsigned blocks = (unsigned)((a.units + kFusedWarps - 1) / kFusedWarps);
+void fused_gemv_nb(int epi, const FusedGemv<T>& a, bool pdl, cudaStream_t stream) {
+  long long want = (a.units + kFusedWarps - 1) / kFusedWarps;
+  if (a.max_blocks > 0) want = std::min<long long>(want, a.max_blocks);
+  const unsigned blocks = (unsigned)want;
   const bool norm = a.nw != nullptr;
   const size_t smem = norm ? (size_t)NB * a.IN * sizeof(T) : 0;
+#ifdef PYLLAMA_CUDA_SIM  // one block after another: nothing to overlap
 #define PYLLAMA_FUSED_LAUNCH(NORM, EPI) \
   fused_gemv_kernel<T, NB, NORM, EPI><<<blocks, kFusedThreads, smem, stream>>>(a)
+#else
+#define PYLLAMA_FUSED_LAUNCH(NORM, EPI) \
+  launch_pdl(pdl, fused_gemv_kernel<T, NB, NORM, EPI>, dim3(blocks), dim3(kFusedThreads), smem, stream, a)
+#endif
   if (norm) {
     switch (epi) {
       case kEpiStore: PYLLAMA_FUSED_LAUNCH(true, kEpiStore); break;
@@ -704,13 +782,13 @@ void fused_gemv_nb(int epi, const FusedGemv<T>& a, cudaStream_t stream) {
 }  // namespace
 
 template <typename T>
-void fused_gemv(int epi, const FusedGemv<T>& a, int B, cudaStream_t stream) {
+void fused_gemv(int epi, const FusedGemv<T>& a, int B, bool pdl, cudaStream_t stream) {
   if (a.units <= 0) return;
   switch (B) {
-    case 1: fused_gemv_nb<T, 1>(epi, a, stream); break;
-    case 2: fused_gemv_nb<T, 2>(epi, a, stream); break;
-    case 3: fused_gemv_nb<T, 3>(epi, a, stream); break;
-    default: fused_gemv_nb<T, 4>(epi, a, stream); break;
+    case 1: fused_gemv_nb<T, 1>(epi, a, pdl, stream); break;
+    case 2: fused_gemv_nb<T, 2>(epi, a, pdl, stream); break;
+    case 3: fused_gemv_nb<T, 3>(epi, a, pdl, stream); break;
+    default: fused_gemv_nb<T, 4>(epi, a, pdl, stream); break;
   }
 }
 
@@ -731,7 +809,7 @@ long long decode_attention_scratch(int B, int NH, int HS, int splits) {
 template <typename T>
 void decode_attention(T* out, float* scratch, int* counters, const T* qkv, void* const* kvp, long long layer_off,
                       const int32_t* slots, const int32_t* pos, int B, int NH, int NKV, int HS, int max_len,
-                      int splits, cudaStream_t stream) {
+                      int splits, bool pdl, cudaStream_t stream) {
   if (B <= 0 || NH <= 0) return;
   constexpr int VW = 16 / (int)sizeof(T);  // elements per 128-bit load
   const bool wide = HS % VW == 0;
@@ -743,12 +821,18 @@ void decode_attention(T* out, float* scratch, int* counters, const T* qkv, void*
   const int chunk = (max_len + splits - 1) / splits;
   const dim3 grid((unsigned)splits, (unsigned)NH, (unsigned)B);
   const float scale = 1.0f / sqrtf((float)HS);
+#ifdef PYLLAMA_CUDA_SIM
+  (void)pdl;
   if (wide)
     decode_attn_kernel<T, VW><<<grid, kDecThreads, smem, stream>>>(out, scratch, counters, qkv, kvp, layer_off, slots,
                                                                    pos, NH, NKV, HS, max_len, chunk, G, scale);
   else
     decode_attn_kernel<T, 1><<<grid, kDecThreads, smem, stream>>>(out, scratch, counters, qkv, kvp, layer_off, slots,
                                                                   pos, NH, NKV, HS, max_len, chunk, G, scale);
+#else
+  launch_pdl(pdl, wide ? decode_attn_kernel<T, VW> : decode_attn_kernel<T, 1>, grid, dim3(kDecThreads), smem, stream,
+             out, scratch, counters, qkv, kvp, layer_off, slots, pos, NH, NKV, HS, max_len, chunk, G, scale);
+#endif
   CUDA_CHECK_LAUNCH();
 }
 
@@ -762,10 +846,10 @@ void argmax_rows(int32_t* out, const float* x, int R, int V, cudaStream_t stream
   template void decode_rope_store<T>(T*, void* const*, long long, const int32_t*, const int32_t*, const float*,   \
                                      const float*, int, int, int, int, int, cudaStream_t);                         \
   template void decode_attention<T>(T*, float*, int*, const T*, void* const*, long long, const int32_t*,         \
-                                    const int32_t*, int, int, int, int, int, int, cudaStream_t);                 \
+                                    const int32_t*, int, int, int, int, int, int, bool, cudaStream_t);           \
   template void decode_residual_rmsnorm<T>(T*, const T*, T*, float*, const T*, int, int, float, cudaStream_t);  \
   template void decode_linear<T>(Gemm&, bool, T*, const T*, const T*, int, int, int, cudaStream_t);            \
-  template void fused_gemv<T>(int, const FusedGemv<T>&, int, cudaStream_t);
+  template void fused_gemv<T>(int, const FusedGemv<T>&, int, bool, cudaStream_t);
 PYLLAMA_DECODE_INSTANTIATE(float)
 PYLLAMA_DECODE_INSTANTIATE(bf16)
 

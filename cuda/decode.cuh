@@ -34,10 +34,11 @@ long long decode_attention_scratch(int B, int NH, int HS, int splits);
 // loads when HS allows), online softmax; with splits > 1 the last block of each (row, head)
 // to finish (counted in counters[b * NH + h], which must start at 0 and are left at 0)
 // merges the ranges, so one kernel does it all. scratch: decode_attention_scratch(...) floats.
+// pdl: launched as a programmatic dependent launch (see below).
 template <typename T>
 void decode_attention(T* out, float* scratch, int* counters, const T* qkv, void* const* kvp, long long layer_off,
                       const int32_t* slots, const int32_t* pos, int B, int NH, int NKV, int HS, int max_len,
-                      int splits, cudaStream_t stream);
+                      int splits, bool pdl, cudaStream_t stream);
 
 // y (B, OUT) = x (B, IN) W^T (W (OUT, IN)): with `skinny` and B <= kSkinnyMaxRows (and 16-byte
 // aligned x, W, IN a multiple of 16 bytes), a warp-per-output kernel streaming W with 128-bit
@@ -50,14 +51,19 @@ void decode_linear(Gemm& g, bool skinny, T* y, const T* x, const T* w, int B, in
 // ---- fused decode matmuls (B <= kSkinnyMaxRows): the skinny GEMV with its neighbours folded
 // in, so a layer takes five kernels (QKV, attention, output projection, gate/up, down).
 // Epilogues: kEpiStore y = xW^T (and, when set, yf its float copy and argmax the index of
-// each row's largest entry, numpy semantics: part holds 2 * fused_argmax_blocks(OUT) * B
-// floats and counter one int that starts at 0 and is left at 0); kEpiResidual y += xW^T
+// each row's largest entry, numpy semantics: part holds 2 * fused_argmax_blocks(OUT,
+// max_blocks) * B floats and counter one int that starts at 0 and is left at 0); kEpiResidual y += xW^T
 // (y is the residual stream, rounded to T as residual_forward); kEpiSwiGLU y = silu(g) * u
 // with g, u rows u and OUT + u of W (the [gate | up] matrix, OUT = I); kEpiRope: the QKV
 // rows, rotary pair (i, i + HS/2) of head h per unit, q rotated into y (B, OUT = QKVD), k
 // rotated and v stored into the caches of layer_off at (slots[b], pos[b]) (see
 // decode_rope_store). With nw set, the prologue replaces x by rmsnorm(x) * nw (rounded to
 // T). Every rounding happens where the unfused path rounds, so the results match it.
+//
+// pdl (sm_90+, cudaLaunchAttributeProgrammaticStreamSerialization): the kernel may start
+// while the previous one in the stream finishes; it issues its first weight loads, then
+// waits for that kernel (griddepcontrol.wait) before reading anything it wrote, so the
+// launch latency and the first DRAM round trip overlap the previous kernel's tail.
 constexpr int kEpiStore = 0, kEpiResidual = 1, kEpiSwiGLU = 2, kEpiRope = 3;
 template <typename T>
 struct FusedGemv {
@@ -68,6 +74,7 @@ struct FusedGemv {
   int IN = 0;
   int units = 0;  // warps of work: rows (store, residual), features (SwiGLU), rotary pairs (rope)
   int OUT = 0;    // row length of y
+  int max_blocks = 0;  // > 0: at most this many blocks, each warp looping over units (one prologue per block)
   T* y = nullptr;
   float* yf = nullptr;         // store: float copy of y, or nullptr
   int32_t* argmax = nullptr;   // store: (B) row argmaxes, or nullptr
@@ -82,9 +89,9 @@ struct FusedGemv {
 // Whether the fused kernels take B rows of IN inputs (16-byte aligned x and W checked by the
 // caller); with a norm, the B normalised rows must fit the 48 KiB of shared memory.
 bool fused_gemv_fits(int B, int IN, int elem_bytes, bool norm);
-int fused_argmax_blocks(int OUT);
+int fused_argmax_blocks(int OUT, int max_blocks);
 template <typename T>
-void fused_gemv(int epi, const FusedGemv<T>& a, int B, cudaStream_t stream);
+void fused_gemv(int epi, const FusedGemv<T>& a, int B, bool pdl, cudaStream_t stream);
 
 // x (B, C) += add (rounded to T); out (B, C) = rmsnorm(x) * w; rstd (B): residual_forward
 // followed by rmsnorm_forward in one kernel (block per row).

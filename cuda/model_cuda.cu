@@ -224,6 +224,8 @@ struct LlamaModelCuda::Impl : AllocAccount {
   bool dec_graphs = true;  // PYLLAMA_CUDA_GRAPHS=0: the fast path without graphs
   bool dec_gemv = true;    // PYLLAMA_CUDA_DECODE_GEMV=0: cuBLAS for B <= 4 rows too
   bool dec_fused = true;   // PYLLAMA_CUDA_DECODE_FUSED=0: the skinny GEMV and separate norm/RoPE/SwiGLU kernels
+  bool dec_pdl = true;     // PYLLAMA_CUDA_PDL=0: the fused kernels without programmatic dependent launch
+  bool pdl_capable = false;  // compute capability 9.0 or later
   int num_sms = 1;
   DevBuf kvptr_d;  // {kcache.p, vcache.p}: decode kernels read the cache bases here (kv_reorder swaps them)
   DevBuf cublas_ws;
@@ -348,6 +350,10 @@ struct LlamaModelCuda::Impl : AllocAccount {
     dec_graphs = !env_off("PYLLAMA_CUDA_GRAPHS");
     dec_gemv = !env_off("PYLLAMA_CUDA_DECODE_GEMV");
     dec_fused = !env_off("PYLLAMA_CUDA_DECODE_FUSED");
+    int cc_major = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, dev));
+    pdl_capable = cc_major >= 9;
+    dec_pdl = pdl_capable && !env_off("PYLLAMA_CUDA_PDL");
     if (gemm->uses_cublas()) {
       cublas_ws.reserve(kCublasWorkspace);
       gemm->set_workspace(cublas_ws.p, cublas_ws.bytes);
@@ -764,6 +770,9 @@ struct LlamaModelCuda::Impl : AllocAccount {
   // (greedy) or the (B, V) float32 logits copied into pinned memory; one sync. The returned
   // pointer is valid until the next call.
   int dec_splits(int B) const { return gpu::decode_attention_splits(B, NH, kv_len, num_sms); }
+  // blocks of the fused logits kernel: one wave (two of its blocks fit an SM: launch bounds),
+  // so each block normalises its input once and its warps loop over the vocabulary rows
+  int head_blocks() const { return 2 * std::max(num_sms, 1); }
 
   template <typename T>
   size_t dec_carve(DecArrays<T>* d, char* base, int B) const {
@@ -779,7 +788,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
     d->logits = cv.take<T>((size_t)B * V);
     d->logits_f = cv.take<float>(std::is_same<T, float>::value ? 0 : (size_t)B * V);
     d->part = cv.take<float>((size_t)gpu::decode_attention_scratch(B, NH, HS, dec_splits(B)));
-    d->part_am = cv.take<float>(2 * (size_t)gpu::fused_argmax_blocks(V) * B);
+    d->part_am = cv.take<float>(2 * (size_t)gpu::fused_argmax_blocks(V, head_blocks()) * B);
     d->argmax = cv.take<int32_t>(B);
     return cv.off;
   }
@@ -860,25 +869,26 @@ struct LlamaModelCuda::Impl : AllocAccount {
         q.W = Wp + o.wqkv, q.x = d.x, q.nw = Wp + o.ln1, q.eps = eps, q.IN = C, q.units = QKVD / 2, q.OUT = QKVD;
         q.y = d.qkv, q.kvp = kvp, q.layer_off = l * layer_stride, q.slots = slt, q.pos = pos, q.cos_t = cs;
         q.sin_t = sn, q.NH = NH, q.NKV = NKV, q.HS = HS, q.max_len = kv_len;
-        gpu::fused_gemv<T>(gpu::kEpiRope, q, B, s);
+        gpu::fused_gemv<T>(gpu::kEpiRope, q, B, dec_pdl, s);
         gpu::decode_attention<T>(d.atty, d.part, attn_cnt, d.qkv, kvp, l * layer_stride, slt, pos, B, NH, NKV, HS,
-                                 kv_len, splits, s);
+                                 kv_len, splits, dec_pdl, s);
         gpu::FusedGemv<T> wo;
         wo.W = Wp + o.wo, wo.x = d.atty, wo.IN = C, wo.units = C, wo.OUT = C, wo.y = d.x;
-        gpu::fused_gemv<T>(gpu::kEpiResidual, wo, B, s);
+        gpu::fused_gemv<T>(gpu::kEpiResidual, wo, B, dec_pdl, s);
         gpu::FusedGemv<T> gu;
         gu.W = Wp + o.wgu, gu.x = d.x, gu.nw = Wp + o.ln2, gu.eps = eps, gu.IN = C, gu.units = I, gu.OUT = I;
         gu.y = d.h;
-        gpu::fused_gemv<T>(gpu::kEpiSwiGLU, gu, B, s);
+        gpu::fused_gemv<T>(gpu::kEpiSwiGLU, gu, B, dec_pdl, s);
         gpu::FusedGemv<T> dn;
         dn.W = Wp + o.wd, dn.x = d.h, dn.IN = I, dn.units = C, dn.OUT = C, dn.y = d.x;
-        gpu::fused_gemv<T>(gpu::kEpiResidual, dn, B, s);
+        gpu::fused_gemv<T>(gpu::kEpiResidual, dn, B, dec_pdl, s);
       }
       gpu::FusedGemv<T> hd;
       hd.W = Wp + wout_off, hd.x = d.x, hd.nw = Wp + lnf_off, hd.eps = eps, hd.IN = C, hd.units = V, hd.OUT = V;
       hd.y = d.logits, hd.argmax = d.argmax, hd.part = d.part_am, hd.counter = attn_cnt + (size_t)dec_rows * NH;
+      hd.max_blocks = head_blocks();
       if constexpr (!std::is_same<T, float>::value) hd.yf = d.logits_f;
-      gpu::fused_gemv<T>(gpu::kEpiStore, hd, B, s);
+      gpu::fused_gemv<T>(gpu::kEpiStore, hd, B, dec_pdl, s);
       return;
     }
     // each residual add is fused with the RMSNorm after it (ln2, the next layer's ln1, the final norm)
@@ -889,7 +899,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
       lin(d.qkv, d.ln, Wp + o.wqkv, C, QKVD);
       gpu::decode_rope_store<T>(d.qkv, kvp, l * layer_stride, slt, pos, cs, sn, B, NH, NKV, HS, kv_len, s);
       gpu::decode_attention<T>(d.atty, d.part, attn_cnt, d.qkv, kvp, l * layer_stride, slt, pos, B, NH, NKV, HS,
-                               kv_len, splits, s);
+                               kv_len, splits, false, s);
       lin(d.tmp, d.atty, Wp + o.wo, C, C);
       gpu::decode_residual_rmsnorm<T>(d.x, d.tmp, d.ln, d.rstd, Wp + o.ln2, B, C, eps, s);
       lin(d.gu, d.ln, Wp + o.wgu, C, 2 * I);
@@ -1024,7 +1034,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
     return greedy_h.data();
   }
 
-  void set_decode(bool fast, bool graphs, bool gemv, bool fused) {
+  void set_decode(bool fast, bool graphs, bool gemv, bool fused, bool pdl) {
     use();
     sync();
     drop_graphs();
@@ -1032,6 +1042,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
     dec_graphs = graphs;
     dec_gemv = gemv;
     dec_fused = fused;
+    dec_pdl = pdl && pdl_capable;
     graph_error.clear();
   }
 
@@ -1193,12 +1204,12 @@ const int32_t* LlamaModelCuda::kv_forward_greedy(const int32_t* tokens, int B, i
                                                  const int32_t* start_pos) {
   return impl_->kv_forward_greedy(tokens, B, T, slots, start_pos);
 }
-void LlamaModelCuda::set_decode_options(bool fast_path, bool cuda_graphs, bool skinny_gemv, bool fused) {
-  impl_->set_decode(fast_path, cuda_graphs, skinny_gemv, fused);
+void LlamaModelCuda::set_decode_options(bool fast_path, bool cuda_graphs, bool skinny_gemv, bool fused, bool pdl) {
+  impl_->set_decode(fast_path, cuda_graphs, skinny_gemv, fused, pdl);
 }
 LlamaModelCuda::DecodeStats LlamaModelCuda::decode_stats() const {
   const Impl& m = *impl_;
-  return DecodeStats{m.dec_fast, m.dec_graphs, m.dec_gemv, m.dec_fused, m.n_captures, m.n_replays, m.n_eager, m.n_general,
+  return DecodeStats{m.dec_fast, m.dec_graphs, m.dec_gemv, m.dec_fused, m.dec_pdl, m.n_captures, m.n_replays, m.n_eager, m.n_general,
                      m.graph_error};
 }
 size_t LlamaModelCuda::bytes_allocated() const { return (size_t)impl_->model_bytes; }

@@ -95,13 +95,16 @@ class LlamaModelCuda {
   // skinny_gemv (PYLLAMA_CUDA_DECODE_GEMV, default on) runs the matmuls of B <= 4 rows with
   // a bandwidth-bound 128-bit-load kernel instead of cuBLAS; fused (PYLLAMA_CUDA_DECODE_FUSED,
   // default on, with skinny_gemv) folds the RMSNorms, RoPE and the cache store, SwiGLU, the
-  // residual adds and the argmax into those matmul kernels (five kernels a layer). Off: the
-  // general kv_forward path / eager launches / cuBLAS / separate kernels. Setting drops
-  // captured graphs.
-  void set_decode_options(bool fast_path, bool cuda_graphs, bool skinny_gemv = true, bool fused = true);
+  // residual adds and the argmax into those matmul kernels (five kernels a layer); pdl
+  // (PYLLAMA_CUDA_PDL, default on where the GPU has it: sm_90+) launches the fused kernels as
+  // programmatic dependent launches, each starting while the one before finishes. Off: the
+  // general kv_forward path / eager launches / cuBLAS / separate kernels / plain launches.
+  // Setting drops captured graphs.
+  void set_decode_options(bool fast_path, bool cuda_graphs, bool skinny_gemv = true, bool fused = true,
+                          bool pdl = true);
   struct DecodeStats {
     bool fast_path, cuda_graphs;  // cuda_graphs turns false when a capture failed (graph_error says why)
-    bool skinny_gemv, fused;
+    bool skinny_gemv, fused, pdl;  // pdl: false on GPUs before sm_90 whatever was asked
     long long captures, replays, eager_steps, general_steps;  // T = 1 fast steps: replays + eager_steps
     std::string graph_error;
   };

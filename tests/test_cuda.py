@@ -637,17 +637,18 @@ def test_generate_greedy_beam_and_sampling_match_cpu():
 
 # ------------------------------------------------------------------ the T = 1 decode fast path
 
-DECODE_MODES = {  # (fast_path, cuda_graphs, skinny_gemv)
-    "general": (False, False, False),      # the general kv_forward path (as before the fast path)
-    "eager": (True, False, True),          # fixed buffers + split attention, launched one by one
-    "graphs_cublas": (True, True, False),  # replayed from a CUDA graph, every matmul through cuBLAS
-    "graphs": (True, True, True),          # the default: graphs, 128-bit-load kernel for <= 4 rows
+DECODE_MODES = {  # (fast_path, cuda_graphs, skinny_gemv, fused)
+    "general": (False, False, False, False),     # the general kv_forward path (as before the fast path)
+    "eager": (True, False, True, True),          # fixed buffers + split attention, launched one by one
+    "graphs_cublas": (True, True, False, False),  # replayed from a CUDA graph, every matmul through cuBLAS
+    "graphs_unfused": (True, True, True, False),  # 128-bit-load matmuls, norm/RoPE/SwiGLU kernels apart
+    "graphs": (True, True, True, True),          # the default: graphs, fused kernels for <= 4 rows
 }
 
 
 def _set_mode(model, mode):
-    fast, graphs, gemv = DECODE_MODES[mode]
-    model._core.gpu.set_decode_options(fast_path=fast, cuda_graphs=graphs, skinny_gemv=gemv)
+    fast, graphs, gemv, fused = DECODE_MODES[mode]
+    model._core.gpu.set_decode_options(fast_path=fast, cuda_graphs=graphs, skinny_gemv=gemv, fused=fused)
 
 
 @gpu
@@ -681,15 +682,16 @@ def test_decode_graph_eager_general_agree_with_cpu(name):
 @gpu
 @pytest.mark.parametrize("name", ["tiny_gqa", "mqa_hs32"])
 def test_decode_long_cache_split_attention(name):
-    """A cache long enough for several attention splits (at least 256 keys each): splits
-    that hold keys, splits past the sequence's end, and the merge kernel, against the CPU."""
+    """A cache long enough for many attention splits (at least 32 keys each): splits that
+    hold keys, splits past the sequence's end, and the merge in the last block, against the
+    CPU."""
     cfg = tiny_config(**dict(CONFIGS[name], max_position_embeddings=1024))
     cpu = pyllama.Llama(cfg, seed=31)
     dev = pyllama.Llama(cfg, seed=31).to("cuda")
     rng = np.random.default_rng(8)
     prompts = [rng.integers(0, cfg.vocab_size, size=n).tolist() for n in (600, 7)]
-    ref_tokens, ref_logits = _greedy(cpu, prompts, 40)  # cache length 641: 3 splits
-    for mode in ("graphs", "eager", "graphs_cublas"):
+    ref_tokens, ref_logits = _greedy(cpu, prompts, 40)  # cache length 641: up to 21 splits
+    for mode in ("graphs", "eager", "graphs_cublas", "graphs_unfused"):
         _set_mode(dev, mode)
         tokens, logits = _greedy(dev, prompts, 40)
         for i, (a, b) in enumerate(zip(logits, ref_logits)):
@@ -874,3 +876,33 @@ def test_train_step_waits_once_and_decode_steps_replay_graphs(dtype):
     assert runs[16]["kernel_launches"] == runs[6]["kernel_launches"], runs
     assert runs[16]["cublas_calls"] == runs[6]["cublas_calls"], runs
     assert runs[16]["host_waits"] - runs[6]["host_waits"] == 10, runs
+
+
+@gpu
+@pytest.mark.skipif(not EMULATED_GPU, reason="counts the kernels the emulated CUDA runtime launches (tools/cuda_sim)")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fused_decode_step_launches_five_kernels_a_layer(dtype):
+    """Issue #8, batch-1 decoding: with the fused kernels a T = 1 step launches the embedding,
+    five kernels per layer (QKV + RoPE + cache store, attention with its merge, output
+    projection + residual, gate/up + SwiGLU, down + residual) and the logits kernel (final
+    norm, float copy and argmax included); the unfused kernels take more. Same tokens."""
+    from pyllama import _core
+
+    cfg = tiny_config(max_position_embeddings=512)
+    L = cfg.num_hidden_layers
+    m = pyllama.Llama(cfg, seed=0).to("cuda", dtype=dtype)
+    g = m._core.gpu
+    prompt = [[1, 2, 3, 4, 5]]
+    per_step, tokens = {}, {}
+    for fused in (True, False):
+        g.set_decode_options(fast_path=True, cuda_graphs=False, skinny_gemv=True, fused=fused)
+        assert g.decode_stats()["fused"] is fused
+        launches = {}
+        for n in (6, 16):
+            a = dict(_core.cuda_sim_counters())["kernel_launches"]
+            tokens[fused, n] = [list(x) for x in m.generate(prompt, max_new_tokens=n, eos_token_id=[])]
+            launches[n] = dict(_core.cuda_sim_counters())["kernel_launches"] - a
+        per_step[fused] = (launches[16] - launches[6]) / 10
+    assert per_step[True] == 2 + 5 * L, per_step
+    assert per_step[False] >= 4 + 9 * L, per_step
+    assert tokens[True, 16] == tokens[False, 16]

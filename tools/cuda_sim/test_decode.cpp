@@ -116,7 +116,7 @@ void attention_case(int B, int NH, int NKV, int HS, int max_len, int splits, std
   for (int rep = 0; rep < 2; rep++) {  // twice, as graph replays run it: the counters must be back at 0
     const long long before = sim::launches();
     decode_attention<T>(out.data(), scratch.data(), counters.data(), qkv.data(), kvp, layer * layer_stride,
-                        slots.data(), pos.data(), B, NH, NKV, HS, max_len, splits, nullptr);
+                        slots.data(), pos.data(), B, NH, NKV, HS, max_len, splits, false, nullptr);
     CUDA_CHECK_LAUNCH();
     if (rep == 0) {
       report(w, rel_err(out, ref), tol_of<T>(2e-6));
@@ -225,7 +225,7 @@ std::vector<T> skinny(const std::vector<T>& x, const std::vector<T>& w, int B, i
 }
 
 template <typename T>
-void fused_rope_case(int B, int C, int NH, int NKV, int HS, int max_len) {
+void fused_rope_case(int B, int C, int NH, int NKV, int HS, int max_len, int max_blocks = 0) {
   Rng r(B * 31 + C + NH * 7 + HS);
   const int QKVD = (NH + 2 * NKV) * HS, S = B + 2, L = 2, layer = 1;
   const long long layer_stride = (long long)S * NKV * max_len * HS;
@@ -251,13 +251,15 @@ void fused_rope_case(int B, int C, int NH, int NKV, int HS, int max_len) {
   a.W = W.data(), a.x = x.data(), a.nw = nw.data(), a.eps = 1e-5f, a.IN = C, a.units = QKVD / 2, a.OUT = QKVD;
   a.y = qkv.data(), a.kvp = kvp, a.layer_off = layer * layer_stride, a.slots = slots.data(), a.pos = pos.data();
   a.cos_t = ct.data(), a.sin_t = st.data(), a.NH = NH, a.NKV = NKV, a.HS = HS, a.max_len = max_len;
-  fused_gemv<T>(kEpiRope, a, B, nullptr);
+  a.max_blocks = max_blocks;
+  fused_gemv<T>(kEpiRope, a, B, false, nullptr);
   CUDA_CHECK_LAUNCH();
   bool q_same = true;
   for (int b = 0; b < B; b++)
     for (int i = 0; i < NH * HS; i++)
       q_same &= bits_of(qkv[(size_t)b * QKVD + i]) == bits_of(qkv_ref[(size_t)b * QKVD + i]);
-  const std::string w = fmt("fused_gemv rope %s B=%d C=%d NH=%d NKV=%d HS=%d", tname<T>(), B, C, NH, NKV, HS);
+  const std::string w = fmt("fused_gemv rope %s B=%d C=%d NH=%d NKV=%d HS=%d max_blocks=%d", tname<T>(), B, C, NH,
+                            NKV, HS, max_blocks);
   report_exact(w + " q equal to norm+matmul+rope", q_same);
   report_exact(w + " k cache equal", same_bits(kc, kc_ref));
   report_exact(w + " v cache equal", same_bits(vc, vc_ref));
@@ -275,14 +277,14 @@ void fused_residual_case(int B, int IN, int OUT) {
   CUDA_CHECK_LAUNCH();
   FusedGemv<T> a;
   a.W = W.data(), a.x = in.data(), a.IN = IN, a.units = OUT, a.OUT = OUT, a.y = x.data();
-  fused_gemv<T>(kEpiResidual, a, B, nullptr);
+  fused_gemv<T>(kEpiResidual, a, B, false, nullptr);
   CUDA_CHECK_LAUNCH();
   report_exact(fmt("fused_gemv residual %s B=%d IN=%d OUT=%d equal to matmul+residual", tname<T>(), B, IN, OUT),
                same_bits(x, x_ref));
 }
 
 template <typename T>
-void fused_swiglu_case(int B, int C, int I) {
+void fused_swiglu_case(int B, int C, int I, int max_blocks = 0) {
   Rng r(B * 11 + C + I * 5);
   auto x = randn<T>((size_t)B * C, r), nw = randn<T>(C, r), W = randn<T>((size_t)2 * I * C, r, 0.3);
   auto gu = skinny(normed(x, nw, B, C), W, B, C, 2 * I);
@@ -292,14 +294,16 @@ void fused_swiglu_case(int B, int C, int I) {
   auto h = nans<T>((size_t)B * I);
   FusedGemv<T> a;
   a.W = W.data(), a.x = x.data(), a.nw = nw.data(), a.eps = 1e-5f, a.IN = C, a.units = I, a.OUT = I, a.y = h.data();
-  fused_gemv<T>(kEpiSwiGLU, a, B, nullptr);
+  a.max_blocks = max_blocks;
+  fused_gemv<T>(kEpiSwiGLU, a, B, false, nullptr);
   CUDA_CHECK_LAUNCH();
-  report_exact(fmt("fused_gemv swiglu %s B=%d C=%d I=%d equal to norm+matmul+swiglu", tname<T>(), B, C, I),
+  report_exact(fmt("fused_gemv swiglu %s B=%d C=%d I=%d max_blocks=%d equal to norm+matmul+swiglu", tname<T>(), B, C,
+                   I, max_blocks),
                same_bits(h, h_ref));
 }
 
 template <typename T>
-void fused_logits_case(int B, int C, int V, bool ties) {
+void fused_logits_case(int B, int C, int V, bool ties, int max_blocks = 0) {
   Rng r(B * 13 + C + V);
   auto x = randn<T>((size_t)B * C, r), nw = randn<T>(C, r), W = randn<T>((size_t)V * C, r);
   if (ties)  // two equal dominant rows: the first index must win
@@ -312,16 +316,18 @@ void fused_logits_case(int B, int C, int V, bool ties) {
   CUDA_CHECK_LAUNCH();
   auto logits = nans<T>((size_t)B * V);
   auto lf = nans<float>((size_t)B * V);
-  auto part = nans<float>(2 * (size_t)fused_argmax_blocks(V) * B);
+  auto part = nans<float>(2 * (size_t)fused_argmax_blocks(V, max_blocks) * B);
   std::vector<int32_t> am(B, -7);
   int counter = 0;
   FusedGemv<T> a;
   a.W = W.data(), a.x = x.data(), a.nw = nw.data(), a.eps = 1e-5f, a.IN = C, a.units = V, a.OUT = V;
   a.y = logits.data(), a.yf = lf.data(), a.argmax = am.data(), a.part = part.data(), a.counter = &counter;
-  const std::string w = fmt("fused_gemv logits %s B=%d C=%d V=%d%s", tname<T>(), B, C, V, ties ? " ties" : "");
+  a.max_blocks = max_blocks;
+  const std::string w = fmt("fused_gemv logits %s B=%d C=%d V=%d%s max_blocks=%d", tname<T>(), B, C, V,
+                            ties ? " ties" : "", max_blocks);
   for (int rep = 0; rep < 2; rep++) {
     std::fill(am.begin(), am.end(), -7);
-    fused_gemv<T>(kEpiStore, a, B, nullptr);
+    fused_gemv<T>(kEpiStore, a, B, false, nullptr);
     CUDA_CHECK_LAUNCH();
     if (rep == 0) {
       report_exact(w + " logits equal to norm+matmul", same_bits(logits, logits_ref));
@@ -340,6 +346,7 @@ SIM_TEST(decode_fused_gemv) {
   fused_rope_case<bf16>(2, 64, 2, 1, 32, 12);
   fused_rope_case<bf16>(4, 1040, 4, 4, 16, 5);
   fused_rope_case<float>(3, 24, 3, 1, 4, 7);
+  fused_rope_case<bf16>(2, 264, 4, 2, 16, 6, 1);  // one block: each warp several pairs
   fused_residual_case<float>(1, 72, 37);
   fused_residual_case<bf16>(2, 2056, 19);
   fused_residual_case<bf16>(4, 128, 9);
@@ -347,10 +354,15 @@ SIM_TEST(decode_fused_gemv) {
   fused_swiglu_case<float>(2, 40, 24);
   fused_swiglu_case<bf16>(1, 768, 20);
   fused_swiglu_case<bf16>(4, 136, 33);
+  fused_swiglu_case<float>(1, 2056, 40, 2);
   fused_logits_case<float>(1, 40, 37, false);
   fused_logits_case<bf16>(2, 64, 3001, false);
   fused_logits_case<bf16>(3, 32, 2500, true);
   fused_logits_case<float>(4, 24, 9, true);
+  // fewer blocks than rows: each warp loops over several rows (the prefetch serves the first)
+  fused_logits_case<bf16>(1, 768, 3001, false, 7);
+  fused_logits_case<float>(2, 40, 1000, true, 3);
+  fused_logits_case<bf16>(4, 64, 300, true, 1);
   report_exact("fused_gemv_fits: 5 rows go to the unfused path", !fused_gemv_fits(5, 64, 2, true));
   report_exact("fused_gemv_fits: bf16 IN 20 (not whole 16-byte chunks)", !fused_gemv_fits(1, 20, 2, false));
   report_exact("fused_gemv_fits: 4 normalised rows of 8192 bf16 exceed 48 KiB", !fused_gemv_fits(4, 8192, 2, true));
