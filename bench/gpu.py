@@ -215,11 +215,12 @@ def bench_decode(cfg, Bs, prompt_len, n_new, results, hf):
         kw = dict(max_new_tokens=n_new, do_sample=False, eos_token_id=[])
         row = {"what": "greedy_decode", "impl": "pyllama", "dtype": "bfloat16", "B": B, "prompt": prompt_len,
                "new_tokens": n_new}
-        variants = [("tok_s", True, True, True), ("tok_s_no_graphs", False, True, True)]
+        variants = [("tok_s", True, True, True, True), ("tok_s_no_graphs", False, True, True, True)]
         if B <= 4:  # the 128-bit-load (and fused) matmul kernels only take <= 4 rows
-            variants += [("tok_s_unfused", True, True, False), ("tok_s_cublas", True, False, False)]
-        for key, graphs, gemv, fused in variants:
-            g.set_decode_options(fast_path=True, cuda_graphs=graphs, skinny_gemv=gemv, fused=fused)
+            variants += [("tok_s_no_pdl", True, True, True, False), ("tok_s_unfused", True, True, False, False),
+                         ("tok_s_cublas", True, False, False, False)]
+        for key, graphs, gemv, fused, pdl in variants:
+            g.set_decode_options(fast_path=True, cuda_graphs=graphs, skinny_gemv=gemv, fused=fused, pdl=pdl)
             model.generate(prompts, max_new_tokens=8, do_sample=False, eos_token_id=[])  # warm-up
             before = g.decode_stats()
             t0 = time.perf_counter()
@@ -233,12 +234,13 @@ def bench_decode(cfg, Bs, prompt_len, n_new, results, hf):
                 row["replays"] = after["replays"] - before["replays"]
                 row["graph_error"] = after["graph_error"]
         row["target_tok_s"] = TARGET.get(B)
-        g.set_decode_options(fast_path=True, cuda_graphs=True, skinny_gemv=True, fused=True)
+        g.set_decode_options(fast_path=True, cuda_graphs=True, skinny_gemv=True, fused=True, pdl=True)
         emit(row, results)
         out_rows[B] = row
         alt = f"no graphs {row['tok_s_no_graphs']:.0f}"
         if "tok_s_cublas" in row:
-            alt += f", unfused {row['tok_s_unfused']:.0f}, cuBLAS matmuls {row['tok_s_cublas']:.0f}"
+            alt += (f", no PDL {row['tok_s_no_pdl']:.0f}, unfused {row['tok_s_unfused']:.0f}, "
+                    f"cuBLAS matmuls {row['tok_s_cublas']:.0f}")
         if hf is not None:
             import torch
 
@@ -377,6 +379,7 @@ def main(argv=None):
     ap.add_argument("--compile", action="store_true", help="(the default) time torch.compile too")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     ap.add_argument("--check", action="store_true", help="correctness check only (no pytest needed)")
+    ap.add_argument("--decode-only", action="store_true", help="only the decoding rows (and HF generate)")
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--_compile-child", dest="compile_child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_flops", dest="flops", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -409,6 +412,17 @@ def main(argv=None):
     if why:
         print(f"# torch references skipped: {why}", flush=True)
     budget = args.budget
+    if args.decode_only:
+        hf = None
+        if not why:
+            import torch
+
+            hf = hf_model(cfg).cuda().to(torch.bfloat16).eval()
+        bench_decode(cfg, (1, 16), args.prompt_len, args.decode_tokens, results, hf)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
+        return 0
 
     # 1. bf16 training: ours, torch eager
     B, T = spec["train_bf16"]
