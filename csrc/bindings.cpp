@@ -765,6 +765,24 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
            }, py::arg("tokens"), py::arg("slots"), py::arg("start_pos"),
            "As kv_forward(last_only=True) followed by argmax over the vocabulary (numpy semantics); "
            "returns a new int32 array (B). T = 1 steps take the argmax on the GPU (only B int32s come back).")
+      .def("kv_greedy_chain", [](LlamaModelCuda& g, py::handle tokens, py::handle slots, py::handle start_pos,
+                                  int n) {
+             const KvStep k = kv_step_args(tokens, slots, start_pos);
+             PYLLAMA_CHECK(k.T == 1, ValueError,
+                           "kv_greedy_chain: tokens must be (B, 1), one token per row (got T = " << k.T << ")");
+             const int B = k.B;
+             const int32_t* out;
+             {
+               py::gil_scoped_release nogil;
+               out = g.kv_greedy_chain(k.tokens.data(), B, k.slots.data(), k.start_pos.data(), n);
+             }
+             return py::array_t<int32_t>({(py::ssize_t)n, (py::ssize_t)B}, out);  // copies
+           }, py::arg("tokens"), py::arg("slots"), py::arg("start_pos"), py::arg("n"),
+           "n greedy decode steps in a row: step 0 runs tokens (B, 1) at start_pos, step i the argmax of "
+           "step i - 1 at start_pos + i, fed on the GPU (one upload, n graph replays, one download, one wait). "
+           "Returns a new int32 array (n, B). n in [1, greedy_chain_max]; start_pos + n must fit the cache.")
+      .def_property_readonly_static("greedy_chain_max", [](py::object) { return LlamaModelCuda::greedy_chain_max(); },
+                                    "Most steps of one kv_greedy_chain call.")
       .def("set_decode_options", [](LlamaModelCuda& g, py::object fast_path, py::object cuda_graphs,
                                     py::object skinny_gemv, py::object fused, py::object pdl) {
              const auto st = g.decode_stats();

@@ -331,6 +331,21 @@ __global__ void __launch_bounds__(kGemvThreads) skinny_gemv_kernel(T* y, const T
   }
 }
 
+// ---------------------------------------------------------------- greedy feed
+// Row b of a greedy step that feeds itself (DecodeFeed): the argmax becomes the next input.
+__device__ __forceinline__ void feed_row(const DecodeFeed& f, int b, int B, int32_t tok) {
+  f.tok[b] = tok;
+  f.pos[b] += 1;
+  const int st = *f.step;
+  if (st < f.ring_cap) f.ring[(long long)st * B + b] = tok;
+}
+
+__global__ void decode_advance_kernel(DecodeFeed f, const int32_t* argmax, int B) {
+  for (int b = threadIdx.x; b < B; b += blockDim.x) feed_row(f, b, B, argmax[b]);
+  __syncthreads();  // every row has read the step before it moves on
+  if (threadIdx.x == 0) *f.step += 1;
+}
+
 // ---------------------------------------------------------------- fused layer matmuls
 // The skinny GEMV with its neighbours folded in (decode.cuh, FusedGemv): an RMSNorm of the
 // input in the prologue (every block normalises the NB input rows into shared memory, with
@@ -611,9 +626,15 @@ __global__ void __launch_bounds__(kFusedThreads, 2) fused_gemv_kernel(FusedGemv<
           }
         }
         block_argmax(bv, bi, red, red_i);
-        if (tid == 0) a.argmax[b] = bi;
+        if (tid == 0) {
+          a.argmax[b] = bi;
+          if (a.feed.tok) feed_row(a.feed, b, NB, bi);
+        }
       }
-      if (tid == 0) *a.counter = 0;  // ready for the next step (graph replays)
+      if (tid == 0) {
+        if (a.feed.tok) *a.feed.step += 1;
+        *a.counter = 0;  // ready for the next step (graph replays)
+      }
     }
   }
 }
@@ -833,6 +854,12 @@ void decode_attention(T* out, float* scratch, int* counters, const T* qkv, void*
   launch_pdl(pdl, wide ? decode_attn_kernel<T, VW> : decode_attn_kernel<T, 1>, grid, dim3(kDecThreads), smem, stream,
              out, scratch, counters, qkv, kvp, layer_off, slots, pos, NH, NKV, HS, max_len, chunk, G, scale);
 #endif
+  CUDA_CHECK_LAUNCH();
+}
+
+void decode_advance(const DecodeFeed& f, const int32_t* argmax, int B, cudaStream_t stream) {
+  if (B <= 0 || !f.tok) return;
+  decode_advance_kernel<<<1, 128, 0, stream>>>(f, argmax, B);
   CUDA_CHECK_LAUNCH();
 }
 

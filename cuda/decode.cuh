@@ -48,6 +48,19 @@ bool skinny_gemv_fits(const void* x, const void* w, int B, int IN, int elem_byte
 template <typename T>
 void decode_linear(Gemm& g, bool skinny, T* y, const T* x, const T* w, int B, int IN, int OUT, cudaStream_t stream);
 
+// Greedy steps that feed themselves (LlamaModelCuda's greedy chain): after the argmax, the
+// step's input token becomes the argmax, its position advances by one, and the token goes
+// into ring[step * B + b] (step counted in device memory, reset by the host).
+struct DecodeFeed {
+  int32_t* tok = nullptr;  // nullptr: no feed
+  int32_t* pos = nullptr;
+  int32_t* ring = nullptr;
+  int32_t* step = nullptr;
+  int ring_cap = 0;  // steps the ring holds
+};
+// The feed as a kernel of its own (the unfused path): one block after argmax_rows.
+void decode_advance(const DecodeFeed& f, const int32_t* argmax, int B, cudaStream_t stream);
+
 // ---- fused decode matmuls (B <= kSkinnyMaxRows): the skinny GEMV with its neighbours folded
 // in, so a layer takes five kernels (QKV, attention, output projection, gate/up, down).
 // Epilogues: kEpiStore y = xW^T (and, when set, yf its float copy and argmax the index of
@@ -80,6 +93,10 @@ struct FusedGemv {
   int32_t* argmax = nullptr;   // store: (B) row argmaxes, or nullptr
   float* part = nullptr;       // store with argmax: per-block partials
   int* counter = nullptr;      // store with argmax: blocks finished
+  // store with argmax, optional: the step feeds itself (decode_advance's arithmetic, done by
+  // the last block): feed_tok[b] = argmax[b], feed_pos[b] += 1, ring[step * B + b] =
+  // argmax[b] while step < ring_cap, then step += 1
+  DecodeFeed feed;
   void* const* kvp = nullptr;  // rope: {k cache, v cache} bases
   long long layer_off = 0;
   const int32_t *slots = nullptr, *pos = nullptr;

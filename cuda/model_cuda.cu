@@ -156,6 +156,7 @@ bool env_off(const char* name) {  // PYLLAMA_...=0/off/false
 }
 
 constexpr size_t kCublasWorkspace = size_t(32) << 20;  // cuBLAS's recommendation for Hopper
+constexpr int kChainMax = 64;  // most steps of one greedy chain (kv_greedy_chain)
 
 // The arrays of one T = 1 decode step of B rows (kv_decode), carved from one buffer.
 template <typename T>
@@ -163,7 +164,7 @@ struct DecArrays {
   T *x, *ln, *qkv, *atty, *tmp, *gu, *h, *logits;
   float *rstd, *logits_f, *part;  // logits_f: float copy of bf16 logits; part: attention splits
   float* part_am;                  // fused path: per-block argmax partials of the logits
-  int32_t* argmax;
+  int32_t *argmax, *ring;          // ring: kChainMax steps of B argmaxes (the greedy chain)
 };
 
 }  // namespace
@@ -217,6 +218,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
   std::vector<float> host_logits;
   std::vector<int32_t> inf_pos_h;
   std::vector<int32_t> greedy_h;
+  std::vector<int32_t> chain_h;  // kv_greedy_chain's result
 
   // T = 1 decode fast path (kv_decode): fixed device buffers, pinned host staging, one
   // CUDA graph per B (valid until kv_reset or a buffer regrowth). See docs/CUDA.md.
@@ -229,12 +231,13 @@ struct LlamaModelCuda::Impl : AllocAccount {
   int num_sms = 1;
   DevBuf kvptr_d;  // {kcache.p, vcache.p}: decode kernels read the cache bases here (kv_reorder swaps them)
   DevBuf cublas_ws;
-  // dec: scratch for up to dec_rows rows. dec_io: tokens | positions | slots (B each), then at
-  // 3 * dec_rows the counters the one-kernel reductions keep (zeroed once, left at zero):
-  // dec_rows * NH for the attention splits, one for the logits argmax.
+  // dec: scratch for up to dec_rows rows. dec_io: tokens | positions | slots (B each) | the
+  // greedy chain's step (1), uploaded each call; then at 3 * dec_rows + 1 the counters the
+  // one-kernel reductions keep (zeroed once, left at zero): dec_rows * NH for the attention
+  // splits, one for the logits argmax.
   DevBuf dec, dec_io;
   int dec_rows = 0, dec_len = 0;  // rows the buffers hold; cache length their attention scratch was sized for
-  int32_t* dec_in_h = nullptr;  // pinned, 3 * dec_rows int32
+  int32_t* dec_in_h = nullptr;  // pinned, 3 * dec_rows + 1 int32
   void* dec_out_h = nullptr;    // pinned, dec_rows * V floats (logits) or dec_rows int32 (argmax)
   struct DecGraph {
     int B;
@@ -790,6 +793,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
     d->part = cv.take<float>((size_t)gpu::decode_attention_scratch(B, NH, HS, dec_splits(B)));
     d->part_am = cv.take<float>(2 * (size_t)gpu::fused_argmax_blocks(V, head_blocks()) * B);
     d->argmax = cv.take<int32_t>(B);
+    d->ring = cv.take<int32_t>((size_t)kChainMax * B);
     return cv.off;
   }
   size_t dec_need(int B) const {
@@ -828,10 +832,10 @@ struct LlamaModelCuda::Impl : AllocAccount {
     dec_out_h = nullptr;
     dec_rows = 0;
     dec.reserve(need);
-    const size_t io_bytes = (3 * (size_t)R + (size_t)R * NH + 1) * sizeof(int32_t);
+    const size_t io_bytes = (3 * (size_t)R + 1 + (size_t)R * NH + 1) * sizeof(int32_t);
     dec_io.reserve(io_bytes);
     CUDA_CHECK(cudaMemsetAsync(dec_io.p, 0, io_bytes, stream));  // the counters start at zero
-    CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&dec_in_h), 3 * (size_t)R * sizeof(int32_t)));
+    CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&dec_in_h), (3 * (size_t)R + 1) * sizeof(int32_t)));
     CUDA_CHECK(cudaMallocHost(&dec_out_h, (size_t)R * V * sizeof(float)));
     dec_rows = R;
     dec_len = kv_len;
@@ -844,9 +848,11 @@ struct LlamaModelCuda::Impl : AllocAccount {
     DecArrays<T> d;
     dec_carve<T>(&d, dec.as<char>(), B);
     const int splits = dec_splits(B);
-    const int32_t* tok = dec_io.as<int32_t>();
-    const int32_t* pos = tok + B;
+    int32_t* tok = dec_io.as<int32_t>();
+    int32_t* pos = tok + B;
     const int32_t* slt = tok + 2 * B;
+    gpu::DecodeFeed feed;  // each step feeds its argmax to the next (the greedy chain)
+    feed.tok = tok, feed.pos = pos, feed.ring = d.ring, feed.step = tok + 3 * B, feed.ring_cap = kChainMax;
     void* const* kvp = kvptr_d.as<void*>();
     const T* Wp = W<T>();
     const float *cs = rope_cos.as<float>(), *sn = rope_sin.as<float>();
@@ -856,7 +862,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
     auto lin = [&](T* y, const T* x, const T* w, int in, int out) {
       gpu::decode_linear<T>(*gemm, dec_gemv, y, x, w, B, in, out, s);
     };
-    int* attn_cnt = reinterpret_cast<int*>(dec_io.as<int32_t>() + 3 * (size_t)dec_rows);
+    int* attn_cnt = reinterpret_cast<int*>(dec_io.as<int32_t>() + 3 * (size_t)dec_rows + 1);
     if (dec_fused && dec_gemv && fused_fits<T>(B)) {
       // five kernels a layer: RMSNorm folded into the QKV and gate/up matmuls, RoPE and the
       // cache store into the QKV one, SwiGLU into gate/up, the residual adds into the output
@@ -887,6 +893,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
       hd.W = Wp + wout_off, hd.x = d.x, hd.nw = Wp + lnf_off, hd.eps = eps, hd.IN = C, hd.units = V, hd.OUT = V;
       hd.y = d.logits, hd.argmax = d.argmax, hd.part = d.part_am, hd.counter = attn_cnt + (size_t)dec_rows * NH;
       hd.max_blocks = head_blocks();
+      hd.feed = feed;
       if constexpr (!std::is_same<T, float>::value) hd.yf = d.logits_f;
       gpu::fused_gemv<T>(gpu::kEpiStore, hd, B, dec_pdl, s);
       return;
@@ -915,6 +922,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
       lf = d.logits_f;
     }
     gpu::argmax_rows(d.argmax, lf, B, V, s);
+    gpu::decode_advance(feed, d.argmax, B, s);
   }
 
   // Whether the fused decode kernels take B rows: at most kSkinnyMaxRows, 128-bit-aligned
@@ -990,15 +998,22 @@ struct LlamaModelCuda::Impl : AllocAccount {
     n_eager++;
   }
 
+  // Uploads tokens | positions | slots | step 0 (the previous call synchronised, so no
+  // queued copy still reads dec_in_h).
+  void dec_upload(const int32_t* tokens, int B, const int32_t* slots, const int32_t* start_pos) {
+    std::memcpy(dec_in_h, tokens, (size_t)B * sizeof(int32_t));
+    std::memcpy(dec_in_h + B, start_pos, (size_t)B * sizeof(int32_t));
+    std::memcpy(dec_in_h + 2 * B, slots, (size_t)B * sizeof(int32_t));
+    dec_in_h[3 * B] = 0;
+    CUDA_CHECK(cudaMemcpyAsync(dec_io.p, dec_in_h, (3 * (size_t)B + 1) * sizeof(int32_t), cudaMemcpyHostToDevice,
+                               stream));
+  }
+
   // tokens, slots, start_pos: B entries each, already checked (kv_check with T = 1).
   const void* kv_decode(const int32_t* tokens, int B, const int32_t* slots, const int32_t* start_pos, bool greedy) {
     use();
     ensure_decode(B);
-    // the previous step synchronised, so no queued copy still reads dec_in_h
-    std::memcpy(dec_in_h, tokens, (size_t)B * sizeof(int32_t));
-    std::memcpy(dec_in_h + B, start_pos, (size_t)B * sizeof(int32_t));
-    std::memcpy(dec_in_h + 2 * B, slots, (size_t)B * sizeof(int32_t));
-    CUDA_CHECK(cudaMemcpyAsync(dec_io.p, dec_in_h, 3 * (size_t)B * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
+    dec_upload(tokens, B, slots, start_pos);
     const void* src;
     if (dtype == DType::bfloat16) {
       run_decode<bf16>(B);
@@ -1015,6 +1030,53 @@ struct LlamaModelCuda::Impl : AllocAccount {
     CUDA_CHECK(cudaMemcpyAsync(dec_out_h, src, bytes, cudaMemcpyDeviceToHost, stream));
     sync();
     return dec_out_h;
+  }
+
+  // n greedy steps in a row (docs/CUDA.md "Greedy chains"): step 0 runs `tokens` at
+  // start_pos, step i the argmax of step i - 1 at start_pos + i, fed on the device, so the
+  // n steps are queued back to back with one upload, one download and one wait. Returns
+  // n * B int32, step-major (valid until the next call). The general path (fast path off)
+  // runs the steps one by one, with the same result.
+  const int32_t* kv_greedy_chain(const int32_t* tokens, int B, const int32_t* slots, const int32_t* start_pos,
+                                 int n) {
+    PYLLAMA_CHECK(n >= 1 && n <= kChainMax, ValueError,
+                  "kv_greedy_chain: n (" << n << ") must be in [1, " << kChainMax << "]");
+    kv_check(tokens, B, 1, slots, start_pos);
+    for (int b = 0; b < B; b++)
+      PYLLAMA_CHECK(start_pos[b] + n <= kv_len, ValueError,
+                    "kv_greedy_chain: " << n << " steps from position " << start_pos[b]
+                                        << " do not fit the cache length " << kv_len
+                                        << " (kv_reset with a longer max_len, or fewer steps)");
+    chain_h.resize((size_t)n * B);
+    if (!dec_fast) {
+      std::vector<int32_t> tok(tokens, tokens + B), pos(start_pos, start_pos + B);
+      for (int i = 0; i < n; i++) {
+        const int32_t* t = kv_forward_greedy(tok.data(), B, 1, slots, pos.data());
+        std::copy(t, t + B, chain_h.begin() + (size_t)i * B);
+        std::copy(t, t + B, tok.begin());
+        for (auto& p : pos) p++;
+      }
+      return chain_h.data();
+    }
+    use();
+    ensure_decode(B);
+    dec_upload(tokens, B, slots, start_pos);
+    const int32_t* ring;
+    if (dtype == DType::bfloat16) {
+      for (int i = 0; i < n; i++) run_decode<bf16>(B);
+      DecArrays<bf16> d;
+      dec_carve<bf16>(&d, dec.as<char>(), B);
+      ring = d.ring;
+    } else {
+      for (int i = 0; i < n; i++) run_decode<float>(B);
+      DecArrays<float> d;
+      dec_carve<float>(&d, dec.as<char>(), B);
+      ring = d.ring;
+    }
+    CUDA_CHECK(cudaMemcpyAsync(dec_out_h, ring, (size_t)n * B * sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
+    sync();
+    std::memcpy(chain_h.data(), dec_out_h, (size_t)n * B * sizeof(int32_t));
+    return chain_h.data();
   }
 
   // Greedy choice of the last position of each row: B int32 (valid until the next call).
@@ -1200,6 +1262,11 @@ const float* LlamaModelCuda::kv_forward(const int32_t* tokens, int B, int T, con
   return impl_->kv_forward(tokens, B, T, slots, start_pos, last_only);
 }
 void LlamaModelCuda::kv_reorder(const int32_t* src, int n) { impl_->kv_reorder(src, n); }
+const int32_t* LlamaModelCuda::kv_greedy_chain(const int32_t* tokens, int B, const int32_t* slots,
+                                               const int32_t* start_pos, int n) {
+  return impl_->kv_greedy_chain(tokens, B, slots, start_pos, n);
+}
+int LlamaModelCuda::greedy_chain_max() { return kChainMax; }
 const int32_t* LlamaModelCuda::kv_forward_greedy(const int32_t* tokens, int B, int T, const int32_t* slots,
                                                  const int32_t* start_pos) {
   return impl_->kv_forward_greedy(tokens, B, T, slots, start_pos);

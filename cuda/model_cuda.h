@@ -88,6 +88,12 @@ class LlamaModelCuda {
   // on the GPU, so only B int32s come back.
   const int32_t* kv_forward_greedy(const int32_t* tokens, int B, int T, const int32_t* slots,
                                    const int32_t* start_pos);
+  // n greedy steps in a row from tokens (B, one each) at start_pos: step i's input is step
+  // i - 1's argmax at start_pos + i, fed on the device (one upload, n graph replays, one
+  // download, one wait). Returns n * B int32, step-major, valid until the next call.
+  // n in [1, greedy_chain_max()]; start_pos + n must fit the cache (ValueError otherwise).
+  const int32_t* kv_greedy_chain(const int32_t* tokens, int B, const int32_t* slots, const int32_t* start_pos, int n);
+  static int greedy_chain_max();
 
   // The T = 1 decode step (docs/CUDA.md "Decoding"): fast_path (PYLLAMA_CUDA_DECODE, default on)
   // runs it on fixed device buffers with pinned staging and an on-device argmax; cuda_graphs

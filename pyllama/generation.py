@@ -11,7 +11,11 @@ The core gives three private steps on a model (see ``docs/GENERATION.md``):
 - optional, ``model._kv_greedy_on_device()`` and ``model._kv_forward_greedy(tokens,
   slots, start_pos)`` (the argmax of the last positions' logits, int32 [B]): plain greedy
   decoding (no logits processor active) uses them on a cuda model, so only B token ids
-  come back from the GPU per step.
+  come back from the GPU per step;
+- optional, ``model._kv_greedy_chain_max()`` and ``model._kv_greedy_chain(tokens, slots,
+  start_pos, n)`` (n greedy steps in a row, each step's argmax fed to the next on the
+  GPU, int32 [n, B]): plain greedy decoding then asks for several tokens per call, and
+  drops a sequence's tokens past its stop.
 
 Everything else, every logits processor, the sampler and beam search, is here,
 on numpy arrays, with Hugging Face ``generate`` semantics.
@@ -718,11 +722,19 @@ def _decode_steps(model: Any, prompts: List[np.ndarray], cfg: GenerationConfig, 
     on_device = getattr(model, "_kv_greedy_on_device", None)
     device_greedy = (not cfg.do_sample and state.seen is None and state.counts is None
                      and cfg.no_repeat_ngram_size == 0 and on_device is not None and bool(on_device()))
+    # Greedy chains: n steps per call, fed on the device. Long ones when only the token
+    # limit can stop a sequence (nothing is computed past it); short ones when eos or a stop
+    # string may end it earlier (what follows a stop in the same chain is dropped).
+    chain_max = int(getattr(model, "_kv_greedy_chain_max", lambda: 0)()) if device_greedy else 0
+    chain_len = min(chain_max, 32 if not eos_ids and stopper is None else 8)
     next_toks: Optional[np.ndarray] = None
+    pending: List[np.ndarray] = []  # tokens of later chain steps, each aligned with `live`
 
     while live.size:
         if next_toks is not None:
             toks = next_toks
+        elif pending:
+            toks = pending.pop(0)
         else:
             lg = procs(logits, state, live)
             if cfg.do_sample:
@@ -752,12 +764,19 @@ def _decode_steps(model: Any, prompts: List[np.ndarray], cfg: GenerationConfig, 
                 keep[j] = False
             yield k, t, reason
         live, toks = live[keep], toks[keep]
-        if live.size:
+        pending = [p[keep] for p in pending]
+        next_toks = None
+        if live.size and not pending:
             _check_cache(model, owner)
             step_args = (toks[:, None], live.astype(np.int32), (state.length[live] - 1).astype(np.int32))
             if device_greedy and (cfg.min_new_tokens == 0 or not eos_ids
                                   or bool((state.n_generated(live) >= cfg.min_new_tokens).all())):
-                next_toks = np.asarray(model._kv_forward_greedy(*step_args), np.int32)
+                # at most the tokens every live sequence may still get: no position past the cache
+                n = min(chain_len, int((limit[live] - state.n_generated(live)).min()))
+                if n >= 2:
+                    pending = list(np.asarray(model._kv_greedy_chain(*step_args, n), np.int32))
+                else:
+                    next_toks = np.asarray(model._kv_forward_greedy(*step_args), np.int32)
             else:
                 next_toks = None
                 out = model._kv_forward(*step_args, True)

@@ -277,6 +277,21 @@ class Llama:
             return self._core.kv_forward_greedy(tokens, slots, start_pos)
         return self._kv_forward(tokens, slots, start_pos, True).argmax(axis=-1).astype(np.int32)
 
+    def _kv_greedy_chain_max(self) -> int:
+        """Most steps one :meth:`_kv_greedy_chain` call takes: 0 where there is none (a CPU
+        model, or ``PYLLAMA_CUDA_GREEDY_CHAIN=0``)."""
+        if not self._kv_greedy_on_device():
+            return 0
+        if os.environ.get("PYLLAMA_CUDA_GREEDY_CHAIN", "1").lower() in ("0", "off", "false"):
+            return 0
+        return int(_core.LlamaModelCuda.greedy_chain_max)
+
+    def _kv_greedy_chain(self, tokens: np.ndarray, slots: np.ndarray, start_pos: np.ndarray, n: int) -> np.ndarray:
+        """``n`` greedy steps in a row (cuda models): step 0 runs ``tokens`` [B, 1] at
+        ``start_pos``, step i the argmax of step i - 1 at ``start_pos + i``, fed on the GPU,
+        so the steps run back to back with one wait. Returns int32 [n, B]."""
+        return self._core.kv_greedy_chain(tokens, slots, start_pos, n)
+
     # ---------------------------------------------------------------- Hugging Face files
     def save_pretrained(self, path: Union[str, "os.PathLike[str]"]) -> None:
         """Write ``config.json`` and ``model.safetensors`` (Hugging Face format, float32)
@@ -403,6 +418,9 @@ class _CudaCore:
 
     def kv_forward_greedy(self, tokens, slots, start_pos):
         return self.gpu.kv_forward_greedy(tokens, slots, start_pos)  # int32 [B]
+
+    def kv_greedy_chain(self, tokens, slots, start_pos, n):
+        return self.gpu.kv_greedy_chain(tokens, slots, start_pos, n)  # int32 [n, B]
 
     def num_parameters(self):
         return self.cpu.num_parameters()

@@ -726,6 +726,76 @@ def test_greedy_on_device_equals_host_argmax(dtype):
 
 
 @gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_greedy_chain_equals_single_steps(dtype):
+    """kv_greedy_chain (n steps fed on the device) gives the tokens of n kv_forward_greedy
+    calls fed on the host, on the fused path (B <= 4), the unfused one (B = 6) and the
+    general path; the cache it leaves lets single steps go on; bad n or a chain past the
+    cache's end raise ValueError."""
+    cfg = tiny_config(**CONFIGS["tiny_gqa"])
+    m = pyllama.Llama(cfg, seed=9).to("cuda", dtype=dtype)
+    g = m._core.gpu
+    n_max = pyllama._core.LlamaModelCuda.greedy_chain_max
+    assert n_max >= 8
+    rng = np.random.default_rng(3)
+    for B, fast in ((1, True), (3, True), (6, True), (2, False)):
+        g.set_decode_options(fast_path=fast)
+        prompt = rng.integers(0, cfg.vocab_size, size=(B, 5)).astype(np.int32)
+        slots = np.arange(B, dtype=np.int32)[::-1].copy()
+        pos = np.full(B, 5, np.int32)
+        results = []
+        for chained in (False, True):
+            m._kv_reset(B, 40)
+            first = m._kv_forward_greedy(prompt, slots, np.zeros(B, np.int32))
+            toks = []
+            if chained:
+                toks = list(m._kv_greedy_chain(first[:, None], slots, pos, 9))
+                t, p = toks[-1], pos + 9
+            else:
+                t, p = first, pos
+                for _ in range(9):
+                    t = m._kv_forward_greedy(t[:, None], slots, p)
+                    toks.append(t)
+                    p = p + 1
+            for _ in range(3):  # single steps go on from the chain's cache
+                t = m._kv_forward_greedy(t[:, None], slots, p)
+                toks.append(t)
+                p = p + 1
+            results.append(np.stack(toks))
+        np.testing.assert_array_equal(results[1], results[0], err_msg=f"B={B} fast_path={fast}")
+        assert results[1].shape == (12, B)
+    g.set_decode_options(fast_path=True)
+    m._kv_reset(2, 20)
+    one = np.zeros((2, 1), np.int32)
+    sl = np.arange(2, dtype=np.int32)
+    for n, start, what in ((0, 3, "n"), (n_max + 1, 3, "n"), (5, 16, "cache length")):
+        with pytest.raises(ValueError, match=what):
+            m._kv_greedy_chain(one, sl, np.full(2, start, np.int32), n)
+    with pytest.raises(ValueError, match=r"\(B, 1\)"):
+        m._kv_greedy_chain(np.zeros((2, 2), np.int32), sl, np.zeros(2, np.int32), 2)
+
+
+@gpu
+def test_generate_greedy_chains_stop_like_the_cpu(monkeypatch):
+    """generate() asks for greedy chains on a cuda model; an eos met inside a chain ends that
+    sequence there (later tokens of the chain dropped) while the others go on: the CPU's
+    tokens and stop reasons, with and without chains (PYLLAMA_CUDA_GREEDY_CHAIN=0)."""
+    cfg, cpu, dev = pair("tiny_gqa", seed=17)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9], [10, 11]]
+    free = [list(x) for x in cpu.generate(prompts, max_new_tokens=30, do_sample=False, eos_token_id=[])]
+    eos = free[1][4]  # the second sequence's 5th token: it stops inside the first chain
+    kw = dict(max_new_tokens=30, do_sample=False, eos_token_id=[eos])
+    ref = cpu.generate(prompts, **kw)
+    assert any(r == "eos" for r in ref.stop_reasons)
+    for chain in ("1", "0"):
+        monkeypatch.setenv("PYLLAMA_CUDA_GREEDY_CHAIN", chain)
+        assert (dev._kv_greedy_chain_max() > 0) == (chain == "1")
+        got = dev.generate(prompts, **kw)
+        assert [list(x) for x in got] == [list(x) for x in ref], chain
+        assert got.stop_reasons == ref.stop_reasons, chain
+
+
+@gpu
 def test_device_argmax_ties_take_the_first_index():
     """All-zero output head: every logit is 0, numpy's argmax is 0 (the first index)."""
     cfg = tiny_config(vocab_size=5000)
@@ -872,10 +942,11 @@ def test_train_step_waits_once_and_decode_steps_replay_graphs(dtype):
         runs[n] = {k: b[k] - a[k] for k in a}
         # the prompt's forward, then one graph replay per further token
         assert runs[n]["graph_launches"] == n - 1, (n, runs[n])
-    # ten more tokens: ten more replays and host waits, not one more kernel launched outside a graph
+    # ten more tokens: ten more replays, not one more kernel launched outside a graph, and no
+    # more host waits (the steps after the prompt's run as one greedy chain, one wait)
     assert runs[16]["kernel_launches"] == runs[6]["kernel_launches"], runs
     assert runs[16]["cublas_calls"] == runs[6]["cublas_calls"], runs
-    assert runs[16]["host_waits"] - runs[6]["host_waits"] == 10, runs
+    assert runs[16]["host_waits"] == runs[6]["host_waits"], runs
 
 
 @gpu

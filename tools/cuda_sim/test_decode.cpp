@@ -323,6 +323,12 @@ void fused_logits_case(int B, int C, int V, bool ties, int max_blocks = 0) {
   a.W = W.data(), a.x = x.data(), a.nw = nw.data(), a.eps = 1e-5f, a.IN = C, a.units = V, a.OUT = V;
   a.y = logits.data(), a.yf = lf.data(), a.argmax = am.data(), a.part = part.data(), a.counter = &counter;
   a.max_blocks = max_blocks;
+  // the greedy feed: each run writes its argmax into tok and the ring, advances pos and step
+  std::vector<int32_t> tok(B, -1), pos(B), ring(3 * B, -1);
+  for (int b = 0; b < B; b++) pos[b] = 10 * b;
+  int32_t step = 0;
+  a.feed.tok = tok.data(), a.feed.pos = pos.data(), a.feed.ring = ring.data(), a.feed.step = &step;
+  a.feed.ring_cap = 3;
   const std::string w = fmt("fused_gemv logits %s B=%d C=%d V=%d%s max_blocks=%d", tname<T>(), B, C, V,
                             ties ? " ties" : "", max_blocks);
   for (int rep = 0; rep < 2; rep++) {
@@ -336,6 +342,10 @@ void fused_logits_case(int B, int C, int V, bool ties, int max_blocks = 0) {
     report_exact(w + fmt(" argmax equal to argmax_rows (run %d)", rep + 1), am == am_ref);
     report_exact(w + " counter back at 0", counter == 0);
   }
+  bool fed = step == 2 && tok == am_ref;
+  for (int b = 0; b < B; b++)
+    fed = fed && pos[b] == 10 * b + 2 && ring[b] == am_ref[b] && ring[B + b] == am_ref[b] && ring[2 * B + b] == -1;
+  report_exact(w + " greedy feed (tokens, positions, ring, step)", fed);
 }
 
 }  // namespace
