@@ -7,6 +7,8 @@
     python bench/gpu.py --json out.json  # also write every row to a file
     python bench/gpu.py --attention naive   # train with the (B, NH, T, T) attention kernels (or simt: flash
                                             # without tensor cores) to compare with the default flash attention
+    python bench/gpu.py --decode-only    # only the decoding rows (and HF generate)
+    python bench/gpu.py --profile        # per-op GPU timings of a bf16 training step and of decode steps
 
 Model (issue #8): hidden 768, intermediate 2048, 12 layers, 12 heads, 12 kv heads (MHA),
 vocab 32000, untied head, about 124M parameters.
@@ -26,10 +28,11 @@ allocation counter (pyllama._core.cuda_memory_stats, the backend's cudaMalloc'd 
 and torch.cuda.max_memory_allocated.
 
 Decoding, greedy, bf16 weights, the same 32-token prompts and 128 new tokens (eos off):
-pyllama's model.generate (on-device argmax, CUDA graphs; also without graphs, and at batch
-1 with cuBLAS instead of the 128-bit-load matmul kernel) against
-Hugging Face generate (bf16 weights, sdpa), at batch 1 and 16. Targets: >= 2,000 tok/s
-at batch 1, >= 10,000 tok/s at batch 16.
+pyllama's model.generate (on-device argmax, greedy chains, CUDA graphs; also one step per
+host round trip, without graphs, and at batch 1 without programmatic dependent launch,
+with the unfused kernels, and with cuBLAS instead of the 128-bit-load matmul kernel)
+against Hugging Face generate (bf16 weights, sdpa), at batch 1 and 16; each timed after a
+warm-up of the same length. Targets: >= 2,000 tok/s at batch 1, >= 10,000 tok/s at batch 16.
 """
 import argparse
 import json
@@ -201,6 +204,54 @@ def bench_compile(args, flops, results, timeout_s):
     row = json.loads(rows[-1])
     emit(row, results)
     return row
+
+
+# ---------------------------------------------------------------------------- profile
+def print_profile(title, prof, passes):
+    """One table: each region's milliseconds per pass, share of the total, launches per pass."""
+    total = sum(ms for ms, _ in prof.values()) or 1.0
+    print(f"# profile: {title} ({passes} passes, {total / passes:.3f} ms per pass in the timed regions)", flush=True)
+    for name, (ms, n) in sorted(prof.items(), key=lambda kv: -kv[1][0]):
+        print(f"#   {name:32s} {ms / passes:9.3f} ms {100 * ms / total:5.1f}%  x{n / passes:g}", flush=True)
+
+
+def bench_profile(cfg, B, T, prompt_len, n_new, results):
+    """Where the time goes: CUDA-event timings of each op of a bf16 training step (forward,
+    backward, AdamW) and of eager decode steps at batch 1 (set_profiling; the GPU waits
+    after each pass, and decode steps run without graphs, so the sums run above the
+    un-profiled times)."""
+    model = pyllama.Llama(cfg, seed=0).to("cuda", dtype="bfloat16")
+    g = model._core.gpu
+    segs = segment_table(model)
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (B, T)).astype(np.int32)
+    for i in range(4):  # the first two warm up
+        if i == 2:
+            g.set_profiling(True)
+        model.zero_grad()
+        model(ids, labels=ids, return_logits=False)
+        model.backward()
+        g.adamw_step(segs, 3e-4, 0.9, 0.95, 1e-8, 0.1, i + 1)
+    prof = g.profile()
+    g.set_profiling(False)
+    print_profile(f"train bfloat16 B={B} T={T}", prof, 2)
+    results.append({"what": "profile", "pass": "train", "dtype": "bfloat16", "B": B, "T": T, "passes": 2,
+                    "regions": {k: list(v) for k, v in prof.items()}})
+    prompt = np.random.default_rng(1).integers(0, cfg.vocab_size, (1, prompt_len))
+    kw = dict(max_new_tokens=n_new, do_sample=False, eos_token_id=[])
+    for fused in (True, False):
+        g.set_decode_options(cuda_graphs=False, fused=fused)
+        model.generate(prompt, **kw)
+        g.set_profiling(True)
+        model.generate(prompt, **kw)
+        prof = g.profile()
+        g.set_profiling(False)
+        steps = max(1, n_new - 1)
+        what = "fused" if fused else "unfused"
+        print_profile(f"decode bfloat16 B=1, {what} kernels, eager launches", prof, steps)
+        results.append({"what": "profile", "pass": f"decode {what}", "dtype": "bfloat16", "B": 1, "passes": steps,
+                        "regions": {k: list(v) for k, v in prof.items()}})
+    g.set_decode_options(cuda_graphs=True, fused=True)
+    del model, g
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -388,6 +439,8 @@ def main(argv=None):
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     ap.add_argument("--check", action="store_true", help="correctness check only (no pytest needed)")
     ap.add_argument("--decode-only", action="store_true", help="only the decoding rows (and HF generate)")
+    ap.add_argument("--profile", action="store_true",
+                    help="only per-op GPU timings (CUDA events) of a bf16 training step and of eager decode steps")
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--_compile-child", dest="compile_child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_flops", dest="flops", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -420,6 +473,13 @@ def main(argv=None):
     if why:
         print(f"# torch references skipped: {why}", flush=True)
     budget = args.budget
+    if args.profile:
+        B, T = spec["train_bf16"]
+        bench_profile(cfg, B, T, args.prompt_len, args.decode_tokens, results)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1)
+        return 0
     if args.decode_only:
         hf = None
         if not why:

@@ -803,6 +803,14 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
            "dependent launches, each starting while the one before finishes; sm_90+ only, ignored before; "
            "env PYLLAMA_CUDA_PDL); None keeps the current setting. "
            "Drops captured graphs.")
+      .def("set_profiling", &LlamaModelCuda::set_profiling, py::arg("on"), py::call_guard<py::gil_scoped_release>(),
+           "Per-region GPU timings: while on, forward, backward, AdamW and eager decode steps time each op "
+           "with CUDA events (and wait for the GPU after each pass). Turning it on clears the totals.")
+      .def("profile", [](const LlamaModelCuda& g) {
+             py::dict d;
+             for (const auto& e : g.profile()) d[py::str(e.name)] = py::make_tuple(e.ms, e.count);
+             return d;
+           }, "{region: (milliseconds, times)} summed since set_profiling(True).")
       .def("decode_stats", [](const LlamaModelCuda& g) {
              const auto st = g.decode_stats();
              py::dict d;

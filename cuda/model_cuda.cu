@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -167,6 +168,55 @@ struct DecArrays {
   int32_t *argmax, *ring;          // ring: kChainMax steps of B argmaxes (the greedy chain)
 };
 
+// Per-region timings (LlamaModelCuda::set_profiling): when on, each op of the training
+// forward/backward, AdamW and the eager decode step records a CUDA event after it; a
+// region's time is the gap since the event before. end() waits for the stream (so
+// profiling adds a wait per pass) and adds the gaps up by name. Off: one branch per mark.
+struct Prof {
+  bool on = false;
+  std::vector<cudaEvent_t> pool;
+  size_t used = 0;
+  std::vector<const char*> names;  // names[i]: the region event i closes (nullptr: the start)
+  std::map<std::string, std::pair<double, long long>> acc;  // name -> (ms, times)
+  void record(cudaStream_t s, const char* name) {
+    if (used == pool.size()) {
+      cudaEvent_t e;
+      CUDA_CHECK(cudaEventCreate(&e));
+      pool.push_back(e);
+    }
+    CUDA_CHECK(cudaEventRecord(pool[used++], s));
+    names.push_back(name);
+  }
+  void begin(cudaStream_t s) {
+    if (!on) return;
+    used = 0;
+    names.clear();
+    record(s, nullptr);
+  }
+  void mark(cudaStream_t s, const char* name) {
+    if (on && used > 0) record(s, name);
+  }
+  void end(cudaStream_t s) {
+    if (!on || used == 0) return;
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    for (size_t i = 1; i < used; i++) {
+      float ms = 0.f;
+      CUDA_CHECK(cudaEventElapsedTime(&ms, pool[i - 1], pool[i]));
+      auto& a = acc[names[i]];
+      a.first += ms;
+      a.second++;
+    }
+    used = 0;
+    names.clear();
+  }
+  void release() {
+    for (auto e : pool) cudaEventDestroy(e);
+    pool.clear();
+    used = 0;
+    names.clear();
+  }
+};
+
 }  // namespace
 
 struct LlamaModelCuda::Impl : AllocAccount {
@@ -248,8 +298,11 @@ struct LlamaModelCuda::Impl : AllocAccount {
   long long n_captures = 0, n_replays = 0, n_eager = 0, n_general = 0;
   std::string graph_error;
 
+  Prof prof;
+
   ~Impl() {
     if (stream) cudaStreamSynchronize(stream);
+    prof.release();
     for (auto& g : dec_graph) cudaGraphExecDestroy(g.exec);
     dec_graph.clear();
     gemm.reset();
@@ -507,36 +560,54 @@ struct LlamaModelCuda::Impl : AllocAccount {
     const int32_t* pos = pos_d.as<int32_t>();
     const float *cs = rope_cos.as<float>(), *sn = rope_sin.as<float>();
     cudaStream_t s = stream;
+    auto mk = [&](const char* name) { prof.mark(s, name); };
 
+    prof.begin(s);
     gpu::embedding_forward<T>(a.x0, tok, Wp, N, C, s);
+    mk("fwd embedding");
     const T* x = a.x0;
     for (int l = 0; l < L; l++) {
       const LayerOff& o = layer_off[l];
       auto& y = a.layers[l];
       gpu::rmsnorm_forward<T>(y.ln1, y.rstd1, x, Wp + o.ln1, N, C, eps, s);
+      mk("fwd rmsnorm");
       gpu::linear_forward<T>(*gemm, y.qkv, y.ln1, Wp + o.wqkv, N, C, QKVD, s);
+      mk("fwd matmul qkv");
       gpu::rope_apply<T>(y.qkv, QKVD, pos, cs, sn, N, NH, HS, false, s);
       gpu::rope_apply<T>(y.qkv + C, QKVD, pos, cs, sn, N, NKV, HS, false, s);
+      mk("fwd rope");
       if (attn_naive)
         gpu::attention_forward<T>(y.atty, y.att, y.qkv, B, Tn, NH, NKV, HS, s);
       else if (attn_gemm)
         gpu::attention_forward_gemm<T>(*gemm, y.atty, y.att, y.qkv, attn_scratch.p, B, Tn, NH, NKV, HS, s);
       else
         gpu::flash_attention_forward<T>(y.atty, y.att, y.qkv, B, Tn, NH, NKV, HS, s, attn_tc);
+      mk("fwd attention");
       gpu::linear_forward<T>(*gemm, y.res1, y.atty, Wp + o.wo, N, C, C, s);
+      mk("fwd matmul o");
       gpu::residual_forward<T>(y.res1, y.res1, x, (long long)N * C, s);
+      mk("fwd residual");
       gpu::rmsnorm_forward<T>(y.ln2, y.rstd2, y.res1, Wp + o.ln2, N, C, eps, s);
+      mk("fwd rmsnorm");
       gpu::linear_forward<T>(*gemm, y.gu, y.ln2, Wp + o.wgu, N, C, 2 * I, s);
+      mk("fwd matmul gate_up");
       gpu::swiglu_forward<T>(y.h, y.gu, N, I, s);
+      mk("fwd swiglu");
       gpu::linear_forward<T>(*gemm, y.res2, y.h, Wp + o.wd, N, I, C, s);
+      mk("fwd matmul down");
       gpu::residual_forward<T>(y.res2, y.res2, y.res1, (long long)N * C, s);
+      mk("fwd residual");
       x = y.res2;
     }
     gpu::rmsnorm_forward<T>(a.lnf, a.rstdf, x, Wp + lnf_off, N, C, eps, s);
+    mk("fwd rmsnorm");
     gpu::linear_forward<T>(*gemm, a.logits, a.lnf, Wp + wout_off, N, C, V, s);
+    mk("fwd matmul lm_head");
     if (want_loss)
       gpu::crossentropy_forward<T>(a.lse, a.row_loss, scalars.as<double>(), a.logits, targets_d.as<int32_t>(), N, V,
                                    s);
+    mk("fwd cross-entropy");
+    prof.end(s);
   }
 
   void logits_to_host(float* dst) const {
@@ -583,12 +654,17 @@ struct LlamaModelCuda::Impl : AllocAccount {
     const int32_t* pos = pos_d.as<int32_t>();
     const float *cs = rope_cos.as<float>(), *sn = rope_sin.as<float>();
     cudaStream_t s = stream;
+    auto mk = [&](const char* name) { prof.mark(s, name); };
 
+    prof.begin(s);
     gpu::crossentropy_backward<T>(a.logits, a.logits, a.lse, targets_d.as<int32_t>(), scale / count, N, V, s);
+    mk("bwd cross-entropy");
     gpu::linear_backward<T>(*gemm, a.dln, G + wout_off, a.logits, a.lnf, Wp + wout_off, N, C, V, s);
+    mk("bwd matmul lm_head");
     CUDA_CHECK(cudaMemsetAsync(a.dres, 0, sizeof(T) * (size_t)N * C, s));
     const T* xL = L > 0 ? a.layers[L - 1].res2 : a.x0;
     gpu::rmsnorm_backward<T>(a.dres, G + lnf_off, a.dln, xL, Wp + lnf_off, a.rstdf, N, C, s);
+    mk("bwd rmsnorm");
 
     for (int l = L - 1; l >= 0; l--) {
       const LayerOff& o = layer_off[l];
@@ -596,11 +672,16 @@ struct LlamaModelCuda::Impl : AllocAccount {
       const T* x = l > 0 ? a.layers[l - 1].res2 : a.x0;
       // feed-forward: res2 = res1 + down(swiglu(gate_up(ln2)))
       gpu::linear_backward<T>(*gemm, a.dh, G + o.wd, a.dres, y.h, Wp + o.wd, N, I, C, s);
+      mk("bwd matmul down");
       gpu::swiglu_backward<T>(a.dgu, a.dh, y.gu, N, I, s);
+      mk("bwd swiglu");
       gpu::linear_backward<T>(*gemm, a.dln, G + o.wgu, a.dgu, y.ln2, Wp + o.wgu, N, C, 2 * I, s);
+      mk("bwd matmul gate_up");
       gpu::rmsnorm_backward<T>(a.dres, G + o.ln2, a.dln, y.res1, Wp + o.ln2, y.rstd2, N, C, s);
+      mk("bwd rmsnorm");
       // attention: res1 = x + o(attn(rope(qkv(ln1))))
       gpu::linear_backward<T>(*gemm, a.datty, G + o.wo, a.dres, y.atty, Wp + o.wo, N, C, C, s);
+      mk("bwd matmul o");
       if (attn_naive)
         gpu::attention_backward<T>(a.dqkv, a.datt, a.datty, y.qkv, y.att, B, Tn, NH, NKV, HS, s);
       else if (attn_gemm)
@@ -608,12 +689,18 @@ struct LlamaModelCuda::Impl : AllocAccount {
       else
         gpu::flash_attention_backward<T>(a.dqkv, a.datt, a.datty, y.atty, y.qkv, y.att, B, Tn, NH, NKV, HS, s,
                                          attn_tc);
+      mk("bwd attention");
       gpu::rope_apply<T>(a.dqkv, QKVD, pos, cs, sn, N, NH, HS, true, s);
       gpu::rope_apply<T>(a.dqkv + C, QKVD, pos, cs, sn, N, NKV, HS, true, s);
+      mk("bwd rope");
       gpu::linear_backward<T>(*gemm, a.dln, G + o.wqkv, a.dqkv, y.ln1, Wp + o.wqkv, N, C, QKVD, s);
+      mk("bwd matmul qkv");
       gpu::rmsnorm_backward<T>(a.dres, G + o.ln1, a.dln, x, Wp + o.ln1, y.rstd1, N, C, s);
+      mk("bwd rmsnorm");
     }
     gpu::embedding_backward<T>(G, a.dres, tok, N, C, s);
+    mk("bwd embedding");
+    prof.end(s);
   }
 
   // ------------------------------------------------------------ KV cache
@@ -843,6 +930,9 @@ struct LlamaModelCuda::Impl : AllocAccount {
 
   // The step's kernels, all reading tokens/positions/slots and the cache bases from device
   // memory: what a graph captures.
+  // profiling marks of the decode step: eager steps only (a graph capture records no marks)
+  bool dec_prof = false;
+
   template <typename T>
   void decode_kernels(int B) {
     DecArrays<T> d;
@@ -863,12 +953,16 @@ struct LlamaModelCuda::Impl : AllocAccount {
       gpu::decode_linear<T>(*gemm, dec_gemv, y, x, w, B, in, out, s);
     };
     int* attn_cnt = reinterpret_cast<int*>(dec_io.as<int32_t>() + 3 * (size_t)dec_rows + 1);
+    auto mk = [&](const char* name) {
+      if (dec_prof) prof.mark(s, name);
+    };
     if (dec_fused && dec_gemv && fused_fits<T>(B)) {
       // five kernels a layer: RMSNorm folded into the QKV and gate/up matmuls, RoPE and the
       // cache store into the QKV one, SwiGLU into gate/up, the residual adds into the output
       // and down projections, the attention merge into the attention kernel; the final norm,
       // the float copy and the argmax into the logits matmul
       gpu::embedding_forward<T>(d.x, tok, Wp, B, C, s);
+      mk("dec embedding");
       for (int l = 0; l < L; l++) {
         const LayerOff& o = layer_off[l];
         gpu::FusedGemv<T> q;
@@ -876,18 +970,23 @@ struct LlamaModelCuda::Impl : AllocAccount {
         q.y = d.qkv, q.kvp = kvp, q.layer_off = l * layer_stride, q.slots = slt, q.pos = pos, q.cos_t = cs;
         q.sin_t = sn, q.NH = NH, q.NKV = NKV, q.HS = HS, q.max_len = kv_len;
         gpu::fused_gemv<T>(gpu::kEpiRope, q, B, dec_pdl, s);
+        mk("dec fused norm+qkv+rope");
         gpu::decode_attention<T>(d.atty, d.part, attn_cnt, d.qkv, kvp, l * layer_stride, slt, pos, B, NH, NKV, HS,
                                  kv_len, splits, dec_pdl, s);
+        mk("dec attention");
         gpu::FusedGemv<T> wo;
         wo.W = Wp + o.wo, wo.x = d.atty, wo.IN = C, wo.units = C, wo.OUT = C, wo.y = d.x;
         gpu::fused_gemv<T>(gpu::kEpiResidual, wo, B, dec_pdl, s);
+        mk("dec fused o+residual");
         gpu::FusedGemv<T> gu;
         gu.W = Wp + o.wgu, gu.x = d.x, gu.nw = Wp + o.ln2, gu.eps = eps, gu.IN = C, gu.units = I, gu.OUT = I;
         gu.y = d.h;
         gpu::fused_gemv<T>(gpu::kEpiSwiGLU, gu, B, dec_pdl, s);
+        mk("dec fused norm+gate_up+swiglu");
         gpu::FusedGemv<T> dn;
         dn.W = Wp + o.wd, dn.x = d.h, dn.IN = I, dn.units = C, dn.OUT = C, dn.y = d.x;
         gpu::fused_gemv<T>(gpu::kEpiResidual, dn, B, dec_pdl, s);
+        mk("dec fused down+residual");
       }
       gpu::FusedGemv<T> hd;
       hd.W = Wp + wout_off, hd.x = d.x, hd.nw = Wp + lnf_off, hd.eps = eps, hd.IN = C, hd.units = V, hd.OUT = V;
@@ -896,26 +995,38 @@ struct LlamaModelCuda::Impl : AllocAccount {
       hd.feed = feed;
       if constexpr (!std::is_same<T, float>::value) hd.yf = d.logits_f;
       gpu::fused_gemv<T>(gpu::kEpiStore, hd, B, dec_pdl, s);
+      mk("dec fused norm+lm_head+argmax");
       return;
     }
     // each residual add is fused with the RMSNorm after it (ln2, the next layer's ln1, the final norm)
     gpu::embedding_forward<T>(d.x, tok, Wp, B, C, s);
     gpu::rmsnorm_forward<T>(d.ln, d.rstd, d.x, Wp + (L > 0 ? layer_off[0].ln1 : lnf_off), B, C, eps, s);
+    mk("dec embedding+rmsnorm");
     for (int l = 0; l < L; l++) {
       const LayerOff& o = layer_off[l];
       lin(d.qkv, d.ln, Wp + o.wqkv, C, QKVD);
+      mk("dec matmul qkv");
       gpu::decode_rope_store<T>(d.qkv, kvp, l * layer_stride, slt, pos, cs, sn, B, NH, NKV, HS, kv_len, s);
+      mk("dec rope+store");
       gpu::decode_attention<T>(d.atty, d.part, attn_cnt, d.qkv, kvp, l * layer_stride, slt, pos, B, NH, NKV, HS,
                                kv_len, splits, false, s);
+      mk("dec attention");
       lin(d.tmp, d.atty, Wp + o.wo, C, C);
+      mk("dec matmul o");
       gpu::decode_residual_rmsnorm<T>(d.x, d.tmp, d.ln, d.rstd, Wp + o.ln2, B, C, eps, s);
+      mk("dec residual+rmsnorm");
       lin(d.gu, d.ln, Wp + o.wgu, C, 2 * I);
+      mk("dec matmul gate_up");
       gpu::swiglu_forward<T>(d.h, d.gu, B, I, s);
+      mk("dec swiglu");
       lin(d.tmp, d.h, Wp + o.wd, I, C);
+      mk("dec matmul down");
       const size_t next_norm = l + 1 < L ? layer_off[l + 1].ln1 : lnf_off;
       gpu::decode_residual_rmsnorm<T>(d.x, d.tmp, d.ln, d.rstd, Wp + next_norm, B, C, eps, s);
+      mk("dec residual+rmsnorm");
     }
     lin(d.logits, d.ln, Wp + wout_off, C, V);
+    mk("dec matmul lm_head");
     const float* lf = reinterpret_cast<const float*>(d.logits);
     if constexpr (!std::is_same<T, float>::value) {
       gpu::convert<float, T>(d.logits_f, d.logits, (long long)B * V, s);
@@ -923,6 +1034,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
     }
     gpu::argmax_rows(d.argmax, lf, B, V, s);
     gpu::decode_advance(feed, d.argmax, B, s);
+    mk("dec argmax+feed");
   }
 
   // Whether the fused decode kernels take B rows: at most kSkinnyMaxRows, 128-bit-aligned
@@ -994,7 +1106,11 @@ struct LlamaModelCuda::Impl : AllocAccount {
       }
       if (dec_graphs) dec_seen.push_back(B);  // first step of this B: eager, warms cuBLAS up
     }
+    dec_prof = prof.on;
+    prof.begin(stream);
     decode_kernels<T>(B);
+    prof.end(stream);
+    dec_prof = false;
     n_eager++;
   }
 
@@ -1196,6 +1312,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
     ensure_moments();
     const gpu::AdamWScalars sc = gpu::AdamWScalars::make(lr, beta1, beta2, eps, wd, step);
     const int n_runs = (int)run_start_h.size();
+    prof.begin(stream);
     if (dtype == DType::bfloat16)
       gpu::adamw_update<bf16>(params.as<float>(), m.as<float>(), v.as<float>(), grads.as<float>(), wc.as<bf16>(),
                               (long long)P, run_start_d.as<int64_t>(), run_decay_d.as<int32_t>(), n_runs, sc, stream);
@@ -1203,6 +1320,16 @@ struct LlamaModelCuda::Impl : AllocAccount {
       gpu::adamw_update<float>(params.as<float>(), m.as<float>(), v.as<float>(), grads.as<float>(), nullptr,
                                (long long)P, run_start_d.as<int64_t>(), run_decay_d.as<int32_t>(), n_runs, sc,
                                stream);
+    prof.mark(stream, "adamw");
+    prof.end(stream);
+  }
+
+  // ------------------------------------------------------------ profiling
+  void set_profiling(bool on) {
+    use();
+    sync();
+    prof.on = on;
+    prof.acc.clear();
   }
 
   double grad_norm() { return read_norm(0.0, nullptr); }
@@ -1270,6 +1397,12 @@ int LlamaModelCuda::greedy_chain_max() { return kChainMax; }
 const int32_t* LlamaModelCuda::kv_forward_greedy(const int32_t* tokens, int B, int T, const int32_t* slots,
                                                  const int32_t* start_pos) {
   return impl_->kv_forward_greedy(tokens, B, T, slots, start_pos);
+}
+void LlamaModelCuda::set_profiling(bool on) { impl_->set_profiling(on); }
+std::vector<LlamaModelCuda::ProfileEntry> LlamaModelCuda::profile() const {
+  std::vector<ProfileEntry> out;
+  for (const auto& kv : impl_->prof.acc) out.push_back({kv.first, kv.second.first, kv.second.second});
+  return out;
 }
 void LlamaModelCuda::set_decode_options(bool fast_path, bool cuda_graphs, bool skinny_gemv, bool fused, bool pdl) {
   impl_->set_decode(fast_path, cuda_graphs, skinny_gemv, fused, pdl);

@@ -116,6 +116,19 @@ class LlamaModelCuda {
   };
   DecodeStats decode_stats() const;
 
+  // Per-region GPU timings (docs/CUDA.md "Profiling"): while on, the training forward and
+  // backward, AdamW and eager decode steps record a CUDA event after each op and wait for
+  // the stream at the end of each pass (so profiled runs are slower and the one-wait
+  // training step waits more); profile() returns the time of each named region summed
+  // over the passes since set_profiling(true). Graph replays are not profiled.
+  void set_profiling(bool on);
+  struct ProfileEntry {
+    std::string name;
+    double ms;
+    long long count;
+  };
+  std::vector<ProfileEntry> profile() const;
+
   // Device bytes this model's buffers hold (params, grads, moments, activations, KV cache,
   // decode buffers, cuBLAS workspace); see also cuda_bytes_allocated() (cuda_device.h).
   size_t bytes_allocated() const;

@@ -977,3 +977,36 @@ def test_fused_decode_step_launches_five_kernels_a_layer(dtype):
     assert per_step[True] == 2 + 5 * L, per_step
     assert per_step[False] >= 4 + 9 * L, per_step
     assert tokens[True, 16] == tokens[False, 16]
+
+
+@gpu
+def test_profiling_counts_each_region():
+    """set_profiling / profile: each named region of forward, backward, AdamW and an eager
+    decode step, counted once per layer and pass, times >= 0; off: nothing is added."""
+    cfg = tiny_config()
+    L = cfg.num_hidden_layers
+    m = pyllama.Llama(cfg, seed=0).to("cuda")
+    g = m._core.gpu
+    ids, labels = make_batch(cfg, 2, 8)
+    g.set_profiling(True)
+    for _ in range(2):
+        m.zero_grad()
+        m(ids, labels=labels)
+        m.backward()
+    g.adamw_step(segment_table(m), 1e-3, 0.9, 0.95, 1e-8, 0.0, 1)
+    g.set_decode_options(cuda_graphs=False)
+    m._kv_reset(1, 16)
+    one = np.ones(1, np.int32)
+    m._kv_forward_greedy(np.array([[1, 2]], np.int32), np.zeros(1, np.int32), np.zeros(1, np.int32))
+    m._kv_forward_greedy(np.array([[3]], np.int32), np.zeros(1, np.int32), 2 * one)
+    prof = g.profile()
+    assert all(ms >= 0.0 for ms, _ in prof.values()), prof
+    assert prof["fwd matmul qkv"][1] == 2 * L and prof["fwd attention"][1] == 2 * L, prof
+    assert prof["fwd rmsnorm"][1] == 2 * (2 * L + 1), prof
+    assert prof["bwd attention"][1] == 2 * L and prof["bwd matmul lm_head"][1] == 2, prof
+    assert prof["adamw"][1] == 1, prof
+    assert prof["dec attention"][1] == L and prof["dec fused norm+lm_head+argmax"][1] == 1, prof
+    g.set_profiling(False)
+    assert g.profile() == {}
+    m(ids, labels=labels)
+    assert g.profile() == {}

@@ -442,6 +442,13 @@ cudaError_t cudaEventQuery(cudaEvent_t e) {
   return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t e) { return cudaEventQuery(e); }
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {
+  SIM_LOCK;
+  if (!events.count(a) || !events.count(b)) return report(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime of an unknown event");
+  if (!a->recorded || !b->recorded) return report(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime of an event never recorded");
+  *ms = 0.f;  // the emulator keeps no GPU clock: regions are counted, not timed
+  return cudaSuccess;
+}
 
 // ---------------------------------------------------------------- capture and graphs
 cudaError_t cudaStreamBeginCapture(cudaStream_t st, cudaStreamCaptureMode) {
