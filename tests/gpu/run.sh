@@ -108,6 +108,14 @@ else
   summary "bench: FAILED or timed out (see bench.log; not counted as a test failure)"
 fi
 grep -E '^# (train|decode|total)|skipped|failed' "$OUT/bench.log" | tee -a "$OUT/summary.txt"
+# where the time goes: per-op CUDA-event timings (training step, eager decode steps), into bench.log
+echo "== profile (bench/gpu.py --profile)" | tee -a "$OUT/bench.log"
+if run_step profile 90 "$PY" "$ROOT/bench/gpu.py" --profile 2>&1 | tee -a "$OUT/bench.log"; then
+  summary "profile: ok"
+else
+  summary "profile: FAILED or timed out (see bench.log)"
+fi
+grep -E '^# profile:' "$OUT/bench.log" | tee -a "$OUT/summary.txt"
 
 echo "== NCCL tests (the GPU tests of tests/test_distributed_nccl.py, marked nccl; its CPU tests run in CI)" \
   | tee "$OUT/nccl.log"
