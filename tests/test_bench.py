@@ -160,3 +160,11 @@ def test_gpu_bench_script_runs_end_to_end(tmp_path):
     assert "# train bfloat16" in p.stdout and "# train float32" in p.stdout, p.stdout[-3000:]
     assert "gemm" in p.stdout, p.stdout[-3000:]
     assert len(rows) >= 4 and all(r.get("tok_s", 1) > 0 for r in rows), text[:3000]
+    # the per-op profile the GPU session reads (training step, fused and unfused decode steps)
+    p = subprocess.run([sys.executable, GPU_BENCH, "--size", "tiny", "--profile", "--decode-tokens", "6",
+                        "--prompt-len", "5"], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    for want in ("# profile: train bfloat16", "fwd attention", "bwd matmul lm_head", "adamw",
+                 "# profile: decode bfloat16 B=1, fused", "dec fused norm+qkv+rope", "# profile: decode bfloat16 B=1, unfused",
+                 "dec rope+store"):
+        assert want in p.stdout, (want, p.stdout[-3000:])
