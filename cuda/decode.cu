@@ -379,10 +379,8 @@ __device__ __forceinline__ bool arg_better(float v, int i, float bv, int bi) {
   if (vn || bn) return vn && (!bn || i < bi);
   return v > bv || (v == bv && i < bi);
 }
-// (bv, bi) = the better of the block's threads' pairs; every thread must call it and gets
-// the result. sv, si: 32 entries of shared memory each.
-__device__ __forceinline__ void block_argmax(float& bv, int& bi, float* sv, int* si) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+// (bv, bi) = the better of the warp's lanes' pairs, in every lane (full mask).
+__device__ __forceinline__ void warp_argmax(float& bv, int& bi) {
   for (int o = 16; o > 0; o >>= 1) {
     const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
     const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
@@ -391,6 +389,12 @@ __device__ __forceinline__ void block_argmax(float& bv, int& bi, float* sv, int*
       bi = oi;
     }
   }
+}
+// (bv, bi) = the better of the block's threads' pairs; every thread must call it and gets
+// the result. sv, si: 32 entries of shared memory each.
+__device__ __forceinline__ void block_argmax(float& bv, int& bi, float* sv, int* si) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  warp_argmax(bv, bi);
   __syncthreads();  // sv/si may still be read by a previous call
   if (lane == 0) {
     sv[warp] = bv;
@@ -399,13 +403,25 @@ __device__ __forceinline__ void block_argmax(float& bv, int& bi, float* sv, int*
   __syncthreads();
   bv = lane < nwarps ? sv[lane] : -INFINITY;
   bi = lane < nwarps ? si[lane] : INT_MAX;
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (arg_better(ov, oi, bv, bi)) {
-      bv = ov;
-      bi = oi;
-    }
+  warp_argmax(bv, bi);
+}
+
+// acc[r][b] += (weight row r) . (input row b) over the 128-bit chunk c, in the order of
+// skinny_gemv_kernel; wload(r, wv) puts row r's chunk (as floats) in wv.
+template <typename T, int NB, int R, typename WLoad>
+__device__ __forceinline__ void accumulate_chunk(float (&acc)[R][NB], const T* xin, int IN, int c, WLoad wload) {
+  constexpr int VEC = 16 / (int)sizeof(T);
+  float xv[NB][VEC];
+#pragma unroll
+  for (int b = 0; b < NB; b++) load_vec<VEC>(xin + (long long)b * IN + (long long)c * VEC, xv[b]);
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    float wv[VEC];
+    wload(r, wv);
+#pragma unroll
+    for (int b = 0; b < NB; b++)
+#pragma unroll
+      for (int e = 0; e < VEC; e++) acc[r][b] += wv[e] * xv[b][e];
   }
 }
 
@@ -493,36 +509,12 @@ __global__ void __launch_bounds__(kFusedThreads, 2) fused_gemv_kernel(FusedGemv<
 #pragma unroll
     for (int j = 0; j < PF; j++) {
       const int c = lane + 32 * j;
-      if (c < nch) {
-        float xv[NB][VEC];
-#pragma unroll
-        for (int b = 0; b < NB; b++) load_vec<VEC>(xin + (long long)b * IN + (long long)c * VEC, xv[b]);
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-          float wv[VEC];
-          raw_to_f<T>(pf[r][j], wv);
-#pragma unroll
-          for (int b = 0; b < NB; b++)
-#pragma unroll
-            for (int e = 0; e < VEC; e++) acc[r][b] += wv[e] * xv[b][e];
-        }
-      }
+      if (c < nch) accumulate_chunk<T, NB, R>(acc, xin, IN, c, [&](int r, float* wv) { raw_to_f<T>(pf[r][j], wv); });
     }
 #pragma unroll 4
-    for (int c = lane + 32 * PF; c < nch; c += 32) {
-      float xv[NB][VEC];
-#pragma unroll
-      for (int b = 0; b < NB; b++) load_vec<VEC>(xin + (long long)b * IN + (long long)c * VEC, xv[b]);
-#pragma unroll
-      for (int r = 0; r < R; r++) {
-        float wv[VEC];
-        load_vec<VEC>(a.W + row[r] * IN + (long long)c * VEC, wv);
-#pragma unroll
-        for (int b = 0; b < NB; b++)
-#pragma unroll
-          for (int e = 0; e < VEC; e++) acc[r][b] += wv[e] * xv[b][e];
-      }
-    }
+    for (int c = lane + 32 * PF; c < nch; c += 32)
+      accumulate_chunk<T, NB, R>(acc, xin, IN, c,
+                                 [&](int r, float* wv) { load_vec<VEC>(a.W + row[r] * IN + (long long)c * VEC, wv); });
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
@@ -684,33 +676,8 @@ __global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(int32_t* out, co
       bi = i;
     }
   }
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (arg_better(ov, oi, bv, bi)) {
-      bv = ov;
-      bi = oi;
-    }
-  }
-  if (lane == 0) {
-    sv[warp] = bv;
-    si[warp] = bi;
-  }
-  __syncthreads();
-  if (warp == 0) {
-    bv = lane < nwarps ? sv[lane] : -INFINITY;
-    bi = lane < nwarps ? si[lane] : INT_MAX;
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-      if (arg_better(ov, oi, bv, bi)) {
-        bv = ov;
-        bi = oi;
-      }
-    }
-    if (lane == 0) out[blockIdx.x] = bi;
-  }
+  block_argmax(bv, bi, sv, si);
+  if (threadIdx.x == 0) out[blockIdx.x] = bi;
 }
 
 }  // namespace

@@ -961,6 +961,11 @@ struct LlamaModelCuda::Impl : AllocAccount {
       // cache store into the QKV one, SwiGLU into gate/up, the residual adds into the output
       // and down projections, the attention merge into the attention kernel; the final norm,
       // the float copy and the argmax into the logits matmul
+      auto residual_matmul = [&](const T* w, const T* in, int in_features) {  // x += in w^T
+        gpu::FusedGemv<T> r;
+        r.W = w, r.x = in, r.IN = in_features, r.units = C, r.OUT = C, r.y = d.x;
+        gpu::fused_gemv<T>(gpu::kEpiResidual, r, B, dec_pdl, s);
+      };
       gpu::embedding_forward<T>(d.x, tok, Wp, B, C, s);
       mk("dec embedding");
       for (int l = 0; l < L; l++) {
@@ -974,18 +979,14 @@ struct LlamaModelCuda::Impl : AllocAccount {
         gpu::decode_attention<T>(d.atty, d.part, attn_cnt, d.qkv, kvp, l * layer_stride, slt, pos, B, NH, NKV, HS,
                                  kv_len, splits, dec_pdl, s);
         mk("dec attention");
-        gpu::FusedGemv<T> wo;
-        wo.W = Wp + o.wo, wo.x = d.atty, wo.IN = C, wo.units = C, wo.OUT = C, wo.y = d.x;
-        gpu::fused_gemv<T>(gpu::kEpiResidual, wo, B, dec_pdl, s);
+        residual_matmul(Wp + o.wo, d.atty, C);
         mk("dec fused o+residual");
         gpu::FusedGemv<T> gu;
         gu.W = Wp + o.wgu, gu.x = d.x, gu.nw = Wp + o.ln2, gu.eps = eps, gu.IN = C, gu.units = I, gu.OUT = I;
         gu.y = d.h;
         gpu::fused_gemv<T>(gpu::kEpiSwiGLU, gu, B, dec_pdl, s);
         mk("dec fused norm+gate_up+swiglu");
-        gpu::FusedGemv<T> dn;
-        dn.W = Wp + o.wd, dn.x = d.h, dn.IN = I, dn.units = C, dn.OUT = C, dn.y = d.x;
-        gpu::fused_gemv<T>(gpu::kEpiResidual, dn, B, dec_pdl, s);
+        residual_matmul(Wp + o.wd, d.h, I);
         mk("dec fused down+residual");
       }
       gpu::FusedGemv<T> hd;
