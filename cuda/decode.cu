@@ -43,7 +43,13 @@ void launch_pdl(bool pdl, void (*kernel)(P...), dim3 grid, dim3 block, size_t sm
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = pdl ? 1 : 0;
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
+  cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, args...);
+  if (err != cudaSuccess && pdl) {  // a driver without programmatic launches: a plain one
+    (void)cudaGetLastError();
+    cfg.numAttrs = 0;
+    err = cudaLaunchKernelEx(&cfg, kernel, args...);
+  }
+  CUDA_CHECK(err);
 }
 #endif
 
