@@ -515,3 +515,79 @@ def test_plain_greedy_steps_use_the_device_argmax(extra):
     assert (m.greedy_calls > 0) == plain, (extra, m.greedy_calls)
     if "min_new_tokens" in extra and plain:  # the first steps (eos masked) read logits, later ones do not
         assert 0 < m.greedy_calls < m.calls
+
+
+class FakeChainModel(FakeKVModel):
+    """FakeKVModel with the greedy-chain interface a cuda model offers (device argmax, n
+    steps per call), each chain step done as a host step: generate()'s chain bookkeeping
+    (tokens past a stop dropped, chains no longer than any live sequence may take) tested
+    without a GPU."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.chains = []
+
+    def _kv_greedy_on_device(self):
+        return True
+
+    def _kv_greedy_chain_max(self):
+        return 64
+
+    def _kv_forward_greedy(self, tokens, slots, start_pos):
+        return self._kv_forward(tokens, slots, start_pos, True).argmax(-1).astype(np.int32)
+
+    def _kv_greedy_chain(self, tokens, slots, start_pos, n):
+        self.chains.append((len(slots), n))
+        out = []
+        for i in range(n):
+            t = self._kv_forward_greedy(tokens, slots, (start_pos + i).astype(np.int32))
+            out.append(t)
+            tokens = t[:, None].astype(np.int32)
+        return np.stack(out)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(max_new_tokens=45, eos_token_id=[]),                      # only the limit stops: chains of 32
+    dict(max_new_tokens=30, eos_token_id=[3, 17]),                 # eos inside chains of 8
+    dict(max_new_tokens=30, eos_token_id=[3, 17], min_new_tokens=6),  # chains once eos may end a sequence
+])
+def test_greedy_chains_give_the_tokens_of_single_steps(kw):
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9], [10], [11, 12]]
+    ref = G.generate(FakeKVModel(vocab_size=40, max_position_embeddings=64, seed=7), prompts, **kw)
+    m = FakeChainModel(vocab_size=40, max_position_embeddings=64, seed=7)
+    got = G.generate(m, prompts, **kw)
+    assert [list(x) for x in got] == [list(x) for x in ref]
+    assert got.stop_reasons == ref.stop_reasons
+    assert m.chains, "no chain was asked for"
+    longest = 32 if not kw["eos_token_id"] else 8
+    assert max(n for _, n in m.chains) <= longest
+    if not kw["eos_token_id"]:
+        assert m.chains[0] == (4, 32) and m.chains[1] == (4, 45 - 1 - 32)  # never past max_new_tokens
+    else:
+        assert "eos" in got.stop_reasons
+    # streamed: the same tokens in the same order
+    m2 = FakeChainModel(vocab_size=40, max_position_embeddings=64, seed=7)
+    seqs = [[] for _ in prompts]
+    for st in G.stream(m2, prompts, **kw):
+        if st.token_id >= 0:
+            seqs[st.index].append(st.token_id)
+    assert seqs == [list(x) for x in ref]
+
+
+def test_greedy_chains_stop_strings_and_context():
+    tok = ByteTokenizer()
+    plain = FakeKVModel(vocab_size=300, max_position_embeddings=20, seed=5)
+    base = G.generate(plain, [[104, 105]], max_new_tokens=12, eos_token_id=[])[0]
+    stop = tok.decode_bytes(base)[3:6].decode("latin-1")
+    kw = dict(max_new_tokens=12, eos_token_id=[], stop_strings=[stop], tokenizer=_Latin1(ByteTokenizer()))
+    m = FakeChainModel(vocab_size=300, max_position_embeddings=20, seed=5)
+    got = G.generate(m, [[104, 105], [50]], **kw)
+    ref = G.generate(plain, [[104, 105], [50]], **kw)
+    assert [list(x) for x in got] == [list(x) for x in ref] and got.stop_reasons == ref.stop_reasons
+    assert m.chains
+    # the context fills up: chains end at the cache's last position (FakeKVModel asserts it)
+    with pytest.warns(RuntimeWarning):
+        got = G.generate(m, [[1] * 15, [2] * 3], max_new_tokens=30, eos_token_id=[])
+    with pytest.warns(RuntimeWarning):
+        ref = G.generate(plain, [[1] * 15, [2] * 3], max_new_tokens=30, eos_token_id=[])
+    assert [list(x) for x in got] == [list(x) for x in ref] and got.stop_reasons == ref.stop_reasons
