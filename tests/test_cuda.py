@@ -1010,3 +1010,29 @@ def test_profiling_counts_each_region():
     assert g.profile() == {}
     m(ids, labels=labels)
     assert g.profile() == {}
+
+
+@gpu
+@pytest.mark.skipif(EMULATED_GPU, reason="the CPU emulator launches every kernel plainly: PDL needs a real sm_90 GPU")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_pdl_launches_change_no_bit(dtype):
+    """Programmatic dependent launch only lets a fused decode kernel start early; it must wait
+    for the kernel before it before reading what that wrote. A missing wait would show as a
+    difference: the logits of 50 steps (graph replays and eager launches, B = 1 and 3) with
+    PDL on must equal, bit for bit, those with it off."""
+    cfg = tiny_config(**CONFIGS["wide_hs64"])
+    m = pyllama.Llama(cfg, seed=12).to("cuda", dtype=dtype)
+    g = m._core.gpu
+    rng = np.random.default_rng(2)
+    for B in (1, 3):
+        prompt = rng.integers(0, cfg.vocab_size, size=(B, 6)).astype(np.int32)
+        runs = {}
+        for graphs in (True, False):
+            for pdl in (True, False):
+                g.set_decode_options(fast_path=True, cuda_graphs=graphs, skinny_gemv=True, fused=True, pdl=pdl)
+                tokens, logits = _greedy(m, [p.tolist() for p in prompt], 50)
+                runs[graphs, pdl] = (tokens, np.stack(logits))
+        for graphs in (True, False):
+            (t1, l1), (t0, l0) = runs[graphs, True], runs[graphs, False]
+            assert t1 == t0 and np.array_equal(l1, l0), (B, graphs)
+    g.set_decode_options(pdl=True)
