@@ -369,7 +369,7 @@ def check():
     # (several attention splits: full, partial and empty ones, merged in the last block)
     prompt = np.random.default_rng(5).integers(0, cfg.vocab_size, (2, 300)).astype(np.int32)
 
-    def decode(m, n=100, mode=None, device_argmax=False):
+    def decode(m, n=100, mode=None, device_argmax=False, chain=0):
         if mode is not None:
             m._core.gpu.set_decode_options(fast_path=mode[0], cuda_graphs=mode[1], skinny_gemv=mode[2],
                                            fused=mode[3])
@@ -378,10 +378,15 @@ def check():
         lg = m._kv_forward(prompt, slots, np.zeros(2, np.int32))
         tok = lg.argmax(-1).astype(np.int32)
         out, logits = [], []
+        pending = []
         for i in range(n):
             out.append(tok.tolist())
             step = (tok[:, None], slots, np.full(2, prompt.shape[1] + i, np.int32))
-            if device_argmax:
+            if chain and not pending:  # greedy chains: several steps fed on the device per call
+                pending = list(m._kv_greedy_chain(*step, min(chain, n - i)))
+            if pending:
+                tok = np.asarray(pending.pop(0), np.int32)
+            elif device_argmax:
                 tok = np.asarray(m._kv_forward_greedy(*step), np.int32)
             else:
                 lg = m._kv_forward(*step)
@@ -400,6 +405,8 @@ def check():
     st = dev._core.gpu.decode_stats()
     verdict("device argmax tokens (graphs)", toks == ref_tokens, json.dumps(st))
     verdict("graphs replayed", st["replays"] > 0 and st["graph_error"] == "", json.dumps(st))
+    toks, _ = decode(dev, chain=32)
+    verdict("greedy chain tokens (graphs)", toks == ref_tokens)
 
     # AdamW on the GPU: loss goes down; bf16 loss within 0.05 of float32
     segs = segment_table(dev)
@@ -417,6 +424,7 @@ def check():
     verdict("bf16 loss", abs(l32 - l16) <= 0.05, f"{l16:.4f} vs float32 {l32:.4f}")
     b16_tokens, _ = decode(b16, n=40, device_argmax=True)
     verdict("bf16 greedy decode runs", len(b16_tokens) == 40)
+    verdict("bf16 greedy chains equal single steps", decode(b16, n=40, chain=16)[0] == b16_tokens)
     mem = pyllama._core.cuda_memory_stats()
     verdict("allocation counter", mem["peak_bytes_allocated"] >= mem["bytes_allocated"] > 0, json.dumps(mem))
     # the flash attention kernels on awkward shapes (head sizes 12..256, T = 1, T not a
