@@ -9,6 +9,7 @@
                                             # without tensor cores) to compare with the default flash attention
     python bench/gpu.py --decode-only    # only the decoding rows (and HF generate)
     python bench/gpu.py --profile        # per-op GPU timings of a bf16 training step and of decode steps
+    ncu ... python bench/gpu.py --eager-decode 2   # two eager decode steps for Nsight Compute
 
 Model (issue #8): hidden 768, intermediate 2048, 12 layers, 12 heads, 12 kv heads (MHA),
 vocab 32000, untied head, about 124M parameters.
@@ -447,6 +448,8 @@ def main(argv=None):
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     ap.add_argument("--check", action="store_true", help="correctness check only (no pytest needed)")
     ap.add_argument("--decode-only", action="store_true", help="only the decoding rows (and HF generate)")
+    ap.add_argument("--eager-decode", type=int, default=0, metavar="N",
+                    help="only N eager batch-1 bf16 decode steps, nothing timed (for Nsight Compute to attach)")
     ap.add_argument("--profile", action="store_true",
                     help="only per-op GPU timings (CUDA events) of a bf16 training step and of eager decode steps")
     ap.add_argument("--json", help="also write the results to this file")
@@ -481,6 +484,13 @@ def main(argv=None):
     if why:
         print(f"# torch references skipped: {why}", flush=True)
     budget = args.budget
+    if args.eager_decode:
+        model = pyllama.Llama(cfg, seed=0).to("cuda", dtype="bfloat16")
+        model._core.gpu.set_decode_options(cuda_graphs=False)
+        prompt = np.random.default_rng(1).integers(0, cfg.vocab_size, (1, args.prompt_len))
+        model.generate(prompt, max_new_tokens=args.eager_decode + 1, do_sample=False, eos_token_id=[])
+        print(f"# eager decode: {args.eager_decode} steps", flush=True)
+        return 0
     if args.profile:
         B, T = spec["train_bf16"]
         bench_profile(cfg, B, T, args.prompt_len, args.decode_tokens, results)

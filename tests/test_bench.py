@@ -168,3 +168,7 @@ def test_gpu_bench_script_runs_end_to_end(tmp_path):
                  "# profile: decode bfloat16 B=1, fused", "dec fused norm+qkv+rope", "# profile: decode bfloat16 B=1, unfused",
                  "dec rope+store"):
         assert want in p.stdout, (want, p.stdout[-3000:])
+    # the steps tests/gpu/run.sh hands to Nsight Compute
+    p = subprocess.run([sys.executable, GPU_BENCH, "--size", "tiny", "--eager-decode", "2", "--prompt-len", "5"],
+                       capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert p.returncode == 0 and "# eager decode: 2 steps" in p.stdout, p.stdout[-3000:] + p.stderr[-3000:]

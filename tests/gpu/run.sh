@@ -143,5 +143,21 @@ else
   summary "memcheck: skipped (no compute-sanitizer or out of time, ${ELAPSED}s elapsed)"
 fi
 
+# Nsight Compute on one eager batch-1 decode step (its 5 kernels a layer and the logits kernel),
+# appended to bench.log, when ncu is installed and time is left
+ELAPSED=$(( $(date +%s) - START ))
+if command -v ncu >/dev/null && [ $(( TOTAL - ELAPSED )) -ge 60 ]; then
+  echo "== ncu: one eager batch-1 bf16 decode step (fused kernels)" | tee -a "$OUT/bench.log"
+  if run_step ncu 120 ncu --kernel-name regex:'fused_gemv|decode_attn' --launch-count 61 --csv \
+      --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size,launch__registers_per_thread \
+      "$PY" "$ROOT/bench/gpu.py" --eager-decode 2 >> "$OUT/bench.log" 2>&1; then
+    summary "ncu: ok (bench.log)"
+  else
+    summary "ncu: FAILED or timed out (see bench.log; not counted)"
+  fi
+else
+  summary "ncu: skipped (no ncu or out of time)"
+fi
+
 summary "total: $(( $(date +%s) - START ))s, status $status"
 exit $status
