@@ -928,11 +928,12 @@ struct LlamaModelCuda::Impl : AllocAccount {
     dec_len = kv_len;
   }
 
-  // The step's kernels, all reading tokens/positions/slots and the cache bases from device
-  // memory: what a graph captures.
   // profiling marks of the decode step: eager steps only (a graph capture records no marks)
   bool dec_prof = false;
 
+  // The step's kernels, all reading tokens/positions/slots and the cache bases from device
+  // memory: what a graph captures. Each step also feeds its argmax to the next (the greedy
+  // chain: DecodeFeed); an upload resets what the feed changed.
   template <typename T>
   void decode_kernels(int B) {
     DecArrays<T> d;
