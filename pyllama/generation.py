@@ -1,6 +1,6 @@
 """Decoding: greedy, sampling and beam search in Python over the core's KV cache.
 
-The core gives three private steps on a model (see ``docs/GENERATION.md``):
+The core gives these private steps on a model (see ``docs/GENERATION.md``):
 
 - ``model._kv_reset(n_slots, max_len)``: allocate a cache of ``n_slots`` sequences;
 - ``model._kv_forward(tokens[B, T], slots[B], start_pos[B], last_only=True)``:
