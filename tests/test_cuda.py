@@ -841,6 +841,13 @@ def test_decode_env_switches(monkeypatch):
     _greedy(m2, [[1, 2, 3]], 6)
     st2 = m2._core.gpu.decode_stats()
     assert not st2["fast_path"] and st2["eager_steps"] == 0 and st2["general_steps"] >= 6
+    monkeypatch.delenv("PYLLAMA_CUDA_DECODE")
+    monkeypatch.setenv("PYLLAMA_CUDA_DECODE_FUSED", "0")
+    monkeypatch.setenv("PYLLAMA_CUDA_PDL", "off")
+    m3 = pyllama.Llama(cfg, seed=1).to("cuda")
+    st3 = m3._core.gpu.decode_stats()
+    assert st3["fast_path"] and not st3["fused"] and not st3["pdl"], st3
+    assert _greedy(m3, [[1, 2, 3]], 6)[0] == _greedy(m, [[1, 2, 3]], 6)[0]
 
 
 @gpu
