@@ -731,8 +731,10 @@ void decode_linear(Gemm& g, bool skinny, T* y, const T* x, const T* w, int B, in
 
 bool fused_gemv_fits(int B, int IN, int elem_bytes, bool norm) {
   const int vec = 16 / elem_bytes;
+  // the normalised rows (dynamic shared memory) and the kernel's static shared memory
+  // (reduction scratch, under 1 KiB) within the 48 KiB a block gets without opting in
   return B >= 1 && B <= kSkinnyMaxRows && IN > 0 && IN % vec == 0 &&
-         (!norm || (size_t)B * IN * elem_bytes <= size_t(48) << 10);
+         (!norm || (size_t)B * IN * elem_bytes <= (size_t(48) << 10) - 1024);
 }
 
 int fused_argmax_blocks(int OUT, int max_blocks) {

@@ -104,7 +104,8 @@ struct FusedGemv {
   int NH = 0, NKV = 0, HS = 0, max_len = 0;
 };
 // Whether the fused kernels take B rows of IN inputs (16-byte aligned x and W checked by the
-// caller); with a norm, the B normalised rows must fit the 48 KiB of shared memory.
+// caller); with a norm, the B normalised rows must fit the 48 KiB of shared memory (less
+// 1 KiB for the kernel's own).
 bool fused_gemv_fits(int B, int IN, int elem_bytes, bool norm);
 int fused_argmax_blocks(int OUT, int max_blocks);
 template <typename T>

@@ -377,6 +377,9 @@ SIM_TEST(decode_fused_gemv) {
   report_exact("fused_gemv_fits: bf16 IN 20 (not whole 16-byte chunks)", !fused_gemv_fits(1, 20, 2, false));
   report_exact("fused_gemv_fits: 4 normalised rows of 8192 bf16 exceed 48 KiB", !fused_gemv_fits(4, 8192, 2, true));
   report_exact("fused_gemv_fits: 1 row of 8192 bf16", fused_gemv_fits(1, 8192, 2, true));
+  report_exact("fused_gemv_fits: 4 rows of 6144 bf16 (exactly 48 KiB) leave no room for the static scratch",
+               !fused_gemv_fits(4, 6144, 2, true));
+  report_exact("fused_gemv_fits: 4 rows of 6016 bf16 (47 KiB)", fused_gemv_fits(4, 6016, 2, true));
 }
 
 SIM_TEST(decode_rope_store) {
