@@ -187,10 +187,13 @@ struct Prof {
     CUDA_CHECK(cudaEventRecord(pool[used++], s));
     names.push_back(name);
   }
-  void begin(cudaStream_t s) {
-    if (!on) return;
+  void cancel() {  // drop the open pass, if any (marks outside a pass record nothing)
     used = 0;
     names.clear();
+  }
+  void begin(cudaStream_t s) {
+    if (!on) return;
+    cancel();
     record(s, nullptr);
   }
   void mark(cudaStream_t s, const char* name) {
@@ -206,14 +209,12 @@ struct Prof {
       a.first += ms;
       a.second++;
     }
-    used = 0;
-    names.clear();
+    cancel();
   }
   void release() {
     for (auto e : pool) cudaEventDestroy(e);
     pool.clear();
-    used = 0;
-    names.clear();
+    cancel();
   }
 };
 
@@ -268,7 +269,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
   std::vector<float> host_logits;
   std::vector<int32_t> inf_pos_h;
   std::vector<int32_t> greedy_h;
-  std::vector<int32_t> chain_h;  // kv_greedy_chain's result
+  std::vector<int32_t> chain_h;  // kv_greedy_chain's result on the general path
 
   // T = 1 decode fast path (kv_decode): fixed device buffers, pinned host staging, one
   // CUDA graph per B (valid until kv_reset or a buffer regrowth). See docs/CUDA.md.
@@ -288,7 +289,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
   DevBuf dec, dec_io;
   int dec_rows = 0, dec_len = 0;  // rows the buffers hold; cache length their attention scratch was sized for
   int32_t* dec_in_h = nullptr;  // pinned, 3 * dec_rows + 1 int32
-  void* dec_out_h = nullptr;    // pinned, dec_rows * V floats (logits) or dec_rows int32 (argmax)
+  void* dec_out_h = nullptr;    // pinned: dec_rows * V float logits, dec_rows int32 argmaxes, or a chain's ring
   struct DecGraph {
     int B;
     cudaGraphExec_t exec;
@@ -923,13 +924,11 @@ struct LlamaModelCuda::Impl : AllocAccount {
     dec_io.reserve(io_bytes);
     CUDA_CHECK(cudaMemsetAsync(dec_io.p, 0, io_bytes, stream));  // the counters start at zero
     CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&dec_in_h), (3 * (size_t)R + 1) * sizeof(int32_t)));
-    CUDA_CHECK(cudaMallocHost(&dec_out_h, (size_t)R * V * sizeof(float)));
+    // the (R, V) float logits, or a chain's kChainMax * R int32 tokens (more when V < kChainMax)
+    CUDA_CHECK(cudaMallocHost(&dec_out_h, (size_t)R * std::max(V, kChainMax) * sizeof(float)));
     dec_rows = R;
     dec_len = kv_len;
   }
-
-  // profiling marks of the decode step: eager steps only (a graph capture records no marks)
-  bool dec_prof = false;
 
   // The step's kernels, all reading tokens/positions/slots and the cache bases from device
   // memory: what a graph captures. Each step also feeds its argmax to the next (the greedy
@@ -954,9 +953,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
       gpu::decode_linear<T>(*gemm, dec_gemv, y, x, w, B, in, out, s);
     };
     int* attn_cnt = reinterpret_cast<int*>(dec_io.as<int32_t>() + 3 * (size_t)dec_rows + 1);
-    auto mk = [&](const char* name) {
-      if (dec_prof) prof.mark(s, name);
-    };
+    auto mk = [&](const char* name) { prof.mark(s, name); };  // eager steps only: see capture()
     if (dec_fused && dec_gemv && fused_fits<T>(B)) {
       // five kernels a layer: RMSNorm folded into the QKV and gate/up matmuls, RoPE and the
       // cache store into the QKV one, SwiGLU into gate/up, the residual adds into the output
@@ -1060,6 +1057,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
   // Captures decode_kernels<T>(B) into an executable graph; nullptr (graphs off) on failure.
   template <typename T>
   cudaGraphExec_t capture(int B) {
+    prof.cancel();  // a pass an exception left open: no profiling events inside a graph
     cudaError_t err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal);
     if (err != cudaSuccess) {
       (void)cudaGetLastError();
@@ -1108,11 +1106,9 @@ struct LlamaModelCuda::Impl : AllocAccount {
       }
       if (dec_graphs) dec_seen.push_back(B);  // first step of this B: eager, warms cuBLAS up
     }
-    dec_prof = prof.on;
     prof.begin(stream);
     decode_kernels<T>(B);
     prof.end(stream);
-    dec_prof = false;
     n_eager++;
   }
 
@@ -1127,27 +1123,38 @@ struct LlamaModelCuda::Impl : AllocAccount {
                                stream));
   }
 
-  // tokens, slots, start_pos: B entries each, already checked (kv_check with T = 1).
-  const void* kv_decode(const int32_t* tokens, int B, const int32_t* slots, const int32_t* start_pos, bool greedy) {
+  // What a run of fast-path steps copies back: the last step's (B, V) float logits, its B
+  // argmaxes, or the chain's ring (n * B argmaxes, step-major).
+  enum class DecOut { Logits, Argmax, Ring };
+  template <typename T>
+  const void* dec_src(int B, DecOut out) {
+    DecArrays<T> d;
+    dec_carve<T>(&d, dec.as<char>(), B);
+    if (out == DecOut::Argmax) return d.argmax;
+    if (out == DecOut::Ring) return d.ring;
+    if constexpr (std::is_same<T, float>::value) return d.logits;
+    return d.logits_f;
+  }
+
+  // Uploads the inputs, runs n steps (each feeding its argmax to the next), copies `out` into
+  // pinned memory and waits once. tokens, slots, start_pos: B entries each, already checked.
+  const void* dec_run(const int32_t* tokens, int B, const int32_t* slots, const int32_t* start_pos, int n,
+                      DecOut out) {
     use();
     ensure_decode(B);
     dec_upload(tokens, B, slots, start_pos);
-    const void* src;
-    if (dtype == DType::bfloat16) {
-      run_decode<bf16>(B);
-      DecArrays<bf16> d;
-      dec_carve<bf16>(&d, dec.as<char>(), B);
-      src = greedy ? static_cast<const void*>(d.argmax) : static_cast<const void*>(d.logits_f);
-    } else {
-      run_decode<float>(B);
-      DecArrays<float> d;
-      dec_carve<float>(&d, dec.as<char>(), B);
-      src = greedy ? static_cast<const void*>(d.argmax) : static_cast<const void*>(d.logits);
-    }
-    const size_t bytes = greedy ? (size_t)B * sizeof(int32_t) : (size_t)B * V * sizeof(float);
+    const bool b16 = dtype == DType::bfloat16;
+    for (int i = 0; i < n; i++) b16 ? run_decode<bf16>(B) : run_decode<float>(B);
+    const void* src = b16 ? dec_src<bf16>(B, out) : dec_src<float>(B, out);
+    const size_t bytes = out == DecOut::Logits ? (size_t)B * V * sizeof(float)
+                                               : (size_t)(out == DecOut::Ring ? n : 1) * B * sizeof(int32_t);
     CUDA_CHECK(cudaMemcpyAsync(dec_out_h, src, bytes, cudaMemcpyDeviceToHost, stream));
     sync();
     return dec_out_h;
+  }
+
+  const void* kv_decode(const int32_t* tokens, int B, const int32_t* slots, const int32_t* start_pos, bool greedy) {
+    return dec_run(tokens, B, slots, start_pos, 1, greedy ? DecOut::Argmax : DecOut::Logits);
   }
 
   // n greedy steps in a row (docs/CUDA.md "Greedy chains"): step 0 runs `tokens` at
@@ -1165,35 +1172,15 @@ struct LlamaModelCuda::Impl : AllocAccount {
                     "kv_greedy_chain: " << n << " steps from position " << start_pos[b]
                                         << " do not fit the cache length " << kv_len
                                         << " (kv_reset with a longer max_len, or fewer steps)");
+    if (dec_fast) return static_cast<const int32_t*>(dec_run(tokens, B, slots, start_pos, n, DecOut::Ring));
     chain_h.resize((size_t)n * B);
-    if (!dec_fast) {
-      std::vector<int32_t> tok(tokens, tokens + B), pos(start_pos, start_pos + B);
-      for (int i = 0; i < n; i++) {
-        const int32_t* t = kv_forward_greedy(tok.data(), B, 1, slots, pos.data());
-        std::copy(t, t + B, chain_h.begin() + (size_t)i * B);
-        std::copy(t, t + B, tok.begin());
-        for (auto& p : pos) p++;
-      }
-      return chain_h.data();
+    std::vector<int32_t> tok(tokens, tokens + B), pos(start_pos, start_pos + B);
+    for (int i = 0; i < n; i++) {
+      const int32_t* t = kv_forward_greedy(tok.data(), B, 1, slots, pos.data());
+      std::copy(t, t + B, chain_h.begin() + (size_t)i * B);
+      std::copy(t, t + B, tok.begin());
+      for (auto& p : pos) p++;
     }
-    use();
-    ensure_decode(B);
-    dec_upload(tokens, B, slots, start_pos);
-    const int32_t* ring;
-    if (dtype == DType::bfloat16) {
-      for (int i = 0; i < n; i++) run_decode<bf16>(B);
-      DecArrays<bf16> d;
-      dec_carve<bf16>(&d, dec.as<char>(), B);
-      ring = d.ring;
-    } else {
-      for (int i = 0; i < n; i++) run_decode<float>(B);
-      DecArrays<float> d;
-      dec_carve<float>(&d, dec.as<char>(), B);
-      ring = d.ring;
-    }
-    CUDA_CHECK(cudaMemcpyAsync(dec_out_h, ring, (size_t)n * B * sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
-    sync();
-    std::memcpy(chain_h.data(), dec_out_h, (size_t)n * B * sizeof(int32_t));
     return chain_h.data();
   }
 

@@ -776,6 +776,27 @@ def test_greedy_chain_equals_single_steps(dtype):
 
 
 @gpu
+def test_greedy_chain_longer_than_the_vocabulary():
+    """A chain's tokens (n * B int32) can outnumber the (B, V) logits the pinned output
+    buffer holds for a single step when the vocabulary is small: the longest chain over a
+    16-token vocabulary equals single steps."""
+    cfg = tiny_config(vocab_size=16)
+    m = pyllama.Llama(cfg, seed=4).to("cuda")
+    n = pyllama._core.LlamaModelCuda.greedy_chain_max
+    B = 2
+    slots = np.arange(B, dtype=np.int32)
+    first = np.array([[3], [5]], np.int32)
+    m._kv_reset(B, n + 2)
+    chain = m._kv_greedy_chain(first, slots, np.zeros(B, np.int32), n)
+    m._kv_reset(B, n + 2)
+    t, steps = first[:, 0], []
+    for i in range(n):
+        t = m._kv_forward_greedy(t[:, None].astype(np.int32), slots, np.full(B, i, np.int32))
+        steps.append(t)
+    np.testing.assert_array_equal(chain, np.stack(steps))
+
+
+@gpu
 def test_generate_greedy_chains_stop_like_the_cpu(monkeypatch):
     """generate() asks for greedy chains on a cuda model; an eos met inside a chain ends that
     sequence there (later tokens of the chain dropped) while the others go on: the CPU's
