@@ -94,6 +94,16 @@ def gib(n):
 
 
 # ---------------------------------------------------------------------------- training
+def train_step(model, segs, ids, step):
+    """One training step as the benchmark times it: forward + backward + clip + AdamW."""
+    g = model._core.gpu
+    model.zero_grad()
+    model(ids, labels=ids, return_logits=False)  # syncs once, for the loss
+    model.backward()
+    g.clip_grad_norm(1.0)
+    g.adamw_step(segs, 3e-4, 0.9, 0.95, 1e-8, 0.1, step)
+
+
 def bench_train(cfg, B, T, dtype, results, budget_s):
     core = pyllama._core
     core.cuda_reset_peak_memory()
@@ -105,12 +115,8 @@ def bench_train(cfg, B, T, dtype, results, budget_s):
     state = {"step": 0}
 
     def step():
-        model.zero_grad()
-        model(ids, labels=ids, return_logits=False)  # syncs once, for the loss
-        model.backward()
-        g.clip_grad_norm(1.0)
         state["step"] += 1
-        g.adamw_step(segs, 3e-4, 0.9, 0.95, 1e-8, 0.1, state["step"])
+        train_step(model, segs, ids, state["step"])
 
     t, n = timed(step, g.synchronize, budget_s=budget_s)
     tok_s = B * T / t
@@ -210,10 +216,11 @@ def bench_compile(args, flops, results, timeout_s):
 # ---------------------------------------------------------------------------- profile
 def print_profile(title, prof, passes):
     """One table: each region's milliseconds per pass, share of the total, launches per pass."""
-    total = sum(ms for ms, _ in prof.values()) or 1.0
+    total = sum(ms for ms, _ in prof.values())
     print(f"# profile: {title} ({passes} passes, {total / passes:.3f} ms per pass in the timed regions)", flush=True)
     for name, (ms, n) in sorted(prof.items(), key=lambda kv: -kv[1][0]):
-        print(f"#   {name:32s} {ms / passes:9.3f} ms {100 * ms / total:5.1f}%  x{n / passes:g}", flush=True)
+        share = 100 * ms / total if total > 0 else 0.0  # 0 on the emulator, which keeps no GPU clock
+        print(f"#   {name:32s} {ms / passes:9.3f} ms {share:5.1f}%  x{n / passes:g}", flush=True)
 
 
 def bench_profile(cfg, B, T, prompt_len, n_new, results):
@@ -228,10 +235,7 @@ def bench_profile(cfg, B, T, prompt_len, n_new, results):
     for i in range(4):  # the first two warm up
         if i == 2:
             g.set_profiling(True)
-        model.zero_grad()
-        model(ids, labels=ids, return_logits=False)
-        model.backward()
-        g.adamw_step(segs, 3e-4, 0.9, 0.95, 1e-8, 0.1, i + 1)
+        train_step(model, segs, ids, i + 1)
     prof = g.profile()
     g.set_profiling(False)
     print_profile(f"train bfloat16 B={B} T={T}", prof, 2)
@@ -491,23 +495,31 @@ def main(argv=None):
         model.generate(prompt, max_new_tokens=args.eager_decode + 1, do_sample=False, eos_token_id=[])
         print(f"# eager decode: {args.eager_decode} steps", flush=True)
         return 0
-    if args.profile:
-        B, T = spec["train_bf16"]
-        bench_profile(cfg, B, T, args.prompt_len, args.decode_tokens, results)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(results, f, indent=1)
-        return 0
-    if args.decode_only:
+
+    def decode_rows():  # decoding at batch 1 and 16, Hugging Face generate beside when torch is there
         hf = None
         if not why:
             import torch
 
             hf = hf_model(cfg).cuda().to(torch.bfloat16).eval()
         bench_decode(cfg, (1, 16), args.prompt_len, args.decode_tokens, results, hf)
+        if hf is not None:
+            del hf
+            torch.cuda.empty_cache()
+
+    def save():
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=1)
+
+    if args.profile:
+        B, T = spec["train_bf16"]
+        bench_profile(cfg, B, T, args.prompt_len, args.decode_tokens, results)
+        save()
+        return 0
+    if args.decode_only:
+        decode_rows()
+        save()
         return 0
 
     # 1. bf16 training: ours, torch eager
@@ -525,15 +537,7 @@ def main(argv=None):
         finally:
             os.environ.pop("PYLLAMA_CUDA_ATTENTION", None)
     # 2. decoding at batch 1 and 16
-    hf = None
-    if not why:
-        import torch
-
-        hf = hf_model(cfg).cuda().to(torch.bfloat16).eval()
-    bench_decode(cfg, (1, 16), args.prompt_len, args.decode_tokens, results, hf)
-    if hf is not None:
-        del hf
-        torch.cuda.empty_cache()
+    decode_rows()
     # 3. float32 training at a smaller batch, while the budget allows
     Bf, Tf = spec["train_f32"]
     f32 = f32_ref = None
@@ -568,9 +572,7 @@ def main(argv=None):
         print(f"# train float32 B={Bf} T={Tf}: pyllama {f32['tok_s']:.0f} tok/s (MFU {f32['mfu']:.1%}, peak "
               f"{f32['peak_mem_gib']} GiB); / torch eager = {ratio(f32, f32_ref)}", flush=True)
     print(f"# total {elapsed():.0f}s", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+    save()
     return 0
 
 

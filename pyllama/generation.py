@@ -764,7 +764,8 @@ def _decode_steps(model: Any, prompts: List[np.ndarray], cfg: GenerationConfig, 
                 keep[j] = False
             yield k, t, reason
         live, toks = live[keep], toks[keep]
-        pending = [p[keep] for p in pending]
+        if pending and not keep.all():  # a sequence stopped inside a chain: drop its later tokens
+            pending = [p[keep] for p in pending]
         next_toks = None
         if live.size and not pending:
             _check_cache(model, owner)
