@@ -121,21 +121,25 @@ constexpr int kPack = 16 / (int)sizeof(T);
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-__device__ __forceinline__ void load_pack(const float* p, float* o) {
-  const float4 t = *reinterpret_cast<const float4*>(p);
-  o[0] = t.x;
-  o[1] = t.y;
-  o[2] = t.z;
-  o[3] = t.w;
-}
-__device__ __forceinline__ void load_pack(const bf16* p, float* o) {
-  const uint4 t = *reinterpret_cast<const uint4*>(p);
+// The kPack<T> elements of a 128-bit word as floats (a word loaded ahead, or load_pack's).
+template <typename T>
+__device__ __forceinline__ void unpack(const uint4& t, float* o) {
   const unsigned u[4] = {t.x, t.y, t.z, t.w};
 #pragma unroll
-  for (int k = 0; k < 4; k++) {  // little endian: the lower half is the first element
-    o[2 * k] = __uint_as_float(u[k] << 16);
-    o[2 * k + 1] = __uint_as_float(u[k] & 0xffff0000u);
+  for (int k = 0; k < 4; k++) {
+    if constexpr (sizeof(T) == 4) {
+      o[k] = __uint_as_float(u[k]);
+    } else {  // little endian: the lower half is the first element
+      o[2 * k] = __uint_as_float(u[k] << 16);
+      o[2 * k + 1] = __uint_as_float(u[k] & 0xffff0000u);
+    }
   }
+}
+__device__ __forceinline__ void load_pack(const float* p, float* o) {
+  unpack<float>(*reinterpret_cast<const uint4*>(p), o);
+}
+__device__ __forceinline__ void load_pack(const bf16* p, float* o) {
+  unpack<bf16>(*reinterpret_cast<const uint4*>(p), o);
 }
 __device__ __forceinline__ void store_pack(float* p, const float* v) {
   *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);

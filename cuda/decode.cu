@@ -101,34 +101,13 @@ __global__ void rope_store_kernel(T* qkv, void* const* kvp, long long layer_off,
 // VEC consecutive elements as float; VEC == 16 / sizeof(T) is one 128-bit load (the
 // caller guarantees 16-byte alignment: HS is a multiple of VEC and rows start at
 // multiples of HS elements of 256-byte aligned buffers).
-template <int VEC>
-__device__ __forceinline__ void load_vec(const float* p, float* o) {
-  if constexpr (VEC == 4) {
-    const float4 t = *reinterpret_cast<const float4*>(p);
-    o[0] = t.x;
-    o[1] = t.y;
-    o[2] = t.z;
-    o[3] = t.w;
+template <int VEC, typename T>
+__device__ __forceinline__ void load_vec(const T* p, float* o) {
+  if constexpr (VEC == kPack<T>) {
+    load_pack(p, o);
   } else {
 #pragma unroll
-    for (int k = 0; k < VEC; k++) o[k] = p[k];
-  }
-}
-__device__ __forceinline__ void bf16x2_to_f(unsigned u, float* o) {  // little endian: element 0 is the low half
-  o[0] = __uint_as_float(u << 16);
-  o[1] = __uint_as_float(u & 0xffff0000u);
-}
-template <int VEC>
-__device__ __forceinline__ void load_vec(const bf16* p, float* o) {
-  if constexpr (VEC == 8) {
-    const uint4 t = *reinterpret_cast<const uint4*>(p);
-    bf16x2_to_f(t.x, o);
-    bf16x2_to_f(t.y, o + 2);
-    bf16x2_to_f(t.z, o + 4);
-    bf16x2_to_f(t.w, o + 6);
-  } else {
-#pragma unroll
-    for (int k = 0; k < VEC; k++) o[k] = __bfloat162float(p[k]);
+    for (int k = 0; k < VEC; k++) o[k] = to_f(p[k]);
   }
 }
 
@@ -364,21 +343,6 @@ constexpr int kFusedThreads = 256;
 constexpr int kFusedWarps = kFusedThreads / 32;
 constexpr int kFusedPrefetch = 4;  // 128-bit weight loads per row and lane issued before the prologue
 
-template <typename T>
-__device__ __forceinline__ void raw_to_f(const uint4& r, float* o) {
-  if constexpr (sizeof(T) == 4) {
-    o[0] = __uint_as_float(r.x);
-    o[1] = __uint_as_float(r.y);
-    o[2] = __uint_as_float(r.z);
-    o[3] = __uint_as_float(r.w);
-  } else {
-    bf16x2_to_f(r.x, o);
-    bf16x2_to_f(r.y, o + 2);
-    bf16x2_to_f(r.z, o + 4);
-    bf16x2_to_f(r.w, o + 6);
-  }
-}
-
 // numpy's argmax order (arg_better below); declared here for the argmax epilogue
 __device__ __forceinline__ bool arg_better(float v, int i, float bv, int bi) {
   const bool vn = isnan(v), bn = isnan(bv);
@@ -515,7 +479,7 @@ __global__ void __launch_bounds__(kFusedThreads, 2) fused_gemv_kernel(FusedGemv<
 #pragma unroll
     for (int j = 0; j < PF; j++) {
       const int c = lane + 32 * j;
-      if (c < nch) accumulate_chunk<T, NB, R>(acc, xin, IN, c, [&](int r, float* wv) { raw_to_f<T>(pf[r][j], wv); });
+      if (c < nch) accumulate_chunk<T, NB, R>(acc, xin, IN, c, [&](int r, float* wv) { unpack<T>(pf[r][j], wv); });
     }
 #pragma unroll 4
     for (int c = lane + 32 * PF; c < nch; c += 32)
