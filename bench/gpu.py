@@ -7,6 +7,7 @@
     python bench/gpu.py --json out.json  # also write every row to a file
     python bench/gpu.py --attention naive   # train with the (B, NH, T, T) attention kernels (or simt: flash
                                             # without tensor cores) to compare with the default flash attention
+    python bench/gpu.py --matmul cublas  # matmuls through cublasGemmEx (default cuBLASLt; tiled: no cuBLAS)
     python bench/gpu.py --decode-only    # only the decoding rows (and HF generate)
     python bench/gpu.py --profile        # per-op GPU timings of a bf16 training step and of decode steps
     ncu ... python bench/gpu.py --eager-decode 2   # two eager decode steps for Nsight Compute
@@ -14,8 +15,9 @@
 Model (issue #8): hidden 768, intermediate 2048, 12 layers, 12 heads, 12 kv heads (MHA),
 vocab 32000, untied head, about 124M parameters.
 
-Training, one step = forward + backward + clip + AdamW, bf16 at batch 16 x 1024 (then
-float32 at 4 x 1024 while the time budget allows):
+Training, one step = forward + backward + clip + AdamW, bf16 at batch 16 x 1024 (then, while
+the time budget allows, bf16 again with the GEMM attention and with cublasGemmEx instead of
+cuBLASLt, to weigh the defaults against them, and float32 at 4 x 1024):
 - pyllama: bf16 weights/activations for compute, float32 master weights, gradients and moments;
 - torch eager: transformers.LlamaForCausalLM, sdpa attention, float32 weights under
   torch.autocast(bfloat16) (the same mixed precision), fused torch AdamW, TF32 off;
@@ -123,7 +125,8 @@ def bench_train(cfg, B, T, dtype, results, budget_s):
     peak = core.cuda_memory_stats()["peak_bytes_allocated"] - base
     row = {"what": "train_step", "impl": "pyllama", "dtype": dtype, "B": B, "T": T, "s": t, "iters": n,
            "tok_s": tok_s, "mfu": model.flops_per_token(T) * tok_s / PEAK[dtype], "peak_mem_gib": gib(peak),
-           "cublas": g.uses_cublas, "flash": g.uses_flash_attention,
+           "cublas": g.uses_cublas, "matmul": g.matmul_backend,
+           "lt_fallbacks": g.matmul_stats()["lt_fallbacks"], "flash": g.uses_flash_attention,
            "attention": g.attention_kernels}
     emit(row, results)
     flops = model.flops_per_token(T)
@@ -459,12 +462,16 @@ def main(argv=None):
     ap.add_argument("--json", help="also write the results to this file")
     ap.add_argument("--_compile-child", dest="compile_child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_flops", dest="flops", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--matmul", choices=["cublaslt", "cublas", "tiled"], default=None,
+                    help="matmul back end (sets PYLLAMA_CUDA_MATMUL; default: cuBLASLt, and a row with cublasGemmEx)")
     ap.add_argument("--attention", choices=["flash", "simt", "gemm", "naive"], default=None,
                     help="training attention kernels (sets PYLLAMA_CUDA_ATTENTION; default: flash, "
                          "on tensor cores for bf16)")
     args = ap.parse_args(argv)
     if args.compile_child:
         return compile_child(args)
+    if args.matmul:
+        os.environ["PYLLAMA_CUDA_MATMUL"] = args.matmul
     if args.attention == "flash":
         os.environ.pop("PYLLAMA_CUDA_ATTENTION", None)
     elif args.attention:
@@ -526,16 +533,26 @@ def main(argv=None):
     B, T = spec["train_bf16"]
     ours, flops = bench_train(cfg, B, T, "bfloat16", results, budget_s=8.0)
     eager = bench_torch_train(cfg, B, T, "bfloat16", results, 8.0, flops) if not why else None
-    # 1b. the other fast training attention (batched cuBLAS GEMMs), to pick the default
-    alt = None
-    if args.attention is None and elapsed() < budget - 90:
-        os.environ["PYLLAMA_CUDA_ATTENTION"] = "gemm"
+    def variant(env, value, what):  # the bf16 training row again with one switch set
+        if elapsed() >= budget - 90:
+            return None
+        old = os.environ.get(env)
+        os.environ[env] = value
         try:
-            alt, _ = bench_train(cfg, B, T, "bfloat16", results, budget_s=5.0)
+            return bench_train(cfg, B, T, "bfloat16", results, budget_s=5.0)[0]
         except Exception as e:  # noqa: BLE001 - report and go on: the default path is what counts
-            print(f"# bf16 training with gemm attention failed: {type(e).__name__}: {e}", flush=True)
+            print(f"# bf16 training with {what} failed: {type(e).__name__}: {e}", flush=True)
+            return None
         finally:
-            os.environ.pop("PYLLAMA_CUDA_ATTENTION", None)
+            if old is None:
+                os.environ.pop(env, None)
+            else:
+                os.environ[env] = old
+
+    # 1b. the other fast training attention (batched cuBLAS GEMMs), to pick the default
+    alt = variant("PYLLAMA_CUDA_ATTENTION", "gemm", "gemm attention") if args.attention is None else None
+    # 1c. the matmuls through cublasGemmEx instead of cuBLASLt (residual adds then a copy + beta 1)
+    gemmex = variant("PYLLAMA_CUDA_MATMUL", "cublas", "cublasGemmEx matmuls") if args.matmul is None else None
     # 2. decoding at batch 1 and 16
     decode_rows()
     # 3. float32 training at a smaller batch, while the budget allows
@@ -568,6 +585,10 @@ def main(argv=None):
     if alt:
         print(f"# train bfloat16 B={B} T={T} with gemm attention: {alt['tok_s']:.0f} tok/s (MFU {alt['mfu']:.1%}, "
               f"peak {alt['peak_mem_gib']} GiB); / default ({ours['attention']}) = {ratio(alt, ours)}", flush=True)
+    if gemmex:
+        print(f"# train bfloat16 B={B} T={T} with cublasGemmEx matmuls: {gemmex['tok_s']:.0f} tok/s (MFU "
+              f"{gemmex['mfu']:.1%}); / default ({ours['matmul']}, {ours['lt_fallbacks']} products refused by "
+              f"cuBLASLt) = {ratio(gemmex, ours)}", flush=True)
     if f32:
         print(f"# train float32 B={Bf} T={Tf}: pyllama {f32['tok_s']:.0f} tok/s (MFU {f32['mfu']:.1%}, peak "
               f"{f32['peak_mem_gib']} GiB); / torch eager = {ratio(f32, f32_ref)}", flush=True)

@@ -713,6 +713,16 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
       .def_property_readonly("dtype", [](const LlamaModelCuda& g) { return std::string(dtype_name(g.dtype())); })
       .def_property_readonly("device", &LlamaModelCuda::device)
       .def_property_readonly("uses_cublas", &LlamaModelCuda::uses_cublas)
+      .def_property_readonly("matmul_backend", &LlamaModelCuda::matmul_backend,
+                             "The matmul back end: 'cublaslt', 'cublas' or 'tiled' (PYLLAMA_CUDA_MATMUL).")
+      .def("matmul_stats", [](const LlamaModelCuda& g) {
+             py::dict d;
+             d["backend"] = g.matmul_backend();
+             d["lt_plans"] = g.matmul_lt_plans();
+             d["lt_fallbacks"] = g.matmul_lt_fallbacks();
+             return d;
+           }, "{'backend', 'lt_plans': cuBLASLt plans made, 'lt_fallbacks': products cuBLASLt refused "
+              "(run by cublasGemmEx instead)}")
       .def_property_readonly("uses_flash_attention", &LlamaModelCuda::uses_flash_attention)
       .def_property_readonly("attention_kernels", &LlamaModelCuda::attention_kernels,
                              "The training attention: 'flash', 'flash-simt', 'gemm' or 'naive' (PYLLAMA_CUDA_ATTENTION).")

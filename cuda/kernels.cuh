@@ -163,27 +163,44 @@ void global_norm(double* norm, double* partials, const float* g, long long n, cu
 void clip_by_norm(float* g, const double* norm, double max_norm, long long n, cudaStream_t stream);
 
 // ---------------------------------------------------------------- matmul.cu
-// A cuBLAS handle when cuBLAS was found at build time, else the portable tiled kernel.
-// PYLLAMA_CUDA_MATMUL=tiled in the environment forces the tiled kernel (for testing it).
+// Row-major GEMMs for the linear layers and the GEMM attention. Three back ends:
+//   "cublaslt"  cuBLASLt (the default when cuBLAS was found at build time): one plan per
+//               (shape, types, pointer alignments), chosen once by cuBLASLt's heuristic with
+//               the caller's workspace, and out-of-place D = op(A) op(B) + R, which folds the
+//               residual adds into the matmuls; a product cuBLASLt refuses runs on "cublas"
+//   "cublas"    cublasGemmEx / cublasGemmStridedBatchedEx
+//   "tiled"     a portable 64x64 tiled kernel (what a build without cuBLAS has)
+// PYLLAMA_CUDA_MATMUL in the environment picks one (read when a Gemm is made: when a model
+// moves to the GPU); an unknown name, or a cuBLAS back end in a build without cuBLAS, is a
+// ValueError. Every back end accumulates in float (no TF32).
 class Gemm {
  public:
-  Gemm();
+  // backend: "cublaslt", "cublas", "tiled", or null for the environment / the default.
+  explicit Gemm(const char* backend = nullptr);
   ~Gemm();
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
-  bool uses_cublas() const { return use_cublas_; }
+  bool uses_cublas() const { return backend_ != kTiled; }
+  const char* backend() const;  // "cublaslt", "cublas" or "tiled"
+  // cuBLASLt: plans made so far, and products it refused that cublasGemmEx ran instead.
+  long long lt_plans() const;
+  long long lt_fallbacks() const { return lt_fallbacks_; }
   // A caller-owned cuBLAS workspace, applied after every cublasSetStream (which resets it to
-  // the default pool), so cuBLAS calls can be captured into a CUDA graph without allocating.
-  // Ignored by the tiled kernel. The buffer must outlive the Gemm's use.
-  void set_workspace(void* p, size_t bytes) {
-    ws_ = p;
-    ws_bytes_ = bytes;
-  }
+  // the default pool) and handed to every cuBLASLt call, so cuBLAS calls can be captured into
+  // a CUDA graph without allocating. Ignored by the tiled kernel. The buffer must outlive the
+  // Gemm's use, and the Gemm's calls must be ordered on one stream (they share it).
+  void set_workspace(void* p, size_t bytes);
   // C (M x N, row-major, ldc) = beta * C + op(A) op(B); op as in csrc/matmul.h; beta 0 or 1.
   // Accumulates in float. TA = type of A and B; TC = type of C.
   template <typename TA, typename TC>
   void run(bool transA, bool transB, int M, int N, int K, const TA* A, int lda, const TA* B, int ldb, float beta,
            TC* C, int ldc, cudaStream_t stream);
+  // D (M x N, ldc) = op(A) op(B) + R (R: M x N, ldc; R may be D), rounded to TC once, after
+  // the add. cuBLASLt reads R and writes D in one pass; the other back ends copy R into D
+  // first (when they differ) and accumulate with beta 1, which rounds the same way.
+  template <typename TA, typename TC>
+  void run_add(bool transA, bool transB, int M, int N, int K, const TA* A, int lda, const TA* B, int ldb,
+               const TC* R, TC* D, int ldc, cudaStream_t stream);
   // `batch` independent products: entry z reads A + z*strideA, B + z*strideB and writes
   // C + z*strideC (element strides); C = beta * C + alpha * op(A) op(B).
   template <typename TA, typename TC>
@@ -192,9 +209,17 @@ class Gemm {
                    long long strideC, int batch, cudaStream_t stream);
 
  private:
-  bool use_cublas_ = false;
+  enum Backend { kTiled, kCublas, kCublasLt };
+  struct Lt;  // cuBLASLt handle and plan cache (matmul.cu)
+  template <typename TA, typename TC>
+  void product(bool transA, bool transB, int M, int N, int K, float alpha, const TA* A, int lda, long long strideA,
+               const TA* B, int ldb, long long strideB, float beta, const TC* R, TC* D, int ldc, long long strideC,
+               int batch, cudaStream_t stream);
+  Backend backend_ = kTiled;
   void* ws_ = nullptr;
   size_t ws_bytes_ = 0;
+  long long lt_fallbacks_ = 0;
+  Lt* lt_ = nullptr;
 #ifdef PYLLAMA_HAVE_CUBLAS
   cublasHandle_t handle_ = nullptr;
 #endif
@@ -217,6 +242,10 @@ void attention_backward_gemm(Gemm& g, T* dqkv, const T* dout, const T* qkv, cons
 // y (N, OUT) = x (N, IN) W^T (W is (OUT, IN))
 template <typename T>
 void linear_forward(Gemm& g, T* y, const T* x, const T* w, int N, int IN, int OUT, cudaStream_t stream);
+// y (N, OUT) = res (N, OUT) + x W^T, one rounding (Gemm::run_add); res may be y
+template <typename T>
+void linear_forward_add(Gemm& g, T* y, const T* x, const T* w, const T* res, int N, int IN, int OUT,
+                        cudaStream_t stream);
 // dx (N, IN) = dy W (assigned; skipped when dx is null);  dw (OUT, IN) += dy^T x (float)
 template <typename T>
 void linear_backward(Gemm& g, T* dx, float* dw, const T* dy, const T* x, const T* w, int N, int IN, int OUT,

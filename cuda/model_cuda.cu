@@ -574,8 +574,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
       mk("fwd rmsnorm");
       gpu::linear_forward<T>(*gemm, y.qkv, y.ln1, Wp + o.wqkv, N, C, QKVD, s);
       mk("fwd matmul qkv");
-      gpu::rope_apply<T>(y.qkv, QKVD, pos, cs, sn, N, NH, HS, false, s);
-      gpu::rope_apply<T>(y.qkv + C, QKVD, pos, cs, sn, N, NKV, HS, false, s);
+      gpu::rope_apply<T>(y.qkv, QKVD, pos, cs, sn, N, NH + NKV, HS, false, s);  // q and k heads are adjacent
       mk("fwd rope");
       if (attn_naive)
         gpu::attention_forward<T>(y.atty, y.att, y.qkv, B, Tn, NH, NKV, HS, s);
@@ -584,20 +583,16 @@ struct LlamaModelCuda::Impl : AllocAccount {
       else
         gpu::flash_attention_forward<T>(y.atty, y.att, y.qkv, B, Tn, NH, NKV, HS, s, attn_tc);
       mk("fwd attention");
-      gpu::linear_forward<T>(*gemm, y.res1, y.atty, Wp + o.wo, N, C, C, s);
-      mk("fwd matmul o");
-      gpu::residual_forward<T>(y.res1, y.res1, x, (long long)N * C, s);
-      mk("fwd residual");
+      gpu::linear_forward_add<T>(*gemm, y.res1, y.atty, Wp + o.wo, x, N, C, C, s);  // res1 = x + o(atty)
+      mk("fwd matmul o+residual");
       gpu::rmsnorm_forward<T>(y.ln2, y.rstd2, y.res1, Wp + o.ln2, N, C, eps, s);
       mk("fwd rmsnorm");
       gpu::linear_forward<T>(*gemm, y.gu, y.ln2, Wp + o.wgu, N, C, 2 * I, s);
       mk("fwd matmul gate_up");
       gpu::swiglu_forward<T>(y.h, y.gu, N, I, s);
       mk("fwd swiglu");
-      gpu::linear_forward<T>(*gemm, y.res2, y.h, Wp + o.wd, N, I, C, s);
-      mk("fwd matmul down");
-      gpu::residual_forward<T>(y.res2, y.res2, y.res1, (long long)N * C, s);
-      mk("fwd residual");
+      gpu::linear_forward_add<T>(*gemm, y.res2, y.h, Wp + o.wd, y.res1, N, I, C, s);  // res2 = res1 + down(h)
+      mk("fwd matmul down+residual");
       x = y.res2;
     }
     gpu::rmsnorm_forward<T>(a.lnf, a.rstdf, x, Wp + lnf_off, N, C, eps, s);
@@ -691,8 +686,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
         gpu::flash_attention_backward<T>(a.dqkv, a.datt, a.datty, y.atty, y.qkv, y.att, B, Tn, NH, NKV, HS, s,
                                          attn_tc);
       mk("bwd attention");
-      gpu::rope_apply<T>(a.dqkv, QKVD, pos, cs, sn, N, NH, HS, true, s);
-      gpu::rope_apply<T>(a.dqkv + C, QKVD, pos, cs, sn, N, NKV, HS, true, s);
+      gpu::rope_apply<T>(a.dqkv, QKVD, pos, cs, sn, N, NH + NKV, HS, true, s);  // dq and dk
       mk("bwd rope");
       gpu::linear_backward<T>(*gemm, a.dln, G + o.wqkv, a.dqkv, y.ln1, Wp + o.wqkv, N, C, QKVD, s);
       mk("bwd matmul qkv");
@@ -826,17 +820,14 @@ struct LlamaModelCuda::Impl : AllocAccount {
       T* vc = vcache.as<T>() + l * layer_stride;
       gpu::rmsnorm_forward<T>(ln, rstd, x, Wp + o.ln1, N, C, eps, s);
       gpu::linear_forward<T>(*gemm, qkv, ln, Wp + o.wqkv, N, C, QKVD, s);
-      gpu::rope_apply<T>(qkv, QKVD, kpos, cs, sn, N, NH, HS, false, s);
-      gpu::rope_apply<T>(qkv + C, QKVD, kpos, cs, sn, N, NKV, HS, false, s);
+      gpu::rope_apply<T>(qkv, QKVD, kpos, cs, sn, N, NH + NKV, HS, false, s);
       gpu::kv_store<T>(kc, vc, qkv, slots_d, kpos, B, T_, NH, NKV, HS, kv_len, s);
       gpu::attention_kv_forward<T>(atty, scores, qkv, kc, vc, slots_d, kpos, B, T_, NH, NKV, HS, kv_len, s);
-      gpu::linear_forward<T>(*gemm, tmp, atty, Wp + o.wo, N, C, C, s);
-      gpu::residual_forward<T>(x, x, tmp, (long long)N * C, s);
+      gpu::linear_forward_add<T>(*gemm, x, atty, Wp + o.wo, x, N, C, C, s);  // x += o(atty)
       gpu::rmsnorm_forward<T>(ln, rstd, x, Wp + o.ln2, N, C, eps, s);
       gpu::linear_forward<T>(*gemm, gu, ln, Wp + o.wgu, N, C, 2 * I, s);
       gpu::swiglu_forward<T>(h, gu, N, I, s);
-      gpu::linear_forward<T>(*gemm, tmp, h, Wp + o.wd, N, I, C, s);
-      gpu::residual_forward<T>(x, x, tmp, (long long)N * C, s);
+      gpu::linear_forward_add<T>(*gemm, x, h, Wp + o.wd, x, N, I, C, s);  // x += down(h)
     }
     const T* xf = x;
     if (last_only) {
@@ -1352,6 +1343,9 @@ DType LlamaModelCuda::dtype() const { return impl_->dtype; }
 int LlamaModelCuda::device() const { return impl_->dev; }
 size_t LlamaModelCuda::num_parameters() const { return impl_->P; }
 bool LlamaModelCuda::uses_cublas() const { return impl_->gemm->uses_cublas(); }
+std::string LlamaModelCuda::matmul_backend() const { return impl_->gemm->backend(); }
+long long LlamaModelCuda::matmul_lt_plans() const { return impl_->gemm->lt_plans(); }
+long long LlamaModelCuda::matmul_lt_fallbacks() const { return impl_->gemm->lt_fallbacks(); }
 bool LlamaModelCuda::uses_flash_attention() const { return !impl_->attn_naive && !impl_->attn_gemm; }
 std::string LlamaModelCuda::attention_kernels() const {
   if (impl_->attn_naive) return "naive";

@@ -60,6 +60,11 @@ class LlamaModelCuda {
   int device() const;
   size_t num_parameters() const;
   bool uses_cublas() const;  // false: the tiled fallback matmul
+  // The matmul back end ("cublaslt", "cublas" or "tiled": PYLLAMA_CUDA_MATMUL), the cuBLASLt
+  // plans made so far and the products cuBLASLt refused (run by cublasGemmEx instead).
+  std::string matmul_backend() const;
+  long long matmul_lt_plans() const;
+  long long matmul_lt_fallbacks() const;
   bool uses_flash_attention() const;  // false: PYLLAMA_CUDA_ATTENTION=naive (T x T probabilities) or gemm
   // The training attention, from PYLLAMA_CUDA_ATTENTION: "flash" (default; tensor cores for bf16
   // where they apply), "flash-simt", "gemm" (batched GEMMs, attention_gemm.cu) or "naive".

@@ -326,7 +326,8 @@ void check_crossentropy(Rand& r, Results& out) {
   out.push_back({"crossentropy_backward(in place)", rel_err(dlog.host(), dl)});
 }
 
-void check_matmul(Rand& r, Results& out, gpu::Gemm& gemm, const char* which) {
+void check_matmul(Rand& r, Results& out, gpu::Gemm& gemm) {
+  const std::string which = gemm.backend();
   const int M = 37, N = 45, K = 70;
   for (int ta = 0; ta < 2; ta++)
     for (int tb = 0; tb < 2; tb++)
@@ -345,10 +346,66 @@ void check_matmul(Rand& r, Results& out, gpu::Gemm& gemm, const char* which) {
         double pad = 0;
         for (size_t i = 0; i < mask.size(); i++)
           if (!mask[i]) pad = std::max(pad, (double)std::fabs(got[i] - C0[i]));
-        out.push_back({std::string("matmul.") + which + (ta ? ".tA" : ".nA") + (tb ? "tB" : "nB") +
-                           (beta ? ".beta1" : ".beta0"),
+        out.push_back({"matmul." + which + (ta ? ".tA" : ".nA") + (tb ? "tB" : "nB") + (beta ? ".beta1" : ".beta0"),
                        std::max(rel_err(got, Cref, &mask), pad)});
       }
+  // D = x W^T + R (linear_forward_add, the residual adds), R apart from D or D itself, a
+  // padded row stride; float exact, bf16 within its rounding (inputs rounded first)
+  for (int bf = 0; bf < 2; bf++)
+    for (int inplace = 0; inplace < 2; inplace++) {
+      const int rows = 29, in = 72, outf = 40, ldc = outf + 8;
+      auto x = r.normal((size_t)rows * in), w = r.normal((size_t)outf * in), res = r.normal((size_t)rows * ldc);
+      if (bf)
+        for (auto* v : {&x, &w, &res})
+          for (auto& e : *v) e = __bfloat162float(__float2bfloat16(e));
+      std::vector<float> ref = res;
+      sgemm_reference(false, true, rows, outf, in, x.data(), in, w.data(), in, 1.f, ref.data(), ldc);
+      std::vector<float> got;
+      std::vector<float> d0((size_t)rows * ldc, NAN);  // D's prior contents must not matter
+      if (bf) {
+        auto to16 = [](const std::vector<float>& v) {
+          std::vector<bf16> o(v.size());
+          for (size_t i = 0; i < v.size(); i++) o[i] = __float2bfloat16(v[i]);
+          return o;
+        };
+        Dev<bf16> dx(to16(x)), dw(to16(w)), dr(to16(res)), dd(to16(d0));
+        bf16* D = inplace ? dr.get() : dd.get();
+        gemm.run_add<bf16, bf16>(false, true, rows, outf, in, dx.get(), in, dw.get(), in, dr.get(), D, ldc, 0);
+        for (bf16 v : (inplace ? dr : dd).host()) got.push_back(__bfloat162float(v));
+        if (!inplace) {  // R unchanged
+          auto rr = dr.host();
+          for (size_t i = 0; i < rr.size(); i++)
+            if (__bfloat162float(rr[i]) != res[i]) got.assign(got.size(), NAN);
+        }
+      } else {
+        Dev<float> dx(x), dw(w), dr(res), dd(d0);
+        float* D = inplace ? dr.get() : dd.get();
+        gemm.run_add<float, float>(false, true, rows, outf, in, dx.get(), in, dw.get(), in, dr.get(), D, ldc, 0);
+        got = (inplace ? dr : dd).host();
+        if (!inplace && dr.host() != res) got.assign(got.size(), NAN);
+      }
+      std::vector<char> mask((size_t)rows * ldc);
+      for (size_t i = 0; i < mask.size(); i++) mask[i] = (int)(i % ldc) < outf;
+      double e = rel_err(got, ref, &mask);
+      if (bf) e = e <= 1.0 / 256 ? 0.0 : e;
+      out.push_back({"matmul." + which + ".add" + (bf ? ".bf16(<=2^-8)" : ".float") + (inplace ? ".in_place" : ""), e});
+    }
+  // bf16 inputs, float output accumulated (the weight gradients: dW += dy^T x)
+  {
+    const int M = 33, N = 41, K = 96;
+    auto A = r.normal((size_t)K * M), Bm = r.normal((size_t)K * N), C0 = r.normal((size_t)M * N);
+    for (auto* v : {&A, &Bm})
+      for (auto& e : *v) e = __bfloat162float(__float2bfloat16(e));
+    std::vector<float> ref = C0;
+    sgemm_reference(true, false, M, N, K, A.data(), M, Bm.data(), N, 1.f, ref.data(), N);
+    std::vector<bf16> A16(A.size()), B16(Bm.size());
+    for (size_t i = 0; i < A.size(); i++) A16[i] = __float2bfloat16(A[i]);
+    for (size_t i = 0; i < Bm.size(); i++) B16[i] = __float2bfloat16(Bm[i]);
+    Dev<bf16> dA(A16), dB(B16);
+    Dev<float> dC(C0);
+    gemm.run<bf16, float>(true, false, M, N, K, dA.get(), M, dB.get(), N, 1.f, dC.get(), N, 0);
+    out.push_back({"matmul." + which + ".bf16_in_float_out.beta1", rel_err(dC.host(), ref)});
+  }
 }
 
 void check_adamw_and_norm(Rand& r, Results& out) {
@@ -498,8 +555,16 @@ std::vector<std::pair<std::string, double>> cuda_check_ops(unsigned seed) {
   check_embedding(r, out);
   check_crossentropy(r, out);
   {
-    gpu::Gemm gemm;  // cuBLAS when built with it (unless PYLLAMA_CUDA_MATMUL=tiled)
-    check_matmul(r, out, gemm, gemm.uses_cublas() ? "cublas" : "tiled");
+    for (const char* backend : {"tiled", "cublas", "cublaslt"}) {  // every back end this build has
+#ifndef PYLLAMA_HAVE_CUBLAS
+      if (std::string(backend) != "tiled") continue;
+#endif
+      gpu::Gemm each(backend);
+      Dev<char> ws(std::vector<char>(size_t(4) << 20));  // as the model gives its Gemm (cuBLAS may use it)
+      each.set_workspace(ws.get(), ws.n);
+      check_matmul(r, out, each);
+    }
+    gpu::Gemm gemm;  // the default (PYLLAMA_CUDA_MATMUL or cuBLASLt)
     check_attention_gemm(r, out, gemm, 2, 37, 4, 2, 12);
     check_attention_gemm(r, out, gemm, 1, 70, 2, 1, 64);
     check_attention_gemm(r, out, gemm, 2, 129, 3, 3, 128);

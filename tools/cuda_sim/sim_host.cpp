@@ -363,6 +363,26 @@ cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k, 
   SIM_LOCK;
   return copy_async(d, s, n, k, st, "cudaMemcpyAsync");
 }
+cudaError_t cudaMemcpy2DAsync(void* d, size_t dpitch, const void* s, size_t spitch, size_t width, size_t height,
+                              cudaMemcpyKind k, cudaStream_t st) {
+  SIM_LOCK;
+  if (width > dpitch || width > spitch)
+    return report(cudaErrorInvalidValue, "cudaMemcpy2DAsync: width %zu bytes exceeds a pitch (%zu, %zu)", width,
+                  dpitch, spitch);
+  if (!width || !height) return cudaSuccess;
+  const size_t dspan = (height - 1) * dpitch + width, sspan = (height - 1) * spitch + width;
+  if (k == cudaMemcpyDefault) k = cudaMemcpyDeviceToDevice;
+  if (k != cudaMemcpyDeviceToDevice || !on_device(d) || !on_device(s))
+    return report(cudaErrorInvalidMemcpyDirection, "cudaMemcpy2DAsync: only device-to-device copies are emulated");
+  if (!find(device_mem, d, dspan) || !find(device_mem, s, sspan))
+    return report(cudaErrorInvalidValue, "cudaMemcpy2DAsync: the rows run past the end of an allocation");
+  if (!(capturing && resolve(st) == capturing)) counters[kD2D]++;
+  char* dc = static_cast<char*>(d);
+  const char* sc = static_cast<const char*>(s);
+  return enqueue_locked(st, "cudaMemcpy2DAsync", [=] {
+    for (size_t r = 0; r < height; r++) std::memmove(dc + r * dpitch, sc + r * spitch, width);
+  });
+}
 cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind k) {
   SIM_LOCK;
   if (cudaError_t e = refuse_in_capture("cudaMemcpy")) return e;
