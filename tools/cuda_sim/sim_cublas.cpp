@@ -168,6 +168,18 @@ namespace {
 constexpr uint64_t kAlgoMagic = 0x73696d4c74414c47ull;
 constexpr size_t kAlgoWorkspace = size_t(1) << 20;  // what an algorithm asks for when offered that much
 
+// the opaque objects behind cuBLASLt's handles and descriptors
+template <typename X, typename... Args>
+cublasStatus_t make(X** out, Args... args) {
+  *out = new X{args...};
+  return CUBLAS_STATUS_SUCCESS;
+}
+template <typename X>
+cublasStatus_t drop(X* p) {
+  delete p;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
 template <typename X>
 cublasStatus_t set_exact(X* field, const void* buf, size_t size, const char* what) {
   if (!buf || size != sizeof(X)) {
@@ -213,22 +225,12 @@ cublasStatus_t check_problem(const cublasLtMatmulDescOpaque* op, const cublasLtM
 
 }  // namespace
 
-cublasStatus_t cublasLtCreate(cublasLtHandle_t* h) {
-  *h = new cublasLtContext;
-  return CUBLAS_STATUS_SUCCESS;
-}
-cublasStatus_t cublasLtDestroy(cublasLtHandle_t h) {
-  delete h;
-  return CUBLAS_STATUS_SUCCESS;
-}
+cublasStatus_t cublasLtCreate(cublasLtHandle_t* h) { return make(h); }
+cublasStatus_t cublasLtDestroy(cublasLtHandle_t h) { return drop(h); }
 cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t* d, cublasComputeType_t compute, cudaDataType_t scale) {
-  *d = new cublasLtMatmulDescOpaque{compute, scale};
-  return CUBLAS_STATUS_SUCCESS;
+  return make(d, compute, scale);
 }
-cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d) {
-  delete d;
-  return CUBLAS_STATUS_SUCCESS;
-}
+cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d) { return drop(d); }
 cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr,
                                               const void* buf, size_t size) {
   if (!d) return CUBLAS_STATUS_NOT_INITIALIZED;
@@ -238,13 +240,9 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMa
 }
 cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t* l, cudaDataType_t type, uint64_t rows, uint64_t cols,
                                           int64_t ld) {
-  *l = new cublasLtMatrixLayoutOpaque{type, rows, cols, ld};
-  return CUBLAS_STATUS_SUCCESS;
+  return make(l, type, rows, cols, ld);
 }
-cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l) {
-  delete l;
-  return CUBLAS_STATUS_SUCCESS;
-}
+cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l) { return drop(l); }
 cublasStatus_t cublasLtMatrixLayoutSetAttribute(cublasLtMatrixLayout_t l, cublasLtMatrixLayoutAttribute_t attr,
                                                 const void* buf, size_t size) {
   if (!l) return CUBLAS_STATUS_NOT_INITIALIZED;
@@ -253,14 +251,8 @@ cublasStatus_t cublasLtMatrixLayoutSetAttribute(cublasLtMatrixLayout_t l, cublas
     return set_exact(&l->stride, buf, size, "STRIDED_BATCH_OFFSET");
   return CUBLAS_STATUS_NOT_SUPPORTED;
 }
-cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t* p) {
-  *p = new cublasLtMatmulPreferenceOpaque;
-  return CUBLAS_STATUS_SUCCESS;
-}
-cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p) {
-  delete p;
-  return CUBLAS_STATUS_SUCCESS;
-}
+cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t* p) { return make(p); }
+cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p) { return drop(p); }
 cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p,
                                                     cublasLtMatmulPreferenceAttributes_t attr, const void* buf,
                                                     size_t size) {
