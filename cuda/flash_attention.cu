@@ -31,6 +31,7 @@
 // tools/cuda_sim/run.sh runs every kernel here on the CPU (no GPU needed).
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <type_traits>
 
 #include "common.h"  // PYLLAMA_CHECK, ValueError
@@ -731,25 +732,27 @@ constexpr float kLn2 = 0.6931471805599453f;
 constexpr int kTcRows = 64;  // query rows per block: 4 warps x 16
 constexpr int kTcKeys = 64;  // keys per block
 
-// The forward's warps take MT m-tiles of 16 rows each (HS <= 64: two, so every K / V
-// fragment read from shared memory feeds two mma), at rows 64 mt + 16 warp of the block.
-template <int DMAX>
-struct TcFwd {
-  static constexpr int MT = DMAX <= 64 ? 2 : 1;
-  static constexpr int BR = 64 * MT;  // query rows per block
-};
+// The forward's warps take MT m-tiles of 16 rows each, at rows 64 mt + 16 warp of the
+// block: with MT = 2 every K / V fragment read from shared memory feeds two mma, with MT = 1
+// a block needs about half the registers and shared memory (twice the blocks per SM). Each
+// m-tile's arithmetic is its own, so both give the same bits. HS <= 64 takes MT = 2 unless
+// PYLLAMA_CUDA_FLASH_FWD_ROWS=64 (flash_fwd_rows); larger heads MT = 1.
+template <int MT>
+__host__ __device__ constexpr int tc_fwd_rows() {
+  return 64 * MT;  // query rows per block
+}
 
-template <int DMAX>
+template <int MT>
 size_t tc_fwd_smem_bytes(int HS) {
   const int HSP = hs_pad16(HS), ld = HSP + 8;
-  return sizeof(bf16) * ((size_t)TcFwd<DMAX>::BR * ld + 4 * (size_t)kTcKeys * ld);  // Q, 2 x (K, V)
+  return sizeof(bf16) * ((size_t)tc_fwd_rows<MT>() * ld + 4 * (size_t)kTcKeys * ld);  // Q, 2 x (K, V)
 }
 
 // grid (B * NH, ceil(T / BR)), last query block first.
-template <int DMAX>
+template <int DMAX, int MT>
 __global__ void __launch_bounds__(kThreads)
     flash_fwd_tc_kernel(bf16* out, float* lse, const bf16* qkv, int T_, int NH, int NKV, int HS, float scale) {
-  constexpr int MT = TcFwd<DMAX>::MT, BR = TcFwd<DMAX>::BR, NT = kTcKeys / 8, DT = DMAX / 8, KC = DMAX / 16;
+  constexpr int BR = tc_fwd_rows<MT>(), NT = kTcKeys / 8, DT = DMAX / 8, KC = DMAX / 16;
   extern __shared__ float4 smem4[];
   bf16* sm = reinterpret_cast<bf16*>(smem4);
   const int HSP = hs_pad16(HS), ld = HSP + 8;
@@ -1200,14 +1203,15 @@ void launch_fwd(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV
   CUDA_CHECK_LAUNCH();
 }
 
-template <int DMAX>
+template <int DMAX, int MT>
 void launch_fwd_tc(bf16* out, float* lse, const bf16* qkv, int B, int T_, int NH, int NKV, int HS,
                    cudaStream_t stream) {
-  const size_t bytes = tc_fwd_smem_bytes<DMAX>(HS);
-  prepare_smem(flash_fwd_tc_kernel<DMAX>, bytes);
-  constexpr int BR = TcFwd<DMAX>::BR;
+  const size_t bytes = tc_fwd_smem_bytes<MT>(HS);
+  prepare_smem(flash_fwd_tc_kernel<DMAX, MT>, bytes);
+  constexpr int BR = tc_fwd_rows<MT>();
   const dim3 grid = grid2((long long)B * NH, (T_ + BR - 1) / BR, "flash attention");
-  flash_fwd_tc_kernel<DMAX><<<grid, kThreads, bytes, stream>>>(out, lse, qkv, T_, NH, NKV, HS, 1.0f / sqrtf((float)HS));
+  flash_fwd_tc_kernel<DMAX, MT>
+      <<<grid, kThreads, bytes, stream>>>(out, lse, qkv, T_, NH, NKV, HS, 1.0f / sqrtf((float)HS));
   CUDA_CHECK_LAUNCH();
 }
 
@@ -1238,7 +1242,7 @@ bool use_tensor_cores(int HS, bool allowed) {
   CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   if (major < 8) return false;
   cudaFuncAttributes fa;
-  CUDA_CHECK(cudaFuncGetAttributes(&fa, flash_fwd_tc_kernel<64>));
+  CUDA_CHECK(cudaFuncGetAttributes(&fa, flash_fwd_tc_kernel<64, 2>));
   // the virtual architecture the code came from (0 when the binary holds no PTX: then
   // the machine code's architecture, which nvcc compiles from the same virtual one)
   return (fa.ptxVersion > 0 ? fa.ptxVersion : fa.binaryVersion) >= 80;
@@ -1275,17 +1279,29 @@ bool attention_simt_forced() {
   return env && std::strcmp(env, "simt") == 0;
 }
 
+int flash_fwd_rows() {
+  const char* env = std::getenv("PYLLAMA_CUDA_FLASH_FWD_ROWS");
+  if (!env || !*env) return 0;
+  const std::string v = env;
+  PYLLAMA_CHECK(v == "64" || v == "128", ValueError,
+                "PYLLAMA_CUDA_FLASH_FWD_ROWS=" << v << ": use 64 or 128 (query rows per block of the tensor-core "
+                                               << "flash forward, head size <= 64)");
+  return std::stoi(v);
+}
+
 template <typename T>
 void flash_attention_forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, int HS,
-                             cudaStream_t stream, bool tensor_cores) {
+                             cudaStream_t stream, bool tensor_cores, int fwd_rows) {
   check_shape(B, T_, NH, NKV, HS, "flash_attention_forward");
   if (B == 0 || T_ == 0) return;
   if constexpr (std::is_same<T, bf16>::value) {
     if (use_tensor_cores<T>(HS, tensor_cores)) {
-      if (HS <= 64)
-        launch_fwd_tc<64>(out, lse, qkv, B, T_, NH, NKV, HS, stream);
+      if (HS <= 64 && fwd_rows != 64)
+        launch_fwd_tc<64, 2>(out, lse, qkv, B, T_, NH, NKV, HS, stream);
+      else if (HS <= 64)
+        launch_fwd_tc<64, 1>(out, lse, qkv, B, T_, NH, NKV, HS, stream);
       else
-        launch_fwd_tc<128>(out, lse, qkv, B, T_, NH, NKV, HS, stream);
+        launch_fwd_tc<128, 1>(out, lse, qkv, B, T_, NH, NKV, HS, stream);
       return;
     }
   }
@@ -1325,7 +1341,7 @@ void flash_attention_backward(T* dqkv, float* dsum, const T* dout, const T* out,
 }
 
 #define PYLLAMA_FLASH_INSTANTIATE(T)                                                                      \
-  template void flash_attention_forward<T>(T*, float*, const T*, int, int, int, int, int, cudaStream_t, bool); \
+  template void flash_attention_forward<T>(T*, float*, const T*, int, int, int, int, int, cudaStream_t, bool, int); \
   template void flash_attention_backward<T>(T*, float*, const T*, const T*, const T*, const float*, int, int, int, \
                                             int, int, cudaStream_t, bool);
 PYLLAMA_FLASH_INSTANTIATE(float)

@@ -63,9 +63,12 @@ void attention_backward(T* dqkv, float* datt, const T* dout, const T* qkv, const
 // Flash attention (what the model trains with): the same inputs and out as
 // attention_forward, but only lse (B, NH, T) float, the log-sum-exp of each scaled score
 // row (the CPU's attention_forward_flash layout), is kept: no T x T array in global memory.
+// fwd_rows: query rows per block of the tensor-core forward for HS <= 64, 64 or 128 (0: the
+// default, 128); the same bits either way (flash_fwd_rows reads PYLLAMA_CUDA_FLASH_FWD_ROWS).
 template <typename T>
 void flash_attention_forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, int HS,
-                             cudaStream_t stream, bool tensor_cores = true);
+                             cudaStream_t stream, bool tensor_cores = true, int fwd_rows = 0);
+int flash_fwd_rows();  // PYLLAMA_CUDA_FLASH_FWD_ROWS: 0 (unset), 64 or 128; else ValueError
 // dqkv (B, T, QKVD) assigned, recomputing the probabilities from qkv and lse; out is the
 // forward's output; dsum (B, NH, T) float scratch (rowsum(dout * out)). Deterministic.
 template <typename T>

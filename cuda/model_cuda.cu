@@ -237,6 +237,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
   std::unique_ptr<gpu::Gemm> gemm;
   bool attn_naive = false;  // PYLLAMA_CUDA_ATTENTION=naive: (B, NH, T, T) probabilities instead of flash
   bool attn_tc = true;      // PYLLAMA_CUDA_ATTENTION=simt: flash without tensor cores (bf16)
+  int attn_fwd_rows = 0;    // PYLLAMA_CUDA_FLASH_FWD_ROWS: query rows per tensor-core forward block (0: default)
   bool attn_gemm = false;   // PYLLAMA_CUDA_ATTENTION=gemm: batched GEMMs (attention_gemm.cu), lse kept as flash
   DevBuf attn_scratch;      // gemm mode: one sequence's S and P
 
@@ -382,6 +383,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
     gemm = std::make_unique<gpu::Gemm>();
     attn_naive = gpu::attention_naive_forced();
     attn_tc = !gpu::attention_simt_forced();
+    attn_fwd_rows = gpu::flash_fwd_rows();
     attn_gemm = gpu::attention_gemm_forced();
 
     params.reserve(P * sizeof(float));
@@ -581,7 +583,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
       else if (attn_gemm)
         gpu::attention_forward_gemm<T>(*gemm, y.atty, y.att, y.qkv, attn_scratch.p, B, Tn, NH, NKV, HS, s);
       else
-        gpu::flash_attention_forward<T>(y.atty, y.att, y.qkv, B, Tn, NH, NKV, HS, s, attn_tc);
+        gpu::flash_attention_forward<T>(y.atty, y.att, y.qkv, B, Tn, NH, NKV, HS, s, attn_tc, attn_fwd_rows);
       mk("fwd attention");
       gpu::linear_forward_add<T>(*gemm, y.res1, y.atty, Wp + o.wo, x, N, C, C, s);  // res1 = x + o(atty)
       mk("fwd matmul o+residual");

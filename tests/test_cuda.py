@@ -574,6 +574,27 @@ def test_bfloat16_flash_tensor_cores_and_simt_agree(name, monkeypatch):
 
 
 @gpu
+def test_flash_forward_row_blocks_change_no_bit(monkeypatch):
+    """The tensor-core flash forward with 64 query rows a block (PYLLAMA_CUDA_FLASH_FWD_ROWS=64,
+    one m-tile a warp) instead of 128 (two): each m-tile's arithmetic is its own, so logits,
+    loss and gradients are bit-equal; a bad value raises ValueError."""
+    cfg = tiny_config(**dict(CONFIGS["wide_hs64"], max_position_embeddings=256))
+    ids, labels = make_batch(cfg, 2, 150)  # two and three query blocks, the last ones partial
+    runs = []
+    for rows in ("", "64", "128"):
+        monkeypatch.setenv("PYLLAMA_CUDA_FLASH_FWD_ROWS", rows)
+        m = pyllama.Llama(cfg, seed=2).to("cuda", dtype="bfloat16")
+        out = m(ids, labels=labels)
+        m.backward()
+        runs.append((out.logits, out.loss, m.flat_grads()))
+    for logits, loss, grads in runs[1:]:
+        assert np.array_equal(logits, runs[0][0]) and loss == runs[0][1] and np.array_equal(grads, runs[0][2])
+    monkeypatch.setenv("PYLLAMA_CUDA_FLASH_FWD_ROWS", "96")
+    with pytest.raises(ValueError, match="64 or 128"):
+        pyllama.Llama(cfg).to("cuda", dtype="bfloat16")
+
+
+@gpu
 def test_bfloat16_training_keeps_float32_masters():
     cfg = tiny_config()
     m = pyllama.Llama(cfg, seed=4).to("cuda", dtype="bfloat16")

@@ -21,7 +21,8 @@ SCRIPT = os.path.join(ROOT, "tools", "cuda_sim", "gpu_tests.sh")
 # failed buffer growth, the memory counter, tensor copies, the one-rank NCCL Trainer, one
 # host wait per training step, bench/gpu.py end to end, cuda_check_ops, beam search and
 # sampling, bf16 masters, the README's GPU example, NCCL's missing-rank deadline, the fused
-# decode step's kernel count
+# decode step's kernel count, the cuBLASLt matmuls (plans, alignments, the folded residual
+# adds), the two tensor-core flash forward kernels
 SELECTION = " or ".join([
     "test_forward_backward_match_cpu and tiny_gqa",
     "test_adamw_20_steps_match_torch_on_cpu",
@@ -43,6 +44,8 @@ SELECTION = " or ".join([
     "test_readme_gpu_example_runs",
     "test_nccl_init_timeout_when_a_rank_is_missing",
     "test_fused_decode_step_launches_five_kernels_a_layer and bfloat16",
+    "test_matmul_backends_match_cpu and cublaslt",
+    "test_flash_forward_row_blocks_change_no_bit",
 ])
 
 
