@@ -16,9 +16,9 @@ Model (issue #8): hidden 768, intermediate 2048, 12 layers, 12 heads, 12 kv head
 vocab 32000, untied head, about 124M parameters.
 
 Training, one step = forward + backward + clip + AdamW, bf16 at batch 16 x 1024 (then, while
-the time budget allows, bf16 again with cublasGemmEx instead of cuBLASLt and with 64-row flash
-forward blocks, to weigh the defaults against them, and float32 at 4 x 1024; the GEMM attention,
-0.68x flash on the H200, is timed with --attention gemm):
+the time budget allows, bf16 again with cublasGemmEx instead of cuBLASLt, with 64-row flash
+forward blocks and with the atomic-dQ flash backward, to weigh the defaults against them, and
+float32 at 4 x 1024; the GEMM attention, 0.68x flash on the H200, is timed with --attention gemm):
 - pyllama: bf16 weights/activations for compute, float32 master weights, gradients and moments;
 - torch eager: transformers.LlamaForCausalLM, sdpa attention, float32 weights under
   torch.autocast(bfloat16) (the same mixed precision), fused torch AdamW, TF32 off;
@@ -554,6 +554,8 @@ def main(argv=None):
     gemmex = variant("PYLLAMA_CUDA_MATMUL", "cublas", "cublasGemmEx matmuls") if args.matmul is None else None
     # 1c. the tensor-core flash forward with 64 query rows a block instead of 128 (same bits)
     rows64 = variant("PYLLAMA_CUDA_FLASH_FWD_ROWS", "64", "64-row flash forward blocks") if args.attention is None else None
+    # 1d. the flash backward with dQ added by atomics in the dK/dV kernel (no dQ kernel)
+    atomic = variant("PYLLAMA_CUDA_FLASH_DQ", "atomic", "atomic-dQ flash backward") if args.attention is None else None
     # 2. decoding at batch 1 and 16
     decode_rows()
     # 3. float32 training at a smaller batch, while the budget allows
@@ -590,6 +592,9 @@ def main(argv=None):
     if rows64:
         print(f"# train bfloat16 B={B} T={T} with 64-row flash forward blocks: {rows64['tok_s']:.0f} tok/s (MFU "
               f"{rows64['mfu']:.1%}); / default (128 rows) = {ratio(rows64, ours)}", flush=True)
+    if atomic:
+        print(f"# train bfloat16 B={B} T={T} with the atomic-dQ flash backward ({atomic['attention']}): "
+              f"{atomic['tok_s']:.0f} tok/s (MFU {atomic['mfu']:.1%}); / default = {ratio(atomic, ours)}", flush=True)
     if f32:
         print(f"# train float32 B={Bf} T={Tf}: pyllama {f32['tok_s']:.0f} tok/s (MFU {f32['mfu']:.1%}, peak "
               f"{f32['peak_mem_gib']} GiB); / torch eager = {ratio(f32, f32_ref)}", flush=True)

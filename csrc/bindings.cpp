@@ -725,7 +725,8 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
               "(run by cublasGemmEx instead)}")
       .def_property_readonly("uses_flash_attention", &LlamaModelCuda::uses_flash_attention)
       .def_property_readonly("attention_kernels", &LlamaModelCuda::attention_kernels,
-                             "The training attention: 'flash', 'flash-simt', 'gemm' or 'naive' (PYLLAMA_CUDA_ATTENTION).")
+                             "The training attention: 'flash', 'flash-atomic-dq' (PYLLAMA_CUDA_FLASH_DQ=atomic), 'flash-simt', "
+                             "'gemm' or 'naive' (PYLLAMA_CUDA_ATTENTION).")
       .def("num_parameters", &LlamaModelCuda::num_parameters)
       .def("forward", [](LlamaModelCuda& g, py::handle tokens, py::handle labels) {
              TokenBatch tb = token_batch(tokens, labels);

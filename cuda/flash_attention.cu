@@ -29,6 +29,7 @@
 // bf16 with HS <= 128 on sm_80+ (unless the caller passes tensor_cores = false) runs
 // the same three passes on tensor cores instead: see "tensor cores (bf16)" below.
 // tools/cuda_sim/run.sh runs every kernel here on the CPU (no GPU needed).
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -726,6 +727,32 @@ __device__ __forceinline__ void mma_frag(float (&acc)[DT][4], const float (&p)[2
   }
 }
 
+// acc[dt] += A (16 x 16 KT) Bk with A given transposed in shared memory: At row-major with
+// rows = the k index (stride lda) and this warp's 16 m columns first; A fragments by
+// ldmatrix.x4.trans (lane l gives row k = l % 8 + 8 (l / 16) at column m = 8 ((l / 8) % 2):
+// matrices = a[0..3] as mma_rows loads them untransposed); Bk as in mma_frag. Whole warp.
+template <int KT, int DT>
+__device__ __forceinline__ void mma_at(float (&acc)[DT][4], const bf16* At, int lda, const bf16* Bk, int ldb,
+                                       int HSP) {
+  static_assert(DT % 2 == 0, "head-dim tiles go in pairs");
+  const int lane = threadIdx.x & 31;
+  const bf16* pa = At + ((lane & 7) + 8 * (lane >> 4)) * lda + 8 * ((lane >> 3) & 1);
+  const bf16* pb = Bk + (lane & 15) * ldb + 8 * (lane >> 4);
+#pragma unroll
+  for (int kk = 0; kk < KT; kk++) {
+    uint32_t a[4];
+    ldsm_x4_t(a, pa + kk * 16 * lda);
+#pragma unroll
+    for (int dp = 0; dp < DT / 2; dp++) {
+      if (dp * 16 >= HSP) break;  // the same for every lane
+      uint32_t b[4];
+      ldsm_x4_t(b, pb + kk * 16 * ldb + dp * 16);
+      mma16816(acc[2 * dp], a, b[0], b[1]);
+      mma16816(acc[2 * dp + 1], a, b[2], b[3]);
+    }
+  }
+}
+
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -1041,21 +1068,32 @@ struct TcKV {
   static constexpr int QT = DMAX <= 64 ? 64 : 32;  // query rows per step (registers: dK, dV take DMAX)
 };
 
+// dS^T tile of the atomic-dQ variant (kTcKeys x QT bf16): row stride
 template <int DMAX>
+__host__ __device__ constexpr int tc_ds_ld() {
+  return TcKV<DMAX>::QT + 8;
+}
+
+template <int DMAX, bool kDQ>
 size_t tc_dkv_smem_bytes(int HS) {
   constexpr int QT = TcKV<DMAX>::QT;
   const int HSP = hs_pad16(HS), ld = HSP + 8;
-  // K, V, 2 x (Q, dO, lse, dsum)
-  return sizeof(bf16) * (2 * (size_t)kTcKeys * ld + 4 * (size_t)QT * ld) + 4 * sizeof(float) * QT;
+  // K, V, 2 x (Q, dO, lse, dsum) (, dS^T)
+  return sizeof(bf16) * (2 * (size_t)kTcKeys * ld + 4 * (size_t)QT * ld) + 4 * sizeof(float) * QT +
+         (kDQ ? sizeof(bf16) * (size_t)kTcKeys * tc_ds_ld<DMAX>() : 0);
 }
 
 // grid (B * NKV, ceil(T / kTcKeys)): dK, dV of 64 keys (16 per warp) of kv head kvh, summed
 // over the query heads of its group and the query rows >= the block's first key.
-template <int DMAX>
+// kDQ (HS <= 64: QT = 64, a warp per 16 query rows): each step also adds dS K, its 64 keys'
+// share of dQ, into dq_acc (B, T, NH, HS) float with atomicAdd (FlashAttention-2's way: no
+// dQ kernel recomputing S and dP, but the order of the adds, and so dQ's last bits, varies).
+template <int DMAX, bool kDQ>
 __global__ void __launch_bounds__(kThreads)
-    flash_bwd_dkv_tc_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* dsum,
-                            int T_, int NH, int NKV, int HS, float scale) {
+    flash_bwd_dkv_tc_kernel(bf16* dqkv, float* dq_acc, const bf16* dout, const bf16* qkv, const float* lse,
+                            const float* dsum, int T_, int NH, int NKV, int HS, float scale) {
   constexpr int QT = TcKV<DMAX>::QT, NT = QT / 8, DT = DMAX / 8;
+  static_assert(!kDQ || QT == 4 * 16, "atomic dQ: a warp per 16 query rows of a step");
   extern __shared__ float4 smem4[];
   const int HSP = hs_pad16(HS), ld = HSP + 8;
   const int qtile = QT * ld;
@@ -1064,6 +1102,7 @@ __global__ void __launch_bounds__(kThreads)
   bf16* Ks = reinterpret_cast<bf16*>(Ds + 2 * QT);  // kTcKeys x ld
   bf16* Vs = Ks + kTcKeys * ld;                     // kTcKeys x ld
   bf16* QdOs = Vs + kTcKeys * ld;  // buffer i: Q at QdOs + 2 i qtile, dO at QdOs + (2 i + 1) qtile (QT x ld)
+  bf16* dSs = QdOs + 4 * qtile;    // kDQ: dS^T, kTcKeys x QT (row stride tc_ds_ld)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
   const int kvh = blockIdx.x % NKV, b = blockIdx.x / NKV;
   const int k0 = blockIdx.y * kTcKeys;
@@ -1143,6 +1182,35 @@ __global__ void __launch_bounds__(kThreads)
       }
     mma_frag<NT / 2, DT>(dv, st, dOs, ld, HSP, nt_lo / 2, NT / 2);
     mma_frag<NT / 2, DT>(dk, dpt, Qs, ld, HSP, nt_lo / 2, NT / 2);
+    if constexpr (kDQ) {
+      // dS^T of the block's keys to shared memory (bf16, as the products round it; the
+      // masked entries are 0), then warp w: dQ rows q0 + 16 w .. += dS K over the 64 keys
+      constexpr int lds = tc_ds_ld<DMAX>();
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+          dSs[(warp * 16 + g + 8 * (e >> 1)) * lds + nt * 8 + 2 * q + (e & 1)] = from_f<bf16>(dpt[nt][e]);
+      __syncthreads();  // (the next step's first __syncthreads keeps the tile until all have read it)
+      float dq[DT][4];
+#pragma unroll
+      for (int dt = 0; dt < DT; dt++) dq[dt][0] = dq[dt][1] = dq[dt][2] = dq[dt][3] = 0.f;
+      mma_at<kTcKeys / 16, DT>(dq, dSs + warp * 16, lds, Ks, ld, HSP);
+      const int h = kvh * group + step / nq;
+#pragma unroll
+      for (int half = 0; half < 2; half++) {
+        const int t = q0 + warp * 16 + g + 8 * half;
+        if (t >= T_) continue;
+        float* dst = dq_acc + (((long long)b * T_ + t) * NH + h) * HS;
+#pragma unroll
+        for (int dt = 0; dt < DT; dt++)
+#pragma unroll
+          for (int e = 0; e < 2; e++) {
+            const int d = dt * 8 + 2 * q + e;
+            if (d < HS) atomicAdd(dst + d, dq[dt][2 * half + e]);
+          }
+      }
+    }
   }
 
 #pragma unroll
@@ -1161,6 +1229,19 @@ __global__ void __launch_bounds__(kThreads)
           dvr[d] = from_f<bf16>(dv[dt][2 * half + e]);
         }
       }
+  }
+}
+
+__global__ void zero_kernel(float* p, long long n) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+    p[i] = 0.f;
+}
+
+// dqkv's q part (B, T, QKVD: the first NH * HS of a row) = dq_acc (B, T, NH * HS) in bf16
+__global__ void dq_store_kernel(bf16* dqkv, const float* dq_acc, long long n, int C, int QKVD) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+    const long long row = i / C;
+    dqkv[row * QKVD + (i - row * C)] = from_f<bf16>(dq_acc[i]);
   }
 }
 
@@ -1216,13 +1297,31 @@ void launch_fwd_tc(bf16* out, float* lse, const bf16* qkv, int B, int T_, int NH
 }
 
 template <int DMAX>
-void launch_bwd_tc(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* dsum, int B, int T_,
-                   int NH, int NKV, int HS, cudaStream_t stream) {
+void launch_bwd_tc(bf16* dqkv, float* dq_acc, const bf16* dout, const bf16* qkv, const float* lse, const float* dsum,
+                   int B, int T_, int NH, int NKV, int HS, cudaStream_t stream) {
   const float scale = 1.0f / sqrtf((float)HS);
-  const size_t bkv = tc_dkv_smem_bytes<DMAX>(HS);
-  prepare_smem(flash_bwd_dkv_tc_kernel<DMAX>, bkv);
   const dim3 gkv = grid2((long long)B * NKV, (T_ + kTcKeys - 1) / kTcKeys, "flash attention backward");
-  flash_bwd_dkv_tc_kernel<DMAX><<<gkv, kThreads, bkv, stream>>>(dqkv, dout, qkv, lse, dsum, T_, NH, NKV, HS, scale);
+  if constexpr (DMAX <= 64) {
+    if (dq_acc) {  // dQ by atomics in the dK/dV kernel (no dQ kernel)
+      const long long n = (long long)B * T_ * NH * HS;
+      const unsigned blocks = (unsigned)std::min<long long>((n + 255) / 256, 4096);
+      zero_kernel<<<blocks, 256, 0, stream>>>(dq_acc, n);
+      CUDA_CHECK_LAUNCH();
+      const size_t bytes = tc_dkv_smem_bytes<DMAX, true>(HS);
+      prepare_smem(flash_bwd_dkv_tc_kernel<DMAX, true>, bytes);
+      flash_bwd_dkv_tc_kernel<DMAX, true>
+          <<<gkv, kThreads, bytes, stream>>>(dqkv, dq_acc, dout, qkv, lse, dsum, T_, NH, NKV, HS, scale);
+      CUDA_CHECK_LAUNCH();
+      const int C = NH * HS, QKVD = C + 2 * NKV * HS;
+      dq_store_kernel<<<blocks, 256, 0, stream>>>(dqkv, dq_acc, n, C, QKVD);
+      CUDA_CHECK_LAUNCH();
+      return;
+    }
+  }
+  const size_t bkv = tc_dkv_smem_bytes<DMAX, false>(HS);
+  prepare_smem(flash_bwd_dkv_tc_kernel<DMAX, false>, bkv);
+  flash_bwd_dkv_tc_kernel<DMAX, false>
+      <<<gkv, kThreads, bkv, stream>>>(dqkv, nullptr, dout, qkv, lse, dsum, T_, NH, NKV, HS, scale);
   CUDA_CHECK_LAUNCH();
   const size_t bq = tc_dq_smem_bytes(HS);
   prepare_smem(flash_bwd_dq_tc_kernel<DMAX>, bq);
@@ -1313,9 +1412,20 @@ void flash_attention_forward(T* out, float* lse, const T* qkv, int B, int T_, in
     launch_fwd<T, 256>(out, lse, qkv, B, T_, NH, NKV, HS, stream);
 }
 
+bool flash_dq_atomic() {
+  const char* env = std::getenv("PYLLAMA_CUDA_FLASH_DQ");
+  if (!env || !*env) return false;
+  const std::string v = env;
+  PYLLAMA_CHECK(v == "atomic" || v == "kernel", ValueError,
+                "PYLLAMA_CUDA_FLASH_DQ=" << v << ": use kernel (the default: a dQ kernel, deterministic) or atomic "
+                                         << "(dQ added with atomics in the dK/dV kernel)");
+  return v == "atomic";
+}
+
 template <typename T>
 void flash_attention_backward(T* dqkv, float* dsum, const T* dout, const T* out, const T* qkv, const float* lse,
-                              int B, int T_, int NH, int NKV, int HS, cudaStream_t stream, bool tensor_cores) {
+                              int B, int T_, int NH, int NKV, int HS, cudaStream_t stream, bool tensor_cores,
+                              float* dq_acc) {
   check_shape(B, T_, NH, NKV, HS, "flash_attention_backward");
   if (B == 0 || T_ == 0) return;
   const long long rows = (long long)B * T_ * NH;
@@ -1326,9 +1436,9 @@ void flash_attention_backward(T* dqkv, float* dsum, const T* dout, const T* out,
   if constexpr (std::is_same<T, bf16>::value) {
     if (use_tensor_cores<T>(HS, tensor_cores)) {
       if (HS <= 64)
-        launch_bwd_tc<64>(dqkv, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
+        launch_bwd_tc<64>(dqkv, dq_acc, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
       else
-        launch_bwd_tc<128>(dqkv, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
+        launch_bwd_tc<128>(dqkv, nullptr, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
       return;
     }
   }
@@ -1343,7 +1453,7 @@ void flash_attention_backward(T* dqkv, float* dsum, const T* dout, const T* out,
 #define PYLLAMA_FLASH_INSTANTIATE(T)                                                                      \
   template void flash_attention_forward<T>(T*, float*, const T*, int, int, int, int, int, cudaStream_t, bool, int); \
   template void flash_attention_backward<T>(T*, float*, const T*, const T*, const T*, const float*, int, int, int, \
-                                            int, int, cudaStream_t, bool);
+                                            int, int, cudaStream_t, bool, float*);
 PYLLAMA_FLASH_INSTANTIATE(float)
 PYLLAMA_FLASH_INSTANTIATE(bf16)
 

@@ -72,8 +72,14 @@ int flash_fwd_rows();  // PYLLAMA_CUDA_FLASH_FWD_ROWS: 0 (unset), 64 or 128; els
 // dqkv (B, T, QKVD) assigned, recomputing the probabilities from qkv and lse; out is the
 // forward's output; dsum (B, NH, T) float scratch (rowsum(dout * out)). Deterministic.
 template <typename T>
+// dq_acc: null (the default: dQ by its own kernel, deterministic), or (B, T, NH, HS) float
+// scratch: for the tensor-core path with HS <= 64, dQ is then added with atomics in the
+// dK/dV kernel (FlashAttention-2's way; dQ's last bits vary from run to run) and stored at
+// the end; other paths ignore it. flash_dq_atomic reads PYLLAMA_CUDA_FLASH_DQ (kernel|atomic).
 void flash_attention_backward(T* dqkv, float* dsum, const T* dout, const T* out, const T* qkv, const float* lse,
-                              int B, int T_, int NH, int NKV, int HS, cudaStream_t stream, bool tensor_cores = true);
+                              int B, int T_, int NH, int NKV, int HS, cudaStream_t stream, bool tensor_cores = true,
+                              float* dq_acc = nullptr);
+bool flash_dq_atomic();
 // tensor_cores: for bf16 with HS <= 128 on sm_80+, the tile products run on tensor cores
 // (mma.sync, P and dS rounded to bf16); false, or float, or larger heads: SIMT float.
 // PYLLAMA_CUDA_ATTENTION in the environment (read when a model moves to the GPU), to tell

@@ -106,11 +106,12 @@ struct Acts {
   // backward scratch
   T *dres, *dln, *dqkv, *datty, *dgu, *dh;
   float* datt;  // flash: rowsum(dout * out) (B, NH, T); naive: (B, NH, T, T)
+  float* dq_acc;  // PYLLAMA_CUDA_FLASH_DQ=atomic: (N, C) float dQ accumulator (else null)
 };
 
 template <typename T>
 size_t carve_acts(Acts<T>* a, char* base, int B, int T_, int C, int QKVD, int NH, int I, int V, int L,
-                  bool dense_att) {
+                  bool dense_att, bool dq_acc = false) {
   Carver cv{base};
   const size_t N = (size_t)B * T_, ATT = (size_t)B * NH * T_ * (dense_att ? T_ : 1);
   a->x0 = cv.take<T>(N * C);
@@ -141,6 +142,7 @@ size_t carve_acts(Acts<T>* a, char* base, int B, int T_, int C, int QKVD, int NH
   a->dgu = cv.take<T>(N * 2 * I);
   a->dh = cv.take<T>(N * I);
   a->datt = cv.take<float>(ATT);
+  a->dq_acc = dq_acc ? cv.take<float>(N * C) : nullptr;  // last: the arrays above keep their offsets
   return cv.off;
 }
 
@@ -238,6 +240,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
   bool attn_naive = false;  // PYLLAMA_CUDA_ATTENTION=naive: (B, NH, T, T) probabilities instead of flash
   bool attn_tc = true;      // PYLLAMA_CUDA_ATTENTION=simt: flash without tensor cores (bf16)
   int attn_fwd_rows = 0;    // PYLLAMA_CUDA_FLASH_FWD_ROWS: query rows per tensor-core forward block (0: default)
+  bool attn_dq_atomic = false;  // PYLLAMA_CUDA_FLASH_DQ=atomic: dQ by atomics in the dK/dV kernel (bf16, HS <= 64)
   bool attn_gemm = false;   // PYLLAMA_CUDA_ATTENTION=gemm: batched GEMMs (attention_gemm.cu), lse kept as flash
   DevBuf attn_scratch;      // gemm mode: one sequence's S and P
 
@@ -385,6 +388,8 @@ struct LlamaModelCuda::Impl : AllocAccount {
     attn_tc = !gpu::attention_simt_forced();
     attn_fwd_rows = gpu::flash_fwd_rows();
     attn_gemm = gpu::attention_gemm_forced();
+    attn_dq_atomic = gpu::flash_dq_atomic() && dt == DType::bfloat16 && !attn_naive && !attn_gemm && attn_tc &&
+                     HS <= 64 && gpu::flash_attention_uses_tensor_cores(HS);
 
     params.reserve(P * sizeof(float));
     grads.reserve(P * sizeof(float));
@@ -549,7 +554,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
   template <typename T>
   size_t measure(int B, int T_) const {
     Acts<T> a;
-    return carve_acts<T>(&a, nullptr, B, T_, C, QKVD, NH, I, V, L, attn_naive);
+    return carve_acts<T>(&a, nullptr, B, T_, C, QKVD, NH, I, V, L, attn_naive, attn_dq_atomic);
   }
 
   template <typename T>
@@ -645,7 +650,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
   void backward_t(float scale) {
     const int B = B_, Tn = T_, N = B * Tn;
     Acts<T> a;
-    carve_acts<T>(&a, acts.as<char>(), B, Tn, C, QKVD, NH, I, V, L, attn_naive);
+    carve_acts<T>(&a, acts.as<char>(), B, Tn, C, QKVD, NH, I, V, L, attn_naive, attn_dq_atomic);
     const T* Wp = W<T>();
     float* G = grads.as<float>();
     const int32_t* tok = tokens_d.as<int32_t>();
@@ -686,7 +691,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
         gpu::attention_backward_gemm<T>(*gemm, a.dqkv, a.datty, y.qkv, y.att, attn_scratch.p, B, Tn, NH, NKV, HS, s);
       else
         gpu::flash_attention_backward<T>(a.dqkv, a.datt, a.datty, y.atty, y.qkv, y.att, B, Tn, NH, NKV, HS, s,
-                                         attn_tc);
+                                         attn_tc, a.dq_acc);
       mk("bwd attention");
       gpu::rope_apply<T>(a.dqkv, QKVD, pos, cs, sn, N, NH + NKV, HS, true, s);  // dq and dk
       mk("bwd rope");
@@ -1352,7 +1357,8 @@ bool LlamaModelCuda::uses_flash_attention() const { return !impl_->attn_naive &&
 std::string LlamaModelCuda::attention_kernels() const {
   if (impl_->attn_naive) return "naive";
   if (impl_->attn_gemm) return "gemm";
-  return impl_->attn_tc ? "flash" : "flash-simt";
+  if (!impl_->attn_tc) return "flash-simt";
+  return impl_->attn_dq_atomic ? "flash-atomic-dq" : "flash";
 }
 
 float LlamaModelCuda::forward(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T) {

@@ -190,7 +190,7 @@ void check_flash(Rand& r, Results& out, int B, int T, int NH, int NKV, int HS, b
 // rounded to bf16 and the backward's rowsum(dout * out) reads the rounded out, so
 // the bound is a few bf16 ulps of the largest value (reported as 0 within it).
 void check_flash_bf16(Rand& r, Results& out, int B, int T, int NH, int NKV, int HS, bool tensor_cores,
-                      int fwd_rows = 0) {
+                      int fwd_rows = 0, bool dq_atomic = false) {
   const int C = NH * HS, QKVD = C + 2 * NKV * HS;
   const size_t N = (size_t)B * T, NL = (size_t)B * NH * T;
   auto qkv = r.normal(N * QKVD), dy = r.normal(N * C);
@@ -203,11 +203,12 @@ void check_flash_bf16(Rand& r, Results& out, int B, int T, int NH, int NKV, int 
   attention_forward_flash(y.data(), lse.data(), scratch.data(), qkv.data(), B, T, NH, NKV, HS);
   attention_backward_flash(dqkv.data(), scratch.data(), dy.data(), qkv.data(), lse.data(), B, T, NH, NKV, HS);
   Dev<bf16> dq(qkv16), ddy(dy16), dout(zeros<bf16>(N * C)), ddq(zeros<bf16>(N * QKVD));
-  Dev<float> dlse(zeros<float>(NL)), dsum(zeros<float>(NL));
+  Dev<float> dlse(zeros<float>(NL)), dsum(zeros<float>(NL)), dqacc(zeros<float>(dq_atomic ? N * C : 0));
   gpu::flash_attention_forward<bf16>(dout.get(), dlse.get(), dq.get(), B, T, NH, NKV, HS, 0, tensor_cores, fwd_rows);
   gpu::flash_attention_backward<bf16>(ddq.get(), dsum.get(), ddy.get(), dout.get(), dq.get(), dlse.get(), B, T, NH,
-                                      NKV, HS, 0, tensor_cores);
-  const std::string tag = std::string(tensor_cores ? ".tc" : ".simt") + (fwd_rows ? ".rows" + std::to_string(fwd_rows) : "") +
+                                      NKV, HS, 0, tensor_cores, dq_atomic ? dqacc.get() : nullptr);
+  const std::string tag = std::string(tensor_cores ? ".tc" : ".simt") +
+                          (fwd_rows ? ".rows" + std::to_string(fwd_rows) : "") + (dq_atomic ? ".atomic_dq" : "") +
                           shape_tag(B, T, NH, NKV, HS);
   auto within = [](double e, double bound) { return e <= bound ? 0.0 : e; };
   out.push_back({"flash_attention_forward.bf16.out(<=2^-7)" + tag,
@@ -552,9 +553,12 @@ std::vector<std::pair<std::string, double>> cuda_check_ops(unsigned seed) {
     check_flash_bf16(r, out, 2, 130, 3, 1, 12, tc != 0);
     check_flash_bf16(r, out, 1, 1, 2, 2, 80, tc != 0);
     check_flash_bf16(r, out, 1, 200, 2, 1, 256, tc != 0);  // above 128: SIMT either way
-    if (tc) {  // the tensor-core forward with 64-row blocks (PYLLAMA_CUDA_FLASH_FWD_ROWS=64)
+    if (tc) {  // the tensor-core forward with 64-row blocks (PYLLAMA_CUDA_FLASH_FWD_ROWS=64), and the
+               // backward's dQ by atomics (PYLLAMA_CUDA_FLASH_DQ=atomic)
       check_flash_bf16(r, out, 2, 70, 4, 2, 64, true, 64);
       check_flash_bf16(r, out, 2, 130, 3, 1, 12, true, 64);
+      check_flash_bf16(r, out, 2, 70, 4, 2, 64, true, 0, true);
+      check_flash_bf16(r, out, 2, 130, 3, 1, 12, true, 0, true);
     }
   }
   check_swiglu(r, out);

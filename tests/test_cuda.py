@@ -595,6 +595,36 @@ def test_flash_forward_row_blocks_change_no_bit(monkeypatch):
 
 
 @gpu
+def test_flash_atomic_dq_matches_the_dq_kernel(monkeypatch):
+    """PYLLAMA_CUDA_FLASH_DQ=atomic (bf16, tensor cores, head size <= 64): dQ added with
+    atomics in the dK/dV kernel instead of its own kernel. The forward is untouched (the same
+    loss bits); the gradients differ from the dQ kernel's only by bf16 rounding and the order
+    of the adds; float32 and larger heads keep the dQ kernel; a bad value raises ValueError."""
+    cfg = tiny_config(**dict(CONFIGS["wide_hs64"], max_position_embeddings=256))
+    ids, labels = make_batch(cfg, 2, 150)
+    runs = {}
+    for mode in ("kernel", "atomic"):
+        monkeypatch.setenv("PYLLAMA_CUDA_FLASH_DQ", mode)
+        m = pyllama.Llama(cfg, seed=4).to("cuda", dtype="bfloat16")
+        out = m(ids, labels=labels)
+        m.backward()
+        runs[mode] = (out.loss, m.flat_grads().astype(np.float64), m._core.gpu.attention_kernels)
+    assert runs["kernel"][2] == "flash"
+    if runs["atomic"][2] != "flash-atomic-dq":
+        pytest.skip("bf16 flash attention runs without tensor cores on this GPU (the atomic dQ needs them)")
+    assert runs["atomic"][0] == runs["kernel"][0]
+    g0, g1 = runs["kernel"][1], runs["atomic"][1]
+    assert np.all(np.isfinite(g1))
+    assert float(np.abs(g1 - g0).max()) <= 0.02 * float(np.abs(g0).max())
+    assert float(g0 @ g1 / (np.linalg.norm(g0) * np.linalg.norm(g1))) > 0.999
+    f32 = pyllama.Llama(cfg, seed=4).to("cuda")
+    assert f32._core.gpu.attention_kernels == "flash"  # float32: the SIMT kernels, dQ kernel
+    monkeypatch.setenv("PYLLAMA_CUDA_FLASH_DQ", "sometimes")
+    with pytest.raises(ValueError, match="kernel .* or atomic"):
+        pyllama.Llama(cfg).to("cuda", dtype="bfloat16")
+
+
+@gpu
 def test_bfloat16_training_keeps_float32_masters():
     cfg = tiny_config()
     m = pyllama.Llama(cfg, seed=4).to("cuda", dtype="bfloat16")

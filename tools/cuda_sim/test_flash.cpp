@@ -34,6 +34,18 @@ void run_case(int B, int T_, int NH, int NKV, int HS, double tol, bool tc = fals
   report(what + " lse", rel_err(lse, rlse), 1e-5);
   report(what + " dqkv", rel_err(dq, rdq), tol * 4);
   report_exact(what + " launches (4)", sim::launches() - before == 4);
+  if constexpr (std::is_same<T, bf16>::value) {
+    if (tc && HS <= 64) {  // dQ by atomics in the dK/dV kernel (PYLLAMA_CUDA_FLASH_DQ=atomic)
+      auto dq2 = nans<T>(N * QKVD), dsum2 = nans<float>(NL);
+      auto acc = nans<float>((size_t)B * T_ * C);  // the launcher zeroes it
+      const long long before2 = sim::launches();
+      flash_attention_backward<T>(dq2.data(), dsum2.data(), dy0.data() + mis, out.data(), qkv0.data() + mis,
+                                  lse.data(), B, T_, NH, NKV, HS, nullptr, tc, acc.data());
+      CUDA_CHECK_LAUNCH();
+      report(what + " atomic-dQ dqkv", rel_err(dq2, rdq), tol * 4);
+      report_exact(what + " atomic-dQ launches (4: dsum, zero, dK/dV + dQ, dQ store)", sim::launches() - before2 == 4);
+    }
+  }
   if (tc && HS <= 64) {  // 64 query rows a block (one m-tile a warp) instead of 128: the same bits
     auto out64 = nans<T>(N * C);
     auto lse64 = nans<float>(NL);
