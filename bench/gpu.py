@@ -9,7 +9,8 @@
                                             # without tensor cores) to compare with the default flash attention
     python bench/gpu.py --matmul cublas  # matmuls through cublasGemmEx (default cuBLASLt; tiled: no cuBLAS)
     python bench/gpu.py --decode-only    # only the decoding rows (and HF generate)
-    python bench/gpu.py --profile        # per-op GPU timings of a bf16 training step and of decode steps
+    python bench/gpu.py --profile        # per-op GPU timings of a bf16 training step (default and atomic-dQ
+                                         # flash backward) and of decode steps
     ncu ... python bench/gpu.py --eager-decode 2   # two eager decode steps for Nsight Compute
 
 Model (issue #8): hidden 768, intermediate 2048, 12 layers, 12 heads, 12 kv heads (MHA),
@@ -231,20 +232,26 @@ def bench_profile(cfg, B, T, prompt_len, n_new, results):
     """Where the time goes: CUDA-event timings of each op of a bf16 training step (forward,
     backward, AdamW) and of eager decode steps at batch 1 (set_profiling; the GPU waits
     after each pass, and decode steps run without graphs, so the sums run above the
-    un-profiled times)."""
-    model = pyllama.Llama(cfg, seed=0).to("cuda", dtype="bfloat16")
-    g = model._core.gpu
-    segs = segment_table(model)
+    un-profiled times); then the training step again with the atomic-dQ flash backward."""
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (B, T)).astype(np.int32)
-    for i in range(4):  # the first two warm up
-        if i == 2:
-            g.set_profiling(True)
-        train_step(model, segs, ids, i + 1)
-    prof = g.profile()
-    g.set_profiling(False)
-    print_profile(f"train bfloat16 B={B} T={T}", prof, 2)
-    results.append({"what": "profile", "pass": "train", "dtype": "bfloat16", "B": B, "T": T, "passes": 2,
-                    "regions": {k: list(v) for k, v in prof.items()}})
+
+    def train_profile(label):
+        model = pyllama.Llama(cfg, seed=0).to("cuda", dtype="bfloat16")
+        g = model._core.gpu
+        segs = segment_table(model)
+        for i in range(4):  # the first two warm up
+            if i == 2:
+                g.set_profiling(True)
+            train_step(model, segs, ids, i + 1)
+        prof = g.profile()
+        g.set_profiling(False)
+        print_profile(f"train bfloat16 B={B} T={T}{label} ({g.attention_kernels})", prof, 2)
+        results.append({"what": "profile", "pass": "train" + label, "dtype": "bfloat16", "B": B, "T": T,
+                        "passes": 2, "attention": g.attention_kernels,
+                        "regions": {k: list(v) for k, v in prof.items()}})
+        return model, g
+
+    model, g = train_profile("")
     prompt = np.random.default_rng(1).integers(0, cfg.vocab_size, (1, prompt_len))
     kw = dict(max_new_tokens=n_new, do_sample=False, eos_token_id=[])
     for fused in (True, False):
@@ -261,6 +268,15 @@ def bench_profile(cfg, B, T, prompt_len, n_new, results):
                         "regions": {k: list(v) for k, v in prof.items()}})
     g.set_decode_options(cuda_graphs=True, fused=True)
     del model, g
+    old = os.environ.get("PYLLAMA_CUDA_FLASH_DQ")
+    os.environ["PYLLAMA_CUDA_FLASH_DQ"] = "atomic"
+    try:
+        train_profile(", atomic dQ")
+    finally:
+        if old is None:
+            os.environ.pop("PYLLAMA_CUDA_FLASH_DQ", None)
+        else:
+            os.environ["PYLLAMA_CUDA_FLASH_DQ"] = old
 
 
 # ---------------------------------------------------------------------------- decoding

@@ -168,7 +168,7 @@ def test_gpu_bench_script_runs_end_to_end(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     for want in ("# profile: train bfloat16", "fwd attention", "bwd matmul lm_head", "adamw",
                  "# profile: decode bfloat16 B=1, fused", "dec fused norm+qkv+rope", "# profile: decode bfloat16 B=1, unfused",
-                 "dec rope+store"):
+                 "dec rope+store", "# profile: train bfloat16 B=2 T=32, atomic dQ (flash-atomic-dq)"):
         assert want in p.stdout, (want, p.stdout[-3000:])
     # the steps tests/gpu/run.sh hands to Nsight Compute
     p = subprocess.run([sys.executable, GPU_BENCH, "--size", "tiny", "--eager-decode", "2", "--prompt-len", "5"],
