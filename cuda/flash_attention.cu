@@ -1379,13 +1379,8 @@ bool attention_simt_forced() {
 }
 
 int flash_fwd_rows() {
-  const char* env = std::getenv("PYLLAMA_CUDA_FLASH_FWD_ROWS");
-  if (!env || !*env) return 0;
-  const std::string v = env;
-  PYLLAMA_CHECK(v == "64" || v == "128", ValueError,
-                "PYLLAMA_CUDA_FLASH_FWD_ROWS=" << v << ": use 64 or 128 (query rows per block of the tensor-core "
-                                               << "flash forward, head size <= 64)");
-  return std::stoi(v);
+  return std::stoi(env_choice("PYLLAMA_CUDA_FLASH_FWD_ROWS", {"64", "128"}, "128",
+                              "use 64 or 128 (query rows per block of the tensor-core flash forward, head size <= 64)"));
 }
 
 template <typename T>
@@ -1413,13 +1408,9 @@ void flash_attention_forward(T* out, float* lse, const T* qkv, int B, int T_, in
 }
 
 bool flash_dq_atomic() {
-  const char* env = std::getenv("PYLLAMA_CUDA_FLASH_DQ");
-  if (!env || !*env) return false;
-  const std::string v = env;
-  PYLLAMA_CHECK(v == "atomic" || v == "kernel", ValueError,
-                "PYLLAMA_CUDA_FLASH_DQ=" << v << ": use kernel (the default: a dQ kernel, deterministic) or atomic "
-                                         << "(dQ added with atomics in the dK/dV kernel)");
-  return v == "atomic";
+  return env_choice("PYLLAMA_CUDA_FLASH_DQ", {"kernel", "atomic"}, "kernel",
+                    "use kernel (the default: a dQ kernel, deterministic) or atomic (dQ added with atomics in the "
+                    "dK/dV kernel)") == "atomic";
 }
 
 template <typename T>

@@ -14,11 +14,28 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <initializer_list>
+#include <string>
 
 #include "common.cuh"
+#include "common.h"  // PYLLAMA_CHECK, ValueError
 
 namespace pyllama {
 namespace gpu {
+
+// The value of the environment variable `name` (read when a model moves to the GPU):
+// `fallback` when unset or empty, else one of `allowed`; anything else is a ValueError
+// "NAME=value: <hint>", the hint naming the allowed values.
+inline std::string env_choice(const char* name, std::initializer_list<const char*> allowed, const char* fallback,
+                              const char* hint) {
+  const char* env = std::getenv(name);
+  const std::string v = env && *env ? env : fallback;
+  for (const char* a : allowed)
+    if (v == a) return v;
+  PYLLAMA_CHECK(false, ValueError, name << "=" << v << ": " << hint);
+  return v;  // not reached
+}
 
 constexpr int kMaxHeadSize = 256;  // attention kernels keep HS/32 accumulators per lane
 
@@ -68,7 +85,7 @@ void attention_backward(T* dqkv, float* datt, const T* dout, const T* qkv, const
 template <typename T>
 void flash_attention_forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, int HS,
                              cudaStream_t stream, bool tensor_cores = true, int fwd_rows = 0);
-int flash_fwd_rows();  // PYLLAMA_CUDA_FLASH_FWD_ROWS: 0 (unset), 64 or 128; else ValueError
+int flash_fwd_rows();  // PYLLAMA_CUDA_FLASH_FWD_ROWS: 64 or 128 (the default); else ValueError
 // dqkv (B, T, QKVD) assigned, recomputing the probabilities from qkv and lse; out is the
 // forward's output; dsum (B, NH, T) float scratch (rowsum(dout * out)). Deterministic.
 template <typename T>

@@ -5,8 +5,6 @@
 // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, so cuBLAS gets
 // B and A swapped, each with its own transpose flag, and (N, M, K) as (m, n, k).
 #include <array>
-#include <cstdlib>
-#include <cstring>
 #include <map>
 #include <string>
 
@@ -229,19 +227,17 @@ struct Gemm::Lt {
 };
 
 Gemm::Gemm(const char* backend) {
-  std::string want = backend ? backend : "";
-  if (!backend) {
-    const char* env = std::getenv("PYLLAMA_CUDA_MATMUL");
-    if (env && *env) want = env;
-  }
 #ifdef PYLLAMA_HAVE_CUBLAS
   const bool have_cublas = true;
 #else
   const bool have_cublas = false;
 #endif
-  if (want.empty()) want = have_cublas ? "cublaslt" : "tiled";
+  const std::string want = backend ? backend
+                                   : env_choice("PYLLAMA_CUDA_MATMUL", {"cublaslt", "cublas", "tiled"},
+                                                have_cublas ? "cublaslt" : "tiled",
+                                                "use cublaslt, cublas or tiled (the matmul back end)");
   PYLLAMA_CHECK(want == "tiled" || want == "cublas" || want == "cublaslt", ValueError,
-                "PYLLAMA_CUDA_MATMUL=" << want << " is not a matmul back end: use cublaslt, cublas or tiled");
+                "Gemm: unknown back end " << want << ": use cublaslt, cublas or tiled");
   PYLLAMA_CHECK(want == "tiled" || have_cublas, ValueError,
                 "PYLLAMA_CUDA_MATMUL=" << want << ": this build has no cuBLAS (it was not found when pyllama was "
                                        << "built); use tiled, or rebuild with the nvidia-cublas wheel installed");

@@ -239,7 +239,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
   std::unique_ptr<gpu::Gemm> gemm;
   bool attn_naive = false;  // PYLLAMA_CUDA_ATTENTION=naive: (B, NH, T, T) probabilities instead of flash
   bool attn_tc = true;      // PYLLAMA_CUDA_ATTENTION=simt: flash without tensor cores (bf16)
-  int attn_fwd_rows = 0;    // PYLLAMA_CUDA_FLASH_FWD_ROWS: query rows per tensor-core forward block (0: default)
+  int attn_fwd_rows = 0;    // PYLLAMA_CUDA_FLASH_FWD_ROWS: query rows per tensor-core forward block (64, 128)
   bool attn_dq_atomic = false;  // PYLLAMA_CUDA_FLASH_DQ=atomic: dQ by atomics in the dK/dV kernel (bf16, HS <= 64)
   bool attn_gemm = false;   // PYLLAMA_CUDA_ATTENTION=gemm: batched GEMMs (attention_gemm.cu), lse kept as flash
   DevBuf attn_scratch;      // gemm mode: one sequence's S and P
