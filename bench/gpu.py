@@ -40,6 +40,7 @@ against Hugging Face generate (bf16 weights, sdpa), at batch 1 and 16; each time
 warm-up of the same length. Targets: >= 2,000 tok/s at batch 1, >= 10,000 tok/s at batch 16.
 """
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -91,6 +92,24 @@ def timed(fn, sync, warmup=2, iters=10, budget_s=10.0):
         sync()
         times.append(time.perf_counter() - t0)
     return float(np.median(times)), len(times)
+
+
+@contextlib.contextmanager
+def env_set(name, value):
+    """Environment variable `name` = value (None: unset) inside the block; restored after.
+    The backend reads its switches when a model moves to the GPU."""
+    old = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 def gib(n):
@@ -268,15 +287,8 @@ def bench_profile(cfg, B, T, prompt_len, n_new, results):
                         "regions": {k: list(v) for k, v in prof.items()}})
     g.set_decode_options(cuda_graphs=True, fused=True)
     del model, g
-    old = os.environ.get("PYLLAMA_CUDA_FLASH_DQ")
-    os.environ["PYLLAMA_CUDA_FLASH_DQ"] = "atomic"
-    try:
+    with env_set("PYLLAMA_CUDA_FLASH_DQ", "atomic"):
         train_profile(", atomic dQ")
-    finally:
-        if old is None:
-            os.environ.pop("PYLLAMA_CUDA_FLASH_DQ", None)
-        else:
-            os.environ["PYLLAMA_CUDA_FLASH_DQ"] = old
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -298,9 +310,8 @@ def bench_decode(cfg, Bs, prompt_len, n_new, results, hf):
                          ("tok_s_cublas", True, False, False, False)]
         for key, graphs, gemv, fused, pdl in variants:
             g.set_decode_options(fast_path=True, cuda_graphs=graphs, skinny_gemv=gemv, fused=fused, pdl=pdl)
-            if key == "tok_s_no_chain":  # one step per host round trip (as before greedy chains)
-                os.environ["PYLLAMA_CUDA_GREEDY_CHAIN"] = "0"
-            try:
+            # tok_s_no_chain: one step per host round trip (as before greedy chains)
+            with env_set("PYLLAMA_CUDA_GREEDY_CHAIN", "0" if key == "tok_s_no_chain" else None):
                 # warm-up of the same length: the same cache shape, so the graph is captured
                 # before the timed run (steady-state decoding; a capture costs about one step)
                 model.generate(prompts, **kw)
@@ -309,8 +320,6 @@ def bench_decode(cfg, Bs, prompt_len, n_new, results, hf):
                 out = model.generate(prompts, **kw)
                 t = time.perf_counter() - t0
                 after = g.decode_stats()
-            finally:
-                os.environ.pop("PYLLAMA_CUDA_GREEDY_CHAIN", None)
             assert len(out) == B and all(len(x) == n_new for x in out)
             row[key] = B * n_new / t
             if key == "tok_s":
@@ -553,18 +562,12 @@ def main(argv=None):
     def variant(env, value, what):  # the bf16 training row again with one switch set
         if elapsed() >= budget - 90:
             return None
-        old = os.environ.get(env)
-        os.environ[env] = value
         try:
-            return bench_train(cfg, B, T, "bfloat16", results, budget_s=4.0)[0]
+            with env_set(env, value):
+                return bench_train(cfg, B, T, "bfloat16", results, budget_s=4.0)[0]
         except Exception as e:  # noqa: BLE001 - report and go on: the default path is what counts
             print(f"# bf16 training with {what} failed: {type(e).__name__}: {e}", flush=True)
             return None
-        finally:
-            if old is None:
-                os.environ.pop(env, None)
-            else:
-                os.environ[env] = old
 
     # 1b. the matmuls through cublasGemmEx instead of cuBLASLt (residual adds then a copy + beta 1)
     gemmex = variant("PYLLAMA_CUDA_MATMUL", "cublas", "cublasGemmEx matmuls") if args.matmul is None else None
