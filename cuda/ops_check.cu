@@ -145,6 +145,13 @@ std::vector<float> bf16_to_float_vec(const std::vector<bf16>& x) {
   for (size_t i = 0; i < x.size(); i++) y[i] = __bfloat162float(x[i]);
   return y;
 }
+std::vector<bf16> float_to_bf16_vec(const std::vector<float>& x) {  // round to nearest even
+  std::vector<bf16> y(x.size());
+  for (size_t i = 0; i < x.size(); i++) y[i] = __float2bfloat16(x[i]);
+  return y;
+}
+// x rounded to bf16 in place (the values a bf16 kernel sees, for a float reference)
+void round_to_bf16(std::vector<float>& x) { x = bf16_to_float_vec(float_to_bf16_vec(x)); }
 
 // The flash kernels (what the model trains with) against the CPU core's flash ops
 // (same lse layout) and, when `naive` is set, against the naive GPU kernels; twice in
@@ -194,9 +201,7 @@ void check_flash_bf16(Rand& r, Results& out, int B, int T, int NH, int NKV, int 
   const int C = NH * HS, QKVD = C + 2 * NKV * HS;
   const size_t N = (size_t)B * T, NL = (size_t)B * NH * T;
   auto qkv = r.normal(N * QKVD), dy = r.normal(N * C);
-  std::vector<bf16> qkv16(qkv.size()), dy16(dy.size());
-  for (size_t i = 0; i < qkv.size(); i++) qkv16[i] = __float2bfloat16(qkv[i]);
-  for (size_t i = 0; i < dy.size(); i++) dy16[i] = __float2bfloat16(dy[i]);
+  const std::vector<bf16> qkv16 = float_to_bf16_vec(qkv), dy16 = float_to_bf16_vec(dy);
   qkv = bf16_to_float_vec(qkv16);
   dy = bf16_to_float_vec(dy16);
   std::vector<float> y(N * C), lse(NL), dqkv(N * QKVD), scratch((size_t)attention_scratch_floats(T));
@@ -359,27 +364,18 @@ void check_matmul(Rand& r, Results& out, gpu::Gemm& gemm) {
       const int rows = 29, in = 72, outf = 40, ldc = outf + 8;
       auto x = r.normal((size_t)rows * in), w = r.normal((size_t)outf * in), res = r.normal((size_t)rows * ldc);
       if (bf)
-        for (auto* v : {&x, &w, &res})
-          for (auto& e : *v) e = __bfloat162float(__float2bfloat16(e));
+        for (auto* v : {&x, &w, &res}) round_to_bf16(*v);
       std::vector<float> ref = res;
       sgemm_reference(false, true, rows, outf, in, x.data(), in, w.data(), in, 1.f, ref.data(), ldc);
       std::vector<float> got;
       std::vector<float> d0((size_t)rows * ldc, NAN);  // D's prior contents must not matter
       if (bf) {
-        auto to16 = [](const std::vector<float>& v) {
-          std::vector<bf16> o(v.size());
-          for (size_t i = 0; i < v.size(); i++) o[i] = __float2bfloat16(v[i]);
-          return o;
-        };
-        Dev<bf16> dx(to16(x)), dw(to16(w)), dr(to16(res)), dd(to16(d0));
+        Dev<bf16> dx(float_to_bf16_vec(x)), dw(float_to_bf16_vec(w)), dr(float_to_bf16_vec(res)),
+            dd(float_to_bf16_vec(d0));
         bf16* D = inplace ? dr.get() : dd.get();
         gemm.run_add<bf16, bf16>(false, true, rows, outf, in, dx.get(), in, dw.get(), in, dr.get(), D, ldc, 0);
-        for (bf16 v : (inplace ? dr : dd).host()) got.push_back(__bfloat162float(v));
-        if (!inplace) {  // R unchanged
-          auto rr = dr.host();
-          for (size_t i = 0; i < rr.size(); i++)
-            if (__bfloat162float(rr[i]) != res[i]) got.assign(got.size(), NAN);
-        }
+        got = bf16_to_float_vec((inplace ? dr : dd).host());
+        if (!inplace && bf16_to_float_vec(dr.host()) != res) got.assign(got.size(), NAN);  // R unchanged
       } else {
         Dev<float> dx(x), dw(w), dr(res), dd(d0);
         float* D = inplace ? dr.get() : dd.get();
@@ -397,14 +393,11 @@ void check_matmul(Rand& r, Results& out, gpu::Gemm& gemm) {
   {
     const int M = 33, N = 41, K = 96;
     auto A = r.normal((size_t)K * M), Bm = r.normal((size_t)K * N), C0 = r.normal((size_t)M * N);
-    for (auto* v : {&A, &Bm})
-      for (auto& e : *v) e = __bfloat162float(__float2bfloat16(e));
     std::vector<float> ref = C0;
+    round_to_bf16(A);
+    round_to_bf16(Bm);
     sgemm_reference(true, false, M, N, K, A.data(), M, Bm.data(), N, 1.f, ref.data(), N);
-    std::vector<bf16> A16(A.size()), B16(Bm.size());
-    for (size_t i = 0; i < A.size(); i++) A16[i] = __float2bfloat16(A[i]);
-    for (size_t i = 0; i < Bm.size(); i++) B16[i] = __float2bfloat16(Bm[i]);
-    Dev<bf16> dA(A16), dB(B16);
+    Dev<bf16> dA(float_to_bf16_vec(A)), dB(float_to_bf16_vec(Bm));
     Dev<float> dC(C0);
     gemm.run<bf16, float>(true, false, M, N, K, dA.get(), M, dB.get(), N, 1.f, dC.get(), N, 0);
     out.push_back({"matmul." + which + ".bf16_in_float_out.beta1", rel_err(dC.host(), ref)});
@@ -499,25 +492,16 @@ void check_attention_gemm(Rand& r, Results& out, gpu::Gemm& gemm, int B, int T, 
     out.push_back({"attention_gemm.dqkv" + tag, rel_err(ddq.host(), dqkv)});
   }
   {  // bf16: report the error beyond a bf16-sized allowance (0 when within 2^-5 of the scale)
-    auto to_bf = [](const std::vector<float>& v) {
-      std::vector<bf16> h(v.size());
-      for (size_t i = 0; i < v.size(); i++) h[i] = __float2bfloat16_rn(v[i]);
-      return h;
-    };
-    auto to_fl = [](const std::vector<bf16>& v) {
-      std::vector<float> h(v.size());
-      for (size_t i = 0; i < v.size(); i++) h[i] = __bfloat162float(v[i]);
-      return h;
-    };
-    Dev<bf16> dq(to_bf(qkv)), ddy(to_bf(dy)), dout(zeros<bf16>(N * C)), ddq(zeros<bf16>(N * QKVD));
+    Dev<bf16> dq(float_to_bf16_vec(qkv)), ddy(float_to_bf16_vec(dy)), dout(zeros<bf16>(N * C)),
+        ddq(zeros<bf16>(N * QKVD));
     Dev<float> dlse(zeros<float>(lse.size()));
     Dev<char> work(std::vector<char>(gpu::attention_gemm_scratch_bytes(T, NH, sizeof(bf16))));
     gpu::attention_forward_gemm<bf16>(gemm, dout.get(), dlse.get(), dq.get(), work.get(), B, T, NH, NKV, HS, 0);
     gpu::attention_backward_gemm<bf16>(gemm, ddq.get(), ddy.get(), dq.get(), dlse.get(), work.get(), B, T, NH, NKV,
                                        HS, 0);
     auto within = [](double e) { return e <= 1.0 / 32 ? 0.0 : e; };
-    out.push_back({"attention_gemm.bf16.out(<=2^-5)" + tag, within(rel_err(to_fl(dout.host()), y))});
-    out.push_back({"attention_gemm.bf16.dqkv(<=2^-5)" + tag, within(rel_err(to_fl(ddq.host()), dqkv))});
+    out.push_back({"attention_gemm.bf16.out(<=2^-5)" + tag, within(rel_err(bf16_to_float_vec(dout.host()), y))});
+    out.push_back({"attention_gemm.bf16.dqkv(<=2^-5)" + tag, within(rel_err(bf16_to_float_vec(ddq.host()), dqkv))});
   }
 }
 
