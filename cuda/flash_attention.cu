@@ -961,11 +961,53 @@ size_t tc_dq_smem_bytes(int HS) {
   return sizeof(bf16) * (2 * (size_t)kTcRows * ld + 4 * (size_t)kTcKeys * ld);  // Q, dO, 2 x (K, V)
 }
 
+// Inverse RoPE of one row in a thread's accumulator fragments (the backward's dq and dk):
+// the thread holds columns d = 8 dt + 2 q + e, e < 2, in acc[dt][2 hh + e]; with HS a
+// multiple of 16 the partner d + HS / 2 is at dt + HS / 16, same q and e, so the pair is
+// rotated in registers: (a, b) -> (a c + b s, b c - a s), rope_apply's inverse. cr, sr: the
+// row's cos and sin (HS / 2 each). HD is a template argument so that acc stays in registers.
+template <int HD, int DT>
+__device__ __forceinline__ void rope_inverse_pairs(float (&acc)[DT][4], int hh, int q, const float* cr,
+                                                   const float* sr) {
+  static_assert(2 * HD <= DT, "the pair partner is inside the fragment");
+#pragma unroll
+  for (int dt = 0; dt < HD; dt++)
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+      const int i = dt * 8 + 2 * q + e;
+      const float c = cr[i], sn = sr[i];
+      const float a = acc[dt][2 * hh + e], b = acc[dt + HD][2 * hh + e];
+      acc[dt][2 * hh + e] = a * c + b * sn;
+      acc[dt + HD][2 * hh + e] = b * c - a * sn;
+    }
+}
+template <int DT>
+__device__ __forceinline__ void rope_inverse_frag(float (&acc)[DT][4], int hh, int q, int HS, const float* cr,
+                                                  const float* sr) {
+  switch (HS / 16) {  // the launcher fuses only HS % 16 == 0, HS <= DMAX
+#define PYLLAMA_ROPE_CASE(HD) \
+  case HD:                    \
+    if constexpr (2 * HD <= DT) rope_inverse_pairs<HD>(acc, hh, q, cr, sr); \
+    break;
+    PYLLAMA_ROPE_CASE(1)
+    PYLLAMA_ROPE_CASE(2)
+    PYLLAMA_ROPE_CASE(3)
+    PYLLAMA_ROPE_CASE(4)
+    PYLLAMA_ROPE_CASE(5)
+    PYLLAMA_ROPE_CASE(6)
+    PYLLAMA_ROPE_CASE(7)
+    PYLLAMA_ROPE_CASE(8)
+#undef PYLLAMA_ROPE_CASE
+    default:
+      break;
+  }
+}
+
 // grid (B * NH, ceil(T / kTcRows)): dQ of 64 query rows (16 per warp) of head h.
 template <int DMAX>
 __global__ void __launch_bounds__(kThreads)
     flash_bwd_dq_tc_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* dsum, int T_,
-                           int NH, int NKV, int HS, float scale) {
+                           int NH, int NKV, int HS, float scale, RopeTables rope) {
   constexpr int NT = kTcKeys / 8, DT = DMAX / 8;
   extern __shared__ float4 smem4[];
   bf16* sm = reinterpret_cast<bf16*>(smem4);
@@ -1052,6 +1094,10 @@ __global__ void __launch_bounds__(kThreads)
   for (int half = 0; half < 2; half++) {
     const int t = half ? t1 : t0;
     if (t >= T_) continue;
+    if (rope.pos) {
+      const long long p = rope.pos[(long long)b * T_ + t] * (long long)(HS / 2);
+      rope_inverse_frag(dq, half, q, HS, rope.cos_t + p, rope.sin_t + p);
+    }
     bf16* dst = dqkv + ((long long)b * T_ + t) * QKVD + (long long)h * HS;
 #pragma unroll
     for (int dt = 0; dt < DT; dt++)
@@ -1091,7 +1137,7 @@ size_t tc_dkv_smem_bytes(int HS) {
 template <int DMAX, bool kDQ>
 __global__ void __launch_bounds__(kThreads)
     flash_bwd_dkv_tc_kernel(bf16* dqkv, float* dq_acc, const bf16* dout, const bf16* qkv, const float* lse,
-                            const float* dsum, int T_, int NH, int NKV, int HS, float scale) {
+                            const float* dsum, int T_, int NH, int NKV, int HS, float scale, RopeTables rope) {
   constexpr int QT = TcKV<DMAX>::QT, NT = QT / 8, DT = DMAX / 8;
   static_assert(!kDQ || QT == 4 * 16, "atomic dQ: a warp per 16 query rows of a step");
   extern __shared__ float4 smem4[];
@@ -1217,6 +1263,10 @@ __global__ void __launch_bounds__(kThreads)
   for (int half = 0; half < 2; half++) {
     const int c = half ? key1 : key0;
     if (c >= T_) continue;
+    if (rope.pos) {
+      const long long p = rope.pos[(long long)b * T_ + c] * (long long)(HS / 2);
+      rope_inverse_frag(dk, half, q, HS, rope.cos_t + p, rope.sin_t + p);
+    }
     bf16* dkr = dqkv + ((long long)b * T_ + c) * QKVD + C + (long long)kvh * HS;
     bf16* dvr = dkr + KVD;
 #pragma unroll
@@ -1242,6 +1292,24 @@ __global__ void dq_store_kernel(bf16* dqkv, const float* dq_acc, long long n, in
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
     const long long row = i / C;
     dqkv[row * QKVD + (i - row * C)] = from_f<bf16>(dq_acc[i]);
+  }
+}
+
+// The same with the inverse RoPE (rope_apply's): one thread per pair (i, i + HS / 2) of a
+// head, n = B * T * NH * (HS / 2) pairs.
+__global__ void dq_store_rope_kernel(bf16* dqkv, const float* dq_acc, long long n, int NH, int HS, int QKVD,
+                                     RopeTables rope) {
+  const int half = HS / 2, rowp = NH * half;
+  for (long long j = blockIdx.x * (long long)blockDim.x + threadIdx.x; j < n; j += (long long)gridDim.x * blockDim.x) {
+    const long long row = j / rowp;
+    const int r = (int)(j - row * rowp), h = r / half, i = r - h * half;
+    const long long p = rope.pos[row] * (long long)half;
+    const float c = rope.cos_t[p + i], sn = rope.sin_t[p + i];
+    const float* src = dq_acc + row * NH * HS + (long long)h * HS;
+    const float a = src[i], b = src[i + half];
+    bf16* dst = dqkv + row * QKVD + (long long)h * HS;
+    dst[i] = from_f<bf16>(a * c + b * sn);
+    dst[i + half] = from_f<bf16>(b * c - a * sn);
   }
 }
 
@@ -1296,9 +1364,10 @@ void launch_fwd_tc(bf16* out, float* lse, const bf16* qkv, int B, int T_, int NH
   CUDA_CHECK_LAUNCH();
 }
 
+// rope: applied in the stores (the caller passes it only for HS % 16 == 0)
 template <int DMAX>
 void launch_bwd_tc(bf16* dqkv, float* dq_acc, const bf16* dout, const bf16* qkv, const float* lse, const float* dsum,
-                   int B, int T_, int NH, int NKV, int HS, cudaStream_t stream) {
+                   int B, int T_, int NH, int NKV, int HS, cudaStream_t stream, const RopeTables& rope) {
   const float scale = 1.0f / sqrtf((float)HS);
   const dim3 gkv = grid2((long long)B * NKV, (T_ + kTcKeys - 1) / kTcKeys, "flash attention backward");
   if constexpr (DMAX <= 64) {
@@ -1310,10 +1379,13 @@ void launch_bwd_tc(bf16* dqkv, float* dq_acc, const bf16* dout, const bf16* qkv,
       const size_t bytes = tc_dkv_smem_bytes<DMAX, true>(HS);
       prepare_smem(flash_bwd_dkv_tc_kernel<DMAX, true>, bytes);
       flash_bwd_dkv_tc_kernel<DMAX, true>
-          <<<gkv, kThreads, bytes, stream>>>(dqkv, dq_acc, dout, qkv, lse, dsum, T_, NH, NKV, HS, scale);
+          <<<gkv, kThreads, bytes, stream>>>(dqkv, dq_acc, dout, qkv, lse, dsum, T_, NH, NKV, HS, scale, rope);
       CUDA_CHECK_LAUNCH();
       const int C = NH * HS, QKVD = C + 2 * NKV * HS;
-      dq_store_kernel<<<blocks, 256, 0, stream>>>(dqkv, dq_acc, n, C, QKVD);
+      if (rope.pos)
+        dq_store_rope_kernel<<<blocks, 256, 0, stream>>>(dqkv, dq_acc, n / 2, NH, HS, QKVD, rope);
+      else
+        dq_store_kernel<<<blocks, 256, 0, stream>>>(dqkv, dq_acc, n, C, QKVD);
       CUDA_CHECK_LAUNCH();
       return;
     }
@@ -1321,12 +1393,13 @@ void launch_bwd_tc(bf16* dqkv, float* dq_acc, const bf16* dout, const bf16* qkv,
   const size_t bkv = tc_dkv_smem_bytes<DMAX, false>(HS);
   prepare_smem(flash_bwd_dkv_tc_kernel<DMAX, false>, bkv);
   flash_bwd_dkv_tc_kernel<DMAX, false>
-      <<<gkv, kThreads, bkv, stream>>>(dqkv, nullptr, dout, qkv, lse, dsum, T_, NH, NKV, HS, scale);
+      <<<gkv, kThreads, bkv, stream>>>(dqkv, nullptr, dout, qkv, lse, dsum, T_, NH, NKV, HS, scale, rope);
   CUDA_CHECK_LAUNCH();
   const size_t bq = tc_dq_smem_bytes(HS);
   prepare_smem(flash_bwd_dq_tc_kernel<DMAX>, bq);
   const dim3 gq = grid2((long long)B * NH, (T_ + kTcRows - 1) / kTcRows, "flash attention backward");
-  flash_bwd_dq_tc_kernel<DMAX><<<gq, kThreads, bq, stream>>>(dqkv, dout, qkv, lse, dsum, T_, NH, NKV, HS, scale);
+  flash_bwd_dq_tc_kernel<DMAX>
+      <<<gq, kThreads, bq, stream>>>(dqkv, dout, qkv, lse, dsum, T_, NH, NKV, HS, scale, rope);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -1416,9 +1489,11 @@ bool flash_dq_atomic() {
 template <typename T>
 void flash_attention_backward(T* dqkv, float* dsum, const T* dout, const T* out, const T* qkv, const float* lse,
                               int B, int T_, int NH, int NKV, int HS, cudaStream_t stream, bool tensor_cores,
-                              float* dq_acc) {
+                              float* dq_acc, const RopeTables& rope) {
   check_shape(B, T_, NH, NKV, HS, "flash_attention_backward");
   if (B == 0 || T_ == 0) return;
+  PYLLAMA_CHECK(!rope.pos || (rope.cos_t && rope.sin_t), ValueError,
+                "flash_attention_backward: RoPE positions without cos/sin tables");
   const long long rows = (long long)B * T_ * NH;
   const long long blocks = (rows + kThreads / 32 - 1) / (kThreads / 32);
   PYLLAMA_CHECK(blocks <= 0x7fffffffLL, ValueError, "flash_attention_backward: too many rows " << rows);
@@ -1426,10 +1501,15 @@ void flash_attention_backward(T* dqkv, float* dsum, const T* dout, const T* out,
   CUDA_CHECK_LAUNCH();
   if constexpr (std::is_same<T, bf16>::value) {
     if (use_tensor_cores<T>(HS, tensor_cores)) {
+      const bool fuse = HS % 16 == 0;  // both columns of each RoPE pair in one thread
+      const RopeTables fused = fuse ? rope : RopeTables();
       if (HS <= 64)
-        launch_bwd_tc<64>(dqkv, dq_acc, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
+        launch_bwd_tc<64>(dqkv, dq_acc, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream, fused);
       else
-        launch_bwd_tc<128>(dqkv, nullptr, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
+        launch_bwd_tc<128>(dqkv, nullptr, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream, fused);
+      if (rope.pos && !fuse)
+        rope_apply<T>(dqkv, NH * HS + 2 * NKV * HS, rope.pos, rope.cos_t, rope.sin_t, B * T_, NH + NKV, HS, true,
+                      stream);
       return;
     }
   }
@@ -1439,12 +1519,14 @@ void flash_attention_backward(T* dqkv, float* dsum, const T* dout, const T* out,
     launch_bwd<T, 128>(dqkv, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
   else
     launch_bwd<T, 256>(dqkv, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
+  if (rope.pos)  // dq and dk (adjacent heads in a row)
+    rope_apply<T>(dqkv, NH * HS + 2 * NKV * HS, rope.pos, rope.cos_t, rope.sin_t, B * T_, NH + NKV, HS, true, stream);
 }
 
 #define PYLLAMA_FLASH_INSTANTIATE(T)                                                                      \
   template void flash_attention_forward<T>(T*, float*, const T*, int, int, int, int, int, cudaStream_t, bool, int); \
   template void flash_attention_backward<T>(T*, float*, const T*, const T*, const T*, const float*, int, int, int, \
-                                            int, int, cudaStream_t, bool, float*);
+                                            int, int, cudaStream_t, bool, float*, const RopeTables&);
 PYLLAMA_FLASH_INSTANTIATE(float)
 PYLLAMA_FLASH_INSTANTIATE(bf16)
 

@@ -88,14 +88,23 @@ void flash_attention_forward(T* out, float* lse, const T* qkv, int B, int T_, in
 int flash_fwd_rows();  // PYLLAMA_CUDA_FLASH_FWD_ROWS: 64 or 128 (the default); else ValueError
 // dqkv (B, T, QKVD) assigned, recomputing the probabilities from qkv and lse; out is the
 // forward's output; dsum (B, NH, T) float scratch (rowsum(dout * out)). Deterministic.
-template <typename T>
 // dq_acc: null (the default: dQ by its own kernel, deterministic), or (B, T, NH, HS) float
 // scratch: for the tensor-core path with HS <= 64, dQ is then added with atomics in the
 // dK/dV kernel (FlashAttention-2's way; dQ's last bits vary from run to run) and stored at
 // the end; other paths ignore it. flash_dq_atomic reads PYLLAMA_CUDA_FLASH_DQ (kernel|atomic).
+// rope (pos set): dq and dk come out with the inverse RoPE applied (rope_apply's tables,
+// pos per row b * T + t), as rope_apply(dqkv, ..., NH + NKV heads, inverse) would leave
+// them: in the kernels' stores, from the float accumulators, on the tensor-core path with
+// HS a multiple of 16 (each thread holds both columns of a pair); else by rope_apply after.
+struct RopeTables {
+  const int32_t* pos = nullptr;
+  const float* cos_t = nullptr;
+  const float* sin_t = nullptr;
+};
+template <typename T>
 void flash_attention_backward(T* dqkv, float* dsum, const T* dout, const T* out, const T* qkv, const float* lse,
                               int B, int T_, int NH, int NKV, int HS, cudaStream_t stream, bool tensor_cores = true,
-                              float* dq_acc = nullptr);
+                              float* dq_acc = nullptr, const RopeTables& rope = RopeTables());
 bool flash_dq_atomic();
 // tensor_cores: for bf16 with HS <= 128 on sm_80+, the tile products run on tensor cores
 // (mma.sync, P and dS rounded to bf16); false, or float, or larger heads: SIMT float.

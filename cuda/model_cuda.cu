@@ -689,12 +689,14 @@ struct LlamaModelCuda::Impl : AllocAccount {
         gpu::attention_backward<T>(a.dqkv, a.datt, a.datty, y.qkv, y.att, B, Tn, NH, NKV, HS, s);
       else if (attn_gemm)
         gpu::attention_backward_gemm<T>(*gemm, a.dqkv, a.datty, y.qkv, y.att, attn_scratch.p, B, Tn, NH, NKV, HS, s);
-      else
+      else  // with the inverse RoPE of dq and dk, in its stores where it can
         gpu::flash_attention_backward<T>(a.dqkv, a.datt, a.datty, y.atty, y.qkv, y.att, B, Tn, NH, NKV, HS, s,
-                                         attn_tc, a.dq_acc);
+                                         attn_tc, a.dq_acc, gpu::RopeTables{pos, cs, sn});
       mk("bwd attention");
-      gpu::rope_apply<T>(a.dqkv, QKVD, pos, cs, sn, N, NH + NKV, HS, true, s);  // dq and dk
-      mk("bwd rope");
+      if (attn_naive || attn_gemm) {
+        gpu::rope_apply<T>(a.dqkv, QKVD, pos, cs, sn, N, NH + NKV, HS, true, s);  // dq and dk
+        mk("bwd rope");
+      }
       gpu::linear_backward<T>(*gemm, a.dln, G + o.wqkv, a.dqkv, y.ln1, Wp + o.wqkv, N, C, QKVD, s);
       mk("bwd matmul qkv");
       gpu::rmsnorm_backward<T>(a.dres, G + o.ln1, a.dln, x, Wp + o.ln1, y.rstd1, N, C, s);

@@ -196,8 +196,10 @@ void check_flash(Rand& r, Results& out, int B, int T, int NH, int NKV, int HS, b
 // bf16 flash kernels against the CPU on the same (bf16-rounded) inputs: outputs are
 // rounded to bf16 and the backward's rowsum(dout * out) reads the rounded out, so
 // the bound is a few bf16 ulps of the largest value (reported as 0 within it).
+// rope: the backward also applies the inverse RoPE to dq and dk (against the CPU's flash
+// backward then rope_apply), positions at random.
 void check_flash_bf16(Rand& r, Results& out, int B, int T, int NH, int NKV, int HS, bool tensor_cores,
-                      int fwd_rows = 0, bool dq_atomic = false) {
+                      int fwd_rows = 0, bool dq_atomic = false, bool rope = false) {
   const int C = NH * HS, QKVD = C + 2 * NKV * HS;
   const size_t N = (size_t)B * T, NL = (size_t)B * NH * T;
   auto qkv = r.normal(N * QKVD), dy = r.normal(N * C);
@@ -207,14 +209,22 @@ void check_flash_bf16(Rand& r, Results& out, int B, int T, int NH, int NKV, int 
   std::vector<float> y(N * C), lse(NL), dqkv(N * QKVD), scratch((size_t)attention_scratch_floats(T));
   attention_forward_flash(y.data(), lse.data(), scratch.data(), qkv.data(), B, T, NH, NKV, HS);
   attention_backward_flash(dqkv.data(), scratch.data(), dy.data(), qkv.data(), lse.data(), B, T, NH, NKV, HS);
+  const int maxT = T + 7;
+  std::vector<float> cs((size_t)maxT * (HS / 2)), sn((size_t)maxT * (HS / 2));
+  rope_table(cs.data(), sn.data(), maxT, HS, 10000.f);
+  const auto pos = rope ? r.ints(N, 0, maxT) : std::vector<int32_t>(N, 0);
+  if (rope) rope_apply(dqkv.data(), QKVD, pos.data(), cs.data(), sn.data(), (int)N, NH + NKV, HS, true);
   Dev<bf16> dq(qkv16), ddy(dy16), dout(zeros<bf16>(N * C)), ddq(zeros<bf16>(N * QKVD));
   Dev<float> dlse(zeros<float>(NL)), dsum(zeros<float>(NL)), dqacc(zeros<float>(dq_atomic ? N * C : 0));
+  Dev<float> dcs(cs), dsn(sn);
+  Dev<int32_t> dpos(pos);
   gpu::flash_attention_forward<bf16>(dout.get(), dlse.get(), dq.get(), B, T, NH, NKV, HS, 0, tensor_cores, fwd_rows);
   gpu::flash_attention_backward<bf16>(ddq.get(), dsum.get(), ddy.get(), dout.get(), dq.get(), dlse.get(), B, T, NH,
-                                      NKV, HS, 0, tensor_cores, dq_atomic ? dqacc.get() : nullptr);
+                                      NKV, HS, 0, tensor_cores, dq_atomic ? dqacc.get() : nullptr,
+                                      rope ? gpu::RopeTables{dpos.get(), dcs.get(), dsn.get()} : gpu::RopeTables());
   const std::string tag = std::string(tensor_cores ? ".tc" : ".simt") +
                           (fwd_rows ? ".rows" + std::to_string(fwd_rows) : "") + (dq_atomic ? ".atomic_dq" : "") +
-                          shape_tag(B, T, NH, NKV, HS);
+                          (rope ? ".rope" : "") + shape_tag(B, T, NH, NKV, HS);
   auto within = [](double e, double bound) { return e <= bound ? 0.0 : e; };
   out.push_back({"flash_attention_forward.bf16.out(<=2^-7)" + tag,
                  within(rel_err(bf16_to_float_vec(dout.host()), y), 1.0 / 128)});
@@ -544,6 +554,12 @@ std::vector<std::pair<std::string, double>> cuda_check_ops(unsigned seed) {
       check_flash_bf16(r, out, 2, 70, 4, 2, 64, true, 0, true);
       check_flash_bf16(r, out, 2, 130, 3, 1, 12, true, 0, true);
     }
+    // the inverse RoPE in the backward: in the stores (HS 64, 128; the atomic-dQ store) or by
+    // rope_apply after (HS 12, SIMT)
+    check_flash_bf16(r, out, 2, 70, 4, 2, 64, tc != 0, 0, false, true);
+    check_flash_bf16(r, out, 1, 100, 2, 2, 128, tc != 0, 0, false, true);
+    check_flash_bf16(r, out, 2, 130, 3, 1, 12, tc != 0, 0, false, true);
+    if (tc) check_flash_bf16(r, out, 2, 70, 4, 2, 64, true, 0, true, true);
   }
   check_swiglu(r, out);
   check_embedding(r, out);

@@ -8,10 +8,55 @@ using namespace chk;
 
 namespace {
 
+// The backward with the inverse RoPE (flash_attention_backward's `rope`): in the kernels'
+// stores for tensor cores with HS % 16 == 0 (launches unchanged), else rope_apply after (one
+// more). Positions out of order (pos[n] = 5 n + 3 mod maxT), so a wrong row's angle shows.
+template <typename T>
+void check_rope(const std::string& what, const std::vector<T>& qkv, const std::vector<T>& dy, const std::vector<T>& out,
+                const std::vector<float>& lse, const std::vector<double>& rdq, int B, int T_, int NH, int NKV, int HS,
+                double tol, bool tc, int launches) {
+  using namespace pyllama::gpu;
+  const int QKVD = (NH + 2 * NKV) * HS, half = HS / 2, maxT = 2 * T_ + 3;
+  const size_t N = (size_t)B * T_, NL = (size_t)B * NH * T_;
+  std::vector<int32_t> pos(N);
+  for (size_t n = 0; n < N; n++) pos[n] = (int32_t)((5 * n + 3) % maxT);
+  std::vector<float> ct((size_t)maxT * half), st((size_t)maxT * half);
+  for (int p = 0; p < maxT; p++)
+    for (int i = 0; i < half; i++) {
+      const double a = p * std::pow(10000.0, -2.0 * i / HS);
+      ct[(size_t)p * half + i] = (float)std::cos(a);
+      st[(size_t)p * half + i] = (float)std::sin(a);
+    }
+  std::vector<double> ref(rdq);  // q and k heads rotated back: (a, b) -> (a c + b s, b c - a s)
+  for (size_t n = 0; n < N; n++)
+    for (int h = 0; h < NH + NKV; h++)
+      for (int i = 0; i < half; i++) {
+        double* v = ref.data() + n * QKVD + (size_t)h * HS;
+        const double c = ct[(size_t)pos[n] * half + i], sn = st[(size_t)pos[n] * half + i];
+        const double a = v[i], b = v[i + half];
+        v[i] = a * c + b * sn;
+        v[i + half] = b * c - a * sn;
+      }
+  const RopeTables rope{pos.data(), ct.data(), st.data()};
+  const bool fused = tc && std::is_same<T, bf16>::value && HS % 16 == 0 && HS <= 128;
+  for (int atomic = 0; atomic < (tc && HS <= 64 && std::is_same<T, bf16>::value ? 2 : 1); atomic++) {
+    auto dq = nans<T>(N * QKVD);
+    auto dsum = nans<float>(NL), acc = nans<float>((size_t)B * T_ * NH * HS);
+    const long long before = sim::launches();
+    flash_attention_backward<T>(dq.data(), dsum.data(), dy.data(), out.data(), qkv.data(), lse.data(), B, T_, NH, NKV,
+                                HS, nullptr, tc, atomic ? acc.data() : nullptr, rope);
+    CUDA_CHECK_LAUNCH();
+    const std::string w = what + (atomic ? " atomic-dQ" : "") + " with RoPE";
+    report(w + " dqkv", rel_err(dq, ref), tol * 4);
+    report_exact(w + fmt(" launches (%d)", launches + (fused ? 0 : 1) + atomic),
+                 sim::launches() - before == launches + (fused ? 0 : 1) + atomic);
+  }
+}
+
 // mis: qkv and dout start `mis` elements into their buffers (not 16-byte aligned: the
 // scalar load paths)
 template <typename T>
-void run_case(int B, int T_, int NH, int NKV, int HS, double tol, bool tc = false, int mis = 0) {
+void run_case(int B, int T_, int NH, int NKV, int HS, double tol, bool tc = false, int mis = 0, bool rope = false) {
   const int C = NH * HS, QKVD = C + 2 * NKV * HS;
   const size_t N = (size_t)B * T_, NL = (size_t)B * NH * T_;
   Rng r(B * 1000 + T_ * 10 + HS);
@@ -34,6 +79,7 @@ void run_case(int B, int T_, int NH, int NKV, int HS, double tol, bool tc = fals
   report(what + " lse", rel_err(lse, rlse), 1e-5);
   report(what + " dqkv", rel_err(dq, rdq), tol * 4);
   report_exact(what + " launches (4)", sim::launches() - before == 4);
+  if (rope) check_rope<T>(what, qkv, dy, out, lse, rdq, B, T_, NH, NKV, HS, tol, tc, 3);
   if constexpr (std::is_same<T, bf16>::value) {
     if (tc && HS <= 64) {  // dQ by atomics in the dK/dV kernel (PYLLAMA_CUDA_FLASH_DQ=atomic)
       auto dq2 = nans<T>(N * QKVD), dsum2 = nans<float>(NL);
@@ -87,4 +133,13 @@ SIM_TEST(flash_attention) {
   run_case<float>(1, 40, 2, 1, 64, 2e-6, false, 1);
   run_case<bf16>(1, 40, 2, 1, 64, 1e-2, true, 1);
   run_case<bf16>(1, 40, 2, 1, 64, 1e-2, false, 3);
+  // the inverse RoPE of dq and dk in the backward's stores (tensor cores, HS % 16 == 0: a
+  // pair partner HS / 16 fragments on) or by rope_apply after (the other paths)
+  run_case<bf16>(2, 70, 4, 2, 64, 1e-2, true, 0, true);
+  run_case<bf16>(1, 50, 2, 1, 48, 1e-2, true, 0, true);
+  run_case<bf16>(1, 45, 2, 2, 128, 1e-2, true, 0, true);
+  run_case<bf16>(1, 100, 3, 3, 80, 1e-2, true, 0, true);
+  run_case<bf16>(1, 130, 2, 1, 12, 1e-2, true, 0, true);
+  run_case<bf16>(2, 70, 4, 2, 64, 1e-2, false, 0, true);
+  run_case<float>(1, 65, 2, 2, 32, 2e-6, false, 0, true);
 }
