@@ -1,5 +1,7 @@
 // norm.cu — RMSNorm forward and backward (see rmsnorm_* in csrc/ops.h).
-// One warp per row for the row-wise parts (128-bit packs when the rows allow); the weight gradient reduces columns
+// One warp per row for the row-wise parts (128-bit packs when the rows allow). The weight
+// gradient: with packs and C <= 1024, in the same pass as dinp (each warp's rows' share in
+// registers, one float atomic per column a block); otherwise a second kernel reduces columns
 // over chunks of rows and adds each chunk's sum with one float atomic per column.
 #include "kernels.cuh"
 
@@ -116,6 +118,81 @@ __global__ void rmsnorm_backward_dw_kernel(float* dw, const T* dout, const T* in
   }
 }
 
+// dinp and dw in one pass (128-bit packs, C <= kFusedMaxC): each warp takes rows n =
+// warp, warp + 8 gridDim.x, ... as the dinp kernel above and keeps its rows' share of
+// dw, sum_n dout x rstd, in registers (lane: columns P (32 k + lane) .. + P - 1, k <
+// kFusedPacks); the block adds its 8 warps' shares in shared memory, then one float atomic
+// per column. Saves the dw kernel's second read of dout and inp.
+constexpr int kFusedMaxC = 1024;
+template <typename T>
+constexpr int kFusedPacks = kFusedMaxC / (32 * kPack<T>);  // 4 (bf16) or 8 (float): 32 floats a lane
+
+template <typename T>
+__global__ void __launch_bounds__(32 * kRowsPerBlock)
+    rmsnorm_backward_fused_kernel(T* dinp, float* dw, const T* dout, const T* inp, const T* w, const float* rstd,
+                                  int N, int C) {
+  constexpr int P = kPack<T>, K = kFusedPacks<T>;
+  extern __shared__ float part[];  // kRowsPerBlock x C: each warp's share of dw
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float acc[K][P];
+#pragma unroll
+  for (int k = 0; k < K; k++)
+#pragma unroll
+    for (int j = 0; j < P; j++) acc[k][j] = 0.f;
+  for (int n = blockIdx.x * kRowsPerBlock + warp; n < N; n += gridDim.x * kRowsPerBlock) {
+    const T* x = inp + (long long)n * C;
+    const T* dy = dout + (long long)n * C;
+    T* dx = dinp + (long long)n * C;
+    const float r = rstd[n];
+    float dot = 0.f;  // sum_j w_j dy_j x_j
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+      const int i = (k * 32 + lane) * P;
+      if (i < C) {
+        float wv[P], dv[P], xv[P];
+        load_pack(w + i, wv);
+        load_pack(dy + i, dv);
+        load_pack(x + i, xv);
+#pragma unroll
+        for (int j = 0; j < P; j++) dot += wv[j] * dv[j] * xv[j];
+      }
+    }
+    dot = warp_sum(dot);
+    const float k3 = r * r * r * dot / C;
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+      const int i = (k * 32 + lane) * P;
+      if (i < C) {
+        float wv[P], dv[P], xv[P], d[P];
+        load_pack(w + i, wv);
+        load_pack(dy + i, dv);
+        load_pack(x + i, xv);
+        load_pack(dx + i, d);
+#pragma unroll
+        for (int j = 0; j < P; j++) {
+          d[j] = d[j] + (r * wv[j] * dv[j] - k3 * xv[j]);
+          acc[k][j] += dv[j] * xv[j] * r;
+        }
+        store_pack(dx + i, d);
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < K; k++) {
+    const int i = (k * 32 + lane) * P;
+    if (i < C)
+#pragma unroll
+      for (int j = 0; j < P; j++) part[warp * C + i + j] = acc[k][j];
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    float sum = 0.f;
+#pragma unroll
+    for (int v = 0; v < kRowsPerBlock; v++) sum += part[v * C + c];
+    atomicAdd(dw + c, sum);
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -134,7 +211,19 @@ void rmsnorm_backward(T* dinp, float* dw, const T* dout, const T* inp, const T* 
                       cudaStream_t stream) {
   if (N <= 0) return;
   const unsigned blocks = (N + kRowsPerBlock - 1) / kRowsPerBlock;
-  if (C % kPack<T> == 0 && aligned16(dinp) && aligned16(dout) && aligned16(inp) && aligned16(w))
+  const bool pack = C % kPack<T> == 0 && aligned16(dinp) && aligned16(dout) && aligned16(inp) && aligned16(w);
+  if (pack && C <= kFusedMaxC) {
+    // about 4 blocks of 8 warps an SM (each warp a few rows), fewer for small N
+    int dev = 0, sms = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    const unsigned fused_blocks = std::min<unsigned>(blocks, (unsigned)std::max(1, 4 * sms));
+    rmsnorm_backward_fused_kernel<T><<<fused_blocks, 32 * kRowsPerBlock, sizeof(float) * kRowsPerBlock * C, stream>>>(
+        dinp, dw, dout, inp, w, rstd, N, C);
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
+  if (pack)
     rmsnorm_backward_dinp_kernel<T, true><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(dinp, dout, inp, w, rstd, N, C);
   else
     rmsnorm_backward_dinp_kernel<T, false><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(dinp, dout, inp, w, rstd, N,

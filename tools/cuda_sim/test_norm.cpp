@@ -1,5 +1,6 @@
 // test_norm.cpp — cuda/norm.cu: rmsnorm_forward (out, rstd) and rmsnorm_backward (dinp
-// added into, dw accumulated over row chunks with float atomics), double references.
+// added into, dw accumulated with float atomics: over row chunks, or per block in the fused
+// kernel), double references.
 #include "check.h"
 
 using namespace chk;
@@ -56,4 +57,9 @@ SIM_TEST(norm) {
   case_<bf16>(520, 5);
   case_<float>(7, 96);    // 128-bit packs: 3 per lane-row pass, float
   case_<bf16>(3, 264);    // bf16 packs, the last pass partly filled
+  // 128-bit packs and C <= 1024: dinp and dw in one kernel (dw from registers, one atomic
+  // per column a block); 4500 rows > 4 blocks x 132 SMs x 8 warps, so warps take 2 rows
+  case_<bf16>(4500, 24);
+  case_<float>(6, 1024);  // every lane's 8 packs
+  case_<bf16>(5, 1040);   // above 1024: the two kernels
 }
