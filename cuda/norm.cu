@@ -3,6 +3,8 @@
 // gradient: with packs and C <= 1024, in the same pass as dinp (each warp's rows' share in
 // registers, one float atomic per column a block); otherwise a second kernel reduces columns
 // over chunks of rows and adds each chunk's sum with one float atomic per column.
+#include <algorithm>
+
 #include "kernels.cuh"
 
 namespace pyllama {
@@ -54,7 +56,8 @@ __global__ void rmsnorm_forward_kernel(T* out, float* rstd, const T* inp, const 
   }
 }
 
-template <typename T, bool PACK>
+// Scalar (any C and alignment): dinp only; dw by rmsnorm_backward_dw_kernel.
+template <typename T>
 __global__ void rmsnorm_backward_dinp_kernel(T* dinp, const T* dout, const T* inp, const T* w, const float* rstd, int N,
                                              int C) {
   const int lane = threadIdx.x & 31;
@@ -65,37 +68,11 @@ __global__ void rmsnorm_backward_dinp_kernel(T* dinp, const T* dout, const T* in
   T* dx = dinp + (long long)n * C;
   const float r = rstd[n];
   float dot = 0.f;  // sum_j w_j dy_j x_j
-  if constexpr (PACK) {
-    constexpr int P = kPack<T>;
-    for (int i = lane * P; i < C; i += 32 * P) {
-      float wv[P], dv[P], xv[P];
-      load_pack(w + i, wv);
-      load_pack(dy + i, dv);
-      load_pack(x + i, xv);
-#pragma unroll
-      for (int k = 0; k < P; k++) dot += wv[k] * dv[k] * xv[k];
-    }
-  } else {
-    for (int i = lane; i < C; i += 32) dot += to_f(w[i]) * to_f(dy[i]) * to_f(x[i]);
-  }
+  for (int i = lane; i < C; i += 32) dot += to_f(w[i]) * to_f(dy[i]) * to_f(x[i]);
   dot = warp_sum(dot);
   const float k3 = r * r * r * dot / C;
-  if constexpr (PACK) {
-    constexpr int P = kPack<T>;
-    for (int i = lane * P; i < C; i += 32 * P) {
-      float wv[P], dv[P], xv[P], acc[P];
-      load_pack(w + i, wv);
-      load_pack(dy + i, dv);
-      load_pack(x + i, xv);
-      load_pack(dx + i, acc);
-#pragma unroll
-      for (int k = 0; k < P; k++) acc[k] = acc[k] + (r * wv[k] * dv[k] - k3 * xv[k]);
-      store_pack(dx + i, acc);
-    }
-  } else {
-    for (int i = lane; i < C; i += 32)
-      dx[i] = from_f<T>(to_f(dx[i]) + (r * to_f(w[i]) * to_f(dy[i]) - k3 * to_f(x[i])));
-  }
+  for (int i = lane; i < C; i += 32)
+    dx[i] = from_f<T>(to_f(dx[i]) + (r * to_f(w[i]) * to_f(dy[i]) - k3 * to_f(x[i])));
 }
 
 // grid (ceil(C/32), ceil(N/kChunk)), block (32, 8): column c = blockIdx.x*32 + threadIdx.x.
@@ -118,25 +95,25 @@ __global__ void rmsnorm_backward_dw_kernel(float* dw, const T* dout, const T* in
   }
 }
 
-// dinp and dw in one pass (128-bit packs, C <= kFusedMaxC): each warp takes rows n =
-// warp, warp + 8 gridDim.x, ... as the dinp kernel above and keeps its rows' share of
-// dw, sum_n dout x rstd, in registers (lane: columns P (32 k + lane) .. + P - 1, k <
-// kFusedPacks); the block adds its 8 warps' shares in shared memory, then one float atomic
-// per column. Saves the dw kernel's second read of dout and inp.
+// 128-bit packs (C a multiple of kPack<T>, 16-byte aligned rows): warp w of the block takes
+// rows n = 8 blockIdx.x + w, + 8 gridDim.x, ...; lane l the columns P (32 k + l) .. + P - 1.
+// K > 0 (C <= 32 P K): dw in the same pass, saving the dw kernel's second read of dout and
+// inp: the warp keeps its rows' share of dw (sum_n dout x rstd) in registers, the block adds
+// its 8 warps' shares in shared memory (kRowsPerBlock x C floats), then one float atomic
+// per column. K == 0 (any C): dinp only.
 constexpr int kFusedMaxC = 1024;
 template <typename T>
 constexpr int kFusedPacks = kFusedMaxC / (32 * kPack<T>);  // 4 (bf16) or 8 (float): 32 floats a lane
 
-template <typename T>
+template <typename T, int K>
 __global__ void __launch_bounds__(32 * kRowsPerBlock)
-    rmsnorm_backward_fused_kernel(T* dinp, float* dw, const T* dout, const T* inp, const T* w, const float* rstd,
-                                  int N, int C) {
-  constexpr int P = kPack<T>, K = kFusedPacks<T>;
-  extern __shared__ float part[];  // kRowsPerBlock x C: each warp's share of dw
+    rmsnorm_backward_packed_kernel(T* dinp, float* dw, const T* dout, const T* inp, const T* w, const float* rstd,
+                                   int N, int C) {
+  constexpr int P = kPack<T>;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  float acc[K][P];
+  float acc[K > 0 ? K : 1][P];
 #pragma unroll
-  for (int k = 0; k < K; k++)
+  for (int k = 0; k < (K > 0 ? K : 1); k++)
 #pragma unroll
     for (int j = 0; j < P; j++) acc[k][j] = 0.f;
   for (int n = blockIdx.x * kRowsPerBlock + warp; n < N; n += gridDim.x * kRowsPerBlock) {
@@ -146,7 +123,7 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock)
     const float r = rstd[n];
     float dot = 0.f;  // sum_j w_j dy_j x_j
 #pragma unroll
-    for (int k = 0; k < K; k++) {
+    for (int k = 0; K > 0 ? k < K : (k * 32 + lane) * P < C; k++) {
       const int i = (k * 32 + lane) * P;
       if (i < C) {
         float wv[P], dv[P], xv[P];
@@ -160,7 +137,7 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock)
     dot = warp_sum(dot);
     const float k3 = r * r * r * dot / C;
 #pragma unroll
-    for (int k = 0; k < K; k++) {
+    for (int k = 0; K > 0 ? k < K : (k * 32 + lane) * P < C; k++) {
       const int i = (k * 32 + lane) * P;
       if (i < C) {
         float wv[P], dv[P], xv[P], d[P];
@@ -171,25 +148,28 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock)
 #pragma unroll
         for (int j = 0; j < P; j++) {
           d[j] = d[j] + (r * wv[j] * dv[j] - k3 * xv[j]);
-          acc[k][j] += dv[j] * xv[j] * r;
+          if constexpr (K > 0) acc[k][j] += dv[j] * xv[j] * r;
         }
         store_pack(dx + i, d);
       }
     }
   }
+  if constexpr (K > 0) {
+    extern __shared__ float part[];  // kRowsPerBlock x C
 #pragma unroll
-  for (int k = 0; k < K; k++) {
-    const int i = (k * 32 + lane) * P;
-    if (i < C)
+    for (int k = 0; k < K; k++) {
+      const int i = (k * 32 + lane) * P;
+      if (i < C)
 #pragma unroll
-      for (int j = 0; j < P; j++) part[warp * C + i + j] = acc[k][j];
-  }
-  __syncthreads();
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    float sum = 0.f;
+        for (int j = 0; j < P; j++) part[warp * C + i + j] = acc[k][j];
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+      float sum = 0.f;
 #pragma unroll
-    for (int v = 0; v < kRowsPerBlock; v++) sum += part[v * C + c];
-    atomicAdd(dw + c, sum);
+      for (int v = 0; v < kRowsPerBlock; v++) sum += part[v * C + c];
+      atomicAdd(dw + c, sum);
+    }
   }
 }
 
@@ -212,22 +192,23 @@ void rmsnorm_backward(T* dinp, float* dw, const T* dout, const T* inp, const T* 
   if (N <= 0) return;
   const unsigned blocks = (N + kRowsPerBlock - 1) / kRowsPerBlock;
   const bool pack = C % kPack<T> == 0 && aligned16(dinp) && aligned16(dout) && aligned16(inp) && aligned16(w);
-  if (pack && C <= kFusedMaxC) {
+  if (pack && C <= kFusedMaxC) {  // dinp and dw in one pass
     // about 4 blocks of 8 warps an SM (each warp a few rows), fewer for small N
     int dev = 0, sms = 0;
     CUDA_CHECK(cudaGetDevice(&dev));
     CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
     const unsigned fused_blocks = std::min<unsigned>(blocks, (unsigned)std::max(1, 4 * sms));
-    rmsnorm_backward_fused_kernel<T><<<fused_blocks, 32 * kRowsPerBlock, sizeof(float) * kRowsPerBlock * C, stream>>>(
-        dinp, dw, dout, inp, w, rstd, N, C);
+    rmsnorm_backward_packed_kernel<T, kFusedPacks<T>>
+        <<<fused_blocks, 32 * kRowsPerBlock, sizeof(float) * kRowsPerBlock * C, stream>>>(dinp, dw, dout, inp, w,
+                                                                                         rstd, N, C);
     CUDA_CHECK_LAUNCH();
     return;
   }
   if (pack)
-    rmsnorm_backward_dinp_kernel<T, true><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(dinp, dout, inp, w, rstd, N, C);
+    rmsnorm_backward_packed_kernel<T, 0><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(dinp, nullptr, dout, inp, w, rstd,
+                                                                                    N, C);
   else
-    rmsnorm_backward_dinp_kernel<T, false><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(dinp, dout, inp, w, rstd, N,
-                                                                                     C);
+    rmsnorm_backward_dinp_kernel<T><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(dinp, dout, inp, w, rstd, N, C);
   CUDA_CHECK_LAUNCH();
   dim3 grid((C + 31) / 32, (N + kChunk - 1) / kChunk), block(32, 8);
   rmsnorm_backward_dw_kernel<T><<<grid, block, 0, stream>>>(dw, dout, inp, rstd, N, C);
