@@ -17,9 +17,10 @@ Model (issue #8): hidden 768, intermediate 2048, 12 layers, 12 heads, 12 kv head
 vocab 32000, untied head, about 124M parameters.
 
 Training, one step = forward + backward + clip + AdamW, bf16 at batch 16 x 1024 (then, while
-the time budget allows, bf16 again with cublasGemmEx instead of cuBLASLt, with 64-row flash
-forward blocks and with the atomic-dQ flash backward, to weigh the defaults against them, and
-float32 at 4 x 1024; the GEMM attention, 0.68x flash on the H200, is timed with --attention gemm):
+the time budget allows, bf16 again with cublasGemmEx instead of cuBLASLt, with cuBLASLt's
+candidate algorithms timed once per product shape (PYLLAMA_CUDA_MATMUL_TUNE=1), with 64-row
+flash forward blocks and with the atomic-dQ flash backward, to weigh the defaults against
+them, and float32 at 4 x 1024; the GEMM attention, 0.68x flash on the H200, is timed with --attention gemm):
 - pyllama: bf16 weights/activations for compute, float32 master weights, gradients and moments;
 - torch eager: transformers.LlamaForCausalLM, sdpa attention, float32 weights under
   torch.autocast(bfloat16) (the same mixed precision), fused torch AdamW, TF32 off;
@@ -147,7 +148,8 @@ def bench_train(cfg, B, T, dtype, results, budget_s):
     row = {"what": "train_step", "impl": "pyllama", "dtype": dtype, "B": B, "T": T, "s": t, "iters": n,
            "tok_s": tok_s, "mfu": model.flops_per_token(T) * tok_s / PEAK[dtype], "peak_mem_gib": gib(peak),
            "cublas": g.uses_cublas, "matmul": g.matmul_backend,
-           "lt_fallbacks": g.matmul_stats()["lt_fallbacks"], "flash": g.uses_flash_attention,
+           **{k: v for k, v in g.matmul_stats().items() if k in ("lt_fallbacks", "lt_tuned", "lt_tuned_changed")},
+           "flash": g.uses_flash_attention,
            "attention": g.attention_kernels}
     emit(row, results)
     flops = model.flops_per_token(T)
@@ -571,9 +573,11 @@ def main(argv=None):
 
     # 1b. the matmuls through cublasGemmEx instead of cuBLASLt (residual adds then a copy + beta 1)
     gemmex = variant("PYLLAMA_CUDA_MATMUL", "cublas", "cublasGemmEx matmuls") if args.matmul is None else None
-    # 1c. the tensor-core flash forward with 64 query rows a block instead of 128 (same bits)
+    # 1c. cuBLASLt with each plan's candidate algorithms timed on its first product, the fastest kept
+    tuned = variant("PYLLAMA_CUDA_MATMUL_TUNE", "1", "tuned cuBLASLt algorithms") if args.matmul is None else None
+    # 1d. the tensor-core flash forward with 64 query rows a block instead of 128 (same bits)
     rows64 = variant("PYLLAMA_CUDA_FLASH_FWD_ROWS", "64", "64-row flash forward blocks") if args.attention is None else None
-    # 1d. the flash backward with dQ added by atomics in the dK/dV kernel (no dQ kernel)
+    # 1e. the flash backward with dQ added by atomics in the dK/dV kernel (no dQ kernel)
     atomic = variant("PYLLAMA_CUDA_FLASH_DQ", "atomic", "atomic-dQ flash backward") if args.attention is None else None
     # 2. decoding at batch 1 and 16
     decode_rows()
@@ -608,6 +612,10 @@ def main(argv=None):
         print(f"# train bfloat16 B={B} T={T} with cublasGemmEx matmuls: {gemmex['tok_s']:.0f} tok/s (MFU "
               f"{gemmex['mfu']:.1%}); / default ({ours['matmul']}, {ours['lt_fallbacks']} products refused by "
               f"cuBLASLt) = {ratio(gemmex, ours)}", flush=True)
+    if tuned:
+        print(f"# train bfloat16 B={B} T={T} with tuned cuBLASLt algorithms ({tuned['lt_tuned_changed']} of "
+              f"{tuned['lt_tuned']} timed plans changed): {tuned['tok_s']:.0f} tok/s (MFU {tuned['mfu']:.1%}); "
+              f"/ default (the heuristic's first) = {ratio(tuned, ours)}", flush=True)
     if rows64:
         print(f"# train bfloat16 B={B} T={T} with 64-row flash forward blocks: {rows64['tok_s']:.0f} tok/s (MFU "
               f"{rows64['mfu']:.1%}); / default (128 rows) = {ratio(rows64, ours)}", flush=True)

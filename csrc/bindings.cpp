@@ -716,13 +716,18 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
       .def_property_readonly("matmul_backend", &LlamaModelCuda::matmul_backend,
                              "The matmul back end: 'cublaslt', 'cublas' or 'tiled' (PYLLAMA_CUDA_MATMUL).")
       .def("matmul_stats", [](const LlamaModelCuda& g) {
+             const LlamaModelCuda::MatmulStats st = g.matmul_stats();
              py::dict d;
              d["backend"] = g.matmul_backend();
-             d["lt_plans"] = g.matmul_lt_plans();
-             d["lt_fallbacks"] = g.matmul_lt_fallbacks();
+             d["lt_plans"] = st.lt_plans;
+             d["lt_fallbacks"] = st.lt_fallbacks;
+             d["lt_tuned"] = st.lt_tuned;
+             d["lt_tuned_changed"] = st.lt_tuned_changed;
              return d;
            }, "{'backend', 'lt_plans': cuBLASLt plans made, 'lt_fallbacks': products cuBLASLt refused "
-              "(run by cublasGemmEx instead)}")
+              "(run by cublasGemmEx instead), 'lt_tuned': plans whose candidate algorithms were timed "
+              "(PYLLAMA_CUDA_MATMUL_TUNE=1), 'lt_tuned_changed': of those, the ones where the fastest was not "
+              "the heuristic's first}")
       .def_property_readonly("uses_flash_attention", &LlamaModelCuda::uses_flash_attention)
       .def_property_readonly("attention_kernels", &LlamaModelCuda::attention_kernels,
                              "The training attention: 'flash', 'flash-atomic-dq' (PYLLAMA_CUDA_FLASH_DQ=atomic), 'flash-simt', "

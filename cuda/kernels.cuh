@@ -202,7 +202,9 @@ void clip_by_norm(float* g, const double* norm, double max_norm, long long n, cu
 //   "cublaslt"  cuBLASLt (the default when cuBLAS was found at build time): one plan per
 //               (shape, types, pointer alignments), chosen once by cuBLASLt's heuristic with
 //               the caller's workspace, and out-of-place D = op(A) op(B) + R, which folds the
-//               residual adds into the matmuls; a product cuBLASLt refuses runs on "cublas"
+//               residual adds into the matmuls; a product cuBLASLt refuses runs on "cublas".
+//               PYLLAMA_CUDA_MATMUL_TUNE=1: each new plan times up to 8 of the heuristic's
+//               candidates on its first product and keeps the fastest (Lt::pick_fastest)
 //   "cublas"    cublasGemmEx / cublasGemmStridedBatchedEx
 //   "tiled"     a portable 64x64 tiled kernel (what a build without cuBLAS has)
 // PYLLAMA_CUDA_MATMUL in the environment picks one (read when a Gemm is made: when a model
@@ -220,6 +222,10 @@ class Gemm {
   // cuBLASLt: plans made so far, and products it refused that cublasGemmEx ran instead.
   long long lt_plans() const;
   long long lt_fallbacks() const { return lt_fallbacks_; }
+  // PYLLAMA_CUDA_MATMUL_TUNE=1: plans whose candidates were timed, and those where the
+  // fastest was not the heuristic's first choice.
+  long long lt_tuned() const;
+  long long lt_tuned_changed() const;
   // A caller-owned cuBLAS workspace, applied after every cublasSetStream (which resets it to
   // the default pool) and handed to every cuBLASLt call, so cuBLAS calls can be captured into
   // a CUDA graph without allocating. Ignored by the tiled kernel. The buffer must outlive the

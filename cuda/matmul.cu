@@ -124,8 +124,11 @@ struct Gemm::Lt {
   //  four alignments, workspace bytes)
   using Key = std::array<long long, 19>;
   static constexpr size_t kMaxPlans = 1024;  // past it the cache starts over (prefill lengths vary)
+  static constexpr int kCandidates = 8, kReps = 3;  // tuning: algorithms timed, timed runs of each
   cublasLtHandle_t handle = nullptr;
   std::map<Key, Plan> plans;
+  bool tune = false;  // PYLLAMA_CUDA_MATMUL_TUNE=1: time the heuristic's candidates once per plan
+  long long tuned = 0, tuned_changed = 0;  // plans timed; those whose fastest was not the heuristic's first
 
   Lt() { CUBLAS_CHECK(cublasLtCreate(&handle)); }
   ~Lt() {  // no throwing from a destructor
@@ -153,6 +156,68 @@ struct Gemm::Lt {
       CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &st, sizeof(st)));
     }
     return l;
+  }
+
+  // One cuBLASLt call of plan p with `algo` (the operands swapped into the column-major view).
+  cublasStatus_t launch(const Plan& p, const cublasLtMatmulAlgo_t& algo, float alpha, const void* A, const void* B,
+                        float beta, const void* C, void* D, void* ws, size_t ws_bytes, cudaStream_t stream) {
+    return cublasLtMatmul(handle, p.op, &alpha, B, p.a, A, p.b, &beta, C, p.cd, D, p.cd, &algo, ws, ws_bytes, stream);
+  }
+
+  // Tuning (tune): times each of the heuristic's n candidates on this very product (one
+  // warm-up, then kReps runs between two CUDA events, waiting for the stream) and keeps the
+  // fastest in p.algo; ties keep the heuristic's order. The trials write D, which the real
+  // call then overwrites; a product that accumulates into D itself (beta != 0, C == D) is
+  // timed on a copy of D instead. Not while the stream is being captured into a graph
+  // (no waiting there): the heuristic's first then stays.
+  void pick_fastest(Plan& p, const cublasLtMatmulHeuristicResult_t* cand, int n, int M, int N, float alpha,
+                    const void* A, const void* B, float beta, const void* C, void* D, int ldc, long long sC, int batch,
+                    cudaDataType_t tcd, void* ws, size_t ws_bytes, cudaStream_t stream) {
+    if (!tune) return;
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(stream, &cs));
+    if (cs != cudaStreamCaptureStatusNone) return;
+    struct Scratch {  // freed however this returns
+      void* p = nullptr;
+      cudaEvent_t e[2] = {nullptr, nullptr};
+      ~Scratch() {
+        if (p) cudaFree(p);  // waits for the trials
+        for (cudaEvent_t x : e)
+          if (x) cudaEventDestroy(x);
+      }
+    } sc;
+    CUDA_CHECK(cudaEventCreate(&sc.e[0]));
+    CUDA_CHECK(cudaEventCreate(&sc.e[1]));
+    const void* c = beta != 0.f ? C : D;
+    void* d = D;
+    if (beta != 0.f && C == D) {  // D's extent: batch entries sC apart, M rows ldc apart, N columns
+      const size_t bytes = (size_t)((batch > 1 ? (long long)(batch - 1) * sC : 0) + (long long)(M - 1) * ldc + N) *
+                           (tcd == CUDA_R_32F ? 4 : 2);
+      CUDA_CHECK(cudaMalloc(&sc.p, bytes));
+      CUDA_CHECK(cudaMemcpyAsync(sc.p, D, bytes, cudaMemcpyDeviceToDevice, stream));
+      c = d = sc.p;
+    }
+    int best = -1;
+    float best_ms = 0.f;
+    for (int i = 0; i < n; i++) {
+      if (launch(p, cand[i].algo, alpha, A, B, beta, c, d, ws, ws_bytes, stream) != CUBLAS_STATUS_SUCCESS) continue;
+      CUDA_CHECK(cudaEventRecord(sc.e[0], stream));
+      bool ok = true;
+      for (int r = 0; r < kReps && ok; r++)
+        ok = launch(p, cand[i].algo, alpha, A, B, beta, c, d, ws, ws_bytes, stream) == CUBLAS_STATUS_SUCCESS;
+      CUDA_CHECK(cudaEventRecord(sc.e[1], stream));
+      CUDA_CHECK(cudaEventSynchronize(sc.e[1]));
+      float ms = 0.f;
+      CUDA_CHECK(cudaEventElapsedTime(&ms, sc.e[0], sc.e[1]));
+      if (ok && (best < 0 || ms < best_ms)) {
+        best = i;
+        best_ms = ms;
+      }
+    }
+    if (best < 0) return;  // none ran: keep the heuristic's first (the real call will say why)
+    p.algo = cand[best].algo;
+    tuned++;
+    tuned_changed += best > 0;
   }
 
   // D = alpha op(A) op(B) + beta C (row-major, as Gemm::run_batched) through cuBLASLt; C is
@@ -193,15 +258,19 @@ struct Gemm::Lt {
             CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
         for (int i = 0; i < 4 && st == CUBLAS_STATUS_SUCCESS; i++)
           st = cublasLtMatmulPreferenceSetAttribute(pref, which[i], &als[i], sizeof(als[i]));
-        cublasLtMatmulHeuristicResult_t res{};
+        cublasLtMatmulHeuristicResult_t res[kCandidates] = {};
         int found = 0;
         if (st == CUBLAS_STATUS_SUCCESS)
-          st = cublasLtMatmulAlgoGetHeuristic(handle, p.op, p.a, p.b, p.cd, p.cd, pref, 1, &res, &found);
+          st = cublasLtMatmulAlgoGetHeuristic(handle, p.op, p.a, p.b, p.cd, p.cd, pref, tune ? kCandidates : 1, res,
+                                              &found);
         cublasLtMatmulPreferenceDestroy(pref);
-        if (st == CUBLAS_STATUS_SUCCESS && found > 0 && res.state == CUBLAS_STATUS_SUCCESS &&
-            res.workspaceSize <= ws_bytes) {
-          p.algo = res.algo;
+        int n = 0;  // usable candidates, in the heuristic's order
+        for (int i = 0; st == CUBLAS_STATUS_SUCCESS && i < found; i++)
+          if (res[i].state == CUBLAS_STATUS_SUCCESS && res[i].workspaceSize <= ws_bytes) res[n++] = res[i];
+        if (n > 0) {
+          p.algo = res[0].algo;
           p.ok = true;
+          if (n > 1) pick_fastest(p, res, n, M, N, alpha, A, B, beta, C, D, ldc, sC, batch, tcd, ws, ws_bytes, stream);
         } else if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED &&
                    st != CUBLAS_STATUS_INVALID_VALUE) {
           CUBLAS_CHECK(st);
@@ -214,8 +283,7 @@ struct Gemm::Lt {
     }
     Plan& p = it->second;
     if (!p.ok) return false;
-    const cublasStatus_t st = cublasLtMatmul(handle, p.op, &alpha, B, p.a, A, p.b, &beta, beta != 0.f ? C : D, p.cd,
-                                             D, p.cd, &p.algo, ws, ws_bytes, stream);
+    const cublasStatus_t st = launch(p, p.algo, alpha, A, B, beta, beta != 0.f ? C : D, D, ws, ws_bytes, stream);
     if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE || st == CUBLAS_STATUS_ARCH_MISMATCH) {
       p.ok = false;  // refused at run time: this product goes to cublasGemmEx from now on
       return false;
@@ -242,6 +310,10 @@ Gemm::Gemm(const char* backend) {
                 "PYLLAMA_CUDA_MATMUL=" << want << ": this build has no cuBLAS (it was not found when pyllama was "
                                        << "built); use tiled, or rebuild with the nvidia-cublas wheel installed");
   backend_ = want == "tiled" ? kTiled : want == "cublas" ? kCublas : kCublasLt;
+  const bool tune = backend_ == kCublasLt &&
+                    env_choice("PYLLAMA_CUDA_MATMUL_TUNE", {"0", "1"}, "0",
+                               "use 1 (time cuBLASLt's candidate algorithms once per product shape and keep the "
+                               "fastest) or 0 (the heuristic's first, the default)") == "1";
 #ifdef PYLLAMA_HAVE_CUBLAS
   if (backend_ != kTiled) {
     CUBLAS_CHECK(cublasCreate(&handle_));
@@ -250,6 +322,7 @@ Gemm::Gemm(const char* backend) {
   if (backend_ == kCublasLt) {
     try {
       lt_ = new Lt;
+      lt_->tune = tune;
     } catch (...) {
       cublasDestroy(handle_);
       throw;
@@ -270,6 +343,20 @@ const char* Gemm::backend() const { return kBackendNames[backend_]; }
 long long Gemm::lt_plans() const {
 #ifdef PYLLAMA_HAVE_CUBLAS
   return lt_ ? (long long)lt_->plans.size() : 0;
+#else
+  return 0;
+#endif
+}
+long long Gemm::lt_tuned() const {
+#ifdef PYLLAMA_HAVE_CUBLAS
+  return lt_ ? lt_->tuned : 0;
+#else
+  return 0;
+#endif
+}
+long long Gemm::lt_tuned_changed() const {
+#ifdef PYLLAMA_HAVE_CUBLAS
+  return lt_ ? lt_->tuned_changed : 0;
 #else
   return 0;
 #endif

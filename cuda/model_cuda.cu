@@ -1353,8 +1353,10 @@ int LlamaModelCuda::device() const { return impl_->dev; }
 size_t LlamaModelCuda::num_parameters() const { return impl_->P; }
 bool LlamaModelCuda::uses_cublas() const { return impl_->gemm->uses_cublas(); }
 std::string LlamaModelCuda::matmul_backend() const { return impl_->gemm->backend(); }
-long long LlamaModelCuda::matmul_lt_plans() const { return impl_->gemm->lt_plans(); }
-long long LlamaModelCuda::matmul_lt_fallbacks() const { return impl_->gemm->lt_fallbacks(); }
+LlamaModelCuda::MatmulStats LlamaModelCuda::matmul_stats() const {
+  const gpu::Gemm& g = *impl_->gemm;
+  return {g.lt_plans(), g.lt_fallbacks(), g.lt_tuned(), g.lt_tuned_changed()};
+}
 bool LlamaModelCuda::uses_flash_attention() const { return !impl_->attn_naive && !impl_->attn_gemm; }
 std::string LlamaModelCuda::attention_kernels() const {
   if (impl_->attn_naive) return "naive";

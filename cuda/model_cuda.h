@@ -60,11 +60,14 @@ class LlamaModelCuda {
   int device() const;
   size_t num_parameters() const;
   bool uses_cublas() const;  // false: the tiled fallback matmul
-  // The matmul back end ("cublaslt", "cublas" or "tiled": PYLLAMA_CUDA_MATMUL), the cuBLASLt
-  // plans made so far and the products cuBLASLt refused (run by cublasGemmEx instead).
+  // The matmul back end ("cublaslt", "cublas" or "tiled": PYLLAMA_CUDA_MATMUL) and its counts:
+  // cuBLASLt plans made so far, products cuBLASLt refused (run by cublasGemmEx instead), and
+  // with PYLLAMA_CUDA_MATMUL_TUNE=1 the plans timed and those where timing changed the choice.
   std::string matmul_backend() const;
-  long long matmul_lt_plans() const;
-  long long matmul_lt_fallbacks() const;
+  struct MatmulStats {
+    long long lt_plans = 0, lt_fallbacks = 0, lt_tuned = 0, lt_tuned_changed = 0;
+  };
+  MatmulStats matmul_stats() const;
   bool uses_flash_attention() const;  // false: PYLLAMA_CUDA_ATTENTION=naive (T x T probabilities) or gemm
   // The training attention, from PYLLAMA_CUDA_ATTENTION: "flash" (default; tensor cores for bf16
   // where they apply), "flash-simt", "gemm" (batched GEMMs, attention_gemm.cu) or "naive".

@@ -293,14 +293,19 @@ def test_tiled_matmul_fallback_matches_cpu(monkeypatch):
 
 
 @gpu
-@pytest.mark.parametrize("backend", ["cublaslt", "cublas"])
+@pytest.mark.parametrize("backend", ["cublaslt", "cublaslt-tuned", "cublas"])
 def test_matmul_backends_match_cpu(monkeypatch, backend):
     """cuBLASLt (the default: a plan per shape; the residual adds folded into the output and
     down projections as D = x W^T + R) and cublasGemmEx (R copied into D, then beta 1): a
     float32 training step and KV-cache decoding against the CPU, a bf16 step near float32,
     on sizes that leave the weights and activations only 4- or 8-byte aligned; cuBLASLt
-    refuses none of the model's products (the alignments it is promised hold)."""
+    refuses none of the model's products (the alignments it is promised hold).
+    "cublaslt-tuned" (PYLLAMA_CUDA_MATMUL_TUNE=1) times the candidate algorithms on each
+    plan's first product: the trial runs must leave no trace, in particular in the weight
+    gradients that the backward accumulates in place (timed on a copy)."""
     monkeypatch.delenv("PYLLAMA_CUDA_MATMUL", raising=False)
+    monkeypatch.setenv("PYLLAMA_CUDA_MATMUL_TUNE", "1" if backend.endswith("-tuned") else "0")
+    backend = backend.removesuffix("-tuned")
     cfg = tiny_config(vocab_size=101, hidden_size=36, intermediate_size=50, num_attention_heads=3,
                       num_key_value_heads=1, num_hidden_layers=2)
     if not pyllama.Llama(cfg).to("cuda")._core.gpu.uses_cublas:
@@ -321,8 +326,14 @@ def test_matmul_backends_match_cpu(monkeypatch, backend):
     assert st["backend"] == dev._core.gpu.matmul_backend == backend
     if backend == "cublaslt":
         assert st["lt_plans"] > 0 and st["lt_fallbacks"] == 0, st
+        if os.environ["PYLLAMA_CUDA_MATMUL_TUNE"] == "0":
+            assert st["lt_tuned"] == 0, st
+        elif EMULATED_GPU:  # its heuristic offers 3 candidates for every product
+            assert st["lt_tuned"] == st["lt_plans"], st
+        else:  # the real heuristic may offer one candidate only (nothing to time)
+            assert st["lt_tuned_changed"] <= st["lt_tuned"] <= st["lt_plans"], st
     else:
-        assert st["lt_plans"] == 0, st
+        assert st["lt_plans"] == 0 and st["lt_tuned"] == 0, st
     # The GEMM attention's strided batches start at head offsets (12 elements: 8-byte aligned
     # in bf16), what cuBLASLt must be told. The emulator's cuBLASLt refuses a pointer less
     # aligned than promised; the real one may also refuse what it has no kernel for (which
@@ -341,6 +352,12 @@ def test_matmul_backends_match_cpu(monkeypatch, backend):
 def test_unknown_matmul_backend_raises(monkeypatch):
     monkeypatch.setenv("PYLLAMA_CUDA_MATMUL", "cutlass")
     with pytest.raises(ValueError, match="cublaslt, cublas or tiled"):
+        pyllama.Llama(tiny_config()).to("cuda")
+    monkeypatch.delenv("PYLLAMA_CUDA_MATMUL")
+    if pyllama.Llama(tiny_config()).to("cuda")._core.gpu.matmul_backend != "cublaslt":
+        return  # a build without cuBLAS: no tuning switch to read
+    monkeypatch.setenv("PYLLAMA_CUDA_MATMUL_TUNE", "yes")
+    with pytest.raises(ValueError, match="PYLLAMA_CUDA_MATMUL_TUNE=yes: use 1"):
         pyllama.Llama(tiny_config()).to("cuda")
 
 

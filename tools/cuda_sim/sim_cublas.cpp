@@ -289,8 +289,14 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmul
   r.workspaceSize = r.algo.data[5];
   r.state = CUBLAS_STATUS_SUCCESS;
   r.wavesCount = 1.f;
-  results[0] = r;
-  *returned = 1;
+  // up to 3 candidates (as the real heuristic offers several, best first), told apart by
+  // data[7]; they compute the same, so tuning (PYLLAMA_CUDA_MATMUL_TUNE) has a choice to make
+  const int count = requested < 3 ? requested : 3;
+  for (int i = 0; i < count; i++) {
+    results[i] = r;
+    results[i].algo.data[7] = (uint64_t)i;
+  }
+  *returned = count;
   return CUBLAS_STATUS_SUCCESS;
 }
 

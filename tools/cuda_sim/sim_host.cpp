@@ -483,6 +483,15 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t st, cudaStreamCaptureMode) {
   capturing = s;
   return cudaSuccess;
 }
+cudaError_t cudaStreamIsCapturing(cudaStream_t st, cudaStreamCaptureStatus* status) {
+  SIM_LOCK;
+  CUstream_st* s = resolve(st);
+  if (!valid_stream(s)) return report(cudaErrorInvalidResourceHandle, "cudaStreamIsCapturing of an unknown stream");
+  *status = capturing && s == capturing
+                ? (s->capture_error == cudaSuccess ? cudaStreamCaptureStatusActive : cudaStreamCaptureStatusInvalidated)
+                : cudaStreamCaptureStatusNone;
+  return cudaSuccess;
+}
 cudaError_t cudaStreamEndCapture(cudaStream_t st, cudaGraph_t* g) {
   SIM_LOCK;
   CUstream_st* s = resolve(st);
