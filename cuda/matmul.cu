@@ -310,10 +310,10 @@ Gemm::Gemm(const char* backend) {
                 "PYLLAMA_CUDA_MATMUL=" << want << ": this build has no cuBLAS (it was not found when pyllama was "
                                        << "built); use tiled, or rebuild with the nvidia-cublas wheel installed");
   backend_ = want == "tiled" ? kTiled : want == "cublas" ? kCublas : kCublasLt;
-  const bool tune = backend_ == kCublasLt &&
-                    env_choice("PYLLAMA_CUDA_MATMUL_TUNE", {"0", "1"}, "0",
-                               "use 1 (time cuBLASLt's candidate algorithms once per product shape and keep the "
-                               "fastest) or 0 (the heuristic's first, the default)") == "1";
+  [[maybe_unused]] const bool tune =
+      backend_ == kCublasLt && env_choice("PYLLAMA_CUDA_MATMUL_TUNE", {"0", "1"}, "0",
+                                          "use 1 (time cuBLASLt's candidate algorithms once per product shape and "
+                                          "keep the fastest) or 0 (the heuristic's first, the default)") == "1";
 #ifdef PYLLAMA_HAVE_CUBLAS
   if (backend_ != kTiled) {
     CUBLAS_CHECK(cublasCreate(&handle_));
