@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <initializer_list>
 #include <string>
+#include <vector>
 
 #include "common.cuh"
 #include "common.h"  // PYLLAMA_CHECK, ValueError
@@ -54,10 +55,13 @@ void gather_last_rows(T* rows, const T* x, int B, int T_, int C, cudaStream_t st
 // out (N, C) = inp * rstd * w;  rstd (N) = 1 / sqrt(mean(inp^2) + eps)
 template <typename T>
 void rmsnorm_forward(T* out, float* rstd, const T* inp, const T* w, int N, int C, float eps, cudaStream_t stream);
-// dinp (N, C) += ...;  dw (C) += ... (float)
+// dinp (N, C) += ...;  dw (C) += ... (float), without atomics: per-block partial sums in
+// `partial` (rmsnorm_backward_partial_floats(C) floats of scratch), added into dw in a fixed
+// order, so dw is the same bits from run to run.
+size_t rmsnorm_backward_partial_floats(int C);
 template <typename T>
-void rmsnorm_backward(T* dinp, float* dw, const T* dout, const T* inp, const T* w, const float* rstd, int N, int C,
-                      cudaStream_t stream);
+void rmsnorm_backward(T* dinp, float* dw, float* partial, const T* dout, const T* inp, const T* w, const float* rstd,
+                      int N, int C, cudaStream_t stream);
 
 // ---------------------------------------------------------------- rope.cu
 // In place, the first `nheads` heads of each row of x (row stride ld); rotate-half
@@ -145,9 +149,14 @@ void swiglu_backward(T* dgu, const T* dh, const T* gu, int N, int I, cudaStream_
 // out (N, C) = wte[tokens]
 template <typename T>
 void embedding_forward(T* out, const int32_t* tokens, const T* wte, int N, int C, cudaStream_t stream);
-// dwte (V, C) += scatter of dout rows (float atomics: repeated tokens add up)
+// dwte (V, C) += scatter of dout rows, without atomics: each (token, column) sums its rows in
+// position order and adds the sum once, so dwte is the same bits from run to run. `groups`
+// (device memory) lists the positions grouped by token, as group_tokens packs them on the
+// host: [order (N): the positions of uniq[0] ascending, then of uniq[1], ... | starts (U + 1):
+// uniq[u]'s positions are order[starts[u] .. starts[u + 1]) | uniq (U): the distinct tokens].
+int group_tokens(const int32_t* tokens, int N, std::vector<int32_t>* packed);  // returns U; N + 2U + 1 ints
 template <typename T>
-void embedding_backward(float* dwte, const T* dout, const int32_t* tokens, int N, int C, cudaStream_t stream);
+void embedding_backward(float* dwte, const T* dout, const int32_t* groups, int N, int U, int C, cudaStream_t stream);
 
 // ---------------------------------------------------------------- crossentropy.cu
 // lse (N) = logsumexp of each row of logits (N, V); row_loss (N) = lse - logit[target]

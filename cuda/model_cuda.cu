@@ -106,6 +106,7 @@ struct Acts {
   // backward scratch
   T *dres, *dln, *dqkv, *datty, *dgu, *dh;
   float* datt;  // flash: rowsum(dout * out) (B, NH, T); naive: (B, NH, T, T)
+  float* norm_partial;  // the RMSNorm backward's per-block partial sums of dw (rmsnorm_backward)
   float* dq_acc;  // PYLLAMA_CUDA_FLASH_DQ=atomic: (N, C) float dQ accumulator (else null)
 };
 
@@ -142,6 +143,7 @@ size_t carve_acts(Acts<T>* a, char* base, int B, int T_, int C, int QKVD, int NH
   a->dgu = cv.take<T>(N * 2 * I);
   a->dh = cv.take<T>(N * I);
   a->datt = cv.take<float>(ATT);
+  a->norm_partial = cv.take<float>(gpu::rmsnorm_backward_partial_floats(C));
   a->dq_acc = dq_acc ? cv.take<float>(N * C) : nullptr;  // last: the arrays above keep their offsets
   return cv.off;
 }
@@ -255,11 +257,12 @@ struct LlamaModelCuda::Impl : AllocAccount {
   double* loss_slots() { return scalars.as<double>() + 2 + gpu::kNormBlocks; }
 
   // training state
-  DevBuf acts, tokens_d, targets_d, pos_d;
-  size_t io_cap = 0;  // int32 elements in tokens_d / targets_d / pos_d
+  DevBuf acts, tokens_d, targets_d, pos_d, groups_d;
+  size_t io_cap = 0;  // int32 elements in tokens_d / targets_d / pos_d (groups_d: 3 io_cap + 1)
   int B_ = 0, T_ = 0, count = 0;
   bool have_targets = false, logits_valid = false, have_forward = false;
   std::vector<int32_t> targets_h, pos_h;
+  std::vector<int32_t> tokens_h, groups_h;  // the last forward's tokens; grouped by token (backward)
 
   // AdamW runs of equal decay, cached from the last segment table
   DevBuf run_start_d, run_decay_d;
@@ -474,9 +477,11 @@ struct LlamaModelCuda::Impl : AllocAccount {
       tokens_d.release();
       targets_d.release();
       pos_d.release();
+      groups_d.release();
       tokens_d.reserve(N * sizeof(int32_t));
       targets_d.reserve(N * sizeof(int32_t));
       pos_d.reserve(N * sizeof(int32_t));
+      groups_d.reserve((3 * N + 1) * sizeof(int32_t));  // group_tokens: N + 2U + 1, U <= N
       io_cap = (size_t)N;
     }
     // positions and shifted targets on the host (the counted-target count stays on the host)
@@ -492,6 +497,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
       }
     // pageable host -> device copies are staged before cudaMemcpyAsync returns
     CUDA_CHECK(cudaMemcpyAsync(tokens_d.p, tokens, N * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
+    tokens_h.assign(tokens, tokens + N);  // grouped by token for the embedding gradient (backward)
     CUDA_CHECK(cudaMemcpyAsync(targets_d.p, targets_h.data(), N * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
     CUDA_CHECK(cudaMemcpyAsync(pos_d.p, pos_h.data(), N * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
     B_ = B;
@@ -653,7 +659,6 @@ struct LlamaModelCuda::Impl : AllocAccount {
     carve_acts<T>(&a, acts.as<char>(), B, Tn, C, QKVD, NH, I, V, L, attn_naive, attn_dq_atomic);
     const T* Wp = W<T>();
     float* G = grads.as<float>();
-    const int32_t* tok = tokens_d.as<int32_t>();
     const int32_t* pos = pos_d.as<int32_t>();
     const float *cs = rope_cos.as<float>(), *sn = rope_sin.as<float>();
     cudaStream_t s = stream;
@@ -666,7 +671,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
     mk("bwd matmul lm_head");
     CUDA_CHECK(cudaMemsetAsync(a.dres, 0, sizeof(T) * (size_t)N * C, s));
     const T* xL = L > 0 ? a.layers[L - 1].res2 : a.x0;
-    gpu::rmsnorm_backward<T>(a.dres, G + lnf_off, a.dln, xL, Wp + lnf_off, a.rstdf, N, C, s);
+    gpu::rmsnorm_backward<T>(a.dres, G + lnf_off, a.norm_partial, a.dln, xL, Wp + lnf_off, a.rstdf, N, C, s);
     mk("bwd rmsnorm");
 
     for (int l = L - 1; l >= 0; l--) {
@@ -680,7 +685,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
       mk("bwd swiglu");
       gpu::linear_backward<T>(*gemm, a.dln, G + o.wgu, a.dgu, y.ln2, Wp + o.wgu, N, C, 2 * I, s);
       mk("bwd matmul gate_up");
-      gpu::rmsnorm_backward<T>(a.dres, G + o.ln2, a.dln, y.res1, Wp + o.ln2, y.rstd2, N, C, s);
+      gpu::rmsnorm_backward<T>(a.dres, G + o.ln2, a.norm_partial, a.dln, y.res1, Wp + o.ln2, y.rstd2, N, C, s);
       mk("bwd rmsnorm");
       // attention: res1 = x + o(attn(rope(qkv(ln1))))
       gpu::linear_backward<T>(*gemm, a.datty, G + o.wo, a.dres, y.atty, Wp + o.wo, N, C, C, s);
@@ -699,10 +704,15 @@ struct LlamaModelCuda::Impl : AllocAccount {
       }
       gpu::linear_backward<T>(*gemm, a.dln, G + o.wqkv, a.dqkv, y.ln1, Wp + o.wqkv, N, C, QKVD, s);
       mk("bwd matmul qkv");
-      gpu::rmsnorm_backward<T>(a.dres, G + o.ln1, a.dln, x, Wp + o.ln1, y.rstd1, N, C, s);
+      gpu::rmsnorm_backward<T>(a.dres, G + o.ln1, a.norm_partial, a.dln, x, Wp + o.ln1, y.rstd1, N, C, s);
       mk("bwd rmsnorm");
     }
-    gpu::embedding_backward<T>(G, a.dres, tok, N, C, s);
+    // the embedding gradient without atomics: rows grouped by token on the host (pageable
+    // copy, staged before cudaMemcpyAsync returns)
+    const int U = gpu::group_tokens(tokens_h.data(), N, &groups_h);
+    CUDA_CHECK(cudaMemcpyAsync(groups_d.p, groups_h.data(), groups_h.size() * sizeof(int32_t), cudaMemcpyHostToDevice,
+                               s));
+    gpu::embedding_backward<T>(G, a.dres, groups_d.as<int32_t>(), N, U, C, s);
     mk("bwd embedding");
     prof.end(s);
   }

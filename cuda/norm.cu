@@ -1,8 +1,9 @@
 // norm.cu — RMSNorm forward and backward (see rmsnorm_* in csrc/ops.h).
 // One warp per row for the row-wise parts (128-bit packs when the rows allow). The weight
-// gradient: with packs and C <= 1024, in the same pass as dinp (each warp's rows' share in
-// registers, one float atomic per column a block); otherwise a second kernel reduces columns
-// over chunks of rows and adds each chunk's sum with one float atomic per column.
+// gradient, without atomics (deterministic): with packs and C <= 1024 each block takes its
+// rows' share in the same pass as dinp (each warp's share in registers); otherwise a second
+// kernel sums columns over chunks of rows. Either writes one partial row per block, and a
+// last kernel adds the partial rows into dw in a fixed order.
 #include <algorithm>
 
 #include "kernels.cuh"
@@ -75,23 +76,42 @@ __global__ void rmsnorm_backward_dinp_kernel(T* dinp, const T* dout, const T* in
     dx[i] = from_f<T>(to_f(dx[i]) + (r * to_f(w[i]) * to_f(dy[i]) - k3 * to_f(x[i])));
 }
 
-// grid (ceil(C/32), ceil(N/kChunk)), block (32, 8): column c = blockIdx.x*32 + threadIdx.x.
+// grid (ceil(C/32), nb), block (32, 8): column c = blockIdx.x*32 + threadIdx.x; block row y
+// sums the chunks of kChunk rows y, y + nb, ... into partial[y * C + c].
 constexpr int kChunk = 256;
 template <typename T>
-__global__ void rmsnorm_backward_dw_kernel(float* dw, const T* dout, const T* inp, const float* rstd, int N, int C) {
+__global__ void rmsnorm_backward_dw_kernel(float* partial, const T* dout, const T* inp, const float* rstd, int N,
+                                           int C) {
   __shared__ float part[8][33];
   const int c = blockIdx.x * 32 + threadIdx.x;
-  const int n0 = blockIdx.y * kChunk, n1 = min(N, n0 + kChunk);
   float acc = 0.f;
   if (c < C)
-    for (int n = n0 + threadIdx.y; n < n1; n += 8)
-      acc += to_f(dout[(long long)n * C + c]) * to_f(inp[(long long)n * C + c]) * rstd[n];
+    for (int n0 = blockIdx.y * kChunk; n0 < N; n0 += gridDim.y * kChunk)
+      for (int n = n0 + threadIdx.y; n < min(N, n0 + kChunk); n += 8)
+        acc += to_f(dout[(long long)n * C + c]) * to_f(inp[(long long)n * C + c]) * rstd[n];
   part[threadIdx.y][threadIdx.x] = acc;
   __syncthreads();
   if (threadIdx.y == 0 && c < C) {
-    float s = 0.f;
-    for (int j = 0; j < 8; j++) s += part[j][threadIdx.x];
-    atomicAdd(dw + c, s);
+    float sum = 0.f;
+    for (int j = 0; j < 8; j++) sum += part[j][threadIdx.x];
+    partial[(long long)blockIdx.y * C + c] = sum;
+  }
+}
+
+// grid ceil(C/32), block (32, 32): dw[c] += the nb partial rows' column c, in a fixed order
+// (thread y sums rows y, y + 32, ...; then y = 0 adds the 32 sums in order).
+__global__ void rmsnorm_dw_reduce_kernel(float* dw, const float* partial, int nb, int C) {
+  __shared__ float part[32][33];
+  const int c = blockIdx.x * 32 + threadIdx.x;
+  float acc = 0.f;
+  if (c < C)
+    for (int b = threadIdx.y; b < nb; b += 32) acc += partial[(long long)b * C + c];
+  part[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    float sum = 0.f;
+    for (int j = 0; j < 32; j++) sum += part[j][threadIdx.x];
+    dw[c] += sum;
   }
 }
 
@@ -99,16 +119,17 @@ __global__ void rmsnorm_backward_dw_kernel(float* dw, const T* dout, const T* in
 // rows n = 8 blockIdx.x + w, + 8 gridDim.x, ...; lane l the columns P (32 k + l) .. + P - 1.
 // K > 0 (C <= 32 P K): dw in the same pass, saving the dw kernel's second read of dout and
 // inp: the warp keeps its rows' share of dw (sum_n dout x rstd) in registers, the block adds
-// its 8 warps' shares in shared memory (kRowsPerBlock x C floats), then one float atomic
-// per column. K == 0 (any C): dinp only.
+// its 8 warps' shares in shared memory (kRowsPerBlock x C floats), in order, into its
+// partial row partial[blockIdx.x * C ...]. K == 0 (any C): dinp only.
 constexpr int kFusedMaxC = 1024;
+constexpr int kMaxPartials = 1024;  // partial rows of dw at most (the scratch: kMaxPartials x C floats)
 template <typename T>
 constexpr int kFusedPacks = kFusedMaxC / (32 * kPack<T>);  // 4 (bf16) or 8 (float): 32 floats a lane
 
 template <typename T, int K>
 __global__ void __launch_bounds__(32 * kRowsPerBlock)
-    rmsnorm_backward_packed_kernel(T* dinp, float* dw, const T* dout, const T* inp, const T* w, const float* rstd,
-                                   int N, int C) {
+    rmsnorm_backward_packed_kernel(T* dinp, float* partial, const T* dout, const T* inp, const T* w,
+                                   const float* rstd, int N, int C) {
   constexpr int P = kPack<T>;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float acc[K > 0 ? K : 1][P];
@@ -168,7 +189,7 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock)
       float sum = 0.f;
 #pragma unroll
       for (int v = 0; v < kRowsPerBlock; v++) sum += part[v * C + c];
-      atomicAdd(dw + c, sum);
+      partial[(long long)blockIdx.x * C + c] = sum;
     }
   }
 }
@@ -186,41 +207,47 @@ void rmsnorm_forward(T* out, float* rstd, const T* inp, const T* w, int N, int C
   CUDA_CHECK_LAUNCH();
 }
 
+size_t rmsnorm_backward_partial_floats(int C) { return (size_t)kMaxPartials * (size_t)(C > 0 ? C : 0); }
+
 template <typename T>
-void rmsnorm_backward(T* dinp, float* dw, const T* dout, const T* inp, const T* w, const float* rstd, int N, int C,
-                      cudaStream_t stream) {
-  if (N <= 0) return;
+void rmsnorm_backward(T* dinp, float* dw, float* partial, const T* dout, const T* inp, const T* w, const float* rstd,
+                      int N, int C, cudaStream_t stream) {
+  if (N <= 0 || C <= 0) return;
+  PYLLAMA_CHECK(partial != nullptr, ValueError, "rmsnorm_backward: needs a partial-sum scratch buffer");
   const unsigned blocks = (N + kRowsPerBlock - 1) / kRowsPerBlock;
   const bool pack = C % kPack<T> == 0 && aligned16(dinp) && aligned16(dout) && aligned16(inp) && aligned16(w);
+  int nb = 0;  // partial rows of dw
   if (pack && C <= kFusedMaxC) {  // dinp and dw in one pass
     // about 4 blocks of 8 warps an SM (each warp a few rows), fewer for small N
     int dev = 0, sms = 0;
     CUDA_CHECK(cudaGetDevice(&dev));
     CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    const unsigned fused_blocks = std::min<unsigned>(blocks, (unsigned)std::max(1, 4 * sms));
+    nb = (int)std::min<long long>({(long long)blocks, 4LL * std::max(1, sms), (long long)kMaxPartials});
     rmsnorm_backward_packed_kernel<T, kFusedPacks<T>>
-        <<<fused_blocks, 32 * kRowsPerBlock, sizeof(float) * kRowsPerBlock * C, stream>>>(dinp, dw, dout, inp, w,
-                                                                                         rstd, N, C);
+        <<<nb, 32 * kRowsPerBlock, sizeof(float) * kRowsPerBlock * C, stream>>>(dinp, partial, dout, inp, w, rstd, N,
+                                                                                C);
     CUDA_CHECK_LAUNCH();
-    return;
+  } else {
+    if (pack)
+      rmsnorm_backward_packed_kernel<T, 0><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(dinp, nullptr, dout, inp, w,
+                                                                                      rstd, N, C);
+    else
+      rmsnorm_backward_dinp_kernel<T><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(dinp, dout, inp, w, rstd, N, C);
+    CUDA_CHECK_LAUNCH();
+    nb = (int)std::min<long long>((N + kChunk - 1) / kChunk, kMaxPartials);
+    rmsnorm_backward_dw_kernel<T><<<dim3((C + 31) / 32, nb), dim3(32, 8), 0, stream>>>(partial, dout, inp, rstd, N, C);
+    CUDA_CHECK_LAUNCH();
   }
-  if (pack)
-    rmsnorm_backward_packed_kernel<T, 0><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(dinp, nullptr, dout, inp, w, rstd,
-                                                                                    N, C);
-  else
-    rmsnorm_backward_dinp_kernel<T><<<blocks, 32 * kRowsPerBlock, 0, stream>>>(dinp, dout, inp, w, rstd, N, C);
-  CUDA_CHECK_LAUNCH();
-  dim3 grid((C + 31) / 32, (N + kChunk - 1) / kChunk), block(32, 8);
-  rmsnorm_backward_dw_kernel<T><<<grid, block, 0, stream>>>(dw, dout, inp, rstd, N, C);
+  rmsnorm_dw_reduce_kernel<<<(C + 31) / 32, dim3(32, 32), 0, stream>>>(dw, partial, nb, C);
   CUDA_CHECK_LAUNCH();
 }
 
 template void rmsnorm_forward<float>(float*, float*, const float*, const float*, int, int, float, cudaStream_t);
 template void rmsnorm_forward<bf16>(bf16*, float*, const bf16*, const bf16*, int, int, float, cudaStream_t);
-template void rmsnorm_backward<float>(float*, float*, const float*, const float*, const float*, const float*, int, int,
-                                      cudaStream_t);
-template void rmsnorm_backward<bf16>(bf16*, float*, const bf16*, const bf16*, const bf16*, const float*, int, int,
-                                     cudaStream_t);
+template void rmsnorm_backward<float>(float*, float*, float*, const float*, const float*, const float*, const float*,
+                                      int, int, cudaStream_t);
+template void rmsnorm_backward<bf16>(bf16*, float*, float*, const bf16*, const bf16*, const bf16*, const float*, int,
+                                     int, cudaStream_t);
 
 }  // namespace gpu
 }  // namespace pyllama

@@ -90,9 +90,10 @@ void check_rmsnorm(Rand& r, Results& out) {
   rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), N, C, 1e-5f);
   rmsnorm_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), rstd.data(), N, C);
   Dev<float> dx_(x), dw_(w), ddy(dy), dy_(zeros<float>(N * C)), drstd(zeros<float>(N)), ddx(dx0),
-      ddw(dw0);
+      ddw(dw0), part(zeros<float>(gpu::rmsnorm_backward_partial_floats(C)));
   gpu::rmsnorm_forward<float>(dy_.get(), drstd.get(), dx_.get(), dw_.get(), N, C, 1e-5f, 0);
-  gpu::rmsnorm_backward<float>(ddx.get(), ddw.get(), ddy.get(), dx_.get(), dw_.get(), drstd.get(), N, C, 0);
+  gpu::rmsnorm_backward<float>(ddx.get(), ddw.get(), part.get(), ddy.get(), dx_.get(), dw_.get(), drstd.get(), N, C,
+                               0);
   out.push_back({"rmsnorm_forward.out", rel_err(dy_.host(), y)});
   out.push_back({"rmsnorm_forward.rstd", rel_err(drstd.host(), rstd)});
   out.push_back({"rmsnorm_backward.dinp(+=)", rel_err(ddx.host(), dx)});
@@ -319,8 +320,11 @@ void check_embedding(Rand& r, Results& out) {
   embedding_backward(dw.data(), dy.data(), tok.data(), N, C, V);
   Dev<float> dwte(wte), ddy(dy), dy_(zeros<float>(N * C)), ddw(dw0);
   Dev<int32_t> dtok(tok);
+  std::vector<int32_t> groups;
+  const int U = gpu::group_tokens(tok.data(), N, &groups);
+  Dev<int32_t> dgroups(groups);
   gpu::embedding_forward<float>(dy_.get(), dtok.get(), dwte.get(), N, C, 0);
-  gpu::embedding_backward<float>(ddw.get(), ddy.get(), dtok.get(), N, C, 0);
+  gpu::embedding_backward<float>(ddw.get(), ddy.get(), dgroups.get(), N, U, C, 0);
   out.push_back({"embedding_forward", rel_err(dy_.host(), y)});
   out.push_back({"embedding_backward(+=)", rel_err(ddw.host(), dw)});
 }

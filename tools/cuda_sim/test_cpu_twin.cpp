@@ -28,7 +28,9 @@ SIM_TEST(cpu_twin) {
     std::vector<float> go((size_t)N * C), gr(N), co(go.size()), cr(N);
     auto gdx = dx0, cdx = dx0, gdw = dw0, cdw = dw0;
     gpu::rmsnorm_forward<float>(go.data(), gr.data(), x.data(), w.data(), N, C, 1e-5f, nullptr);
-    gpu::rmsnorm_backward<float>(gdx.data(), gdw.data(), dy.data(), x.data(), w.data(), gr.data(), N, C, nullptr);
+    std::vector<float> part(gpu::rmsnorm_backward_partial_floats(C));
+    gpu::rmsnorm_backward<float>(gdx.data(), gdw.data(), part.data(), dy.data(), x.data(), w.data(), gr.data(), N, C,
+                                 nullptr);
     cpu::rmsnorm_forward(co.data(), cr.data(), x.data(), w.data(), N, C, 1e-5f);
     cpu::rmsnorm_backward(cdx.data(), cdw.data(), dy.data(), x.data(), w.data(), cr.data(), N, C);
     same("rmsnorm out", go, co);
@@ -108,7 +110,9 @@ SIM_TEST(cpu_twin) {
     std::vector<float> go((size_t)N * C), co(go.size());
     auto gdw = dw0, cdw = dw0;
     gpu::embedding_forward<float>(go.data(), tok.data(), wte.data(), N, C, nullptr);
-    gpu::embedding_backward<float>(gdw.data(), dout.data(), tok.data(), N, C, nullptr);
+    std::vector<int32_t> groups;
+    const int U = gpu::group_tokens(tok.data(), N, &groups);
+    gpu::embedding_backward<float>(gdw.data(), dout.data(), groups.data(), N, U, C, nullptr);
     cpu::embedding_forward(co.data(), tok.data(), wte.data(), N, C);
     cpu::embedding_backward(cdw.data(), dout.data(), tok.data(), N, C, V);
     same("embedding out", go, co, 0);

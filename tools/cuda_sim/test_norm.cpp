@@ -1,6 +1,6 @@
 // test_norm.cpp — cuda/norm.cu: rmsnorm_forward (out, rstd) and rmsnorm_backward (dinp
-// added into, dw accumulated with float atomics: over row chunks, or per block in the fused
-// kernel), double references.
+// added into; dw from per-block partial sums, added in a fixed order), double references;
+// the backward again with the blocks run in the other order gives the same bits.
 #include "check.h"
 
 using namespace chk;
@@ -38,8 +38,26 @@ void case_(int N, int C) {
   auto rstd = nans<float>(N);
   rmsnorm_forward<T>(out.data(), rstd.data(), x.data(), w.data(), N, C, eps, nullptr);
   CUDA_CHECK_LAUNCH();
-  rmsnorm_backward<T>(dinp.data(), dw.data(), dy.data(), x.data(), w.data(), rstd.data(), N, C, nullptr);
+  auto part = nans<float>(rmsnorm_backward_partial_floats(C));  // scratch: every entry read is written first
+  const auto dinp0 = dinp;
+  const auto dw0 = dw;
+  rmsnorm_backward<T>(dinp.data(), dw.data(), part.data(), dy.data(), x.data(), w.data(), rstd.data(), N, C, nullptr);
   CUDA_CHECK_LAUNCH();
+  {  // one launch in between: the emulator runs blocks in reverse order on odd launches
+    auto o2 = nans<T>((size_t)N * C);
+    auto r2 = nans<float>(N);
+    rmsnorm_forward<T>(o2.data(), r2.data(), x.data(), w.data(), N, C, eps, nullptr);
+    auto dinp2 = dinp0;
+    auto dw2 = dw0;
+    rmsnorm_backward<T>(dinp2.data(), dw2.data(), part.data(), dy.data(), x.data(), w.data(), rstd.data(), N, C,
+                        nullptr);
+    CUDA_CHECK_LAUNCH();
+    bool same = true;
+    for (size_t i = 0; i < dw.size(); i++) same = same && bits_of(dw2[i]) == bits_of(dw[i]);
+    for (size_t i = 0; i < dinp.size(); i++) same = same && bits_of(dinp2[i]) == bits_of(dinp[i]);
+    report_exact(fmt("rmsnorm %s N=%d C=%d backward: same bits with the blocks in the other order", tname<T>(), N, C),
+                 same);
+  }
   const std::string wh = fmt("rmsnorm %s N=%d C=%d", tname<T>(), N, C);
   report(wh + " out", rel_err(out, ro), tol_of<T>(2e-6));
   report(wh + " rstd", rel_err(rstd, rr), 2e-6);
