@@ -228,13 +228,13 @@ class Gemm {
   Gemm& operator=(const Gemm&) = delete;
   bool uses_cublas() const { return backend_ != kTiled; }
   const char* backend() const;  // "cublaslt", "cublas" or "tiled"
-  // cuBLASLt: plans made so far, and products it refused that cublasGemmEx ran instead.
-  long long lt_plans() const;
-  long long lt_fallbacks() const { return lt_fallbacks_; }
-  // PYLLAMA_CUDA_MATMUL_TUNE=1: plans whose candidates were timed, and those where the
+  // cuBLASLt: plans made so far, products it refused that cublasGemmEx ran instead, and with
+  // PYLLAMA_CUDA_MATMUL_TUNE=1 the plans whose candidates were timed and those where the
   // fastest was not the heuristic's first choice.
-  long long lt_tuned() const;
-  long long lt_tuned_changed() const;
+  struct LtStats {
+    long long plans = 0, fallbacks = 0, tuned = 0, tuned_changed = 0;
+  };
+  LtStats lt_stats() const;
   // A caller-owned cuBLAS workspace, applied after every cublasSetStream (which resets it to
   // the default pool) and handed to every cuBLASLt call, so cuBLAS calls can be captured into
   // a CUDA graph without allocating. Ignored by the tiled kernel. The buffer must outlive the

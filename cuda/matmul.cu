@@ -340,26 +340,17 @@ Gemm::~Gemm() {
 
 const char* Gemm::backend() const { return kBackendNames[backend_]; }
 
-long long Gemm::lt_plans() const {
+Gemm::LtStats Gemm::lt_stats() const {
+  LtStats st;
+  st.fallbacks = lt_fallbacks_;
 #ifdef PYLLAMA_HAVE_CUBLAS
-  return lt_ ? (long long)lt_->plans.size() : 0;
-#else
-  return 0;
+  if (lt_) {
+    st.plans = (long long)lt_->plans.size();
+    st.tuned = lt_->tuned;
+    st.tuned_changed = lt_->tuned_changed;
+  }
 #endif
-}
-long long Gemm::lt_tuned() const {
-#ifdef PYLLAMA_HAVE_CUBLAS
-  return lt_ ? lt_->tuned : 0;
-#else
-  return 0;
-#endif
-}
-long long Gemm::lt_tuned_changed() const {
-#ifdef PYLLAMA_HAVE_CUBLAS
-  return lt_ ? lt_->tuned_changed : 0;
-#else
-  return 0;
-#endif
+  return st;
 }
 
 void Gemm::set_workspace(void* p, size_t bytes) {

@@ -1364,8 +1364,8 @@ size_t LlamaModelCuda::num_parameters() const { return impl_->P; }
 bool LlamaModelCuda::uses_cublas() const { return impl_->gemm->uses_cublas(); }
 std::string LlamaModelCuda::matmul_backend() const { return impl_->gemm->backend(); }
 LlamaModelCuda::MatmulStats LlamaModelCuda::matmul_stats() const {
-  const gpu::Gemm& g = *impl_->gemm;
-  return {g.lt_plans(), g.lt_fallbacks(), g.lt_tuned(), g.lt_tuned_changed()};
+  const gpu::Gemm::LtStats st = impl_->gemm->lt_stats();
+  return {st.plans, st.fallbacks, st.tuned, st.tuned_changed};
 }
 bool LlamaModelCuda::uses_flash_attention() const { return !impl_->attn_naive && !impl_->attn_gemm; }
 std::string LlamaModelCuda::attention_kernels() const {
