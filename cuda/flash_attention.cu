@@ -1499,27 +1499,28 @@ void flash_attention_backward(T* dqkv, float* dsum, const T* dout, const T* out,
   PYLLAMA_CHECK(blocks <= 0x7fffffffLL, ValueError, "flash_attention_backward: too many rows " << rows);
   flash_bwd_dsum_kernel<T><<<(unsigned)blocks, kThreads, 0, stream>>>(dsum, dout, out, B, T_, NH, HS);
   CUDA_CHECK_LAUNCH();
+  bool rope_done = false;  // the tensor-core kernels rotate in their stores when HS % 16 == 0
+  bool done = false;
   if constexpr (std::is_same<T, bf16>::value) {
     if (use_tensor_cores<T>(HS, tensor_cores)) {
-      const bool fuse = HS % 16 == 0;  // both columns of each RoPE pair in one thread
-      const RopeTables fused = fuse ? rope : RopeTables();
+      rope_done = HS % 16 == 0;  // both columns of each RoPE pair in one thread
+      const RopeTables fused = rope_done ? rope : RopeTables();
       if (HS <= 64)
         launch_bwd_tc<64>(dqkv, dq_acc, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream, fused);
       else
         launch_bwd_tc<128>(dqkv, nullptr, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream, fused);
-      if (rope.pos && !fuse)
-        rope_apply<T>(dqkv, NH * HS + 2 * NKV * HS, rope.pos, rope.cos_t, rope.sin_t, B * T_, NH + NKV, HS, true,
-                      stream);
-      return;
+      done = true;
     }
   }
-  if (HS <= 64)
-    launch_bwd<T, 64>(dqkv, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
-  else if (HS <= 128)
-    launch_bwd<T, 128>(dqkv, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
-  else
-    launch_bwd<T, 256>(dqkv, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
-  if (rope.pos)  // dq and dk (adjacent heads in a row)
+  if (!done) {
+    if (HS <= 64)
+      launch_bwd<T, 64>(dqkv, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
+    else if (HS <= 128)
+      launch_bwd<T, 128>(dqkv, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
+    else
+      launch_bwd<T, 256>(dqkv, dout, qkv, lse, dsum, B, T_, NH, NKV, HS, stream);
+  }
+  if (rope.pos && !rope_done)  // dq and dk (adjacent heads in a row)
     rope_apply<T>(dqkv, NH * HS + 2 * NKV * HS, rope.pos, rope.cos_t, rope.sin_t, B * T_, NH + NKV, HS, true, stream);
 }
 
