@@ -76,6 +76,18 @@ __global__ void rmsnorm_backward_dinp_kernel(T* dinp, const T* dout, const T* in
     dx[i] = from_f<T>(to_f(dx[i]) + (r * to_f(w[i]) * to_f(dy[i]) - k3 * to_f(x[i])));
 }
 
+// Column sums of a (32, R) thread block in a fixed order: thread (x, y) puts its `acc` into
+// part[y][x]; thread (x, 0) returns part[0][x] + ... + part[R - 1][x] (others: 0).
+template <int R>
+__device__ __forceinline__ float sum_over_y(float acc, float (&part)[R][33]) {
+  part[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  float sum = 0.f;
+  if (threadIdx.y == 0)
+    for (int j = 0; j < R; j++) sum += part[j][threadIdx.x];
+  return sum;
+}
+
 // grid (ceil(C/32), nb), block (32, 8): column c = blockIdx.x*32 + threadIdx.x; block row y
 // sums the chunks of kChunk rows y, y + nb, ... into partial[y * C + c].
 constexpr int kChunk = 256;
@@ -89,13 +101,8 @@ __global__ void rmsnorm_backward_dw_kernel(float* partial, const T* dout, const 
     for (int n0 = blockIdx.y * kChunk; n0 < N; n0 += gridDim.y * kChunk)
       for (int n = n0 + threadIdx.y; n < min(N, n0 + kChunk); n += 8)
         acc += to_f(dout[(long long)n * C + c]) * to_f(inp[(long long)n * C + c]) * rstd[n];
-  part[threadIdx.y][threadIdx.x] = acc;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    float sum = 0.f;
-    for (int j = 0; j < 8; j++) sum += part[j][threadIdx.x];
-    partial[(long long)blockIdx.y * C + c] = sum;
-  }
+  const float sum = sum_over_y(acc, part);
+  if (threadIdx.y == 0 && c < C) partial[(long long)blockIdx.y * C + c] = sum;
 }
 
 // grid ceil(C/32), block (32, 32): dw[c] += the nb partial rows' column c, in a fixed order
@@ -106,13 +113,8 @@ __global__ void rmsnorm_dw_reduce_kernel(float* dw, const float* partial, int nb
   float acc = 0.f;
   if (c < C)
     for (int b = threadIdx.y; b < nb; b += 32) acc += partial[(long long)b * C + c];
-  part[threadIdx.y][threadIdx.x] = acc;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    float sum = 0.f;
-    for (int j = 0; j < 32; j++) sum += part[j][threadIdx.x];
-    dw[c] += sum;
-  }
+  const float sum = sum_over_y(acc, part);
+  if (threadIdx.y == 0 && c < C) dw[c] += sum;
 }
 
 // 128-bit packs (C a multiple of kPack<T>, 16-byte aligned rows): warp w of the block takes
