@@ -170,9 +170,10 @@ struct Gemm::Lt {
   // call then overwrites; a product that accumulates into D itself (beta != 0, C == D) is
   // timed on a copy of D instead. Not while the stream is being captured into a graph
   // (no waiting there): the heuristic's first then stays.
-  void pick_fastest(Plan& p, const cublasLtMatmulHeuristicResult_t* cand, int n, int M, int N, float alpha,
-                    const void* A, const void* B, float beta, const void* C, void* D, int ldc, long long sC, int batch,
-                    cudaDataType_t tcd, void* ws, size_t ws_bytes, cudaStream_t stream) {
+  // d_bytes: D's extent (the copy's size).
+  void pick_fastest(Plan& p, const cublasLtMatmulHeuristicResult_t* cand, int n, float alpha, const void* A,
+                    const void* B, float beta, const void* C, void* D, size_t d_bytes, void* ws, size_t ws_bytes,
+                    cudaStream_t stream) {
     if (!tune) return;
     cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
     CUDA_CHECK(cudaStreamIsCapturing(stream, &cs));
@@ -190,11 +191,9 @@ struct Gemm::Lt {
     CUDA_CHECK(cudaEventCreate(&sc.e[1]));
     const void* c = beta != 0.f ? C : D;
     void* d = D;
-    if (beta != 0.f && C == D) {  // D's extent: batch entries sC apart, M rows ldc apart, N columns
-      const size_t bytes = (size_t)((batch > 1 ? (long long)(batch - 1) * sC : 0) + (long long)(M - 1) * ldc + N) *
-                           (tcd == CUDA_R_32F ? 4 : 2);
-      CUDA_CHECK(cudaMalloc(&sc.p, bytes));
-      CUDA_CHECK(cudaMemcpyAsync(sc.p, D, bytes, cudaMemcpyDeviceToDevice, stream));
+    if (beta != 0.f && C == D) {
+      CUDA_CHECK(cudaMalloc(&sc.p, d_bytes));
+      CUDA_CHECK(cudaMemcpyAsync(sc.p, D, d_bytes, cudaMemcpyDeviceToDevice, stream));
       c = d = sc.p;
     }
     int best = -1;
@@ -270,7 +269,11 @@ struct Gemm::Lt {
         if (n > 0) {
           p.algo = res[0].algo;
           p.ok = true;
-          if (n > 1) pick_fastest(p, res, n, M, N, alpha, A, B, beta, C, D, ldc, sC, batch, tcd, ws, ws_bytes, stream);
+          if (n > 1) {  // D's extent: batch entries sC apart, M rows ldc apart, N columns
+            const size_t d_bytes =
+                (size_t)((batch > 1 ? (long long)(batch - 1) * sC : 0) + (long long)(M - 1) * ldc + N) * ecd;
+            pick_fastest(p, res, n, alpha, A, B, beta, C, D, d_bytes, ws, ws_bytes, stream);
+          }
         } else if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED &&
                    st != CUBLAS_STATUS_INVALID_VALUE) {
           CUBLAS_CHECK(st);
