@@ -497,7 +497,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
       }
     // pageable host -> device copies are staged before cudaMemcpyAsync returns
     CUDA_CHECK(cudaMemcpyAsync(tokens_d.p, tokens, N * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
-    tokens_h.assign(tokens, tokens + N);  // grouped by token for the embedding gradient (backward)
+    if (labels) tokens_h.assign(tokens, tokens + N);  // grouped by token for the embedding gradient (backward)
     CUDA_CHECK(cudaMemcpyAsync(targets_d.p, targets_h.data(), N * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
     CUDA_CHECK(cudaMemcpyAsync(pos_d.p, pos_h.data(), N * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
     B_ = B;
