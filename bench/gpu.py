@@ -561,24 +561,33 @@ def main(argv=None):
     B, T = spec["train_bf16"]
     ours, flops = bench_train(cfg, B, T, "bfloat16", results, budget_s=8.0)
     eager = bench_torch_train(cfg, B, T, "bfloat16", results, 8.0, flops) if not why else None
-    def variant(env, value, what):  # the bf16 training row again with one switch set
+    variants = []  # (label, row, what the default does instead), printed in the summary
+
+    def variant(env, value, what, against, detail=lambda row: ""):
+        """The bf16 training row again with one switch set (while the budget allows)."""
         if elapsed() >= budget - 90:
-            return None
+            return
         try:
             with env_set(env, value):
-                return bench_train(cfg, B, T, "bfloat16", results, budget_s=4.0)[0]
+                row = bench_train(cfg, B, T, "bfloat16", results, budget_s=4.0)[0]
         except Exception as e:  # noqa: BLE001 - report and go on: the default path is what counts
             print(f"# bf16 training with {what} failed: {type(e).__name__}: {e}", flush=True)
-            return None
+            return
+        variants.append((what + detail(row), row, against))
 
-    # 1b. the matmuls through cublasGemmEx instead of cuBLASLt (residual adds then a copy + beta 1)
-    gemmex = variant("PYLLAMA_CUDA_MATMUL", "cublas", "cublasGemmEx matmuls") if args.matmul is None else None
-    # 1c. cuBLASLt with each plan's candidate algorithms timed on its first product, the fastest kept
-    tuned = variant("PYLLAMA_CUDA_MATMUL_TUNE", "1", "tuned cuBLASLt algorithms") if args.matmul is None else None
-    # 1d. the tensor-core flash forward with 64 query rows a block instead of 128 (same bits)
-    rows64 = variant("PYLLAMA_CUDA_FLASH_FWD_ROWS", "64", "64-row flash forward blocks") if args.attention is None else None
-    # 1e. the flash backward with dQ added by atomics in the dK/dV kernel (no dQ kernel)
-    atomic = variant("PYLLAMA_CUDA_FLASH_DQ", "atomic", "atomic-dQ flash backward") if args.attention is None else None
+    if args.matmul is None:
+        # 1b. the matmuls through cublasGemmEx instead of cuBLASLt (residual adds then a copy + beta 1)
+        variant("PYLLAMA_CUDA_MATMUL", "cublas", "cublasGemmEx matmuls",
+                f" ({ours['matmul']}, {ours['lt_fallbacks']} products refused by cuBLASLt)")
+        # 1c. cuBLASLt with each plan's candidate algorithms timed on its first product, the fastest kept
+        variant("PYLLAMA_CUDA_MATMUL_TUNE", "1", "tuned cuBLASLt algorithms", " (the heuristic's first)",
+                lambda r: f" ({r['lt_tuned_changed']} of {r['lt_tuned']} timed plans changed)")
+    if args.attention is None:
+        # 1d. the tensor-core flash forward with 64 query rows a block instead of 128 (same bits)
+        variant("PYLLAMA_CUDA_FLASH_FWD_ROWS", "64", "64-row flash forward blocks", " (128 rows)")
+        # 1e. the flash backward with dQ added by atomics in the dK/dV kernel (no dQ kernel)
+        variant("PYLLAMA_CUDA_FLASH_DQ", "atomic", "the atomic-dQ flash backward", "",
+                lambda r: f" ({r['attention']})")
     # 2. decoding at batch 1 and 16
     decode_rows()
     # 3. float32 training at a smaller batch, while the budget allows
@@ -608,20 +617,9 @@ def main(argv=None):
           + (f" (torch peak {eager['peak_mem_gib']} GiB)" if eager else "")
           + f"; / torch.compile = {ratio(ours, comp)}"
           + (f" (peak {comp['peak_mem_gib']} GiB)" if comp else ""), flush=True)
-    if gemmex:
-        print(f"# train bfloat16 B={B} T={T} with cublasGemmEx matmuls: {gemmex['tok_s']:.0f} tok/s (MFU "
-              f"{gemmex['mfu']:.1%}); / default ({ours['matmul']}, {ours['lt_fallbacks']} products refused by "
-              f"cuBLASLt) = {ratio(gemmex, ours)}", flush=True)
-    if tuned:
-        print(f"# train bfloat16 B={B} T={T} with tuned cuBLASLt algorithms ({tuned['lt_tuned_changed']} of "
-              f"{tuned['lt_tuned']} timed plans changed): {tuned['tok_s']:.0f} tok/s (MFU {tuned['mfu']:.1%}); "
-              f"/ default (the heuristic's first) = {ratio(tuned, ours)}", flush=True)
-    if rows64:
-        print(f"# train bfloat16 B={B} T={T} with 64-row flash forward blocks: {rows64['tok_s']:.0f} tok/s (MFU "
-              f"{rows64['mfu']:.1%}); / default (128 rows) = {ratio(rows64, ours)}", flush=True)
-    if atomic:
-        print(f"# train bfloat16 B={B} T={T} with the atomic-dQ flash backward ({atomic['attention']}): "
-              f"{atomic['tok_s']:.0f} tok/s (MFU {atomic['mfu']:.1%}); / default = {ratio(atomic, ours)}", flush=True)
+    for label, row, against in variants:
+        print(f"# train bfloat16 B={B} T={T} with {label}: {row['tok_s']:.0f} tok/s (MFU {row['mfu']:.1%}); "
+              f"/ default{against} = {ratio(row, ours)}", flush=True)
     if f32:
         print(f"# train float32 B={Bf} T={Tf}: pyllama {f32['tok_s']:.0f} tok/s (MFU {f32['mfu']:.1%}, peak "
               f"{f32['peak_mem_gib']} GiB); / torch eager = {ratio(f32, f32_ref)}", flush=True)
