@@ -4,11 +4,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <cstring>
 
 #include "adamw.h"
 #include "tokenizer.h"  // bind_tokenizer
 #include "common.h"
+#include "hf_config.h"
+#include "json.h"
 #include "matmul.h"
 #include "model.h"
 #include "runtime.h"
@@ -288,7 +291,36 @@ void bind_runtime(py::module_& m) {
 
 // ------------------------------------------------------------------ model (lead)
 
+// A parsed JSON value as the Python value json.loads would give (integral numbers as int).
+py::object json_to_py(const Json& j) {
+  switch (j.kind()) {
+    case Json::Kind::null: return py::none();
+    case Json::Kind::boolean: return py::bool_(j.as_bool());
+    case Json::Kind::number: {
+      double v = j.as_number();
+      if (v == std::floor(v) && std::fabs(v) < 9007199254740992.0) return py::int_((long long)v);
+      return py::float_(v);
+    }
+    case Json::Kind::string: return py::str(j.as_string());
+    case Json::Kind::array: {
+      py::list out;
+      for (size_t i = 0; i < j.size(); i++) out.append(json_to_py(j.at(i)));
+      return out;
+    }
+    case Json::Kind::object: {
+      py::dict out;
+      for (const auto& kv : j.items()) out[py::str(kv.first)] = json_to_py(kv.second);
+      return out;
+    }
+  }
+  return py::none();
+}
+
 void bind_model(py::module_& m) {
+  m.def("normalize_hf_config", [](const std::string& text) { return json_to_py(normalize_hf_config(Json::parse(text))); },
+        py::arg("config_json"),
+        "The fields of a Hugging Face config.json that pyllama computes with, in canonical spelling; "
+        "ValueError naming the field for anything that would change the math and is not supported.");
   py::class_<LlamaConfig>(m, "LlamaConfigCore")
       .def(py::init<>())
       .def_readwrite("vocab_size", &LlamaConfig::vocab_size)

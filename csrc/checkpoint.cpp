@@ -7,6 +7,7 @@
 #include <sstream>
 #include <sys/stat.h>
 
+#include "hf_config.h"
 #include "json.h"
 #include "tensor.h"
 
@@ -21,21 +22,11 @@ static std::string read_file(const std::string& path) {
 }
 
 LlamaConfig load_config(const std::string& path) {
-  Json j = Json::parse(read_file(path));
-  LlamaConfig c;
-  c.vocab_size = (int)j["vocab_size"].as_int();
-  c.hidden_size = (int)j["hidden_size"].as_int();
-  c.intermediate_size = (int)j["intermediate_size"].as_int();
-  c.num_hidden_layers = (int)j["num_hidden_layers"].as_int();
-  c.num_attention_heads = (int)j["num_attention_heads"].as_int();
-  c.num_key_value_heads = j.has("num_key_value_heads") && !j["num_key_value_heads"].is_null()
-                              ? (int)j["num_key_value_heads"].as_int() : c.num_attention_heads;
-  if (j.has("max_position_embeddings")) c.max_position_embeddings = (int)j["max_position_embeddings"].as_int();
-  if (j.has("rms_norm_eps")) c.rms_norm_eps = (float)j["rms_norm_eps"].as_number();
-  if (j.has("rope_theta")) c.rope_theta = (float)j["rope_theta"].as_number();
-  if (j.has("tie_word_embeddings")) c.tie_word_embeddings = j["tie_word_embeddings"].as_bool();
-  c.validate();
-  return c;
+  try {
+    return llama_config_from_hf(Json::parse(read_file(path)));
+  } catch (const ValueError& e) {
+    throw ValueError("'" + path + "': " + e.what());
+  }
 }
 
 static float f16_to_float(uint16_t h) {
