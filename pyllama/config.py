@@ -106,7 +106,10 @@ class LlamaConfig:
             text = json.dumps(d, allow_nan=False)
         except (TypeError, ValueError) as e:
             raise ValueError(f"config.json has a value that is not plain JSON: {e}") from None
-        n = _core.normalize_hf_config(text)
+        try:
+            n = _core.normalize_hf_config(text)
+        except ValueError as e:
+            raise ValueError(str(e)) from None
         for name in ("rms_norm_eps", "rope_theta"):
             n[name] = float(n[name])
         return cls(**n)
