@@ -120,7 +120,7 @@ def gib(n):
 # ---------------------------------------------------------------------------- training
 def train_step(model, segs, ids, step):
     """One training step as the benchmark times it: forward + backward + clip + AdamW."""
-    g = model._core.gpu
+    g = model._core
     model.zero_grad()
     model(ids, labels=ids, return_logits=False)  # syncs once, for the loss
     model.backward()
@@ -133,7 +133,7 @@ def bench_train(cfg, B, T, dtype, results, budget_s):
     core.cuda_reset_peak_memory()
     base = core.cuda_memory_stats()["bytes_allocated"]
     model = pyllama.Llama(cfg, seed=0).to("cuda", dtype=dtype)
-    g = model._core.gpu
+    g = model._core
     segs = segment_table(model)
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (B, T)).astype(np.int32)
     state = {"step": 0}
@@ -258,7 +258,7 @@ def bench_profile(cfg, B, T, prompt_len, n_new, results):
 
     def train_profile(label):
         model = pyllama.Llama(cfg, seed=0).to("cuda", dtype="bfloat16")
-        g = model._core.gpu
+        g = model._core
         segs = segment_table(model)
         for i in range(4):  # the first two warm up
             if i == 2:
@@ -297,7 +297,7 @@ def bench_profile(cfg, B, T, prompt_len, n_new, results):
 def bench_decode(cfg, Bs, prompt_len, n_new, results, hf):
     """Greedy decoding, bf16: pyllama's generate (graphs, then without) and HF generate."""
     model = pyllama.Llama(cfg, seed=0).to("cuda", dtype="bfloat16")
-    g = model._core.gpu
+    g = model._core
     rng = np.random.default_rng(1)
     out_rows = {}
     for B in Bs:
@@ -407,7 +407,7 @@ def check():
 
     def decode(m, n=100, mode=None, device_argmax=False, chain=0):
         if mode is not None:
-            m._core.gpu.set_decode_options(fast_path=mode[0], cuda_graphs=mode[1], skinny_gemv=mode[2],
+            m._core.set_decode_options(fast_path=mode[0], cuda_graphs=mode[1], skinny_gemv=mode[2],
                                            fused=mode[3])
         m._kv_reset(2, 600)
         slots = np.arange(2, dtype=np.int32)
@@ -438,7 +438,7 @@ def check():
         close(f"decode logits ({mode_name})", np.stack(logits), np.stack(ref_logits))
         verdict(f"decode tokens ({mode_name})", toks == ref_tokens)
     toks, _ = decode(dev, mode=(True, True, True, True), device_argmax=True)
-    st = dev._core.gpu.decode_stats()
+    st = dev._core.decode_stats()
     verdict("device argmax tokens (graphs)", toks == ref_tokens, json.dumps(st))
     verdict("graphs replayed", st["replays"] > 0 and st["graph_error"] == "", json.dumps(st))
     toks, _ = decode(dev, chain=32)
@@ -451,8 +451,8 @@ def check():
         dev.zero_grad()
         losses.append(dev(ids, labels=ids, return_logits=False).loss)
         dev.backward()
-        dev._core.gpu.clip_grad_norm(1.0)
-        dev._core.gpu.adamw_step(segs, 1e-2, 0.9, 0.95, 1e-8, 0.1, s + 1)
+        dev._core.clip_grad_norm(1.0)
+        dev._core.adamw_step(segs, 1e-2, 0.9, 0.95, 1e-8, 0.1, s + 1)
     verdict("adamw", losses[-1] < losses[0], f"losses {losses[0]:.4f} -> {losses[-1]:.4f}")
     f32 = pyllama.Llama(cfg, seed=0).to("cuda")
     b16 = pyllama.Llama(cfg, seed=0).to("cuda", dtype="bfloat16")
@@ -525,7 +525,7 @@ def main(argv=None):
     budget = args.budget
     if args.eager_decode:
         model = pyllama.Llama(cfg, seed=0).to("cuda", dtype="bfloat16")
-        model._core.gpu.set_decode_options(cuda_graphs=False)
+        model._core.set_decode_options(cuda_graphs=False)
         prompt = np.random.default_rng(1).integers(0, cfg.vocab_size, (1, args.prompt_len))
         model.generate(prompt, max_new_tokens=args.eager_decode + 1, do_sample=False, eos_token_id=[])
         print(f"# eager decode: {args.eager_decode} steps", flush=True)

@@ -149,6 +149,17 @@ TokenBatch token_batch(py::handle tokens, py::handle labels) {
   return tb;
 }
 
+// A float32, 1-D, contiguous array of n elements (writable when the core writes into it).
+float* flat_buffer(py::array& a, size_t n, const char* what, bool writable) {
+  PYLLAMA_CHECK(a.dtype().equal(py::dtype::of<float>()), TypeError,
+                what << " must be a float32 array, got " << std::string(py::str(a.dtype())));
+  PYLLAMA_CHECK(a.ndim() == 1 && (size_t)a.shape(0) == n, ValueError,
+                what << " must be 1-D with " << n << " elements (the flat parameter layout)");
+  PYLLAMA_CHECK(a.flags() & py::array::c_style, ValueError, what << " must be contiguous");
+  PYLLAMA_CHECK(!writable || a.writeable(), ValueError, what << " must be writable");
+  return static_cast<float*>(a.mutable_data());
+}
+
 void bind_tensor(py::module_& m) {
   py::class_<Tensor>(m, "Tensor", py::buffer_protocol(), R"doc(
 A core tensor: dtype, shape, device and row-major contiguous storage.
@@ -335,44 +346,55 @@ void bind_model(py::module_& m) {
       .def_readwrite("tie_word_embeddings", &LlamaConfig::tie_word_embeddings);
 
 
-  py::class_<LlamaModel>(m, "LlamaModel")
-      .def(py::init<const LlamaConfig&>(), py::arg("config"))
-      .def("init_weights", &LlamaModel::init_weights, py::arg("seed"), py::call_guard<py::gil_scoped_release>())
-      .def("num_parameters", &LlamaModel::num_parameters)
-      .def("param_infos", [](const LlamaModel& mdl) {
+  // The one model interface (backend.h), bound once: every device's model is a Model.
+  py::class_<Model>(m, "Model", R"doc(
+A LLaMA model on one backend (the core's model interface, backend.h): 'cpu' or 'cuda[:N]'.
+Made by make_model / move_model; use pyllama.Llama instead.
+)doc")
+      .def_property_readonly("device", &Model::device)
+      .def_property_readonly("dtype", [](const Model& mdl) { return std::string(dtype_name(mdl.dtype())); })
+      .def("init_weights", &Model::init_weights, py::arg("seed"), py::call_guard<py::gil_scoped_release>())
+      .def("num_parameters", &Model::num_parameters)
+      .def("flops_per_token", &Model::flops_per_token, py::arg("T"))
+      .def("param_infos", [](const Model& mdl) {
         py::list out;
         for (const auto& p : mdl.param_infos())
           out.append(py::make_tuple(p.name, p.offset, p.numel, py::tuple(py::cast(p.shape))));
         return out;
       })
-      .def("params", [](py::object self) {
-        auto& mdl = self.cast<LlamaModel&>();
-        return py::array_t<float>({(py::ssize_t)mdl.num_parameters()}, {sizeof(float)}, mdl.params(), self);
-      })
-      .def("grads", [](py::object self) {
-        auto& mdl = self.cast<LlamaModel&>();
-        return py::array_t<float>({(py::ssize_t)mdl.num_parameters()}, {sizeof(float)}, mdl.grads(), self);
-      })
-      .def("forward", [](LlamaModel& mdl, py::handle tokens, py::handle labels) {
+      .def("host_params", [](py::object self) -> py::object {
+        float* p = self.cast<Model&>().host_params();
+        if (!p) return py::none();
+        return py::array_t<float>({(py::ssize_t)self.cast<Model&>().num_parameters()}, {sizeof(float)}, p, self);
+      }, "The live flat parameter buffer as a numpy view where it is host memory (the CPU), else None.")
+      .def("host_grads", [](py::object self) -> py::object {
+        float* p = self.cast<Model&>().host_grads();
+        if (!p) return py::none();
+        return py::array_t<float>({(py::ssize_t)self.cast<Model&>().num_parameters()}, {sizeof(float)}, p, self);
+      }, "The live flat gradient buffer as a numpy view where it is host memory (the CPU), else None.")
+      .def("forward", [](Model& mdl, py::handle tokens, py::handle labels) {
              TokenBatch tb = token_batch(tokens, labels);
              const int32_t* tp = tb.ids.data();
              py::gil_scoped_release nogil;
              return mdl.forward(tp, tb.label_ptr, tb.B, tb.T, tb.labels_T);
-           }, py::arg("input_ids"), py::arg("labels") = py::none())
-      .def("logits", [](py::object self) {
-        auto& mdl = self.cast<LlamaModel&>();
-        PYLLAMA_CHECK(mdl.logits(), ValueError, "no logits: run forward first (backward overwrites them)");
-        return py::array_t<float>({(py::ssize_t)mdl.last_B(), (py::ssize_t)mdl.last_T(),
-                                   (py::ssize_t)mdl.config().vocab_size},
-                                  mdl.logits(), self);
-      })
-      .def("backward", &LlamaModel::backward, py::arg("scale") = 1.0f, py::call_guard<py::gil_scoped_release>())
-      .def("zero_grad", &LlamaModel::zero_grad, py::call_guard<py::gil_scoped_release>())
-      .def("kv_reset", &LlamaModel::kv_reset, py::arg("n_slots"), py::arg("max_len"),
+           }, py::arg("input_ids"), py::arg("labels") = py::none(),
+           "Training forward; returns the loss (NaN without labels or while losses are deferred).")
+      .def("logits", [](Model& mdl) {
+             PYLLAMA_CHECK(mdl.has_logits(), ValueError, "no logits: run forward first (backward overwrites them)");
+             py::array_t<float> out({(py::ssize_t)mdl.last_B(), (py::ssize_t)mdl.last_T(),
+                                     (py::ssize_t)mdl.config().vocab_size});
+             float* dst = out.mutable_data();
+             {
+               py::gil_scoped_release nogil;
+               mdl.logits_to_host(dst);
+             }
+             return out;
+           }, "A new float32 host array (B, T, V) holding the last forward's logits.")
+      .def("backward", &Model::backward, py::arg("scale") = 1.0f, py::call_guard<py::gil_scoped_release>())
+      .def("zero_grad", &Model::zero_grad, py::call_guard<py::gil_scoped_release>())
+      .def("kv_reset", &Model::kv_reset, py::arg("n_slots"), py::arg("max_len"),
            py::call_guard<py::gil_scoped_release>())
-      .def("kv_forward", [](py::object self, py::handle tokens, py::handle slots, py::handle start_pos,
-                                     bool last_only) {
-             auto& mdl = self.cast<LlamaModel&>();
+      .def("kv_forward", [](Model& mdl, py::handle tokens, py::handle slots, py::handle start_pos, bool last_only) {
              const KvStep k = kv_step_args(tokens, slots, start_pos);
              const int B = k.B, T = k.T;
              const float* out;
@@ -380,25 +402,140 @@ void bind_model(py::module_& m) {
                py::gil_scoped_release nogil;
                out = mdl.kv_forward(k.tokens.data(), B, T, k.slots.data(), k.start_pos.data(), last_only);
              }
-             py::ssize_t V = mdl.config().vocab_size;
-             if (last_only) return py::array_t<float>({(py::ssize_t)B, V}, out, self);
-             return py::array_t<float>({(py::ssize_t)B, (py::ssize_t)T, V}, out, self);
-           }, py::arg("tokens"), py::arg("slots"), py::arg("start_pos"), py::arg("last_only") = true)
-      .def("kv_reorder", [](LlamaModel& mdl, py::handle src) {
+             const py::ssize_t V = mdl.config().vocab_size;
+             if (last_only) return py::array_t<float>({(py::ssize_t)B, V}, out);  // copies
+             return py::array_t<float>({(py::ssize_t)B, (py::ssize_t)T, V}, out);
+           }, py::arg("tokens"), py::arg("slots"), py::arg("start_pos"), py::arg("last_only") = true,
+           "One KV-cache step; returns new float32 host logits (B, V) or (B, T, V) on every device.")
+      .def("kv_forward_greedy", [](Model& mdl, py::handle tokens, py::handle slots, py::handle start_pos) {
+             const KvStep k = kv_step_args(tokens, slots, start_pos);
+             const int B = k.B, T = k.T;
+             const int32_t* out;
+             {
+               py::gil_scoped_release nogil;
+               out = mdl.kv_forward_greedy(k.tokens.data(), B, T, k.slots.data(), k.start_pos.data());
+             }
+             return py::array_t<int32_t>({(py::ssize_t)B}, out);  // copies
+           }, py::arg("tokens"), py::arg("slots"), py::arg("start_pos"),
+           "As kv_forward(last_only=True) followed by argmax over the vocabulary (numpy semantics); "
+           "returns a new int32 array (B). On the GPU, T = 1 steps take the argmax there.")
+      .def_property_readonly("greedy_on_device", &Model::greedy_on_device)
+      .def("kv_greedy_chain", [](Model& mdl, py::handle tokens, py::handle slots, py::handle start_pos, int n) {
+             const KvStep k = kv_step_args(tokens, slots, start_pos);
+             PYLLAMA_CHECK(k.T == 1, ValueError,
+                           "kv_greedy_chain: tokens must be (B, 1), one token per row (got T = " << k.T << ")");
+             const int B = k.B;
+             const int32_t* out;
+             {
+               py::gil_scoped_release nogil;
+               out = mdl.kv_greedy_chain(k.tokens.data(), B, k.slots.data(), k.start_pos.data(), n);
+             }
+             return py::array_t<int32_t>({(py::ssize_t)n, (py::ssize_t)B}, out);  // copies
+           }, py::arg("tokens"), py::arg("slots"), py::arg("start_pos"), py::arg("n"),
+           "n greedy decode steps in a row: step 0 runs tokens (B, 1) at start_pos, step i the argmax of "
+           "step i - 1 at start_pos + i. Returns a new int32 array (n, B). n in [1, greedy_chain_max].")
+      .def_property_readonly("greedy_chain_max", &Model::greedy_chain_max,
+                             "Most steps of one kv_greedy_chain call (0: the backend has no chained path).")
+      .def("kv_reorder", [](Model& mdl, py::handle src) {
              auto s = IntArray::ensure(src);
              PYLLAMA_CHECK(s && s.ndim() == 1, ValueError, "kv_reorder expects a 1-D int array");
              py::gil_scoped_release nogil;
              mdl.kv_reorder(s.data(), (int)s.shape(0));
            }, py::arg("src"))
-      .def("set_inference_dtype", [](LlamaModel& mdl, const std::string& dt) {
+      .def("set_inference_dtype", [](Model& mdl, const std::string& dt) {
              PYLLAMA_CHECK(dt == "float32" || dt == "bfloat16", ValueError,
                            "inference dtype must be 'float32' or 'bfloat16', got '" << dt << "'");
-             mdl.set_inference_dtype(dt == "bfloat16");
+             mdl.set_inference_dtype(dtype_from_name(dt));
            }, py::arg("dtype"))
-      .def("inference_dtype", [](const LlamaModel& mdl) {
-             return std::string(mdl.inference_bf16() ? "bfloat16" : "float32");
-           })
-      .def("flops_per_token", &LlamaModel::flops_per_token, py::arg("T"));
+      .def("inference_dtype", [](const Model& mdl) { return std::string(dtype_name(mdl.inference_dtype())); })
+      .def("adamw_step", [](Model& mdl, py::array_t<int64_t, py::array::c_style | py::array::forcecast> segments,
+                            float lr, float beta1, float beta2, float eps, float weight_decay, int64_t step) {
+             PYLLAMA_CHECK(segments.ndim() == 2 && segments.shape(1) == 3, ValueError,
+                           "adamw_step: segments must be an int64 array of shape (S, 3): offset, numel, decay");
+             std::vector<AdamWSegment> segs(static_cast<size_t>(segments.shape(0)));
+             auto sv = segments.unchecked<2>();
+             for (size_t i = 0; i < segs.size(); i++) segs[i] = {sv(i, 0), sv(i, 1), sv(i, 2) != 0};
+             AdamWHyper h;
+             h.lr = lr;
+             h.beta1 = beta1;
+             h.beta2 = beta2;
+             h.eps = eps;
+             h.weight_decay = weight_decay;
+             py::gil_scoped_release nogil;
+             mdl.adamw_step(segs.data(), segs.size(), h, step);
+           }, py::arg("segments"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+           py::arg("weight_decay"), py::arg("step"),
+           "One fused AdamW update where the model lives (the moments live there too). segments: (S, 3) int64 "
+           "rows of (offset, numel, decay); step is 1-based.")
+      .def("grad_norm", &Model::grad_norm, py::call_guard<py::gil_scoped_release>())
+      .def("clip_grad_norm", &Model::clip_grad_norm, py::arg("max_norm"), py::call_guard<py::gil_scoped_release>(),
+           "As torch's clip_grad_norm_; returns the norm before clipping.")
+      .def("set_defer_loss", &Model::set_defer_loss, py::arg("on"),
+           "With True, forward() returns NaN and keeps its loss until norm_and_losses() reads it (on the GPU: "
+           "no host wait per forward). True also drops losses not read.")
+      .def("norm_and_losses", [](Model& mdl, double max_norm) {
+             std::pair<double, std::vector<double>> r;
+             {
+               py::gil_scoped_release nogil;
+               r = mdl.norm_and_losses(max_norm);
+             }
+             return py::make_tuple(r.first, py::cast(r.second));
+           }, py::arg("max_norm") = 0.0,
+           "(gradient norm, [losses of the deferred forwards]) with one wait; clips the gradients to "
+           "max_norm first when max_norm > 0 (the returned norm is the one before clipping).")
+      .def("params_to_host", [](Model& mdl, py::array dst) {
+             float* d = flat_buffer(dst, mdl.num_parameters(), "dst", true);
+             py::gil_scoped_release nogil;
+             mdl.params_to_host(d);
+           }, py::arg("dst"))
+      .def("grads_to_host", [](Model& mdl, py::array dst) {
+             float* d = flat_buffer(dst, mdl.num_parameters(), "dst", true);
+             py::gil_scoped_release nogil;
+             mdl.grads_to_host(d);
+           }, py::arg("dst"))
+      .def("params_from_host", [](Model& mdl, py::array src) {
+             const float* s = flat_buffer(src, mdl.num_parameters(), "src", false);
+             py::gil_scoped_release nogil;
+             mdl.params_from_host(s);
+           }, py::arg("src"))
+      .def("grads_from_host", [](Model& mdl, py::array src) {
+             const float* s = flat_buffer(src, mdl.num_parameters(), "src", false);
+             py::gil_scoped_release nogil;
+             mdl.grads_from_host(s);
+           }, py::arg("src"))
+      .def_property_readonly("has_moments", &Model::has_moments)
+      .def("moments_to_host", [](Model& mdl, py::array m_, py::array v_) {
+             float* mp = flat_buffer(m_, mdl.num_parameters(), "exp_avg", true);
+             float* vp = flat_buffer(v_, mdl.num_parameters(), "exp_avg_sq", true);
+             py::gil_scoped_release nogil;
+             mdl.moments_to_host(mp, vp);
+           }, py::arg("exp_avg"), py::arg("exp_avg_sq"))
+      .def("moments_from_host", [](Model& mdl, py::array m_, py::array v_) {
+             const float* mp = flat_buffer(m_, mdl.num_parameters(), "exp_avg", false);
+             const float* vp = flat_buffer(v_, mdl.num_parameters(), "exp_avg_sq", false);
+             py::gil_scoped_release nogil;
+             mdl.moments_from_host(mp, vp);
+           }, py::arg("exp_avg"), py::arg("exp_avg_sq"))
+      .def("reset_moments", &Model::reset_moments, py::call_guard<py::gil_scoped_release>())
+      .def("synchronize", &Model::synchronize, py::call_guard<py::gil_scoped_release>());
+
+  py::class_<LlamaModel, Model>(m, "LlamaModel", "The CPU backend's model (SIMD + OpenMP kernels).")
+      .def(py::init<const LlamaConfig&>(), py::arg("config"));
+
+  m.def("make_model", [](const LlamaConfig& cfg, const std::string& device, const std::string& dtype) {
+          DType dt = dtype_from_name(dtype);
+          py::gil_scoped_release nogil;
+          return make_model(cfg, device, dt);
+        }, py::arg("config"), py::arg("device") = "cpu", py::arg("dtype") = "float32",
+        "A model of config on device ('cpu', 'cuda', 'cuda:N') with zero parameters.");
+  m.def("move_model", [](const Model& src, const std::string& device, const std::string& dtype) {
+          DType dt = dtype_from_name(dtype);
+          py::gil_scoped_release nogil;
+          return move_model(src, device, dt);
+        }, py::arg("model"), py::arg("device"), py::arg("dtype") = "float32",
+        "A new model on device holding model's parameters, gradients and AdamW moments.");
+  m.def("parse_device", &parse_device, py::arg("device"),
+        "('cpu' | 'cuda', index) for 'cpu', 'cuda', 'cuda:N'; ValueError otherwise.");
 }
 
 // ------------------------------------------------------------------ optimizer (training)
@@ -715,35 +852,15 @@ void bind_tokenizer(py::module_& m) {
 void bind_cuda(py::module_& m) {
 #ifdef PYLLAMA_HAVE_CUDA
   py::register_exception<CudaError>(m, "CudaError", PyExc_RuntimeError);
-  // A float32, 1-D, contiguous array of n elements (writable when the core writes into it).
-  auto flat = [](py::array& a, size_t n, const char* what, bool writable) -> float* {
-    PYLLAMA_CHECK(a.dtype().equal(py::dtype::of<float>()), TypeError,
-                  what << " must be a float32 array, got " << std::string(py::str(a.dtype())));
-    PYLLAMA_CHECK(a.ndim() == 1 && (size_t)a.shape(0) == n, ValueError,
-                  what << " must be 1-D with " << n << " elements (the flat parameter layout)");
-    PYLLAMA_CHECK(a.flags() & py::array::c_style, ValueError, what << " must be contiguous");
-    PYLLAMA_CHECK(!writable || a.writeable(), ValueError, what << " must be writable");
-    return static_cast<float*>(a.mutable_data());
-  };
-
-  py::class_<LlamaModelCuda>(m, "LlamaModelCuda", R"doc(
-The model on an NVIDIA GPU: a copy of a CPU LlamaModel's parameters and gradients,
-with the same flat layouts. dtype 'float32' (matches the CPU) or 'bfloat16' (bf16
-weights and activations for compute, float32 master weights, gradients and AdamW
+  register_cuda_backend();  // make_model / move_model now know "cuda"
+  // The CUDA backend's model: the Model interface (bound above) plus its own diagnostics.
+  py::class_<LlamaModelCuda, Model>(m, "LlamaModelCuda", R"doc(
+The model on an NVIDIA GPU (a Model; made by move_model / make_model with device 'cuda[:N]'),
+with the same flat layouts as every backend. dtype 'float32' (matches the CPU) or 'bfloat16'
+(bf16 weights and activations for compute, float32 master weights, gradients and AdamW
 moments). Use pyllama.Llama.to('cuda') instead of this class.
 )doc")
-      .def(py::init([](LlamaModel& cpu, const std::string& dtype, int device) {
-             DType dt = dtype_from_name(dtype);
-             std::unique_ptr<LlamaModelCuda> p;
-             {
-               py::gil_scoped_release nogil;
-               p = std::make_unique<LlamaModelCuda>(cpu, dt, device);
-             }
-             return p;
-           }),
-           py::arg("cpu_model"), py::arg("dtype") = "float32", py::arg("device") = 0)
-      .def_property_readonly("dtype", [](const LlamaModelCuda& g) { return std::string(dtype_name(g.dtype())); })
-      .def_property_readonly("device", &LlamaModelCuda::device)
+      .def_property_readonly("device_index", &LlamaModelCuda::device_index)
       .def_property_readonly("uses_cublas", &LlamaModelCuda::uses_cublas)
       .def_property_readonly("matmul_backend", &LlamaModelCuda::matmul_backend,
                              "The matmul back end: 'cublaslt', 'cublas' or 'tiled' (PYLLAMA_CUDA_MATMUL).")
@@ -764,73 +881,6 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
       .def_property_readonly("attention_kernels", &LlamaModelCuda::attention_kernels,
                              "The training attention: 'flash', 'flash-atomic-dq' (PYLLAMA_CUDA_FLASH_DQ=atomic), 'flash-simt', "
                              "'gemm' or 'naive' (PYLLAMA_CUDA_ATTENTION).")
-      .def("num_parameters", &LlamaModelCuda::num_parameters)
-      .def("forward", [](LlamaModelCuda& g, py::handle tokens, py::handle labels) {
-             TokenBatch tb = token_batch(tokens, labels);
-             const int32_t* tp = tb.ids.data();
-             py::gil_scoped_release nogil;
-             return g.forward(tp, tb.label_ptr, tb.B, tb.T, tb.labels_T);
-           }, py::arg("input_ids"), py::arg("labels") = py::none(),
-           "Training forward; returns the loss (NaN without labels). Logits stay on the GPU: see logits().")
-      .def("logits", [](LlamaModelCuda& g) {
-             PYLLAMA_CHECK(g.has_logits(), ValueError, "no logits: run forward first (backward overwrites them)");
-             py::array_t<float> out({(py::ssize_t)g.last_B(), (py::ssize_t)g.last_T(),
-                                     (py::ssize_t)g.config().vocab_size});
-             float* dst = out.mutable_data();
-             {
-               py::gil_scoped_release nogil;
-               g.logits_to_host(dst);
-             }
-             return out;
-           }, "A new float32 host array (B, T, V) holding the last forward's logits.")
-      .def("backward", &LlamaModelCuda::backward, py::arg("scale") = 1.0f, py::call_guard<py::gil_scoped_release>())
-      .def("zero_grad", &LlamaModelCuda::zero_grad, py::call_guard<py::gil_scoped_release>())
-      .def("kv_reset", &LlamaModelCuda::kv_reset, py::arg("n_slots"), py::arg("max_len"),
-           py::call_guard<py::gil_scoped_release>())
-      .def("kv_forward", [](LlamaModelCuda& g, py::handle tokens, py::handle slots, py::handle start_pos,
-                                     bool last_only) {
-             const KvStep k = kv_step_args(tokens, slots, start_pos);
-             const int B = k.B, T = k.T;
-             const float* out;
-             {
-               py::gil_scoped_release nogil;
-               out = g.kv_forward(k.tokens.data(), B, T, k.slots.data(), k.start_pos.data(), last_only);
-             }
-             const py::ssize_t V = g.config().vocab_size;
-             if (last_only) return py::array_t<float>({(py::ssize_t)B, V}, out);  // copies
-             return py::array_t<float>({(py::ssize_t)B, (py::ssize_t)T, V}, out);
-           }, py::arg("tokens"), py::arg("slots"), py::arg("start_pos"), py::arg("last_only") = true,
-           "One KV-cache step; returns new float32 host logits (B, V) or (B, T, V).")
-      .def("kv_forward_greedy", [](LlamaModelCuda& g, py::handle tokens, py::handle slots, py::handle start_pos) {
-             const KvStep k = kv_step_args(tokens, slots, start_pos);
-             const int B = k.B, T = k.T;
-             const int32_t* out;
-             {
-               py::gil_scoped_release nogil;
-               out = g.kv_forward_greedy(k.tokens.data(), B, T, k.slots.data(), k.start_pos.data());
-             }
-             return py::array_t<int32_t>({(py::ssize_t)B}, out);  // copies
-           }, py::arg("tokens"), py::arg("slots"), py::arg("start_pos"),
-           "As kv_forward(last_only=True) followed by argmax over the vocabulary (numpy semantics); "
-           "returns a new int32 array (B). T = 1 steps take the argmax on the GPU (only B int32s come back).")
-      .def("kv_greedy_chain", [](LlamaModelCuda& g, py::handle tokens, py::handle slots, py::handle start_pos,
-                                  int n) {
-             const KvStep k = kv_step_args(tokens, slots, start_pos);
-             PYLLAMA_CHECK(k.T == 1, ValueError,
-                           "kv_greedy_chain: tokens must be (B, 1), one token per row (got T = " << k.T << ")");
-             const int B = k.B;
-             const int32_t* out;
-             {
-               py::gil_scoped_release nogil;
-               out = g.kv_greedy_chain(k.tokens.data(), B, k.slots.data(), k.start_pos.data(), n);
-             }
-             return py::array_t<int32_t>({(py::ssize_t)n, (py::ssize_t)B}, out);  // copies
-           }, py::arg("tokens"), py::arg("slots"), py::arg("start_pos"), py::arg("n"),
-           "n greedy decode steps in a row: step 0 runs tokens (B, 1) at start_pos, step i the argmax of "
-           "step i - 1 at start_pos + i, fed on the GPU (one upload, n graph replays, one download, one wait). "
-           "Returns a new int32 array (n, B). n in [1, greedy_chain_max]; start_pos + n must fit the cache.")
-      .def_property_readonly_static("greedy_chain_max", [](py::object) { return LlamaModelCuda::greedy_chain_max(); },
-                                    "Most steps of one kv_greedy_chain call.")
       .def("set_decode_options", [](LlamaModelCuda& g, py::object fast_path, py::object cuda_graphs,
                                     py::object skinny_gemv, py::object fused, py::object pdl) {
              const auto st = g.decode_stats();
@@ -876,74 +926,8 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
            }, "Counters of the decode paths (fast steps = replays + eager_steps; general_steps: kv_forward calls "
               "that took the general path) and why graphs were switched off, if they were.")
       .def("bytes_allocated", &LlamaModelCuda::bytes_allocated,
-           "Device bytes this model's buffers hold now (cuBLAS-internal memory not included).")
-      .def("kv_reorder", [](LlamaModelCuda& g, py::handle src) {
-             auto s = IntArray::ensure(src);
-             PYLLAMA_CHECK(s && s.ndim() == 1, ValueError, "kv_reorder expects a 1-D int array");
-             py::gil_scoped_release nogil;
-             g.kv_reorder(s.data(), (int)s.shape(0));
-           }, py::arg("src"))
-      .def("adamw_step", [](LlamaModelCuda& g, py::array_t<int64_t, py::array::c_style | py::array::forcecast> segments,
-                            float lr, float beta1, float beta2, float eps, float weight_decay, int64_t step) {
-             PYLLAMA_CHECK(segments.ndim() == 2 && segments.shape(1) == 3, ValueError,
-                           "adamw_step: segments must be an int64 array of shape (S, 3): offset, numel, decay");
-             const int64_t* sp = segments.data();
-             const int ns = (int)segments.shape(0);
-             py::gil_scoped_release nogil;
-             g.adamw_step(sp, ns, lr, beta1, beta2, eps, weight_decay, step);
-           }, py::arg("segments"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
-           py::arg("weight_decay"), py::arg("step"),
-           "One fused AdamW update on the GPU (moments live there). segments: (S, 3) int64 rows of "
-           "(offset, numel, decay), as pyllama's CPU optimizer passes them; step is 1-based.")
-      .def("grad_norm", &LlamaModelCuda::grad_norm, py::call_guard<py::gil_scoped_release>())
-      .def("clip_grad_norm", &LlamaModelCuda::clip_grad_norm, py::arg("max_norm"),
-           py::call_guard<py::gil_scoped_release>(), "As torch's clip_grad_norm_; returns the norm before clipping.")
-      .def("set_defer_loss", &LlamaModelCuda::set_defer_loss, py::arg("on"),
-           "With True, forward() returns NaN and keeps its loss on the GPU (no host wait) until "
-           "norm_and_losses() reads it: the Trainer's one-wait step. True also drops losses not read.")
-      .def("norm_and_losses", [](LlamaModelCuda& g, double max_norm) {
-             std::pair<double, std::vector<double>> r;
-             {
-               py::gil_scoped_release nogil;
-               r = g.norm_and_losses(max_norm);
-             }
-             return py::make_tuple(r.first, py::cast(r.second));
-           }, py::arg("max_norm") = 0.0,
-           "(gradient norm, [losses of the deferred forwards]) with one host wait; clips the gradients to "
-           "max_norm first when max_norm > 0 (the returned norm is the one before clipping).")
-      .def("params_to_host", [flat](LlamaModelCuda& g, py::array dst) {
-             float* d = flat(dst, g.num_parameters(), "dst", true);
-             py::gil_scoped_release nogil;
-             g.params_to_host(d);
-           }, py::arg("dst"))
-      .def("grads_to_host", [flat](LlamaModelCuda& g, py::array dst) {
-             float* d = flat(dst, g.num_parameters(), "dst", true);
-             py::gil_scoped_release nogil;
-             g.grads_to_host(d);
-           }, py::arg("dst"))
-      .def("params_from_host", [flat](LlamaModelCuda& g, py::array src) {
-             const float* s = flat(src, g.num_parameters(), "src", false);
-             py::gil_scoped_release nogil;
-             g.params_from_host(s);
-           }, py::arg("src"))
-      .def("grads_from_host", [flat](LlamaModelCuda& g, py::array src) {
-             const float* s = flat(src, g.num_parameters(), "src", false);
-             py::gil_scoped_release nogil;
-             g.grads_from_host(s);
-           }, py::arg("src"))
-      .def("moments_to_host", [flat](LlamaModelCuda& g, py::array m_, py::array v_) {
-             float* mp = flat(m_, g.num_parameters(), "exp_avg", true);
-             float* vp = flat(v_, g.num_parameters(), "exp_avg_sq", true);
-             py::gil_scoped_release nogil;
-             g.moments_to_host(mp, vp);
-           }, py::arg("exp_avg"), py::arg("exp_avg_sq"))
-      .def("moments_from_host", [flat](LlamaModelCuda& g, py::array m_, py::array v_) {
-             const float* mp = flat(m_, g.num_parameters(), "exp_avg", false);
-             const float* vp = flat(v_, g.num_parameters(), "exp_avg_sq", false);
-             py::gil_scoped_release nogil;
-             g.moments_from_host(mp, vp);
-           }, py::arg("exp_avg"), py::arg("exp_avg_sq"))
-      .def("synchronize", &LlamaModelCuda::synchronize, py::call_guard<py::gil_scoped_release>());
+           "Device bytes this model's buffers hold now (cuBLAS-internal memory not included).");
+
   m.def("cuda_memory_stats", []() {
     py::dict d;
     d["bytes_allocated"] = cuda_bytes_allocated();
@@ -1030,7 +1014,7 @@ is aborted and NcclError is raised. Use pyllama.distributed.NCCLCommunicator.
       .def_property("timeout_s", &NcclComm::timeout_s, &NcclComm::set_timeout_s)
       .def_property_readonly("usable", &NcclComm::usable)
       .def_property_readonly("failure", &NcclComm::failure)
-      .def("allreduce_grads", [op_of](NcclComm& c, LlamaModelCuda& g, const std::string& op, py::object extra,
+      .def("allreduce_grads", [op_of](NcclComm& c, Model& g, const std::string& op, py::object extra,
                                       const std::string& what) {
              double* xp = nullptr;
              int nx = 0;
@@ -1051,7 +1035,7 @@ is aborted and NcclError is raised. Use pyllama.distributed.NCCLCommunicator.
            py::arg("what") = "gradient all-reduce",
            "In place over the model's GPU gradients (op 'sum' or 'avg'); the float64 array extra is summed "
            "over the ranks in the same NCCL group.")
-      .def("broadcast_params", [](NcclComm& c, LlamaModelCuda& g, int root, const std::string& what) {
+      .def("broadcast_params", [](NcclComm& c, Model& g, int root, const std::string& what) {
              py::gil_scoped_release nogil;
              c.broadcast_params(g, root, what);
            }, py::arg("model"), py::arg("root") = 0, py::arg("what") = "weight broadcast")

@@ -38,9 +38,10 @@ static float f16_to_float(uint16_t h) {
   return sign ? -v : v;
 }
 
-std::unique_ptr<LlamaModel> load_pretrained(const std::string& dir) {
+std::unique_ptr<Model> load_pretrained(const std::string& dir, const std::string& device) {
   LlamaConfig cfg = load_config(dir + "/config.json");
-  auto model = std::make_unique<LlamaModel>(cfg);
+  auto model = make_model(cfg, device);
+  std::vector<float> host(model->num_parameters());
   std::string path = dir + "/model.safetensors";
   std::string blob = read_file(path);
   PYLLAMA_CHECK(blob.size() >= 8, ValueError, "'" << path << "' is too short to be a safetensors file");
@@ -65,7 +66,7 @@ std::unique_ptr<LlamaModel> load_pretrained(const std::string& dir) {
     PYLLAMA_CHECK(elt, ValueError, "tensor '" << info.name << "' has unsupported dtype " << dt);
     PYLLAMA_CHECK(e <= data_size && b <= e && e - b == info.numel * elt, ValueError,
                   "tensor '" << info.name << "' has bad data offsets");
-    float* dst = model->params() + info.offset;
+    float* dst = host.data() + info.offset;
     const char* src = data + b;
     for (size_t i = 0; i < info.numel; i++) {
       if (elt == 4) std::memcpy(dst + i, src + 4 * i, 4);
@@ -77,6 +78,7 @@ std::unique_ptr<LlamaModel> load_pretrained(const std::string& dir) {
     }
     loaded++;
   }
+  model->params_from_host(host.data());
   return model;
 }
 
@@ -92,7 +94,7 @@ static void write_atomic(const std::string& path, const std::string& bytes) {
   PYLLAMA_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, IOError, "cannot rename '" << tmp << "' to '" << path << "'");
 }
 
-void save_pretrained(LlamaModel& model, const std::string& dir) {
+void save_pretrained(const Model& model, const std::string& dir) {
   ::mkdir(dir.c_str(), 0755);
   const LlamaConfig& c = model.config();
   Json cfg = Json::object();
@@ -132,8 +134,10 @@ void save_pretrained(LlamaModel& model, const std::string& dir) {
   uint64_t n = h.size();
   for (int k = 0; k < 8; k++) blob[k] = (char)((n >> (8 * k)) & 0xff);
   blob += h;
+  std::vector<float> host(model.num_parameters());
+  model.params_to_host(host.data());
   for (const auto& info : model.param_infos())
-    blob.append(reinterpret_cast<const char*>(model.params() + info.offset), info.numel * 4);
+    blob.append(reinterpret_cast<const char*>(host.data() + info.offset), info.numel * 4);
   write_atomic(dir + "/model.safetensors", blob);
   write_atomic(dir + "/config.json", cfg.dump() + "\n");
 }

@@ -1,7 +1,7 @@
 // checkpoint.h — Hugging Face model folders (config.json + model.safetensors)
 // from C++, without Python.
 //
-//   auto model = pyllama::load_pretrained("runs/shakespeare/latest");
+//   auto model = pyllama::load_pretrained("runs/shakespeare/latest");   // std::unique_ptr<Model>
 //   pyllama::save_pretrained(*model, "copy-of-model");   // atomic: temp file + rename
 //
 // safetensors: 8-byte little-endian header length, a JSON header mapping each
@@ -11,12 +11,13 @@
 #include <memory>
 #include <string>
 
-#include "model.h"
+#include "backend.h"
 
 namespace pyllama {
 
 LlamaConfig load_config(const std::string& config_json_path);
-std::unique_ptr<LlamaModel> load_pretrained(const std::string& dir);
-void save_pretrained(LlamaModel& model, const std::string& dir);
+// A model of the folder's config on `device` ("cpu", or "cuda[:N]" once that backend is registered).
+std::unique_ptr<Model> load_pretrained(const std::string& dir, const std::string& device = "cpu");
+void save_pretrained(const Model& model, const std::string& dir);
 
 }  // namespace pyllama

@@ -26,6 +26,10 @@ struct IndexError : std::out_of_range {
 struct IOError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+// A device the build has no backend for (Python: RuntimeError).
+struct BackendUnavailable : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 }  // namespace pyllama
 

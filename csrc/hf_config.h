@@ -14,7 +14,7 @@
 // must agree. Only rope_type "default" is implemented; every scaling type is refused by name.
 #pragma once
 #include "json.h"
-#include "model.h"
+#include "llama_config.h"
 
 namespace pyllama {
 

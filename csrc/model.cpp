@@ -15,30 +15,7 @@
 
 namespace pyllama {
 
-void LlamaConfig::validate() const {
-  auto positive = [](int v, const char* name) {
-    PYLLAMA_CHECK(v > 0, ValueError, "LlamaConfig." << name << " must be positive, got " << v);
-  };
-  positive(vocab_size, "vocab_size");
-  positive(hidden_size, "hidden_size");
-  positive(intermediate_size, "intermediate_size");
-  positive(num_hidden_layers, "num_hidden_layers");
-  positive(num_attention_heads, "num_attention_heads");
-  positive(num_key_value_heads, "num_key_value_heads");
-  positive(max_position_embeddings, "max_position_embeddings");
-  PYLLAMA_CHECK(hidden_size % num_attention_heads == 0, ValueError,
-                "LlamaConfig.hidden_size (" << hidden_size << ") must be divisible by num_attention_heads ("
-                                            << num_attention_heads << ")");
-  PYLLAMA_CHECK(head_dim() % 2 == 0, ValueError, "LlamaConfig: head_dim " << head_dim() << " must be even for RoPE");
-  PYLLAMA_CHECK(num_attention_heads % num_key_value_heads == 0, ValueError,
-                "LlamaConfig.num_key_value_heads (" << num_key_value_heads << ") must divide num_attention_heads ("
-                                                    << num_attention_heads << ")");
-  PYLLAMA_CHECK(rms_norm_eps > 0, ValueError, "LlamaConfig.rms_norm_eps must be > 0");
-  PYLLAMA_CHECK(rope_theta > 0, ValueError, "LlamaConfig.rope_theta must be > 0");
-}
-
-LlamaModel::LlamaModel(const LlamaConfig& cfg) : cfg_(cfg) {
-  cfg_.validate();
+LlamaModel::LlamaModel(const LlamaConfig& cfg) : Model(cfg), cfg_(cfg) {
   C_ = cfg.hidden_size;
   NH_ = cfg.num_attention_heads;
   NKV_ = cfg.num_key_value_heads;
@@ -49,41 +26,13 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg) : cfg_(cfg) {
   V_ = cfg.vocab_size;
   L_ = cfg.num_hidden_layers;
 
-  size_t off = 0;
-  auto add = (
-      [&](const std::string& name, std::vector<int64_t> shape) {
-        ParamInfo p;
-        p.name = name;
-        p.shape = shape;
-        p.offset = off;
-        p.numel = 1;
-        for (auto s : shape) p.numel *= (size_t)s;
-        off += p.numel;
-        infos_.push_back(p);
-      });
-  add("model.embed_tokens.weight", {V_, C_});
-  layer_off_ = off;
-  for (int l = 0; l < L_; l++) {
-    std::string pre = "model.layers." + std::to_string(l) + ".";
-    add(pre + "input_layernorm.weight", {C_});
-    add(pre + "self_attn.q_proj.weight", {C_, C_});
-    add(pre + "self_attn.k_proj.weight", {KVD_, C_});
-    add(pre + "self_attn.v_proj.weight", {KVD_, C_});
-    add(pre + "self_attn.o_proj.weight", {C_, C_});
-    add(pre + "post_attention_layernorm.weight", {C_});
-    add(pre + "mlp.gate_proj.weight", {I_, C_});
-    add(pre + "mlp.up_proj.weight", {I_, C_});
-    add(pre + "mlp.down_proj.weight", {C_, I_});
-    if (l == 0) layer_size_ = off - layer_off_;
-  }
-  lnf_off_ = off;
-  add("model.norm.weight", {C_});
-  if (!cfg.tie_word_embeddings) {
-    wout_off_ = off;
-    add("lm_head.weight", {V_, C_});
-  } else {
-    wout_off_ = 0;  // the embedding
-  }
+  // offsets of the layer stack in the flat layout (param_layout, llama_config.cpp)
+  layer_off_ = param_info("model.layers.0.input_layernorm.weight").offset;
+  layer_size_ = L_ > 1 ? param_info("model.layers.1.input_layernorm.weight").offset - layer_off_
+                       : param_info("model.norm.weight").offset - layer_off_;
+  lnf_off_ = param_info("model.norm.weight").offset;
+  wout_off_ = cfg.tie_word_embeddings ? 0 : param_info("lm_head.weight").offset;  // tied: the embedding
+  const size_t off = num_parameters();
   params_.assign(off, 0.f);
   grads_.assign(off, 0.f);
 
@@ -91,12 +40,6 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg) : cfg_(cfg) {
   rope_cos_.resize((size_t)cfg.max_position_embeddings * half);
   rope_sin_.resize((size_t)cfg.max_position_embeddings * half);
   rope_table(rope_cos_.data(), rope_sin_.data(), cfg.max_position_embeddings, HS_, cfg.rope_theta);
-}
-
-const ParamInfo& LlamaModel::param_info(const std::string& name) const {
-  for (const auto& p : infos_)
-    if (p.name == name) return p;
-  throw ValueError("unknown parameter name '" + name + "'");
 }
 
 LlamaModel::LayerPtrs LlamaModel::layer(float* base, int l) const {
@@ -114,43 +57,6 @@ LlamaModel::LayerPtrs LlamaModel::layer(float* base, int l) const {
   p += (size_t)2 * I_ * C_;
   w.wd = p;
   return w;
-}
-
-// ---------------------------------------------------------------- initialisation
-
-namespace {
-struct Rng {  // splitmix64 + Box-Muller: the same numbers on every platform
-  uint64_t s;
-  uint64_t next() {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return ((next() >> 11) + 0.5) * (1.0 / 9007199254740992.0); }  // (0, 1)
-  void normal(float* out, size_t n, double std) {
-    for (size_t i = 0; i < n; i += 2) {
-      double u1 = uniform(), u2 = uniform();
-      double r = std::sqrt(-2.0 * std::log(u1));
-      out[i] = (float)(std * r * std::cos(2 * M_PI * u2));
-      if (i + 1 < n) out[i + 1] = (float)(std * r * std::sin(2 * M_PI * u2));
-    }
-  }
-};
-}  // namespace
-
-void LlamaModel::init_weights(uint64_t seed) {
-  Rng rng{seed * 0x2545F4914F6CDD1Dull + 1};
-  const double std = 0.02, proj_std = 0.02 / std::sqrt(2.0 * L_);
-  for (const auto& p : infos_) {
-    float* w = params_.data() + p.offset;
-    if (p.shape.size() == 1) {
-      std::fill(w, w + p.numel, 1.0f);
-    } else {
-      bool proj = p.name.find("o_proj") != std::string::npos || p.name.find("down_proj") != std::string::npos;
-      rng.normal(w, p.numel, proj ? proj_std : std);
-    }
-  }
 }
 
 void LlamaModel::zero_grad() { std::fill(grads_.begin(), grads_.end(), 0.f); }
@@ -293,6 +199,12 @@ float LlamaModel::forward(const int32_t* tokens, const int32_t* labels, int B, i
   double total = crossentropy_forward(a.lse, a.logits, targets_.data(), N, V_, &count);
   count_ = count;
   loss_ = (have_targets_ && count > 0) ? (float)(total / count) : NAN;
+  if (defer_loss_ && have_targets_) {
+    PYLLAMA_CHECK(deferred_.size() < 256, ValueError,
+                  "more than 256 forwards with deferred losses: call norm_and_losses to read them");
+    deferred_.push_back((double)loss_);
+    return NAN;
+  }
   return loss_;
 }
 
@@ -509,11 +421,73 @@ void LlamaModel::kv_reorder(const int32_t* src, int n) {
   }
 }
 
-double LlamaModel::flops_per_token(int T) const {
-  // 6 flops per matmul weight per token (forward 2, backward 4); attention QK^T and PV
-  // (causal: about T/2 keys per query on average), 6 * 2 * L * C * T/2 forward+backward.
-  double matmul_params = (double)L_ * ((double)QKVD_ * C_ + (double)C_ * C_ + 3.0 * I_ * C_) + (double)V_ * C_;
-  return 6.0 * matmul_params + 6.0 * L_ * C_ * (double)T;
+// ---------------------------------------------------------------- the rest of the interface
+
+void LlamaModel::logits_to_host(float* dst) const {
+  PYLLAMA_CHECK(logits_ptr_, ValueError, "no logits: run forward first (backward overwrites them)");
+  std::memcpy(dst, logits_ptr_, sizeof(float) * (size_t)B_ * T_ * V_);
+}
+
+void LlamaModel::set_inference_dtype(DType dt) {
+  PYLLAMA_CHECK(dt == DType::float32 || dt == DType::bfloat16, ValueError,
+                "inference dtype must be float32 or bfloat16, got " << dtype_name(dt));
+  infer_bf16_ = dt == DType::bfloat16;
+}
+
+void LlamaModel::adamw_step(const AdamWSegment* segs, size_t n_segs, const AdamWHyper& h, int64_t step) {
+  adamw_check_hyper(h, step);
+  adamw_check_segments(segs, n_segs, (int64_t)num_parameters());
+  if (m_.empty()) reset_moments();
+  pyllama::adamw_step(params_.data(), m_.data(), v_.data(), grads_.data(), (int64_t)num_parameters(), segs, n_segs,
+                      h, step);
+}
+
+double LlamaModel::grad_norm() { return grad_global_norm(grads_.data(), (int64_t)grads_.size()); }
+
+double LlamaModel::clip_grad_norm(double max_norm) {
+  return pyllama::clip_grad_norm(grads_.data(), (int64_t)grads_.size(), max_norm);
+}
+
+void LlamaModel::set_defer_loss(bool on) {
+  defer_loss_ = on;
+  if (on) deferred_.clear();
+}
+
+std::pair<double, std::vector<double>> LlamaModel::norm_and_losses(double max_norm) {
+  double norm = max_norm > 0 ? clip_grad_norm(max_norm) : grad_norm();
+  std::vector<double> losses;
+  losses.swap(deferred_);
+  return {norm, losses};
+}
+
+void LlamaModel::reset_moments() {
+  m_.assign(num_parameters(), 0.f);
+  v_.assign(num_parameters(), 0.f);
+}
+
+void LlamaModel::moments_to_host(float* m, float* v) const {
+  if (m_.empty()) {
+    std::fill(m, m + num_parameters(), 0.f);
+    std::fill(v, v + num_parameters(), 0.f);
+    return;
+  }
+  std::memcpy(m, m_.data(), sizeof(float) * m_.size());
+  std::memcpy(v, v_.data(), sizeof(float) * v_.size());
+}
+
+void LlamaModel::moments_from_host(const float* m, const float* v) {
+  if (m_.empty()) reset_moments();
+  std::memcpy(m_.data(), m, sizeof(float) * m_.size());
+  std::memcpy(v_.data(), v, sizeof(float) * v_.size());
+}
+
+void LlamaModel::params_to_host(float* dst) const { std::memcpy(dst, params_.data(), sizeof(float) * params_.size()); }
+void LlamaModel::grads_to_host(float* dst) const { std::memcpy(dst, grads_.data(), sizeof(float) * grads_.size()); }
+void LlamaModel::params_from_host(const float* src) {
+  if (src != params_.data()) std::memcpy(params_.data(), src, sizeof(float) * params_.size());
+}
+void LlamaModel::grads_from_host(const float* src) {
+  if (src != grads_.data()) std::memcpy(grads_.data(), src, sizeof(float) * grads_.size());
 }
 
 }  // namespace pyllama

@@ -338,9 +338,9 @@ struct LlamaModelCuda::Impl : AllocAccount {
   void sync() const { CUDA_CHECK(cudaStreamSynchronize(stream)); }
 
   // ------------------------------------------------------------ construction
-  void init(LlamaModel& cpu, DType dt, int device) {
+  void init(const LlamaConfig& config, const std::vector<ParamInfo>& infos, size_t n_params, DType dt, int device) {
     t_model_bytes = nullptr;  // the members are constructed: later DevBufs belong to no model
-    cfg = cpu.config();
+    cfg = config;
     PYLLAMA_CHECK(dt == DType::float32 || dt == DType::bfloat16, ValueError,
                   "LlamaModelCuda: dtype must be float32 or bfloat16, got " << dtype_name(dt));
     dtype = dt;
@@ -361,10 +361,10 @@ struct LlamaModelCuda::Impl : AllocAccount {
     L = cfg.num_hidden_layers;
     PYLLAMA_CHECK(HS <= gpu::kMaxHeadSize, ValueError,
                   "the CUDA backend supports head_dim <= " << gpu::kMaxHeadSize << ", got " << HS);
-    P = cpu.num_parameters();
+    P = n_params;
 
-    // Offsets from the CPU model's own table, so both always agree.
-    auto off = [&](const std::string& name) { return cpu.param_info(name).offset; };
+    // Offsets from the one layout table (param_layout), so every backend agrees.
+    auto off = [&](const std::string& name) { return find_param(infos, name).offset; };
     for (int l = 0; l < L; l++) {
       const std::string pre = "model.layers." + std::to_string(l) + ".";
       LayerOff o;
@@ -396,8 +396,8 @@ struct LlamaModelCuda::Impl : AllocAccount {
 
     params.reserve(P * sizeof(float));
     grads.reserve(P * sizeof(float));
-    CUDA_CHECK(cudaMemcpyAsync(params.p, cpu.params(), P * sizeof(float), cudaMemcpyHostToDevice, stream));
-    CUDA_CHECK(cudaMemcpyAsync(grads.p, cpu.grads(), P * sizeof(float), cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaMemsetAsync(params.p, 0, P * sizeof(float), stream));
+    CUDA_CHECK(cudaMemsetAsync(grads.p, 0, P * sizeof(float), stream));
     if (dtype == DType::bfloat16) {
       wc.reserve(P * sizeof(bf16));
       refresh_compute_copy();
@@ -1352,15 +1352,28 @@ struct LlamaModelCuda::Impl : AllocAccount {
 
 // ---------------------------------------------------------------- public interface
 
-LlamaModelCuda::LlamaModelCuda(LlamaModel& cpu, DType dtype, int device) : impl_(new Impl) {
-  impl_->init(cpu, dtype, device);  // on a throw, impl_ (a complete member) frees what init made
+LlamaModelCuda::LlamaModelCuda(const LlamaConfig& cfg, DType dtype, int device) : Model(cfg), impl_(new Impl) {
+  // on a throw, impl_ (a complete member) frees what init made
+  impl_->init(cfg, infos_, num_parameters(), dtype, device);
 }
 LlamaModelCuda::~LlamaModelCuda() = default;
 
+namespace {
+std::unique_ptr<Model> make_cuda(const LlamaConfig& cfg, int index, DType dtype) {
+  return std::make_unique<LlamaModelCuda>(cfg, dtype, index);
+}
+}  // namespace
+void register_cuda_backend() { register_backend("cuda", &make_cuda); }
+
 const LlamaConfig& LlamaModelCuda::config() const { return impl_->cfg; }
 DType LlamaModelCuda::dtype() const { return impl_->dtype; }
-int LlamaModelCuda::device() const { return impl_->dev; }
-size_t LlamaModelCuda::num_parameters() const { return impl_->P; }
+std::string LlamaModelCuda::device() const { return "cuda:" + std::to_string(impl_->dev); }
+int LlamaModelCuda::device_index() const { return impl_->dev; }
+void LlamaModelCuda::set_inference_dtype(DType dt) {
+  PYLLAMA_CHECK(dt == impl_->dtype, ValueError,
+                "this cuda model computes in " << dtype_name(impl_->dtype) << "; choose the dtype with "
+                "to('cuda', dtype=...) (set_inference_dtype applies to CPU models)");
+}
 bool LlamaModelCuda::uses_cublas() const { return impl_->gemm->uses_cublas(); }
 std::string LlamaModelCuda::matmul_backend() const { return impl_->gemm->backend(); }
 LlamaModelCuda::MatmulStats LlamaModelCuda::matmul_stats() const {
@@ -1398,7 +1411,7 @@ const int32_t* LlamaModelCuda::kv_greedy_chain(const int32_t* tokens, int B, con
                                                const int32_t* start_pos, int n) {
   return impl_->kv_greedy_chain(tokens, B, slots, start_pos, n);
 }
-int LlamaModelCuda::greedy_chain_max() { return kChainMax; }
+int LlamaModelCuda::chain_max() { return kChainMax; }
 const int32_t* LlamaModelCuda::kv_forward_greedy(const int32_t* tokens, int B, int T, const int32_t* slots,
                                                  const int32_t* start_pos) {
   return impl_->kv_forward_greedy(tokens, B, T, slots, start_pos);
@@ -1425,9 +1438,14 @@ void cuda_reset_peak_bytes_allocated() { g_dev_peak.store(g_dev_bytes.load()); }
 int LlamaModelCuda::kv_slots() const { return impl_->kv_slots; }
 int LlamaModelCuda::kv_max_len() const { return impl_->kv_len; }
 
-void LlamaModelCuda::adamw_step(const int64_t* segments, int n_segments, float lr, float beta1, float beta2, float eps,
-                                float weight_decay, int64_t step) {
-  impl_->adamw_step(segments, n_segments, lr, beta1, beta2, eps, weight_decay, step);
+void LlamaModelCuda::adamw_step(const AdamWSegment* segs, size_t n_segs, const AdamWHyper& h, int64_t step) {
+  std::vector<int64_t> rows(3 * n_segs);
+  for (size_t i = 0; i < n_segs; i++) {
+    rows[3 * i] = segs[i].offset;
+    rows[3 * i + 1] = segs[i].numel;
+    rows[3 * i + 2] = segs[i].decay ? 1 : 0;
+  }
+  impl_->adamw_step(rows.data(), (int)n_segs, h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, step);
 }
 double LlamaModelCuda::grad_norm() { return impl_->grad_norm(); }
 double LlamaModelCuda::clip_grad_norm(double max_norm) { return impl_->clip_grad_norm(max_norm); }
@@ -1455,6 +1473,12 @@ void LlamaModelCuda::moments_to_host(float* m, float* v) const {
   }
   impl_->to_host(m, impl_->m);
   impl_->to_host(v, impl_->v);
+}
+bool LlamaModelCuda::has_moments() const { return impl_->have_moments; }
+void LlamaModelCuda::reset_moments() {
+  if (!impl_->have_moments) return;  // allocated and zeroed on first use
+  std::vector<float> zeros(impl_->P, 0.f);
+  moments_from_host(zeros.data(), zeros.data());
 }
 void LlamaModelCuda::moments_from_host(const float* m, const float* v) {
   impl_->use();

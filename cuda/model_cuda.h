@@ -1,17 +1,18 @@
 // model_cuda.h — the LLaMA model on an NVIDIA GPU. Plain C++ (no CUDA headers),
 // so the binding file and C++ programs can include it.
 //
-//   pyllama::LlamaModel cpu(cfg);  cpu.init_weights(0);
-//   pyllama::LlamaModelCuda gpu(cpu, pyllama::DType::float32);   // copies params and grads
-//   float loss = gpu.forward(tokens, labels, B, T);                // syncs once, for the loss
-//   gpu.backward(1.0f);                                            // grads += d loss / d params
-//   double norm = gpu.clip_grad_norm(1.0);
-//   gpu.adamw_step(segments, n_segments, lr, 0.9f, 0.95f, 1e-8f, 0.1f, /*step=*/1);
-//   gpu.params_to_host(cpu.params());                              // copy back
+// The CUDA backend of the model interface (backend.h). Made through it:
+//   pyllama::register_cuda_backend();                        // once, at start-up
+//   auto gpu = pyllama::move_model(cpu_model, "cuda:0", pyllama::DType::bfloat16);
+//   float loss = gpu->forward(tokens, labels, B, T);         // syncs once, for the loss
+//   gpu->backward(1.0f);                                     // grads += d loss / d params
+//   double norm = gpu->clip_grad_norm(1.0);
+//   gpu->adamw_step(segs, n_segs, hyper, /*step=*/1);
+//   gpu->params_to_host(host);                               // copy back
 //
-// Layouts are the CPU model's (model.h): parameters, gradients and the AdamW
+// Layouts are param_layout(cfg)'s (llama_config.h): parameters, gradients and the AdamW
 // moments are float32 flat buffers in the same order, so offsets from
-// LlamaModel::param_infos() address all of them. Activations and the KV cache
+// param_infos() address all of them. Activations and the KV cache
 // have the CPU layouts too, in the compute dtype.
 //
 // dtype float32: everything float32, matmuls in float32 (no TF32): matches the CPU
@@ -35,8 +36,8 @@
 #include <utility>
 #include <vector>
 
+#include "backend.h"
 #include "cuda_device.h"  // CudaError, cuda_runtime_device_count
-#include "model.h"
 #include "tensor.h"
 
 namespace pyllama {
@@ -46,19 +47,22 @@ namespace pyllama {
 // (check name, max |gpu - cpu| / max |cpu|) pairs. Throws CudaError without a GPU.
 std::vector<std::pair<std::string, double>> cuda_check_ops(unsigned seed = 1234);
 
-class LlamaModelCuda {
+// Registers "cuda" with make_model / move_model (backend.h).
+void register_cuda_backend();
+
+class LlamaModelCuda : public Model {
  public:
-  // Copies cpu's configuration, parameters and gradients to GPU `device`.
+  // A model of cfg on GPU `device` with zero parameters and gradients.
   // dtype: DType::float32 or DType::bfloat16 (compute dtype; master weights stay float32).
-  explicit LlamaModelCuda(LlamaModel& cpu, DType dtype = DType::float32, int device = 0);
-  ~LlamaModelCuda();
+  LlamaModelCuda(const LlamaConfig& cfg, DType dtype = DType::float32, int device = 0);
+  ~LlamaModelCuda() override;
   LlamaModelCuda(const LlamaModelCuda&) = delete;
   LlamaModelCuda& operator=(const LlamaModelCuda&) = delete;
 
-  const LlamaConfig& config() const;
-  DType dtype() const;
-  int device() const;
-  size_t num_parameters() const;
+  const LlamaConfig& config() const override;
+  DType dtype() const override;
+  std::string device() const override;  // "cuda:N"
+  int device_index() const;
   bool uses_cublas() const;  // false: the tiled fallback matmul
   // The matmul back end ("cublaslt", "cublas" or "tiled": PYLLAMA_CUDA_MATMUL) and its counts:
   // cuBLASLt plans made so far, products cuBLASLt refused (run by cublasGemmEx instead), and
@@ -75,33 +79,38 @@ class LlamaModelCuda {
 
   // As LlamaModel::forward (host token/label arrays). Returns the loss (one sync), or NaN
   // without labels (no sync).
-  float forward(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T = -1);
-  int last_B() const;
-  int last_T() const;
-  bool has_logits() const;                // false before a forward and after backward
-  void logits_to_host(float* dst) const;  // (B, T, V) float32 of the last forward
-  void backward(float scale);             // grads += scale * d(last loss)/d(params)
-  void zero_grad();
+  float forward(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T = -1) override;
+  int last_B() const override;
+  int last_T() const override;
+  bool has_logits() const override;
+  void logits_to_host(float* dst) const override;
+  void backward(float scale) override;
+  void zero_grad() override;
 
   // KV cache, as LlamaModel. kv_forward returns host float32 logits, (B, V) or (B, T, V),
   // valid until the next kv_forward.
-  void kv_reset(int n_slots, int max_len);
+  void kv_reset(int n_slots, int max_len) override;
   const float* kv_forward(const int32_t* tokens, int B, int T, const int32_t* slots, const int32_t* start_pos,
-                          bool last_only);
-  void kv_reorder(const int32_t* src, int n);
-  int kv_slots() const;
-  int kv_max_len() const;
+                          bool last_only) override;
+  void kv_reorder(const int32_t* src, int n) override;
+  int kv_slots() const override;
+  int kv_max_len() const override;
+  void set_inference_dtype(DType dt) override;  // only the dtype the model computes in
+  DType inference_dtype() const override { return dtype(); }
+  bool greedy_on_device() const override { return true; }
   // As kv_forward with last_only, but returns the greedy choice (argmax of each row's logits,
   // numpy semantics) as B host int32s, valid until the next kv_* call. T = 1 steps compute it
   // on the GPU, so only B int32s come back.
   const int32_t* kv_forward_greedy(const int32_t* tokens, int B, int T, const int32_t* slots,
-                                   const int32_t* start_pos);
+                                   const int32_t* start_pos) override;
   // n greedy steps in a row from tokens (B, one each) at start_pos: step i's input is step
   // i - 1's argmax at start_pos + i, fed on the device (one upload, n graph replays, one
   // download, one wait). Returns n * B int32, step-major, valid until the next call.
   // n in [1, greedy_chain_max()]; start_pos + n must fit the cache (ValueError otherwise).
-  const int32_t* kv_greedy_chain(const int32_t* tokens, int B, const int32_t* slots, const int32_t* start_pos, int n);
-  static int greedy_chain_max();
+  const int32_t* kv_greedy_chain(const int32_t* tokens, int B, const int32_t* slots, const int32_t* start_pos,
+                                 int n) override;
+  int greedy_chain_max() const override { return chain_max(); }
+  static int chain_max();
 
   // The T = 1 decode step (docs/CUDA.md "Decoding"): fast_path (PYLLAMA_CUDA_DECODE, default on)
   // runs it on fixed device buffers with pinned staging and an on-device argmax; cuda_graphs
@@ -141,40 +150,40 @@ class LlamaModelCuda {
   // decode buffers, cuBLAS workspace); see also cuda_bytes_allocated() (cuda_device.h).
   size_t bytes_allocated() const;
 
-  // AdamW over the flat buffers (moments allocated, zeroed, on first use). segments:
-  // (n_segments, 3) int64 rows (offset, numel, decay) tiling [0, num_parameters()).
-  // step is 1-based. Same semantics as the CPU optimizer (torch.optim.AdamW).
-  void adamw_step(const int64_t* segments, int n_segments, float lr, float beta1, float beta2, float eps,
-                  float weight_decay, int64_t step);
-  double grad_norm();                       // global L2 norm of the gradients (double accumulation)
-  double clip_grad_norm(double max_norm);   // as torch.nn.utils.clip_grad_norm_; returns the norm before
+  // AdamW over the flat buffers (moments allocated, zeroed, on first use); same semantics as the
+  // CPU optimizer (torch.optim.AdamW).
+  void adamw_step(const AdamWSegment* segs, size_t n_segs, const AdamWHyper& h, int64_t step) override;
+  double grad_norm() override;                       // global L2 norm of the gradients (double accumulation)
+  double clip_grad_norm(double max_norm) override;   // as torch.nn.utils.clip_grad_norm_; returns the norm before
 
   // The Trainer's step with one host wait: after set_defer_loss(true), forward returns NaN and
   // keeps its loss on the GPU (no wait); norm_and_losses(max_norm) computes the gradient norm
   // (clipping to max_norm when > 0, as clip_grad_norm), and reads it and the losses of the
   // forwards since then (NaN for one without counted targets) back with one wait. At most 256
   // forwards between two reads; set_defer_loss(true) drops losses not read.
-  void set_defer_loss(bool on);
-  std::pair<double, std::vector<double>> norm_and_losses(double max_norm);
+  void set_defer_loss(bool on) override;
+  std::pair<double, std::vector<double>> norm_and_losses(double max_norm) override;
 
   // Host copies (num_parameters() floats each).
-  void params_to_host(float* dst) const;
-  void grads_to_host(float* dst) const;
-  void params_from_host(const float* src);
-  void grads_from_host(const float* src);
-  void moments_to_host(float* m, float* v) const;  // zeros before the first adamw_step
-  void moments_from_host(const float* m, const float* v);
+  void params_to_host(float* dst) const override;
+  void grads_to_host(float* dst) const override;
+  void params_from_host(const float* src) override;
+  void grads_from_host(const float* src) override;
+  bool has_moments() const override;
+  void moments_to_host(float* m, float* v) const override;  // zeros before the first adamw_step
+  void moments_from_host(const float* m, const float* v) override;
+  void reset_moments() override;
 
-  void synchronize() const;  // wait for the model's stream
-  void* stream() const;      // the cudaStream_t every launch of this model is queued on
+  void synchronize() const override;  // wait for the model's stream
+  void* stream() const override;      // the cudaStream_t every launch of this model is queued on
 
   // Device addresses of the float32 flat parameter and gradient buffers
   // (num_parameters() floats each), for collectives queued on stream() (cuda/nccl.cu).
   // After writing the parameters through params_device(), call params_written()
   // (refreshes the bf16 compute copy; queued on stream(), returns at once).
-  float* params_device();
-  float* grads_device();
-  void params_written();
+  float* params_device() override;
+  float* grads_device() override;
+  void params_written() override;
 
  private:
   struct Impl;

@@ -528,13 +528,13 @@ bool NcclComm::usable() const { return impl_->failure.empty(); }
 bool NcclComm::blocking() const { return impl_->blocking; }
 std::string NcclComm::failure() const { return impl_->failure; }
 
-void NcclComm::allreduce_grads(LlamaModelCuda& model, NcclOp op, double* extra, int n_extra,
+void NcclComm::allreduce_grads(Model& model, NcclOp op, double* extra, int n_extra,
                                const std::string& what) {
   Impl& m = *impl_;
   std::lock_guard<std::mutex> lock(m.mu);
   m.check_usable(what);
-  PYLLAMA_CHECK(model.device() == m.dev, ValueError,
-                what << ": the model is on GPU " << model.device() << ", the NCCL communicator on GPU " << m.dev);
+  PYLLAMA_CHECK(model.device() == "cuda:" + std::to_string(m.dev), ValueError,
+                what << ": the model is on " << model.device() << ", the NCCL communicator on GPU " << m.dev);
   PYLLAMA_CHECK(n_extra >= 0 && (n_extra == 0 || extra != nullptr), ValueError, what << ": bad extra values");
   PYLLAMA_CHECK(op == NcclOp::sum || op == NcclOp::avg, ValueError, what << ": op must be sum or avg");
   m.use();
@@ -562,14 +562,14 @@ void NcclComm::allreduce_grads(LlamaModelCuda& model, NcclOp op, double* extra, 
   if (n_extra) std::memcpy(extra, m.staging.host, xbytes);
 }
 
-void NcclComm::broadcast_params(LlamaModelCuda& model, int root, const std::string& what) {
+void NcclComm::broadcast_params(Model& model, int root, const std::string& what) {
   Impl& m = *impl_;
   std::lock_guard<std::mutex> lock(m.mu);
   m.check_usable(what);
   PYLLAMA_CHECK(root >= 0 && root < m.world, ValueError,
                 what << ": broadcast root " << root << " does not exist (world size " << m.world << ")");
-  PYLLAMA_CHECK(model.device() == m.dev, ValueError,
-                what << ": the model is on GPU " << model.device() << ", the NCCL communicator on GPU " << m.dev);
+  PYLLAMA_CHECK(model.device() == "cuda:" + std::to_string(m.dev), ValueError,
+                what << ": the model is on " << model.device() << ", the NCCL communicator on GPU " << m.dev);
   m.use();
   const auto t0 = Impl::Clock::now();
   cudaStream_t s = static_cast<cudaStream_t>(model.stream());

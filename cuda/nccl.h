@@ -13,7 +13,7 @@
 //   comm.broadcast_params(model, 0, "weight broadcast");            // every rank starts from rank 0's weights
 //   comm.allreduce_grads(model, pyllama::NcclOp::avg, extra, 4, "gradient all-reduce");
 //
-// Every collective is queued on the model's own stream (LlamaModelCuda::stream()) and
+// Every collective is queued on the model's own stream (Model::stream()) and
 // then waited for by polling (ncclCommGetAsyncError until the call is queued, then
 // cudaEventQuery) against the communicator's deadline; past it, or on an asynchronous
 // NCCL error, the communicator is aborted (ncclCommAbort) and NcclError is thrown.
@@ -29,7 +29,7 @@
 
 namespace pyllama {
 
-class LlamaModelCuda;
+class Model;
 
 // A failed, timed-out or unavailable NCCL operation (RuntimeError in Python: _core.NcclError).
 struct NcclError : std::runtime_error {
@@ -75,10 +75,10 @@ class NcclComm {
   // In place over the model's flat float32 gradient buffer (sum or average over the
   // ranks), on the model's stream; `extra` (n_extra host doubles, may be null) is summed
   // over the ranks in the same NCCL group. Returns when both are complete.
-  void allreduce_grads(LlamaModelCuda& model, NcclOp op, double* extra, int n_extra, const std::string& what);
+  void allreduce_grads(Model& model, NcclOp op, double* extra, int n_extra, const std::string& what);
   // The model's flat float32 parameters from rank `root` to every rank (in place; the
   // bf16 compute copy is refreshed). Returns when complete.
-  void broadcast_params(LlamaModelCuda& model, int root, const std::string& what);
+  void broadcast_params(Model& model, int root, const std::string& what);
   // In place over `count` elements of host memory (staged through the GPU).
   void allreduce_host(void* data, size_t count, NcclType type, NcclOp op, const std::string& what);
 

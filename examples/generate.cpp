@@ -23,7 +23,7 @@ static int argmax(const float* x, int n) {
 }
 
 // Greedy decoding over the KV cache: prefill the prompt, then one token per step.
-static std::vector<int32_t> greedy(LlamaModel& m, const std::vector<int32_t>& prompt, int n_new) {
+static std::vector<int32_t> greedy(Model& m, const std::vector<int32_t>& prompt, int n_new) {
   int max_len = std::min((int)prompt.size() + n_new, m.config().max_position_embeddings);
   m.kv_reset(1, max_len);
   int32_t slot = 0, pos = 0;
@@ -49,7 +49,9 @@ static int selftest() {
   std::string dir = "pyllama_selftest_ckpt";
   save_pretrained(m, dir);
   auto loaded = load_pretrained(dir);
-  if (std::memcmp(loaded->params(), m.params(), m.num_parameters() * sizeof(float)) != 0) {
+  std::vector<float> back(loaded->num_parameters());
+  loaded->params_to_host(back.data());
+  if (std::memcmp(back.data(), m.params(), m.num_parameters() * sizeof(float)) != 0) {
     std::fprintf(stderr, "selftest: loaded weights differ from saved weights\n");
     return 1;
   }

@@ -847,11 +847,12 @@ class NCCLCommunicator(Communicator):
 
     @staticmethod
     def _gpu_core(model):
-        gpu = getattr(getattr(model, "_core", None), "gpu", None)
-        if getattr(model, "device", "cpu") != "cuda" or gpu is None:
+        """The model's core, which NCCL reads in GPU memory: a cuda model's only."""
+        core = getattr(model, "_core", None)
+        if core is None or not str(getattr(core, "device", "cpu")).startswith("cuda"):
             raise ValueError("the NCCL backend works on cuda models: move the model with model.to('cuda') "
                              "(TrainConfig.device='cuda') first")
-        return gpu
+        return core
 
     # -------------------------------------------------------------- GPU collectives
     def allreduce_grads_(self, model, *, extra: Optional[np.ndarray] = None, average: bool = True,

@@ -89,45 +89,61 @@ class Llama:
             raise TypeError(f"config must be a pyllama.LlamaConfig, got {type(config).__name__}")
         config.validate()
         self.config = config
-        self.device = "cpu"
-        self._core = _core.LlamaModel(_core_config(config))
-        self._infos = self._core.param_infos()  # (name, offset, numel, shape)
-        self._params = self._core.params()
-        self._grads = self._core.grads()
-        self._named_params = {n: self._params[o:o + k].reshape(s) for n, o, k, s in self._infos}
-        self._named_grads = {n: self._grads[o:o + k].reshape(s) for n, o, k, s in self._infos}
+        self._set_core(_core.make_model(_core_config(config), "cpu", "float32"))
         self._have_loss = False
         if seed is not None:
             self._core.init_weights(int(seed))
+
+    def _set_core(self, core) -> None:
+        """Hold ``core`` (the core's one model interface, whatever its device)."""
+        self._core = core
+        self.device = core.device.split(":")[0]  # "cpu" or "cuda"
+        self._infos = core.param_infos()  # (name, offset, numel, shape)
+        # the live flat buffers where they are host memory (numpy views), else None
+        self._params = core.host_params()
+        self._grads = core.host_grads()
+        if self._params is not None:
+            self._named_params = {n: self._params[o:o + k].reshape(s) for n, o, k, s in self._infos}
+            self._named_grads = {n: self._grads[o:o + k].reshape(s) for n, o, k, s in self._infos}
 
     # ---------------------------------------------------------------- parameters
     def named_parameters(self) -> Dict[str, np.ndarray]:
         """Name → numpy view (no copy) of each parameter, with Hugging Face names.
         On a cuda model: read-only host copies (see ``to``)."""
-        if isinstance(self._core, _CudaCore):
-            return self._core.named_host_copies("params")
+        if self._params is None:
+            return self._named_host_copies(self._core.params_to_host)
         return dict(self._named_params)
 
     def named_grads(self) -> Dict[str, np.ndarray]:
         """Name → numpy view of each parameter's gradient (same layout as the parameters).
         On a cuda model: read-only host copies (see ``to``)."""
-        if isinstance(self._core, _CudaCore):
-            return self._core.named_host_copies("grads")
+        if self._grads is None:
+            return self._named_host_copies(self._core.grads_to_host)
         return dict(self._named_grads)
 
     def flat_params(self) -> np.ndarray:
         """The whole flat parameter buffer as a 1-D float32 view (no copy); a read-only
         host copy on a cuda model."""
-        if isinstance(self._core, _CudaCore):
-            return self._core.flat_host_copy("params")
-        return self._params
+        return self._params if self._params is not None else self._host_copy(self._core.params_to_host)
 
     def flat_grads(self) -> np.ndarray:
         """The whole flat gradient buffer as a 1-D float32 view (no copy); a read-only
         host copy on a cuda model."""
-        if isinstance(self._core, _CudaCore):
-            return self._core.flat_host_copy("grads")
-        return self._grads
+        return self._grads if self._grads is not None else self._host_copy(self._core.grads_to_host)
+
+    def load_flat_params(self, flat: np.ndarray) -> None:
+        """Replace every parameter with ``flat`` (float32, ``num_parameters()`` long, flat layout)."""
+        self._core.params_from_host(np.ascontiguousarray(flat, dtype=np.float32))
+
+    def _host_copy(self, fill) -> np.ndarray:
+        out = np.empty(self.num_parameters(), np.float32)
+        fill(out)
+        out.flags.writeable = False
+        return out
+
+    def _named_host_copies(self, fill) -> Dict[str, np.ndarray]:
+        flat = self._host_copy(fill)
+        return {n: flat[o:o + k].reshape(s) for n, o, k, s in self._infos}
 
     def param_segments(self) -> List[Tuple[str, int, int, Tuple[int, ...]]]:
         """``(name, offset, numel, shape)`` of each parameter in flat-buffer order.
@@ -149,16 +165,17 @@ class Llama:
     def to(self, device: str, dtype: Optional[str] = None) -> "Llama":
         """Move the model to ``device`` (``"cpu"``, ``"cuda"`` or ``"cuda:N"``, GPU N); returns ``self``.
 
-        ``to("cuda")`` copies the parameters and gradients to the GPU; ``model(...)``,
-        ``backward``, ``zero_grad`` and the KV-cache steps then run there and return host
-        numpy arrays as on the CPU. ``dtype`` picks the GPU compute type: ``"float32"``
-        (default; matches the CPU) or ``"bfloat16"`` (bf16 weights and activations, float32
-        master weights, gradients and optimizer moments). On a cuda model,
+        ``to("cuda")`` copies the parameters, gradients and AdamW moments to the GPU;
+        ``model(...)``, ``backward``, ``zero_grad``, the optimizer and the KV-cache steps then
+        run there and return host numpy arrays as on the CPU. ``dtype`` picks the GPU compute
+        type: ``"float32"`` (default; matches the CPU) or ``"bfloat16"`` (bf16 weights and
+        activations, float32 master weights, gradients and optimizer moments). On a cuda model,
         ``named_parameters()``, ``named_grads()``, ``flat_params()`` and ``flat_grads()``
-        return read-only host *copies* taken at the call (writes would not reach the GPU);
-        train with ``model._core.gpu.adamw_step`` / ``clip_grad_norm`` (see docs/CUDA.md).
-        ``to("cpu")`` copies parameters and gradients back. Without a usable GPU
-        ``to("cuda")`` raises ``RuntimeError``.
+        return read-only host *copies* taken at the call (writes would not reach the GPU;
+        use ``load_flat_params``). ``AdamW`` and ``clip_grad_norm`` work the same on every
+        device, and an optimizer made before the move keeps stepping (its moments move with
+        the model). ``to("cpu")`` copies everything back. Without a usable GPU ``to("cuda")``
+        raises ``RuntimeError``.
 
         >>> model.to("cuda", dtype="bfloat16")   # doctest: +SKIP
         >>> model.to("cpu")                       # doctest: +SKIP
@@ -167,34 +184,20 @@ class Llama:
             raise TypeError(f"device must be a string ('cpu' or 'cuda'), got {type(device).__name__}")
         if dtype is not None and dtype not in ("float32", "bfloat16"):
             raise ValueError(f"unknown dtype {dtype!r}: expected 'float32' or 'bfloat16'")
-        on_gpu = isinstance(self._core, _CudaCore)
-        if device == "cpu":
+        backend, index = _core.parse_device(device)
+        here = self._core.device
+        if backend == "cpu":
             if dtype not in (None, "float32"):
                 raise ValueError(f"the CPU model is float32; dtype={dtype!r} applies to 'cuda' only")
-            if on_gpu:
-                self._core = self._core.to_cpu()
-                self.device = "cpu"
+            target, want = "cpu", "float32"
+        else:
+            # plain "cuda": stay on the model's GPU when it is on one
+            target = here if device == "cuda" and here.startswith("cuda") else f"cuda:{index}"
+            want = dtype or self._core.dtype
+        if target == here and want == self._core.dtype:
             return self
-        index = _cuda_index(device)
-        if index is not None:
-            if device == "cuda" and on_gpu:  # plain "cuda": stay on the model's GPU
-                index = self._core.gpu.device
-            info = _core.build_info()
-            if not info["cuda"]:
-                raise RuntimeError("this pyllama build has no CUDA backend (build_info()['cuda'] is False); "
-                                   "reinstall with nvcc available and PYLLAMA_CUDA=ON")
-            if not info["cuda_available"]:
-                raise RuntimeError("no CUDA device is available (build_info()['cuda_available'] is False)")
-            want = dtype or (self._core.dtype if on_gpu else "float32")
-            if on_gpu:
-                if self._core.dtype == want and self._core.gpu.device == index:
-                    return self
-                self._core = self._core.to_cpu()  # change dtype or GPU through the float32 master copy
-                self.device = "cpu"  # so a failing _CudaCore below leaves a consistent CPU model
-            self._core = _CudaCore(self._core, want, index)
-            self.device = "cuda"
-            return self
-        raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+        self._set_core(_core.move_model(self._core, target, want))
+        return self
 
     # ---------------------------------------------------------------- forward / backward
     def __call__(self, input_ids: ArrayLike, labels: Optional[ArrayLike] = None,
@@ -217,7 +220,7 @@ class Llama:
                                  "or have one more column (a window of seq_len + 1 tokens)")
         loss = self._core.forward(ids, lab)
         self._have_loss = lab is not None
-        logits = np.array(self._core.logits(), copy=True) if return_logits else None
+        logits = self._core.logits() if return_logits else None  # a new array
         return CausalLMOutput(logits=logits, loss=float(loss) if lab is not None else None)
 
     forward = __call__
@@ -237,22 +240,20 @@ class Llama:
         ``"bfloat16"`` (single-token steps stream bf16 copies of the weight matrices: half
         the memory traffic, so faster decoding; logits then differ from float32 by about
         1e-2 relative). The bf16 copy is taken at the start of each generation, so it always
-        reflects the current weights. Training and ``model(...)`` stay float32.
+        reflects the current weights. Training and ``model(...)`` stay float32. A cuda model
+        computes in the dtype it was moved with (``to("cuda", dtype=...)``) and accepts only that.
 
         >>> model.set_inference_dtype("bfloat16").generate([[1, 2, 3]], max_new_tokens=4)  # doctest: +SKIP
         """
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"inference dtype must be 'float32' or 'bfloat16', got {dtype!r}")
-        if self.device != "cpu":
-            raise RuntimeError(f"set_inference_dtype applies to CPU inference; this model is on {self.device!r} "
-                               "(on the GPU, choose the dtype with model.to('cuda', dtype=...))")
         self._core.set_inference_dtype(dtype)
         return self
 
     @property
     def inference_dtype(self) -> str:
         """``"float32"`` or ``"bfloat16"``: see :meth:`set_inference_dtype`."""
-        return self._core.inference_dtype() if self.device == "cpu" else "float32"
+        return self._core.inference_dtype()
 
     # ---------------------------------------------------------------- KV cache (used by generation)
     def _kv_reset(self, n_slots: int, max_len: int) -> None:
@@ -266,16 +267,15 @@ class Llama:
         self._core.kv_reorder(src)
 
     def _kv_greedy_on_device(self) -> bool:
-        """True when :meth:`_kv_forward_greedy` takes the argmax on the GPU (a cuda model,
-        unless ``PYLLAMA_CUDA_GREEDY=0``): plain greedy decoding then downloads B token ids
-        per step instead of the (B, V) logits."""
-        return self.device == "cuda" and os.environ.get("PYLLAMA_CUDA_GREEDY", "1").lower() not in ("0", "off", "false")
+        """True when :meth:`_kv_forward_greedy` takes the argmax where the logits are (the GPU)
+        unless ``PYLLAMA_CUDA_GREEDY=0``: plain greedy decoding then downloads B token ids per
+        step instead of the (B, V) logits."""
+        return bool(self._core.greedy_on_device) and \
+            os.environ.get("PYLLAMA_CUDA_GREEDY", "1").lower() not in ("0", "off", "false")
 
     def _kv_forward_greedy(self, tokens: np.ndarray, slots: np.ndarray, start_pos: np.ndarray) -> np.ndarray:
         """``_kv_forward(..., last_only=True).argmax(-1)`` as int32 [B] (first index on ties)."""
-        if self.device == "cuda":
-            return self._core.kv_forward_greedy(tokens, slots, start_pos)
-        return self._kv_forward(tokens, slots, start_pos, True).argmax(axis=-1).astype(np.int32)
+        return self._core.kv_forward_greedy(tokens, slots, start_pos)
 
     def _kv_greedy_chain_max(self) -> int:
         """Most steps one :meth:`_kv_greedy_chain` call takes: 0 where there is none (a CPU
@@ -284,12 +284,12 @@ class Llama:
             return 0
         if os.environ.get("PYLLAMA_CUDA_GREEDY_CHAIN", "1").lower() in ("0", "off", "false"):
             return 0
-        return int(_core.LlamaModelCuda.greedy_chain_max)
+        return int(self._core.greedy_chain_max)
 
     def _kv_greedy_chain(self, tokens: np.ndarray, slots: np.ndarray, start_pos: np.ndarray, n: int) -> np.ndarray:
-        """``n`` greedy steps in a row (cuda models): step 0 runs ``tokens`` [B, 1] at
-        ``start_pos``, step i the argmax of step i - 1 at ``start_pos + i``, fed on the GPU,
-        so the steps run back to back with one wait. Returns int32 [n, B]."""
+        """``n`` greedy steps in a row: step 0 runs ``tokens`` [B, 1] at ``start_pos``, step i
+        the argmax of step i - 1 at ``start_pos + i`` (on the GPU: fed there, so the steps run
+        back to back with one wait). Returns int32 [n, B]."""
         return self._core.kv_greedy_chain(tokens, slots, start_pos, n)
 
     # ---------------------------------------------------------------- Hugging Face files
@@ -304,9 +304,7 @@ class Llama:
 
         path = os.fspath(path)
         os.makedirs(path, exist_ok=True)
-        if isinstance(self._core, _CudaCore):
-            self._core.pull("params")  # the host buffer behind _named_params gets the GPU's values
-        tensors = {n: np.ascontiguousarray(v) for n, v in self._named_params.items()}
+        tensors = {n: np.ascontiguousarray(v) for n, v in self.named_parameters().items()}
         atomic_write(os.path.join(path, "model.safetensors"),
                      lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
         self.config.to_json(os.path.join(path, "config.json"))
@@ -373,84 +371,6 @@ class Llama:
         c = self.config
         return (f"Llama(layers={c.num_hidden_layers}, hidden={c.hidden_size}, heads={c.num_attention_heads}/"
                 f"{c.num_key_value_heads}, vocab={c.vocab_size}, params={self.num_parameters():,})")
-
-
-def _cuda_index(device: str) -> Optional[int]:
-    """The GPU index that ``"cuda"`` (0) / ``"cuda:N"`` names (None for other strings)."""
-    if device == "cuda":
-        return 0
-    if device.startswith("cuda:") and device[5:].isdigit():
-        return int(device[5:])
-    return None
-
-
-class _CudaCore:
-    """The CPU core's interface (``forward``, ``logits``, ``backward``, ``zero_grad``,
-    ``kv_*``, ...) over a ``_core.LlamaModelCuda``. ``Llama.to("cuda")`` puts one in
-    place of ``Llama._core``; the CPU core stays behind it as the host copy (``cpu``)
-    and gets the GPU's parameters and gradients back on ``to("cpu")``."""
-
-    def __init__(self, cpu_core, dtype: str, device: int = 0):
-        self.cpu = cpu_core
-        self.dtype = dtype
-        self.gpu = _core.LlamaModelCuda(cpu_core, dtype, device)
-
-    def forward(self, ids, labels):
-        return self.gpu.forward(ids, labels)
-
-    def logits(self):
-        return self.gpu.logits()  # a new host array
-
-    def backward(self, scale):
-        self.gpu.backward(scale)
-
-    def zero_grad(self):
-        self.gpu.zero_grad()
-
-    def kv_reset(self, n_slots, max_len):
-        self.gpu.kv_reset(n_slots, max_len)
-
-    def kv_forward(self, tokens, slots, start_pos, last_only=True):
-        return self.gpu.kv_forward(tokens, slots, start_pos, last_only)  # new host logits
-
-    def kv_reorder(self, src):
-        self.gpu.kv_reorder(src)
-
-    def kv_forward_greedy(self, tokens, slots, start_pos):
-        return self.gpu.kv_forward_greedy(tokens, slots, start_pos)  # int32 [B]
-
-    def kv_greedy_chain(self, tokens, slots, start_pos, n):
-        return self.gpu.kv_greedy_chain(tokens, slots, start_pos, n)  # int32 [n, B]
-
-    def num_parameters(self):
-        return self.cpu.num_parameters()
-
-    def flops_per_token(self, seq_len):
-        return self.cpu.flops_per_token(seq_len)
-
-    def param_infos(self):
-        return self.cpu.param_infos()
-
-    # ---- host copies
-    def pull(self, which: str) -> np.ndarray:
-        """Copy the GPU's ``params`` or ``grads`` into the CPU core's buffer; return that buffer."""
-        buf = self.cpu.params() if which == "params" else self.cpu.grads()
-        (self.gpu.params_to_host if which == "params" else self.gpu.grads_to_host)(buf)
-        return buf
-
-    def flat_host_copy(self, which: str) -> np.ndarray:
-        out = self.pull(which).copy()
-        out.flags.writeable = False
-        return out
-
-    def named_host_copies(self, which: str) -> Dict[str, np.ndarray]:
-        flat = self.flat_host_copy(which)
-        return {n: flat[o:o + k].reshape(s) for n, o, k, s in self.cpu.param_infos()}
-
-    def to_cpu(self):
-        self.pull("params")
-        self.pull("grads")
-        return self.cpu
 
 
 def _safetensors_files(path: str) -> List[str]:

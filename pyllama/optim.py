@@ -28,6 +28,7 @@ __all__ = ["AdamW", "clip_grad_norm", "cosine_lr", "param_segments", "segment_ta
 
 
 def _flat(model, which: str) -> np.ndarray:
+    """``model.flat_params()`` / ``flat_grads()``, checked: a contiguous 1-D float32 array."""
     fn = getattr(model, which, None)
     if fn is None:
         raise TypeError(f"expected a pyllama model (with .{which}()), got {type(model).__name__}")
@@ -37,14 +38,56 @@ def _flat(model, which: str) -> np.ndarray:
     return a
 
 
-def _gpu(model):
-    """The model's ``_core.LlamaModelCuda`` when it lives on the GPU, else None."""
-    if getattr(model, "device", "cpu") != "cuda":
-        return None
-    gpu = getattr(getattr(model, "_core", None), "gpu", None)
-    if gpu is None:
-        raise TypeError("model.device is 'cuda' but it has no GPU core (model._core.gpu)")
-    return gpu
+class _HostBuffers:
+    """The optimizer half of the core's model interface over a stand-in model that only has
+    host arrays (``flat_params()``, ``flat_grads()``, ``param_segments()``): the moments live
+    here, the update runs in the core's fused kernel. pyllama models have a real core."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.m = self.v = None
+
+    def num_parameters(self) -> int:
+        return int(_flat(self.model, "flat_params").size)
+
+    def reset_moments(self) -> None:
+        n = self.num_parameters()
+        self.m, self.v = np.zeros(n, np.float32), np.zeros(n, np.float32)
+
+    def adamw_step(self, segments, lr, beta1, beta2, eps, weight_decay, step) -> None:
+        if self.m is None:
+            self.reset_moments()
+        _core.adamw_step(_flat(self.model, "flat_params"), _flat(self.model, "flat_grads"), self.m, self.v,
+                         segments, lr, beta1, beta2, eps, weight_decay, step)
+
+    def moments_to_host(self, m, v) -> None:
+        if self.m is None:
+            self.reset_moments()
+        m[...], v[...] = self.m, self.v
+
+    def moments_from_host(self, m, v) -> None:
+        self.m, self.v = np.array(m, np.float32), np.array(v, np.float32)
+
+    def clip_grad_norm(self, max_norm: float) -> float:
+        return _core.clip_grad_norm(_flat(self.model, "flat_grads"), max_norm)
+
+    def grad_norm(self) -> float:
+        return _core.grad_global_norm(_flat(self.model, "flat_grads"))
+
+
+def _core_of(model):
+    """The model's core (the core's one model interface, whatever its device), or for a
+    stand-in model with only host arrays, a :class:`_HostBuffers` kept on it."""
+    core = getattr(model, "_core", None)
+    if core is not None and hasattr(core, "adamw_step"):
+        return core
+    if not all(hasattr(model, a) for a in ("flat_params", "flat_grads", "param_segments")):
+        raise TypeError(f"expected a pyllama model (pyllama.Llama), got {type(model).__name__}")
+    host = getattr(model, "_pyllama_host_buffers", None)
+    if host is None:
+        host = _HostBuffers(model)
+        model._pyllama_host_buffers = host
+    return host
 
 
 def param_segments(model, decay_embeddings: bool = True):
@@ -65,8 +108,7 @@ def param_segments(model, decay_embeddings: bool = True):
 
 
 def segment_table(model, decay_embeddings: bool = True) -> np.ndarray:
-    """The ``(S, 3)`` int64 rows ``(offset, numel, decay)`` the core's AdamW takes (CPU and
-    GPU: ``model._core.gpu.adamw_step(table, ...)``).
+    """The ``(S, 3)`` int64 rows ``(offset, numel, decay)`` the core's AdamW takes.
 
     >>> import pyllama
     >>> m = pyllama.Llama(pyllama.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
@@ -85,8 +127,10 @@ class AdamW:
     ``weight_decay``, norm weights with none. ``step(lr=None)`` uses ``lr`` when
     given (e.g. from :func:`cosine_lr`), else the constructor's ``lr``. It reads
     the gradients as they are: call :func:`clip_grad_norm` first if you clip.
-    On a cuda model (create the optimizer after ``model.to("cuda")``) the moments
-    and the update live on the GPU; :meth:`state_dict` copies the moments to the host.
+    The moments live in the model, where its parameters live (one fused pass on
+    the CPU or the GPU), and move with it (``model.to(...)``); creating an AdamW
+    zeroes them, so a model has one optimizer at a time. :meth:`state_dict` copies
+    the moments to the host.
 
     >>> opt = AdamW(model, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)  # doctest: +SKIP
     >>> opt.step()             # doctest: +SKIP
@@ -106,24 +150,17 @@ class AdamW:
         self.decay_embeddings = bool(decay_embeddings)
         if not hasattr(model, "param_segments"):
             raise TypeError(f"expected a pyllama model (with .param_segments()), got {type(model).__name__}")
-        self.device = getattr(model, "device", "cpu")  # the moments live where the model lives
+        core = _core_of(model)
         self.segments = param_segments(model, decay_embeddings)
         self._seg_array = segment_table(model, decay_embeddings)
         n = int(sum(k for _, _, k, _, _ in self.segments))
-        gpu = _gpu(model)
-        if gpu is None:
-            self._params = _flat(model, "flat_params")
-            self._grads = _flat(model, "flat_grads")
-            if not (self._params.shape == self._grads.shape == (n,)):
-                raise ValueError("model.flat_params(), model.flat_grads() and model.param_segments() disagree "
-                                 "on the number of parameters")
-        # first and second moments, same layout as the parameters (on a cuda model: host
-        # copies, filled by state_dict(); the GPU holds the live ones)
+        if n != int(core.num_parameters()):
+            raise ValueError("model.param_segments() and the model disagree on the number of parameters")
+        core.reset_moments()
+        # host copies of the first and second moments (same layout as the parameters), filled by
+        # state_dict(); the model holds the live ones
         self.exp_avg = np.zeros(n, np.float32)
         self.exp_avg_sq = np.zeros(n, np.float32)
-        if gpu is not None:
-            gpu.moments_from_host(self.exp_avg, self.exp_avg_sq)
-        self._gpu_core = gpu  # the GPU core holding the live moments (None on the CPU)
         self.step_count = 0  # completed steps; the next step uses t = step_count + 1
 
     def step(self, lr: Optional[float] = None) -> None:
@@ -131,26 +168,8 @@ class AdamW:
         lr = self.lr if lr is None else float(lr)
         if not (math.isfinite(lr) and lr >= 0):
             raise ValueError(f"AdamW.step: lr must be a finite number >= 0, got {lr!r}")
-        device = getattr(self.model, "device", "cpu")
-        if device != self.device:
-            raise RuntimeError(f"the model moved from {self.device!r} to {device!r} after AdamW was created; "
-                               "create the optimizer after model.to(...)")
-        gpu = _gpu(self.model)
-        if gpu is not self._gpu_core:
-            # to("cpu") then to("cuda"), or to("cuda", dtype=...), made a new GPU core whose moments
-            # are zeros: stepping would silently restart Adam with a late bias correction.
-            raise RuntimeError("the model was moved (a new GPU core, without this optimizer's moments) after "
-                               "AdamW was created; create the optimizer after model.to(...), or carry the "
-                               "moments over with state_dict() / load_state_dict()")
-        if gpu is not None:  # one fused pass on the GPU (docs/CUDA.md)
-            gpu.adamw_step(self._seg_array, lr, self.betas[0], self.betas[1], self.eps, self.weight_decay,
-                           self.step_count + 1)
-        else:
-            # The model may have re-created its buffers (e.g. after loading); follow them.
-            self._params = _flat(self.model, "flat_params")
-            self._grads = _flat(self.model, "flat_grads")
-            _core.adamw_step(self._params, self._grads, self.exp_avg, self.exp_avg_sq, self._seg_array, lr,
-                             self.betas[0], self.betas[1], self.eps, self.weight_decay, self.step_count + 1)
+        _core_of(self.model).adamw_step(self._seg_array, lr, self.betas[0], self.betas[1], self.eps,
+                                        self.weight_decay, self.step_count + 1)
         self.step_count += 1
 
     # ------------------------------------------------------------------ state
@@ -161,9 +180,7 @@ class AdamW:
         >>> sorted(sd)              # doctest: +SKIP
         ['exp_avg', 'exp_avg_sq', 'hyper', 'step']
         """
-        gpu = _gpu(self.model)
-        if gpu is not None:
-            gpu.moments_to_host(self.exp_avg, self.exp_avg_sq)
+        _core_of(self.model).moments_to_host(self.exp_avg, self.exp_avg_sq)
 
         def split(buf):
             return {name: buf[o:o + n].reshape(shape) for name, o, n, shape, _ in self.segments}
@@ -181,7 +198,8 @@ class AdamW:
         step = state.get("step")
         if not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"optimizer state: 'step' must be an int >= 0, got {step!r}")
-        for key, buf in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
+        m, v = np.empty_like(self.exp_avg), np.empty_like(self.exp_avg_sq)
+        for key, buf in (("exp_avg", m), ("exp_avg_sq", v)):
             parts = state.get(key)
             if not isinstance(parts, dict):
                 raise ValueError(f"optimizer state lacks {key!r}")
@@ -193,10 +211,8 @@ class AdamW:
                     raise ValueError(f"optimizer state {key}[{name!r}] has shape {a.shape} {a.dtype}, "
                                      f"expected {shape} float32")
                 buf[o:o + n] = a.reshape(-1)
-        gpu = _gpu(self.model)
-        if gpu is not None:
-            gpu.moments_from_host(self.exp_avg, self.exp_avg_sq)
-            self._gpu_core = gpu  # the moments now live on this core
+        _core_of(self.model).moments_from_host(m, v)
+        self.exp_avg[...], self.exp_avg_sq[...] = m, v
         self.step_count = int(step)
 
 
@@ -227,22 +243,16 @@ def clip_grad_norm(model, max_norm: float) -> float:
     """
     if not (isinstance(max_norm, (int, float)) and max_norm > 0):
         raise ValueError(f"clip_grad_norm: max_norm must be > 0, got {max_norm!r}")
-    if not isinstance(model, np.ndarray):
-        gpu = _gpu(model)
-        if gpu is not None:
-            return float(gpu.clip_grad_norm(float(max_norm)))
-    grads = model if isinstance(model, np.ndarray) else _flat(model, "flat_grads")
-    return float(_core.clip_grad_norm(grads, float(max_norm)))
+    if isinstance(model, np.ndarray):
+        return float(_core.clip_grad_norm(model, float(max_norm)))
+    return float(_core_of(model).clip_grad_norm(float(max_norm)))
 
 
 def grad_norm(model) -> float:
     """Global L2 norm of the gradients, without clipping."""
-    if not isinstance(model, np.ndarray):
-        gpu = _gpu(model)
-        if gpu is not None:
-            return float(gpu.grad_norm())
-    grads = model if isinstance(model, np.ndarray) else _flat(model, "flat_grads")
-    return float(_core.grad_global_norm(grads))
+    if isinstance(model, np.ndarray):
+        return float(_core.grad_global_norm(model))
+    return float(_core_of(model).grad_norm())
 
 
 def cosine_lr(step: int, max_lr: float, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1) -> float:

@@ -37,7 +37,7 @@ import numpy as np
 
 from ._io import atomic_write_text
 from .data import TOKENIZER_FILE, DataLoader, TokenData, as_token_data, save_tokenizer
-from .optim import AdamW, _gpu, clip_grad_norm, cosine_lr, grad_norm
+from .optim import AdamW, _core_of, clip_grad_norm, cosine_lr, grad_norm
 from . import distributed as _dist
 
 __all__ = ["TrainConfig", "Trainer", "resolve_checkpoint", "load_trainer_state", "plot_metrics",
@@ -465,11 +465,11 @@ class Trainer:
         self.model.zero_grad()
         loss_sum = 0.0
         A, W = c.grad_accum_steps, self.world_size
-        # On one GPU the step waits for the device once: the losses stay there until the
-        # gradient norm is read (LlamaModelCuda.set_defer_loss / norm_and_losses).
-        gpu = self._one_wait_gpu()
-        if gpu is not None:
-            gpu.set_defer_loss(True)
+        # On one process the step waits for the device once: the losses stay in the model
+        # until the gradient norm is read (the core's set_defer_loss / norm_and_losses).
+        core = self._one_wait_core()
+        if core is not None:
+            core.set_defer_loss(True)
         # The step's W*A micro-batches come from one stream that every rank draws;
         # rank r runs micro-batches r*A .. r*A+A-1 and skips the others.
         for j in range(W * A):
@@ -484,15 +484,15 @@ class Trainer:
                 out = self.model(ids, labels=window, return_logits=False)
                 self.model.backward(1.0 / A)
             except BaseException:
-                if gpu is not None:
-                    gpu.set_defer_loss(False)
+                if core is not None:
+                    core.set_defer_loss(False)
                 raise
             loss_sum += out.loss
         loss = loss_sum / A
         comm_s = None
-        if gpu is not None:
-            gpu.set_defer_loss(False)
-            norm, losses = gpu.norm_and_losses(c.grad_clip if c.grad_clip > 0 else 0.0)
+        if core is not None:
+            core.set_defer_loss(False)
+            norm, losses = core.norm_and_losses(c.grad_clip if c.grad_clip > 0 else 0.0)
             loss = float(sum(losses)) / A
         elif self._zero:  # reduce-scatter, norm from the blocks, clip the own block
             t1 = time.perf_counter()
@@ -525,13 +525,12 @@ class Trainer:
             m["comm_s"] = comm_s
         return m
 
-    def _one_wait_gpu(self):
-        """The model's LlamaModelCuda when this step can keep its losses on the GPU until the
-        gradient norm is read (one GPU, no ZeRO or gradient exchange), else None."""
+    def _one_wait_core(self):
+        """The model's core when this step can keep its losses there until the gradient norm
+        is read (one process, no ZeRO or gradient exchange), else None."""
         if self._zero or self.world_size > 1 or self._nccl:
             return None
-        gpu = _gpu(self.model)
-        return gpu if gpu is not None and hasattr(gpu, "norm_and_losses") else None
+        return _core_of(self.model)
 
     def _allreduce_grads(self, local_loss: float) -> Tuple[float, float]:
         """Average the gradients over the ranks in place (one all-reduce over the
@@ -822,15 +821,10 @@ class Trainer:
             if kind in ("exp_avg", "exp_avg_sq"):
                 opt_state[kind][name] = a
         # everything read and checked: now change this trainer
-        gpu = _gpu(self.model)
-        if gpu is None:
-            for name, view in named.items():
-                view[...] = weights[name]
-        else:  # named_parameters() are host copies on a cuda model: write the flat buffer
-            flat = np.array(self.model.flat_params(), dtype=np.float32)
-            for name, o, n, _ in self.model.param_segments():
-                flat[o:o + n] = weights[name].reshape(-1)
-            gpu.params_from_host(flat)
+        flat = np.empty(self.model.num_parameters(), np.float32)
+        for name, o, n, _ in self.model.param_segments():
+            flat[o:o + n] = weights[name].reshape(-1)
+        self.model.load_flat_params(flat)
         self.optimizer.load_state_dict(opt_state)
         self.loader.load_state_dict(state["data"])
         self.step = int(state["step"])

@@ -105,35 +105,24 @@ def test_to_cuda_without_gpu_raises_clearly():
         m.to("tpu")
 
 
-def test_failed_dtype_change_leaves_a_consistent_cpu_model(monkeypatch):
-    """to("cuda", dtype=...) on a cuda model goes through the CPU copy; when the new GPU core
-    cannot be made, the model must be a CPU model (device and core agree), not a "cuda" model
-    holding the CPU core. Runs without a GPU: the GPU core is a stand-in."""
+def test_failed_move_leaves_the_model_where_it_was(monkeypatch):
+    """When the core cannot make the model on the new device or dtype (out of memory, say),
+    to() raises and the model stays where it was, whole and usable (device and core agree).
+    Runs without a GPU: the failing move is a stand-in."""
     import pyllama.model as pm
 
-    class FakeCore(pm._CudaCore):
-        def __init__(self, *args, **kwargs):
-            raise RuntimeError("CUDA error: out of memory (stand-in)")
-
-    class FakeGpu:
-        device = 0
-
-        def params_to_host(self, buf):
-            pass
-
-        def grads_to_host(self, buf):
-            pass
+    def failing_move(core, device, dtype):
+        raise RuntimeError("CUDA error: out of memory (stand-in)")
 
     m = pyllama.Llama(tiny_config(), seed=0)
-    fake = object.__new__(FakeCore)
-    fake.cpu, fake.dtype, fake.gpu = m._core, "float32", FakeGpu()
-    m._core, m.device = fake, "cuda"
-    monkeypatch.setattr(pm, "_CudaCore", FakeCore)
-    monkeypatch.setattr(pm._core, "build_info", lambda: {"cuda": True, "cuda_available": True})
+    before = m.flat_params().copy()
+    monkeypatch.setattr(pm._core, "move_model", failing_move)
+    monkeypatch.setattr(pm._core, "parse_device", lambda d: ("cuda", 0) if d.startswith("cuda") else ("cpu", 0))
     with pytest.raises(RuntimeError, match="stand-in"):
         m.to("cuda", dtype="bfloat16")
-    assert m.device == "cpu" and not isinstance(m._core, pm._CudaCore)
-    out = m([[1, 2, 3]], labels=[[1, 2, 3]])  # usable on the CPU
+    assert m.device == "cpu" and m._core.device == "cpu"
+    np.testing.assert_array_equal(m.flat_params(), before)
+    out = m([[1, 2, 3]], labels=[[1, 2, 3]])  # usable where it was
     assert np.isfinite(out.loss)
 
 
@@ -199,7 +188,7 @@ def test_long_sequence_flash_attention_matches_cpu():
                       num_key_value_heads=2, num_hidden_layers=1, max_position_embeddings=2048)
     cpu = pyllama.Llama(cfg, seed=4)
     dev = pyllama.Llama(cfg, seed=4).to("cuda")
-    assert dev._core.gpu.uses_flash_attention
+    assert dev._core.uses_flash_attention
     ids, labels = make_batch(cfg, 1, 2048, seed=11)
     ref, out = check_step_matches_cpu(cpu, dev, ids, labels, "T=2048")
     # bf16 (tensor-core flash attention) on the same batch: near float32
@@ -212,11 +201,11 @@ def test_naive_attention_fallback_matches_cpu(monkeypatch):
     """PYLLAMA_CUDA_ATTENTION=naive: the (B, NH, T, T) kernels, kept to tell a flash bug apart."""
     monkeypatch.setenv("PYLLAMA_CUDA_ATTENTION", "naive")
     cfg, cpu, dev = pair("tiny_gqa")
-    assert not dev._core.gpu.uses_flash_attention
+    assert not dev._core.uses_flash_attention
     ids, labels = make_batch(cfg, 2, 37)
     ref, out = check_step_matches_cpu(cpu, dev, ids, labels, "naive attention")
     monkeypatch.delenv("PYLLAMA_CUDA_ATTENTION")
-    assert pyllama.Llama(cfg, seed=0).to("cuda")._core.gpu.uses_flash_attention
+    assert pyllama.Llama(cfg, seed=0).to("cuda")._core.uses_flash_attention
 
 
 @gpu
@@ -311,7 +300,7 @@ def test_tiled_matmul_fallback_matches_cpu(monkeypatch):
     cfg = tiny_config(**CONFIGS["wide_hs64"])
     cpu = pyllama.Llama(cfg, seed=3)
     dev = pyllama.Llama(cfg, seed=3).to("cuda")
-    assert not dev._core.gpu.uses_cublas and dev._core.gpu.matmul_backend == "tiled"
+    assert not dev._core.uses_cublas and dev._core.matmul_backend == "tiled"
     ids, labels = make_batch(cfg, 2, 45)
     ref, out = check_step_matches_cpu(cpu, dev, ids, labels, "tiled")
 
@@ -332,7 +321,7 @@ def test_matmul_backends_match_cpu(monkeypatch, backend):
     backend = backend.removesuffix("-tuned")
     cfg = tiny_config(vocab_size=101, hidden_size=36, intermediate_size=50, num_attention_heads=3,
                       num_key_value_heads=1, num_hidden_layers=2)
-    if not pyllama.Llama(cfg).to("cuda")._core.gpu.uses_cublas:
+    if not pyllama.Llama(cfg).to("cuda")._core.uses_cublas:
         pytest.skip("this build has no cuBLAS (test_tiled_matmul_fallback_matches_cpu covers the tiled GEMM)")
     monkeypatch.setenv("PYLLAMA_CUDA_MATMUL", backend)
     cpu = pyllama.Llama(cfg, seed=8)
@@ -346,8 +335,8 @@ def test_matmul_backends_match_cpu(monkeypatch, backend):
     assert tokens == ref_tokens
     for i, (a, b) in enumerate(zip(logits, ref_logits)):
         assert_close(a, b, what=f"{backend} decode step {i}")
-    st = dev._core.gpu.matmul_stats()
-    assert st["backend"] == dev._core.gpu.matmul_backend == backend
+    st = dev._core.matmul_stats()
+    assert st["backend"] == dev._core.matmul_backend == backend
     if backend == "cublaslt":
         assert st["lt_plans"] > 0 and st["lt_fallbacks"] == 0, st
         if os.environ["PYLLAMA_CUDA_MATMUL_TUNE"] == "0":
@@ -369,7 +358,7 @@ def test_matmul_backends_match_cpu(monkeypatch, backend):
         g.backward()
         assert abs(out.loss - ref.loss) <= (TOL if dtype == "float32" else 0.05), (dtype, out.loss, ref.loss)
         if backend == "cublaslt" and EMULATED_GPU:
-            assert g._core.gpu.matmul_stats()["lt_fallbacks"] == 0, dtype
+            assert g._core.matmul_stats()["lt_fallbacks"] == 0, dtype
 
 
 @gpu
@@ -378,7 +367,7 @@ def test_unknown_matmul_backend_raises(monkeypatch):
     with pytest.raises(ValueError, match="cublaslt, cublas or tiled"):
         pyllama.Llama(tiny_config()).to("cuda")
     monkeypatch.delenv("PYLLAMA_CUDA_MATMUL")
-    if pyllama.Llama(tiny_config()).to("cuda")._core.gpu.matmul_backend != "cublaslt":
+    if pyllama.Llama(tiny_config()).to("cuda")._core.matmul_backend != "cublaslt":
         return  # a build without cuBLAS: no tuning switch to read
     monkeypatch.setenv("PYLLAMA_CUDA_MATMUL_TUNE", "yes")
     with pytest.raises(ValueError, match="PYLLAMA_CUDA_MATMUL_TUNE=yes: use 1"):
@@ -424,16 +413,16 @@ def test_grad_norm_and_clip_match_numpy():
     dev.backward()
     g = dev.flat_grads().astype(np.float64)
     norm = float(np.sqrt((g * g).sum()))
-    assert abs(dev._core.gpu.grad_norm() - norm) <= 1e-9 * max(norm, 1.0)
-    got = dev._core.gpu.clip_grad_norm(norm / 4)
+    assert abs(dev._core.grad_norm() - norm) <= 1e-9 * max(norm, 1.0)
+    got = dev._core.clip_grad_norm(norm / 4)
     assert abs(got - norm) <= 1e-9 * max(norm, 1.0)
     coef = np.float32((norm / 4) / (norm + 1e-6))
     assert_close(dev.flat_grads(), (g.astype(np.float32) * coef), tol=1e-6, what="clipped grads")
     before = dev.flat_grads().copy()
-    dev._core.gpu.clip_grad_norm(1e9)  # no-op above the norm
+    dev._core.clip_grad_norm(1e9)  # no-op above the norm
     np.testing.assert_array_equal(dev.flat_grads(), before)
     with pytest.raises(ValueError, match="max_norm"):
-        dev._core.gpu.clip_grad_norm(0.0)
+        dev._core.clip_grad_norm(0.0)
 
 
 @gpu
@@ -466,8 +455,8 @@ def test_adamw_20_steps_match_torch_on_cpu():
         dev.zero_grad()
         losses_dev.append(dev(ids, labels=ids, return_logits=False).loss)
         dev.backward()
-        n_dev = dev._core.gpu.clip_grad_norm(clip)
-        dev._core.gpu.adamw_step(segs, lr, betas[0], betas[1], eps, wd, step + 1)
+        n_dev = dev._core.clip_grad_norm(clip)
+        dev._core.adamw_step(segs, lr, betas[0], betas[1], eps, wd, step + 1)
         assert abs(n_dev - n_ref) <= TOL * max(1.0, n_ref), (step, n_dev, n_ref)
     np.testing.assert_allclose(losses_dev, losses_ref, rtol=0, atol=TOL)
     assert losses_dev[-2] < losses_dev[0] and losses_dev[-1] < losses_dev[1]
@@ -477,7 +466,7 @@ def test_adamw_20_steps_match_torch_on_cpu():
 def test_adamw_moments_roundtrip_and_bad_segments():
     cfg, cpu, dev = pair("tiny_gqa")
     n = dev.num_parameters()
-    g = dev._core.gpu
+    g = dev._core
     m = np.empty(n, np.float32)
     v = np.empty(n, np.float32)
     g.moments_to_host(m, v)
@@ -502,7 +491,7 @@ def test_round_trip_to_cpu_and_read_only_copies():
     ids, labels = make_batch(cfg, 2, 10)
     dev(ids, labels=labels)
     dev.backward()
-    dev._core.gpu.adamw_step(segment_table(dev), 1e-2, 0.9, 0.95, 1e-8, 0.1, 1)
+    dev._core.adamw_step(segment_table(dev), 1e-2, 0.9, 0.95, 1e-8, 0.1, 1)
     p = dev.named_parameters()
     with pytest.raises(ValueError):
         p["model.norm.weight"][0] = 3.0  # read-only: writes would not reach the GPU
@@ -523,7 +512,7 @@ def test_save_pretrained_from_gpu(tmp_path):
     ids, labels = make_batch(cfg, 1, 6)
     dev(ids, labels=labels)
     dev.backward()
-    dev._core.gpu.adamw_step(segment_table(dev), 1e-2, 0.9, 0.95, 1e-8, 0.1, 1)
+    dev._core.adamw_step(segment_table(dev), 1e-2, 0.9, 0.95, 1e-8, 0.1, 1)
     dev.save_pretrained(tmp_path / "m")
     back = pyllama.Llama.from_pretrained(tmp_path / "m")
     for k, v in dev.named_parameters().items():
@@ -575,15 +564,15 @@ def test_gemm_attention_matches_cpu(name, monkeypatch):
     float32 within 1e-4 of the CPU core; bf16 near float32."""
     monkeypatch.setenv("PYLLAMA_CUDA_ATTENTION", "gemm")
     cfg, cpu, dev = pair(name)
-    assert dev._core.gpu.attention_kernels == "gemm" and not dev._core.gpu.uses_flash_attention
+    assert dev._core.attention_kernels == "gemm" and not dev._core.uses_flash_attention
     B, T = SHAPES[name]
     ids, labels = make_batch(cfg, B, T)
     ref, out = check_step_matches_cpu(cpu, dev, ids, labels, "gemm attention")
     b16 = pyllama.Llama(cfg, seed=0).to("cuda", dtype="bfloat16")
-    assert b16._core.gpu.attention_kernels == "gemm"
+    assert b16._core.attention_kernels == "gemm"
     check_bf16_near(cpu, ref, b16, ids, labels)
     monkeypatch.delenv("PYLLAMA_CUDA_ATTENTION")
-    assert pyllama.Llama(cfg, seed=0).to("cuda")._core.gpu.attention_kernels == "flash"
+    assert pyllama.Llama(cfg, seed=0).to("cuda")._core.attention_kernels == "flash"
 
 
 @gpu
@@ -603,7 +592,7 @@ def test_bfloat16_flash_tensor_cores_and_simt_agree(name, monkeypatch):
         if mode == "simt":
             monkeypatch.setenv("PYLLAMA_CUDA_ATTENTION", "simt")
         m = pyllama.Llama(cfg, seed=6).to("cuda", dtype="bfloat16")
-        assert m._core.gpu.uses_flash_attention
+        assert m._core.uses_flash_attention
         out = m(ids, labels=labels)
         assert abs(out.loss - l32) <= 0.05, (mode, out.loss, l32)
         m.backward()
@@ -650,7 +639,7 @@ def test_flash_atomic_dq_matches_the_dq_kernel(monkeypatch):
         m = pyllama.Llama(cfg, seed=4).to("cuda", dtype="bfloat16")
         out = m(ids, labels=labels)
         m.backward()
-        runs[mode] = (out.loss, m.flat_grads().astype(np.float64), m._core.gpu.attention_kernels)
+        runs[mode] = (out.loss, m.flat_grads().astype(np.float64), m._core.attention_kernels)
     assert runs["kernel"][2] == "flash"
     if runs["atomic"][2] != "flash-atomic-dq":
         pytest.skip("bf16 flash attention runs without tensor cores on this GPU (the atomic dQ needs them)")
@@ -660,7 +649,7 @@ def test_flash_atomic_dq_matches_the_dq_kernel(monkeypatch):
     assert float(np.abs(g1 - g0).max()) <= 0.02 * float(np.abs(g0).max())
     assert float(g0 @ g1 / (np.linalg.norm(g0) * np.linalg.norm(g1))) > 0.999
     f32 = pyllama.Llama(cfg, seed=4).to("cuda")
-    assert f32._core.gpu.attention_kernels == "flash"  # float32: the SIMT kernels, dQ kernel
+    assert f32._core.attention_kernels == "flash"  # float32: the SIMT kernels, dQ kernel
     monkeypatch.setenv("PYLLAMA_CUDA_FLASH_DQ", "sometimes")
     with pytest.raises(ValueError, match="kernel .* or atomic"):
         pyllama.Llama(cfg).to("cuda", dtype="bfloat16")
@@ -677,8 +666,8 @@ def test_bfloat16_training_keeps_float32_masters():
         m.zero_grad()
         losses.append(m(ids, labels=ids, return_logits=False).loss)
         m.backward()
-        m._core.gpu.clip_grad_norm(1.0)
-        m._core.gpu.adamw_step(segs, 1e-2, 0.9, 0.95, 1e-8, 0.1, step + 1)
+        m._core.clip_grad_norm(1.0)
+        m._core.adamw_step(segs, 1e-2, 0.9, 0.95, 1e-8, 0.1, step + 1)
     assert losses[-1] < losses[0] - 0.5, losses
     p = m.flat_params()
     assert p.dtype == np.float32
@@ -793,7 +782,7 @@ DECODE_MODES = {  # (fast_path, cuda_graphs, skinny_gemv, fused)
 
 def _set_mode(model, mode):
     fast, graphs, gemv, fused = DECODE_MODES[mode]
-    model._core.gpu.set_decode_options(fast_path=fast, cuda_graphs=graphs, skinny_gemv=gemv, fused=fused)
+    model._core.set_decode_options(fast_path=fast, cuda_graphs=graphs, skinny_gemv=gemv, fused=fused)
 
 
 @gpu
@@ -814,7 +803,7 @@ def test_decode_graph_eager_general_agree_with_cpu(name):
             assert_close(a, b, what=f"{mode} step {i}")
         assert tokens == ref_tokens, mode
         got[mode] = logits
-        st = dev._core.gpu.decode_stats()
+        st = dev._core.decode_stats()
         assert st["graph_error"] == "", st
         if mode.startswith("graphs"):
             assert st["cuda_graphs"] and st["captures"] >= 1 and st["replays"] >= n_new - 2, st
@@ -849,7 +838,7 @@ def test_decode_long_cache_split_attention(name):
 def test_greedy_on_device_equals_host_argmax(dtype):
     cfg = tiny_config(**CONFIGS["wide_hs64"])
     m = pyllama.Llama(cfg, seed=5).to("cuda", dtype=dtype)
-    g = m._core.gpu
+    g = m._core
     B = 4
     m._kv_reset(B, 100)
     rng = np.random.default_rng(6)
@@ -879,8 +868,8 @@ def test_greedy_chain_equals_single_steps(dtype):
     cache's end raise ValueError."""
     cfg = tiny_config(**CONFIGS["tiny_gqa"])
     m = pyllama.Llama(cfg, seed=9).to("cuda", dtype=dtype)
-    g = m._core.gpu
-    n_max = pyllama._core.LlamaModelCuda.greedy_chain_max
+    g = m._core
+    n_max = m._core.greedy_chain_max
     assert n_max >= 8
     rng = np.random.default_rng(3)
     for B, fast in ((1, True), (3, True), (6, True), (2, False)):
@@ -927,7 +916,7 @@ def test_greedy_chain_longer_than_the_vocabulary():
     16-token vocabulary equals single steps."""
     cfg = tiny_config(vocab_size=16)
     m = pyllama.Llama(cfg, seed=4).to("cuda")
-    n = pyllama._core.LlamaModelCuda.greedy_chain_max
+    n = m._core.greedy_chain_max
     B = 2
     slots = np.arange(B, dtype=np.int32)
     first = np.array([[3], [5]], np.int32)
@@ -979,7 +968,7 @@ def test_device_argmax_ties_take_the_first_index():
 def test_generate_plain_greedy_uses_device_argmax():
     cfg, cpu, dev = pair("tiny_gqa", seed=14)
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9]]
-    g = dev._core.gpu
+    g = dev._core
     before = g.decode_stats()
     kw = dict(max_new_tokens=20, do_sample=False, eos_token_id=[])
     assert [list(x) for x in dev.generate(prompts, **kw)] == [list(x) for x in cpu.generate(prompts, **kw)]
@@ -997,21 +986,21 @@ def test_decode_env_switches(monkeypatch):
     monkeypatch.setenv("PYLLAMA_CUDA_GRAPHS", "0")
     cfg = tiny_config()
     m = pyllama.Llama(cfg, seed=1).to("cuda")
-    st = m._core.gpu.decode_stats()
+    st = m._core.decode_stats()
     assert st["fast_path"] and not st["cuda_graphs"]
     _greedy(m, [[1, 2, 3]], 6)
-    st = m._core.gpu.decode_stats()
+    st = m._core.decode_stats()
     assert st["replays"] == 0 and st["captures"] == 0 and st["eager_steps"] >= 5
     monkeypatch.setenv("PYLLAMA_CUDA_DECODE", "0")
     m2 = pyllama.Llama(cfg, seed=1).to("cuda")
     _greedy(m2, [[1, 2, 3]], 6)
-    st2 = m2._core.gpu.decode_stats()
+    st2 = m2._core.decode_stats()
     assert not st2["fast_path"] and st2["eager_steps"] == 0 and st2["general_steps"] >= 6
     monkeypatch.delenv("PYLLAMA_CUDA_DECODE")
     monkeypatch.setenv("PYLLAMA_CUDA_DECODE_FUSED", "0")
     monkeypatch.setenv("PYLLAMA_CUDA_PDL", "off")
     m3 = pyllama.Llama(cfg, seed=1).to("cuda")
-    st3 = m3._core.gpu.decode_stats()
+    st3 = m3._core.decode_stats()
     assert st3["fast_path"] and not st3["fused"] and not st3["pdl"], st3
     assert _greedy(m3, [[1, 2, 3]], 6)[0] == _greedy(m, [[1, 2, 3]], 6)[0]
 
@@ -1031,9 +1020,9 @@ def test_failed_buffer_growth_leaves_the_model_usable():
     with pytest.raises(RuntimeError, match="CUDA"):
         dev(big, labels=big)
     with pytest.raises(ValueError):
-        dev._core.gpu.backward(1.0)
+        dev._core.backward(1.0)
     with pytest.raises(ValueError):
-        dev._core.gpu.logits()
+        dev._core.logits()
     check_step_matches_cpu(cpu, dev, ids, labels, "after a failed regrowth")
 
     dev._kv_reset(2, 32)
@@ -1054,7 +1043,7 @@ def test_allocation_counter_is_sane():
     gc.collect()  # models of earlier tests go now, not between the readings below
     base = core.cuda_memory_stats()["bytes_allocated"]
     m = pyllama.Llama(cfg, seed=0).to("cuda")
-    g = m._core.gpu
+    g = m._core
     P = g.num_parameters()
     own = g.bytes_allocated()
     assert own >= 2 * 4 * P  # float32 params + grads at least
@@ -1135,7 +1124,7 @@ def test_fused_decode_step_launches_five_kernels_a_layer(dtype):
     cfg = tiny_config(max_position_embeddings=512)
     L = cfg.num_hidden_layers
     m = pyllama.Llama(cfg, seed=0).to("cuda", dtype=dtype)
-    g = m._core.gpu
+    g = m._core
     prompt = [[1, 2, 3, 4, 5]]
     per_step, tokens = {}, {}
     for fused in (True, False):
@@ -1159,7 +1148,7 @@ def test_profiling_counts_each_region():
     cfg = tiny_config()
     L = cfg.num_hidden_layers
     m = pyllama.Llama(cfg, seed=0).to("cuda")
-    g = m._core.gpu
+    g = m._core
     ids, labels = make_batch(cfg, 2, 8)
     g.set_profiling(True)
     for _ in range(2):
@@ -1195,7 +1184,7 @@ def test_pdl_launches_change_no_bit(dtype):
     PDL on must equal, bit for bit, those with it off."""
     cfg = tiny_config(**CONFIGS["wide_hs64"])
     m = pyllama.Llama(cfg, seed=12).to("cuda", dtype=dtype)
-    g = m._core.gpu
+    g = m._core
     rng = np.random.default_rng(2)
     for B in (1, 3):
         prompt = rng.integers(0, cfg.vocab_size, size=(B, 6)).astype(np.int32)

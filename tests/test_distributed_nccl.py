@@ -543,7 +543,7 @@ def test_nccl_allreduce_world_of_one(blocking):
         model = pyllama.Llama(cfg, seed=0).to("cuda")
         rng = np.random.default_rng(0)
         g = rng.standard_normal(model.num_parameters()).astype(np.float32)
-        model._core.gpu.grads_from_host(g)
+        model._core.grads_from_host(g)
         extra = np.array([1.5, -2.0, 3.0])
         comm.allreduce_grads_(model, extra=extra, average=False)
         np.testing.assert_array_equal(model.flat_grads(), g)
@@ -558,7 +558,7 @@ def test_nccl_allreduce_world_of_one(blocking):
         with pytest.raises(ValueError, match="cuda models"):
             comm.allreduce_grads_(pyllama.Llama(cfg, seed=0))
         with pytest.raises(TypeError, match="float64"):
-            comm.nccl.allreduce_grads(model._core.gpu, "avg", np.ones(3, np.float32), "x")
+            comm.nccl.allreduce_grads(model._core, "avg", np.ones(3, np.float32), "x")
         with pytest.raises(ValueError, match="'sum' or 'avg'"):
             comm.nccl.allreduce_host(a, "max", "x")
     finally:
@@ -791,7 +791,7 @@ def test_two_nccl_ranks_hung_peer_times_out(tmp_path):
 class FakeNccl(dist.Communicator):
     """NCCLCommunicator's surface for the trainer: rank ``rank`` of ``world``, every other
     rank mirroring this one (so the average of the gradients is this rank's), on the
-    stand-in GPU core of tests/test_train_device.py."""
+    stand-in cuda model of tests/test_train_device.py."""
 
     backend = "nccl"
 
@@ -800,8 +800,7 @@ class FakeNccl(dist.Communicator):
         self.calls = []
 
     def allreduce_grads_(self, model, *, extra=None, average=True, what="", step=None):
-        gpu = model._core.gpu
-        assert gpu.grads.dtype == np.float32 and average
+        assert model.flat_grads().dtype == np.float32 and average
         self.calls.append((what, step, None if extra is None else extra.size))
         if extra is not None:
             extra *= self.world_size
@@ -823,10 +822,7 @@ class FakeNccl(dist.Communicator):
 def _fake_cuda_model(seed):
     import test_train_device as ttd
 
-    model = ttd.fake_cuda_model(seed)
-    base_to = model.to
-    model.to = lambda device, dtype=None: base_to("cuda" if device == "cuda:0" else device, dtype)
-    return model
+    return ttd.fake_cuda_model(seed)
 
 
 @pytest.mark.parametrize("world", [1, 2])

@@ -1,6 +1,7 @@
-"""The Trainer's cuda path (docs/CUDA.md hooks), driven through a stand-in GPU core
-that runs the CPU kernels, so it is checked on every machine; and the real GPU when
-there is one."""
+"""The Trainer on a model whose core is replaced mid-run, as to("cuda") / to("cpu") replace it
+(the core's move_model carries parameters, gradients and AdamW moments): the run goes on as
+if nothing happened. Runs everywhere (the move is CPU to CPU here); the real GPU when there
+is one."""
 import numpy as np
 import pytest
 
@@ -11,95 +12,47 @@ from helpers import tiny_config, too_slow_for_the_emulator
 from test_train import corpus, make_config
 
 
-class FakeGpu:
-    """_core.LlamaModelCuda's optimizer surface, on the CPU core's buffers."""
-
-    def __init__(self, cpu_model):
-        self.params = cpu_model._params
-        self.grads = cpu_model._grads
-        self.m = np.full(self.params.size, np.nan, np.float32)  # must be set by moments_from_host
-        self.v = np.full(self.params.size, np.nan, np.float32)
-        self.calls = []
-
-    def adamw_step(self, segments, lr, beta1, beta2, eps, weight_decay, step):
-        self.calls.append("adamw_step")
-        _core.adamw_step(self.params, self.grads, self.m, self.v, segments, lr, beta1, beta2, eps, weight_decay, step)
-
-    def clip_grad_norm(self, max_norm):
-        self.calls.append("clip_grad_norm")
-        return _core.clip_grad_norm(self.grads, max_norm)
-
-    def grad_norm(self):
-        return _core.grad_global_norm(self.grads)
-
-    def moments_to_host(self, m, v):
-        m[:] = self.m
-        v[:] = self.v
-
-    def moments_from_host(self, m, v):
-        self.m[:] = m
-        self.v[:] = v
-
-    def params_from_host(self, src):
-        self.calls.append("params_from_host")
-        self.params[:] = src
-
-
-class FakeCudaCore:
-    def __init__(self, cpu_core, gpu):
-        self._cpu = cpu_core
-        self.gpu = gpu
-
-    def __getattr__(self, name):
-        return getattr(self._cpu, name)
+def move_in_place(model, device="cpu", dtype="float32"):
+    """What Llama.to() does, through the binding: a new core holding everything the old one held."""
+    model._set_core(_core.move_model(model._core, device, dtype))
 
 
 def fake_cuda_model(seed):
+    """A model that reports itself as a cuda model: to("cuda[:N]") replaces its core through
+    move_model (as the real move does) but the new core is a CPU one. For the Trainer's and the
+    communicators' cuda code paths on machines without a GPU."""
     model = pyllama.Llama(tiny_config(), seed=seed)
 
     def to(device, dtype=None):
-        assert device == "cuda" and dtype == "float32"
+        assert device.startswith("cuda") and dtype in (None, "float32")
         if model.device != "cuda":
-            model._core = FakeCudaCore(model._core, FakeGpu(model))
+            move_in_place(model)
             model.device = "cuda"
         return model
 
-    def host_copy(buf):
-        def get():
-            c = buf.copy()
-            c.flags.writeable = False
-            return c
-        return get
-
     model.to = to
-    model.flat_params = host_copy(model._params)
-    model.flat_grads = host_copy(model._grads)
-    model.named_parameters = lambda: {n: model.flat_params()[o:o + k].reshape(s)
-                                      for n, o, k, s in model.param_segments()}
     return model
 
 
-def test_cuda_path_trains_and_resumes_like_the_cpu(tmp_path):
+def test_trainer_runs_on_through_a_core_move_and_resumes_like_the_cpu(tmp_path):
     data = corpus()
-    cpu = pyllama.Trainer(pyllama.Llama(tiny_config(), seed=0), make_config(), data, progress=False)
-    want = [cpu.train_step()["loss"] for _ in range(20)]
+    ref = pyllama.Trainer(pyllama.Llama(tiny_config(), seed=0), make_config(), data, progress=False)
+    want = [ref.train_step()["loss"] for _ in range(20)]
 
-    gpu_model = fake_cuda_model(0)
-    first = pyllama.Trainer(gpu_model, make_config(tmp_path, device="cuda"), data, progress=False)
-    assert gpu_model.device == "cuda"
-    got = [first.train_step()["loss"] for _ in range(10)]
-    assert gpu_model._core.gpu.calls[:2] == ["clip_grad_norm", "adamw_step"]
+    model = pyllama.Llama(tiny_config(), seed=0)
+    first = pyllama.Trainer(model, make_config(tmp_path), data, progress=False)
+    got = [first.train_step()["loss"] for _ in range(5)]
+    old = model._core
+    move_in_place(model)
+    assert model._core is not old and model._core.has_moments
+    got += [first.train_step()["loss"] for _ in range(5)]
     first.save_checkpoint()
-    with pytest.raises(ValueError):  # read-only host copies: the CPU path must not be taken
-        gpu_model.flat_params()[0] = 1.0
 
-    second_model = fake_cuda_model(7)
-    second = pyllama.Trainer(second_model, make_config(tmp_path, device="cuda"), data, progress=False)
+    second = pyllama.Trainer(pyllama.Llama(tiny_config(), seed=7), make_config(tmp_path), data, progress=False)
     second.resume(tmp_path)
-    assert "params_from_host" in second_model._core.gpu.calls
     got += [second.train_step()["loss"] for _ in range(10)]
     assert got == want
-    assert np.array_equal(second_model._params, cpu.model.flat_params())
+    np.testing.assert_array_equal(second.model.flat_params(), ref.model.flat_params())
 
 
 def test_cuda_config_errors():

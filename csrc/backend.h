@@ -1,0 +1,138 @@
+// backend.h — the one model interface. Each backend implements it: the CPU model
+// (cpu: LlamaModel, model.h) and the CUDA model (cuda: LlamaModelCuda, cuda/model_cuda.h).
+// The binding wraps this class once; Python's Llama holds one Model whatever the device.
+//
+//   std::unique_ptr<pyllama::Model> m = pyllama::make_model(cfg, "cpu", pyllama::DType::float32);
+//   m->init_weights(0);
+//   float loss = m->forward(tokens, labels, B, T);     // labels HF-aligned, -100 ignored
+//   m->backward(1.0f);                                 // grads += d loss / d params
+//   double norm = m->clip_grad_norm(1.0);
+//   m->adamw_step(segs.data(), segs.size(), hyper, /*step=*/1);   // moments owned by the model
+//   auto gpu = pyllama::move_model(*m, "cuda:0", pyllama::DType::bfloat16);  // params, grads, moments
+//
+// Contracts (the same on every device):
+// - Parameters, gradients and the AdamW moments are float32 flat buffers in param_layout(config())
+//   order. *_to_host / *_from_host copy whole buffers. host_params() / host_grads() are the live
+//   buffers where they are host memory (the CPU), else nullptr.
+// - Every pointer a method returns into host memory (logits, greedy ids) stays valid until the
+//   next call of a method of the same group (forward/backward, or kv_*); callers copy.
+// - Errors throw the core's exception types (common.h); a backend never exits.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "adamw.h"
+#include "llama_config.h"
+#include "tensor.h"  // DType
+
+namespace pyllama {
+
+class Model {
+ public:
+  virtual ~Model() = default;
+
+  // ---- description
+  virtual const LlamaConfig& config() const = 0;
+  const std::vector<ParamInfo>& param_infos() const { return infos_; }
+  const ParamInfo& param_info(const std::string& name) const { return find_param(infos_, name); }
+  size_t num_parameters() const { return n_params_; }
+  virtual std::string device() const = 0;  // "cpu" or "cuda:N"
+  virtual DType dtype() const = 0;         // compute dtype (float32, or bfloat16 on the GPU)
+  double flops_per_token(int T) const { return pyllama::flops_per_token(config(), T); }
+  // Normal(0, 0.02) for matrices, o_proj and down_proj scaled by 1/sqrt(2L), norms 1 (the
+  // same values on every device: drawn on the host).
+  void init_weights(uint64_t seed);
+
+  // ---- training
+  // Training forward over host tokens (B, T). labels (B, LT) are aligned with tokens
+  // (position t is trained to predict labels[t+1]; -100 ignored) or nullptr. LT is T or
+  // T+1; labels_T < 0 means T. Returns the mean loss over counted targets (NaN without
+  // labels, with none counted, or while losses are deferred).
+  virtual float forward(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T = -1) = 0;
+  virtual int last_B() const = 0;
+  virtual int last_T() const = 0;
+  virtual bool has_logits() const = 0;               // false before a forward and after backward
+  virtual void logits_to_host(float* dst) const = 0;  // (B, T, V) float32 of the last forward
+  virtual void backward(float scale) = 0;             // grads += scale * d(last loss)/d(params)
+  virtual void zero_grad() = 0;
+
+  // ---- optimizer (moments allocated and zeroed on first use, owned by the model)
+  virtual void adamw_step(const AdamWSegment* segs, size_t n_segs, const AdamWHyper& h, int64_t step) = 0;
+  virtual double grad_norm() = 0;                    // global L2 norm (double accumulation)
+  virtual double clip_grad_norm(double max_norm) = 0;  // torch's clip_grad_norm_; returns the norm before
+  // A training step with one wait: after set_defer_loss(true), forward keeps its loss (returns
+  // NaN); norm_and_losses(max_norm) computes the gradient norm (clipping when max_norm > 0) and
+  // returns it with the losses of the forwards since then. At most 256 forwards between reads.
+  virtual void set_defer_loss(bool on) = 0;
+  virtual std::pair<double, std::vector<double>> norm_and_losses(double max_norm) = 0;
+
+  // ---- inference over a KV cache (ragged batches: sequence b in slot slots[b] at start_pos[b])
+  virtual void kv_reset(int n_slots, int max_len) = 0;
+  // Host logits (B, V) when last_only, else (B, T, V).
+  virtual const float* kv_forward(const int32_t* tokens, int B, int T, const int32_t* slots,
+                                  const int32_t* start_pos, bool last_only) = 0;
+  virtual void kv_reorder(const int32_t* src, int n) = 0;  // slot i takes slot src[i]
+  virtual int kv_slots() const = 0;
+  virtual int kv_max_len() const = 0;
+  // kv_forward(last_only) and each row's argmax (first index on ties; a NaN wins, as numpy).
+  virtual const int32_t* kv_forward_greedy(const int32_t* tokens, int B, int T, const int32_t* slots,
+                                           const int32_t* start_pos);
+  // True where kv_forward_greedy saves work over kv_forward + an argmax on the host (the GPU
+  // takes the argmax there and sends back B ids instead of B x V logits).
+  virtual bool greedy_on_device() const { return false; }
+  // n greedy steps in a row, each fed the argmax of the one before (n * B ids, step-major),
+  // n in [1, greedy_chain_max()]; 0 where the backend has no chained path (the CPU).
+  virtual const int32_t* kv_greedy_chain(const int32_t* tokens, int B, const int32_t* slots,
+                                         const int32_t* start_pos, int n);
+  virtual int greedy_chain_max() const { return 0; }
+  // The weights single-token steps read: float32, or a bfloat16 copy (CPU). The CUDA model
+  // computes in the dtype it was moved with and refuses a different one here.
+  virtual void set_inference_dtype(DType dt) = 0;
+  virtual DType inference_dtype() const = 0;
+
+  // ---- host copies (num_parameters() floats each)
+  virtual void params_to_host(float* dst) const = 0;
+  virtual void grads_to_host(float* dst) const = 0;
+  virtual void params_from_host(const float* src) = 0;
+  virtual void grads_from_host(const float* src) = 0;
+  virtual bool has_moments() const = 0;
+  virtual void moments_to_host(float* m, float* v) const = 0;  // zeros before the first adamw_step
+  virtual void moments_from_host(const float* m, const float* v) = 0;
+  virtual void reset_moments() = 0;  // back to "no step taken"
+  virtual float* host_params() { return nullptr; }
+  virtual float* host_grads() { return nullptr; }
+
+  // ---- what collectives need: the flat buffers in the backend's memory and its stream
+  virtual float* params_device() = 0;
+  virtual float* grads_device() = 0;
+  virtual void* stream() const { return nullptr; }  // cudaStream_t on the GPU
+  virtual void params_written() {}                   // after writing through params_device()
+  virtual void synchronize() const {}
+
+ protected:
+  explicit Model(const LlamaConfig& cfg);
+  std::vector<ParamInfo> infos_;
+  size_t n_params_ = 0;
+
+ private:
+  std::vector<int32_t> greedy_, chain_;
+};
+
+// A backend constructor: a model of cfg with zero parameters and gradients on device index `index`.
+using BackendFactory = std::unique_ptr<Model> (*)(const LlamaConfig& cfg, int index, DType dtype);
+// Backends register by name ("cuda"); "cpu" is built in. Called by the binding / a native
+// program at start-up (the core itself links no backend but the CPU).
+void register_backend(const std::string& name, BackendFactory make);
+bool backend_available(const std::string& name);
+
+// "cpu", "cuda", "cuda:N" → (backend name, index). ValueError naming the device otherwise.
+std::pair<std::string, int> parse_device(const std::string& device);
+std::unique_ptr<Model> make_model(const LlamaConfig& cfg, const std::string& device, DType dtype = DType::float32);
+// A model on `device` holding src's parameters, gradients and (when it has them) moments.
+std::unique_ptr<Model> move_model(const Model& src, const std::string& device, DType dtype = DType::float32);
+
+}  // namespace pyllama
