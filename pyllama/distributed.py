@@ -732,10 +732,17 @@ def load_nccl() -> str:
     candidates = nccl_library_candidates()
     try:
         return _core.nccl_load(candidates)
-    except _core.NcclError as e:
+    except _nccl_error() as e:
         hint = (" (PYLLAMA_NCCL_LIBRARY is set, so only that path was tried)"
                 if os.environ.get("PYLLAMA_NCCL_LIBRARY") else "")
         raise RuntimeError(f"{e}{hint}") from None
+
+
+def _nccl_error():
+    """The core's NCCL error type; builds without the CUDA backend have none (nothing raises it)."""
+    from . import _core
+
+    return getattr(_core, "NcclError", ())
 
 
 def _require_gpu(what: str) -> None:
@@ -815,7 +822,7 @@ class NCCLCommunicator(Communicator):
                                        + "; ".join(f"rank {r}: {why}" for r, why in bad))
             self.nccl = _core.NcclComm(every[0][1], self.rank, self.world_size, self.device,
                                        self.timeout_s or 0.0, bool(blocking))
-        except _core.NcclError as e:
+        except _nccl_error() as e:
             self.mark_failed(str(e))
             raise DistributedError(f"rank {self.rank}/{self.world_size}: {e}") from None
         except BaseException as e:
@@ -836,7 +843,7 @@ class NCCLCommunicator(Communicator):
         t0 = time.perf_counter()
         try:
             return fn(*args)
-        except _core.NcclError as e:
+        except _nccl_error() as e:
             at = f" at step {step}" if step is not None else ""
             msg = f"rank {self.rank}/{self.world_size}: {what}{at}: {e}"
             print(f"pyllama.distributed: {msg}", file=sys.stderr, flush=True)

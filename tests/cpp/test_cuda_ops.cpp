@@ -1,5 +1,6 @@
 // test_cuda_ops.cpp — every CUDA kernel against its CPU twin (cuda/ops_check.cu).
-// Skips (returns 0 with a message) when the CUDA backend is not built or no GPU is usable.
+// Reports a skip to CTest (exit code 77, SKIP_RETURN_CODE in CMakeLists.txt) when the CUDA
+// backend is not built or no GPU is usable.
 #include <cstdio>
 
 #include "runtime.h"
@@ -7,14 +8,16 @@
 #include "model_cuda.h"
 #endif
 
+constexpr int kSkip = 77;  // CTest's SKIP_RETURN_CODE for this test
+
 int main() {
 #ifndef PYLLAMA_HAVE_CUDA
   std::printf("SKIP: built without the CUDA backend (PYLLAMA_CUDA=OFF or no nvcc)\n");
-  return 0;
+  return kSkip;
 #else
   if (pyllama::cuda_device_count() == 0) {
     std::printf("SKIP: no usable CUDA device\n");
-    return 0;
+    return kSkip;
   }
   int failures = 0;
   try {
