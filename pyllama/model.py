@@ -21,7 +21,7 @@ import numpy as np
 
 from . import _core
 from ._io import atomic_write
-from .config import LlamaConfig
+from .config import LlamaConfig, check_memory
 
 ArrayLike = Union[np.ndarray, Sequence[Sequence[int]]]
 
@@ -88,6 +88,7 @@ class Llama:
         if not isinstance(config, LlamaConfig):
             raise TypeError(f"config must be a pyllama.LlamaConfig, got {type(config).__name__}")
         config.validate()
+        check_memory(config)  # before the core allocates: a MemoryError with the figures, not the OOM killer
         self.config = config
         self.device = "cpu"
         self._core = _core.LlamaModel(_core_config(config))
