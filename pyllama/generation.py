@@ -124,10 +124,10 @@ class GenerationConfig:
         def is_real(v: Any) -> bool:
             return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
-        if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
-            fail("max_new_tokens", f"must be an int >= 1, got {self.max_new_tokens!r}")
-        if not is_int(self.min_new_tokens) or self.min_new_tokens < 0:
-            fail("min_new_tokens", f"must be an int >= 0, got {self.min_new_tokens!r}")
+        if not is_int(self.max_new_tokens) or not 1 <= self.max_new_tokens <= 2 ** 31 - 1:
+            fail("max_new_tokens", f"must be an int from 1 to 2**31-1, got {self.max_new_tokens!r}")
+        if not is_int(self.min_new_tokens) or not 0 <= self.min_new_tokens <= 2 ** 31 - 1:
+            fail("min_new_tokens", f"must be an int from 0 to 2**31-1, got {self.min_new_tokens!r}")
         if not isinstance(self.do_sample, (bool, np.bool_)):
             fail("do_sample", f"must be True or False, got {self.do_sample!r}")
         if not is_real(self.temperature):

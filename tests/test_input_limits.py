@@ -1,5 +1,6 @@
 """Sizes, types and thread counts are checked in Python before the core allocates (#21 items 6, 7)."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -67,3 +68,42 @@ def test_cli_threads_flag_is_checked(capsys):
 
     assert main(["train", "--threads", str(2 ** 31 - 1), "--max-steps", "1"]) != 0
     assert "set_num_threads" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ 9. messages that say what was wrong
+
+def test_config_json_list_or_strings_name_the_problem(tmp_path):
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="JSON object"):
+        pyllama.LlamaConfig.from_json(tmp_path / "config.json")
+    d = dict(SMALL, hidden_size="32")
+    with pytest.raises(ValueError, match="hidden_size"):
+        pyllama.LlamaConfig.from_dict(d)
+
+
+def test_malformed_sharded_index_names_the_file(tmp_path):
+    model = pyllama.Llama(pyllama.LlamaConfig(**SMALL))
+    model.save_pretrained(tmp_path)
+    os.unlink(tmp_path / "model.safetensors")
+    for text in ("{not json", '{"metadata": {}}', '{"weight_map": [1]}'):
+        (tmp_path / "model.safetensors.index.json").write_text(text)
+        with pytest.raises(ValueError, match="model.safetensors.index.json.*not a valid sharded-checkpoint index"):
+            pyllama.Llama.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("field", ["max_new_tokens", "min_new_tokens"])
+def test_huge_token_counts_name_the_field(field):
+    from pyllama.generation import GenerationConfig
+
+    with pytest.raises(ValueError, match=f"GenerationConfig.{field}"):
+        GenerationConfig(**{field: 2 ** 63})
+
+
+def test_binary_file_as_tiktoken_names_the_file(tmp_path):
+    p = tmp_path / "model.tiktoken"
+    p.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match="model.tiktoken.*not a .tiktoken file.*binary"):
+        pyllama.Tokenizer.from_tiktoken(str(p), "cl100k", {})
+    p.write_text("hello there\n")
+    with pytest.raises(ValueError, match="model.tiktoken.*not a .tiktoken file"):
+        pyllama.Tokenizer.from_tiktoken(str(p), "cl100k", {})
