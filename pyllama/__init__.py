@@ -19,8 +19,8 @@ if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
 
 from ._version import __version__  # noqa: E402
 from . import _core  # noqa: E402
-from ._core import Tensor, num_threads, set_num_threads  # noqa: E402
-from .config import LlamaConfig  # noqa: E402
+from ._core import Tensor, num_threads  # noqa: E402
+from .config import LlamaConfig, memory_limit  # noqa: E402
 from .model import CausalLMOutput, Llama  # noqa: E402
 from .generation import GenerationConfig  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
@@ -31,6 +31,7 @@ __all__ = [
     "__version__",
     "Tensor",
     "LlamaConfig",
+    "memory_limit",
     "Llama",
     "CausalLMOutput",
     "GenerationConfig",
@@ -58,3 +59,22 @@ def build_info() -> dict:
     True
     """
     return dict(_core.build_info())
+
+
+MAX_THREADS = 4096  # more OpenMP threads than any machine has cores: a mistake, refused
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads (1 to ``MAX_THREADS`` = 4096) in the core's parallel loops.
+
+    >>> import pyllama
+    >>> pyllama.set_num_threads(2**31 - 1)
+    Traceback (most recent call last):
+    ...
+    ValueError: set_num_threads: n must be an int from 1 to 4096, got 2147483647
+    """
+    import numpy as _np
+
+    if isinstance(n, bool) or not isinstance(n, (int, _np.integer)) or not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"set_num_threads: n must be an int from 1 to {MAX_THREADS}, got {n!r}")
+    _core.set_num_threads(int(n))

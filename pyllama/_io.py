@@ -6,10 +6,19 @@ import tempfile
 from typing import Callable
 
 
+def file_mode() -> int:
+    """The mode a plain new file gets here: ``0o666 & ~umask`` (as ``open(path, "w")`` gives)."""
+    umask = os.umask(0o022)  # reading the umask means setting it; put it back at once
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` and rename the result onto ``path``.
 
     A crash (or a full disk) while writing leaves any previous file at ``path`` intact.
+    The file gets the usual mode of a new file (``0o666 & ~umask``), not the ``0600``
+    of the temporary file it was written as.
     """
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
@@ -18,6 +27,7 @@ def atomic_write(path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, file_mode())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

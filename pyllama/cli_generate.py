@@ -93,10 +93,10 @@ def resolve_model_dir(path: str) -> str:
     latest = os.path.join(path, "latest")
     if os.path.exists(latest):
         return resolve_model_dir(latest)
-    steps = sorted((int(m.group(1)), n) for n in os.listdir(path)
-                   if (m := re.fullmatch(r"step-(\d+)", n)) and os.path.isdir(os.path.join(path, n)))
+    steps = sorted((int(m.group(1)), int(m.group(2) or 0), n) for n in os.listdir(path)  # step-N, re-saved step-N.K
+                   if (m := re.fullmatch(r"step-(\d+)(?:\.(\d+))?", n)) and os.path.isdir(os.path.join(path, n)))
     if steps:
-        return os.path.join(path, steps[-1][1])
+        return os.path.join(path, steps[-1][2])
     raise FileNotFoundError(f"{path!r} has no config.json: not a model folder or training run")
 
 

@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional, Tuple
 from . import distributed as dist
 from .config import LlamaConfig
 from .data import TOKENIZER_FILE, TokenData, prepare
-from .train import TrainConfig, Trainer, load_trainer_state, resolve_checkpoint, _step_dirs
+from .train import STATE_FILE, TrainConfig, Trainer, load_trainer_state, resolve_checkpoint, _step_dirs
 
 BUNDLED_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "shakespeare.txt")
 DEFAULT_OUT = os.path.join("runs", "shakespeare")
@@ -274,6 +274,16 @@ def _run_train(args, comm) -> int:
     return _train_and_report(trainer, model, train_data, val_data)
 
 
+def _run_dir_of(where: str) -> str:
+    """The run folder of what ``--resume`` named, taken from the path as given (not from a
+    recorded out_dir, nor by following ``latest``): a checkpoint folder's or ``latest``'s
+    parent, else the named folder itself."""
+    p = os.path.abspath(where)
+    if os.path.basename(p) == "latest" or os.path.isfile(os.path.join(p, STATE_FILE)):
+        return os.path.dirname(p)
+    return p
+
+
 def _run_resume(args, comm) -> int:
     import pyllama
 
@@ -293,6 +303,11 @@ def _run_resume(args, comm) -> int:
     tc_fields.update(flags["train"])
     if betas is not None:
         tc_fields["betas"] = tuple(tc_fields["betas"][i] if betas[i] is None else betas[i] for i in range(2))
+    # The run goes on in the folder that holds the checkpoint (a copied or moved run writes
+    # into the copy), never in the out_dir recorded in it; --out-dir (or the config file's
+    # out_dir) continues it in another folder instead.
+    explicit_out = flags["train"].get("out_dir") or train_f.get("out_dir")
+    tc_fields["out_dir"] = os.path.abspath(explicit_out) if explicit_out else _run_dir_of(where)
     # Another number of ranks: keep the micro-batches per step (ranks x grad_accum_steps), so the
     # run continues exactly, unless grad_accum_steps was given.
     saved_w = int(state.get("world_size", 1))

@@ -3,11 +3,71 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+INT_MAX = 2 ** 31 - 1  # the core's sizes and ids are 32-bit
+_memory_limit: Optional[int] = None
+
+
+def memory_limit(limit_bytes: Optional[int] = None, *, reset: bool = False) -> Optional[int]:
+    """The most memory (bytes) a model may need before ``LlamaConfig`` refuses it.
+
+    By default the machine's physical memory (``os.sysconf``). ``memory_limit(n)`` sets a
+    lower (or higher) limit for this process, ``memory_limit(reset=True)`` goes back to
+    the default; both return the limit now in force (None when it cannot be told).
+    ``Llama(config)`` checks 8 bytes per parameter (weights and gradients) plus the RoPE
+    tables, ``Trainer`` 16 (two AdamW moments more) plus the activations of a batch
+    (:meth:`LlamaConfig.memory_bytes`); both in Python, before the core allocates.
+    A config alone is never refused for its size.
+
+    >>> import pyllama
+    >>> old = pyllama.memory_limit(10**6)
+    >>> pyllama.Llama(pyllama.LlamaConfig(vocab_size=32000, hidden_size=256, intermediate_size=512,
+    ...                                   num_hidden_layers=2, num_attention_heads=4))
+    Traceback (most recent call last):
+    ...
+    MemoryError: Llama: this model needs about 142 MB (8 bytes per parameter ... pyllama.memory_limit() is 1 MB...
+    >>> _ = pyllama.memory_limit(reset=True)
+    """
+    global _memory_limit
+    if reset:
+        _memory_limit = None
+    elif limit_bytes is not None:
+        if isinstance(limit_bytes, bool) or not isinstance(limit_bytes, int) or limit_bytes <= 0:
+            raise ValueError(f"memory_limit must be a positive number of bytes, got {limit_bytes!r}")
+        _memory_limit = limit_bytes
+    return _memory_limit if _memory_limit is not None else _physical_memory()
+
+
+def _physical_memory() -> Optional[int]:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.0f} MB" if n < 1e10 else f"{n / 1e9:,.1f} GB"
+
+
+def check_memory(cfg: "LlamaConfig", training: bool = False, batch_tokens: int = 0) -> None:
+    """Raise ``MemoryError`` (with the figures) when ``cfg`` needs more than :func:`memory_limit`
+    (see :meth:`LlamaConfig.memory_bytes` for what is counted)."""
+    limit = memory_limit()
+    need = cfg.memory_bytes(training, batch_tokens)
+    if limit is not None and need > limit:
+        who = "pyllama.memory_limit()" if _memory_limit is not None else "this machine's memory"
+        what = ("Trainer: training this model needs about {} (16 bytes per parameter for weights, gradients and "
+                "AdamW moments, the activations of a batch" if training else
+                "Llama: this model needs about {} (8 bytes per parameter for weights and gradients")
+        raise MemoryError(what.format(_mb(need)) + f", RoPE tables of max_position_embeddings="
+                          f"{cfg.max_position_embeddings}); {who} is {_mb(limit)}. Use a smaller model"
+                          + (" or batch" if training else "") + ", or set the limit with pyllama.memory_limit(bytes)")
 
 
 @dataclass
@@ -43,10 +103,20 @@ class LlamaConfig:
         return self.hidden_size // self.num_attention_heads
 
     def validate(self) -> None:
+        """Check every field (types, ranges, the ``int32`` limit of the core) and that the
+        model fits in memory (:func:`check_memory`); errors name the field."""
         def positive(name: str) -> None:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"LlamaConfig.{name} must be a positive int, got {v!r}")
+            if v > INT_MAX:
+                raise ValueError(f"LlamaConfig.{name} = {v} is too large: the core's sizes are 32-bit, at most "
+                                 f"{INT_MAX}")
+
+        def positive_float(name: str) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"LlamaConfig.{name} must be a finite number > 0, got {v!r}")
 
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
@@ -62,10 +132,34 @@ class LlamaConfig:
             raise ValueError(
                 f"LlamaConfig.num_key_value_heads ({self.num_key_value_heads}) must divide "
                 f"num_attention_heads ({self.num_attention_heads})")
-        if not self.rms_norm_eps > 0:
-            raise ValueError(f"LlamaConfig.rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
-        if not self.rope_theta > 0:
-            raise ValueError(f"LlamaConfig.rope_theta must be > 0, got {self.rope_theta!r}")
+        positive_float("rms_norm_eps")
+        positive_float("rope_theta")
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise ValueError(f"LlamaConfig.tie_word_embeddings must be True or False, got {self.tie_word_embeddings!r}")
+        for name in ("bos_token_id", "eos_token_id"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= INT_MAX):
+                raise ValueError(f"LlamaConfig.{name} must be None or an int in [0, {INT_MAX}], got {v!r}")
+
+    def memory_bytes(self, training: bool = True, batch_tokens: int = 0) -> int:
+        """Bytes a model of this shape needs: 16 per parameter to train (float32 weights,
+        gradients and two AdamW moments), 8 for the model alone (``training=False``: weights
+        and gradients, what ``Llama(config)`` allocates), plus the RoPE cos/sin tables
+        (max_position_embeddings x head_dim floats) and, when ``batch_tokens`` (batch x
+        sequence) is given, a rough figure for the activations kept for the backward pass
+        (10 floats of width C and 3 of width I per token per layer, plus the logits twice).
+
+        >>> LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        ...             num_attention_heads=2, max_position_embeddings=16).memory_bytes()
+        231936
+        """
+        C, I, L, V = self.hidden_size, self.intermediate_size, self.num_hidden_layers, self.vocab_size
+        kv = self.num_key_value_heads * self.head_dim
+        per_layer = C * C * 2 + C * kv * 2 + 3 * C * I + 2 * C
+        params = L * per_layer + V * C * (1 if self.tie_word_embeddings else 2) + C
+        rope = self.max_position_embeddings * self.head_dim * 4
+        acts = batch_tokens * (L * (10 * C + 3 * I) + 2 * V) * 4
+        return (16 if training else 8) * params + rope + acts
 
     # ---------------------------------------------------------------- Hugging Face config.json
     def to_dict(self) -> dict:

@@ -124,10 +124,10 @@ class GenerationConfig:
         def is_real(v: Any) -> bool:
             return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
-        if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
-            fail("max_new_tokens", f"must be an int >= 1, got {self.max_new_tokens!r}")
-        if not is_int(self.min_new_tokens) or self.min_new_tokens < 0:
-            fail("min_new_tokens", f"must be an int >= 0, got {self.min_new_tokens!r}")
+        if not is_int(self.max_new_tokens) or not 1 <= self.max_new_tokens <= 2 ** 31 - 1:
+            fail("max_new_tokens", f"must be an int from 1 to 2**31-1, got {self.max_new_tokens!r}")
+        if not is_int(self.min_new_tokens) or not 0 <= self.min_new_tokens <= 2 ** 31 - 1:
+            fail("min_new_tokens", f"must be an int from 0 to 2**31-1, got {self.min_new_tokens!r}")
         if not isinstance(self.do_sample, (bool, np.bool_)):
             fail("do_sample", f"must be True or False, got {self.do_sample!r}")
         if not is_real(self.temperature):
@@ -418,6 +418,10 @@ def sample_from_logits(logits: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     for i in range(logits.shape[0]):  # rows: a few sequences; work on the tokens still allowed
         row = logits[i]
         cand = np.flatnonzero(row > -np.inf)
+        if cand.size == 0:
+            raise ValueError("sampling: every token is masked (logit -inf) for a sequence, so there is nothing "
+                             "to sample; this happens when no_repeat_ngram_size, min_new_tokens or bad logits "
+                             "exclude the whole vocabulary: use a smaller no_repeat_ngram_size or max_new_tokens")
         w = row[cand].astype(np.float64)
         np.exp(w - w.max(), out=w)
         cdf = np.cumsum(w)
@@ -879,7 +883,11 @@ def _beam_search(model: Any, prompts: List[np.ndarray], cfg: GenerationConfig, e
         cand = cand + (~entered).astype(np.float32) * _BEAM_NEG
         for a, i in enumerate(live.tolist()):
             merged = np.concatenate([fin_scores[i], cand[a]])
-            top = np.argsort(-merged, kind="stable")[:nb]
+            # best first; among equal scores the later entry first, as torch.topk does here. Scores
+            # tie when every token gets masked (no_repeat_ngram_size exhausting the vocabulary): an
+            # open candidate's s/len - 1e9 rounds to the -1e9 of the empty slots in float32, and
+            # Hugging Face keeps the newest such candidates, so the output holds tokens, not []
+            top = np.lexsort((-np.arange(merged.size), -merged))[:nb]
             kept = []  # (tokens, reason, finished) of the new best nb
             for j in top.tolist():
                 if j < nb:  # an old finished hypothesis

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import _core
 from ._io import atomic_write
-from .config import LlamaConfig
+from .config import LlamaConfig, check_memory
 
 ArrayLike = Union[np.ndarray, Sequence[Sequence[int]]]
 
@@ -88,6 +88,7 @@ class Llama:
         if not isinstance(config, LlamaConfig):
             raise TypeError(f"config must be a pyllama.LlamaConfig, got {type(config).__name__}")
         config.validate()
+        check_memory(config)  # before the core allocates: a MemoryError with the figures, not the OOM killer
         self.config = config
         self._set_core(_core.make_model(_core_config(config), "cpu", "float32"))
         self._have_loss = False
@@ -379,8 +380,14 @@ def _safetensors_files(path: str) -> List[str]:
         return [single]
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
-        with open(index, "r", encoding="utf-8") as f:
-            weight_map = json.load(f).get("weight_map", {})
+        try:
+            with open(index, "r", encoding="utf-8") as f:
+                weight_map = json.load(f)["weight_map"]
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise TypeError("'weight_map' must map tensor names to shard file names")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
+            raise ValueError(f"{index!r} is not a valid sharded-checkpoint index ({type(e).__name__}: {e}); "
+                             "it must be JSON with a 'weight_map' object: re-save or re-download the model") from None
         return [os.path.join(path, n) for n in sorted(set(weight_map.values()))]
     raise FileNotFoundError(f"{path!r} has no model.safetensors (nor a sharded index)")
 

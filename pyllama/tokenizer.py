@@ -158,10 +158,17 @@ class Tokenizer:
         """
         pat = _canonical_pattern(pattern)
         data = _read_bytes(path)
+        what = f"{os.fspath(path)!r} is not a .tiktoken file (text lines '<base64 token> <rank>')"
+        if b"\0" in data[:65536]:
+            raise ValueError(f"{what}: it holds binary data; pass the tokenizer's .tiktoken ranks file (a "
+                             "tokenizer.json goes to Tokenizer.from_hf_json / Tokenizer.load)")
         n_lines = sum(1 for line in data.splitlines() if line.strip())
         specials = _special_dict(special_tokens, n_lines)
-        core = _core.CoreTokenizer.from_tiktoken(data, pat if _core.tokenizer_is_preset(pat) else None,
-                                                 list(specials.items()))
+        try:
+            core = _core.CoreTokenizer.from_tiktoken(data, pat if _core.tokenizer_is_preset(pat) else None,
+                                                     list(specials.items()))
+        except ValueError as e:
+            raise ValueError(f"{what}: {e}") from None
         return cls(core, pat)
 
     @classmethod

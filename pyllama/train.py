@@ -20,6 +20,7 @@ sets the learning rate from :func:`pyllama.cosine_lr` and applies
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -40,15 +42,26 @@ from .data import TOKENIZER_FILE, DataLoader, TokenData, as_token_data, save_tok
 from .optim import AdamW, _core_of, clip_grad_norm, cosine_lr, grad_norm
 from . import distributed as _dist
 
-__all__ = ["TrainConfig", "Trainer", "resolve_checkpoint", "load_trainer_state", "plot_metrics",
-           "STATE_FILE", "OPTIMIZER_FILE"]
+__all__ = ["TrainConfig", "Trainer", "resolve_checkpoint", "load_trainer_state", "verify_checkpoint",
+           "clean_run_dir", "plot_metrics", "STATE_FILE", "OPTIMIZER_FILE", "MANIFEST_FILE"]
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 METRICS_FILE = "metrics.jsonl"
 STATE_FORMAT = "pyllama.trainer_state"
 STATE_VERSION = 1
-_STEP_DIR = re.compile(r"^step-(\d+)$")
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "pyllama.checkpoint_manifest"
+# A published checkpoint: step-N, or step-N.K (K = 1, 2, ...) when step N was saved again
+# while step-N existed (docs/TRAINING.md, "Checkpoint lifecycle").
+_STEP_DIR = re.compile(r"^step-(\d+)(?:\.(\d+))?$")
+# What an interrupted save, prune or pointer update leaves in a run folder; the random
+# part is tempfile's. Start-up cleanup removes these names and nothing else.
+_LEFTOVER = re.compile(r"^(?:\.tmp-step-\d+(?:\.\d+)?-[A-Za-z0-9_]+"      # a checkpoint being written
+                       r"|\.trash-step-\d+(?:\.\d+)?-[A-Za-z0-9_]+"       # a checkpoint being deleted
+                       r"|\.old-step-\d+-[A-Za-z0-9_]+"                    # pyllama <= 0.1's re-save swap
+                       r"|\.tmp-latest-\d+(?:-[A-Za-z0-9_]+)?"              # a new latest symlink
+                       r"|\.tmp-[A-Za-z0-9_]+-(?:latest|metrics\.jsonl|loss\.png))$")  # atomic_write temps
 
 _KW_ONLY = {"kw_only": True} if sys.version_info >= (3, 10) else {}
 
@@ -238,13 +251,104 @@ def _make_readable(path: str) -> None:
 
 
 def _step_dirs(run_dir: str) -> List[Tuple[int, str]]:
+    """The published checkpoints of a run folder as ``(step, path)``, oldest first
+    (``step-N`` before its re-saves ``step-N.1``, ``step-N.2``, ...)."""
     out = []
     if os.path.isdir(run_dir):
         for name in os.listdir(run_dir):
             m = _STEP_DIR.match(name)
-            if m and os.path.isdir(os.path.join(run_dir, name)) and not os.path.islink(os.path.join(run_dir, name)):
-                out.append((int(m.group(1)), os.path.join(run_dir, name)))
-    return sorted(out)
+            p = os.path.join(run_dir, name)
+            if m and os.path.isdir(p) and not os.path.islink(p):
+                out.append((int(m.group(1)), int(m.group(2) or 0), p))
+    return [(n, p) for n, _, p in sorted(out)]
+
+
+def _free_step_name(run_dir: str, step: int) -> str:
+    """``step-N`` when free, else ``step-N.K`` with K one past the highest re-save of N."""
+    taken = [int(m.group(2) or 0) for m in map(_STEP_DIR.match, os.listdir(run_dir))
+             if m and int(m.group(1)) == step]
+    return f"step-{step}" if not taken else f"step-{step}.{max(taken) + 1}"
+
+
+def clean_run_dir(run_dir: str) -> List[str]:
+    """Remove what interrupted saves, prunes and pointer updates left in ``run_dir``:
+    only names matching the temporary patterns (``.tmp-step-*``, ``.trash-step-*``,
+    ``.old-step-*``, ``.tmp-latest-*``, atomic-write temporaries of ``latest``,
+    ``metrics.jsonl`` and ``loss.png``); never a published ``step-N`` or ``latest``.
+    Returns the names removed. Only one process may write a run folder at a time."""
+    removed: List[str] = []
+    if not os.path.isdir(run_dir):
+        return removed
+    for name in sorted(os.listdir(run_dir)):
+        if not _LEFTOVER.match(name):
+            continue
+        p = os.path.join(run_dir, name)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+        removed.append(name)
+    return removed
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_manifest(folder: str) -> None:
+    """Write ``folder/manifest.json``: every other file's name, size and SHA-256."""
+    files = {}
+    for name in sorted(os.listdir(folder)):
+        p = os.path.join(folder, name)
+        if name != MANIFEST_FILE and os.path.isfile(p):
+            files[name] = {"size": os.path.getsize(p), "sha256": _sha256(p)}
+    with open(os.path.join(folder, MANIFEST_FILE), "w", encoding="utf-8") as f:
+        json.dump({"format": MANIFEST_FORMAT, "version": 1, "files": files}, f, indent=1)
+        f.write("\n")
+
+
+def verify_checkpoint(ckpt: str) -> bool:
+    """Check a checkpoint folder against its ``manifest.json`` (every listed file present,
+    with its size and SHA-256); raises ``ValueError`` naming the first damaged file.
+
+    Checkpoints written before manifests existed have none: that gives a warning and
+    returns False (resume then relies on reading and checking every file); True when
+    the manifest was checked."""
+    p = os.path.join(ckpt, MANIFEST_FILE)
+    if not os.path.isfile(p):
+        warnings.warn(f"checkpoint {ckpt!r} has no {MANIFEST_FILE} (written by an older pyllama): "
+                      "its files cannot be checked against checksums", stacklevel=2)
+        return False
+    try:
+        with open(p, encoding="utf-8") as f:
+            man = json.load(f)
+        files = man["files"]
+        if man.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
+            raise ValueError("not a pyllama checkpoint manifest")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ValueError(f"checkpoint {ckpt!r} is damaged: {MANIFEST_FILE} is unreadable ({e}); "
+                         "resume from another step-N folder") from None
+    for name, want in files.items():
+        fp = os.path.join(ckpt, name)
+        if not isinstance(want, dict) or os.path.basename(name) != name:
+            raise ValueError(f"checkpoint {ckpt!r} is damaged: {MANIFEST_FILE} has a bad entry {name!r}")
+        if not os.path.isfile(fp):
+            raise ValueError(f"checkpoint {ckpt!r} is damaged: {name} is missing; resume from another step-N folder")
+        size = os.path.getsize(fp)
+        if size != want.get("size"):
+            raise ValueError(f"checkpoint {ckpt!r} is damaged: {name} has {size} bytes, the manifest says "
+                             f"{want.get('size')!r}; resume from another step-N folder")
+        if _sha256(fp) != want.get("sha256"):
+            raise ValueError(f"checkpoint {ckpt!r} is damaged: {name}'s SHA-256 differs from the manifest's; "
+                             "resume from another step-N folder")
+    return True
 
 
 def resolve_checkpoint(path) -> str:
@@ -292,6 +396,27 @@ def load_trainer_state(ckpt: str) -> Dict[str, Any]:
     for key in ("step", "tokens_seen", "data", "train_config", "model_config"):
         if key not in state:
             raise ValueError(f"checkpoint {ckpt!r} is corrupt: {STATE_FILE} lacks {key!r}")
+
+    def bad(what: str, v: Any, want: str) -> ValueError:
+        return ValueError(f"checkpoint {ckpt!r} is corrupt: {STATE_FILE} has {what}={v!r}, expected {want}")
+
+    def count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 63
+
+    for key in ("step", "tokens_seen"):
+        if not count(state[key]):
+            raise bad(key, state[key], "an int >= 0")
+    for key in ("data", "train_config", "model_config"):
+        if not isinstance(state[key], dict):
+            raise bad(key, state[key], "a JSON object")
+    opt = state.get("optimizer", {})
+    if not isinstance(opt, dict) or not count(opt.get("step", state["step"])):
+        raise bad("optimizer", opt, 'an object with "step": an int >= 0')
+    ws = state.get("world_size", 1)
+    if not count(ws) or ws < 1:
+        raise bad("world_size", ws, "an int >= 1")
+    if not isinstance(state.get("metrics") or {}, dict):
+        raise bad("metrics", state.get("metrics"), "a JSON object")
     return state
 
 
@@ -365,6 +490,9 @@ class Trainer:
         self.model = model
         self.config = config
         mc = model.config
+        from .config import check_memory
+
+        check_memory(mc, training=True, batch_tokens=config.batch_size * config.seq_len)
         if config.seq_len > mc.max_position_embeddings:
             raise ValueError(f"TrainConfig.seq_len ({config.seq_len}) exceeds the model's "
                              f"max_position_embeddings ({mc.max_position_embeddings})")
@@ -622,6 +750,8 @@ class Trainer:
         end = c.max_steps if steps is None else min(c.max_steps, self.step + int(steps))
         self._stop = False
         self._stop_request = False
+        if c.out_dir is not None and main:
+            clean_run_dir(c.out_dir)  # leftovers of an earlier process killed while saving
         self._truncate_metrics()  # metrics.jsonl holds this run's history only
         handler_installed = False
         if threading.current_thread() is threading.main_thread():
@@ -697,53 +827,55 @@ class Trainer:
         }
 
     def save_checkpoint(self, path: Optional[str] = None) -> str:
-        """Write ``out_dir/step-N/`` (or ``path``): Hugging Face model files,
-        ``optimizer.safetensors``, ``trainer_state.json`` and the tokenizer.
+        """Write a checkpoint of this step: Hugging Face model files,
+        ``optimizer.safetensors``, ``trainer_state.json``, the tokenizer and
+        ``manifest.json`` (every file's size and SHA-256). Returns the folder.
 
-        The folder is written under a temporary name and renamed when complete,
-        so a crash or a full disk leaves earlier checkpoints as they were. Then
-        ``out_dir/latest`` points at it and all but the last ``keep_last``
-        ``step-N`` folders are removed. Returns the folder.
+        Into the run folder (``path`` None, or a ``step-N`` name inside ``out_dir``):
+        leftovers of interrupted saves are removed first (:func:`clean_run_dir`); the
+        folder is built as ``.tmp-step-N-*``, fsynced and renamed, complete, to
+        ``step-N`` (``step-N.K`` when ``step-N`` exists already: a published folder is
+        never renamed over), then ``latest`` is replaced atomically to point at it, then
+        all but the last ``keep_last`` steps are pruned. A crash at any point leaves
+        ``latest`` on a complete checkpoint (docs/TRAINING.md, "Checkpoint lifecycle").
+
+        Any other ``path``: built the same way; an existing folder there is renamed aside,
+        the new one renamed in, the old one deleted.
 
         Data parallel: only rank 0 writes; the other ranks return the path
         without writing (every rank holds the same weights and moments).
         """
-        from safetensors.numpy import save_file
-
         c = self.config
         if path is None:
             if c.out_dir is None:
                 raise ValueError("TrainConfig.out_dir is None: pass a path to save_checkpoint")
             path = os.path.join(c.out_dir, f"step-{self.step}")
         path = os.path.abspath(os.fspath(path))
+        parent, base = os.path.split(path)
+        in_run = (c.out_dir is not None and os.path.abspath(c.out_dir) == parent
+                  and _STEP_DIR.match(base) is not None)
         if self.rank != 0:
             self.last_checkpoint = path
             return path
-        parent = os.path.dirname(path)
         os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(path)}-", dir=parent)
+        if in_run:
+            clean_run_dir(parent)
+            base = f"step-{self.step}"
+        tmp = tempfile.mkdtemp(prefix=f".tmp-{base}-", dir=parent)
         try:
-            self.model.save_pretrained(tmp)
-            sd = self.optimizer.state_dict()
-            tensors = {}
-            for key in ("exp_avg", "exp_avg_sq"):
-                for name, a in sd[key].items():
-                    tensors[f"{key}.{name}"] = np.ascontiguousarray(a)
-            save_file(tensors, os.path.join(tmp, OPTIMIZER_FILE),
-                      metadata={"format": "pyllama.adamw", "step": str(sd["step"]),
-                                "hyper": json.dumps(sd["hyper"])})
-            if self.tokenizer is not None:
-                save_tokenizer(self.tokenizer, tmp)
-            with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
-                json.dump(self.state(), f, indent=2)
-                f.write("\n")
+            self._write_checkpoint_files(tmp)
+            _write_manifest(tmp)  # last: a folder with a manifest is complete
             _make_readable(tmp)
             _fsync_tree(tmp)
-            if os.path.lexists(path):  # re-saving the same step: swap the old folder out
-                old = tempfile.mkdtemp(prefix=f".old-{os.path.basename(path)}-", dir=parent)
-                os.rename(path, os.path.join(old, "x"))
+            if in_run:
+                path = os.path.join(parent, _free_step_name(parent, self.step))
+                os.rename(tmp, path)  # complete, under its final name, in one step
+            elif os.path.lexists(path):
+                trash = tempfile.mkdtemp(prefix=f".trash-{base}-", dir=parent)
+                os.rmdir(trash)  # only the unique name is wanted
+                os.rename(path, trash)
                 os.rename(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
+                shutil.rmtree(trash, ignore_errors=True)
             else:
                 os.rename(tmp, path)
             _fsync_dir(parent)
@@ -751,26 +883,66 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self.last_checkpoint = path
-        if c.out_dir is not None and os.path.abspath(c.out_dir) == parent:
+        if in_run:
             _point_latest(parent, os.path.basename(path))
             self._prune(parent)
         return path
 
+    def _write_checkpoint_files(self, folder: str) -> None:
+        """The files of a checkpoint (all but the manifest), into ``folder``."""
+        from safetensors.numpy import save_file
+
+        self.model.save_pretrained(folder)
+        sd = self.optimizer.state_dict()
+        tensors = {}
+        for key in ("exp_avg", "exp_avg_sq"):
+            for name, a in sd[key].items():
+                tensors[f"{key}.{name}"] = np.ascontiguousarray(a)
+        save_file(tensors, os.path.join(folder, OPTIMIZER_FILE),
+                  metadata={"format": "pyllama.adamw", "step": str(sd["step"]), "hyper": json.dumps(sd["hyper"])})
+        if self.tokenizer is not None:
+            save_tokenizer(self.tokenizer, folder)
+        with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as f:
+            json.dump(self.state(), f, indent=2)
+            f.write("\n")
+
     def _prune(self, run_dir: str) -> None:
+        """Delete older saves of the newest step (``step-N`` once ``step-N.1`` holds it) and
+        all but the newest ``keep_last`` steps (``keep_last = 0`` keeps every step). Each
+        folder is first renamed to ``.trash-step-...`` (atomic: it is whole or gone under its
+        published name), then deleted; never the checkpoint ``latest`` points at."""
         k = self.config.keep_last
-        if k <= 0:
-            return
         steps = _step_dirs(run_dir)
-        for _, p in steps[:-k]:
-            if p != self.last_checkpoint:
-                shutil.rmtree(p, ignore_errors=True)
+        keep = {os.path.realpath(self.last_checkpoint)} if self.last_checkpoint else set()
+        newest: Dict[int, str] = {}
+        for n, p in steps:
+            newest[n] = p  # _step_dirs sorts the re-saves of a step after it
+        kept_steps = sorted(newest)[-k:] if k > 0 else sorted(newest)
+        keep.update(os.path.realpath(newest[n]) for n in kept_steps)
+        latest = os.path.join(run_dir, "latest")
+        if os.path.islink(latest):
+            keep.add(os.path.realpath(latest))
+        for n, p in steps:
+            if os.path.realpath(p) in keep:
+                continue
+            trash = tempfile.mkdtemp(prefix=f".trash-{os.path.basename(p)}-", dir=run_dir)
+            os.rmdir(trash)
+            os.rename(p, trash)
+            shutil.rmtree(trash, ignore_errors=True)
 
     def resume(self, path) -> str:
         """Continue from a checkpoint (``step-N`` folder, ``latest`` or run folder):
         loads the weights, optimizer moments, step, tokens seen and the data
         position/RNG, so the following steps equal an uninterrupted run's.
-        Returns the checkpoint folder used."""
+        Returns the checkpoint folder used.
+
+        All or nothing: the files are checked against the checkpoint's manifest, and
+        every piece (weights, both moments of every parameter, the state's fields and
+        their types, the data position and RNG state) is read and checked before this
+        trainer changes; an error (a ``ValueError`` naming the file or field) leaves it
+        as it was. A checkpoint without a manifest (older pyllama) gives a warning."""
         ckpt = resolve_checkpoint(path)
+        verify_checkpoint(ckpt)
         state = load_trainer_state(ckpt)
         # the model must have the checkpoint's shape
         from .config import LlamaConfig
@@ -804,7 +976,7 @@ class Trainer:
             raise ValueError(f"cannot resume exactly: checkpoint {ckpt!r} ran {saved_w} rank(s) x grad_accum_steps="
                              f"{saved_a} micro-batches per step, this run has {self.world_size} rank(s) x "
                              f"grad_accum_steps={self.config.grad_accum_steps}{hint}")
-        # weights
+        # weights: every parameter, its shape, a float type
         weights = _load_safetensors(os.path.join(ckpt, "model.safetensors"), "model weights")
         named = self.model.named_parameters()
         for name, view in named.items():
@@ -813,22 +985,42 @@ class Trainer:
             if weights[name].shape != view.shape:
                 raise ValueError(f"checkpoint {ckpt!r}: {name!r} has shape {weights[name].shape}, "
                                  f"expected {view.shape}")
-        # optimizer moments
+            if weights[name].dtype.kind != "f":
+                raise ValueError(f"checkpoint {ckpt!r}: {name!r} has dtype {weights[name].dtype}, expected floats")
+        # optimizer moments: both moments of every parameter, float32, the parameter's shape
         moments = _load_safetensors(os.path.join(ckpt, OPTIMIZER_FILE), "optimizer moments")
         opt_state = {"step": int(state.get("optimizer", {}).get("step", state["step"])), "exp_avg": {}, "exp_avg_sq": {}}
-        for key, a in moments.items():
-            kind, _, name = key.partition(".")
-            if kind in ("exp_avg", "exp_avg_sq"):
+        for kind in ("exp_avg", "exp_avg_sq"):
+            for name, view in named.items():
+                a = moments.get(f"{kind}.{name}")
+                if a is None:
+                    raise ValueError(f"checkpoint {ckpt!r} is corrupt: {OPTIMIZER_FILE} lacks {kind}.{name}")
+                if a.shape != view.shape or a.dtype != np.float32:
+                    raise ValueError(f"checkpoint {ckpt!r} is corrupt: {OPTIMIZER_FILE} has {kind}.{name} of shape "
+                                     f"{a.shape} {a.dtype}, expected {view.shape} float32")
                 opt_state[kind][name] = a
+        # data position and RNG: restored into a new loader, which replaces ours below
+        loader = DataLoader(self.train_data, self.config.batch_size, self.config.seq_len, seed=self.config.seed)
+        try:
+            loader.load_state_dict(state["data"])
+            d = state["data"]
+            if not all(isinstance(d.get(k), int) and not isinstance(d.get(k), bool) and d[k] >= 0
+                       for k in ("pos", "batches")):
+                raise ValueError(f"pos={d.get('pos')!r}, batches={d.get('batches')!r} must be ints >= 0")
+            loader.rng.bit_generator.random_raw()  # a state numpy accepted but cannot run raises here
+            loader.rng.bit_generator.state = d["rng"]
+        except Exception as e:  # numpy raises several types for a bad generator state
+            raise ValueError(f"checkpoint {ckpt!r} is corrupt: {STATE_FILE} has a bad data position or RNG "
+                             f"state ({type(e).__name__}: {e})") from None
         # everything read and checked: now change this trainer
         flat = np.empty(self.model.num_parameters(), np.float32)
         for name, o, n, _ in self.model.param_segments():
             flat[o:o + n] = weights[name].reshape(-1)
         self.model.load_flat_params(flat)
         self.optimizer.load_state_dict(opt_state)
-        self.loader.load_state_dict(state["data"])
-        self.step = int(state["step"])
-        self.tokens_seen = int(state["tokens_seen"])
+        self.loader = loader
+        self.step = state["step"]
+        self.tokens_seen = state["tokens_seen"]
         self.last_metrics = dict(state.get("metrics") or {})
         self.last_checkpoint = os.path.abspath(ckpt)
         self._truncate_metrics()
@@ -854,20 +1046,24 @@ class Trainer:
 
 
 def _point_latest(run_dir: str, target: str) -> None:
-    """Make ``run_dir/latest`` a symlink to ``target`` (atomically); a text file where symlinks fail."""
+    """Make ``run_dir/latest`` a relative symlink to ``target``, replacing the old one
+    atomically (a new link under a temporary name, then ``os.replace``): a reader sees
+    the old target or the new one, never none. Where symlinks fail, a text file naming
+    the target, also replaced atomically."""
     link = os.path.join(run_dir, "latest")
     tmp = os.path.join(run_dir, f".tmp-latest-{os.getpid()}")
     try:
         if os.path.lexists(tmp):
             os.unlink(tmp)
         os.symlink(target, tmp, target_is_directory=True)
-        if os.path.isdir(link) and not os.path.islink(link):
-            shutil.rmtree(link)
-        os.replace(tmp, link)
-    except OSError:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
+    except OSError:  # no symlinks here (some file systems, Windows without the privilege)
         atomic_write_text(link, target + "\n")
+        _fsync_dir(run_dir)
+        return
+    if os.path.isdir(link) and not os.path.islink(link):  # a real folder named latest: not ours to keep
+        shutil.rmtree(link)
+    os.replace(tmp, link)
+    _fsync_dir(run_dir)
 
 
 # ---------------------------------------------------------------------- plot

@@ -138,3 +138,25 @@ def test_generate_matches_hf_backed_stand_in(pair):
     hf, model, common = pair
     kw = dict(num_beams=4, num_return_sequences=2, max_new_tokens=8, eos_token_id=common[:1])
     assert model.generate(PROMPTS, **kw) == pyllama.generation.generate(TorchKVModel(hf), PROMPTS, **kw)
+
+
+def test_every_token_masked_matches_hf_for_greedy_and_returns_tokens_for_beams():
+    """no_repeat_ngram_size=1 on a vocabulary of 8 bans every token after a few steps (#21 item 8)."""
+    hf = tiny_hf_model(seed=0, vocab_size=8)
+    model = pyllama_from_hf(hf)
+    kw = dict(max_new_tokens=12, no_repeat_ngram_size=1, eos_token_id=[])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = hf_generate(hf, [1, 2, 3], do_sample=False, **kw)
+    assert list(model.generate([[1, 2, 3]], **kw)) == ref  # argmax of all -inf: token 0, as torch
+    for nb, r in ((2, 1), (3, 2)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = hf_generate(hf, [1, 2, 3], do_sample=False, num_beams=nb, num_return_sequences=r, **kw)
+        out = list(model.generate([[1, 2, 3]], num_beams=nb, num_return_sequences=r, **kw))
+        # Hugging Face returns the open beams' tokens (their scores round to the -1e9 of an empty
+        # slot); which of the tied beams it keeps is torch.topk's tie order, not reproduced here
+        assert all(len(s) >= 4 for s in out) and [len(s) > 0 for s in ref] == [True] * r
+        assert all(set(s[:4]) == {4, 5, 6, 7} for s in out)
+    with pytest.raises(ValueError, match="every token is masked"):
+        model.generate([[1, 2, 3]], do_sample=True, seed=0, **kw)
