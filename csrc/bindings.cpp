@@ -215,7 +215,14 @@ A core tensor: dtype, shape, device and row-major contiguous storage.
              if (what.rfind("cuda:", 0) == 0)
                throw ValueError("device '" + what + "': pyllama uses one GPU per process, 'cuda' (= 'cuda:0'); "
                                 "pick the GPU with CUDA_VISIBLE_DEVICES");
-             return t.to_dtype(dtype_from_name(what));
+             DType dt;
+             try {
+               dt = dtype_from_name(what);
+             } catch (const ValueError&) {
+               throw ValueError("Tensor.to('" + what + "'): unknown device or dtype; expected 'cpu', 'cuda', or a "
+                                "dtype ('float32', 'bfloat16', 'int32', 'int64', 'uint16', 'uint32')");
+             }
+             return t.to_dtype(dt);
            }, py::arg("device_or_dtype"), R"doc(
 A copy on another device ('cpu', 'cuda') or in another dtype ('float32', 'bfloat16').
 Moving to the device the tensor is already on returns it unchanged on the CPU and a

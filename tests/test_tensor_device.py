@@ -22,7 +22,7 @@ def test_to_cpu_shares_storage_and_dtype_conversion():
         t.__cuda_array_interface__
     with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
         t.to("cuda:1")
-    with pytest.raises(ValueError, match="unknown dtype"):
+    with pytest.raises(ValueError, match=r"unknown device or dtype; expected 'cpu', 'cuda'"):
         t.to("tpu")
 
 
