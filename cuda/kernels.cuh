@@ -66,7 +66,7 @@ void rmsnorm_backward(T* dinp, float* dw, float* partial, const T* dout, const T
 // ---------------------------------------------------------------- rope.cu
 // In place, the first `nheads` heads of each row of x (row stride ld); rotate-half
 // pairing (i with i + HS/2); row r at position pos[r]; inverse rotates by -angle.
-// cos_t/sin_t (max_T, HS/2) float, as rope_table in ops.h computes them.
+// cos_t/sin_t (max_T, HS/2) float, as rope_table in core/rope.h computes them.
 template <typename T>
 void rope_apply(T* x, int ld, const int32_t* pos, const float* cos_t, const float* sin_t, int N, int nheads, int HS,
                 bool inverse, cudaStream_t stream);

@@ -16,7 +16,7 @@
 #include "decode.cuh"
 #include "kernels.cuh"
 #include "model_cuda.h"
-#include "ops.h"  // rope_table: the same float32 table as the CPU
+#include "rope.h"  // rope_table: the same float32 table as the CPU
 
 namespace pyllama {
 
@@ -1362,8 +1362,27 @@ namespace {
 std::unique_ptr<Model> make_cuda(const LlamaConfig& cfg, int index, DType dtype) {
   return std::make_unique<LlamaModelCuda>(cfg, dtype, index);
 }
+void cuda_copy_kind(void* dst, const void* src, size_t bytes, int kind) {
+  cuda_copy(dst, src, bytes, static_cast<CudaCopy>(kind));
+}
 }  // namespace
-void register_cuda_backend() { register_backend("cuda", &make_cuda); }
+
+void register_cuda_backend() {
+  BackendInfo info;
+  info.make = &make_cuda;
+  info.device_count = &cuda_runtime_device_count;
+#ifdef PYLLAMA_CUDA_ARCHS
+  info.archs = PYLLAMA_CUDA_ARCHS;
+#endif
+  register_backend("cuda", info);
+  DeviceMemoryOps mem;  // the core's Tensor storage on Device::cuda
+  mem.alloc = &cuda_malloc;
+  mem.free = &cuda_free;
+  mem.zero = &cuda_zero;
+  mem.copy = &cuda_copy_kind;
+  mem.device_count = &cuda_runtime_device_count;
+  register_device_memory(Device::cuda, mem);
+}
 
 const LlamaConfig& LlamaModelCuda::config() const { return impl_->cfg; }
 DType LlamaModelCuda::dtype() const { return impl_->dtype; }

@@ -43,9 +43,7 @@
 namespace pyllama {
 
 
-// Every CUDA launcher against its CPU twin on random float32 inputs (cuda/ops_check.cu):
-// (check name, max |gpu - cpu| / max |cpu|) pairs. Throws CudaError without a GPU.
-std::vector<std::pair<std::string, double>> cuda_check_ops(unsigned seed = 1234);
+
 
 // Registers "cuda" with make_model / move_model (backend.h).
 void register_cuda_backend();

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "backends.h"
 #include "checkpoint.h"
 #include "model.h"
 
@@ -82,6 +83,7 @@ static int selftest() {
 }
 
 int main(int argc, char** argv) {
+  register_backends();  // cpu (and cuda when compiled in) for load_pretrained
   if (argc >= 2 && std::strcmp(argv[1], "--selftest") == 0) return selftest();
   if (argc < 3) {
     std::fprintf(stderr, "usage: %s CHECKPOINT_DIR [-n N] TOKEN_ID...\n       %s --selftest\n", argv[0], argv[0]);

@@ -141,7 +141,7 @@ def test_build_info_reports_cuda_build():
 
 @gpu
 def test_each_kernel_matches_its_cpu_op():
-    """cuda/ops_check.cu: every launcher vs csrc/ops.h on random inputs (localises a failure)."""
+    """tests/cuda/ops_check.cu: every launcher vs csrc/cpu/ops.h on random inputs (localises a failure)."""
     errors = pyllama._core.cuda_check_ops(1234)
     assert len(errors) > 30
     bad = {k: v for k, v in errors.items() if not v <= TOL}

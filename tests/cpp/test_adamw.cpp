@@ -5,7 +5,7 @@
 #include <random>
 #include <vector>
 
-#include "adamw.h"
+#include "adamw_cpu.h"
 #include "common.h"
 #include "test_util.h"
 

@@ -3,9 +3,11 @@
 // backend is not built or no GPU is usable.
 #include <cstdio>
 
-#include "runtime.h"
+#include "backend.h"
+#include "backends.h"
 #ifdef PYLLAMA_HAVE_CUDA
 #include "model_cuda.h"
+#include "ops_check.h"
 #endif
 
 constexpr int kSkip = 77;  // CTest's SKIP_RETURN_CODE for this test
@@ -15,7 +17,8 @@ int main() {
   std::printf("SKIP: built without the CUDA backend (PYLLAMA_CUDA=OFF or no nvcc)\n");
   return kSkip;
 #else
-  if (pyllama::cuda_device_count() == 0) {
+  pyllama::register_backends();
+  if (pyllama::backend_device_count("cuda") == 0) {
     std::printf("SKIP: no usable CUDA device\n");
     return kSkip;
   }

@@ -9,6 +9,7 @@
 #include "matmul.h"
 #include "model.h"
 #include "ops.h"
+#include "rope.h"
 #include "tensor.h"
 #include "test_util.h"
 

@@ -27,10 +27,10 @@ OUT=${TMPDIR:-/tmp}/pyllama_cuda_sim
 mkdir -p "$OUT"
 CXX=${CXX:-g++}
 FLAGS="-std=c++20 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -Wno-unknown-pragmas"
-FLAGS="$FLAGS -I$HERE/include -I$HERE -I$ROOT/csrc -I$ROOT/cuda"
+FLAGS="$FLAGS -I$HERE/include -I$HERE -I$ROOT/csrc/core -I$ROOT/csrc/cpu -I$ROOT/cuda"
 # the kernel files under test (each with its driver test_*.cpp)
 CU="flash_attention decode attention attention_gemm norm rope swiglu crossentropy embedding adamw elementwise matmul"
-CORE="kernels/ops_impl ops_dispatch matmul runtime adamw"
+CORE="cpu/kernels/ops_impl cpu/ops_dispatch cpu/matmul cpu/runtime cpu/adamw_cpu core/adamw core/rope"
 JOBS=$(nproc 2>/dev/null || echo 2)
 PY=${PYTHON:-python3}
 for f in $CU; do "$PY" "$HERE/prep.py" "$ROOT/cuda/$f.cu" "$OUT/$f.cu.cpp"; done
@@ -41,12 +41,12 @@ for f in $CU; do "$PY" "$HERE/prep.py" "$ROOT/cuda/$f.cu" "$OUT/$f.cu.cpp"; done
   done
   # the CPU core's twins of the kernels (test_cpu_twin.cpp): generic variant, no OpenMP
   for s in $CORE; do
-    echo "$CXX -std=c++17 -O1 -g -DPYLLAMA_OPS_NS=ops_generic -I$ROOT/csrc -c $ROOT/csrc/$s.cpp -o $OUT/core_$(basename "$s").o"
+    echo "$CXX -std=c++17 -O1 -g -DPYLLAMA_OPS_NS=ops_generic -I$ROOT/csrc/core -I$ROOT/csrc/cpu -c $ROOT/csrc/$s.cpp -o $OUT/core_$(echo "$s" | tr / _).o"
   done
 } | xargs -P "$JOBS" -I{} sh -c '{}'
 objs=""
 for f in $CU; do objs="$objs $OUT/$f.cu.o"; done
 for s in "$HERE"/sim_runtime.cpp "$HERE"/sim_host.cpp "$HERE"/sim_cublas.cpp "$HERE"/sim_nccl.cpp "$HERE"/main.cpp "$HERE"/test_*.cpp; do objs="$objs $OUT/$(basename "$s" .cpp).o"; done
-for s in $CORE; do objs="$objs $OUT/core_$(basename "$s").o"; done
+for s in $CORE; do objs="$objs $OUT/core_$(echo "$s" | tr / _).o"; done
 $CXX -fsanitize=address,undefined $objs -o "$OUT/cuda_sim" -ldl
 ASAN_OPTIONS=detect_leaks=0 "$OUT/cuda_sim" "$@"

@@ -2,9 +2,10 @@
 // csrc/adamw.h, linked into the emulator: ops_impl.cpp's generic variant, no OpenMP), on one
 // awkward shape each: what tests/gpu compares on a GPU, so a difference in semantics
 // (accumulate vs assign, pairing, ignored rows, decay order, scaling) shows here first.
-#include "adamw.h"
+#include "adamw_cpu.h"
 #include "check.h"
 #include "ops.h"
+#include "rope.h"
 
 using namespace chk;
 namespace gpu = pyllama::gpu;

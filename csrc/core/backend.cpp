@@ -5,7 +5,6 @@
 #include <map>
 #include <mutex>
 
-#include "model.h"
 
 namespace pyllama {
 
@@ -89,26 +88,39 @@ const int32_t* Model::kv_greedy_chain(const int32_t* tokens, int B, const int32_
 
 namespace {
 std::mutex g_backends_mu;
-std::map<std::string, BackendFactory>& backends() {
-  static std::map<std::string, BackendFactory> m;
+std::map<std::string, BackendInfo>& backends() {
+  static std::map<std::string, BackendInfo> m;
   return m;
 }
-std::unique_ptr<Model> make_cpu(const LlamaConfig& cfg, int index, DType dtype) {
-  PYLLAMA_CHECK(dtype == DType::float32, ValueError,
-                "the CPU model computes in float32; dtype=" << dtype_name(dtype) << " applies to 'cuda' only");
-  return std::make_unique<LlamaModel>(cfg);
+bool find_backend(const std::string& name, BackendInfo* out) {
+  std::lock_guard<std::mutex> lock(g_backends_mu);
+  auto it = backends().find(name);
+  if (it == backends().end()) return false;
+  *out = it->second;
+  return true;
 }
 }  // namespace
 
-void register_backend(const std::string& name, BackendFactory make) {
+void register_backend(const std::string& name, const BackendInfo& info) {
+  PYLLAMA_CHECK(info.make, ValueError, "register_backend('" << name << "'): no factory");
   std::lock_guard<std::mutex> lock(g_backends_mu);
-  backends()[name] = make;
+  backends()[name] = info;
 }
 
 bool backend_available(const std::string& name) {
-  if (name == "cpu") return true;
-  std::lock_guard<std::mutex> lock(g_backends_mu);
-  return backends().count(name) > 0;
+  BackendInfo info;
+  return find_backend(name, &info);
+}
+
+int backend_device_count(const std::string& name) {
+  BackendInfo info;
+  if (!find_backend(name, &info)) return 0;
+  return info.device_count ? info.device_count() : 1;
+}
+
+std::string backend_archs(const std::string& name) {
+  BackendInfo info;
+  return find_backend(name, &info) ? info.archs : std::string();
 }
 
 std::pair<std::string, int> parse_device(const std::string& device) {
@@ -124,18 +136,16 @@ std::unique_ptr<Model> make_model(const LlamaConfig& cfg, const std::string& dev
   auto [name, index] = parse_device(device);
   PYLLAMA_CHECK(dtype == DType::float32 || dtype == DType::bfloat16, ValueError,
                 "model dtype must be float32 or bfloat16, got " << dtype_name(dtype));
-  if (name == "cpu") return make_cpu(cfg, index, dtype);
-  BackendFactory make = nullptr;
-  {
-    std::lock_guard<std::mutex> lock(g_backends_mu);
-    auto it = backends().find(name);
-    if (it != backends().end()) make = it->second;
-  }
-  if (!make)
+  BackendInfo info;
+  if (!find_backend(name, &info)) {
+    if (name == "cpu")
+      throw BackendUnavailable("no cpu backend is registered: call pyllama::register_backends() (all/backends.h) "
+                               "at start-up");
     throw BackendUnavailable("this pyllama build has no " + name +
                              " backend (build_info()['cuda'] is False); reinstall with nvcc available and "
                              "PYLLAMA_CUDA=ON");
-  return make(cfg, index, dtype);
+  }
+  return info.make(cfg, index, dtype);
 }
 
 std::unique_ptr<Model> move_model(const Model& src, const std::string& device, DType dtype) {

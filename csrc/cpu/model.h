@@ -21,6 +21,9 @@
 
 namespace pyllama {
 
+// Registers "cpu" with make_model / move_model (backend.h); all/backends.h calls it.
+void register_cpu_backend();
+
 class LlamaModel : public Model {
  public:
   explicit LlamaModel(const LlamaConfig& cfg);

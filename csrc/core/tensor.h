@@ -27,6 +27,17 @@ size_t dtype_size(DType dt);
 const char* dtype_name(DType dt);
 DType dtype_from_name(const std::string& name);  // throws ValueError on unknown names
 const char* device_name(Device d);
+// Device memory for Tensor storage, supplied by the backend of that device when it registers
+// (the core itself allocates host memory only). Copies and fills are synchronous.
+struct DeviceMemoryOps {
+  void* (*alloc)(size_t bytes) = nullptr;  // throws on failure
+  void (*free)(void* p) noexcept = nullptr;
+  void (*zero)(void* p, size_t bytes) = nullptr;
+  // kind: 0 host to device, 1 device to host, 2 device to device
+  void (*copy)(void* dst, const void* src, size_t bytes, int kind) = nullptr;
+  int (*device_count)() = nullptr;
+};
+void register_device_memory(Device d, const DeviceMemoryOps& ops);
 Device device_from_name(const std::string& name);  // "cpu", "cuda", "cuda:0"
 
 class Tensor {

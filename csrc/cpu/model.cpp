@@ -5,8 +5,10 @@
 #include <cmath>
 #include <cstring>
 
+#include "adamw_cpu.h"
 #include "matmul.h"
 #include "ops.h"
+#include "rope.h"
 #include "runtime.h"
 #include "tensor.h"
 #ifdef PYLLAMA_HAVE_OPENMP
@@ -419,6 +421,24 @@ void LlamaModel::kv_reorder(const int32_t* src, int n) {
                     sizeof(float) * slot);
     cache->swap(kv_tmp_);
   }
+}
+
+// ---------------------------------------------------------------- the backend's registration
+
+namespace {
+std::unique_ptr<Model> make_cpu(const LlamaConfig& cfg, int index, DType dtype) {
+  PYLLAMA_CHECK(dtype == DType::float32, ValueError,
+                "the CPU model computes in float32; dtype=" << dtype_name(dtype) << " applies to 'cuda' only");
+  return std::make_unique<LlamaModel>(cfg);
+}
+}  // namespace
+
+void register_cpu_backend() {
+  static const char* names[] = {"generic", "avx2", "avx512"};
+  BackendInfo info;
+  info.make = &make_cpu;
+  info.archs = names[simd_level()];
+  register_backend("cpu", info);
 }
 
 // ---------------------------------------------------------------- the rest of the interface

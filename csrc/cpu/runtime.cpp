@@ -9,18 +9,6 @@
 
 namespace pyllama {
 
-#ifdef PYLLAMA_HAVE_CUDA
-int cuda_runtime_device_count();  // cuda/device.cu
-#endif
-
-int cuda_device_count() {
-#ifdef PYLLAMA_HAVE_CUDA
-  return cuda_runtime_device_count();
-#else
-  return 0;
-#endif
-}
-
 static int detect_simd() {
   const char* env = std::getenv("PYLLAMA_SIMD");  // force a lower level for testing: generic|avx2|avx512
   int best = 0;
@@ -55,27 +43,6 @@ void set_num_threads(int n) {
 #ifdef PYLLAMA_HAVE_OPENMP
   omp_set_num_threads(n);
 #endif
-}
-
-BuildInfo build_info() {
-  BuildInfo b;
-#ifdef PYLLAMA_VERSION
-  b.version = PYLLAMA_VERSION;
-#endif
-#ifdef PYLLAMA_HAVE_CUDA
-  b.cuda = true;
-#ifdef PYLLAMA_CUDA_ARCHS
-  b.cuda_archs = PYLLAMA_CUDA_ARCHS;
-#endif
-#endif
-  b.cuda_available = cuda_device_count() > 0;
-  static const char* names[] = {"generic", "avx2", "avx512"};
-  b.simd = names[simd_level()];
-#ifdef PYLLAMA_HAVE_OPENMP
-  b.openmp = true;
-#endif
-  b.threads = num_threads();
-  return b;
 }
 
 }  // namespace pyllama

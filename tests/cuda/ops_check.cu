@@ -1,4 +1,4 @@
-// ops_check.cu — every CUDA launcher against its CPU twin (csrc/ops.h, csrc/matmul.h)
+// ops_check.cu — a test harness (not in the library): every CUDA launcher against its CPU twin (cpu/ops.h, cpu/matmul.h)
 // on random float32 inputs with awkward sizes (head sizes below and above a warp,
 // sequence lengths above a warp, rows that are not multiples of a block). Each check
 // reports max |gpu - cpu| / max |cpu|; the model-level tests cover the compositions.
@@ -15,7 +15,9 @@
 #include "kernels.cuh"
 #include "matmul.h"
 #include "model_cuda.h"
+#include "ops_check.h"
 #include "ops.h"
+#include "rope.h"
 #include "runtime.h"
 
 namespace pyllama {

@@ -2,6 +2,7 @@
 // (cpu: LlamaModel, model.h) and the CUDA model (cuda: LlamaModelCuda, cuda/model_cuda.h).
 // The binding wraps this class once; Python's Llama holds one Model whatever the device.
 //
+//   pyllama::register_backends();                      // all/backends.h: every backend of this build
 //   std::unique_ptr<pyllama::Model> m = pyllama::make_model(cfg, "cpu", pyllama::DType::float32);
 //   m->init_weights(0);
 //   float loss = m->forward(tokens, labels, B, T);     // labels HF-aligned, -100 ignored
@@ -124,10 +125,18 @@ class Model {
 
 // A backend constructor: a model of cfg with zero parameters and gradients on device index `index`.
 using BackendFactory = std::unique_ptr<Model> (*)(const LlamaConfig& cfg, int index, DType dtype);
-// Backends register by name ("cuda"); "cpu" is built in. Called by the binding / a native
-// program at start-up (the core itself links no backend but the CPU).
-void register_backend(const std::string& name, BackendFactory make);
+struct BackendInfo {
+  BackendFactory make = nullptr;
+  int (*device_count)() = nullptr;  // usable devices now (never throws); nullptr: one (the host)
+  std::string archs;                // what the kernels were compiled for ("80,90", "sim", "avx2", ...)
+};
+// Backends register by name ("cpu", "cuda") at start-up; the core links none of them.
+// pyllama::register_backends() (all/backends.h) registers every backend the build has; the
+// Python module calls it when it loads.
+void register_backend(const std::string& name, const BackendInfo& info);
 bool backend_available(const std::string& name);
+int backend_device_count(const std::string& name);  // 0 when the backend is not registered
+std::string backend_archs(const std::string& name);  // "" when the backend is not registered
 
 // "cpu", "cuda", "cuda:N" → (backend name, index). ValueError naming the device otherwise.
 std::pair<std::string, int> parse_device(const std::string& device);

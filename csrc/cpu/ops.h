@@ -23,8 +23,7 @@ void linear_forward(float* y, const float* x, const float* w, int N, int IN, int
 // dx (N, IN) = dy W (assigned);  dw (OUT, IN) += dy^T x
 void linear_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int N, int IN, int OUT);
 
-// RoPE table: cos/sin (max_T, HS/2) as Hugging Face computes them in float32.
-void rope_table(float* cos_t, float* sin_t, int max_T, int HS, float theta);
+// (RoPE tables: rope_table in core/rope.h, shared with the CUDA backend.)
 // Rotates, in place, the first `nheads` heads of each row of x (row stride ld):
 // rotate-half pairing, dimension i with i + HS/2; row r sits at position pos[r].
 // inverse = true rotates by -angle (the backward pass).

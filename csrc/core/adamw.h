@@ -1,5 +1,6 @@
-// adamw.h — the optimizer: AdamW over the flat parameter buffer, and the
-// global-L2-norm gradient clip.
+// adamw.h — the optimizer's description, shared by every backend: the segments of the
+// flat layout, the hyper-parameters and their checks. The CPU kernels are in
+// cpu/adamw_cpu.h; the CUDA ones in cuda/adamw.cu; both run behind Model::adamw_step.
 //
 // Parameters, gradients and the two moment buffers share one flat layout
 // (float32, N elements). The layout is cut into segments, one per parameter
@@ -43,23 +44,5 @@ void adamw_check_hyper(const AdamWHyper& h, int64_t step);
 
 // Throws ValueError unless the segments tile [0, n) in order, without gaps or overlaps.
 void adamw_check_segments(const AdamWSegment* segs, size_t nseg, int64_t n);
-
-// One fused AdamW update of every element. `step` is the 1-based step count t
-// used for bias correction. params, m, v are updated in place; grads is read.
-//   params, m, v, grads: (n,)
-void adamw_step(float* params, float* m, float* v, const float* grads, int64_t n,
-                const AdamWSegment* segs, size_t nseg, const AdamWHyper& h, int64_t step);
-
-// Sum of squares of x, accumulated in double.
-double sum_squares(const float* x, int64_t n);
-
-// Global L2 norm of the gradient buffer (accumulated in double).
-double grad_global_norm(const float* grads, int64_t n);
-
-// As torch.nn.utils.clip_grad_norm_: computes the global L2 norm, then scales
-// every gradient by min(1, max_norm / (norm + 1e-6)). Returns the norm before
-// clipping. max_norm must be > 0 (ValueError otherwise). A non-finite norm is
-// returned as is and the gradients are scaled by a non-finite factor, as torch does.
-double clip_grad_norm(float* grads, int64_t n, double max_norm);
 
 }  // namespace pyllama

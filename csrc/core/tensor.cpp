@@ -3,12 +3,25 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "runtime.h"
-#ifdef PYLLAMA_HAVE_CUDA
-#include "cuda_device.h"
-#endif
+#include <mutex>
 
 namespace pyllama {
+
+namespace {
+std::mutex g_mem_mu;
+DeviceMemoryOps g_cuda_mem;  // registered by the CUDA backend
+
+DeviceMemoryOps cuda_memory() {
+  std::lock_guard<std::mutex> lock(g_mem_mu);
+  return g_cuda_mem;
+}
+}  // namespace
+
+void register_device_memory(Device d, const DeviceMemoryOps& ops) {
+  PYLLAMA_CHECK(d == Device::cuda, ValueError, "device memory is registered for 'cuda' only");
+  std::lock_guard<std::mutex> lock(g_mem_mu);
+  g_cuda_mem = ops;
+}
 
 size_t dtype_size(DType dt) {
   switch (dt) {
@@ -75,17 +88,17 @@ static int64_t checked_numel(const std::vector<int64_t>& shape) {
   return n;
 }
 
-// Throws unless device memory can be used: a CUDA build and a visible GPU.
-static void require_cuda(const char* what) {
-#ifdef PYLLAMA_HAVE_CUDA
-  PYLLAMA_CHECK(cuda_device_count() > 0, ValueError,
+// The CUDA memory operations, or a ValueError saying why there are none: no CUDA backend in
+// this build, or no visible GPU.
+static DeviceMemoryOps require_cuda(const char* what) {
+  DeviceMemoryOps ops = cuda_memory();
+  PYLLAMA_CHECK(ops.alloc, ValueError,
+                what << ": this build of pyllama has no CUDA backend (pyllama.build_info()['cuda'] is False); "
+                        "rebuild with nvcc on PATH (PYLLAMA_CUDA=ON) or keep the tensor on 'cpu'");
+  PYLLAMA_CHECK(ops.device_count && ops.device_count() > 0, ValueError,
                 what << ": no CUDA device is available (pyllama.build_info()['cuda_available'] is False); "
                         "keep the tensor on 'cpu'");
-#else
-  throw ValueError(std::string(what) +
-                   ": this build of pyllama has no CUDA backend (pyllama.build_info()['cuda'] is False); "
-                   "rebuild with nvcc on PATH (PYLLAMA_CUDA=ON) or keep the tensor on 'cpu'");
-#endif
+  return ops;
 }
 
 Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device device) {
@@ -95,12 +108,10 @@ Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device devi
   t.shape_ = shape;
   size_t bytes = static_cast<size_t>(checked_numel(shape)) * dtype_size(dtype);
   if (device == Device::cuda) {
-    require_cuda("a cuda tensor");
-#ifdef PYLLAMA_HAVE_CUDA
-    void* p = cuda_malloc(bytes);
-    t.storage_ = std::shared_ptr<void>(p, [](void* q) { cuda_free(q); });
+    const DeviceMemoryOps ops = require_cuda("a cuda tensor");
+    void* p = ops.alloc(bytes);
+    t.storage_ = std::shared_ptr<void>(p, ops.free);
     t.data_ = p;
-#endif
     return t;
   }
   size_t alloc = ((bytes + 63) / 64) * 64;
@@ -114,12 +125,10 @@ Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device devi
 
 Tensor Tensor::zeros(const std::vector<int64_t>& shape, DType dtype, Device device) {
   Tensor t = empty(shape, dtype, device);
-#ifdef PYLLAMA_HAVE_CUDA
   if (device == Device::cuda) {
-    cuda_zero(t.data_, t.nbytes());
+    require_cuda("a cuda tensor").zero(t.data_, t.nbytes());
     return t;
   }
-#endif
   std::memset(t.data_, 0, t.nbytes());
   return t;
 }
@@ -131,14 +140,8 @@ static void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_de
     std::memcpy(dst, src, nbytes);
     return;
   }
-#ifdef PYLLAMA_HAVE_CUDA
-  const CudaCopy kind = dst_dev == Device::cpu   ? CudaCopy::device_to_host
-                        : src_dev == Device::cpu ? CudaCopy::host_to_device
-                                                 : CudaCopy::device_to_device;
-  cuda_copy(dst, src, nbytes, kind);
-#else
-  throw ValueError("copying a cuda tensor needs the CUDA backend");
-#endif
+  const int kind = dst_dev == Device::cpu ? 1 : src_dev == Device::cpu ? 0 : 2;
+  require_cuda("copying a cuda tensor").copy(dst, src, nbytes, kind);
 }
 
 Tensor Tensor::to(Device device) const {

@@ -7,7 +7,8 @@
 #include <cmath>
 #include <cstring>
 
-#include "adamw.h"
+#include "adamw_cpu.h"
+#include "backends.h"
 #include "tokenizer.h"  // bind_tokenizer
 #include "common.h"
 #include "hf_config.h"
@@ -18,6 +19,7 @@
 #include "tensor.h"
 #ifdef PYLLAMA_HAVE_CUDA
 #include "model_cuda.h"
+#include "ops_check.h"
 #include "nccl.h"
 #endif
 
@@ -859,7 +861,6 @@ void bind_tokenizer(py::module_& m) {
 void bind_cuda(py::module_& m) {
 #ifdef PYLLAMA_HAVE_CUDA
   py::register_exception<CudaError>(m, "CudaError", PyExc_RuntimeError);
-  register_cuda_backend();  // make_model / move_model now know "cuda"
   // The CUDA backend's model: the Model interface (bound above) plus its own diagnostics.
   py::class_<LlamaModelCuda, Model>(m, "LlamaModelCuda", R"doc(
 The model on an NVIDIA GPU (a Model; made by move_model / make_model with device 'cuda[:N]'),
@@ -985,7 +986,7 @@ void bind_nccl(py::module_& m) {
         }, py::arg("candidates"),
         "Load libnccl (dlopen) from the first candidate path that works; returns it. Raises NcclError "
         "listing every candidate and why it failed. Use pyllama.distributed.load_nccl().");
-  m.def("cuda_device_count", &cuda_device_count, "Usable CUDA GPUs (0 when none).");
+  m.def("cuda_device_count", []() { return backend_device_count("cuda"); }, "Usable CUDA GPUs (0 when none).");
   m.def("nccl_loaded", &nccl_loaded);
   m.def("nccl_loaded_path", &nccl_loaded_path);
   m.def("nccl_version", &nccl_version, "NCCL_VERSION_CODE of the loaded library (e.g. 23203 for 2.32.3).");
@@ -1075,6 +1076,7 @@ is aborted and NcclError is raised. Use pyllama.distributed.NCCLCommunicator.
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pyllama's native core (C++17). Use the pyllama package, not this module directly.";
+  register_backends();  // cpu, and cuda when compiled in: make_model / move_model know them
   py::register_exception<TypeError>(m, "CoreTypeError", PyExc_TypeError);
   py::register_exception<IOError>(m, "CoreIOError", PyExc_OSError);
   py::register_exception<ValueError>(m, "CoreValueError", PyExc_ValueError);
