@@ -132,7 +132,7 @@ def bench_train(cfg, B, T, dtype, results, budget_s):
     core = pyllama._core
     core.cuda_reset_peak_memory()
     base = core.cuda_memory_stats()["bytes_allocated"]
-    model = pyllama.Llama(cfg, seed=0).to("cuda", dtype=dtype)
+    model = pyllama.Llama(cfg, seed=0).to("cuda", options=pyllama.BackendOptions.from_env(), dtype=dtype)
     g = model._core
     segs = segment_table(model)
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (B, T)).astype(np.int32)
@@ -257,7 +257,7 @@ def bench_profile(cfg, B, T, prompt_len, n_new, results):
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (B, T)).astype(np.int32)
 
     def train_profile(label):
-        model = pyllama.Llama(cfg, seed=0).to("cuda", dtype="bfloat16")
+        model = pyllama.Llama(cfg, seed=0).to("cuda", options=pyllama.BackendOptions.from_env(), dtype="bfloat16")
         g = model._core
         segs = segment_table(model)
         for i in range(4):  # the first two warm up
@@ -296,7 +296,7 @@ def bench_profile(cfg, B, T, prompt_len, n_new, results):
 # ---------------------------------------------------------------------------- decoding
 def bench_decode(cfg, Bs, prompt_len, n_new, results, hf):
     """Greedy decoding, bf16: pyllama's generate (graphs, then without) and HF generate."""
-    model = pyllama.Llama(cfg, seed=0).to("cuda", dtype="bfloat16")
+    model = pyllama.Llama(cfg, seed=0).to("cuda", options=pyllama.BackendOptions.from_env(), dtype="bfloat16")
     g = model._core
     rng = np.random.default_rng(1)
     out_rows = {}
@@ -314,6 +314,7 @@ def bench_decode(cfg, Bs, prompt_len, n_new, results, hf):
             g.set_decode_options(fast_path=True, cuda_graphs=graphs, skinny_gemv=gemv, fused=fused, pdl=pdl)
             # tok_s_no_chain: one step per host round trip (as before greedy chains)
             with env_set("PYLLAMA_CUDA_GREEDY_CHAIN", "0" if key == "tok_s_no_chain" else None):
+                model.options = pyllama.BackendOptions.from_env()  # generation reads greedy_chain per call
                 # warm-up of the same length: the same cache shape, so the graph is captured
                 # before the timed run (steady-state decoding; a capture costs about one step)
                 model.generate(prompts, **kw)
@@ -387,7 +388,7 @@ def check():
             failures.append(name)
 
     cpu = pyllama.Llama(cfg, seed=0)
-    dev = pyllama.Llama(cfg, seed=0).to("cuda")
+    dev = pyllama.Llama(cfg, seed=0).to("cuda", options=pyllama.BackendOptions.from_env())
     rng = np.random.default_rng(0)
     ids = rng.integers(0, cfg.vocab_size, (2, 45))
     labels = ids.copy()
@@ -454,8 +455,8 @@ def check():
         dev._core.clip_grad_norm(1.0)
         dev._core.adamw_step(segs, 1e-2, 0.9, 0.95, 1e-8, 0.1, s + 1)
     verdict("adamw", losses[-1] < losses[0], f"losses {losses[0]:.4f} -> {losses[-1]:.4f}")
-    f32 = pyllama.Llama(cfg, seed=0).to("cuda")
-    b16 = pyllama.Llama(cfg, seed=0).to("cuda", dtype="bfloat16")
+    f32 = pyllama.Llama(cfg, seed=0).to("cuda", options=pyllama.BackendOptions.from_env())
+    b16 = pyllama.Llama(cfg, seed=0).to("cuda", options=pyllama.BackendOptions.from_env(), dtype="bfloat16")
     l32, l16 = f32(ids, labels=labels).loss, b16(ids, labels=labels).loss
     verdict("bf16 loss", abs(l32 - l16) <= 0.05, f"{l16:.4f} vs float32 {l32:.4f}")
     b16_tokens, _ = decode(b16, n=40, device_argmax=True)
@@ -524,7 +525,7 @@ def main(argv=None):
         print(f"# torch references skipped: {why}", flush=True)
     budget = args.budget
     if args.eager_decode:
-        model = pyllama.Llama(cfg, seed=0).to("cuda", dtype="bfloat16")
+        model = pyllama.Llama(cfg, seed=0).to("cuda", options=pyllama.BackendOptions.from_env(), dtype="bfloat16")
         model._core.set_decode_options(cuda_graphs=False)
         prompt = np.random.default_rng(1).integers(0, cfg.vocab_size, (1, args.prompt_len))
         model.generate(prompt, max_new_tokens=args.eager_decode + 1, do_sample=False, eos_token_id=[])

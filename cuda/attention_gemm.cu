@@ -79,11 +79,6 @@ void check_shapes(int B, int T_, int NH, int NKV, int HS) {
 
 }  // namespace
 
-bool attention_gemm_forced() {
-  const char* env = std::getenv("PYLLAMA_CUDA_ATTENTION");
-  return env && std::strcmp(env, "gemm") == 0;
-}
-
 size_t attention_gemm_scratch_bytes(int T_, int NH, size_t elem) {
   return 2 * (((size_t)NH * T_ * T_ * elem + 255) / 256) * 256;
 }

@@ -763,7 +763,7 @@ constexpr int kTcKeys = 64;  // keys per block
 // block: with MT = 2 every K / V fragment read from shared memory feeds two mma, with MT = 1
 // a block needs about half the registers and shared memory (twice the blocks per SM). Each
 // m-tile's arithmetic is its own, so both give the same bits. HS <= 64 takes MT = 2 unless
-// PYLLAMA_CUDA_FLASH_FWD_ROWS=64 (flash_fwd_rows); larger heads MT = 1.
+// BackendOptions.flash_fwd_rows = 64; larger heads MT = 1.
 template <int MT>
 __host__ __device__ constexpr int tc_fwd_rows() {
   return 64 * MT;  // query rows per block
@@ -1439,22 +1439,7 @@ void launch_bwd(T* dqkv, const T* dout, const T* qkv, const float* lse, const fl
 
 }  // namespace
 
-bool attention_naive_forced() {
-  const char* env = std::getenv("PYLLAMA_CUDA_ATTENTION");
-  return env && std::strcmp(env, "naive") == 0;
-}
-
 bool flash_attention_uses_tensor_cores(int HS) { return use_tensor_cores<bf16>(HS, true); }
-
-bool attention_simt_forced() {
-  const char* env = std::getenv("PYLLAMA_CUDA_ATTENTION");
-  return env && std::strcmp(env, "simt") == 0;
-}
-
-int flash_fwd_rows() {
-  return std::stoi(env_choice("PYLLAMA_CUDA_FLASH_FWD_ROWS", {"64", "128"}, "128",
-                              "use 64 or 128 (query rows per block of the tensor-core flash forward, head size <= 64)"));
-}
 
 template <typename T>
 void flash_attention_forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, int HS,
@@ -1478,12 +1463,6 @@ void flash_attention_forward(T* out, float* lse, const T* qkv, int B, int T_, in
     launch_fwd<T, 128>(out, lse, qkv, B, T_, NH, NKV, HS, stream);
   else
     launch_fwd<T, 256>(out, lse, qkv, B, T_, NH, NKV, HS, stream);
-}
-
-bool flash_dq_atomic() {
-  return env_choice("PYLLAMA_CUDA_FLASH_DQ", {"kernel", "atomic"}, "kernel",
-                    "use kernel (the default: a dQ kernel, deterministic) or atomic (dQ added with atomics in the "
-                    "dK/dV kernel)") == "atomic";
 }
 
 template <typename T>

@@ -25,19 +25,6 @@
 namespace pyllama {
 namespace gpu {
 
-// The value of the environment variable `name` (read when a model moves to the GPU):
-// `fallback` when unset or empty, else one of `allowed`; anything else is a ValueError
-// "NAME=value: <hint>", the hint naming the allowed values.
-inline std::string env_choice(const char* name, std::initializer_list<const char*> allowed, const char* fallback,
-                              const char* hint) {
-  const char* env = std::getenv(name);
-  const std::string v = env && *env ? env : fallback;
-  for (const char* a : allowed)
-    if (v == a) return v;
-  PYLLAMA_CHECK(false, ValueError, name << "=" << v << ": " << hint);
-  return v;  // not reached
-}
-
 constexpr int kMaxHeadSize = 256;  // attention kernels keep HS/32 accumulators per lane
 
 // ---------------------------------------------------------------- elementwise.cu
@@ -85,17 +72,16 @@ void attention_backward(T* dqkv, float* datt, const T* dout, const T* qkv, const
 // attention_forward, but only lse (B, NH, T) float, the log-sum-exp of each scaled score
 // row (the CPU's attention_forward_flash layout), is kept: no T x T array in global memory.
 // fwd_rows: query rows per block of the tensor-core forward for HS <= 64, 64 or 128 (0: the
-// default, 128); the same bits either way (flash_fwd_rows reads PYLLAMA_CUDA_FLASH_FWD_ROWS).
+// default, 128); the same bits either way (BackendOptions.flash_fwd_rows).
 template <typename T>
 void flash_attention_forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, int HS,
                              cudaStream_t stream, bool tensor_cores = true, int fwd_rows = 0);
-int flash_fwd_rows();  // PYLLAMA_CUDA_FLASH_FWD_ROWS: 64 or 128 (the default); else ValueError
 // dqkv (B, T, QKVD) assigned, recomputing the probabilities from qkv and lse; out is the
 // forward's output; dsum (B, NH, T) float scratch (rowsum(dout * out)). Deterministic.
 // dq_acc: null (the default: dQ by its own kernel, deterministic), or (B, T, NH, HS) float
 // scratch: for the tensor-core path with HS <= 64, dQ is then added with atomics in the
 // dK/dV kernel (FlashAttention-2's way; dQ's last bits vary from run to run) and stored at
-// the end; other paths ignore it. flash_dq_atomic reads PYLLAMA_CUDA_FLASH_DQ (kernel|atomic).
+// the end; other paths ignore it (BackendOptions.flash_dq_atomic).
 // rope (pos set): dq and dk come out with the inverse RoPE applied (rope_apply's tables,
 // pos per row b * T + t), as rope_apply(dqkv, ..., NH + NKV heads, inverse) would leave
 // them: in the kernels' stores, from the float accumulators, on the tensor-core path with
@@ -109,15 +95,10 @@ template <typename T>
 void flash_attention_backward(T* dqkv, float* dsum, const T* dout, const T* out, const T* qkv, const float* lse,
                               int B, int T_, int NH, int NKV, int HS, cudaStream_t stream, bool tensor_cores = true,
                               float* dq_acc = nullptr, const RopeTables& rope = RopeTables());
-bool flash_dq_atomic();
 // tensor_cores: for bf16 with HS <= 128 on sm_80+, the tile products run on tensor cores
 // (mma.sync, P and dS rounded to bf16); false, or float, or larger heads: SIMT float.
-// PYLLAMA_CUDA_ATTENTION in the environment (read when a model moves to the GPU), to tell
-// the variants apart: "naive" trains with attention_forward/backward above; "simt" keeps
-// flash attention but without tensor cores.
-bool attention_naive_forced();
-bool attention_simt_forced();
-bool attention_gemm_forced();  // PYLLAMA_CUDA_ATTENTION=gemm: training attention through batched GEMMs
+// BackendOptions.attention tells the variants apart: "naive" trains with attention_forward/
+// backward above; "simt" keeps flash attention but without tensor cores; "gemm" batched GEMMs.
 // Whether bf16 flash attention with this head size runs on tensor cores on the current device.
 bool flash_attention_uses_tensor_cores(int HS);
 // The KV-cache step: rows n = b*T + t of qkv (B*T, QKVD) hold q (and the new k, v,
@@ -212,24 +193,24 @@ void clip_by_norm(float* g, const double* norm, double max_norm, long long n, cu
 //               (shape, types, pointer alignments), chosen once by cuBLASLt's heuristic with
 //               the caller's workspace, and out-of-place D = op(A) op(B) + R, which folds the
 //               residual adds into the matmuls; a product cuBLASLt refuses runs on "cublas".
-//               PYLLAMA_CUDA_MATMUL_TUNE=1: each new plan times up to 8 of the heuristic's
+//               BackendOptions.matmul_tune: each new plan times up to 8 of the heuristic's
 //               candidates on its first product and keeps the fastest (Lt::pick_fastest)
 //   "cublas"    cublasGemmEx / cublasGemmStridedBatchedEx
 //   "tiled"     a portable 64x64 tiled kernel (what a build without cuBLAS has)
-// PYLLAMA_CUDA_MATMUL in the environment picks one (read when a Gemm is made: when a model
-// moves to the GPU); an unknown name, or a cuBLAS back end in a build without cuBLAS, is a
-// ValueError. Every back end accumulates in float (no TF32).
+// BackendOptions.matmul picks one (when a model is made on the GPU); an unknown name, or a
+// cuBLAS back end in a build without cuBLAS, is a ValueError. Every back end accumulates in float (no TF32).
 class Gemm {
  public:
-  // backend: "cublaslt", "cublas", "tiled", or null for the environment / the default.
-  explicit Gemm(const char* backend = nullptr);
+  // backend: "cublaslt", "cublas", "tiled", or "" for the default (cublaslt where cuBLAS was
+  // found at build time, else tiled); tune: time cuBLASLt's candidates (BackendOptions).
+  explicit Gemm(const std::string& backend = "", bool tune = false);
   ~Gemm();
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
   bool uses_cublas() const { return backend_ != kTiled; }
   const char* backend() const;  // "cublaslt", "cublas" or "tiled"
   // cuBLASLt: plans made so far, products it refused that cublasGemmEx ran instead, and with
-  // PYLLAMA_CUDA_MATMUL_TUNE=1 the plans whose candidates were timed and those where the
+  // BackendOptions.matmul_tune the plans whose candidates were timed and those where the
   // fastest was not the heuristic's first choice.
   struct LtStats {
     long long plans = 0, fallbacks = 0, tuned = 0, tuned_changed = 0;

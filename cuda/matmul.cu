@@ -127,7 +127,7 @@ struct Gemm::Lt {
   static constexpr int kCandidates = 8, kReps = 3;  // tuning: algorithms timed, timed runs of each
   cublasLtHandle_t handle = nullptr;
   std::map<Key, Plan> plans;
-  bool tune = false;  // PYLLAMA_CUDA_MATMUL_TUNE=1: time the heuristic's candidates once per plan
+  bool tune = false;  // BackendOptions.matmul_tune: time the heuristic's candidates once per plan
   long long tuned = 0, tuned_changed = 0;  // plans timed; those whose fastest was not the heuristic's first
 
   Lt() { CUBLAS_CHECK(cublasLtCreate(&handle)); }
@@ -297,26 +297,20 @@ struct Gemm::Lt {
 #endif
 };
 
-Gemm::Gemm(const char* backend) {
+Gemm::Gemm(const std::string& backend, bool tune_plans) {
 #ifdef PYLLAMA_HAVE_CUBLAS
   const bool have_cublas = true;
 #else
   const bool have_cublas = false;
 #endif
-  const std::string want = backend ? backend
-                                   : env_choice("PYLLAMA_CUDA_MATMUL", {"cublaslt", "cublas", "tiled"},
-                                                have_cublas ? "cublaslt" : "tiled",
-                                                "use cublaslt, cublas or tiled (the matmul back end)");
+  const std::string want = !backend.empty() ? backend : have_cublas ? "cublaslt" : "tiled";
   PYLLAMA_CHECK(want == "tiled" || want == "cublas" || want == "cublaslt", ValueError,
-                "Gemm: unknown back end " << want << ": use cublaslt, cublas or tiled");
+                "BackendOptions.matmul='" << want << "': use cublaslt, cublas or tiled (the matmul back end)");
   PYLLAMA_CHECK(want == "tiled" || have_cublas, ValueError,
-                "PYLLAMA_CUDA_MATMUL=" << want << ": this build has no cuBLAS (it was not found when pyllama was "
-                                       << "built); use tiled, or rebuild with the nvidia-cublas wheel installed");
+                "BackendOptions.matmul='" << want << "': this build has no cuBLAS (it was not found when pyllama was "
+                                          << "built); use tiled, or rebuild with the nvidia-cublas wheel installed");
   backend_ = want == "tiled" ? kTiled : want == "cublas" ? kCublas : kCublasLt;
-  [[maybe_unused]] const bool tune =
-      backend_ == kCublasLt && env_choice("PYLLAMA_CUDA_MATMUL_TUNE", {"0", "1"}, "0",
-                                          "use 1 (time cuBLASLt's candidate algorithms once per product shape and "
-                                          "keep the fastest) or 0 (the heuristic's first, the default)") == "1";
+  [[maybe_unused]] const bool tune = backend_ == kCublasLt && tune_plans;
 #ifdef PYLLAMA_HAVE_CUBLAS
   if (backend_ != kTiled) {
     CUBLAS_CHECK(cublasCreate(&handle_));

@@ -107,7 +107,7 @@ struct Acts {
   T *dres, *dln, *dqkv, *datty, *dgu, *dh;
   float* datt;  // flash: rowsum(dout * out) (B, NH, T); naive: (B, NH, T, T)
   float* norm_partial;  // the RMSNorm backward's per-block partial sums of dw (rmsnorm_backward)
-  float* dq_acc;  // PYLLAMA_CUDA_FLASH_DQ=atomic: (N, C) float dQ accumulator (else null)
+  float* dq_acc;  // BackendOptions.flash_dq_atomic: (N, C) float dQ accumulator (else null)
 };
 
 template <typename T>
@@ -153,12 +153,6 @@ struct AllocAccount {
   long long model_bytes = 0;
   AllocAccount() { t_model_bytes = &model_bytes; }
 };
-
-bool env_off(const char* name) {  // PYLLAMA_...=0/off/false
-  const char* v = std::getenv(name);
-  return v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0 || std::strcmp(v, "false") == 0 ||
-               std::strcmp(v, "OFF") == 0 || std::strcmp(v, "False") == 0);
-}
 
 constexpr size_t kCublasWorkspace = size_t(32) << 20;  // cuBLAS's recommendation for Hopper
 constexpr int kChainMax = 64;  // most steps of one greedy chain (kv_greedy_chain)
@@ -239,11 +233,11 @@ struct LlamaModelCuda::Impl : AllocAccount {
   cudaStream_t stream = nullptr;
   double* pinned = nullptr;  // 2 doubles of page-locked host memory (loss total, norm)
   std::unique_ptr<gpu::Gemm> gemm;
-  bool attn_naive = false;  // PYLLAMA_CUDA_ATTENTION=naive: (B, NH, T, T) probabilities instead of flash
-  bool attn_tc = true;      // PYLLAMA_CUDA_ATTENTION=simt: flash without tensor cores (bf16)
-  int attn_fwd_rows = 0;    // PYLLAMA_CUDA_FLASH_FWD_ROWS: query rows per tensor-core forward block (64, 128)
-  bool attn_dq_atomic = false;  // PYLLAMA_CUDA_FLASH_DQ=atomic: dQ by atomics in the dK/dV kernel (bf16, HS <= 64)
-  bool attn_gemm = false;   // PYLLAMA_CUDA_ATTENTION=gemm: batched GEMMs (attention_gemm.cu), lse kept as flash
+  bool attn_naive = false;  // attention "naive": (B, NH, T, T) probabilities instead of flash
+  bool attn_tc = true;      // attention "simt": flash without tensor cores (bf16)
+  int attn_fwd_rows = 0;    // flash_fwd_rows: query rows per tensor-core forward block (64, 128)
+  bool attn_dq_atomic = false;  // flash_dq_atomic: dQ by atomics in the dK/dV kernel (bf16, HS <= 64)
+  bool attn_gemm = false;   // attention "gemm": batched GEMMs (attention_gemm.cu), lse kept as flash
   DevBuf attn_scratch;      // gemm mode: one sequence's S and P
 
   DevBuf params, grads, m, v;  // float32 (P)
@@ -280,11 +274,11 @@ struct LlamaModelCuda::Impl : AllocAccount {
 
   // T = 1 decode fast path (kv_decode): fixed device buffers, pinned host staging, one
   // CUDA graph per B (valid until kv_reset or a buffer regrowth). See docs/CUDA.md.
-  bool dec_fast = true;    // PYLLAMA_CUDA_DECODE=0: T = 1 steps take the general kv_forward path
-  bool dec_graphs = true;  // PYLLAMA_CUDA_GRAPHS=0: the fast path without graphs
-  bool dec_gemv = true;    // PYLLAMA_CUDA_DECODE_GEMV=0: cuBLAS for B <= 4 rows too
-  bool dec_fused = true;   // PYLLAMA_CUDA_DECODE_FUSED=0: the skinny GEMV and separate norm/RoPE/SwiGLU kernels
-  bool dec_pdl = true;     // PYLLAMA_CUDA_PDL=0: the fused kernels without programmatic dependent launch
+  bool dec_fast = true;    // decode_fast_path off: T = 1 steps take the general kv_forward path
+  bool dec_graphs = true;  // cuda_graphs off: the fast path without graphs
+  bool dec_gemv = true;    // decode_gemv off: cuBLAS for B <= 4 rows too
+  bool dec_fused = true;   // decode_fused off: the skinny GEMV and separate norm/RoPE/SwiGLU kernels
+  bool dec_pdl = true;     // pdl off: the fused kernels without programmatic dependent launch
   bool pdl_capable = false;  // compute capability 9.0 or later
   int num_sms = 1;
   DevBuf kvptr_d;  // {kcache.p, vcache.p}: decode kernels read the cache bases here (kv_reorder swaps them)
@@ -338,7 +332,8 @@ struct LlamaModelCuda::Impl : AllocAccount {
   void sync() const { CUDA_CHECK(cudaStreamSynchronize(stream)); }
 
   // ------------------------------------------------------------ construction
-  void init(const LlamaConfig& config, const std::vector<ParamInfo>& infos, size_t n_params, DType dt, int device) {
+  void init(const LlamaConfig& config, const std::vector<ParamInfo>& infos, size_t n_params, DType dt, int device,
+            const BackendOptions& opt) {
     t_model_bytes = nullptr;  // the members are constructed: later DevBufs belong to no model
     cfg = config;
     PYLLAMA_CHECK(dt == DType::float32 || dt == DType::bfloat16, ValueError,
@@ -386,12 +381,13 @@ struct LlamaModelCuda::Impl : AllocAccount {
     use();
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&pinned), (2 + kMaxDeferredLosses) * sizeof(double)));
-    gemm = std::make_unique<gpu::Gemm>();
-    attn_naive = gpu::attention_naive_forced();
-    attn_tc = !gpu::attention_simt_forced();
-    attn_fwd_rows = gpu::flash_fwd_rows();
-    attn_gemm = gpu::attention_gemm_forced();
-    attn_dq_atomic = gpu::flash_dq_atomic() && dt == DType::bfloat16 && !attn_naive && !attn_gemm && attn_tc &&
+    opt.validate();
+    gemm = std::make_unique<gpu::Gemm>(opt.matmul, opt.matmul_tune);
+    attn_naive = opt.attention == "naive";
+    attn_tc = opt.attention != "simt";
+    attn_fwd_rows = opt.flash_fwd_rows;
+    attn_gemm = opt.attention == "gemm";
+    attn_dq_atomic = opt.flash_dq_atomic && dt == DType::bfloat16 && !attn_naive && !attn_gemm && attn_tc &&
                      HS <= 64 && gpu::flash_attention_uses_tensor_cores(HS);
 
     params.reserve(P * sizeof(float));
@@ -413,14 +409,14 @@ struct LlamaModelCuda::Impl : AllocAccount {
     CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev));
     kvptr_d.reserve(2 * sizeof(void*));
     CUDA_CHECK(cudaMemsetAsync(kvptr_d.p, 0, 2 * sizeof(void*), stream));
-    dec_fast = !env_off("PYLLAMA_CUDA_DECODE");
-    dec_graphs = !env_off("PYLLAMA_CUDA_GRAPHS");
-    dec_gemv = !env_off("PYLLAMA_CUDA_DECODE_GEMV");
-    dec_fused = !env_off("PYLLAMA_CUDA_DECODE_FUSED");
+    dec_fast = opt.decode_fast_path;
+    dec_graphs = opt.cuda_graphs;
+    dec_gemv = opt.decode_gemv;
+    dec_fused = opt.decode_fused;
     int cc_major = 0;
     CUDA_CHECK(cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, dev));
     pdl_capable = cc_major >= 9;
-    dec_pdl = pdl_capable && !env_off("PYLLAMA_CUDA_PDL");
+    dec_pdl = pdl_capable && opt.pdl;
     if (gemm->uses_cublas()) {
       cublas_ws.reserve(kCublasWorkspace);
       gemm->set_workspace(cublas_ws.p, cublas_ws.bytes);
@@ -1352,15 +1348,16 @@ struct LlamaModelCuda::Impl : AllocAccount {
 
 // ---------------------------------------------------------------- public interface
 
-LlamaModelCuda::LlamaModelCuda(const LlamaConfig& cfg, DType dtype, int device) : Model(cfg), impl_(new Impl) {
+LlamaModelCuda::LlamaModelCuda(const LlamaConfig& cfg, DType dtype, int device, const BackendOptions& options)
+    : Model(cfg), impl_(new Impl) {
   // on a throw, impl_ (a complete member) frees what init made
-  impl_->init(cfg, infos_, num_parameters(), dtype, device);
+  impl_->init(cfg, infos_, num_parameters(), dtype, device, options);
 }
 LlamaModelCuda::~LlamaModelCuda() = default;
 
 namespace {
-std::unique_ptr<Model> make_cuda(const LlamaConfig& cfg, int index, DType dtype) {
-  return std::make_unique<LlamaModelCuda>(cfg, dtype, index);
+std::unique_ptr<Model> make_cuda(const LlamaConfig& cfg, int index, DType dtype, const BackendOptions& options) {
+  return std::make_unique<LlamaModelCuda>(cfg, dtype, index, options);
 }
 void cuda_copy_kind(void* dst, const void* src, size_t bytes, int kind) {
   cuda_copy(dst, src, bytes, static_cast<CudaCopy>(kind));

@@ -52,7 +52,9 @@ class LlamaModelCuda : public Model {
  public:
   // A model of cfg on GPU `device` with zero parameters and gradients.
   // dtype: DType::float32 or DType::bfloat16 (compute dtype; master weights stay float32).
-  LlamaModelCuda(const LlamaConfig& cfg, DType dtype = DType::float32, int device = 0);
+  // options: the kernels and decode paths (backend.h BackendOptions).
+  LlamaModelCuda(const LlamaConfig& cfg, DType dtype = DType::float32, int device = 0,
+                 const BackendOptions& options = BackendOptions());
   ~LlamaModelCuda() override;
   LlamaModelCuda(const LlamaModelCuda&) = delete;
   LlamaModelCuda& operator=(const LlamaModelCuda&) = delete;
@@ -62,16 +64,16 @@ class LlamaModelCuda : public Model {
   std::string device() const override;  // "cuda:N"
   int device_index() const;
   bool uses_cublas() const;  // false: the tiled fallback matmul
-  // The matmul back end ("cublaslt", "cublas" or "tiled": PYLLAMA_CUDA_MATMUL) and its counts:
+  // The matmul back end ("cublaslt", "cublas" or "tiled": BackendOptions.matmul) and its counts:
   // cuBLASLt plans made so far, products cuBLASLt refused (run by cublasGemmEx instead), and
-  // with PYLLAMA_CUDA_MATMUL_TUNE=1 the plans timed and those where timing changed the choice.
+  // with BackendOptions.matmul_tune the plans timed and those where timing changed the choice.
   std::string matmul_backend() const;
   struct MatmulStats {
     long long lt_plans = 0, lt_fallbacks = 0, lt_tuned = 0, lt_tuned_changed = 0;
   };
   MatmulStats matmul_stats() const;
-  bool uses_flash_attention() const;  // false: PYLLAMA_CUDA_ATTENTION=naive (T x T probabilities) or gemm
-  // The training attention, from PYLLAMA_CUDA_ATTENTION: "flash" (default; tensor cores for bf16
+  bool uses_flash_attention() const;  // false: attention "naive" (T x T probabilities) or gemm
+  // The training attention, from BackendOptions.attention: "flash" (default; tensor cores for bf16
   // where they apply), "flash-simt", "gemm" (batched GEMMs, attention_gemm.cu) or "naive".
   std::string attention_kernels() const;
 
@@ -110,14 +112,14 @@ class LlamaModelCuda : public Model {
   int greedy_chain_max() const override { return chain_max(); }
   static int chain_max();
 
-  // The T = 1 decode step (docs/CUDA.md "Decoding"): fast_path (PYLLAMA_CUDA_DECODE, default on)
+  // The T = 1 decode step (docs/CUDA.md "Decoding"): fast_path (BackendOptions.decode_fast_path)
   // runs it on fixed device buffers with pinned staging and an on-device argmax; cuda_graphs
-  // (PYLLAMA_CUDA_GRAPHS, default on) replays it from one CUDA graph per batch size;
-  // skinny_gemv (PYLLAMA_CUDA_DECODE_GEMV, default on) runs the matmuls of B <= 4 rows with
-  // a bandwidth-bound 128-bit-load kernel instead of cuBLAS; fused (PYLLAMA_CUDA_DECODE_FUSED,
+  // (cuda_graphs) replays it from one CUDA graph per batch size;
+  // skinny_gemv (decode_gemv) runs the matmuls of B <= 4 rows with
+  // a bandwidth-bound 128-bit-load kernel instead of cuBLAS; fused (decode_fused,
   // default on, with skinny_gemv) folds the RMSNorms, RoPE and the cache store, SwiGLU, the
   // residual adds and the argmax into those matmul kernels (five kernels a layer); pdl
-  // (PYLLAMA_CUDA_PDL, default on where the GPU has it: sm_90+) launches the fused kernels as
+  // (pdl, default on where the GPU has it: sm_90+) launches the fused kernels as
   // programmatic dependent launches, each starting while the one before finishes. Off: the
   // general kv_forward path / eager launches / cuBLAS / separate kernels / plain launches.
   // Setting drops captured graphs.

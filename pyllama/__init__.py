@@ -21,6 +21,7 @@ from ._version import __version__  # noqa: E402
 from . import _core  # noqa: E402
 from ._core import Tensor, num_threads  # noqa: E402
 from .config import LlamaConfig, memory_limit  # noqa: E402
+from .options import BackendOptions  # noqa: E402
 from .model import CausalLMOutput, Llama  # noqa: E402
 from .generation import GenerationConfig  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
@@ -33,6 +34,7 @@ __all__ = [
     "LlamaConfig",
     "memory_limit",
     "Llama",
+    "BackendOptions",
     "CausalLMOutput",
     "GenerationConfig",
     "Tokenizer",

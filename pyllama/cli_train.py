@@ -269,6 +269,7 @@ def _run_train(args, comm) -> int:
         model = pyllama.Llama(LlamaConfig(**model_f), seed=data_f["model_seed"])
     if args.overwrite and comm.rank == 0:
         _clear_run(out_dir)
+    model.options = pyllama.BackendOptions.from_env()  # the CLI translates PYLLAMA_CUDA_* (the library reads none)
     trainer = Trainer(model, tc, train_data, val_data, tokenizer=tok, tokenizer_ref=tok_ref,
                       progress=False if args.no_progress else None, comm=comm)
     return _train_and_report(trainer, model, train_data, val_data)
@@ -332,6 +333,7 @@ def _run_resume(args, comm) -> int:
         val_data = TokenData.open(vd) if vd else None
     tok_path = os.path.join(ckpt, TOKENIZER_FILE)
     tok = _load_tokenizer(tok_path) if os.path.isfile(tok_path) else None
+    model.options = pyllama.BackendOptions.from_env()  # the CLI translates PYLLAMA_CUDA_* (the library reads none)
     trainer = Trainer(model, tc, train_data, val_data, tokenizer=tok, tokenizer_ref=state.get("tokenizer"),
                       progress=False if args.no_progress else None, comm=comm)
     trainer.resume(ckpt)

@@ -22,6 +22,7 @@ import numpy as np
 from . import _core
 from ._io import atomic_write
 from .config import LlamaConfig, check_memory
+from .options import BackendOptions
 
 ArrayLike = Union[np.ndarray, Sequence[Sequence[int]]]
 
@@ -90,6 +91,7 @@ class Llama:
         config.validate()
         check_memory(config)  # before the core allocates: a MemoryError with the figures, not the OOM killer
         self.config = config
+        self.options = BackendOptions()  # the backend's kernels and decode paths (see ``to``)
         self._set_core(_core.make_model(_core_config(config), "cpu", "float32"))
         self._have_loss = False
         if seed is not None:
@@ -163,7 +165,8 @@ class Llama:
         """Set every gradient to zero."""
         self._core.zero_grad()
 
-    def to(self, device: str, dtype: Optional[str] = None) -> "Llama":
+    def to(self, device: str, dtype: Optional[str] = None,
+           options: Optional[BackendOptions] = None) -> "Llama":
         """Move the model to ``device`` (``"cpu"``, ``"cuda"`` or ``"cuda:N"``, GPU N); returns ``self``.
 
         ``to("cuda")`` copies the parameters, gradients and AdamW moments to the GPU;
@@ -176,15 +179,19 @@ class Llama:
         use ``load_flat_params``). ``AdamW`` and ``clip_grad_norm`` work the same on every
         device, and an optimizer made before the move keeps stepping (its moments move with
         the model). ``to("cpu")`` copies everything back. Without a usable GPU ``to("cuda")``
-        raises ``RuntimeError``.
+        raises ``RuntimeError``. ``options`` (:class:`pyllama.BackendOptions`) picks the
+        backend's kernels and decode paths; the model keeps them until new ones are given.
 
         >>> model.to("cuda", dtype="bfloat16")   # doctest: +SKIP
+        >>> model.to("cuda", options=pyllama.BackendOptions(cuda_graphs=False))  # doctest: +SKIP
         >>> model.to("cpu")                       # doctest: +SKIP
         """
         if not isinstance(device, str):
             raise TypeError(f"device must be a string ('cpu' or 'cuda'), got {type(device).__name__}")
         if dtype is not None and dtype not in ("float32", "bfloat16"):
             raise ValueError(f"unknown dtype {dtype!r}: expected 'float32' or 'bfloat16'")
+        if options is not None and not isinstance(options, BackendOptions):
+            raise TypeError(f"options must be a pyllama.BackendOptions, got {type(options).__name__}")
         backend, index = _core.parse_device(device)
         here = self._core.device
         if backend == "cpu":
@@ -195,9 +202,13 @@ class Llama:
             # plain "cuda": stay on the model's GPU when it is on one
             target = here if device == "cuda" and here.startswith("cuda") else f"cuda:{index}"
             want = dtype or self._core.dtype
-        if target == here and want == self._core.dtype:
+        opts = self.options if options is None else options
+        if target == here and want == self._core.dtype and (
+                opts.core_options() == self.options.core_options() or here == "cpu"):
+            self.options = opts  # nothing the core reads changed (the CPU backend reads none)
             return self
-        self._set_core(_core.move_model(self._core, target, want))
+        self._set_core(_core.move_model(self._core, target, want, opts.core_options()))
+        self.options = opts
         return self
 
     # ---------------------------------------------------------------- forward / backward
@@ -269,10 +280,9 @@ class Llama:
 
     def _kv_greedy_on_device(self) -> bool:
         """True when :meth:`_kv_forward_greedy` takes the argmax where the logits are (the GPU)
-        unless ``PYLLAMA_CUDA_GREEDY=0``: plain greedy decoding then downloads B token ids per
+        unless ``options.greedy_on_device`` is off: plain greedy decoding then downloads B token ids per
         step instead of the (B, V) logits."""
-        return bool(self._core.greedy_on_device) and \
-            os.environ.get("PYLLAMA_CUDA_GREEDY", "1").lower() not in ("0", "off", "false")
+        return bool(self._core.greedy_on_device) and self.options.greedy_on_device
 
     def _kv_forward_greedy(self, tokens: np.ndarray, slots: np.ndarray, start_pos: np.ndarray) -> np.ndarray:
         """``_kv_forward(..., last_only=True).argmax(-1)`` as int32 [B] (first index on ties)."""
@@ -280,10 +290,10 @@ class Llama:
 
     def _kv_greedy_chain_max(self) -> int:
         """Most steps one :meth:`_kv_greedy_chain` call takes: 0 where there is none (a CPU
-        model, or ``PYLLAMA_CUDA_GREEDY_CHAIN=0``)."""
+        model, or ``options.greedy_chain`` off)."""
         if not self._kv_greedy_on_device():
             return 0
-        if os.environ.get("PYLLAMA_CUDA_GREEDY_CHAIN", "1").lower() in ("0", "off", "false"):
+        if not self.options.greedy_chain:
             return 0
         return int(self._core.greedy_chain_max)
 

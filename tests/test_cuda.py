@@ -16,6 +16,13 @@ import pyllama
 from helpers import EMULATED_GPU, gpu, tiny_config
 from pyllama.optim import segment_table
 
+
+def env_options():
+    """The PYLLAMA_CUDA_* variables a test sets (monkeypatch.setenv), translated into
+    BackendOptions as the CLI and the benchmarks translate them: the library reads none."""
+    return pyllama.BackendOptions.from_env()
+
+
 INFO = pyllama.build_info()
 
 TOL = 1e-4
@@ -84,7 +91,7 @@ def pair(name, seed=0):
     """A CPU model and an identical one moved to the GPU (float32)."""
     cfg = tiny_config(**CONFIGS[name])
     cpu = pyllama.Llama(cfg, seed=seed)
-    dev = pyllama.Llama(cfg, seed=seed).to("cuda")
+    dev = pyllama.Llama(cfg, seed=seed).to("cuda", options=env_options())
     return cfg, cpu, dev
 
 
@@ -96,7 +103,7 @@ def test_to_cuda_without_gpu_raises_clearly():
         pytest.skip("a GPU is available: this test covers machines without one")
     m = pyllama.Llama(tiny_config(), seed=0)
     with pytest.raises(RuntimeError, match="CUDA"):
-        m.to("cuda")
+        m.to("cuda", options=env_options())
     assert m.device == "cpu"
     out = m([[1, 2, 3]], labels=[[1, 2, 3]])  # still usable on the CPU
     assert np.isfinite(out.loss)
@@ -111,7 +118,7 @@ def test_failed_move_leaves_the_model_where_it_was(monkeypatch):
     Runs without a GPU: the failing move is a stand-in."""
     import pyllama.model as pm
 
-    def failing_move(core, device, dtype):
+    def failing_move(core, device, dtype, options=None):
         raise RuntimeError("CUDA error: out of memory (stand-in)")
 
     m = pyllama.Llama(tiny_config(), seed=0)
@@ -119,7 +126,7 @@ def test_failed_move_leaves_the_model_where_it_was(monkeypatch):
     monkeypatch.setattr(pm._core, "move_model", failing_move)
     monkeypatch.setattr(pm._core, "parse_device", lambda d: ("cuda", 0) if d.startswith("cuda") else ("cpu", 0))
     with pytest.raises(RuntimeError, match="stand-in"):
-        m.to("cuda", dtype="bfloat16")
+        m.to("cuda", options=env_options(), dtype="bfloat16")
     assert m.device == "cpu" and m._core.device == "cpu"
     np.testing.assert_array_equal(m.flat_params(), before)
     out = m([[1, 2, 3]], labels=[[1, 2, 3]])  # usable where it was
@@ -152,8 +159,7 @@ def test_each_kernel_matches_its_cpu_op():
 
 @gpu
 def test_each_kernel_tiled_matmul(monkeypatch):
-    monkeypatch.setenv("PYLLAMA_CUDA_MATMUL", "tiled")
-    errors = pyllama._core.cuda_check_ops(99)
+    errors = pyllama._core.cuda_check_ops(99, "tiled")
     assert any(k.startswith("matmul.tiled") for k in errors)
     bad = {k: v for k, v in errors.items() if not v <= TOL}
     assert not bad, bad
@@ -187,12 +193,12 @@ def test_long_sequence_flash_attention_matches_cpu():
     cfg = tiny_config(vocab_size=211, hidden_size=256, intermediate_size=128, num_attention_heads=4,
                       num_key_value_heads=2, num_hidden_layers=1, max_position_embeddings=2048)
     cpu = pyllama.Llama(cfg, seed=4)
-    dev = pyllama.Llama(cfg, seed=4).to("cuda")
+    dev = pyllama.Llama(cfg, seed=4).to("cuda", options=env_options())
     assert dev._core.uses_flash_attention
     ids, labels = make_batch(cfg, 1, 2048, seed=11)
     ref, out = check_step_matches_cpu(cpu, dev, ids, labels, "T=2048")
     # bf16 (tensor-core flash attention) on the same batch: near float32
-    b16 = pyllama.Llama(cfg, seed=4).to("cuda", dtype="bfloat16")
+    b16 = pyllama.Llama(cfg, seed=4).to("cuda", options=env_options(), dtype="bfloat16")
     check_bf16_near(cpu, ref, b16, ids, labels)
 
 
@@ -205,7 +211,7 @@ def test_naive_attention_fallback_matches_cpu(monkeypatch):
     ids, labels = make_batch(cfg, 2, 37)
     ref, out = check_step_matches_cpu(cpu, dev, ids, labels, "naive attention")
     monkeypatch.delenv("PYLLAMA_CUDA_ATTENTION")
-    assert pyllama.Llama(cfg, seed=0).to("cuda")._core.uses_flash_attention
+    assert pyllama.Llama(cfg, seed=0).to("cuda", options=env_options())._core.uses_flash_attention
 
 
 @gpu
@@ -213,7 +219,7 @@ def test_naive_attention_fallback_matches_cpu(monkeypatch):
 def test_flash_attention_backward_is_deterministic(dtype):
     """No atomics in the flash backward: two backward passes give bitwise equal gradients."""
     cfg = tiny_config(**CONFIGS["wide_hs64"])
-    dev = pyllama.Llama(cfg, seed=2).to("cuda", dtype=dtype)
+    dev = pyllama.Llama(cfg, seed=2).to("cuda", options=env_options(), dtype=dtype)
     ids, labels = make_batch(cfg, 2, 45)
     grads = []
     for _ in range(2):
@@ -234,7 +240,7 @@ def test_training_backward_is_deterministic(dtype):
     passes give the same bits for every parameter, with tokens repeated many times and
     enough rows for many blocks."""
     cfg = tiny_config(**dict(CONFIGS["wide_hs64"], vocab_size=50, max_position_embeddings=256))
-    dev = pyllama.Llama(cfg, seed=4).to("cuda", dtype=dtype)
+    dev = pyllama.Llama(cfg, seed=4).to("cuda", options=env_options(), dtype=dtype)
     ids, labels = make_batch(cfg, 2, 150)
     assert len(np.unique(ids)) < ids.size // 4  # repeated tokens
     grads = []
@@ -299,7 +305,7 @@ def test_tiled_matmul_fallback_matches_cpu(monkeypatch):
     monkeypatch.setenv("PYLLAMA_CUDA_MATMUL", "tiled")
     cfg = tiny_config(**CONFIGS["wide_hs64"])
     cpu = pyllama.Llama(cfg, seed=3)
-    dev = pyllama.Llama(cfg, seed=3).to("cuda")
+    dev = pyllama.Llama(cfg, seed=3).to("cuda", options=env_options())
     assert not dev._core.uses_cublas and dev._core.matmul_backend == "tiled"
     ids, labels = make_batch(cfg, 2, 45)
     ref, out = check_step_matches_cpu(cpu, dev, ids, labels, "tiled")
@@ -321,14 +327,14 @@ def test_matmul_backends_match_cpu(monkeypatch, backend):
     backend = backend.removesuffix("-tuned")
     cfg = tiny_config(vocab_size=101, hidden_size=36, intermediate_size=50, num_attention_heads=3,
                       num_key_value_heads=1, num_hidden_layers=2)
-    if not pyllama.Llama(cfg).to("cuda")._core.uses_cublas:
+    if not pyllama.Llama(cfg).to("cuda", options=env_options())._core.uses_cublas:
         pytest.skip("this build has no cuBLAS (test_tiled_matmul_fallback_matches_cpu covers the tiled GEMM)")
     monkeypatch.setenv("PYLLAMA_CUDA_MATMUL", backend)
     cpu = pyllama.Llama(cfg, seed=8)
-    dev = pyllama.Llama(cfg, seed=8).to("cuda")
+    dev = pyllama.Llama(cfg, seed=8).to("cuda", options=env_options())
     ids, labels = make_batch(cfg, 3, 29)
     ref, _ = check_step_matches_cpu(cpu, dev, ids, labels, backend)
-    check_bf16_near(cpu, ref, pyllama.Llama(cfg, seed=8).to("cuda", dtype="bfloat16"), ids, labels)
+    check_bf16_near(cpu, ref, pyllama.Llama(cfg, seed=8).to("cuda", options=env_options(), dtype="bfloat16"), ids, labels)
     prompts = [[5, 9, 2, 77, 3], [40] * 11]
     ref_tokens, ref_logits = _greedy(cpu, prompts, 6)
     tokens, logits = _greedy(dev, prompts, 6)  # the prefill adds in place (x += x_attn W^T)
@@ -353,7 +359,7 @@ def test_matmul_backends_match_cpu(monkeypatch, backend):
     # then runs on cublasGemmEx), so only the emulator counts the refusals.
     monkeypatch.setenv("PYLLAMA_CUDA_ATTENTION", "gemm")
     for dtype in ("float32", "bfloat16"):
-        g = pyllama.Llama(cfg, seed=8).to("cuda", dtype=dtype)
+        g = pyllama.Llama(cfg, seed=8).to("cuda", options=env_options(), dtype=dtype)
         out = g(ids, labels=labels)
         g.backward()
         assert abs(out.loss - ref.loss) <= (TOL if dtype == "float32" else 0.05), (dtype, out.loss, ref.loss)
@@ -365,13 +371,13 @@ def test_matmul_backends_match_cpu(monkeypatch, backend):
 def test_unknown_matmul_backend_raises(monkeypatch):
     monkeypatch.setenv("PYLLAMA_CUDA_MATMUL", "cutlass")
     with pytest.raises(ValueError, match="cublaslt, cublas or tiled"):
-        pyllama.Llama(tiny_config()).to("cuda")
+        pyllama.Llama(tiny_config()).to("cuda", options=env_options())
     monkeypatch.delenv("PYLLAMA_CUDA_MATMUL")
-    if pyllama.Llama(tiny_config()).to("cuda")._core.matmul_backend != "cublaslt":
+    if pyllama.Llama(tiny_config()).to("cuda", options=env_options())._core.matmul_backend != "cublaslt":
         return  # a build without cuBLAS: no tuning switch to read
     monkeypatch.setenv("PYLLAMA_CUDA_MATMUL_TUNE", "yes")
     with pytest.raises(ValueError, match="PYLLAMA_CUDA_MATMUL_TUNE=yes: use 1"):
-        pyllama.Llama(tiny_config()).to("cuda")
+        pyllama.Llama(tiny_config()).to("cuda", options=env_options())
 
 
 @gpu
@@ -386,7 +392,7 @@ def test_against_pytorch_cuda():
     cfg = tiny_config(**CONFIGS["wide_hs64"])
     model = pyllama.Llama(cfg, seed=5)
     hf = hf_model_from(model).cuda()
-    model.to("cuda")
+    model.to("cuda", options=env_options())
     ids, labels = make_batch(cfg, 2, 45)
     out = model(ids, labels=labels)
     model.backward()
@@ -529,7 +535,7 @@ def test_bad_input_raises_value_error():
     with pytest.raises(ValueError, match="max_position_embeddings"):
         dev(np.zeros((1, cfg.max_position_embeddings + 1), np.int64))
     with pytest.raises(ValueError, match="dtype"):
-        dev.to("cuda", dtype="float16")
+        dev.to("cuda", options=env_options(), dtype="float16")
     out = dev([[1, 2, 3]], labels=[[1, 2, 3]])  # still works after the errors
     assert np.isfinite(out.loss)
 
@@ -540,8 +546,8 @@ def test_bad_input_raises_value_error():
 @pytest.mark.parametrize("name", ["tiny_gqa", "wide_hs64", "mha_tied"])
 def test_bfloat16_loss_close_to_float32(name):
     cfg = tiny_config(**CONFIGS[name])
-    f32 = pyllama.Llama(cfg, seed=2).to("cuda")
-    b16 = pyllama.Llama(cfg, seed=2).to("cuda", dtype="bfloat16")
+    f32 = pyllama.Llama(cfg, seed=2).to("cuda", options=env_options())
+    b16 = pyllama.Llama(cfg, seed=2).to("cuda", options=env_options(), dtype="bfloat16")
     assert b16._core.dtype == "bfloat16"
     B, T = SHAPES[name]
     ids, labels = make_batch(cfg, B, T)
@@ -568,11 +574,11 @@ def test_gemm_attention_matches_cpu(name, monkeypatch):
     B, T = SHAPES[name]
     ids, labels = make_batch(cfg, B, T)
     ref, out = check_step_matches_cpu(cpu, dev, ids, labels, "gemm attention")
-    b16 = pyllama.Llama(cfg, seed=0).to("cuda", dtype="bfloat16")
+    b16 = pyllama.Llama(cfg, seed=0).to("cuda", options=env_options(), dtype="bfloat16")
     assert b16._core.attention_kernels == "gemm"
     check_bf16_near(cpu, ref, b16, ids, labels)
     monkeypatch.delenv("PYLLAMA_CUDA_ATTENTION")
-    assert pyllama.Llama(cfg, seed=0).to("cuda")._core.attention_kernels == "flash"
+    assert pyllama.Llama(cfg, seed=0).to("cuda", options=env_options())._core.attention_kernels == "flash"
 
 
 @gpu
@@ -583,7 +589,7 @@ def test_bfloat16_flash_tensor_cores_and_simt_agree(name, monkeypatch):
     cfg = tiny_config(**CONFIGS[name])
     B, T = SHAPES[name]
     ids, labels = make_batch(cfg, B, T)
-    f32 = pyllama.Llama(cfg, seed=6).to("cuda")
+    f32 = pyllama.Llama(cfg, seed=6).to("cuda", options=env_options())
     l32 = f32(ids, labels=labels).loss
     f32.backward()
     g32 = f32.flat_grads().astype(np.float64)
@@ -591,7 +597,7 @@ def test_bfloat16_flash_tensor_cores_and_simt_agree(name, monkeypatch):
     for mode in ("tc", "simt"):
         if mode == "simt":
             monkeypatch.setenv("PYLLAMA_CUDA_ATTENTION", "simt")
-        m = pyllama.Llama(cfg, seed=6).to("cuda", dtype="bfloat16")
+        m = pyllama.Llama(cfg, seed=6).to("cuda", options=env_options(), dtype="bfloat16")
         assert m._core.uses_flash_attention
         out = m(ids, labels=labels)
         assert abs(out.loss - l32) <= 0.05, (mode, out.loss, l32)
@@ -614,7 +620,7 @@ def test_flash_forward_row_blocks_change_no_bit(monkeypatch):
     runs = []
     for rows in ("", "64", "128"):
         monkeypatch.setenv("PYLLAMA_CUDA_FLASH_FWD_ROWS", rows)
-        m = pyllama.Llama(cfg, seed=2).to("cuda", dtype="bfloat16")
+        m = pyllama.Llama(cfg, seed=2).to("cuda", options=env_options(), dtype="bfloat16")
         out = m(ids, labels=labels)
         m.backward()
         runs.append((out.logits, out.loss, m.flat_grads()))
@@ -622,7 +628,7 @@ def test_flash_forward_row_blocks_change_no_bit(monkeypatch):
         assert np.array_equal(logits, runs[0][0]) and loss == runs[0][1] and np.array_equal(grads, runs[0][2])
     monkeypatch.setenv("PYLLAMA_CUDA_FLASH_FWD_ROWS", "96")
     with pytest.raises(ValueError, match="64 or 128"):
-        pyllama.Llama(cfg).to("cuda", dtype="bfloat16")
+        pyllama.Llama(cfg).to("cuda", options=env_options(), dtype="bfloat16")
 
 
 @gpu
@@ -636,7 +642,7 @@ def test_flash_atomic_dq_matches_the_dq_kernel(monkeypatch):
     runs = {}
     for mode in ("kernel", "atomic"):
         monkeypatch.setenv("PYLLAMA_CUDA_FLASH_DQ", mode)
-        m = pyllama.Llama(cfg, seed=4).to("cuda", dtype="bfloat16")
+        m = pyllama.Llama(cfg, seed=4).to("cuda", options=env_options(), dtype="bfloat16")
         out = m(ids, labels=labels)
         m.backward()
         runs[mode] = (out.loss, m.flat_grads().astype(np.float64), m._core.attention_kernels)
@@ -648,17 +654,17 @@ def test_flash_atomic_dq_matches_the_dq_kernel(monkeypatch):
     assert np.all(np.isfinite(g1))
     assert float(np.abs(g1 - g0).max()) <= 0.02 * float(np.abs(g0).max())
     assert float(g0 @ g1 / (np.linalg.norm(g0) * np.linalg.norm(g1))) > 0.999
-    f32 = pyllama.Llama(cfg, seed=4).to("cuda")
+    f32 = pyllama.Llama(cfg, seed=4).to("cuda", options=env_options())
     assert f32._core.attention_kernels == "flash"  # float32: the SIMT kernels, dQ kernel
     monkeypatch.setenv("PYLLAMA_CUDA_FLASH_DQ", "sometimes")
     with pytest.raises(ValueError, match="kernel .* or atomic"):
-        pyllama.Llama(cfg).to("cuda", dtype="bfloat16")
+        pyllama.Llama(cfg).to("cuda", options=env_options(), dtype="bfloat16")
 
 
 @gpu
 def test_bfloat16_training_keeps_float32_masters():
     cfg = tiny_config()
-    m = pyllama.Llama(cfg, seed=4).to("cuda", dtype="bfloat16")
+    m = pyllama.Llama(cfg, seed=4).to("cuda", options=env_options(), dtype="bfloat16")
     segs = segment_table(m)
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(2, 16))
     losses = []
@@ -674,7 +680,7 @@ def test_bfloat16_training_keeps_float32_masters():
     # master weights are not rounded to bf16: the low 16 bits are in use
     assert np.any(p.view(np.uint32) & 0xFFFF)
     # float32 <-> bfloat16 switches go through the float32 masters
-    m.to("cuda", dtype="float32")
+    m.to("cuda", options=env_options(), dtype="float32")
     np.testing.assert_array_equal(m.flat_params(), p)
 
 
@@ -747,7 +753,7 @@ def test_kv_reorder_and_full_logits_match_cpu():
 @gpu
 def test_greedy_bfloat16_runs():
     cfg = tiny_config()
-    m = pyllama.Llama(cfg, seed=1).to("cuda", dtype="bfloat16")
+    m = pyllama.Llama(cfg, seed=1).to("cuda", options=env_options(), dtype="bfloat16")
     tokens, logits = _greedy(m, [[1, 2, 3], [4, 5]], 8)
     assert all(len(t) == 8 for t in tokens)
     assert all(np.all(np.isfinite(x)) for x in logits)
@@ -821,7 +827,7 @@ def test_decode_long_cache_split_attention(name):
     CPU."""
     cfg = tiny_config(**dict(CONFIGS[name], max_position_embeddings=1024))
     cpu = pyllama.Llama(cfg, seed=31)
-    dev = pyllama.Llama(cfg, seed=31).to("cuda")
+    dev = pyllama.Llama(cfg, seed=31).to("cuda", options=env_options())
     rng = np.random.default_rng(8)
     prompts = [rng.integers(0, cfg.vocab_size, size=n).tolist() for n in (600, 7)]
     ref_tokens, ref_logits = _greedy(cpu, prompts, 40)  # cache length 641: up to 21 splits
@@ -837,7 +843,7 @@ def test_decode_long_cache_split_attention(name):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_greedy_on_device_equals_host_argmax(dtype):
     cfg = tiny_config(**CONFIGS["wide_hs64"])
-    m = pyllama.Llama(cfg, seed=5).to("cuda", dtype=dtype)
+    m = pyllama.Llama(cfg, seed=5).to("cuda", options=env_options(), dtype=dtype)
     g = m._core
     B = 4
     m._kv_reset(B, 100)
@@ -867,7 +873,7 @@ def test_greedy_chain_equals_single_steps(dtype):
     general path; the cache it leaves lets single steps go on; bad n or a chain past the
     cache's end raise ValueError."""
     cfg = tiny_config(**CONFIGS["tiny_gqa"])
-    m = pyllama.Llama(cfg, seed=9).to("cuda", dtype=dtype)
+    m = pyllama.Llama(cfg, seed=9).to("cuda", options=env_options(), dtype=dtype)
     g = m._core
     n_max = m._core.greedy_chain_max
     assert n_max >= 8
@@ -915,7 +921,7 @@ def test_greedy_chain_longer_than_the_vocabulary():
     buffer holds for a single step when the vocabulary is small: the longest chain over a
     16-token vocabulary equals single steps."""
     cfg = tiny_config(vocab_size=16)
-    m = pyllama.Llama(cfg, seed=4).to("cuda")
+    m = pyllama.Llama(cfg, seed=4).to("cuda", options=env_options())
     n = m._core.greedy_chain_max
     B = 2
     slots = np.arange(B, dtype=np.int32)
@@ -944,6 +950,7 @@ def test_generate_greedy_chains_stop_like_the_cpu(monkeypatch):
     assert any(r == "eos" for r in ref.stop_reasons)
     for chain in ("1", "0"):
         monkeypatch.setenv("PYLLAMA_CUDA_GREEDY_CHAIN", chain)
+        dev.options = env_options()  # generation reads options.greedy_chain at each call
         assert (dev._kv_greedy_chain_max() > 0) == (chain == "1")
         got = dev.generate(prompts, **kw)
         assert [list(x) for x in got] == [list(x) for x in ref], chain
@@ -956,7 +963,7 @@ def test_device_argmax_ties_take_the_first_index():
     cfg = tiny_config(vocab_size=5000)
     m = pyllama.Llama(cfg, seed=2)
     m.named_parameters()["lm_head.weight"][...] = 0.0
-    m.to("cuda")
+    m.to("cuda", options=env_options())
     m._kv_reset(3, 20)
     z = np.zeros(3, np.int32)
     for pos in range(4):
@@ -985,21 +992,21 @@ def test_generate_plain_greedy_uses_device_argmax():
 def test_decode_env_switches(monkeypatch):
     monkeypatch.setenv("PYLLAMA_CUDA_GRAPHS", "0")
     cfg = tiny_config()
-    m = pyllama.Llama(cfg, seed=1).to("cuda")
+    m = pyllama.Llama(cfg, seed=1).to("cuda", options=env_options())
     st = m._core.decode_stats()
     assert st["fast_path"] and not st["cuda_graphs"]
     _greedy(m, [[1, 2, 3]], 6)
     st = m._core.decode_stats()
     assert st["replays"] == 0 and st["captures"] == 0 and st["eager_steps"] >= 5
     monkeypatch.setenv("PYLLAMA_CUDA_DECODE", "0")
-    m2 = pyllama.Llama(cfg, seed=1).to("cuda")
+    m2 = pyllama.Llama(cfg, seed=1).to("cuda", options=env_options())
     _greedy(m2, [[1, 2, 3]], 6)
     st2 = m2._core.decode_stats()
     assert not st2["fast_path"] and st2["eager_steps"] == 0 and st2["general_steps"] >= 6
     monkeypatch.delenv("PYLLAMA_CUDA_DECODE")
     monkeypatch.setenv("PYLLAMA_CUDA_DECODE_FUSED", "0")
     monkeypatch.setenv("PYLLAMA_CUDA_PDL", "off")
-    m3 = pyllama.Llama(cfg, seed=1).to("cuda")
+    m3 = pyllama.Llama(cfg, seed=1).to("cuda", options=env_options())
     st3 = m3._core.decode_stats()
     assert st3["fast_path"] and not st3["fused"] and not st3["pdl"], st3
     assert _greedy(m3, [[1, 2, 3]], 6)[0] == _greedy(m, [[1, 2, 3]], 6)[0]
@@ -1013,7 +1020,7 @@ def test_failed_buffer_growth_leaves_the_model_usable():
     pointers (an illegal address would end the CUDA context), and small steps still match."""
     cfg = tiny_config(vocab_size=100_000)
     cpu = pyllama.Llama(cfg, seed=0)
-    dev = pyllama.Llama(cfg, seed=0).to("cuda")
+    dev = pyllama.Llama(cfg, seed=0).to("cuda", options=env_options())
     ids, labels = make_batch(cfg, 2, 16)
     dev(ids, labels=labels)
     big = np.zeros((8192, 128), np.int64)  # logits alone: 8192 * 128 * 100000 * 4 bytes = 420 GB
@@ -1042,7 +1049,7 @@ def test_allocation_counter_is_sane():
     cfg = tiny_config(**CONFIGS["wide_hs64"])
     gc.collect()  # models of earlier tests go now, not between the readings below
     base = core.cuda_memory_stats()["bytes_allocated"]
-    m = pyllama.Llama(cfg, seed=0).to("cuda")
+    m = pyllama.Llama(cfg, seed=0).to("cuda", options=env_options())
     g = m._core
     P = g.num_parameters()
     own = g.bytes_allocated()
@@ -1093,7 +1100,7 @@ def test_train_step_waits_once_and_decode_steps_replay_graphs(dtype):
         assert np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])
         assert b["host_waits"] - a["host_waits"] == 1, (accum, a, b)
         assert b["graph_launches"] == a["graph_launches"]
-    model = pyllama.Llama(cfg, seed=0).to("cuda", dtype=dtype)
+    model = pyllama.Llama(cfg, seed=0).to("cuda", options=env_options(), dtype=dtype)
     prompt = [[1, 2, 3, 4, 5]]
     runs = {}
     for n in (6, 16):
@@ -1123,7 +1130,7 @@ def test_fused_decode_step_launches_five_kernels_a_layer(dtype):
 
     cfg = tiny_config(max_position_embeddings=512)
     L = cfg.num_hidden_layers
-    m = pyllama.Llama(cfg, seed=0).to("cuda", dtype=dtype)
+    m = pyllama.Llama(cfg, seed=0).to("cuda", options=env_options(), dtype=dtype)
     g = m._core
     prompt = [[1, 2, 3, 4, 5]]
     per_step, tokens = {}, {}
@@ -1147,7 +1154,7 @@ def test_profiling_counts_each_region():
     decode step, counted once per layer and pass, times >= 0; off: nothing is added."""
     cfg = tiny_config()
     L = cfg.num_hidden_layers
-    m = pyllama.Llama(cfg, seed=0).to("cuda")
+    m = pyllama.Llama(cfg, seed=0).to("cuda", options=env_options())
     g = m._core
     ids, labels = make_batch(cfg, 2, 8)
     g.set_profiling(True)
@@ -1183,7 +1190,7 @@ def test_pdl_launches_change_no_bit(dtype):
     difference: the logits of 50 steps (graph replays and eager launches, B = 1 and 3) with
     PDL on must equal, bit for bit, those with it off."""
     cfg = tiny_config(**CONFIGS["wide_hs64"])
-    m = pyllama.Llama(cfg, seed=12).to("cuda", dtype=dtype)
+    m = pyllama.Llama(cfg, seed=12).to("cuda", options=env_options(), dtype=dtype)
     g = m._core
     rng = np.random.default_rng(2)
     for B in (1, 3):

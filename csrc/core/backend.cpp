@@ -132,7 +132,21 @@ std::pair<std::string, int> parse_device(const std::string& device) {
   throw ValueError("unknown device '" + device + "': expected 'cpu', 'cuda' or 'cuda:N'");
 }
 
-std::unique_ptr<Model> make_model(const LlamaConfig& cfg, const std::string& device, DType dtype) {
+void BackendOptions::validate() const {
+  PYLLAMA_CHECK(matmul.empty() || matmul == "cublaslt" || matmul == "cublas" || matmul == "tiled", ValueError,
+                "BackendOptions.matmul='" << matmul << "': use cublaslt, cublas or tiled (the matmul back end)");
+  PYLLAMA_CHECK(attention == "flash" || attention == "simt" || attention == "gemm" || attention == "naive",
+                ValueError,
+                "BackendOptions.attention='" << attention << "': use flash, simt, gemm or naive");
+  PYLLAMA_CHECK(flash_fwd_rows == 64 || flash_fwd_rows == 128, ValueError,
+                "BackendOptions.flash_fwd_rows=" << flash_fwd_rows
+                                                 << ": use 64 or 128 (query rows per block of the tensor-core "
+                                                    "flash forward, head size <= 64)");
+}
+
+std::unique_ptr<Model> make_model(const LlamaConfig& cfg, const std::string& device, DType dtype,
+                                  const BackendOptions& options) {
+  options.validate();
   auto [name, index] = parse_device(device);
   PYLLAMA_CHECK(dtype == DType::float32 || dtype == DType::bfloat16, ValueError,
                 "model dtype must be float32 or bfloat16, got " << dtype_name(dtype));
@@ -145,11 +159,12 @@ std::unique_ptr<Model> make_model(const LlamaConfig& cfg, const std::string& dev
                              " backend (build_info()['cuda'] is False); reinstall with nvcc available and "
                              "PYLLAMA_CUDA=ON");
   }
-  return info.make(cfg, index, dtype);
+  return info.make(cfg, index, dtype, options);
 }
 
-std::unique_ptr<Model> move_model(const Model& src, const std::string& device, DType dtype) {
-  std::unique_ptr<Model> dst = make_model(src.config(), device, dtype);
+std::unique_ptr<Model> move_model(const Model& src, const std::string& device, DType dtype,
+                                  const BackendOptions& options) {
+  std::unique_ptr<Model> dst = make_model(src.config(), device, dtype, options);
   const size_t P = src.num_parameters();
   std::vector<float> a(P), b(P);
   src.params_to_host(a.data());

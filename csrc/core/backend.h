@@ -123,8 +123,28 @@ class Model {
   std::vector<int32_t> greedy_, chain_;
 };
 
+// Settings a backend reads when a model is made: typed, passed in (the library reads no
+// environment variable; the CLI and the benchmarks translate theirs into these). The CPU
+// backend has none of its own; the CUDA backend reads every field. Python: pyllama.BackendOptions.
+struct BackendOptions {
+  std::string matmul;              // CUDA matmuls: "cublaslt", "cublas", "tiled"; "" = cublaslt where
+                                   // cuBLAS was found at build time, else tiled
+  bool matmul_tune = false;        // cuBLASLt: time up to 8 candidate algorithms per plan, keep the fastest
+  std::string attention = "flash"; // CUDA training attention: "flash" (tensor cores for bf16 where they
+                                   // apply), "simt" (flash without tensor cores), "gemm" (batched GEMMs), "naive"
+  int flash_fwd_rows = 128;        // query rows per block of the bf16 tensor-core flash forward (64 or 128)
+  bool flash_dq_atomic = false;    // bf16 flash backward: dQ by atomics in the dK/dV kernel (not deterministic)
+  bool decode_fast_path = true;    // T = 1 decode steps on fixed buffers with an on-device argmax
+  bool cuda_graphs = true;         // ... replayed from one CUDA graph per batch size
+  bool decode_gemv = true;         // ... matmuls of <= 4 rows by a bandwidth-bound GEMV kernel
+  bool decode_fused = true;        // ... norms, RoPE, SwiGLU, residual adds folded into those kernels
+  bool pdl = true;                 // ... launched as programmatic dependent launches (sm_90+)
+  void validate() const;           // ValueError naming the field
+};
+
 // A backend constructor: a model of cfg with zero parameters and gradients on device index `index`.
-using BackendFactory = std::unique_ptr<Model> (*)(const LlamaConfig& cfg, int index, DType dtype);
+using BackendFactory = std::unique_ptr<Model> (*)(const LlamaConfig& cfg, int index, DType dtype,
+                                                  const BackendOptions& options);
 struct BackendInfo {
   BackendFactory make = nullptr;
   int (*device_count)() = nullptr;  // usable devices now (never throws); nullptr: one (the host)
@@ -140,8 +160,10 @@ std::string backend_archs(const std::string& name);  // "" when the backend is n
 
 // "cpu", "cuda", "cuda:N" → (backend name, index). ValueError naming the device otherwise.
 std::pair<std::string, int> parse_device(const std::string& device);
-std::unique_ptr<Model> make_model(const LlamaConfig& cfg, const std::string& device, DType dtype = DType::float32);
+std::unique_ptr<Model> make_model(const LlamaConfig& cfg, const std::string& device, DType dtype = DType::float32,
+                                  const BackendOptions& options = BackendOptions());
 // A model on `device` holding src's parameters, gradients and (when it has them) moments.
-std::unique_ptr<Model> move_model(const Model& src, const std::string& device, DType dtype = DType::float32);
+std::unique_ptr<Model> move_model(const Model& src, const std::string& device, DType dtype = DType::float32,
+                                  const BackendOptions& options = BackendOptions());
 
 }  // namespace pyllama

@@ -426,7 +426,7 @@ void LlamaModel::kv_reorder(const int32_t* src, int n) {
 // ---------------------------------------------------------------- the backend's registration
 
 namespace {
-std::unique_ptr<Model> make_cpu(const LlamaConfig& cfg, int index, DType dtype) {
+std::unique_ptr<Model> make_cpu(const LlamaConfig& cfg, int index, DType dtype, const BackendOptions&) {
   PYLLAMA_CHECK(dtype == DType::float32, ValueError,
                 "the CPU model computes in float32; dtype=" << dtype_name(dtype) << " applies to 'cuda' only");
   return std::make_unique<LlamaModel>(cfg);

@@ -336,6 +336,42 @@ py::object json_to_py(const Json& j) {
   return py::none();
 }
 
+// BackendOptions from a dict of its fields (None: the defaults); unknown keys and wrong types
+// are a TypeError / ValueError naming the field.
+BackendOptions backend_options(py::object obj) {
+  BackendOptions o;
+  if (obj.is_none()) return o;
+  PYLLAMA_CHECK(py::isinstance<py::dict>(obj), TypeError, "options must be a dict of BackendOptions fields");
+  for (auto item : obj.cast<py::dict>()) {
+    const std::string key = py::str(item.first);
+    py::handle v = item.second;
+    auto as_bool = [&](bool* dst) {
+      PYLLAMA_CHECK(py::isinstance<py::bool_>(v), TypeError, "BackendOptions." << key << " must be True or False");
+      *dst = v.cast<bool>();
+    };
+    auto as_str = [&](std::string* dst) {
+      PYLLAMA_CHECK(py::isinstance<py::str>(v), TypeError, "BackendOptions." << key << " must be a string");
+      *dst = v.cast<std::string>();
+    };
+    if (key == "matmul") as_str(&o.matmul);
+    else if (key == "matmul_tune") as_bool(&o.matmul_tune);
+    else if (key == "attention") as_str(&o.attention);
+    else if (key == "flash_fwd_rows") {
+      PYLLAMA_CHECK(py::isinstance<py::int_>(v) && !py::isinstance<py::bool_>(v), TypeError,
+                    "BackendOptions.flash_fwd_rows must be an int (64 or 128)");
+      o.flash_fwd_rows = v.cast<int>();
+    } else if (key == "flash_dq_atomic") as_bool(&o.flash_dq_atomic);
+    else if (key == "decode_fast_path") as_bool(&o.decode_fast_path);
+    else if (key == "cuda_graphs") as_bool(&o.cuda_graphs);
+    else if (key == "decode_gemv") as_bool(&o.decode_gemv);
+    else if (key == "decode_fused") as_bool(&o.decode_fused);
+    else if (key == "pdl") as_bool(&o.pdl);
+    else throw TypeError("unknown BackendOptions field '" + key + "'");
+  }
+  o.validate();
+  return o;
+}
+
 void bind_model(py::module_& m) {
   m.def("normalize_hf_config", [](const std::string& text) { return json_to_py(normalize_hf_config(Json::parse(text))); },
         py::arg("config_json"),
@@ -531,17 +567,21 @@ Made by make_model / move_model; use pyllama.Llama instead.
   py::class_<LlamaModel, Model>(m, "LlamaModel", "The CPU backend's model (SIMD + OpenMP kernels).")
       .def(py::init<const LlamaConfig&>(), py::arg("config"));
 
-  m.def("make_model", [](const LlamaConfig& cfg, const std::string& device, const std::string& dtype) {
+  m.def("make_model", [](const LlamaConfig& cfg, const std::string& device, const std::string& dtype,
+                         py::object options) {
           DType dt = dtype_from_name(dtype);
+          BackendOptions opt = backend_options(options);
           py::gil_scoped_release nogil;
-          return make_model(cfg, device, dt);
-        }, py::arg("config"), py::arg("device") = "cpu", py::arg("dtype") = "float32",
-        "A model of config on device ('cpu', 'cuda', 'cuda:N') with zero parameters.");
-  m.def("move_model", [](const Model& src, const std::string& device, const std::string& dtype) {
+          return make_model(cfg, device, dt, opt);
+        }, py::arg("config"), py::arg("device") = "cpu", py::arg("dtype") = "float32", py::arg("options") = py::none(),
+        "A model of config on device ('cpu', 'cuda', 'cuda:N') with zero parameters; options: a dict of "
+        "BackendOptions fields (pyllama.BackendOptions).");
+  m.def("move_model", [](const Model& src, const std::string& device, const std::string& dtype, py::object options) {
           DType dt = dtype_from_name(dtype);
+          BackendOptions opt = backend_options(options);
           py::gil_scoped_release nogil;
-          return move_model(src, device, dt);
-        }, py::arg("model"), py::arg("device"), py::arg("dtype") = "float32",
+          return move_model(src, device, dt, opt);
+        }, py::arg("model"), py::arg("device"), py::arg("dtype") = "float32", py::arg("options") = py::none(),
         "A new model on device holding model's parameters, gradients and AdamW moments.");
   m.def("parse_device", &parse_device, py::arg("device"),
         "('cpu' | 'cuda', index) for 'cpu', 'cuda', 'cuda:N'; ValueError otherwise.");
@@ -954,17 +994,18 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
      "far: kernel_launches and cublas_calls outside CUDA graphs, graph_launches, host_waits (calls that "
      "return only after device work), copies by direction.");
 #endif
-  m.def("cuda_check_ops", [](unsigned seed) {
+  m.def("cuda_check_ops", [](unsigned seed, const std::string& matmul) {
           std::vector<std::pair<std::string, double>> r;
           {
             py::gil_scoped_release nogil;
-            r = cuda_check_ops(seed);
+            r = cuda_check_ops(seed, matmul);
           }
           py::dict d;
           for (auto& kv : r) d[py::str(kv.first)] = kv.second;
           return d;
-        }, py::arg("seed") = 1234,
-        "Every CUDA kernel against its CPU twin on random float32 inputs: name -> max |gpu - cpu| / max |cpu|.");
+        }, py::arg("seed") = 1234, py::arg("matmul") = "",
+        "A test hook (tests/cuda/ops_check.cu): every CUDA kernel against its CPU twin on random float32 inputs: "
+        "name -> max |gpu - cpu| / max |cpu|; matmul: the back end under the GEMM attention checks.");
 #else
   (void)m;  // built without the CUDA backend: nothing to bind (build_info()['cuda'] is False)
 #endif

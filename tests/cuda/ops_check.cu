@@ -523,7 +523,7 @@ void check_attention_gemm(Rand& r, Results& out, gpu::Gemm& gemm, int B, int T, 
 
 }  // namespace
 
-std::vector<std::pair<std::string, double>> cuda_check_ops(unsigned seed) {
+std::vector<std::pair<std::string, double>> cuda_check_ops(unsigned seed, const std::string& matmul) {
   PYLLAMA_CHECK(cuda_runtime_device_count() > 0, CudaError, "cuda_check_ops: no CUDA device is available");
   Rand r{std::mt19937(seed)};
   Results out;
@@ -580,7 +580,7 @@ std::vector<std::pair<std::string, double>> cuda_check_ops(unsigned seed) {
       each.set_workspace(ws.get(), ws.n);
       check_matmul(r, out, each);
     }
-    gpu::Gemm gemm;  // the default (PYLLAMA_CUDA_MATMUL or cuBLASLt)
+    gpu::Gemm gemm(matmul);  // the GEMM attention on the given back end ("": the default)
     check_attention_gemm(r, out, gemm, 2, 37, 4, 2, 12);
     check_attention_gemm(r, out, gemm, 1, 70, 2, 1, 64);
     check_attention_gemm(r, out, gemm, 2, 129, 3, 3, 128);

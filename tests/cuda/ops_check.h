@@ -8,7 +8,9 @@
 
 namespace pyllama {
 
-// (check name, max |gpu - cpu| / max |cpu|) pairs. Throws CudaError without a GPU.
-std::vector<std::pair<std::string, double>> cuda_check_ops(unsigned seed = 1234);
+// (check name, max |gpu - cpu| / max |cpu|) pairs. Throws CudaError without a GPU. Every matmul
+// back end the build has is checked; `matmul` picks the one under the GEMM attention checks
+// ("": the default, as BackendOptions.matmul).
+std::vector<std::pair<std::string, double>> cuda_check_ops(unsigned seed = 1234, const std::string& matmul = "");
 
 }  // namespace pyllama
