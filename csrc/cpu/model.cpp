@@ -147,6 +147,24 @@ void LlamaModel::check_tokens(const int32_t* tokens, long n, const char* what) c
 
 // ---------------------------------------------------------------- forward
 
+template <class Linear, class Attend>
+void LlamaModel::layer_forward(const LayerPtrs& w, const LayerBufs& y, const float* x, long N, const int32_t* pos,
+                               Linear&& linear, Attend&& attend) {
+  const float eps = cfg_.rms_norm_eps;
+  rmsnorm_forward(y.ln1, y.rstd1, x, w.ln1, N, C_, eps);
+  linear(y.qkv, y.ln1, w.wqkv, (int)N, C_, QKVD_);
+  rope_apply(y.qkv, QKVD_, pos, rope_cos_.data(), rope_sin_.data(), N, NH_, HS_, false);
+  rope_apply(y.qkv + C_, QKVD_, pos, rope_cos_.data(), rope_sin_.data(), N, NKV_, HS_, false);
+  attend(y.qkv, y.atty);
+  linear(y.o, y.atty, w.wo, (int)N, C_, C_);
+  residual_forward(y.res1, y.o, x, N * C_);
+  rmsnorm_forward(y.ln2, y.rstd2, y.res1, w.ln2, N, C_, eps);
+  linear(y.gu, y.ln2, w.wgu, (int)N, C_, 2 * I_);
+  swiglu_forward(y.h, y.gu, N, I_);
+  linear(y.d, y.h, w.wd, (int)N, I_, C_);
+  residual_forward(y.res2, y.d, y.res1, N * C_);
+}
+
 float LlamaModel::forward(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T) {
   const int LT = labels_T < 0 ? T : labels_T;
   PYLLAMA_CHECK(LT == T || LT == T + 1, ValueError,
@@ -178,20 +196,12 @@ float LlamaModel::forward(const int32_t* tokens, const int32_t* labels, int B, i
   embedding_forward(a.x0, tokens_.data(), wte(P), N, C_);
   const float* x = a.x0;
   for (int l = 0; l < L_; l++) {
-    LayerPtrs w = layer(P, l);
     auto& y = a.layers[l];
-    rmsnorm_forward(y.ln1, y.rstd1, x, w.ln1, N, C_, cfg_.rms_norm_eps);
-    linear_forward(y.qkv, y.ln1, w.wqkv, N, C_, QKVD_);
-    rope_apply(y.qkv, QKVD_, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, NH_, HS_, false);
-    rope_apply(y.qkv + C_, QKVD_, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, NKV_, HS_, false);
-    attention_forward_flash(y.atty, y.lse, a.att_scratch, y.qkv, B, T, NH_, NKV_, HS_);
-    linear_forward(y.res1, y.atty, w.wo, N, C_, C_);
-    residual_forward(y.res1, y.res1, x, N * C_);
-    rmsnorm_forward(y.ln2, y.rstd2, y.res1, w.ln2, N, C_, cfg_.rms_norm_eps);
-    linear_forward(y.gu, y.ln2, w.wgu, N, C_, 2 * I_);
-    swiglu_forward(y.h, y.gu, N, I_);
-    linear_forward(y.res2, y.h, w.wd, N, I_, C_);
-    residual_forward(y.res2, y.res2, y.res1, N * C_);
+    // the projections write straight into res1 / res2, which the residual adds then complete
+    const LayerBufs bufs{y.ln1, y.rstd1, y.qkv, y.atty, y.res1, y.res1, y.ln2, y.rstd2, y.gu, y.h, y.res2, y.res2};
+    layer_forward(layer(P, l), bufs, x, N, pos_.data(), linear_forward, [&](const float* qkv, float* atty) {
+      attention_forward_flash(atty, y.lse, a.att_scratch, qkv, B, T, NH_, NKV_, HS_);
+    });
     x = y.res2;
   }
   rmsnorm_forward(a.lnf, a.rstdf, x, lnf(P), N, C_, cfg_.rms_norm_eps);
@@ -333,70 +343,65 @@ const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const i
   const int group = NH_ / NKV_;
   const float scale = 1.0f / std::sqrt((float)HS_);
   embedding_forward(x, tokens, wte(P), N, C_);
+  // one set of buffers for every layer; x is the residual stream, added into in place
+  const LayerBufs bufs{ln, rstd, qkv, atty, tmp, x, ln, rstd, gu, h, tmp, x};
+  auto linear = [this](float* y, const float* in, const float* w, int n, int IN, int OUT) {
+    infer_linear(y, in, w, n, IN, OUT);
+  };
   for (int l = 0; l < L_; l++) {
-    LayerPtrs w = layer(P, l);
-    rmsnorm_forward(ln, rstd, x, w.ln1, N, C_, cfg_.rms_norm_eps);
-    infer_linear(qkv, ln, w.wqkv, N, C_, QKVD_);
-    rope_apply(qkv, QKVD_, pos, rope_cos_.data(), rope_sin_.data(), N, NH_, HS_, false);
-    rope_apply(qkv + C_, QKVD_, pos, rope_cos_.data(), rope_sin_.data(), N, NKV_, HS_, false);
-    float* kc = kcache_.data() + (size_t)l * layer_stride;
-    float* vc = vcache_.data() + (size_t)l * layer_stride;
-    for (long n = 0; n < N; n++) {
-      int b = (int)(n / T);
-      for (int kh = 0; kh < NKV_; kh++) {
-        size_t dst = (size_t)slots[b] * slot_stride + ((size_t)kh * kv_len_ + pos[n]) * HS_;
-        std::memcpy(kc + dst, qkv + (size_t)n * QKVD_ + C_ + kh * HS_, sizeof(float) * HS_);
-        std::memcpy(vc + dst, qkv + (size_t)n * QKVD_ + C_ + KVD_ + kh * HS_, sizeof(float) * HS_);
+    layer_forward(layer(P, l), bufs, x, N, pos, linear, [&](const float* q_rows, float* out) {
+      float* kc = kcache_.data() + (size_t)l * layer_stride;
+      float* vc = vcache_.data() + (size_t)l * layer_stride;
+      for (long n = 0; n < N; n++) {
+        int b = (int)(n / T);
+        for (int kh = 0; kh < NKV_; kh++) {
+          size_t dst = (size_t)slots[b] * slot_stride + ((size_t)kh * kv_len_ + pos[n]) * HS_;
+          std::memcpy(kc + dst, q_rows + (size_t)n * QKVD_ + C_ + kh * HS_, sizeof(float) * HS_);
+          std::memcpy(vc + dst, q_rows + (size_t)n * QKVD_ + C_ + KVD_ + kh * HS_, sizeof(float) * HS_);
+        }
       }
-    }
-    if (fresh) {
-      attention_forward_flash(atty, flash_lse, flash_scratch, qkv, B, T, NH_, NKV_, HS_);
-    } else {
+      if (fresh) {
+        attention_forward_flash(out, flash_lse, flash_scratch, q_rows, B, T, NH_, NKV_, HS_);
+      } else {
 #pragma omp parallel for collapse(2) schedule(dynamic, 1) if ((long)N * NH_ * (pos[N - 1] + 1) * HS_ > (1 << 16))
-    for (long n = 0; n < N; n++)
-      for (int hh = 0; hh < NH_; hh++) {
-        int b = (int)(n / T), kh = hh / group, p = pos[n];
-        const float* q = qkv + (size_t)n * QKVD_ + hh * HS_;
-        const float* kbase = kc + (size_t)slots[b] * slot_stride + (size_t)kh * kv_len_ * HS_;
-        const float* vbase = vc + (size_t)slots[b] * slot_stride + (size_t)kh * kv_len_ * HS_;
+      for (long n = 0; n < N; n++)
+        for (int hh = 0; hh < NH_; hh++) {
+          int b = (int)(n / T), kh = hh / group, p = pos[n];
+          const float* q = q_rows + (size_t)n * QKVD_ + hh * HS_;
+          const float* kbase = kc + (size_t)slots[b] * slot_stride + (size_t)kh * kv_len_ * HS_;
+          const float* vbase = vc + (size_t)slots[b] * slot_stride + (size_t)kh * kv_len_ * HS_;
 #ifdef PYLLAMA_HAVE_OPENMP
-        float* sc = attbuf + (size_t)omp_get_thread_num() * kv_len_;
+          float* sc = attbuf + (size_t)omp_get_thread_num() * kv_len_;
 #else
-        float* sc = attbuf;
+          float* sc = attbuf;
 #endif
-        float mx = -INFINITY;
-        for (int s = 0; s <= p; s++) {
-          const float* k = kbase + (size_t)s * HS_;
-          float d = 0.f;
+          float mx = -INFINITY;
+          for (int s = 0; s <= p; s++) {
+            const float* k = kbase + (size_t)s * HS_;
+            float d = 0.f;
 #pragma omp simd reduction(+ : d)
-          for (int i = 0; i < HS_; i++) d += q[i] * k[i];
-          d *= scale;
-          sc[s] = d;
-          mx = d > mx ? d : mx;
-        }
-        float sum = 0.f;
-        for (int s = 0; s <= p; s++) {
-          sc[s] = std::exp(sc[s] - mx);
-          sum += sc[s];
-        }
-        float inv = 1.f / sum;
-        float* o = atty + (size_t)n * C_ + hh * HS_;
-        for (int i = 0; i < HS_; i++) o[i] = 0.f;
-        for (int s = 0; s <= p; s++) {
-          const float* v = vbase + (size_t)s * HS_;
-          float ps = sc[s] * inv;
+            for (int i = 0; i < HS_; i++) d += q[i] * k[i];
+            d *= scale;
+            sc[s] = d;
+            mx = d > mx ? d : mx;
+          }
+          float sum = 0.f;
+          for (int s = 0; s <= p; s++) {
+            sc[s] = std::exp(sc[s] - mx);
+            sum += sc[s];
+          }
+          float inv = 1.f / sum;
+          float* o = out + (size_t)n * C_ + hh * HS_;
+          for (int i = 0; i < HS_; i++) o[i] = 0.f;
+          for (int s = 0; s <= p; s++) {
+            const float* v = vbase + (size_t)s * HS_;
+            float ps = sc[s] * inv;
 #pragma omp simd
-          for (int i = 0; i < HS_; i++) o[i] += ps * v[i];
+            for (int i = 0; i < HS_; i++) o[i] += ps * v[i];
+          }
         }
       }
-    }
-    infer_linear(tmp, atty, w.wo, N, C_, C_);
-    residual_forward(x, x, tmp, N * C_);
-    rmsnorm_forward(ln, rstd, x, w.ln2, N, C_, cfg_.rms_norm_eps);
-    infer_linear(gu, ln, w.wgu, N, C_, 2 * I_);
-    swiglu_forward(h, gu, N, I_);
-    infer_linear(tmp, h, w.wd, N, I_, C_);
-    residual_forward(x, x, tmp, N * C_);
+    });
   }
   if (last_only) {
     for (int b = 0; b < B; b++) std::memcpy(tmp + (size_t)b * C_, x + ((size_t)b * T + T - 1) * C_, sizeof(float) * C_);

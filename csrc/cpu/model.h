@@ -93,6 +93,18 @@ class LlamaModel : public Model {
     float *ln1, *wqkv, *wo, *ln2, *wgu, *wd;
   };
   LayerPtrs layer(float* base, int l) const;
+  // Where one decoder layer's forward writes: the training forward keeps a set per layer for
+  // the backward; the KV-cache steps reuse one set and add into x in place (res1 == res2 == x).
+  struct LayerBufs {
+    float *ln1, *rstd1, *qkv, *atty, *o, *res1, *ln2, *rstd2, *gu, *h, *d, *res2;
+  };
+  // The one layer stack of this backend, one layer at a time, for training and decoding alike:
+  //   res1 = x + o(attend(rope(qkv(ln1(x)))));  res2 = res1 + down(swiglu(gate_up(ln2(res1))))
+  // linear(y, x, w, N, IN, OUT) computes y = x W^T; attend(qkv, atty) the attention over the
+  // rotated q, k, v (flash over the batch, or over the KV cache).
+  template <class Linear, class Attend>
+  void layer_forward(const LayerPtrs& w, const LayerBufs& y, const float* x, long N, const int32_t* pos,
+                     Linear&& linear, Attend&& attend);
   float* wte(float* base) const { return base; }
   float* lnf(float* base) const { return base + lnf_off_; }
   float* wout(float* base) const { return base + wout_off_; }
