@@ -13,6 +13,8 @@
                                          # flash backward) and of decode steps
     ncu ... python bench/gpu.py --eager-decode 2   # two eager decode steps for Nsight Compute
 
+(``python -m pyllama.bench.gpu`` is the same command: bench/gpu.py wraps this module.)
+
 Model (issue #8): hidden 768, intermediate 2048, 12 layers, 12 heads, 12 kv heads (MHA),
 vocab 32000, untied head, about 124M parameters.
 
@@ -53,6 +55,9 @@ import numpy as np
 import pyllama
 from pyllama.optim import segment_table
 
+from .common import timed, write_json
+from .references import hf_model, torch_ok
+
 SIZES = {
     # a smoke run of this script (tests/test_bench.py, e.g. on the CPU emulator of tools/cuda_sim)
     "tiny": dict(cfg=dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -77,22 +82,6 @@ def elapsed():
 def emit(row, results):
     print(json.dumps(row), flush=True)
     results.append(row)
-
-
-def timed(fn, sync, warmup=2, iters=10, budget_s=10.0):
-    """Median seconds per call: `warmup` untimed calls, then up to `iters` timed ones, stopping
-    early (after at least 2) once `budget_s` is spent."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    start = time.perf_counter()
-    while len(times) < iters and (len(times) < 2 or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)), len(times)
 
 
 @contextlib.contextmanager
@@ -157,28 +146,6 @@ def bench_train(cfg, B, T, dtype, results, budget_s):
     return row, flops
 
 
-def torch_ok():
-    try:
-        import torch
-        import transformers  # noqa: F401
-    except ImportError as e:
-        return f"torch/transformers not importable: {e}"
-    if not torch.cuda.is_available():
-        return "torch.cuda is not available"
-    return None
-
-
-def hf_model(c, attn="sdpa"):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    hf_cfg = LlamaConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-                         num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-                         num_key_value_heads=c.num_key_value_heads, max_position_embeddings=c.max_position_embeddings,
-                         rms_norm_eps=c.rms_norm_eps, rope_theta=c.rope_theta,
-                         tie_word_embeddings=c.tie_word_embeddings, attn_implementation=attn)
-    return LlamaForCausalLM(hf_cfg)
-
-
 def bench_torch_train(cfg, B, T, dtype, results, budget_s, flops, compile_=False):
     import torch
 
@@ -223,7 +190,10 @@ def compile_child(args):
 
 def bench_compile(args, flops, results, timeout_s):
     """torch.compile in a subprocess, so that a slow compilation can be cut off at the budget."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--size", args.size, "--_compile-child", "--_flops", str(flops)]
+    # this module again (-P: the working folder does not go first on sys.path, as it did not for a script)
+    safe_path = ["-P"] if sys.version_info >= (3, 11) else []
+    cmd = [sys.executable, *safe_path, "-m", "pyllama.bench.gpu", "--size", args.size, "--_compile-child",
+           "--_flops", str(flops)]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -545,8 +515,7 @@ def main(argv=None):
 
     def save():
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(results, f, indent=1)
+            write_json(args.json, results)
 
     if args.profile:
         B, T = spec["train_bf16"]
