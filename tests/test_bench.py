@@ -5,6 +5,7 @@ both sides compute the same thing), not speed: timings on a shared machine vary.
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -175,3 +176,20 @@ def test_gpu_bench_script_runs_end_to_end(tmp_path):
     p = subprocess.run([sys.executable, GPU_BENCH, "--size", "tiny", "--eager-decode", "2", "--prompt-len", "5"],
                        capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert p.returncode == 0 and "# eager decode: 2 steps" in p.stdout, p.stdout[-3000:] + p.stderr[-3000:]
+
+
+def test_gpu_bench_module_and_script_share_one_command_line(tmp_path):
+    """``python -m pyllama.bench.gpu`` is the GPU benchmark; bench/gpu.py (what tests/gpu/run.sh
+    runs) only wraps it: the same options, and without a usable GPU the same clear exit 2."""
+    cmds = [[sys.executable, "-m", "pyllama.bench.gpu"]]
+    if os.path.isfile(GPU_BENCH):
+        cmds.append([sys.executable, GPU_BENCH])
+    helps = []
+    for cmd in cmds:
+        p = subprocess.run(cmd + ["--help"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert p.returncode == 0 and "--budget" in p.stdout and "--check" in p.stdout, p.stdout + p.stderr
+        helps.append(sorted(set(re.findall(r"--[a-z][a-z-]*", p.stdout))))  # the options (prog names differ)
+        if not pyllama.build_info()["cuda_available"]:
+            p = subprocess.run(cmd + ["--size", "tiny"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+            assert p.returncode == 2 and "nothing to benchmark" in p.stderr, p.stdout + p.stderr
+    assert all(h == helps[0] for h in helps)

@@ -39,21 +39,23 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import gc
-import json
 import math
 import os
 import platform
-import statistics
 import sys
-import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 import pyllama
-from . import _core
+
+from .. import _core
+from .common import _cpu_name, _loadavg, best_ratio, log, paired_ratio, race, write_json
+from .references import _import_torch, _import_transformers, hf_llama_from, plain_llama_from
+
+# the package's folder (pyllama/), where the bundled text is, and a source checkout's root above it
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # --------------------------------------------------------------------------- configurations
 CONFIG_15M = dict(vocab_size=4096, hidden_size=288, intermediate_size=768, num_hidden_layers=6,
@@ -89,50 +91,6 @@ VOCAB_SPECIALS = {"cl100k": ("cl100k_base", {"<|endoftext|>": 100257}),
 
 
 # --------------------------------------------------------------------------- small helpers
-def log(msg: str) -> None:
-    """A progress line (benchmarks can take minutes)."""
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def _stats(times: Sequence[float]) -> Dict[str, Any]:
-    return {"best_s": float(min(times)), "median_s": float(statistics.median(times)), "runs": len(times),
-            "times_s": [float(t) for t in times]}
-
-
-def best_ratio(t: Dict[str, Dict[str, Any]], ours: str, theirs: str) -> float:
-    """theirs' best time / ours' best time (> 1: ours is faster). On a shared machine the
-    load comes in bursts; the best of several runs is each side's undisturbed speed."""
-    return t[theirs]["best_s"] / t[ours]["best_s"]
-
-
-def paired_ratio(t: Dict[str, Dict[str, Any]], ours: str, theirs: str) -> float:
-    """Median over rounds of theirs' time / ours' time in the same round (> 1: ours is
-    faster). Each round runs both back to back, so a load change on the shared machine
-    between rounds cancels out; falls back to the ratio of best times."""
-    a, b = t[ours].get("times_s"), t[theirs].get("times_s")
-    if a and b and len(a) == len(b):
-        return float(statistics.median(y / x for x, y in zip(a, b)))
-    return t[theirs]["best_s"] / t[ours]["best_s"]
-
-
-def race(fns: Dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> Dict[str, Dict[str, float]]:
-    """Time each function ``rounds`` times, alternating between them (ours, theirs,
-    ours, theirs, ...) so that both see the same machine load; ``warmup`` untimed
-    calls each first. Returns name → {best_s, median_s, runs, times_s}; compare two
-    entries with :func:`best_ratio` (or :func:`paired_ratio`)."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: Dict[str, List[float]] = {k: [] for k in fns}
-    for _ in range(max(1, rounds)):
-        for name, fn in fns.items():
-            gc.collect()
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {k: _stats(v) for k, v in times.items()}
-
-
 def _row(bench: str, what: str, ours: Optional[float], reference: str, theirs: Optional[float], unit: str,
          ratio: Optional[float] = None, target: Optional[float] = None) -> Dict[str, Any]:
     """One line of the final table. ``ratio`` defaults to ours / theirs (higher-is-better units)."""
@@ -141,30 +99,6 @@ def _row(bench: str, what: str, ours: Optional[float], reference: str, theirs: O
     ok = None if ratio is None or target is None else bool(ratio >= target)
     return dict(bench=bench, what=what, ours=ours, reference=reference, theirs=theirs, unit=unit,
                 ratio=ratio, target=target, ok=ok)
-
-
-def _import_torch(threads: int):
-    """torch (threads set) or None with a message."""
-    try:
-        import torch
-    except ImportError:
-        log("torch is not installed (pip install 'pyllama[bench]'): PyTorch references skipped")
-        return None
-    torch.set_num_threads(threads)
-    return torch
-
-
-def _import_transformers():
-    try:
-        import transformers
-    except ImportError:
-        log("transformers is not installed (pip install 'pyllama[bench]'): Hugging Face references skipped")
-        return None
-    try:
-        transformers.logging.set_verbosity_error()
-    except Exception:  # older versions
-        pass
-    return transformers
 
 
 def set_blas_threads(n: int) -> Optional[int]:
@@ -207,147 +141,6 @@ def set_threads(n: int) -> Dict[str, Any]:
         raise ValueError(f"--threads must be >= 1, got {n}")
     pyllama.set_num_threads(n)
     return {"pyllama": pyllama.num_threads(), "blas": set_blas_threads(n)}
-
-
-# --------------------------------------------------------------------------- plain PyTorch LLaMA
-def build_plain_llama(cfg: "pyllama.LlamaConfig", torch_mod=None):
-    """A compact plain-PyTorch LLaMA (RMSNorm, rotate-half RoPE, grouped-query attention
-    through ``F.scaled_dot_product_attention(is_causal=True)``, SwiGLU) whose
-    ``state_dict`` names equal Hugging Face's, so ``load_state_dict`` takes a pyllama
-    model's ``named_parameters()``. ``model(ids, labels)`` returns (logits, loss) with the
-    Hugging Face label shift."""
-    import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-    C, NH, NKV = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads
-    HS = C // NH
-
-    class RMSNorm(nn.Module):
-        def __init__(self, n: int, eps: float):
-            super().__init__()
-            self.weight = nn.Parameter(torch.ones(n))
-            self.eps = eps
-
-        def forward(self, x):
-            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-
-    def rotate_half(x):
-        a, b = x.chunk(2, dim=-1)
-        return torch.cat((-b, a), dim=-1)
-
-    class Attention(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.q_proj = nn.Linear(C, NH * HS, bias=False)
-            self.k_proj = nn.Linear(C, NKV * HS, bias=False)
-            self.v_proj = nn.Linear(C, NKV * HS, bias=False)
-            self.o_proj = nn.Linear(NH * HS, C, bias=False)
-
-        def forward(self, x, cos, sin):
-            B, T, _ = x.shape
-            q = self.q_proj(x).view(B, T, NH, HS).transpose(1, 2)
-            k = self.k_proj(x).view(B, T, NKV, HS).transpose(1, 2)
-            v = self.v_proj(x).view(B, T, NKV, HS).transpose(1, 2)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
-            if NKV != NH:
-                k = k.repeat_interleave(NH // NKV, dim=1)
-                v = v.repeat_interleave(NH // NKV, dim=1)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            return self.o_proj(y.transpose(1, 2).reshape(B, T, NH * HS))
-
-    class MLP(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.gate_proj = nn.Linear(C, cfg.intermediate_size, bias=False)
-            self.up_proj = nn.Linear(C, cfg.intermediate_size, bias=False)
-            self.down_proj = nn.Linear(cfg.intermediate_size, C, bias=False)
-
-        def forward(self, x):
-            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.input_layernorm = RMSNorm(C, cfg.rms_norm_eps)
-            self.self_attn = Attention()
-            self.post_attention_layernorm = RMSNorm(C, cfg.rms_norm_eps)
-            self.mlp = MLP()
-
-        def forward(self, x, cos, sin):
-            x = x + self.self_attn(self.input_layernorm(x), cos, sin)
-            return x + self.mlp(self.post_attention_layernorm(x))
-
-    class Body(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed_tokens = nn.Embedding(cfg.vocab_size, C)
-            self.layers = nn.ModuleList(Block() for _ in range(cfg.num_hidden_layers))
-            self.norm = RMSNorm(C, cfg.rms_norm_eps)
-
-    class PlainLlama(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = Body()
-            self.lm_head = nn.Linear(C, cfg.vocab_size, bias=False)
-            if cfg.tie_word_embeddings:
-                self.lm_head.weight = self.model.embed_tokens.weight
-            inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, HS, 2, dtype=torch.int64).float() / HS))
-            self.register_buffer("inv_freq", inv, persistent=False)
-
-        def forward(self, ids, labels=None):
-            T = ids.shape[1]
-            freqs = torch.outer(torch.arange(T, dtype=torch.float32), self.inv_freq)
-            emb = torch.cat((freqs, freqs), dim=-1)
-            cos, sin = emb.cos(), emb.sin()
-            x = self.model.embed_tokens(ids)
-            for layer in self.model.layers:
-                x = layer(x, cos, sin)
-            logits = self.lm_head(self.model.norm(x))
-            loss = None
-            if labels is not None:
-                loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                                       ignore_index=-100)
-            return logits, loss
-
-    return PlainLlama()
-
-
-def _state_dict_of(model: "pyllama.Llama", torch) -> Dict[str, Any]:
-    return {k: torch.from_numpy(np.array(v)) for k, v in model.named_parameters().items()}
-
-
-def plain_llama_from(model: "pyllama.Llama", torch):
-    """:func:`build_plain_llama` holding ``model``'s weights (float32, train mode)."""
-    plain = build_plain_llama(model.config)
-    sd = _state_dict_of(model, torch)
-    if model.config.tie_word_embeddings:
-        sd.pop("lm_head.weight", None)
-    plain.load_state_dict(sd, strict=not model.config.tie_word_embeddings)
-    return plain.float()
-
-
-def hf_llama_from(model: "pyllama.Llama", torch, transformers, attn: str = "sdpa"):
-    """``transformers.LlamaForCausalLM`` holding ``model``'s weights (float32)."""
-    c = model.config
-    hcfg = transformers.LlamaConfig(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads, max_position_embeddings=c.max_position_embeddings,
-        rms_norm_eps=c.rms_norm_eps, rope_theta=c.rope_theta, tie_word_embeddings=c.tie_word_embeddings,
-        attention_bias=False, mlp_bias=False, hidden_act="silu", attn_implementation=attn,
-        bos_token_id=None, eos_token_id=None, pad_token_id=0)
-    hf = transformers.LlamaForCausalLM(hcfg).float()
-    sd = _state_dict_of(model, torch)
-    missing, unexpected = hf.load_state_dict(sd, strict=False)
-    missing = [m for m in missing if not (m == "lm_head.weight" and c.tie_word_embeddings)]
-    if missing or unexpected:
-        raise RuntimeError(f"Hugging Face model does not take pyllama's weights: missing {missing}, "
-                           f"unexpected {unexpected}")
-    if c.tie_word_embeddings:
-        hf.tie_weights()
-    return hf
 
 
 # --------------------------------------------------------------------------- machine limits
@@ -660,7 +453,7 @@ def bench_matmul(shapes: Sequence[Tuple[str, int, int, int, bool, bool]], iters:
 # --------------------------------------------------------------------------- tokenizer
 def default_text_path() -> str:
     """The text that ships with the package (``pyllama/data/shakespeare.txt``)."""
-    p = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "shakespeare.txt")
+    p = os.path.join(PACKAGE_DIR, "data", "shakespeare.txt")
     if not os.path.isfile(p):
         raise FileNotFoundError(f"the bundled text {p!r} is missing; pass a text file")
     return p
@@ -683,8 +476,7 @@ def find_vocab_file(name: str = "cl100k", path: Optional[str] = None) -> Optiona
             raise FileNotFoundError(f"vocabulary file {path!r} does not exist")
         return path
     base = VOCAB_SPECIALS[name][0]
-    here = os.path.dirname(os.path.abspath(__file__))
-    dirs = [os.environ.get("PYLLAMA_TIKTOKEN_DIR", ""), os.path.join(here, "..", "tests", "data")]
+    dirs = [os.environ.get("PYLLAMA_TIKTOKEN_DIR", ""), os.path.join(PACKAGE_DIR, "..", "tests", "data")]
     for d in dirs:
         for ext in (".tiktoken", ".tiktoken.gz"):
             p = os.path.join(d, base + ext)
@@ -1075,24 +867,6 @@ def _fix_peak_rows(results: Dict[str, Any]) -> None:
             r["pyllama"]["fraction_of_peak"] = r["pyllama"]["gflops"] / m["peak_gflops"]
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _loadavg() -> Optional[List[float]]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def _fmt(x: Optional[float]) -> str:
     if x is None:
         return "-"
@@ -1164,8 +938,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     print()
     print(summary(res))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
+        write_json(args.json, res)
         print(f"\nresults written to {args.json}")
     if args.plot:
         plot_scaling(res["results"], args.plot, res["results"].get("machine", {}).get("peak_gflops"))
