@@ -83,3 +83,40 @@ def test_cuda_array_interface_with_torch():
     np.testing.assert_array_equal(v.cpu().numpy(), a)
     with pytest.raises(AttributeError, match="bfloat16"):
         g.to("bfloat16").__cuda_array_interface__
+    assert g.__dlpack_device__() == (2, 0)  # kDLCUDA
+    d = torch.from_dlpack(g)  # DLPack too, bfloat16 included
+    assert d.is_cuda and d.data_ptr() == g.data_ptr
+    np.testing.assert_array_equal(d.cpu().numpy(), a)
+    db = torch.from_dlpack(g.to("bfloat16"))
+    assert db.dtype == torch.bfloat16 and np.array_equal(db.float().cpu().numpy(), a)
+
+
+def test_dlpack_views_without_a_copy():
+    """Tensor.__dlpack__: numpy and torch view a core tensor's memory (no copy), the view
+    keeps the storage alive after the tensor is gone, and every dtype maps (bfloat16 to torch's)."""
+    import gc
+
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    t = pyllama.Tensor.from_numpy(a.copy())
+    assert t.__dlpack_device__() == (1, 0)  # kDLCPU
+    v = np.from_dlpack(t)
+    assert v.shape == (3, 4) and v.dtype == np.float32
+    np.testing.assert_array_equal(v, a)
+    t.numpy()[0, 0] = 42.0  # the same memory
+    assert v[0, 0] == 42.0
+    del t
+    gc.collect()
+    assert v[2, 3] == 11.0  # still alive through the capsule's holder
+    for dt, npdt in (("int32", np.int32), ("int64", np.int64), ("uint16", np.uint16), ("uint32", np.uint32)):
+        z = pyllama.Tensor([2, 5], dt)
+        w = np.from_dlpack(z)
+        assert w.dtype == npdt and w.shape == (2, 5) and not w.any()
+    cap = pyllama.Tensor([3], "float32").__dlpack__()  # never consumed: freed with the capsule
+    del cap
+    torch = pytest.importorskip("torch", reason="torch is a test extra")
+    tb = pyllama.Tensor.from_numpy(a).to("bfloat16")
+    x = torch.from_dlpack(tb)
+    assert x.dtype == torch.bfloat16 and tuple(x.shape) == (3, 4)
+    np.testing.assert_array_equal(x.float().numpy(), a)  # small ints are exact in bf16
+    y = torch.from_dlpack(pyllama.Tensor.from_numpy(a))
+    assert y.dtype == torch.float32 and float(y.sum()) == float(a.sum())

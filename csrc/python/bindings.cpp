@@ -9,6 +9,7 @@
 
 #include "adamw_cpu.h"
 #include "backends.h"
+#include "dlpack.h"
 #include "tokenizer.h"  // bind_tokenizer
 #include "common.h"
 #include "hf_config.h"
@@ -151,6 +152,58 @@ TokenBatch token_batch(py::handle tokens, py::handle labels) {
   return tb;
 }
 
+// ------------------------------------------------------------------ DLPack (Tensor.__dlpack__)
+
+// What a DLManagedTensor keeps alive: the tensor (its storage is shared) and its shape.
+struct DLPackHolder {
+  Tensor tensor;
+  std::vector<int64_t> shape;
+  DLManagedTensor managed;
+};
+
+void dlpack_delete(DLManagedTensor* self) {
+  delete static_cast<DLPackHolder*>(self->manager_ctx);
+}
+
+DLDataType dlpack_dtype(DType dt) {
+  switch (dt) {
+    case DType::float32: return {kPyllamaDLFloat, 32, 1};
+    case DType::bfloat16: return {kPyllamaDLBfloat, 16, 1};
+    case DType::int32: return {kPyllamaDLInt, 32, 1};
+    case DType::uint16: return {kPyllamaDLUInt, 16, 1};
+    case DType::uint32: return {kPyllamaDLUInt, 32, 1};
+    case DType::int64: return {kPyllamaDLInt, 64, 1};
+  }
+  throw ValueError("unknown dtype");
+}
+
+// A "dltensor" capsule viewing t's memory (no copy). The consumer renames it "used_dltensor"
+// and calls the deleter when done; a capsule never consumed frees the holder itself.
+py::capsule tensor_to_dlpack(const Tensor& t) {
+  auto* h = new DLPackHolder{t, t.shape(), DLManagedTensor{}};
+  DLTensor& d = h->managed.dl_tensor;
+  d.data = const_cast<void*>(static_cast<const void*>(t.raw()));
+  d.device = {t.device() == Device::cpu ? kPyllamaDLCPU : kPyllamaDLCUDA, 0};
+  d.ndim = static_cast<int32_t>(h->shape.size());
+  d.dtype = dlpack_dtype(t.dtype());
+  d.shape = h->shape.empty() ? nullptr : h->shape.data();
+  d.strides = nullptr;  // row-major contiguous
+  d.byte_offset = 0;
+  h->managed.manager_ctx = h;
+  h->managed.deleter = &dlpack_delete;
+  PyObject* cap = PyCapsule_New(&h->managed, "dltensor", [](PyObject* c) {
+    if (PyCapsule_IsValid(c, "dltensor")) {  // never consumed
+      auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(c, "dltensor"));
+      if (m && m->deleter) m->deleter(m);
+    }
+  });
+  if (!cap) {
+    delete h;
+    throw py::error_already_set();
+  }
+  return py::reinterpret_steal<py::capsule>(cap);
+}
+
 // A float32, 1-D, contiguous array of n elements (writable when the core writes into it).
 float* flat_buffer(py::array& a, size_t n, const char* what, bool writable) {
   PYLLAMA_CHECK(a.dtype().equal(py::dtype::of<float>()), TypeError,
@@ -236,6 +289,11 @@ copy on the GPU. Without a CUDA build or a GPU, 'cuda' raises ValueError.
 'bfloat16'
 >>> # g = t.to('cuda'); g.device -> 'cuda'; g.to('cpu').numpy() equals t.numpy()
 )doc")
+      .def("__dlpack__", [](const Tensor& t, py::kwargs) { return tensor_to_dlpack(t); },
+           "DLPack export (no copy): np.from_dlpack(t) on the CPU, torch.from_dlpack(t) on either device.")
+      .def("__dlpack_device__", [](const Tensor& t) {
+             return py::make_tuple(t.device() == Device::cpu ? (int)kPyllamaDLCPU : (int)kPyllamaDLCUDA, 0);
+           })
       .def("cpu", [](const Tensor& t) {
              if (t.device() == Device::cpu) return t;
              py::gil_scoped_release nogil;
