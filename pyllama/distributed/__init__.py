@@ -722,7 +722,7 @@ def load_nccl() -> str:
     """Load the NCCL library (once per process; see :func:`nccl_library_candidates`);
     returns its path. Raises ``RuntimeError`` naming every path tried and what to
     install (``pip install nvidia-nccl-cu13``) or set (``PYLLAMA_NCCL_LIBRARY``)."""
-    from . import _core
+    from .. import _core
 
     if not hasattr(_core, "nccl_load"):
         raise RuntimeError("this pyllama build has no CUDA backend, so no NCCL support (build_info()['cuda'] is "
@@ -740,13 +740,13 @@ def load_nccl() -> str:
 
 def _nccl_error():
     """The core's NCCL error type; builds without the CUDA backend have none (nothing raises it)."""
-    from . import _core
+    from .. import _core
 
     return getattr(_core, "NcclError", ())
 
 
 def _require_gpu(what: str) -> None:
-    from . import _core
+    from .. import _core
 
     info = _core.build_info()
     if not info["cuda"]:
@@ -785,7 +785,7 @@ class NCCLCommunicator(Communicator):
 
     def __init__(self, host: Optional[Communicator] = None, device: Optional[int] = None,
                  timeout_s: Optional[float] = DEFAULT_TIMEOUT_S, *, blocking: Optional[bool] = None) -> None:
-        from . import _core
+        from .. import _core
 
         if blocking is None:  # PYLLAMA_NCCL_BLOCKING=1: the blocking fallback (see _core.NcclComm)
             blocking = os.environ.get("PYLLAMA_NCCL_BLOCKING", "0").strip().lower() in ("1", "true", "yes")
@@ -833,7 +833,7 @@ class NCCLCommunicator(Communicator):
     # -------------------------------------------------------------- helpers
     def _nccl_call(self, method: str, what: str, step: Optional[int], *args):
         """self.nccl.<method>(*args), NcclError -> DistributedError (after a close: a clear error too)."""
-        from . import _core
+        from .. import _core
 
         if self.broken is not None:
             raise DistributedError(f"rank {self.rank}: {what} after an earlier failure ({self.broken})")
@@ -963,7 +963,7 @@ class ShardedAdamW:
 
     def __init__(self, model, comm: "MPICommunicator", lr: float, betas=(0.9, 0.95), eps: float = 1e-8,
                  weight_decay: float = 0.1, *, decay_embeddings: bool = True) -> None:
-        from .optim import _check_hyper, _flat, param_segments
+        from ..optim import _check_hyper, _flat, param_segments
 
         _check_hyper(lr, betas, eps, weight_decay)
         if getattr(model, "device", "cpu") != "cpu":
@@ -1005,7 +1005,7 @@ class ShardedAdamW:
     def clip_(self, max_norm: float, *, step: Optional[int] = None) -> float:
         """Global L2 norm of the (reduced) gradients, from every rank's block; scales the
         block by ``min(1, max_norm / (norm + 1e-6))`` when ``max_norm > 0``. Returns the norm."""
-        from . import _core
+        from .. import _core
 
         sq = np.array([float(_core.grad_global_norm(self.grad_shard)) ** 2 if self.grad_shard.size else 0.0])
         self.comm.allreduce_sum_(sq, what="gradient-norm all-reduce", step=step)
@@ -1018,7 +1018,7 @@ class ShardedAdamW:
 
     def step(self, lr: Optional[float] = None) -> None:
         """Update this rank's block of the weights (call :meth:`allgather_params` next)."""
-        from . import _core
+        from .. import _core
 
         lr = self.lr if lr is None else float(lr)
         params = self._flat(self.model, "flat_params")
