@@ -33,13 +33,13 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ._io import atomic_write_text
 from .data import TOKENIZER_FILE, DataLoader, TokenData, as_token_data, save_tokenizer
-from .optim import AdamW, _core_of, clip_grad_norm, cosine_lr, grad_norm
+from .optim import AdamW, ShardedAdamW, _core_of, clip_grad_norm, cosine_lr, grad_norm
 from . import distributed as _dist
 
 __all__ = ["TrainConfig", "Trainer", "resolve_checkpoint", "load_trainer_state", "verify_checkpoint",
@@ -52,6 +52,12 @@ STATE_FORMAT = "pyllama.trainer_state"
 STATE_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "pyllama.checkpoint_manifest"
+# A test hook, for tests only: when set, Trainer.train calls it with the trainer after
+# every optimizer step (self.step is the step just completed), before the step is
+# evaluated, logged or checkpointed. The fault-injection tests set it (in the rank's
+# process) to kill, hang or interrupt one rank at a chosen step (tests/fault_inject.py).
+_after_step_hook: Optional[Callable[["Trainer"], None]] = None
+
 # A published checkpoint: step-N, or step-N.K (K = 1, 2, ...) when step N was saved again
 # while step-N existed (docs/TRAINING.md, "Checkpoint lifecycle").
 _STEP_DIR = re.compile(r"^step-(\d+)(?:\.(\d+))?$")
@@ -523,9 +529,8 @@ class Trainer:
         if self._zero:
             if not hasattr(comm, "reduce_scatter_sum"):
                 raise ValueError(f"TrainConfig.zero1 needs the MPI communicator, got {type(comm).__name__}")
-            self.optimizer = _dist.ShardedAdamW(model, comm, lr=config.lr, betas=config.betas, eps=config.eps,
-                                                weight_decay=config.weight_decay,
-                                                decay_embeddings=config.decay_embeddings)
+            self.optimizer = ShardedAdamW(model, comm, lr=config.lr, betas=config.betas, eps=config.eps,
+                                          weight_decay=config.weight_decay, decay_embeddings=config.decay_embeddings)
         else:
             self.optimizer = AdamW(model, lr=config.lr, betas=config.betas, eps=config.eps,
                                    weight_decay=config.weight_decay, decay_embeddings=config.decay_embeddings)
@@ -768,8 +773,8 @@ class Trainer:
         try:
             while self.step < end and not self._stop:
                 m = self.train_step()
-                if self.world_size > 1:
-                    _dist._test_fault(self.rank, self.step)
+                if _after_step_hook is not None:
+                    _after_step_hook(self)
                 last = self.step == c.max_steps
                 if main and self.val_data is not None and c.eval_interval > 0 and (self.step % c.eval_interval == 0 or last):
                     val_loss = self.evaluate()
