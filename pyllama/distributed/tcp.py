@@ -13,7 +13,6 @@ import os
 import pickle
 import socket
 import struct
-import sys
 import time
 from typing import Dict, Optional
 
