@@ -3,6 +3,9 @@
 The update itself runs in the C++ core in one fused pass over the model's flat
 parameter, gradient and moment buffers (they share one layout). This module
 holds the policy: which segments decay, the step count, the schedule.
+:class:`ShardedAdamW` is the same update with its moments sharded over
+data-parallel ranks (ZeRO-1, ``TrainConfig(zero1=True)``), through the sharded
+collectives of :class:`pyllama.distributed.MPICommunicator`.
 
 >>> import pyllama
 >>> cfg = pyllama.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
@@ -18,13 +21,16 @@ holds the policy: which segments decay, the step count, the schedule.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import _core
 
-__all__ = ["AdamW", "clip_grad_norm", "cosine_lr", "param_segments", "segment_table"]
+if TYPE_CHECKING:
+    from .distributed.mpi import MPICommunicator
+
+__all__ = ["AdamW", "ShardedAdamW", "clip_grad_norm", "cosine_lr", "param_segments", "segment_table"]
 
 
 def _flat(model, which: str) -> np.ndarray:
@@ -286,3 +292,131 @@ def cosine_lr(step: int, max_lr: float, warmup_steps: int, total_steps: int, min
         return min_lr
     p = (step - warmup_steps) / (total_steps - warmup_steps)
     return min_lr + (max_lr - min_lr) * (1.0 + math.cos(math.pi * p)) / 2.0
+
+
+# ---------------------------------------------------------------------- ZeRO-1 (data parallel on CPUs)
+
+class ShardedAdamW:
+    """AdamW with its moments sharded over the ranks (ZeRO stage 1,
+    ``TrainConfig(zero1=True)``).
+
+    The flat parameter range is cut into ``world_size`` contiguous blocks; rank r
+    keeps the moments of block r only (2·n/world_size floats instead of 2·n). A
+    step: :meth:`reduce_scatter_grads` (each rank receives the summed gradients of
+    its block), the global norm from one all-reduce of the blocks' sums of squares,
+    the clip, the fused AdamW update of the block (``_core.adamw_step`` with the
+    segment table clipped to the block), then :meth:`allgather_params` (every rank
+    gets every block of the new weights, in place). The update is the same as the
+    unsharded one; checkpoints hold the full moments (:meth:`gather_moments` before
+    :meth:`state_dict` on rank 0), so they resume with or without sharding and on
+    any number of ranks.
+    """
+
+    def __init__(self, model, comm: "MPICommunicator", lr: float, betas=(0.9, 0.95), eps: float = 1e-8,
+                 weight_decay: float = 0.1, *, decay_embeddings: bool = True) -> None:
+        _check_hyper(lr, betas, eps, weight_decay)
+        if getattr(model, "device", "cpu") != "cpu":
+            raise NotImplementedError("ShardedAdamW runs on CPU models (the GPU path needs NCCL)")
+        self.model, self.comm = model, comm
+        self.lr, self.betas, self.eps = float(lr), (float(betas[0]), float(betas[1])), float(eps)
+        self.weight_decay, self.decay_embeddings = float(weight_decay), bool(decay_embeddings)
+        self.device = "cpu"
+        self._flat = _flat
+        self.segments = param_segments(model, decay_embeddings)
+        n = int(sum(k for _, _, k, _, _ in self.segments))
+        W, r = comm.world_size, comm.rank
+        chunk = -(-n // W)
+        bounds = [(min(i * chunk, n), min((i + 1) * chunk, n)) for i in range(W)]
+        self.n = n
+        self.counts = [b - a for a, b in bounds]
+        self.displs = [a for a, _ in bounds]
+        self.lo, self.hi = bounds[r]
+        segs = []
+        for _, o, k, _, d in self.segments:
+            a, b = max(o, self.lo), min(o + k, self.hi)
+            if a < b:
+                segs.append((a - self.lo, b - a, int(d)))
+        self._seg_array = np.array(segs, dtype=np.int64).reshape(-1, 3)
+        m = self.hi - self.lo
+        self.exp_avg = np.zeros(m, np.float32)
+        self.exp_avg_sq = np.zeros(m, np.float32)
+        self.grad_shard = np.zeros(m, np.float32)
+        self.step_count = 0
+        self._full: Optional[tuple] = None  # full moments on rank 0 after gather_moments()
+
+    def reduce_scatter_grads(self, also_sum: Sequence[np.ndarray] = (), *, step: Optional[int] = None) -> None:
+        """``grad_shard`` = the mean over the ranks of this rank's block of the gradients."""
+        grads = self._flat(self.model, "flat_grads")
+        self.comm.reduce_scatter_sum(grads, self.grad_shard, self.counts, also_sum=also_sum,
+                                     what="gradient reduce-scatter", step=step)
+        self.grad_shard *= np.float32(1.0 / self.comm.world_size)
+
+    def clip_(self, max_norm: float, *, step: Optional[int] = None) -> float:
+        """Global L2 norm of the (reduced) gradients, from every rank's block; scales the
+        block by ``min(1, max_norm / (norm + 1e-6))`` when ``max_norm > 0``. Returns the norm."""
+        sq = np.array([float(_core.grad_global_norm(self.grad_shard)) ** 2 if self.grad_shard.size else 0.0])
+        self.comm.allreduce_sum_(sq, what="gradient-norm all-reduce", step=step)
+        norm = float(np.sqrt(sq[0]))
+        if max_norm > 0 and np.isfinite(norm):
+            coef = max_norm / (norm + 1e-6)
+            if coef < 1.0:
+                self.grad_shard *= np.float32(coef)
+        return norm
+
+    def step(self, lr: Optional[float] = None) -> None:
+        """Update this rank's block of the weights (call :meth:`allgather_params` next)."""
+        lr = self.lr if lr is None else float(lr)
+        params = self._flat(self.model, "flat_params")
+        if self.hi > self.lo:
+            _core.adamw_step(params[self.lo:self.hi], self.grad_shard, self.exp_avg, self.exp_avg_sq, self._seg_array,
+                             lr, self.betas[0], self.betas[1], self.eps, self.weight_decay, self.step_count + 1)
+        self.step_count += 1
+
+    def allgather_params(self, *, step: Optional[int] = None) -> None:
+        params = self._flat(self.model, "flat_params")
+        self.comm.allgather_inplace(params, self.counts, self.displs, what="weight all-gather", step=step)
+
+    # ------------------------------------------------------------------ state (full moments)
+    def gather_moments(self, *, step: Optional[int] = None) -> None:
+        """Collect the full moments on rank 0 (every rank calls it) for :meth:`state_dict`."""
+        full = [np.empty(self.n, np.float32) if self.comm.rank == 0 else None for _ in range(2)]
+        for buf, shard in zip(full, (self.exp_avg, self.exp_avg_sq)):
+            self.comm.gather_to_root(shard, buf, self.counts, self.displs, what="optimizer-moment gather", step=step)
+        self._full = tuple(full) if self.comm.rank == 0 else None
+
+    def state_dict(self) -> Dict[str, Any]:
+        """As ``AdamW.state_dict`` (full moments); on rank 0 after :meth:`gather_moments`."""
+        if self._full is None:
+            raise RuntimeError("ShardedAdamW.state_dict needs gather_moments() first (on every rank), and only "
+                               "rank 0 holds the result")
+        m, v = self._full
+        self._full = None
+
+        def split(buf):
+            return {name: buf[o:o + k].reshape(shape) for name, o, k, shape, _ in self.segments}
+
+        return {"step": self.step_count, "exp_avg": split(m), "exp_avg_sq": split(v),
+                "hyper": {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,
+                          "weight_decay": self.weight_decay, "decay_embeddings": self.decay_embeddings}}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Take this rank's block of full moments saved by ``AdamW``/``ShardedAdamW``."""
+        step = state.get("step")
+        if not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f"optimizer state: 'step' must be an int >= 0, got {step!r}")
+        for key, shard in (("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
+            parts = state.get(key)
+            if not isinstance(parts, dict):
+                raise ValueError(f"optimizer state lacks {key!r}")
+            for name, o, k, shape, _ in self.segments:
+                a, b = max(o, self.lo), min(o + k, self.hi)
+                if a >= b:
+                    continue
+                if name not in parts:
+                    raise ValueError(f"optimizer state {key!r} lacks parameter {name!r}")
+                arr = np.asarray(parts[name])
+                if arr.shape != shape or arr.dtype != np.float32:
+                    raise ValueError(f"optimizer state {key}[{name!r}] has shape {arr.shape} {arr.dtype}, "
+                                     f"expected {shape} float32")
+                shard[a - self.lo:b - self.lo] = arr.reshape(-1)[a - o:b - o]
+        self.step_count = int(step)

@@ -33,13 +33,13 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ._io import atomic_write_text
 from .data import TOKENIZER_FILE, DataLoader, TokenData, as_token_data, save_tokenizer
-from .optim import AdamW, _core_of, clip_grad_norm, cosine_lr, grad_norm
+from .optim import AdamW, ShardedAdamW, _core_of, clip_grad_norm, cosine_lr, grad_norm
 from . import distributed as _dist
 
 __all__ = ["TrainConfig", "Trainer", "resolve_checkpoint", "load_trainer_state", "verify_checkpoint",
@@ -52,6 +52,12 @@ STATE_FORMAT = "pyllama.trainer_state"
 STATE_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "pyllama.checkpoint_manifest"
+# A test hook, for tests only: when set, Trainer.train calls it with the trainer after
+# every optimizer step (self.step is the step just completed), before the step is
+# evaluated, logged or checkpointed. The fault-injection tests set it (in the rank's
+# process) to kill, hang or interrupt one rank at a chosen step (tests/fault_inject.py).
+_after_step_hook: Optional[Callable[["Trainer"], None]] = None
+
 # A published checkpoint: step-N, or step-N.K (K = 1, 2, ...) when step N was saved again
 # while step-N existed (docs/TRAINING.md, "Checkpoint lifecycle").
 _STEP_DIR = re.compile(r"^step-(\d+)(?:\.(\d+))?$")
@@ -433,6 +439,105 @@ def _load_safetensors(path: str, what: str) -> Dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------------- Trainer
 
+# ---------------------------------------------------------------------- gradient synchronisation
+# A step: micro-batches (forward + backward) -> sync -> clip -> optimizer step. The Trainer
+# picks how the gradients are synchronised and clipped once, in __init__: _LocalSync (one
+# process), _MPIAllReduceSync / _NCCLAllReduceSync (data parallel, every rank holds every
+# gradient) or _ZeroSync (ZeRO-1: every rank holds its block). Each returns the step's mean
+# loss, the gradient norm and the seconds spent communicating (None on one process).
+
+class _GradSync:
+    """The interface: ``begin`` before the micro-batches, ``abort`` when one raised,
+    ``sync_and_clip`` after them, ``after_step`` after the optimizer step."""
+
+    def begin(self, t: "Trainer") -> None:
+        pass
+
+    def abort(self, t: "Trainer") -> None:
+        pass
+
+    def sync_and_clip(self, t: "Trainer", loss: float) -> Tuple[float, float, Optional[float]]:
+        """``loss``: this rank's mean over its micro-batches. Returns (the step's mean loss,
+        the gradient norm, seconds spent communicating or None)."""
+        raise NotImplementedError
+
+    def after_step(self, t: "Trainer", comm_s: Optional[float]) -> Optional[float]:
+        """After the optimizer step; returns ``comm_s`` plus any time spent communicating."""
+        return comm_s
+
+
+class _LocalSync(_GradSync):
+    """One process: the step waits for the device once. The losses stay in the model until
+    the gradient norm is read (the core's ``set_defer_loss`` / ``norm_and_losses``)."""
+
+    def __init__(self) -> None:
+        self._core = None
+
+    def begin(self, t: "Trainer") -> None:
+        self._core = _core_of(t.model)
+        self._core.set_defer_loss(True)
+
+    def abort(self, t: "Trainer") -> None:
+        self._core.set_defer_loss(False)
+
+    def sync_and_clip(self, t: "Trainer", loss: float) -> Tuple[float, float, Optional[float]]:
+        c, core = t.config, self._core
+        core.set_defer_loss(False)
+        norm, losses = core.norm_and_losses(c.grad_clip if c.grad_clip > 0 else 0.0)
+        return float(sum(losses)) / c.grad_accum_steps, norm, None
+
+
+class _MPIAllReduceSync(_GradSync):
+    """Data parallel through a host communicator (MPI, or a stand-in): one all-reduce over the
+    flat gradient buffer, with a 4-number all-reduce riding along (the loss, the Ctrl-C votes
+    and the step, which must agree); then the average and the clip on every rank."""
+
+    def _allreduce(self, t: "Trainer", local_loss: float) -> Tuple[float, float]:
+        grads = t.model.flat_grads()
+        t._fill_small(local_loss)
+        t0 = time.perf_counter()
+        t.comm.allreduce_many_sum_([grads, t._small], what="gradient all-reduce", step=t.step + 1)
+        grads *= np.float32(1.0 / t.world_size)
+        dt = time.perf_counter() - t0
+        return t._read_small(), dt
+
+    def sync_and_clip(self, t: "Trainer", loss: float) -> Tuple[float, float, Optional[float]]:
+        loss, comm_s = self._allreduce(t, loss)
+        c = t.config
+        norm = clip_grad_norm(t.model, c.grad_clip) if c.grad_clip > 0 else grad_norm(t.model)
+        return loss, norm, comm_s
+
+
+class _NCCLAllReduceSync(_MPIAllReduceSync):
+    """GPUs (also one rank): one NCCL all-reduce (average) over the GPU gradient buffer, the
+    4 numbers in its group."""
+
+    def _allreduce(self, t: "Trainer", local_loss: float) -> Tuple[float, float]:
+        t._fill_small(local_loss)
+        t0 = time.perf_counter()
+        t.comm.allreduce_grads_(t.model, extra=t._small, what="gradient all-reduce", step=t.step + 1)
+        return t._read_small(), time.perf_counter() - t0
+
+
+class _ZeroSync(_GradSync):
+    """ZeRO-1 (:class:`pyllama.optim.ShardedAdamW`): reduce-scatter (the 4 numbers summed
+    alongside), the norm from the blocks, the clip of the own block; after the step, the
+    all-gather of the new weights."""
+
+    def sync_and_clip(self, t: "Trainer", loss: float) -> Tuple[float, float, Optional[float]]:
+        t1 = time.perf_counter()
+        t._fill_small(loss)
+        t.optimizer.reduce_scatter_grads(also_sum=[t._small], step=t.step + 1)
+        loss = t._read_small()
+        norm = t.optimizer.clip_(t.config.grad_clip, step=t.step + 1)
+        return loss, norm, time.perf_counter() - t1
+
+    def after_step(self, t: "Trainer", comm_s: Optional[float]) -> Optional[float]:
+        t1 = time.perf_counter()
+        t.optimizer.allgather_params(step=t.step + 1)
+        return comm_s + (time.perf_counter() - t1)
+
+
 class Trainer:
     """Trains ``model`` on token data with AdamW, clipping and a cosine schedule.
 
@@ -523,9 +628,8 @@ class Trainer:
         if self._zero:
             if not hasattr(comm, "reduce_scatter_sum"):
                 raise ValueError(f"TrainConfig.zero1 needs the MPI communicator, got {type(comm).__name__}")
-            self.optimizer = _dist.ShardedAdamW(model, comm, lr=config.lr, betas=config.betas, eps=config.eps,
-                                                weight_decay=config.weight_decay,
-                                                decay_embeddings=config.decay_embeddings)
+            self.optimizer = ShardedAdamW(model, comm, lr=config.lr, betas=config.betas, eps=config.eps,
+                                          weight_decay=config.weight_decay, decay_embeddings=config.decay_embeddings)
         else:
             self.optimizer = AdamW(model, lr=config.lr, betas=config.betas, eps=config.eps,
                                    weight_decay=config.weight_decay, decay_embeddings=config.decay_embeddings)
@@ -535,6 +639,15 @@ class Trainer:
         self.last_checkpoint: Optional[str] = None
         self._stop = False  # the loop stops (every rank agrees on it)
         self._stop_request = False  # Ctrl-C seen by this process
+        # how a step's gradients are synchronised and clipped, chosen once
+        if self._zero:
+            self._sync = _ZeroSync()
+        elif self._nccl:
+            self._sync = _NCCLAllReduceSync()
+        elif self.world_size > 1:
+            self._sync = _MPIAllReduceSync()
+        else:
+            self._sync = _LocalSync()
         self._flops_per_token = self._compute_flops_per_token()
         self._peak = _peak_flops(config.device, config.dtype)
         if self.world_size > 1 or self._nccl:
@@ -586,18 +699,18 @@ class Trainer:
         return cosine_lr(step, c.lr, c.warmup_steps, c.max_steps, c.min_lr_ratio)
 
     def train_step(self) -> Dict[str, Any]:
-        """One optimizer step; returns its metrics (loss is the mean over micro-batches)."""
+        """One optimizer step; returns its metrics (loss is the mean over micro-batches).
+
+        Micro-batches (forward + backward) -> sync -> clip -> optimizer step; how the
+        gradients are synchronised and clipped was chosen in ``__init__`` (``self._sync``)."""
         c = self.config
         t0 = time.perf_counter()
         lr = self.lr_at(self.step)
         self.model.zero_grad()
         loss_sum = 0.0
         A, W = c.grad_accum_steps, self.world_size
-        # On one process the step waits for the device once: the losses stay in the model
-        # until the gradient norm is read (the core's set_defer_loss / norm_and_losses).
-        core = self._one_wait_core()
-        if core is not None:
-            core.set_defer_loss(True)
+        sync = self._sync
+        sync.begin(self)
         # The step's W*A micro-batches come from one stream that every rank draws;
         # rank r runs micro-batches r*A .. r*A+A-1 and skips the others.
         for j in range(W * A):
@@ -612,35 +725,15 @@ class Trainer:
                 out = self.model(ids, labels=window, return_logits=False)
                 self.model.backward(1.0 / A)
             except BaseException:
-                if core is not None:
-                    core.set_defer_loss(False)
+                sync.abort(self)
                 raise
             loss_sum += out.loss
-        loss = loss_sum / A
-        comm_s = None
-        if core is not None:
-            core.set_defer_loss(False)
-            norm, losses = core.norm_and_losses(c.grad_clip if c.grad_clip > 0 else 0.0)
-            loss = float(sum(losses)) / A
-        elif self._zero:  # reduce-scatter, norm from the blocks, clip the own block
-            t1 = time.perf_counter()
-            self._fill_small(loss)
-            self.optimizer.reduce_scatter_grads(also_sum=[self._small], step=self.step + 1)
-            loss = self._read_small()
-            norm = self.optimizer.clip_(c.grad_clip, step=self.step + 1)
-            comm_s = time.perf_counter() - t1
-        else:
-            if W > 1 or self._nccl:
-                loss, comm_s = self._allreduce_grads(loss)
-            norm = clip_grad_norm(self.model, c.grad_clip) if c.grad_clip > 0 else grad_norm(self.model)
+        loss, norm, comm_s = sync.sync_and_clip(self, loss_sum / A)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise FloatingPointError(f"step {self.step + 1}: loss={loss} grad_norm={norm} is not finite; "
                                      f"lower TrainConfig.lr (now {c.lr}) or check the data")
         self.optimizer.step(lr=lr)
-        if self._zero:
-            t1 = time.perf_counter()
-            self.optimizer.allgather_params(step=self.step + 1)
-            comm_s += time.perf_counter() - t1
+        comm_s = sync.after_step(self, comm_s)
         self.step += 1
         tokens = c.batch_size * c.seq_len * c.grad_accum_steps * W
         self.tokens_seen += tokens
@@ -652,31 +745,6 @@ class Trainer:
             m["world_size"] = W
             m["comm_s"] = comm_s
         return m
-
-    def _one_wait_core(self):
-        """The model's core when this step can keep its losses there until the gradient norm
-        is read (one process, no ZeRO or gradient exchange), else None."""
-        if self._zero or self.world_size > 1 or self._nccl:
-            return None
-        return _core_of(self.model)
-
-    def _allreduce_grads(self, local_loss: float) -> Tuple[float, float]:
-        """Average the gradients over the ranks in place (one all-reduce over the
-        flat buffer; a 4-number all-reduce rides along: the loss, the Ctrl-C votes
-        and the step, which must agree). Returns (mean loss, seconds spent)."""
-        W = self.world_size
-        if self._nccl:  # one NCCL all-reduce (average) over the GPU gradient buffer, the 4 numbers in its group
-            self._fill_small(local_loss)
-            t0 = time.perf_counter()
-            self.comm.allreduce_grads_(self.model, extra=self._small, what="gradient all-reduce", step=self.step + 1)
-            return self._read_small(), time.perf_counter() - t0
-        grads = self.model.flat_grads()
-        self._fill_small(local_loss)
-        t0 = time.perf_counter()
-        self.comm.allreduce_many_sum_([grads, self._small], what="gradient all-reduce", step=self.step + 1)
-        grads *= np.float32(1.0 / W)
-        dt = time.perf_counter() - t0
-        return self._read_small(), dt
 
     def _fill_small(self, local_loss: float) -> None:
         self._small[:] = (local_loss, 1.0 if self._stop_request else 0.0, float(self.step), float(self.step) ** 2)
@@ -768,8 +836,8 @@ class Trainer:
         try:
             while self.step < end and not self._stop:
                 m = self.train_step()
-                if self.world_size > 1:
-                    _dist._test_fault(self.rank, self.step)
+                if _after_step_hook is not None:
+                    _after_step_hook(self)
                 last = self.step == c.max_steps
                 if main and self.val_data is not None and c.eval_interval > 0 and (self.step % c.eval_interval == 0 or last):
                     val_loss = self.evaluate()

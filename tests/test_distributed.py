@@ -242,7 +242,10 @@ def test_dist_timeout_is_validated():
         pyllama.TrainConfig(dist_timeout_s=-1)
 
 
-def test_docstring_examples():
+@pytest.mark.parametrize("module", ["", ".base", ".mpi", ".tcp", ".nccl", ".launch"])
+def test_docstring_examples(module):
     import doctest
+    import importlib
 
-    assert doctest.testmod(dist, optionflags=doctest.ELLIPSIS).failed == 0
+    mod = importlib.import_module("pyllama.distributed" + module)
+    assert doctest.testmod(mod, optionflags=doctest.ELLIPSIS).failed == 0

@@ -24,6 +24,8 @@ pytestmark = [
 ]
 
 CLI = [sys.executable, "-m", "pyllama.cli", "train"]
+# pyllama train with a fault injected from $FAULT_INJECT (run by absolute path: the cwd stays outside the tree)
+FAULT_CLI = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fault_inject.py"), "train"]
 TINY = ["--vocab-size", "64", "--hidden-size", "32", "--intermediate-size", "64", "--layers", "2", "--heads", "2",
         "--max-position-embeddings", "64", "--batch-size", "2", "--seq-len", "16", "--max-steps", "6",
         "--warmup-steps", "1", "--eval-interval", "3", "--eval-steps", "2", "--checkpoint-interval", "3",
@@ -34,7 +36,7 @@ TIMEOUT = 120
 def _env(**extra):
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = "1"  # two ranks share the (possibly two) cores
-    env.pop("_PYLLAMA_TEST_FAULT", None)
+    env.pop("FAULT_INJECT", None)
     env.update(extra)
     return env
 
@@ -48,8 +50,8 @@ def _run(cmd, env=None, timeout=TIMEOUT):
     return p, time.monotonic() - t0
 
 
-def _mpi(n, args, env=None, timeout=TIMEOUT):
-    return _run([MPIEXEC, "-n", str(n), *CLI, *args], env=env, timeout=timeout)
+def _mpi(n, args, env=None, timeout=TIMEOUT, cli=CLI):
+    return _run([MPIEXEC, "-n", str(n), *cli, *args], env=env, timeout=timeout)
 
 
 def _ok(p):
@@ -168,7 +170,7 @@ def test_zero1_shards_the_moments_and_matches_one_rank(tmp_path, data, ranks):
 
 def test_a_dead_rank_ends_the_job_with_an_error_in_bounded_time(tmp_path, data):
     out = str(tmp_path / "run")
-    p, dt = _mpi(2, ["--data", data, *TINY, "--out-dir", out], env=_env(_PYLLAMA_TEST_FAULT="die:1:2"))
+    p, dt = _mpi(2, ["--data", data, *TINY, "--out-dir", out], env=_env(FAULT_INJECT="die:1:2"), cli=FAULT_CLI)
     assert p.returncode != 0, p.stdout + p.stderr
     assert dt < 60
     assert "test fault: rank 1 die after step 2" in p.stderr
@@ -179,7 +181,7 @@ def test_a_dead_rank_ends_the_job_with_an_error_in_bounded_time(tmp_path, data):
 def test_a_hung_rank_trips_the_watchdog(tmp_path, data):
     out = str(tmp_path / "run")
     p, dt = _mpi(2, ["--data", data, *TINY, "--out-dir", out, "--dist-timeout-s", "3"],
-                 env=_env(_PYLLAMA_TEST_FAULT="hang:1:2"))
+                 env=_env(FAULT_INJECT="hang:1:2"), cli=FAULT_CLI)
     assert p.returncode != 0, p.stdout + p.stderr
     assert dt < 60
     assert "rank 0/2: gradient all-reduce at step 3 did not complete within 3 s" in p.stderr, p.stderr
@@ -189,7 +191,7 @@ def test_a_hung_rank_trips_the_watchdog(tmp_path, data):
 
 def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(tmp_path, data):
     out = str(tmp_path / "run")
-    p, _ = _mpi(2, ["--data", data, *TINY, "--out-dir", out], env=_env(_PYLLAMA_TEST_FAULT="sigint:1:2"))
+    p, _ = _mpi(2, ["--data", data, *TINY, "--out-dir", out], env=_env(FAULT_INJECT="sigint:1:2"), cli=FAULT_CLI)
     _ok(p)
     assert "stopped at step 3" in p.stdout  # the vote rides on step 3's all-reduce
     assert os.path.isdir(os.path.join(out, "step-3")) and not os.path.exists(os.path.join(out, "step-6"))

@@ -677,6 +677,9 @@ TRAIN_WORKER = textwrap.dedent(r"""
     from pyllama import distributed as dist
     sys.path.insert(0, os.environ["TESTS_DIR"])
     from helpers import tiny_config
+    from fault_inject import fault_hook
+
+    fault = fault_hook(os.environ.get("FAULT_INJECT"))  # tests/fault_inject.py
 
     out = {"rank": int(os.environ.get("RANK", "0"))}
     try:
@@ -693,8 +696,8 @@ TRAIN_WORKER = textwrap.dedent(r"""
         out["losses"] = []
         for _ in range(tc.max_steps):
             out["losses"].append(t.train_step()["loss"])
-            if t.world_size > 1:
-                dist._test_fault(t.rank, t.step)
+            if fault is not None and t.world_size > 1:
+                fault(t)
         out["ok"] = True
     except Exception as e:
         out["error"] = f"{type(e).__name__}: {e}"
@@ -775,7 +778,7 @@ def test_two_nccl_ranks_hung_peer_times_out(tmp_path):
     deadline, the communicator is aborted (its kernel waiting on the live peer must end) and
     a DistributedError names the step; the process exits normally."""
     t0 = time.monotonic()
-    outs = _run_train_ranks(tmp_path, 2, 1, 6, 60, extra_env={"_PYLLAMA_TEST_FAULT": "hang:1:2", "STEP_TIMEOUT": "5"},
+    outs = _run_train_ranks(tmp_path, 2, 1, 6, 60, extra_env={"FAULT_INJECT": "hang:1:2", "STEP_TIMEOUT": "5"},
                             wait=90, only_rank0=True)
     _skip_if_two_ranks_unsupported(outs)
     o = outs[0]
