@@ -321,14 +321,17 @@ class Llama:
         self.config.to_json(os.path.join(path, "config.json"))
 
     @classmethod
-    def from_pretrained(cls, path: Union[str, "os.PathLike[str]"]) -> "Llama":
-        """Load a Hugging Face–format folder (``config.json`` + ``model.safetensors``).
+    def from_pretrained(cls, path: Union[str, "os.PathLike[str]"], *, check_finite: bool = True) -> "Llama":
+        """Load a Hugging Face–format folder (``config.json`` + ``model.safetensors``, or the
+        shards its ``model.safetensors.index.json`` names).
 
-        Tensors may be float32, float16 or bfloat16; they are converted to float32.
-        Missing tensors, unexpected shapes or an unreadable file raise ``ValueError``.
+        Tensors may be float32, float16 or bfloat16 (converted to float32 exactly, in the
+        core's one safetensors reader, memory-mapped). Integer, bool, float64 and 8-bit
+        tensors are refused, not cast; NaN or Inf weights are refused unless
+        ``check_finite=False`` (which skips one pass over the weights). Missing tensors,
+        unexpected tensors or shapes, and unreadable or corrupt files raise ``ValueError``
+        naming the file and the tensor.
         """
-        from safetensors import safe_open
-
         path = os.fspath(path)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"checkpoint folder {path!r} does not exist")
@@ -338,31 +341,10 @@ class Llama:
         config = LlamaConfig.from_json(cfg_path)
         files = _safetensors_files(path)
         model = cls(config, seed=None)
-        named = model._named_params
-        seen = set()
-        for f in files:
-            try:
-                handle = safe_open(f, framework="numpy")
-            except Exception as e:  # safetensors raises its own error types
-                raise ValueError(f"cannot read {f!r}: {e}") from None
-            with handle as st:
-                for key in st.keys():
-                    name = key
-                    if name not in named:
-                        if name == "lm_head.weight" and config.tie_word_embeddings:
-                            continue
-                        if name.endswith("rotary_emb.inv_freq"):
-                            continue
-                        raise ValueError(f"{f!r} holds an unexpected tensor {name!r} for this config")
-                    arr = _load_tensor(st, key)
-                    if tuple(arr.shape) != named[name].shape:
-                        raise ValueError(f"tensor {name!r} in {f!r} has shape {tuple(arr.shape)}, "
-                                         f"expected {named[name].shape} from config.json")
-                    named[name][...] = arr
-                    seen.add(name)
-        missing = [n for n in named if n not in seen]
-        if missing:
-            raise ValueError(f"checkpoint {path!r} lacks {len(missing)} tensor(s), e.g. {missing[:3]}")
+        try:
+            _core.load_safetensors_weights(model._core, files, bool(check_finite))
+        except ValueError as e:
+            raise ValueError(f"checkpoint {path!r}: {e}") from None
         return model
 
     # ---------------------------------------------------------------- generation
@@ -400,14 +382,3 @@ def _safetensors_files(path: str) -> List[str]:
                              "it must be JSON with a 'weight_map' object: re-save or re-download the model") from None
         return [os.path.join(path, n) for n in sorted(set(weight_map.values()))]
     raise FileNotFoundError(f"{path!r} has no model.safetensors (nor a sharded index)")
-
-
-def _load_tensor(st, key: str) -> np.ndarray:
-    try:
-        return np.asarray(st.get_tensor(key), dtype=np.float32)
-    except (TypeError, ValueError):
-        # bfloat16 has no numpy dtype: read the raw slice as uint16 bits
-        sl = st.get_slice(key)
-        if sl.get_dtype() not in ("BF16", "bf16", "bfloat16"):
-            raise
-        raise ValueError(f"tensor {key!r} is bfloat16; convert the checkpoint to float32 first")

@@ -4,11 +4,13 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <sys/stat.h>
 
 #include "hf_config.h"
 #include "json.h"
+#include "safetensors.h"
 #include "tensor.h"
 
 namespace pyllama {
@@ -29,55 +31,43 @@ LlamaConfig load_config(const std::string& path) {
   }
 }
 
-static float f16_to_float(uint16_t h) {
-  uint32_t sign = (h >> 15) & 1, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
-  float v;
-  if (exp == 0) v = std::ldexp((float)mant, -24);
-  else if (exp == 31) v = mant ? NAN : INFINITY;
-  else v = std::ldexp((float)(mant | 0x400), (int)exp - 25);
-  return sign ? -v : v;
+// The safetensors files of a Hugging Face folder: model.safetensors, else the shards that
+// model.safetensors.index.json's weight_map names (each once, in name order).
+std::vector<std::string> safetensors_files(const std::string& dir) {
+  const std::string single = dir + "/model.safetensors";
+  struct stat st;
+  if (::stat(single.c_str(), &st) == 0) return {single};
+  const std::string index = dir + "/model.safetensors.index.json";
+  PYLLAMA_CHECK(::stat(index.c_str(), &st) == 0, IOError,
+                "'" << dir << "' has no model.safetensors (nor a sharded model.safetensors.index.json)");
+  Json j;
+  try {
+    j = Json::parse(read_file(index));
+  } catch (const ValueError& e) {
+    throw ValueError("'" + index + "' is not valid JSON: " + e.what());
+  }
+  PYLLAMA_CHECK(j.kind() == Json::Kind::object && j.has("weight_map") && j["weight_map"].kind() == Json::Kind::object,
+                ValueError, "'" << index << "' has no weight_map object");
+  std::map<std::string, bool> names;
+  for (const auto& kv : j["weight_map"].items()) {
+    PYLLAMA_CHECK(kv.second.kind() == Json::Kind::string, ValueError,
+                  "'" << index << "': weight_map['" << kv.first << "'] must be a file name");
+    const std::string& f = kv.second.as_string();
+    PYLLAMA_CHECK(!f.empty() && f.find('/') == std::string::npos && f != "." && f != "..", ValueError,
+                  "'" << index << "': weight_map names '" << f << "', not a file of the folder");
+    names[f] = true;
+  }
+  std::vector<std::string> out;
+  for (const auto& kv : names) out.push_back(dir + "/" + kv.first);
+  return out;
 }
 
 std::unique_ptr<Model> load_pretrained(const std::string& dir, const std::string& device) {
   LlamaConfig cfg = load_config(dir + "/config.json");
   auto model = make_model(cfg, device);
   std::vector<float> host(model->num_parameters());
-  std::string path = dir + "/model.safetensors";
-  std::string blob = read_file(path);
-  PYLLAMA_CHECK(blob.size() >= 8, ValueError, "'" << path << "' is too short to be a safetensors file");
-  uint64_t hlen = 0;
-  for (int k = 7; k >= 0; k--) hlen = (hlen << 8) | (unsigned char)blob[k];
-  PYLLAMA_CHECK(hlen <= blob.size() - 8, ValueError, "'" << path << "': header length exceeds the file size");
-  Json header = Json::parse(blob.substr(8, hlen));
-  const char* data = blob.data() + 8 + hlen;
-  size_t data_size = blob.size() - 8 - hlen;
-  size_t loaded = 0;
-  for (const auto& info : model->param_infos()) {
-    PYLLAMA_CHECK(header.has(info.name), ValueError, "'" << path << "' lacks tensor '" << info.name << "'");
-    const Json& t = header[info.name];
-    const Json& shape = t["shape"];
-    PYLLAMA_CHECK(shape.size() == info.shape.size(), ValueError, "tensor '" << info.name << "' has the wrong rank");
-    for (size_t d = 0; d < info.shape.size(); d++)
-      PYLLAMA_CHECK(shape.at(d).as_int() == info.shape[d], ValueError,
-                    "tensor '" << info.name << "' has the wrong shape for config.json");
-    uint64_t b = (uint64_t)t["data_offsets"].at(0).as_int(), e = (uint64_t)t["data_offsets"].at(1).as_int();
-    const std::string& dt = t["dtype"].as_string();
-    size_t elt = dt == "F32" ? 4 : (dt == "BF16" || dt == "F16") ? 2 : 0;
-    PYLLAMA_CHECK(elt, ValueError, "tensor '" << info.name << "' has unsupported dtype " << dt);
-    PYLLAMA_CHECK(e <= data_size && b <= e && e - b == info.numel * elt, ValueError,
-                  "tensor '" << info.name << "' has bad data offsets");
-    float* dst = host.data() + info.offset;
-    const char* src = data + b;
-    for (size_t i = 0; i < info.numel; i++) {
-      if (elt == 4) std::memcpy(dst + i, src + 4 * i, 4);
-      else {
-        uint16_t h;
-        std::memcpy(&h, src + 2 * i, 2);
-        dst[i] = dt == "BF16" ? bf16_to_float(h) : f16_to_float(h);
-      }
-    }
-    loaded++;
-  }
+  load_safetensors_weights(safetensors_files(dir), model->param_infos(), cfg.tie_word_embeddings, host.data(),
+                           /*check_finite=*/true);
   model->params_from_host(host.data());
   return model;
 }

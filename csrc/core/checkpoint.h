@@ -10,12 +10,15 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "backend.h"
 
 namespace pyllama {
 
 LlamaConfig load_config(const std::string& config_json_path);
+// model.safetensors, or the shards its index names.
+std::vector<std::string> safetensors_files(const std::string& dir);
 // A model of the folder's config on `device` ("cpu", or "cuda[:N]" once that backend is registered).
 std::unique_ptr<Model> load_pretrained(const std::string& dir, const std::string& device = "cpu");
 void save_pretrained(const Model& model, const std::string& dir);

@@ -169,6 +169,7 @@ double Json::as_number() const {
 int64_t Json::as_int() const {
   double v = as_number();
   PYLLAMA_CHECK(v == std::floor(v), ValueError, "JSON: expected an integer, got " << v);
+  PYLLAMA_CHECK(v >= -9.2e18 && v <= 9.2e18, ValueError, "JSON: integer " << v << " is out of range");
   return (int64_t)v;
 }
 bool Json::as_bool() const {
