@@ -1359,7 +1359,28 @@ namespace {
 std::unique_ptr<Model> make_cuda(const LlamaConfig& cfg, int index, DType dtype, const BackendOptions& options) {
   return std::make_unique<LlamaModelCuda>(cfg, dtype, index, options);
 }
-void cuda_copy_kind(void* dst, const void* src, size_t bytes, int kind) {
+// Runs on GPU `index` and puts the current device back after.
+struct OnDevice {
+  int prev = -1;
+  explicit OnDevice(int index) {
+    CUDA_CHECK(cudaGetDevice(&prev));
+    if (prev != index) CUDA_CHECK(cudaSetDevice(index));
+  }
+  ~OnDevice() {
+    int now = -1;
+    if (prev >= 0 && cudaGetDevice(&now) == cudaSuccess && now != prev) cudaSetDevice(prev);
+  }
+};
+void* cuda_alloc_on(size_t bytes, int index) {
+  OnDevice on(index);
+  return cuda_malloc(bytes);
+}
+void cuda_zero_on(void* p, size_t bytes, int index) {
+  OnDevice on(index);
+  cuda_zero(p, bytes);
+}
+void cuda_copy_on(void* dst, const void* src, size_t bytes, int kind, int index) {
+  OnDevice on(index);
   cuda_copy(dst, src, bytes, static_cast<CudaCopy>(kind));
 }
 }  // namespace
@@ -1373,10 +1394,10 @@ void register_cuda_backend() {
 #endif
   register_backend("cuda", info);
   DeviceMemoryOps mem;  // the core's Tensor storage on Device::cuda
-  mem.alloc = &cuda_malloc;
+  mem.alloc = &cuda_alloc_on;
   mem.free = &cuda_free;
-  mem.zero = &cuda_zero;
-  mem.copy = &cuda_copy_kind;
+  mem.zero = &cuda_zero_on;
+  mem.copy = &cuda_copy_on;
   mem.device_count = &cuda_runtime_device_count;
   register_device_memory(Device::cuda, mem);
 }

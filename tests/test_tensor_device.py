@@ -10,6 +10,8 @@ import pyllama
 from helpers import gpu
 
 INFO = pyllama.build_info()
+
+
 def test_to_cpu_shares_storage_and_dtype_conversion():
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     t = pyllama.Tensor.from_numpy(a)
@@ -20,8 +22,12 @@ def test_to_cpu_shares_storage_and_dtype_conversion():
     np.testing.assert_array_equal(t.to("bfloat16").to("float32").numpy(), a)  # small ints are exact in bf16
     with pytest.raises(AttributeError, match="only on cuda"):
         t.__cuda_array_interface__
-    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
-        t.to("cuda:1")
+    # every device Llama.to takes: "cuda:N" too; a GPU this machine does not have is refused
+    n_gpus = pyllama._core.cuda_device_count()
+    with pytest.raises(ValueError, match="no CUDA backend|no CUDA device|does not exist"):
+        t.to(f"cuda:{n_gpus}")
+    with pytest.raises(ValueError, match="unknown device 'cuda:x'"):
+        t.to("cuda:x")
     with pytest.raises(ValueError, match=r"unknown device or dtype; expected 'cpu', 'cuda'"):
         t.to("tpu")
 
@@ -53,6 +59,16 @@ def test_round_trip_through_the_gpu(dtype):
     assert g2.device == "cuda" and g2.data_ptr != g.data_ptr
     np.testing.assert_array_equal(g2.view([105]).cpu().numpy(), a.reshape(-1))
     np.testing.assert_array_equal(g.cuda().cpu().numpy(), a)
+    g0 = t.to("cuda:0")  # GPU 0 by its index: the same device as "cuda"
+    assert g0.device == "cuda" and g0.__dlpack_device__() == (2, 0)
+    np.testing.assert_array_equal(g0.cpu().numpy(), a)
+    n = pyllama._core.cuda_device_count()
+    if n > 1:
+        g1 = t.to(f"cuda:{n - 1}")
+        assert g1.device == f"cuda:{n - 1}" and g1.__dlpack_device__() == (2, n - 1)
+        np.testing.assert_array_equal(g1.clone().to("cuda").cpu().numpy(), a)
+    with pytest.raises(ValueError, match=f"CUDA device {n} does not exist"):
+        t.to(f"cuda:{n}")
 
 
 @gpu

@@ -62,8 +62,21 @@ const char* device_name(Device d) { return d == Device::cpu ? "cpu" : "cuda"; }
 
 Device device_from_name(const std::string& n) {
   if (n == "cpu") return Device::cpu;
-  if (n == "cuda" || n == "cuda:0") return Device::cuda;
-  throw ValueError("unknown device '" + n + "': expected 'cpu' or 'cuda'");
+  device_index_from_name(n);  // checks the form
+  return Device::cuda;
+}
+
+int device_index_from_name(const std::string& n) {
+  if (n == "cpu" || n == "cuda") return 0;
+  if (n.rfind("cuda:", 0) == 0 && n.size() > 5 && n.size() < 12 &&
+      n.find_first_not_of("0123456789", 5) == std::string::npos)
+    return std::stoi(n.substr(5));
+  throw ValueError("unknown device '" + n + "': expected 'cpu', 'cuda' or 'cuda:N'");
+}
+
+std::string Tensor::device_str() const {
+  if (device_ == Device::cpu) return "cpu";
+  return device_index_ == 0 ? "cuda" : "cuda:" + std::to_string(device_index_);
 }
 
 int64_t Tensor::size(int dim) const {
@@ -90,26 +103,30 @@ static int64_t checked_numel(const std::vector<int64_t>& shape) {
 
 // The CUDA memory operations, or a ValueError saying why there are none: no CUDA backend in
 // this build, or no visible GPU.
-static DeviceMemoryOps require_cuda(const char* what) {
+static DeviceMemoryOps require_cuda(const char* what, int index = 0) {
   DeviceMemoryOps ops = cuda_memory();
   PYLLAMA_CHECK(ops.alloc, ValueError,
                 what << ": this build of pyllama has no CUDA backend (pyllama.build_info()['cuda'] is False); "
                         "rebuild with nvcc on PATH (PYLLAMA_CUDA=ON) or keep the tensor on 'cpu'");
-  PYLLAMA_CHECK(ops.device_count && ops.device_count() > 0, ValueError,
+  const int n = ops.device_count ? ops.device_count() : 0;
+  PYLLAMA_CHECK(n > 0, ValueError,
                 what << ": no CUDA device is available (pyllama.build_info()['cuda_available'] is False); "
                         "keep the tensor on 'cpu'");
+  PYLLAMA_CHECK(index >= 0 && index < n, ValueError,
+                what << ": CUDA device " << index << " does not exist: this machine has " << n);
   return ops;
 }
 
-Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device device) {
+Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device device, int index) {
   Tensor t;
   t.dtype_ = dtype;
   t.device_ = device;
+  t.device_index_ = device == Device::cpu ? 0 : index;
   t.shape_ = shape;
   size_t bytes = static_cast<size_t>(checked_numel(shape)) * dtype_size(dtype);
   if (device == Device::cuda) {
-    const DeviceMemoryOps ops = require_cuda("a cuda tensor");
-    void* p = ops.alloc(bytes);
+    const DeviceMemoryOps ops = require_cuda("a cuda tensor", index);
+    void* p = ops.alloc(bytes, index);
     t.storage_ = std::shared_ptr<void>(p, ops.free);
     t.data_ = p;
     return t;
@@ -123,10 +140,10 @@ Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device devi
   return t;
 }
 
-Tensor Tensor::zeros(const std::vector<int64_t>& shape, DType dtype, Device device) {
-  Tensor t = empty(shape, dtype, device);
+Tensor Tensor::zeros(const std::vector<int64_t>& shape, DType dtype, Device device, int index) {
+  Tensor t = empty(shape, dtype, device, index);
   if (device == Device::cuda) {
-    require_cuda("a cuda tensor").zero(t.data_, t.nbytes());
+    require_cuda("a cuda tensor", index).zero(t.data_, t.nbytes(), index);
     return t;
   }
   std::memset(t.data_, 0, t.nbytes());
@@ -134,19 +151,21 @@ Tensor Tensor::zeros(const std::vector<int64_t>& shape, DType dtype, Device devi
 }
 
 // Copies nbytes between two storages on the given devices (synchronous).
-static void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size_t nbytes) {
+static void copy_bytes(void* dst, Device dst_dev, int dst_index, const void* src, Device src_dev, int src_index,
+                       size_t nbytes) {
   if (nbytes == 0) return;
   if (dst_dev == Device::cpu && src_dev == Device::cpu) {
     std::memcpy(dst, src, nbytes);
     return;
   }
   const int kind = dst_dev == Device::cpu ? 1 : src_dev == Device::cpu ? 0 : 2;
-  require_cuda("copying a cuda tensor").copy(dst, src, nbytes, kind);
+  const int index = dst_dev == Device::cpu ? src_index : dst_index;
+  require_cuda("copying a cuda tensor", index).copy(dst, src, nbytes, kind, index);
 }
 
-Tensor Tensor::to(Device device) const {
-  Tensor t = empty(shape_, dtype_, device);
-  copy_bytes(t.data_, device, data_, device_, nbytes());
+Tensor Tensor::to(Device device, int index) const {
+  Tensor t = empty(shape_, dtype_, device, index);
+  copy_bytes(t.data_, device, t.device_index_, data_, device_, device_index_, nbytes());
   return t;
 }
 
@@ -171,7 +190,7 @@ Tensor Tensor::view(const std::vector<int64_t>& shape) const {
   return t;
 }
 
-Tensor Tensor::clone() const { return to(device_); }
+Tensor Tensor::clone() const { return to(device_, device_index_); }
 
 uint16_t float_to_bf16(float f) {
   uint32_t u;
@@ -190,7 +209,7 @@ float bf16_to_float(uint16_t h) {
 
 Tensor Tensor::to_dtype(DType dt) const {
   if (dt == dtype_) return clone();
-  if (device_ != Device::cpu) return to(Device::cpu).to_dtype(dt).to(device_);  // through the host
+  if (device_ != Device::cpu) return to(Device::cpu).to_dtype(dt).to(device_, device_index_);  // through the host
   Tensor out = empty(shape_, dt, device_);
   int64_t n = numel();
   if (dtype_ == DType::float32 && dt == DType::bfloat16) {
@@ -213,7 +232,7 @@ std::string Tensor::repr() const {
   ss << "Tensor(shape=(";
   for (size_t i = 0; i < shape_.size(); i++) ss << (i ? ", " : "") << shape_[i];
   if (shape_.size() == 1) ss << ",";
-  ss << "), dtype=" << dtype_name(dtype_) << ", device=" << device_name(device_) << ")";
+  ss << "), dtype=" << dtype_name(dtype_) << ", device=" << device_str() << ")";
   return ss.str();
 }
 

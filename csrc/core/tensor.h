@@ -30,22 +30,24 @@ const char* device_name(Device d);
 // Device memory for Tensor storage, supplied by the backend of that device when it registers
 // (the core itself allocates host memory only). Copies and fills are synchronous.
 struct DeviceMemoryOps {
-  void* (*alloc)(size_t bytes) = nullptr;  // throws on failure
+  void* (*alloc)(size_t bytes, int index) = nullptr;  // on device `index`; throws on failure
   void (*free)(void* p) noexcept = nullptr;
-  void (*zero)(void* p, size_t bytes) = nullptr;
-  // kind: 0 host to device, 1 device to host, 2 device to device
-  void (*copy)(void* dst, const void* src, size_t bytes, int kind) = nullptr;
+  void (*zero)(void* p, size_t bytes, int index) = nullptr;
+  // kind: 0 host to device, 1 device to host, 2 device to device; index: the device side's
+  // (the destination's for device to device)
+  void (*copy)(void* dst, const void* src, size_t bytes, int kind, int index) = nullptr;
   int (*device_count)() = nullptr;
 };
 void register_device_memory(Device d, const DeviceMemoryOps& ops);
-Device device_from_name(const std::string& name);  // "cpu", "cuda", "cuda:0"
+Device device_from_name(const std::string& name);  // "cpu", "cuda", "cuda:N" (the index: device_index_from_name)
+int device_index_from_name(const std::string& name);  // N of "cuda:N"; 0 for "cpu" and "cuda"
 
 class Tensor {
  public:
   Tensor() = default;
   // A new tensor with uninitialised storage owned by the tensor.
-  static Tensor empty(const std::vector<int64_t>& shape, DType dtype, Device device = Device::cpu);
-  static Tensor zeros(const std::vector<int64_t>& shape, DType dtype, Device device = Device::cpu);
+  static Tensor empty(const std::vector<int64_t>& shape, DType dtype, Device device = Device::cpu, int index = 0);
+  static Tensor zeros(const std::vector<int64_t>& shape, DType dtype, Device device = Device::cpu, int index = 0);
   // A tensor over memory owned by someone else; `keepalive` is held as long as
   // any tensor shares the storage.
   static Tensor wrap(void* data, const std::vector<int64_t>& shape, DType dtype,
@@ -53,6 +55,8 @@ class Tensor {
 
   DType dtype() const { return dtype_; }
   Device device() const { return device_; }
+  int device_index() const { return device_index_; }  // which GPU (0 on the CPU)
+  std::string device_str() const;                      // "cpu", "cuda" (GPU 0) or "cuda:N"
   const std::vector<int64_t>& shape() const { return shape_; }
   int ndim() const { return static_cast<int>(shape_.size()); }
   int64_t size(int dim) const;
@@ -70,7 +74,7 @@ class Tensor {
   Tensor clone() const;
   // A copy on `device` (cpu <-> cuda, or a copy on the same device). Synchronous.
   // Throws ValueError without the CUDA backend or without a GPU.
-  Tensor to(Device device) const;
+  Tensor to(Device device, int index = 0) const;
   // Conversions between float32 and bfloat16 (round to nearest even); other pairs throw.
   Tensor to_dtype(DType dt) const;
   std::string repr() const;
@@ -81,6 +85,7 @@ class Tensor {
  private:
   DType dtype_ = DType::float32;
   Device device_ = Device::cpu;
+  int device_index_ = 0;
   std::vector<int64_t> shape_;
   std::shared_ptr<void> storage_;
   void* data_ = nullptr;

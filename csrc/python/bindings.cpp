@@ -184,7 +184,7 @@ py::capsule tensor_to_dlpack(const Tensor& t) {
   auto* h = new DLPackHolder{t, t.shape(), DLManagedTensor{}};
   DLTensor& d = h->managed.dl_tensor;
   d.data = const_cast<void*>(static_cast<const void*>(t.raw()));
-  d.device = {t.device() == Device::cpu ? kPyllamaDLCPU : kPyllamaDLCUDA, 0};
+  d.device = {t.device() == Device::cpu ? kPyllamaDLCPU : kPyllamaDLCUDA, t.device_index()};
   d.ndim = static_cast<int32_t>(h->shape.size());
   d.dtype = dlpack_dtype(t.dtype());
   d.shape = h->shape.empty() ? nullptr : h->shape.data();
@@ -245,7 +245,8 @@ A core tensor: dtype, shape, device and row-major contiguous storage.
                                static_cast<py::ssize_t>(shape.size()), shape, strides);
       })
       .def(py::init([](std::vector<int64_t> shape, const std::string& dtype, const std::string& device) {
-             return Tensor::zeros(shape, dtype_from_name(dtype), device_from_name(device));
+             return Tensor::zeros(shape, dtype_from_name(dtype), device_from_name(device),
+                                  device_index_from_name(device));
            }),
            py::arg("shape"), py::arg("dtype") = "float32", py::arg("device") = "cpu",
            "A zero-filled tensor. >>> pyllama.Tensor([2, 3], 'float32').shape -> (2, 3)")
@@ -255,22 +256,20 @@ A core tensor: dtype, shape, device and row-major contiguous storage.
       .def("numpy", &tensor_to_numpy, "A numpy view of the tensor's memory (no copy). bfloat16 shows as uint16 bits.")
       .def_property_readonly("shape", [](const Tensor& t) { return py::tuple(py::cast(t.shape())); })
       .def_property_readonly("dtype", [](const Tensor& t) { return std::string(dtype_name(t.dtype())); })
-      .def_property_readonly("device", [](const Tensor& t) { return std::string(device_name(t.device())); })
+      .def_property_readonly("device", &Tensor::device_str, "'cpu', 'cuda' (GPU 0) or 'cuda:N'")
       .def_property_readonly("ndim", &Tensor::ndim)
       .def_property_readonly("nbytes", &Tensor::nbytes)
       .def("numel", &Tensor::numel)
       .def("view", &Tensor::view, py::arg("shape"))
       .def("clone", &Tensor::clone)
       .def("to", [](const Tensor& t, const std::string& what) {
-             if (what == "cpu" || what == "cuda" || what == "cuda:0") {
+             if (what == "cpu" || what == "cuda" || what.rfind("cuda:", 0) == 0) {
                const Device d = device_from_name(what);
-               if (d == t.device() && d == Device::cpu) return t;  // already there: no copy, as torch
+               const int index = device_index_from_name(what);
+               if (d == Device::cpu && t.device() == Device::cpu) return t;  // already there: no copy, as torch
                py::gil_scoped_release nogil;
-               return t.to(d);
+               return t.to(d, index);
              }
-             if (what.rfind("cuda:", 0) == 0)
-               throw ValueError("device '" + what + "': pyllama uses one GPU per process, 'cuda' (= 'cuda:0'); "
-                                "pick the GPU with CUDA_VISIBLE_DEVICES");
              DType dt;
              try {
                dt = dtype_from_name(what);
@@ -280,7 +279,8 @@ A core tensor: dtype, shape, device and row-major contiguous storage.
              }
              return t.to_dtype(dt);
            }, py::arg("device_or_dtype"), R"doc(
-A copy on another device ('cpu', 'cuda') or in another dtype ('float32', 'bfloat16').
+A copy on another device ('cpu', 'cuda', 'cuda:N': every device Llama.to takes) or in
+another dtype ('float32', 'bfloat16').
 Moving to the device the tensor is already on returns it unchanged on the CPU and a
 copy on the GPU. Without a CUDA build or a GPU, 'cuda' raises ValueError.
 
@@ -293,7 +293,8 @@ copy on the GPU. Without a CUDA build or a GPU, 'cuda' raises ValueError.
       .def("__dlpack__", [](const Tensor& t, py::kwargs) { return tensor_to_dlpack(t); },
            "DLPack export (no copy): np.from_dlpack(t) on the CPU, torch.from_dlpack(t) on either device.")
       .def("__dlpack_device__", [](const Tensor& t) {
-             return py::make_tuple(t.device() == Device::cpu ? (int)kPyllamaDLCPU : (int)kPyllamaDLCUDA, 0);
+             return py::make_tuple(t.device() == Device::cpu ? (int)kPyllamaDLCPU : (int)kPyllamaDLCUDA,
+                                   t.device_index());
            })
       .def("cpu", [](const Tensor& t) {
              if (t.device() == Device::cpu) return t;
@@ -347,6 +348,8 @@ void bind_runtime(py::module_& m) {
     return d;
   });
   m.def("num_threads", &num_threads);
+  m.def("cuda_device_count", []() { return backend_device_count("cuda"); },
+        "Usable CUDA GPUs (0 when none, or in a build without the CUDA backend).");
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   // The core's matrix multiply, for tests and benchmarks: op(A) @ op(B) as a new float32 array.
   m.def("matmul", [](py::array_t<float, py::array::c_style | py::array::forcecast> a,
@@ -1099,7 +1102,6 @@ void bind_nccl(py::module_& m) {
         }, py::arg("candidates"),
         "Load libnccl (dlopen) from the first candidate path that works; returns it. Raises NcclError "
         "listing every candidate and why it failed. Use pyllama.distributed.load_nccl().");
-  m.def("cuda_device_count", []() { return backend_device_count("cuda"); }, "Usable CUDA GPUs (0 when none).");
   m.def("nccl_loaded", &nccl_loaded);
   m.def("nccl_loaded_path", &nccl_loaded_path);
   m.def("nccl_version", &nccl_version, "NCCL_VERSION_CODE of the loaded library (e.g. 23203 for 2.32.3).");
