@@ -210,16 +210,20 @@ class AdamW:
             if not isinstance(parts, dict):
                 raise ValueError(f"optimizer state lacks {key!r}")
             for name, o, n, shape, _ in self.segments:
-                if name not in parts:
-                    raise ValueError(f"optimizer state {key!r} lacks parameter {name!r}")
-                a = np.asarray(parts[name])
-                if a.shape != shape or a.dtype != np.float32:
-                    raise ValueError(f"optimizer state {key}[{name!r}] has shape {a.shape} {a.dtype}, "
-                                     f"expected {shape} float32")
-                buf[o:o + n] = a.reshape(-1)
+                buf[o:o + n] = _moment_part(parts, key, name, shape)
         _core_of(self.model).moments_from_host(m, v)
         self.exp_avg[...], self.exp_avg_sq[...] = m, v
         self.step_count = int(step)
+
+
+def _moment_part(parts: Dict[str, object], key: str, name: str, shape: Tuple[int, ...]) -> np.ndarray:
+    """Parameter ``name``'s moment from a state dict's ``key`` part, checked, flattened."""
+    if name not in parts:
+        raise ValueError(f"optimizer state {key!r} lacks parameter {name!r}")
+    a = np.asarray(parts[name])
+    if a.shape != shape or a.dtype != np.float32:
+        raise ValueError(f"optimizer state {key}[{name!r}] has shape {a.shape} {a.dtype}, expected {shape} float32")
+    return a.reshape(-1)
 
 
 def _check_hyper(lr, betas, eps, weight_decay) -> None:
@@ -412,11 +416,5 @@ class ShardedAdamW:
                 a, b = max(o, self.lo), min(o + k, self.hi)
                 if a >= b:
                     continue
-                if name not in parts:
-                    raise ValueError(f"optimizer state {key!r} lacks parameter {name!r}")
-                arr = np.asarray(parts[name])
-                if arr.shape != shape or arr.dtype != np.float32:
-                    raise ValueError(f"optimizer state {key}[{name!r}] has shape {arr.shape} {arr.dtype}, "
-                                     f"expected {shape} float32")
-                shard[a - self.lo:b - self.lo] = arr.reshape(-1)[a - o:b - o]
+                shard[a - self.lo:b - self.lo] = _moment_part(parts, key, name, shape)[a - o:b - o]
         self.step_count = int(step)
