@@ -11,6 +11,10 @@ import sys
 
 import pytest
 
+# minutes on 2 cores (the CUDA code on the CPU emulator): behind the slow marker, which CI runs
+# as its own step (.ci/run); the README's test command skips it
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIM = os.path.join(ROOT, "tools", "cuda_sim", "run.sh")
 
