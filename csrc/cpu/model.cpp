@@ -460,9 +460,7 @@ void LlamaModel::set_inference_dtype(DType dt) {
 }
 
 void LlamaModel::adamw_step(const AdamWSegment* segs, size_t n_segs, const AdamWHyper& h, int64_t step) {
-  adamw_check_hyper(h, step);
-  adamw_check_segments(segs, n_segs, (int64_t)num_parameters());
-  if (m_.empty()) reset_moments();
+  if (m_.empty()) reset_moments();  // the kernel checks the hyper-parameters and segments
   pyllama::adamw_step(params_.data(), m_.data(), v_.data(), grads_.data(), (int64_t)num_parameters(), segs, n_segs,
                       h, step);
 }

@@ -205,12 +205,17 @@ py::capsule tensor_to_dlpack(const Tensor& t) {
   return py::reinterpret_steal<py::capsule>(cap);
 }
 
-// A float32, 1-D, contiguous array of n elements (writable when the core writes into it).
+// A float32, 1-D, contiguous array of n elements (any length with kAnyLength), writable when
+// the core writes into it: the core's in-place kernels must see the caller's memory.
+constexpr size_t kAnyLength = static_cast<size_t>(-1);
 float* flat_buffer(py::array& a, size_t n, const char* what, bool writable) {
   PYLLAMA_CHECK(a.dtype().equal(py::dtype::of<float>()), TypeError,
                 what << " must be a float32 array, got " << std::string(py::str(a.dtype())));
-  PYLLAMA_CHECK(a.ndim() == 1 && (size_t)a.shape(0) == n, ValueError,
-                what << " must be 1-D with " << n << " elements (the flat parameter layout)");
+  if (n == kAnyLength)
+    PYLLAMA_CHECK(a.ndim() == 1, ValueError, what << " must be 1-D (a flat buffer), got " << a.ndim() << "-D");
+  else
+    PYLLAMA_CHECK(a.ndim() == 1 && (size_t)a.shape(0) == n, ValueError,
+                  what << " must be 1-D with " << n << " elements (the flat parameter layout)");
   PYLLAMA_CHECK(a.flags() & py::array::c_style, ValueError, what << " must be contiguous");
   PYLLAMA_CHECK(!writable || a.writeable(), ValueError, what << " must be writable");
   return static_cast<float*>(a.mutable_data());
@@ -665,24 +670,15 @@ Made by make_model / move_model; use pyllama.Llama instead.
 // ------------------------------------------------------------------ optimizer (training)
 
 void bind_optim(py::module_& m) {
-  // In-place kernels must see the caller's memory: refuse anything that would need a copy.
-  auto flat_f32 = [](py::array& a, const char* what, bool writable) -> float* {
-    PYLLAMA_CHECK(a.dtype().equal(py::dtype::of<float>()), TypeError,
-                  what << " must be a float32 array, got " << std::string(py::str(a.dtype())));
-    PYLLAMA_CHECK(a.ndim() == 1, ValueError, what << " must be 1-D (a flat buffer), got " << a.ndim() << "-D");
-    PYLLAMA_CHECK(a.flags() & py::array::c_style, ValueError, what << " must be contiguous");
-    PYLLAMA_CHECK(!writable || a.writeable(), ValueError, what << " must be writable");
-    return static_cast<float*>(a.mutable_data());
-  };
   m.def(
       "adamw_step",
-      [flat_f32](py::array params, py::array grads, py::array exp_avg, py::array exp_avg_sq,
+      [](py::array params, py::array grads, py::array exp_avg, py::array exp_avg_sq,
                  py::array_t<int64_t, py::array::c_style | py::array::forcecast> segments, float lr, float beta1,
                  float beta2, float eps, float weight_decay, int64_t step) {
-        float* p = flat_f32(params, "params", true);
-        float* g = flat_f32(grads, "grads", false);
-        float* mm = flat_f32(exp_avg, "exp_avg", true);
-        float* vv = flat_f32(exp_avg_sq, "exp_avg_sq", true);
+        float* p = flat_buffer(params, kAnyLength, "params", true);
+        float* g = flat_buffer(grads, kAnyLength, "grads", false);
+        float* mm = flat_buffer(exp_avg, kAnyLength, "exp_avg", true);
+        float* vv = flat_buffer(exp_avg_sq, kAnyLength, "exp_avg_sq", true);
         const int64_t n = params.shape(0);
         PYLLAMA_CHECK(grads.shape(0) == n && exp_avg.shape(0) == n && exp_avg_sq.shape(0) == n, ValueError,
                       "adamw_step: params, grads, exp_avg and exp_avg_sq must have the same length");
@@ -706,8 +702,8 @@ void bind_optim(py::module_& m) {
       "(offset, numel, decay) tiling the buffers. step is 1-based. Use pyllama.AdamW instead.");
   m.def(
       "clip_grad_norm",
-      [flat_f32](py::array grads, double max_norm) {
-        float* g = flat_f32(grads, "grads", true);
+      [](py::array grads, double max_norm) {
+        float* g = flat_buffer(grads, kAnyLength, "grads", true);
         const int64_t n = grads.shape(0);
         py::gil_scoped_release nogil;
         return clip_grad_norm(g, n, max_norm);
@@ -717,8 +713,8 @@ void bind_optim(py::module_& m) {
       "before clipping. Use pyllama.clip_grad_norm instead.");
   m.def(
       "grad_global_norm",
-      [flat_f32](py::array grads) {
-        const float* g = flat_f32(grads, "grads", false);
+      [](py::array grads) {
+        const float* g = flat_buffer(grads, kAnyLength, "grads", false);
         const int64_t n = grads.shape(0);
         py::gil_scoped_release nogil;
         return grad_global_norm(g, n);
