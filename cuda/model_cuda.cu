@@ -16,7 +16,7 @@
 #include "decode.cuh"
 #include "kernels.cuh"
 #include "model_cuda.h"
-#include "rope.h"  // rope_table: the same float32 table as the CPU
+#include "rope.h"  // RopeTables: the same float32 tables as the CPU
 
 namespace pyllama {
 
@@ -356,6 +356,16 @@ struct LlamaModelCuda::Impl : AllocAccount {
     L = cfg.num_hidden_layers;
     PYLLAMA_CHECK(HS <= gpu::kMaxHeadSize, ValueError,
                   "the CUDA backend supports head_dim <= " << gpu::kMaxHeadSize << ", got " << HS);
+    // What the CPU backend has and this one does not yet (docs/CUDA.md): refused by name.
+    PYLLAMA_CHECK(!cfg.attention_bias && !cfg.mlp_bias, ValueError,
+                  "the CUDA backend does not implement attention_bias / mlp_bias yet; run this model on 'cpu'");
+    PYLLAMA_CHECK(NH * HS == C, ValueError,
+                  "the CUDA backend needs head_dim = hidden_size / num_attention_heads (" << C / NH << "), got "
+                                                                                          << HS
+                                                                                          << "; run this model on 'cpu'");
+    PYLLAMA_CHECK(cfg.rope_scaling.type != "dynamic", ValueError,
+                  "the CUDA backend does not implement dynamic RoPE scaling yet (linear, yarn and llama3 it does); "
+                  "run this model on 'cpu'");
     P = n_params;
 
     // Offsets from the one layout table (param_layout), so every backend agrees.
@@ -398,13 +408,13 @@ struct LlamaModelCuda::Impl : AllocAccount {
       wc.reserve(P * sizeof(bf16));
       refresh_compute_copy();
     }
-    const int half = HS / 2, maxpos = cfg.max_position_embeddings;
-    std::vector<float> cs((size_t)maxpos * half), sn((size_t)maxpos * half);
-    rope_table(cs.data(), sn.data(), maxpos, HS, cfg.rope_theta);
-    rope_cos.reserve(cs.size() * sizeof(float));
-    rope_sin.reserve(sn.size() * sizeof(float));
-    CUDA_CHECK(cudaMemcpyAsync(rope_cos.p, cs.data(), cs.size() * sizeof(float), cudaMemcpyHostToDevice, stream));
-    CUDA_CHECK(cudaMemcpyAsync(rope_sin.p, sn.data(), sn.size() * sizeof(float), cudaMemcpyHostToDevice, stream));
+    // the same float32 tables as the CPU, RoPE scaling applied (core/rope.h)
+    const RopeTables rope(cfg);
+    const size_t rope_n = (size_t)rope.rows() * (HS / 2);
+    rope_cos.reserve(rope_n * sizeof(float));
+    rope_sin.reserve(rope_n * sizeof(float));
+    CUDA_CHECK(cudaMemcpyAsync(rope_cos.p, rope.cos(), rope_n * sizeof(float), cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaMemcpyAsync(rope_sin.p, rope.sin(), rope_n * sizeof(float), cudaMemcpyHostToDevice, stream));
     scalars.reserve((2 + gpu::kNormBlocks + kMaxDeferredLosses) * sizeof(double));
     CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev));
     kvptr_d.reserve(2 * sizeof(void*));

@@ -63,8 +63,9 @@ def _core_config(cfg: LlamaConfig) -> "_core.LlamaConfigCore":
     c = _core.LlamaConfigCore()
     for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                  "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_theta",
-                 "tie_word_embeddings"):
+                 "tie_word_embeddings", "head_dim", "attention_bias", "mlp_bias"):
         setattr(c, name, getattr(cfg, name))
+    c.set_rope_scaling(json.dumps(cfg.rope_scaling))
     return c
 
 

@@ -18,6 +18,7 @@
 
 #include "backend.h"
 #include "common.h"
+#include "rope.h"
 
 namespace pyllama {
 
@@ -91,6 +92,7 @@ class LlamaModel : public Model {
  private:
   struct LayerPtrs {
     float *ln1, *wqkv, *wo, *ln2, *wgu, *wd;
+    float *bqkv, *bo, *bgu, *bd;  // biases (attention_bias, mlp_bias), nullptr without
   };
   LayerPtrs layer(float* base, int l) const;
   // Where one decoder layer's forward writes: the training forward keeps a set per layer for
@@ -112,13 +114,13 @@ class LlamaModel : public Model {
   void check_tokens(const int32_t* tokens, long n, const char* what) const;
 
   LlamaConfig cfg_;
-  int C_, HS_, NH_, NKV_, KVD_, QKVD_, I_, V_, L_;
+  int C_, HS_, NH_, NKV_, QD_, KVD_, QKVD_, I_, V_, L_;
   std::vector<float> params_, grads_;
   std::vector<float> m_, v_;  // AdamW moments, empty before the first step
   bool defer_loss_ = false;
   std::vector<double> deferred_;
   size_t layer_off_ = 0, layer_size_ = 0, lnf_off_ = 0, wout_off_ = 0;
-  std::vector<float> rope_cos_, rope_sin_;  // (max_pos, HS/2)
+  RopeTables rope_;  // cos/sin (positions, HS/2), RoPE scaling applied
 
   // training activations, sized from (B, T)
   int B_ = 0, T_ = 0;
