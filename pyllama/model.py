@@ -305,21 +305,51 @@ class Llama:
         return self._core.kv_greedy_chain(tokens, slots, start_pos, n)
 
     # ---------------------------------------------------------------- Hugging Face files
-    def save_pretrained(self, path: Union[str, "os.PathLike[str]"]) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (Hugging Face format, float32)
-        into the folder ``path``; each file is written atomically.
+    def save_pretrained(self, path: Union[str, "os.PathLike[str]"], dtype: str = "float32") -> None:
+        """Write ``config.json`` and ``model.safetensors`` (Hugging Face format) into the folder
+        ``path``; each file is written atomically.
+
+        ``dtype`` is what the weights are stored as: ``"float32"`` (the model's own values,
+        exactly), ``"bfloat16"`` (as most Llama checkpoints ship; rounded to nearest even by the
+        core) or ``"float16"``. ``config.json`` names it in ``torch_dtype``.
 
         >>> model.save_pretrained("my-model")            # doctest: +SKIP
+        >>> model.save_pretrained("my-model-bf16", dtype="bfloat16")   # doctest: +SKIP
         >>> transformers.LlamaForCausalLM.from_pretrained("my-model")  # doctest: +SKIP
         """
         from safetensors.numpy import save_file
 
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"save_pretrained: dtype must be 'float32', 'bfloat16' or 'float16', got {dtype!r}")
         path = os.fspath(path)
         os.makedirs(path, exist_ok=True)
-        tensors = {n: np.ascontiguousarray(v) for n, v in self.named_parameters().items()}
-        atomic_write(os.path.join(path, "model.safetensors"),
-                     lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-        self.config.to_json(os.path.join(path, "config.json"))
+        params = self.named_parameters()
+        if dtype == "bfloat16":
+            from safetensors import TensorSpec, serialize_file
+
+            # the core rounds to bfloat16 (nearest even); numpy sees the bits as uint16
+            bits = {n: np.ascontiguousarray(np.asarray(_core.Tensor.from_numpy(np.ascontiguousarray(v))
+                                                       .to("bfloat16"))) for n, v in params.items()}
+            specs = {n: TensorSpec(dtype="bfloat16", shape=b.shape, data_ptr=b.ctypes.data, data_len=b.nbytes)
+                     for n, b in bits.items()}
+            atomic_write(os.path.join(path, "model.safetensors"),
+                         lambda tmp: serialize_file(specs, tmp, metadata={"format": "pt"}))
+        else:
+            np_dtype = np.float32 if dtype == "float32" else np.float16
+            with np.errstate(over="ignore"):  # checked just below, with a message
+                tensors = {n: np.ascontiguousarray(v, dtype=np_dtype) for n, v in params.items()}
+            for n, t in tensors.items():
+                if not np.all(np.isfinite(t)) and np.all(np.isfinite(params[n])):
+                    raise ValueError(f"save_pretrained: {n} holds values beyond float16's range (largest "
+                                     f"|w| = {float(np.abs(params[n]).max()):g} > 65504); save as 'bfloat16' "
+                                     "or 'float32'")
+            atomic_write(os.path.join(path, "model.safetensors"),
+                         lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        d = self.config.to_dict()
+        d["torch_dtype"] = dtype
+        from ._io import atomic_write_text
+
+        atomic_write_text(os.path.join(path, "config.json"), json.dumps(d, indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def from_pretrained(cls, path: Union[str, "os.PathLike[str]"], *, check_finite: bool = True) -> "Llama":

@@ -39,8 +39,13 @@ CONFIGS = {
                       num_key_value_heads=2, num_hidden_layers=3),
     "hs128": dict(vocab_size=515, hidden_size=256, intermediate_size=200, num_attention_heads=2,
                   num_key_value_heads=2, num_hidden_layers=1, max_position_embeddings=256),
+    # RoPE scaling: the tables come from the core (rope.h), yarn's attention factor scales them
+    "rope_llama3": dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+    "rope_yarn": dict(rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}),
 }
-SHAPES = {"tiny_gqa": (2, 37), "mha_tied": (3, 16), "mqa_hs32": (2, 70), "wide_hs64": (2, 45), "hs128": (1, 130)}
+SHAPES = {"tiny_gqa": (2, 37), "mha_tied": (3, 16), "mqa_hs32": (2, 70), "wide_hs64": (2, 45), "hs128": (1, 130),
+          "rope_llama3": (2, 40), "rope_yarn": (2, 40)}
 
 
 def make_batch(cfg, B, T, seed=0, ignore=True):
@@ -166,6 +171,20 @@ def test_each_kernel_tiled_matmul(monkeypatch):
 
 
 # ------------------------------------------------------------------ float32: exact against the CPU
+
+@gpu
+@pytest.mark.parametrize("what,kw", [
+    ("attention_bias", dict(attention_bias=True)),
+    ("mlp_bias", dict(mlp_bias=True)),
+    ("head_dim", dict(head_dim=16)),
+    ("dynamic", dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0})),
+])
+def test_cuda_refuses_what_only_the_cpu_has(what, kw):
+    model = pyllama.Llama(tiny_config(**kw))
+    with pytest.raises(ValueError, match=what.replace("_", ".")):
+        model.to("cuda")
+    assert model.device == "cpu"  # a refused move leaves the model where it was
+
 
 @gpu
 @pytest.mark.parametrize("name", sorted(CONFIGS))
