@@ -20,7 +20,8 @@ def memory_limit(limit_bytes: Optional[int] = None, *, reset: bool = False) -> O
     By default the machine's physical memory (``os.sysconf``). ``memory_limit(n)`` sets a
     lower (or higher) limit for this process, ``memory_limit(reset=True)`` goes back to
     the default; both return the limit now in force (None when it cannot be told).
-    ``Llama(config)`` checks 8 bytes per parameter (weights and gradients) plus the RoPE
+    ``Llama(config)`` checks 4 bytes per parameter (the float32 weights; gradients are
+    allocated by the first backward) plus the RoPE
     tables, ``Trainer`` 16 (two AdamW moments more) plus the activations of a batch
     (:meth:`LlamaConfig.memory_bytes`); both in Python, before the core allocates.
     A config alone is never refused for its size.
@@ -31,7 +32,7 @@ def memory_limit(limit_bytes: Optional[int] = None, *, reset: bool = False) -> O
     ...                                   num_hidden_layers=2, num_attention_heads=4))
     Traceback (most recent call last):
     ...
-    MemoryError: Llama: this model needs about 142 MB (8 bytes per parameter ... pyllama.memory_limit() is 1 MB...
+    MemoryError: Llama: this model needs about 71 MB (4 bytes per parameter ... pyllama.memory_limit() is 1 MB...
     >>> _ = pyllama.memory_limit(reset=True)
     """
     global _memory_limit
@@ -83,7 +84,8 @@ def check_memory(cfg: "LlamaConfig", training: bool = False, batch_tokens: int =
         who = "pyllama.memory_limit()" if _memory_limit is not None else "this machine's memory"
         what = ("Trainer: training this model needs about {} (16 bytes per parameter for weights, gradients and "
                 "AdamW moments, the activations of a batch" if training else
-                "Llama: this model needs about {} (8 bytes per parameter for weights and gradients")
+                "Llama: this model needs about {} (4 bytes per parameter for the float32 weights; a backward "
+                "adds 4 more for the gradients")
         raise MemoryError(what.format(_mb(need)) + f", RoPE tables of max_position_embeddings="
                           f"{cfg.max_position_embeddings}); {who} is {_mb(limit)}. Use a smaller model"
                           + (" or batch" if training else "") + ", or set the limit with pyllama.memory_limit(bytes)")
@@ -129,13 +131,10 @@ class LlamaConfig:
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        if self.head_dim is None and isinstance(self.hidden_size, int) and isinstance(self.num_attention_heads, int) \
-                and self.num_attention_heads > 0:
-            if self.hidden_size % self.num_attention_heads:
-                raise ValueError(
-                    f"LlamaConfig.hidden_size ({self.hidden_size}) must be divisible by "
-                    f"num_attention_heads ({self.num_attention_heads}), or give head_dim")
-            self.head_dim = self.hidden_size // self.num_attention_heads
+        C, NH = self.hidden_size, self.num_attention_heads
+        if self.head_dim is None and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= INT_MAX
+                                         for v in (C, NH)) and C % NH == 0:
+            self.head_dim = C // NH  # otherwise validate() says what is wrong
         if self.rope_scaling is not None:
             self.rope_scaling = _normalize_rope_scaling(self.rope_scaling, self.max_position_embeddings)
         self.validate()
@@ -165,8 +164,13 @@ class LlamaConfig:
                 raise ValueError(f"LlamaConfig.{name} must be a finite number > 0, got {v!r}")
 
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "max_position_embeddings", "head_dim"):
+                     "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
             positive(name)
+        if self.head_dim is None:
+            raise ValueError(
+                f"LlamaConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads}), or give head_dim")
+        positive("head_dim")
         if self.head_dim % 2:
             raise ValueError(f"LlamaConfig: head_dim = {self.head_dim} must be even for rotary embeddings")
         for name in ("attention_bias", "mlp_bias"):
@@ -189,8 +193,8 @@ class LlamaConfig:
 
     def memory_bytes(self, training: bool = True, batch_tokens: int = 0) -> int:
         """Bytes a model of this shape needs: 16 per parameter to train (float32 weights,
-        gradients and two AdamW moments), 8 for the model alone (``training=False``: weights
-        and gradients, what ``Llama(config)`` allocates), plus the RoPE cos/sin tables
+        gradients and two AdamW moments), 4 for the model alone (``training=False``: the
+        weights, what ``Llama(config)`` allocates; gradients come with the first backward), plus the RoPE cos/sin tables
         (max_position_embeddings x head_dim floats) and, when ``batch_tokens`` (batch x
         sequence) is given, a rough figure for the activations kept for the backward pass
         (10 floats of width C and 3 of width I per token per layer, plus the logits twice).
@@ -209,7 +213,7 @@ class LlamaConfig:
         params = L * per_layer + V * C * (1 if self.tie_word_embeddings else 2) + C
         rope = self.max_positions * self.head_dim * 4
         acts = batch_tokens * (L * (10 * C + 3 * I) + 2 * V) * 4
-        return (16 if training else 8) * params + rope + acts
+        return (16 if training else 4) * params + rope + acts
 
     # ---------------------------------------------------------------- Hugging Face config.json
     def to_dict(self) -> dict:

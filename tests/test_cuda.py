@@ -733,7 +733,7 @@ def _greedy(model, prompts, n_new, reorder=None):
 
 
 @gpu
-@pytest.mark.parametrize("name", ["tiny_gqa", "mqa_hs32", "hs128"])
+@pytest.mark.parametrize("name", ["tiny_gqa", "mqa_hs32", "hs128", "rope_llama3", "rope_yarn"])
 def test_greedy_decoding_matches_cpu(name):
     cfg, cpu, dev = pair(name, seed=11)
     rng = np.random.default_rng(3)

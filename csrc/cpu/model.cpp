@@ -37,7 +37,6 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg) : Model(cfg), cfg_(cfg) {
   wout_off_ = cfg.tie_word_embeddings ? 0 : param_info("lm_head.weight").offset;  // tied: the embedding
   const size_t off = num_parameters();
   params_.assign(off, 0.f);
-  grads_.assign(off, 0.f);
   rope_ = RopeTables(cfg);
 }
 
@@ -68,7 +67,7 @@ LlamaModel::LayerPtrs LlamaModel::layer(float* base, int l) const {
   return w;
 }
 
-void LlamaModel::zero_grad() { std::fill(grads_.begin(), grads_.end(), 0.f); }
+void LlamaModel::zero_grad() { std::fill(grads_.begin(), grads_.end(), 0.f); }  // nothing to do before first use
 
 // ---------------------------------------------------------------- activations
 
@@ -273,7 +272,7 @@ void LlamaModel::backward(float scale) {
   carve_acts(&a, aligned64(acts_), B, T, C_, QD_, QKVD_, NH_, I_, V_, L_);
   if (count_ == 0) return;  // no counted targets: the loss does not depend on the parameters
   float* P = params_.data();
-  float* G = grads_.data();
+  float* G = ensure_grads();
 
   // logits -> dlogits in place (the caller already has its copy of the logits)
   crossentropy_backward(a.logits, a.logits, a.lse, targets_.data(), scale / count_, N, V_);
@@ -514,14 +513,14 @@ void LlamaModel::set_inference_dtype(DType dt) {
 
 void LlamaModel::adamw_step(const AdamWSegment* segs, size_t n_segs, const AdamWHyper& h, int64_t step) {
   if (m_.empty()) reset_moments();  // the kernel checks the hyper-parameters and segments
-  pyllama::adamw_step(params_.data(), m_.data(), v_.data(), grads_.data(), (int64_t)num_parameters(), segs, n_segs,
+  pyllama::adamw_step(params_.data(), m_.data(), v_.data(), ensure_grads(), (int64_t)num_parameters(), segs, n_segs,
                       h, step);
 }
 
-double LlamaModel::grad_norm() { return grad_global_norm(grads_.data(), (int64_t)grads_.size()); }
+double LlamaModel::grad_norm() { return grad_global_norm(ensure_grads(), (int64_t)grads_.size()); }
 
 double LlamaModel::clip_grad_norm(double max_norm) {
-  return pyllama::clip_grad_norm(grads_.data(), (int64_t)grads_.size(), max_norm);
+  return pyllama::clip_grad_norm(ensure_grads(), (int64_t)grads_.size(), max_norm);
 }
 
 void LlamaModel::set_defer_loss(bool on) {
@@ -558,12 +557,18 @@ void LlamaModel::moments_from_host(const float* m, const float* v) {
 }
 
 void LlamaModel::params_to_host(float* dst) const { std::memcpy(dst, params_.data(), sizeof(float) * params_.size()); }
-void LlamaModel::grads_to_host(float* dst) const { std::memcpy(dst, grads_.data(), sizeof(float) * grads_.size()); }
+void LlamaModel::grads_to_host(float* dst) const {
+  if (grads_.empty())
+    std::fill(dst, dst + params_.size(), 0.f);
+  else
+    std::memcpy(dst, grads_.data(), sizeof(float) * grads_.size());
+}
 void LlamaModel::params_from_host(const float* src) {
   if (src != params_.data()) std::memcpy(params_.data(), src, sizeof(float) * params_.size());
 }
 void LlamaModel::grads_from_host(const float* src) {
-  if (src != grads_.data()) std::memcpy(grads_.data(), src, sizeof(float) * grads_.size());
+  float* g = ensure_grads();
+  if (src != g) std::memcpy(g, src, sizeof(float) * grads_.size());
 }
 
 }  // namespace pyllama

@@ -33,9 +33,11 @@ class LlamaModel : public Model {
   std::string device() const override { return "cpu"; }
   DType dtype() const override { return DType::float32; }
   float* params() { return params_.data(); }
-  float* grads() { return grads_.data(); }
+  // Gradients are allocated (zeroed) on first use — a backward, an optimizer step or a read —
+  // so a model that only runs inference holds its weights alone.
+  float* grads() { return ensure_grads(); }
   float* host_params() override { return params_.data(); }
-  float* host_grads() override { return grads_.data(); }
+  float* host_grads() override { return ensure_grads(); }
 
   // Training forward over tokens (B, T). labels (B, LT) are aligned with tokens
   // (position t is trained to predict labels[t+1]; -100 ignored) or nullptr. LT is T
@@ -70,7 +72,7 @@ class LlamaModel : public Model {
   void params_from_host(const float* src) override;
   void grads_from_host(const float* src) override;
   float* params_device() override { return params_.data(); }
-  float* grads_device() override { return grads_.data(); }
+  float* grads_device() override { return ensure_grads(); }
 
   // ---- inference over a KV cache (see DESIGN: ragged batches)
   void kv_reset(int n_slots, int max_len) override;
@@ -115,7 +117,11 @@ class LlamaModel : public Model {
 
   LlamaConfig cfg_;
   int C_, HS_, NH_, NKV_, QD_, KVD_, QKVD_, I_, V_, L_;
-  std::vector<float> params_, grads_;
+  std::vector<float> params_, grads_;  // grads_ empty until first used
+  float* ensure_grads() {
+    if (grads_.empty()) grads_.assign(params_.size(), 0.f);
+    return grads_.data();
+  }
   std::vector<float> m_, v_;  // AdamW moments, empty before the first step
   bool defer_loss_ = false;
   std::vector<double> deferred_;
