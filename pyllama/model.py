@@ -304,6 +304,35 @@ class Llama:
         back to back with one wait). Returns int32 [n, B]."""
         return self._core.kv_greedy_chain(tokens, slots, start_pos, n)
 
+    def backend_stats(self) -> dict:
+        """What the model's backend runs, and counters of what it has run: for diagnostics,
+        benchmarks and tests (the keys may grow).
+
+        Every device: ``device`` ('cpu', 'cuda:N'), ``dtype`` (compute dtype), ``greedy_chain_max``
+        (greedy steps one device call may take; 0 on the CPU). CPU: ``simd``, ``threads``.
+        CUDA: ``matmul_backend`` ('cublaslt', 'cublas' or 'tiled'), ``uses_cublas``,
+        ``matmul_stats`` (calls, fallbacks, autotune picks), ``attention_kernels`` ('flash',
+        'gemm' or 'naive'), ``uses_flash_attention``, ``decode_stats`` (which decode paths ran:
+        CUDA-graph replays, fused steps, ...).
+
+        >>> import pyllama
+        >>> m = pyllama.Llama(pyllama.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+        ...                                       num_hidden_layers=1, num_attention_heads=2))
+        >>> s = m.backend_stats(); s["device"], s["dtype"], s["greedy_chain_max"]
+        ('cpu', 'float32', 0)
+        """
+        c = self._core
+        d = {"device": c.device, "dtype": c.dtype}
+        if c.device == "cpu":
+            info = _core.build_info()
+            d.update(greedy_chain_max=0, simd=info.get("simd"), threads=_core.num_threads())
+            return d
+        d.update(greedy_chain_max=int(c.greedy_chain_max), matmul_backend=c.matmul_backend,
+                 uses_cublas=bool(c.uses_cublas), matmul_stats=dict(c.matmul_stats()),
+                 attention_kernels=c.attention_kernels, uses_flash_attention=bool(c.uses_flash_attention),
+                 decode_stats=dict(c.decode_stats()))
+        return d
+
     # ---------------------------------------------------------------- Hugging Face files
     def save_pretrained(self, path: Union[str, "os.PathLike[str]"], dtype: str = "float32") -> None:
         """Write ``config.json`` and ``model.safetensors`` (Hugging Face format) into the folder
