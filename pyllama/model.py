@@ -105,10 +105,18 @@ class Llama:
         self._infos = core.param_infos()  # (name, offset, numel, shape)
         # the live flat buffers where they are host memory (numpy views), else None
         self._params = core.host_params()
-        self._grads = core.host_grads()
+        self._grads_view = None  # the gradients' view, made on first use: the core allocates them then
         if self._params is not None:
             self._named_params = {n: self._params[o:o + k].reshape(s) for n, o, k, s in self._infos}
-            self._named_grads = {n: self._grads[o:o + k].reshape(s) for n, o, k, s in self._infos}
+
+    @property
+    def _grads(self) -> Optional[np.ndarray]:
+        if self._params is None:
+            return None
+        if self._grads_view is None:
+            self._grads_view = self._core.host_grads()
+            self._named_grads = {n: self._grads_view[o:o + k].reshape(s) for n, o, k, s in self._infos}
+        return self._grads_view
 
     # ---------------------------------------------------------------- parameters
     def named_parameters(self) -> Dict[str, np.ndarray]:
@@ -123,7 +131,7 @@ class Llama:
         On a cuda model: read-only host copies (see ``to``)."""
         if self._grads is None:
             return self._named_host_copies(self._core.grads_to_host)
-        return dict(self._named_grads)
+        return dict(self._named_grads)  # (made by the _grads property just above)
 
     def flat_params(self) -> np.ndarray:
         """The whole flat parameter buffer as a 1-D float32 view (no copy); a read-only

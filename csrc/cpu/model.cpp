@@ -139,7 +139,7 @@ void LlamaModel::ensure_acts(int B, int T) {
   }
 }
 
-static float* aligned64(std::vector<float>& v) {
+static float* aligned64(HostVector<float>& v) {
   uintptr_t p = reinterpret_cast<uintptr_t>(v.data());
   return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
 }
@@ -470,7 +470,7 @@ void LlamaModel::kv_reorder(const int32_t* src, int n) {
     PYLLAMA_CHECK(src[i] >= 0 && src[i] < kv_slots_, ValueError, "kv_reorder: source slot " << src[i] << " out of range");
   const size_t slot = (size_t)NKV_ * kv_len_ * HS_;
   if (kv_tmp_.size() != kcache_.size()) kv_tmp_.resize(kcache_.size());
-  for (std::vector<float>* cache : {&kcache_, &vcache_}) {
+  for (HostVector<float>* cache : {&kcache_, &vcache_}) {
 #pragma omp parallel for collapse(2) schedule(static)
     for (int l = 0; l < L_; l++)
       for (int i = 0; i < n; i++)

@@ -18,6 +18,7 @@
 
 #include "backend.h"
 #include "common.h"
+#include "host_alloc.h"
 #include "rope.h"
 
 namespace pyllama {
@@ -117,12 +118,12 @@ class LlamaModel : public Model {
 
   LlamaConfig cfg_;
   int C_, HS_, NH_, NKV_, QD_, KVD_, QKVD_, I_, V_, L_;
-  std::vector<float> params_, grads_;  // grads_ empty until first used
+  HostVector<float> params_, grads_;  // grads_ empty until first used
   float* ensure_grads() {
     if (grads_.empty()) grads_.assign(params_.size(), 0.f);
     return grads_.data();
   }
-  std::vector<float> m_, v_;  // AdamW moments, empty before the first step
+  HostVector<float> m_, v_;  // AdamW moments, empty before the first step
   bool defer_loss_ = false;
   std::vector<double> deferred_;
   size_t layer_off_ = 0, layer_size_ = 0, lnf_off_ = 0, wout_off_ = 0;
@@ -133,18 +134,18 @@ class LlamaModel : public Model {
   bool have_targets_ = false;
   float loss_ = 0.f;
   int count_ = 0;
-  std::vector<float> acts_;
+  HostVector<float> acts_;
   std::vector<int32_t> tokens_, targets_, pos_;
   float* logits_ptr_ = nullptr;
   size_t acts_capacity_ = 0;
 
   // KV cache
   int kv_slots_ = 0, kv_len_ = 0;
-  std::vector<float> kcache_, vcache_, kv_tmp_;  // (L, S, NKV, len, HS)
-  std::vector<float> inf_;                      // inference scratch
+  HostVector<float> kcache_, vcache_, kv_tmp_;  // (L, S, NKV, len, HS)
+  HostVector<float> inf_;                       // inference scratch
   std::vector<int32_t> inf_pos_;
   bool infer_bf16_ = false;
-  std::vector<uint16_t> params_bf16_;  // same layout as params_, filled by kv_reset when infer_bf16_
+  HostVector<uint16_t> params_bf16_;  // same layout as params_, filled by kv_reset when infer_bf16_
   // y (N, OUT) = x W^T in the KV-cache path: bf16 weights for small N when enabled.
   void infer_linear(float* y, const float* x, const float* w, int N, int IN, int OUT);
 };
