@@ -323,7 +323,13 @@ class Llama:
     @classmethod
     def from_pretrained(cls, path: Union[str, "os.PathLike[str]"], *, check_finite: bool = True) -> "Llama":
         """Load a Hugging Face–format folder (``config.json`` + ``model.safetensors``, or the
-        shards its ``model.safetensors.index.json`` names).
+        shards its ``model.safetensors.index.json`` names; else ``pytorch_model.bin`` or the
+        shards of ``pytorch_model.bin.index.json``).
+
+        ``.bin`` files are read by the core's restricted unpickler, which runs no pickled code:
+        it allows only the tensor rebuilds, storage types, dtypes and ``OrderedDict`` a PyTorch
+        state dict uses and refuses anything else (``os.system``, ``builtins.exec``, ...) with a
+        ``ValueError`` naming it, before anything runs (docs/CHECKPOINTS.md).
 
         Tensors may be float32, float16 or bfloat16 (converted to float32 exactly, in the
         core's one safetensors reader, memory-mapped). Integer, bool, float64 and 8-bit
@@ -339,10 +345,10 @@ class Llama:
         if not os.path.isfile(cfg_path):
             raise FileNotFoundError(f"{path!r} has no config.json: is it a Hugging Face model folder?")
         config = LlamaConfig.from_json(cfg_path)
-        files = _safetensors_files(path)
+        files = _weight_files(path)
         model = cls(config, seed=None)
         try:
-            _core.load_safetensors_weights(model._core, files, bool(check_finite))
+            _core.load_weight_files(model._core, files, bool(check_finite))
         except ValueError as e:
             raise ValueError(f"checkpoint {path!r}: {e}") from None
         return model
@@ -366,19 +372,25 @@ class Llama:
                 f"{c.num_key_value_heads}, vocab={c.vocab_size}, params={self.num_parameters():,})")
 
 
-def _safetensors_files(path: str) -> List[str]:
-    single = os.path.join(path, "model.safetensors")
-    if os.path.isfile(single):
-        return [single]
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        try:
-            with open(index, "r", encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
-            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-                raise TypeError("'weight_map' must map tensor names to shard file names")
-        except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
-            raise ValueError(f"{index!r} is not a valid sharded-checkpoint index ({type(e).__name__}: {e}); "
-                             "it must be JSON with a 'weight_map' object: re-save or re-download the model") from None
-        return [os.path.join(path, n) for n in sorted(set(weight_map.values()))]
-    raise FileNotFoundError(f"{path!r} has no model.safetensors (nor a sharded index)")
+def _index_shards(path: str, index: str) -> List[str]:
+    """The shard files a sharded-checkpoint index names, each once, in name order."""
+    try:
+        with open(index, "r", encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise TypeError("'weight_map' must map tensor names to shard file names")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{index!r} is not a valid sharded-checkpoint index ({type(e).__name__}: {e}); "
+                         "it must be JSON with a 'weight_map' object: re-save or re-download the model") from None
+    return [os.path.join(path, n) for n in sorted(set(weight_map.values()))]
+
+
+def _weight_files(path: str) -> List[str]:
+    """The first found of model.safetensors, its index's shards, pytorch_model.bin, its index's shards."""
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if os.path.isfile(os.path.join(path, single)):
+            return [os.path.join(path, single)]
+        if os.path.isfile(os.path.join(path, index)):
+            return _index_shards(path, os.path.join(path, index))
+    raise FileNotFoundError(f"{path!r} has no model.safetensors nor pytorch_model.bin (nor a sharded index of either)")
