@@ -92,6 +92,8 @@ class Llama:
         check_memory(config)  # before the core allocates: a MemoryError with the figures, not the OOM killer
         self.config = config
         self.options = BackendOptions()  # the backend's kernels and decode paths (see ``to``)
+        # generate()'s defaults: a GenerationConfig (from_pretrained reads generation_config.json), or None
+        self.generation_config = None
         self._set_core(_core.make_model(_core_config(config), "cpu", "float32"))
         self._have_loss = False
         if seed is not None:
@@ -306,7 +308,8 @@ class Llama:
     # ---------------------------------------------------------------- Hugging Face files
     def save_pretrained(self, path: Union[str, "os.PathLike[str]"]) -> None:
         """Write ``config.json`` and ``model.safetensors`` (Hugging Face format, float32)
-        into the folder ``path``; each file is written atomically.
+        into the folder ``path``, and ``generation_config.json`` when ``model.generation_config``
+        is set; each file is written atomically.
 
         >>> model.save_pretrained("my-model")            # doctest: +SKIP
         >>> transformers.LlamaForCausalLM.from_pretrained("my-model")  # doctest: +SKIP
@@ -319,6 +322,8 @@ class Llama:
         atomic_write(os.path.join(path, "model.safetensors"),
                      lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
         self.config.to_json(os.path.join(path, "config.json"))
+        if self.generation_config is not None:
+            self.generation_config.save_pretrained(path)
 
     @classmethod
     def from_pretrained(cls, path: Union[str, "os.PathLike[str]"], *, check_finite: bool = True) -> "Llama":
@@ -336,7 +341,8 @@ class Llama:
         tensors are refused, not cast; NaN or Inf weights are refused unless
         ``check_finite=False`` (which skips one pass over the weights). Missing tensors,
         unexpected tensors or shapes, and unreadable or corrupt files raise ``ValueError``
-        naming the file and the tensor.
+        naming the file and the tensor. A ``generation_config.json`` in the folder becomes
+        ``model.generation_config``: ``generate``'s defaults (``GenerationConfig.from_pretrained``).
         """
         path = os.fspath(path)
         if not os.path.isdir(path):
@@ -351,6 +357,10 @@ class Llama:
             _core.load_weight_files(model._core, files, bool(check_finite))
         except ValueError as e:
             raise ValueError(f"checkpoint {path!r}: {e}") from None
+        if os.path.isfile(os.path.join(path, "generation_config.json")):
+            from .generation import GenerationConfig
+
+            model.generation_config = GenerationConfig.from_pretrained(path)
         return model
 
     # ---------------------------------------------------------------- generation
