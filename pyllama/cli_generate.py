@@ -10,7 +10,8 @@ The checkpoint folder holds the Hugging Face model files (``config.json`` +
 (``tokenizer.tiktoken`` or ``tokenizer.json``, each with its ``.json`` sidecar;
 or a bare ``.tiktoken`` file). A run folder or a ``latest`` link
 or pointer file is followed to its newest checkpoint. Every ``GenerationConfig``
-field has a flag of the same name.
+field has a flag of the same name; a ``generation_config.json`` in the folder gives
+the defaults of the flags not given (as transformers' ``generate`` takes them).
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="print only the generated text (no prompt, no summary)")
 
     g = p.add_argument_group("generation (GenerationConfig fields)")
-    g.add_argument("--max-new-tokens", type=int, default=128, help="most new tokens per sequence (default 128)")
+    g.add_argument("--max-new-tokens", type=int, help="most new tokens per sequence (default: the checkpoint's "
+                   "generation_config.json, else 128)")
     g.add_argument("--min-new-tokens", type=int)
     g.add_argument("--do-sample", action="store_true", default=None, help="sample instead of greedy/beam search")
     g.add_argument("--temperature", type=float)
@@ -69,13 +71,30 @@ _FIELDS = ("max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_
            "length_penalty", "early_stopping", "eos_token_id", "stop_strings", "num_return_sequences", "seed")
 
 
-def config_from_args(args: argparse.Namespace):
-    from .generation import GenerationConfig
+DEFAULT_MAX_NEW_TOKENS = 128  # when neither the flag nor the checkpoint's generation_config.json gives a length
 
+
+def kwargs_from_args(args: argparse.Namespace) -> dict:
+    """The GenerationConfig fields the command line gave explicitly."""
     kw = {f: getattr(args, f) for f in _FIELDS if getattr(args, f, None) is not None}
     if "early_stopping" in kw:
         kw["early_stopping"] = {"true": True, "false": False}.get(kw["early_stopping"], kw["early_stopping"])
-    return GenerationConfig(**kw)
+    return kw
+
+
+def config_from_args(args: argparse.Namespace, model: Any = None):
+    """The GenerationConfig in force: the flags given win over the model's ``generation_config``
+    (the checkpoint's generation_config.json), which wins over the defaults (as transformers merges
+    them); ``--max-new-tokens`` defaults to 128 unless the file sets max_new_tokens or max_length."""
+    from .generation import GenerationConfig, _resolve
+
+    kw = kwargs_from_args(args)
+    own = getattr(model, "generation_config", None)
+    if "max_new_tokens" not in kw and not ({"max_new_tokens", "max_length"} & getattr(own, "_loaded_fields", set())):
+        kw["max_new_tokens"] = DEFAULT_MAX_NEW_TOKENS
+    if model is None:
+        return GenerationConfig(**kw)
+    return _resolve(model, None, kw)
 
 
 def resolve_model_dir(path: str) -> str:
@@ -148,7 +167,7 @@ def _parse_ids(text: str) -> List[int]:
 def run(args: argparse.Namespace) -> int:
     import pyllama
 
-    cfg = config_from_args(args)
+    config_from_args(args)  # bad flags fail before the model loads
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -156,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
     model_dir = resolve_model_dir(args.checkpoint)
     model = pyllama.Llama.from_pretrained(model_dir)
     model.set_inference_dtype(args.weights_dtype)
+    cfg = config_from_args(args, model)  # the flags given, over the checkpoint's generation_config.json
     tok = None
     if args.prompt is not None:
         tok = load_tokenizer(model_dir, args.tokenizer)

@@ -107,6 +107,12 @@ class GenerationConfig:
     stop_strings: Union[None, str, List[str]] = None  # stop when the text contains one (needs a tokenizer)
     num_return_sequences: int = 1  # sequences returned per prompt (best first)
     seed: Optional[int] = None  # sampling seed: the same seed gives the same tokens; None: fresh entropy
+    # Hugging Face's total-length limit (prompt + new tokens), as generation_config.json files without
+    # max_new_tokens give it: when not None, each sequence gets max_length - len(prompt) new tokens
+    # instead of max_new_tokens; passing max_new_tokens= to generate clears it (HF: max_new_tokens wins).
+    max_length: Optional[int] = None
+    bos_token_id: Optional[int] = None  # kept from generation_config.json (pyllama never adds it to prompts)
+    pad_token_id: Optional[int] = None  # kept from generation_config.json (pyllama never pads: ragged batches)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -171,6 +177,12 @@ class GenerationConfig:
                  "set do_sample=True or num_beams > 1")
         if self.seed is not None and (not is_int(self.seed) or self.seed < 0):
             fail("seed", f"must be None or an int >= 0, got {self.seed!r}")
+        if self.max_length is not None and (not is_int(self.max_length) or not 1 <= self.max_length <= 2 ** 31 - 1):
+            fail("max_length", f"must be None or an int from 1 to 2**31-1, got {self.max_length!r}")
+        for name in ("bos_token_id", "pad_token_id"):
+            v = getattr(self, name)
+            if v is not None and (not is_int(v) or v < 0):
+                fail(name, f"must be None or an int >= 0, got {v!r}")
 
     # ------------------------------------------------------------------ helpers
     def replace(self, **kwargs: Any) -> "GenerationConfig":
@@ -203,6 +215,88 @@ class GenerationConfig:
         """
         return cls().replace(**d)
 
+    # ------------------------------------------------------------------ generation_config.json
+    @classmethod
+    def from_pretrained(cls, path: Union[str, "os.PathLike[str]"]) -> "GenerationConfig":
+        """The defaults a model folder's ``generation_config.json`` gives (``path``: the folder or
+        the file), read as transformers reads it: fields it leaves out or sets to null keep
+        pyllama's defaults (transformers' global defaults), ``eos_token_id`` may be an int or a
+        list (generation stops at any of them), a file with ``max_length`` but no
+        ``max_new_tokens`` limits prompt + new tokens (see ``max_length``). As in transformers,
+        ``temperature``/``top_k``/``top_p`` apply only when ``do_sample`` is true. Metadata keys
+        (``transformers_version``, ``use_cache``, ...) are skipped; a decoding option pyllama does
+        not implement (``typical_p``, ``num_beam_groups``, ``suppress_tokens``, ...) set to a
+        value that would change the tokens raises ``ValueError`` naming it.
+
+        >>> import json, tempfile, os
+        >>> d = tempfile.mkdtemp()
+        >>> with open(os.path.join(d, "generation_config.json"), "w") as f:
+        ...     json.dump({"do_sample": True, "temperature": 0.6, "top_p": 0.9, "eos_token_id": [2, 9],
+        ...                "transformers_version": "4.45.0"}, f)
+        >>> g = GenerationConfig.from_pretrained(d)
+        >>> g.do_sample, g.temperature, g.top_p, g.eos_token_id, g.top_k
+        (True, 0.6, 0.9, [2, 9], 50)
+        """
+        import json
+        import os
+
+        path = os.fspath(path)
+        file = os.path.join(path, "generation_config.json") if os.path.isdir(path) else path
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"no generation_config.json at {path!r}")
+        try:
+            with open(file, "r", encoding="utf-8") as f:
+                d = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{file!r} is not valid JSON ({e}): re-save it with GenerationConfig.save_pretrained") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{file!r} must hold a JSON object, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw: Dict[str, Any] = {}
+        for k, v in d.items():
+            if v is None:
+                continue  # null: not set, as transformers reads it
+            if k in names:
+                kw[k] = v
+            elif k in _HF_UNSUPPORTED:
+                if v != _HF_UNSUPPORTED[k] and not (isinstance(v, (list, dict)) and not v):
+                    raise ValueError(f"{file!r} sets {k}={v!r}, a decoding option pyllama does not implement "
+                                     f"(its neutral value is {_HF_UNSUPPORTED[k]!r}); the tokens would differ from "
+                                     "transformers': remove it from the file or pass a GenerationConfig yourself")
+            # anything else is metadata (transformers_version, use_cache, output_*, cache_*, assistant_*, ...)
+        if "max_new_tokens" in kw:
+            kw.pop("max_length", None)  # transformers: max_new_tokens wins over max_length
+        try:
+            cfg = cls(**kw)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{file!r}: {e}") from None
+        cfg._loaded_fields = frozenset(kw)  # what the file set (the CLI's own defaults yield to these)
+        return cfg
+
+    def save_pretrained(self, path: Union[str, "os.PathLike[str]"]) -> None:
+        """Write ``generation_config.json`` into the folder ``path`` (atomically), in the form
+        transformers' ``GenerationConfig.from_pretrained`` reads: the fields that differ from the
+        defaults, plus pyllama-only fields (presence/frequency penalties, seed) only when set.
+
+        >>> GenerationConfig(do_sample=True, top_p=0.9).save_pretrained("my-model")  # doctest: +SKIP
+        """
+        import json
+        import os
+
+        from ._io import atomic_write
+
+        path = os.fspath(path)
+        os.makedirs(path, exist_ok=True)
+        default = type(self)()
+        d = {k: v for k, v in self.to_dict().items() if v != getattr(default, k)}
+        text = json.dumps(d, indent=2, sort_keys=True) + "\n"
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+
+        atomic_write(os.path.join(path, "generation_config.json"), write)
+
     def eos_ids(self, model_config: Any = None) -> List[int]:
         """The eos ids in force: this config's, else the model config's (``[]`` means none).
 
@@ -217,6 +311,19 @@ class GenerationConfig:
         if isinstance(eos, numbers.Integral):
             return [int(eos)]
         return [int(t) for t in eos]
+
+
+# Hugging Face GenerationConfig fields that change the tokens and pyllama does not implement, with
+# their neutral values: a generation_config.json that sets one otherwise is refused by name.
+_HF_UNSUPPORTED: Dict[str, Any] = {
+    "min_length": 0, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "diversity_penalty": 0.0,
+    "num_beam_groups": 1, "penalty_alpha": None, "top_h": None, "encoder_repetition_penalty": 1.0,
+    "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "force_words_ids": None, "constraints": None,
+    "sequence_bias": None, "guidance_scale": None, "renormalize_logits": False, "forced_bos_token_id": None,
+    "forced_eos_token_id": None, "exponential_decay_length_penalty": None, "suppress_tokens": None,
+    "begin_suppress_tokens": None, "forced_decoder_ids": None, "watermarking_config": None, "dola_layers": None,
+    "max_time": None, "token_healing": False, "low_memory": None,
+}
 
 
 # ============================================================================ processors
@@ -596,16 +703,43 @@ def _as_prompts(input_ids: Any, vocab: int, max_pos: int) -> List[np.ndarray]:
 
 
 def _resolve(model: Any, generation_config: Optional[GenerationConfig], kwargs: Dict[str, Any]) -> GenerationConfig:
+    """The config in force, merged as transformers merges it: keyword arguments > the config
+    passed (its None fields taking the model's) > ``model.generation_config`` (from the
+    checkpoint's generation_config.json) > the defaults. An explicit ``max_new_tokens`` clears
+    ``max_length``."""
     cfg = generation_config
+    own = getattr(model, "generation_config", None)
+    if not isinstance(own, GenerationConfig):
+        own = None
     if cfg is None:
-        cfg = getattr(model, "generation_config", None)
-        if not isinstance(cfg, GenerationConfig):
-            cfg = GenerationConfig()
-    elif isinstance(cfg, dict):
-        cfg = GenerationConfig.from_dict(cfg)
-    elif not isinstance(cfg, GenerationConfig):
-        raise TypeError(f"generation_config must be a GenerationConfig, got {type(cfg).__name__}")
+        cfg = own if own is not None else GenerationConfig()
+    else:
+        if isinstance(cfg, dict):
+            cfg = GenerationConfig.from_dict(cfg)
+        elif not isinstance(cfg, GenerationConfig):
+            raise TypeError(f"generation_config must be a GenerationConfig, got {type(cfg).__name__}")
+        if own is not None:  # the caller's unset (None) fields: the model's values (HF's defaults_only update)
+            fill = {f.name: getattr(own, f.name) for f in dataclasses.fields(cfg)
+                    if f.default is None and getattr(cfg, f.name) is None and getattr(own, f.name) is not None}
+            if "max_length" in fill and cfg.max_new_tokens != GenerationConfig.max_new_tokens:
+                del fill["max_length"]  # the caller chose max_new_tokens
+            if fill:
+                cfg = cfg.replace(**fill)
+    if "max_new_tokens" in kwargs and "max_length" not in kwargs:
+        kwargs = dict(kwargs, max_length=None)
     return cfg.replace(**kwargs) if kwargs else cfg
+
+
+def _wanted_new_tokens(cfg: GenerationConfig, plen: np.ndarray) -> np.ndarray:
+    """New tokens each sequence is asked for: max_new_tokens, or max_length - prompt length."""
+    if cfg.max_length is None:
+        return np.full(plen.shape, cfg.max_new_tokens, np.int64)
+    want = cfg.max_length - plen
+    if (want < 1).any():
+        k = int(np.argmin(want))
+        raise ValueError(f"a prompt of {int(plen[k])} tokens leaves no room under GenerationConfig.max_length = "
+                         f"{cfg.max_length} (prompt + new tokens); pass max_new_tokens= instead")
+    return want
 
 
 class GenerateOutput(list):
@@ -691,7 +825,8 @@ def _decode_steps(model: Any, prompts: List[np.ndarray], cfg: GenerationConfig, 
     n = len(prompts)
     N = n * r
     plen = np.array([len(prompts[k // r]) for k in range(N)], np.int64)
-    limit = np.minimum(cfg.max_new_tokens, max_pos - plen)  # new tokens each may get
+    want = _wanted_new_tokens(cfg, plen)
+    limit = np.minimum(want, max_pos - plen)  # new tokens each may get
     max_total = int((plen + limit).max())
 
     owner = _claim_cache(model)
@@ -757,7 +892,7 @@ def _decode_steps(model: Any, prompts: List[np.ndarray], cfg: GenerationConfig, 
                 if hit and reason is None:
                     reason = STOP_STRING
             if reason is None and state.length[k] - plen[k] >= limit[k]:
-                if limit[k] < cfg.max_new_tokens:
+                if limit[k] < want[k]:
                     reason = STOP_MAX_CONTEXT
                     if not warned:
                         _warn_context(max_pos)
@@ -802,7 +937,8 @@ def _beam_search(model: Any, prompts: List[np.ndarray], cfg: GenerationConfig, e
     early = cfg.early_stopping
     K = min(max(2, 1 + len(eos_ids)) * nb, nb * V)  # candidates kept per step
     plen = np.array([len(p) for p in prompts], np.int64)
-    limit = np.minimum(cfg.max_new_tokens, max_pos - plen)  # HF's max_length - prompt length
+    want = _wanted_new_tokens(cfg, plen)
+    limit = np.minimum(want, max_pos - plen)  # HF's max_length - prompt length
     max_total = int((plen + limit).max())
     eos_arr = np.asarray(eos_ids, np.int64)
     rng = None
@@ -866,7 +1002,7 @@ def _beam_search(model: Any, prompts: List[np.ndarray], cfg: GenerationConfig, e
         for a in np.flatnonzero(full):
             m = ~hits[a]
             hits[a] = True
-            reason[a, m] = STOP_MAX_NEW_TOKENS if limit[live[a]] == cfg.max_new_tokens else STOP_MAX_CONTEXT
+            reason[a, m] = STOP_MAX_NEW_TOKENS if limit[live[a]] == want[live[a]] else STOP_MAX_CONTEXT
 
         # running beams for the next step: the best nb candidates that did not stop
         rval = cval + hits.astype(np.float32) * _BEAM_NEG

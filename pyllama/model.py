@@ -93,6 +93,8 @@ class Llama:
         check_memory(config)  # before the core allocates: a MemoryError with the figures, not the OOM killer
         self.config = config
         self.options = BackendOptions()  # the backend's kernels and decode paths (see ``to``)
+        # generate()'s defaults: a GenerationConfig (from_pretrained reads generation_config.json), or None
+        self.generation_config = None
         self._set_core(_core.make_model(_core_config(config), "cpu", "float32"))
         self._have_loss = False
         if seed is not None:
@@ -349,6 +351,7 @@ class Llama:
         ``dtype`` is what the weights are stored as: ``"float32"`` (the model's own values,
         exactly), ``"bfloat16"`` (as most Llama checkpoints ship; rounded to nearest even by the
         core) or ``"float16"``. ``config.json`` names it in ``torch_dtype``.
+        ``generation_config.json`` is written too when ``model.generation_config`` is set.
 
         >>> model.save_pretrained("my-model")            # doctest: +SKIP
         >>> model.save_pretrained("my-model-bf16", dtype="bfloat16")   # doctest: +SKIP
@@ -387,18 +390,27 @@ class Llama:
         from ._io import atomic_write_text
 
         atomic_write_text(os.path.join(path, "config.json"), json.dumps(d, indent=2, sort_keys=True) + "\n")
+        if self.generation_config is not None:
+            self.generation_config.save_pretrained(path)
 
     @classmethod
     def from_pretrained(cls, path: Union[str, "os.PathLike[str]"], *, check_finite: bool = True) -> "Llama":
         """Load a Hugging Face–format folder (``config.json`` + ``model.safetensors``, or the
-        shards its ``model.safetensors.index.json`` names).
+        shards its ``model.safetensors.index.json`` names; else ``pytorch_model.bin`` or the
+        shards of ``pytorch_model.bin.index.json``).
+
+        ``.bin`` files are read by the core's restricted unpickler, which runs no pickled code:
+        it allows only the tensor rebuilds, storage types, dtypes and ``OrderedDict`` a PyTorch
+        state dict uses and refuses anything else (``os.system``, ``builtins.exec``, ...) with a
+        ``ValueError`` naming it, before anything runs (docs/CHECKPOINTS.md).
 
         Tensors may be float32, float16 or bfloat16 (converted to float32 exactly, in the
         core's one safetensors reader, memory-mapped). Integer, bool, float64 and 8-bit
         tensors are refused, not cast; NaN or Inf weights are refused unless
         ``check_finite=False`` (which skips one pass over the weights). Missing tensors,
         unexpected tensors or shapes, and unreadable or corrupt files raise ``ValueError``
-        naming the file and the tensor.
+        naming the file and the tensor. A ``generation_config.json`` in the folder becomes
+        ``model.generation_config``: ``generate``'s defaults (``GenerationConfig.from_pretrained``).
         """
         path = os.fspath(path)
         if not os.path.isdir(path):
@@ -407,12 +419,16 @@ class Llama:
         if not os.path.isfile(cfg_path):
             raise FileNotFoundError(f"{path!r} has no config.json: is it a Hugging Face model folder?")
         config = LlamaConfig.from_json(cfg_path)
-        files = _safetensors_files(path)
+        files = _weight_files(path)
         model = cls(config, seed=None)
         try:
-            _core.load_safetensors_weights(model._core, files, bool(check_finite))
+            _core.load_weight_files(model._core, files, bool(check_finite))
         except ValueError as e:
             raise ValueError(f"checkpoint {path!r}: {e}") from None
+        if os.path.isfile(os.path.join(path, "generation_config.json")):
+            from .generation import GenerationConfig
+
+            model.generation_config = GenerationConfig.from_pretrained(path)
         return model
 
     # ---------------------------------------------------------------- generation
@@ -434,19 +450,25 @@ class Llama:
                 f"{c.num_key_value_heads}, vocab={c.vocab_size}, params={self.num_parameters():,})")
 
 
-def _safetensors_files(path: str) -> List[str]:
-    single = os.path.join(path, "model.safetensors")
-    if os.path.isfile(single):
-        return [single]
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        try:
-            with open(index, "r", encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
-            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-                raise TypeError("'weight_map' must map tensor names to shard file names")
-        except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
-            raise ValueError(f"{index!r} is not a valid sharded-checkpoint index ({type(e).__name__}: {e}); "
-                             "it must be JSON with a 'weight_map' object: re-save or re-download the model") from None
-        return [os.path.join(path, n) for n in sorted(set(weight_map.values()))]
-    raise FileNotFoundError(f"{path!r} has no model.safetensors (nor a sharded index)")
+def _index_shards(path: str, index: str) -> List[str]:
+    """The shard files a sharded-checkpoint index names, each once, in name order."""
+    try:
+        with open(index, "r", encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise TypeError("'weight_map' must map tensor names to shard file names")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{index!r} is not a valid sharded-checkpoint index ({type(e).__name__}: {e}); "
+                         "it must be JSON with a 'weight_map' object: re-save or re-download the model") from None
+    return [os.path.join(path, n) for n in sorted(set(weight_map.values()))]
+
+
+def _weight_files(path: str) -> List[str]:
+    """The first found of model.safetensors, its index's shards, pytorch_model.bin, its index's shards."""
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if os.path.isfile(os.path.join(path, single)):
+            return [os.path.join(path, single)]
+        if os.path.isfile(os.path.join(path, index)):
+            return _index_shards(path, os.path.join(path, index))
+    raise FileNotFoundError(f"{path!r} has no model.safetensors nor pytorch_model.bin (nor a sharded index of either)")

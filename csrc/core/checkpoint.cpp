@@ -12,6 +12,7 @@
 #include "json.h"
 #include "safetensors.h"
 #include "tensor.h"
+#include "torch_bin.h"
 
 namespace pyllama {
 
@@ -31,15 +32,9 @@ LlamaConfig load_config(const std::string& path) {
   }
 }
 
-// The safetensors files of a Hugging Face folder: model.safetensors, else the shards that
-// model.safetensors.index.json's weight_map names (each once, in name order).
-std::vector<std::string> safetensors_files(const std::string& dir) {
-  const std::string single = dir + "/model.safetensors";
-  struct stat st;
-  if (::stat(single.c_str(), &st) == 0) return {single};
-  const std::string index = dir + "/model.safetensors.index.json";
-  PYLLAMA_CHECK(::stat(index.c_str(), &st) == 0, IOError,
-                "'" << dir << "' has no model.safetensors (nor a sharded model.safetensors.index.json)");
+// The shard files an index (model.safetensors.index.json, pytorch_model.bin.index.json) names in
+// its weight_map: each once, in name order, inside `dir`.
+static std::vector<std::string> index_shards(const std::string& dir, const std::string& index) {
   Json j;
   try {
     j = Json::parse(read_file(index));
@@ -62,12 +57,64 @@ std::vector<std::string> safetensors_files(const std::string& dir) {
   return out;
 }
 
+static bool is_file(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+// The safetensors files of a Hugging Face folder: model.safetensors, else the shards that
+// model.safetensors.index.json's weight_map names (each once, in name order).
+std::vector<std::string> safetensors_files(const std::string& dir) {
+  if (is_file(dir + "/model.safetensors")) return {dir + "/model.safetensors"};
+  const std::string index = dir + "/model.safetensors.index.json";
+  PYLLAMA_CHECK(is_file(index), IOError,
+                "'" << dir << "' has no model.safetensors (nor a sharded model.safetensors.index.json)");
+  return index_shards(dir, index);
+}
+
+// The weight files of a Hugging Face folder, first found of: model.safetensors, the shards of
+// model.safetensors.index.json, pytorch_model.bin, the shards of pytorch_model.bin.index.json.
+std::vector<std::string> checkpoint_weight_files(const std::string& dir) {
+  if (is_file(dir + "/model.safetensors") || is_file(dir + "/model.safetensors.index.json"))
+    return safetensors_files(dir);
+  if (is_file(dir + "/pytorch_model.bin")) return {dir + "/pytorch_model.bin"};
+  const std::string index = dir + "/pytorch_model.bin.index.json";
+  PYLLAMA_CHECK(is_file(index), IOError,
+                "'" << dir << "' has no model.safetensors nor pytorch_model.bin (nor a sharded index of either)");
+  return index_shards(dir, index);
+}
+
+static bool is_torch_bin(const std::string& path) {
+  for (const char* ext : {".bin", ".pt", ".pth"}) {
+    const size_t n = std::strlen(ext);
+    if (path.size() >= n && path.compare(path.size() - n, n, ext) == 0) return true;
+  }
+  return false;
+}
+
+void load_weight_files(const std::vector<std::string>& files, const std::vector<ParamInfo>& infos, bool tied,
+                       float* dst, bool check_finite) {
+  WeightMatcher match(infos, tied);
+  for (const auto& path : files) {
+    if (is_torch_bin(path)) {
+      TorchBinFile f(path);  // no pickled code runs: torch_bin.h
+      for (const auto& e : f.entries())
+        if (const ParamInfo* p = match.take(e.name, e.shape, path)) f.read_float32(e, dst + p->offset, check_finite);
+    } else {
+      SafetensorsFile f(path);
+      for (const auto& e : f.entries())
+        if (const ParamInfo* p = match.take(e.name, e.shape, path)) f.read_float32(e, dst + p->offset, check_finite);
+    }
+  }
+  match.finish();
+}
+
 std::unique_ptr<Model> load_pretrained(const std::string& dir, const std::string& device) {
   LlamaConfig cfg = load_config(dir + "/config.json");
   auto model = make_model(cfg, device);
   std::vector<float> host(model->num_parameters());
-  load_safetensors_weights(safetensors_files(dir), model->param_infos(), cfg.tie_word_embeddings, host.data(),
-                           /*check_finite=*/true);
+  load_weight_files(checkpoint_weight_files(dir), model->param_infos(), cfg.tie_word_embeddings, host.data(),
+                    /*check_finite=*/true);
   model->params_from_host(host.data());
   return model;
 }

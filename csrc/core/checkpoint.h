@@ -1,5 +1,5 @@
-// checkpoint.h — Hugging Face model folders (config.json + model.safetensors)
-// from C++, without Python.
+// checkpoint.h — Hugging Face model folders (config.json + model.safetensors, or
+// pytorch_model.bin read without running pickled code) from C++, without Python.
 //
 //   auto model = pyllama::load_pretrained("runs/shakespeare/latest");   // std::unique_ptr<Model>
 //   pyllama::save_pretrained(*model, "copy-of-model");   // atomic: temp file + rename
@@ -19,6 +19,13 @@ namespace pyllama {
 LlamaConfig load_config(const std::string& config_json_path);
 // model.safetensors, or the shards its index names.
 std::vector<std::string> safetensors_files(const std::string& dir);
+// The first found of: model.safetensors, its index's shards, pytorch_model.bin, its index's
+// shards (IOError when none is there; ValueError for a bad index).
+std::vector<std::string> checkpoint_weight_files(const std::string& dir);
+// Weights from files of either format (.bin/.pt/.pth: torch_bin.h, executing no pickled code;
+// else safetensors) into dst, the flat layout `infos` describes, with WeightMatcher's rules.
+void load_weight_files(const std::vector<std::string>& files, const std::vector<ParamInfo>& infos, bool tied,
+                       float* dst, bool check_finite);
 // A model of the folder's config on `device` ("cpu", or "cuda[:N]" once that backend is registered).
 std::unique_ptr<Model> load_pretrained(const std::string& dir, const std::string& device = "cpu");
 void save_pretrained(const Model& model, const std::string& dir);

@@ -18,8 +18,6 @@
 
 namespace pyllama {
 
-namespace {
-
 float f16_to_float(uint16_t h) {
   uint32_t sign = (h >> 15) & 1, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
   float v;
@@ -28,6 +26,8 @@ float f16_to_float(uint16_t h) {
   else v = std::ldexp((float)(mant | 0x400), (int)exp - 25);
   return sign ? -v : v;
 }
+
+namespace {
 
 size_t dtype_bytes(const std::string& dt) {
   if (dt == "F64" || dt == "I64" || dt == "U64") return 8;
@@ -182,45 +182,55 @@ void SafetensorsFile::read_float32(const SafetensorsEntry& e, float* dst, bool c
   safetensors_to_float32(base_ + data_offset_, e, dst, check_finite, path_);
 }
 
-void load_safetensors_weights(const std::vector<std::string>& files, const std::vector<ParamInfo>& infos, bool tied,
-                              float* dst, bool check_finite) {
-  std::map<std::string, const ParamInfo*> want;
-  for (const auto& p : infos) want[p.name] = &p;
-  std::map<std::string, std::string> seen;  // name -> file
-  for (const auto& path : files) {
-    SafetensorsFile f(path);
-    for (const auto& e : f.entries()) {
-      auto it = want.find(e.name);
-      if (it == want.end()) {
-        const bool inv_freq = e.name.size() >= 19 && e.name.compare(e.name.size() - 19, 19, "rotary_emb.inv_freq") == 0;
-        if (inv_freq || (tied && e.name == "lm_head.weight")) continue;
-        throw ValueError("'" + path + "' holds an unexpected tensor '" + e.name + "' for this config");
-      }
-      const ParamInfo& p = *it->second;
-      PYLLAMA_CHECK(!seen.count(e.name), ValueError,
-                    "tensor '" << e.name << "' is in both '" << seen[e.name] << "' and '" << path << "'");
-      bool same = e.shape.size() == p.shape.size();
-      for (size_t d = 0; same && d < p.shape.size(); d++) same = e.shape[d] == p.shape[d];
-      if (!same) {
-        std::ostringstream got, exp;
-        for (size_t d = 0; d < e.shape.size(); d++) got << (d ? ", " : "") << e.shape[d];
-        for (size_t d = 0; d < p.shape.size(); d++) exp << (d ? ", " : "") << p.shape[d];
-        throw ValueError("tensor '" + e.name + "' in '" + path + "' has shape (" + got.str() + "), expected (" +
-                         exp.str() + ") from config.json");
-      }
-      f.read_float32(e, dst + p.offset, check_finite);
-      seen[e.name] = path;
-    }
+WeightMatcher::WeightMatcher(const std::vector<ParamInfo>& infos, bool tied) : tied_(tied), infos_(infos) {
+  for (size_t i = 0; i < infos_.size(); i++) want_[infos_[i].name] = i;
+}
+
+const ParamInfo* WeightMatcher::take(const std::string& name, const std::vector<int64_t>& shape,
+                                     const std::string& path) {
+  auto it = want_.find(name);
+  if (it == want_.end()) {
+    const bool inv_freq = name.size() >= 19 && name.compare(name.size() - 19, 19, "rotary_emb.inv_freq") == 0;
+    if (inv_freq || (tied_ && name == "lm_head.weight")) return nullptr;
+    throw ValueError("'" + path + "' holds an unexpected tensor '" + name + "' for this config");
   }
+  const ParamInfo& p = infos_[it->second];
+  PYLLAMA_CHECK(!seen_.count(name), ValueError,
+                "tensor '" << name << "' is in both '" << seen_.at(name) << "' and '" << path << "'");
+  bool same = shape.size() == p.shape.size();
+  for (size_t d = 0; same && d < p.shape.size(); d++) same = shape[d] == p.shape[d];
+  if (!same) {
+    std::ostringstream got, exp;
+    for (size_t d = 0; d < shape.size(); d++) got << (d ? ", " : "") << shape[d];
+    for (size_t d = 0; d < p.shape.size(); d++) exp << (d ? ", " : "") << p.shape[d];
+    throw ValueError("tensor '" + name + "' in '" + path + "' has shape (" + got.str() + "), expected (" +
+                     exp.str() + ") from config.json");
+  }
+  seen_[name] = path;
+  return &p;
+}
+
+void WeightMatcher::finish() const {
   std::vector<std::string> missing;
-  for (const auto& p : infos)
-    if (!seen.count(p.name)) missing.push_back(p.name);
+  for (const auto& p : infos_)
+    if (!seen_.count(p.name)) missing.push_back(p.name);
   if (!missing.empty()) {
     std::ostringstream m;
     m << "the checkpoint lacks " << missing.size() << " tensor(s), e.g. ";
     for (size_t i = 0; i < missing.size() && i < 3; i++) m << (i ? ", " : "") << "'" << missing[i] << "'";
     throw ValueError(m.str());
   }
+}
+
+void load_safetensors_weights(const std::vector<std::string>& files, const std::vector<ParamInfo>& infos, bool tied,
+                              float* dst, bool check_finite) {
+  WeightMatcher match(infos, tied);
+  for (const auto& path : files) {
+    SafetensorsFile f(path);
+    for (const auto& e : f.entries())
+      if (const ParamInfo* p = match.take(e.name, e.shape, path)) f.read_float32(e, dst + p->offset, check_finite);
+  }
+  match.finish();
 }
 
 }  // namespace pyllama

@@ -57,12 +57,33 @@ class SafetensorsFile {
   std::map<std::string, size_t> index_;
 };
 
+// The matching rule every checkpoint reader shares (safetensors, .bin): each parameter of the
+// layout found exactly once with its shape; a tensor the layout does not have is refused by
+// name, except rotary_emb.inv_freq buffers and, when `tied`, lm_head.weight.
+class WeightMatcher {
+ public:
+  WeightMatcher(const std::vector<ParamInfo>& infos, bool tied);
+  // The parameter a file's tensor fills, or nullptr for a tensor to skip; ValueError for an
+  // unexpected tensor, one seen twice, or a shape that is not the config's.
+  const ParamInfo* take(const std::string& name, const std::vector<int64_t>& shape, const std::string& file);
+  void finish() const;  // ValueError naming the parameters no file held
+
+ private:
+  bool tied_;
+  std::vector<ParamInfo> infos_;
+  std::map<std::string, size_t> want_;
+  std::map<std::string, std::string> seen_;  // name -> file
+};
+
 // The weights of a model from safetensors files (one, or a checkpoint's shards) into dst, the
 // flat float32 layout `infos` describes. Every parameter must be found exactly once with its
 // shape; a tensor the layout does not have is refused by name, except rotary_emb.inv_freq
 // buffers and, when `tied`, lm_head.weight. check_finite: NaN/Inf refused (costs one pass).
 void load_safetensors_weights(const std::vector<std::string>& files, const std::vector<ParamInfo>& infos,
                               bool tied, float* dst, bool check_finite);
+
+// IEEE half to float, exactly (subnormals, Inf, NaN).
+float f16_to_float(uint16_t h);
 
 // Converts one entry of a data section (after the header) to float32: the shared worker of
 // SafetensorsFile::read_float32, exposed for in-memory images (tests, fuzzing).

@@ -12,9 +12,11 @@
 #include "dlpack.h"
 #include "tokenizer.h"  // bind_tokenizer
 #include "common.h"
+#include "checkpoint.h"
 #include "hf_config.h"
 #include "json.h"
 #include "safetensors.h"
+#include "torch_bin.h"
 #include "matmul.h"
 #include "model.h"
 #include "runtime.h"
@@ -679,6 +681,32 @@ Made by make_model / move_model; use pyllama.Llama instead.
         }, py::arg("model"), py::arg("files"), py::arg("check_finite") = true,
         "The model's weights from safetensors files (the core's one reader: F32/F16/BF16, shapes, offsets, "
         "non-finite values checked; other dtypes refused by name).");
+  m.def("load_weight_files", [](Model& mdl, const std::vector<std::string>& files, bool check_finite) {
+          py::gil_scoped_release nogil;
+          std::vector<float> staging;
+          float* dst = mdl.host_params();
+          if (!dst) {
+            staging.resize(mdl.num_parameters());
+            dst = staging.data();
+          }
+          load_weight_files(files, mdl.param_infos(), mdl.config().tie_word_embeddings, dst, check_finite);
+          if (!staging.empty()) mdl.params_from_host(dst);
+        }, py::arg("model"), py::arg("files"), py::arg("check_finite") = true,
+        "The model's weights from safetensors and PyTorch .bin files (.bin/.pt/.pth read by the core's "
+        "restricted unpickler, which runs no pickled code and refuses every call a state dict does not use).");
+  m.def("torch_bin_entries", [](const std::string& path) {
+          std::vector<py::tuple> out;
+          std::vector<TorchBinEntry> entries;
+          {
+            py::gil_scoped_release nogil;
+            TorchBinFile f(path);
+            entries = f.entries();
+          }
+          for (const auto& e : entries) out.push_back(py::make_tuple(e.name, e.dtype, e.shape, e.stride, e.offset));
+          return out;
+        }, py::arg("path"),
+        "(name, dtype, shape, stride, storage_offset) of each tensor of a PyTorch .bin file, read without "
+        "running pickled code (ValueError naming the file for anything else).");
   m.def("parse_device", &parse_device, py::arg("device"),
         "('cpu' | 'cuda', index) for 'cpu', 'cuda', 'cuda:N'; ValueError otherwise.");
 }

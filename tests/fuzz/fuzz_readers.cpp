@@ -1,6 +1,7 @@
 // fuzz_readers.cpp — the core's readers of files that native apps get from anywhere, fuzzed
 // under AddressSanitizer and UBSan: JSON, a Hugging Face config.json, a safetensors image
-// (header and tensor conversion) and a .tiktoken vocabulary. Any input must end in a result
+// (header and tensor conversion), a .tiktoken vocabulary and a PyTorch .bin (zip archive or
+// legacy stream: the restricted unpickler, storage resolution and strided conversion). Any input must end in a result
 // or one of the core's exception types (a clear error), never a crash, a hang, an
 // out-of-bounds read or undefined behaviour.
 //
@@ -24,11 +25,14 @@
 #include "json.h"
 #include "safetensors.h"
 #include "tokenizer.h"
+#include "torch_bin.h"
 
 using namespace pyllama;
 
+static const int kReaders = 5;  // JSON, config.json, safetensors, .tiktoken, torch .bin
+
 static void run_one(uint8_t kind, const std::string& s) {
-  switch (kind % 4) {
+  switch (kind % kReaders) {
     case 0:
       Json::parse(s).dump();
       break;
@@ -49,6 +53,14 @@ static void run_one(uint8_t kind, const std::string& s) {
     case 3:
       parse_tiktoken(s);
       break;
+    case 4: {
+      for (const auto& e : parse_torch_bin(s.data(), s.size(), "fuzz")) {
+        if ((e.dtype != "F32" && e.dtype != "F16" && e.dtype != "BF16") || e.numel() > (1u << 16)) continue;
+        std::vector<float> dst(e.numel());
+        torch_bin_to_float32(s.data(), e, dst.data(), true, "fuzz");
+      }
+      break;
+    }
   }
 }
 
@@ -61,7 +73,7 @@ static bool check(uint8_t kind, const std::string& s) {
   } catch (const IndexError&) {
   } catch (const IOError&) {
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "fuzz_readers: reader %d let through %s: %s\n", kind % 4, typeid(e).name(), e.what());
+    std::fprintf(stderr, "fuzz_readers: reader %d let through %s: %s\n", kind % kReaders, typeid(e).name(), e.what());
     return false;
   }
   return true;
@@ -90,6 +102,81 @@ std::string safetensors_seed() {
   return out;
 }
 
+// A zip archive of stored entries, laid out as torch.save writes it (local headers, central
+// directory, end record).
+std::string zip_stored(const std::vector<std::pair<std::string, std::string>>& entries) {
+  auto le = [](std::string& o, uint64_t v, int n) {
+    for (int k = 0; k < n; k++) o += (char)((v >> (8 * k)) & 0xff);
+  };
+  std::string out, cd;
+  for (const auto& e : entries) {
+    const uint64_t at = out.size();
+    le(out, 0x04034b50, 4), le(out, 20, 2), le(out, 0, 2), le(out, 0, 2), le(out, 0, 4), le(out, 0, 4);
+    le(out, e.second.size(), 4), le(out, e.second.size(), 4), le(out, e.first.size(), 2), le(out, 0, 2);
+    out += e.first + e.second;
+    le(cd, 0x02014b50, 4), le(cd, 20, 2), le(cd, 20, 2), le(cd, 0, 2), le(cd, 0, 2), le(cd, 0, 4), le(cd, 0, 4);
+    le(cd, e.second.size(), 4), le(cd, e.second.size(), 4), le(cd, e.first.size(), 2), le(cd, 0, 2), le(cd, 0, 2);
+    le(cd, 0, 2), le(cd, 0, 2), le(cd, 0, 4), le(cd, at, 4);
+    cd += e.first;
+  }
+  const uint64_t cd_at = out.size();
+  out += cd;
+  le(out, 0x06054b50, 4), le(out, 0, 2), le(out, 0, 2), le(out, entries.size(), 2), le(out, entries.size(), 2);
+  le(out, cd.size(), 4), le(out, cd_at, 4), le(out, 0, 2);
+  return out;
+}
+
+std::string torch_bin_seed() {
+  // torch.save({"a": arange(6).reshape(2,3).t() (float32, strided), "b": ones(4) (bf16), "c": ones(2) (f16),
+  //             "d": a.t()[1:] (a's storage at offset 3)})'s data.pkl
+  static const char pkl[] =
+      "\x80\x02\x7d\x71\x00\x28\x58\x01\x00\x00\x00\x61\x71\x01\x63\x74\x6f\x72\x63\x68\x2e\x5f\x75\x74\x69\x6c\x73\x0a\x5f\x72\x65\x62"
+      "\x75\x69\x6c\x64\x5f\x74\x65\x6e\x73\x6f\x72\x5f\x76\x32\x0a\x71\x02\x28\x28\x58\x07\x00\x00\x00\x73\x74\x6f\x72\x61\x67\x65\x71"
+      "\x03\x63\x74\x6f\x72\x63\x68\x0a\x46\x6c\x6f\x61\x74\x53\x74\x6f\x72\x61\x67\x65\x0a\x71\x04\x58\x01\x00\x00\x00\x30\x71\x05\x58"
+      "\x03\x00\x00\x00\x63\x70\x75\x71\x06\x4b\x06\x74\x71\x07\x51\x4b\x00\x4b\x03\x4b\x02\x86\x71\x08\x4b\x01\x4b\x03\x86\x71\x09\x89"
+      "\x63\x63\x6f\x6c\x6c\x65\x63\x74\x69\x6f\x6e\x73\x0a\x4f\x72\x64\x65\x72\x65\x64\x44\x69\x63\x74\x0a\x71\x0a\x29\x52\x71\x0b\x74"
+      "\x71\x0c\x52\x71\x0d\x58\x01\x00\x00\x00\x62\x71\x0e\x68\x02\x28\x28\x68\x03\x63\x74\x6f\x72\x63\x68\x0a\x42\x46\x6c\x6f\x61\x74"
+      "\x31\x36\x53\x74\x6f\x72\x61\x67\x65\x0a\x71\x0f\x58\x01\x00\x00\x00\x31\x71\x10\x68\x06\x4b\x04\x74\x71\x11\x51\x4b\x00\x4b\x04"
+      "\x85\x71\x12\x4b\x01\x85\x71\x13\x89\x68\x0a\x29\x52\x71\x14\x74\x71\x15\x52\x71\x16\x58\x01\x00\x00\x00\x63\x71\x17\x68\x02\x28"
+      "\x28\x68\x03\x63\x74\x6f\x72\x63\x68\x0a\x48\x61\x6c\x66\x53\x74\x6f\x72\x61\x67\x65\x0a\x71\x18\x58\x01\x00\x00\x00\x32\x71\x19"
+      "\x68\x06\x4b\x02\x74\x71\x1a\x51\x4b\x00\x4b\x02\x85\x71\x1b\x4b\x01\x85\x71\x1c\x89\x68\x0a\x29\x52\x71\x1d\x74\x71\x1e\x52\x71"
+      "\x1f\x58\x01\x00\x00\x00\x64\x71\x20\x68\x02\x28\x28\x68\x03\x68\x04\x68\x05\x68\x06\x4b\x06\x74\x71\x21\x51\x4b\x03\x4b\x01\x4b"
+      "\x03\x86\x71\x22\x4b\x03\x4b\x01\x86\x71\x23\x89\x68\x0a\x29\x52\x71\x24\x74\x71\x25\x52\x71\x26\x75\x2e";
+  std::string floats;
+  for (int i = 0; i < 6; i++) {
+    const float f = (float)i;
+    floats.append(reinterpret_cast<const char*>(&f), 4);
+  }
+  return zip_stored({{"seed/data.pkl", std::string(pkl, sizeof pkl - 1)},
+                     {"seed/byteorder", "little"},
+                     {"seed/data/0", floats},
+                     {"seed/data/1", std::string("\x80\x3f\x80\x3f\x80\x3f\x80\x3f", 8)},
+                     {"seed/data/2", std::string("\x00\x3c\x00\x3c", 4)},
+                     {"seed/version", "3\n"}});
+}
+
+std::string torch_bin_legacy_seed() {
+  // torch.save({"a": ..., "b": ...}, f, _use_new_zipfile_serialization=False)
+  static const char bytes[] =
+      "\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19\x2e\x80\x02\x4d\xe9\x03\x2e\x80\x02\x7d\x71\x00\x28\x58\x10\x00\x00\x00"
+      "\x70\x72\x6f\x74\x6f\x63\x6f\x6c\x5f\x76\x65\x72\x73\x69\x6f\x6e\x71\x01\x4d\xe9\x03\x58\x0d\x00\x00\x00\x6c\x69\x74\x74\x6c\x65"
+      "\x5f\x65\x6e\x64\x69\x61\x6e\x71\x02\x88\x58\x0a\x00\x00\x00\x74\x79\x70\x65\x5f\x73\x69\x7a\x65\x73\x71\x03\x7d\x71\x04\x28\x58"
+      "\x05\x00\x00\x00\x73\x68\x6f\x72\x74\x71\x05\x4b\x02\x58\x03\x00\x00\x00\x69\x6e\x74\x71\x06\x4b\x04\x58\x04\x00\x00\x00\x6c\x6f"
+      "\x6e\x67\x71\x07\x4b\x04\x75\x75\x2e\x80\x02\x7d\x71\x00\x28\x58\x01\x00\x00\x00\x61\x71\x01\x63\x74\x6f\x72\x63\x68\x2e\x5f\x75"
+      "\x74\x69\x6c\x73\x0a\x5f\x72\x65\x62\x75\x69\x6c\x64\x5f\x74\x65\x6e\x73\x6f\x72\x5f\x76\x32\x0a\x71\x02\x28\x28\x58\x07\x00\x00"
+      "\x00\x73\x74\x6f\x72\x61\x67\x65\x71\x03\x63\x74\x6f\x72\x63\x68\x0a\x46\x6c\x6f\x61\x74\x53\x74\x6f\x72\x61\x67\x65\x0a\x71\x04"
+      "\x58\x0e\x00\x00\x00\x39\x34\x36\x33\x30\x33\x39\x30\x31\x38\x34\x30\x31\x36\x71\x05\x58\x03\x00\x00\x00\x63\x70\x75\x71\x06\x4b"
+      "\x06\x4e\x74\x71\x07\x51\x4b\x00\x4b\x03\x4b\x02\x86\x71\x08\x4b\x01\x4b\x03\x86\x71\x09\x89\x63\x63\x6f\x6c\x6c\x65\x63\x74\x69"
+      "\x6f\x6e\x73\x0a\x4f\x72\x64\x65\x72\x65\x64\x44\x69\x63\x74\x0a\x71\x0a\x29\x52\x71\x0b\x74\x71\x0c\x52\x71\x0d\x58\x01\x00\x00"
+      "\x00\x62\x71\x0e\x68\x02\x28\x28\x68\x03\x63\x74\x6f\x72\x63\x68\x0a\x42\x46\x6c\x6f\x61\x74\x31\x36\x53\x74\x6f\x72\x61\x67\x65"
+      "\x0a\x71\x0f\x58\x0e\x00\x00\x00\x39\x34\x36\x33\x30\x33\x30\x34\x33\x35\x30\x39\x39\x32\x71\x10\x68\x06\x4b\x04\x4e\x74\x71\x11"
+      "\x51\x4b\x00\x4b\x04\x85\x71\x12\x4b\x01\x85\x71\x13\x89\x68\x0a\x29\x52\x71\x14\x74\x71\x15\x52\x71\x16\x75\x2e\x80\x02\x5d\x71"
+      "\x00\x28\x58\x0e\x00\x00\x00\x39\x34\x36\x33\x30\x33\x30\x34\x33\x35\x30\x39\x39\x32\x71\x01\x58\x0e\x00\x00\x00\x39\x34\x36\x33"
+      "\x30\x33\x39\x30\x31\x38\x34\x30\x31\x36\x71\x02\x65\x2e\x04\x00\x00\x00\x00\x00\x00\x00\x80\x3f\x80\x3f\x80\x3f\x80\x3f\x06\x00"
+      "\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x80\x3f\x00\x00\x00\x40\x00\x00\x40\x40\x00\x00\x80\x40\x00\x00\xa0\x40";
+  return std::string(bytes, sizeof bytes - 1);
+}
+
 std::vector<std::pair<uint8_t, std::string>> seeds() {
   return {
       {0, R"({"a": [1, 2.5e-3, -7, true, null, "x\u00e9\n"], "b": {"c": {}}})"},
@@ -101,6 +188,8 @@ std::vector<std::pair<uint8_t, std::string>> seeds() {
               "num_attention_heads": 4, "rope_theta": 10000, "rope_scaling": {"type": "linear", "factor": 2}})"},
       {2, safetensors_seed()},
       {3, "IQ== 0\nIg== 1\nIw== 2\naGVsbG8= 3\nIHdvcmxk 4\n"},
+      {4, torch_bin_seed()},
+      {4, torch_bin_legacy_seed()},
   };
 }
 
@@ -169,14 +258,23 @@ int main(int argc, char** argv) {
   const uint64_t seed = argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 1;
   std::mt19937_64 rng(seed);
   auto pool = seeds();
-  for (const auto& s : pool)
+  for (const auto& s : pool) {
     if (!check(s.first, s.second)) return 1;
+    if (s.first != 4) continue;
+    try {  // the .bin seeds must parse, so their mutations start from valid archives
+
+      run_one(s.first, s.second);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "fuzz_readers: seed of reader %d is refused: %s\n", s.first % kReaders, e.what());
+      return 1;
+    }
+  }
   const auto t0 = std::chrono::steady_clock::now();
   long long runs = 0, accepted = 0;
   while (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < seconds) {
     for (int i = 0; i < 256; i++) {
       const auto& base = pool[rng() % pool.size()];
-      const uint8_t kind = (rng() % 8 == 0) ? (uint8_t)(rng() % 4) : base.first;  // sometimes the wrong reader
+      const uint8_t kind = (rng() % 8 == 0) ? (uint8_t)(rng() % kReaders) : base.first;  // sometimes the wrong reader
       std::string input = mutate(base.second, rng, pool);
       bool ok = true;
       try {
@@ -190,7 +288,7 @@ int main(int argc, char** argv) {
       } catch (const IOError&) {
         ok = false;
       } catch (const std::exception& e) {
-        std::fprintf(stderr, "fuzz_readers: reader %d let through %s: %s\n", kind % 4, typeid(e).name(), e.what());
+        std::fprintf(stderr, "fuzz_readers: reader %d let through %s: %s\n", kind % kReaders, typeid(e).name(), e.what());
         std::fprintf(stderr, "input (%zu bytes) follows\n", input.size());
         std::fwrite(input.data(), 1, input.size(), stderr);
         return 1;
