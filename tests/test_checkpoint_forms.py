@@ -148,16 +148,6 @@ def test_saved_by_pyllama_loads_in_transformers(form, tmp_path):
     assert back.config == model.config
 
 
-def test_the_cuda_backend_refuses_what_it_lacks_by_name():
-    if not pyllama.build_info().get("cuda"):
-        pytest.skip("this build has no CUDA backend (PYLLAMA_CUDA=OFF)")
-    if pyllama._core.cuda_device_count() > 0:
-        pytest.skip("a GPU is present: the GPU tests cover the CUDA backend")
-    model = pyllama.Llama(pyllama.LlamaConfig(**{**BASE, "attention_bias": True}))
-    with pytest.raises((ValueError, RuntimeError)):
-        model.to("cuda")
-
-
 def test_bias_gradients_do_not_decay():
     cfg = pyllama.LlamaConfig(**{**BASE, "attention_bias": True, "mlp_bias": True})
     model = pyllama.Llama(cfg)

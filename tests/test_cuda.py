@@ -43,9 +43,13 @@ CONFIGS = {
     "rope_llama3": dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
     "rope_yarn": dict(rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}),
+    # dynamic NTK: past max_position_embeddings (32) the tables change with the sequence
+    "rope_dynamic": dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}, max_position_embeddings=32),
+    # an explicit head_dim: q rows NH*HS = 64 wider than hidden_size 48
+    "head_dim16": dict(head_dim=16),
 }
 SHAPES = {"tiny_gqa": (2, 37), "mha_tied": (3, 16), "mqa_hs32": (2, 70), "wide_hs64": (2, 45), "hs128": (1, 130),
-          "rope_llama3": (2, 40), "rope_yarn": (2, 40)}
+          "rope_llama3": (2, 40), "rope_yarn": (2, 40), "rope_dynamic": (2, 50), "head_dim16": (2, 37)}
 
 
 def make_batch(cfg, B, T, seed=0, ignore=True):
@@ -176,8 +180,6 @@ def test_each_kernel_tiled_matmul(monkeypatch):
 @pytest.mark.parametrize("what,kw", [
     ("attention_bias", dict(attention_bias=True)),
     ("mlp_bias", dict(mlp_bias=True)),
-    ("head_dim", dict(head_dim=16)),
-    ("dynamic", dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0})),
 ])
 def test_cuda_refuses_what_only_the_cpu_has(what, kw):
     model = pyllama.Llama(tiny_config(**kw))
@@ -733,7 +735,8 @@ def _greedy(model, prompts, n_new, reorder=None):
 
 
 @gpu
-@pytest.mark.parametrize("name", ["tiny_gqa", "mqa_hs32", "hs128", "rope_llama3", "rope_yarn"])
+@pytest.mark.parametrize("name", ["tiny_gqa", "mqa_hs32", "hs128", "rope_llama3", "rope_yarn", "rope_dynamic",
+                                  "head_dim16"])
 def test_greedy_decoding_matches_cpu(name):
     cfg, cpu, dev = pair(name, seed=11)
     rng = np.random.default_rng(3)
