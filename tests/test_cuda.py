@@ -43,8 +43,8 @@ CONFIGS = {
     "rope_llama3": dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
     "rope_yarn": dict(rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}),
-    # dynamic NTK: past max_position_embeddings (32) the tables change with the sequence
-    "rope_dynamic": dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}, max_position_embeddings=32),
+    # dynamic NTK: past max_position_embeddings (40) the tables change with the sequence
+    "rope_dynamic": dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}, max_position_embeddings=40),
     # an explicit head_dim: q rows NH*HS = 64 wider than hidden_size 48
     "head_dim16": dict(head_dim=16),
 }
