@@ -1,4 +1,4 @@
-// elementwise.cu — residual add, dtype conversion, last-row gather.
+// elementwise.cu — residual add, bias add and its gradient, dtype conversion, last-row gather.
 #include "kernels.cuh"
 
 namespace pyllama {
@@ -42,7 +42,38 @@ __global__ void gather_last_kernel(T* rows, const T* x, int B, int T_, int C) {
   }
 }
 
+template <typename T>
+__global__ void bias_add_kernel(T* y, const T* b, long long n, int OUT) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+    y[i] = from_f<T>(to_f(y[i]) + to_f(b[i % OUT]));
+}
+
+// One thread per column, the rows in order: deterministic, float accumulation.
+template <typename T>
+__global__ void bias_backward_kernel(float* db, const T* dy, long long N, int OUT) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= OUT) return;
+  float acc = 0.f;
+  for (long long n = 0; n < N; n++) acc += to_f(dy[n * OUT + j]);
+  db[j] += acc;
+}
+
 }  // namespace
+
+template <typename T>
+void bias_add(T* y, const T* b, long long N, int OUT, cudaStream_t stream) {
+  const long long n = N * OUT;
+  if (n <= 0) return;
+  bias_add_kernel<T><<<grid_for(n, 256), 256, 0, stream>>>(y, b, n, OUT);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+void bias_backward(float* db, const T* dy, long long N, int OUT, cudaStream_t stream) {
+  if (N <= 0 || OUT <= 0) return;
+  bias_backward_kernel<T><<<(OUT + 127) / 128, 128, 0, stream>>>(db, dy, N, OUT);
+  CUDA_CHECK_LAUNCH();
+}
 
 template <typename T>
 void residual_forward(T* out, const T* a, const T* b, long long n, cudaStream_t stream) {
@@ -69,6 +100,10 @@ void gather_last_rows(T* rows, const T* x, int B, int T_, int C, cudaStream_t st
   CUDA_CHECK_LAUNCH();
 }
 
+template void bias_add<float>(float*, const float*, long long, int, cudaStream_t);
+template void bias_add<bf16>(bf16*, const bf16*, long long, int, cudaStream_t);
+template void bias_backward<float>(float*, const float*, long long, int, cudaStream_t);
+template void bias_backward<bf16>(float*, const bf16*, long long, int, cudaStream_t);
 template void residual_forward<float>(float*, const float*, const float*, long long, cudaStream_t);
 template void residual_forward<bf16>(bf16*, const bf16*, const bf16*, long long, cudaStream_t);
 template void convert<float, bf16>(float*, const bf16*, long long, cudaStream_t);

@@ -31,6 +31,12 @@ constexpr int kMaxHeadSize = 256;  // attention kernels keep HS/32 accumulators 
 // out (n) = a + b (out may alias a or b)
 template <typename T>
 void residual_forward(T* out, const T* a, const T* b, long long n, cudaStream_t stream);
+// y (N, OUT) += b (OUT) on every row (the projections' biases)
+template <typename T>
+void bias_add(T* y, const T* b, long long N, int OUT, cudaStream_t stream);
+// db (OUT) += the column sums of dy (N, OUT), in float, rows in order (deterministic)
+template <typename T>
+void bias_backward(float* db, const T* dy, long long N, int OUT, cudaStream_t stream);
 // dst (n) = src converted (float <-> bf16, or a plain copy)
 template <typename TD, typename TS>
 void convert(TD* dst, const TS* src, long long n, cudaStream_t stream);

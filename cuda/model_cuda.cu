@@ -224,9 +224,22 @@ struct LlamaModelCuda::Impl : AllocAccount {
   int dev = 0;
   int C = 0, NH = 0, NKV = 0, HS = 0, QD = 0, KVD = 0, QKVD = 0, I = 0, V = 0, L = 0;  // QD = NH*HS
   size_t P = 0;  // parameters
+  static constexpr size_t kNoBias = ~size_t(0);
   struct LayerOff {
     size_t ln1, wqkv, wo, ln2, wgu, wd;  // float offsets into the flat buffers
+    size_t bqkv = kNoBias, bo = kNoBias, bgu = kNoBias, bd = kNoBias;  // attention_bias, mlp_bias
   };
+  bool has_bias = false;
+  // y (N, OUT) += the bias at `off` of the compute weights (nothing without biases)
+  template <typename T>
+  void add_bias(T* y, const T* W, size_t off, long long N, int OUT, cudaStream_t s) const {
+    if (off != kNoBias) gpu::bias_add<T>(y, W + off, N, OUT, s);
+  }
+  // the bias gradient at `off` += column sums of dy
+  template <typename T>
+  void grad_bias(float* G, size_t off, const T* dy, long long N, int OUT, cudaStream_t s) const {
+    if (off != kNoBias) gpu::bias_backward<T>(G + off, dy, N, OUT, s);
+  }
   std::vector<LayerOff> layer_off;
   size_t lnf_off = 0, wout_off = 0;
 
@@ -358,9 +371,6 @@ struct LlamaModelCuda::Impl : AllocAccount {
     L = cfg.num_hidden_layers;
     PYLLAMA_CHECK(HS <= gpu::kMaxHeadSize, ValueError,
                   "the CUDA backend supports head_dim <= " << gpu::kMaxHeadSize << ", got " << HS);
-    // What the CPU backend has and this one does not yet (docs/CUDA.md): refused by name.
-    PYLLAMA_CHECK(!cfg.attention_bias && !cfg.mlp_bias, ValueError,
-                  "the CUDA backend does not implement attention_bias / mlp_bias yet; run this model on 'cpu'");
     P = n_params;
 
     // Offsets from the one layout table (param_layout), so every backend agrees.
@@ -378,8 +388,22 @@ struct LlamaModelCuda::Impl : AllocAccount {
                         off(pre + "self_attn.v_proj.weight") == o.wqkv + (size_t)(QD + KVD) * C &&
                         off(pre + "mlp.up_proj.weight") == o.wgu + (size_t)I * C,
                     ValueError, "LlamaModelCuda: unexpected parameter layout (q|k|v and gate|up must be adjacent)");
+      if (cfg.attention_bias) {
+        o.bqkv = off(pre + "self_attn.q_proj.bias");
+        o.bo = off(pre + "self_attn.o_proj.bias");
+        PYLLAMA_CHECK(off(pre + "self_attn.k_proj.bias") == o.bqkv + QD &&
+                          off(pre + "self_attn.v_proj.bias") == o.bqkv + QD + KVD,
+                      ValueError, "LlamaModelCuda: unexpected parameter layout (q|k|v biases must be adjacent)");
+      }
+      if (cfg.mlp_bias) {
+        o.bgu = off(pre + "mlp.gate_proj.bias");
+        o.bd = off(pre + "mlp.down_proj.bias");
+        PYLLAMA_CHECK(off(pre + "mlp.up_proj.bias") == o.bgu + I, ValueError,
+                      "LlamaModelCuda: unexpected parameter layout (gate|up biases must be adjacent)");
+      }
       layer_off.push_back(o);
     }
+    has_bias = cfg.attention_bias || cfg.mlp_bias;
     lnf_off = off("model.norm.weight");
     wout_off = cfg.tie_word_embeddings ? 0 : off("lm_head.weight");
 
@@ -607,6 +631,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
       gpu::rmsnorm_forward<T>(y.ln1, y.rstd1, x, Wp + o.ln1, N, C, eps, s);
       mk("fwd rmsnorm");
       gpu::linear_forward<T>(*gemm, y.qkv, y.ln1, Wp + o.wqkv, N, C, QKVD, s);
+      add_bias<T>(y.qkv, Wp, o.bqkv, N, QKVD, s);
       mk("fwd matmul qkv");
       gpu::rope_apply<T>(y.qkv, QKVD, pos, cs, sn, N, NH + NKV, HS, false, s);  // q and k heads are adjacent
       mk("fwd rope");
@@ -618,14 +643,17 @@ struct LlamaModelCuda::Impl : AllocAccount {
         gpu::flash_attention_forward<T>(y.atty, y.att, y.qkv, B, Tn, NH, NKV, HS, s, attn_tc, attn_fwd_rows);
       mk("fwd attention");
       gpu::linear_forward_add<T>(*gemm, y.res1, y.atty, Wp + o.wo, x, N, QD, C, s);  // res1 = x + o(atty)
+      add_bias<T>(y.res1, Wp, o.bo, N, C, s);
       mk("fwd matmul o+residual");
       gpu::rmsnorm_forward<T>(y.ln2, y.rstd2, y.res1, Wp + o.ln2, N, C, eps, s);
       mk("fwd rmsnorm");
       gpu::linear_forward<T>(*gemm, y.gu, y.ln2, Wp + o.wgu, N, C, 2 * I, s);
+      add_bias<T>(y.gu, Wp, o.bgu, N, 2 * I, s);
       mk("fwd matmul gate_up");
       gpu::swiglu_forward<T>(y.h, y.gu, N, I, s);
       mk("fwd swiglu");
       gpu::linear_forward_add<T>(*gemm, y.res2, y.h, Wp + o.wd, y.res1, N, I, C, s);  // res2 = res1 + down(h)
+      add_bias<T>(y.res2, Wp, o.bd, N, C, s);
       mk("fwd matmul down+residual");
       x = y.res2;
     }
@@ -700,15 +728,18 @@ struct LlamaModelCuda::Impl : AllocAccount {
       auto& y = a.layers[l];
       const T* x = l > 0 ? a.layers[l - 1].res2 : a.x0;
       // feed-forward: res2 = res1 + down(swiglu(gate_up(ln2)))
+      grad_bias<T>(G, o.bd, a.dres, N, C, s);
       gpu::linear_backward<T>(*gemm, a.dh, G + o.wd, a.dres, y.h, Wp + o.wd, N, I, C, s);
       mk("bwd matmul down");
       gpu::swiglu_backward<T>(a.dgu, a.dh, y.gu, N, I, s);
       mk("bwd swiglu");
+      grad_bias<T>(G, o.bgu, a.dgu, N, 2 * I, s);
       gpu::linear_backward<T>(*gemm, a.dln, G + o.wgu, a.dgu, y.ln2, Wp + o.wgu, N, C, 2 * I, s);
       mk("bwd matmul gate_up");
       gpu::rmsnorm_backward<T>(a.dres, G + o.ln2, a.norm_partial, a.dln, y.res1, Wp + o.ln2, y.rstd2, N, C, s);
       mk("bwd rmsnorm");
       // attention: res1 = x + o(attn(rope(qkv(ln1))))
+      grad_bias<T>(G, o.bo, a.dres, N, C, s);
       gpu::linear_backward<T>(*gemm, a.datty, G + o.wo, a.dres, y.atty, Wp + o.wo, N, QD, C, s);
       mk("bwd matmul o");
       if (attn_naive)
@@ -723,6 +754,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
         gpu::rope_apply<T>(a.dqkv, QKVD, pos, cs, sn, N, NH + NKV, HS, true, s);  // dq and dk
         mk("bwd rope");
       }
+      grad_bias<T>(G, o.bqkv, a.dqkv, N, QKVD, s);
       gpu::linear_backward<T>(*gemm, a.dln, G + o.wqkv, a.dqkv, y.ln1, Wp + o.wqkv, N, C, QKVD, s);
       mk("bwd matmul qkv");
       gpu::rmsnorm_backward<T>(a.dres, G + o.ln1, a.norm_partial, a.dln, x, Wp + o.ln1, y.rstd1, N, C, s);
@@ -863,14 +895,18 @@ struct LlamaModelCuda::Impl : AllocAccount {
       T* vc = vcache.as<T>() + l * layer_stride;
       gpu::rmsnorm_forward<T>(ln, rstd, x, Wp + o.ln1, N, C, eps, s);
       gpu::linear_forward<T>(*gemm, qkv, ln, Wp + o.wqkv, N, C, QKVD, s);
+      add_bias<T>(qkv, Wp, o.bqkv, N, QKVD, s);
       gpu::rope_apply<T>(qkv, QKVD, kpos, cs, sn, N, NH + NKV, HS, false, s);
       gpu::kv_store<T>(kc, vc, qkv, slots_d, kpos, B, T_, NH, NKV, HS, kv_len, s);
       gpu::attention_kv_forward<T>(atty, scores, qkv, kc, vc, slots_d, kpos, B, T_, NH, NKV, HS, kv_len, s);
       gpu::linear_forward_add<T>(*gemm, x, atty, Wp + o.wo, x, N, QD, C, s);  // x += o(atty)
+      add_bias<T>(x, Wp, o.bo, N, C, s);
       gpu::rmsnorm_forward<T>(ln, rstd, x, Wp + o.ln2, N, C, eps, s);
       gpu::linear_forward<T>(*gemm, gu, ln, Wp + o.wgu, N, C, 2 * I, s);
+      add_bias<T>(gu, Wp, o.bgu, N, 2 * I, s);
       gpu::swiglu_forward<T>(h, gu, N, I, s);
       gpu::linear_forward_add<T>(*gemm, x, h, Wp + o.wd, x, N, I, C, s);  // x += down(h)
+      add_bias<T>(x, Wp, o.bd, N, C, s);
     }
     const T* xf = x;
     if (last_only) {
@@ -1038,6 +1074,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
     for (int l = 0; l < L; l++) {
       const LayerOff& o = layer_off[l];
       lin(d.qkv, d.ln, Wp + o.wqkv, C, QKVD);
+      add_bias<T>(d.qkv, Wp, o.bqkv, B, QKVD, s);
       mk("dec matmul qkv");
       gpu::decode_rope_store<T>(d.qkv, kvp, l * layer_stride, slt, pos, cs, sn, B, NH, NKV, HS, kv_len, s);
       mk("dec rope+store");
@@ -1045,14 +1082,17 @@ struct LlamaModelCuda::Impl : AllocAccount {
                                kv_len, splits, false, s);
       mk("dec attention");
       lin(d.tmp, d.atty, Wp + o.wo, QD, C);
+      add_bias<T>(d.tmp, Wp, o.bo, B, C, s);
       mk("dec matmul o");
       gpu::decode_residual_rmsnorm<T>(d.x, d.tmp, d.ln, d.rstd, Wp + o.ln2, B, C, eps, s);
       mk("dec residual+rmsnorm");
       lin(d.gu, d.ln, Wp + o.wgu, C, 2 * I);
+      add_bias<T>(d.gu, Wp, o.bgu, B, 2 * I, s);
       mk("dec matmul gate_up");
       gpu::swiglu_forward<T>(d.h, d.gu, B, I, s);
       mk("dec swiglu");
       lin(d.tmp, d.h, Wp + o.wd, I, C);
+      add_bias<T>(d.tmp, Wp, o.bd, B, C, s);
       mk("dec matmul down");
       const size_t next_norm = l + 1 < L ? layer_off[l + 1].ln1 : lnf_off;
       gpu::decode_residual_rmsnorm<T>(d.x, d.tmp, d.ln, d.rstd, Wp + next_norm, B, C, eps, s);
@@ -1075,6 +1115,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
   template <typename T>
   bool fused_fits(int B) const {
     const size_t e = sizeof(T);
+    if (has_bias) return false;  // the fused kernels have no bias epilogue: the general path adds them
     if (!gpu::fused_gemv_fits(B, C, (int)e, true) || !gpu::fused_gemv_fits(B, I, (int)e, false) ||
         !gpu::fused_gemv_fits(B, QD, (int)e, false) || HS % 2)
       return false;

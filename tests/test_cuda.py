@@ -47,9 +47,12 @@ CONFIGS = {
     "rope_dynamic": dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}, max_position_embeddings=40),
     # an explicit head_dim: q rows NH*HS = 64 wider than hidden_size 48
     "head_dim16": dict(head_dim=16),
+    # projection biases (random, see pair): added after each matmul, their gradients column sums
+    "biases": dict(attention_bias=True, mlp_bias=True),
 }
 SHAPES = {"tiny_gqa": (2, 37), "mha_tied": (3, 16), "mqa_hs32": (2, 70), "wide_hs64": (2, 45), "hs128": (1, 130),
-          "rope_llama3": (2, 40), "rope_yarn": (2, 40), "rope_dynamic": (2, 50), "head_dim16": (2, 37)}
+          "rope_llama3": (2, 40), "rope_yarn": (2, 40), "rope_dynamic": (2, 50), "head_dim16": (2, 37),
+          "biases": (2, 37)}
 
 
 def make_batch(cfg, B, T, seed=0, ignore=True):
@@ -97,10 +100,17 @@ def check_bf16_near(cpu, ref, b16, ids, labels):
 
 
 def pair(name, seed=0):
-    """A CPU model and an identical one moved to the GPU (float32)."""
+    """A CPU model and an identical one moved to the GPU (float32). Biases, zero at init,
+    get random values first, so that a dropped bias shows."""
     cfg = tiny_config(**CONFIGS[name])
     cpu = pyllama.Llama(cfg, seed=seed)
-    dev = pyllama.Llama(cfg, seed=seed).to("cuda", options=env_options())
+    rng = np.random.default_rng(seed + 100)
+    for n, v in cpu.named_parameters().items():
+        if n.endswith(".bias"):
+            v[...] = rng.normal(0.0, 0.2, v.shape)
+    dev = pyllama.Llama(cfg, seed=seed)
+    dev.load_flat_params(cpu.flat_params())
+    dev = dev.to("cuda", options=env_options())
     return cfg, cpu, dev
 
 
@@ -175,17 +185,6 @@ def test_each_kernel_tiled_matmul(monkeypatch):
 
 
 # ------------------------------------------------------------------ float32: exact against the CPU
-
-@gpu
-@pytest.mark.parametrize("what,kw", [
-    ("attention_bias", dict(attention_bias=True)),
-    ("mlp_bias", dict(mlp_bias=True)),
-])
-def test_cuda_refuses_what_only_the_cpu_has(what, kw):
-    model = pyllama.Llama(tiny_config(**kw))
-    with pytest.raises(ValueError, match=what.replace("_", ".")):
-        model.to("cuda")
-    assert model.device == "cpu"  # a refused move leaves the model where it was
 
 
 @gpu
@@ -564,6 +563,27 @@ def test_bad_input_raises_value_error():
 # ------------------------------------------------------------------ bfloat16
 
 @gpu
+@pytest.mark.parametrize("name", ["biases", "head_dim16", "rope_llama3"])
+def test_bfloat16_new_forms_close_to_float32(name):
+    """bfloat16 with biases (added in the compute dtype), an explicit head_dim, scaled RoPE."""
+    cfg, cpu, _ = pair(name, seed=4)
+    b16 = pyllama.Llama(cfg, seed=4)
+    b16.load_flat_params(cpu.flat_params())
+    b16 = b16.to("cuda", options=env_options(), dtype="bfloat16")
+    B, T = SHAPES[name]
+    ids, labels = make_batch(cfg, B, T)
+    ref = cpu(ids, labels=labels)
+    cpu.backward()
+    check_bf16_near(cpu, ref, b16, ids, labels)
+    if name == "biases":  # the bias gradients themselves, not only the whole direction
+        for n, g in cpu.named_grads().items():
+            if n.endswith(".bias"):
+                g16 = b16.named_grads()[n].astype(np.float64)
+                cos = float(g @ g16 / (np.linalg.norm(g) * np.linalg.norm(g16)))
+                assert cos > 0.95, (n, cos)
+
+
+@gpu
 @pytest.mark.parametrize("name", ["tiny_gqa", "wide_hs64", "mha_tied"])
 def test_bfloat16_loss_close_to_float32(name):
     cfg = tiny_config(**CONFIGS[name])
@@ -736,7 +756,7 @@ def _greedy(model, prompts, n_new, reorder=None):
 
 @gpu
 @pytest.mark.parametrize("name", ["tiny_gqa", "mqa_hs32", "hs128", "rope_llama3", "rope_yarn", "rope_dynamic",
-                                  "head_dim16"])
+                                  "head_dim16", "biases"])
 def test_greedy_decoding_matches_cpu(name):
     cfg, cpu, dev = pair(name, seed=11)
     rng = np.random.default_rng(3)
