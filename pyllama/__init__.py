@@ -27,6 +27,7 @@ from .generation import GenerationConfig  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
 from .optim import AdamW, clip_grad_norm, cosine_lr  # noqa: E402
 from .train import TrainConfig, Trainer  # noqa: E402
+from ._native import c_library_path, cmake_dir, include_dir  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -46,6 +47,9 @@ __all__ = [
     "cosine_lr",
     "TrainConfig",
     "Trainer",
+    "cmake_dir",
+    "include_dir",
+    "c_library_path",
 ]
 
 
