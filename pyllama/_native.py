@@ -66,3 +66,43 @@ def c_library_path() -> str:
     1
     """
     return _find("lib/libpyllama_c.so", "C library")
+
+
+def _cuda_library_dirs() -> List[str]:
+    # where the nvidia-cublas wheel (pyllama[cuda]) puts libcublas.so.13 / libcublasLt.so.13
+    import sys
+
+    dirs = []
+    for base in sys.path:
+        d = os.path.join(base or ".", "nvidia", "cu13", "lib")
+        if os.path.isfile(os.path.join(d, "libcublas.so.13")) and d not in dirs:
+            dirs.append(d)
+    return dirs
+
+
+def preload_cuda_libraries() -> List[str]:
+    """Load cuBLAS/cuBLASLt from the nvidia-cublas wheel (when installed) before the extension,
+    so a CUDA wheel's ``_core`` finds them wherever pip put them (as torch does). A no-op for
+    CPU builds and machines without the wheel. Returns the files loaded."""
+    import ctypes
+
+    loaded = []
+    for d in _cuda_library_dirs()[:1]:
+        for name in ("libcublasLt.so.13", "libcublas.so.13"):
+            try:
+                ctypes.CDLL(os.path.join(d, name), mode=ctypes.RTLD_GLOBAL)
+                loaded.append(os.path.join(d, name))
+            except OSError:
+                pass
+    return loaded
+
+
+def explain_import_error(e: ImportError) -> ImportError:
+    """A clearer ImportError when the extension misses a CUDA library at load time."""
+    msg = str(e)
+    for lib, fix in (("libcublas", "pip install 'pyllama[cuda]' (the nvidia-cublas wheel, cuBLAS 13)"),
+                     ("libcudart", "install the CUDA 13 runtime, or use the CPU wheel"),
+                     ("libcuda.so", "install the NVIDIA driver, or use the CPU wheel")):
+        if lib in msg:
+            return ImportError(f"pyllama's CUDA build cannot load {lib}: {msg}. Fix: {fix}.")
+    return e

@@ -469,3 +469,14 @@ def test_python_m_pyllama_prints_the_paths():
     assert lines[2] == pyllama.c_library_path()
     r = subprocess.run([sys.executable, "-m", "pyllama", "--cmake-dir", "train"], capture_output=True, text=True)
     assert r.returncode == 2 and "train" in r.stderr
+
+
+def test_cuda_wheel_import_errors_say_what_to_install():
+    from pyllama import _native
+
+    e = _native.explain_import_error(ImportError("libcublas.so.13: cannot open shared object file: No such file"))
+    assert "libcublas" in str(e) and "pip install 'pyllama[cuda]'" in str(e)
+    e = _native.explain_import_error(ImportError("libcuda.so.1: cannot open shared object file"))
+    assert "driver" in str(e)
+    other = ImportError("something else")
+    assert _native.explain_import_error(other) is other
