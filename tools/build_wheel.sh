@@ -6,6 +6,7 @@
 #   tools/build_wheel.sh                 # the CPU wheel (PYLLAMA_CUDA=OFF) into dist/
 #   tools/build_wheel.sh --cuda          # the CUDA wheel: cudart static, cuBLAS from the nvidia-cublas
 #                                        # wheel at run time (pip install 'pyllama[cuda]'); docs/EMBEDDING.md
+#   tools/build_wheel.sh --cuda --cuda-archs "80;90"   # CMAKE_CUDA_ARCHITECTURES (default 80;90)
 #   tools/build_wheel.sh --out DIR --python python3.11 --keep
 #
 # Prints the wheel's file name (its tag), size and build time, and writes them to
@@ -18,13 +19,15 @@ OUT="$ROOT/dist"
 PY=python3
 CUDA=OFF
 KEEP=0
+ARCHS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --cuda) CUDA=ON ;;
+    --cuda-archs) ARCHS="$2"; shift ;;
     --out) OUT=$(realpath -m "$2"); shift ;;
     --python) PY="$2"; shift ;;
     --keep) KEEP=1 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "build_wheel.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -50,7 +53,8 @@ fi
 echo "== pip wheel (PYLLAMA_CUDA=$CUDA)"
 T0=$(date +%s.%N)
 PYLLAMA_CUDA=$CUDA VIRTUAL_ENV="$WORK/build-venv" "$BPY" -m pip wheel . --no-deps --no-build-isolation -q \
-  -w "$WORK/raw" -Cbuild-dir="$WORK/build" -Ccmake.define.PYLLAMA_CUDA=$CUDA
+  -w "$WORK/raw" -Cbuild-dir="$WORK/build" -Ccmake.define.PYLLAMA_CUDA=$CUDA \
+  ${ARCHS:+-Ccmake.define.CMAKE_CUDA_ARCHITECTURES=$ARCHS}
 T1=$(date +%s.%N)
 RAW=$(ls "$WORK"/raw/pyllama-*.whl)
 
@@ -83,7 +87,7 @@ if command -v cc >/dev/null && command -v c++ >/dev/null; then
   "$WORK/build-venv/bin/cmake" --build "$WORK/examples" >/dev/null
   (cd "$WORK" && "$TPY" "$ROOT/tools/wheel_smoke.py" --save-checkpoint "$WORK/ckpt")
   "$WORK/examples/pyllama_generate_c" "$WORK/ckpt" "To be" -n 8 --train-steps 2 --save "$WORK/ckpt2" | tail -3
-  "$WORK/examples/pyllama_chat" "$WORK/ckpt2" --prompt "To be" -n 8 --greedy >/dev/null
+  "$WORK/examples/pyllama_chat" "$WORK/ckpt" --prompt "To be" -n 8 --greedy >/dev/null
 fi
 
 SIZE=$(stat -c %s "$WHEEL")

@@ -18,8 +18,10 @@ def save_checkpoint(d: str) -> None:
     """A small model folder with a tokenizer (for the examples built against the wheel)."""
     import pyllama
 
-    text = "To be, or not to be, that is the question. " * 30
-    tok = pyllama.Tokenizer.train([text], vocab_size=290, special_tokens=["<|endoftext|>"])
+    corpus = os.path.join(os.path.dirname(pyllama.__file__), "data", "shakespeare.txt")
+    with open(corpus, encoding="utf-8") as f:
+        text = f.read(20000)
+    tok = pyllama.Tokenizer.train([text], vocab_size=300, special_tokens=["<|endoftext|>"])
     cfg = pyllama.LlamaConfig(vocab_size=tok.n_vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     pyllama.Llama(cfg, seed=0).save_pretrained(d)

@@ -20,6 +20,9 @@
 #include "json.h"
 #include "sampling.h"
 #include "tokenizer_dir.h"
+#ifdef PYLLAMA_HAVE_CUDA
+#include "cuda_device.h"  // CudaError: no GPU, a driver or CUDA library missing, a failed CUDA call
+#endif
 
 struct pyllama_model {
   std::unique_ptr<pyllama::Model> m;
@@ -48,6 +51,10 @@ pyllama_status guarded(const char* fn, F&& f) noexcept {
     return f();
   } catch (const pyllama::BackendUnavailable& e) {
     return fail(PYLLAMA_ERR_BACKEND, std::string(fn) + ": " + e.what());
+#ifdef PYLLAMA_HAVE_CUDA
+  } catch (const pyllama::CudaError& e) {
+    return fail(PYLLAMA_ERR_BACKEND, std::string(fn) + ": " + e.what());
+#endif
   } catch (const pyllama::IOError& e) {
     return fail(PYLLAMA_ERR_IO, std::string(fn) + ": " + e.what());
   } catch (const pyllama::IndexError& e) {
