@@ -18,7 +18,16 @@ if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
     _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 from ._version import __version__  # noqa: E402
-from . import _core  # noqa: E402
+from . import _native as _native_paths  # noqa: E402
+
+try:
+    from . import _core  # noqa: E402
+except ImportError as _e:
+    # a CUDA wheel links cuBLAS from the nvidia-cublas wheel (pyllama[cuda]): load it from
+    # where pip put it and try again; else say what is missing and how to get it
+    if "libcublas" not in str(_e) or not _native_paths.preload_cuda_libraries():
+        raise _native_paths.explain_import_error(_e) from _e
+    from . import _core  # noqa: E402
 from ._core import Tensor, num_threads  # noqa: E402
 from .config import LlamaConfig, memory_limit  # noqa: E402
 from .options import BackendOptions  # noqa: E402
@@ -27,6 +36,7 @@ from .generation import GenerationConfig  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
 from .optim import AdamW, clip_grad_norm, cosine_lr  # noqa: E402
 from .train import TrainConfig, Trainer  # noqa: E402
+from ._native import c_library_path, cmake_dir, include_dir  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -46,6 +56,9 @@ __all__ = [
     "cosine_lr",
     "TrainConfig",
     "Trainer",
+    "cmake_dir",
+    "include_dir",
+    "c_library_path",
 ]
 
 
