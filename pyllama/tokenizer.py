@@ -172,6 +172,24 @@ class Tokenizer:
         return cls(core, pat)
 
     @classmethod
+    def from_pretrained(cls, path) -> "Tokenizer":
+        """The tokenizer a model ships: a folder (``tokenizer.json``, else ``tokenizer.model``, else
+        ``tokenizer.tiktoken``, with ``tokenizer_config.json`` / ``special_tokens_map.json`` /
+        ``chat_template.jinja`` when present) or one file (``tokenizer.json``, a tiktoken-format
+        ``tokenizer.model`` or ``.tiktoken``). A tokenizer.json gives a
+        :class:`pyllama.tokenizers_hf.PretrainedTokenizer` (a Tokenizer) whose
+        ``encode(text, add_special_tokens=True)`` equals transformers' ``tokenizer(text)["input_ids"]``.
+
+        >>> import pyllama
+        >>> tok = pyllama.Tokenizer.from_pretrained("Meta-Llama-3-8B")  # doctest: +SKIP
+        >>> tok.encode("Hello world", add_special_tokens=True)  # doctest: +SKIP
+        [128000, 9906, 1917]
+        """
+        from .tokenizers_hf import load_pretrained
+
+        return load_pretrained(path)
+
+    @classmethod
     def from_ranks(cls, tokens: Sequence[bytes], pattern: str = "cl100k",
                    special_tokens: Optional[Union[Dict[str, int], Sequence[str]]] = None) -> "Tokenizer":
         """A tokenizer from the tokens' bytes in rank order (rank = index).
