@@ -266,6 +266,10 @@ class PretrainedTokenizer(Tokenizer):
         text = raw.decode("utf-8", errors=errors)
         if clean_up_tokenization_spaces is None:
             clean_up_tokenization_spaces = bool(self._config.get("clean_up_tokenization_spaces", False))
+            # transformers 5 skips the clean-up for BPE models (it strips real spaces before punctuation)
+            if self.model_type == "BPE" and not self._config.get(
+                    "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False):
+                clean_up_tokenization_spaces = False
         return _clean_up_tokenization(text) if clean_up_tokenization_spaces else text
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
