@@ -345,6 +345,7 @@ class Llama:
             _core.load_safetensors_weights(model._core, files, bool(check_finite))
         except ValueError as e:
             raise ValueError(f"checkpoint {path!r}: {e}") from None
+        model._pretrained_dir = path  # generate/stream read the folder's tokenizer from here
         return model
 
     # ---------------------------------------------------------------- generation

@@ -216,6 +216,11 @@ class PretrainedTokenizer(Tokenizer):
                         f"e.g. `allowed_special={{{t!r}, ...}}`.\n"
                         f"To disable this check for all special tokens, pass `disallowed_special=()`.\n")
 
+    def encode_prompt(self, text: str) -> List[int]:
+        """A generation prompt's ids: the post-processor's leading tokens (BOS when the files say so)
+        and the text's ids, without the trailing ones (an EOS or SEP would end the prompt)."""
+        return list(self._hf.prefix_ids) + self.encode(text)
+
     def encode_ordinary(self, text: str) -> List[int]:
         """Ids of ``text`` with no special tokens recognised or added."""
         return self.encode(text, allowed_special=set())

@@ -295,3 +295,57 @@ def test_chat_template_errors(request, gpt2_dir, sp_bpe_dir):
     with pytest.raises(jinja2.exceptions.SecurityError):
         tok.apply_chat_template([{"role": "user", "content": "x"}],
                                 chat_template="{{ messages.__class__.__mro__ }}", tokenize=False)
+
+
+def _model_folder(tmp_path, tok_dir):
+    tok = pyllama.Tokenizer.from_pretrained(tok_dir)
+    cfg = pyllama.LlamaConfig(vocab_size=tok.n_vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=2, num_key_value_heads=2)
+    folder = str(tmp_path / "model")
+    pyllama.Llama(cfg, seed=0).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder, tok
+
+
+def test_generate_takes_the_folder_tokenizer_and_bos(tmp_path, llama3_dir, capsys):
+    folder, tok = _model_folder(tmp_path, llama3_dir)
+    model = pyllama.Llama.from_pretrained(folder)
+    bos = tok.bos_token_id
+    assert tok.encode_prompt("Hello there")[0] == bos
+    want = model.generate([[bos] + tok.encode("Hello there")], max_new_tokens=4)
+    assert model.generate("Hello there", max_new_tokens=4) == want
+    events = list(model.stream("Hello there", max_new_tokens=4))
+    assert [e.token_id for e in events if e.token_id >= 0] == want[0]
+    assert "".join(e.text for e in events) == tok.decode(want[0])
+    from pyllama import cli
+
+    assert cli.main(["generate", "--checkpoint", folder, "--prompt", "Hello there", "--max-new-tokens", "4",
+                     "--quiet"]) == 0
+    assert capsys.readouterr().out == tok.decode(want[0]) + ("" if tok.decode(want[0]).endswith("\n") else "\n")
+
+
+def test_chat_command_streams_the_templated_reply(tmp_path, llama3_dir):
+    pytest.importorskip("jinja2")
+    import argparse
+    import io
+
+    from pyllama import cli_chat
+
+    folder, tok = _model_folder(tmp_path, llama3_dir)
+    model = pyllama.Llama.from_pretrained(folder)
+    first = [{"role": "user", "content": "Hello there"}]
+    eos = tok.eos_token_id
+    reply = model.generate([tok.apply_chat_template(first, add_generation_prompt=True)], max_new_tokens=6,
+                           eos_token_id=eos)[0]
+    reply = [t for t in reply if t != eos]
+    second = first + [{"role": "assistant", "content": tok.decode(reply, skip_special_tokens=True)},
+                      {"role": "user", "content": "More"}]
+    reply2 = model.generate([tok.apply_chat_template(second, add_generation_prompt=True)], max_new_tokens=6,
+                            eos_token_id=eos)[0]
+    reply2 = [t for t in reply2 if t != eos]
+    args = argparse.Namespace(checkpoint=folder, tokenizer=None, system=None, threads=None, max_new_tokens=6,
+                              do_sample=None, temperature=None, top_k=None, top_p=None, repetition_penalty=None,
+                              seed=None)
+    out = io.StringIO()
+    assert cli_chat.run(args, stdin=io.StringIO("Hello there\nMore\n"), stdout=out) == 0
+    assert out.getvalue() == tok.decode(reply) + "\n" + tok.decode(reply2) + "\n"
