@@ -456,6 +456,15 @@ def load_pretrained(path) -> Tokenizer:
         except ValueError as e:
             raise ValueError(f"{file!r}: {e}") from None
         return PretrainedTokenizer(core, text, config, file)
+    if not _looks_tiktoken(data) and data[:1] == b"\x0a":  # ModelProto field 1 (pieces): a SentencePiece model
+        try:
+            text = _core.sentencepiece_to_hf_json(data)
+        except ValueError as e:
+            raise ValueError(f"{file!r}: {e}") from None
+        config = {"bos_token": None, "eos_token": None, "unk_token": None, **config}
+        core = _core.CoreHfTokenizer(text)
+        _sentencepiece_names(core, config)
+        return PretrainedTokenizer(core, text, config, file)
     if _looks_tiktoken(data):
         from .tokenizer import Tokenizer as _T
 
@@ -463,8 +472,16 @@ def load_pretrained(path) -> Tokenizer:
         for t, i in _added_from_config(config).items():
             specials[t] = i
         return _T.from_tiktoken(file, "llama3" if specials else "cl100k", specials or None)
-    raise ValueError(f"{file!r} is neither a tokenizer.json nor a .tiktoken file (SentencePiece .model files are "
-                     "not read yet: convert it with transformers and pass its tokenizer.json)")
+    raise ValueError(f"{file!r} is neither a tokenizer.json, a SentencePiece .model nor a .tiktoken file")
+
+
+def _sentencepiece_names(core, config: Dict[str, Any]) -> None:
+    # A bare .model: BOS is the piece its template starts with; <unk> and </s> by convention.
+    if config.get("bos_token") is None and len(core.prefix_ids):
+        config["bos_token"] = core.id_to_token(core.prefix_ids[0]).decode("utf-8")
+    for name, piece in (("unk_token", "<unk>"), ("eos_token", "</s>")):
+        if config.get(name) is None and core.token_to_id(piece) >= 0:
+            config[name] = piece
 
 
 def _looks_tiktoken(data: bytes) -> bool:

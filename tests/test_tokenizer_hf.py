@@ -349,3 +349,92 @@ def test_chat_command_streams_the_templated_reply(tmp_path, llama3_dir):
     out = io.StringIO()
     assert cli_chat.run(args, stdin=io.StringIO("Hello there\nMore\n"), stdout=out) == 0
     assert out.getvalue() == tok.decode(reply) + "\n" + tok.decode(reply2) + "\n"
+
+
+# ---------------------------------------------------------------- SentencePiece .model files
+
+@pytest.fixture(scope="module")
+def sp_models(tmp_path_factory):
+    spm = pytest.importorskip("sentencepiece")
+    folder = tmp_path_factory.mktemp("spm")
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(_corpus()), encoding="utf-8")
+    out = {}
+    for kind in ("bpe", "unigram"):
+        for squeeze in (False, True):
+            prefix = str(folder / f"{kind}_{int(squeeze)}")
+            spm.SentencePieceTrainer.train(
+                input=str(corpus), model_prefix=prefix, vocab_size=500, model_type=kind, byte_fallback=True,
+                character_coverage=0.9995, split_digits=True, allow_whitespace_only_pieces=True,
+                remove_extra_whitespaces=squeeze, normalization_rule_name="identity", minloglevel=2,
+                user_defined_symbols=["<|im_start|>"] if kind == "bpe" else [])
+            out[(kind, squeeze)] = prefix + ".model"
+    return out
+
+
+SP_CASES = [("bpe", False), ("bpe", True), ("unigram", False), ("unigram", True)]
+
+
+@pytest.mark.parametrize("case", SP_CASES)
+def test_sentencepiece_model_equals_sentencepiece(sp_models, case):
+    spm = pytest.importorskip("sentencepiece")
+    hyp = pytest.importorskip("hypothesis")
+    st = pytest.importorskip("hypothesis.strategies")
+    path = sp_models[case]
+    sp = spm.SentencePieceProcessor(model_file=path)
+    tok = pyllama.Tokenizer.from_pretrained(path)
+    assert tok.bos_token_id == sp.bos_id() and tok.eos_token_id == sp.eos_id() and tok.unk_token_id == sp.unk_id()
+
+    def check(text):
+        ids = sp.encode(text)
+        assert tok.encode(text, allowed_special=set()) == ids, text
+        assert tok.encode(text, add_special_tokens=True, allowed_special=set()) == [sp.bos_id()] + ids
+        assert tok.decode(ids, skip_special_tokens=True) == sp.decode(ids), text
+
+    for text in SAMPLES + ["  two  spaces  ", " \t tab", " \n  \n "]:
+        check(text)
+
+    @hyp.settings(max_examples=60, deadline=None, derandomize=True)
+    @hyp.given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30)
+               | st.text(alphabet=" \t\nab1é中😀'.,!‍", max_size=30))
+    def run(text):
+        check(text)
+
+    run()
+
+
+def test_sentencepiece_model_saved_as_tokenizer_json_loads_in_transformers(tmp_path, sp_models):
+    tok = pyllama.Tokenizer.from_pretrained(sp_models[("bpe", True)])
+    tok.save_pretrained(tmp_path / "out")
+    ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    again = pyllama.Tokenizer.from_pretrained(str(tmp_path / "out"))
+    for text in SAMPLES + ["  two  spaces  "]:
+        assert ref(text)["input_ids"] == tok.encode(text, True) == again.encode(text, True), text
+
+
+def test_sentencepiece_model_in_a_folder_with_llama_config(tmp_path, sp_models):
+    # transformers converts the .model itself (LlamaTokenizer, add_bos_token from the config)
+    pytest.importorskip("google.protobuf")
+    import shutil
+
+    folder = tmp_path / "llama2"
+    folder.mkdir()
+    shutil.copy(sp_models[("bpe", False)], folder / "tokenizer.model")
+    for add_bos in (True, False):
+        (folder / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+            "add_bos_token": add_bos}))
+        ours = pyllama.Tokenizer.from_pretrained(str(folder))
+        ref = transformers.AutoTokenizer.from_pretrained(str(folder))
+        for text in ["Hello world", "中文 ١٢٣", "x"]:
+            assert ours.encode(text, add_special_tokens=True) == ref(text)["input_ids"], (text, add_bos)
+
+
+def test_sentencepiece_model_errors(tmp_path, sp_models):
+    data = open(sp_models[("bpe", False)], "rb").read()
+    bad = tmp_path / "tokenizer.model"
+    for blob, match in ((data[: len(data) // 2], "SentencePiece model"), (b"\x0a\xff\xff\xff\xff\x0f", "past the end"),
+                        (b"\x0a\x02\x0b\x00", "wire type")):
+        bad.write_bytes(blob)
+        with pytest.raises(ValueError, match=match):
+            pyllama.Tokenizer.from_pretrained(str(bad))

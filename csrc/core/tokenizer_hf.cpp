@@ -294,7 +294,7 @@ const KnownRegex kKnownRegexes[] = {
 
 struct HfTokenizer::Impl {
   // normalizer
-  enum class NormKind { prepend, replace, strip, nfc_noop };
+  enum class NormKind { prepend, replace, strip, runs_start, runs_end, runs_squeeze };
   struct Norm {
     NormKind kind;
     std::string a, b;
@@ -360,7 +360,31 @@ struct HfTokenizer::Impl {
     } else if (t == "Prepend") {
       norms.push_back({NormKind::prepend, j["prepend"].as_string(), ""});
     } else if (t == "Replace") {
-      norms.push_back({NormKind::replace, string_pattern(j["pattern"], "Replace normalizer"), j["content"].as_string()});
+      std::string regex;
+      std::string pat = string_pattern(j["pattern"], "Replace normalizer", &regex);
+      if (regex.empty()) {
+        norms.push_back({NormKind::replace, pat, j["content"].as_string()});
+        return;
+      }
+      // The regexes SentencePiece's whitespace rules need: \AX+, X+\z and X{2,} for one character X
+      // (Oniguruma's ^ and $ match at every line, so they are not these).
+      auto one_char = [](const std::string& x) { return !x.empty() && u8_len(x, 0) == x.size() && x != "\\"; };
+      std::string body;
+      NormKind kind = NormKind::replace;
+      if (regex.size() > 3 && regex.compare(0, 2, "\\A") == 0 && regex.back() == '+') {
+        body = regex.substr(2, regex.size() - 3);
+        kind = NormKind::runs_start;
+      } else if (regex.size() > 3 && regex.compare(regex.size() - 3, 3, "+\\z") == 0) {
+        body = regex.substr(0, regex.size() - 3);
+        kind = NormKind::runs_end;
+      } else if (regex.size() > 4 && regex.compare(regex.size() - 4, 4, "{2,}") == 0) {
+        body = regex.substr(0, regex.size() - 4);
+        kind = NormKind::runs_squeeze;
+      }
+      PYLLAMA_CHECK(one_char(body) && std::string(".[]()*+?{}|^$").find(body) == std::string::npos, ValueError,
+                    "tokenizer.json: Replace normalizer regex " << regex
+                        << " is not supported (only \"\\AX+\", \"X+\\z\" and \"X{2,}\" for one character X)");
+      norms.push_back({kind, body, j["content"].as_string()});
     } else if (t == "Strip") {
       Norm n{NormKind::strip, "", ""};
       n.left = opt_bool(j, "strip_left", true);
@@ -508,7 +532,38 @@ struct HfTokenizer::Impl {
           s = s.substr(c.off[a], c.off[e] - c.off[a]);
           break;
         }
-        case NormKind::nfc_noop: break;
+        case NormKind::runs_start: {
+          size_t k = 0;
+          while (s.compare(k, n.a.size(), n.a) == 0 && k < s.size()) k += n.a.size();
+          if (k > 0) s = n.b + s.substr(k);
+          break;
+        }
+        case NormKind::runs_end: {
+          size_t k = s.size();
+          while (k >= n.a.size() && s.compare(k - n.a.size(), n.a.size(), n.a) == 0) k -= n.a.size();
+          if (k < s.size()) s = s.substr(0, k) + n.b;
+          break;
+        }
+        case NormKind::runs_squeeze: {
+          std::string out;
+          size_t i = 0;
+          while (i < s.size()) {
+            size_t k = i;
+            while (s.compare(k, n.a.size(), n.a) == 0 && k < s.size()) k += n.a.size();
+            size_t run = (k - i) / n.a.size();
+            if (run >= 2) {
+              out += n.b;
+              i = k;
+            } else if (run == 1) {
+              out += n.a;
+              i = k;
+            } else {
+              out += s[i++];
+            }
+          }
+          s = std::move(out);
+          break;
+        }
       }
     }
     return s;
@@ -748,7 +803,9 @@ struct HfTokenizer::Impl {
       bool single = false;
       for (size_t j = i + 1; j <= n && c.off[j] - c.off[i] <= max_piece_bytes; j++) {
         int64_t id = lookup(std::string_view(w).substr(c.off[i], c.off[j] - c.off[i]));
-        if (id < 0) continue;
+        // Special tokens come only from the added-token pass, never from the lattice (as in SentencePiece,
+        // whose control pieces are not matched in text).
+        if (id < 0 || owner->is_special(static_cast<uint32_t>(id))) continue;
         if (j == i + 1) single = true;
         double sc = best[i] + scores[static_cast<size_t>(id)];
         if (sc > best[j]) {

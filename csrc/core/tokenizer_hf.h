@@ -89,4 +89,11 @@ class HfTokenizer {
   std::vector<uint32_t> prefix_, suffix_;
 };
 
+// SentencePiece .model (protobuf ModelProto) → the equivalent tokenizer.json text
+// (sentencepiece_model.cpp): Unigram or BPE (merges as transformers' converter makes them), byte
+// fallback, SentencePiece's whitespace rules, the control pieces as special tokens, BOS first as in
+// Llama. Read without a protobuf library. Throws ValueError naming the problem for a file that is not
+// a SentencePiece model or that uses an option not supported (a precompiled normalization map).
+std::string sentencepiece_to_hf_json(std::string_view model_bytes);
+
 }  // namespace pyllama

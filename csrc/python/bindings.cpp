@@ -1034,6 +1034,11 @@ void bind_tokenizer_hf(py::module_& m) {
       .def_property_readonly("prefix_ids", &HfTokenizer::prefix_ids)
       .def_property_readonly("suffix_ids", &HfTokenizer::suffix_ids)
       .def("set_template", &HfTokenizer::set_template, py::arg("prefix"), py::arg("suffix"));
+  m.def("sentencepiece_to_hf_json", [](const py::bytes& data) {
+    std::string_view d(data);
+    py::gil_scoped_release nogil;
+    return sentencepiece_to_hf_json(d);
+  }, py::arg("model_bytes"), "A SentencePiece .model file's equivalent tokenizer.json text.");
 }
 
 // ------------------------------------------------------------------ CUDA backend (cuda/)
