@@ -594,14 +594,23 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path) -> "Tokenizer":
-        """Load a tokenizer written by :meth:`save` (``path`` and ``path + ".json"``).
+        """Load a tokenizer written by :meth:`save` (``path`` and ``path + ".json"``). A model's own
+        ``tokenizer.json`` / ``tokenizer.model`` (or a folder of them) goes to :meth:`from_pretrained`.
 
         >>> import pyllama
         >>> tok = pyllama.Tokenizer.load("shakespeare.tiktoken")  # doctest: +SKIP
         """
+        original = os.fspath(path)
         path = cls._resolve(path)
         meta_path = path + ".json"
         if not os.path.exists(meta_path):
+            if os.path.isdir(original) or os.path.basename(path) in ("tokenizer.json", "tokenizer.model"):
+                # a model's own tokenizer files (tokenizer.json, tokenizer.model): see from_pretrained
+                if os.path.isdir(original) and not any(os.path.isfile(os.path.join(original, n)) for n in
+                                                       ("tokenizer.json", "tokenizer.model")):
+                    raise FileNotFoundError(f"no tokenizer in {original!r}")
+                if os.path.exists(original):
+                    return cls.from_pretrained(original)
             if not os.path.exists(path):
                 raise FileNotFoundError(f"no tokenizer at {path!r}")
             raise FileNotFoundError(f"{meta_path!r} (the pattern and special tokens) is missing; for a bare "

@@ -28,6 +28,7 @@ SAMPLES = [
     "a",
     "don't I'LL we've",
     "ünïcödé àccents Ωmega ſ ﬁ",
+    "ÀÉÎÕÜ İstanbul ΣΑΣ ﬃ ① ㎏ 한국어 Ḳ́ e\u0301\u0323 \x00a\ufffd\u200b\tb 中文字",
 ]
 
 
@@ -131,7 +132,7 @@ def metaspace_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def wordpiece_dir(tmp_path_factory):
     t = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    t.normalizer = normalizers.Sequence([normalizers.Strip()])
+    t.normalizer = normalizers.BertNormalizer(lowercase=True)  # bert-base-uncased's
     t.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     t.decoder = decoders.WordPiece()
     tr = trainers.WordPieceTrainer(vocab_size=800, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
@@ -140,6 +141,22 @@ def wordpiece_dir(tmp_path_factory):
     return _write(str(tmp_path_factory.mktemp("wordpiece")), t, {
         "tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "[UNK]", "pad_token": "[PAD]",
         "cls_token": "[CLS]", "sep_token": "[SEP]", "clean_up_tokenization_spaces": True})
+
+
+@pytest.fixture(scope="module")
+def unicode_norm_dir(tmp_path_factory):
+    """Byte-level BPE behind the normalizers that need Unicode data (NFKC, Lowercase, NFD + StripAccents)."""
+    t = tokenizers.Tokenizer(models.BPE())
+    t.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase(), normalizers.NFD(),
+                                         normalizers.StripAccents(), normalizers.NFC()])
+    t.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=False),
+                                               pre_tokenizers.ByteLevel(add_prefix_space=True)])
+    t.decoder = decoders.ByteLevel()
+    tr = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"],
+                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    t.train_from_iterator(_corpus(), tr)
+    return _write(str(tmp_path_factory.mktemp("unorm")), t, {"tokenizer_class": "PreTrainedTokenizerFast",
+                                                             "eos_token": "<|endoftext|>"})
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +180,8 @@ def wordlevel_dir(tmp_path_factory):
                                                                  "unk_token": "[UNK]"})
 
 
-FAMILIES = ["gpt2_dir", "llama3_dir", "sp_bpe_dir", "metaspace_dir", "wordpiece_dir", "unigram_dir", "wordlevel_dir"]
+FAMILIES = ["gpt2_dir", "llama3_dir", "sp_bpe_dir", "metaspace_dir", "wordpiece_dir", "unigram_dir", "wordlevel_dir",
+            "unicode_norm_dir"]
 
 
 def _pair(request, name):
@@ -438,3 +456,9 @@ def test_sentencepiece_model_errors(tmp_path, sp_models):
         bad.write_bytes(blob)
         with pytest.raises(ValueError, match=match):
             pyllama.Tokenizer.from_pretrained(str(bad))
+
+
+def test_load_routes_model_files_to_from_pretrained(gpt2_dir):
+    for path in (gpt2_dir, os.path.join(gpt2_dir, "tokenizer.json")):
+        tok = pyllama.Tokenizer.load(path)
+        assert tok.encode("Hello world") == pyllama.Tokenizer.from_pretrained(gpt2_dir).encode("Hello world")

@@ -25,6 +25,22 @@ extern const uint32_t kPunct[][2];
 extern const size_t kPunct_size;
 extern const uint32_t kWord[][2];
 extern const size_t kWord_size;
+extern const uint32_t kMarks[][2];
+extern const size_t kMarks_size;
+extern const uint32_t kBertMarks[][2];
+extern const size_t kBertMarks_size;
+extern const uint32_t kDropped[][2];
+extern const size_t kDropped_size;
+extern const uint32_t kCanon[][3], kCanon_pool[];
+extern const size_t kCanon_size;
+extern const uint32_t kCompat[][3], kCompat_pool[];
+extern const size_t kCompat_size;
+extern const uint32_t kCcc[][3], kCcc_pool[];
+extern const size_t kCcc_size;
+extern const uint32_t kLower[][3], kLower_pool[];
+extern const size_t kLower_size;
+extern const uint64_t kComp[][2];
+extern const size_t kComp_size;
 }  // namespace hf_tables
 
 namespace {
@@ -105,6 +121,183 @@ bool is_punct(uint32_t cp) {
   return ascii_punct || in_ranges(hf_tables::kPunct, hf_tables::kPunct_size, cp);
 }
 bool is_word(uint32_t cp) { return in_ranges(hf_tables::kWord, hf_tables::kWord_size, cp); }
+
+// ------------------------------------------------------------------ Unicode normalization
+
+// A row of a generated (code point, offset, length) map, or nullptr.
+const uint32_t* map_row(const uint32_t (*rows)[3], size_t n, uint32_t cp) {
+  size_t lo = 0, hi = n;
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    if (rows[mid][0] < cp) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo < n && rows[lo][0] == cp ? rows[lo] : nullptr;
+}
+
+uint32_t ccc_of(uint32_t cp) {
+  const uint32_t* r = map_row(hf_tables::kCcc, hf_tables::kCcc_size, cp);
+  return r ? hf_tables::kCcc_pool[r[1]] : 0;
+}
+
+constexpr uint32_t kSBase = 0xAC00, kLBase = 0x1100, kVBase = 0x1161, kTBase = 0x11A7;
+constexpr uint32_t kLCount = 19, kVCount = 21, kTCount = 28, kNCount = kVCount * kTCount, kSCount = kLCount * kNCount;
+
+// NFD / NFKD / NFC / NFKC of UTF-8 text (Unicode's algorithm: full decomposition, canonical
+// ordering, canonical composition).
+std::string unicode_normalize(std::string_view s, bool compat, bool compose) {
+  std::vector<uint32_t> cps;
+  cps.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    size_t n = u8_len(s, i);
+    uint32_t cp = u8_cp(s, i, n);
+    i += n;
+    if (cp >= kSBase && cp < kSBase + kSCount) {
+      uint32_t si = cp - kSBase;
+      cps.push_back(kLBase + si / kNCount);
+      cps.push_back(kVBase + (si % kNCount) / kTCount);
+      if (si % kTCount) cps.push_back(kTBase + si % kTCount);
+      continue;
+    }
+    const uint32_t* r = compat ? map_row(hf_tables::kCompat, hf_tables::kCompat_size, cp)
+                               : map_row(hf_tables::kCanon, hf_tables::kCanon_size, cp);
+    if (!r) {
+      cps.push_back(cp);
+      continue;
+    }
+    const uint32_t* pool = compat ? hf_tables::kCompat_pool : hf_tables::kCanon_pool;
+    for (uint32_t k = 0; k < r[2]; k++) {
+      uint32_t d = pool[r[1] + k];
+      if (d >= kSBase && d < kSBase + kSCount) {  // a compatibility form of a syllable
+        uint32_t si = d - kSBase;
+        cps.push_back(kLBase + si / kNCount);
+        cps.push_back(kVBase + (si % kNCount) / kTCount);
+        if (si % kTCount) cps.push_back(kTBase + si % kTCount);
+      } else {
+        cps.push_back(d);
+      }
+    }
+  }
+  // canonical ordering: stable sort of each run of non-starters by combining class
+  for (size_t i = 0; i < cps.size();) {
+    if (!ccc_of(cps[i])) {
+      i++;
+      continue;
+    }
+    size_t j = i;
+    while (j < cps.size() && ccc_of(cps[j])) j++;
+    std::stable_sort(cps.begin() + static_cast<std::ptrdiff_t>(i), cps.begin() + static_cast<std::ptrdiff_t>(j),
+                     [](uint32_t a, uint32_t b) { return ccc_of(a) < ccc_of(b); });
+    i = j;
+  }
+  if (compose && !cps.empty()) {
+    auto pair = [](uint32_t a, uint32_t b) -> int64_t {
+      if (a >= kLBase && a < kLBase + kLCount && b >= kVBase && b < kVBase + kVCount)
+        return kSBase + ((a - kLBase) * kVCount + (b - kVBase)) * kTCount;
+      if (a >= kSBase && a < kSBase + kSCount && (a - kSBase) % kTCount == 0 && b > kTBase && b < kTBase + kTCount)
+        return a + (b - kTBase);
+      uint64_t key = (uint64_t(a) << 21) | b;
+      size_t lo = 0, hi = hf_tables::kComp_size;
+      while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (hf_tables::kComp[mid][0] < key) lo = mid + 1;
+        else hi = mid;
+      }
+      return lo < hf_tables::kComp_size && hf_tables::kComp[lo][0] == key ? int64_t(hf_tables::kComp[lo][1]) : -1;
+    };
+    std::vector<uint32_t> out;
+    out.reserve(cps.size());
+    int64_t starter = -1;  // index in out of the last starter
+    uint32_t last_ccc = 0;
+    for (uint32_t cp : cps) {
+      uint32_t cc = ccc_of(cp);
+      if (starter >= 0) {
+        bool blocked = !out.empty() && size_t(starter) != out.size() - 1 && (last_ccc == 0 || last_ccc >= cc);
+        int64_t c = blocked ? -1 : pair(out[size_t(starter)], cp);
+        if (c >= 0) {
+          out[size_t(starter)] = static_cast<uint32_t>(c);
+          continue;
+        }
+      }
+      if (cc == 0) {
+        starter = static_cast<int64_t>(out.size());
+        last_ccc = 0;
+      } else {
+        last_ccc = cc;
+      }
+      out.push_back(cp);
+    }
+    cps.swap(out);
+  }
+  std::string r;
+  r.reserve(s.size());
+  for (uint32_t cp : cps) u8_append(r, cp);
+  return r;
+}
+
+std::string unicode_lower(std::string_view s) {
+  std::string r;
+  r.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    size_t n = u8_len(s, i);
+    uint32_t cp = u8_cp(s, i, n);
+    const uint32_t* row = cp < 0x80 ? nullptr : map_row(hf_tables::kLower, hf_tables::kLower_size, cp);
+    if (cp < 0x80) r += static_cast<char>(cp >= 'A' && cp <= 'Z' ? cp + 32 : cp);
+    else if (row) for (uint32_t k = 0; k < row[2]; k++) u8_append(r, hf_tables::kLower_pool[row[1] + k]);
+    else r.append(s.substr(i, n));
+    i += n;
+  }
+  return r;
+}
+
+// Drops the marks (StripAccents, and BertNormalizer's strip_accents with its own, narrower table).
+std::string drop_marks(std::string_view s, bool bert) {
+  std::string r;
+  for (size_t i = 0; i < s.size();) {
+    size_t n = u8_len(s, i);
+    uint32_t cp = u8_cp(s, i, n);
+    bool mark = bert ? in_ranges(hf_tables::kBertMarks, hf_tables::kBertMarks_size, cp)
+                     : in_ranges(hf_tables::kMarks, hf_tables::kMarks_size, cp);
+    if (!mark) r.append(s.substr(i, n));
+    i += n;
+  }
+  return r;
+}
+
+bool is_chinese(uint32_t cp) {
+  return (cp >= 0x4E00 && cp <= 0x9FFF) || (cp >= 0x3400 && cp <= 0x4DBF) || (cp >= 0x20000 && cp <= 0x2A6DF) ||
+         (cp >= 0x2A700 && cp <= 0x2B73F) || (cp >= 0x2B740 && cp <= 0x2B81F) || (cp >= 0x2B920 && cp <= 0x2CEAF) ||
+         (cp >= 0xF900 && cp <= 0xFAFF) || (cp >= 0x2F800 && cp <= 0x2FA1F);
+}
+
+// BertNormalizer: clean_text, handle_chinese_chars, strip_accents (NFD + drop marks), lowercase.
+std::string bert_normalize(std::string_view s, bool clean, bool chinese, bool strip, bool lower) {
+  std::string r;
+  for (size_t i = 0; i < s.size();) {
+    size_t n = u8_len(s, i);
+    uint32_t cp = u8_cp(s, i, n);
+    std::string_view ch = s.substr(i, n);
+    i += n;
+    if (clean) {
+      bool ws = cp == '\t' || cp == '\n' || cp == '\r' || is_space(cp);
+      if (in_ranges(hf_tables::kDropped, hf_tables::kDropped_size, cp)) continue;
+      if (ws) {
+        r += ' ';
+        continue;
+      }
+    }
+    if (chinese && is_chinese(cp)) {
+      r += ' ';
+      r.append(ch);
+      r += ' ';
+      continue;
+    }
+    r.append(ch);
+  }
+  if (strip) r = drop_marks(unicode_normalize(r, false, false), true);
+  if (lower) r = unicode_lower(r);
+  return r;
+}
 
 // GPT-2's byte -> printable character table (byte-level BPE).
 const std::vector<std::string>& byte_to_char() {
@@ -294,11 +487,13 @@ const KnownRegex kKnownRegexes[] = {
 
 struct HfTokenizer::Impl {
   // normalizer
-  enum class NormKind { prepend, replace, strip, runs_start, runs_end, runs_squeeze };
+  enum class NormKind { prepend, replace, strip, runs_start, runs_end, runs_squeeze, nfc, nfd, nfkc, nfkd, lowercase,
+                        strip_accents, bert };
   struct Norm {
     NormKind kind;
     std::string a, b;
     bool left = false, right = false;
+    int flags = 0;  // BertNormalizer: 1 clean_text, 2 handle_chinese_chars, 4 strip_accents, 8 lowercase
   };
   std::vector<Norm> norms;
 
@@ -390,9 +585,22 @@ struct HfTokenizer::Impl {
       n.left = opt_bool(j, "strip_left", true);
       n.right = opt_bool(j, "strip_right", true);
       norms.push_back(n);
+    } else if (t == "NFC" || t == "NFD" || t == "NFKC" || t == "NFKD") {
+      norms.push_back({t == "NFC" ? NormKind::nfc : t == "NFD" ? NormKind::nfd : t == "NFKC" ? NormKind::nfkc : NormKind::nfkd, "", ""});
+    } else if (t == "Lowercase") {
+      norms.push_back({NormKind::lowercase, "", ""});
+    } else if (t == "StripAccents") {
+      norms.push_back({NormKind::strip_accents, "", ""});
+    } else if (t == "BertNormalizer") {
+      Norm n{NormKind::bert, "", ""};
+      bool lower = opt_bool(j, "lowercase", true);
+      n.flags = (opt_bool(j, "clean_text", true) ? 1 : 0) | (opt_bool(j, "handle_chinese_chars", true) ? 2 : 0) |
+                (opt_bool(j, "strip_accents", lower) ? 4 : 0) | (lower ? 8 : 0);
+      norms.push_back(n);
     } else {
       throw ValueError("tokenizer.json: normalizer '" + t +
-                       "' is not supported (supported: Sequence, Prepend, Replace with a String pattern, Strip)");
+                       "' is not supported (supported: Sequence, Prepend, Replace, Strip, NFC, NFD, NFKC, NFKD, "
+                       "Lowercase, StripAccents, BertNormalizer)");
     }
   }
 
@@ -532,6 +740,13 @@ struct HfTokenizer::Impl {
           s = s.substr(c.off[a], c.off[e] - c.off[a]);
           break;
         }
+        case NormKind::nfc: s = unicode_normalize(s, false, true); break;
+        case NormKind::nfd: s = unicode_normalize(s, false, false); break;
+        case NormKind::nfkc: s = unicode_normalize(s, true, true); break;
+        case NormKind::nfkd: s = unicode_normalize(s, true, false); break;
+        case NormKind::lowercase: s = unicode_lower(s); break;
+        case NormKind::strip_accents: s = drop_marks(s, false); break;
+        case NormKind::bert: s = bert_normalize(s, n.flags & 1, n.flags & 2, n.flags & 4, n.flags & 8); break;
         case NormKind::runs_start: {
           size_t k = 0;
           while (s.compare(k, n.a.size(), n.a) == 0 && k < s.size()) k += n.a.size();
