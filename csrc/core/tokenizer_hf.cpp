@@ -525,8 +525,7 @@ struct HfTokenizer::Impl {
   std::vector<double> scores;  // unigram, by id
   double min_score = 0;
   size_t max_piece_bytes = 0;  // unigram
-  uint32_t byte_ids[256] = {};
-  bool has_byte_ids = false;
+  int64_t byte_ids[256];  // id of "<0xXX>", -1 when the vocabulary lacks it
 
   // added tokens: by first byte, longest first
   std::vector<std::vector<uint32_t>> raw_by_byte, norm_by_byte;  // indices into added_
@@ -896,6 +895,13 @@ struct HfTokenizer::Impl {
     }
   }
 
+  // Whether every byte of w[a, e) has a "<0xXX>" token (else byte fallback gives <unk>, as in `tokenizers`).
+  bool has_bytes(const std::string& w, size_t a, size_t e) const {
+    for (size_t k = a; k < e; k++)
+      if (byte_ids[static_cast<unsigned char>(w[k])] < 0) return false;
+    return true;
+  }
+
   void bpe(const std::string& w, std::vector<uint32_t>& out) const {
     if (ignore_merges) {
       int64_t id = lookup(w);
@@ -922,10 +928,9 @@ struct HfTokenizer::Impl {
         prev_unk = false;
         continue;
       }
-      if (byte_fallback && has_byte_ids) {
-        size_t nb = c.off[i + 1] - c.off[i];
-        for (size_t k = 0; k < nb; k++)
-          syms.push_back({byte_ids[static_cast<unsigned char>(w[c.off[i] + k])], 0, 0, 1});
+      if (byte_fallback && has_bytes(w, c.off[i], c.off[i + 1])) {
+        for (size_t k = c.off[i]; k < c.off[i + 1]; k++)
+          syms.push_back({static_cast<uint32_t>(byte_ids[static_cast<unsigned char>(w[k])]), 0, 0, 1});
         prev_unk = false;
         continue;
       }
@@ -1052,8 +1057,9 @@ struct HfTokenizer::Impl {
         k++;
         e = k + 1 < path.size() ? path[k + 1].first : n;
       }
-      if (byte_fallback && has_byte_ids) {
-        for (size_t b = c.off[a]; b < c.off[e]; b++) out.push_back(byte_ids[static_cast<unsigned char>(w[b])]);
+      if (byte_fallback && has_bytes(w, c.off[a], c.off[e])) {
+        for (size_t b = c.off[a]; b < c.off[e]; b++)
+          out.push_back(static_cast<uint32_t>(byte_ids[static_cast<unsigned char>(w[b])]));
       } else {
         PYLLAMA_CHECK(unk_id >= 0, ValueError, "Unigram: text has a character outside the vocabulary and no unk_id");
         out.push_back(static_cast<uint32_t>(unk_id));
@@ -1429,15 +1435,10 @@ HfTokenizer::HfTokenizer(const std::string& json_text) : impl_(std::make_unique<
     throw ValueError("tokenizer.json: model type '" + model_type_ +
                      "' is not supported (supported: BPE, WordPiece, WordLevel, Unigram)");
   }
-  if (m.byte_fallback) {
-    m.has_byte_ids = true;
-    for (int b = 0; b < 256; b++) {
-      char name[8];
-      std::snprintf(name, sizeof name, "<0x%02X>", b);
-      int64_t id = m.lookup(name);
-      if (id < 0) m.has_byte_ids = false;
-      else m.byte_ids[b] = static_cast<uint32_t>(id);
-    }
+  for (int b = 0; b < 256; b++) {
+    char name[8];
+    std::snprintf(name, sizeof name, "<0x%02X>", b);
+    m.byte_ids[b] = m.byte_fallback ? m.lookup(name) : -1;
   }
   for (size_t i = 0; i < id_to_token_.size(); i++)
     if (!id_to_token_[i].empty()) token_to_id_.emplace(id_to_token_[i], static_cast<uint32_t>(i));
