@@ -5,6 +5,7 @@ Each subcommand lives in its own module, which provides ``register(subparsers)``
 
     pyllama train                    # train the small preset on the bundled corpus
     pyllama generate --checkpoint DIR --prompt "ROMEO:"
+    pyllama chat --checkpoint DIR    # interactive chat with the model's chat template
     pyllama tokenizer train|encode ...
     pyllama prepare INPUT --tokenizer TOK --out DIR
     pyllama bench
@@ -20,6 +21,7 @@ from typing import List, Optional
 SUBCOMMAND_MODULES = [
     "pyllama.cli_train",      # train, prepare
     "pyllama.cli_generate",   # generate
+    "pyllama.cli_chat",       # chat
     "pyllama.cli_tokenizer",  # tokenizer train|encode
     "pyllama.bench",          # bench
 ]

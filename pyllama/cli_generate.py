@@ -6,7 +6,9 @@
     pyllama generate --checkpoint DIR --prompt-ids "1 2 3"          # token ids in and out, no tokenizer
 
 The checkpoint folder holds the Hugging Face model files (``config.json`` +
-``model.safetensors``) and the tokenizer saved by ``Tokenizer.save``
+``model.safetensors``) and the model's tokenizer (``tokenizer.json`` or ``tokenizer.model``
+with ``tokenizer_config.json``: the prompt starts with BOS when those files say so), or the
+tokenizer saved by ``Tokenizer.save``
 (``tokenizer.tiktoken`` or ``tokenizer.json``, each with its ``.json`` sidecar;
 or a bare ``.tiktoken`` file). A run folder or a ``latest`` link
 or pointer file is followed to its newest checkpoint. Every ``GenerationConfig``
@@ -132,9 +134,28 @@ def find_tokenizer(model_dir: str) -> Optional[str]:
     return None
 
 
+def _hf_folder(folder: str) -> bool:
+    """Whether a folder holds a model's own tokenizer files (tokenizer.json without pyllama's
+    .json sidecar, or a tokenizer.model)."""
+    if os.path.isfile(os.path.join(folder, "tokenizer.model")):
+        return True
+    p = os.path.join(folder, "tokenizer.json")
+    return os.path.isfile(p) and not os.path.isfile(p + ".json")
+
+
 def load_tokenizer(model_dir: str, path: Optional[str]):
-    """The tokenizer at ``path`` (a file written by ``Tokenizer.save``, a folder holding
-    one, or a bare ``.tiktoken``), else the one saved in the checkpoint folder."""
+    """The tokenizer at ``path`` (a model's tokenizer.json / tokenizer.model with its
+    tokenizer_config.json, a file written by ``Tokenizer.save``, a folder holding one, or a
+    bare ``.tiktoken``), else the one saved in the checkpoint folder."""
+    from . import Tokenizer
+
+    for folder in ([model_dir] if path is None else [path] if os.path.isdir(path) else []):
+        if _hf_folder(folder):
+            return Tokenizer.from_pretrained(folder)
+    if path is not None and os.path.isfile(path) and not os.path.isfile(path + ".json") and \
+            os.path.basename(path) in ("tokenizer.json", "tokenizer.model"):
+        folder = os.path.dirname(os.path.abspath(path))
+        return Tokenizer.from_pretrained(folder if _hf_folder(folder) else path)
     if path is None:
         path = find_tokenizer(model_dir)
         if path is None:
@@ -179,7 +200,9 @@ def run(args: argparse.Namespace) -> int:
     tok = None
     if args.prompt is not None:
         tok = load_tokenizer(model_dir, args.tokenizer)
-        ids = list(tok.encode(args.prompt))
+        from .generation import encode_prompt
+
+        ids = encode_prompt(tok, args.prompt)  # with BOS when the tokenizer's files say so
         if not ids:
             raise ValueError("--prompt encodes to no tokens; give a non-empty prompt")
     else:

@@ -39,6 +39,7 @@ import codecs
 import dataclasses
 import math
 import numbers
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -1089,14 +1090,43 @@ def _beam_search(model: Any, prompts: List[np.ndarray], cfg: GenerationConfig, e
 
 
 # ============================================================================ drivers
+def folder_tokenizer(model: Any) -> Any:
+    """The tokenizer saved beside a model loaded with ``Llama.from_pretrained`` (tokenizer.json or
+    tokenizer.model, read by ``Tokenizer.from_pretrained``), or None. Loaded once per model."""
+    if "_folder_tokenizer" in getattr(model, "__dict__", {}):
+        return model._folder_tokenizer
+    tok = None
+    folder = getattr(model, "_pretrained_dir", None)
+    if folder and any(os.path.isfile(os.path.join(folder, n)) for n in ("tokenizer.model", "tokenizer.json")):
+        hf_json = os.path.join(folder, "tokenizer.json")
+        if not os.path.isfile(hf_json + ".json"):  # tokenizer.json + tokenizer.json.json: Tokenizer.save's own form
+            from .tokenizer import Tokenizer
+
+            tok = Tokenizer.from_pretrained(folder)
+    try:
+        model._folder_tokenizer = tok
+    except AttributeError:  # pragma: no cover - a model object without a __dict__
+        pass
+    return tok
+
+
+def encode_prompt(tokenizer: Any, text: str) -> List[int]:
+    """A text prompt's ids: what the tokenizer puts before a sequence (BOS, as its files say) and
+    the text's ids. Tokenizers without such files encode the text alone."""
+    if hasattr(tokenizer, "encode_prompt"):
+        return list(tokenizer.encode_prompt(text))
+    return list(tokenizer.encode(text))
+
+
 def _setup(model: Any, input_ids: Any, generation_config: Optional[GenerationConfig], tokenizer: Any,
            kwargs: Dict[str, Any]):
     cfg = _resolve(model, generation_config, kwargs)
     V, max_pos = _model_dims(model)
     if isinstance(input_ids, str):
         if tokenizer is None:
-            raise ValueError("input_ids is a string: pass tokenizer=... to encode it, or pass token ids")
-        input_ids = [tokenizer.encode(input_ids)]
+            raise ValueError("input_ids is a string: pass tokenizer=... to encode it (a model loaded from a folder "
+                             "with a tokenizer uses that one), or pass token ids")
+        input_ids = [encode_prompt(tokenizer, input_ids)]
     prompts = _as_prompts(input_ids, V, max_pos)
     eos_ids = cfg.eos_ids(getattr(model, "config", None))
     bad = [t for t in eos_ids if t >= V]
@@ -1134,6 +1164,8 @@ def generate(model: Any, input_ids: Any, generation_config: Optional[GenerationC
     4
     """
     tokenizer = kwargs.pop("tokenizer", None)
+    if tokenizer is None and (isinstance(input_ids, str) or kwargs.get("stop_strings")):
+        tokenizer = folder_tokenizer(model)
     cfg, prompts, eos_ids, stopper = _setup(model, input_ids, generation_config, tokenizer, kwargs)
     if cfg.num_beams > 1:
         return _beam_search(model, prompts, cfg, eos_ids, stopper)
@@ -1163,6 +1195,8 @@ def stream(model: Any, input_ids: Any, generation_config: Optional[GenerationCon
     >>> toks == generate(model, [[1, 2, 3]], max_new_tokens=4)[0]
     True
     """
+    if tokenizer is None:
+        tokenizer = folder_tokenizer(model)
     cfg, prompts, eos_ids, stopper = _setup(model, input_ids, generation_config, tokenizer, kwargs)
     if cfg.num_beams > 1:
         raise ValueError("GenerationConfig.num_beams > 1 cannot stream; use generate() for beam search")

@@ -429,6 +429,7 @@ class Llama:
             from .generation import GenerationConfig
 
             model.generation_config = GenerationConfig.from_pretrained(path)
+        model._pretrained_dir = path  # generate/stream read the folder's tokenizer from here
         return model
 
     # ---------------------------------------------------------------- generation

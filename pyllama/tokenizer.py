@@ -172,6 +172,24 @@ class Tokenizer:
         return cls(core, pat)
 
     @classmethod
+    def from_pretrained(cls, path) -> "Tokenizer":
+        """The tokenizer a model ships: a folder (``tokenizer.json``, else ``tokenizer.model``, else
+        ``tokenizer.tiktoken``, with ``tokenizer_config.json`` / ``special_tokens_map.json`` /
+        ``chat_template.jinja`` when present) or one file (``tokenizer.json``, a tiktoken-format
+        ``tokenizer.model`` or ``.tiktoken``). A tokenizer.json gives a
+        :class:`pyllama.tokenizers_hf.PretrainedTokenizer` (a Tokenizer) whose
+        ``encode(text, add_special_tokens=True)`` equals transformers' ``tokenizer(text)["input_ids"]``.
+
+        >>> import pyllama
+        >>> tok = pyllama.Tokenizer.from_pretrained("Meta-Llama-3-8B")  # doctest: +SKIP
+        >>> tok.encode("Hello world", add_special_tokens=True)  # doctest: +SKIP
+        [128000, 9906, 1917]
+        """
+        from .tokenizers_hf import load_pretrained
+
+        return load_pretrained(path)
+
+    @classmethod
     def from_ranks(cls, tokens: Sequence[bytes], pattern: str = "cl100k",
                    special_tokens: Optional[Union[Dict[str, int], Sequence[str]]] = None) -> "Tokenizer":
         """A tokenizer from the tokens' bytes in rank order (rank = index).
@@ -576,14 +594,23 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path) -> "Tokenizer":
-        """Load a tokenizer written by :meth:`save` (``path`` and ``path + ".json"``).
+        """Load a tokenizer written by :meth:`save` (``path`` and ``path + ".json"``). A model's own
+        ``tokenizer.json`` / ``tokenizer.model`` (or a folder of them) goes to :meth:`from_pretrained`.
 
         >>> import pyllama
         >>> tok = pyllama.Tokenizer.load("shakespeare.tiktoken")  # doctest: +SKIP
         """
+        original = os.fspath(path)
         path = cls._resolve(path)
         meta_path = path + ".json"
         if not os.path.exists(meta_path):
+            if os.path.isdir(original) or os.path.basename(path) in ("tokenizer.json", "tokenizer.model"):
+                # a model's own tokenizer files (tokenizer.json, tokenizer.model): see from_pretrained
+                if os.path.isdir(original) and not any(os.path.isfile(os.path.join(original, n)) for n in
+                                                       ("tokenizer.json", "tokenizer.model")):
+                    raise FileNotFoundError(f"no tokenizer in {original!r}")
+                if os.path.exists(original):
+                    return cls.from_pretrained(original)
             if not os.path.exists(path):
                 raise FileNotFoundError(f"no tokenizer at {path!r}")
             raise FileNotFoundError(f"{meta_path!r} (the pattern and special tokens) is missing; for a bare "

@@ -11,6 +11,7 @@
 #include "backends.h"
 #include "dlpack.h"
 #include "tokenizer.h"  // bind_tokenizer
+#include "tokenizer_hf.h"  // bind_tokenizer_hf
 #include "common.h"
 #include "checkpoint.h"
 #include "hf_config.h"
@@ -1011,6 +1012,79 @@ void bind_tokenizer(py::module_& m) {
       }, py::arg("n_tokens"), py::arg("progress") = py::none());
 }
 
+// ------------------------------------------------------------------ Hugging Face tokenizers (tokenizer_hf.h)
+
+void bind_tokenizer_hf(py::module_& m) {
+  auto utf8 = [](py::handle s) -> std::string_view {
+    if (!PyUnicode_Check(s.ptr()))
+      throw TypeError(std::string("expected str, got ") + Py_TYPE(s.ptr())->tp_name);
+    Py_ssize_t n = 0;
+    const char* p = PyUnicode_AsUTF8AndSize(s.ptr(), &n);
+    if (!p) throw py::error_already_set();
+    return std::string_view(p, static_cast<size_t>(n));
+  };
+  py::class_<HfTokenizer, std::shared_ptr<HfTokenizer>>(m, "CoreHfTokenizer",
+                                                        "A tokenizer.json pipeline; use pyllama.Tokenizer.from_pretrained.")
+      .def(py::init([](const std::string& json_text) {
+             py::gil_scoped_release nogil;
+             return std::make_shared<HfTokenizer>(json_text);
+           }),
+           py::arg("json_text"))
+      .def("encode", [utf8](const HfTokenizer& t, py::handle text, bool add_special,
+                            std::optional<std::vector<uint32_t>> allowed) {
+        std::string_view s = utf8(text);
+        std::vector<uint32_t> ids;
+        {
+          py::gil_scoped_release nogil;
+          ids = t.encode(s, add_special, allowed ? &*allowed : nullptr);
+        }
+        return ids;
+      }, py::arg("text"), py::arg("add_special_tokens"), py::arg("allowed_special") = py::none())
+      .def("encode_batch", [utf8](const HfTokenizer& t, const py::list& texts, bool add_special) {
+        std::vector<std::string_view> v;
+        for (auto x : texts) v.push_back(utf8(x));
+        std::vector<std::vector<uint32_t>> out(v.size());
+        {
+          py::gil_scoped_release nogil;
+          for (size_t i = 0; i < v.size(); i++) out[i] = t.encode(v[i], add_special);
+        }
+        return out;
+      }, py::arg("texts"), py::arg("add_special_tokens"))
+      .def("pre_tokenize", [utf8](const HfTokenizer& t, py::handle text) {
+        std::vector<std::string> pieces = t.pre_tokenize(utf8(text));
+        py::list out(pieces.size());
+        for (size_t i = 0; i < pieces.size(); i++) out[i] = py::bytes(pieces[i]);
+        return out;
+      }, py::arg("text"))
+      .def("decode", [](const HfTokenizer& t, const std::vector<int64_t>& ids, bool skip_special) {
+        std::string s;
+        {
+          py::gil_scoped_release nogil;
+          s = t.decode(ids, skip_special);
+        }
+        return py::bytes(s);
+      }, py::arg("ids"), py::arg("skip_special_tokens"))
+      .def_property_readonly("vocab_size", &HfTokenizer::vocab_size)
+      .def_property_readonly("model_type", &HfTokenizer::model_type)
+      .def("token_to_id", [](const HfTokenizer& t, const std::string& tok) { return t.token_to_id(tok); })
+      .def("id_to_token", [](const HfTokenizer& t, uint32_t id) { return py::bytes(t.id_to_token(id)); })
+      .def("is_special", &HfTokenizer::is_special)
+      .def_property_readonly("added_tokens", [](const HfTokenizer& t) {
+        py::list out;
+        for (const HfAddedToken& a : t.added_tokens())
+          out.append(py::make_tuple(a.id, py::bytes(a.content), a.special));
+        return out;
+      })
+      .def_property_readonly("prefix_ids", &HfTokenizer::prefix_ids)
+      .def_property_readonly("suffix_ids", &HfTokenizer::suffix_ids)
+      .def("set_template", &HfTokenizer::set_template, py::arg("prefix"), py::arg("suffix"));
+  m.def("sentencepiece_to_hf_json", [](const py::bytes& data) {
+    std::string_view d(data);
+    py::gil_scoped_release nogil;
+    return sentencepiece_to_hf_json(d);
+  }, py::arg("model_bytes"), "A SentencePiece .model file's equivalent tokenizer.json text.");
+}
+
 // ------------------------------------------------------------------ CUDA backend (cuda/)
 
 void bind_cuda(py::module_& m) {
@@ -1241,6 +1315,7 @@ PYBIND11_MODULE(_core, m) {
   bind_model(m);
   bind_optim(m);
   bind_tokenizer(m);
+  bind_tokenizer_hf(m);
   bind_cuda(m);
   bind_nccl(m);
 }

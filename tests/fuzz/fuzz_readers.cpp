@@ -1,7 +1,9 @@
 // fuzz_readers.cpp — the core's readers of files that native apps get from anywhere, fuzzed
 // under AddressSanitizer and UBSan: JSON, a Hugging Face config.json, a safetensors image
-// (header and tensor conversion), a .tiktoken vocabulary and a PyTorch .bin (zip archive or
-// legacy stream: the restricted unpickler, storage resolution and strided conversion). Any input must end in a result
+// (header and tensor conversion), a .tiktoken vocabulary, a PyTorch .bin (zip archive or
+// legacy stream: the restricted unpickler, storage resolution and strided conversion), a Hugging
+// Face tokenizer.json and a SentencePiece .model (protobuf; each then encodes and decodes a
+// text). Any input must end in a result
 // or one of the core's exception types (a clear error), never a crash, a hang, an
 // out-of-bounds read or undefined behaviour.
 //
@@ -25,11 +27,21 @@
 #include "json.h"
 #include "safetensors.h"
 #include "tokenizer.h"
+#include "tokenizer_hf.h"
 #include "torch_bin.h"
 
 using namespace pyllama;
 
-static const int kReaders = 5;  // JSON, config.json, safetensors, .tiktoken, torch .bin
+// JSON, config.json, safetensors, .tiktoken, torch .bin, tokenizer.json, SentencePiece .model
+static constexpr int kReaders = 7;
+
+// A tokenizer's pipeline on a text that touches every stage (added tokens, bytes, spaces).
+static void exercise(const HfTokenizer& t) {
+  std::vector<uint32_t> ids = t.encode(" Hello  w\xC3\xB6rld <s>\n\xE4\xB8\xAD\xF0\x9F\x98\x80 x", true);
+  std::vector<int64_t> back(ids.begin(), ids.end());
+  t.decode(back, false);
+  t.decode(back, true);
+}
 
 static void run_one(uint8_t kind, const std::string& s) {
   switch (kind % kReaders) {
@@ -61,6 +73,12 @@ static void run_one(uint8_t kind, const std::string& s) {
       }
       break;
     }
+    case 5:
+      exercise(HfTokenizer(s));
+      break;
+    case 6:
+      exercise(HfTokenizer(sentencepiece_to_hf_json(s)));
+      break;
   }
 }
 
@@ -177,6 +195,42 @@ std::string torch_bin_legacy_seed() {
   return std::string(bytes, sizeof bytes - 1);
 }
 
+// A SentencePiece ModelProto written field by field: six pieces, BPE, byte fallback off.
+std::string sentencepiece_seed() {
+  auto varint = [](std::string& o, uint64_t v) {
+    do {
+      uint8_t b = v & 0x7F;
+      v >>= 7;
+      o += (char)(b | (v ? 0x80 : 0));
+    } while (v);
+  };
+  auto field = [&](std::string& o, int num, const std::string& body) {
+    varint(o, (uint64_t)num << 3 | 2);
+    varint(o, body.size());
+    o += body;
+  };
+  std::string out;
+  const char* pieces[] = {"<unk>", "<s>", "</s>", "\xE2\x96\x81", "a", "\xE2\x96\x81" "a", "b"};
+  for (int i = 0; i < 7; i++) {
+    std::string p;
+    field(p, 1, pieces[i]);
+    float score = -(float)i;
+    p += (char)(2 << 3 | 5);
+    p.append(reinterpret_cast<const char*>(&score), 4);
+    p += (char)(3 << 3);
+    varint(p, i == 0 ? 2 : i < 3 ? 3 : 1);
+    field(out, 1, p);
+  }
+  std::string trainer;
+  trainer += (char)(3 << 3);
+  varint(trainer, 2);  // BPE
+  field(out, 2, trainer);
+  std::string norm;
+  field(norm, 1, "identity");
+  field(out, 3, norm);
+  return out;
+}
+
 std::vector<std::pair<uint8_t, std::string>> seeds() {
   return {
       {0, R"({"a": [1, 2.5e-3, -7, true, null, "x\u00e9\n"], "b": {"c": {}}})"},
@@ -190,6 +244,30 @@ std::vector<std::pair<uint8_t, std::string>> seeds() {
       {3, "IQ== 0\nIg== 1\nIw== 2\naGVsbG8= 3\nIHdvcmxk 4\n"},
       {4, torch_bin_seed()},
       {4, torch_bin_legacy_seed()},
+      {5, R"({"added_tokens": [{"id": 5, "content": "<s>", "special": true, "normalized": false, "lstrip": false,
+              "rstrip": true, "single_word": false}], "normalizer": {"type": "Sequence", "normalizers": [
+              {"type": "Prepend", "prepend": "\u2581"}, {"type": "Replace", "pattern": {"String": " "},
+              "content": "\u2581"}]}, "pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "Digits",
+              "individual_digits": true}, {"type": "Split", "pattern": {"String": "x"}, "behavior": "MergedWithNext",
+              "invert": false}]}, "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken":
+              {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}], "special_tokens": {"<s>":
+              {"id": "<s>", "ids": [5], "tokens": ["<s>"]}}}, "decoder": {"type": "Sequence", "decoders": [
+              {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"},
+              {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}, "model": {"type": "BPE",
+              "unk_token": "<unk>", "fuse_unk": true, "byte_fallback": true, "vocab": {"<unk>": 0, "\u2581": 1,
+              "a": 2, "\u2581a": 3, "<0x41>": 4}, "merges": ["\u2581 a"]}})"},
+      {5, R"({"added_tokens": [], "normalizer": {"type": "Strip", "strip_left": true, "strip_right": true},
+              "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": true, "use_regex": true},
+              "decoder": {"type": "ByteLevel"}, "post_processor": {"type": "ByteLevel"}, "model": {"type": "BPE",
+              "ignore_merges": true, "vocab": {"\u0120": 0, "H": 1, "e": 2, "He": 3}, "merges": [["H", "e"]]}})"},
+      {5, R"({"pre_tokenizer": {"type": "BertPreTokenizer"}, "decoder": {"type": "WordPiece", "prefix": "##"},
+              "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 1], "cls": ["[CLS]", 2]},
+              "model": {"type": "WordPiece", "unk_token": "[UNK]", "vocab": {"[UNK]": 0, "[SEP]": 1, "[CLS]": 2,
+              "he": 3, "##llo": 4}}})"},
+      {5, R"({"pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first"},
+              "decoder": {"type": "Metaspace"}, "model": {"type": "Unigram", "unk_id": 0, "byte_fallback": false,
+              "vocab": [["<unk>", 0], ["\u2581", -1.5], ["H", -2], ["ello", -3], ["\u2581Hello", -4]]}})"},
+      {6, sentencepiece_seed()},
   };
 }
 
