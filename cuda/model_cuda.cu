@@ -16,7 +16,7 @@
 #include "decode.cuh"
 #include "kernels.cuh"
 #include "model_cuda.h"
-#include "rope.h"  // rope_table: the same float32 table as the CPU
+#include "rope.h"  // RopeTables: the same float32 tables as the CPU
 
 namespace pyllama {
 
@@ -107,11 +107,11 @@ struct Acts {
   T *dres, *dln, *dqkv, *datty, *dgu, *dh;
   float* datt;  // flash: rowsum(dout * out) (B, NH, T); naive: (B, NH, T, T)
   float* norm_partial;  // the RMSNorm backward's per-block partial sums of dw (rmsnorm_backward)
-  float* dq_acc;  // BackendOptions.flash_dq_atomic: (N, C) float dQ accumulator (else null)
+  float* dq_acc;  // BackendOptions.flash_dq_atomic: (N, NH*HS) float dQ accumulator (else null)
 };
 
 template <typename T>
-size_t carve_acts(Acts<T>* a, char* base, int B, int T_, int C, int QKVD, int NH, int I, int V, int L,
+size_t carve_acts(Acts<T>* a, char* base, int B, int T_, int C, int QD, int QKVD, int NH, int I, int V, int L,
                   bool dense_att, bool dq_acc = false) {
   Carver cv{base};
   const size_t N = (size_t)B * T_, ATT = (size_t)B * NH * T_ * (dense_att ? T_ : 1);
@@ -123,7 +123,7 @@ size_t carve_acts(Acts<T>* a, char* base, int B, int T_, int C, int QKVD, int NH
     y.rstd1 = cv.take<float>(N);
     y.qkv = cv.take<T>(N * QKVD);
     y.att = cv.take<float>(ATT);
-    y.atty = cv.take<T>(N * C);
+    y.atty = cv.take<T>(N * QD);
     y.res1 = cv.take<T>(N * C);
     y.ln2 = cv.take<T>(N * C);
     y.rstd2 = cv.take<float>(N);
@@ -139,12 +139,12 @@ size_t carve_acts(Acts<T>* a, char* base, int B, int T_, int C, int QKVD, int NH
   a->dres = cv.take<T>(N * C);
   a->dln = cv.take<T>(N * C);
   a->dqkv = cv.take<T>(N * QKVD);
-  a->datty = cv.take<T>(N * C);
+  a->datty = cv.take<T>(N * QD);
   a->dgu = cv.take<T>(N * 2 * I);
   a->dh = cv.take<T>(N * I);
   a->datt = cv.take<float>(ATT);
   a->norm_partial = cv.take<float>(gpu::rmsnorm_backward_partial_floats(C));
-  a->dq_acc = dq_acc ? cv.take<float>(N * C) : nullptr;  // last: the arrays above keep their offsets
+  a->dq_acc = dq_acc ? cv.take<float>(N * QD) : nullptr;  // last: the arrays above keep their offsets
   return cv.off;
 }
 
@@ -222,7 +222,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
   LlamaConfig cfg;
   DType dtype = DType::float32;
   int dev = 0;
-  int C = 0, NH = 0, NKV = 0, HS = 0, KVD = 0, QKVD = 0, I = 0, V = 0, L = 0;
+  int C = 0, NH = 0, NKV = 0, HS = 0, QD = 0, KVD = 0, QKVD = 0, I = 0, V = 0, L = 0;  // QD = NH*HS
   size_t P = 0;  // parameters
   struct LayerOff {
     size_t ln1, wqkv, wo, ln2, wgu, wd;  // float offsets into the flat buffers
@@ -243,7 +243,8 @@ struct LlamaModelCuda::Impl : AllocAccount {
   DevBuf params, grads, m, v;  // float32 (P)
   DevBuf wc;                   // bf16 compute copy of params (P), bfloat16 mode only
   bool have_moments = false;
-  DevBuf rope_cos, rope_sin;  // (max_pos, HS/2) float
+  DevBuf rope_cos, rope_sin;  // (max_positions, HS/2) float
+  RopeTables rope_host;        // the host tables (dynamic scaling changes them per pass: rope_sync)
   DevBuf scalars;             // doubles: [0] loss total, [1] norm, [2 ..] norm partials, then deferred losses
   static constexpr int kMaxDeferredLosses = 256;
   bool defer_loss = false;           // set_defer_loss: forward keeps its loss on the GPU
@@ -349,13 +350,17 @@ struct LlamaModelCuda::Impl : AllocAccount {
     NH = cfg.num_attention_heads;
     NKV = cfg.num_key_value_heads;
     HS = cfg.head_dim();
+    QD = NH * HS;  // = C unless config.json sets another head_dim
     KVD = NKV * HS;
-    QKVD = C + 2 * KVD;
+    QKVD = QD + 2 * KVD;
     I = cfg.intermediate_size;
     V = cfg.vocab_size;
     L = cfg.num_hidden_layers;
     PYLLAMA_CHECK(HS <= gpu::kMaxHeadSize, ValueError,
                   "the CUDA backend supports head_dim <= " << gpu::kMaxHeadSize << ", got " << HS);
+    // What the CPU backend has and this one does not yet (docs/CUDA.md): refused by name.
+    PYLLAMA_CHECK(!cfg.attention_bias && !cfg.mlp_bias, ValueError,
+                  "the CUDA backend does not implement attention_bias / mlp_bias yet; run this model on 'cpu'");
     P = n_params;
 
     // Offsets from the one layout table (param_layout), so every backend agrees.
@@ -369,8 +374,8 @@ struct LlamaModelCuda::Impl : AllocAccount {
       o.ln2 = off(pre + "post_attention_layernorm.weight");
       o.wgu = off(pre + "mlp.gate_proj.weight");
       o.wd = off(pre + "mlp.down_proj.weight");
-      PYLLAMA_CHECK(off(pre + "self_attn.k_proj.weight") == o.wqkv + (size_t)C * C &&
-                        off(pre + "self_attn.v_proj.weight") == o.wqkv + (size_t)(C + KVD) * C &&
+      PYLLAMA_CHECK(off(pre + "self_attn.k_proj.weight") == o.wqkv + (size_t)QD * C &&
+                        off(pre + "self_attn.v_proj.weight") == o.wqkv + (size_t)(QD + KVD) * C &&
                         off(pre + "mlp.up_proj.weight") == o.wgu + (size_t)I * C,
                     ValueError, "LlamaModelCuda: unexpected parameter layout (q|k|v and gate|up must be adjacent)");
       layer_off.push_back(o);
@@ -398,13 +403,11 @@ struct LlamaModelCuda::Impl : AllocAccount {
       wc.reserve(P * sizeof(bf16));
       refresh_compute_copy();
     }
-    const int half = HS / 2, maxpos = cfg.max_position_embeddings;
-    std::vector<float> cs((size_t)maxpos * half), sn((size_t)maxpos * half);
-    rope_table(cs.data(), sn.data(), maxpos, HS, cfg.rope_theta);
-    rope_cos.reserve(cs.size() * sizeof(float));
-    rope_sin.reserve(sn.size() * sizeof(float));
-    CUDA_CHECK(cudaMemcpyAsync(rope_cos.p, cs.data(), cs.size() * sizeof(float), cudaMemcpyHostToDevice, stream));
-    CUDA_CHECK(cudaMemcpyAsync(rope_sin.p, sn.data(), sn.size() * sizeof(float), cudaMemcpyHostToDevice, stream));
+    // the same float32 tables as the CPU, RoPE scaling applied (core/rope.h)
+    rope_host = RopeTables(cfg);
+    rope_cos.reserve((size_t)rope_host.capacity() * (HS / 2) * sizeof(float));
+    rope_sin.reserve((size_t)rope_host.capacity() * (HS / 2) * sizeof(float));
+    rope_upload();
     scalars.reserve((2 + gpu::kNormBlocks + kMaxDeferredLosses) * sizeof(double));
     CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev));
     kvptr_d.reserve(2 * sizeof(void*));
@@ -431,6 +434,24 @@ struct LlamaModelCuda::Impl : AllocAccount {
                          << "): the model's vocab_size is " << V);
   }
 
+  // The host tables' valid rows to the device, in stream order (pageable copies: the host
+  // buffer may change again as soon as this returns).
+  void rope_upload() {
+    const size_t n = (size_t)rope_host.rows() * (HS / 2) * sizeof(float);
+    CUDA_CHECK(cudaMemcpyAsync(rope_cos.p, rope_host.cos(), n, cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaMemcpyAsync(rope_sin.p, rope_host.sin(), n, cudaMemcpyHostToDevice, stream));
+  }
+  // Dynamic RoPE scaling: the frequencies of a pass reaching position seq_len - 1 (core/rope.h).
+  void rope_sync(int seq_len) {
+    if (rope_host.update(seq_len)) rope_upload();
+  }
+  bool dynamic_rope() const { return cfg.rope_scaling.type == "dynamic"; }
+  static int max_seq(const int32_t* start_pos, int B, int T) {
+    int m = 0;
+    for (int b = 0; b < B; b++) m = std::max(m, start_pos[b] + T);
+    return m;
+  }
+
   // ------------------------------------------------------------ training forward
   float forward(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T) {
     const int LT = labels_T < 0 ? T : labels_T;
@@ -438,8 +459,11 @@ struct LlamaModelCuda::Impl : AllocAccount {
                   "labels must have seq_len (" << T << ") or seq_len + 1 columns, got " << LT);
     PYLLAMA_CHECK(B >= 1 && T >= 1, ValueError,
                   "forward: batch and sequence length must be >= 1, got B=" << B << " T=" << T);
-    PYLLAMA_CHECK(T <= cfg.max_position_embeddings, ValueError,
-                  "sequence length " << T << " exceeds max_position_embeddings=" << cfg.max_position_embeddings);
+    PYLLAMA_CHECK(T <= cfg.max_positions(), ValueError,
+                  "sequence length " << T << " exceeds "
+                                     << (dynamic_rope() ? "max_position_embeddings * rope_scaling factor = "
+                                                        : "max_position_embeddings=")
+                                     << cfg.max_positions());
     const long long N = (long long)B * T;
     check_tokens(tokens, N, "input token");
     if (labels)
@@ -448,6 +472,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
                       "label " << labels[i] << " at flat position " << i << " is out of range: use ids in [0, " << V
                                << ") or -100 to ignore a position");
     use();
+    rope_sync(T);  // dynamic RoPE scaling: this pass's frequencies
     // No usable forward until this one is queued: a throw below (an allocation failing while
     // a buffer regrows) must not leave backward()/logits() reading released or resized buffers.
     have_forward = false;
@@ -556,7 +581,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
   template <typename T>
   size_t measure(int B, int T_) const {
     Acts<T> a;
-    return carve_acts<T>(&a, nullptr, B, T_, C, QKVD, NH, I, V, L, attn_naive, attn_dq_atomic);
+    return carve_acts<T>(&a, nullptr, B, T_, C, QD, QKVD, NH, I, V, L, attn_naive, attn_dq_atomic);
   }
 
   template <typename T>
@@ -564,7 +589,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
     const int B = B_, Tn = T_, N = B * Tn;
     const float eps = cfg.rms_norm_eps;
     Acts<T> a;
-    carve_acts<T>(&a, acts.as<char>(), B, Tn, C, QKVD, NH, I, V, L, attn_naive);
+    carve_acts<T>(&a, acts.as<char>(), B, Tn, C, QD, QKVD, NH, I, V, L, attn_naive);
     const T* Wp = W<T>();
     const int32_t* tok = tokens_d.as<int32_t>();
     const int32_t* pos = pos_d.as<int32_t>();
@@ -592,7 +617,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
       else
         gpu::flash_attention_forward<T>(y.atty, y.att, y.qkv, B, Tn, NH, NKV, HS, s, attn_tc, attn_fwd_rows);
       mk("fwd attention");
-      gpu::linear_forward_add<T>(*gemm, y.res1, y.atty, Wp + o.wo, x, N, C, C, s);  // res1 = x + o(atty)
+      gpu::linear_forward_add<T>(*gemm, y.res1, y.atty, Wp + o.wo, x, N, QD, C, s);  // res1 = x + o(atty)
       mk("fwd matmul o+residual");
       gpu::rmsnorm_forward<T>(y.ln2, y.rstd2, y.res1, Wp + o.ln2, N, C, eps, s);
       mk("fwd rmsnorm");
@@ -621,14 +646,14 @@ struct LlamaModelCuda::Impl : AllocAccount {
     const size_t n = (size_t)B_ * T_ * V;
     if (dtype == DType::bfloat16) {
       Acts<bf16> a;
-      carve_acts<bf16>(&a, acts.as<char>(), B_, T_, C, QKVD, NH, I, V, L, attn_naive);
+      carve_acts<bf16>(&a, acts.as<char>(), B_, T_, C, QD, QKVD, NH, I, V, L, attn_naive);
       std::vector<uint16_t> tmp(n);
       CUDA_CHECK(cudaMemcpyAsync(tmp.data(), a.logits, n * sizeof(bf16), cudaMemcpyDeviceToHost, stream));
       sync();
       for (size_t i = 0; i < n; i++) dst[i] = bf16_to_float(tmp[i]);
     } else {
       Acts<float> a;
-      carve_acts<float>(&a, acts.as<char>(), B_, T_, C, QKVD, NH, I, V, L, attn_naive);
+      carve_acts<float>(&a, acts.as<char>(), B_, T_, C, QD, QKVD, NH, I, V, L, attn_naive);
       CUDA_CHECK(cudaMemcpyAsync(dst, a.logits, n * sizeof(float), cudaMemcpyDeviceToHost, stream));
       sync();
     }
@@ -652,7 +677,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
   void backward_t(float scale) {
     const int B = B_, Tn = T_, N = B * Tn;
     Acts<T> a;
-    carve_acts<T>(&a, acts.as<char>(), B, Tn, C, QKVD, NH, I, V, L, attn_naive, attn_dq_atomic);
+    carve_acts<T>(&a, acts.as<char>(), B, Tn, C, QD, QKVD, NH, I, V, L, attn_naive, attn_dq_atomic);
     const T* Wp = W<T>();
     float* G = grads.as<float>();
     const int32_t* pos = pos_d.as<int32_t>();
@@ -684,7 +709,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
       gpu::rmsnorm_backward<T>(a.dres, G + o.ln2, a.norm_partial, a.dln, y.res1, Wp + o.ln2, y.rstd2, N, C, s);
       mk("bwd rmsnorm");
       // attention: res1 = x + o(attn(rope(qkv(ln1))))
-      gpu::linear_backward<T>(*gemm, a.datty, G + o.wo, a.dres, y.atty, Wp + o.wo, N, C, C, s);
+      gpu::linear_backward<T>(*gemm, a.datty, G + o.wo, a.dres, y.atty, Wp + o.wo, N, QD, C, s);
       mk("bwd matmul o");
       if (attn_naive)
         gpu::attention_backward<T>(a.dqkv, a.datt, a.datty, y.qkv, y.att, B, Tn, NH, NKV, HS, s);
@@ -716,9 +741,11 @@ struct LlamaModelCuda::Impl : AllocAccount {
   // ------------------------------------------------------------ KV cache
   void kv_reset(int n_slots, int max_len) {
     PYLLAMA_CHECK(n_slots >= 1, ValueError, "kv cache needs at least one slot, got " << n_slots);
-    PYLLAMA_CHECK(max_len >= 1 && max_len <= cfg.max_position_embeddings, ValueError,
-                  "kv cache length " << max_len << " must be in [1, max_position_embeddings="
-                                     << cfg.max_position_embeddings << "]");
+    PYLLAMA_CHECK(max_len >= 1 && max_len <= cfg.max_positions(), ValueError,
+                  "kv cache length " << max_len << " must be in [1, "
+                                     << (dynamic_rope() ? "max_position_embeddings * rope_scaling factor = "
+                                                        : "max_position_embeddings=")
+                                     << cfg.max_positions() << "]");
     use();
     sync();
     const size_t bytes = (size_t)L * n_slots * NKV * max_len * HS * elem();
@@ -764,6 +791,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
   const float* kv_forward(const int32_t* tokens, int B, int T, const int32_t* slots, const int32_t* start_pos,
                           bool last_only) {
     kv_check(tokens, B, T, slots, start_pos);
+    rope_sync(max_seq(start_pos, B, T));
     if (T == 1 && dec_fast) return static_cast<const float*>(kv_decode(tokens, B, slots, start_pos, false));
     n_general++;
     const long long N = (long long)B * T;
@@ -792,7 +820,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
       *ln = cv.take<T>((size_t)N * C);
       *rstd = cv.take<float>(N);
       *qkv = cv.take<T>((size_t)N * QKVD);
-      *atty = cv.take<T>((size_t)N * C);
+      *atty = cv.take<T>((size_t)N * QD);
       *tmp = cv.take<T>((size_t)N * C);
       *gu = cv.take<T>((size_t)N * 2 * I);
       *h = cv.take<T>((size_t)N * I);
@@ -838,7 +866,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
       gpu::rope_apply<T>(qkv, QKVD, kpos, cs, sn, N, NH + NKV, HS, false, s);
       gpu::kv_store<T>(kc, vc, qkv, slots_d, kpos, B, T_, NH, NKV, HS, kv_len, s);
       gpu::attention_kv_forward<T>(atty, scores, qkv, kc, vc, slots_d, kpos, B, T_, NH, NKV, HS, kv_len, s);
-      gpu::linear_forward_add<T>(*gemm, x, atty, Wp + o.wo, x, N, C, C, s);  // x += o(atty)
+      gpu::linear_forward_add<T>(*gemm, x, atty, Wp + o.wo, x, N, QD, C, s);  // x += o(atty)
       gpu::rmsnorm_forward<T>(ln, rstd, x, Wp + o.ln2, N, C, eps, s);
       gpu::linear_forward<T>(*gemm, gu, ln, Wp + o.wgu, N, C, 2 * I, s);
       gpu::swiglu_forward<T>(h, gu, N, I, s);
@@ -878,7 +906,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
     d->ln = cv.take<T>((size_t)B * C);
     d->rstd = cv.take<float>(B);
     d->qkv = cv.take<T>((size_t)B * QKVD);
-    d->atty = cv.take<T>((size_t)B * C);
+    d->atty = cv.take<T>((size_t)B * QD);
     d->tmp = cv.take<T>((size_t)B * C);
     d->gu = cv.take<T>((size_t)B * 2 * I);
     d->h = cv.take<T>((size_t)B * I);
@@ -983,7 +1011,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
         gpu::decode_attention<T>(d.atty, d.part, attn_cnt, d.qkv, kvp, l * layer_stride, slt, pos, B, NH, NKV, HS,
                                  kv_len, splits, dec_pdl, s);
         mk("dec attention");
-        residual_matmul(Wp + o.wo, d.atty, C);
+        residual_matmul(Wp + o.wo, d.atty, QD);
         mk("dec fused o+residual");
         gpu::FusedGemv<T> gu;
         gu.W = Wp + o.wgu, gu.x = d.x, gu.nw = Wp + o.ln2, gu.eps = eps, gu.IN = C, gu.units = I, gu.OUT = I;
@@ -1016,7 +1044,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
       gpu::decode_attention<T>(d.atty, d.part, attn_cnt, d.qkv, kvp, l * layer_stride, slt, pos, B, NH, NKV, HS,
                                kv_len, splits, false, s);
       mk("dec attention");
-      lin(d.tmp, d.atty, Wp + o.wo, C, C);
+      lin(d.tmp, d.atty, Wp + o.wo, QD, C);
       mk("dec matmul o");
       gpu::decode_residual_rmsnorm<T>(d.x, d.tmp, d.ln, d.rstd, Wp + o.ln2, B, C, eps, s);
       mk("dec residual+rmsnorm");
@@ -1047,7 +1075,9 @@ struct LlamaModelCuda::Impl : AllocAccount {
   template <typename T>
   bool fused_fits(int B) const {
     const size_t e = sizeof(T);
-    if (!gpu::fused_gemv_fits(B, C, (int)e, true) || !gpu::fused_gemv_fits(B, I, (int)e, false) || HS % 2) return false;
+    if (!gpu::fused_gemv_fits(B, C, (int)e, true) || !gpu::fused_gemv_fits(B, I, (int)e, false) ||
+        !gpu::fused_gemv_fits(B, QD, (int)e, false) || HS % 2)
+      return false;
     auto al = [&](size_t off) { return (off * e) % 16 == 0; };
     if (!al(wout_off)) return false;
     for (const LayerOff& o : layer_off)
@@ -1178,7 +1208,9 @@ struct LlamaModelCuda::Impl : AllocAccount {
                     "kv_greedy_chain: " << n << " steps from position " << start_pos[b]
                                         << " do not fit the cache length " << kv_len
                                         << " (kv_reset with a longer max_len, or fewer steps)");
-    if (dec_fast) return static_cast<const int32_t*>(dec_run(tokens, B, slots, start_pos, n, DecOut::Ring));
+    // (dynamic RoPE scaling may change the tables at every step: the steps one by one)
+    if (dec_fast && !dynamic_rope())
+      return static_cast<const int32_t*>(dec_run(tokens, B, slots, start_pos, n, DecOut::Ring));
     chain_h.resize((size_t)n * B);
     std::vector<int32_t> tok(tokens, tokens + B), pos(start_pos, start_pos + B);
     for (int i = 0; i < n; i++) {
@@ -1194,6 +1226,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
   const int32_t* kv_forward_greedy(const int32_t* tokens, int B, int T, const int32_t* slots,
                                    const int32_t* start_pos) {
     kv_check(tokens, B, T, slots, start_pos);
+    rope_sync(max_seq(start_pos, B, T));
     if (T == 1 && dec_fast) return static_cast<const int32_t*>(kv_decode(tokens, B, slots, start_pos, true));
     const float* lg = kv_forward(tokens, B, T, slots, start_pos, true);  // (B, V) host logits
     greedy_h.resize(B);

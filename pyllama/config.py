@@ -20,7 +20,8 @@ def memory_limit(limit_bytes: Optional[int] = None, *, reset: bool = False) -> O
     By default the machine's physical memory (``os.sysconf``). ``memory_limit(n)`` sets a
     lower (or higher) limit for this process, ``memory_limit(reset=True)`` goes back to
     the default; both return the limit now in force (None when it cannot be told).
-    ``Llama(config)`` checks 8 bytes per parameter (weights and gradients) plus the RoPE
+    ``Llama(config)`` checks 4 bytes per parameter (the float32 weights; gradients are
+    allocated by the first backward) plus the RoPE
     tables, ``Trainer`` 16 (two AdamW moments more) plus the activations of a batch
     (:meth:`LlamaConfig.memory_bytes`); both in Python, before the core allocates.
     A config alone is never refused for its size.
@@ -31,7 +32,7 @@ def memory_limit(limit_bytes: Optional[int] = None, *, reset: bool = False) -> O
     ...                                   num_hidden_layers=2, num_attention_heads=4))
     Traceback (most recent call last):
     ...
-    MemoryError: Llama: this model needs about 142 MB (8 bytes per parameter ... pyllama.memory_limit() is 1 MB...
+    MemoryError: Llama: this model needs about 71 MB (4 bytes per parameter ... pyllama.memory_limit() is 1 MB...
     >>> _ = pyllama.memory_limit(reset=True)
     """
     global _memory_limit
@@ -42,6 +43,25 @@ def memory_limit(limit_bytes: Optional[int] = None, *, reset: bool = False) -> O
             raise ValueError(f"memory_limit must be a positive number of bytes, got {limit_bytes!r}")
         _memory_limit = limit_bytes
     return _memory_limit if _memory_limit is not None else _physical_memory()
+
+
+def _normalize_rope_scaling(rs, max_position_embeddings) -> Optional[dict]:
+    """``rope_scaling`` checked by the core's config.json reader, in canonical form."""
+    from . import _core
+
+    if not isinstance(rs, dict):
+        raise ValueError(f"LlamaConfig.rope_scaling must be a dict as config.json spells it (or None), got {rs!r}")
+    rs = {k: v for k, v in rs.items() if k != "rope_theta"}  # rope_theta is its own field
+    try:
+        text = json.dumps(rs, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"LlamaConfig.rope_scaling has a value that is not plain JSON: {e}") from None
+    mp = max_position_embeddings if isinstance(max_position_embeddings, int) and max_position_embeddings > 0 else 1
+    out = _core.normalize_rope_scaling(text, mp)
+    if out is not None:  # the core's JSON gives whole numbers as int: factors are floats, as transformers has them
+        out = {k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
+               and k != "original_max_position_embeddings" else v for k, v in out.items()}
+    return out
 
 
 def _physical_memory() -> Optional[int]:
@@ -64,7 +84,8 @@ def check_memory(cfg: "LlamaConfig", training: bool = False, batch_tokens: int =
         who = "pyllama.memory_limit()" if _memory_limit is not None else "this machine's memory"
         what = ("Trainer: training this model needs about {} (16 bytes per parameter for weights, gradients and "
                 "AdamW moments, the activations of a batch" if training else
-                "Llama: this model needs about {} (8 bytes per parameter for weights and gradients")
+                "Llama: this model needs about {} (4 bytes per parameter for the float32 weights; a backward "
+                "adds 4 more for the gradients")
         raise MemoryError(what.format(_mb(need)) + f", RoPE tables of max_position_embeddings="
                           f"{cfg.max_position_embeddings}); {who} is {_mb(limit)}. Use a smaller model"
                           + (" or batch" if training else "") + ", or set the limit with pyllama.memory_limit(bytes)")
@@ -78,6 +99,16 @@ class LlamaConfig:
     ...                   num_hidden_layers=6, num_attention_heads=6)
     >>> cfg.head_dim, cfg.num_key_value_heads
     (48, 6)
+
+    RoPE scaling takes ``rope_scaling`` as transformers spells it (types ``linear``, ``dynamic``,
+    ``yarn``, ``llama3``); ``head_dim`` may differ from hidden_size / heads; ``attention_bias``
+    and ``mlp_bias`` add biases to the projections:
+
+    >>> LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+    ...             num_attention_heads=4, head_dim=16, attention_bias=True,
+    ...             rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+    ...                           "high_freq_factor": 4.0}).rope_scaling["original_max_position_embeddings"]
+    2048
     """
 
     vocab_size: int = 32000  # V: number of token ids
@@ -92,15 +123,29 @@ class LlamaConfig:
     tie_word_embeddings: bool = False  # output head shares the embedding matrix
     bos_token_id: Optional[int] = None
     eos_token_id: Optional[int] = None
+    head_dim: Optional[int] = None  # HS: width of one attention head; None means hidden_size / NH
+    attention_bias: bool = False  # q/k/v/o projections with biases
+    mlp_bias: bool = False  # gate/up/down projections with biases
+    rope_scaling: Optional[dict] = None  # {"rope_type": "linear" | "dynamic" | "yarn" | "llama3", ...}
 
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
+        C, NH = self.hidden_size, self.num_attention_heads
+        if self.head_dim is None and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= INT_MAX
+                                         for v in (C, NH)) and C % NH == 0:
+            self.head_dim = C // NH  # otherwise validate() says what is wrong
+        if self.rope_scaling is not None:
+            self.rope_scaling = _normalize_rope_scaling(self.rope_scaling, self.max_position_embeddings)
         self.validate()
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+    def max_positions(self) -> int:
+        """The longest sequence (and KV cache) the model takes: ``max_position_embeddings``, or
+        ``max_position_embeddings * factor`` with dynamic RoPE scaling, which exists to go past it."""
+        if self.rope_scaling and self.rope_scaling.get("rope_type") == "dynamic":
+            return int(math.floor(self.max_position_embeddings * float(self.rope_scaling["factor"])))
+        return self.max_position_embeddings
 
     def validate(self) -> None:
         """Check every field (types, ranges, the ``int32`` limit of the core) and that the
@@ -121,13 +166,18 @@ class LlamaConfig:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
             positive(name)
-        if self.hidden_size % self.num_attention_heads:
+        if self.head_dim is None:
             raise ValueError(
                 f"LlamaConfig.hidden_size ({self.hidden_size}) must be divisible by "
-                f"num_attention_heads ({self.num_attention_heads})")
+                f"num_attention_heads ({self.num_attention_heads}), or give head_dim")
+        positive("head_dim")
         if self.head_dim % 2:
-            raise ValueError(f"LlamaConfig: head_dim = hidden_size / num_attention_heads = {self.head_dim} "
-                             "must be even for rotary embeddings")
+            raise ValueError(f"LlamaConfig: head_dim = {self.head_dim} must be even for rotary embeddings")
+        for name in ("attention_bias", "mlp_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"LlamaConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        if self.rope_scaling is not None:
+            _normalize_rope_scaling(self.rope_scaling, self.max_position_embeddings)
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"LlamaConfig.num_key_value_heads ({self.num_key_value_heads}) must divide "
@@ -143,8 +193,8 @@ class LlamaConfig:
 
     def memory_bytes(self, training: bool = True, batch_tokens: int = 0) -> int:
         """Bytes a model of this shape needs: 16 per parameter to train (float32 weights,
-        gradients and two AdamW moments), 8 for the model alone (``training=False``: weights
-        and gradients, what ``Llama(config)`` allocates), plus the RoPE cos/sin tables
+        gradients and two AdamW moments), 4 for the model alone (``training=False``: the
+        weights, what ``Llama(config)`` allocates; gradients come with the first backward), plus the RoPE cos/sin tables
         (max_position_embeddings x head_dim floats) and, when ``batch_tokens`` (batch x
         sequence) is given, a rough figure for the activations kept for the backward pass
         (10 floats of width C and 3 of width I per token per layer, plus the logits twice).
@@ -154,24 +204,25 @@ class LlamaConfig:
         231936
         """
         C, I, L, V = self.hidden_size, self.intermediate_size, self.num_hidden_layers, self.vocab_size
-        kv = self.num_key_value_heads * self.head_dim
-        per_layer = C * C * 2 + C * kv * 2 + 3 * C * I + 2 * C
+        kv, q = self.num_key_value_heads * self.head_dim, self.num_attention_heads * self.head_dim
+        per_layer = C * q * 2 + C * kv * 2 + 3 * C * I + 2 * C
+        if self.attention_bias:
+            per_layer += q + 2 * kv + C
+        if self.mlp_bias:
+            per_layer += 2 * I + C
         params = L * per_layer + V * C * (1 if self.tie_word_embeddings else 2) + C
-        rope = self.max_position_embeddings * self.head_dim * 4
+        rope = self.max_positions * self.head_dim * 4
         acts = batch_tokens * (L * (10 * C + 3 * I) + 2 * V) * 4
-        return (16 if training else 8) * params + rope + acts
+        return (16 if training else 4) * params + rope + acts
 
     # ---------------------------------------------------------------- Hugging Face config.json
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["head_dim"] = self.head_dim
         d["architectures"] = ["LlamaForCausalLM"]
         d["model_type"] = "llama"
         d["hidden_act"] = "silu"
-        d["attention_bias"] = False
-        d["mlp_bias"] = False
         d["torch_dtype"] = "float32"
-        d["rope_scaling"] = None
+        d["rope_scaling"] = dict(self.rope_scaling) if self.rope_scaling else None
         return {k: v for k, v in d.items() if v is not None or k == "rope_scaling"}
 
     @classmethod
@@ -187,10 +238,14 @@ class LlamaConfig:
         500000.0
         >>> LlamaConfig.from_dict({"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
         ...     "num_hidden_layers": 1, "num_attention_heads": 4,
-        ...     "rope_parameters": {"rope_type": "linear", "factor": 2.0}})
+        ...     "rope_parameters": {"rope_type": "linear", "factor": 2.0}}).rope_scaling
+        {'factor': 2.0, 'rope_type': 'linear'}
+        >>> LlamaConfig.from_dict({"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
+        ...     "num_hidden_layers": 1, "num_attention_heads": 4,
+        ...     "rope_parameters": {"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}})
         Traceback (most recent call last):
         ...
-        ValueError: config.json: rope_parameters asks for RoPE scaling rope_type 'linear', ...
+        ValueError: config.json: rope_parameters asks for RoPE scaling rope_type 'longrope', ...
         """
         from . import _core
 

@@ -773,7 +773,7 @@ class StreamToken:
 
 def _model_dims(model: Any) -> Tuple[int, int]:
     mc = model.config
-    return int(mc.vocab_size), int(mc.max_position_embeddings)
+    return int(mc.vocab_size), int(getattr(mc, "max_positions", mc.max_position_embeddings))
 
 
 def _prefill(model: Any, prompts: List[np.ndarray], slots: List[int]) -> np.ndarray:

@@ -63,8 +63,9 @@ def _core_config(cfg: LlamaConfig) -> "_core.LlamaConfigCore":
     c = _core.LlamaConfigCore()
     for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                  "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_theta",
-                 "tie_word_embeddings"):
+                 "tie_word_embeddings", "head_dim", "attention_bias", "mlp_bias"):
         setattr(c, name, getattr(cfg, name))
+    c.set_rope_scaling(json.dumps(cfg.rope_scaling))
     return c
 
 
@@ -106,10 +107,18 @@ class Llama:
         self._infos = core.param_infos()  # (name, offset, numel, shape)
         # the live flat buffers where they are host memory (numpy views), else None
         self._params = core.host_params()
-        self._grads = core.host_grads()
+        self._grads_view = None  # the gradients' view, made on first use: the core allocates them then
         if self._params is not None:
             self._named_params = {n: self._params[o:o + k].reshape(s) for n, o, k, s in self._infos}
-            self._named_grads = {n: self._grads[o:o + k].reshape(s) for n, o, k, s in self._infos}
+
+    @property
+    def _grads(self) -> Optional[np.ndarray]:
+        if self._params is None:
+            return None
+        if self._grads_view is None:
+            self._grads_view = self._core.host_grads()
+            self._named_grads = {n: self._grads_view[o:o + k].reshape(s) for n, o, k, s in self._infos}
+        return self._grads_view
 
     # ---------------------------------------------------------------- parameters
     def named_parameters(self) -> Dict[str, np.ndarray]:
@@ -124,7 +133,7 @@ class Llama:
         On a cuda model: read-only host copies (see ``to``)."""
         if self._grads is None:
             return self._named_host_copies(self._core.grads_to_host)
-        return dict(self._named_grads)
+        return dict(self._named_grads)  # (made by the _grads property just above)
 
     def flat_params(self) -> np.ndarray:
         """The whole flat parameter buffer as a 1-D float32 view (no copy); a read-only
@@ -305,23 +314,82 @@ class Llama:
         back to back with one wait). Returns int32 [n, B]."""
         return self._core.kv_greedy_chain(tokens, slots, start_pos, n)
 
+    def backend_stats(self) -> dict:
+        """What the model's backend runs, and counters of what it has run: for diagnostics,
+        benchmarks and tests (the keys may grow).
+
+        Every device: ``device`` ('cpu', 'cuda:N'), ``dtype`` (compute dtype), ``greedy_chain_max``
+        (greedy steps one device call may take; 0 on the CPU). CPU: ``simd``, ``threads``.
+        CUDA: ``matmul_backend`` ('cublaslt', 'cublas' or 'tiled'), ``uses_cublas``,
+        ``matmul_stats`` (calls, fallbacks, autotune picks), ``attention_kernels`` ('flash',
+        'gemm' or 'naive'), ``uses_flash_attention``, ``decode_stats`` (which decode paths ran:
+        CUDA-graph replays, fused steps, ...).
+
+        >>> import pyllama
+        >>> m = pyllama.Llama(pyllama.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+        ...                                       num_hidden_layers=1, num_attention_heads=2))
+        >>> s = m.backend_stats(); s["device"], s["dtype"], s["greedy_chain_max"]
+        ('cpu', 'float32', 0)
+        """
+        c = self._core
+        d = {"device": c.device, "dtype": c.dtype}
+        if c.device == "cpu":
+            info = _core.build_info()
+            d.update(greedy_chain_max=0, simd=info.get("simd"), threads=_core.num_threads())
+            return d
+        d.update(greedy_chain_max=int(c.greedy_chain_max), matmul_backend=c.matmul_backend,
+                 uses_cublas=bool(c.uses_cublas), matmul_stats=dict(c.matmul_stats()),
+                 attention_kernels=c.attention_kernels, uses_flash_attention=bool(c.uses_flash_attention),
+                 decode_stats=dict(c.decode_stats()))
+        return d
+
     # ---------------------------------------------------------------- Hugging Face files
-    def save_pretrained(self, path: Union[str, "os.PathLike[str]"]) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (Hugging Face format, float32)
-        into the folder ``path``, and ``generation_config.json`` when ``model.generation_config``
-        is set; each file is written atomically.
+    def save_pretrained(self, path: Union[str, "os.PathLike[str]"], dtype: str = "float32") -> None:
+        """Write ``config.json`` and ``model.safetensors`` (Hugging Face format) into the folder
+        ``path``; each file is written atomically.
+
+        ``dtype`` is what the weights are stored as: ``"float32"`` (the model's own values,
+        exactly), ``"bfloat16"`` (as most Llama checkpoints ship; rounded to nearest even by the
+        core) or ``"float16"``. ``config.json`` names it in ``torch_dtype``.
+        ``generation_config.json`` is written too when ``model.generation_config`` is set.
 
         >>> model.save_pretrained("my-model")            # doctest: +SKIP
+        >>> model.save_pretrained("my-model-bf16", dtype="bfloat16")   # doctest: +SKIP
         >>> transformers.LlamaForCausalLM.from_pretrained("my-model")  # doctest: +SKIP
         """
         from safetensors.numpy import save_file
 
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"save_pretrained: dtype must be 'float32', 'bfloat16' or 'float16', got {dtype!r}")
         path = os.fspath(path)
         os.makedirs(path, exist_ok=True)
-        tensors = {n: np.ascontiguousarray(v) for n, v in self.named_parameters().items()}
-        atomic_write(os.path.join(path, "model.safetensors"),
-                     lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-        self.config.to_json(os.path.join(path, "config.json"))
+        params = self.named_parameters()
+        if dtype == "bfloat16":
+            from safetensors import TensorSpec, serialize_file
+
+            # the core rounds to bfloat16 (nearest even); numpy sees the bits as uint16
+            bits = {n: np.ascontiguousarray(np.asarray(_core.Tensor.from_numpy(np.ascontiguousarray(v))
+                                                       .to("bfloat16"))) for n, v in params.items()}
+            specs = {n: TensorSpec(dtype="bfloat16", shape=b.shape, data_ptr=b.ctypes.data, data_len=b.nbytes)
+                     for n, b in bits.items()}
+            atomic_write(os.path.join(path, "model.safetensors"),
+                         lambda tmp: serialize_file(specs, tmp, metadata={"format": "pt"}))
+        else:
+            np_dtype = np.float32 if dtype == "float32" else np.float16
+            with np.errstate(over="ignore"):  # checked just below, with a message
+                tensors = {n: np.ascontiguousarray(v, dtype=np_dtype) for n, v in params.items()}
+            for n, t in tensors.items():
+                if not np.all(np.isfinite(t)) and np.all(np.isfinite(params[n])):
+                    raise ValueError(f"save_pretrained: {n} holds values beyond float16's range (largest "
+                                     f"|w| = {float(np.abs(params[n]).max()):g} > 65504); save as 'bfloat16' "
+                                     "or 'float32'")
+            atomic_write(os.path.join(path, "model.safetensors"),
+                         lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        d = self.config.to_dict()
+        d["torch_dtype"] = dtype
+        from ._io import atomic_write_text
+
+        atomic_write_text(os.path.join(path, "config.json"), json.dumps(d, indent=2, sort_keys=True) + "\n")
         if self.generation_config is not None:
             self.generation_config.save_pretrained(path)
 

@@ -598,7 +598,7 @@ class Trainer:
         from .config import check_memory
 
         check_memory(mc, training=True, batch_tokens=config.batch_size * config.seq_len)
-        if config.seq_len > mc.max_position_embeddings:
+        if config.seq_len > mc.max_positions:
             raise ValueError(f"TrainConfig.seq_len ({config.seq_len}) exceeds the model's "
                              f"max_position_embeddings ({mc.max_position_embeddings})")
         if config.device == "cuda":

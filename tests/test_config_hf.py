@@ -28,7 +28,12 @@ SCALINGS = {
     "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
     "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 16},
+    "yarn-mscale": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "mscale": 0.8,
+                    "mscale_all_dim": 0.5, "beta_fast": 16, "beta_slow": 2},
+    "longrope": {"rope_type": "longrope", "short_factor": [1.0, 1.1, 1.2, 1.3],
+                 "long_factor": [2.0, 3.0, 4.0, 5.0], "original_max_position_embeddings": 16},
 }
+REFUSED = {"longrope"}  # pyllama implements every other type
 
 
 def _write_hf(path, **kw):
@@ -88,10 +93,10 @@ def test_rope_scaling_each_spelling_matches_or_raises(tmp_path, name, spelling):
     written = json.loads((path / "config.json").read_text())
     if spelling == "transformers4":
         _to_v4_spelling(path)
-    msg = _loads_and_matches_or_raises(path, IDS, must_raise=name != "default")
+    msg = _loads_and_matches_or_raises(path, IDS, must_raise=name in REFUSED)
+    if name in REFUSED:
+        assert f"rope_type '{name}'" in msg
     if name != "default":
-        kind = SCALINGS[name].get("rope_type", SCALINGS[name].get("type"))
-        assert f"rope_type '{kind}'" in msg and "rope" in msg
         # the scaling really changes transformers' logits, so loading it silently would be wrong
         plain = _write_hf(tmp_path / "plain", rope_theta=5000.0)
         # (dynamic only differs past max_position_embeddings, hence the longer sequence)
@@ -105,10 +110,10 @@ def test_rope_scaling_each_spelling_matches_or_raises(tmp_path, name, spelling):
 
 
 @pytest.mark.parametrize("field,value,must_raise", [
-    ("head_dim", 16, True),               # explicit head_dim != hidden/heads
+    ("head_dim", 16, False),              # explicit head_dim != hidden/heads
     ("head_dim", 8, False),               # the same as hidden/heads
-    ("attention_bias", True, True),
-    ("mlp_bias", True, True),
+    ("attention_bias", True, False),
+    ("mlp_bias", True, False),
     ("hidden_act", "gelu", True),
     ("hidden_act", "swish", False),       # transformers' swish is SiLU
     ("pretraining_tp", 2, False),         # a tensor-parallel split of the same products
@@ -155,6 +160,16 @@ _DROP = object()
     ({"tie_word_embeddings": "yes"}, "tie_word_embeddings must be true or false"),
     ({"vocab_size": _DROP}, "lacks the required field vocab_size"),
     ({"model_type": "mistral"}, "model_type"),
+    ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "high_freq_factor": 4.0}},
+     "no 'low_freq_factor'"),
+    ({"rope_parameters": {"rope_type": "linear", "factor": 2.0, "low_freq_factor": 1.0}}, "does not take"),
+    ({"rope_parameters": {"rope_type": "linear", "factor": 0.5}}, ">= 1"),
+    ({"rope_parameters": {"rope_type": "linear"}}, "no 'factor'"),
+    ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0}},
+     "low_freq_factor < high_freq_factor"),
+    ({"rope_parameters": {"rope_type": "linear", "factor": 2.0},
+      "rope_scaling": {"rope_type": "linear", "factor": 3.0}}, "different RoPE scalings"),
+    ({"head_dim": 7}, "even"),
 ])
 def test_hand_edited_configs_are_refused_by_name(tmp_path, changes, pattern):
     path = _write_hf(tmp_path)
@@ -170,13 +185,16 @@ def test_config_json_that_is_not_an_object(tmp_path):
         pyllama.Llama.from_pretrained(path)
 
 
-def test_generate_cli_refuses_rope_scaling(tmp_path, capsys):
+def test_generate_cli_refuses_longrope_and_runs_llama3(tmp_path, capsys):
     from pyllama.cli import main
 
-    path = _write_hf(tmp_path, rope_scaling=SCALINGS["llama3"])
+    path = _write_hf(tmp_path / "longrope", rope_scaling=SCALINGS["longrope"])
     rc = main(["generate", "--checkpoint", str(path), "--prompt-ids", "1,2,3", "--max-new-tokens", "2"])
     assert rc == 1
-    assert "llama3" in capsys.readouterr().err
+    assert "longrope" in capsys.readouterr().err
+    path = _write_hf(tmp_path / "llama3", rope_scaling=SCALINGS["llama3"])
+    rc = main(["generate", "--checkpoint", str(path), "--prompt-ids", "1,2,3", "--max-new-tokens", "2"])
+    assert rc == 0, capsys.readouterr().err
 
 
 def test_pyllama_config_round_trips_through_transformers(tmp_path):

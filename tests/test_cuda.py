@@ -39,8 +39,17 @@ CONFIGS = {
                       num_key_value_heads=2, num_hidden_layers=3),
     "hs128": dict(vocab_size=515, hidden_size=256, intermediate_size=200, num_attention_heads=2,
                   num_key_value_heads=2, num_hidden_layers=1, max_position_embeddings=256),
+    # RoPE scaling: the tables come from the core (rope.h), yarn's attention factor scales them
+    "rope_llama3": dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+    "rope_yarn": dict(rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}),
+    # dynamic NTK: past max_position_embeddings (32) the tables change with the sequence
+    "rope_dynamic": dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}, max_position_embeddings=32),
+    # an explicit head_dim: q rows NH*HS = 64 wider than hidden_size 48
+    "head_dim16": dict(head_dim=16),
 }
-SHAPES = {"tiny_gqa": (2, 37), "mha_tied": (3, 16), "mqa_hs32": (2, 70), "wide_hs64": (2, 45), "hs128": (1, 130)}
+SHAPES = {"tiny_gqa": (2, 37), "mha_tied": (3, 16), "mqa_hs32": (2, 70), "wide_hs64": (2, 45), "hs128": (1, 130),
+          "rope_llama3": (2, 40), "rope_yarn": (2, 40), "rope_dynamic": (2, 50), "head_dim16": (2, 37)}
 
 
 def make_batch(cfg, B, T, seed=0, ignore=True):
@@ -168,6 +177,18 @@ def test_each_kernel_tiled_matmul(monkeypatch):
 # ------------------------------------------------------------------ float32: exact against the CPU
 
 @gpu
+@pytest.mark.parametrize("what,kw", [
+    ("attention_bias", dict(attention_bias=True)),
+    ("mlp_bias", dict(mlp_bias=True)),
+])
+def test_cuda_refuses_what_only_the_cpu_has(what, kw):
+    model = pyllama.Llama(tiny_config(**kw))
+    with pytest.raises(ValueError, match=what.replace("_", ".")):
+        model.to("cuda")
+    assert model.device == "cpu"  # a refused move leaves the model where it was
+
+
+@gpu
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_forward_backward_match_cpu(name):
     cfg, cpu, dev = pair(name)
@@ -194,7 +215,7 @@ def test_long_sequence_flash_attention_matches_cpu():
                       num_key_value_heads=2, num_hidden_layers=1, max_position_embeddings=2048)
     cpu = pyllama.Llama(cfg, seed=4)
     dev = pyllama.Llama(cfg, seed=4).to("cuda", options=env_options())
-    assert dev._core.uses_flash_attention
+    assert dev.backend_stats()["uses_flash_attention"]
     ids, labels = make_batch(cfg, 1, 2048, seed=11)
     ref, out = check_step_matches_cpu(cpu, dev, ids, labels, "T=2048")
     # bf16 (tensor-core flash attention) on the same batch: near float32
@@ -207,11 +228,11 @@ def test_naive_attention_fallback_matches_cpu(monkeypatch):
     """PYLLAMA_CUDA_ATTENTION=naive: the (B, NH, T, T) kernels, kept to tell a flash bug apart."""
     monkeypatch.setenv("PYLLAMA_CUDA_ATTENTION", "naive")
     cfg, cpu, dev = pair("tiny_gqa")
-    assert not dev._core.uses_flash_attention
+    assert not dev.backend_stats()["uses_flash_attention"]
     ids, labels = make_batch(cfg, 2, 37)
     ref, out = check_step_matches_cpu(cpu, dev, ids, labels, "naive attention")
     monkeypatch.delenv("PYLLAMA_CUDA_ATTENTION")
-    assert pyllama.Llama(cfg, seed=0).to("cuda", options=env_options())._core.uses_flash_attention
+    assert pyllama.Llama(cfg, seed=0).to("cuda", options=env_options()).backend_stats()["uses_flash_attention"]
 
 
 @gpu
@@ -306,7 +327,7 @@ def test_tiled_matmul_fallback_matches_cpu(monkeypatch):
     cfg = tiny_config(**CONFIGS["wide_hs64"])
     cpu = pyllama.Llama(cfg, seed=3)
     dev = pyllama.Llama(cfg, seed=3).to("cuda", options=env_options())
-    assert not dev._core.uses_cublas and dev._core.matmul_backend == "tiled"
+    assert not dev.backend_stats()["uses_cublas"] and dev.backend_stats()["matmul_backend"] == "tiled"
     ids, labels = make_batch(cfg, 2, 45)
     ref, out = check_step_matches_cpu(cpu, dev, ids, labels, "tiled")
 
@@ -327,7 +348,7 @@ def test_matmul_backends_match_cpu(monkeypatch, backend):
     backend = backend.removesuffix("-tuned")
     cfg = tiny_config(vocab_size=101, hidden_size=36, intermediate_size=50, num_attention_heads=3,
                       num_key_value_heads=1, num_hidden_layers=2)
-    if not pyllama.Llama(cfg).to("cuda", options=env_options())._core.uses_cublas:
+    if not pyllama.Llama(cfg).to("cuda", options=env_options()).backend_stats()["uses_cublas"]:
         pytest.skip("this build has no cuBLAS (test_tiled_matmul_fallback_matches_cpu covers the tiled GEMM)")
     monkeypatch.setenv("PYLLAMA_CUDA_MATMUL", backend)
     cpu = pyllama.Llama(cfg, seed=8)
@@ -341,8 +362,8 @@ def test_matmul_backends_match_cpu(monkeypatch, backend):
     assert tokens == ref_tokens
     for i, (a, b) in enumerate(zip(logits, ref_logits)):
         assert_close(a, b, what=f"{backend} decode step {i}")
-    st = dev._core.matmul_stats()
-    assert st["backend"] == dev._core.matmul_backend == backend
+    st = dev.backend_stats()["matmul_stats"]
+    assert st["backend"] == dev.backend_stats()["matmul_backend"] == backend
     if backend == "cublaslt":
         assert st["lt_plans"] > 0 and st["lt_fallbacks"] == 0, st
         if os.environ["PYLLAMA_CUDA_MATMUL_TUNE"] == "0":
@@ -364,7 +385,7 @@ def test_matmul_backends_match_cpu(monkeypatch, backend):
         g.backward()
         assert abs(out.loss - ref.loss) <= (TOL if dtype == "float32" else 0.05), (dtype, out.loss, ref.loss)
         if backend == "cublaslt" and EMULATED_GPU:
-            assert g._core.matmul_stats()["lt_fallbacks"] == 0, dtype
+            assert g.backend_stats()["matmul_stats"]["lt_fallbacks"] == 0, dtype
 
 
 @gpu
@@ -373,7 +394,7 @@ def test_unknown_matmul_backend_raises(monkeypatch):
     with pytest.raises(ValueError, match="cublaslt, cublas or tiled"):
         pyllama.Llama(tiny_config()).to("cuda", options=env_options())
     monkeypatch.delenv("PYLLAMA_CUDA_MATMUL")
-    if pyllama.Llama(tiny_config()).to("cuda", options=env_options())._core.matmul_backend != "cublaslt":
+    if pyllama.Llama(tiny_config()).to("cuda", options=env_options()).backend_stats()["matmul_backend"] != "cublaslt":
         return  # a build without cuBLAS: no tuning switch to read
     monkeypatch.setenv("PYLLAMA_CUDA_MATMUL_TUNE", "yes")
     with pytest.raises(ValueError, match="PYLLAMA_CUDA_MATMUL_TUNE=yes: use 1"):
@@ -548,7 +569,7 @@ def test_bfloat16_loss_close_to_float32(name):
     cfg = tiny_config(**CONFIGS[name])
     f32 = pyllama.Llama(cfg, seed=2).to("cuda", options=env_options())
     b16 = pyllama.Llama(cfg, seed=2).to("cuda", options=env_options(), dtype="bfloat16")
-    assert b16._core.dtype == "bfloat16"
+    assert b16.backend_stats()["dtype"] == "bfloat16"
     B, T = SHAPES[name]
     ids, labels = make_batch(cfg, B, T)
     l32 = f32(ids, labels=labels).loss
@@ -570,15 +591,15 @@ def test_gemm_attention_matches_cpu(name, monkeypatch):
     float32 within 1e-4 of the CPU core; bf16 near float32."""
     monkeypatch.setenv("PYLLAMA_CUDA_ATTENTION", "gemm")
     cfg, cpu, dev = pair(name)
-    assert dev._core.attention_kernels == "gemm" and not dev._core.uses_flash_attention
+    assert dev.backend_stats()["attention_kernels"] == "gemm" and not dev.backend_stats()["uses_flash_attention"]
     B, T = SHAPES[name]
     ids, labels = make_batch(cfg, B, T)
     ref, out = check_step_matches_cpu(cpu, dev, ids, labels, "gemm attention")
     b16 = pyllama.Llama(cfg, seed=0).to("cuda", options=env_options(), dtype="bfloat16")
-    assert b16._core.attention_kernels == "gemm"
+    assert b16.backend_stats()["attention_kernels"] == "gemm"
     check_bf16_near(cpu, ref, b16, ids, labels)
     monkeypatch.delenv("PYLLAMA_CUDA_ATTENTION")
-    assert pyllama.Llama(cfg, seed=0).to("cuda", options=env_options())._core.attention_kernels == "flash"
+    assert pyllama.Llama(cfg, seed=0).to("cuda", options=env_options()).backend_stats()["attention_kernels"] == "flash"
 
 
 @gpu
@@ -598,7 +619,7 @@ def test_bfloat16_flash_tensor_cores_and_simt_agree(name, monkeypatch):
         if mode == "simt":
             monkeypatch.setenv("PYLLAMA_CUDA_ATTENTION", "simt")
         m = pyllama.Llama(cfg, seed=6).to("cuda", options=env_options(), dtype="bfloat16")
-        assert m._core.uses_flash_attention
+        assert m.backend_stats()["uses_flash_attention"]
         out = m(ids, labels=labels)
         assert abs(out.loss - l32) <= 0.05, (mode, out.loss, l32)
         m.backward()
@@ -645,7 +666,7 @@ def test_flash_atomic_dq_matches_the_dq_kernel(monkeypatch):
         m = pyllama.Llama(cfg, seed=4).to("cuda", options=env_options(), dtype="bfloat16")
         out = m(ids, labels=labels)
         m.backward()
-        runs[mode] = (out.loss, m.flat_grads().astype(np.float64), m._core.attention_kernels)
+        runs[mode] = (out.loss, m.flat_grads().astype(np.float64), m.backend_stats()["attention_kernels"])
     assert runs["kernel"][2] == "flash"
     if runs["atomic"][2] != "flash-atomic-dq":
         pytest.skip("bf16 flash attention runs without tensor cores on this GPU (the atomic dQ needs them)")
@@ -655,7 +676,7 @@ def test_flash_atomic_dq_matches_the_dq_kernel(monkeypatch):
     assert float(np.abs(g1 - g0).max()) <= 0.02 * float(np.abs(g0).max())
     assert float(g0 @ g1 / (np.linalg.norm(g0) * np.linalg.norm(g1))) > 0.999
     f32 = pyllama.Llama(cfg, seed=4).to("cuda", options=env_options())
-    assert f32._core.attention_kernels == "flash"  # float32: the SIMT kernels, dQ kernel
+    assert f32.backend_stats()["attention_kernels"] == "flash"  # float32: the SIMT kernels, dQ kernel
     monkeypatch.setenv("PYLLAMA_CUDA_FLASH_DQ", "sometimes")
     with pytest.raises(ValueError, match="kernel .* or atomic"):
         pyllama.Llama(cfg).to("cuda", options=env_options(), dtype="bfloat16")
@@ -714,7 +735,8 @@ def _greedy(model, prompts, n_new, reorder=None):
 
 
 @gpu
-@pytest.mark.parametrize("name", ["tiny_gqa", "mqa_hs32", "hs128"])
+@pytest.mark.parametrize("name", ["tiny_gqa", "mqa_hs32", "hs128", "rope_llama3", "rope_yarn", "rope_dynamic",
+                                  "head_dim16"])
 def test_greedy_decoding_matches_cpu(name):
     cfg, cpu, dev = pair(name, seed=11)
     rng = np.random.default_rng(3)
@@ -809,7 +831,7 @@ def test_decode_graph_eager_general_agree_with_cpu(name):
             assert_close(a, b, what=f"{mode} step {i}")
         assert tokens == ref_tokens, mode
         got[mode] = logits
-        st = dev._core.decode_stats()
+        st = dev.backend_stats()["decode_stats"]
         assert st["graph_error"] == "", st
         if mode.startswith("graphs"):
             assert st["cuda_graphs"] and st["captures"] >= 1 and st["replays"] >= n_new - 2, st
@@ -875,7 +897,7 @@ def test_greedy_chain_equals_single_steps(dtype):
     cfg = tiny_config(**CONFIGS["tiny_gqa"])
     m = pyllama.Llama(cfg, seed=9).to("cuda", options=env_options(), dtype=dtype)
     g = m._core
-    n_max = m._core.greedy_chain_max
+    n_max = m.backend_stats()["greedy_chain_max"]
     assert n_max >= 8
     rng = np.random.default_rng(3)
     for B, fast in ((1, True), (3, True), (6, True), (2, False)):
@@ -922,7 +944,7 @@ def test_greedy_chain_longer_than_the_vocabulary():
     16-token vocabulary equals single steps."""
     cfg = tiny_config(vocab_size=16)
     m = pyllama.Llama(cfg, seed=4).to("cuda", options=env_options())
-    n = m._core.greedy_chain_max
+    n = m.backend_stats()["greedy_chain_max"]
     B = 2
     slots = np.arange(B, dtype=np.int32)
     first = np.array([[3], [5]], np.int32)
@@ -993,21 +1015,21 @@ def test_decode_env_switches(monkeypatch):
     monkeypatch.setenv("PYLLAMA_CUDA_GRAPHS", "0")
     cfg = tiny_config()
     m = pyllama.Llama(cfg, seed=1).to("cuda", options=env_options())
-    st = m._core.decode_stats()
+    st = m.backend_stats()["decode_stats"]
     assert st["fast_path"] and not st["cuda_graphs"]
     _greedy(m, [[1, 2, 3]], 6)
-    st = m._core.decode_stats()
+    st = m.backend_stats()["decode_stats"]
     assert st["replays"] == 0 and st["captures"] == 0 and st["eager_steps"] >= 5
     monkeypatch.setenv("PYLLAMA_CUDA_DECODE", "0")
     m2 = pyllama.Llama(cfg, seed=1).to("cuda", options=env_options())
     _greedy(m2, [[1, 2, 3]], 6)
-    st2 = m2._core.decode_stats()
+    st2 = m2.backend_stats()["decode_stats"]
     assert not st2["fast_path"] and st2["eager_steps"] == 0 and st2["general_steps"] >= 6
     monkeypatch.delenv("PYLLAMA_CUDA_DECODE")
     monkeypatch.setenv("PYLLAMA_CUDA_DECODE_FUSED", "0")
     monkeypatch.setenv("PYLLAMA_CUDA_PDL", "off")
     m3 = pyllama.Llama(cfg, seed=1).to("cuda", options=env_options())
-    st3 = m3._core.decode_stats()
+    st3 = m3.backend_stats()["decode_stats"]
     assert st3["fast_path"] and not st3["fused"] and not st3["pdl"], st3
     assert _greedy(m3, [[1, 2, 3]], 6)[0] == _greedy(m, [[1, 2, 3]], 6)[0]
 

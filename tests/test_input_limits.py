@@ -36,7 +36,7 @@ def test_huge_rope_table_is_refused_with_the_figure_before_allocating():
 def test_memory_limit_setting():
     cfg = pyllama.LlamaConfig(**SMALL)
     need = cfg.memory_bytes(training=False)
-    assert need == 8 * pyllama.Llama(cfg).num_parameters() + 32 * 16 * 4
+    assert need == 4 * pyllama.Llama(cfg).num_parameters() + 32 * 16 * 4  # weights; gradients come later
     assert pyllama.memory_limit(need - 1) == need - 1  # returns the limit in force
     try:
         with pytest.raises(MemoryError, match="pyllama.memory_limit"):
@@ -107,3 +107,13 @@ def test_binary_file_as_tiktoken_names_the_file(tmp_path):
     p.write_text("hello there\n")
     with pytest.raises(ValueError, match="model.tiktoken.*not a .tiktoken file"):
         pyllama.Tokenizer.from_tiktoken(str(p), "cl100k", {})
+
+
+def test_gradients_are_allocated_at_first_use():
+    model = pyllama.Llama(pyllama.LlamaConfig(**SMALL))
+    assert pyllama.clip_grad_norm(model, 1.0) == 0.0  # reading them allocates zeros
+    assert not model.flat_grads().any()
+    ids = np.arange(32).reshape(2, 16) % 64
+    model(ids, labels=ids)
+    model.backward()
+    assert model.flat_grads().any()

@@ -44,7 +44,9 @@ void Model::init_weights(uint64_t seed) {
   const double std = 0.02, proj_std = 0.02 / std::sqrt(2.0 * config().num_hidden_layers);
   for (const auto& p : infos_) {
     float* w = P + p.offset;
-    if (p.shape.size() == 1) {
+    if (p.name.size() > 5 && p.name.compare(p.name.size() - 5, 5, ".bias") == 0) {
+      std::fill(w, w + p.numel, 0.0f);  // projection biases start at zero (as transformers' nn.Linear init)
+    } else if (p.shape.size() == 1) {
       std::fill(w, w + p.numel, 1.0f);
     } else {
       bool proj = p.name.find("o_proj") != std::string::npos || p.name.find("down_proj") != std::string::npos;

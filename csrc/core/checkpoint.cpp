@@ -148,6 +148,10 @@ void save_pretrained(const Model& model, const std::string& dir) {
   cfg.set("rms_norm_eps", Json::number(c.rms_norm_eps));
   cfg.set("rope_theta", Json::number(c.rope_theta));
   cfg.set("tie_word_embeddings", Json::boolean(c.tie_word_embeddings));
+  cfg.set("head_dim", Json::number(c.head_dim()));
+  cfg.set("attention_bias", Json::boolean(c.attention_bias));
+  cfg.set("mlp_bias", Json::boolean(c.mlp_bias));
+  cfg.set("rope_scaling", rope_scaling_json(c.rope_scaling));
   cfg.set("torch_dtype", Json::str("float32"));
 
   Json header = Json::object();

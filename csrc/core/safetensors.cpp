@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <thread>
 #include <sstream>
 
 #include "common.h"
@@ -118,29 +119,59 @@ std::vector<SafetensorsEntry> parse_safetensors_header(const char* bytes, size_t
   return out;
 }
 
-void safetensors_to_float32(const char* data, const SafetensorsEntry& e, float* dst, bool check_finite,
-                            const std::string& what) {
-  const size_t n = e.numel();
-  const char* src = data + e.begin;
-  if (e.dtype == "F32") {
-    std::memcpy(dst, src, n * 4);
-  } else if (e.dtype == "F16" || e.dtype == "BF16") {
-    const bool bf = e.dtype == "BF16";
-    for (size_t i = 0; i < n; i++) {
+namespace {
+// Converts [lo, hi) of a tensor to float32; returns the first non-finite index (or hi) when checking.
+size_t convert_range(const char* src, const std::string& dtype, float* dst, size_t lo, size_t hi, bool check_finite) {
+  if (dtype == "F32") {
+    std::memcpy(dst + lo, src + 4 * lo, (hi - lo) * 4);
+  } else {
+    const bool bf = dtype == "BF16";
+    for (size_t i = lo; i < hi; i++) {
       uint16_t h;
       std::memcpy(&h, src + 2 * i, 2);
       dst[i] = bf ? bf16_to_float(h) : f16_to_float(h);
     }
-  } else {
+  }
+  if (check_finite)
+    for (size_t i = lo; i < hi; i++)
+      if (!std::isfinite(dst[i])) return i;
+  return hi;
+}
+}  // namespace
+
+void safetensors_to_float32(const char* data, const SafetensorsEntry& e, float* dst, bool check_finite,
+                            const std::string& what) {
+  const size_t n = e.numel();
+  const char* src = data + e.begin;
+  if (e.dtype != "F32" && e.dtype != "F16" && e.dtype != "BF16")
     throw ValueError("'" + what + "', tensor '" + e.name + "' has dtype " + e.dtype +
                      ": pyllama loads float32, float16 and bfloat16 weights; integer, bool, float64 and "
                      "8-bit tensors are refused rather than cast (convert the checkpoint's floats)");
+  // Big tensors in parallel chunks (the conversion and the page faults of the mapped file and
+  // of the destination): a 1B model's 3 GB of bf16 is mostly such tensors.
+  const size_t kChunk = size_t(1) << 20;
+  const unsigned hw = std::max(1u, std::min(8u, std::thread::hardware_concurrency()));
+  const unsigned nth = n >= 2 * kChunk ? (unsigned)std::min<size_t>(hw, n / kChunk) : 1;
+  size_t bad = n;
+  if (nth <= 1) {
+    bad = convert_range(src, e.dtype, dst, 0, n, check_finite);
+  } else {
+    std::vector<size_t> first(nth, n);
+    std::vector<std::thread> pool;
+    const size_t per = (n + nth - 1) / nth;
+    for (unsigned t = 0; t < nth; t++) {
+      const size_t lo = std::min(n, t * per), hi = std::min(n, lo + per);
+      pool.emplace_back([&, t, lo, hi] {
+        size_t b = convert_range(src, e.dtype, dst, lo, hi, check_finite);
+        first[t] = b < hi ? b : n;
+      });
+    }
+    for (auto& th : pool) th.join();
+    for (size_t b : first) bad = std::min(bad, b);
   }
-  if (check_finite)
-    for (size_t i = 0; i < n; i++)
-      PYLLAMA_CHECK(std::isfinite(dst[i]), ValueError,
-                    "'" << what << "', tensor '" << e.name << "' holds " << dst[i] << " at element " << i
-                        << ": the weights are not finite (a corrupt or diverged checkpoint)");
+  PYLLAMA_CHECK(!(check_finite && bad < n), ValueError,
+                "'" << what << "', tensor '" << e.name << "' holds " << dst[bad < n ? bad : 0] << " at element "
+                    << bad << ": the weights are not finite (a corrupt or diverged checkpoint)");
 }
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
@@ -153,7 +184,12 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   }
   size_ = (size_t)st.st_size;
   if (size_ > 0) {
-    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+#ifdef MAP_POPULATE
+    const int populate = MAP_POPULATE;  // every byte is read: map the pages in one go, not one fault each
+#else
+    const int populate = 0;
+#endif
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE | populate, fd, 0);
     ::close(fd);
     PYLLAMA_CHECK(p != MAP_FAILED, IOError, "cannot map '" << path << "': " << std::strerror(errno));
     base_ = static_cast<const char*>(p);

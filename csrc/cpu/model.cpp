@@ -22,8 +22,9 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg) : Model(cfg), cfg_(cfg) {
   NH_ = cfg.num_attention_heads;
   NKV_ = cfg.num_key_value_heads;
   HS_ = cfg.head_dim();
+  QD_ = NH_ * HS_;  // = C unless config.json sets another head_dim
   KVD_ = NKV_ * HS_;
-  QKVD_ = C_ + 2 * KVD_;
+  QKVD_ = QD_ + 2 * KVD_;
   I_ = cfg.intermediate_size;
   V_ = cfg.vocab_size;
   L_ = cfg.num_hidden_layers;
@@ -36,32 +37,37 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg) : Model(cfg), cfg_(cfg) {
   wout_off_ = cfg.tie_word_embeddings ? 0 : param_info("lm_head.weight").offset;  // tied: the embedding
   const size_t off = num_parameters();
   params_.assign(off, 0.f);
-  grads_.assign(off, 0.f);
-
-  int half = HS_ / 2;
-  rope_cos_.resize((size_t)cfg.max_position_embeddings * half);
-  rope_sin_.resize((size_t)cfg.max_position_embeddings * half);
-  rope_table(rope_cos_.data(), rope_sin_.data(), cfg.max_position_embeddings, HS_, cfg.rope_theta);
+  rope_ = RopeTables(cfg);
 }
 
 LlamaModel::LayerPtrs LlamaModel::layer(float* base, int l) const {
   float* p = base + layer_off_ + (size_t)l * layer_size_;
+  // the order of param_layout (llama_config.cpp)
+  const bool ab = cfg_.attention_bias, mb = cfg_.mlp_bias;
   LayerPtrs w;
   w.ln1 = p;
   p += C_;
   w.wqkv = p;
   p += (size_t)QKVD_ * C_;
+  w.bqkv = ab ? p : nullptr;
+  p += ab ? QKVD_ : 0;
   w.wo = p;
-  p += (size_t)C_ * C_;
+  p += (size_t)C_ * QD_;
+  w.bo = ab ? p : nullptr;
+  p += ab ? C_ : 0;
   w.ln2 = p;
   p += C_;
   w.wgu = p;
   p += (size_t)2 * I_ * C_;
+  w.bgu = mb ? p : nullptr;
+  p += mb ? 2 * I_ : 0;
   w.wd = p;
+  p += (size_t)C_ * I_;
+  w.bd = mb ? p : nullptr;
   return w;
 }
 
-void LlamaModel::zero_grad() { std::fill(grads_.begin(), grads_.end(), 0.f); }
+void LlamaModel::zero_grad() { std::fill(grads_.begin(), grads_.end(), 0.f); }  // nothing to do before first use
 
 // ---------------------------------------------------------------- activations
 
@@ -78,7 +84,7 @@ struct Acts {
   float *dres, *dln, *dqkv, *datty, *dgu, *dh, *att_scratch;
 };
 
-size_t carve_acts(Acts* a, float* base, int B, int T, int C, int QKVD, int NH, int I, int V, int L, int nthreads) {
+size_t carve_acts(Acts* a, float* base, int B, int T, int C, int QD, int QKVD, int NH, int I, int V, int L) {
   size_t off = 0, N = (size_t)B * T;
   auto take = [&](size_t n) {
     float* p = base ? base + off : nullptr;
@@ -93,7 +99,7 @@ size_t carve_acts(Acts* a, float* base, int B, int T, int C, int QKVD, int NH, i
     y.rstd1 = take(N);
     y.qkv = take(N * QKVD);
     y.lse = take((size_t)B * NH * T);  // attention row log-sum-exps
-    y.atty = take(N * C);
+    y.atty = take(N * QD);
     y.res1 = take(N * C);
     y.ln2 = take(N * C);
     y.rstd2 = take(N);
@@ -108,7 +114,7 @@ size_t carve_acts(Acts* a, float* base, int B, int T, int C, int QKVD, int NH, i
   a->dres = take(N * C);
   a->dln = take(N * C);
   a->dqkv = take(N * QKVD);
-  a->datty = take(N * C);
+  a->datty = take(N * QD);
   a->dgu = take(N * 2 * I);
   a->dh = take(N * I);
   a->att_scratch = take((size_t)attention_scratch_floats(T));
@@ -118,7 +124,7 @@ size_t carve_acts(Acts* a, float* base, int B, int T, int C, int QKVD, int NH, i
 
 void LlamaModel::ensure_acts(int B, int T) {
   Acts a;
-  size_t need = carve_acts(&a, nullptr, B, T, C_, QKVD_, NH_, I_, V_, L_, std::max(num_threads(), 1));
+  size_t need = carve_acts(&a, nullptr, B, T, C_, QD_, QKVD_, NH_, I_, V_, L_);
   if (need > acts_capacity_) {
     acts_.clear();
     acts_.shrink_to_fit();
@@ -133,7 +139,7 @@ void LlamaModel::ensure_acts(int B, int T) {
   }
 }
 
-static float* aligned64(std::vector<float>& v) {
+static float* aligned64(HostVector<float>& v) {
   uintptr_t p = reinterpret_cast<uintptr_t>(v.data());
   return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
 }
@@ -147,21 +153,51 @@ void LlamaModel::check_tokens(const int32_t* tokens, long n, const char* what) c
 
 // ---------------------------------------------------------------- forward
 
+namespace {
+// y (N, OUT) += b (OUT) on every row
+void bias_forward(float* y, const float* b, long N, int OUT) {
+#pragma omp parallel for schedule(static) if (N * OUT > (1 << 15))
+  for (long n = 0; n < N; n++) {
+    float* row = y + (size_t)n * OUT;
+#pragma omp simd
+    for (int j = 0; j < OUT; j++) row[j] += b[j];
+  }
+}
+// db (OUT) += the column sums of dy (N, OUT)
+void bias_backward(float* db, const float* dy, long N, int OUT) {
+  const int block = 64;
+#pragma omp parallel for schedule(static) if (N * OUT > (1 << 15))
+  for (int j0 = 0; j0 < OUT; j0 += block) {
+    const int j1 = std::min(OUT, j0 + block);
+    float acc[64] = {0};
+    for (long n = 0; n < N; n++) {
+      const float* row = dy + (size_t)n * OUT;
+      for (int j = j0; j < j1; j++) acc[j - j0] += row[j];
+    }
+    for (int j = j0; j < j1; j++) db[j] += acc[j - j0];
+  }
+}
+}  // namespace
+
 template <class Linear, class Attend>
 void LlamaModel::layer_forward(const LayerPtrs& w, const LayerBufs& y, const float* x, long N, const int32_t* pos,
                                Linear&& linear, Attend&& attend) {
   const float eps = cfg_.rms_norm_eps;
   rmsnorm_forward(y.ln1, y.rstd1, x, w.ln1, N, C_, eps);
   linear(y.qkv, y.ln1, w.wqkv, (int)N, C_, QKVD_);
-  rope_apply(y.qkv, QKVD_, pos, rope_cos_.data(), rope_sin_.data(), N, NH_, HS_, false);
-  rope_apply(y.qkv + C_, QKVD_, pos, rope_cos_.data(), rope_sin_.data(), N, NKV_, HS_, false);
+  if (w.bqkv) bias_forward(y.qkv, w.bqkv, N, QKVD_);
+  rope_apply(y.qkv, QKVD_, pos, rope_.cos(), rope_.sin(), N, NH_, HS_, false);
+  rope_apply(y.qkv + QD_, QKVD_, pos, rope_.cos(), rope_.sin(), N, NKV_, HS_, false);
   attend(y.qkv, y.atty);
-  linear(y.o, y.atty, w.wo, (int)N, C_, C_);
+  linear(y.o, y.atty, w.wo, (int)N, QD_, C_);
+  if (w.bo) bias_forward(y.o, w.bo, N, C_);
   residual_forward(y.res1, y.o, x, N * C_);
   rmsnorm_forward(y.ln2, y.rstd2, y.res1, w.ln2, N, C_, eps);
   linear(y.gu, y.ln2, w.wgu, (int)N, C_, 2 * I_);
+  if (w.bgu) bias_forward(y.gu, w.bgu, N, 2 * I_);
   swiglu_forward(y.h, y.gu, N, I_);
   linear(y.d, y.h, w.wd, (int)N, I_, C_);
+  if (w.bd) bias_forward(y.d, w.bd, N, C_);
   residual_forward(y.res2, y.d, y.res1, N * C_);
 }
 
@@ -170,8 +206,12 @@ float LlamaModel::forward(const int32_t* tokens, const int32_t* labels, int B, i
   PYLLAMA_CHECK(LT == T || LT == T + 1, ValueError,
                 "labels must have seq_len (" << T << ") or seq_len + 1 columns, got " << LT);
   PYLLAMA_CHECK(B >= 1 && T >= 1, ValueError, "forward: batch and sequence length must be >= 1, got B=" << B << " T=" << T);
-  PYLLAMA_CHECK(T <= cfg_.max_position_embeddings, ValueError,
-                "sequence length " << T << " exceeds max_position_embeddings=" << cfg_.max_position_embeddings);
+  PYLLAMA_CHECK(T <= cfg_.max_positions(), ValueError,
+                "sequence length " << T << " exceeds "
+                                   << (cfg_.max_positions() == cfg_.max_position_embeddings
+                                           ? "max_position_embeddings="
+                                           : "max_position_embeddings * rope_scaling factor = ")
+                                   << cfg_.max_positions());
   const long N = (long)B * T;
   check_tokens(tokens, N, "input token");
   if (labels)
@@ -183,7 +223,7 @@ float LlamaModel::forward(const int32_t* tokens, const int32_t* labels, int B, i
   B_ = B;
   T_ = T;
   Acts a;
-  carve_acts(&a, aligned64(acts_), B, T, C_, QKVD_, NH_, I_, V_, L_, std::max(num_threads(), 1));
+  carve_acts(&a, aligned64(acts_), B, T, C_, QD_, QKVD_, NH_, I_, V_, L_);
   std::memcpy(tokens_.data(), tokens, sizeof(int32_t) * N);
   for (int b = 0; b < B; b++)
     for (int t = 0; t < T; t++) {
@@ -191,6 +231,7 @@ float LlamaModel::forward(const int32_t* tokens, const int32_t* labels, int B, i
       targets_[(size_t)b * T + t] = (labels && t + 1 < LT) ? labels[(size_t)b * LT + t + 1] : -100;
     }
   have_targets_ = labels != nullptr;
+  rope_.update(T);  // dynamic RoPE scaling: this pass's frequencies (transformers' rule)
   float* P = params_.data();
 
   embedding_forward(a.x0, tokens_.data(), wte(P), N, C_);
@@ -228,10 +269,10 @@ void LlamaModel::backward(float scale) {
   const int B = B_, T = T_;
   const long N = (long)B * T;
   Acts a;
-  carve_acts(&a, aligned64(acts_), B, T, C_, QKVD_, NH_, I_, V_, L_, std::max(num_threads(), 1));
+  carve_acts(&a, aligned64(acts_), B, T, C_, QD_, QKVD_, NH_, I_, V_, L_);
   if (count_ == 0) return;  // no counted targets: the loss does not depend on the parameters
   float* P = params_.data();
-  float* G = grads_.data();
+  float* G = ensure_grads();
 
   // logits -> dlogits in place (the caller already has its copy of the logits)
   crossentropy_backward(a.logits, a.logits, a.lse, targets_.data(), scale / count_, N, V_);
@@ -246,15 +287,19 @@ void LlamaModel::backward(float scale) {
     auto& y = a.layers[l];
     const float* x = l > 0 ? a.layers[l - 1].res2 : a.x0;
     // feed-forward: res2 = res1 + down(swiglu(gate_up(ln2)))
+    if (g.bd) bias_backward(g.bd, a.dres, N, C_);
     linear_backward(a.dh, g.wd, a.dres, y.h, w.wd, N, I_, C_);
     swiglu_backward(a.dgu, a.dh, y.gu, N, I_);
+    if (g.bgu) bias_backward(g.bgu, a.dgu, N, 2 * I_);
     linear_backward(a.dln, g.wgu, a.dgu, y.ln2, w.wgu, N, C_, 2 * I_);
     rmsnorm_backward(a.dres, g.ln2, a.dln, y.res1, w.ln2, y.rstd2, N, C_);
     // attention: res1 = x + o(attn(rope(qkv(ln1))))
-    linear_backward(a.datty, g.wo, a.dres, y.atty, w.wo, N, C_, C_);
+    if (g.bo) bias_backward(g.bo, a.dres, N, C_);
+    linear_backward(a.datty, g.wo, a.dres, y.atty, w.wo, N, QD_, C_);
     attention_backward_flash(a.dqkv, a.att_scratch, a.datty, y.qkv, y.lse, B, T, NH_, NKV_, HS_);
-    rope_apply(a.dqkv, QKVD_, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, NH_, HS_, true);
-    rope_apply(a.dqkv + C_, QKVD_, pos_.data(), rope_cos_.data(), rope_sin_.data(), N, NKV_, HS_, true);
+    rope_apply(a.dqkv, QKVD_, pos_.data(), rope_.cos(), rope_.sin(), N, NH_, HS_, true);
+    rope_apply(a.dqkv + QD_, QKVD_, pos_.data(), rope_.cos(), rope_.sin(), N, NKV_, HS_, true);
+    if (g.bqkv) bias_backward(g.bqkv, a.dqkv, N, QKVD_);
     // qkv must be un-rotated for the weight gradient: dW = dqkv^T ln1 uses ln1, not q/k, so no change needed
     linear_backward(a.dln, g.wqkv, a.dqkv, y.ln1, w.wqkv, N, C_, QKVD_);
     rmsnorm_backward(a.dres, g.ln1, a.dln, x, w.ln1, y.rstd1, N, C_);
@@ -266,9 +311,12 @@ void LlamaModel::backward(float scale) {
 
 void LlamaModel::kv_reset(int n_slots, int max_len) {
   PYLLAMA_CHECK(n_slots >= 1, ValueError, "kv cache needs at least one slot, got " << n_slots);
-  PYLLAMA_CHECK(max_len >= 1 && max_len <= cfg_.max_position_embeddings, ValueError,
-                "kv cache length " << max_len << " must be in [1, max_position_embeddings="
-                                   << cfg_.max_position_embeddings << "]");
+  PYLLAMA_CHECK(max_len >= 1 && max_len <= cfg_.max_positions(), ValueError,
+                "kv cache length " << max_len << " must be in [1, "
+                                   << (cfg_.max_positions() == cfg_.max_position_embeddings
+                                           ? "max_position_embeddings="
+                                           : "max_position_embeddings * rope_scaling factor = ")
+                                   << cfg_.max_positions() << "]");
   size_t n = (size_t)L_ * n_slots * NKV_ * max_len * HS_;
   kcache_.assign(n, 0.f);
   vcache_.assign(n, 0.f);
@@ -318,7 +366,7 @@ const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const i
   bool fresh = T > 1;
   for (int b = 0; b < B; b++) fresh = fresh && start_pos[b] == 0;
   const size_t flash_floats = fresh ? (size_t)B * NH_ * T + (size_t)attention_scratch_floats(T) + 32 : 0;
-  size_t need = N * (size_t)(4 * C_ + 1 + QKVD_ + 3 * I_) + (size_t)R * V_ + (size_t)nth * kv_len_ + flash_floats +
+  size_t need = N * (size_t)(3 * C_ + QD_ + 1 + QKVD_ + 3 * I_) + (size_t)R * V_ + (size_t)nth * kv_len_ + flash_floats +
                 64 * 12;
   if (inf_.size() < need) inf_.resize(need);
   if (inf_pos_.size() < (size_t)N) inf_pos_.resize(N);
@@ -329,14 +377,18 @@ const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const i
     off += (n + 15) & ~size_t(15);
     return p;
   };
-  float *x = take(N * C_), *ln = take(N * C_), *rstd = take(N), *qkv = take(N * QKVD_), *atty = take(N * C_),
+  float *x = take(N * C_), *ln = take(N * C_), *rstd = take(N), *qkv = take(N * QKVD_), *atty = take(N * QD_),
         *tmp = take(N * C_), *gu = take(N * 2 * I_), *h = take(N * I_), *logits = take((size_t)R * V_),
         *attbuf = take((size_t)nth * kv_len_);
   float* flash_lse = fresh ? take((size_t)B * NH_ * T) : nullptr;
   float* flash_scratch = fresh ? take((size_t)attention_scratch_floats(T)) : nullptr;
   int32_t* pos = inf_pos_.data();
-  for (int b = 0; b < B; b++)
+  int seq_len = 0;
+  for (int b = 0; b < B; b++) {
     for (int t = 0; t < T; t++) pos[(size_t)b * T + t] = start_pos[b] + t;
+    seq_len = std::max(seq_len, start_pos[b] + T);
+  }
+  rope_.update(seq_len);  // dynamic RoPE scaling: transformers' rule on max(position_ids) + 1
 
   float* P = params_.data();
   const size_t slot_stride = (size_t)NKV_ * kv_len_ * HS_, layer_stride = (size_t)kv_slots_ * slot_stride;
@@ -356,8 +408,8 @@ const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const i
         int b = (int)(n / T);
         for (int kh = 0; kh < NKV_; kh++) {
           size_t dst = (size_t)slots[b] * slot_stride + ((size_t)kh * kv_len_ + pos[n]) * HS_;
-          std::memcpy(kc + dst, q_rows + (size_t)n * QKVD_ + C_ + kh * HS_, sizeof(float) * HS_);
-          std::memcpy(vc + dst, q_rows + (size_t)n * QKVD_ + C_ + KVD_ + kh * HS_, sizeof(float) * HS_);
+          std::memcpy(kc + dst, q_rows + (size_t)n * QKVD_ + QD_ + kh * HS_, sizeof(float) * HS_);
+          std::memcpy(vc + dst, q_rows + (size_t)n * QKVD_ + QD_ + KVD_ + kh * HS_, sizeof(float) * HS_);
         }
       }
       if (fresh) {
@@ -391,7 +443,7 @@ const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const i
             sum += sc[s];
           }
           float inv = 1.f / sum;
-          float* o = out + (size_t)n * C_ + hh * HS_;
+          float* o = out + (size_t)n * QD_ + hh * HS_;
           for (int i = 0; i < HS_; i++) o[i] = 0.f;
           for (int s = 0; s <= p; s++) {
             const float* v = vbase + (size_t)s * HS_;
@@ -418,7 +470,7 @@ void LlamaModel::kv_reorder(const int32_t* src, int n) {
     PYLLAMA_CHECK(src[i] >= 0 && src[i] < kv_slots_, ValueError, "kv_reorder: source slot " << src[i] << " out of range");
   const size_t slot = (size_t)NKV_ * kv_len_ * HS_;
   if (kv_tmp_.size() != kcache_.size()) kv_tmp_.resize(kcache_.size());
-  for (std::vector<float>* cache : {&kcache_, &vcache_}) {
+  for (HostVector<float>* cache : {&kcache_, &vcache_}) {
 #pragma omp parallel for collapse(2) schedule(static)
     for (int l = 0; l < L_; l++)
       for (int i = 0; i < n; i++)
@@ -461,14 +513,14 @@ void LlamaModel::set_inference_dtype(DType dt) {
 
 void LlamaModel::adamw_step(const AdamWSegment* segs, size_t n_segs, const AdamWHyper& h, int64_t step) {
   if (m_.empty()) reset_moments();  // the kernel checks the hyper-parameters and segments
-  pyllama::adamw_step(params_.data(), m_.data(), v_.data(), grads_.data(), (int64_t)num_parameters(), segs, n_segs,
+  pyllama::adamw_step(params_.data(), m_.data(), v_.data(), ensure_grads(), (int64_t)num_parameters(), segs, n_segs,
                       h, step);
 }
 
-double LlamaModel::grad_norm() { return grad_global_norm(grads_.data(), (int64_t)grads_.size()); }
+double LlamaModel::grad_norm() { return grad_global_norm(ensure_grads(), (int64_t)grads_.size()); }
 
 double LlamaModel::clip_grad_norm(double max_norm) {
-  return pyllama::clip_grad_norm(grads_.data(), (int64_t)grads_.size(), max_norm);
+  return pyllama::clip_grad_norm(ensure_grads(), (int64_t)grads_.size(), max_norm);
 }
 
 void LlamaModel::set_defer_loss(bool on) {
@@ -505,12 +557,18 @@ void LlamaModel::moments_from_host(const float* m, const float* v) {
 }
 
 void LlamaModel::params_to_host(float* dst) const { std::memcpy(dst, params_.data(), sizeof(float) * params_.size()); }
-void LlamaModel::grads_to_host(float* dst) const { std::memcpy(dst, grads_.data(), sizeof(float) * grads_.size()); }
+void LlamaModel::grads_to_host(float* dst) const {
+  if (grads_.empty())
+    std::fill(dst, dst + params_.size(), 0.f);
+  else
+    std::memcpy(dst, grads_.data(), sizeof(float) * grads_.size());
+}
 void LlamaModel::params_from_host(const float* src) {
   if (src != params_.data()) std::memcpy(params_.data(), src, sizeof(float) * params_.size());
 }
 void LlamaModel::grads_from_host(const float* src) {
-  if (src != grads_.data()) std::memcpy(grads_.data(), src, sizeof(float) * grads_.size());
+  float* g = ensure_grads();
+  if (src != g) std::memcpy(g, src, sizeof(float) * grads_.size());
 }
 
 }  // namespace pyllama

@@ -18,6 +18,8 @@
 
 #include "backend.h"
 #include "common.h"
+#include "host_alloc.h"
+#include "rope.h"
 
 namespace pyllama {
 
@@ -32,9 +34,11 @@ class LlamaModel : public Model {
   std::string device() const override { return "cpu"; }
   DType dtype() const override { return DType::float32; }
   float* params() { return params_.data(); }
-  float* grads() { return grads_.data(); }
+  // Gradients are allocated (zeroed) on first use — a backward, an optimizer step or a read —
+  // so a model that only runs inference holds its weights alone.
+  float* grads() { return ensure_grads(); }
   float* host_params() override { return params_.data(); }
-  float* host_grads() override { return grads_.data(); }
+  float* host_grads() override { return ensure_grads(); }
 
   // Training forward over tokens (B, T). labels (B, LT) are aligned with tokens
   // (position t is trained to predict labels[t+1]; -100 ignored) or nullptr. LT is T
@@ -69,7 +73,7 @@ class LlamaModel : public Model {
   void params_from_host(const float* src) override;
   void grads_from_host(const float* src) override;
   float* params_device() override { return params_.data(); }
-  float* grads_device() override { return grads_.data(); }
+  float* grads_device() override { return ensure_grads(); }
 
   // ---- inference over a KV cache (see DESIGN: ragged batches)
   void kv_reset(int n_slots, int max_len) override;
@@ -91,6 +95,7 @@ class LlamaModel : public Model {
  private:
   struct LayerPtrs {
     float *ln1, *wqkv, *wo, *ln2, *wgu, *wd;
+    float *bqkv, *bo, *bgu, *bd;  // biases (attention_bias, mlp_bias), nullptr without
   };
   LayerPtrs layer(float* base, int l) const;
   // Where one decoder layer's forward writes: the training forward keeps a set per layer for
@@ -112,31 +117,35 @@ class LlamaModel : public Model {
   void check_tokens(const int32_t* tokens, long n, const char* what) const;
 
   LlamaConfig cfg_;
-  int C_, HS_, NH_, NKV_, KVD_, QKVD_, I_, V_, L_;
-  std::vector<float> params_, grads_;
-  std::vector<float> m_, v_;  // AdamW moments, empty before the first step
+  int C_, HS_, NH_, NKV_, QD_, KVD_, QKVD_, I_, V_, L_;
+  HostVector<float> params_, grads_;  // grads_ empty until first used
+  float* ensure_grads() {
+    if (grads_.empty()) grads_.assign(params_.size(), 0.f);
+    return grads_.data();
+  }
+  HostVector<float> m_, v_;  // AdamW moments, empty before the first step
   bool defer_loss_ = false;
   std::vector<double> deferred_;
   size_t layer_off_ = 0, layer_size_ = 0, lnf_off_ = 0, wout_off_ = 0;
-  std::vector<float> rope_cos_, rope_sin_;  // (max_pos, HS/2)
+  RopeTables rope_;  // cos/sin (positions, HS/2), RoPE scaling applied
 
   // training activations, sized from (B, T)
   int B_ = 0, T_ = 0;
   bool have_targets_ = false;
   float loss_ = 0.f;
   int count_ = 0;
-  std::vector<float> acts_;
+  HostVector<float> acts_;
   std::vector<int32_t> tokens_, targets_, pos_;
   float* logits_ptr_ = nullptr;
   size_t acts_capacity_ = 0;
 
   // KV cache
   int kv_slots_ = 0, kv_len_ = 0;
-  std::vector<float> kcache_, vcache_, kv_tmp_;  // (L, S, NKV, len, HS)
-  std::vector<float> inf_;                      // inference scratch
+  HostVector<float> kcache_, vcache_, kv_tmp_;  // (L, S, NKV, len, HS)
+  HostVector<float> inf_;                       // inference scratch
   std::vector<int32_t> inf_pos_;
   bool infer_bf16_ = false;
-  std::vector<uint16_t> params_bf16_;  // same layout as params_, filled by kv_reset when infer_bf16_
+  HostVector<uint16_t> params_bf16_;  // same layout as params_, filled by kv_reset when infer_bf16_
   // y (N, OUT) = x W^T in the KV-cache path: bf16 weights for small N when enabled.
   void infer_linear(float* y, const float* x, const float* w, int N, int IN, int OUT);
 };

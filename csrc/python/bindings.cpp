@@ -457,7 +457,23 @@ void bind_model(py::module_& m) {
       .def_readwrite("max_position_embeddings", &LlamaConfig::max_position_embeddings)
       .def_readwrite("rms_norm_eps", &LlamaConfig::rms_norm_eps)
       .def_readwrite("rope_theta", &LlamaConfig::rope_theta)
-      .def_readwrite("tie_word_embeddings", &LlamaConfig::tie_word_embeddings);
+      .def_readwrite("tie_word_embeddings", &LlamaConfig::tie_word_embeddings)
+      .def_readwrite("head_dim", &LlamaConfig::head_dim_explicit)
+      .def_readwrite("attention_bias", &LlamaConfig::attention_bias)
+      .def_readwrite("mlp_bias", &LlamaConfig::mlp_bias)
+      .def("set_rope_scaling",
+           [](LlamaConfig& c, const std::string& text) {
+             c.rope_scaling = rope_scaling_from_json(Json::parse(text), c.max_position_embeddings);
+           },
+           py::arg("rope_scaling_json"), "rope_scaling as config.json spells it (JSON text; 'null' for none)")
+      .def("validate", &LlamaConfig::validate)
+      .def("max_positions", &LlamaConfig::max_positions);
+  m.def("normalize_rope_scaling",
+        [](const std::string& text, int max_position_embeddings) {
+          return json_to_py(rope_scaling_json(rope_scaling_from_json(Json::parse(text), max_position_embeddings)));
+        },
+        py::arg("rope_scaling_json"), py::arg("max_position_embeddings"),
+        "rope_scaling in canonical form (None for the default); ValueError naming what is wrong.");
 
 
   // The one model interface (backend.h), bound once: every device's model is a Model.

@@ -409,7 +409,7 @@ def check():
         close(f"decode logits ({mode_name})", np.stack(logits), np.stack(ref_logits))
         verdict(f"decode tokens ({mode_name})", toks == ref_tokens)
     toks, _ = decode(dev, mode=(True, True, True, True), device_argmax=True)
-    st = dev._core.decode_stats()
+    st = dev.backend_stats()["decode_stats"]
     verdict("device argmax tokens (graphs)", toks == ref_tokens, json.dumps(st))
     verdict("graphs replayed", st["replays"] > 0 and st["graph_error"] == "", json.dumps(st))
     toks, _ = decode(dev, chain=32)
