@@ -276,3 +276,21 @@ def test_weights_stream_from_bytes_without_torch_load(tmp_path):
             z.writestr(f"mymodel/data/{i}", np.ascontiguousarray(a, np.float32).tobytes())
     ids = np.random.default_rng(3).integers(0, 64, size=(1, 7))
     _check_logits(tmp_path, ids)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_parameters_and_newer_pickle_protocols(tmp_path, protocol):
+    """nn.Parameter values (_rebuild_parameter) and torch.save(pickle_protocol=4/5): STACK_GLOBAL,
+    MEMOIZE, FRAME, SHORT_BINUNICODE; the values are the saved tensors'."""
+    sd = {"p": torch.nn.Parameter(torch.randn(3, 5)), "h": torch.randn(4).half(), "b": torch.randn(2, 2).bfloat16()}
+    f = tmp_path / "x.bin"
+    torch.save(sd, f, pickle_protocol=protocol)
+    entries = pyllama._core.torch_bin_entries(str(f))
+    assert [(e[0], e[1], list(e[2])) for e in entries] == [("p", "F32", [3, 5]), ("h", "F16", [4]), ("b", "BF16", [2, 2])]
+    hf = _hf_model()
+    hf.config.save_pretrained(tmp_path)
+    want = dict(hf.state_dict())
+    torch.save(want, tmp_path / "pytorch_model.bin", pickle_protocol=protocol)  # torch.load's weights_only
+    model = pyllama.Llama.from_pretrained(tmp_path)  # mode refuses protocol 4's FRAME; this reader does not
+    for n, v in model.named_parameters().items():
+        np.testing.assert_array_equal(v, want[n].numpy(), err_msg=n)
