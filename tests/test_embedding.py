@@ -105,6 +105,7 @@ def lib():
         "pyllama_model_num_parameters": (ctypes.c_int64, [P]),
         "pyllama_tokenizer_load": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(P)]),
         "pyllama_tokenizer_free": (None, [P]),
+        "pyllama_tokenizer_n_vocab": (ctypes.c_int32, [P]),
         "pyllama_tokenize": (ctypes.c_int, [P, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int, I32P,
                                             ctypes.c_size_t, SZP]),
         "pyllama_detokenize": (ctypes.c_int, [P, I32P, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t, SZP]),
@@ -192,6 +193,54 @@ def test_c_api_tokenizer_matches_python(lib, checkpoint):
     finally:
         lib.pyllama_tokenizer_free(t)
         lib.pyllama_model_free(m)
+
+
+@pytest.mark.parametrize("family", ["byte_level_bpe", "sentencepiece_bpe"])
+def test_c_api_reads_a_hugging_face_tokenizer_json(lib, tmp_path, family):
+    """A model folder with only tokenizer.json (what models ship): the C API runs it through the
+    core's HfTokenizer with the ids and text of the `tokenizers` library."""
+    tokenizers = pytest.importorskip("tokenizers", reason="tokenizers is a test extra")
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+    text = open(os.path.join(os.path.dirname(pyllama.__file__), "data", "shakespeare.txt"),
+                encoding="utf-8").read()[:200_000]
+    if family == "byte_level_bpe":
+        tk = tokenizers.Tokenizer(models.BPE())
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tk.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|eot|>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    else:  # Llama 2 style: metaspace normalizer, byte fallback
+        tk = tokenizers.Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+        tk.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+        tk.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                        decoders.Strip(" ", 1, 0)])
+        trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=["<unk>", "<s>", "<|eot|>"] +
+                                      [f"<0x{b:02X}>" for b in range(256)])
+    tk.train_from_iterator([text], trainer)
+    tk.save(str(tmp_path / "tokenizer.json"))
+    t = P()
+    _check(lib, lib.pyllama_tokenizer_load(str(tmp_path).encode(), ctypes.byref(t)))
+    try:
+        assert lib.pyllama_tokenizer_n_vocab(t) == tk.get_vocab_size()
+        for sample, special in [("To be, or not to be?\n  whether 'tis", 0), ("h\u00e9llo <|eot|> world \u4e2d", 1),
+                                ("h\u00e9llo <|eot|> world", 0)]:
+            raw = sample.encode()
+            ids = np.zeros(256, np.int32)
+            n = ctypes.c_size_t()
+            _check(lib, lib.pyllama_tokenize(t, raw, len(raw), special, ids.ctypes.data_as(I32P), 256,
+                                             ctypes.byref(n)))
+            got = ids[:n.value].tolist()
+            if special:
+                assert got == tk.encode(sample, add_special_tokens=False).ids
+            buf = ctypes.create_string_buffer(1024)
+            _check(lib, lib.pyllama_detokenize(t, ids.ctypes.data_as(I32P), n.value, buf, len(buf), ctypes.byref(n)))
+            assert buf.raw[:n.value].decode() == tk.decode(got, skip_special_tokens=False)
+        eot = ctypes.c_int32()
+        _check(lib, lib.pyllama_tokenizer_special_id(t, b"<|eot|>", ctypes.byref(eot)))
+        assert eot.value == tk.token_to_id("<|eot|>")
+    finally:
+        lib.pyllama_tokenizer_free(t)
 
 
 def test_c_api_greedy_generate_matches_python(lib, checkpoint):

@@ -87,7 +87,9 @@ PYLLAMA_API pyllama_status pyllama_model_eos_token_ids(const pyllama_model* mode
                                                        size_t* n_out);
 
 /* ---- tokenizers */
-/* The tokenizer of a model folder (or a .tiktoken file): pyllama's tokenizer.tiktoken + .json. */
+/* The tokenizer of a model folder, or a file: pyllama's tokenizer.tiktoken (+ .json), a Hugging Face
+ * tokenizer.json, or a SentencePiece tokenizer.model (pyllama's files win in a folder that has both).
+ * pyllama_tokenize adds no template tokens (BOS): prepend them as the model's config says. */
 PYLLAMA_API pyllama_status pyllama_tokenizer_load(const char* path, pyllama_tokenizer** out);
 PYLLAMA_API void pyllama_tokenizer_free(pyllama_tokenizer* tok);
 PYLLAMA_API int32_t pyllama_tokenizer_n_vocab(const pyllama_tokenizer* tok);  /* -1 for NULL */

@@ -32,7 +32,8 @@ struct pyllama_model {
 };
 
 struct pyllama_tokenizer {
-  std::unique_ptr<pyllama::Tokenizer> t;
+  std::unique_ptr<pyllama::Tokenizer> t;      // pyllama's own files (tiktoken-style BPE), or
+  std::unique_ptr<pyllama::HfTokenizer> hf;   // a tokenizer.json / SentencePiece model
 };
 
 namespace {
@@ -280,7 +281,8 @@ pyllama_status pyllama_tokenizer_load(const char* path, pyllama_tokenizer** out)
   PYLLAMA_C_REQUIRE(path, fn, "path is NULL");
   return guarded(fn, [&] {
     auto h = std::make_unique<pyllama_tokenizer>();
-    h->t = pyllama::load_tokenizer(path);
+    h->hf = pyllama::load_hf_tokenizer(path);
+    if (!h->hf) h->t = pyllama::load_tokenizer(path);
     *out = h.release();
     return PYLLAMA_OK;
   });
@@ -289,7 +291,8 @@ pyllama_status pyllama_tokenizer_load(const char* path, pyllama_tokenizer** out)
 void pyllama_tokenizer_free(pyllama_tokenizer* tok) { delete tok; }
 
 int32_t pyllama_tokenizer_n_vocab(const pyllama_tokenizer* tok) {
-  return tok ? static_cast<int32_t>(tok->t->n_vocab()) : -1;
+  if (!tok) return -1;
+  return static_cast<int32_t>(tok->hf ? tok->hf->vocab_size() : tok->t->n_vocab());
 }
 
 pyllama_status pyllama_tokenize(const pyllama_tokenizer* tok, const char* text, size_t len, int allow_special,
@@ -300,7 +303,10 @@ pyllama_status pyllama_tokenize(const pyllama_tokenizer* tok, const char* text, 
   return guarded(fn, [&] {
     std::string_view sv(text ? text : "", len);
     std::vector<uint32_t> enc;
-    if (allow_special) {
+    if (tok->hf) {  // the text's special tokens recognised or not; no template tokens (BOS) added
+      const std::vector<uint32_t> none;
+      enc = tok->hf->encode(sv, false, allow_special ? nullptr : &none);
+    } else if (allow_special) {
       std::vector<uint32_t> all;
       for (const pyllama::SpecialToken& s : tok->t->specials()) all.push_back(s.id);
       enc = tok->t->encode(sv, all);
@@ -319,7 +325,7 @@ pyllama_status pyllama_detokenize(const pyllama_tokenizer* tok, const int32_t* i
   PYLLAMA_C_REQUIRE(ids || n_ids == 0, fn, "ids is NULL");
   return guarded(fn, [&] {
     std::vector<int64_t> wide(ids, ids + n_ids);
-    std::string bytes = tok->t->decode_bytes(wide.data(), wide.size());
+    std::string bytes = tok->hf ? tok->hf->decode(wide, false) : tok->t->decode_bytes(wide.data(), wide.size());
     return copy_out(fn, bytes.data(), bytes.size(), buf, capacity, n_out);
   });
 }
@@ -329,11 +335,19 @@ pyllama_status pyllama_tokenizer_special_id(const pyllama_tokenizer* tok, const 
   PYLLAMA_C_REQUIRE(tok, fn, "tok is NULL");
   PYLLAMA_C_REQUIRE(text, fn, "text is NULL");
   PYLLAMA_C_REQUIRE(id, fn, "id is NULL");
-  for (const pyllama::SpecialToken& s : tok->t->specials())
-    if (s.text == text) {
-      *id = static_cast<int32_t>(s.id);
-      return PYLLAMA_OK;
-    }
+  if (tok->hf) {
+    for (const pyllama::HfAddedToken& a : tok->hf->added_tokens())
+      if (a.content == text) {
+        *id = static_cast<int32_t>(a.id);
+        return PYLLAMA_OK;
+      }
+  } else {
+    for (const pyllama::SpecialToken& s : tok->t->specials())
+      if (s.text == text) {
+        *id = static_cast<int32_t>(s.id);
+        return PYLLAMA_OK;
+      }
+  }
   return fail(PYLLAMA_ERR_INVALID_ARGUMENT, std::string(fn) + ": '" + text + "' is not a special token of this tokenizer");
 }
 

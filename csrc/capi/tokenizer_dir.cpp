@@ -26,17 +26,44 @@ static std::string read_all(const std::string& p) {
   return ss.str();
 }
 
+static bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::unique_ptr<HfTokenizer> load_hf_tokenizer(const std::string& path) {
+  std::string json, model;
+  if (is_dir(path)) {
+    if (exists(path + "/tokenizer.tiktoken")) return nullptr;  // pyllama's own files win
+    if (exists(path + "/tokenizer.json"))
+      json = path + "/tokenizer.json";
+    else if (exists(path + "/tokenizer.model"))
+      model = path + "/tokenizer.model";
+    else
+      return nullptr;
+  } else if (ends_with(path, ".json") && !ends_with(path, ".tiktoken.json")) {
+    json = path;
+  } else if (ends_with(path, ".model")) {
+    model = path;
+  } else {
+    return nullptr;
+  }
+  const std::string& file = json.empty() ? model : json;
+  try {
+    if (!json.empty()) return std::make_unique<HfTokenizer>(read_all(json));
+    return std::make_unique<HfTokenizer>(sentencepiece_to_hf_json(read_all(model)));
+  } catch (const ValueError& e) {
+    throw ValueError("'" + file + "': " + e.what());
+  }
+}
+
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
   std::string file = path;
   if (is_dir(path)) {
     file = path + "/tokenizer.tiktoken";
     if (!exists(file)) {
-      PYLLAMA_CHECK(!exists(path + "/tokenizer.json"), ValueError,
-                    "'" << path << "' holds a Hugging Face tokenizer.json but no tokenizer.tiktoken: the native "
-                    "loader reads pyllama's tokenizer files; write them from Python with "
-                    "pyllama.Tokenizer.from_pretrained(dir).save(dir) when the tokenizer is byte-level BPE");
       throw IOError("no tokenizer in '" + path + "': expected tokenizer.tiktoken and tokenizer.tiktoken.json "
-                    "(what pyllama.Tokenizer.save(dir) and the Trainer's checkpoints write)");
+                    "(what pyllama.Tokenizer.save(dir) and the Trainer's checkpoints write), a Hugging Face "
+                    "tokenizer.json or a SentencePiece tokenizer.model");
     }
   }
   PYLLAMA_CHECK(exists(file), IOError, "no tokenizer file at '" << file << "'");
