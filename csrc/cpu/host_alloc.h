@@ -5,10 +5,16 @@
 // weights: about 3 s to fault in instead of 14 on a 2-core VM). Smaller blocks, and systems
 // without MADV_HUGEPAGE, use operator new.
 //
+// allocate() returns zeroed memory (fresh anonymous pages are zero; small blocks are cleared),
+// so construction leaves elements as they are: `v.resize(n)` of a multi-GB buffer touches no
+// page, and the first writer (a checkpoint loader's threads, init_weights) faults them in.
+//
 //   std::vector<float, pyllama::HostAllocator<float>> params(n);
 #pragma once
 #include <cstddef>
+#include <cstring>
 #include <new>
+#include <utility>
 #include <vector>
 
 #if defined(__linux__)
@@ -35,7 +41,18 @@ struct HostAllocator {
       return static_cast<T*>(p);
     }
 #endif
-    return static_cast<T*>(::operator new(bytes));
+    void* p = ::operator new(bytes);
+    std::memset(p, 0, bytes);
+    return static_cast<T*>(p);
+  }
+  // Value construction as usual; default construction (resize) writes nothing: the memory is zero.
+  template <class U, class... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+  template <class U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;
   }
   void deallocate(T* p, size_t n) noexcept {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)

@@ -36,7 +36,7 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg) : Model(cfg), cfg_(cfg) {
   lnf_off_ = param_info("model.norm.weight").offset;
   wout_off_ = cfg.tie_word_embeddings ? 0 : param_info("lm_head.weight").offset;  // tied: the embedding
   const size_t off = num_parameters();
-  params_.assign(off, 0.f);
+  params_.resize(off);  // zero, untouched until written (host_alloc.h)
   rope_ = RopeTables(cfg);
 }
 

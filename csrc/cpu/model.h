@@ -120,7 +120,7 @@ class LlamaModel : public Model {
   int C_, HS_, NH_, NKV_, QD_, KVD_, QKVD_, I_, V_, L_;
   HostVector<float> params_, grads_;  // grads_ empty until first used
   float* ensure_grads() {
-    if (grads_.empty()) grads_.assign(params_.size(), 0.f);
+    if (grads_.empty()) grads_.resize(params_.size());  // zero (host_alloc.h)
     return grads_.data();
   }
   HostVector<float> m_, v_;  // AdamW moments, empty before the first step
