@@ -47,12 +47,16 @@ def child(which, path, prompt_len, new_tokens):
 
     ids = np.random.default_rng(0).integers(0, SHAPE["vocab_size"], size=prompt_len).tolist()
     out = {}
-    t0 = time.perf_counter()
     if which == "pyllama":
+        t0 = time.perf_counter()
         import pyllama
 
+        out["import_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         model = pyllama.Llama.from_pretrained(path)
         out["load_s"] = time.perf_counter() - t0
+        np.save(os.path.join(os.environ.get("TMPDIR", "/tmp"), "ckpt1b_pyllama_logits.npy"),
+                model(np.array([ids]), ).logits[0, -1])
         out["rss_after_load_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         for dt in ("float32", "bfloat16"):
             model.set_inference_dtype(dt)
@@ -62,12 +66,18 @@ def child(which, path, prompt_len, new_tokens):
             out[f"decode_{dt}_s"] = time.perf_counter() - t0
             out[f"tokens_{dt}"] = [int(t) for t in toks[0]]
     else:
+        t0 = time.perf_counter()
         import torch
         import transformers
 
+        out["import_s"] = time.perf_counter() - t0
         torch.set_num_threads(os.cpu_count() or 1)
+        t0 = time.perf_counter()
         model = transformers.LlamaForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
         out["load_s"] = time.perf_counter() - t0
+        with torch.no_grad():
+            np.save(os.path.join(os.environ.get("TMPDIR", "/tmp"), "ckpt1b_hf_logits.npy"),
+                    model(torch.tensor([ids])).logits[0, -1].numpy())
         out["rss_after_load_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         x = torch.tensor([ids])
         with torch.no_grad():
@@ -102,6 +112,7 @@ def main():
     p, h = res["pyllama"], res["transformers"]
     n = a.new_tokens
     print(f"Llama-3.2-1B shape, bf16 safetensors ({size:.2f} GB), prompt {a.prompt}, {n} new tokens, greedy")
+    print(f"import: pyllama {p['import_s']:.1f} s | torch + transformers {h['import_s']:.1f} s")
     print(f"load:  pyllama {p['load_s']:.1f} s, peak RSS {p['rss_after_load_gb']:.2f} GB | transformers "
           f"{h['load_s']:.1f} s, peak RSS {h['rss_after_load_gb']:.2f} GB | load time ratio "
           f"{h['load_s'] / p['load_s']:.2f}x, RSS ratio {h['rss_after_load_gb'] / p['rss_after_load_gb']:.2f}x")
@@ -110,7 +121,15 @@ def main():
         tps = n / p[f"decode_{dt}_s"]
         print(f"decode {dt:8s}: pyllama {tps:.2f} tok/s | transformers float32 {hf_tps:.2f} tok/s | ratio "
               f"{tps / hf_tps:.2f}x")
-    print(f"greedy tokens equal transformers' (float32): {p['tokens_float32'] == h['tokens_float32']}")
+    import numpy as np
+
+    tmp = os.environ.get("TMPDIR", "/tmp")
+    lp, lh = np.load(os.path.join(tmp, "ckpt1b_pyllama_logits.npy")), np.load(os.path.join(tmp, "ckpt1b_hf_logits.npy"))
+    print(f"prompt's last logits: max |pyllama - transformers| = {np.abs(lp - lh).max():.2e} "
+          f"(max |logit| {np.abs(lh).max():.2f})")
+    same = sum(a == b for a, b in zip(p["tokens_float32"], h["tokens_float32"]))
+    print(f"greedy tokens equal transformers' (float32): {same}/{n} (random weights: the top logits are nearly "
+          f"tied, so float rounding may pick another token)")
     print(f"peak RSS whole run: pyllama {p['peak_rss_gb']:.2f} GB, transformers {h['peak_rss_gb']:.2f} GB")
     print(f"a training step (float32 weights, gradients, 2 AdamW moments = 16 B/param): "
           f"{16 * 1.2358e9 / 1e9:.1f} GB + activations, on a machine of "

@@ -608,6 +608,48 @@ struct LlamaModelCuda::Impl : AllocAccount {
     return carve_acts<T>(&a, nullptr, B, T_, C, QD, QKVD, NH, I, V, L, attn_naive, attn_dq_atomic);
   }
 
+  // Where one decoder layer's forward writes: the training forward keeps a set per layer (for
+  // the backward); the KV-cache prefill reuses one set and adds into x in place (res1 == res2 == x).
+  template <typename T>
+  struct LayerIO {
+    T *ln1, *qkv, *atty, *res1, *ln2, *gu, *h, *res2;
+    float *rstd1, *rstd2;
+  };
+  // The layer stack of the batched passes (training forward and KV-cache prefill), one layer:
+  //   res1 = x + o(attend(rope(qkv(ln1(x)))));  res2 = res1 + down(swiglu(gate_up(ln2(res1))))
+  // with the biases after their matmuls. attend(qkv, atty) is the attention over the rotated
+  // q, k, v (flash over the batch, or over the KV cache); mk marks profiling regions. (Decode
+  // steps of one token have their own kernels: run_decode.)
+  template <typename T, class Mark, class Attend>
+  void layer_forward(const LayerOff& o, const LayerIO<T>& y, const T* x, int N, const int32_t* pos, cudaStream_t s,
+                     Mark&& mk, Attend&& attend) {
+    const T* Wp = W<T>();
+    const float *cs = rope_cos.as<float>(), *sn = rope_sin.as<float>();
+    const float eps = cfg.rms_norm_eps;
+    gpu::rmsnorm_forward<T>(y.ln1, y.rstd1, x, Wp + o.ln1, N, C, eps, s);
+    mk("fwd rmsnorm");
+    gpu::linear_forward<T>(*gemm, y.qkv, y.ln1, Wp + o.wqkv, N, C, QKVD, s);
+    add_bias<T>(y.qkv, Wp, o.bqkv, N, QKVD, s);
+    mk("fwd matmul qkv");
+    gpu::rope_apply<T>(y.qkv, QKVD, pos, cs, sn, N, NH + NKV, HS, false, s);  // q and k heads are adjacent
+    mk("fwd rope");
+    attend(y.qkv, y.atty);
+    mk("fwd attention");
+    gpu::linear_forward_add<T>(*gemm, y.res1, y.atty, Wp + o.wo, x, N, QD, C, s);  // res1 = x + o(atty)
+    add_bias<T>(y.res1, Wp, o.bo, N, C, s);
+    mk("fwd matmul o+residual");
+    gpu::rmsnorm_forward<T>(y.ln2, y.rstd2, y.res1, Wp + o.ln2, N, C, eps, s);
+    mk("fwd rmsnorm");
+    gpu::linear_forward<T>(*gemm, y.gu, y.ln2, Wp + o.wgu, N, C, 2 * I, s);
+    add_bias<T>(y.gu, Wp, o.bgu, N, 2 * I, s);
+    mk("fwd matmul gate_up");
+    gpu::swiglu_forward<T>(y.h, y.gu, N, I, s);
+    mk("fwd swiglu");
+    gpu::linear_forward_add<T>(*gemm, y.res2, y.h, Wp + o.wd, y.res1, N, I, C, s);  // res2 = res1 + down(h)
+    add_bias<T>(y.res2, Wp, o.bd, N, C, s);
+    mk("fwd matmul down+residual");
+  }
+
   template <typename T>
   void forward_t(bool want_loss) {
     const int B = B_, Tn = T_, N = B * Tn;
@@ -617,7 +659,6 @@ struct LlamaModelCuda::Impl : AllocAccount {
     const T* Wp = W<T>();
     const int32_t* tok = tokens_d.as<int32_t>();
     const int32_t* pos = pos_d.as<int32_t>();
-    const float *cs = rope_cos.as<float>(), *sn = rope_sin.as<float>();
     cudaStream_t s = stream;
     auto mk = [&](const char* name) { prof.mark(s, name); };
 
@@ -626,35 +667,16 @@ struct LlamaModelCuda::Impl : AllocAccount {
     mk("fwd embedding");
     const T* x = a.x0;
     for (int l = 0; l < L; l++) {
-      const LayerOff& o = layer_off[l];
       auto& y = a.layers[l];
-      gpu::rmsnorm_forward<T>(y.ln1, y.rstd1, x, Wp + o.ln1, N, C, eps, s);
-      mk("fwd rmsnorm");
-      gpu::linear_forward<T>(*gemm, y.qkv, y.ln1, Wp + o.wqkv, N, C, QKVD, s);
-      add_bias<T>(y.qkv, Wp, o.bqkv, N, QKVD, s);
-      mk("fwd matmul qkv");
-      gpu::rope_apply<T>(y.qkv, QKVD, pos, cs, sn, N, NH + NKV, HS, false, s);  // q and k heads are adjacent
-      mk("fwd rope");
-      if (attn_naive)
-        gpu::attention_forward<T>(y.atty, y.att, y.qkv, B, Tn, NH, NKV, HS, s);
-      else if (attn_gemm)
-        gpu::attention_forward_gemm<T>(*gemm, y.atty, y.att, y.qkv, attn_scratch.p, B, Tn, NH, NKV, HS, s);
-      else
-        gpu::flash_attention_forward<T>(y.atty, y.att, y.qkv, B, Tn, NH, NKV, HS, s, attn_tc, attn_fwd_rows);
-      mk("fwd attention");
-      gpu::linear_forward_add<T>(*gemm, y.res1, y.atty, Wp + o.wo, x, N, QD, C, s);  // res1 = x + o(atty)
-      add_bias<T>(y.res1, Wp, o.bo, N, C, s);
-      mk("fwd matmul o+residual");
-      gpu::rmsnorm_forward<T>(y.ln2, y.rstd2, y.res1, Wp + o.ln2, N, C, eps, s);
-      mk("fwd rmsnorm");
-      gpu::linear_forward<T>(*gemm, y.gu, y.ln2, Wp + o.wgu, N, C, 2 * I, s);
-      add_bias<T>(y.gu, Wp, o.bgu, N, 2 * I, s);
-      mk("fwd matmul gate_up");
-      gpu::swiglu_forward<T>(y.h, y.gu, N, I, s);
-      mk("fwd swiglu");
-      gpu::linear_forward_add<T>(*gemm, y.res2, y.h, Wp + o.wd, y.res1, N, I, C, s);  // res2 = res1 + down(h)
-      add_bias<T>(y.res2, Wp, o.bd, N, C, s);
-      mk("fwd matmul down+residual");
+      const LayerIO<T> io{y.ln1, y.qkv, y.atty, y.res1, y.ln2, y.gu, y.h, y.res2, y.rstd1, y.rstd2};
+      layer_forward<T>(layer_off[l], io, x, N, pos, s, mk, [&](const T* qkv, T* atty) {
+        if (attn_naive)
+          gpu::attention_forward<T>(atty, y.att, qkv, B, Tn, NH, NKV, HS, s);
+        else if (attn_gemm)
+          gpu::attention_forward_gemm<T>(*gemm, atty, y.att, qkv, attn_scratch.p, B, Tn, NH, NKV, HS, s);
+        else
+          gpu::flash_attention_forward<T>(atty, y.att, qkv, B, Tn, NH, NKV, HS, s, attn_tc, attn_fwd_rows);
+      });
       x = y.res2;
     }
     gpu::rmsnorm_forward<T>(a.lnf, a.rstdf, x, Wp + lnf_off, N, C, eps, s);
@@ -886,27 +908,17 @@ struct LlamaModelCuda::Impl : AllocAccount {
     CUDA_CHECK(cudaMemcpyAsync(slots_d, slots, (size_t)B * sizeof(int32_t), cudaMemcpyHostToDevice, s));
 
     const T* Wp = W<T>();
-    const float *cs = rope_cos.as<float>(), *sn = rope_sin.as<float>();
     const size_t layer_stride = (size_t)kv_slots * NKV * kv_len * HS;
     gpu::embedding_forward<T>(x, tok_d, Wp, N, C, s);
+    // one set of buffers for every layer; x is the residual stream, added into in place
+    const LayerIO<T> io{ln, qkv, atty, x, ln, gu, h, x, rstd, rstd};
     for (int l = 0; l < L; l++) {
-      const LayerOff& o = layer_off[l];
       T* kc = kcache.as<T>() + l * layer_stride;
       T* vc = vcache.as<T>() + l * layer_stride;
-      gpu::rmsnorm_forward<T>(ln, rstd, x, Wp + o.ln1, N, C, eps, s);
-      gpu::linear_forward<T>(*gemm, qkv, ln, Wp + o.wqkv, N, C, QKVD, s);
-      add_bias<T>(qkv, Wp, o.bqkv, N, QKVD, s);
-      gpu::rope_apply<T>(qkv, QKVD, kpos, cs, sn, N, NH + NKV, HS, false, s);
-      gpu::kv_store<T>(kc, vc, qkv, slots_d, kpos, B, T_, NH, NKV, HS, kv_len, s);
-      gpu::attention_kv_forward<T>(atty, scores, qkv, kc, vc, slots_d, kpos, B, T_, NH, NKV, HS, kv_len, s);
-      gpu::linear_forward_add<T>(*gemm, x, atty, Wp + o.wo, x, N, QD, C, s);  // x += o(atty)
-      add_bias<T>(x, Wp, o.bo, N, C, s);
-      gpu::rmsnorm_forward<T>(ln, rstd, x, Wp + o.ln2, N, C, eps, s);
-      gpu::linear_forward<T>(*gemm, gu, ln, Wp + o.wgu, N, C, 2 * I, s);
-      add_bias<T>(gu, Wp, o.bgu, N, 2 * I, s);
-      gpu::swiglu_forward<T>(h, gu, N, I, s);
-      gpu::linear_forward_add<T>(*gemm, x, h, Wp + o.wd, x, N, I, C, s);  // x += down(h)
-      add_bias<T>(x, Wp, o.bd, N, C, s);
+      layer_forward<T>(layer_off[l], io, x, N, kpos, s, [](const char*) {}, [&](const T* q, T* out) {
+        gpu::kv_store<T>(kc, vc, q, slots_d, kpos, B, T_, NH, NKV, HS, kv_len, s);
+        gpu::attention_kv_forward<T>(out, scores, q, kc, vc, slots_d, kpos, B, T_, NH, NKV, HS, kv_len, s);
+      });
     }
     const T* xf = x;
     if (last_only) {
