@@ -20,7 +20,7 @@ from . import _core
 from ._io import atomic_write_text
 from .tokenizer import Tokenizer, TokenIdError, _fix_surrogates_if_needed
 
-__all__ = ["PretrainedTokenizer", "load_pretrained"]
+__all__ = ["PretrainedTokenizer", "load_pretrained", "train_wordpiece", "train_wordlevel"]
 
 _SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
 
@@ -380,6 +380,110 @@ class PretrainedTokenizer(Tokenizer):
 
 def _unpickle_pretrained(json_text: str, config: Dict[str, Any], source: str) -> PretrainedTokenizer:
     return PretrainedTokenizer(_core.CoreHfTokenizer(json_text), json_text, config, source)
+
+
+# ---------------------------------------------------------------------------- training
+
+_BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _count_words(texts, splitter) -> List[tuple]:
+    """(word, count) of the pieces the pipeline's normalizer and pre-tokenizer make of the texts."""
+    import collections
+
+    if isinstance(texts, (str, bytes, os.PathLike)):
+        with open(os.fspath(texts), "r", encoding="utf-8", errors="replace") as f:
+            texts = f.read().splitlines()
+    counts: "collections.Counter[str]" = collections.Counter()
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"training texts must be str, item {i} is {type(text).__name__}")
+        counts.update(p.decode("utf-8", "replace") for p in splitter.pre_tokenize(_fix_surrogates_if_needed(text)))
+    return sorted(counts.items())
+
+
+def _bert_pipeline(lowercase: bool) -> Dict[str, Any]:
+    return {
+        "version": "1.0", "truncation": None, "padding": None,
+        "normalizer": {"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True,
+                       "strip_accents": None, "lowercase": lowercase},
+        "pre_tokenizer": {"type": "BertPreTokenizer"},
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": True},
+    }
+
+
+def _added(specials: Sequence[str], vocab: Dict[str, int]) -> List[Dict[str, Any]]:
+    return [{"id": vocab[t], "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+             "normalized": False, "special": True} for t in specials]
+
+
+def train_wordpiece(texts, vocab_size: int, special_tokens: Optional[Sequence[str]] = None, *,
+                    lowercase: bool = True, min_frequency: int = 2) -> PretrainedTokenizer:
+    """Learn a BERT-style WordPiece tokenizer (BertNormalizer, BertPreTokenizer, WordPiece with ``##``
+    continuations, ``[CLS] ... [SEP]`` template) the way ``tokenizers``' WordPieceTrainer does: a
+    character-level BPE over the words, in the core. ``texts``: strings or a path to a UTF-8 file.
+
+    >>> import pyllama
+    >>> tok = pyllama.Tokenizer.train_wordpiece(["the lower lowest newest widest"] * 20, vocab_size=60)
+    >>> tok.decode(tok.encode("the lowest"))
+    'the lowest'
+    """
+    specials = list(_BERT_SPECIALS if special_tokens is None else special_tokens)
+    if "[UNK]" not in specials:
+        raise ValueError("special_tokens must include '[UNK]' (WordPiece's unknown token)")
+    pipe = _bert_pipeline(lowercase)
+    splitter = _core.CoreHfTokenizer(json.dumps({**pipe, "model": {"type": "WordLevel", "vocab": {"[UNK]": 0},
+                                                                    "unk_token": "[UNK]"}}))
+    words = _count_words(texts, splitter)
+    vocab_list, _ = _core.train_char_bpe(words, int(vocab_size), "##", specials, int(min_frequency))
+    vocab = {t: i for i, t in enumerate(vocab_list)}
+    doc = dict(pipe)
+    doc["added_tokens"] = _added(specials, vocab)
+    cls_sep = {}
+    if "[CLS]" in vocab and "[SEP]" in vocab:
+        cls_sep = {"type": "BertProcessing", "sep": ["[SEP]", vocab["[SEP]"]], "cls": ["[CLS]", vocab["[CLS]"]]}
+    doc["post_processor"] = cls_sep or None
+    doc["model"] = {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                    "max_input_chars_per_word": 100, "vocab": vocab}
+    text = json.dumps(doc, ensure_ascii=False)
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "[UNK]", "do_lower_case": lowercase,
+              "clean_up_tokenization_spaces": True}
+    for name, tok in (("pad_token", "[PAD]"), ("cls_token", "[CLS]"), ("sep_token", "[SEP]"), ("mask_token", "[MASK]")):
+        if tok in vocab:
+            config[name] = tok
+    return PretrainedTokenizer(_core.CoreHfTokenizer(text), text, config, "trained")
+
+
+def train_wordlevel(texts, vocab_size: int, special_tokens: Optional[Sequence[str]] = None, *,
+                    lowercase: bool = False) -> PretrainedTokenizer:
+    """A word-level tokenizer: the ``vocab_size`` most frequent words (Whitespace pre-tokenizer), the rest
+    ``[UNK]`` (ties: the smaller word).
+
+    >>> import pyllama
+    >>> tok = pyllama.Tokenizer.train_wordlevel(["a b b c c c"], vocab_size=3)
+    >>> tok.encode("c b a")
+    [1, 2, 0]
+    """
+    specials = list(["[UNK]"] if special_tokens is None else special_tokens)
+    if "[UNK]" not in specials:
+        raise ValueError("special_tokens must include '[UNK]'")
+    norm = {"type": "Lowercase"} if lowercase else None
+    pipe = {"version": "1.0", "truncation": None, "padding": None, "normalizer": norm,
+            "pre_tokenizer": {"type": "Whitespace"}, "decoder": None, "post_processor": None}
+    splitter = _core.CoreHfTokenizer(json.dumps({**pipe, "model": {"type": "WordLevel", "vocab": {"[UNK]": 0},
+                                                                    "unk_token": "[UNK]"}}))
+    words = sorted(_count_words(texts, splitter), key=lambda wc: (-wc[1], wc[0]))
+    vocab = {t: i for i, t in enumerate(specials)}
+    for w, _ in words:
+        if len(vocab) >= vocab_size:
+            break
+        vocab.setdefault(w, len(vocab))
+    doc = dict(pipe)
+    doc["added_tokens"] = _added(specials, vocab)
+    doc["model"] = {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    text = json.dumps(doc, ensure_ascii=False)
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "[UNK]"}
+    return PretrainedTokenizer(_core.CoreHfTokenizer(text), text, config, "trained")
 
 
 _ENV = None

@@ -462,3 +462,52 @@ def test_load_routes_model_files_to_from_pretrained(gpt2_dir):
     for path in (gpt2_dir, os.path.join(gpt2_dir, "tokenizer.json")):
         tok = pyllama.Tokenizer.load(path)
         assert tok.encode("Hello world") == pyllama.Tokenizer.from_pretrained(gpt2_dir).encode("Hello world")
+
+
+def test_tokenizer_encode_command_reads_model_files(llama3_dir, capsys):
+    from pyllama import cli
+
+    tok = pyllama.Tokenizer.from_pretrained(llama3_dir)
+    assert cli.main(["tokenizer", "encode", "--tokenizer", llama3_dir, "--text", "Hello world",
+                     "--add-special-tokens"]) == 0
+    assert capsys.readouterr().out.split() == [str(i) for i in tok.encode("Hello world", add_special_tokens=True)]
+
+
+def test_wordpiece_training_matches_tokenizers_and_loads_in_transformers(tmp_path):
+    texts = _corpus()
+    ours = pyllama.Tokenizer.train_wordpiece(texts, vocab_size=700, min_frequency=2)
+    # tokenizers' own WordPieceTrainer on the same pipeline learns a vocabulary of the same size that
+    # covers the same alphabet; ours must load in transformers with identical ids.
+    ours.save_pretrained(tmp_path / "wp")
+    ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "wp"))
+    assert len(ref) == ours.n_vocab == 700
+    for text in SAMPLES + ["[CLS] special [SEP] text [MASK]"]:
+        assert ours.encode(text, add_special_tokens=True) == ref(text)["input_ids"], text
+        ids = ref(text)["input_ids"]
+        assert ours.decode(ids, skip_special_tokens=True) == ref.decode(ids, skip_special_tokens=True)
+    assert ours.decode(ours.encode("to be or not to be")) == "to be or not to be"
+    trained = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    trained.normalizer = normalizers.BertNormalizer(lowercase=True)
+    trained.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trained.train_from_iterator(texts, trainers.WordPieceTrainer(
+        vocab_size=700, min_frequency=2, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    theirs = set(trained.get_vocab())
+    mine = {ours.id_to_token(i) for i in range(ours.n_vocab)}
+    assert len(mine & theirs) >= 0.9 * len(theirs)  # the same algorithm: nearly the same vocabulary
+
+
+def test_wordlevel_training(tmp_path):
+    tok = pyllama.Tokenizer.train_wordlevel(["b a b c b a"], vocab_size=3)
+    assert tok.encode("a b c") == [2, 1, 0]
+    tok.save_pretrained(tmp_path / "wl")
+    ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "wl"))
+    assert ref("a b c d")["input_ids"] == tok.encode("a b c d", True)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import pyllama.tokenizers_hf
+
+    result = doctest.testmod(pyllama.tokenizers_hf, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
