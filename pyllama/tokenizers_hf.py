@@ -572,11 +572,34 @@ def load_pretrained(path) -> Tokenizer:
     if _looks_tiktoken(data):
         from .tokenizer import Tokenizer as _T
 
-        specials = {}
-        for t, i in _added_from_config(config).items():
-            specials[t] = i
-        return _T.from_tiktoken(file, "llama3" if specials else "cl100k", specials or None)
+        specials = _added_from_config(config)
+        n_ranks = sum(1 for line in data.splitlines() if line.strip())
+        if not specials and n_ranks == 128000:  # Llama 3's original tokenizer.model: Meta's special tokens
+            specials = {t: 128000 + i for i, t in enumerate(_LLAMA3_SPECIALS)}
+            config.setdefault("bos_token", "<|begin_of_text|>")
+            config.setdefault("eos_token", "<|end_of_text|>")
+        base = _T.from_tiktoken(file, "llama3" if specials else "cl100k", specials or None)
+        bos = _token_text(config.get("bos_token"))
+        if not specials or bos not in specials:
+            return base  # a plain .tiktoken vocabulary: the byte-level Tokenizer
+        # A model's tiktoken file with its special tokens: the same pipeline as tokenizer.json (ids equal
+        # tiktoken's), with BOS first as Llama 3 puts it.
+        doc = base.to_hf_json()
+        doc["post_processor"] = {"type": "TemplateProcessing", "single": [
+            {"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos: {"id": bos, "ids": [specials[bos]], "tokens": [bos]}}}
+        text = json.dumps(doc, ensure_ascii=False)
+        return PretrainedTokenizer(_core.CoreHfTokenizer(text), text, config, file)
     raise ValueError(f"{file!r} is neither a tokenizer.json, a SentencePiece .model nor a .tiktoken file")
+
+
+# Meta's special tokens of Llama 3 (3.1 names), ids 128000.. after the 128000 ranks of its tokenizer.model.
+_LLAMA3_SPECIALS = (["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                     "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>",
+                     "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
+                    + [f"<|reserved_special_token_{i}|>" for i in range(2, 247)])
 
 
 def _sentencepiece_names(core, config: Dict[str, Any]) -> None:

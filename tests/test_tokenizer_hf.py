@@ -511,3 +511,39 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(pyllama.tokenizers_hf, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_tiktoken_format_tokenizer_model_with_its_config(tmp_path):
+    # Llama 3's original files: a tiktoken-format tokenizer.model; the special tokens from the config.
+    tiktoken = pytest.importorskip("tiktoken")
+    import gzip
+    import shutil
+
+    src = os.path.join(os.path.dirname(__file__), "data", "cl100k_base.tiktoken.gz")
+    folder = tmp_path / "l3orig"
+    folder.mkdir()
+    with gzip.open(src, "rb") as f, open(folder / "tokenizer.model", "wb") as out:
+        shutil.copyfileobj(f, out)
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+        "added_tokens_decoder": {"100257": {"content": "<|begin_of_text|>", "special": True},
+                                 "100258": {"content": "<|eot_id|>", "special": True}}}))
+    tok = pyllama.Tokenizer.from_pretrained(str(folder))
+    import base64
+
+    ranks = {}
+    with open(folder / "tokenizer.model", "rb") as f:
+        for line in f:
+            if line.strip():
+                t, r = line.split()
+                ranks[base64.b64decode(t)] = int(r)
+    enc = tiktoken.Encoding("cl100k_test", pat_str=_CL100K_PAT, mergeable_ranks=ranks,
+                            special_tokens={"<|begin_of_text|>": 100257, "<|eot_id|>": 100258})
+    assert tok.bos_token_id == 100257 and tok.eos_token_id == 100258
+    for text in SAMPLES + ["hi<|eot_id|>there"]:
+        assert tok.encode(text, add_special_tokens=True) == [100257] + enc.encode(text, allowed_special="all")
+        assert tok.decode(enc.encode(text, allowed_special="all")) == text
+
+
+_CL100K_PAT = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|"""
+               r"""\s*[\r\n]|\s+(?!\S)|\s""")
