@@ -205,6 +205,22 @@ class Tokenizer:
                                min_frequency=min_frequency)
 
     @classmethod
+    def train_unigram(cls, texts_or_path, vocab_size: int, special_tokens: Optional[Sequence[str]] = None, *,
+                      max_piece_length: int = 16, seed_size: int = 200000) -> "Tokenizer":
+        """A SentencePiece-style Unigram tokenizer learnt by EM and pruning; see
+        :func:`pyllama.tokenizers_hf.train_unigram`.
+
+        >>> import pyllama
+        >>> tok = pyllama.Tokenizer.train_unigram(["low lower lowest"] * 10, vocab_size=30)
+        >>> tok.decode(tok.encode("lowest"))
+        'lowest'
+        """
+        from .tokenizers_hf import train_unigram
+
+        return train_unigram(texts_or_path, vocab_size, special_tokens, max_piece_length=max_piece_length,
+                             seed_size=seed_size)
+
+    @classmethod
     def train_wordlevel(cls, texts_or_path, vocab_size: int, special_tokens: Optional[Sequence[str]] = None, *,
                         lowercase: bool = False) -> "Tokenizer":
         """A word-level tokenizer (the most frequent words); see :func:`pyllama.tokenizers_hf.train_wordlevel`.

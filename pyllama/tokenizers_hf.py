@@ -20,7 +20,7 @@ from . import _core
 from ._io import atomic_write_text
 from .tokenizer import Tokenizer, TokenIdError, _fix_surrogates_if_needed
 
-__all__ = ["PretrainedTokenizer", "load_pretrained", "train_wordpiece", "train_wordlevel"]
+__all__ = ["PretrainedTokenizer", "load_pretrained", "train_wordpiece", "train_wordlevel", "train_unigram"]
 
 _SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
 
@@ -483,6 +483,39 @@ def train_wordlevel(texts, vocab_size: int, special_tokens: Optional[Sequence[st
     doc["model"] = {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
     text = json.dumps(doc, ensure_ascii=False)
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "[UNK]"}
+    return PretrainedTokenizer(_core.CoreHfTokenizer(text), text, config, "trained")
+
+
+def train_unigram(texts, vocab_size: int, special_tokens: Optional[Sequence[str]] = None, *,
+                  max_piece_length: int = 16, seed_size: int = 200000) -> PretrainedTokenizer:
+    """Learn a Unigram tokenizer (SentencePiece style: ``▁`` for spaces, Metaspace pre-tokenizer) by EM and
+    pruning in the core (:func:`pyllama._core.train_unigram`); ``special_tokens`` (default ``["<unk>"]``)
+    take the first ids and the first of them is the unknown token.
+
+    >>> import pyllama
+    >>> tok = pyllama.Tokenizer.train_unigram(["the lower lowest newest widest"] * 20, vocab_size=40)
+    >>> tok.decode(tok.encode("the lowest"))
+    'the lowest'
+    """
+    specials = list(["<unk>"] if special_tokens is None else special_tokens)
+    if not specials:
+        raise ValueError("special_tokens must name the unknown token first (e.g. ['<unk>'])")
+    if vocab_size <= len(specials):
+        raise ValueError(f"vocab_size={vocab_size} leaves no room beside {len(specials)} special tokens")
+    pipe = {"version": "1.0", "truncation": None, "padding": None, "normalizer": None,
+            "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": True},
+            "decoder": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": True},
+            "post_processor": None}
+    splitter = _core.CoreHfTokenizer(json.dumps({**pipe, "model": {"type": "WordLevel", "vocab": {"<unk>": 0},
+                                                                    "unk_token": "<unk>"}}))
+    words = _count_words(texts, splitter)
+    pieces = _core.train_unigram(words, int(vocab_size) - len(specials), int(max_piece_length), int(seed_size))
+    vocab = [[t, 0.0] for t in specials] + [[p, float(sc)] for p, sc in pieces if p not in specials]
+    doc = dict(pipe)
+    doc["added_tokens"] = _added(specials, {t: i for i, t in enumerate(specials)})
+    doc["model"] = {"type": "Unigram", "unk_id": 0, "byte_fallback": False, "vocab": vocab}
+    text = json.dumps(doc, ensure_ascii=False)
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": specials[0]}
     return PretrainedTokenizer(_core.CoreHfTokenizer(text), text, config, "trained")
 
 

@@ -547,3 +547,22 @@ def test_tiktoken_format_tokenizer_model_with_its_config(tmp_path):
 
 _CL100K_PAT = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|"""
                r"""\s*[\r\n]|\s+(?!\S)|\s""")
+
+
+def test_unigram_training_compresses_like_tokenizers_trainer(tmp_path):
+    with open(CORPUS_PATH, encoding="utf-8") as f:
+        full = f.read()
+    texts = full[:120000].splitlines()
+    ours = pyllama.Tokenizer.train_unigram(texts, vocab_size=800)
+    assert ours.n_vocab == 800 and ours.unk_token_id == 0
+    ref = tokenizers.Tokenizer(models.Unigram())
+    ref.pre_tokenizer = pre_tokenizers.Metaspace()
+    ref.train_from_iterator(texts, trainers.UnigramTrainer(vocab_size=800, special_tokens=["<unk>"], unk_token="<unk>"))
+    # the same objective: the learnt vocabularies encode the whole corpus in nearly the same number of tokens
+    ratio = len(ours.encode(full)) / len(ref.encode(full).ids)
+    assert 0.95 < ratio < 1.05, ratio
+    ours.save_pretrained(tmp_path / "uni")
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "uni"))
+    for text in SAMPLES:
+        assert ours.encode(text, add_special_tokens=True) == hf(text)["input_ids"], text
+    assert ours.decode(ours.encode("To be, or not to be")) == "To be, or not to be"

@@ -1049,6 +1049,18 @@ void bind_tokenizer_hf(py::module_& m) {
     return py::make_tuple(r.vocab, r.merges);
   }, py::arg("words"), py::arg("vocab_size"), py::arg("prefix"), py::arg("specials"), py::arg("min_frequency"),
      "Character-level BPE over counted words: (vocab, merges).");
+  m.def("train_unigram", [](const std::vector<std::pair<std::string, uint64_t>>& words, size_t vocab_size,
+                            size_t max_piece_chars, size_t seed_size) {
+    std::vector<UnigramPiece> r;
+    {
+      py::gil_scoped_release nogil;
+      r = train_unigram(words, vocab_size, max_piece_chars, seed_size);
+    }
+    py::list out;
+    for (auto& p : r) out.append(py::make_tuple(p.piece, p.score));
+    return out;
+  }, py::arg("words"), py::arg("vocab_size"), py::arg("max_piece_chars"), py::arg("seed_size"),
+     "Unigram pieces learnt by EM + pruning: [(piece, log probability)], best first.");
 }
 
 // ------------------------------------------------------------------ CUDA backend (cuda/)
