@@ -259,10 +259,14 @@ def test_single_file_and_errors(tmp_path, gpt2_dir):
     with pytest.raises(FileNotFoundError, match="no tokenizer"):
         pyllama.Tokenizer.from_pretrained(str(tmp_path))
     doc = json.load(open(os.path.join(gpt2_dir, "tokenizer.json"), encoding="utf-8"))
-    doc["normalizer"] = {"type": "Precompiled", "precompiled_charsmap": ""}
+    doc["normalizer"] = {"type": "Nmt"}
     bad = tmp_path / "tokenizer.json"
     bad.write_text(json.dumps(doc), encoding="utf-8")
-    with pytest.raises(ValueError, match="normalizer 'Precompiled' is not supported"):
+    with pytest.raises(ValueError, match="normalizer 'Nmt' is not supported"):
+        pyllama.Tokenizer.from_pretrained(str(bad))
+    doc["normalizer"] = {"type": "Precompiled", "precompiled_charsmap": "AAAA"}  # a 0-byte header: too short
+    bad.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(ValueError, match="precompiled_charsmap"):
         pyllama.Tokenizer.from_pretrained(str(bad))
     doc["normalizer"] = None
     doc["pre_tokenizer"] = {"type": "Split", "pattern": {"Regex": "[a-z]+"}, "behavior": "Isolated", "invert": False}
@@ -387,10 +391,15 @@ def sp_models(tmp_path_factory):
                 remove_extra_whitespaces=squeeze, normalization_rule_name="identity", minloglevel=2,
                 user_defined_symbols=["<|im_start|>"] if kind == "bpe" else [])
             out[(kind, squeeze)] = prefix + ".model"
+        # sentencepiece's default normalization (nmt_nfkc: a precompiled character map) and whitespace rules
+        prefix = str(folder / f"{kind}_nfkc")
+        spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=prefix, vocab_size=500, model_type=kind,
+                                       byte_fallback=kind == "bpe", character_coverage=0.9995, minloglevel=2)
+        out[(kind, "nfkc")] = prefix + ".model"
     return out
 
 
-SP_CASES = [("bpe", False), ("bpe", True), ("unigram", False), ("unigram", True)]
+SP_CASES = [("bpe", False), ("bpe", True), ("unigram", False), ("unigram", True), ("bpe", "nfkc"), ("unigram", "nfkc")]
 
 
 @pytest.mark.parametrize("case", SP_CASES)
@@ -407,9 +416,10 @@ def test_sentencepiece_model_equals_sentencepiece(sp_models, case):
         ids = sp.encode(text)
         assert tok.encode(text, allowed_special=set()) == ids, text
         assert tok.encode(text, add_special_tokens=True, allowed_special=set()) == [sp.bos_id()] + ids
-        assert tok.decode(ids, skip_special_tokens=True) == sp.decode(ids), text
+        if sp.unk_id() not in ids:  # sentencepiece decodes <unk> as " ⁇ ", transformers drops or names it
+            assert tok.decode(ids, skip_special_tokens=True) == sp.decode(ids), text
 
-    for text in SAMPLES + ["  two  spaces  ", " \t tab", " \n  \n "]:
+    for text in SAMPLES + ["  two  spaces  ", " \t tab", " \n  \n ", "ﬁ ① ㎏ Ｈｅｌｌｏ\u00a0ＡＢＣ\u3000x\u200by"]:
         check(text)
 
     @hyp.settings(max_examples=60, deadline=None, derandomize=True)
@@ -421,12 +431,17 @@ def test_sentencepiece_model_equals_sentencepiece(sp_models, case):
     run()
 
 
-def test_sentencepiece_model_saved_as_tokenizer_json_loads_in_transformers(tmp_path, sp_models):
-    tok = pyllama.Tokenizer.from_pretrained(sp_models[("bpe", True)])
+@pytest.mark.parametrize("case", [("bpe", True), ("unigram", "nfkc")])
+def test_sentencepiece_model_saved_as_tokenizer_json_loads_in_transformers(tmp_path, sp_models, case):
+    tok = pyllama.Tokenizer.from_pretrained(sp_models[case])
     tok.save_pretrained(tmp_path / "out")
     ref = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
     again = pyllama.Tokenizer.from_pretrained(str(tmp_path / "out"))
-    for text in SAMPLES + ["  two  spaces  "]:
+    for text in SAMPLES + ["  two  spaces  ", "ﬁ ① ㎏ Ｈｅｌｌｏ ＡＢＣ"]:
+        if case[1] == "nfkc" and "\u0323" in text:
+            # tokenizers' Precompiled maps whole grapheme clusters where sentencepiece (and pyllama) take the
+            # longest match: e + U+0301 + U+0323 differs (pyllama follows sentencepiece; see the test above)
+            continue
         assert ref(text)["input_ids"] == tok.encode(text, True) == again.encode(text, True), text
 
 
