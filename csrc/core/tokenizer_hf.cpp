@@ -1412,6 +1412,9 @@ HfTokenizer::HfTokenizer(const std::string& json_text) : impl_(std::make_unique<
 
   // ---- model
   const Json& mj = j["model"];
+  // Ids may leave holes, but not more than a few: a bound keeps a corrupt id from allocating gigabytes.
+  const size_t n_entries = (mj.has("vocab") ? mj["vocab"].size() : 0) + (j.has("added_tokens") ? j["added_tokens"].size() : 0);
+  const int64_t max_id = static_cast<int64_t>(n_entries) + 65536;
   model_type_ = mj.has("type") ? mj["type"].as_string() : std::string();
   auto add_vocab = [&](const std::string& tok, uint32_t id) {
     m.vocab[tok] = id;
@@ -1428,8 +1431,9 @@ HfTokenizer::HfTokenizer(const std::string& json_text) : impl_(std::make_unique<
     PYLLAMA_CHECK(vj.kind() == Json::Kind::object, ValueError, "tokenizer.json: model.vocab is not an object");
     for (const auto& [tok, id] : vj.items()) {
       int64_t v = id.as_int();
-      PYLLAMA_CHECK(v >= 0 && v < (int64_t(1) << 31), ValueError,
-                    "tokenizer.json: vocab id " << v << " of '" << tok << "' is out of range");
+      PYLLAMA_CHECK(v >= 0 && v < max_id, ValueError,
+                    "tokenizer.json: vocab id " << v << " of '" << tok << "' is out of range (the file has "
+                                                << n_entries << " tokens)");
       add_vocab(tok, static_cast<uint32_t>(v));
     }
     m.unk_token = opt_str(mj, "unk_token", "");
@@ -1527,7 +1531,8 @@ HfTokenizer::HfTokenizer(const std::string& json_text) : impl_(std::make_unique<
       const Json& e = aj.at(i);
       HfAddedToken a;
       int64_t id = e["id"].as_int();
-      PYLLAMA_CHECK(id >= 0 && id < (int64_t(1) << 31), ValueError, "tokenizer.json: added token id " << id << " is out of range");
+      PYLLAMA_CHECK(id >= 0 && id < max_id, ValueError,
+                    "tokenizer.json: added token id " << id << " is out of range (the file has " << n_entries << " tokens)");
       a.id = static_cast<uint32_t>(id);
       a.content = e["content"].as_string();
       PYLLAMA_CHECK(!a.content.empty(), ValueError, "tokenizer.json: added token " << id << " is empty");
