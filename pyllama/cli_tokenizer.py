@@ -31,7 +31,10 @@ def register(subparsers) -> None:
 
     e = sub.add_parser("encode", help="print the token ids of a text")
     e.add_argument("input", nargs="?", help="a UTF-8 text file (or use --text, or stdin)")
-    e.add_argument("--tokenizer", required=True, help="a tokenizer written by `pyllama tokenizer train` / Tokenizer.save")
+    e.add_argument("--tokenizer", required=True, help="a tokenizer written by `pyllama tokenizer train` / "
+                   "Tokenizer.save, or a model's tokenizer.json / tokenizer.model (or its folder)")
+    e.add_argument("--add-special-tokens", action="store_true",
+                   help="a model's tokenizer: add its template's tokens (BOS ...), as transformers' tokenizer(text)")
     e.add_argument("--text", default=None, help="text to encode")
     e.add_argument("--allow-special", action="store_true", help="encode special-token text as the special tokens")
     e.add_argument("--count", action="store_true", help="print only the number of tokens")
@@ -71,8 +74,11 @@ def cmd_encode(args) -> int:
             text = f.read()
     else:
         text = sys.stdin.read()
+    kw = {"add_special_tokens": True} if args.add_special_tokens else {}
+    if kw and not hasattr(tok, "bos_token_id"):
+        raise ValueError("--add-special-tokens needs a model's tokenizer (tokenizer.json or tokenizer.model)")
     ids = tok.encode(text, allowed_special="all" if args.allow_special else set(),
-                     disallowed_special="all" if args.allow_special else ())
+                     disallowed_special="all" if args.allow_special else (), **kw)
     if args.count:
         print(len(ids))
     else:

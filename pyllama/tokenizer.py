@@ -190,6 +190,50 @@ class Tokenizer:
         return load_pretrained(path)
 
     @classmethod
+    def train_wordpiece(cls, texts_or_path, vocab_size: int, special_tokens: Optional[Sequence[str]] = None, *,
+                        lowercase: bool = True, min_frequency: int = 2) -> "Tokenizer":
+        """A BERT-style WordPiece tokenizer learnt from text; see :func:`pyllama.tokenizers_hf.train_wordpiece`.
+
+        >>> import pyllama
+        >>> tok = pyllama.Tokenizer.train_wordpiece(["low lower lowest"] * 10, vocab_size=40)
+        >>> tok.decode(tok.encode("lowest"))
+        'lowest'
+        """
+        from .tokenizers_hf import train_wordpiece
+
+        return train_wordpiece(texts_or_path, vocab_size, special_tokens, lowercase=lowercase,
+                               min_frequency=min_frequency)
+
+    @classmethod
+    def train_unigram(cls, texts_or_path, vocab_size: int, special_tokens: Optional[Sequence[str]] = None, *,
+                      max_piece_length: int = 16, seed_size: int = 200000) -> "Tokenizer":
+        """A SentencePiece-style Unigram tokenizer learnt by EM and pruning; see
+        :func:`pyllama.tokenizers_hf.train_unigram`.
+
+        >>> import pyllama
+        >>> tok = pyllama.Tokenizer.train_unigram(["low lower lowest"] * 10, vocab_size=30)
+        >>> tok.decode(tok.encode("lowest"))
+        'lowest'
+        """
+        from .tokenizers_hf import train_unigram
+
+        return train_unigram(texts_or_path, vocab_size, special_tokens, max_piece_length=max_piece_length,
+                             seed_size=seed_size)
+
+    @classmethod
+    def train_wordlevel(cls, texts_or_path, vocab_size: int, special_tokens: Optional[Sequence[str]] = None, *,
+                        lowercase: bool = False) -> "Tokenizer":
+        """A word-level tokenizer (the most frequent words); see :func:`pyllama.tokenizers_hf.train_wordlevel`.
+
+        >>> import pyllama
+        >>> pyllama.Tokenizer.train_wordlevel(["x y y"], vocab_size=3).encode("y x z")
+        [1, 2, 0]
+        """
+        from .tokenizers_hf import train_wordlevel
+
+        return train_wordlevel(texts_or_path, vocab_size, special_tokens, lowercase=lowercase)
+
+    @classmethod
     def from_ranks(cls, tokens: Sequence[bytes], pattern: str = "cl100k",
                    special_tokens: Optional[Union[Dict[str, int], Sequence[str]]] = None) -> "Tokenizer":
         """A tokenizer from the tokens' bytes in rank order (rank = index).

@@ -20,7 +20,7 @@ from . import _core
 from ._io import atomic_write_text
 from .tokenizer import Tokenizer, TokenIdError, _fix_surrogates_if_needed
 
-__all__ = ["PretrainedTokenizer", "load_pretrained"]
+__all__ = ["PretrainedTokenizer", "load_pretrained", "train_wordpiece", "train_wordlevel", "train_unigram"]
 
 _SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
 
@@ -382,6 +382,143 @@ def _unpickle_pretrained(json_text: str, config: Dict[str, Any], source: str) ->
     return PretrainedTokenizer(_core.CoreHfTokenizer(json_text), json_text, config, source)
 
 
+# ---------------------------------------------------------------------------- training
+
+_BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _count_words(texts, splitter) -> List[tuple]:
+    """(word, count) of the pieces the pipeline's normalizer and pre-tokenizer make of the texts."""
+    import collections
+
+    if isinstance(texts, (str, bytes, os.PathLike)):
+        with open(os.fspath(texts), "r", encoding="utf-8", errors="replace") as f:
+            texts = f.read().splitlines()
+    counts: "collections.Counter[str]" = collections.Counter()
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"training texts must be str, item {i} is {type(text).__name__}")
+        counts.update(p.decode("utf-8", "replace") for p in splitter.pre_tokenize(_fix_surrogates_if_needed(text)))
+    return sorted(counts.items())
+
+
+def _bert_pipeline(lowercase: bool) -> Dict[str, Any]:
+    return {
+        "version": "1.0", "truncation": None, "padding": None,
+        "normalizer": {"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True,
+                       "strip_accents": None, "lowercase": lowercase},
+        "pre_tokenizer": {"type": "BertPreTokenizer"},
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": True},
+    }
+
+
+def _added(specials: Sequence[str], vocab: Dict[str, int]) -> List[Dict[str, Any]]:
+    return [{"id": vocab[t], "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+             "normalized": False, "special": True} for t in specials]
+
+
+def train_wordpiece(texts, vocab_size: int, special_tokens: Optional[Sequence[str]] = None, *,
+                    lowercase: bool = True, min_frequency: int = 2) -> PretrainedTokenizer:
+    """Learn a BERT-style WordPiece tokenizer (BertNormalizer, BertPreTokenizer, WordPiece with ``##``
+    continuations, ``[CLS] ... [SEP]`` template) the way ``tokenizers``' WordPieceTrainer does: a
+    character-level BPE over the words, in the core. ``texts``: strings or a path to a UTF-8 file.
+
+    >>> import pyllama
+    >>> tok = pyllama.Tokenizer.train_wordpiece(["the lower lowest newest widest"] * 20, vocab_size=60)
+    >>> tok.decode(tok.encode("the lowest"))
+    'the lowest'
+    """
+    specials = list(_BERT_SPECIALS if special_tokens is None else special_tokens)
+    if "[UNK]" not in specials:
+        raise ValueError("special_tokens must include '[UNK]' (WordPiece's unknown token)")
+    pipe = _bert_pipeline(lowercase)
+    splitter = _core.CoreHfTokenizer(json.dumps({**pipe, "model": {"type": "WordLevel", "vocab": {"[UNK]": 0},
+                                                                    "unk_token": "[UNK]"}}))
+    words = _count_words(texts, splitter)
+    vocab_list, _ = _core.train_char_bpe(words, int(vocab_size), "##", specials, int(min_frequency))
+    vocab = {t: i for i, t in enumerate(vocab_list)}
+    doc = dict(pipe)
+    doc["added_tokens"] = _added(specials, vocab)
+    cls_sep = {}
+    if "[CLS]" in vocab and "[SEP]" in vocab:
+        cls_sep = {"type": "BertProcessing", "sep": ["[SEP]", vocab["[SEP]"]], "cls": ["[CLS]", vocab["[CLS]"]]}
+    doc["post_processor"] = cls_sep or None
+    doc["model"] = {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                    "max_input_chars_per_word": 100, "vocab": vocab}
+    text = json.dumps(doc, ensure_ascii=False)
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "[UNK]", "do_lower_case": lowercase,
+              "clean_up_tokenization_spaces": True}
+    for name, tok in (("pad_token", "[PAD]"), ("cls_token", "[CLS]"), ("sep_token", "[SEP]"), ("mask_token", "[MASK]")):
+        if tok in vocab:
+            config[name] = tok
+    return PretrainedTokenizer(_core.CoreHfTokenizer(text), text, config, "trained")
+
+
+def train_wordlevel(texts, vocab_size: int, special_tokens: Optional[Sequence[str]] = None, *,
+                    lowercase: bool = False) -> PretrainedTokenizer:
+    """A word-level tokenizer: the ``vocab_size`` most frequent words (Whitespace pre-tokenizer), the rest
+    ``[UNK]`` (ties: the smaller word).
+
+    >>> import pyllama
+    >>> tok = pyllama.Tokenizer.train_wordlevel(["a b b c c c"], vocab_size=3)
+    >>> tok.encode("c b a")
+    [1, 2, 0]
+    """
+    specials = list(["[UNK]"] if special_tokens is None else special_tokens)
+    if "[UNK]" not in specials:
+        raise ValueError("special_tokens must include '[UNK]'")
+    norm = {"type": "Lowercase"} if lowercase else None
+    pipe = {"version": "1.0", "truncation": None, "padding": None, "normalizer": norm,
+            "pre_tokenizer": {"type": "Whitespace"}, "decoder": None, "post_processor": None}
+    splitter = _core.CoreHfTokenizer(json.dumps({**pipe, "model": {"type": "WordLevel", "vocab": {"[UNK]": 0},
+                                                                    "unk_token": "[UNK]"}}))
+    words = sorted(_count_words(texts, splitter), key=lambda wc: (-wc[1], wc[0]))
+    vocab = {t: i for i, t in enumerate(specials)}
+    for w, _ in words:
+        if len(vocab) >= vocab_size:
+            break
+        vocab.setdefault(w, len(vocab))
+    doc = dict(pipe)
+    doc["added_tokens"] = _added(specials, vocab)
+    doc["model"] = {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    text = json.dumps(doc, ensure_ascii=False)
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "[UNK]"}
+    return PretrainedTokenizer(_core.CoreHfTokenizer(text), text, config, "trained")
+
+
+def train_unigram(texts, vocab_size: int, special_tokens: Optional[Sequence[str]] = None, *,
+                  max_piece_length: int = 16, seed_size: int = 200000) -> PretrainedTokenizer:
+    """Learn a Unigram tokenizer (SentencePiece style: ``▁`` for spaces, Metaspace pre-tokenizer) by EM and
+    pruning in the core (:func:`pyllama._core.train_unigram`); ``special_tokens`` (default ``["<unk>"]``)
+    take the first ids and the first of them is the unknown token.
+
+    >>> import pyllama
+    >>> tok = pyllama.Tokenizer.train_unigram(["the lower lowest newest widest"] * 20, vocab_size=40)
+    >>> tok.decode(tok.encode("the lowest"))
+    'the lowest'
+    """
+    specials = list(["<unk>"] if special_tokens is None else special_tokens)
+    if not specials:
+        raise ValueError("special_tokens must name the unknown token first (e.g. ['<unk>'])")
+    if vocab_size <= len(specials):
+        raise ValueError(f"vocab_size={vocab_size} leaves no room beside {len(specials)} special tokens")
+    pipe = {"version": "1.0", "truncation": None, "padding": None, "normalizer": None,
+            "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": True},
+            "decoder": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": True},
+            "post_processor": None}
+    splitter = _core.CoreHfTokenizer(json.dumps({**pipe, "model": {"type": "WordLevel", "vocab": {"<unk>": 0},
+                                                                    "unk_token": "<unk>"}}))
+    words = _count_words(texts, splitter)
+    pieces = _core.train_unigram(words, int(vocab_size) - len(specials), int(max_piece_length), int(seed_size))
+    vocab = [[t, 0.0] for t in specials] + [[p, float(sc)] for p, sc in pieces if p not in specials]
+    doc = dict(pipe)
+    doc["added_tokens"] = _added(specials, {t: i for i, t in enumerate(specials)})
+    doc["model"] = {"type": "Unigram", "unk_id": 0, "byte_fallback": False, "vocab": vocab}
+    text = json.dumps(doc, ensure_ascii=False)
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": specials[0]}
+    return PretrainedTokenizer(_core.CoreHfTokenizer(text), text, config, "trained")
+
+
 _ENV = None
 
 
@@ -468,11 +605,34 @@ def load_pretrained(path) -> Tokenizer:
     if _looks_tiktoken(data):
         from .tokenizer import Tokenizer as _T
 
-        specials = {}
-        for t, i in _added_from_config(config).items():
-            specials[t] = i
-        return _T.from_tiktoken(file, "llama3" if specials else "cl100k", specials or None)
+        specials = _added_from_config(config)
+        n_ranks = sum(1 for line in data.splitlines() if line.strip())
+        if not specials and n_ranks == 128000:  # Llama 3's original tokenizer.model: Meta's special tokens
+            specials = {t: 128000 + i for i, t in enumerate(_LLAMA3_SPECIALS)}
+            config.setdefault("bos_token", "<|begin_of_text|>")
+            config.setdefault("eos_token", "<|end_of_text|>")
+        base = _T.from_tiktoken(file, "llama3" if specials else "cl100k", specials or None)
+        bos = _token_text(config.get("bos_token"))
+        if not specials or bos not in specials:
+            return base  # a plain .tiktoken vocabulary: the byte-level Tokenizer
+        # A model's tiktoken file with its special tokens: the same pipeline as tokenizer.json (ids equal
+        # tiktoken's), with BOS first as Llama 3 puts it.
+        doc = base.to_hf_json()
+        doc["post_processor"] = {"type": "TemplateProcessing", "single": [
+            {"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos: {"id": bos, "ids": [specials[bos]], "tokens": [bos]}}}
+        text = json.dumps(doc, ensure_ascii=False)
+        return PretrainedTokenizer(_core.CoreHfTokenizer(text), text, config, file)
     raise ValueError(f"{file!r} is neither a tokenizer.json, a SentencePiece .model nor a .tiktoken file")
+
+
+# Meta's special tokens of Llama 3 (3.1 names), ids 128000.. after the 128000 ranks of its tokenizer.model.
+_LLAMA3_SPECIALS = (["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                     "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>",
+                     "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
+                    + [f"<|reserved_special_token_{i}|>" for i in range(2, 247)])
 
 
 def _sentencepiece_names(core, config: Dict[str, Any]) -> None:

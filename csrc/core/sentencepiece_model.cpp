@@ -7,7 +7,7 @@
 //                   4 user defined, 5 unused, 6 byte)
 //   TrainerSpec     3 model_type (1 unigram, 2 bpe, 3 word, 4 char), 24 treat_whitespace_as_suffix,
 //                   35 byte_fallback, 40 unk_id, 41 bos_id, 42 eos_id, 43 pad_id
-//   NormalizerSpec  1 name, 2 precompiled_charsmap, 3 add_dummy_prefix, 4 remove_extra_whitespaces,
+//   NormalizerSpec  1 name, 2 precompiled_charsmap (kept as a Precompiled normalizer), 3 add_dummy_prefix, 4 remove_extra_whitespaces,
 //                   5 escape_whitespaces
 // Every other field is skipped by its wire type. A truncated or malformed message throws ValueError.
 #include <algorithm>
@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "json.h"
+#include "tokenizer.h"  // b64_encode
 #include "tokenizer_hf.h"
 
 namespace pyllama {
@@ -110,8 +111,7 @@ std::string sentencepiece_to_hf_json(std::string_view data) {
   int model_type = 1;
   bool byte_fallback = false, suffix = false;
   int64_t unk_id = 0, bos_id = 1, eos_id = 2, pad_id = -1;
-  std::string norm_name;
-  size_t charsmap = 0;
+  std::string charsmap;
   bool dummy_prefix = true, remove_ws = true, escape_ws = true;
   bool have_trainer = false, have_normalizer = false;
 
@@ -164,12 +164,9 @@ std::string sentencepiece_to_hf_json(std::string_view data) {
       ProtoReader nr(r.bytes(), "NormalizerSpec");
       while (!nr.done()) {
         auto [nf, nw] = nr.tag();
-        if (nf == 1) {
-          nr.expect(nw, 2, "name");
-          norm_name = std::string(nr.bytes());
-        } else if (nf == 2) {
+        if (nf == 2) {
           nr.expect(nw, 2, "precompiled_charsmap");
-          charsmap = nr.bytes().size();
+          charsmap = std::string(nr.bytes());
         } else if (nf == 3 || nf == 4 || nf == 5) {
           nr.expect(nw, 0, "a flag");
           bool v = nr.varint() != 0;
@@ -191,10 +188,6 @@ std::string sentencepiece_to_hf_json(std::string_view data) {
   PYLLAMA_CHECK(model_type == 1 || model_type == 2, ValueError,
                 "SentencePiece model: model_type " << (model_type == 3 ? "WORD" : model_type == 4 ? "CHAR" : "unknown")
                                                    << " is not supported (BPE and UNIGRAM are)");
-  PYLLAMA_CHECK(charsmap == 0, ValueError,
-                "SentencePiece model: normalization rule '"
-                    << norm_name << "' (a precompiled character map) is not supported; pyllama reads models trained "
-                    << "with normalization_rule_name=identity (as Llama's), or use the model's tokenizer.json");
   PYLLAMA_CHECK(escape_ws, ValueError, "SentencePiece model: escape_whitespaces=false is not supported");
   PYLLAMA_CHECK(!suffix, ValueError, "SentencePiece model: treat_whitespace_as_suffix=true is not supported");
   auto id_ok = [&](int64_t id) { return id >= 0 && static_cast<size_t>(id) < pieces.size(); };
@@ -233,6 +226,14 @@ std::string sentencepiece_to_hf_json(std::string_view data) {
   // Llama 2 tokenizer.json writes them: Prepend + Replace; a Metaspace pre-tokenizer would not add the
   // prefix to a text that starts with a space, which SentencePiece does).
   Json seq = Json::array();
+  if (!charsmap.empty()) {  // the normalization rule (nmt_nfkc, ...) as SentencePiece compiled it
+    Json pc = Json::object();
+    std::string b64;
+    b64_encode(charsmap, b64);
+    pc.set("type", Json::str("Precompiled"));
+    pc.set("precompiled_charsmap", Json::str(b64));
+    seq.push(std::move(pc));
+  }
   auto replace = [&](const char* kind, const std::string& pat, const std::string& to) {
     Json rep = Json::object(), p = Json::object();
     rep.set("type", Json::str("Replace"));

@@ -38,7 +38,7 @@ constexpr size_t kCacheMaxEntries = 1 << 16;
 
 std::atomic<uint64_t> g_next_uid{1};
 
-// ---------------------------------------------------------------- base64
+// ---------------------------------------------------------------- base64 (declared in tokenizer.h)
 
 const char kB64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -50,6 +50,8 @@ struct B64Table {
   }
 };
 const B64Table kB64Dec;
+
+}  // namespace
 
 bool b64_decode(std::string_view s, std::string& out) {
   out.clear();
@@ -96,6 +98,8 @@ void b64_encode(std::string_view s, std::string& out) {
     out += '=';
   }
 }
+
+namespace {
 
 // ---------------------------------------------------------------- per-thread piece cache
 

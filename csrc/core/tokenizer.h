@@ -132,6 +132,10 @@ struct SpecialToken {
   uint32_t id;
 };
 
+// Base64 (RFC 4648, padded): .tiktoken lines and tokenizer.json's precompiled_charsmap.
+bool b64_decode(std::string_view s, std::string& out);  // false when s is not base64 (out cleared first)
+void b64_encode(std::string_view s, std::string& out);  // appends
+
 // Parses a .tiktoken file (one "base64 rank" per line). Returns the tokens in rank
 // order. Throws ValueError naming the line for bad base64, a bad rank, a duplicate
 // rank or token, or a gap (ranks must be 0..R-1).

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <tuple>
 #include <queue>
@@ -16,6 +17,7 @@
 
 #include "json.h"
 #include "pretokenize.h"
+#include "tokenizer.h"  // b64_decode
 #include "unicode_tables.h"
 
 namespace pyllama {
@@ -299,6 +301,66 @@ std::string bert_normalize(std::string_view s, bool clean, bool chinese, bool st
   return r;
 }
 
+// SentencePiece's precompiled character map (the Precompiled normalizer): a darts-clone double array of
+// uint32 units mapping byte strings to offsets of their NUL-terminated replacements in the rest of the
+// blob. normalize() replaces, at each position, the longest match (else copies one character), as
+// SentencePiece's normalizer does.
+class CharsMap {
+ public:
+  explicit CharsMap(std::string_view blob) {
+    PYLLAMA_CHECK(blob.size() >= 4, ValueError, "precompiled_charsmap: shorter than its 4-byte header");
+    uint32_t n;
+    std::memcpy(&n, blob.data(), 4);
+    PYLLAMA_CHECK(n % 4 == 0 && n <= blob.size() - 4, ValueError,
+                  "precompiled_charsmap: its trie size " << n << " does not fit the " << blob.size() << " bytes");
+    units_.resize(n / 4);
+    if (n) std::memcpy(units_.data(), blob.data() + 4, n);
+    strings_ = std::string(blob.substr(4 + n));
+  }
+  std::string normalize(std::string_view s) const {
+    std::string out;
+    for (size_t i = 0; i < s.size();) {
+      size_t len = 0;
+      uint32_t val = 0;
+      match(s.substr(i), len, val);
+      if (len) {
+        out += strings_.c_str() + val;  // NUL-terminated; val < strings_.size() checked in match
+        i += len;
+      } else {
+        size_t k = u8_len(s, i);
+        out.append(s.substr(i, k));
+        i += k;
+      }
+    }
+    return out;
+  }
+
+ private:
+  static uint32_t offset(uint32_t u) { return (u >> 10) << ((u & (1u << 9)) >> 6); }
+  static uint32_t label(uint32_t u) { return u & ((1u << 31) | 0xFFu); }
+  static bool has_leaf(uint32_t u) { return (u >> 8) & 1; }
+  static uint32_t value(uint32_t u) { return u & ((1u << 31) - 1); }
+  void match(std::string_view key, size_t& len, uint32_t& val) const {
+    if (units_.empty()) return;
+    size_t pos = offset(units_[0]);
+    for (size_t i = 0; i < key.size(); i++) {
+      uint8_t c = static_cast<uint8_t>(key[i]);
+      pos ^= c;
+      if (pos >= units_.size()) return;
+      uint32_t u = units_[pos];
+      if (label(u) != c) return;
+      pos ^= offset(u);
+      if (pos >= units_.size()) return;
+      if (has_leaf(u) && value(units_[pos]) < strings_.size()) {
+        len = i + 1;
+        val = value(units_[pos]);
+      }
+    }
+  }
+  std::vector<uint32_t> units_;
+  std::string strings_;
+};
+
 // GPT-2's byte -> printable character table (byte-level BPE).
 const std::vector<std::string>& byte_to_char() {
   static const std::vector<std::string> table = [] {
@@ -488,7 +550,7 @@ const KnownRegex kKnownRegexes[] = {
 struct HfTokenizer::Impl {
   // normalizer
   enum class NormKind { prepend, replace, strip, runs_start, runs_end, runs_squeeze, nfc, nfd, nfkc, nfkd, lowercase,
-                        strip_accents, bert };
+                        strip_accents, bert, precompiled };
   struct Norm {
     NormKind kind;
     std::string a, b;
@@ -496,6 +558,7 @@ struct HfTokenizer::Impl {
     int flags = 0;  // BertNormalizer: 1 clean_text, 2 handle_chinese_chars, 4 strip_accents, 8 lowercase
   };
   std::vector<Norm> norms;
+  std::vector<CharsMap> charsmaps;  // Precompiled normalizers, by Norm::flags
 
   // pre-tokenizer
   enum class PreKind { byte_level, split_regex, split_string, metaspace, whitespace, whitespace_split, bert, digits, punctuation };
@@ -586,6 +649,14 @@ struct HfTokenizer::Impl {
       norms.push_back(n);
     } else if (t == "NFC" || t == "NFD" || t == "NFKC" || t == "NFKD") {
       norms.push_back({t == "NFC" ? NormKind::nfc : t == "NFD" ? NormKind::nfd : t == "NFKC" ? NormKind::nfkc : NormKind::nfkd, "", ""});
+    } else if (t == "Precompiled") {
+      std::string blob;
+      const std::string b64 = opt_str(j, "precompiled_charsmap", "");
+      PYLLAMA_CHECK(b64_decode(b64, blob), ValueError, "tokenizer.json: Precompiled's precompiled_charsmap is not base64");
+      Norm n{NormKind::precompiled, "", ""};
+      n.flags = static_cast<int>(charsmaps.size());
+      charsmaps.emplace_back(blob);
+      norms.push_back(n);
     } else if (t == "Lowercase") {
       norms.push_back({NormKind::lowercase, "", ""});
     } else if (t == "StripAccents") {
@@ -599,7 +670,7 @@ struct HfTokenizer::Impl {
     } else {
       throw ValueError("tokenizer.json: normalizer '" + t +
                        "' is not supported (supported: Sequence, Prepend, Replace, Strip, NFC, NFD, NFKC, NFKD, "
-                       "Lowercase, StripAccents, BertNormalizer)");
+                       "Lowercase, StripAccents, BertNormalizer, Precompiled)");
     }
   }
 
@@ -744,6 +815,7 @@ struct HfTokenizer::Impl {
         case NormKind::nfkc: s = unicode_normalize(s, true, true); break;
         case NormKind::nfkd: s = unicode_normalize(s, true, false); break;
         case NormKind::lowercase: s = unicode_lower(s); break;
+        case NormKind::precompiled: s = charsmaps[static_cast<size_t>(n.flags)].normalize(s); break;
         case NormKind::strip_accents: s = drop_marks(s, false); break;
         case NormKind::bert: s = bert_normalize(s, n.flags & 1, n.flags & 2, n.flags & 4, n.flags & 8); break;
         case NormKind::runs_start: {
@@ -1340,6 +1412,9 @@ HfTokenizer::HfTokenizer(const std::string& json_text) : impl_(std::make_unique<
 
   // ---- model
   const Json& mj = j["model"];
+  // Ids may leave holes, but not more than a few: a bound keeps a corrupt id from allocating gigabytes.
+  const size_t n_entries = (mj.has("vocab") ? mj["vocab"].size() : 0) + (j.has("added_tokens") ? j["added_tokens"].size() : 0);
+  const int64_t max_id = static_cast<int64_t>(n_entries) + 65536;
   model_type_ = mj.has("type") ? mj["type"].as_string() : std::string();
   auto add_vocab = [&](const std::string& tok, uint32_t id) {
     m.vocab[tok] = id;
@@ -1356,8 +1431,9 @@ HfTokenizer::HfTokenizer(const std::string& json_text) : impl_(std::make_unique<
     PYLLAMA_CHECK(vj.kind() == Json::Kind::object, ValueError, "tokenizer.json: model.vocab is not an object");
     for (const auto& [tok, id] : vj.items()) {
       int64_t v = id.as_int();
-      PYLLAMA_CHECK(v >= 0 && v < (int64_t(1) << 31), ValueError,
-                    "tokenizer.json: vocab id " << v << " of '" << tok << "' is out of range");
+      PYLLAMA_CHECK(v >= 0 && v < max_id, ValueError,
+                    "tokenizer.json: vocab id " << v << " of '" << tok << "' is out of range (the file has "
+                                                << n_entries << " tokens)");
       add_vocab(tok, static_cast<uint32_t>(v));
     }
     m.unk_token = opt_str(mj, "unk_token", "");
@@ -1455,7 +1531,8 @@ HfTokenizer::HfTokenizer(const std::string& json_text) : impl_(std::make_unique<
       const Json& e = aj.at(i);
       HfAddedToken a;
       int64_t id = e["id"].as_int();
-      PYLLAMA_CHECK(id >= 0 && id < (int64_t(1) << 31), ValueError, "tokenizer.json: added token id " << id << " is out of range");
+      PYLLAMA_CHECK(id >= 0 && id < max_id, ValueError,
+                    "tokenizer.json: added token id " << id << " is out of range (the file has " << n_entries << " tokens)");
       a.id = static_cast<uint32_t>(id);
       a.content = e["content"].as_string();
       PYLLAMA_CHECK(!a.content.empty(), ValueError, "tokenizer.json: added token " << id << " is empty");

@@ -89,6 +89,30 @@ class HfTokenizer {
   std::vector<uint32_t> prefix_, suffix_;
 };
 
+// A character-level BPE learnt from counted words (tokenizer_hf_train.cpp), as `tokenizers`' BpeTrainer
+// and WordPieceTrainer learn one: the vocabulary starts with the specials and every character seen
+// (characters after a word's first carry `prefix`, e.g. "##"), then the most frequent adjacent pair
+// (at least min_frequency; ties: the smaller pair text) is merged until vocab_size tokens or no pair
+// is left. The merged token drops the right part's prefix ("un" + "##der" -> "under").
+//
+//   CharBpeResult r = train_char_bpe({{"lower", 3}, {"lowest", 2}}, 40, "##", {"[UNK]"}, 1);
+struct CharBpeResult {
+  std::vector<std::string> vocab;                            // id -> token
+  std::vector<std::pair<std::string, std::string>> merges;  // in the order learnt
+};
+CharBpeResult train_char_bpe(const std::vector<std::pair<std::string, uint64_t>>& words, size_t vocab_size,
+                             const std::string& prefix, const std::vector<std::string>& specials,
+                             uint64_t min_frequency);
+
+// A Unigram vocabulary learnt from counted words (tokenizer_hf_train.cpp), SentencePiece's way: seed
+// pieces (every substring up to max_piece_chars, the seed_size most frequent by frequency x length, and
+// every character), then rounds of EM (expected counts by forward-backward over each word's lattice,
+// digamma M-step, pieces below half an expected use dropped) each followed by pruning to 3/4, keeping
+// the pieces whose removal loses the most likelihood, until vocab_size pieces (characters always kept).
+// Returns (piece, log probability), best first. The caller adds <unk> and other specials.
+std::vector<UnigramPiece> train_unigram(const std::vector<std::pair<std::string, uint64_t>>& words, size_t vocab_size,
+                                        size_t max_piece_chars, size_t seed_size);
+
 // SentencePiece .model (protobuf ModelProto) → the equivalent tokenizer.json text
 // (sentencepiece_model.cpp): Unigram or BPE (merges as transformers' converter makes them), byte
 // fallback, SentencePiece's whitespace rules, the control pieces as special tokens, BOS first as in

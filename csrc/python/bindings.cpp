@@ -1083,6 +1083,28 @@ void bind_tokenizer_hf(py::module_& m) {
     py::gil_scoped_release nogil;
     return sentencepiece_to_hf_json(d);
   }, py::arg("model_bytes"), "A SentencePiece .model file's equivalent tokenizer.json text.");
+  m.def("train_char_bpe", [](const std::vector<std::pair<std::string, uint64_t>>& words, size_t vocab_size,
+                             const std::string& prefix, const std::vector<std::string>& specials, uint64_t min_frequency) {
+    CharBpeResult r;
+    {
+      py::gil_scoped_release nogil;
+      r = train_char_bpe(words, vocab_size, prefix, specials, min_frequency);
+    }
+    return py::make_tuple(r.vocab, r.merges);
+  }, py::arg("words"), py::arg("vocab_size"), py::arg("prefix"), py::arg("specials"), py::arg("min_frequency"),
+     "Character-level BPE over counted words: (vocab, merges).");
+  m.def("train_unigram", [](const std::vector<std::pair<std::string, uint64_t>>& words, size_t vocab_size,
+                            size_t max_piece_chars, size_t seed_size) {
+    std::vector<UnigramPiece> r;
+    {
+      py::gil_scoped_release nogil;
+      r = train_unigram(words, vocab_size, max_piece_chars, seed_size);
+    }
+    py::list out;
+    for (auto& p : r) out.append(py::make_tuple(p.piece, p.score));
+    return out;
+  }, py::arg("words"), py::arg("vocab_size"), py::arg("max_piece_chars"), py::arg("seed_size"),
+     "Unigram pieces learnt by EM + pruning: [(piece, log probability)], best first.");
 }
 
 // ------------------------------------------------------------------ CUDA backend (cuda/)

@@ -267,6 +267,8 @@ std::vector<std::pair<uint8_t, std::string>> seeds() {
       {5, R"({"pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first"},
               "decoder": {"type": "Metaspace"}, "model": {"type": "Unigram", "unk_id": 0, "byte_fallback": false,
               "vocab": [["<unk>", 0], ["\u2581", -1.5], ["H", -2], ["ello", -3], ["\u2581Hello", -4]]}})"},
+      {5, R"({"normalizer": {"type": "Precompiled", "precompiled_charsmap": "BAAAAAAAAABhAA=="},
+              "model": {"type": "WordLevel", "unk_token": "u", "vocab": {"u": 0, "a": 1}}})"},
       {6, sentencepiece_seed()},
   };
 }
