@@ -28,17 +28,19 @@ def make(path):
     import torch
     import transformers
 
-    if os.path.isfile(os.path.join(path, "config.json")):
+    if os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, ".complete-v2")):
         return
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(**SHAPE)
     with torch.device("meta"):
         model = transformers.LlamaForCausalLM(cfg)
     model = model.to_empty(device="cpu").to(torch.bfloat16)
+    model.tie_weights()  # to_empty gave lm_head its own storage: tie it to the embedding again
     with torch.no_grad():
         for n, p in model.named_parameters():
             p.copy_(torch.ones_like(p) if "norm" in n else torch.randn_like(p) * 0.02)
     model.save_pretrained(path)
+    open(os.path.join(path, ".complete-v2"), "w").close()
 
 
 def child(which, path, prompt_len, new_tokens):

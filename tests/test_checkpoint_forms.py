@@ -201,3 +201,21 @@ def test_save_refuses_float16_overflow_and_unknown_dtypes(tmp_path):
     with pytest.raises(ValueError, match="float16's range"):
         model.save_pretrained(tmp_path / "y", dtype="float16")
     model.save_pretrained(tmp_path / "z", dtype="bfloat16")  # bfloat16 has float32's range
+
+
+def test_tied_config_with_a_different_lm_head_is_refused(tmp_path):
+    """transformers unties a 'tied' model whose file holds another lm_head.weight (and warns);
+    pyllama refuses it, naming the fix, rather than load other logits."""
+    from safetensors.numpy import load_file, save_file
+
+    hf = _hf_model(tie_word_embeddings=True)
+    hf.save_pretrained(tmp_path)
+    pyllama.Llama.from_pretrained(tmp_path)  # as transformers writes it: no lm_head.weight
+    w = load_file(str(tmp_path / "model.safetensors"))
+    w["lm_head.weight"] = w["model.embed_tokens.weight"].copy()
+    save_file(w, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    pyllama.Llama.from_pretrained(tmp_path)  # an equal copy loads
+    w["lm_head.weight"] = w["lm_head.weight"] + 1.0
+    save_file(w, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="tie_word_embeddings.*false"):
+        pyllama.Llama.from_pretrained(tmp_path)

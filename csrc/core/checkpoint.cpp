@@ -96,17 +96,20 @@ void load_weight_files(const std::vector<std::string>& files, const std::vector<
                        float* dst, bool check_finite) {
   WeightMatcher match(infos, tied);
   for (const auto& path : files) {
-    if (is_torch_bin(path)) {
-      TorchBinFile f(path);  // no pickled code runs: torch_bin.h
-      for (const auto& e : f.entries())
-        if (const ParamInfo* p = match.take(e.name, e.shape, path)) f.read_float32(e, dst + p->offset, check_finite);
-    } else {
-      SafetensorsFile f(path);
-      for (const auto& e : f.entries())
-        if (const ParamInfo* p = match.take(e.name, e.shape, path)) f.read_float32(e, dst + p->offset, check_finite);
-    }
+    auto load = [&](const auto& f) {
+      for (const auto& e : f.entries()) {
+        if (const ParamInfo* p = match.take(e.name, e.shape, path))
+          f.read_float32(e, dst + p->offset, check_finite);
+        else if (float* h = match.tied_head(e.name, e.shape))  // checked against the embedding by finish
+          f.read_float32(e, h, false);
+      }
+    };
+    if (is_torch_bin(path))
+      load(TorchBinFile(path));  // no pickled code runs: torch_bin.h
+    else
+      load(SafetensorsFile(path));
   }
-  match.finish();
+  match.finish(dst);
 }
 
 std::unique_ptr<Model> load_pretrained(const std::string& dir, const std::string& device) {

@@ -227,7 +227,7 @@ const ParamInfo* WeightMatcher::take(const std::string& name, const std::vector<
   auto it = want_.find(name);
   if (it == want_.end()) {
     const bool inv_freq = name.size() >= 19 && name.compare(name.size() - 19, 19, "rotary_emb.inv_freq") == 0;
-    if (inv_freq || (tied_ && name == "lm_head.weight")) return nullptr;
+    if (inv_freq || (tied_ && name == "lm_head.weight")) return nullptr;  // (tied_head checks the latter)
     throw ValueError("'" + path + "' holds an unexpected tensor '" + name + "' for this config");
   }
   const ParamInfo& p = infos_[it->second];
@@ -246,7 +246,26 @@ const ParamInfo* WeightMatcher::take(const std::string& name, const std::vector<
   return &p;
 }
 
-void WeightMatcher::finish() const {
+float* WeightMatcher::tied_head(const std::string& name, const std::vector<int64_t>& shape) {
+  if (!tied_ || name != "lm_head.weight") return nullptr;
+  const ParamInfo& emb = infos_[want_.at("model.embed_tokens.weight")];
+  PYLLAMA_CHECK(shape == emb.shape, ValueError,
+                "lm_head.weight's shape differs from model.embed_tokens.weight's in a tied model");
+  head_.assign(emb.numel, 0.f);
+  return head_.data();
+}
+
+void WeightMatcher::finish(const float* dst) const {
+  if (!head_.empty() && dst) {
+    const ParamInfo& emb = infos_[want_.at("model.embed_tokens.weight")];
+    for (size_t i = 0; i < emb.numel; i++)
+      PYLLAMA_CHECK(head_[i] == dst[emb.offset + i] || (std::isnan(head_[i]) && std::isnan(dst[emb.offset + i])),
+                    ValueError,
+                    "config.json sets tie_word_embeddings, but the checkpoint's lm_head.weight differs from "
+                    "model.embed_tokens.weight (first at element "
+                        << i << "); transformers would not tie them and would use lm_head.weight. Set "
+                                "\"tie_word_embeddings\": false in config.json to load the model that way");
+  }
   std::vector<std::string> missing;
   for (const auto& p : infos_)
     if (!seen_.count(p.name)) missing.push_back(p.name);
@@ -263,10 +282,14 @@ void load_safetensors_weights(const std::vector<std::string>& files, const std::
   WeightMatcher match(infos, tied);
   for (const auto& path : files) {
     SafetensorsFile f(path);
-    for (const auto& e : f.entries())
-      if (const ParamInfo* p = match.take(e.name, e.shape, path)) f.read_float32(e, dst + p->offset, check_finite);
+    for (const auto& e : f.entries()) {
+      if (const ParamInfo* p = match.take(e.name, e.shape, path))
+        f.read_float32(e, dst + p->offset, check_finite);
+      else if (float* h = match.tied_head(e.name, e.shape))
+        f.read_float32(e, h, false);
+    }
   }
-  match.finish();
+  match.finish(dst);
 }
 
 }  // namespace pyllama

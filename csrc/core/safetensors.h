@@ -66,9 +66,15 @@ class WeightMatcher {
   // The parameter a file's tensor fills, or nullptr for a tensor to skip; ValueError for an
   // unexpected tensor, one seen twice, or a shape that is not the config's.
   const ParamInfo* take(const std::string& name, const std::vector<int64_t>& shape, const std::string& file);
-  void finish() const;  // ValueError naming the parameters no file held
+  // With tied embeddings, a file may still hold lm_head.weight: a buffer to read it into (else
+  // nullptr), so that finish() can check it equals the embedding.
+  float* tied_head(const std::string& name, const std::vector<int64_t>& shape);
+  // ValueError naming the parameters no file held, or a tied lm_head.weight that differs from
+  // the embedding in dst (transformers unties such a model; pyllama asks for the config to say so).
+  void finish(const float* dst = nullptr) const;
 
  private:
+  std::vector<float> head_;
   bool tied_;
   std::vector<ParamInfo> infos_;
   std::map<std::string, size_t> want_;
