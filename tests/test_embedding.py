@@ -504,19 +504,22 @@ def test_examples_build_out_of_tree_and_run(cmake_dir, checkpoint, tmp_path):
     assert r.returncode == 1 and b"PYLLAMA_ERR_IO" in r.stderr
 
 
-def test_python_m_pyllama_prints_the_paths():
+def test_python_m_pyllama_prints_the_paths(tmp_path):
     import sys
 
     cmake_dir = _package_cmake_dir()
+    # from another folder: `python -m` puts the working directory first on sys.path, and in the
+    # source tree that is the uninstalled pyllama/ (CI tests the installed package)
     r = subprocess.run([sys.executable, "-m", "pyllama", "--cmake-dir", "--include-dir", "--c-library"],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == cmake_dir and os.path.isfile(os.path.join(lines[0], "pyllamaConfig.cmake"))
     assert os.path.isfile(os.path.join(lines[1], "pyllama.h"))
     assert os.path.isfile(os.path.join(lines[1], "pyllama", "checkpoint.h"))
     assert lines[2] == pyllama.c_library_path()
-    r = subprocess.run([sys.executable, "-m", "pyllama", "--cmake-dir", "train"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "pyllama", "--cmake-dir", "train"], capture_output=True, text=True,
+                       cwd=tmp_path)
     assert r.returncode == 2 and "train" in r.stderr
 
 
