@@ -30,7 +30,7 @@ FLAGS="-std=c++20 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all 
 FLAGS="$FLAGS -I$HERE/include -I$HERE -I$ROOT/csrc/core -I$ROOT/csrc/cpu -I$ROOT/cuda"
 # the kernel files under test (each with its driver test_*.cpp)
 CU="flash_attention decode attention attention_gemm norm rope swiglu crossentropy embedding adamw elementwise matmul"
-CORE="cpu/kernels/ops_impl cpu/ops_dispatch cpu/matmul cpu/runtime cpu/adamw_cpu core/adamw core/rope"
+CORE="cpu/kernels/ops_impl cpu/ops_dispatch cpu/matmul cpu/runtime cpu/adamw_cpu core/adamw core/rope core/llama_config"
 JOBS=$(nproc 2>/dev/null || echo 2)
 PY=${PYTHON:-python3}
 for f in $CU; do "$PY" "$HERE/prep.py" "$ROOT/cuda/$f.cu" "$OUT/$f.cu.cpp"; done
