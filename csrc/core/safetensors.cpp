@@ -277,19 +277,4 @@ void WeightMatcher::finish(const float* dst) const {
   }
 }
 
-void load_safetensors_weights(const std::vector<std::string>& files, const std::vector<ParamInfo>& infos, bool tied,
-                              float* dst, bool check_finite) {
-  WeightMatcher match(infos, tied);
-  for (const auto& path : files) {
-    SafetensorsFile f(path);
-    for (const auto& e : f.entries()) {
-      if (const ParamInfo* p = match.take(e.name, e.shape, path))
-        f.read_float32(e, dst + p->offset, check_finite);
-      else if (float* h = match.tied_head(e.name, e.shape))
-        f.read_float32(e, h, false);
-    }
-  }
-  match.finish(dst);
-}
-
 }  // namespace pyllama

@@ -81,13 +81,6 @@ class WeightMatcher {
   std::map<std::string, std::string> seen_;  // name -> file
 };
 
-// The weights of a model from safetensors files (one, or a checkpoint's shards) into dst, the
-// flat float32 layout `infos` describes. Every parameter must be found exactly once with its
-// shape; a tensor the layout does not have is refused by name, except rotary_emb.inv_freq
-// buffers and, when `tied`, lm_head.weight. check_finite: NaN/Inf refused (costs one pass).
-void load_safetensors_weights(const std::vector<std::string>& files, const std::vector<ParamInfo>& infos,
-                              bool tied, float* dst, bool check_finite);
-
 // IEEE half to float, exactly (subnormals, Inf, NaN).
 float f16_to_float(uint16_t h);
 

@@ -74,7 +74,7 @@ class TorchBinFile {
 };
 
 // The weights of a model from .bin files (one, or a checkpoint's shards) into dst, with the
-// same matching rules as load_safetensors_weights (names, shapes, missing/unexpected tensors).
+// same matching rules as safetensors (WeightMatcher; load_weight_files in checkpoint.h reads both) (names, shapes, missing/unexpected tensors).
 void load_torch_bin_weights(const std::vector<std::string>& files, const std::vector<ParamInfo>& infos, bool tied,
                             float* dst, bool check_finite);
 

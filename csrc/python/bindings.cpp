@@ -669,19 +669,6 @@ Made by make_model / move_model; use pyllama.Llama instead.
           return move_model(src, device, dt, opt);
         }, py::arg("model"), py::arg("device"), py::arg("dtype") = "float32", py::arg("options") = py::none(),
         "A new model on device holding model's parameters, gradients and AdamW moments.");
-  m.def("load_safetensors_weights", [](Model& mdl, const std::vector<std::string>& files, bool check_finite) {
-          py::gil_scoped_release nogil;
-          std::vector<float> staging;
-          float* dst = mdl.host_params();
-          if (!dst) {
-            staging.resize(mdl.num_parameters());
-            dst = staging.data();
-          }
-          load_safetensors_weights(files, mdl.param_infos(), mdl.config().tie_word_embeddings, dst, check_finite);
-          if (!staging.empty()) mdl.params_from_host(dst);
-        }, py::arg("model"), py::arg("files"), py::arg("check_finite") = true,
-        "The model's weights from safetensors files (the core's one reader: F32/F16/BF16, shapes, offsets, "
-        "non-finite values checked; other dtypes refused by name).");
   m.def("load_weight_files", [](Model& mdl, const std::vector<std::string>& files, bool check_finite) {
           py::gil_scoped_release nogil;
           std::vector<float> staging;
