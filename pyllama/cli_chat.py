@@ -36,15 +36,12 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace, stdin=None, stdout=None) -> int:
     import pyllama
 
-    from .cli_generate import load_tokenizer, resolve_model_dir
+    from .cli_generate import load_tokenizer, resolve_model_dir, set_threads
     from .generation import GenerationConfig
 
     stdin = stdin or sys.stdin
     out = stdout or sys.stdout
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        pyllama.set_num_threads(args.threads)
+    set_threads(args)
     model_dir = resolve_model_dir(args.checkpoint)
     model = pyllama.Llama.from_pretrained(model_dir)
     tok = load_tokenizer(model_dir, args.tokenizer)

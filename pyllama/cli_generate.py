@@ -99,6 +99,16 @@ def config_from_args(args: argparse.Namespace, model: Any = None):
     return _resolve(model, None, kw)
 
 
+def set_threads(args: argparse.Namespace) -> None:
+    """--threads, checked (the generate and chat commands)."""
+    import pyllama
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        pyllama.set_num_threads(args.threads)
+
+
 def resolve_model_dir(path: str) -> str:
     """The folder with config.json that ``path`` names (following run folders and 'latest')."""
     path = os.fspath(path)
@@ -189,10 +199,7 @@ def run(args: argparse.Namespace) -> int:
     import pyllama
 
     config_from_args(args)  # bad flags fail before the model loads
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        pyllama.set_num_threads(args.threads)
+    set_threads(args)
     model_dir = resolve_model_dir(args.checkpoint)
     model = pyllama.Llama.from_pretrained(model_dir)
     model.set_inference_dtype(args.weights_dtype)
