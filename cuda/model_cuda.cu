@@ -451,12 +451,6 @@ struct LlamaModelCuda::Impl : AllocAccount {
     sync();  // the host vectors above go out of scope
   }
 
-  void check_tokens(const int32_t* tokens, long long n, const char* what) const {
-    for (long long i = 0; i < n; i++)
-      PYLLAMA_CHECK(tokens[i] >= 0 && tokens[i] < V, ValueError,
-                    what << " id " << tokens[i] << " at flat position " << i << " is out of range [0, " << V
-                         << "): the model's vocab_size is " << V);
-  }
 
   // The host tables' valid rows to the device, in stream order (pageable copies: the host
   // buffer may change again as soon as this returns).
@@ -477,24 +471,10 @@ struct LlamaModelCuda::Impl : AllocAccount {
   }
 
   // ------------------------------------------------------------ training forward
+  // Inputs checked by Model::forward (backend.cpp).
   float forward(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T) {
     const int LT = labels_T < 0 ? T : labels_T;
-    PYLLAMA_CHECK(LT == T || LT == T + 1, ValueError,
-                  "labels must have seq_len (" << T << ") or seq_len + 1 columns, got " << LT);
-    PYLLAMA_CHECK(B >= 1 && T >= 1, ValueError,
-                  "forward: batch and sequence length must be >= 1, got B=" << B << " T=" << T);
-    PYLLAMA_CHECK(T <= cfg.max_positions(), ValueError,
-                  "sequence length " << T << " exceeds "
-                                     << (dynamic_rope() ? "max_position_embeddings * rope_scaling factor = "
-                                                        : "max_position_embeddings=")
-                                     << cfg.max_positions());
     const long long N = (long long)B * T;
-    check_tokens(tokens, N, "input token");
-    if (labels)
-      for (long long i = 0; i < (long long)B * LT; i++)
-        PYLLAMA_CHECK(labels[i] == -100 || (labels[i] >= 0 && labels[i] < V), ValueError,
-                      "label " << labels[i] << " at flat position " << i << " is out of range: use ids in [0, " << V
-                               << ") or -100 to ignore a position");
     use();
     rope_sync(T);  // dynamic RoPE scaling: this pass's frequencies
     // No usable forward until this one is queued: a throw below (an allocation failing while
@@ -828,23 +808,9 @@ struct LlamaModelCuda::Impl : AllocAccount {
     CUDA_CHECK(cudaMemcpyAsync(kvptr_d.p, h, sizeof h, cudaMemcpyHostToDevice, stream));
   }
 
-  void kv_check(const int32_t* tokens, int B, int T, const int32_t* slots, const int32_t* start_pos) const {
-    PYLLAMA_CHECK(kv_slots > 0, ValueError, "kv_forward: call kv_reset(n_slots, max_len) first");
-    PYLLAMA_CHECK(B >= 1 && T >= 1, ValueError, "kv_forward: B and T must be >= 1");
-    const long long N = (long long)B * T;
-    check_tokens(tokens, N, "input token");
-    for (int b = 0; b < B; b++) {
-      PYLLAMA_CHECK(slots[b] >= 0 && slots[b] < kv_slots, ValueError,
-                    "kv_forward: slot " << slots[b] << " out of range [0, " << kv_slots << ")");
-      PYLLAMA_CHECK(start_pos[b] >= 0 && start_pos[b] + T <= kv_len, ValueError,
-                    "kv_forward: positions " << start_pos[b] << ".." << start_pos[b] + T - 1
-                                             << " do not fit the cache length " << kv_len);
-    }
-  }
 
   const float* kv_forward(const int32_t* tokens, int B, int T, const int32_t* slots, const int32_t* start_pos,
                           bool last_only) {
-    kv_check(tokens, B, T, slots, start_pos);
     rope_sync(max_seq(start_pos, B, T));
     if (T == 1 && dec_fast) return static_cast<const float*>(kv_decode(tokens, B, slots, start_pos, false));
     n_general++;
@@ -1253,14 +1219,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
   // runs the steps one by one, with the same result.
   const int32_t* kv_greedy_chain(const int32_t* tokens, int B, const int32_t* slots, const int32_t* start_pos,
                                  int n) {
-    PYLLAMA_CHECK(n >= 1 && n <= kChainMax, ValueError,
-                  "kv_greedy_chain: n (" << n << ") must be in [1, " << kChainMax << "]");
-    kv_check(tokens, B, 1, slots, start_pos);
-    for (int b = 0; b < B; b++)
-      PYLLAMA_CHECK(start_pos[b] + n <= kv_len, ValueError,
-                    "kv_greedy_chain: " << n << " steps from position " << start_pos[b]
-                                        << " do not fit the cache length " << kv_len
-                                        << " (kv_reset with a longer max_len, or fewer steps)");
+    // n and the positions checked by Model::kv_greedy_chain (backend.cpp)
     // (dynamic RoPE scaling may change the tables at every step: the steps one by one)
     if (dec_fast && !dynamic_rope())
       return static_cast<const int32_t*>(dec_run(tokens, B, slots, start_pos, n, DecOut::Ring));
@@ -1278,7 +1237,6 @@ struct LlamaModelCuda::Impl : AllocAccount {
   // Greedy choice of the last position of each row: B int32 (valid until the next call).
   const int32_t* kv_forward_greedy(const int32_t* tokens, int B, int T, const int32_t* slots,
                                    const int32_t* start_pos) {
-    kv_check(tokens, B, T, slots, start_pos);
     rope_sync(max_seq(start_pos, B, T));
     if (T == 1 && dec_fast) return static_cast<const int32_t*>(kv_decode(tokens, B, slots, start_pos, true));
     const float* lg = kv_forward(tokens, B, T, slots, start_pos, true);  // (B, V) host logits
@@ -1305,11 +1263,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
     graph_error.clear();
   }
 
-  void kv_reorder(const int32_t* src, int n) {
-    PYLLAMA_CHECK(n == kv_slots, ValueError, "kv_reorder: expected " << kv_slots << " source slots, got " << n);
-    for (int i = 0; i < n; i++)
-      PYLLAMA_CHECK(src[i] >= 0 && src[i] < kv_slots, ValueError,
-                    "kv_reorder: source slot " << src[i] << " out of range");
+  void kv_reorder(const int32_t* src, int n) {  // src checked by Model::kv_reorder
     if (n == 0) return;  // no cache (as the CPU model: nothing to reorder)
     use();
     if (!kvtmp.p || kvtmp.bytes < kcache.bytes) {
@@ -1511,13 +1465,13 @@ std::string LlamaModelCuda::attention_kernels() const {
   return impl_->attn_dq_atomic ? "flash-atomic-dq" : "flash";
 }
 
-float LlamaModelCuda::forward(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T) {
+float LlamaModelCuda::forward_impl(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T) {
   return impl_->forward(tokens, labels, B, T, labels_T);
 }
 int LlamaModelCuda::last_B() const { return impl_->B_; }
 int LlamaModelCuda::last_T() const { return impl_->T_; }
 bool LlamaModelCuda::has_logits() const { return impl_->logits_valid; }
-void LlamaModelCuda::logits_to_host(float* dst) const { impl_->logits_to_host(dst); }
+void LlamaModelCuda::logits_impl(float* dst) const { impl_->logits_to_host(dst); }
 void LlamaModelCuda::backward(float scale) { impl_->backward(scale); }
 void LlamaModelCuda::zero_grad() {
   impl_->use();
@@ -1525,17 +1479,17 @@ void LlamaModelCuda::zero_grad() {
 }
 
 void LlamaModelCuda::kv_reset(int n_slots, int max_len) { impl_->kv_reset(n_slots, max_len); }
-const float* LlamaModelCuda::kv_forward(const int32_t* tokens, int B, int T, const int32_t* slots,
+const float* LlamaModelCuda::kv_forward_impl(const int32_t* tokens, int B, int T, const int32_t* slots,
                                         const int32_t* start_pos, bool last_only) {
   return impl_->kv_forward(tokens, B, T, slots, start_pos, last_only);
 }
-void LlamaModelCuda::kv_reorder(const int32_t* src, int n) { impl_->kv_reorder(src, n); }
-const int32_t* LlamaModelCuda::kv_greedy_chain(const int32_t* tokens, int B, const int32_t* slots,
+void LlamaModelCuda::kv_reorder_impl(const int32_t* src, int n) { impl_->kv_reorder(src, n); }
+const int32_t* LlamaModelCuda::kv_greedy_chain_impl(const int32_t* tokens, int B, const int32_t* slots,
                                                const int32_t* start_pos, int n) {
   return impl_->kv_greedy_chain(tokens, B, slots, start_pos, n);
 }
 int LlamaModelCuda::chain_max() { return kChainMax; }
-const int32_t* LlamaModelCuda::kv_forward_greedy(const int32_t* tokens, int B, int T, const int32_t* slots,
+const int32_t* LlamaModelCuda::kv_forward_greedy_impl(const int32_t* tokens, int B, int T, const int32_t* slots,
                                                  const int32_t* start_pos) {
   return impl_->kv_forward_greedy(tokens, B, T, slots, start_pos);
 }

@@ -4,11 +4,11 @@
 // The CUDA backend of the model interface (backend.h). Made through it:
 //   pyllama::register_cuda_backend();                        // once, at start-up
 //   auto gpu = pyllama::move_model(cpu_model, "cuda:0", pyllama::DType::bfloat16);
-//   float loss = gpu->forward(tokens, labels, B, T);         // syncs once, for the loss
+//   float loss = gpu->forward(ids, labels);                  // int32 Tensors; syncs once, for the loss
 //   gpu->backward(1.0f);                                     // grads += d loss / d params
 //   double norm = gpu->clip_grad_norm(1.0);
 //   gpu->adamw_step(segs, n_segs, hyper, /*step=*/1);
-//   gpu->params_to_host(host);                               // copy back
+//   pyllama::Tensor host = gpu->parameters().to(pyllama::Device::cpu);   // copy back
 //
 // Layouts are param_layout(cfg)'s (llama_config.h): parameters, gradients and the AdamW
 // moments are float32 flat buffers in the same order, so offsets from
@@ -24,7 +24,7 @@
 //
 // Every method runs on the model's own CUDA stream and returns without waiting for
 // the GPU, except those that hand a value to the host: forward with labels (the
-// loss), logits_to_host, kv_forward (logits), the *_to_host copies, grad_norm,
+// loss), logits, kv_forward (logits), the host copies, grad_norm,
 // clip_grad_norm. Errors throw: ValueError for bad arguments (as the CPU model),
 // CudaError (a std::runtime_error) for CUDA/cuBLAS failures, with file and line.
 #pragma once
@@ -77,38 +77,20 @@ class LlamaModelCuda : public Model {
   // where they apply), "flash-simt", "gemm" (batched GEMMs, attention_gemm.cu) or "naive".
   std::string attention_kernels() const;
 
-  // As LlamaModel::forward (host token/label arrays). Returns the loss (one sync), or NaN
-  // without labels (no sync).
-  float forward(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T = -1) override;
+  // The training forward, logits, KV-cache steps and host copies are Model's Tensor methods
+  // (backend.h); this class implements their hooks (protected, below).
   int last_B() const override;
   int last_T() const override;
   bool has_logits() const override;
-  void logits_to_host(float* dst) const override;
   void backward(float scale) override;
   void zero_grad() override;
 
-  // KV cache, as LlamaModel. kv_forward returns host float32 logits, (B, V) or (B, T, V),
-  // valid until the next kv_forward.
   void kv_reset(int n_slots, int max_len) override;
-  const float* kv_forward(const int32_t* tokens, int B, int T, const int32_t* slots, const int32_t* start_pos,
-                          bool last_only) override;
-  void kv_reorder(const int32_t* src, int n) override;
   int kv_slots() const override;
   int kv_max_len() const override;
   void set_inference_dtype(DType dt) override;  // only the dtype the model computes in
   DType inference_dtype() const override { return dtype(); }
   bool greedy_on_device() const override { return true; }
-  // As kv_forward with last_only, but returns the greedy choice (argmax of each row's logits,
-  // numpy semantics) as B host int32s, valid until the next kv_* call. T = 1 steps compute it
-  // on the GPU, so only B int32s come back.
-  const int32_t* kv_forward_greedy(const int32_t* tokens, int B, int T, const int32_t* slots,
-                                   const int32_t* start_pos) override;
-  // n greedy steps in a row from tokens (B, one each) at start_pos: step i's input is step
-  // i - 1's argmax at start_pos + i, fed on the device (one upload, n graph replays, one
-  // download, one wait). Returns n * B int32, step-major, valid until the next call.
-  // n in [1, greedy_chain_max()]; start_pos + n must fit the cache (ValueError otherwise).
-  const int32_t* kv_greedy_chain(const int32_t* tokens, int B, const int32_t* slots, const int32_t* start_pos,
-                                 int n) override;
   int greedy_chain_max() const override { return chain_max(); }
   static int chain_max();
 
@@ -164,14 +146,7 @@ class LlamaModelCuda : public Model {
   void set_defer_loss(bool on) override;
   std::pair<double, std::vector<double>> norm_and_losses(double max_norm) override;
 
-  // Host copies (num_parameters() floats each).
-  void params_to_host(float* dst) const override;
-  void grads_to_host(float* dst) const override;
-  void params_from_host(const float* src) override;
-  void grads_from_host(const float* src) override;
   bool has_moments() const override;
-  void moments_to_host(float* m, float* v) const override;  // zeros before the first adamw_step
-  void moments_from_host(const float* m, const float* v) override;
   void reset_moments() override;
 
   void synchronize() const override;  // wait for the model's stream
@@ -184,6 +159,32 @@ class LlamaModelCuda : public Model {
   float* params_device() override;
   float* grads_device() override;
   void params_written() override;
+
+ protected:
+  // ---- Model's hooks (inputs checked by Model's Tensor methods; host arrays in and out)
+  // The training forward: returns the loss (one sync), or NaN without labels (no sync).
+  float forward_impl(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T) override;
+  void logits_impl(float* dst) const override;
+  // Host float32 logits, (B, V) or (B, T, V), valid until the next kv_* call.
+  const float* kv_forward_impl(const int32_t* tokens, int B, int T, const int32_t* slots, const int32_t* start_pos,
+                               bool last_only) override;
+  // As kv_forward with last_only, but the greedy choice (argmax of each row's logits, numpy
+  // semantics) as B host int32s. T = 1 steps compute it on the GPU, so only B int32s come back.
+  const int32_t* kv_forward_greedy_impl(const int32_t* tokens, int B, int T, const int32_t* slots,
+                                        const int32_t* start_pos) override;
+  // n greedy steps in a row from tokens (B, one each) at start_pos: step i's input is step
+  // i - 1's argmax at start_pos + i, fed on the device (one upload, n graph replays, one
+  // download, one wait). Returns n * B int32, step-major.
+  const int32_t* kv_greedy_chain_impl(const int32_t* tokens, int B, const int32_t* slots, const int32_t* start_pos,
+                                      int n) override;
+  void kv_reorder_impl(const int32_t* src, int n) override;
+  // Host copies (num_parameters() floats each).
+  void params_to_host(float* dst) const override;
+  void grads_to_host(float* dst) const override;
+  void params_from_host(const float* src) override;
+  void grads_from_host(const float* src) override;
+  void moments_to_host(float* m, float* v) const override;  // zeros before the first adamw_step
+  void moments_from_host(const float* m, const float* v) override;
 
  private:
   struct Impl;

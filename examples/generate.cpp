@@ -28,14 +28,20 @@ static std::vector<int32_t> greedy(Model& m, const std::vector<int32_t>& prompt,
   int max_len = std::min((int)prompt.size() + n_new, m.config().max_position_embeddings);
   m.kv_reset(1, max_len);
   int32_t slot = 0, pos = 0;
-  const float* logits = m.kv_forward(prompt.data(), 1, (int)prompt.size(), &slot, &pos, true);
+  // Tensors over our own memory (no copy): the model reads pos at each call
+  const Tensor slots = Tensor::wrap(&slot, {1}, DType::int32, nullptr);
+  const Tensor start = Tensor::wrap(&pos, {1}, DType::int32, nullptr);
+  std::vector<int32_t> ids = prompt;
+  Tensor lg = m.kv_forward(Tensor::wrap(ids.data(), {1, (int64_t)ids.size()}, DType::int32, nullptr), slots, start);
+  const float* logits = lg.data<float>();
   std::vector<int32_t> out;
   pos = (int32_t)prompt.size();
   while ((int)out.size() < n_new && pos < max_len) {
     int32_t tok = argmax(logits, m.config().vocab_size);
     out.push_back(tok);
     if ((int)out.size() == n_new || pos >= max_len) break;
-    logits = m.kv_forward(&tok, 1, 1, &slot, &pos, true);
+    lg = m.kv_forward(Tensor::wrap(&tok, {1, 1}, DType::int32, nullptr), slots, start);
+    logits = lg.data<float>();
     pos++;
   }
   return out;
@@ -50,9 +56,8 @@ static int selftest() {
   std::string dir = "pyllama_selftest_ckpt";
   save_pretrained(m, dir);
   auto loaded = load_pretrained(dir);
-  std::vector<float> back(loaded->num_parameters());
-  loaded->params_to_host(back.data());
-  if (std::memcmp(back.data(), m.params(), m.num_parameters() * sizeof(float)) != 0) {
+  const Tensor back = loaded->parameters_copy();
+  if (std::memcmp(back.raw(), m.params(), m.num_parameters() * sizeof(float)) != 0) {
     std::fprintf(stderr, "selftest: loaded weights differ from saved weights\n");
     return 1;
   }
@@ -61,8 +66,8 @@ static int selftest() {
   // The cached steps must pick the same tokens as the full forward pass over the whole sequence.
   std::vector<int32_t> seq = prompt;
   for (int step = 0; step < 8; step++) {
-    m.forward(seq.data(), nullptr, 1, (int)seq.size());
-    int tok = argmax(m.logits() + (seq.size() - 1) * c.vocab_size, c.vocab_size);
+    m.forward(Tensor::wrap(seq.data(), {1, (int64_t)seq.size()}, DType::int32, nullptr));
+    int tok = argmax(m.logits_data() + (seq.size() - 1) * c.vocab_size, c.vocab_size);
     if (tok != gen[step]) {
       std::fprintf(stderr, "selftest: step %d: cached decode chose %d, full forward %d\n", step, gen[step], tok);
       return 1;

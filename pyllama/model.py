@@ -105,8 +105,8 @@ class Llama:
         self._core = core
         self.device = core.device.split(":")[0]  # "cpu" or "cuda"
         self._infos = core.param_infos()  # (name, offset, numel, shape)
-        # the live flat buffers where they are host memory (numpy views), else None
-        self._params = core.host_params()
+        # the live flat buffers where they are host memory (numpy views of the core's tensors), else None
+        self._params = np.asarray(core.parameters()) if core.device == "cpu" else None
         self._grads_view = None  # the gradients' view, made on first use: the core allocates them then
         if self._params is not None:
             self._named_params = {n: self._params[o:o + k].reshape(s) for n, o, k, s in self._infos}
@@ -116,7 +116,7 @@ class Llama:
         if self._params is None:
             return None
         if self._grads_view is None:
-            self._grads_view = self._core.host_grads()
+            self._grads_view = np.asarray(self._core.gradients())
             self._named_grads = {n: self._grads_view[o:o + k].reshape(s) for n, o, k, s in self._infos}
         return self._grads_view
 
@@ -125,38 +125,38 @@ class Llama:
         """Name → numpy view (no copy) of each parameter, with Hugging Face names.
         On a cuda model: read-only host copies (see ``to``)."""
         if self._params is None:
-            return self._named_host_copies(self._core.params_to_host)
+            return self._named_host_copies(self._core.parameters_copy)
         return dict(self._named_params)
 
     def named_grads(self) -> Dict[str, np.ndarray]:
         """Name → numpy view of each parameter's gradient (same layout as the parameters).
         On a cuda model: read-only host copies (see ``to``)."""
         if self._grads is None:
-            return self._named_host_copies(self._core.grads_to_host)
+            return self._named_host_copies(self._core.gradients_copy)
         return dict(self._named_grads)  # (made by the _grads property just above)
 
     def flat_params(self) -> np.ndarray:
         """The whole flat parameter buffer as a 1-D float32 view (no copy); a read-only
         host copy on a cuda model."""
-        return self._params if self._params is not None else self._host_copy(self._core.params_to_host)
+        return self._params if self._params is not None else self._host_copy(self._core.parameters_copy)
 
     def flat_grads(self) -> np.ndarray:
         """The whole flat gradient buffer as a 1-D float32 view (no copy); a read-only
         host copy on a cuda model."""
-        return self._grads if self._grads is not None else self._host_copy(self._core.grads_to_host)
+        return self._grads if self._grads is not None else self._host_copy(self._core.gradients_copy)
 
     def load_flat_params(self, flat: np.ndarray) -> None:
         """Replace every parameter with ``flat`` (float32, ``num_parameters()`` long, flat layout)."""
-        self._core.params_from_host(np.ascontiguousarray(flat, dtype=np.float32))
+        self._core.set_parameters(np.ascontiguousarray(flat, dtype=np.float32))
 
-    def _host_copy(self, fill) -> np.ndarray:
-        out = np.empty(self.num_parameters(), np.float32)
-        fill(out)
+    @staticmethod
+    def _host_copy(copy) -> np.ndarray:
+        out = copy()  # a new host array
         out.flags.writeable = False
         return out
 
-    def _named_host_copies(self, fill) -> Dict[str, np.ndarray]:
-        flat = self._host_copy(fill)
+    def _named_host_copies(self, copy) -> Dict[str, np.ndarray]:
+        flat = self._host_copy(copy)
         return {n: flat[o:o + k].reshape(s) for n, o, k, s in self._infos}
 
     def param_segments(self) -> List[Tuple[str, int, int, Tuple[int, ...]]]:

@@ -66,12 +66,12 @@ class _HostBuffers:
         _core.adamw_step(_flat(self.model, "flat_params"), _flat(self.model, "flat_grads"), self.m, self.v,
                          segments, lr, beta1, beta2, eps, weight_decay, step)
 
-    def moments_to_host(self, m, v) -> None:
+    def moments(self):
         if self.m is None:
             self.reset_moments()
-        m[...], v[...] = self.m, self.v
+        return self.m.copy(), self.v.copy()
 
-    def moments_from_host(self, m, v) -> None:
+    def set_moments(self, m, v) -> None:
         self.m, self.v = np.array(m, np.float32), np.array(v, np.float32)
 
     def clip_grad_norm(self, max_norm: float) -> float:
@@ -186,7 +186,7 @@ class AdamW:
         >>> sorted(sd)              # doctest: +SKIP
         ['exp_avg', 'exp_avg_sq', 'hyper', 'step']
         """
-        _core_of(self.model).moments_to_host(self.exp_avg, self.exp_avg_sq)
+        self.exp_avg[...], self.exp_avg_sq[...] = _core_of(self.model).moments()
 
         def split(buf):
             return {name: buf[o:o + n].reshape(shape) for name, o, n, shape, _ in self.segments}
@@ -211,7 +211,7 @@ class AdamW:
                 raise ValueError(f"optimizer state lacks {key!r}")
             for name, o, n, shape, _ in self.segments:
                 buf[o:o + n] = _moment_part(parts, key, name, shape)
-        _core_of(self.model).moments_from_host(m, v)
+        _core_of(self.model).set_moments(m, v)
         self.exp_avg[...], self.exp_avg_sq[...] = m, v
         self.step_count = int(step)
 

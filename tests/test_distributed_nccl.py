@@ -543,7 +543,7 @@ def test_nccl_allreduce_world_of_one(blocking):
         model = pyllama.Llama(cfg, seed=0).to("cuda")
         rng = np.random.default_rng(0)
         g = rng.standard_normal(model.num_parameters()).astype(np.float32)
-        model._core.grads_from_host(g)
+        model._core.set_gradients(g)
         extra = np.array([1.5, -2.0, 3.0])
         comm.allreduce_grads_(model, extra=extra, average=False)
         np.testing.assert_array_equal(model.flat_grads(), g)

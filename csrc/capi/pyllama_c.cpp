@@ -437,7 +437,11 @@ pyllama_status pyllama_model_forward(pyllama_model* model, const int32_t* ids, c
       PYLLAMA_CHECK(!labels || labels[i] == -100 || (labels[i] >= 0 && labels[i] < V), pyllama::ValueError,
                     "labels[" << i << "] is " << labels[i] << ": expected -100 (ignored) or an id in [0, " << V << ")");
     }
-    float l = model->m->forward(ids, labels, B, T);
+    const pyllama::Tensor t = pyllama::Tensor::wrap(const_cast<int32_t*>(ids), {B, T}, pyllama::DType::int32, nullptr);
+    const pyllama::Tensor lab =
+        labels ? pyllama::Tensor::wrap(const_cast<int32_t*>(labels), {B, T}, pyllama::DType::int32, nullptr)
+               : pyllama::Tensor();
+    float l = model->m->forward(t, lab);
     if (loss) *loss = l;
     return PYLLAMA_OK;
   });
@@ -457,7 +461,9 @@ pyllama_status pyllama_model_logits(const pyllama_model* model, float* out, size
       return fail(PYLLAMA_ERR_BUFFER_TOO_SMALL, std::string(fn) + ": the logits need " + std::to_string(n) +
                                                     " floats, capacity is " + std::to_string(capacity));
     PYLLAMA_CHECK(out, pyllama::ValueError, "out is NULL");
-    m.logits_to_host(out);
+    pyllama::Tensor dst = pyllama::Tensor::wrap(out, {m.last_B(), m.last_T(), (int64_t)m.config().vocab_size},
+                                                pyllama::DType::float32, nullptr);
+    m.logits_into(dst);
     return PYLLAMA_OK;
   });
 }

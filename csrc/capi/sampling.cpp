@@ -147,7 +147,9 @@ std::vector<int32_t> generate_tokens(Model& model, const std::vector<int32_t>& p
   if (params.max_new_tokens > 0) {
     model.kv_reset(1, std::max(max_len, n_prompt));
     int32_t slot = 0, pos = 0;
-    const float* logits = model.kv_forward(prompt.data(), 1, n_prompt, &slot, &pos, true);
+    Tensor slots = Tensor::wrap(&slot, {1}, DType::int32, nullptr), start = Tensor::wrap(&pos, {1}, DType::int32, nullptr);
+    Tensor lg = model.kv_forward(Tensor::wrap(seq.data(), {1, n_prompt}, DType::int32, nullptr), slots, start, true);
+    const float* logits = lg.data<float>();
     std::vector<float> row(V);
     pos = n_prompt;
     while (true) {
@@ -168,7 +170,8 @@ std::vector<int32_t> generate_tokens(Model& model, const std::vector<int32_t>& p
         break;
       }
       if (static_cast<int>(out.size()) >= params.max_new_tokens) break;
-      logits = model.kv_forward(&tok, 1, 1, &slot, &pos, true);
+      lg = model.kv_forward(Tensor::wrap(&tok, {1, 1}, DType::int32, nullptr), slots, start, true);
+      logits = lg.data<float>();
       pos++;
     }
   }

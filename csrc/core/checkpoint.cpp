@@ -115,10 +115,15 @@ void load_weight_files(const std::vector<std::string>& files, const std::vector<
 std::unique_ptr<Model> load_pretrained(const std::string& dir, const std::string& device) {
   LlamaConfig cfg = load_config(dir + "/config.json");
   auto model = make_model(cfg, device);
-  std::vector<float> host(model->num_parameters());
-  load_weight_files(checkpoint_weight_files(dir), model->param_infos(), cfg.tie_word_embeddings, host.data(),
+  std::vector<float> staging;
+  float* dst = model->host_params();  // the CPU: straight into the model
+  if (!dst) {
+    staging.resize(model->num_parameters());
+    dst = staging.data();
+  }
+  load_weight_files(checkpoint_weight_files(dir), model->param_infos(), cfg.tie_word_embeddings, dst,
                     /*check_finite=*/true);
-  model->params_from_host(host.data());
+  if (!staging.empty()) model->set_parameters(Tensor::wrap(dst, {(int64_t)staging.size()}, DType::float32, nullptr));
   return model;
 }
 
@@ -178,10 +183,9 @@ void save_pretrained(const Model& model, const std::string& dir) {
   uint64_t n = h.size();
   for (int k = 0; k < 8; k++) blob[k] = (char)((n >> (8 * k)) & 0xff);
   blob += h;
-  std::vector<float> host(model.num_parameters());
-  model.params_to_host(host.data());
+  const Tensor host = model.parameters_copy();
   for (const auto& info : model.param_infos())
-    blob.append(reinterpret_cast<const char*>(host.data() + info.offset), info.numel * 4);
+    blob.append(reinterpret_cast<const char*>(host.data<float>() + info.offset), info.numel * 4);
   write_atomic(dir + "/model.safetensors", blob);
   write_atomic(dir + "/config.json", cfg.dump() + "\n");
 }

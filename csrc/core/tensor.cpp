@@ -170,11 +170,12 @@ Tensor Tensor::to(Device device, int index) const {
 }
 
 Tensor Tensor::wrap(void* data, const std::vector<int64_t>& shape, DType dtype,
-                    std::shared_ptr<void> keepalive, Device device) {
+                    std::shared_ptr<void> keepalive, Device device, int index) {
   Tensor t;
   checked_numel(shape);
   t.dtype_ = dtype;
   t.device_ = device;
+  t.device_index_ = device == Device::cpu ? 0 : index;
   t.shape_ = shape;
   t.storage_ = std::move(keepalive);
   t.data_ = data;

@@ -51,7 +51,7 @@ class Tensor {
   // A tensor over memory owned by someone else; `keepalive` is held as long as
   // any tensor shares the storage.
   static Tensor wrap(void* data, const std::vector<int64_t>& shape, DType dtype,
-                     std::shared_ptr<void> keepalive, Device device = Device::cpu);
+                     std::shared_ptr<void> keepalive, Device device = Device::cpu, int index = 0);
 
   DType dtype() const { return dtype_; }
   Device device() const { return device_; }

@@ -144,12 +144,6 @@ static float* aligned64(HostVector<float>& v) {
   return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
 }
 
-void LlamaModel::check_tokens(const int32_t* tokens, long n, const char* what) const {
-  for (long i = 0; i < n; i++)
-    PYLLAMA_CHECK(tokens[i] >= 0 && tokens[i] < V_, ValueError,
-                  what << " id " << tokens[i] << " at flat position " << i << " is out of range [0, " << V_
-                       << "): the model's vocab_size is " << V_);
-}
 
 // ---------------------------------------------------------------- forward
 
@@ -201,24 +195,9 @@ void LlamaModel::layer_forward(const LayerPtrs& w, const LayerBufs& y, const flo
   residual_forward(y.res2, y.d, y.res1, N * C_);
 }
 
-float LlamaModel::forward(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T) {
+float LlamaModel::forward_impl(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T) {
   const int LT = labels_T < 0 ? T : labels_T;
-  PYLLAMA_CHECK(LT == T || LT == T + 1, ValueError,
-                "labels must have seq_len (" << T << ") or seq_len + 1 columns, got " << LT);
-  PYLLAMA_CHECK(B >= 1 && T >= 1, ValueError, "forward: batch and sequence length must be >= 1, got B=" << B << " T=" << T);
-  PYLLAMA_CHECK(T <= cfg_.max_positions(), ValueError,
-                "sequence length " << T << " exceeds "
-                                   << (cfg_.max_positions() == cfg_.max_position_embeddings
-                                           ? "max_position_embeddings="
-                                           : "max_position_embeddings * rope_scaling factor = ")
-                                   << cfg_.max_positions());
   const long N = (long)B * T;
-  check_tokens(tokens, N, "input token");
-  if (labels)
-    for (long i = 0; i < (long)B * LT; i++)
-      PYLLAMA_CHECK(labels[i] == -100 || (labels[i] >= 0 && labels[i] < V_), ValueError,
-                    "label " << labels[i] << " at flat position " << i << " is out of range: use ids in [0, " << V_
-                             << ") or -100 to ignore a position");
   ensure_acts(B, T);
   B_ = B;
   T_ = T;
@@ -345,19 +324,9 @@ void LlamaModel::infer_linear(float* y, const float* x, const float* w, int N, i
   }
 }
 
-const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const int32_t* slots,
-                                    const int32_t* start_pos, bool last_only) {
-  PYLLAMA_CHECK(kv_slots_ > 0, ValueError, "kv_forward: call kv_reset(n_slots, max_len) first");
-  PYLLAMA_CHECK(B >= 1 && T >= 1, ValueError, "kv_forward: B and T must be >= 1");
+const float* LlamaModel::kv_forward_impl(const int32_t* tokens, int B, int T, const int32_t* slots,
+                                         const int32_t* start_pos, bool last_only) {
   const long N = (long)B * T;
-  check_tokens(tokens, N, "input token");
-  for (int b = 0; b < B; b++) {
-    PYLLAMA_CHECK(slots[b] >= 0 && slots[b] < kv_slots_, ValueError,
-                  "kv_forward: slot " << slots[b] << " out of range [0, " << kv_slots_ << ")");
-    PYLLAMA_CHECK(start_pos[b] >= 0 && start_pos[b] + T <= kv_len_, ValueError,
-                  "kv_forward: positions " << start_pos[b] << ".." << start_pos[b] + T - 1
-                                           << " do not fit the cache length " << kv_len_);
-  }
   const int R = last_only ? B : (int)N;  // rows that get logits
   const int nth = std::max(num_threads(), 1);
   // scratch: x, ln, rstd, qkv, atty, tmp, gu, h, logits, att
@@ -464,10 +433,7 @@ const float* LlamaModel::kv_forward(const int32_t* tokens, int B, int T, const i
   return logits;
 }
 
-void LlamaModel::kv_reorder(const int32_t* src, int n) {
-  PYLLAMA_CHECK(n == kv_slots_, ValueError, "kv_reorder: expected " << kv_slots_ << " source slots, got " << n);
-  for (int i = 0; i < n; i++)
-    PYLLAMA_CHECK(src[i] >= 0 && src[i] < kv_slots_, ValueError, "kv_reorder: source slot " << src[i] << " out of range");
+void LlamaModel::kv_reorder_impl(const int32_t* src, int n) {
   const size_t slot = (size_t)NKV_ * kv_len_ * HS_;
   if (kv_tmp_.size() != kcache_.size()) kv_tmp_.resize(kcache_.size());
   for (HostVector<float>* cache : {&kcache_, &vcache_}) {
@@ -500,7 +466,7 @@ void register_cpu_backend() {
 
 // ---------------------------------------------------------------- the rest of the interface
 
-void LlamaModel::logits_to_host(float* dst) const {
+void LlamaModel::logits_impl(float* dst) const {
   PYLLAMA_CHECK(logits_ptr_, ValueError, "no logits: run forward first (backward overwrites them)");
   std::memcpy(dst, logits_ptr_, sizeof(float) * (size_t)B_ * T_ * V_);
 }

@@ -6,7 +6,7 @@
 //   cfg.num_hidden_layers = 2; cfg.num_attention_heads = 4; cfg.num_key_value_heads = 2;
 //   pyllama::LlamaModel model(cfg);
 //   model.init_weights(/*seed=*/0);
-//   float loss = model.forward(tokens, labels, B, T);   // labels HF-aligned, -100 ignored
+//   float loss = model.forward(ids, ids);   // int32 Tensors (B, T); labels HF-aligned, -100 ignored
 //   model.backward(1.0f);                               // grads += d loss / d params
 //
 // The CPU backend of the model interface (backend.h): SIMD + OpenMP kernels (ops.h),
@@ -40,17 +40,12 @@ class LlamaModel : public Model {
   float* host_params() override { return params_.data(); }
   float* host_grads() override { return ensure_grads(); }
 
-  // Training forward over tokens (B, T). labels (B, LT) are aligned with tokens
-  // (position t is trained to predict labels[t+1]; -100 ignored) or nullptr. LT is T
-  // (Hugging Face's convention: the last position has no target) or T+1 (a window of
-  // T+1 tokens: every position has one); labels_T < 0 means T.
-  // Returns the mean loss over counted targets (NaN without labels or with none counted).
-  float forward(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T = -1) override;
-  const float* logits() const { return logits_ptr_; }  // (B, T, V) of the last forward
+  // The training forward, logits and KV-cache steps are Model's Tensor methods (backend.h);
+  // this class implements their hooks below.
+  const float* logits_data() const { return logits_ptr_; }  // (B, T, V) of the last forward
   int last_B() const override { return B_; }
   int last_T() const override { return T_; }
   bool has_logits() const override { return logits_ptr_ != nullptr; }
-  void logits_to_host(float* dst) const override;
   // grads += scale * d(last loss)/d(params). Needs a forward with labels just before.
   void backward(float scale) override;
   void zero_grad() override;
@@ -62,16 +57,10 @@ class LlamaModel : public Model {
   void set_defer_loss(bool on) override;
   std::pair<double, std::vector<double>> norm_and_losses(double max_norm) override;
   bool has_moments() const override { return !m_.empty(); }
-  void moments_to_host(float* m, float* v) const override;
-  void moments_from_host(const float* m, const float* v) override;
   void reset_moments() override;
   float* host_exp_avg() { return m_.empty() ? nullptr : m_.data(); }
   float* host_exp_avg_sq() { return v_.empty() ? nullptr : v_.data(); }
 
-  void params_to_host(float* dst) const override;
-  void grads_to_host(float* dst) const override;
-  void params_from_host(const float* src) override;
-  void grads_from_host(const float* src) override;
   float* params_device() override { return params_.data(); }
   float* grads_device() override { return ensure_grads(); }
 
@@ -82,15 +71,27 @@ class LlamaModel : public Model {
   // and single-token steps (B <= 4 rows) stream those, half the bytes; prefill stays float32.
   void set_inference_dtype(DType dt) override;
   DType inference_dtype() const override { return infer_bf16_ ? DType::bfloat16 : DType::float32; }
+  int kv_slots() const override { return kv_slots_; }
+  int kv_max_len() const override { return kv_len_; }
+
+ protected:
+  // ---- Model's hooks (inputs checked by Model's Tensor methods)
+  // Training forward over tokens (B, T); labels (B, labels_T) or nullptr (see Model::forward).
+  float forward_impl(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T) override;
+  void logits_impl(float* dst) const override;
   // T new tokens for each of B sequences; sequence b lives in cache slot slots[b]
   // at positions start_pos[b] .. start_pos[b]+T-1. Returns logits (B, V) when
   // last_only, else (B, T, V); valid until the next call.
-  const float* kv_forward(const int32_t* tokens, int B, int T, const int32_t* slots, const int32_t* start_pos,
-                          bool last_only) override;
+  const float* kv_forward_impl(const int32_t* tokens, int B, int T, const int32_t* slots, const int32_t* start_pos,
+                               bool last_only) override;
   // Slot i takes the old content of slot src[i] (n == number of slots).
-  void kv_reorder(const int32_t* src, int n) override;
-  int kv_slots() const override { return kv_slots_; }
-  int kv_max_len() const override { return kv_len_; }
+  void kv_reorder_impl(const int32_t* src, int n) override;
+  void params_to_host(float* dst) const override;
+  void grads_to_host(float* dst) const override;
+  void params_from_host(const float* src) override;
+  void grads_from_host(const float* src) override;
+  void moments_to_host(float* m, float* v) const override;
+  void moments_from_host(const float* m, const float* v) override;
 
  private:
   struct LayerPtrs {
@@ -114,7 +115,6 @@ class LlamaModel : public Model {
   float* lnf(float* base) const { return base + lnf_off_; }
   float* wout(float* base) const { return base + wout_off_; }
   void ensure_acts(int B, int T);
-  void check_tokens(const int32_t* tokens, long n, const char* what) const;
 
   LlamaConfig cfg_;
   int C_, HS_, NH_, NKV_, QD_, KVD_, QKVD_, I_, V_, L_;

@@ -103,57 +103,36 @@ Tensor numpy_to_tensor(const py::array& a, bool as_bf16 = false) {
 
 using IntArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 
-// int32 (B, T) view of an int array, converting only when needed.
-IntArray as_tokens(py::handle obj, const char* what) {
+// Token ids for the model interface: a core Tensor as it is (any device; the core checks its
+// dtype and shape), or any integer array-like as an int32 Tensor over its memory (a copy only
+// where the array is not int32 and C-contiguous already).
+Tensor ids_tensor(py::handle obj, const char* what) {
+  if (py::isinstance<Tensor>(obj)) return obj.cast<Tensor>();
   auto a = IntArray::ensure(obj);
-  PYLLAMA_CHECK(a, TypeError, what << " must be an integer array of shape (batch, seq_len)");
-  PYLLAMA_CHECK(a.ndim() == 2, ValueError, what << " must be 2-D (batch, seq_len), got " << a.ndim() << "-D");
-  return a;
+  PYLLAMA_CHECK(a, TypeError, what << " must be an integer array or an int32 pyllama.Tensor");
+  return numpy_to_tensor(a);
 }
 
-// A KV-cache step's arguments: tokens (B, T), and slots and start_pos with one entry per row.
+// A flat float32 buffer for set_parameters / set_gradients / set_moments: a core Tensor as it
+// is (any device), or a float32 array over its memory (the core checks the length).
+Tensor flat_tensor(py::handle obj, const char* what) {
+  if (py::isinstance<Tensor>(obj)) return obj.cast<Tensor>();
+  PYLLAMA_CHECK(py::isinstance<py::array>(obj), TypeError,
+                what << " must be a float32 numpy array or a pyllama.Tensor, got " << std::string(py::str(obj.get_type())));
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  PYLLAMA_CHECK(a.dtype().equal(py::dtype::of<float>()), TypeError,
+                what << " must be a float32 array, got " << std::string(py::str(a.dtype())));
+  PYLLAMA_CHECK(a.flags() & py::array::c_style, ValueError, what << " must be contiguous");
+  return numpy_to_tensor(a);
+}
+
+// A KV-cache step's arguments as Tensors: tokens (B, T), slots and start_pos (B).
 struct KvStep {
-  IntArray tokens, slots, start_pos;
-  int B = 0, T = 0;
+  Tensor tokens, slots, start_pos;
 };
 
 KvStep kv_step_args(py::handle tokens, py::handle slots, py::handle start_pos) {
-  KvStep k;
-  k.tokens = as_tokens(tokens, "tokens");
-  k.slots = IntArray::ensure(slots);
-  k.start_pos = IntArray::ensure(start_pos);
-  k.B = (int)k.tokens.shape(0);
-  k.T = (int)k.tokens.shape(1);
-  PYLLAMA_CHECK(k.slots && k.slots.ndim() == 1 && k.slots.shape(0) == k.B, ValueError,
-                "slots must be 1-D with one entry per row");
-  PYLLAMA_CHECK(k.start_pos && k.start_pos.ndim() == 1 && k.start_pos.shape(0) == k.B, ValueError,
-                "start_pos must be 1-D with one entry per row");
-  return k;
-}
-
-// input_ids (B, T) and optional labels of the same shape, for the forward bindings.
-struct TokenBatch {
-  IntArray ids, labels;
-  const int32_t* label_ptr = nullptr;
-  int B = 0, T = 0, labels_T = -1;
-};
-
-TokenBatch token_batch(py::handle tokens, py::handle labels) {
-  TokenBatch tb;
-  tb.ids = as_tokens(tokens, "input_ids");
-  if (!labels.is_none()) {
-    tb.labels = as_tokens(labels, "labels");
-    PYLLAMA_CHECK(tb.labels.shape(0) == tb.ids.shape(0) &&
-                      (tb.labels.shape(1) == tb.ids.shape(1) || tb.labels.shape(1) == tb.ids.shape(1) + 1),
-                  ValueError,
-                  "labels shape (" << tb.labels.shape(0) << ", " << tb.labels.shape(1) << ") must be input_ids shape ("
-                                   << tb.ids.shape(0) << ", " << tb.ids.shape(1) << ") or have one more column");
-    tb.label_ptr = tb.labels.data();
-    tb.labels_T = (int)tb.labels.shape(1);
-  }
-  tb.B = (int)tb.ids.shape(0);
-  tb.T = (int)tb.ids.shape(1);
-  return tb;
+  return {ids_tensor(tokens, "tokens"), ids_tensor(slots, "slots"), ids_tensor(start_pos, "start_pos")};
 }
 
 // ------------------------------------------------------------------ DLPack (Tensor.__dlpack__)
@@ -493,33 +472,66 @@ Made by make_model / move_model; use pyllama.Llama instead.
           out.append(py::make_tuple(p.name, p.offset, p.numel, py::tuple(py::cast(p.shape))));
         return out;
       })
-      .def("host_params", [](py::object self) -> py::object {
-        float* p = self.cast<Model&>().host_params();
-        if (!p) return py::none();
-        return py::array_t<float>({(py::ssize_t)self.cast<Model&>().num_parameters()}, {sizeof(float)}, p, self);
-      }, "The live flat parameter buffer as a numpy view where it is host memory (the CPU), else None.")
-      .def("host_grads", [](py::object self) -> py::object {
-        float* p = self.cast<Model&>().host_grads();
-        if (!p) return py::none();
-        return py::array_t<float>({(py::ssize_t)self.cast<Model&>().num_parameters()}, {sizeof(float)}, p, self);
-      }, "The live flat gradient buffer as a numpy view where it is host memory (the CPU), else None.")
-      .def("forward", [](Model& mdl, py::handle tokens, py::handle labels) {
-             TokenBatch tb = token_batch(tokens, labels);
-             const int32_t* tp = tb.ids.data();
-             py::gil_scoped_release nogil;
-             return mdl.forward(tp, tb.label_ptr, tb.B, tb.T, tb.labels_T);
-           }, py::arg("input_ids"), py::arg("labels") = py::none(),
-           "Training forward; returns the loss (NaN without labels or while losses are deferred).")
-      .def("logits", [](Model& mdl) {
-             PYLLAMA_CHECK(mdl.has_logits(), ValueError, "no logits: run forward first (backward overwrites them)");
-             py::array_t<float> out({(py::ssize_t)mdl.last_B(), (py::ssize_t)mdl.last_T(),
-                                     (py::ssize_t)mdl.config().vocab_size});
-             float* dst = out.mutable_data();
+      .def("parameters", &Model::parameters, py::keep_alive<0, 1>(),
+           "The live flat parameter buffer (float32, num_parameters()) as a core Tensor in the model's memory "
+           "(a cuda tensor on the GPU), no copy; numpy/DLPack view it. Call params_written() after writing "
+           "through it on the GPU.")
+      .def("gradients", &Model::gradients, py::keep_alive<0, 1>(),
+           "The live flat gradient buffer as a core Tensor in the model's memory, no copy.")
+      .def("parameters_copy", [](const Model& mdl) {
+             Tensor t;
              {
                py::gil_scoped_release nogil;
-               mdl.logits_to_host(dst);
+               t = mdl.parameters_copy();
              }
-             return out;
+             return tensor_to_numpy(t);
+           }, "A new float32 host array holding the parameters (flat layout).")
+      .def("gradients_copy", [](const Model& mdl) {
+             Tensor t;
+             {
+               py::gil_scoped_release nogil;
+               t = mdl.gradients_copy();
+             }
+             return tensor_to_numpy(t);
+           }, "A new float32 host array holding the gradients (flat layout).")
+      .def("set_parameters", [](Model& mdl, py::handle src) {
+             const Tensor t = flat_tensor(src, "parameters");
+             py::gil_scoped_release nogil;
+             mdl.set_parameters(t);
+           }, py::arg("src"), "Copy every parameter in from a float32 tensor or array (any device) of num_parameters().")
+      .def("set_gradients", [](Model& mdl, py::handle src) {
+             const Tensor t = flat_tensor(src, "gradients");
+             py::gil_scoped_release nogil;
+             mdl.set_gradients(t);
+           }, py::arg("src"))
+      .def("moments", [](const Model& mdl) {
+             std::pair<Tensor, Tensor> mv;
+             {
+               py::gil_scoped_release nogil;
+               mv = mdl.moments();
+             }
+             return py::make_tuple(tensor_to_numpy(mv.first), tensor_to_numpy(mv.second));
+           }, "(exp_avg, exp_avg_sq): new float32 host arrays (zeros before the first adamw_step).")
+      .def("set_moments", [](Model& mdl, py::handle m_, py::handle v_) {
+             const Tensor m = flat_tensor(m_, "exp_avg"), v = flat_tensor(v_, "exp_avg_sq");
+             py::gil_scoped_release nogil;
+             mdl.set_moments(m, v);
+           }, py::arg("exp_avg"), py::arg("exp_avg_sq"))
+      .def("forward", [](Model& mdl, py::handle tokens, py::handle labels) {
+             const Tensor ids = ids_tensor(tokens, "input_ids");
+             const Tensor lab = labels.is_none() ? Tensor() : ids_tensor(labels, "labels");
+             py::gil_scoped_release nogil;
+             return mdl.forward(ids, lab);
+           }, py::arg("input_ids"), py::arg("labels") = py::none(),
+           "Training forward over int32 (B, T) ids (a core Tensor on any device, or an integer array); "
+           "returns the loss (NaN without labels or while losses are deferred).")
+      .def("logits", [](Model& mdl) {
+             Tensor t;
+             {
+               py::gil_scoped_release nogil;
+               t = mdl.logits();
+             }
+             return tensor_to_numpy(t);
            }, "A new float32 host array (B, T, V) holding the last forward's logits.")
       .def("backward", &Model::backward, py::arg("scale") = 1.0f, py::call_guard<py::gil_scoped_release>())
       .def("zero_grad", &Model::zero_grad, py::call_guard<py::gil_scoped_release>())
@@ -527,51 +539,43 @@ Made by make_model / move_model; use pyllama.Llama instead.
            py::call_guard<py::gil_scoped_release>())
       .def("kv_forward", [](Model& mdl, py::handle tokens, py::handle slots, py::handle start_pos, bool last_only) {
              const KvStep k = kv_step_args(tokens, slots, start_pos);
-             const int B = k.B, T = k.T;
-             const float* out;
+             Tensor out;
              {
                py::gil_scoped_release nogil;
-               out = mdl.kv_forward(k.tokens.data(), B, T, k.slots.data(), k.start_pos.data(), last_only);
+               out = mdl.kv_forward(k.tokens, k.slots, k.start_pos, last_only);
              }
-             const py::ssize_t V = mdl.config().vocab_size;
-             if (last_only) return py::array_t<float>({(py::ssize_t)B, V}, out);  // copies
-             return py::array_t<float>({(py::ssize_t)B, (py::ssize_t)T, V}, out);
+             return tensor_to_numpy(out);
            }, py::arg("tokens"), py::arg("slots"), py::arg("start_pos"), py::arg("last_only") = true,
            "One KV-cache step; returns new float32 host logits (B, V) or (B, T, V) on every device.")
       .def("kv_forward_greedy", [](Model& mdl, py::handle tokens, py::handle slots, py::handle start_pos) {
              const KvStep k = kv_step_args(tokens, slots, start_pos);
-             const int B = k.B, T = k.T;
-             const int32_t* out;
+             Tensor out;
              {
                py::gil_scoped_release nogil;
-               out = mdl.kv_forward_greedy(k.tokens.data(), B, T, k.slots.data(), k.start_pos.data());
+               out = mdl.kv_forward_greedy(k.tokens, k.slots, k.start_pos);
              }
-             return py::array_t<int32_t>({(py::ssize_t)B}, out);  // copies
+             return tensor_to_numpy(out);
            }, py::arg("tokens"), py::arg("slots"), py::arg("start_pos"),
            "As kv_forward(last_only=True) followed by argmax over the vocabulary (numpy semantics); "
            "returns a new int32 array (B). On the GPU, T = 1 steps take the argmax there.")
       .def_property_readonly("greedy_on_device", &Model::greedy_on_device)
       .def("kv_greedy_chain", [](Model& mdl, py::handle tokens, py::handle slots, py::handle start_pos, int n) {
              const KvStep k = kv_step_args(tokens, slots, start_pos);
-             PYLLAMA_CHECK(k.T == 1, ValueError,
-                           "kv_greedy_chain: tokens must be (B, 1), one token per row (got T = " << k.T << ")");
-             const int B = k.B;
-             const int32_t* out;
+             Tensor out;
              {
                py::gil_scoped_release nogil;
-               out = mdl.kv_greedy_chain(k.tokens.data(), B, k.slots.data(), k.start_pos.data(), n);
+               out = mdl.kv_greedy_chain(k.tokens, k.slots, k.start_pos, n);
              }
-             return py::array_t<int32_t>({(py::ssize_t)n, (py::ssize_t)B}, out);  // copies
+             return tensor_to_numpy(out);
            }, py::arg("tokens"), py::arg("slots"), py::arg("start_pos"), py::arg("n"),
            "n greedy decode steps in a row: step 0 runs tokens (B, 1) at start_pos, step i the argmax of "
            "step i - 1 at start_pos + i. Returns a new int32 array (n, B). n in [1, greedy_chain_max].")
       .def_property_readonly("greedy_chain_max", &Model::greedy_chain_max,
                              "Most steps of one kv_greedy_chain call (0: the backend has no chained path).")
       .def("kv_reorder", [](Model& mdl, py::handle src) {
-             auto s = IntArray::ensure(src);
-             PYLLAMA_CHECK(s && s.ndim() == 1, ValueError, "kv_reorder expects a 1-D int array");
+             const Tensor s = ids_tensor(src, "kv_reorder's src");
              py::gil_scoped_release nogil;
-             mdl.kv_reorder(s.data(), (int)s.shape(0));
+             mdl.kv_reorder(s);
            }, py::arg("src"))
       .def("set_inference_dtype", [](Model& mdl, const std::string& dt) {
              PYLLAMA_CHECK(dt == "float32" || dt == "bfloat16", ValueError,
@@ -614,39 +618,7 @@ Made by make_model / move_model; use pyllama.Llama instead.
            }, py::arg("max_norm") = 0.0,
            "(gradient norm, [losses of the deferred forwards]) with one wait; clips the gradients to "
            "max_norm first when max_norm > 0 (the returned norm is the one before clipping).")
-      .def("params_to_host", [](Model& mdl, py::array dst) {
-             float* d = flat_buffer(dst, mdl.num_parameters(), "dst", true);
-             py::gil_scoped_release nogil;
-             mdl.params_to_host(d);
-           }, py::arg("dst"))
-      .def("grads_to_host", [](Model& mdl, py::array dst) {
-             float* d = flat_buffer(dst, mdl.num_parameters(), "dst", true);
-             py::gil_scoped_release nogil;
-             mdl.grads_to_host(d);
-           }, py::arg("dst"))
-      .def("params_from_host", [](Model& mdl, py::array src) {
-             const float* s = flat_buffer(src, mdl.num_parameters(), "src", false);
-             py::gil_scoped_release nogil;
-             mdl.params_from_host(s);
-           }, py::arg("src"))
-      .def("grads_from_host", [](Model& mdl, py::array src) {
-             const float* s = flat_buffer(src, mdl.num_parameters(), "src", false);
-             py::gil_scoped_release nogil;
-             mdl.grads_from_host(s);
-           }, py::arg("src"))
       .def_property_readonly("has_moments", &Model::has_moments)
-      .def("moments_to_host", [](Model& mdl, py::array m_, py::array v_) {
-             float* mp = flat_buffer(m_, mdl.num_parameters(), "exp_avg", true);
-             float* vp = flat_buffer(v_, mdl.num_parameters(), "exp_avg_sq", true);
-             py::gil_scoped_release nogil;
-             mdl.moments_to_host(mp, vp);
-           }, py::arg("exp_avg"), py::arg("exp_avg_sq"))
-      .def("moments_from_host", [](Model& mdl, py::array m_, py::array v_) {
-             const float* mp = flat_buffer(m_, mdl.num_parameters(), "exp_avg", false);
-             const float* vp = flat_buffer(v_, mdl.num_parameters(), "exp_avg_sq", false);
-             py::gil_scoped_release nogil;
-             mdl.moments_from_host(mp, vp);
-           }, py::arg("exp_avg"), py::arg("exp_avg_sq"))
       .def("reset_moments", &Model::reset_moments, py::call_guard<py::gil_scoped_release>())
       .def("synchronize", &Model::synchronize, py::call_guard<py::gil_scoped_release>());
 
@@ -678,7 +650,8 @@ Made by make_model / move_model; use pyllama.Llama instead.
             dst = staging.data();
           }
           load_weight_files(files, mdl.param_infos(), mdl.config().tie_word_embeddings, dst, check_finite);
-          if (!staging.empty()) mdl.params_from_host(dst);
+          if (!staging.empty())
+            mdl.set_parameters(Tensor::wrap(dst, {(int64_t)staging.size()}, DType::float32, nullptr));
         }, py::arg("model"), py::arg("files"), py::arg("check_finite") = true,
         "The model's weights from safetensors and PyTorch .bin files (.bin/.pt/.pth read by the core's "
         "restricted unpickler, which runs no pickled code and refuses every call a state dict does not use).");

@@ -210,8 +210,11 @@ static void test_model_gradient() {
   m.init_weights(3);
   for (size_t i = 0; i < m.num_parameters(); i++) m.params()[i] *= 10;  // larger weights, larger gradients
   std::vector<int32_t> tok = {1, 5, 7, 2, 9, 22, 0, 3}, lab = {0, 4, 6, 2, -100, 1, 8, 3};
+  auto ids = [](std::vector<int32_t>& v, int64_t B, int64_t T) {
+    return Tensor::wrap(v.data(), {B, T}, DType::int32, nullptr);
+  };
   m.zero_grad();
-  m.forward(tok.data(), lab.data(), 2, 4);
+  m.forward(ids(tok, 2, 4), ids(lab, 2, 4));
   m.backward(1.f);
   Vec g(m.grads(), m.grads() + m.num_parameters());
   Vec dir = randn(m.num_parameters());
@@ -220,15 +223,19 @@ static void test_model_gradient() {
   double h = 1e-2;
   Vec p0(m.params(), m.params() + m.num_parameters());
   for (size_t i = 0; i < p0.size(); i++) m.params()[i] = p0[i] + (float)h * dir[i];
-  double lp = m.forward(tok.data(), lab.data(), 2, 4);
+  double lp = m.forward(ids(tok, 2, 4), ids(lab, 2, 4));
   for (size_t i = 0; i < p0.size(); i++) m.params()[i] = p0[i] - (float)h * dir[i];
-  double lm = m.forward(tok.data(), lab.data(), 2, 4);
+  double lm = m.forward(ids(tok, 2, 4), ids(lab, 2, 4));
   double num = (lp - lm) / (2 * h), ana = dot(g, dir);
   std::printf("model directional derivative: analytic %.6f numeric %.6f\n", ana, num);
   CHECK(std::fabs(num - ana) <= 2e-2 * std::fabs(ana) + 1e-3);
-  CHECK_THROWS(m.forward(tok.data(), lab.data(), 1, 17), ValueError);
+  std::vector<int32_t> long_seq(17, 1);
+  CHECK_THROWS(m.forward(ids(long_seq, 1, 17)), ValueError);       // past max_position_embeddings
   std::vector<int32_t> bad = {1, 99};
-  CHECK_THROWS(m.forward(bad.data(), nullptr, 1, 2), ValueError);
+  CHECK_THROWS(m.forward(ids(bad, 1, 2)), ValueError);             // id outside the vocabulary
+  CHECK_THROWS(m.forward(ids(tok, 2, 4), ids(lab, 4, 2)), ValueError);  // labels of another shape
+  std::vector<float> fl(8);
+  CHECK_THROWS(m.forward(Tensor::wrap(fl.data(), {2, 4}, DType::float32, nullptr)), TypeError);  // not int32
 }
 
 int main() {

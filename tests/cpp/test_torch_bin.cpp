@@ -111,8 +111,8 @@ int main() {
   c.num_attention_heads = 4, c.num_key_value_heads = 2, c.max_position_embeddings = 64;
   auto m = make_model(c, "cpu");
   m->init_weights(7);
-  std::vector<float> flat(m->num_parameters());
-  m->params_to_host(flat.data());
+  const Tensor flat_t = m->parameters_copy();
+  std::vector<float> flat(flat_t.data<float>(), flat_t.data<float>() + flat_t.numel());
   const std::string dir = "pyllama_test_torch_bin";
   save_pretrained(*m, dir);  // config.json (+ model.safetensors, removed: the .bin forms come after it)
   std::remove((dir + "/model.safetensors").c_str());
@@ -120,10 +120,9 @@ int main() {
 
   auto check_loads = [&](const char* what) {
     auto loaded = load_pretrained(dir);
-    std::vector<float> back(loaded->num_parameters());
-    loaded->params_to_host(back.data());
-    CHECK(back.size() == flat.size());
-    CHECK(std::memcmp(back.data(), flat.data(), flat.size() * 4) == 0);
+    const Tensor back = loaded->parameters_copy();
+    CHECK((size_t)back.numel() == flat.size());
+    CHECK(std::memcmp(back.raw(), flat.data(), flat.size() * 4) == 0);
     std::printf("%s: loaded, weights equal\n", what);
   };
 
