@@ -439,16 +439,16 @@ def test_grad_norm_and_clip_match_numpy():
     dev.backward()
     g = dev.flat_grads().astype(np.float64)
     norm = float(np.sqrt((g * g).sum()))
-    assert abs(dev._core.grad_norm() - norm) <= 1e-9 * max(norm, 1.0)
-    got = dev._core.clip_grad_norm(norm / 4)
+    assert abs(pyllama.optim.grad_norm(dev) - norm) <= 1e-9 * max(norm, 1.0)
+    got = pyllama.clip_grad_norm(dev, norm / 4)
     assert abs(got - norm) <= 1e-9 * max(norm, 1.0)
     coef = np.float32((norm / 4) / (norm + 1e-6))
     assert_close(dev.flat_grads(), (g.astype(np.float32) * coef), tol=1e-6, what="clipped grads")
     before = dev.flat_grads().copy()
-    dev._core.clip_grad_norm(1e9)  # no-op above the norm
+    pyllama.clip_grad_norm(dev, 1e9)  # no-op above the norm
     np.testing.assert_array_equal(dev.flat_grads(), before)
     with pytest.raises(ValueError, match="max_norm"):
-        dev._core.clip_grad_norm(0.0)
+        pyllama.clip_grad_norm(dev, 0.0)
 
 
 @gpu
@@ -467,7 +467,7 @@ def test_adamw_20_steps_match_torch_on_cpu():
     no_decay = [p for k, p in params.items() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=lr, betas=betas, eps=eps, foreach=False)
-    segs = segment_table(dev)
+    dev_opt = pyllama.AdamW(dev, lr=lr, betas=betas, eps=eps, weight_decay=wd)  # decays 2-D weights, as above
     batches = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(2, 2, 16))
     losses_ref, losses_dev = [], []
     for step in range(20):
@@ -481,8 +481,8 @@ def test_adamw_20_steps_match_torch_on_cpu():
         dev.zero_grad()
         losses_dev.append(dev(ids, labels=ids, return_logits=False).loss)
         dev.backward()
-        n_dev = dev._core.clip_grad_norm(clip)
-        dev._core.adamw_step(segs, lr, betas[0], betas[1], eps, wd, step + 1)
+        n_dev = pyllama.clip_grad_norm(dev, clip)
+        dev_opt.step()
         assert abs(n_dev - n_ref) <= TOL * max(1.0, n_ref), (step, n_dev, n_ref)
     np.testing.assert_allclose(losses_dev, losses_ref, rtol=0, atol=TOL)
     assert losses_dev[-2] < losses_dev[0] and losses_dev[-1] < losses_dev[1]
@@ -516,7 +516,7 @@ def test_round_trip_to_cpu_and_read_only_copies():
     ids, labels = make_batch(cfg, 2, 10)
     dev(ids, labels=labels)
     dev.backward()
-    dev._core.adamw_step(segment_table(dev), 1e-2, 0.9, 0.95, 1e-8, 0.1, 1)
+    pyllama.AdamW(dev, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1).step()
     p = dev.named_parameters()
     with pytest.raises(ValueError):
         p["model.norm.weight"][0] = 3.0  # read-only: writes would not reach the GPU
@@ -537,7 +537,7 @@ def test_save_pretrained_from_gpu(tmp_path):
     ids, labels = make_batch(cfg, 1, 6)
     dev(ids, labels=labels)
     dev.backward()
-    dev._core.adamw_step(segment_table(dev), 1e-2, 0.9, 0.95, 1e-8, 0.1, 1)
+    pyllama.AdamW(dev, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1).step()
     dev.save_pretrained(tmp_path / "m")
     back = pyllama.Llama.from_pretrained(tmp_path / "m")
     for k, v in dev.named_parameters().items():
@@ -705,15 +705,15 @@ def test_flash_atomic_dq_matches_the_dq_kernel(monkeypatch):
 def test_bfloat16_training_keeps_float32_masters():
     cfg = tiny_config()
     m = pyllama.Llama(cfg, seed=4).to("cuda", options=env_options(), dtype="bfloat16")
-    segs = segment_table(m)
+    opt = pyllama.AdamW(m, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(2, 16))
     losses = []
     for step in range(15):
         m.zero_grad()
         losses.append(m(ids, labels=ids, return_logits=False).loss)
         m.backward()
-        m._core.clip_grad_norm(1.0)
-        m._core.adamw_step(segs, 1e-2, 0.9, 0.95, 1e-8, 0.1, step + 1)
+        pyllama.clip_grad_norm(m, 1.0)
+        opt.step()
     assert losses[-1] < losses[0] - 0.5, losses
     p = m.flat_params()
     assert p.dtype == np.float32
