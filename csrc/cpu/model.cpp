@@ -360,9 +360,7 @@ const float* LlamaModel::kv_forward_impl(const int32_t* tokens, int B, int T, co
   rope_.update(seq_len);  // dynamic RoPE scaling: transformers' rule on max(position_ids) + 1
 
   float* P = params_.data();
-  const size_t slot_stride = (size_t)NKV_ * kv_len_ * HS_, layer_stride = (size_t)kv_slots_ * slot_stride;
-  const int group = NH_ / NKV_;
-  const float scale = 1.0f / std::sqrt((float)HS_);
+  const size_t layer_stride = (size_t)kv_slots_ * NKV_ * kv_len_ * HS_;
   embedding_forward(x, tokens, wte(P), N, C_);
   // one set of buffers for every layer; x is the residual stream, added into in place
   const LayerBufs bufs{ln, rstd, qkv, atty, tmp, x, ln, rstd, gu, h, tmp, x};
@@ -373,55 +371,11 @@ const float* LlamaModel::kv_forward_impl(const int32_t* tokens, int B, int T, co
     layer_forward(layer(P, l), bufs, x, N, pos, linear, [&](const float* q_rows, float* out) {
       float* kc = kcache_.data() + (size_t)l * layer_stride;
       float* vc = vcache_.data() + (size_t)l * layer_stride;
-      for (long n = 0; n < N; n++) {
-        int b = (int)(n / T);
-        for (int kh = 0; kh < NKV_; kh++) {
-          size_t dst = (size_t)slots[b] * slot_stride + ((size_t)kh * kv_len_ + pos[n]) * HS_;
-          std::memcpy(kc + dst, q_rows + (size_t)n * QKVD_ + QD_ + kh * HS_, sizeof(float) * HS_);
-          std::memcpy(vc + dst, q_rows + (size_t)n * QKVD_ + QD_ + KVD_ + kh * HS_, sizeof(float) * HS_);
-        }
-      }
-      if (fresh) {
+      kv_store(kc, vc, q_rows, slots, pos, B, T, NH_, NKV_, HS_, kv_len_);
+      if (fresh)  // causal self-attention over the new tokens alone: the blocked kernel
         attention_forward_flash(out, flash_lse, flash_scratch, q_rows, B, T, NH_, NKV_, HS_);
-      } else {
-#pragma omp parallel for collapse(2) schedule(dynamic, 1) if ((long)N * NH_ * (pos[N - 1] + 1) * HS_ > (1 << 16))
-      for (long n = 0; n < N; n++)
-        for (int hh = 0; hh < NH_; hh++) {
-          int b = (int)(n / T), kh = hh / group, p = pos[n];
-          const float* q = q_rows + (size_t)n * QKVD_ + hh * HS_;
-          const float* kbase = kc + (size_t)slots[b] * slot_stride + (size_t)kh * kv_len_ * HS_;
-          const float* vbase = vc + (size_t)slots[b] * slot_stride + (size_t)kh * kv_len_ * HS_;
-#ifdef PYLLAMA_HAVE_OPENMP
-          float* sc = attbuf + (size_t)omp_get_thread_num() * kv_len_;
-#else
-          float* sc = attbuf;
-#endif
-          float mx = -INFINITY;
-          for (int s = 0; s <= p; s++) {
-            const float* k = kbase + (size_t)s * HS_;
-            float d = 0.f;
-#pragma omp simd reduction(+ : d)
-            for (int i = 0; i < HS_; i++) d += q[i] * k[i];
-            d *= scale;
-            sc[s] = d;
-            mx = d > mx ? d : mx;
-          }
-          float sum = 0.f;
-          for (int s = 0; s <= p; s++) {
-            sc[s] = std::exp(sc[s] - mx);
-            sum += sc[s];
-          }
-          float inv = 1.f / sum;
-          float* o = out + (size_t)n * QD_ + hh * HS_;
-          for (int i = 0; i < HS_; i++) o[i] = 0.f;
-          for (int s = 0; s <= p; s++) {
-            const float* v = vbase + (size_t)s * HS_;
-            float ps = sc[s] * inv;
-#pragma omp simd
-            for (int i = 0; i < HS_; i++) o[i] += ps * v[i];
-          }
-        }
-      }
+      else
+        attention_kv_forward(out, attbuf, q_rows, kc, vc, slots, pos, B, T, NH_, NKV_, HS_, kv_len_);
     });
   }
   if (last_only) {

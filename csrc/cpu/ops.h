@@ -47,6 +47,18 @@ void attention_forward_flash(float* out, float* lse, float* scratch, const float
 void attention_backward_flash(float* dqkv, float* scratch, const float* dout, const float* qkv, const float* lse, int B,
                               int T, int NH, int NKV, int HS);
 
+// The KV cache (inference; csrc/cpu/attention_kv.cpp, the twins of cuda/'s kv_store and
+// attention_kv_forward): per layer, caches (slots, NKV, max_len, HS). Row n of qkv belongs to
+// sequence b = n / T, at position pos[n], in cache slot slots[b].
+// Writes each row's k and v heads into its slot at its position.
+void kv_store(float* kcache, float* vcache, const float* qkv, const int32_t* slots, const int32_t* pos, int B, int T,
+              int NH, int NKV, int HS, int max_len);
+// out (N, NH*HS): each row's query heads attend to their slot's cache positions [0, pos[n]]
+// (causal grouped-query attention). scores: num_threads() * max_len floats.
+void attention_kv_forward(float* out, float* scores, const float* qkv, const float* kcache, const float* vcache,
+                          const int32_t* slots, const int32_t* pos, int B, int T, int NH, int NKV, int HS,
+                          int max_len);
+
 // gu (N, 2I) = [gate | up] rows;  h (N, I) = silu(gate) * up
 void swiglu_forward(float* h, const float* gu, int N, int I);
 // dgu (N, 2I) assigned
