@@ -20,7 +20,8 @@
 # of the library's kernels, each checked against the library's default and a double
 # reference) are built the same way, one executable each, and run with --check first.
 # README.md lists what is covered and what is not.
-# Needs g++ >= 10 and python3 (or $PYTHON); about a minute on 2 cores.
+# Needs g++ >= 10 and python3 (or $PYTHON); about 6.5 minutes on 2 cores, mostly the ASan
+# builds (the kernel checks themselves about a minute).
 # It checks indexing, masking, barriers and the algorithms, not GPU timing, memory
 # ordering beyond the barriers, or races between blocks; the kernels still need
 # tests/gpu/run.sh on a GPU.
