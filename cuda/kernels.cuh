@@ -77,17 +77,15 @@ void attention_backward(T* dqkv, float* datt, const T* dout, const T* qkv, const
 // Flash attention (what the model trains with): the same inputs and out as
 // attention_forward, but only lse (B, NH, T) float, the log-sum-exp of each scaled score
 // row (the CPU's attention_forward_flash layout), is kept: no T x T array in global memory.
-// fwd_rows: query rows per block of the tensor-core forward for HS <= 64, 64 or 128 (0: the
-// default, 128); the same bits either way (BackendOptions.flash_fwd_rows).
+// (The tensor-core forward takes 128 query rows a block for HS <= 64; the 64-row variant,
+// never timed faster, is in the kernel lab: cuda/lab/flash_fwd_rows64.cu.)
 template <typename T>
 void flash_attention_forward(T* out, float* lse, const T* qkv, int B, int T_, int NH, int NKV, int HS,
-                             cudaStream_t stream, bool tensor_cores = true, int fwd_rows = 0);
+                             cudaStream_t stream, bool tensor_cores = true);
 // dqkv (B, T, QKVD) assigned, recomputing the probabilities from qkv and lse; out is the
-// forward's output; dsum (B, NH, T) float scratch (rowsum(dout * out)). Deterministic.
-// dq_acc: null (the default: dQ by its own kernel, deterministic), or (B, T, NH, HS) float
-// scratch: for the tensor-core path with HS <= 64, dQ is then added with atomics in the
-// dK/dV kernel (FlashAttention-2's way; dQ's last bits vary from run to run) and stored at
-// the end; other paths ignore it (BackendOptions.flash_dq_atomic).
+// forward's output; dsum (B, NH, T) float scratch (rowsum(dout * out)). Deterministic: dQ
+// has its own kernel (dQ by atomics in the dK/dV kernel, not deterministic and never timed
+// faster, is in the kernel lab: cuda/lab/flash_dq_atomic.cu).
 // rope (pos set): dq and dk come out with the inverse RoPE applied (rope_apply's tables,
 // pos per row b * T + t), as rope_apply(dqkv, ..., NH + NKV heads, inverse) would leave
 // them: in the kernels' stores, from the float accumulators, on the tensor-core path with
@@ -100,11 +98,11 @@ struct RopeTables {
 template <typename T>
 void flash_attention_backward(T* dqkv, float* dsum, const T* dout, const T* out, const T* qkv, const float* lse,
                               int B, int T_, int NH, int NKV, int HS, cudaStream_t stream, bool tensor_cores = true,
-                              float* dq_acc = nullptr, const RopeTables& rope = RopeTables());
+                              const RopeTables& rope = RopeTables());
 // tensor_cores: for bf16 with HS <= 128 on sm_80+, the tile products run on tensor cores
 // (mma.sync, P and dS rounded to bf16); false, or float, or larger heads: SIMT float.
-// BackendOptions.attention tells the variants apart: "naive" trains with attention_forward/
-// backward above; "simt" keeps flash attention but without tensor cores; "gemm" batched GEMMs.
+// BackendOptions.attention tells the modes apart: "naive" trains with attention_forward/
+// backward above; "simt" keeps flash attention but without tensor cores.
 // Whether bf16 flash attention with this head size runs on tensor cores on the current device.
 bool flash_attention_uses_tensor_cores(int HS);
 // The KV-cache step: rows n = b*T + t of qkv (B*T, QKVD) hold q (and the new k, v,
@@ -194,13 +192,14 @@ void global_norm(double* norm, double* partials, const float* g, long long n, cu
 void clip_by_norm(float* g, const double* norm, double max_norm, long long n, cudaStream_t stream);
 
 // ---------------------------------------------------------------- matmul.cu
-// Row-major GEMMs for the linear layers and the GEMM attention. Three back ends:
+// Row-major GEMMs for the linear layers (and, batched, for the kernel lab's GEMM attention,
+// cuda/lab/attention_gemm.cu). Three back ends:
 //   "cublaslt"  cuBLASLt (the default when cuBLAS was found at build time): one plan per
-//               (shape, types, pointer alignments), chosen once by cuBLASLt's heuristic with
-//               the caller's workspace, and out-of-place D = op(A) op(B) + R, which folds the
+//               (shape, types, pointer alignments), the heuristic's first algorithm chosen once
+//               with the caller's workspace, and out-of-place D = op(A) op(B) + R, which folds the
 //               residual adds into the matmuls; a product cuBLASLt refuses runs on "cublas".
-//               BackendOptions.matmul_tune: each new plan times up to 8 of the heuristic's
-//               candidates on its first product and keeps the fastest (Lt::pick_fastest)
+//               (Timing the heuristic's candidates instead, never shown faster on a GPU, is in
+//               the kernel lab: cuda/lab/matmul_tune.cu.)
 //   "cublas"    cublasGemmEx / cublasGemmStridedBatchedEx
 //   "tiled"     a portable 64x64 tiled kernel (what a build without cuBLAS has)
 // BackendOptions.matmul picks one (when a model is made on the GPU); an unknown name, or a
@@ -208,18 +207,16 @@ void clip_by_norm(float* g, const double* norm, double max_norm, long long n, cu
 class Gemm {
  public:
   // backend: "cublaslt", "cublas", "tiled", or "" for the default (cublaslt where cuBLAS was
-  // found at build time, else tiled); tune: time cuBLASLt's candidates (BackendOptions).
-  explicit Gemm(const std::string& backend = "", bool tune = false);
+  // found at build time, else tiled).
+  explicit Gemm(const std::string& backend = "");
   ~Gemm();
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
   bool uses_cublas() const { return backend_ != kTiled; }
   const char* backend() const;  // "cublaslt", "cublas" or "tiled"
-  // cuBLASLt: plans made so far, products it refused that cublasGemmEx ran instead, and with
-  // BackendOptions.matmul_tune the plans whose candidates were timed and those where the
-  // fastest was not the heuristic's first choice.
+  // cuBLASLt: plans made so far, and products it refused that cublasGemmEx ran instead.
   struct LtStats {
-    long long plans = 0, fallbacks = 0, tuned = 0, tuned_changed = 0;
+    long long plans = 0, fallbacks = 0;
   };
   LtStats lt_stats() const;
   // A caller-owned cuBLAS workspace, applied after every cublasSetStream (which resets it to
@@ -261,20 +258,6 @@ class Gemm {
   cublasHandle_t handle_ = nullptr;
 #endif
 };
-
-// ---------------------------------------------------------------- attention_gemm.cu
-// Training attention through batched GEMMs (tensor cores), one sequence at a time; the
-// layouts of attention_forward/backward, but only lse (B, NH, T) float is kept for
-// backward (P is recomputed). S and P in T (bf16 scores in the bf16 model, as PyTorch's
-// math attention). scratch: attention_gemm_scratch_bytes(T, NH, sizeof(T)).
-size_t attention_gemm_scratch_bytes(int T_, int NH, size_t elem);
-template <typename T>
-void attention_forward_gemm(Gemm& g, T* out, float* lse, const T* qkv, void* scratch, int B, int T_, int NH, int NKV,
-                            int HS, cudaStream_t stream);
-// dqkv (B, T, QKVD) assigned.
-template <typename T>
-void attention_backward_gemm(Gemm& g, T* dqkv, const T* dout, const T* qkv, const float* lse, void* scratch, int B,
-                             int T_, int NH, int NKV, int HS, cudaStream_t stream);
 
 // y (N, OUT) = x (N, IN) W^T (W is (OUT, IN))
 template <typename T>

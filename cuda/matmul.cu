@@ -124,11 +124,8 @@ struct Gemm::Lt {
   //  four alignments, workspace bytes)
   using Key = std::array<long long, 19>;
   static constexpr size_t kMaxPlans = 1024;  // past it the cache starts over (prefill lengths vary)
-  static constexpr int kCandidates = 8, kReps = 3;  // tuning: algorithms timed, timed runs of each
   cublasLtHandle_t handle = nullptr;
   std::map<Key, Plan> plans;
-  bool tune = false;  // BackendOptions.matmul_tune: time the heuristic's candidates once per plan
-  long long tuned = 0, tuned_changed = 0;  // plans timed; those whose fastest was not the heuristic's first
 
   Lt() { CUBLAS_CHECK(cublasLtCreate(&handle)); }
   ~Lt() {  // no throwing from a destructor
@@ -162,61 +159,6 @@ struct Gemm::Lt {
   cublasStatus_t launch(const Plan& p, const cublasLtMatmulAlgo_t& algo, float alpha, const void* A, const void* B,
                         float beta, const void* C, void* D, void* ws, size_t ws_bytes, cudaStream_t stream) {
     return cublasLtMatmul(handle, p.op, &alpha, B, p.a, A, p.b, &beta, C, p.cd, D, p.cd, &algo, ws, ws_bytes, stream);
-  }
-
-  // Tuning (tune): times each of the heuristic's n candidates on this very product (one
-  // warm-up, then kReps runs between two CUDA events, waiting for the stream) and keeps the
-  // fastest in p.algo; ties keep the heuristic's order. The trials write D, which the real
-  // call then overwrites; a product that accumulates into D itself (beta != 0, C == D) is
-  // timed on a copy of D instead. Not while the stream is being captured into a graph
-  // (no waiting there): the heuristic's first then stays.
-  // d_bytes: D's extent (the copy's size).
-  void pick_fastest(Plan& p, const cublasLtMatmulHeuristicResult_t* cand, int n, float alpha, const void* A,
-                    const void* B, float beta, const void* C, void* D, size_t d_bytes, void* ws, size_t ws_bytes,
-                    cudaStream_t stream) {
-    if (!tune) return;
-    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-    CUDA_CHECK(cudaStreamIsCapturing(stream, &cs));
-    if (cs != cudaStreamCaptureStatusNone) return;
-    struct Scratch {  // freed however this returns
-      void* p = nullptr;
-      cudaEvent_t e[2] = {nullptr, nullptr};
-      ~Scratch() {
-        if (p) cudaFree(p);  // waits for the trials
-        for (cudaEvent_t x : e)
-          if (x) cudaEventDestroy(x);
-      }
-    } sc;
-    CUDA_CHECK(cudaEventCreate(&sc.e[0]));
-    CUDA_CHECK(cudaEventCreate(&sc.e[1]));
-    const void* c = beta != 0.f ? C : D;
-    void* d = D;
-    if (beta != 0.f && C == D) {
-      CUDA_CHECK(cudaMalloc(&sc.p, d_bytes));
-      CUDA_CHECK(cudaMemcpyAsync(sc.p, D, d_bytes, cudaMemcpyDeviceToDevice, stream));
-      c = d = sc.p;
-    }
-    int best = -1;
-    float best_ms = 0.f;
-    for (int i = 0; i < n; i++) {
-      if (launch(p, cand[i].algo, alpha, A, B, beta, c, d, ws, ws_bytes, stream) != CUBLAS_STATUS_SUCCESS) continue;
-      CUDA_CHECK(cudaEventRecord(sc.e[0], stream));
-      bool ok = true;
-      for (int r = 0; r < kReps && ok; r++)
-        ok = launch(p, cand[i].algo, alpha, A, B, beta, c, d, ws, ws_bytes, stream) == CUBLAS_STATUS_SUCCESS;
-      CUDA_CHECK(cudaEventRecord(sc.e[1], stream));
-      CUDA_CHECK(cudaEventSynchronize(sc.e[1]));
-      float ms = 0.f;
-      CUDA_CHECK(cudaEventElapsedTime(&ms, sc.e[0], sc.e[1]));
-      if (ok && (best < 0 || ms < best_ms)) {
-        best = i;
-        best_ms = ms;
-      }
-    }
-    if (best < 0) return;  // none ran: keep the heuristic's first (the real call will say why)
-    p.algo = cand[best].algo;
-    tuned++;
-    tuned_changed += best > 0;
   }
 
   // D = alpha op(A) op(B) + beta C (row-major, as Gemm::run_batched) through cuBLASLt; C is
@@ -257,11 +199,12 @@ struct Gemm::Lt {
             CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
         for (int i = 0; i < 4 && st == CUBLAS_STATUS_SUCCESS; i++)
           st = cublasLtMatmulPreferenceSetAttribute(pref, which[i], &als[i], sizeof(als[i]));
-        cublasLtMatmulHeuristicResult_t res[kCandidates] = {};
+        // the heuristic's first choice (timing its other candidates instead, never shown
+        // faster on a GPU: the kernel lab's cuda/lab/matmul_tune.cu)
+        cublasLtMatmulHeuristicResult_t res[1] = {};
         int found = 0;
         if (st == CUBLAS_STATUS_SUCCESS)
-          st = cublasLtMatmulAlgoGetHeuristic(handle, p.op, p.a, p.b, p.cd, p.cd, pref, tune ? kCandidates : 1, res,
-                                              &found);
+          st = cublasLtMatmulAlgoGetHeuristic(handle, p.op, p.a, p.b, p.cd, p.cd, pref, 1, res, &found);
         cublasLtMatmulPreferenceDestroy(pref);
         int n = 0;  // usable candidates, in the heuristic's order
         for (int i = 0; st == CUBLAS_STATUS_SUCCESS && i < found; i++)
@@ -269,11 +212,6 @@ struct Gemm::Lt {
         if (n > 0) {
           p.algo = res[0].algo;
           p.ok = true;
-          if (n > 1) {  // D's extent: batch entries sC apart, M rows ldc apart, N columns
-            const size_t d_bytes =
-                (size_t)((batch > 1 ? (long long)(batch - 1) * sC : 0) + (long long)(M - 1) * ldc + N) * ecd;
-            pick_fastest(p, res, n, alpha, A, B, beta, C, D, d_bytes, ws, ws_bytes, stream);
-          }
         } else if (st != CUBLAS_STATUS_SUCCESS && st != CUBLAS_STATUS_NOT_SUPPORTED &&
                    st != CUBLAS_STATUS_INVALID_VALUE) {
           CUBLAS_CHECK(st);
@@ -297,7 +235,7 @@ struct Gemm::Lt {
 #endif
 };
 
-Gemm::Gemm(const std::string& backend, bool tune_plans) {
+Gemm::Gemm(const std::string& backend) {
 #ifdef PYLLAMA_HAVE_CUBLAS
   const bool have_cublas = true;
 #else
@@ -310,7 +248,6 @@ Gemm::Gemm(const std::string& backend, bool tune_plans) {
                 "BackendOptions.matmul='" << want << "': this build has no cuBLAS (it was not found when pyllama was "
                                           << "built); use tiled, or rebuild with the nvidia-cublas wheel installed");
   backend_ = want == "tiled" ? kTiled : want == "cublas" ? kCublas : kCublasLt;
-  [[maybe_unused]] const bool tune = backend_ == kCublasLt && tune_plans;
 #ifdef PYLLAMA_HAVE_CUBLAS
   if (backend_ != kTiled) {
     CUBLAS_CHECK(cublasCreate(&handle_));
@@ -319,7 +256,6 @@ Gemm::Gemm(const std::string& backend, bool tune_plans) {
   if (backend_ == kCublasLt) {
     try {
       lt_ = new Lt;
-      lt_->tune = tune;
     } catch (...) {
       cublasDestroy(handle_);
       throw;
@@ -341,11 +277,7 @@ Gemm::LtStats Gemm::lt_stats() const {
   LtStats st;
   st.fallbacks = lt_fallbacks_;
 #ifdef PYLLAMA_HAVE_CUBLAS
-  if (lt_) {
-    st.plans = (long long)lt_->plans.size();
-    st.tuned = lt_->tuned;
-    st.tuned_changed = lt_->tuned_changed;
-  }
+  if (lt_) st.plans = (long long)lt_->plans.size();
 #endif
   return st;
 }

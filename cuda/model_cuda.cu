@@ -107,12 +107,11 @@ struct Acts {
   T *dres, *dln, *dqkv, *datty, *dgu, *dh;
   float* datt;  // flash: rowsum(dout * out) (B, NH, T); naive: (B, NH, T, T)
   float* norm_partial;  // the RMSNorm backward's per-block partial sums of dw (rmsnorm_backward)
-  float* dq_acc;  // BackendOptions.flash_dq_atomic: (N, NH*HS) float dQ accumulator (else null)
 };
 
 template <typename T>
 size_t carve_acts(Acts<T>* a, char* base, int B, int T_, int C, int QD, int QKVD, int NH, int I, int V, int L,
-                  bool dense_att, bool dq_acc = false) {
+                  bool dense_att) {
   Carver cv{base};
   const size_t N = (size_t)B * T_, ATT = (size_t)B * NH * T_ * (dense_att ? T_ : 1);
   a->x0 = cv.take<T>(N * C);
@@ -144,7 +143,6 @@ size_t carve_acts(Acts<T>* a, char* base, int B, int T_, int C, int QD, int QKVD
   a->dh = cv.take<T>(N * I);
   a->datt = cv.take<float>(ATT);
   a->norm_partial = cv.take<float>(gpu::rmsnorm_backward_partial_floats(C));
-  a->dq_acc = dq_acc ? cv.take<float>(N * QD) : nullptr;  // last: the arrays above keep their offsets
   return cv.off;
 }
 
@@ -248,10 +246,6 @@ struct LlamaModelCuda::Impl : AllocAccount {
   std::unique_ptr<gpu::Gemm> gemm;
   bool attn_naive = false;  // attention "naive": (B, NH, T, T) probabilities instead of flash
   bool attn_tc = true;      // attention "simt": flash without tensor cores (bf16)
-  int attn_fwd_rows = 0;    // flash_fwd_rows: query rows per tensor-core forward block (64, 128)
-  bool attn_dq_atomic = false;  // flash_dq_atomic: dQ by atomics in the dK/dV kernel (bf16, HS <= 64)
-  bool attn_gemm = false;   // attention "gemm": batched GEMMs (attention_gemm.cu), lse kept as flash
-  DevBuf attn_scratch;      // gemm mode: one sequence's S and P
 
   DevBuf params, grads, m, v;  // float32 (P)
   DevBuf wc;                   // bf16 compute copy of params (P), bfloat16 mode only
@@ -411,13 +405,9 @@ struct LlamaModelCuda::Impl : AllocAccount {
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&pinned), (2 + kMaxDeferredLosses) * sizeof(double)));
     opt.validate();
-    gemm = std::make_unique<gpu::Gemm>(opt.matmul, opt.matmul_tune);
+    gemm = std::make_unique<gpu::Gemm>(opt.matmul);
     attn_naive = opt.attention == "naive";
     attn_tc = opt.attention != "simt";
-    attn_fwd_rows = opt.flash_fwd_rows;
-    attn_gemm = opt.attention == "gemm";
-    attn_dq_atomic = opt.flash_dq_atomic && dt == DType::bfloat16 && !attn_naive && !attn_gemm && attn_tc &&
-                     HS <= 64 && gpu::flash_attention_uses_tensor_cores(HS);
 
     params.reserve(P * sizeof(float));
     grads.reserve(P * sizeof(float));
@@ -487,14 +477,6 @@ struct LlamaModelCuda::Impl : AllocAccount {
       sync();  // the old buffer may still be in use by queued work
       acts.release();
       acts.reserve(need);
-    }
-    if (attn_gemm) {
-      const size_t sb = gpu::attention_gemm_scratch_bytes(T, NH, dtype == DType::bfloat16 ? 2 : 4);
-      if (sb > attn_scratch.bytes) {
-        sync();
-        attn_scratch.release();
-        attn_scratch.reserve(sb);
-      }
     }
     if ((size_t)N > io_cap) {
       sync();
@@ -585,7 +567,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
   template <typename T>
   size_t measure(int B, int T_) const {
     Acts<T> a;
-    return carve_acts<T>(&a, nullptr, B, T_, C, QD, QKVD, NH, I, V, L, attn_naive, attn_dq_atomic);
+    return carve_acts<T>(&a, nullptr, B, T_, C, QD, QKVD, NH, I, V, L, attn_naive);
   }
 
   // Where one decoder layer's forward writes: the training forward keeps a set per layer (for
@@ -652,10 +634,8 @@ struct LlamaModelCuda::Impl : AllocAccount {
       layer_forward<T>(layer_off[l], io, x, N, pos, s, mk, [&](const T* qkv, T* atty) {
         if (attn_naive)
           gpu::attention_forward<T>(atty, y.att, qkv, B, Tn, NH, NKV, HS, s);
-        else if (attn_gemm)
-          gpu::attention_forward_gemm<T>(*gemm, atty, y.att, qkv, attn_scratch.p, B, Tn, NH, NKV, HS, s);
         else
-          gpu::flash_attention_forward<T>(atty, y.att, qkv, B, Tn, NH, NKV, HS, s, attn_tc, attn_fwd_rows);
+          gpu::flash_attention_forward<T>(atty, y.att, qkv, B, Tn, NH, NKV, HS, s, attn_tc);
       });
       x = y.res2;
     }
@@ -707,7 +687,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
   void backward_t(float scale) {
     const int B = B_, Tn = T_, N = B * Tn;
     Acts<T> a;
-    carve_acts<T>(&a, acts.as<char>(), B, Tn, C, QD, QKVD, NH, I, V, L, attn_naive, attn_dq_atomic);
+    carve_acts<T>(&a, acts.as<char>(), B, Tn, C, QD, QKVD, NH, I, V, L, attn_naive);
     const T* Wp = W<T>();
     float* G = grads.as<float>();
     const int32_t* pos = pos_d.as<int32_t>();
@@ -746,13 +726,11 @@ struct LlamaModelCuda::Impl : AllocAccount {
       mk("bwd matmul o");
       if (attn_naive)
         gpu::attention_backward<T>(a.dqkv, a.datt, a.datty, y.qkv, y.att, B, Tn, NH, NKV, HS, s);
-      else if (attn_gemm)
-        gpu::attention_backward_gemm<T>(*gemm, a.dqkv, a.datty, y.qkv, y.att, attn_scratch.p, B, Tn, NH, NKV, HS, s);
       else  // with the inverse RoPE of dq and dk, in its stores where it can
         gpu::flash_attention_backward<T>(a.dqkv, a.datt, a.datty, y.atty, y.qkv, y.att, B, Tn, NH, NKV, HS, s,
-                                         attn_tc, a.dq_acc, gpu::RopeTables{pos, cs, sn});
+                                         attn_tc, gpu::RopeTables{pos, cs, sn});
       mk("bwd attention");
-      if (attn_naive || attn_gemm) {
+      if (attn_naive) {
         gpu::rope_apply<T>(a.dqkv, QKVD, pos, cs, sn, N, NH + NKV, HS, true, s);  // dq and dk
         mk("bwd rope");
       }
@@ -1455,14 +1433,12 @@ bool LlamaModelCuda::uses_cublas() const { return impl_->gemm->uses_cublas(); }
 std::string LlamaModelCuda::matmul_backend() const { return impl_->gemm->backend(); }
 LlamaModelCuda::MatmulStats LlamaModelCuda::matmul_stats() const {
   const gpu::Gemm::LtStats st = impl_->gemm->lt_stats();
-  return {st.plans, st.fallbacks, st.tuned, st.tuned_changed};
+  return {st.plans, st.fallbacks};
 }
-bool LlamaModelCuda::uses_flash_attention() const { return !impl_->attn_naive && !impl_->attn_gemm; }
+bool LlamaModelCuda::uses_flash_attention() const { return !impl_->attn_naive; }
 std::string LlamaModelCuda::attention_kernels() const {
   if (impl_->attn_naive) return "naive";
-  if (impl_->attn_gemm) return "gemm";
-  if (!impl_->attn_tc) return "flash-simt";
-  return impl_->attn_dq_atomic ? "flash-atomic-dq" : "flash";
+  return impl_->attn_tc ? "flash" : "flash-simt";
 }
 
 float LlamaModelCuda::forward_impl(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T) {

@@ -65,16 +65,15 @@ class LlamaModelCuda : public Model {
   int device_index() const;
   bool uses_cublas() const;  // false: the tiled fallback matmul
   // The matmul back end ("cublaslt", "cublas" or "tiled": BackendOptions.matmul) and its counts:
-  // cuBLASLt plans made so far, products cuBLASLt refused (run by cublasGemmEx instead), and
-  // with BackendOptions.matmul_tune the plans timed and those where timing changed the choice.
+  // cuBLASLt plans made so far, products cuBLASLt refused (run by cublasGemmEx instead).
   std::string matmul_backend() const;
   struct MatmulStats {
-    long long lt_plans = 0, lt_fallbacks = 0, lt_tuned = 0, lt_tuned_changed = 0;
+    long long lt_plans = 0, lt_fallbacks = 0;
   };
   MatmulStats matmul_stats() const;
-  bool uses_flash_attention() const;  // false: attention "naive" (T x T probabilities) or gemm
+  bool uses_flash_attention() const;  // false: attention "naive" (T x T probabilities)
   // The training attention, from BackendOptions.attention: "flash" (default; tensor cores for bf16
-  // where they apply), "flash-simt", "gemm" (batched GEMMs, attention_gemm.cu) or "naive".
+  // where they apply), "flash-simt" or "naive".
   std::string attention_kernels() const;
 
   // The training forward, logits, KV-cache steps and host copies are Model's Tensor methods

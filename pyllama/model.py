@@ -321,8 +321,8 @@ class Llama:
         Every device: ``device`` ('cpu', 'cuda:N'), ``dtype`` (compute dtype), ``greedy_chain_max``
         (greedy steps one device call may take; 0 on the CPU). CPU: ``simd``, ``threads``.
         CUDA: ``matmul_backend`` ('cublaslt', 'cublas' or 'tiled'), ``uses_cublas``,
-        ``matmul_stats`` (calls, fallbacks, autotune picks), ``attention_kernels`` ('flash',
-        'gemm' or 'naive'), ``uses_flash_attention``, ``decode_stats`` (which decode paths ran:
+        ``matmul_stats`` (cuBLASLt plans, fallbacks), ``attention_kernels`` ('flash',
+        'flash-simt' or 'naive'), ``uses_flash_attention``, ``decode_stats`` (which decode paths ran:
         CUDA-graph replays, fused steps, ...).
 
         >>> import pyllama

@@ -13,7 +13,11 @@ False
 >>> BackendOptions(attention="fast")
 Traceback (most recent call last):
 ...
-ValueError: BackendOptions.attention='fast': use flash, simt, gemm or naive
+ValueError: BackendOptions.attention='fast': use flash, simt or naive
+
+Kernel variants that no GPU measurement has shown faster are not options: they live in the
+kernel lab (``cuda/lab/``, docs/CUDA.md "The kernel lab"), where they build, are checked
+against the library's kernels and can be timed on a GPU.
 """
 from __future__ import annotations
 
@@ -26,6 +30,24 @@ __all__ = ["BackendOptions"]
 
 _OFF = ("0", "off", "false", "no")
 
+# The variants that left the library for the kernel lab (cuda/lab/README.md): where each lives now.
+_IN_THE_LAB = {
+    "tune": "cuBLASLt algorithm tuning is in the kernel lab now (cuda/lab/matmul_tune.cu times the "
+            "heuristic's candidates against its first choice)",
+    "rows": "the 64-row tensor-core flash forward is in the kernel lab now (cuda/lab/flash_fwd_rows64.cu "
+            "times it against the library's 128-row forward)",
+    "dq": "the atomic-dQ flash backward is in the kernel lab now (cuda/lab/flash_dq_atomic.cu times it "
+          "against the library's dQ kernel)",
+    "gemm": "the GEMM attention is in the kernel lab now (cuda/lab/attention_gemm.cu times it against flash "
+            "attention)",
+}
+# variable -> (the library's own behaviour, accepted and ignored; the variant it used to select)
+_LAB_VARIABLES = {
+    "PYLLAMA_CUDA_MATMUL_TUNE": ("0", "tune"),
+    "PYLLAMA_CUDA_FLASH_FWD_ROWS": ("128", "rows"),
+    "PYLLAMA_CUDA_FLASH_DQ": ("kernel", "dq"),
+}
+
 
 @dataclass(frozen=True)
 class BackendOptions:
@@ -33,12 +55,9 @@ class BackendOptions:
 
     - ``matmul``: ``"cublaslt"``, ``"cublas"`` or ``"tiled"``; ``""`` (default) is cuBLASLt
       where cuBLAS was found at build time, else the tiled kernel.
-    - ``matmul_tune``: cuBLASLt times up to 8 candidate algorithms per product shape once and
-      keeps the fastest (the matmuls are then not bit-reproducible from run to run).
     - ``attention``: the training attention: ``"flash"`` (tensor cores for bf16 where they
-      apply), ``"simt"`` (flash without tensor cores), ``"gemm"`` (batched GEMMs), ``"naive"``.
-    - ``flash_fwd_rows``: 64 or 128 query rows per block of the bf16 tensor-core flash forward.
-    - ``flash_dq_atomic``: the bf16 flash backward adds dQ with atomics (not deterministic).
+      apply), ``"simt"`` (flash without tensor cores), ``"naive"`` ((B, NH, T, T)
+      probabilities: the reference the flash kernels are checked against).
     - ``decode_fast_path``, ``cuda_graphs``, ``decode_gemv``, ``decode_fused``, ``pdl``: the
       single-token decode step's fixed buffers and on-device argmax, its CUDA graphs, the
       GEMV kernel for at most 4 rows, the fused norm/RoPE/SwiGLU/residual kernels, and
@@ -48,10 +67,7 @@ class BackendOptions:
     """
 
     matmul: str = ""
-    matmul_tune: bool = False
     attention: str = "flash"
-    flash_fwd_rows: int = 128
-    flash_dq_atomic: bool = False
     decode_fast_path: bool = True
     cuda_graphs: bool = True
     decode_gemv: bool = True
@@ -68,11 +84,9 @@ class BackendOptions:
         if self.matmul not in ("", "cublaslt", "cublas", "tiled"):
             raise ValueError(f"BackendOptions.matmul={self.matmul!r}: use cublaslt, cublas or tiled "
                              "(the matmul back end)")
-        if self.attention not in ("flash", "simt", "gemm", "naive"):
-            raise ValueError(f"BackendOptions.attention={self.attention!r}: use flash, simt, gemm or naive")
-        if isinstance(self.flash_fwd_rows, bool) or self.flash_fwd_rows not in (64, 128):
-            raise ValueError(f"BackendOptions.flash_fwd_rows={self.flash_fwd_rows!r}: use 64 or 128 (query rows "
-                             "per block of the tensor-core flash forward, head size <= 64)")
+        if self.attention not in ("flash", "simt", "naive"):
+            raise ValueError(f"BackendOptions.attention={self.attention!r}: use flash, simt or naive"
+                             + (f"; {_IN_THE_LAB['gemm']}" if self.attention == "gemm" else ""))
 
     def core_options(self) -> Dict[str, Any]:
         """The fields the core's backends read (the binding's ``options`` dict)."""
@@ -84,10 +98,14 @@ class BackendOptions:
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "BackendOptions":
         """Options from the ``PYLLAMA_CUDA_*`` variables (for the CLI and the benchmarks only):
-        ``PYLLAMA_CUDA_MATMUL`` (cublaslt|cublas|tiled), ``_MATMUL_TUNE`` (0|1), ``_ATTENTION``
-        (flash|simt|gemm|naive), ``_FLASH_FWD_ROWS`` (64|128), ``_FLASH_DQ`` (kernel|atomic), and
+        ``PYLLAMA_CUDA_MATMUL`` (cublaslt|cublas|tiled), ``_ATTENTION`` (flash|simt|naive), and
         ``_DECODE``, ``_GRAPHS``, ``_DECODE_GEMV``, ``_DECODE_FUSED``, ``_PDL``, ``_GREEDY``,
-        ``_GREEDY_CHAIN`` (0/off/false turns one off). A bad value is a ``ValueError`` naming it."""
+        ``_GREEDY_CHAIN`` (0/off/false turns one off). A bad value is a ``ValueError`` naming it.
+
+        The variables of the variants that moved to the kernel lab (``_MATMUL_TUNE``,
+        ``_FLASH_FWD_ROWS``, ``_FLASH_DQ``, ``_ATTENTION=gemm``) raise a ``ValueError`` naming
+        the lab program when they ask for the variant; set to the library's own behaviour
+        (``0``, ``128``, ``kernel``) they are accepted and change nothing."""
         env = os.environ if environ is None else environ
 
         def choice(name: str, allowed, default: str, hint: str) -> str:
@@ -99,20 +117,17 @@ class BackendOptions:
         def on(name: str) -> bool:
             return (env.get(name) or "").strip().lower() not in _OFF
 
+        for name, (default, what) in _LAB_VARIABLES.items():
+            v = (env.get(name) or "").strip()
+            if v and v != default:
+                raise ValueError(f"{name}={v}: {_IN_THE_LAB[what]}; unset it ({default} is what the library does)")
+        if (env.get("PYLLAMA_CUDA_ATTENTION") or "").strip() == "gemm":
+            raise ValueError(f"PYLLAMA_CUDA_ATTENTION=gemm: {_IN_THE_LAB['gemm']}; use flash, simt or naive")
         return cls(
             matmul=choice("PYLLAMA_CUDA_MATMUL", ("", "cublaslt", "cublas", "tiled"), "",
                           "use cublaslt, cublas or tiled (the matmul back end)"),
-            matmul_tune=choice("PYLLAMA_CUDA_MATMUL_TUNE", ("0", "1"), "0",
-                               "use 1 (time cuBLASLt's candidate algorithms once per product shape and keep "
-                               "the fastest) or 0 (the heuristic's first, the default)") == "1",
-            attention=choice("PYLLAMA_CUDA_ATTENTION", ("flash", "simt", "gemm", "naive"), "flash",
-                             "use flash, simt, gemm or naive (the training attention)"),
-            flash_fwd_rows=int(choice("PYLLAMA_CUDA_FLASH_FWD_ROWS", ("64", "128"), "128",
-                                      "use 64 or 128 (query rows per block of the tensor-core flash forward, "
-                                      "head size <= 64)")),
-            flash_dq_atomic=choice("PYLLAMA_CUDA_FLASH_DQ", ("kernel", "atomic"), "kernel",
-                                   "use kernel (the default: a dQ kernel, deterministic) or atomic (dQ added "
-                                   "with atomics in the dK/dV kernel)") == "atomic",
+            attention=choice("PYLLAMA_CUDA_ATTENTION", ("flash", "simt", "naive"), "flash",
+                             "use flash, simt or naive (the training attention)"),
             decode_fast_path=on("PYLLAMA_CUDA_DECODE"),
             cuda_graphs=on("PYLLAMA_CUDA_GRAPHS"),
             decode_gemv=on("PYLLAMA_CUDA_DECODE_GEMV"),

@@ -7,7 +7,6 @@ of float32.
 
 Run only these: ``pytest -m cuda tests/test_cuda.py``.
 """
-import os
 
 import numpy as np
 import pytest
@@ -174,14 +173,7 @@ def test_each_kernel_matches_its_cpu_op():
     assert not bad, f"kernels differing from the CPU (relative error): {bad}"
     # sm_80+ (what the build targets): bf16 flash attention takes the tensor-core path
     assert "flash_attention.bf16_tensor_cores_on" in errors, [k for k in errors if "tensor_cores" in k]
-
-
-@gpu
-def test_each_kernel_tiled_matmul(monkeypatch):
-    errors = pyllama._core.cuda_check_ops(99, "tiled")
-    assert any(k.startswith("matmul.tiled") for k in errors)
-    bad = {k: v for k, v in errors.items() if not v <= TOL}
-    assert not bad, bad
+    assert any(k.startswith("matmul.tiled") for k in errors)  # every back end the build has
 
 
 # ------------------------------------------------------------------ float32: exact against the CPU
@@ -332,19 +324,14 @@ def test_tiled_matmul_fallback_matches_cpu(monkeypatch):
 
 
 @gpu
-@pytest.mark.parametrize("backend", ["cublaslt", "cublaslt-tuned", "cublas"])
+@pytest.mark.parametrize("backend", ["cublaslt", "cublas"])
 def test_matmul_backends_match_cpu(monkeypatch, backend):
     """cuBLASLt (the default: a plan per shape; the residual adds folded into the output and
     down projections as D = x W^T + R) and cublasGemmEx (R copied into D, then beta 1): a
     float32 training step and KV-cache decoding against the CPU, a bf16 step near float32,
     on sizes that leave the weights and activations only 4- or 8-byte aligned; cuBLASLt
-    refuses none of the model's products (the alignments it is promised hold).
-    "cublaslt-tuned" (PYLLAMA_CUDA_MATMUL_TUNE=1) times the candidate algorithms on each
-    plan's first product: the trial runs must leave no trace, in particular in the weight
-    gradients that the backward accumulates in place (timed on a copy)."""
+    refuses none of the model's products (the alignments it is promised hold)."""
     monkeypatch.delenv("PYLLAMA_CUDA_MATMUL", raising=False)
-    monkeypatch.setenv("PYLLAMA_CUDA_MATMUL_TUNE", "1" if backend.endswith("-tuned") else "0")
-    backend = backend.removesuffix("-tuned")
     cfg = tiny_config(vocab_size=101, hidden_size=36, intermediate_size=50, num_attention_heads=3,
                       num_key_value_heads=1, num_hidden_layers=2)
     if not pyllama.Llama(cfg).to("cuda", options=env_options()).backend_stats()["uses_cublas"]:
@@ -365,38 +352,14 @@ def test_matmul_backends_match_cpu(monkeypatch, backend):
     assert st["backend"] == dev.backend_stats()["matmul_backend"] == backend
     if backend == "cublaslt":
         assert st["lt_plans"] > 0 and st["lt_fallbacks"] == 0, st
-        if os.environ["PYLLAMA_CUDA_MATMUL_TUNE"] == "0":
-            assert st["lt_tuned"] == 0, st
-        elif EMULATED_GPU:  # its heuristic offers 3 candidates for every product
-            assert st["lt_tuned"] == st["lt_plans"], st
-        else:  # the real heuristic may offer one candidate only (nothing to time)
-            assert st["lt_tuned_changed"] <= st["lt_tuned"] <= st["lt_plans"], st
     else:
-        assert st["lt_plans"] == 0 and st["lt_tuned"] == 0, st
-    # The GEMM attention's strided batches start at head offsets (12 elements: 8-byte aligned
-    # in bf16), what cuBLASLt must be told. The emulator's cuBLASLt refuses a pointer less
-    # aligned than promised; the real one may also refuse what it has no kernel for (which
-    # then runs on cublasGemmEx), so only the emulator counts the refusals.
-    monkeypatch.setenv("PYLLAMA_CUDA_ATTENTION", "gemm")
-    for dtype in ("float32", "bfloat16"):
-        g = pyllama.Llama(cfg, seed=8).to("cuda", options=env_options(), dtype=dtype)
-        out = g(ids, labels=labels)
-        g.backward()
-        assert abs(out.loss - ref.loss) <= (TOL if dtype == "float32" else 0.05), (dtype, out.loss, ref.loss)
-        if backend == "cublaslt" and EMULATED_GPU:
-            assert g.backend_stats()["matmul_stats"]["lt_fallbacks"] == 0, dtype
+        assert st["lt_plans"] == 0, st
 
 
 @gpu
 def test_unknown_matmul_backend_raises(monkeypatch):
     monkeypatch.setenv("PYLLAMA_CUDA_MATMUL", "cutlass")
     with pytest.raises(ValueError, match="cublaslt, cublas or tiled"):
-        pyllama.Llama(tiny_config()).to("cuda", options=env_options())
-    monkeypatch.delenv("PYLLAMA_CUDA_MATMUL")
-    if pyllama.Llama(tiny_config()).to("cuda", options=env_options()).backend_stats()["matmul_backend"] != "cublaslt":
-        return  # a build without cuBLAS: no tuning switch to read
-    monkeypatch.setenv("PYLLAMA_CUDA_MATMUL_TUNE", "yes")
-    with pytest.raises(ValueError, match="PYLLAMA_CUDA_MATMUL_TUNE=yes: use 1"):
         pyllama.Llama(tiny_config()).to("cuda", options=env_options())
 
 
@@ -604,24 +567,6 @@ def test_bfloat16_loss_close_to_float32(name):
 
 
 @gpu
-@pytest.mark.parametrize("name", ["tiny_gqa", "mqa_hs32", "hs128"])
-def test_gemm_attention_matches_cpu(name, monkeypatch):
-    """PYLLAMA_CUDA_ATTENTION=gemm: attention through batched cuBLAS GEMMs (attention_gemm.cu),
-    float32 within 1e-4 of the CPU core; bf16 near float32."""
-    monkeypatch.setenv("PYLLAMA_CUDA_ATTENTION", "gemm")
-    cfg, cpu, dev = pair(name)
-    assert dev.backend_stats()["attention_kernels"] == "gemm" and not dev.backend_stats()["uses_flash_attention"]
-    B, T = SHAPES[name]
-    ids, labels = make_batch(cfg, B, T)
-    ref, out = check_step_matches_cpu(cpu, dev, ids, labels, "gemm attention")
-    b16 = pyllama.Llama(cfg, seed=0).to("cuda", options=env_options(), dtype="bfloat16")
-    assert b16.backend_stats()["attention_kernels"] == "gemm"
-    check_bf16_near(cpu, ref, b16, ids, labels)
-    monkeypatch.delenv("PYLLAMA_CUDA_ATTENTION")
-    assert pyllama.Llama(cfg, seed=0).to("cuda", options=env_options()).backend_stats()["attention_kernels"] == "flash"
-
-
-@gpu
 @pytest.mark.parametrize("name", ["wide_hs64", "hs128"])
 def test_bfloat16_flash_tensor_cores_and_simt_agree(name, monkeypatch):
     """bf16 flash attention on tensor cores (the default, head size <= 128) and without
@@ -639,6 +584,7 @@ def test_bfloat16_flash_tensor_cores_and_simt_agree(name, monkeypatch):
             monkeypatch.setenv("PYLLAMA_CUDA_ATTENTION", "simt")
         m = pyllama.Llama(cfg, seed=6).to("cuda", options=env_options(), dtype="bfloat16")
         assert m.backend_stats()["uses_flash_attention"]
+        assert m.backend_stats()["attention_kernels"] == ("flash" if mode == "tc" else "flash-simt")
         out = m(ids, labels=labels)
         assert abs(out.loss - l32) <= 0.05, (mode, out.loss, l32)
         m.backward()
@@ -647,58 +593,6 @@ def test_bfloat16_flash_tensor_cores_and_simt_agree(name, monkeypatch):
     cos = lambda a, b: float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
     assert cos(grads["tc"], g32) > 0.95 and cos(grads["simt"], g32) > 0.95
     assert cos(grads["tc"], grads["simt"]) > 0.98
-
-
-@gpu
-def test_flash_forward_row_blocks_change_no_bit(monkeypatch):
-    """The tensor-core flash forward with 64 query rows a block (PYLLAMA_CUDA_FLASH_FWD_ROWS=64,
-    one m-tile a warp) instead of 128 (two): each m-tile's arithmetic is its own, so logits,
-    loss and gradients are bit-equal (the backward being deterministic); a bad value raises
-    ValueError."""
-    cfg = tiny_config(**dict(CONFIGS["wide_hs64"], max_position_embeddings=256))
-    ids, labels = make_batch(cfg, 2, 150)  # two and three query blocks, the last ones partial
-    runs = []
-    for rows in ("", "64", "128"):
-        monkeypatch.setenv("PYLLAMA_CUDA_FLASH_FWD_ROWS", rows)
-        m = pyllama.Llama(cfg, seed=2).to("cuda", options=env_options(), dtype="bfloat16")
-        out = m(ids, labels=labels)
-        m.backward()
-        runs.append((out.logits, out.loss, m.flat_grads()))
-    for logits, loss, grads in runs[1:]:
-        assert np.array_equal(logits, runs[0][0]) and loss == runs[0][1] and np.array_equal(grads, runs[0][2])
-    monkeypatch.setenv("PYLLAMA_CUDA_FLASH_FWD_ROWS", "96")
-    with pytest.raises(ValueError, match="64 or 128"):
-        pyllama.Llama(cfg).to("cuda", options=env_options(), dtype="bfloat16")
-
-
-@gpu
-def test_flash_atomic_dq_matches_the_dq_kernel(monkeypatch):
-    """PYLLAMA_CUDA_FLASH_DQ=atomic (bf16, tensor cores, head size <= 64): dQ added with
-    atomics in the dK/dV kernel instead of its own kernel. The forward is untouched (the same
-    loss bits); the gradients differ from the dQ kernel's only by bf16 rounding and the order
-    of the adds; float32 and larger heads keep the dQ kernel; a bad value raises ValueError."""
-    cfg = tiny_config(**dict(CONFIGS["wide_hs64"], max_position_embeddings=256))
-    ids, labels = make_batch(cfg, 2, 150)
-    runs = {}
-    for mode in ("kernel", "atomic"):
-        monkeypatch.setenv("PYLLAMA_CUDA_FLASH_DQ", mode)
-        m = pyllama.Llama(cfg, seed=4).to("cuda", options=env_options(), dtype="bfloat16")
-        out = m(ids, labels=labels)
-        m.backward()
-        runs[mode] = (out.loss, m.flat_grads().astype(np.float64), m.backend_stats()["attention_kernels"])
-    assert runs["kernel"][2] == "flash"
-    if runs["atomic"][2] != "flash-atomic-dq":
-        pytest.skip("bf16 flash attention runs without tensor cores on this GPU (the atomic dQ needs them)")
-    assert runs["atomic"][0] == runs["kernel"][0]
-    g0, g1 = runs["kernel"][1], runs["atomic"][1]
-    assert np.all(np.isfinite(g1))
-    assert float(np.abs(g1 - g0).max()) <= 0.02 * float(np.abs(g0).max())
-    assert float(g0 @ g1 / (np.linalg.norm(g0) * np.linalg.norm(g1))) > 0.999
-    f32 = pyllama.Llama(cfg, seed=4).to("cuda", options=env_options())
-    assert f32.backend_stats()["attention_kernels"] == "flash"  # float32: the SIMT kernels, dQ kernel
-    monkeypatch.setenv("PYLLAMA_CUDA_FLASH_DQ", "sometimes")
-    with pytest.raises(ValueError, match="kernel .* or atomic"):
-        pyllama.Llama(cfg).to("cuda", options=env_options(), dtype="bfloat16")
 
 
 @gpu

@@ -354,13 +354,11 @@ std::pair<std::string, int> parse_device(const std::string& device) {
 void BackendOptions::validate() const {
   PYLLAMA_CHECK(matmul.empty() || matmul == "cublaslt" || matmul == "cublas" || matmul == "tiled", ValueError,
                 "BackendOptions.matmul='" << matmul << "': use cublaslt, cublas or tiled (the matmul back end)");
-  PYLLAMA_CHECK(attention == "flash" || attention == "simt" || attention == "gemm" || attention == "naive",
-                ValueError,
-                "BackendOptions.attention='" << attention << "': use flash, simt, gemm or naive");
-  PYLLAMA_CHECK(flash_fwd_rows == 64 || flash_fwd_rows == 128, ValueError,
-                "BackendOptions.flash_fwd_rows=" << flash_fwd_rows
-                                                 << ": use 64 or 128 (query rows per block of the tensor-core "
-                                                    "flash forward, head size <= 64)");
+  PYLLAMA_CHECK(attention == "flash" || attention == "simt" || attention == "naive", ValueError,
+                "BackendOptions.attention='" << attention << "': use flash, simt or naive"
+                                             << (attention == "gemm" ? "; the GEMM attention is in the kernel lab now "
+                                                                       "(cuda/lab/attention_gemm.cu)"
+                                                                     : ""));
 }
 
 std::unique_ptr<Model> make_model(const LlamaConfig& cfg, const std::string& device, DType dtype,

@@ -163,14 +163,13 @@ class Model {
 // Settings a backend reads when a model is made: typed, passed in (the library reads no
 // environment variable; the CLI and the benchmarks translate theirs into these). The CPU
 // backend has none of its own; the CUDA backend reads every field. Python: pyllama.BackendOptions.
+// Kernel variants that no GPU measurement has shown faster are not options: they live in the
+// kernel lab (cuda/lab/README.md), where they build, are checked and can be timed.
 struct BackendOptions {
   std::string matmul;              // CUDA matmuls: "cublaslt", "cublas", "tiled"; "" = cublaslt where
                                    // cuBLAS was found at build time, else tiled
-  bool matmul_tune = false;        // cuBLASLt: time up to 8 candidate algorithms per plan, keep the fastest
   std::string attention = "flash"; // CUDA training attention: "flash" (tensor cores for bf16 where they
-                                   // apply), "simt" (flash without tensor cores), "gemm" (batched GEMMs), "naive"
-  int flash_fwd_rows = 128;        // query rows per block of the bf16 tensor-core flash forward (64 or 128)
-  bool flash_dq_atomic = false;    // bf16 flash backward: dQ by atomics in the dK/dV kernel (not deterministic)
+                                   // apply), "simt" (flash without tensor cores), "naive" (the reference)
   bool decode_fast_path = true;    // T = 1 decode steps on fixed buffers with an on-device argmax
   bool cuda_graphs = true;         // ... replayed from one CUDA graph per batch size
   bool decode_gemv = true;         // ... matmuls of <= 4 rows by a bandwidth-bound GEMV kernel

@@ -403,13 +403,7 @@ BackendOptions backend_options(py::object obj) {
       *dst = v.cast<std::string>();
     };
     if (key == "matmul") as_str(&o.matmul);
-    else if (key == "matmul_tune") as_bool(&o.matmul_tune);
     else if (key == "attention") as_str(&o.attention);
-    else if (key == "flash_fwd_rows") {
-      PYLLAMA_CHECK(py::isinstance<py::int_>(v) && !py::isinstance<py::bool_>(v), TypeError,
-                    "BackendOptions.flash_fwd_rows must be an int (64 or 128)");
-      o.flash_fwd_rows = v.cast<int>();
-    } else if (key == "flash_dq_atomic") as_bool(&o.flash_dq_atomic);
     else if (key == "decode_fast_path") as_bool(&o.decode_fast_path);
     else if (key == "cuda_graphs") as_bool(&o.cuda_graphs);
     else if (key == "decode_gemv") as_bool(&o.decode_gemv);
@@ -1089,17 +1083,12 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
              d["backend"] = g.matmul_backend();
              d["lt_plans"] = st.lt_plans;
              d["lt_fallbacks"] = st.lt_fallbacks;
-             d["lt_tuned"] = st.lt_tuned;
-             d["lt_tuned_changed"] = st.lt_tuned_changed;
              return d;
            }, "{'backend', 'lt_plans': cuBLASLt plans made, 'lt_fallbacks': products cuBLASLt refused "
-              "(run by cublasGemmEx instead), 'lt_tuned': plans whose candidate algorithms were timed "
-              "(PYLLAMA_CUDA_MATMUL_TUNE=1), 'lt_tuned_changed': of those, the ones where the fastest was not "
-              "the heuristic's first}")
+              "(run by cublasGemmEx instead)}")
       .def_property_readonly("uses_flash_attention", &LlamaModelCuda::uses_flash_attention)
       .def_property_readonly("attention_kernels", &LlamaModelCuda::attention_kernels,
-                             "The training attention: 'flash', 'flash-atomic-dq' (PYLLAMA_CUDA_FLASH_DQ=atomic), 'flash-simt', "
-                             "'gemm' or 'naive' (PYLLAMA_CUDA_ATTENTION).")
+                             "The training attention: 'flash', 'flash-simt' or 'naive' (BackendOptions.attention).")
       .def("set_decode_options", [](LlamaModelCuda& g, py::object fast_path, py::object cuda_graphs,
                                     py::object skinny_gemv, py::object fused, py::object pdl) {
              const auto st = g.decode_stats();
@@ -1165,18 +1154,18 @@ moments). Use pyllama.Llama.to('cuda') instead of this class.
      "far: kernel_launches and cublas_calls outside CUDA graphs, graph_launches, host_waits (calls that "
      "return only after device work), copies by direction.");
 #endif
-  m.def("cuda_check_ops", [](unsigned seed, const std::string& matmul) {
+  m.def("cuda_check_ops", [](unsigned seed) {
           std::vector<std::pair<std::string, double>> r;
           {
             py::gil_scoped_release nogil;
-            r = cuda_check_ops(seed, matmul);
+            r = cuda_check_ops(seed);
           }
           py::dict d;
           for (auto& kv : r) d[py::str(kv.first)] = kv.second;
           return d;
-        }, py::arg("seed") = 1234, py::arg("matmul") = "",
-        "A test hook (tests/cuda/ops_check.cu): every CUDA kernel against its CPU twin on random float32 inputs: "
-        "name -> max |gpu - cpu| / max |cpu|; matmul: the back end under the GEMM attention checks.");
+        }, py::arg("seed") = 1234,
+        "A test hook (tests/cuda/ops_check.cu): every CUDA kernel against its CPU twin on random float32 inputs "
+        "(every matmul back end the build has): name -> max |gpu - cpu| / max |cpu|.");
 #else
   (void)m;  // built without the CUDA backend: nothing to bind (build_info()['cuda'] is False)
 #endif

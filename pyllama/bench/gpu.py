@@ -9,8 +9,7 @@
                                             # without tensor cores) to compare with the default flash attention
     python bench/gpu.py --matmul cublas  # matmuls through cublasGemmEx (default cuBLASLt; tiled: no cuBLAS)
     python bench/gpu.py --decode-only    # only the decoding rows (and HF generate)
-    python bench/gpu.py --profile        # per-op GPU timings of a bf16 training step (default and atomic-dQ
-                                         # flash backward) and of decode steps
+    python bench/gpu.py --profile        # per-op GPU timings of a bf16 training step and of decode steps
     ncu ... python bench/gpu.py --eager-decode 2   # two eager decode steps for Nsight Compute
 
 (``python -m pyllama.bench.gpu`` is the same command: bench/gpu.py wraps this module.)
@@ -19,10 +18,11 @@ Model (issue #8): hidden 768, intermediate 2048, 12 layers, 12 heads, 12 kv head
 vocab 32000, untied head, about 124M parameters.
 
 Training, one step = forward + backward + clip + AdamW, bf16 at batch 16 x 1024 (then, while
-the time budget allows, bf16 again with cublasGemmEx instead of cuBLASLt, with cuBLASLt's
-candidate algorithms timed once per product shape (PYLLAMA_CUDA_MATMUL_TUNE=1), with 64-row
-flash forward blocks and with the atomic-dQ flash backward, to weigh the defaults against
-them, and float32 at 4 x 1024; the GEMM attention, 0.68x flash on the H200, is timed with --attention gemm):
+the time budget allows, bf16 again with cublasGemmEx instead of cuBLASLt, and float32 at
+4 x 1024). Kernel variants that no GPU measurement has shown faster are not options of the
+library: the kernel lab's programs (cuda/lab/README.md: the 64-row flash forward, the
+atomic-dQ flash backward, the GEMM attention, cuBLASLt algorithm tuning) time them against
+the library's kernels, and tests/gpu/run.sh runs them after this benchmark:
 - pyllama: bf16 weights/activations for compute, float32 master weights, gradients and moments;
 - torch eager: transformers.LlamaForCausalLM, sdpa attention, float32 weights under
   torch.autocast(bfloat16) (the same mixed precision), fused torch AdamW, TF32 off;
@@ -137,7 +137,7 @@ def bench_train(cfg, B, T, dtype, results, budget_s):
     row = {"what": "train_step", "impl": "pyllama", "dtype": dtype, "B": B, "T": T, "s": t, "iters": n,
            "tok_s": tok_s, "mfu": model.flops_per_token(T) * tok_s / PEAK[dtype], "peak_mem_gib": gib(peak),
            "cublas": g.uses_cublas, "matmul": g.matmul_backend,
-           **{k: v for k, v in g.matmul_stats().items() if k in ("lt_fallbacks", "lt_tuned", "lt_tuned_changed")},
+           "lt_fallbacks": g.matmul_stats()["lt_fallbacks"],
            "flash": g.uses_flash_attention,
            "attention": g.attention_kernels}
     emit(row, results)
@@ -223,7 +223,7 @@ def bench_profile(cfg, B, T, prompt_len, n_new, results):
     """Where the time goes: CUDA-event timings of each op of a bf16 training step (forward,
     backward, AdamW) and of eager decode steps at batch 1 (set_profiling; the GPU waits
     after each pass, and decode steps run without graphs, so the sums run above the
-    un-profiled times); then the training step again with the atomic-dQ flash backward."""
+    un-profiled times)."""
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (B, T)).astype(np.int32)
 
     def train_profile(label):
@@ -259,8 +259,6 @@ def bench_profile(cfg, B, T, prompt_len, n_new, results):
                         "regions": {k: list(v) for k, v in prof.items()}})
     g.set_decode_options(cuda_graphs=True, fused=True)
     del model, g
-    with env_set("PYLLAMA_CUDA_FLASH_DQ", "atomic"):
-        train_profile(", atomic dQ")
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -463,7 +461,7 @@ def main(argv=None):
     ap.add_argument("--_flops", dest="flops", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--matmul", choices=["cublaslt", "cublas", "tiled"], default=None,
                     help="matmul back end (sets PYLLAMA_CUDA_MATMUL; default: cuBLASLt, and a row with cublasGemmEx)")
-    ap.add_argument("--attention", choices=["flash", "simt", "gemm", "naive"], default=None,
+    ap.add_argument("--attention", choices=["flash", "simt", "naive"], default=None,
                     help="training attention kernels (sets PYLLAMA_CUDA_ATTENTION; default: flash, "
                          "on tensor cores for bf16)")
     args = ap.parse_args(argv)
@@ -549,15 +547,7 @@ def main(argv=None):
         # 1b. the matmuls through cublasGemmEx instead of cuBLASLt (residual adds then a copy + beta 1)
         variant("PYLLAMA_CUDA_MATMUL", "cublas", "cublasGemmEx matmuls",
                 f" ({ours['matmul']}, {ours['lt_fallbacks']} products refused by cuBLASLt)")
-        # 1c. cuBLASLt with each plan's candidate algorithms timed on its first product, the fastest kept
-        variant("PYLLAMA_CUDA_MATMUL_TUNE", "1", "tuned cuBLASLt algorithms", " (the heuristic's first)",
-                lambda r: f" ({r['lt_tuned_changed']} of {r['lt_tuned']} timed plans changed)")
-    if args.attention is None:
-        # 1d. the tensor-core flash forward with 64 query rows a block instead of 128 (same bits)
-        variant("PYLLAMA_CUDA_FLASH_FWD_ROWS", "64", "64-row flash forward blocks", " (128 rows)")
-        # 1e. the flash backward with dQ added by atomics in the dK/dV kernel (no dQ kernel)
-        variant("PYLLAMA_CUDA_FLASH_DQ", "atomic", "the atomic-dQ flash backward", "",
-                lambda r: f" ({r['attention']})")
+    # (the kernel variants that are not options: cuda/lab's programs time them, tests/gpu/run.sh)
     # 2. decoding at batch 1 and 16
     decode_rows()
     # 3. float32 training at a smaller batch, while the budget allows

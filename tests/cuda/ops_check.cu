@@ -202,7 +202,7 @@ void check_flash(Rand& r, Results& out, int B, int T, int NH, int NKV, int HS, b
 // rope: the backward also applies the inverse RoPE to dq and dk (against the CPU's flash
 // backward then rope_apply), positions at random.
 void check_flash_bf16(Rand& r, Results& out, int B, int T, int NH, int NKV, int HS, bool tensor_cores,
-                      int fwd_rows = 0, bool dq_atomic = false, bool rope = false) {
+                      bool rope = false) {
   const int C = NH * HS, QKVD = C + 2 * NKV * HS;
   const size_t N = (size_t)B * T, NL = (size_t)B * NH * T;
   auto qkv = r.normal(N * QKVD), dy = r.normal(N * C);
@@ -218,16 +218,15 @@ void check_flash_bf16(Rand& r, Results& out, int B, int T, int NH, int NKV, int 
   const auto pos = rope ? r.ints(N, 0, maxT) : std::vector<int32_t>(N, 0);
   if (rope) rope_apply(dqkv.data(), QKVD, pos.data(), cs.data(), sn.data(), (int)N, NH + NKV, HS, true);
   Dev<bf16> dq(qkv16), ddy(dy16), dout(zeros<bf16>(N * C)), ddq(zeros<bf16>(N * QKVD));
-  Dev<float> dlse(zeros<float>(NL)), dsum(zeros<float>(NL)), dqacc(zeros<float>(dq_atomic ? N * C : 0));
+  Dev<float> dlse(zeros<float>(NL)), dsum(zeros<float>(NL));
   Dev<float> dcs(cs), dsn(sn);
   Dev<int32_t> dpos(pos);
-  gpu::flash_attention_forward<bf16>(dout.get(), dlse.get(), dq.get(), B, T, NH, NKV, HS, 0, tensor_cores, fwd_rows);
+  gpu::flash_attention_forward<bf16>(dout.get(), dlse.get(), dq.get(), B, T, NH, NKV, HS, 0, tensor_cores);
   gpu::flash_attention_backward<bf16>(ddq.get(), dsum.get(), ddy.get(), dout.get(), dq.get(), dlse.get(), B, T, NH,
-                                      NKV, HS, 0, tensor_cores, dq_atomic ? dqacc.get() : nullptr,
+                                      NKV, HS, 0, tensor_cores,
                                       rope ? gpu::RopeTables{dpos.get(), dcs.get(), dsn.get()} : gpu::RopeTables());
-  const std::string tag = std::string(tensor_cores ? ".tc" : ".simt") +
-                          (fwd_rows ? ".rows" + std::to_string(fwd_rows) : "") + (dq_atomic ? ".atomic_dq" : "") +
-                          (rope ? ".rope" : "") + shape_tag(B, T, NH, NKV, HS);
+  const std::string tag =
+      std::string(tensor_cores ? ".tc" : ".simt") + (rope ? ".rope" : "") + shape_tag(B, T, NH, NKV, HS);
   auto within = [](double e, double bound) { return e <= bound ? 0.0 : e; };
   out.push_back({"flash_attention_forward.bf16.out(<=2^-7)" + tag,
                  within(rel_err(bf16_to_float_vec(dout.host()), y), 1.0 / 128)});
@@ -483,47 +482,9 @@ void check_elementwise(Rand& r, Results& out) {
   out.push_back({"convert.bf16_roundtrip(<=2^-8)", e <= 1.0 / 256 ? 0.0 : e});
 }
 
-// The batched-GEMM attention (attention_gemm.cu) against the CPU flash ops (out, lse,
-// dqkv), float and bf16 (bf16: inputs rounded to bf16 first, tolerance reported as is).
-void check_attention_gemm(Rand& r, Results& out, gpu::Gemm& gemm, int B, int T, int NH, int NKV, int HS) {
-  const int C = NH * HS, QKVD = C + 2 * NKV * HS;
-  const size_t N = (size_t)B * T;
-  auto qkv = r.normal(N * QKVD), dy = r.normal(N * C);
-  std::vector<float> y(N * C), lse((size_t)B * NH * T), dqkv(N * QKVD);
-  std::vector<float> scratch((size_t)std::max(num_threads(), 1) * attention_scratch_floats(T) + 64);
-  attention_forward_flash(y.data(), lse.data(), scratch.data(), qkv.data(), B, T, NH, NKV, HS);
-  attention_backward_flash(dqkv.data(), scratch.data(), dy.data(), qkv.data(), lse.data(), B, T, NH, NKV, HS);
-  const std::string tag = "(" + std::string(gemm.uses_cublas() ? "cublas" : "tiled") + ",B" + std::to_string(B) +
-                          ",T" + std::to_string(T) + ",NH" + std::to_string(NH) + ",NKV" + std::to_string(NKV) +
-                          ",HS" + std::to_string(HS) + ")";
-  {
-    Dev<float> dq(qkv), ddy(dy), dout(zeros<float>(N * C)), dlse(zeros<float>(lse.size())),
-        ddq(zeros<float>(N * QKVD));
-    Dev<char> work(std::vector<char>(gpu::attention_gemm_scratch_bytes(T, NH, sizeof(float))));
-    gpu::attention_forward_gemm<float>(gemm, dout.get(), dlse.get(), dq.get(), work.get(), B, T, NH, NKV, HS, 0);
-    gpu::attention_backward_gemm<float>(gemm, ddq.get(), ddy.get(), dq.get(), dlse.get(), work.get(), B, T, NH, NKV,
-                                        HS, 0);
-    out.push_back({"attention_gemm.out" + tag, rel_err(dout.host(), y)});
-    out.push_back({"attention_gemm.lse" + tag, rel_err(dlse.host(), lse)});
-    out.push_back({"attention_gemm.dqkv" + tag, rel_err(ddq.host(), dqkv)});
-  }
-  {  // bf16: report the error beyond a bf16-sized allowance (0 when within 2^-5 of the scale)
-    Dev<bf16> dq(float_to_bf16_vec(qkv)), ddy(float_to_bf16_vec(dy)), dout(zeros<bf16>(N * C)),
-        ddq(zeros<bf16>(N * QKVD));
-    Dev<float> dlse(zeros<float>(lse.size()));
-    Dev<char> work(std::vector<char>(gpu::attention_gemm_scratch_bytes(T, NH, sizeof(bf16))));
-    gpu::attention_forward_gemm<bf16>(gemm, dout.get(), dlse.get(), dq.get(), work.get(), B, T, NH, NKV, HS, 0);
-    gpu::attention_backward_gemm<bf16>(gemm, ddq.get(), ddy.get(), dq.get(), dlse.get(), work.get(), B, T, NH, NKV,
-                                       HS, 0);
-    auto within = [](double e) { return e <= 1.0 / 32 ? 0.0 : e; };
-    out.push_back({"attention_gemm.bf16.out(<=2^-5)" + tag, within(rel_err(bf16_to_float_vec(dout.host()), y))});
-    out.push_back({"attention_gemm.bf16.dqkv(<=2^-5)" + tag, within(rel_err(bf16_to_float_vec(ddq.host()), dqkv))});
-  }
-}
-
 }  // namespace
 
-std::vector<std::pair<std::string, double>> cuda_check_ops(unsigned seed, const std::string& matmul) {
+std::vector<std::pair<std::string, double>> cuda_check_ops(unsigned seed) {
   PYLLAMA_CHECK(cuda_runtime_device_count() > 0, CudaError, "cuda_check_ops: no CUDA device is available");
   Rand r{std::mt19937(seed)};
   Results out;
@@ -553,19 +514,11 @@ std::vector<std::pair<std::string, double>> cuda_check_ops(unsigned seed, const 
     check_flash_bf16(r, out, 2, 130, 3, 1, 12, tc != 0);
     check_flash_bf16(r, out, 1, 1, 2, 2, 80, tc != 0);
     check_flash_bf16(r, out, 1, 200, 2, 1, 256, tc != 0);  // above 128: SIMT either way
-    if (tc) {  // the tensor-core forward with 64-row blocks (PYLLAMA_CUDA_FLASH_FWD_ROWS=64), and the
-               // backward's dQ by atomics (PYLLAMA_CUDA_FLASH_DQ=atomic)
-      check_flash_bf16(r, out, 2, 70, 4, 2, 64, true, 64);
-      check_flash_bf16(r, out, 2, 130, 3, 1, 12, true, 64);
-      check_flash_bf16(r, out, 2, 70, 4, 2, 64, true, 0, true);
-      check_flash_bf16(r, out, 2, 130, 3, 1, 12, true, 0, true);
-    }
-    // the inverse RoPE in the backward: in the stores (HS 64, 128; the atomic-dQ store) or by
-    // rope_apply after (HS 12, SIMT)
-    check_flash_bf16(r, out, 2, 70, 4, 2, 64, tc != 0, 0, false, true);
-    check_flash_bf16(r, out, 1, 100, 2, 2, 128, tc != 0, 0, false, true);
-    check_flash_bf16(r, out, 2, 130, 3, 1, 12, tc != 0, 0, false, true);
-    if (tc) check_flash_bf16(r, out, 2, 70, 4, 2, 64, true, 0, true, true);
+    // the inverse RoPE in the backward: in the stores (HS 64, 128) or by rope_apply after
+    // (HS 12, SIMT)
+    check_flash_bf16(r, out, 2, 70, 4, 2, 64, tc != 0, true);
+    check_flash_bf16(r, out, 1, 100, 2, 2, 128, tc != 0, true);
+    check_flash_bf16(r, out, 2, 130, 3, 1, 12, tc != 0, true);
   }
   check_swiglu(r, out);
   check_embedding(r, out);
@@ -580,10 +533,6 @@ std::vector<std::pair<std::string, double>> cuda_check_ops(unsigned seed, const 
       each.set_workspace(ws.get(), ws.n);
       check_matmul(r, out, each);
     }
-    gpu::Gemm gemm(matmul);  // the GEMM attention on the given back end ("": the default)
-    check_attention_gemm(r, out, gemm, 2, 37, 4, 2, 12);
-    check_attention_gemm(r, out, gemm, 1, 70, 2, 1, 64);
-    check_attention_gemm(r, out, gemm, 2, 129, 3, 3, 128);
   }
   check_adamw_and_norm(r, out);
   check_elementwise(r, out);

@@ -9,8 +9,7 @@
 namespace pyllama {
 
 // (check name, max |gpu - cpu| / max |cpu|) pairs. Throws CudaError without a GPU. Every matmul
-// back end the build has is checked; `matmul` picks the one under the GEMM attention checks
-// ("": the default, as BackendOptions.matmul).
-std::vector<std::pair<std::string, double>> cuda_check_ops(unsigned seed = 1234, const std::string& matmul = "");
+// back end the build has is checked.
+std::vector<std::pair<std::string, double>> cuda_check_ops(unsigned seed = 1234);
 
 }  // namespace pyllama

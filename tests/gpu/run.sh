@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot GPU check for the CUDA backend (under 10 minutes on an H100/H200, 16 cores,
-# no network): build the package in place, run the CUDA tests and the GPU benchmark,
-# and keep every log in OUTDIR.
+# no network): build the package in place (and the kernel lab's programs, cuda/lab), run the
+# CUDA tests, the GPU benchmark and the lab's timings, and keep every log in OUTDIR.
 #
 #   tests/gpu/run.sh OUTDIR
 #
@@ -10,8 +10,8 @@
 # without it the pytest-free `bench/gpu.py --check` runs instead); nvidia-nccl-cu13 (or
 # PYLLAMA_NCCL_LIBRARY) for the NCCL step (about a minute).
 # Logs (7 files: the device tool brings back at most 8): OUTDIR/summary.txt,
-# OUTDIR/{build,tests,nccl,bench,sanitizer}.log (build.log starts with the environment),
-# OUTDIR/bench.json. Exit status: non-zero when the build, the tests or memcheck fail.
+# OUTDIR/{build,tests,nccl,bench,sanitizer}.log (build.log starts with the environment; bench.log
+# also holds the profile and the kernel lab's output), OUTDIR/bench.json. Exit status: non-zero when the build, the tests or memcheck fail.
 # The whole script keeps to PYLLAMA_GPU_TOTAL_S seconds (default 570): each step's
 # timeout is its cap or what is left, and later steps are skipped with a note.
 # Set PYLLAMA_GPU_ARCHS to change the architectures built (default: 90, the machine's own).
@@ -54,10 +54,11 @@ echo "== environment" | tee "$OUT/build.log"
   ls /usr/local/cuda/lib64 | grep -i cublas || echo "no cuBLAS in /usr/local/cuda/lib64"
 } 2>&1 | tee -a "$OUT/build.log"
 
-echo "== build (pip install --no-build-isolation -e ., CUDA archs $ARCHS)" | tee -a "$OUT/build.log"
+echo "== build (pip install --no-build-isolation -e ., CUDA archs $ARCHS, with the kernel lab)" | tee -a "$OUT/build.log"
 cd "$ROOT"
 if timeout "$(cap 300)" env PYLLAMA_CUDA=ON "$PY" -m pip install --no-build-isolation --no-deps --no-index -v -e . \
-    -Cbuild-dir=build/gpu -Ccmake.define.CMAKE_CUDA_ARCHITECTURES="$ARCHS" 2>&1 | tee -a "$OUT/build.log"; then
+    -Cbuild-dir=build/gpu -Ccmake.define.CMAKE_CUDA_ARCHITECTURES="$ARCHS" -Ccmake.define.PYLLAMA_BUILD_LAB=ON \
+    2>&1 | tee -a "$OUT/build.log"; then
   summary "build: ok ($(( $(date +%s) - START ))s)"
 else
   summary "build: FAILED (see build.log)"
@@ -116,6 +117,25 @@ else
   summary "profile: FAILED or timed out (see bench.log)"
 fi
 grep -E '^# profile:' "$OUT/bench.log" | tee -a "$OUT/summary.txt"
+
+# The kernel lab (cuda/lab/README.md): the variants that left the library because no GPU had
+# timed them faster, each checked against the library's kernel on this GPU and then timed
+# beside it ("variant / library" < 1: the variant is faster). Into bench.log; not counted.
+echo "== kernel lab (build/gpu/lab: each variant checked, then timed against the library)" | tee -a "$OUT/bench.log"
+for prog in flash_fwd_rows64 flash_dq_atomic attention_gemm matmul_tune; do
+  exe="$ROOT/build/gpu/lab/$prog"
+  if [ ! -x "$exe" ]; then
+    summary "lab $prog: not built (see build.log)"
+    continue
+  fi
+  echo "== lab: $prog" >> "$OUT/bench.log"
+  if run_step "lab $prog" 60 "$exe" >> "$OUT/bench.log" 2>&1; then
+    summary "lab $prog: ok"
+  else
+    summary "lab $prog: FAILED or timed out (see bench.log; not counted)"
+  fi
+done
+grep -E '^(time |FAIL)' "$OUT/bench.log" | tee -a "$OUT/summary.txt"
 
 echo "== NCCL tests (the GPU tests of tests/test_distributed_nccl.py, marked nccl; its CPU tests run in CI)" \
   | tee "$OUT/nccl.log"

@@ -290,7 +290,7 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmul
   r.state = CUBLAS_STATUS_SUCCESS;
   r.wavesCount = 1.f;
   // up to 3 candidates (as the real heuristic offers several, best first), told apart by
-  // data[7]; they compute the same, so tuning (PYLLAMA_CUDA_MATMUL_TUNE) has a choice to make
+  // data[7]; they compute the same, so tuning (the kernel lab's cuda/lab/matmul_tune.cu) has a choice to make
   const int count = requested < 3 ? requested : 3;
   for (int i = 0; i < count; i++) {
     results[i] = r;

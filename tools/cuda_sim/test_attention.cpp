@@ -1,7 +1,6 @@
 // test_attention.cpp — cuda/attention.cu (naive training attention forward/backward, the
-// KV-cache attention, kv_store, kv_gather) and cuda/attention_gemm.cu (attention through
-// batched GEMMs: its three softmax kernels, with the tiled GEMM of matmul.cu standing in
-// for cuBLAS), against double-precision references.
+// KV-cache attention, kv_store, kv_gather) against double-precision references. (The GEMM
+// attention moved to the kernel lab, cuda/lab/attention_gemm.cu, whose own checks run.sh runs.)
 #include "check.h"
 #include "ref_attention.h"
 
@@ -36,32 +35,6 @@ void naive_case(int B, int T_, int NH, int NKV, int HS) {
   report(w + " out", rel_err(out, rout), tol_of<T>(2e-6));
   report(w + " att", rel_err(lower, rlower), 2e-6);
   report(w + " dqkv", rel_err(dq, rdq), tol_of<T>(2e-6) * 4);
-}
-
-template <typename T>
-void gemm_case(int B, int T_, int NH, int NKV, int HS) {
-  const int C = NH * HS, QKVD = C + 2 * NKV * HS;
-  const size_t N = (size_t)B * T_;
-  Rng r(B * 300 + T_ + HS * 5);
-  auto qkv = randn<T>(N * QKVD, r), dy = randn<T>(N * C, r);
-  std::vector<double> rout, rlse, rdq;
-  reference(rout, rlse, rdq, to_d(qkv), to_d(dy), B, T_, NH, NKV, HS);
-  auto out = nans<T>(N * C), dq = nans<T>(N * QKVD);
-  auto lse = nans<float>((size_t)B * NH * T_);
-  std::vector<unsigned char> scratch(attention_gemm_scratch_bytes(T_, NH, sizeof(T)), 0xff);
-  Gemm g;
-  attention_forward_gemm<T>(g, out.data(), lse.data(), qkv.data(), scratch.data(), B, T_, NH, NKV, HS, nullptr);
-  CUDA_CHECK_LAUNCH();
-  std::fill(scratch.begin(), scratch.end(), 0xff);
-  attention_backward_gemm<T>(g, dq.data(), dy.data(), qkv.data(), lse.data(), scratch.data(), B, T_, NH, NKV, HS,
-                             nullptr);
-  CUDA_CHECK_LAUNCH();
-  const std::string w = fmt("attention gemm %s B=%d T=%d NH=%d NKV=%d HS=%d", tname<T>(), B, T_, NH, NKV, HS);
-  // bf16 keeps S, P and dS in bf16 (as PyTorch's math attention): a looser bound
-  const double tol = std::is_same_v<T, bf16> ? 3e-2 : 2e-6;
-  report(w + " out", rel_err(out, rout), tol);
-  report(w + " lse", rel_err(lse, rlse), std::is_same_v<T, bf16> ? 1e-2 : 1e-6);
-  report(w + " dqkv", rel_err(dq, rdq), tol * 4);
 }
 
 // KV cache of one layer (S, NKV, max_len, HS): rows n = b*T + t of qkv, at positions pos[n]
@@ -154,13 +127,4 @@ SIM_TEST(attention_kv) {
   kv_case<bf16>(2, 5, 8, 2, 100, 37);
   gather_case<float>(2, 3, 77);
   gather_case<bf16>(3, 4, 1000);
-}
-
-SIM_TEST(attention_gemm) {
-  gemm_case<float>(2, 37, 4, 2, 12);
-  gemm_case<float>(1, 70, 2, 1, 64);
-  gemm_case<float>(3, 1, 4, 1, 64);
-  gemm_case<bf16>(1, 45, 2, 2, 128);
-  gemm_case<bf16>(2, 20, 6, 2, 32);
-  gemm_case<float>(1, 9, 3, 3, 100);
 }

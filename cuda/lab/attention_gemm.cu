@@ -1,4 +1,16 @@
-// attention_gemm.cu — causal grouped-query attention for training through batched
+// attention_gemm.cu — kernel lab (README.md): the training attention through batched GEMMs,
+// against the library's flash attention (the default).
+//
+//   attention_gemm [--check] [--reps N]
+//
+// History: the library's BackendOptions.attention = "gemm" (PYLLAMA_CUDA_ATTENTION=gemm) from
+// commit 301428e until it moved here. Timed once, on the first GPU session (an H200, bench/gpu.py,
+// bf16 training of the 124M model at 16 x 1024): 299.5K tok/s against flash attention's 438.5K,
+// 0.68x; no measurement has shown it faster (docs/CUDA.md, "The kernel lab"). It stays here as a
+// second, independent attention (cuBLAS products instead of hand-written tiles) to check the
+// flash kernels against, and to time them against.
+//
+// Causal grouped-query attention for training through batched
 // GEMMs on the tensor cores (cuBLAS; the tiled kernel without it), one sequence at a
 // time: S = scale Q K^T per head into a scratch of the compute type (float, or bf16 as
 // PyTorch's math attention keeps it: half the memory traffic), a causal softmax in float
@@ -12,9 +24,12 @@
 // (deterministic). Scratch: 2 * NH * T * T elements of T (one sequence).
 #include <cstdlib>
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "common.h"  // PYLLAMA_CHECK, ValueError
 #include "kernels.cuh"
+#include "lab.cuh"
 
 namespace pyllama {
 namespace gpu {
@@ -79,6 +94,7 @@ void check_shapes(int B, int T_, int NH, int NKV, int HS) {
 
 }  // namespace
 
+// Scratch of one sequence: S and P (T x T per head each, of the compute type).
 size_t attention_gemm_scratch_bytes(int T_, int NH, size_t elem) {
   return 2 * (((size_t)NH * T_ * T_ * elem + 255) / 256) * 256;
 }
@@ -143,14 +159,109 @@ void attention_backward_gemm(Gemm& g, T* dqkv, const T* dout, const T* qkv, cons
   }
 }
 
-template void attention_forward_gemm<float>(Gemm&, float*, float*, const float*, void*, int, int, int, int, int,
-                                            cudaStream_t);
-template void attention_forward_gemm<bf16>(Gemm&, bf16*, float*, const bf16*, void*, int, int, int, int, int,
-                                           cudaStream_t);
-template void attention_backward_gemm<float>(Gemm&, float*, const float*, const float*, const float*, void*, int, int,
-                                             int, int, int, cudaStream_t);
-template void attention_backward_gemm<bf16>(Gemm&, bf16*, const bf16*, const bf16*, const float*, void*, int, int, int,
-                                            int, int, cudaStream_t);
-
 }  // namespace gpu
 }  // namespace pyllama
+
+// ---------------------------------------------------------------- the lab program
+namespace {
+
+using pyllama::gpu::bf16;
+constexpr size_t kWorkspace = 32u << 20;  // the cuBLAS workspace the model gives its Gemm
+
+struct Run {  // one attention's forward and backward on a shape, with its buffers
+  int B, T, NH, NKV, HS;
+  size_t N() const { return (size_t)B * T; }
+  int C() const { return NH * HS; }
+  int QKVD() const { return (NH + 2 * NKV) * HS; }
+  size_t NL() const { return (size_t)B * NH * T; }
+};
+
+template <typename T>
+void gemm_attention(pyllama::gpu::Gemm& g, const Run& r, T* out, float* lse, T* dqkv, const T* qkv, const T* dy,
+                    void* scratch) {
+  pyllama::gpu::attention_forward_gemm<T>(g, out, lse, qkv, scratch, r.B, r.T, r.NH, r.NKV, r.HS, nullptr);
+  pyllama::gpu::attention_backward_gemm<T>(g, dqkv, dy, qkv, lse, scratch, r.B, r.T, r.NH, r.NKV, r.HS, nullptr);
+}
+template <typename T>
+void flash_attention(const Run& r, T* out, float* lse, float* dsum, T* dqkv, const T* qkv, const T* dy) {
+  pyllama::gpu::flash_attention_forward<T>(out, lse, qkv, r.B, r.T, r.NH, r.NKV, r.HS, nullptr);
+  pyllama::gpu::flash_attention_backward<T>(dqkv, dsum, dy, out, qkv, lse, r.B, r.T, r.NH, r.NKV, r.HS, nullptr);
+}
+
+// The GEMM attention and the library's flash attention on the same inputs: out, lse, dqkv
+// against the double reference, and against each other.
+template <typename T>
+void check_case(pyllama::gpu::Gemm& g, const Run& r) {
+  const bool b16 = std::is_same<T, bf16>::value;
+  // bf16 keeps S, P and dS in bf16 (as PyTorch's math attention): a looser bound than flash's
+  const double tol = b16 ? 3e-2 : 1e-5;
+  const unsigned seed = 300u * r.B + r.T + 5u * r.HS;
+  const auto qkv = lab::randn<T>(r.N() * r.QKVD(), seed), dy = lab::randn<T>(r.N() * r.C(), seed + 1);
+  std::vector<double> rout, rlse, rdq;
+  lab::attention_reference(rout, rlse, rdq, lab::to_d(qkv), lab::to_d(dy), r.B, r.T, r.NH, r.NKV, r.HS);
+  lab::Buf<T> dqkv(qkv), ddy(dy), out(r.N() * r.C()), dq(r.N() * r.QKVD()), fout(r.N() * r.C()),
+      fdq(r.N() * r.QKVD());
+  lab::Buf<float> lse(r.NL()), flse(r.NL()), dsum(r.NL());
+  lab::Buf<char> scratch(pyllama::gpu::attention_gemm_scratch_bytes(r.T, r.NH, sizeof(T)));
+  gemm_attention<T>(g, r, out.p, lse.p, dq.p, dqkv.p, ddy.p, scratch.p);
+  CUDA_CHECK_LAUNCH();
+  flash_attention<T>(r, fout.p, flse.p, dsum.p, fdq.p, dqkv.p, ddy.p);
+  CUDA_CHECK_LAUNCH();
+  const auto o = out.host(), d = dq.host();
+  const std::string what = std::string("gemm attention ") + (b16 ? "bf16 " : "f32 ") +
+                           lab::shape(r.B, r.T, r.NH, r.NKV, r.HS) + " (" + g.backend() + ")";
+  lab::report(what + " out vs double", lab::rel_err(o, rout), tol);
+  lab::report(what + " lse vs double", lab::rel_err(lse.host(), rlse), b16 ? 1e-2 : 1e-6);
+  lab::report(what + " dqkv vs double", lab::rel_err(d, rdq), tol * 4);
+  // flash is within 1e-2 (bf16) of the reference: the two within the sum of their bounds
+  lab::report(what + " out vs the library's flash", lab::rel_err(o, lab::to_d(fout.host())), tol + (b16 ? 1e-2 : 0));
+  lab::report(what + " dqkv vs the library's flash", lab::rel_err(d, lab::to_d(fdq.host())),
+              4 * tol + (b16 ? 4e-2 : 0));
+}
+
+template <typename T>
+void time_case(pyllama::gpu::Gemm& g, const Run& r, int reps) {
+  lab::Buf<T> qkv(lab::randn<T>(r.N() * r.QKVD(), 7)), dy(lab::randn<T>(r.N() * r.C(), 8)), out(r.N() * r.C()),
+      dq(r.N() * r.QKVD()), fout(r.N() * r.C()), fdq(r.N() * r.QKVD());
+  lab::Buf<float> lse(r.NL()), flse(r.NL()), dsum(r.NL());
+  lab::Buf<char> scratch(pyllama::gpu::attention_gemm_scratch_bytes(r.T, r.NH, sizeof(T)));
+  const float lib = lab::time_ms([&] { flash_attention<T>(r, fout.p, flse.p, dsum.p, fdq.p, qkv.p, dy.p); }, reps);
+  const float var = lab::time_ms([&] { gemm_attention<T>(g, r, out.p, lse.p, dq.p, qkv.p, dy.p, scratch.p); }, reps);
+  const bool b16 = std::is_same<T, bf16>::value;
+  lab::report(std::string("gemm attention ") + lab::shape(r.B, r.T, r.NH, r.NKV, r.HS) +
+                  " out vs the library's flash after timing",
+              lab::rel_err(out.host(), lab::to_d(fout.host())), b16 ? 4e-2 : 1e-5);
+  lab::print_time(b16 ? "attention forward + backward, bf16 (flash -> gemm)"
+                      : "attention forward + backward, float32 (flash -> gemm)",
+                  lab::shape(r.B, r.T, r.NH, r.NKV, r.HS), lib, var);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const lab::Options opt = lab::parse(argc, argv, "attention_gemm");
+  try {
+    lab::print_device();
+    pyllama::gpu::Gemm g;  // the library's default back end (cuBLASLt where cuBLAS was found)
+    lab::Buf<char> ws(kWorkspace);
+    if (g.uses_cublas()) g.set_workspace(ws.p, kWorkspace);
+    // sizes that are not multiples of a block, T = 1, GQA / MQA / MHA, head sizes 12 .. 128
+    check_case<float>(g, {2, 37, 4, 2, 12});
+    check_case<float>(g, {1, 70, 2, 1, 64});
+    check_case<float>(g, {3, 1, 4, 1, 64});
+    check_case<float>(g, {1, 9, 3, 3, 100});
+    check_case<bf16>(g, {1, 45, 2, 2, 128});
+    check_case<bf16>(g, {2, 20, 6, 2, 32});
+    // bf16 head size 12: the per-head batch pointers only 8-byte aligned, as cuBLASLt is told
+    check_case<bf16>(g, {2, 37, 4, 2, 12});
+    if (!opt.check_only) {
+      time_case<bf16>(g, {16, 1024, 12, 12, 64}, opt.reps);  // bench/gpu.py's 124M model (bf16, 16 x 1024)
+      time_case<bf16>(g, {4, 2048, 16, 16, 128}, opt.reps);
+      time_case<bf16>(g, {8, 1024, 32, 8, 128}, opt.reps);
+      time_case<float>(g, {4, 1024, 12, 12, 64}, opt.reps);  // the bench's float32 row
+    }
+  } catch (const std::exception& e) {
+    lab::report(std::string("threw: ") + e.what(), INFINITY, 0);
+  }
+  return lab::finish("attention_gemm");
+}
