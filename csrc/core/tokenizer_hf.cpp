@@ -392,14 +392,18 @@ int char_to_byte(uint32_t cp) {
 std::string replace_all(std::string_view s, std::string_view from, std::string_view to) {
   if (from.empty()) return std::string(s);
   std::string out;
-  if (from.size() == 1) {  // one byte (a space): one pass, no search calls
+  if (from.size() == 1) {  // one byte (a space): count, then write, no search calls
     const char c = from[0];
     size_t hits = 0;
     for (char x : s) hits += x == c;
-    out.reserve(s.size() + hits * to.size());
+    out.resize(s.size() - hits + hits * to.size());
+    char* d = out.data();
     for (char x : s) {
-      if (x == c) out.append(to);
-      else out.push_back(x);
+      if (x != c) {
+        *d++ = x;
+        continue;
+      }
+      for (char y : to) *d++ = y;
     }
     return out;
   }
@@ -1507,7 +1511,10 @@ struct HfTokenizer::Impl {
     split_added(
         text, true, raw_added, allowed,
         [&](std::string_view s, bool first) {
-          std::string n = normalize(std::string(s));
+          std::string n;
+          n.reserve(s.size() + s.size() / 2 + 8);  // room for what normalizers add (a Prepend)
+          n.assign(s);
+          n = normalize(std::move(n));
           split_added(n, first, norm_added, allowed, piece, tok);
         },
         tok);
@@ -1935,29 +1942,40 @@ std::vector<std::string> HfTokenizer::pre_tokenize(std::string_view text) const 
 
 std::vector<uint32_t> HfTokenizer::encode(std::string_view text, bool add_special_tokens,
                                           const std::vector<uint32_t>* allowed_special) const {
+  std::vector<uint32_t> out;
+  out.reserve(text.size() / 2 + prefix_.size() + suffix_.size() + 1);
+  encode_into(text, add_special_tokens, out, allowed_special);
+  return out;
+}
+
+void HfTokenizer::encode_into(std::string_view text, bool add_special_tokens, std::vector<uint32_t>& out,
+                              const std::vector<uint32_t>* allowed_special) const {
   std::vector<uint32_t> sorted_allowed;
   if (allowed_special) {
     sorted_allowed = *allowed_special;
     std::sort(sorted_allowed.begin(), sorted_allowed.end());
   }
-  std::vector<uint32_t> out;
-  out.reserve(text.size() / 2 + prefix_.size() + suffix_.size() + 1);
-  if (add_special_tokens) out = prefix_;
+  const size_t before = out.size();
   const Impl& m = *impl_;
-  m.for_each_segment(
-      text, allowed_special ? &sorted_allowed : nullptr,
-      [&](std::string_view t, bool first) {
-        if (m.pres.empty()) {
-          m.model_encode(t, out);
-          return;
-        }
-        std::vector<Impl::Piece> ps{Impl::Piece{std::string(t), first}};
-        m.pre_tokenize(ps);
-        for (auto& p : ps) m.model_encode(p.s, out);
-      },
-      [&](uint32_t id) { out.push_back(id); });
-  if (add_special_tokens) out.insert(out.end(), suffix_.begin(), suffix_.end());
-  return out;
+  try {
+    if (add_special_tokens) out.insert(out.end(), prefix_.begin(), prefix_.end());
+    m.for_each_segment(
+        text, allowed_special ? &sorted_allowed : nullptr,
+        [&](std::string_view t, bool first) {
+          if (m.pres.empty()) {
+            m.model_encode(t, out);
+            return;
+          }
+          std::vector<Impl::Piece> ps{Impl::Piece{std::string(t), first}};
+          m.pre_tokenize(ps);
+          for (auto& p : ps) m.model_encode(p.s, out);
+        },
+        [&](uint32_t id) { out.push_back(id); });
+    if (add_special_tokens) out.insert(out.end(), suffix_.begin(), suffix_.end());
+  } catch (...) {
+    out.resize(before);
+    throw;
+  }
 }
 
 std::string HfTokenizer::decode(const std::vector<int64_t>& ids, bool skip_special_tokens) const {
