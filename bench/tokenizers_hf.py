@@ -9,8 +9,8 @@ process, alternating, one thread:
 - training: Unigram against sentencepiece's trainer and WordPiece against `tokenizers`'
   WordPieceTrainer at the same vocabulary size: tokens per byte on held-out text (the last 10%
   of the corpus) and training time.
-One thread on every side (RAYON_NUM_THREADS=1 for tokenizers, num_threads=1 for sentencepiece's batch
-encode, which otherwise uses every core). Quote ratios (the machine is shared). Needs tokenizers and
+One thread on every side (RAYON_NUM_THREADS=1 for tokenizers; num_threads=1 for sentencepiece's batch
+encode, which otherwise uses every core, and for its trainer, which otherwise starts 16 threads). Quote ratios (the machine is shared). Needs tokenizers and
 sentencepiece.
 """
 import argparse
@@ -90,7 +90,7 @@ def main():
     prefix = os.path.join(tmp, "spuni")
     spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=prefix, vocab_size=a.vocab,
                                    model_type="unigram", character_coverage=1.0, normalization_rule_name="identity",
-                                   minloglevel=2)
+                                   minloglevel=2, num_threads=1)
     t_sp = time.perf_counter() - t
     sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
     t = time.perf_counter()

@@ -398,15 +398,28 @@ _BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 def _count_words(texts, splitter) -> List[tuple]:
     """(word, count) of the pieces the pipeline's normalizer and pre-tokenizer make of the texts."""
     import collections
+    import itertools
 
     if isinstance(texts, (str, bytes, os.PathLike)):
         with open(os.fspath(texts), "r", encoding="utf-8", errors="replace") as f:
             texts = f.read().splitlines()
     counts: "collections.Counter[str]" = collections.Counter()
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"training texts must be str, item {i} is {type(text).__name__}")
-        counts.update(p.decode("utf-8", "replace") for p in splitter.pre_tokenize(_fix_surrogates_if_needed(text)))
+    it = iter(texts)
+    done = 0
+    while True:
+        chunk = list(itertools.islice(it, 8192))  # counted in the core, a chunk at a time
+        if not chunk:
+            break
+        for i, text in enumerate(chunk):
+            if not isinstance(text, str):
+                raise TypeError(f"training texts must be str, item {done + i} is {type(text).__name__}")
+        done += len(chunk)
+        try:
+            pieces = splitter.count_pieces(chunk)
+        except UnicodeEncodeError:
+            pieces = splitter.count_pieces([_fix_surrogates_if_needed(t) for t in chunk])
+        for p, n in pieces:
+            counts[p.decode("utf-8", "replace")] += n
     return sorted(counts.items())
 
 

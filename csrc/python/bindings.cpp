@@ -1053,6 +1053,21 @@ void bind_tokenizer_hf(py::module_& m) {
         for (size_t i = 0; i < pieces.size(); i++) out[i] = py::bytes(pieces[i]);
         return out;
       }, py::arg("text"))
+      .def("count_pieces", [utf8](const HfTokenizer& t, const py::list& texts) {
+        // (piece, count) of every piece pre_tokenize gives for the texts (training's word counts)
+        std::vector<std::string_view> v;
+        v.reserve(texts.size());
+        for (auto x : texts) v.push_back(utf8(x));
+        ByteMap<uint64_t> counts;
+        {
+          py::gil_scoped_release nogil;
+          for (std::string_view text : v)
+            for (const std::string& p : t.pre_tokenize(text)) (*counts.insert(p.data(), p.size(), 0).first)++;
+        }
+        py::list out;
+        counts.for_each([&](std::string_view p, uint64_t n) { out.append(py::make_tuple(py::bytes(p.data(), p.size()), n)); });
+        return out;
+      }, py::arg("texts"))
       .def("decode", [](const HfTokenizer& t, const std::vector<int64_t>& ids, bool skip_special) {
         std::string s;
         {
