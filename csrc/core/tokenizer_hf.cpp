@@ -620,12 +620,14 @@ class PairMap {
 };
 
 // Per-thread cache of BPE words (word bytes -> ids) of the tokenizer that last used it on this
-// thread; cleared when another tokenizer uses the thread or when it is full. Compact, since a
+// thread; cleared when another tokenizer uses the thread or when it is full (65536 words or 16 MiB of
+// records). Compact, since a
 // lookup is mostly a wait for memory: a table of 8-byte slots (hash tag << 32 | record offset + 1,
 // 0 when free) and one record per word in `data`, 32-bit units: key length, id count, the key
 // bytes (zero-padded to whole units), the ids.
 constexpr size_t kWordCacheMaxBytes = 256;  // longer words are not cached
 constexpr size_t kWordCacheMaxEntries = 1 << 16;
+constexpr size_t kWordCacheMaxUnits = 1 << 22;  // 32-bit units of records
 class WordCache {
  public:
   uint64_t owner = 0;
@@ -651,7 +653,7 @@ class WordCache {
     }
   }
   void insert(std::string_view w, uint64_t h, const uint32_t* ids, size_t count) {
-    if (slots_.empty() || size_ >= kWordCacheMaxEntries) clear();
+    if (slots_.empty() || size_ >= kWordCacheMaxEntries || data_.size() >= kWordCacheMaxUnits) clear();
     if ((size_ + 1) * 4 > slots_.size() * 3) grow();
     size_t off = data_.size();
     size_t key_units = (w.size() + 3) / 4;
