@@ -9,7 +9,9 @@ process, alternating, one thread:
 - training: Unigram against sentencepiece's trainer and WordPiece against `tokenizers`'
   WordPieceTrainer at the same vocabulary size: tokens per byte on held-out text (the last 10%
   of the corpus) and training time.
-Quote ratios (the machine is shared). Needs tokenizers and sentencepiece.
+One thread on every side (RAYON_NUM_THREADS=1 for tokenizers; num_threads=1 for sentencepiece's batch
+encode, which otherwise uses every core, and for its trainer, which otherwise starts 16 threads). Quote ratios (the machine is shared). Needs tokenizers and
+sentencepiece.
 """
 import argparse
 import os
@@ -76,7 +78,8 @@ def main():
     ours = pyllama.Tokenizer.from_pretrained(prefix + ".model")
     held_lines = [ln for ln in held.splitlines() if ln]
     all_lines = [ln for ln in text.splitlines() if ln]
-    ref_ids, t_ref = best(lambda: sp.encode(all_lines), a.reps)  # both take the list in one call
+    # both take the list in one call; sentencepiece's batch encode runs on every core unless told otherwise
+    ref_ids, t_ref = best(lambda: sp.encode(all_lines, num_threads=1), a.reps)
     our_ids, t_our = best(lambda: ours.encode_batch(all_lines, num_threads=1), a.reps)
     assert [list(x) for x in our_ids] == ref_ids, "ids differ from sentencepiece's"
     print(f"encode SentencePiece BPE .model ({len(all_lines)} lines, one batch call): pyllama {t_our * 1e3:.0f} ms, "
@@ -87,7 +90,7 @@ def main():
     prefix = os.path.join(tmp, "spuni")
     spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=prefix, vocab_size=a.vocab,
                                    model_type="unigram", character_coverage=1.0, normalization_rule_name="identity",
-                                   minloglevel=2)
+                                   minloglevel=2, num_threads=1)
     t_sp = time.perf_counter() - t
     sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
     t = time.perf_counter()

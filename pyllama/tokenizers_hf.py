@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from . import _core
 from ._io import atomic_write_text
-from .tokenizer import Tokenizer, TokenIdError, _fix_surrogates_if_needed
+from .tokenizer import Tokenizer, TokenIdError, _fix_surrogates, _fix_surrogates_if_needed
 
 __all__ = ["PretrainedTokenizer", "load_pretrained", "train_wordpiece", "train_wordlevel", "train_unigram"]
 
@@ -189,13 +189,15 @@ class PretrainedTokenizer(Tokenizer):
         """
         text = self._check_text(text)
         self._check_disallowed_hf([text], allowed_special, disallowed_special)
-        text = _fix_surrogates_if_needed(text)
-        if allowed_special == "all" or len(self._special) == 0:
-            return self._hf.encode(text, bool(add_special_tokens))
-        if isinstance(allowed_special, str):
-            raise TypeError("allowed_special must be 'all' or a set of strings, not a str")
-        allowed = [self._special[t] for t in (allowed_special or ()) if t in self._special]
-        return self._hf.encode(text, bool(add_special_tokens), allowed)
+        allowed = None
+        if allowed_special != "all" and len(self._special) != 0:
+            if isinstance(allowed_special, str):
+                raise TypeError("allowed_special must be 'all' or a set of strings, not a str")
+            allowed = [self._special[t] for t in (allowed_special or ()) if t in self._special]
+        try:  # lone surrogates (which UTF-8 cannot hold) are replaced only when the text has them
+            return self._hf.encode(text, bool(add_special_tokens), allowed)
+        except UnicodeEncodeError:
+            return self._hf.encode(_fix_surrogates(text), bool(add_special_tokens), allowed)
 
     def _check_disallowed_hf(self, texts: List[str], allowed_special, disallowed_special) -> None:
         if disallowed_special == "all":
@@ -228,10 +230,16 @@ class PretrainedTokenizer(Tokenizer):
     def encode_batch(self, texts: Sequence[str], *, num_threads: Optional[int] = None, allowed_special="all",
                      disallowed_special=(), add_special_tokens: bool = False) -> List[List[int]]:
         """``[encode(t, add_special_tokens) for t in texts]``; the GIL is released while the core works."""
-        texts = [self._check_text(t) for t in texts]
+        texts = list(texts)
+        for t in texts:
+            if not isinstance(t, str):
+                self._check_text(t)
         self._check_disallowed_hf(texts, allowed_special, disallowed_special)
         if allowed_special == "all":
-            return self._hf.encode_batch([_fix_surrogates_if_needed(t) for t in texts], bool(add_special_tokens))
+            try:
+                return self._hf.encode_batch(texts, bool(add_special_tokens))
+            except UnicodeEncodeError:
+                return self._hf.encode_batch([_fix_surrogates_if_needed(t) for t in texts], bool(add_special_tokens))
         return [self.encode(t, add_special_tokens, allowed_special=allowed_special) for t in texts]
 
     def __call__(self, text: str, add_special_tokens: bool = True) -> Dict[str, List[int]]:
@@ -390,15 +398,28 @@ _BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 def _count_words(texts, splitter) -> List[tuple]:
     """(word, count) of the pieces the pipeline's normalizer and pre-tokenizer make of the texts."""
     import collections
+    import itertools
 
     if isinstance(texts, (str, bytes, os.PathLike)):
         with open(os.fspath(texts), "r", encoding="utf-8", errors="replace") as f:
             texts = f.read().splitlines()
     counts: "collections.Counter[str]" = collections.Counter()
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"training texts must be str, item {i} is {type(text).__name__}")
-        counts.update(p.decode("utf-8", "replace") for p in splitter.pre_tokenize(_fix_surrogates_if_needed(text)))
+    it = iter(texts)
+    done = 0
+    while True:
+        chunk = list(itertools.islice(it, 8192))  # counted in the core, a chunk at a time
+        if not chunk:
+            break
+        for i, text in enumerate(chunk):
+            if not isinstance(text, str):
+                raise TypeError(f"training texts must be str, item {done + i} is {type(text).__name__}")
+        done += len(chunk)
+        try:
+            pieces = splitter.count_pieces(chunk)
+        except UnicodeEncodeError:
+            pieces = splitter.count_pieces([_fix_surrogates_if_needed(t) for t in chunk])
+        for p, n in pieces:
+            counts[p.decode("utf-8", "replace")] += n
     return sorted(counts.items())
 
 

@@ -473,6 +473,55 @@ def test_sentencepiece_model_errors(tmp_path, sp_models):
             pyllama.Tokenizer.from_pretrained(str(bad))
 
 
+def test_sentencepiece_bpe_with_pieces_across_spaces_equals_sentencepiece(tmp_path, sp_models):
+    # BPE encodes the parts of a text between "▁"s separately (and caches them) only where the merges
+    # prove that gives the same ids. A model trained with split_by_whitespace=False has pieces such as
+    # "▁of▁the" and "s▁a", which join across the cut: there the whole text must be merged at once.
+    spm = pytest.importorskip("sentencepiece")
+    with open(CORPUS_PATH, encoding="utf-8") as f:
+        lines = f.read()[:200000].splitlines()
+    prefix = str(tmp_path / "across")
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=prefix, vocab_size=1000,
+                                   model_type="bpe", byte_fallback=True, split_by_whitespace=False,
+                                   normalization_rule_name="identity", minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
+    tok = pyllama.Tokenizer.from_pretrained(prefix + ".model")
+    texts = [ln for ln in lines[:3000] if ln] + SAMPLES + ["I have  of the", "s a s\u2581a"]
+    ref = sp.encode(texts)
+    assert tok.encode_batch(texts) == ref
+    across = {i for ids in ref for i in ids if "\u2581" in sp.id_to_piece(i)[1:]}
+    assert len(across) > 20  # the merges do join across the spaces on this text
+    # the models of sp_models (whitespace-only pieces such as "▁▁", cut before a "▁" after another character)
+    for case in (("bpe", False), ("bpe", True), ("bpe", "nfkc")):
+        sp = spm.SentencePieceProcessor(model_file=sp_models[case])
+        tok = pyllama.Tokenizer.from_pretrained(sp_models[case])
+        assert tok.encode_batch(texts) == sp.encode(texts), case
+
+
+def test_bpe_word_cache_is_per_tokenizer_and_bounded(sp_models, gpt2_dir):
+    # The per-thread word cache belongs to the tokenizer that used the thread last, and is emptied when
+    # full (65536 words): tokenizers that give the same words ("▁question") other ids, used in turn, and
+    # many distinct words give the references' ids.
+    spm = pytest.importorskip("sentencepiece")
+    sp_a = spm.SentencePieceProcessor(model_file=sp_models[("bpe", True)])
+    sp_b = spm.SentencePieceProcessor(model_file=sp_models[("bpe", "nfkc")])
+    a = pyllama.Tokenizer.from_pretrained(sp_models[("bpe", True)])
+    b = pyllama.Tokenizer.from_pretrained(sp_models[("bpe", "nfkc")])
+    g = pyllama.Tokenizer.from_pretrained(gpt2_dir)
+    ref_g = tokenizers.Tokenizer.from_file(os.path.join(gpt2_dir, "tokenizer.json"))
+    text = "To be, or not to be: that is the question"
+    want = (sp_a.encode(text), sp_b.encode(text), ref_g.encode(text, add_special_tokens=False).ids)
+    assert want[0] != want[1]
+    for _ in range(3):
+        assert (a.encode(text), b.encode(text), g.encode(text)) == want
+    words = [f"w{i}q{i * 7919 % 100003}" for i in range(70000)]
+    lines = [" ".join(words[i:i + 10]) for i in range(0, len(words), 10)]
+    assert a.encode_batch(lines) == sp_a.encode(lines)
+    assert a.encode_batch(lines[:50]) == sp_a.encode(lines[:50])  # after the cache was emptied
+    big = " ".join(words[:20000])
+    assert g.encode(big) == ref_g.encode(big, add_special_tokens=False).ids
+
+
 def test_load_routes_model_files_to_from_pretrained(gpt2_dir):
     for path in (gpt2_dir, os.path.join(gpt2_dir, "tokenizer.json")):
         tok = pyllama.Tokenizer.load(path)

@@ -8,6 +8,7 @@
 #include "tokenizer_hf.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -391,6 +392,21 @@ int char_to_byte(uint32_t cp) {
 std::string replace_all(std::string_view s, std::string_view from, std::string_view to) {
   if (from.empty()) return std::string(s);
   std::string out;
+  if (from.size() == 1) {  // one byte (a space): count, then write, no search calls
+    const char c = from[0];
+    size_t hits = 0;
+    for (char x : s) hits += x == c;
+    out.resize(s.size() - hits + hits * to.size());
+    char* d = out.data();
+    for (char x : s) {
+      if (x != c) {
+        *d++ = x;
+        continue;
+      }
+      for (char y : to) *d++ = y;
+    }
+    return out;
+  }
   size_t i = 0;
   for (size_t j; (j = s.find(from, i)) != std::string_view::npos; i = j + from.size()) {
     out.append(s.substr(i, j - i));
@@ -543,6 +559,140 @@ const KnownRegex kKnownRegexes[] = {
      Pattern::cl100k},
 };
 
+// BPE merges: (left id, right id) -> (rank, merged id), open addressing on the 64-bit key
+// (left << 32 | right). Ids are below 2^32 - 1, so the all-ones key marks a free slot.
+class PairMap {
+ public:
+  struct Entry {
+    uint64_t key = ~0ull;
+    uint32_t rank = 0, id = 0;
+  };
+  // Adds the pair unless present (the first, lowest-ranked merge of a pair wins).
+  void insert(uint32_t a, uint32_t b, uint32_t rank, uint32_t id) {
+    if ((size_ + 1) * 2 > slots_.size()) grow();
+    uint64_t key = (uint64_t(a) << 32) | b;
+    for (size_t i = slot(key);; i = (i + 1) & mask_) {
+      Entry& e = slots_[i];
+      if (e.key == key) return;
+      if (e.key == ~0ull) {
+        e = {key, rank, id};
+        size_++;
+        return;
+      }
+    }
+  }
+  const Entry* find(uint32_t a, uint32_t b) const {
+    if (size_ == 0) return nullptr;
+    uint64_t key = (uint64_t(a) << 32) | b;
+    for (size_t i = slot(key);; i = (i + 1) & mask_) {
+      const Entry& e = slots_[i];
+      if (e.key == key) return &e;
+      if (e.key == ~0ull) return nullptr;
+    }
+  }
+  size_t size() const { return size_; }
+  template <class F>
+  void for_each(F&& f) const {
+    for (const Entry& e : slots_)
+      if (e.key != ~0ull) f(uint32_t(e.key >> 32), uint32_t(e.key), e.rank, e.id);
+  }
+
+ private:
+  size_t slot(uint64_t key) const { return size_t((key * 0x9E3779B97F4A7C15ull) >> shift_); }
+  void grow() {
+    std::vector<Entry> old;
+    old.swap(slots_);
+    size_t cap = old.empty() ? 64 : old.size() * 2;
+    slots_.assign(cap, Entry{});
+    mask_ = cap - 1;
+    shift_ = 64;
+    for (size_t c = cap; c > 1; c >>= 1) shift_--;
+    for (const Entry& e : old) {
+      if (e.key == ~0ull) continue;
+      size_t i = slot(e.key);
+      while (slots_[i].key != ~0ull) i = (i + 1) & mask_;
+      slots_[i] = e;
+    }
+  }
+  std::vector<Entry> slots_;
+  size_t mask_ = 0, size_ = 0;
+  int shift_ = 64;
+};
+
+// Per-thread cache of BPE words (word bytes -> ids) of the tokenizer that last used it on this
+// thread; cleared when another tokenizer uses the thread or when it is full (65536 words or 16 MiB of
+// records). Compact, since a
+// lookup is mostly a wait for memory: a table of 8-byte slots (hash tag << 32 | record offset + 1,
+// 0 when free) and one record per word in `data`, 32-bit units: key length, id count, the key
+// bytes (zero-padded to whole units), the ids.
+constexpr size_t kWordCacheMaxBytes = 256;  // longer words are not cached
+constexpr size_t kWordCacheMaxEntries = 1 << 16;
+constexpr size_t kWordCacheMaxUnits = 1 << 22;  // 32-bit units of records
+class WordCache {
+ public:
+  uint64_t owner = 0;
+
+  void clear() {
+    slots_.assign(1024, 0);
+    data_.clear();
+    size_ = 0;
+  }
+  // The ids of word w (and their count), or nullptr.
+  const uint32_t* find(std::string_view w, uint64_t h, uint32_t& count) const {
+    if (slots_.empty()) return nullptr;
+    const size_t mask = slots_.size() - 1;
+    const uint32_t tag = static_cast<uint32_t>(h >> 32);
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+      uint64_t sl = slots_[i];
+      if (sl == 0) return nullptr;
+      if (static_cast<uint32_t>(sl >> 32) != tag) continue;
+      const uint32_t* r = data_.data() + (static_cast<uint32_t>(sl) - 1);
+      if (r[0] != w.size() || std::memcmp(r + 2, w.data(), w.size()) != 0) continue;
+      count = r[1];
+      return r + 2 + (w.size() + 3) / 4;
+    }
+  }
+  void insert(std::string_view w, uint64_t h, const uint32_t* ids, size_t count) {
+    if (slots_.empty() || size_ >= kWordCacheMaxEntries || data_.size() >= kWordCacheMaxUnits) clear();
+    if ((size_ + 1) * 4 > slots_.size() * 3) grow();
+    size_t off = data_.size();
+    size_t key_units = (w.size() + 3) / 4;
+    data_.resize(off + 2 + key_units + count, 0);
+    data_[off] = static_cast<uint32_t>(w.size());
+    data_[off + 1] = static_cast<uint32_t>(count);
+    std::memcpy(data_.data() + off + 2, w.data(), w.size());
+    std::memcpy(data_.data() + off + 2 + key_units, ids, count * sizeof(uint32_t));
+    place((h & 0xFFFFFFFF00000000ull) | (off + 1), h);
+    size_++;
+  }
+  static uint64_t hash(std::string_view w) { return ByteMap<uint32_t>::hash(w.data(), w.size()); }
+
+ private:
+  void place(uint64_t slot, uint64_t h) {
+    const size_t mask = slots_.size() - 1;
+    size_t i = h & mask;
+    while (slots_[i] != 0) i = (i + 1) & mask;
+    slots_[i] = slot;
+  }
+  void grow() {
+    std::vector<uint64_t> old(slots_.size() * 2, 0);
+    old.swap(slots_);
+    for (uint64_t sl : old) {
+      if (sl == 0) continue;
+      const uint32_t* r = data_.data() + (static_cast<uint32_t>(sl) - 1);
+      place(sl, hash(std::string_view(reinterpret_cast<const char*>(r + 2), r[0])));
+    }
+  }
+  std::vector<uint64_t> slots_;
+  std::vector<uint32_t> data_;
+  size_t size_ = 0;
+};
+thread_local WordCache t_word_cache;
+std::atomic<uint64_t> g_next_hf_uid{1};
+
+constexpr uint32_t kNoId = 0xFFFFFFFFu;
+const std::string_view kMetaspace = "\xE2\x96\x81";  // U+2581 ▁, SentencePiece's space
+
 }  // namespace
 
 // ------------------------------------------------------------------ the pipeline
@@ -578,8 +728,19 @@ struct HfTokenizer::Impl {
 
   // model
   enum class ModelKind { bpe, wordpiece, wordlevel, unigram } model = ModelKind::bpe;
-  std::unordered_map<std::string, uint32_t> vocab;
-  std::unordered_map<uint64_t, std::pair<uint32_t, uint32_t>> merges;  // (a, b) -> (rank, merged id)
+  std::unordered_map<std::string, uint32_t> vocab;  // filled while reading; then copied to vocab_fast
+  ByteMap<uint32_t> vocab_fast;                     // the same map, for encoding (finish_model)
+  bool vocab_fast_ready = false;
+  uint32_t ascii_ids[128];                          // id of each one-byte token, kNoId when none
+  PairMap merges;                                   // (a, b) -> (rank, merged id)
+  // BPE: whether a word may be cut before each "▁" that follows another character (decided by
+  // finish_model from the merges; true only when that never changes the ids).
+  bool split_at_metaspace = false;
+  // BPE: whether every token string has its own id and none is empty or needs the subword prefix
+  // stripped (else the stale-candidate test of the heap merge can differ from a scan of the current
+  // pairs, and every word takes the heap).
+  bool scan_merges = true;
+  uint64_t uid = g_next_hf_uid++;  // owner tag of the per-thread word cache
   int64_t unk_id = -1;
   std::string unk_token;
   bool byte_fallback = false, fuse_unk = false, ignore_merges = false;
@@ -591,7 +752,12 @@ struct HfTokenizer::Impl {
   int64_t byte_ids[256];  // id of "<0xXX>", -1 when the vocabulary lacks it
 
   // added tokens: by first byte, longest first
-  std::vector<std::vector<uint32_t>> raw_by_byte, norm_by_byte;  // indices into added_
+  struct AddedIndex {
+    std::vector<std::vector<uint32_t>> by_byte = std::vector<std::vector<uint32_t>>(256);  // indices into added_
+    uint8_t starts[256] = {};  // 1 for a byte that some token starts with
+    bool any = false;
+  };
+  AddedIndex raw_added, norm_added;  // matched in the raw / the normalized text
   std::vector<std::string> added_match;                         // text each added token matches
 
   // decoder
@@ -751,6 +917,55 @@ struct HfTokenizer::Impl {
     else throw ValueError("tokenizer.json: Metaspace prepend_scheme '" + scheme + "' is not always, first or never");
   }
 
+  // After the model is read: the encoding tables, and for BPE the decision on split_at_metaspace.
+  //
+  // Cutting a word before a "▁" that follows another character gives the same ids when no merge can
+  // join a symbol that ends at the cut with one that starts there. A symbol starting at a cut has an
+  // id in S: "▁"'s, and the result of any merge whose left part is in S. A symbol ending at a cut
+  // covers text that ends with a character other than "▁"; its id is in N: a one-character token
+  // other than "▁", a byte token, <unk>, and the result of any merge whose right part is in N. So the
+  // cut is exact when no merge has its left part in N and its right part in S. It also needs "▁" in
+  // the vocabulary (else it is bytes or <unk>, and <unk>s fuse), an unk token (else an unknown
+  // character is dropped and the characters beside it become adjacent), and no
+  // continuing_subword_prefix / end_of_word_suffix / ignore_merges (they depend on the whole word).
+  void finish_model() {
+    for (const auto& [tok, id] : vocab) vocab_fast.insert(tok.data(), tok.size(), id);
+    vocab_fast_ready = true;
+    for (int c = 0; c < 128; c++) {
+      char ch = static_cast<char>(c);
+      int64_t id = lookup(std::string_view(&ch, 1));
+      ascii_ids[c] = id < 0 ? kNoId : static_cast<uint32_t>(id);
+    }
+    if (model != ModelKind::bpe) return;
+    size_t n_ids = 0;
+    for (const auto& [tok, id] : vocab) n_ids = std::max(n_ids, size_t(id) + 1);
+    std::vector<uint8_t> seen(n_ids, 0);
+    for (const auto& [tok, id] : vocab) {
+      if (seen[id] || tok.empty()) scan_merges = false;
+      seen[id] = 1;
+    }
+    if (!cont_prefix.empty()) scan_merges = false;
+    int64_t space = lookup(kMetaspace);
+    if (space < 0 || unk_id < 0 || ignore_merges || !cont_prefix.empty() || !end_suffix.empty()) return;
+    std::vector<uint8_t> in_s(n_ids, 0), in_n(n_ids, 0);
+    in_s[size_t(space)] = 1;
+    for (const auto& [tok, id] : vocab)
+      if (!tok.empty() && u8_len(tok, 0) == tok.size() && tok != kMetaspace) in_n[id] = 1;
+    for (int64_t b : byte_ids)
+      if (b >= 0) in_n[size_t(b)] = 1;
+    in_n[size_t(unk_id)] = 1;
+    for (bool changed = true; changed;) {
+      changed = false;
+      merges.for_each([&](uint32_t a, uint32_t b, uint32_t, uint32_t c) {
+        if (in_s[a] && !in_s[c]) in_s[c] = changed = true;
+        if (in_n[b] && !in_n[c]) in_n[c] = changed = true;
+      });
+    }
+    bool exact = true;
+    merges.for_each([&](uint32_t a, uint32_t b, uint32_t, uint32_t) { exact = exact && !(in_n[a] && in_s[b]); });
+    split_at_metaspace = exact;
+  }
+
   void parse_decoder(const Json& j) {
     if (j.is_null()) return;
     std::string t = type_of(j, "decoder");
@@ -797,7 +1012,7 @@ struct HfTokenizer::Impl {
     for (const Norm& n : norms) {
       switch (n.kind) {
         case NormKind::prepend:
-          if (!s.empty()) s = n.a + s;
+          if (!s.empty()) s.insert(0, n.a);
           break;
         case NormKind::replace: s = replace_all(s, n.a, n.b); break;
         case NormKind::strip: {
@@ -830,23 +1045,26 @@ struct HfTokenizer::Impl {
           if (k < s.size()) s = s.substr(0, k) + n.b;
           break;
         }
-        case NormKind::runs_squeeze: {
-          std::string out;
-          size_t i = 0;
-          while (i < s.size()) {
-            size_t k = i;
-            while (s.compare(k, n.a.size(), n.a) == 0 && k < s.size()) k += n.a.size();
-            size_t run = (k - i) / n.a.size();
-            if (run >= 2) {
-              out += n.b;
-              i = k;
-            } else if (run == 1) {
-              out += n.a;
-              i = k;
-            } else {
-              out += s[i++];
-            }
+        case NormKind::runs_squeeze: {  // each run of two or more n.a becomes n.b
+          size_t j = 0;
+          if (n.a.size() == 1) {
+            while (j + 1 < s.size() && !(s[j] == n.a[0] && s[j + 1] == n.a[0])) j++;
+            if (j + 1 >= s.size()) break;  // no run of two
+          } else {
+            j = s.find(n.a);
+            while (j != std::string::npos && s.compare(j + n.a.size(), n.a.size(), n.a) != 0) j = s.find(n.a, j + n.a.size());
+            if (j == std::string::npos) break;
           }
+          std::string out;
+          out.reserve(s.size());
+          size_t i = 0;
+          for (; (j = s.find(n.a, i)) != std::string::npos; i = j) {
+            out.append(s, i, j - i);
+            size_t run = 0;
+            for (; s.compare(j, n.a.size(), n.a) == 0; j += n.a.size()) run++;
+            out += run >= 2 ? n.b : n.a;
+          }
+          out.append(s, i, std::string::npos);
           s = std::move(out);
           break;
         }
@@ -945,11 +1163,15 @@ struct HfTokenizer::Impl {
 
   // -------------------------------------------------------------- models
   int64_t lookup(std::string_view s) const {
+    if (vocab_fast_ready) {
+      const uint32_t* id = vocab_fast.find(s.data(), s.size());
+      return id ? static_cast<int64_t>(*id) : -1;
+    }
     auto it = vocab.find(std::string(s));
     return it == vocab.end() ? -1 : static_cast<int64_t>(it->second);
   }
 
-  void model_encode(const std::string& w, std::vector<uint32_t>& out) const {
+  void model_encode(std::string_view w, std::vector<uint32_t>& out) const {
     if (w.empty()) return;
     switch (model) {
       case ModelKind::bpe: bpe(w, out); break;
@@ -968,13 +1190,16 @@ struct HfTokenizer::Impl {
   }
 
   // Whether every byte of w[a, e) has a "<0xXX>" token (else byte fallback gives <unk>, as in `tokenizers`).
-  bool has_bytes(const std::string& w, size_t a, size_t e) const {
+  bool has_bytes(std::string_view w, size_t a, size_t e) const {
     for (size_t k = a; k < e; k++)
       if (byte_ids[static_cast<unsigned char>(w[k])] < 0) return false;
     return true;
   }
 
-  void bpe(const std::string& w, std::vector<uint32_t>& out) const {
+  // BPE of a word: with split_at_metaspace, the parts between cuts (before each "▁" that follows
+  // another character) are merged separately, which gives the same ids (see finish_model); each
+  // part goes through the per-thread word cache.
+  void bpe(std::string_view w, std::vector<uint32_t>& out) const {
     if (ignore_merges) {
       int64_t id = lookup(w);
       if (id >= 0) {
@@ -982,43 +1207,115 @@ struct HfTokenizer::Impl {
         return;
       }
     }
+    WordCache& cache = t_word_cache;
+    if (cache.owner != uid) {
+      cache.clear();
+      cache.owner = uid;
+    }
+    if (!split_at_metaspace) {
+      bpe_cached(w, cache, out);
+      return;
+    }
+    size_t start = 0;
+    for (size_t p = w.find(kMetaspace, 1); p != std::string_view::npos; p = w.find(kMetaspace, p + kMetaspace.size())) {
+      if (p >= kMetaspace.size() && w.compare(p - kMetaspace.size(), kMetaspace.size(), kMetaspace) == 0) continue;
+      bpe_cached(w.substr(start, p - start), cache, out);
+      start = p;
+    }
+    bpe_cached(w.substr(start), cache, out);
+  }
+
+  void bpe_cached(std::string_view w, WordCache& cache, std::vector<uint32_t>& out) const {
+    if (w.size() > kWordCacheMaxBytes) {
+      bpe_word(w, out);
+      return;
+    }
+    const uint64_t h = WordCache::hash(w);
+    uint32_t count = 0;
+    if (const uint32_t* ids = cache.find(w, h, count)) {
+      for (uint32_t k = 0; k < count; k++) out.push_back(ids[k]);
+      return;
+    }
+    size_t before = out.size();
+    bpe_word(w, out);
+    cache.insert(w, h, out.data() + before, out.size() - before);
+  }
+
+  // The symbols of a word before merging: each char's token (with the continuing-subword prefix and
+  // end-of-word suffix), else its byte tokens (byte fallback), else <unk> (adjacent ones fused with
+  // fuse_unk), else nothing, as `tokenizers` does.
+  void bpe_symbols(std::string_view w, std::vector<uint32_t>& syms) const {
+    const bool plain = cont_prefix.empty() && end_suffix.empty();
+    bool prev_unk = false;
+    for (size_t i = 0; i < w.size();) {
+      size_t n = u8_len(w, i);
+      unsigned char c0 = static_cast<unsigned char>(w[i]);
+      int64_t id;
+      if (plain && c0 < 0x80) {
+        id = ascii_ids[c0] == kNoId ? -1 : static_cast<int64_t>(ascii_ids[c0]);
+      } else if (plain) {
+        id = lookup(w.substr(i, n));
+      } else {
+        std::string ch(w.substr(i, n));
+        if (!cont_prefix.empty() && i > 0) ch = cont_prefix + ch;
+        if (!end_suffix.empty() && i + n == w.size()) ch += end_suffix;
+        id = lookup(ch);
+      }
+      if (id >= 0) {
+        syms.push_back(static_cast<uint32_t>(id));
+        prev_unk = false;
+      } else if (byte_fallback && has_bytes(w, i, i + n)) {
+        for (size_t k = i; k < i + n; k++) syms.push_back(static_cast<uint32_t>(byte_ids[static_cast<unsigned char>(w[k])]));
+        prev_unk = false;
+      } else if (unk_id >= 0 && !(fuse_unk && prev_unk)) {  // without unk_id `tokenizers` drops the char
+        syms.push_back(static_cast<uint32_t>(unk_id));
+        prev_unk = true;
+      }
+      i += n;
+    }
+  }
+
+  // Merges a word's symbols, always the pair of lowest rank, leftmost on ties (what `tokenizers`'
+  // heap does): words up to kScanSymbols by scanning the pair ranks, longer ones with a heap.
+  static constexpr size_t kScanSymbols = 64;
+  void bpe_word(std::string_view w, std::vector<uint32_t>& out) const {
+    std::vector<uint32_t> syms;
+    syms.reserve(w.size() + 1);
+    bpe_symbols(w, syms);
+    size_t n = syms.size();
+    if (n <= kScanSymbols && scan_merges) {
+      uint32_t rank[kScanSymbols], merged[kScanSymbols];  // of the pair (syms[i], syms[i + 1])
+      auto pair = [&](size_t i) {
+        const PairMap::Entry* e = merges.find(syms[i], syms[i + 1]);
+        rank[i] = e ? e->rank : kNoId;
+        merged[i] = e ? e->id : 0;
+      };
+      for (size_t i = 0; i + 1 < n; i++) pair(i);
+      while (n > 1) {
+        size_t best = 0;
+        for (size_t i = 1; i + 1 < n; i++)
+          if (rank[i] < rank[best]) best = i;
+        if (rank[best] == kNoId) break;
+        syms[best] = merged[best];
+        for (size_t k = best + 1; k + 1 < n; k++) syms[k] = syms[k + 1];
+        for (size_t k = best + 1; k + 2 < n; k++) {
+          rank[k] = rank[k + 1];
+          merged[k] = merged[k + 1];
+        }
+        n--;
+        if (best > 0) pair(best - 1);
+        if (best + 1 < n) pair(best);
+      }
+      out.insert(out.end(), syms.begin(), syms.begin() + static_cast<std::ptrdiff_t>(n));
+      return;
+    }
     struct Sym {
       uint32_t id;
       int prev, next;
-      size_t len;  // chars merged into it (0: removed)
+      bool live;
     };
-    std::vector<Sym> syms;
-    Chars c(w);
-    bool prev_unk = false;
-    for (size_t i = 0; i < c.size(); i++) {
-      std::string ch = w.substr(c.off[i], c.off[i + 1] - c.off[i]);
-      if (!cont_prefix.empty() && i > 0) ch = cont_prefix + ch;
-      if (!end_suffix.empty() && i + 1 == c.size()) ch += end_suffix;
-      int64_t id = lookup(ch);
-      if (id >= 0) {
-        syms.push_back({static_cast<uint32_t>(id), 0, 0, 1});
-        prev_unk = false;
-        continue;
-      }
-      if (byte_fallback && has_bytes(w, c.off[i], c.off[i + 1])) {
-        for (size_t k = c.off[i]; k < c.off[i + 1]; k++)
-          syms.push_back({static_cast<uint32_t>(byte_ids[static_cast<unsigned char>(w[k])]), 0, 0, 1});
-        prev_unk = false;
-        continue;
-      }
-      if (unk_id < 0) continue;  // `tokenizers` drops the char
-      if (fuse_unk && prev_unk) {
-        syms.back().len++;
-        continue;
-      }
-      syms.push_back({static_cast<uint32_t>(unk_id), 0, 0, 1});
-      prev_unk = true;
-    }
-    int n = static_cast<int>(syms.size());
-    for (int i = 0; i < n; i++) {
-      syms[i].prev = i - 1;
-      syms[i].next = i + 1 < n ? i + 1 : -1;
-    }
+    std::vector<Sym> s(n);
+    for (size_t i = 0; i < n; i++) s[i] = {syms[i], int(i) - 1, i + 1 < n ? int(i) + 1 : -1, true};
     struct Cand {
       uint32_t rank;
       int pos;
@@ -1027,31 +1324,30 @@ struct HfTokenizer::Impl {
     };
     std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> q;
     auto push = [&](int i) {
-      if (i < 0 || syms[i].next < 0) return;
-      auto it = merges.find((uint64_t(syms[i].id) << 32) | syms[syms[i].next].id);
-      if (it != merges.end()) q.push({it->second.first, i, it->second.second});
+      if (i < 0 || s[i].next < 0) return;
+      if (const PairMap::Entry* e = merges.find(s[i].id, s[s[i].next].id)) q.push({e->rank, i, e->id});
     };
-    for (int i = 0; i + 1 < n; i++) push(i);
+    for (int i = 0; i + 1 < int(n); i++) push(i);
     while (!q.empty()) {
       Cand top = q.top();
       q.pop();
-      Sym& s = syms[top.pos];
-      if (s.len == 0 || s.next < 0) continue;
-      auto it = merges.find((uint64_t(s.id) << 32) | syms[s.next].id);
-      if (it == merges.end() || it->second.second != top.new_id) continue;
-      Sym& r = syms[s.next];
-      s.id = top.new_id;
-      s.len += r.len;
-      r.len = 0;
-      s.next = r.next;
-      if (s.next >= 0) syms[s.next].prev = top.pos;
-      push(s.prev);
+      Sym& a = s[top.pos];
+      if (!a.live || a.next < 0) continue;
+      // a stale candidate: the pair changed since it was pushed (`tokenizers`' test)
+      const PairMap::Entry* e = merges.find(a.id, s[a.next].id);
+      if (!e || e->id != top.new_id) continue;
+      Sym& b = s[a.next];
+      a.id = top.new_id;
+      b.live = false;
+      a.next = b.next;
+      if (a.next >= 0) s[a.next].prev = top.pos;
+      push(a.prev);
       push(top.pos);
     }
-    for (int i = 0; i >= 0 && i < n; i = syms[i].next) out.push_back(syms[i].id);
+    for (int i = n ? 0 : -1; i >= 0; i = s[i].next) out.push_back(s[i].id);
   }
 
-  void wordpiece(const std::string& w, std::vector<uint32_t>& out) const {
+  void wordpiece(std::string_view w, std::vector<uint32_t>& out) const {
     Chars c(w);
     if (c.size() > max_chars) {
       PYLLAMA_CHECK(unk_id >= 0, ValueError, "WordPiece: unk_token is not in the vocabulary");
@@ -1064,7 +1360,7 @@ struct HfTokenizer::Impl {
       size_t end = c.size();
       int64_t found = -1;
       while (start < end) {
-        std::string s = w.substr(c.off[start], c.off[end] - c.off[start]);
+        std::string s(w.substr(c.off[start], c.off[end] - c.off[start]));
         if (start > 0) s = cont_prefix + s;
         found = lookup(s);
         if (found >= 0) break;
@@ -1081,7 +1377,7 @@ struct HfTokenizer::Impl {
     out.insert(out.end(), sub.begin(), sub.end());
   }
 
-  void unigram(const std::string& w, std::vector<uint32_t>& out) const {
+  void unigram(std::string_view w, std::vector<uint32_t>& out) const {
     // Viterbi over byte positions that start chars: best[i] = best score of w[0..i).
     Chars c(w);
     size_t n = c.size();
@@ -1094,7 +1390,7 @@ struct HfTokenizer::Impl {
       if (best[i] <= -1e299) continue;
       bool single = false;
       for (size_t j = i + 1; j <= n && c.off[j] - c.off[i] <= max_piece_bytes; j++) {
-        int64_t id = lookup(std::string_view(w).substr(c.off[i], c.off[j] - c.off[i]));
+        int64_t id = lookup(w.substr(c.off[i], c.off[j] - c.off[i]));
         // Special tokens come only from the added-token pass, never from the lattice (as in SentencePiece,
         // whose control pieces are not matched in text).
         if (id < 0 || owner->is_special(static_cast<uint32_t>(id))) continue;
@@ -1143,12 +1439,20 @@ struct HfTokenizer::Impl {
   // Splits text at added tokens of one kind (raw or normalized). Calls seg(text piece, at_start)
   // for text between them and tok(id) for each match.
   template <class Seg, class Tok>
-  void split_added(std::string_view text, bool at_start, const std::vector<std::vector<uint32_t>>& by_byte,
-                   const std::vector<uint32_t>* allowed, Seg seg, Tok tok) const {
+  void split_added(std::string_view text, bool at_start, const AddedIndex& index, const std::vector<uint32_t>* allowed,
+                   Seg seg, Tok tok) const {
+    if (!index.any) {
+      if (!text.empty()) seg(text, at_start);
+      return;
+    }
     const auto& added = owner->added_;
     size_t start_offset = 0, i = 0;
     while (i < text.size()) {
-      const auto& cands = by_byte[static_cast<unsigned char>(text[i])];
+      if (!index.starts[static_cast<unsigned char>(text[i])]) {
+        i++;
+        continue;
+      }
+      const auto& cands = index.by_byte[static_cast<unsigned char>(text[i])];
       int64_t hit = -1;
       for (uint32_t k : cands) {
         const std::string& m = added_match[k];
@@ -1202,18 +1506,27 @@ struct HfTokenizer::Impl {
     if (start_offset < text.size()) seg(text.substr(start_offset), at_start && start_offset == 0);
   }
 
+  // Calls piece(normalized text, starts the text) for the text between added tokens and tok(id) for
+  // each added token, in order.
+  template <class PieceFn, class TokFn>
+  void for_each_segment(std::string_view text, const std::vector<uint32_t>* allowed, PieceFn piece, TokFn tok) const {
+    split_added(
+        text, true, raw_added, allowed,
+        [&](std::string_view s, bool first) {
+          std::string n;
+          n.reserve(s.size() + s.size() / 2 + 8);  // room for what normalizers add (a Prepend)
+          n.assign(s);
+          n = normalize(std::move(n));
+          split_added(n, first, norm_added, allowed, piece, tok);
+        },
+        tok);
+  }
+
   // Pieces for the model and ids of added tokens, in order: (piece, -1) or ("", id).
   void segments(std::string_view text, const std::vector<uint32_t>* allowed,
                 std::vector<std::pair<Piece, int64_t>>& out) const {
-    split_added(
-        text, true, raw_by_byte, allowed,
-        [&](std::string_view s, bool first) {
-          std::string n = normalize(std::string(s));
-          split_added(
-              n, first, norm_by_byte, allowed,
-              [&](std::string_view t, bool f2) { out.push_back({Piece{std::string(t), f2}, -1}); },
-              [&](uint32_t id) { out.push_back({Piece{std::string(), false}, id}); });
-        },
+    for_each_segment(
+        text, allowed, [&](std::string_view t, bool first) { out.push_back({Piece{std::string(t), first}, -1}); },
         [&](uint32_t id) { out.push_back({Piece{std::string(), false}, id}); });
   }
 
@@ -1474,8 +1787,8 @@ HfTokenizer::HfTokenizer(const std::string& json_text) : impl_(std::make_unique<
                     "tokenizer.json: merge " << r << " ('" << a << "' '" << b << "') names a token not in the vocabulary");
       PYLLAMA_CHECK(iab >= 0, ValueError,
                     "tokenizer.json: merge " << r << " makes '" << ab << "', which is not in the vocabulary");
-      uint64_t key = (uint64_t(ia) << 32) | uint64_t(ib);
-      m.merges.emplace(key, std::make_pair(static_cast<uint32_t>(r), static_cast<uint32_t>(iab)));
+      m.merges.insert(static_cast<uint32_t>(ia), static_cast<uint32_t>(ib), static_cast<uint32_t>(r),
+                      static_cast<uint32_t>(iab));
     }
   } else if (model_type_ == "WordPiece") {
     m.model = Impl::ModelKind::wordpiece;
@@ -1516,6 +1829,7 @@ HfTokenizer::HfTokenizer(const std::string& json_text) : impl_(std::make_unique<
     std::snprintf(name, sizeof name, "<0x%02X>", b);
     m.byte_ids[b] = m.byte_fallback ? m.lookup(name) : -1;
   }
+  m.finish_model();
   for (size_t i = 0; i < id_to_token_.size(); i++)
     if (!id_to_token_[i].empty()) token_to_id_.emplace(id_to_token_[i], static_cast<uint32_t>(i));
 
@@ -1548,18 +1862,19 @@ HfTokenizer::HfTokenizer(const std::string& json_text) : impl_(std::make_unique<
     }
   }
   special_.assign(id_to_token_.size(), 0);
-  m.raw_by_byte.assign(256, {});
-  m.norm_by_byte.assign(256, {});
   for (size_t k = 0; k < added_.size(); k++) {
     const HfAddedToken& a = added_[k];
     if (a.special) special_[a.id] = 1;
     std::string match = a.normalized ? m.normalize(a.content) : a.content;
     m.added_match.push_back(match);
     if (match.empty()) continue;
-    (a.normalized ? m.norm_by_byte : m.raw_by_byte)[static_cast<unsigned char>(match[0])].push_back(static_cast<uint32_t>(k));
+    Impl::AddedIndex& index = a.normalized ? m.norm_added : m.raw_added;
+    index.by_byte[static_cast<unsigned char>(match[0])].push_back(static_cast<uint32_t>(k));
+    index.starts[static_cast<unsigned char>(match[0])] = 1;
+    index.any = true;
   }
-  for (auto* tab : {&m.raw_by_byte, &m.norm_by_byte})
-    for (auto& v : *tab)
+  for (auto* index : {&m.raw_added, &m.norm_added})
+    for (auto& v : index->by_byte)
       std::stable_sort(v.begin(), v.end(), [&](uint32_t x, uint32_t y) { return m.added_match[x].size() > m.added_match[y].size(); });
 
   // ---- post-processor: the ids around a single sequence
@@ -1629,26 +1944,40 @@ std::vector<std::string> HfTokenizer::pre_tokenize(std::string_view text) const 
 
 std::vector<uint32_t> HfTokenizer::encode(std::string_view text, bool add_special_tokens,
                                           const std::vector<uint32_t>* allowed_special) const {
+  std::vector<uint32_t> out;
+  out.reserve(text.size() / 2 + prefix_.size() + suffix_.size() + 1);
+  encode_into(text, add_special_tokens, out, allowed_special);
+  return out;
+}
+
+void HfTokenizer::encode_into(std::string_view text, bool add_special_tokens, std::vector<uint32_t>& out,
+                              const std::vector<uint32_t>* allowed_special) const {
   std::vector<uint32_t> sorted_allowed;
   if (allowed_special) {
     sorted_allowed = *allowed_special;
     std::sort(sorted_allowed.begin(), sorted_allowed.end());
   }
-  std::vector<std::pair<Impl::Piece, int64_t>> segs;
-  impl_->segments(text, allowed_special ? &sorted_allowed : nullptr, segs);
-  std::vector<uint32_t> out;
-  if (add_special_tokens) out = prefix_;
-  for (auto& [piece, id] : segs) {
-    if (id >= 0) {
-      out.push_back(static_cast<uint32_t>(id));
-      continue;
-    }
-    std::vector<Impl::Piece> ps{std::move(piece)};
-    impl_->pre_tokenize(ps);
-    for (auto& p : ps) impl_->model_encode(p.s, out);
+  const size_t before = out.size();
+  const Impl& m = *impl_;
+  try {
+    if (add_special_tokens) out.insert(out.end(), prefix_.begin(), prefix_.end());
+    m.for_each_segment(
+        text, allowed_special ? &sorted_allowed : nullptr,
+        [&](std::string_view t, bool first) {
+          if (m.pres.empty()) {
+            m.model_encode(t, out);
+            return;
+          }
+          std::vector<Impl::Piece> ps{Impl::Piece{std::string(t), first}};
+          m.pre_tokenize(ps);
+          for (auto& p : ps) m.model_encode(p.s, out);
+        },
+        [&](uint32_t id) { out.push_back(id); });
+    if (add_special_tokens) out.insert(out.end(), suffix_.begin(), suffix_.end());
+  } catch (...) {
+    out.resize(before);
+    throw;
   }
-  if (add_special_tokens) out.insert(out.end(), suffix_.begin(), suffix_.end());
-  return out;
 }
 
 std::string HfTokenizer::decode(const std::vector<int64_t>& ids, bool skip_special_tokens) const {

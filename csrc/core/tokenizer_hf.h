@@ -55,6 +55,9 @@ class HfTokenizer {
   // added tokens with these ids are recognised in the text (the others are text); null: all of them.
   std::vector<uint32_t> encode(std::string_view text, bool add_special_tokens,
                                const std::vector<uint32_t>* allowed_special = nullptr) const;
+  // The same ids appended to out (a batch in one buffer); on an exception out is as it was.
+  void encode_into(std::string_view text, bool add_special_tokens, std::vector<uint32_t>& out,
+                   const std::vector<uint32_t>* allowed_special = nullptr) const;
   // The pieces the model receives (after normalization and pre-tokenization), for inspection.
   std::vector<std::string> pre_tokenize(std::string_view text) const;
   // The decoder's text of ids. Throws IndexError naming an id that has no token.

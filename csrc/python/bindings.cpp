@@ -723,6 +723,37 @@ void bind_optim(py::module_& m) {
 
 // ------------------------------------------------------------------ tokenizer
 
+// Lists of ids reuse one int object per id below 2^20 (created on first use, kept for the
+// life of the process, like Python's small-int cache): allocating a fresh int per token
+// would cost about as much as encoding. Called with the GIL held.
+py::list ids_to_list(const uint32_t* ids, size_t n) {
+  static std::vector<PyObject*>* ints = new std::vector<PyObject*>();  // never freed on purpose
+  constexpr uint32_t kCached = 1u << 20;
+  py::list out(n);
+  for (size_t i = 0; i < n; i++) {
+    uint32_t id = ids[i];
+    PyObject* v;
+    if (id < kCached) {
+      if (id >= ints->size()) {
+        size_t want = std::min<size_t>(kCached, std::max<size_t>(size_t(id) + 1, ints->size() * 2));
+        while (ints->size() < want) {
+          PyObject* o = PyLong_FromUnsignedLong(static_cast<unsigned long>(ints->size()));
+          if (!o) throw py::error_already_set();
+          ints->push_back(o);
+        }
+      }
+      v = (*ints)[id];
+      Py_INCREF(v);
+    } else {
+      v = PyLong_FromUnsignedLong(id);
+      if (!v) throw py::error_already_set();
+    }
+    PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), v);
+  }
+  return out;
+}
+py::list ids_to_list(const std::vector<uint32_t>& ids) { return ids_to_list(ids.data(), ids.size()); }
+
 void bind_tokenizer(py::module_& m) {
   // A str's UTF-8 bytes, without a copy (the str caches them; the caller keeps it alive).
   // A str holding lone surrogates raises UnicodeEncodeError (the Python layer repairs it).
@@ -733,35 +764,6 @@ void bind_tokenizer(py::module_& m) {
     const char* p = PyUnicode_AsUTF8AndSize(s.ptr(), &n);
     if (!p) throw py::error_already_set();
     return std::string_view(p, static_cast<size_t>(n));
-  };
-  // Lists of ids reuse one int object per id below 2^20 (created on first use, kept for the
-  // life of the process, like Python's small-int cache): allocating a fresh int per token
-  // would cost about as much as encoding. Called with the GIL held.
-  auto ids_to_list = [](const std::vector<uint32_t>& ids) {
-    static std::vector<PyObject*>* ints = new std::vector<PyObject*>();  // never freed on purpose
-    constexpr uint32_t kCached = 1u << 20;
-    py::list out(ids.size());
-    for (size_t i = 0; i < ids.size(); i++) {
-      uint32_t id = ids[i];
-      PyObject* v;
-      if (id < kCached) {
-        if (id >= ints->size()) {
-          size_t want = std::min<size_t>(kCached, std::max<size_t>(size_t(id) + 1, ints->size() * 2));
-          while (ints->size() < want) {
-            PyObject* o = PyLong_FromUnsignedLong(static_cast<unsigned long>(ints->size()));
-            if (!o) throw py::error_already_set();
-            ints->push_back(o);
-          }
-        }
-        v = (*ints)[id];
-        Py_INCREF(v);
-      } else {
-        v = PyLong_FromUnsignedLong(id);
-        if (!v) throw py::error_already_set();
-      }
-      PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), v);
-    }
-    return out;
   };
   auto pattern_opt = [](const py::object& p) -> std::optional<Pattern> {
     if (p.is_none()) return std::nullopt;
@@ -821,7 +823,7 @@ void bind_tokenizer(py::module_& m) {
       })
       .def("token_bytes", [](const Tokenizer& t, uint32_t id) { return py::bytes(std::string(t.token_bytes(id))); })
       .def("rank_of", [](const Tokenizer& t, const py::bytes& b) { return t.rank_of(std::string_view(b)); })
-      .def("encode_ordinary", [utf8, ids_to_list](const Tokenizer& t, py::handle text) {
+      .def("encode_ordinary", [utf8](const Tokenizer& t, py::handle text) {
         std::string_view s = utf8(text);
         std::vector<uint32_t> ids;
         {
@@ -830,7 +832,7 @@ void bind_tokenizer(py::module_& m) {
         }
         return ids_to_list(ids);
       })
-      .def("encode", [utf8, ids_to_list](const Tokenizer& t, py::handle text, const std::vector<uint32_t>& allowed) {
+      .def("encode", [utf8](const Tokenizer& t, py::handle text, const std::vector<uint32_t>& allowed) {
         std::string_view s = utf8(text);
         std::vector<uint32_t> ids;
         {
@@ -839,7 +841,7 @@ void bind_tokenizer(py::module_& m) {
         }
         return ids_to_list(ids);
       })
-      .def("encode_checked", [utf8, ids_to_list](const Tokenizer& t, py::handle text, const std::vector<uint32_t>& allowed,
+      .def("encode_checked", [utf8](const Tokenizer& t, py::handle text, const std::vector<uint32_t>& allowed,
                                                 const std::vector<uint32_t>& disallowed) -> py::object {
         // The ids, or (when the text holds a special token in `disallowed`) that token's id as an int.
         std::string_view s = utf8(text);
@@ -853,7 +855,7 @@ void bind_tokenizer(py::module_& m) {
         if (hit.first != std::string_view::npos) return py::int_(hit.second);
         return ids_to_list(ids);
       })
-      .def("encode_pieces", [utf8, ids_to_list](const Tokenizer& t, const py::list& pieces) {
+      .def("encode_pieces", [utf8](const Tokenizer& t, const py::list& pieces) {
         std::vector<std::string_view> v;
         v.reserve(pieces.size());
         for (py::handle p : pieces) v.push_back(utf8(p));
@@ -864,7 +866,7 @@ void bind_tokenizer(py::module_& m) {
         }
         return ids_to_list(ids);
       })
-      .def("encode_batch", [utf8, ids_to_list](const Tokenizer& t, const py::list& texts, const std::vector<uint32_t>& allowed,
+      .def("encode_batch", [utf8](const Tokenizer& t, const py::list& texts, const std::vector<uint32_t>& allowed,
                                               int threads) {
         std::vector<std::string_view> v;
         v.reserve(texts.size());
@@ -992,16 +994,24 @@ void bind_tokenizer_hf(py::module_& m) {
           py::gil_scoped_release nogil;
           ids = t.encode(s, add_special, allowed ? &*allowed : nullptr);
         }
-        return ids;
+        return ids_to_list(ids);
       }, py::arg("text"), py::arg("add_special_tokens"), py::arg("allowed_special") = py::none())
       .def("encode_batch", [utf8](const HfTokenizer& t, const py::list& texts, bool add_special) {
         std::vector<std::string_view> v;
+        v.reserve(texts.size());
         for (auto x : texts) v.push_back(utf8(x));
-        std::vector<std::vector<uint32_t>> out(v.size());
+        std::vector<uint32_t> ids;  // every text's ids, one after another
+        std::vector<size_t> ends(v.size());
         {
           py::gil_scoped_release nogil;
-          for (size_t i = 0; i < v.size(); i++) out[i] = t.encode(v[i], add_special);
+          for (size_t i = 0; i < v.size(); i++) {
+            t.encode_into(v[i], add_special, ids);
+            ends[i] = ids.size();
+          }
         }
+        py::list out(v.size());
+        for (size_t i = 0, start = 0; i < v.size(); start = ends[i++])
+          PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), ids_to_list(ids.data() + start, ends[i] - start).release().ptr());
         return out;
       }, py::arg("texts"), py::arg("add_special_tokens"))
       .def("pre_tokenize", [utf8](const HfTokenizer& t, py::handle text) {
@@ -1010,6 +1020,21 @@ void bind_tokenizer_hf(py::module_& m) {
         for (size_t i = 0; i < pieces.size(); i++) out[i] = py::bytes(pieces[i]);
         return out;
       }, py::arg("text"))
+      .def("count_pieces", [utf8](const HfTokenizer& t, const py::list& texts) {
+        // (piece, count) of every piece pre_tokenize gives for the texts (training's word counts)
+        std::vector<std::string_view> v;
+        v.reserve(texts.size());
+        for (auto x : texts) v.push_back(utf8(x));
+        ByteMap<uint64_t> counts;
+        {
+          py::gil_scoped_release nogil;
+          for (std::string_view text : v)
+            for (const std::string& p : t.pre_tokenize(text)) (*counts.insert(p.data(), p.size(), 0).first)++;
+        }
+        py::list out;
+        counts.for_each([&](std::string_view p, uint64_t n) { out.append(py::make_tuple(py::bytes(p.data(), p.size()), n)); });
+        return out;
+      }, py::arg("texts"))
       .def("decode", [](const HfTokenizer& t, const std::vector<int64_t>& ids, bool skip_special) {
         std::string s;
         {

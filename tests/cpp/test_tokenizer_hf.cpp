@@ -87,6 +87,13 @@ int main() {
   CHECK(sp.decode({7}, false) == "\xEF\xBF\xBD");  // a lone lead byte: U+FFFD
   CHECK_THROWS(sp.decode({99}, false), IndexError);
   CHECK(sp.token_to_id("\xE2\x96\x81hi") == 6 && sp.token_to_id("nope") == -1);
+  // encode_into appends (a batch in one buffer) and leaves the buffer as it was on an error
+  std::vector<uint32_t> buf{42};
+  sp.encode_into("hi hi", true, buf);
+  CHECK(buf == (U{42, 1, 6, 6}));
+  HfTokenizer wl(R"({"pre_tokenizer": {"type": "WhitespaceSplit"}, "model": {"type": "WordLevel", "vocab": {"a": 0}}})");
+  CHECK_THROWS(wl.encode_into("a b", false, buf), ValueError);
+  CHECK(buf == (U{42, 1, 6, 6}));
 
   // Unicode normalization: e + acute composes (NFC), the ligature splits (NFKC), Hangul composes.
   auto norm = [](const char* type, const std::string& text) {
