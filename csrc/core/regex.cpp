@@ -194,6 +194,7 @@ enum Op : uint8_t {
   kSet,        // a: class
   kRepeatSet,  // a: class, b: min, c: max; lazy flag
   kSplit,      // try a, then b
+  kSplitIf,    // the same when the character here is in class c (a can start only with those), else b
   kJmp,        // a
   kAssert,     // a: Anchor
   kLook,       // a: body pc; behind/neg flags; b, c: lookbehind length bounds in chars
@@ -1009,7 +1010,7 @@ bool first_chars(const Node& n, const std::vector<CharClass>& classes, CharClass
   switch (n.kind) {
     case Node::empty: case Node::assert_: case Node::look: return true;
     case Node::chr: acc.ranges.push_back({n.cp, n.cp}); return false;
-    case Node::set: acc.subs.push_back(classes[n.set_id]); return false;
+    case Node::set: acc.add(classes[n.set_id]); return false;
     case Node::seq:
       for (const Node& k : n.kids)
         if (!first_chars(k, classes, acc)) return false;
@@ -1047,7 +1048,17 @@ class Compiler {
         std::vector<size_t> to_end;
         for (size_t k = 0; k < n.kids.size(); k++) {
           if (k + 1 < n.kids.size()) {
-            size_t split = push(inst(kSplit));
+            // An alternative that cannot start with the character here is skipped without a
+            // backtracking entry (the first test of most tokenizer alternatives fails).
+            CharClass first;
+            Inst in = inst(kSplit);
+            if (!first_chars(n.kids[k], p_.classes, first)) {
+              first.finalize();
+              p_.classes.push_back(std::move(first));
+              in.op = kSplitIf;
+              in.c = static_cast<uint32_t>(p_.classes.size() - 1);
+            }
+            size_t split = push(in);
             p_.code[split].a = here();
             emit_node(n.kids[k]);
             to_end.push_back(push(inst(kJmp)));
@@ -1253,6 +1264,16 @@ class Machine {
           stack_.push_back({kBranch, in.b, pos, 0});
           pc = in.a;
           continue;
+        case kSplitIf: {
+          size_t len;
+          if (pos < limit_ && p_.classes[in.c].test(decode(s_, n_, pos, len))) {
+            stack_.push_back({kBranch, in.b, pos, 0});
+            pc = in.a;
+          } else {
+            pc = in.b;
+          }
+          continue;
+        }
         case kJmp:
           pc = in.a;
           continue;
