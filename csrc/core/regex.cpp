@@ -1427,10 +1427,19 @@ class Machine {
   }
 };
 
-Scratch& scratch() {
-  thread_local Scratch s;
-  return s;
-}
+// The backtracking stack of this thread, kept between calls; a very deep one (a long match of a
+// loop over a group) is given back afterwards.
+struct ScratchLease {
+  Scratch& s;
+  ScratchLease() : s(get()) {}
+  ~ScratchLease() {
+    if (s.stack.capacity() > (size_t(1) << 20)) std::vector<Frame>().swap(s.stack);
+  }
+  static Scratch& get() {
+    thread_local Scratch t;
+    return t;
+  }
+};
 
 bool search_impl(const Regex::Program& prog, const std::string& pattern, const uint8_t* s, size_t n, size_t from,
                  Machine& m, size_t& start, size_t& end) {
@@ -1482,14 +1491,16 @@ Regex& Regex::operator=(Regex&&) noexcept = default;
 
 bool Regex::search(std::string_view text, size_t from, size_t& start, size_t& end) const {
   const uint8_t* s = reinterpret_cast<const uint8_t*>(text.data());
-  Machine m(*prog_, pattern_, s, text.size(), scratch(), kStepBase + kStepsPerByte * uint64_t(text.size()));
+  ScratchLease lease;
+  Machine m(*prog_, pattern_, s, text.size(), lease.s, kStepBase + kStepsPerByte * uint64_t(text.size()));
   return search_impl(*prog_, pattern_, s, text.size(), from, m, start, end);
 }
 
 void Regex::find_all(std::string_view text, std::vector<std::pair<size_t, size_t>>& out) const {
   const uint8_t* s = reinterpret_cast<const uint8_t*>(text.data());
   const size_t n = text.size();
-  Machine m(*prog_, pattern_, s, n, scratch(), kStepBase + kStepsPerByte * uint64_t(n));
+  ScratchLease lease;
+  Machine m(*prog_, pattern_, s, n, lease.s, kStepBase + kStepsPerByte * uint64_t(n));
   size_t last_end = 0, last_match_end = npos;
   while (last_end <= n) {
     size_t a, b;

@@ -47,7 +47,7 @@ namespace pyllama {
 class Regex {
  public:
   static constexpr uint64_t kStepBase = 20000000;
-  static constexpr uint64_t kStepsPerByte = 2000;
+  static constexpr uint64_t kStepsPerByte = 1000;
 
   // Compiles `pattern` (UTF-8). Throws ValueError for syntax errors and unsupported constructs.
   explicit Regex(std::string_view pattern);
