@@ -16,7 +16,9 @@
 //  - groups `(...)`, `(?:...)`, `(?<name>...)`, atomic `(?>...)`, comments `(?#...)`;
 //    options `(?i)`/`(?i:...)` (case-insensitive) and `(?m)` (Ruby's: `.` matches \n), `(?-i)`;
 //    an option without a colon applies to the rest of its group, alternatives included.
-//  - lookahead `(?=...)` `(?!...)`, lookbehind `(?<=...)` `(?<!...)` (any length).
+//  - lookahead `(?=...)` `(?!...)`, lookbehind `(?<=...)` `(?<!...)` of any length (as Oniguruma: its
+//    top-level alternatives are look-behinds of their own; a variable-length body matches only
+//    within the text before the position).
 //  - anchors `^ $` (at every line, as Ruby), `\A \z \Z \b \B`.
 //  - classes `[...]` with ranges, negation, nested classes, `&&` intersection; escapes `\d \D \w
 //    \W \s \S \h \H \N \O \R`, `\p{..}`/`\P{..}`/`\p{^..}` for general categories (L Lu Ll Lt Lm
