@@ -42,6 +42,11 @@ PRESETS = ("gpt2", "cl100k", "llama3", "o200k")
 _META_FORMAT = "pyllama.tokenizer"
 _META_VERSION = 1
 _DIR_FILE = "tokenizer.tiktoken"
+# tokenizer.json regexes are compiled by Oniguruma, which reads tiktoken's cl100k spelling differently
+# (`\p{N}{1,3}+` is a repeat of `\p{N}{1,3}` there, not possessive: digit runs stay whole). Llama 3's
+# tokenizer.json spelling splits exactly as tiktoken's cl100k does, so exports write that one.
+_HF_CL100K_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                    r"\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
 class TokenIdError(IndexError, ValueError):
@@ -676,6 +681,9 @@ class Tokenizer:
         ``Split`` pre-tokenizer, the special tokens as added tokens.
         """
         b2u = _bytes_to_unicode()
+        regex = self.pattern_regex
+        if self._custom is None and _core.tokenizer_pattern_regex(self._pattern) == _core.tokenizer_pattern_regex("cl100k"):
+            regex = _HF_CL100K_REGEX
 
         def name(rank: int) -> str:
             return "".join(b2u[b] for b in self._core.token_bytes(rank))
@@ -698,7 +706,7 @@ class Tokenizer:
             "pre_tokenizer": {
                 "type": "Sequence",
                 "pretokenizers": [
-                    {"type": "Split", "pattern": {"Regex": self.pattern_regex}, "behavior": "Isolated", "invert": False},
+                    {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
                     {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
                 ],
             },

@@ -403,6 +403,11 @@ def test_hf_export_of_real_vocabulary(pairs, name, tmp_path):
     assert hf.encode(text, add_special_tokens=False).ids == ref.encode_ordinary(text)
     t = "x<|endoftext|>y don't WE'LL 12345"
     assert hf.encode(t, add_special_tokens=False).ids == ref.encode(t, allowed_special="all")
+    # Digit runs: Oniguruma (tokenizers) must split them in threes as tiktoken does (cl100k is exported
+    # in Llama 3's spelling, since it reads tiktoken's \p{N}{1,3}+ as a repeat); pyllama reads the file alike.
+    back = pyllama.Tokenizer.from_pretrained(str(tmp_path / "tokenizer.json"))
+    for d in ["0413", "5256", "0123456789", "1234567", "x 98765 y", "٣٤٥٦٧"]:
+        assert hf.encode(d, add_special_tokens=False).ids == ref.encode_ordinary(d) == back.encode(d), d
 
 
 def test_many_special_tokens_like_o200k_harmony(pairs, vocab_paths):

@@ -12,12 +12,14 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <tuple>
 #include <queue>
 #include <sstream>
 
 #include "json.h"
 #include "pretokenize.h"
+#include "regex.h"
 #include "tokenizer.h"  // b64_decode
 #include "unicode_tables.h"
 
@@ -429,18 +431,21 @@ std::string opt_str(const Json& j, const char* key, const std::string& dflt) {
   return j.has(key) && !j[key].is_null() ? j[key].as_string() : dflt;
 }
 
-// A Split/Replace pattern: {"String": s} (a Regex is supported only where named).
-std::string string_pattern(const Json& p, const char* where, std::string* regex_out = nullptr) {
+// A Split/Replace pattern: {"String": s} or {"Regex": r}; is_regex tells which.
+std::string pattern_of(const Json& p, const char* where, bool& is_regex) {
+  is_regex = p.kind() == Json::Kind::object && p.has("Regex");
+  if (is_regex) return p["Regex"].as_string();
   if (p.kind() == Json::Kind::object && p.has("String")) return p["String"].as_string();
-  if (p.kind() == Json::Kind::object && p.has("Regex")) {
-    if (regex_out) {
-      *regex_out = p["Regex"].as_string();
-      return std::string();
-    }
-    throw ValueError(std::string("tokenizer.json: ") + where + " with a Regex pattern (" + p["Regex"].as_string() +
-                     ") is not supported; only String patterns are");
-  }
   throw ValueError(std::string("tokenizer.json: ") + where + "'s pattern is neither {\"String\": ...} nor {\"Regex\": ...}");
+}
+
+// A tokenizer.json regex compiled by the core's engine (regex.h); its errors name the component.
+std::shared_ptr<const Regex> compile_regex(const std::string& re, const char* where) {
+  try {
+    return std::make_shared<const Regex>(re);
+  } catch (const ValueError& e) {
+    throw ValueError(std::string("tokenizer.json: ") + where + ": " + e.what());
+  }
 }
 
 enum class SplitBehavior { removed, isolated, merged_prev, merged_next, contiguous };
@@ -455,95 +460,122 @@ SplitBehavior behavior_from(const std::string& s) {
                    "' is not one of Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous");
 }
 
+// `tokenizers`' NormalizedString::split: the spans of a pattern's find_matches (matches and the
+// text between them, covering s), flipped by `invert`, grouped by the behavior; the pieces that
+// are neither removed nor empty are appended to out.
+void split_spans(std::string_view s, std::vector<RegexSpan> spans, SplitBehavior b, bool invert,
+                 std::vector<std::string>& out) {
+  if (invert)
+    for (RegexSpan& x : spans) x.match = !x.match;
+  struct Cut {
+    size_t a, e;
+    bool remove;
+  };
+  std::vector<Cut> cuts;
+  bool prev = false;
+  switch (b) {
+    case SplitBehavior::isolated:
+      for (const RegexSpan& x : spans) cuts.push_back({x.start, x.end, false});
+      break;
+    case SplitBehavior::removed:
+      for (const RegexSpan& x : spans) cuts.push_back({x.start, x.end, x.match});
+      break;
+    case SplitBehavior::contiguous:  // runs of matches (or of non-matches) join
+      for (const RegexSpan& x : spans) {
+        if (x.match == prev && !cuts.empty()) cuts.back().e = x.end;
+        else cuts.push_back({x.start, x.end, false});
+        prev = x.match;
+      }
+      break;
+    case SplitBehavior::merged_prev:  // a match right after a non-match joins it
+      for (const RegexSpan& x : spans) {
+        if (x.match && !prev && !cuts.empty()) cuts.back().e = x.end;
+        else cuts.push_back({x.start, x.end, false});
+        prev = x.match;
+      }
+      break;
+    case SplitBehavior::merged_next:  // the same from the end: a match joins the non-match after it
+      for (size_t k = spans.size(); k-- > 0;) {
+        const RegexSpan& x = spans[k];
+        if (x.match && !prev && !cuts.empty()) cuts.back().a = x.start;
+        else cuts.push_back({x.start, x.end, false});
+        prev = x.match;
+      }
+      std::reverse(cuts.begin(), cuts.end());
+      break;
+  }
+  for (const Cut& c : cuts)
+    if (!c.remove && c.e > c.a) out.emplace_back(s.substr(c.a, c.e - c.a));
+}
+
+// The find_matches spans of a literal delimiter (non-overlapping, leftmost; an empty delimiter
+// matches empty at every character boundary, as `tokenizers`' escaped regex does).
+std::vector<RegexSpan> string_spans(std::string_view s, std::string_view delim) {
+  std::vector<RegexSpan> out;
+  if (s.empty()) {
+    out.push_back({0, 0, false});
+    return out;
+  }
+  size_t prev = 0;
+  auto add = [&](size_t a, size_t e) {
+    if (prev != a) out.push_back({prev, a, false});
+    out.push_back({a, e, true});
+    prev = e;
+  };
+  if (delim.empty()) {
+    for (size_t i = 0;; i += u8_len(s, i)) {
+      add(i, i);
+      if (i >= s.size()) break;
+    }
+  } else {
+    for (size_t j, i = 0; (j = s.find(delim, i)) != std::string_view::npos; i = j + delim.size()) add(j, j + delim.size());
+  }
+  if (prev != s.size()) out.push_back({prev, s.size(), false});
+  return out;
+}
+
+// The find_matches spans of a character predicate: each char for which `hit` holds is a match.
+template <class Pred>
+std::vector<RegexSpan> char_spans(std::string_view s, Pred hit) {
+  std::vector<RegexSpan> out;
+  if (s.empty()) {
+    out.push_back({0, 0, false});
+    return out;
+  }
+  size_t prev = 0;
+  for (size_t i = 0; i < s.size();) {
+    size_t n = u8_len(s, i);
+    if (hit(u8_cp(s, i, n))) {
+      if (prev != i) out.push_back({prev, i, false});
+      out.push_back({i, i + n, true});
+      prev = i + n;
+    }
+    i += n;
+  }
+  if (prev != s.size()) out.push_back({prev, s.size(), false});
+  return out;
+}
+
 // Splits s at the chars for which `hit` holds (the `tokenizers` split behaviors). Empty pieces dropped.
 template <class Pred>
 void split_chars(std::string_view s, SplitBehavior b, Pred hit, std::vector<std::string>& out) {
-  Chars c(s);
-  // (start, end, is_match) runs: each matching char is its own run, except Contiguous joins them.
-  std::vector<std::tuple<size_t, size_t, bool>> runs;
-  size_t i = 0;
-  while (i < c.size()) {
-    bool m = hit(c.cp[i]);
-    size_t j = i + 1;
-    if (!m || b == SplitBehavior::contiguous)
-      while (j < c.size() && hit(c.cp[j]) == m) j++;
-    runs.emplace_back(c.off[i], c.off[j], m);
-    i = j;
-  }
-  std::string pending;  // MergedWithNext: matches waiting for the next piece
-  std::vector<std::string> pieces;
-  for (auto& [a, e, m] : runs) {
-    std::string_view piece = s.substr(a, e - a);
-    if (!m) {
-      pieces.push_back(pending + std::string(piece));
-      pending.clear();
-      continue;
-    }
-    switch (b) {
-      case SplitBehavior::removed: break;
-      case SplitBehavior::isolated:
-      case SplitBehavior::contiguous: pieces.emplace_back(piece); break;
-      case SplitBehavior::merged_prev:
-        if (!pieces.empty()) {
-          pieces.back() += piece;
-        } else {
-          pieces.emplace_back(piece);
-        }
-        break;
-      case SplitBehavior::merged_next:
-        if (!pending.empty()) pieces.push_back(pending);
-        pending = std::string(piece);
-        break;
-    }
-  }
-  if (!pending.empty()) pieces.push_back(pending);
-  for (auto& p : pieces)
-    if (!p.empty()) out.push_back(std::move(p));
+  split_spans(s, char_spans(s, hit), b, false, out);
 }
 
 // Same for a literal substring delimiter.
 void split_string(std::string_view s, std::string_view delim, SplitBehavior b, bool invert, std::vector<std::string>& out) {
-  std::vector<std::pair<std::string_view, bool>> runs;  // (piece, is_match)
-  size_t i = 0;
-  if (!delim.empty()) {
-    for (size_t j; (j = s.find(delim, i)) != std::string_view::npos; i = j + delim.size()) {
-      if (j > i) runs.emplace_back(s.substr(i, j - i), false);
-      runs.emplace_back(s.substr(j, delim.size()), true);
-    }
+  split_spans(s, string_spans(s, delim), b, invert, out);
+}
+
+// `tokenizers`' Replace with a regex (normalizer and decoder): each match, empty ones too, becomes
+// `content`; an empty text stays empty.
+std::string regex_replace(const Regex& re, std::string_view s, std::string_view content) {
+  std::string out;
+  for (const RegexSpan& x : regex_spans(re, s)) {
+    if (x.match) out.append(content);
+    else out.append(s.substr(x.start, x.end - x.start));
   }
-  if (i < s.size()) runs.emplace_back(s.substr(i), false);
-  if (invert)
-    for (auto& r : runs) r.second = !r.second;
-  std::vector<std::string> pieces;
-  std::string pending;
-  bool prev_match = false;
-  for (auto& [piece, m] : runs) {
-    if (!m) {
-      pieces.push_back(pending + std::string(piece));
-      pending.clear();
-      prev_match = false;
-      continue;
-    }
-    switch (b) {
-      case SplitBehavior::removed: break;
-      case SplitBehavior::isolated: pieces.emplace_back(piece); break;
-      case SplitBehavior::contiguous:
-        if (prev_match && !pieces.empty()) pieces.back() += piece;
-        else pieces.emplace_back(piece);
-        break;
-      case SplitBehavior::merged_prev:
-        if (!pieces.empty()) pieces.back() += piece;
-        else pieces.emplace_back(piece);
-        break;
-      case SplitBehavior::merged_next:
-        pending += piece;
-        break;
-    }
-    prev_match = true;
-  }
-  if (!pending.empty()) pieces.push_back(pending);
-  for (auto& p : pieces)
-    if (!p.empty()) out.push_back(std::move(p));
+  return out;
 }
 
 // The regular expressions real tokenizer.json files put in a Split pre-tokenizer, each with the
@@ -552,12 +584,26 @@ struct KnownRegex {
   const char* regex;
   Pattern pattern;
 };
+// (tiktoken's own spellings of gpt2 and o200k too; not its cl100k one, whose \p{N}{1,3}+ Oniguruma
+// reads as a repeat of \p{N}{1,3}, which the regex engine runs.)
 const KnownRegex kKnownRegexes[] = {
     {"'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+", Pattern::gpt2},
     // Llama 3 (transformers' converter of the tiktoken file)
     {"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
      Pattern::cl100k},
+    {nullptr, Pattern::gpt2},  // pattern_regex(Pattern::gpt2)
+    {nullptr, Pattern::o200k},  // pattern_regex(Pattern::o200k)
 };
+
+// The preset scanner that splits exactly as `regex` does (Isolated), or false.
+bool known_regex(const std::string& regex, Pattern& out) {
+  for (const KnownRegex& k : kKnownRegexes)
+    if (regex == (k.regex ? k.regex : pattern_regex(k.pattern))) {
+      out = k.pattern;
+      return true;
+    }
+  return false;
+}
 
 // BPE merges: (left id, right id) -> (rank, merged id), open addressing on the 64-bit key
 // (left << 32 | right). Ids are below 2^32 - 1, so the all-ones key marks a free slot.
@@ -699,13 +745,14 @@ const std::string_view kMetaspace = "\xE2\x96\x81";  // U+2581 ▁, SentencePiec
 
 struct HfTokenizer::Impl {
   // normalizer
-  enum class NormKind { prepend, replace, strip, runs_start, runs_end, runs_squeeze, nfc, nfd, nfkc, nfkd, lowercase,
-                        strip_accents, bert, precompiled };
+  enum class NormKind { prepend, replace, replace_regex, strip, runs_start, runs_end, runs_squeeze, nfc, nfd, nfkc, nfkd,
+                        lowercase, strip_accents, bert, precompiled };
   struct Norm {
     NormKind kind;
     std::string a, b;
     bool left = false, right = false;
     int flags = 0;  // BertNormalizer: 1 clean_text, 2 handle_chinese_chars, 4 strip_accents, 8 lowercase
+    std::shared_ptr<const Regex> regex;  // replace_regex
   };
   std::vector<Norm> norms;
   std::vector<CharsMap> charsmaps;  // Precompiled normalizers, by Norm::flags
@@ -723,6 +770,7 @@ struct HfTokenizer::Impl {
     int prepend = 0;          // metaspace: 0 always, 1 first, 2 never
     bool split = true;
     bool individual = false;  // digits
+    std::shared_ptr<const Regex> regex;  // split_regex without a preset scanner
   };
   std::vector<Pre> pres;
 
@@ -768,6 +816,7 @@ struct HfTokenizer::Impl {
     size_t start = 0, stop = 0;
     int prepend = 0;
     bool cleanup = false;
+    std::shared_ptr<const Regex> regex;  // replace with a Regex pattern
   };
   std::vector<Dec> decs;
   bool has_decoder = false;
@@ -783,14 +832,14 @@ struct HfTokenizer::Impl {
     } else if (t == "Prepend") {
       norms.push_back({NormKind::prepend, j["prepend"].as_string(), ""});
     } else if (t == "Replace") {
-      std::string regex;
-      std::string pat = string_pattern(j["pattern"], "Replace normalizer", &regex);
-      if (regex.empty()) {
-        norms.push_back({NormKind::replace, pat, j["content"].as_string()});
+      bool is_regex;
+      std::string regex = pattern_of(j["pattern"], "Replace normalizer", is_regex);
+      if (!is_regex) {
+        norms.push_back({NormKind::replace, regex, j["content"].as_string()});
         return;
       }
-      // The regexes SentencePiece's whitespace rules need: \AX+, X+\z and X{2,} for one character X
-      // (Oniguruma's ^ and $ match at every line, so they are not these).
+      // SentencePiece's whitespace rules, \AX+, X+\z and X{2,} for one character X, run by hand
+      // (Oniguruma's ^ and $ match at every line, so they are not these); other regexes by the engine.
       auto one_char = [](const std::string& x) { return !x.empty() && u8_len(x, 0) == x.size() && x != "\\"; };
       std::string body;
       NormKind kind = NormKind::replace;
@@ -804,9 +853,12 @@ struct HfTokenizer::Impl {
         body = regex.substr(0, regex.size() - 4);
         kind = NormKind::runs_squeeze;
       }
-      PYLLAMA_CHECK(one_char(body) && std::string(".[]()*+?{}|^$").find(body) == std::string::npos, ValueError,
-                    "tokenizer.json: Replace normalizer regex " << regex
-                        << " is not supported (only \"\\AX+\", \"X+\\z\" and \"X{2,}\" for one character X)");
+      if (!(one_char(body) && std::string(".[]()*+?{}|^$").find(body) == std::string::npos)) {
+        Norm n{NormKind::replace_regex, "", j["content"].as_string()};
+        n.regex = compile_regex(regex, "Replace normalizer");
+        norms.push_back(n);
+        return;
+      }
       norms.push_back({kind, body, j["content"].as_string()});
     } else if (t == "Strip") {
       Norm n{NormKind::strip, "", ""};
@@ -852,31 +904,15 @@ struct HfTokenizer::Impl {
       p.add_prefix_space = opt_bool(j, "add_prefix_space", true);
       p.use_regex = opt_bool(j, "use_regex", true);
     } else if (t == "Split") {
-      std::string regex;
-      std::string s = string_pattern(j["pattern"], "Split pre-tokenizer", &regex);
+      bool is_regex;
+      std::string s = pattern_of(j["pattern"], "Split pre-tokenizer", is_regex);
       p.behavior = behavior_from(j["behavior"].as_string());
       p.invert = opt_bool(j, "invert", false);
-      if (!regex.empty()) {
+      if (is_regex) {
+        // The presets' own scanners where they give the same pieces (fast); the engine otherwise.
         p.kind = PreKind::split_regex;
-        bool found = false;
-        for (const KnownRegex& k : kKnownRegexes)
-          if (regex == k.regex) {
-            p.pattern = k.pattern;
-            found = true;
-          }
-        if (!found) {
-          for (Pattern q : {Pattern::gpt2, Pattern::cl100k, Pattern::o200k})
-            if (regex == pattern_regex(q)) {
-              p.pattern = q;
-              found = true;
-            }
-        }
-        PYLLAMA_CHECK(found, ValueError,
-                      "tokenizer.json: Split pre-tokenizer regex " << regex
-                          << " is not supported: pyllama splits with hand-written scanners for the GPT-2, Llama 3, "
-                             "cl100k and o200k expressions only");
-        PYLLAMA_CHECK(p.behavior == SplitBehavior::isolated && !p.invert, ValueError,
-                      "tokenizer.json: Split pre-tokenizer with a Regex supports behavior Isolated, invert false only");
+        if (!(p.behavior == SplitBehavior::isolated && !p.invert && known_regex(s, p.pattern)))
+          p.regex = compile_regex(s, "Split pre-tokenizer");
       } else {
         p.kind = PreKind::split_string;
         p.str = s;
@@ -977,8 +1013,10 @@ struct HfTokenizer::Impl {
       d.kind = DecKind::byte_level;
     } else if (t == "Replace") {
       d.kind = DecKind::replace;
-      d.a = string_pattern(j["pattern"], "Replace decoder");
+      bool is_regex;
+      d.a = pattern_of(j["pattern"], "Replace decoder", is_regex);
       d.b = j["content"].as_string();
+      if (is_regex) d.regex = compile_regex(d.a, "Replace decoder");
     } else if (t == "ByteFallback") {
       d.kind = DecKind::byte_fallback;
     } else if (t == "Fuse") {
@@ -1015,6 +1053,9 @@ struct HfTokenizer::Impl {
           if (!s.empty()) s.insert(0, n.a);
           break;
         case NormKind::replace: s = replace_all(s, n.a, n.b); break;
+        case NormKind::replace_regex:
+          if (!s.empty()) s = regex_replace(*n.regex, s, n.b);
+          break;
         case NormKind::strip: {
           Chars c(s);
           size_t a = 0, e = c.size();
@@ -1105,6 +1146,10 @@ struct HfTokenizer::Impl {
             break;
           }
           case PreKind::split_regex: {
+            if (p.regex) {
+              split_spans(pc.s, regex_spans(*p.regex, pc.s), p.behavior, p.invert, out);
+              break;
+            }
             PieceScanner sc(p.pattern, pc.s);
             std::string_view v;
             while (sc.next(v)) out.emplace_back(v);
@@ -1560,7 +1605,7 @@ struct HfTokenizer::Impl {
           break;
         }
         case DecKind::replace:
-          for (auto& t : toks) next.push_back(replace_all(t, d.a, d.b));
+          for (auto& t : toks) next.push_back(d.regex ? regex_replace(*d.regex, t, d.b) : replace_all(t, d.a, d.b));
           break;
         case DecKind::byte_fallback: {
           std::string bytes;

@@ -25,5 +25,72 @@ inline uint8_t cp_flags(uint32_t cp) {
   return cp < 0x110000 ? kStage2[(uint32_t)kStage1[cp >> 8] * 256u + (cp & 0xFFu)] : 0;
 }
 
+// ---- Properties for the regex engine (csrc/core/regex.*), as Oniguruma has them.
+// Source: unicodedata (Unicode 14.0.0); Oniguruma in tokenizers 0.23.3 (10302 categories differ).
+//
+//   uint8_t p = pyllama::unicode::cp_props(0x4E2D);
+//   (p & kPropGc) == kGcLo;  (p & kPropWord) != 0;  (p & kPropSpace) == 0
+
+enum : uint8_t {
+  kGcLu = 0,
+  kGcLl = 1,
+  kGcLt = 2,
+  kGcLm = 3,
+  kGcLo = 4,
+  kGcMn = 5,
+  kGcMc = 6,
+  kGcMe = 7,
+  kGcNd = 8,
+  kGcNl = 9,
+  kGcNo = 10,
+  kGcPc = 11,
+  kGcPd = 12,
+  kGcPs = 13,
+  kGcPe = 14,
+  kGcPi = 15,
+  kGcPf = 16,
+  kGcPo = 17,
+  kGcSm = 18,
+  kGcSc = 19,
+  kGcSk = 20,
+  kGcSo = 21,
+  kGcZs = 22,
+  kGcZl = 23,
+  kGcZp = 24,
+  kGcCc = 25,
+  kGcCf = 26,
+  kGcCs = 27,
+  kGcCo = 28,
+  kGcCn = 29,
+};
+enum : uint8_t {
+  kPropGc = 0x1F,     // the general category (kGc*)
+  kPropWord = 0x20,   // \w
+  kPropSpace = 0x40,  // \s
+};
+
+extern const uint16_t kPropStage1[4352];
+extern const uint8_t kPropStage2[41728];  // 163 blocks
+
+// Properties of a code point; kGcCn beyond U+10FFFF.
+inline uint8_t cp_props(uint32_t cp) {
+  return cp < 0x110000 ? kPropStage2[(uint32_t)kPropStage1[cp >> 8] * 256u + (cp & 0xFFu)] : uint8_t(kGcCn);
+}
+
+// Case-insensitive sets as cycles, sorted by code point: {c, next member of c's set}.
+extern const uint32_t kFoldNext[2938][2];
+
+// The next code point that matches cp under (?i) (cp itself when none does): following it
+// from cp visits cp's whole set (at most 4 code points).
+inline uint32_t fold_next(uint32_t cp) {
+  uint32_t lo = 0, hi = 2938;
+  while (lo < hi) {
+    uint32_t mid = (lo + hi) / 2;
+    if (kFoldNext[mid][0] < cp) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo < 2938 && kFoldNext[lo][0] == cp ? kFoldNext[lo][1] : cp;
+}
+
 }  // namespace unicode
 }  // namespace pyllama

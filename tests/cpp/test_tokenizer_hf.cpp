@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "common.h"
+#include "regex.h"
 #include "test_util.h"
 #include "tokenizer_hf.h"
 
@@ -28,6 +29,77 @@ static const char* kSpJson = R"({
 })";
 
 static std::vector<int64_t> as64(const std::vector<uint32_t>& v) { return std::vector<int64_t>(v.begin(), v.end()); }
+
+// The matches of a regex as "start-end" byte offsets, e.g. "0-5 5-11".
+static std::string spans(const char* pattern, const std::string& text) {
+  std::vector<std::pair<size_t, size_t>> m;
+  Regex(pattern).find_all(text, m);
+  std::string out;
+  for (auto& [a, b] : m) out += (out.empty() ? "" : " ") + std::to_string(a) + "-" + std::to_string(b);
+  return out;
+}
+
+static std::string message_of(const char* pattern) {
+  try {
+    Regex r(pattern);
+  } catch (const ValueError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// The regex engine (regex.h) on facts checked against Oniguruma through `tokenizers`.
+static void regex_checks() {
+  const char* qwen2 = R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+  // "Hello", " world", "'S" (case-insensitive), " ", "1", "2", "  \n\n", " x"
+  CHECK(spans(qwen2, "Hello world'S 12  \n\n x") == "0-5 5-11 11-13 13-14 14-15 15-16 16-20 20-22");
+  CHECK(spans(R"(\p{N}{1,3}+)", "1234567 89") == "0-7 8-10");  // Ruby syntax: a repeat of {1,3}, not possessive
+  CHECK(spans(R"(\p{N}{1,3})", "1234567") == "0-3 3-6 6-7");
+  CHECK(spans("x*", "axxb") == "0-0 1-3 4-4");  // an empty match right after a match is skipped
+  CHECK(spans("^|$", "a\nb\n") == "0-0 1-1 2-2 3-3 4-4");  // line anchors; ^ not at the very end
+  CHECK(spans(R"((?i:'s))", "'\xC5\xBF 'S") == "0-3 4-6");   // U+017F folds to s
+  CHECK(spans(R"((?<=\p{Ll})\p{Lu})", "aBcD E") == "1-2 3-4");
+  CHECK(spans(R"((?<=a+)b)", "aab b") == "2-3");                // variable-length look-behind
+  CHECK(spans(R"( ?[^(\s|[.,!?])]+)", "hi there, (x|y)!") == "0-2 2-8 11-12 13-14");
+  CHECK(spans(R"([\p{L}&&[^a-c]]+)", "abcdef") == "3-6");
+  CHECK(spans(R"(a++a)", "aaa").empty());                          // possessive
+  CHECK(spans(R"(\d+)", "\xD9\xA1\xD9\xA2 \xC2\xBD") == "0-4");  // Arabic-Indic digits are \d, ½ is not
+  CHECK(spans(".", "a\xFF") == "0-1 1-2");  // a byte that is not UTF-8 is one character
+  // Refused by name, syntax errors, and catastrophic backtracking as errors.
+  CHECK(message_of(R"(\p{Han})").find("\\p{Han} is not supported") != std::string::npos);
+  CHECK(message_of(R"((a)\1)").find("back-reference") != std::string::npos);
+  CHECK(message_of("(?x)a").find("(?x) is not supported") != std::string::npos);
+  CHECK_THROWS(Regex("(ab"), ValueError);
+  CHECK_THROWS(Regex("[z-a]"), ValueError);
+  CHECK_THROWS(Regex("*"), ValueError);
+  std::vector<std::pair<size_t, size_t>> m;
+  CHECK_THROWS(Regex("(a*)*c").find_all(std::string(40, 'a'), m), ValueError);
+
+  // In a tokenizer.json: Split with any behavior and invert, Replace normalizer and decoder.
+  auto pieces = [](const std::string& pre, const std::string& norm, const std::string& text) {
+    std::string j = R"({"normalizer": )" + norm + R"(, "pre_tokenizer": )" + pre +
+                    R"(, "model": {"type": "WordLevel", "unk_token": "u", "vocab": {"u": 0}}})";
+    std::string out;
+    for (auto& p : HfTokenizer(j).pre_tokenize(text)) out += "[" + p + "]";
+    return out;
+  };
+  auto split = [](const char* re, const char* behavior, bool invert) {
+    return std::string(R"({"type": "Split", "pattern": {"Regex": ")") + re + R"("}, "behavior": ")" + behavior +
+           R"(", "invert": )" + (invert ? "true" : "false") + "}";
+  };
+  CHECK(pieces(split("-", "MergedWithPrevious", false), "null", "a--b") == "[a-][-][b]");
+  CHECK(pieces(split("-", "MergedWithNext", false), "null", "a--b") == "[a][-][-b]");
+  CHECK(pieces(split("-+", "Removed", false), "null", "a--b-") == "[a][b]");
+  CHECK(pieces(split("-+", "Removed", true), "null", "a--b-") == "[--][-]");
+  CHECK(pieces(split(R"(\\d)", "Contiguous", false), "null", "ab12c3") == "[ab][12][c][3]");
+  CHECK(pieces("null", R"({"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "})", "a \t\n b") == "[a b]");
+  std::string dec = R"({"decoder": {"type": "Replace", "pattern": {"Regex": "_+"}, "content": " "},
+                       "model": {"type": "WordLevel", "unk_token": "u", "vocab": {"u": 0, "a__b": 1, "_c": 2}}})";
+  CHECK(HfTokenizer(dec).decode({1, 2}, false) == "a b c");
+  CHECK_THROWS(HfTokenizer(R"({"pre_tokenizer": )" + split(R"(\\p{Han})", "Isolated", false) +
+                           R"(, "model": {"type": "WordLevel", "unk_token": "u", "vocab": {"u": 0}}})"),
+               ValueError);
+}
 
 static std::string sp_model() {  // a BPE ModelProto: <unk> <s> </s> ▁ a ▁a
   auto varint = [](std::string& o, uint64_t v) {
@@ -125,6 +197,8 @@ int main() {
   CHECK(m.decode(as64(m.encode("a a", true)), true) == "a a");
   CHECK_THROWS(sentencepiece_to_hf_json(sp_model().substr(0, 7)), ValueError);
   CHECK_THROWS(sentencepiece_to_hf_json(""), ValueError);
+
+  regex_checks();
 
   std::printf("test_tokenizer_hf: %d checks, %d failures\n", g_checks, g_failures);
   return g_failures ? 1 : 0;

@@ -3,7 +3,8 @@
 // (header and tensor conversion), a .tiktoken vocabulary, a PyTorch .bin (zip archive or
 // legacy stream: the restricted unpickler, storage resolution and strided conversion), a Hugging
 // Face tokenizer.json and a SentencePiece .model (protobuf; each then encodes and decodes a
-// text). Any input must end in a result
+// text), and the regex compiler (regex.h: a pattern, then the matches in a text). Any input must
+// end in a result
 // or one of the core's exception types (a clear error), never a crash, a hang, an
 // out-of-bounds read or undefined behaviour.
 //
@@ -25,6 +26,7 @@
 #include "common.h"
 #include "hf_config.h"
 #include "json.h"
+#include "regex.h"
 #include "safetensors.h"
 #include "tokenizer.h"
 #include "tokenizer_hf.h"
@@ -32,8 +34,8 @@
 
 using namespace pyllama;
 
-// JSON, config.json, safetensors, .tiktoken, torch .bin, tokenizer.json, SentencePiece .model
-static constexpr int kReaders = 7;
+// JSON, config.json, safetensors, .tiktoken, torch .bin, tokenizer.json, SentencePiece .model, regex
+static constexpr int kReaders = 8;
 
 // A tokenizer's pipeline on a text that touches every stage (added tokens, bytes, spaces).
 static void exercise(const HfTokenizer& t) {
@@ -79,6 +81,14 @@ static void run_one(uint8_t kind, const std::string& s) {
     case 6:
       exercise(HfTokenizer(sentencepiece_to_hf_json(s)));
       break;
+    case 7: {  // a regex (the first line), then the text it searches (the rest)
+      const size_t nl = s.find('\n');
+      const Regex re(s.substr(0, nl));
+      const std::string text = nl == std::string::npos ? std::string("a 1\n\xE4\xB8\xAD") : s.substr(nl + 1);
+      for (const RegexSpan& sp : regex_spans(re, text))
+        if (sp.start > sp.end || sp.end > text.size()) throw std::logic_error("regex span out of the text");
+      break;
+    }
   }
 }
 
@@ -270,13 +280,27 @@ std::vector<std::pair<uint8_t, std::string>> seeds() {
       {5, R"({"normalizer": {"type": "Precompiled", "precompiled_charsmap": "BAAAAAAAAABhAA=="},
               "model": {"type": "WordLevel", "unk_token": "u", "vocab": {"u": 0, "a": 1}}})"},
       {6, sentencepiece_seed()},
+      {5, R"J({"normalizer": {"type": "Sequence", "normalizers": [{"type": "Replace", "pattern": {"Regex": "\\s{2,}"},
+              "content": " "}, {"type": "Replace", "pattern": {"Regex": "(?<=\\p{Ll})(?=\\p{Lu})"}, "content": "_"}]},
+              "pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex":
+              "\\p{N}{1,3}"}, "behavior": "Isolated", "invert": false}, {"type": "Split", "pattern": {"Regex":
+              "(?i:'s|'t)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s+(?!\\S)|\\s+"},
+              "behavior": "MergedWithNext", "invert": true}]}, "decoder": {"type": "Replace", "pattern": {"Regex":
+              "_+"}, "content": " "}, "model": {"type": "WordLevel", "unk_token": "u", "vocab": {"u": 0, "a": 1}}})J"},
+      {7, "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+          "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+\nHello world's 12  \n\n x \xE4\xB8\xAD\xF0\x9F\x98\x80"},
+      {7, "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+|"
+          " ?[\\p{P}\\p{S}]+[\r\n]*\n.Net (x) 12 \xE4\xB8\xAD\xE6\x96\x87"},
+      {7, "(?<=a+|\\b)(?>b*+c)?[^(\\s|[.,])&&\\P{Lu}]{1,3}?(?=\\z|$)|(?m:.)\\R\\x{41}\\u00e9{2}\na bc, ABc\r\n"},
   };
 }
 
 std::string mutate(std::string s, std::mt19937_64& rng, const std::vector<std::pair<uint8_t, std::string>>& pool) {
   static const char* tokens[] = {"{", "}", "[", "]", ",", ":", "\"", "\\u", "\\ud800", "-", "1e999", "-0",
                                  "18446744073709551616", "9223372036854775807", "NaN", "null", "true", "==",
-                                 "\n", " ", "\xff", "\xc3", "F32", "BF16", "I8", "data_offsets", "shape"};
+                                 "\n", " ", "\xff", "\xc3", "F32", "BF16", "I8", "data_offsets", "shape",
+                                 "(", ")", "(?:", "(?<=", "(?!", "(?i)", "[^", "&&", "*", "+?", "{2,}", "|", "\\p{L}",
+                                 "\\", "$", "^", "\\b"};
   const int n = 1 + (int)(rng() % 4);
   for (int i = 0; i < n; i++) {
     const size_t at = s.empty() ? 0 : rng() % (s.size() + 1);
