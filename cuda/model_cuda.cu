@@ -462,8 +462,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
 
   // ------------------------------------------------------------ training forward
   // Inputs checked by Model::forward (backend.cpp).
-  float forward(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T) {
-    const int LT = labels_T < 0 ? T : labels_T;
+  float forward(const int32_t* tokens, const int32_t* targets, int B, int T) {
     const long long N = (long long)B * T;
     use();
     rope_sync(T);  // dynamic RoPE scaling: this pass's frequencies
@@ -491,7 +490,7 @@ struct LlamaModelCuda::Impl : AllocAccount {
       groups_d.reserve((3 * N + 1) * sizeof(int32_t));  // group_tokens: N + 2U + 1, U <= N
       io_cap = (size_t)N;
     }
-    // positions and shifted targets on the host (the counted-target count stays on the host)
+    // positions and targets on the host (the counted-target count stays on the host)
     targets_h.resize(N);
     pos_h.resize(N);
     int cnt = 0;
@@ -499,18 +498,18 @@ struct LlamaModelCuda::Impl : AllocAccount {
       for (int t = 0; t < T; t++) {
         const size_t i = (size_t)b * T + t;
         pos_h[i] = t;
-        targets_h[i] = (labels && t + 1 < LT) ? labels[(size_t)b * LT + t + 1] : -100;
+        targets_h[i] = targets ? targets[i] : -100;
         cnt += targets_h[i] != -100;
       }
     // pageable host -> device copies are staged before cudaMemcpyAsync returns
     CUDA_CHECK(cudaMemcpyAsync(tokens_d.p, tokens, N * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
-    if (labels) tokens_h.assign(tokens, tokens + N);  // grouped by token for the embedding gradient (backward)
+    if (targets) tokens_h.assign(tokens, tokens + N);  // grouped by token for the embedding gradient (backward)
     CUDA_CHECK(cudaMemcpyAsync(targets_d.p, targets_h.data(), N * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
     CUDA_CHECK(cudaMemcpyAsync(pos_d.p, pos_h.data(), N * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
     B_ = B;
     T_ = T;
     count = cnt;
-    have_targets = labels != nullptr;
+    have_targets = targets != nullptr;
     have_forward = true;
     const bool want_loss = have_targets && cnt > 0;
     if (dtype == DType::bfloat16)
@@ -1441,8 +1440,8 @@ std::string LlamaModelCuda::attention_kernels() const {
   return impl_->attn_tc ? "flash" : "flash-simt";
 }
 
-float LlamaModelCuda::forward_impl(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T) {
-  return impl_->forward(tokens, labels, B, T, labels_T);
+float LlamaModelCuda::forward_impl(const int32_t* tokens, const int32_t* targets, int B, int T) {
+  return impl_->forward(tokens, targets, B, T);
 }
 int LlamaModelCuda::last_B() const { return impl_->B_; }
 int LlamaModelCuda::last_T() const { return impl_->T_; }

@@ -162,7 +162,7 @@ class LlamaModelCuda : public Model {
  protected:
   // ---- Model's hooks (inputs checked by Model's Tensor methods; host arrays in and out)
   // The training forward: returns the loss (one sync), or NaN without labels (no sync).
-  float forward_impl(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T) override;
+  float forward_impl(const int32_t* tokens, const int32_t* targets, int B, int T) override;
   void logits_impl(float* dst) const override;
   // Host float32 logits, (B, V) or (B, T, V), valid until the next kv_* call.
   const float* kv_forward_impl(const int32_t* tokens, int B, int T, const int32_t* slots, const int32_t* start_pos,

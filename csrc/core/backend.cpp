@@ -155,8 +155,16 @@ float Model::forward(const Tensor& tokens, const Tensor& labels) {
                     "label " << l[i] << " at flat position " << i << " is out of range: use ids in [0, " << V
                              << ") or -100 to ignore a position");
   }
-  return forward_impl(ids.data<int32_t>(), lab.ndim() ? lab.data<int32_t>() : nullptr, (int)B, (int)T,
-                      lab.ndim() ? (int)lab.size(1) : -1);
+  // the label shift, for every backend: position t is trained to predict labels[t + 1]
+  std::vector<int32_t> targets;
+  if (lab.ndim()) {
+    const int64_t LT = lab.size(1);
+    const int32_t* l = lab.data<int32_t>();
+    targets.resize((size_t)(B * T));
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t t = 0; t < T; t++) targets[(size_t)(b * T + t)] = t + 1 < LT ? l[b * LT + t + 1] : -100;
+  }
+  return forward_impl(ids.data<int32_t>(), lab.ndim() ? targets.data() : nullptr, (int)B, (int)T);
 }
 
 void Model::logits_into(Tensor& dst) const {

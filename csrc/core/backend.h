@@ -132,7 +132,9 @@ class Model {
  protected:
   // ---- what a backend implements behind the Tensor interface: raw host pointers, inputs
   // already checked by the public methods above (shapes, id ranges, slots, positions).
-  virtual float forward_impl(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T) = 0;
+  // targets (B, T): the labels shifted by one (targets[b, t] = labels[b, t + 1], -100 where
+  // ignored or past the end), or nullptr without labels.
+  virtual float forward_impl(const int32_t* tokens, const int32_t* targets, int B, int T) = 0;
   virtual void logits_impl(float* dst) const = 0;  // (B, T, V) float32 of the last forward
   // Host logits (B, V) when last_only, else (B, T, V); valid until the next kv_* call.
   virtual const float* kv_forward_impl(const int32_t* tokens, int B, int T, const int32_t* slots,

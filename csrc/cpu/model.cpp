@@ -195,8 +195,7 @@ void LlamaModel::layer_forward(const LayerPtrs& w, const LayerBufs& y, const flo
   residual_forward(y.res2, y.d, y.res1, N * C_);
 }
 
-float LlamaModel::forward_impl(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T) {
-  const int LT = labels_T < 0 ? T : labels_T;
+float LlamaModel::forward_impl(const int32_t* tokens, const int32_t* targets, int B, int T) {
   const long N = (long)B * T;
   ensure_acts(B, T);
   B_ = B;
@@ -207,9 +206,9 @@ float LlamaModel::forward_impl(const int32_t* tokens, const int32_t* labels, int
   for (int b = 0; b < B; b++)
     for (int t = 0; t < T; t++) {
       pos_[(size_t)b * T + t] = t;
-      targets_[(size_t)b * T + t] = (labels && t + 1 < LT) ? labels[(size_t)b * LT + t + 1] : -100;
+      targets_[(size_t)b * T + t] = targets ? targets[(size_t)b * T + t] : -100;
     }
-  have_targets_ = labels != nullptr;
+  have_targets_ = targets != nullptr;
   rope_.update(T);  // dynamic RoPE scaling: this pass's frequencies (transformers' rule)
   float* P = params_.data();
 

@@ -76,8 +76,8 @@ class LlamaModel : public Model {
 
  protected:
   // ---- Model's hooks (inputs checked by Model's Tensor methods)
-  // Training forward over tokens (B, T); labels (B, labels_T) or nullptr (see Model::forward).
-  float forward_impl(const int32_t* tokens, const int32_t* labels, int B, int T, int labels_T) override;
+  // Training forward over tokens (B, T); targets (B, T), the labels shifted, or nullptr.
+  float forward_impl(const int32_t* tokens, const int32_t* targets, int B, int T) override;
   void logits_impl(float* dst) const override;
   // T new tokens for each of B sequences; sequence b lives in cache slot slots[b]
   // at positions start_pos[b] .. start_pos[b]+T-1. Returns logits (B, V) when
